@@ -1,0 +1,7 @@
+"""pdplanner's domain core: catalogs, performance model, serving model, search and scaling.
+
+Nothing here knows about gRPC or SQL: functions take and return frozen dataclasses and NumPy
+arrays, so the planner can be used as a library, tested without a server and timed on its own.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,26 @@
+"""Catalogs of models, GPUs and serving engines, stored as data files in ``data/``."""
+
+from planner.catalog.engines import EngineSpec, engine_names, load_engine
+from planner.catalog.gpus import (
+    BYTES_PER_ELEMENT,
+    DTYPES,
+    GpuCatalog,
+    GpuSpec,
+    default_gpus,
+    gpu_from_entry,
+    gpu_to_entry,
+    load_gpu,
+)
+from planner.catalog.models import (
+    ModelCatalog,
+    ModelSpec,
+    default_models,
+    load_model,
+    model_from_hf_config,
+)
+
+__all__ = [
+    "BYTES_PER_ELEMENT", "DTYPES", "EngineSpec", "GpuCatalog", "GpuSpec", "ModelCatalog",
+    "ModelSpec", "default_gpus", "default_models", "engine_names", "gpu_from_entry",
+    "gpu_to_entry", "load_engine", "load_gpu", "load_model", "model_from_hf_config",
+]

@@ -1,0 +1,144 @@
+"""GPU specifications: the built-in catalog and custom GPUs from a file of the same format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from planner.catalog._data import builtin_entries, normalise_name, optional, read_document, require
+from planner.errors import InvalidInputError, UnknownEntryError
+
+Dtype = Literal["bf16", "fp8", "fp4"]
+DTYPES: tuple[Dtype, ...] = ("bf16", "fp8", "fp4")
+BYTES_PER_ELEMENT: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU: datasheet peaks, memory and links. Units are in the field names."""
+
+    name: str
+    bf16_flops_per_s: float
+    fp8_flops_per_s: float  # 0: no fp8 tensor cores
+    fp4_flops_per_s: float  # 0: no fp4 tensor cores
+    hbm_bytes: float
+    hbm_bytes_per_s: float
+    nvlink_bytes_per_s: float  # per GPU, one direction
+    nvlink_domain_size: int  # GPUs that share the NVLink fabric
+    scaleout_bytes_per_s: float  # per GPU, between NVLink domains
+    calibration: str = "h100-sxm"  # which measured tables shape the efficiency curves
+    aliases: tuple[str, ...] = field(default=(), compare=False)
+
+    def flops_per_s(self, dtype: str) -> float:
+        return {"bf16": self.bf16_flops_per_s, "fp8": self.fp8_flops_per_s,
+                "fp4": self.fp4_flops_per_s}[dtype]
+
+    def supports(self, dtype: str) -> bool:
+        return self.flops_per_s(dtype) > 0
+
+    def check_dtype(self, dtype: str, field_path: str = "dtype") -> None:
+        if dtype not in DTYPES:
+            raise InvalidInputError(field_path, f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if not self.supports(dtype):
+            have = [d for d in DTYPES if self.supports(d)]
+            raise InvalidInputError(field_path, f"{self.name} has no {dtype} tensor cores "
+                                                f"(supports {', '.join(have)})")
+
+
+def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
+    """Build a ``GpuSpec`` from one entry of a GPU data file, checking every field."""
+    if not isinstance(entry, dict):
+        raise InvalidInputError(field_path, "a GPU entry must be a mapping")
+    f = field_path
+    flops = entry.get("flops_per_s")
+    if not isinstance(flops, dict) or not flops:
+        raise InvalidInputError(f"{f}.flops_per_s", "is required: a mapping of dtype to FLOP/s")
+    unknown = set(flops) - set(DTYPES)
+    if unknown:
+        raise InvalidInputError(f"{f}.flops_per_s", f"unknown dtype {sorted(unknown)[0]!r}")
+    rates = {d: optional(flops, d, float, 0.0, f"{f}.flops_per_s") for d in DTYPES}
+    if rates["bf16"] <= 0:
+        raise InvalidInputError(f"{f}.flops_per_s.bf16", "is required and must be positive")
+    spec = GpuSpec(
+        name=require(entry, "name", str, f),
+        bf16_flops_per_s=rates["bf16"],
+        fp8_flops_per_s=rates["fp8"],
+        fp4_flops_per_s=rates["fp4"],
+        hbm_bytes=require(entry, "hbm_bytes", float, f),
+        hbm_bytes_per_s=require(entry, "hbm_bytes_per_s", float, f),
+        nvlink_bytes_per_s=require(entry, "nvlink_bytes_per_s", float, f),
+        nvlink_domain_size=require(entry, "nvlink_domain_size", int, f),
+        scaleout_bytes_per_s=require(entry, "scaleout_bytes_per_s", float, f),
+        calibration=optional(entry, "calibration", str, "h100-sxm", f),
+        aliases=tuple(str(a) for a in entry.get("aliases", ()) or ()),
+    )
+    for key in ("hbm_bytes", "hbm_bytes_per_s", "nvlink_bytes_per_s", "scaleout_bytes_per_s",
+                "nvlink_domain_size"):
+        if getattr(spec, key) <= 0:
+            raise InvalidInputError(f"{f}.{key}", "must be positive")
+    if rates["fp8"] < 0 or rates["fp4"] < 0:
+        raise InvalidInputError(f"{f}.flops_per_s", "rates must not be negative")
+    return spec
+
+
+def gpu_to_entry(spec: GpuSpec) -> dict[str, Any]:
+    """The data-file form of a GPU (inverse of ``gpu_from_entry``)."""
+    flops = {d: spec.flops_per_s(d) for d in DTYPES if spec.supports(d)}
+    return {
+        "name": spec.name, "aliases": list(spec.aliases), "flops_per_s": flops,
+        "hbm_bytes": spec.hbm_bytes, "hbm_bytes_per_s": spec.hbm_bytes_per_s,
+        "nvlink_bytes_per_s": spec.nvlink_bytes_per_s, "nvlink_domain_size": spec.nvlink_domain_size,
+        "scaleout_bytes_per_s": spec.scaleout_bytes_per_s, "calibration": spec.calibration,
+    }
+
+
+class GpuCatalog:
+    """Built-in GPUs plus custom ones; names and aliases match ignoring case and '_' vs '-'."""
+
+    def __init__(self, extra: list[GpuSpec] | None = None) -> None:
+        self._by_name: dict[str, GpuSpec] = {}
+        self._index: dict[str, str] = {}
+        for entry in builtin_entries("gpus.yaml"):
+            self.add(gpu_from_entry(entry, f"gpus.yaml:{entry.get('name')}"))
+        for spec in extra or []:
+            self.add(spec)
+
+    def add(self, spec: GpuSpec) -> None:
+        self._by_name[spec.name] = spec
+        for key in (spec.name, *spec.aliases):
+            self._index[normalise_name(key)] = spec.name
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def specs(self) -> list[GpuSpec]:
+        return [self._by_name[n] for n in self.names()]
+
+    def get(self, name_or_path: str, field_path: str = "gpu") -> GpuSpec:
+        """A GPU by name, alias, or path to a YAML/JSON file holding one entry (or a list)."""
+        key = normalise_name(name_or_path)
+        if key in self._index:
+            return self._by_name[self._index[key]]
+        if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
+            doc = read_document(name_or_path, field_path)
+            if isinstance(doc, list):
+                if len(doc) != 1:
+                    raise InvalidInputError(field_path, f"{name_or_path} must hold exactly one GPU")
+                doc = doc[0]
+            return gpu_from_entry(doc, field_path)
+        raise UnknownEntryError(field_path, "GPU", name_or_path, self.names())
+
+
+_DEFAULT: GpuCatalog | None = None
+
+
+def default_gpus() -> GpuCatalog:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = GpuCatalog()
+    return _DEFAULT
+
+
+def load_gpu(name_or_path: str, field_path: str = "gpu") -> GpuSpec:
+    return default_gpus().get(name_or_path, field_path)

@@ -1,0 +1,234 @@
+"""Model architectures: the built-in catalog and Hugging Face config.json import.
+
+A ``ModelSpec`` holds what the performance model needs: layer shapes, attention kind (GQA or MLA),
+mixture-of-experts layout. Built-in models are stored as the architecture keys of their published
+config.json, so ``model_from_hf_config`` is the only parser, for built-ins and user files alike.
+Supported families: Llama, Qwen2/Qwen3 (dense), Mistral, Mixtral, Qwen2/Qwen3-MoE, DeepSeek-V2/V3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from planner.catalog._data import builtin_entries, normalise_name, optional, read_document, require
+from planner.errors import InvalidInputError, UnknownEntryError
+
+AttentionKind = Literal["gqa", "mla"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer, as the performance model sees it."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int  # FFN width of dense layers
+    vocab_size: int
+    tie_word_embeddings: bool = False
+    attention: AttentionKind = "gqa"
+    # Mixture of experts (num_experts == 0: dense model).
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    num_shared_experts: int = 0
+    num_dense_layers: int = 0  # leading layers with a dense FFN in a MoE model
+    # Multi-head latent attention (attention == "mla").
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    aliases: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.num_dense_layers if self.is_moe else 0
+
+    @property
+    def kv_elements_per_token_per_layer(self) -> int:
+        """Cached elements per token per layer: K and V per KV head, or MLA's compressed latent."""
+        if self.attention == "mla":
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return 2 * self.num_kv_heads * self.head_dim
+
+    @property
+    def attention_params(self) -> int:
+        """Weights of one attention block (projections only)."""
+        h = self.hidden_size
+        if self.attention == "mla":
+            qk_head = self.qk_nope_head_dim + self.qk_rope_head_dim
+            q = (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * qk_head
+                 if self.q_lora_rank else h * self.num_heads * qk_head)
+            kv_down = h * (self.kv_lora_rank + self.qk_rope_head_dim)
+            kv_up = self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
+            out = self.num_heads * self.v_head_dim * h
+            return q + kv_down + kv_up + out
+        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        return qkv + self.num_heads * self.head_dim * h
+
+    @property
+    def total_params(self) -> int:
+        """All weights, counting every expert."""
+        dense_ffn = 3 * self.hidden_size * self.intermediate_size
+        expert = 3 * self.hidden_size * self.moe_intermediate_size
+        moe_ffn = (self.num_experts + self.num_shared_experts) * expert + self.hidden_size * self.num_experts
+        ffn = (self.num_dense_layers * dense_ffn + self.num_moe_layers * moe_ffn
+               if self.is_moe else self.num_layers * dense_ffn)
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * self.attention_params + ffn + embed
+
+    @property
+    def active_params(self) -> int:
+        """Weights one token reads: routed experts counted ``experts_per_token`` times."""
+        if not self.is_moe:
+            return self.total_params
+        expert = 3 * self.hidden_size * self.moe_intermediate_size
+        inactive = self.num_moe_layers * (self.num_experts - self.experts_per_token) * expert
+        return self.total_params - inactive
+
+
+def _first(cfg: dict[str, Any], keys: tuple[str, ...], default: Any = None) -> Any:
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return default
+
+
+def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "model") -> ModelSpec:
+    """Build a ``ModelSpec`` from a Hugging Face ``config.json`` dictionary."""
+    if not isinstance(cfg, dict):
+        raise InvalidInputError(field_path, "config.json must hold a JSON object")
+    if isinstance(cfg.get("text_config"), dict):  # multimodal wrappers keep the LM under text_config
+        cfg = {**cfg["text_config"], "architectures": cfg.get("architectures", [])}
+    f = field_path
+    hidden = require(cfg, "hidden_size", int, f)
+    layers = require(cfg, "num_hidden_layers", int, f)
+    heads = require(cfg, "num_attention_heads", int, f)
+    kv_heads = optional(cfg, "num_key_value_heads", int, heads, f)
+    vocab = require(cfg, "vocab_size", int, f)
+    head_dim = optional(cfg, "head_dim", int, hidden // heads if heads else 0, f)
+    inter = optional(cfg, "intermediate_size", int, 0, f)
+    tie = bool(cfg.get("tie_word_embeddings", False))
+    n_experts = int(_first(cfg, ("n_routed_experts", "num_local_experts", "num_experts"), 0) or 0)
+    top_k = int(_first(cfg, ("num_experts_per_tok", "num_experts_per_token"), 0) or 0)
+    moe_inter = int(_first(cfg, ("moe_intermediate_size",), inter) or 0)
+    shared = int(_first(cfg, ("n_shared_experts",), 0) or 0)
+    if cfg.get("shared_expert_intermediate_size"):  # Qwen2-MoE: one shared expert of its own width
+        shared = max(1, round(cfg["shared_expert_intermediate_size"] / max(moe_inter, 1)))
+    dense_layers = int(_first(cfg, ("first_k_dense_replace",), 0) or 0)
+    mlp_only = cfg.get("mlp_only_layers") or []
+    if n_experts and isinstance(mlp_only, list):
+        dense_layers += len(mlp_only)
+    mla = cfg.get("kv_lora_rank") is not None
+    spec = ModelSpec(
+        name=name,
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads if mla else kv_heads,
+        head_dim=optional(cfg, "v_head_dim", int, head_dim, f) if mla else head_dim,
+        intermediate_size=inter,
+        vocab_size=vocab,
+        tie_word_embeddings=tie,
+        attention="mla" if mla else "gqa",
+        num_experts=n_experts,
+        experts_per_token=top_k if n_experts else 0,
+        moe_intermediate_size=moe_inter if n_experts else 0,
+        num_shared_experts=shared if n_experts else 0,
+        num_dense_layers=dense_layers if n_experts else 0,
+        q_lora_rank=int(cfg.get("q_lora_rank") or 0) if mla else 0,
+        kv_lora_rank=int(cfg.get("kv_lora_rank") or 0) if mla else 0,
+        qk_nope_head_dim=int(cfg.get("qk_nope_head_dim") or 0) if mla else 0,
+        qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0) if mla else 0,
+        v_head_dim=int(cfg.get("v_head_dim") or 0) if mla else 0,
+    )
+    validate_model(spec, f)
+    return spec
+
+
+def validate_model(spec: ModelSpec, field_path: str = "model") -> None:
+    """Reject architectures the performance model cannot evaluate, naming the offending key."""
+    positive = {
+        "hidden_size": spec.hidden_size, "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads, "num_key_value_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim, "vocab_size": spec.vocab_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise InvalidInputError(f"{field_path}.{key}", f"must be positive, got {value}")
+    if spec.num_heads % spec.num_kv_heads:
+        raise InvalidInputError(f"{field_path}.num_key_value_heads",
+                                f"must divide num_attention_heads ({spec.num_heads})")
+    if spec.is_moe:
+        if not 0 < spec.experts_per_token <= spec.num_experts:
+            raise InvalidInputError(f"{field_path}.num_experts_per_tok",
+                                    f"must be in 1..{spec.num_experts}")
+        if spec.moe_intermediate_size <= 0:
+            raise InvalidInputError(f"{field_path}.moe_intermediate_size", "must be positive")
+        if spec.num_dense_layers >= spec.num_layers:
+            raise InvalidInputError(f"{field_path}.first_k_dense_replace",
+                                    "leaves no mixture-of-experts layer")
+    if (not spec.is_moe or spec.num_dense_layers) and spec.intermediate_size <= 0:
+        raise InvalidInputError(f"{field_path}.intermediate_size", "must be positive")
+    if spec.attention == "mla" and (spec.kv_lora_rank <= 0 or spec.qk_nope_head_dim <= 0):
+        raise InvalidInputError(f"{field_path}.kv_lora_rank", "MLA needs kv_lora_rank and qk_nope_head_dim")
+
+
+class ModelCatalog:
+    """Built-in models plus custom ones; looks names and aliases up case-insensitively."""
+
+    def __init__(self, extra: list[ModelSpec] | None = None) -> None:
+        self._by_name: dict[str, ModelSpec] = {}
+        self._index: dict[str, str] = {}
+        for entry in builtin_entries("models.yaml"):
+            spec = model_from_hf_config(entry["config"], entry["name"], f"models.yaml:{entry['name']}")
+            self.add(ModelSpec(**{**spec.__dict__, "aliases": tuple(entry.get("aliases", ()))}))
+        for spec in extra or []:
+            self.add(spec)
+
+    def add(self, spec: ModelSpec) -> None:
+        self._by_name[spec.name] = spec
+        for key in (spec.name, *spec.aliases):
+            self._index[normalise_name(key)] = spec.name
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def specs(self) -> list[ModelSpec]:
+        return [self._by_name[n] for n in self.names()]
+
+    def get(self, name_or_path: str, field_path: str = "model") -> ModelSpec:
+        """A model by name, alias, or path to a config.json file."""
+        key = normalise_name(name_or_path)
+        if key in self._index:
+            return self._by_name[self._index[key]]
+        if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
+            cfg = read_document(name_or_path, field_path)
+            stem = Path(name_or_path).parent.name if Path(name_or_path).name == "config.json" else Path(name_or_path).stem
+            return model_from_hf_config(cfg, stem or name_or_path, field_path)
+        raise UnknownEntryError(field_path, "model", name_or_path, self.names())
+
+
+_DEFAULT: ModelCatalog | None = None
+
+
+def default_models() -> ModelCatalog:
+    """The process-wide catalog of built-in models (built once)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = ModelCatalog()
+    return _DEFAULT
+
+
+def load_model(name_or_path: str, field_path: str = "model") -> ModelSpec:
+    return default_models().get(name_or_path, field_path)

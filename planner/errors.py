@@ -1,0 +1,41 @@
+"""Exceptions raised by the planner.
+
+    PlannerError                  base of everything the planner raises on purpose
+    ├── InvalidInputError         a request field is out of range or inconsistent (.field, .reason)
+    │   └── UnknownEntryError     a model, GPU or engine name the catalog does not know (.known)
+    └── CalibrationError          a calibration table is missing or malformed
+
+A configuration that does not fit in memory, or an SLO that nothing meets, is not an exception:
+those are answers, reported as data (``fits=False`` with a reason, a plan with no best).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PlannerError(Exception):
+    """Base class of the planner's own errors."""
+
+
+class InvalidInputError(PlannerError, ValueError):
+    """A request field is invalid; ``field`` is its path (``workload.isl``) and ``reason`` why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class UnknownEntryError(InvalidInputError, LookupError):
+    """A catalog name (model, GPU, engine) that is not known; ``known`` lists the valid names."""
+
+    def __init__(self, field: str, kind: str, name: str, known: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = tuple(sorted(known))
+        super().__init__(field, f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
+
+
+class CalibrationError(PlannerError):
+    """A calibration table could not be read or does not have the expected columns."""

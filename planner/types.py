@@ -1,0 +1,243 @@
+"""The planner's public request and result types: frozen dataclasses, JSON-ready via ``to_dict``.
+
+These are the contract between the planner and everything around it (CLI, gRPC conversion, storage).
+Units are in the field names. Validation of requests lives in ``planner/validate.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Phase = Literal["prefill", "decode"]
+Mode = Literal["agg", "disagg"]
+Percentile = Literal["p50", "p90", "p99"]
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How one worker (one model replica) spreads over GPUs.
+
+    A worker has ``tp * pp * attention_dp`` GPUs: ``pp`` pipeline stages, each of
+    ``tp * attention_dp`` GPUs. Attention runs as ``attention_dp`` data-parallel groups of ``tp``
+    GPUs; a mixture-of-experts FFN spreads its experts over ``ep`` GPUs of the stage (expert
+    tensor parallelism ``tp * attention_dp / ep`` for the rest). Dense models use attention_dp 1.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    attention_dp: int = 1
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.attention_dp
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Traffic: one (isl, osl) pair, or a weighted mix of them."""
+
+    isl: int
+    osl: int
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: str = "bf16"  # weights and activations of the GEMMs: bf16, fp8, fp4
+    kv_dtype: str = "bf16"  # KV cache: bf16 or fp8
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool of identical workers in a fixed deployment (``pdplanner estimate --mode disagg``)."""
+
+    parallelism: Parallelism
+    workers: int = 1
+    batch: int = 1  # sequences (decode) or prompts (prefill) per worker batch
+    gpu: str | None = None  # GPU type of this pool; None: the request's gpu
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    """One fixed configuration to evaluate: a single phase step, an agg worker, or an xPyD deployment."""
+
+    model: str
+    gpu: str
+    isl: int
+    osl: int
+    precision: Precision = Precision()
+    engine: str = "vllm"
+    phase: Phase | None = None  # set for a single prefill or decode step
+    mode: Mode | None = None  # set for a whole deployment
+    parallelism: Parallelism = Parallelism()  # phase and agg
+    batch: int | None = None  # phase
+    context: int | None = None  # decode phase: cached tokens per sequence (default isl + osl/2)
+    concurrency: int | None = None  # agg: requests in flight (closed loop)
+    chunk_tokens: int | None = None  # agg: chunked-prefill token budget (default: engine's)
+    prefill: PoolSpec | None = None  # disagg
+    decode: PoolSpec | None = None  # disagg
+
+
+@dataclass(frozen=True)
+class LayerBreakdown:
+    """Milliseconds of one decoder layer on one GPU, by kind of work."""
+
+    gemm: float
+    attention: float
+    communication: float
+    other: float
+
+
+@dataclass(frozen=True)
+class PhaseEstimate:
+    """One prefill or decode step of one worker."""
+
+    phase: Phase
+    step_ms: float
+    per_layer_ms: LayerBreakdown
+    memory_gb_per_gpu: float
+    fits: bool
+    reason: str | None = None
+    gpus: int = 1
+    tokens_per_s_per_gpu: float = 0.0  # prompt tokens (prefill) or output tokens (decode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+
+@dataclass(frozen=True)
+class ServingEstimate:
+    """A serving deployment's steady-state metrics (agg worker or xPyD disagg deployment)."""
+
+    mode: Mode
+    ttft_ms: float
+    tpot_ms: float
+    tokens_per_s_per_gpu: float
+    tokens_per_s_per_user: float
+    requests_per_s: float
+    gpus: int
+    memory_gb_per_gpu: float
+    fits: bool
+    reason: str | None = None
+    running_batch: float | None = None  # agg: mean sequences decoding per step
+    queued: float | None = None  # mean requests waiting for admission or prefill
+    kv_transfer_gb_per_s_per_gpu: float | None = None  # disagg: egress per prefill GPU
+    kv_transfer_ms: float | None = None  # disagg: non-overlapped transfer charged to TTFT
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Latency targets. ``percentile`` says which point of the distribution must meet them."""
+
+    ttft_ms: float
+    tpot_ms: float
+    percentile: Percentile = "p50"
+    min_tokens_per_s_per_user: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    max_tp: int | None = None  # default: the GPU's NVLink domain (x the scale-out for PP)
+    allow_pp: bool = True
+    allow_ep: bool = True
+    allow_attention_dp: bool = True
+    modes: tuple[Mode, ...] = ("agg", "disagg")
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """``pdplanner plan``: search every sensible deployment for this traffic and SLO."""
+
+    model: str
+    gpu: str
+    gpus: int  # total GPU budget
+    traffic: tuple[Workload, ...]
+    slo: Slo
+    decode_gpu: str | None = None  # heterogeneous disagg: the decode pool's GPU type
+    prefill_gpus: int | None = None  # per-pool limits (disagg)
+    decode_gpus: int | None = None
+    rate_per_s: float | None = None  # offered request rate, when known
+    prefix_hit: float = 0.0  # fraction of prompt tokens served from the prefix cache
+    precision: Precision = Precision()
+    engine: str = "vllm"
+    limits: SearchLimits = SearchLimits()
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One pool of a recommended deployment."""
+
+    role: Literal["prefill", "decode", "agg"]
+    gpu: str
+    tp: int
+    pp: int
+    ep: int
+    attention_dp: int
+    batch: int  # prompts per prefill batch, sequences per decode/agg worker
+    workers: int
+    chunk_tokens: int | None = None  # agg: chunked-prefill budget (None: no chunking)
+
+    @property
+    def gpus_per_worker(self) -> int:
+        return self.tp * self.pp * self.attention_dp
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A candidate deployment and what the model predicts for it."""
+
+    mode: Mode
+    pools: tuple[Pool, ...]
+    ttft_ms: float
+    tpot_ms: float
+    tokens_per_s_per_gpu: float
+    tokens_per_s_per_user: float
+    requests_per_s: float
+    gpus: int
+    prefill_decode_gpu_ratio: float | None = None  # disagg only
+    kv_transfer_gb_per_s_per_gpu: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = _clean(asdict(self))
+        d["pools"] = {p.role: _clean(asdict(p)) for p in self.pools}
+        for p in d["pools"].values():
+            p.pop("role", None)
+        return d
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    best: Deployment | None
+    best_agg: Deployment | None
+    best_disagg: Deployment | None
+    disagg_speedup: float | None
+    pareto_agg: tuple[Deployment, ...]
+    pareto_disagg: tuple[Deployment, ...]
+    design_points: int
+    elapsed_ms: float
+    reason: str | None = None  # why nothing met the SLO (the binding constraint)
+    closest: Deployment | None = None  # the nearest miss when nothing met the SLO
+    explanation: str = ""  # why the best was chosen, in words
+
+    def to_dict(self) -> dict[str, Any]:
+        def dep(d: Deployment | None) -> dict[str, Any] | None:
+            return d.to_dict() if d else None
+
+        return {
+            "best": dep(self.best), "best_agg": dep(self.best_agg), "best_disagg": dep(self.best_disagg),
+            "disagg_speedup": self.disagg_speedup,
+            "pareto": {"agg": [d.to_dict() for d in self.pareto_agg],
+                       "disagg": [d.to_dict() for d in self.pareto_disagg]},
+            "design_points": self.design_points, "elapsed_ms": self.elapsed_ms,
+            "reason": self.reason, "closest": dep(self.closest), "explanation": self.explanation,
+        }
