@@ -1,0 +1,52 @@
+# The README's commands. `make serve` and `make test` work on a fresh machine: they create the
+# virtual environment and install what they need first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 50051
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: serve test lint proto proto-check bench install dev clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+serve: $(VENV)/.installed
+	$(BIN)/pdplanner db upgrade
+	$(BIN)/pdplanner serve --port $(PORT)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev proto-check
+	$(BIN)/ruff check planner service storage tests bench tools
+	$(BIN)/ruff format --check planner service storage tests bench tools
+	$(BIN)/mypy
+	cd protos && ../$(BIN)/buf lint
+
+proto: $(VENV)/.installed-dev
+	PATH=$(abspath $(BIN)):$$PATH tools/gen_proto.sh
+
+proto-check: $(VENV)/.installed-dev
+	PATH=$(abspath $(BIN)):$$PATH tools/gen_proto.sh --check
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.step_eval
+	$(BIN)/python -m bench.plan_search
+	$(BIN)/python -m bench.rpc_latency
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
