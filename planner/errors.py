@@ -3,7 +3,8 @@
     PlannerError                  base of everything the planner raises on purpose
     ├── InvalidInputError         a request field is out of range or inconsistent (.field, .reason)
     │   └── UnknownEntryError     a model, GPU or engine name the catalog does not know (.known)
-    └── CalibrationError          a calibration table is missing or malformed
+    ├── CalibrationError          a calibration table is missing or malformed
+    └── SearchCancelled           the caller asked a running search to stop (deadline, cancel)
 
 A configuration that does not fit in memory, or an SLO that nothing meets, is not an exception:
 those are answers, reported as data (``fits=False`` with a reason, a plan with no best).
@@ -39,3 +40,7 @@ class UnknownEntryError(InvalidInputError, LookupError):
 
 class CalibrationError(PlannerError):
     """A calibration table could not be read or does not have the expected columns."""
+
+
+class SearchCancelled(PlannerError):
+    """A search stopped early because its caller asked it to (deadline passed, client gone)."""
