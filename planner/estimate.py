@@ -1,0 +1,138 @@
+"""``estimate``: evaluate one fixed configuration (a phase step, an agg worker, an xPyD deployment)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner import validate
+from planner.catalog import (
+    GpuCatalog,
+    ModelCatalog,
+    ModelSpec,
+    default_gpus,
+    default_models,
+    load_engine,
+)
+from planner.errors import InvalidInputError
+from planner.perf.params import PerfContext
+from planner.serving.disagg import evaluate_xpyd
+from planner.serving.workers import WorkerMetrics, agg_worker, decode_worker, prefill_worker
+from planner.types import EstimateRequest, PhaseEstimate, PoolSpec, ServingEstimate
+
+GB = 1e9
+
+
+def estimate(req: EstimateRequest, models: ModelCatalog | None = None,
+             gpus: GpuCatalog | None = None) -> PhaseEstimate | ServingEstimate:
+    """Evaluate ``req``; invalid fields raise ``InvalidInputError`` naming the field."""
+    models = models or default_models()
+    gpus = gpus or default_gpus()
+    model = models.get(req.model, "model")
+    gpu = gpus.get(req.gpu, "gpu")
+    engine = load_engine(req.engine, "engine")
+    validate.lengths(req.isl, req.osl)
+    if (req.phase is None) == (req.mode is None):
+        raise InvalidInputError("phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)")
+    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
+    if req.phase is not None:
+        return _phase(req, ctx, model)
+    if req.mode == "agg":
+        return _agg(req, ctx, model)
+    if req.mode == "disagg":
+        return _disagg(req, ctx, model, gpus)
+    raise InvalidInputError("mode", f"must be agg or disagg, got {req.mode!r}")
+
+
+def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEstimate:
+    par = req.parallelism
+    validate.parallelism(par, model)
+    if req.batch is None:
+        raise InvalidInputError("batch", f"is required for a {req.phase} step")
+    batch = validate.integer(req.batch, "batch", 1, validate.MAX_BATCH)
+    if req.phase == "prefill":
+        m = prefill_worker(ctx, par, batch, req.isl)
+        tokens = batch * req.isl / (m.step_ms / 1e3) / par.gpus
+    elif req.phase == "decode":
+        context = req.context if req.context is not None else req.isl + req.osl // 2
+        validate.integer(context, "context", 1, validate.MAX_TOKENS)
+        m = decode_worker(ctx, par, batch, float(context))
+        tokens = m.rate_per_s / par.gpus
+    else:
+        raise InvalidInputError("phase", f"must be prefill or decode, got {req.phase!r}")
+    return PhaseEstimate(phase=req.phase, step_ms=m.step_ms, per_layer_ms=m.per_layer_ms,
+                         memory_gb_per_gpu=m.memory_bytes_per_gpu / GB, fits=m.fits,
+                         reason=m.reason, gpus=par.gpus,
+                         tokens_per_s_per_gpu=tokens if m.fits else 0.0)
+
+
+def _agg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> ServingEstimate:
+    par = req.parallelism
+    validate.parallelism(par, model)
+    if req.concurrency is None:
+        raise InvalidInputError("concurrency", "is required for mode agg")
+    conc = validate.integer(req.concurrency, "concurrency", 1, 100_000)
+    chunk = ctx.engine.default_chunk_tokens if req.chunk_tokens is None else req.chunk_tokens
+    validate.integer(chunk, "chunk_tokens", 0, validate.MAX_TOKENS)
+    m = agg_worker(ctx, par, conc, np.array([req.isl]), np.array([req.osl]), chunk)
+    if not m.ok:
+        return ServingEstimate("agg", 0.0, 0.0, 0.0, 0.0, 0.0, par.gpus,
+                               m.memory_bytes_per_gpu / GB, False, m.reason)
+    tpot = m.tpot_ms["mean"]
+    return ServingEstimate(
+        mode="agg", ttft_ms=m.ttft_ms["mean"], tpot_ms=tpot,
+        tokens_per_s_per_gpu=m.tokens_per_s / par.gpus,
+        tokens_per_s_per_user=1e3 / tpot if tpot > 0 else 0.0,
+        requests_per_s=m.requests_per_s, gpus=par.gpus,
+        memory_gb_per_gpu=m.memory_bytes_per_gpu / GB, fits=True,
+        running_batch=m.running, queued=m.queued,
+        details={"ttft_ms": m.ttft_ms, "tpot_ms": m.tpot_ms, "chunk_tokens": chunk},
+    )
+
+
+def _pool(pool: PoolSpec | None, name: str, model: ModelSpec) -> PoolSpec:
+    if pool is None:
+        raise InvalidInputError(name, f"the {name} pool is required for mode disagg")
+    validate.parallelism(pool.parallelism, model, f"{name}.parallelism")
+    validate.integer(pool.workers, f"{name}.workers", 1, 100_000)
+    validate.integer(pool.batch, f"{name}.batch", 1, validate.MAX_BATCH)
+    return pool
+
+
+def _disagg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec,
+            gpus: GpuCatalog) -> ServingEstimate:
+    p = _pool(req.prefill, "prefill", model)
+    d = _pool(req.decode, "decode", model)
+    p_ctx = ctx if p.gpu is None else PerfContext.build(
+        model, gpus.get(p.gpu, "prefill.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype)
+    d_ctx = ctx if d.gpu is None else PerfContext.build(
+        model, gpus.get(d.gpu, "decode.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype)
+    pm = prefill_worker(p_ctx, p.parallelism, p.batch, req.isl)
+    context = float(req.isl + req.osl // 2)
+
+    def decode_at(b: float) -> WorkerMetrics:
+        return decode_worker(d_ctx, d.parallelism, int(b), context)
+
+    dm = decode_at(d.batch)
+    total_gpus = p.workers * p.parallelism.gpus + d.workers * d.parallelism.gpus
+    mem = max(pm.memory_bytes_per_gpu, dm.memory_bytes_per_gpu) / GB
+    if not pm.fits or not dm.fits:
+        reason = f"prefill: {pm.reason}" if not pm.fits else f"decode: {dm.reason}"
+        return ServingEstimate("disagg", 0.0, 0.0, 0.0, 0.0, 0.0, total_gpus, mem, False, reason)
+    link = (p_ctx.gpu.nvlink_domain_size, p_ctx.gpu.nvlink_bytes_per_s,
+            min(p_ctx.gpu.scaleout_bytes_per_s, d_ctx.gpu.scaleout_bytes_per_s),
+            p_ctx.gpu.name == d_ctx.gpu.name)
+    r = evaluate_xpyd(pm, p.batch, p.parallelism.gpus, p.parallelism.tp, p.parallelism.pp,
+                      p.parallelism.attention_dp, p.workers, decode_at, d.batch,
+                      d.parallelism.gpus, d.workers, req.isl, req.osl, p_ctx.mv, p_ctx.hv, link,
+                      0.0)
+    return ServingEstimate(
+        mode="disagg", ttft_ms=r.ttft_ms, tpot_ms=r.tpot_ms,
+        tokens_per_s_per_gpu=r.output_tokens_per_s / total_gpus,
+        tokens_per_s_per_user=1e3 / r.tpot_ms, requests_per_s=r.requests_per_s, gpus=total_gpus,
+        memory_gb_per_gpu=mem, fits=True, running_batch=r.running_per_decode_worker * d.workers,
+        kv_transfer_gb_per_s_per_gpu=r.kv_egress_bytes_per_s_per_gpu / GB,
+        kv_transfer_ms=r.kv_transfer_ms,
+        details={"bottleneck": r.bottleneck, "prefill_utilisation": r.prefill_utilisation,
+                 "prefill_ttft_compute_ms": pm.step_ms, "link_gb_per_s": r.link_bytes_per_s / GB,
+                 "kv_link_exceeded": r.kv_egress_bytes_per_s_per_gpu > r.link_bytes_per_s},
+    )

@@ -1,0 +1,290 @@
+"""The op-level step model: one engine iteration of one worker, in Numba.
+
+A step is what a serving engine runs in one iteration on one worker: some prompt tokens being
+prefilled (``pf_seqs`` sequences of ``pf_new`` new tokens each, after ``pf_past`` tokens already in
+the KV cache: a chunk of a chunked prefill) and ``dc_seqs`` sequences decoding one token each at a
+mean context of ``dc_ctx`` tokens. Counts are per attention data-parallel rank.
+
+For one GPU the step is the sum over its layers of
+  GEMMs       QKV/MLA projections, output projection, dense FFN or MoE grouped GEMM, router, LM head
+              (``opkernels.gemm_ms``: calibrated roofline with shape-dependent efficiency)
+  attention   prefill (causal, with the chunk's past) and decode (KV-cache read) kernels
+  comms       tensor-parallel all-reduces, expert-parallel dispatch/combine, pipeline send/recv
+  other       norms, activations, residuals, rotary: memory-bound elementwise kernels
+GEMMs run in the request's dtype; attention runs in bf16 against the bf16 peak.
+
+Pipeline parallelism: each of ``pp`` stages holds ``layers / pp`` layers. ``stage_ms`` is one
+stage's busy time for this step (what bounds throughput with ``pp`` micro-batches in flight);
+``latency_ms`` is the time a token takes through all stages plus the engine's per-step host
+overhead (what a user waits).
+
+Every function takes only arrays and scalars: Numba freezes globals, so nothing here reads one
+except the integer slot names from ``params``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from planner.perf.opkernels import attn_decode_ms, attn_prefill_ms, gemm_ms
+from planner.perf.params import (
+    H_CUDA_GRAPHS,
+    H_DECODE_ATTN_EFF,
+    H_DOMAIN,
+    H_HBM_BW,
+    H_KV_BYTES,
+    H_LINK_BW,
+    H_PEAK,
+    H_PEAK_BF16,
+    H_PREFILL_ATTN_SPEEDUP,
+    H_SCALEOUT_BW,
+    H_STEP_OVERHEAD_MS,
+    H_W_BYTES,
+    M_DENSE_LAYERS,
+    M_EXPERTS,
+    M_FFN,
+    M_HEAD_DIM,
+    M_HEADS,
+    M_HIDDEN,
+    M_KV_HEADS,
+    M_KV_LORA,
+    M_LAYERS,
+    M_MLA,
+    M_MOE_FFN,
+    M_NOPE,
+    M_Q_LORA,
+    M_ROPE,
+    M_SHARED,
+    M_TOPK,
+    M_V_HEAD,
+    M_VOCAB,
+)
+
+ACT_BYTES = 2.0  # activations travel and are stored in bf16
+# Collective latencies (ms): NCCL / custom all-reduce on NVLink takes ~5-10 us for small messages,
+# plus ~1.5 us per doubling of the group; across the scale-out network ~15 us base.
+NVLINK_LATENCY_MS = 0.006
+SCALEOUT_LATENCY_MS = 0.015
+HOP_LATENCY_MS = 0.0015
+# Elementwise kernels (norms, activation, residual, rotary) reach ~70% of HBM bandwidth; each
+# costs a launch of ~2 us when not captured in a CUDA graph, ~1 us inside one.
+ELEMENTWISE_BW_EFFICIENCY = 0.7
+ELEMENTWISE_KERNELS_PER_LAYER = 6.0
+LAUNCH_MS_EAGER = 0.002
+LAUNCH_MS_GRAPH = 0.001
+EXPERT_WEIGHT_BW_EFFICIENCY = 0.85  # streaming one more expert's weights in a grouped GEMM
+ATTN_COMPUTE_EFFICIENCY = 0.5  # ceiling for compute-heavy decode attention (MLA, wide GQA groups)
+
+# breakdown columns
+B_GEMM, B_ATTN, B_COMM, B_OTHER = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def link_for(group: float, hv: np.ndarray) -> tuple[float, float]:
+    """Bandwidth (bytes/s) and base latency (ms) of a collective over ``group`` GPUs."""
+    if group <= hv[H_DOMAIN]:
+        return hv[H_LINK_BW], NVLINK_LATENCY_MS
+    return min(hv[H_SCALEOUT_BW], hv[H_LINK_BW]), SCALEOUT_LATENCY_MS
+
+
+@njit(cache=True, nogil=True)
+def allreduce_ms(nbytes: float, group: float, hv: np.ndarray) -> float:
+    """Ring all-reduce: each GPU sends and receives 2 (g-1)/g of the buffer."""
+    if group <= 1.0 or nbytes <= 0.0:
+        return 0.0
+    bw, lat = link_for(group, hv)
+    return lat + HOP_LATENCY_MS * math.log2(group) + 1e3 * 2.0 * (group - 1.0) / group * nbytes / bw
+
+
+@njit(cache=True, nogil=True)
+def alltoall_ms(nbytes_per_gpu: float, group: float, hv: np.ndarray) -> float:
+    """All-to-all where each GPU sends ``nbytes_per_gpu`` spread over the others."""
+    if group <= 1.0 or nbytes_per_gpu <= 0.0:
+        return 0.0
+    bw, lat = link_for(group, hv)
+    return lat + HOP_LATENCY_MS * math.log2(group) + 1e3 * nbytes_per_gpu * (group - 1.0) / group / bw
+
+
+@njit(cache=True, nogil=True)
+def expected_distinct(n_experts: float, picks_per_token: float, tokens: float) -> float:
+    """Expected number of distinct experts hit when ``tokens`` each route to ``picks_per_token``."""
+    if tokens <= 0.0:
+        return 0.0
+    return n_experts * (1.0 - (1.0 - picks_per_token / n_experts) ** tokens)
+
+
+@njit(cache=True, nogil=True)
+def grouped_gemm_ms(tokens: float, n_active: float, n: float, k: float, wb: float,
+                    hv: np.ndarray, cg: np.ndarray) -> float:
+    """A grouped GEMM over ``n_active`` experts sharing ``tokens`` rows: the larger of the
+    compute of one GEMM over all rows, and one expert's GEMM plus streaming the other experts'
+    weights from HBM."""
+    if tokens <= 0.0 or n_active <= 0.0:
+        return 0.0
+    m_per = max(tokens / n_active, 1.0)
+    one = gemm_ms(m_per, n, k, wb, hv[H_PEAK], hv[H_HBM_BW], cg)
+    more = (n_active - 1.0) * n * k * wb / (hv[H_HBM_BW] * EXPERT_WEIGHT_BW_EFFICIENCY) * 1e3
+    return max(gemm_ms(tokens, n, k, wb, hv[H_PEAK], hv[H_HBM_BW], cg), one + more)
+
+
+@njit(cache=True, nogil=True)
+def attention_block(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray,
+                    cd: np.ndarray, tp: float, pf_seqs: float, pf_new: float, pf_past: float,
+                    dc_seqs: float, dc_ctx: float, out: np.ndarray) -> None:
+    """GEMM and attention time of one attention block on one GPU, added into ``out``."""
+    kv_bytes = hv[H_KV_BYTES]
+    h = mv[M_HIDDEN]
+    wb = hv[H_W_BYTES]
+    peak, bw = hv[H_PEAK], hv[H_HBM_BW]
+    tokens = pf_seqs * pf_new + dc_seqs
+    heads = mv[M_HEADS] / tp
+    speedup = hv[H_PREFILL_ATTN_SPEEDUP]
+    gemm = 0.0
+    attn = 0.0
+    if mv[M_MLA] > 0.5:
+        nope, rope, vh = mv[M_NOPE], mv[M_ROPE], mv[M_V_HEAD]
+        lora, q_lora = mv[M_KV_LORA], mv[M_Q_LORA]
+        # down-projections are small and replicated on every GPU of the group
+        if q_lora > 0.0:
+            gemm += gemm_ms(tokens, q_lora, h, wb, peak, bw, cg)
+            gemm += gemm_ms(tokens, heads * (nope + rope), q_lora, wb, peak, bw, cg)
+        else:
+            gemm += gemm_ms(tokens, heads * (nope + rope), h, wb, peak, bw, cg)
+        gemm += gemm_ms(tokens, lora + rope, h, wb, peak, bw, cg)
+        if pf_seqs > 0.0:
+            # prefill up-projects the latent of every token it attends to, so each chunk of a
+            # chunked prefill repeats the up-projection of everything before it
+            gemm += gemm_ms(pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora, wb, peak, bw, cg)
+            attn += attn_prefill_ms(pf_seqs, pf_new, pf_past, heads, heads, nope + rope, vh,
+                                    hv[H_PEAK_BF16], cp) / speedup
+        if dc_seqs > 0.0:
+            # decode absorbs the up-projections into the query and output (per-head batched GEMMs)
+            gemm += gemm_ms(dc_seqs, heads * lora, nope, wb, peak, bw, cg)
+            gemm += gemm_ms(dc_seqs, heads * vh, lora, wb, peak, bw, cg)
+            mem = attn_decode_ms(dc_seqs, dc_ctx, heads, 1.0, lora + rope, 1.0, kv_bytes, bw,
+                                 hv[H_DECODE_ATTN_EFF], cd)
+            flops = 2.0 * dc_seqs * dc_ctx * heads * (2.0 * lora + rope)
+            attn += max(mem, 1e3 * flops / (hv[H_PEAK_BF16] * ATTN_COMPUTE_EFFICIENCY))
+        gemm += gemm_ms(tokens, h, heads * vh, wb, peak, bw, cg)
+    else:
+        d = mv[M_HEAD_DIM]
+        kv_heads = math.ceil(mv[M_KV_HEADS] / tp)  # replicated when TP exceeds the KV heads
+        gemm += gemm_ms(tokens, (heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
+        if pf_seqs > 0.0:
+            attn += attn_prefill_ms(pf_seqs, pf_new, pf_past, heads, kv_heads, d, d,
+                                    hv[H_PEAK_BF16], cp) / speedup
+        if dc_seqs > 0.0:
+            mem = attn_decode_ms(dc_seqs, dc_ctx, heads, kv_heads, d, 2.0, kv_bytes, bw,
+                                 hv[H_DECODE_ATTN_EFF], cd)
+            flops = 4.0 * dc_seqs * dc_ctx * heads * d
+            attn += max(mem, 1e3 * flops / (hv[H_PEAK_BF16] * ATTN_COMPUTE_EFFICIENCY))
+        gemm += gemm_ms(tokens, h, heads * d, wb, peak, bw, cg)
+    out[B_GEMM] += gemm
+    out[B_ATTN] += attn
+
+
+@njit(cache=True, nogil=True)
+def dense_ffn_ms(tokens: float, width: float, shards: float, mv: np.ndarray, hv: np.ndarray,
+                 cg: np.ndarray) -> float:
+    """Gated FFN (gate+up fused, then down) of ``width`` split over ``shards`` GPUs."""
+    if tokens <= 0.0 or width <= 0.0:
+        return 0.0
+    h, wb, peak, bw = mv[M_HIDDEN], hv[H_W_BYTES], hv[H_PEAK], hv[H_HBM_BW]
+    w = width / shards
+    return gemm_ms(tokens, 2.0 * w, h, wb, peak, bw, cg) + gemm_ms(tokens, h, w, wb, peak, bw, cg)
+
+
+@njit(cache=True, nogil=True)
+def layer_ms(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
+             tp: float, ep: float, dp: float, pf_seqs: float, pf_new: float, pf_past: float,
+             dc_seqs: float, dc_ctx: float, moe: bool, out: np.ndarray) -> None:
+    """One decoder layer on one GPU; adds gemm/attention/comm/other milliseconds into ``out``."""
+    h = mv[M_HIDDEN]
+    tokens = pf_seqs * pf_new + dc_seqs
+    attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
+    act = tokens * h * ACT_BYTES
+    comm = allreduce_ms(act, tp, hv)  # after the attention output projection
+    if moe:
+        stage = tp * dp
+        moe_tp = stage / ep
+        e, topk, width = mv[M_EXPERTS], mv[M_TOPK], mv[M_MOE_FFN]
+        stage_tokens = tokens * dp
+        out[B_GEMM] += gemm_ms(tokens, e, h, 2.0, hv[H_PEAK_BF16], hv[H_HBM_BW], cg)  # router
+        active_local = max(expected_distinct(e, topk, stage_tokens) / ep, 1.0)
+        rows = stage_tokens * topk / ep
+        w = width / moe_tp
+        wb = hv[H_W_BYTES]
+        out[B_GEMM] += grouped_gemm_ms(rows, active_local, 2.0 * w, h, wb, hv, cg)
+        out[B_GEMM] += grouped_gemm_ms(rows, active_local, h, w, wb, hv, cg)
+        out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)
+        # dispatch and combine: each GPU sends its tokens' hidden states to the experts' owners
+        comm += 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
+        comm += allreduce_ms(rows * h * ACT_BYTES, moe_tp, hv)
+        ffn_width = (mv[M_SHARED] * width) / tp + rows * w / max(tokens, 1.0)
+    else:
+        out[B_GEMM] += dense_ffn_ms(tokens, mv[M_FFN], tp, mv, hv, cg)
+        comm += allreduce_ms(act, tp, hv)
+        ffn_width = mv[M_FFN] / tp
+    out[B_COMM] += comm
+    launch = LAUNCH_MS_GRAPH if (hv[H_CUDA_GRAPHS] > 0.5 and pf_seqs == 0.0) else LAUNCH_MS_EAGER
+    # two RMSNorms + residual adds read/write h per token; SiLU-and-mul reads 2w, writes w
+    elem_bytes = tokens * ACT_BYTES * (6.0 * h + 3.0 * ffn_width)
+    out[B_OTHER] += (ELEMENTWISE_KERNELS_PER_LAYER * launch
+                     + 1e3 * elem_bytes / (hv[H_HBM_BW] * ELEMENTWISE_BW_EFFICIENCY))
+
+
+@njit(cache=True, nogil=True)
+def step_ms(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
+            tp: float, pp: float, ep: float, dp: float, pf_seqs: float, pf_new: float,
+            pf_past: float, dc_seqs: float, dc_ctx: float, per_layer: np.ndarray,
+            scratch: np.ndarray) -> tuple[float, float]:
+    """One engine step of one worker: returns (latency_ms, stage_ms); fills ``per_layer`` with
+    the mean decoder layer's [gemm, attention, communication, other] milliseconds on one GPU."""
+    per_layer[:] = 0.0
+    layers = mv[M_LAYERS]
+    n_moe = 0.0
+    if mv[M_EXPERTS] > 0.0:
+        n_moe = layers - mv[M_DENSE_LAYERS]
+    n_dense = layers - n_moe
+    tmp = scratch
+    if n_dense > 0.0:
+        tmp[:] = 0.0
+        layer_ms(mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx,
+                 False, tmp)
+        per_layer += tmp * (n_dense / layers)
+    if n_moe > 0.0:
+        tmp[:] = 0.0
+        layer_ms(mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx,
+                 True, tmp)
+        per_layer += tmp * (n_moe / layers)
+    layers_total = layers * (per_layer[0] + per_layer[1] + per_layer[2] + per_layer[3])
+    # LM head on the last stage: logits for each decoding sequence and each prompt's last token
+    logits = pf_seqs + dc_seqs
+    head = gemm_ms(logits, mv[M_VOCAB] / tp, mv[M_HIDDEN], hv[H_W_BYTES], hv[H_PEAK], hv[H_HBM_BW], cg)
+    tokens = pf_seqs * pf_new + dc_seqs
+    p2p = 0.0
+    if pp > 1.0:
+        bw, lat = link_for(tp * dp * pp, hv)
+        p2p = lat + 1e3 * tokens * mv[M_HIDDEN] * ACT_BYTES / tp / bw
+    stage = (layers_total + head) / pp + p2p
+    latency = layers_total + head + (pp - 1.0) * p2p + hv[H_STEP_OVERHEAD_MS]
+    return latency, stage
+
+
+@njit(cache=True, nogil=True)
+def step_ms_many(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
+                 tp: np.ndarray, pp: np.ndarray, ep: np.ndarray, dp: np.ndarray,
+                 pf_seqs: np.ndarray, pf_new: np.ndarray, pf_past: np.ndarray,
+                 dc_seqs: np.ndarray, dc_ctx: np.ndarray, latency: np.ndarray, stage: np.ndarray, per_layer: np.ndarray) -> None:
+    """``step_ms`` over arrays of design points (outputs written in place)."""
+    row = np.zeros(4)
+    scratch = np.zeros(4)
+    for i in range(tp.shape[0]):
+        lat, st = step_ms(mv, hv, cg, cp, cd, tp[i], pp[i], ep[i], dp[i], pf_seqs[i], pf_new[i],
+                          pf_past[i], dc_seqs[i], dc_ctx[i], row, scratch)
+        latency[i] = lat
+        stage[i] = st
+        per_layer[i, :] = row

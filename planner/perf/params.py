@@ -1,0 +1,84 @@
+"""Packing a model, a GPU and an engine into the flat float64 vectors the kernels take.
+
+Numba kernels take only arrays and scalars, so a ``ModelSpec`` becomes ``model_vector`` and a
+GPU + precision + engine becomes ``hardware_vector``; the integer constants below name the slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.catalog import BYTES_PER_ELEMENT, EngineSpec, GpuSpec, ModelSpec
+from planner.perf.calibration import Calibration, load_calibration
+
+# model_vector slots
+M_LAYERS, M_HIDDEN, M_HEADS, M_KV_HEADS, M_HEAD_DIM, M_FFN, M_VOCAB = 0, 1, 2, 3, 4, 5, 6
+M_EXPERTS, M_TOPK, M_MOE_FFN, M_SHARED, M_DENSE_LAYERS = 7, 8, 9, 10, 11
+M_MLA, M_Q_LORA, M_KV_LORA, M_NOPE, M_ROPE, M_V_HEAD, M_TIED = 12, 13, 14, 15, 16, 17, 18
+MODEL_SLOTS = 19
+
+# hardware_vector slots (one GPU type, one precision, one engine)
+H_PEAK, H_PEAK_BF16, H_HBM_BW, H_LINK_BW, H_DOMAIN, H_SCALEOUT_BW = 0, 1, 2, 3, 4, 5
+H_W_BYTES, H_KV_BYTES, H_HBM_BYTES, H_STEP_OVERHEAD_MS, H_DECODE_ATTN_EFF = 6, 7, 8, 9, 10
+H_PREFILL_ATTN_SPEEDUP, H_CUDA_GRAPHS = 11, 12
+HARDWARE_SLOTS = 13
+
+# Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
+WEIGHT_STORAGE_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
+
+
+def model_vector(m: ModelSpec) -> np.ndarray:
+    v = np.zeros(MODEL_SLOTS)
+    v[M_LAYERS], v[M_HIDDEN], v[M_HEADS], v[M_KV_HEADS] = m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads
+    v[M_HEAD_DIM], v[M_FFN], v[M_VOCAB] = m.head_dim, m.intermediate_size, m.vocab_size
+    v[M_EXPERTS], v[M_TOPK], v[M_MOE_FFN] = m.num_experts, m.experts_per_token, m.moe_intermediate_size
+    v[M_SHARED], v[M_DENSE_LAYERS] = m.num_shared_experts, m.num_dense_layers
+    v[M_MLA] = 1.0 if m.attention == "mla" else 0.0
+    v[M_Q_LORA], v[M_KV_LORA], v[M_NOPE] = m.q_lora_rank, m.kv_lora_rank, m.qk_nope_head_dim
+    v[M_ROPE], v[M_V_HEAD], v[M_TIED] = m.qk_rope_head_dim, m.v_head_dim, float(m.tie_word_embeddings)
+    return v
+
+
+def hardware_vector(gpu: GpuSpec, engine: EngineSpec, dtype: str, kv_dtype: str) -> np.ndarray:
+    v = np.zeros(HARDWARE_SLOTS)
+    v[H_PEAK] = gpu.flops_per_s(dtype)
+    v[H_PEAK_BF16] = gpu.bf16_flops_per_s
+    v[H_HBM_BW] = gpu.hbm_bytes_per_s
+    v[H_LINK_BW] = gpu.nvlink_bytes_per_s
+    v[H_DOMAIN] = gpu.nvlink_domain_size
+    v[H_SCALEOUT_BW] = gpu.scaleout_bytes_per_s
+    v[H_W_BYTES] = WEIGHT_STORAGE_BYTES[dtype]
+    v[H_KV_BYTES] = BYTES_PER_ELEMENT[kv_dtype]
+    v[H_HBM_BYTES] = gpu.hbm_bytes
+    v[H_STEP_OVERHEAD_MS] = engine.step_overhead_ms
+    v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
+    v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
+    v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
+    return v
+
+
+@dataclass(frozen=True)
+class PerfContext:
+    """Everything fixed while a search varies parallelism and batch: model, GPU, precision, engine."""
+
+    model: ModelSpec
+    gpu: GpuSpec
+    engine: EngineSpec
+    dtype: str
+    kv_dtype: str
+    mv: np.ndarray
+    hv: np.ndarray
+    cal: Calibration
+
+    @classmethod
+    def build(cls, model: ModelSpec, gpu: GpuSpec, engine: EngineSpec, dtype: str = "bf16",
+              kv_dtype: str = "bf16") -> PerfContext:
+        gpu.check_dtype(dtype, "precision.dtype")
+        if kv_dtype not in ("bf16", "fp8"):
+            from planner.errors import InvalidInputError
+
+            raise InvalidInputError("precision.kv_dtype", f"must be bf16 or fp8, got {kv_dtype!r}")
+        return cls(model, gpu, engine, dtype, kv_dtype, model_vector(model),
+                   hardware_vector(gpu, engine, dtype, kv_dtype), load_calibration(gpu.calibration))

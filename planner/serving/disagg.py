@@ -1,0 +1,79 @@
+"""A disaggregated deployment: ``x`` prefill workers feeding ``y`` decode workers (xPyD).
+
+The deployment holds ``y * decode_batch`` requests in flight (closed loop). It delivers
+``R = min(x * r_prefill, y * r_decode)`` requests/s, where a decode worker turns over
+``batch / (TPOT * (osl - 1))`` requests/s (the first token comes from prefill).
+
+* Decode-bound (``x * r_prefill >= y * r_decode``): the prefill pool runs at utilisation
+  ``rho = R / (x * r_prefill)`` and prompts wait in its queue (``queueing.wait_ms``).
+* Prefill-bound: decode workers hold fewer sequences than their batch; their running batch and
+  TPOT are solved together (a fixed point), and requests wait for prefill: by Little's law the
+  time to first token is ``N / R - (osl - 1) * TPOT``.
+The KV transfer's non-overlapped tail is added to the time to first token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.serving.kvtransfer import link_between_pools, transfer
+from planner.serving.queueing import wait_ms
+from planner.serving.workers import WorkerMetrics
+
+
+@dataclass(frozen=True)
+class DisaggMetrics:
+    ttft_ms: float
+    tpot_ms: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    running_per_decode_worker: float
+    prefill_utilisation: float
+    kv_transfer_ms: float
+    kv_egress_bytes_per_s_per_gpu: float
+    link_bytes_per_s: float
+    bottleneck: str  # "prefill" or "decode"
+
+
+def evaluate_xpyd(prefill: WorkerMetrics, prefill_batch: int, prefill_gpus_per_worker: int,
+                  prefill_tp: int, prefill_pp: int, prefill_dp: int, x: int,
+                  decode_at: Callable[[float], WorkerMetrics], decode_batch: int,
+                  decode_gpus_per_worker: int, y: int, isl: int, osl: int,
+                  mv: np.ndarray, hv: np.ndarray, link: tuple[int, float, float, bool],
+                  percentile: float = 0.0) -> DisaggMetrics:
+    """Steady state of an xPyD deployment. ``decode_at(b)`` evaluates a decode worker holding
+    ``b`` sequences; ``link`` is (NVLink domain size, NVLink B/s, scale-out B/s, same GPU type)."""
+    steps = max(osl - 1, 1)
+    dec = decode_at(decode_batch)
+    r_decode = decode_batch / (dec.step_ms * steps) * 1e3
+    r_prefill = prefill.rate_per_s
+    capacity_p, capacity_d = x * r_prefill, y * r_decode
+    gpus = x * prefill_gpus_per_worker + y * decode_gpus_per_worker
+    bw = link_between_pools(link[0], link[1], link[2], gpus, link[3])
+    service_ms = prefill_batch / r_prefill * 1e3
+    if capacity_p >= capacity_d:
+        rate = capacity_d
+        rho = rate / capacity_p
+        tpot = dec.step_ms
+        running = float(decode_batch)
+        kv_ms, egress = transfer(mv, hv, isl, prefill_batch, prefill_tp, prefill_pp, prefill_dp,
+                                 prefill.step_ms, rate / x, bw, prefill_gpus_per_worker)
+        ttft = prefill.step_ms + wait_ms(rho, service_ms, percentile) + kv_ms
+        bottleneck = "decode"
+    else:
+        rate = capacity_p
+        rho = 1.0
+        running = float(decode_batch)
+        tpot = dec.step_ms
+        for _ in range(30):  # running batch and TPOT depend on each other
+            running = min(float(decode_batch), rate / y * tpot * steps / 1e3)
+            tpot = decode_at(max(1, round(running))).step_ms
+        kv_ms, egress = transfer(mv, hv, isl, prefill_batch, prefill_tp, prefill_pp, prefill_dp,
+                                 prefill.step_ms, rate / x, bw, prefill_gpus_per_worker)
+        in_flight = y * decode_batch
+        ttft = max(in_flight / rate * 1e3 - steps * tpot, prefill.step_ms) + kv_ms
+        bottleneck = "prefill"
+    return DisaggMetrics(ttft, tpot, rate, rate * osl, running, rho, kv_ms, egress, bw, bottleneck)

@@ -1,0 +1,62 @@
+"""KV-cache transfer from prefill to decode workers (the study's equations 1-2).
+
+A prefill worker sends each finished prompt's KV cache to a decode worker. Bytes per request are
+``isl`` tokens x the cached elements per token per layer x layers x bytes per element. Only GPUs
+holding distinct KV shards send: ``min(tp, kv_heads)`` per pipeline stage for GQA (more TP ranks
+hold copies), one per stage for MLA (its latent is replicated on every TP rank).
+
+The transfer runs layer by layer, overlapped with the rest of the prefill, so only the tail is
+charged to time to first token: the last layer's share, or, when the link cannot keep up, all
+that is left when the prefill's compute ends.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+from numba import njit
+
+from planner.perf.params import H_KV_BYTES, M_HEAD_DIM, M_KV_HEADS, M_KV_LORA, M_LAYERS, M_MLA, M_ROPE
+
+TRANSFER_LATENCY_MS = 0.05  # RDMA/NIXL set-up per transfer
+
+
+@njit(cache=True, nogil=True)
+def kv_bytes_per_request(mv: np.ndarray, hv: np.ndarray, isl: float) -> float:
+    if mv[M_MLA] > 0.5:
+        per_layer = mv[M_KV_LORA] + mv[M_ROPE]
+    else:
+        per_layer = 2.0 * mv[M_KV_HEADS] * mv[M_HEAD_DIM]
+    return isl * per_layer * mv[M_LAYERS] * hv[H_KV_BYTES]
+
+
+@njit(cache=True, nogil=True)
+def sending_gpus(mv: np.ndarray, tp: float, pp: float, dp: float) -> float:
+    """GPUs of a prefill worker that hold distinct KV shards (each DP rank its own requests)."""
+    if mv[M_MLA] > 0.5:
+        return pp * dp
+    return min(tp, mv[M_KV_HEADS]) * pp * dp
+
+
+@njit(cache=True, nogil=True)
+def transfer(mv: np.ndarray, hv: np.ndarray, isl: float, batch: float, tp: float, pp: float,
+             dp: float, compute_ms: float, requests_per_s: float, link_bytes_per_s: float,
+             gpus: float) -> tuple[float, float]:
+    """Returns (ms charged to TTFT, egress bytes/s needed per prefill GPU at ``requests_per_s``)."""
+    per_request = kv_bytes_per_request(mv, hv, isl)
+    senders = sending_gpus(mv, tp, pp, dp)
+    total_ms = 1e3 * per_request * batch / (senders * link_bytes_per_s)
+    tail = max(total_ms - compute_ms, total_ms / mv[M_LAYERS])
+    egress = per_request * requests_per_s / gpus
+    return TRANSFER_LATENCY_MS + tail, egress
+
+
+def link_between_pools(gpu_domain: int, nvlink_bytes_per_s: float, scaleout_bytes_per_s: float,
+                       gpus_in_both_pools: int, same_gpu_type: bool) -> float:
+    """Bandwidth per GPU between the pools: NVLink when both fit in one NVLink domain."""
+    if same_gpu_type and gpus_in_both_pools <= gpu_domain:
+        return nvlink_bytes_per_s
+    return scaleout_bytes_per_s
+
+
+__all__ = ["kv_bytes_per_request", "link_between_pools", "sending_gpus", "transfer"]
