@@ -1,0 +1,81 @@
+"""Rate matching: how many prefill and decode workers, and what they deliver together.
+
+Continuous form (the study's appendix B): a prefill configuration serves ``r_p`` requests/s per
+worker of ``g_p`` GPUs; a decode configuration ``r_d`` per worker of ``g_d`` GPUs. Serving R
+requests/s takes ``R (g_p / r_p + g_d / r_d)`` GPUs, so output tokens/s per GPU are
+``osl / (g_p / r_p + g_d / r_d)`` and the prefill:decode GPU ratio is
+``(g_p / r_p) / (g_d / r_d)`` (= R_gen / R_ctx in the study's per-GPU rates).
+
+Integer form (xPyD): whole workers within GPU budgets; the deployment delivers
+``min(x r_p, y r_d)`` requests/s. ``best_xpyd`` tries every x and the largest y that fits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def continuous_tokens_per_gpu(r_p: float, g_p: float, r_d: float, g_d: float, osl: float) -> float:
+    return osl / (g_p / r_p + g_d / r_d)
+
+
+@njit(cache=True, nogil=True)
+def best_xpyd(r_p: float, g_p: float, r_d: float, g_d: float, budget: int, budget_p: int,
+              budget_d: int, target_rate: float) -> tuple[int, int, float]:
+    """(x, y, delivered requests/s) maximising delivered rate within the budgets; with a
+    ``target_rate`` > 0, the fewest GPUs that reach it (else the most it can deliver)."""
+    best_x, best_y, best_r, best_g = 0, 0, -1.0, 0
+    x = 1
+    while x * g_p <= min(budget, budget_p):
+        y = int(min(budget - x * g_p, budget_d) // g_d)
+        if y < 1:
+            break
+        # no point in more decode workers than the prefill pool can feed
+        y_need = int(np.ceil(x * r_p / r_d))
+        y = min(y, max(y_need, 1))
+        r = min(x * r_p, y * r_d)
+        g = x * g_p + y * g_d
+        if target_rate > 0.0:
+            if best_r >= target_rate and r >= target_rate:
+                better = g < best_g or (g == best_g and r > best_r)
+            else:
+                better = r > best_r
+        else:
+            better = r > best_r * (1.0 + 1e-12) or (abs(r - best_r) <= 1e-12 * r and g < best_g)
+        if better:
+            best_x, best_y, best_r, best_g = x, y, r, g
+        x += 1
+    return best_x, best_y, best_r
+
+
+@njit(cache=True, nogil=True)
+def match_all(r_p: np.ndarray, g_p: np.ndarray, r_d: np.ndarray, g_d: np.ndarray, osl: float,
+              budget: int, budget_p: int, budget_d: int, target_rate: float,
+              out_x: np.ndarray, out_y: np.ndarray, out_rate: np.ndarray,
+              out_prefill: np.ndarray) -> int:
+    """For each decode candidate j, the prefill candidate and xPyD that serve it best.
+
+    Returns the number of (prefill, decode, x) combinations evaluated."""
+    evaluated = 0
+    for j in range(r_d.shape[0]):
+        best_val, best_i = -1.0, -1
+        bx, by, br = 0, 0, 0.0
+        for i in range(r_p.shape[0]):
+            x, y, r = best_xpyd(r_p[i], g_p[i], r_d[j], g_d[j], budget, budget_p, budget_d, target_rate)
+            evaluated += max(1, int(min(budget, budget_p) // g_p[i]))
+            if x == 0:
+                continue
+            gpus = x * g_p[i] + y * g_d[j]
+            if target_rate > 0.0:
+                val = r * 1e6 - gpus if r < target_rate else 1e18 - gpus
+            else:
+                val = r * 1e6 - gpus
+            if val > best_val:
+                best_val, best_i, bx, by, br = val, i, x, y, r
+        out_prefill[j] = best_i
+        out_x[j] = bx
+        out_y[j] = by
+        out_rate[j] = br
+    return evaluated

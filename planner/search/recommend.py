@@ -1,0 +1,443 @@
+"""``plan``: search aggregated and disaggregated deployments and recommend one.
+
+1. Traffic: a mix is summarised by its weighted mean lengths for the phase models; the
+   aggregated simulation replays the mix itself.
+2. Disaggregated: every prefill layout x batch (``phases.prefill_many``) and every decode layout x
+   batch (``phases.decode_many``) is evaluated in one kernel call each. A prefill candidate must
+   meet the TTFT target after queueing: it may run only up to the utilisation at which its wait
+   at the SLO percentile still fits (``queueing.max_utilisation``). Decode candidates meet the
+   TPOT target (and the minimum tokens/s/user).
+3. Rate matching: for the frontier, each decode candidate is paired with the prefill candidate
+   of best requests/s/GPU (continuous matching); for the recommendation, every pair is matched
+   with whole workers inside the GPU budget (``ratematch.match_all``).
+4. Aggregated: every layout x chunked-prefill budget (and no chunking) x concurrency runs the
+   event simulation; its TTFT/TPOT at the SLO percentile decide feasibility.
+5. The best deployment maximises delivered requests/s within the budget (or, with a target rate,
+   reaches it with the fewest GPUs); frontiers are tokens/s/GPU against tokens/s/user.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner import validate
+from planner.catalog import GpuCatalog, ModelCatalog, ModelSpec, default_gpus, default_models, load_engine
+from planner.errors import InvalidInputError, SearchCancelled
+from planner.perf.params import PerfContext
+from planner.search.enumerate import batch_grid, cross, layouts
+from planner.search.pareto import pareto_front
+from planner.search.ratematch import match_all
+from planner.serving.aggregated import AGG_SLOTS, A_OK, A_QUEUED, A_TOKENS_PER_S, simulate_agg
+from planner.serving.kvtransfer import kv_bytes_per_request, link_between_pools, sending_gpus
+from planner.perf.memory import kv_capacity_tokens
+from planner.serving.phases import decode_many, prefill_many
+from planner.serving.queueing import PERCENTILES, max_utilisation
+from planner.types import Deployment, PlanRequest, PlanResult, Pool
+
+PREFILL_BATCHES = list(range(1, 33))
+AGG_CONCURRENCY = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+PCT_SLOT = {"p50": 1, "p90": 2, "p99": 3}
+
+
+@dataclass
+class _Phase:
+    """Evaluated candidates of one phase (arrays aligned by index)."""
+
+    tp: np.ndarray
+    pp: np.ndarray
+    ep: np.ndarray
+    dp: np.ndarray
+    batch: np.ndarray
+    latency_ms: np.ndarray  # TTFT (prefill compute) or TPOT (decode)
+    rate: np.ndarray  # prompts/s (prefill) or tokens/s (decode) per worker
+    fits: np.ndarray
+
+    @property
+    def gpus(self) -> np.ndarray:
+        return self.tp * self.pp * self.dp
+
+
+def _validate(req: PlanRequest) -> None:
+    validate.integer(req.gpus, "gpus", 1, 1_000_000)
+    if req.prefill_gpus is not None:
+        validate.integer(req.prefill_gpus, "prefill_gpus", 1, req.gpus)
+    if req.decode_gpus is not None:
+        validate.integer(req.decode_gpus, "decode_gpus", 1, req.gpus)
+    if not req.traffic:
+        raise InvalidInputError("traffic", "give isl and osl, or a mix of (isl, osl, weight)")
+    for i, w in enumerate(req.traffic):
+        validate.lengths(w.isl, w.osl, f"traffic[{i}].")
+        validate.number(w.weight, f"traffic[{i}].weight", 0.0, 1e12, lo_open=True)
+    validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
+    validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
+    if req.slo.percentile not in PERCENTILES:
+        raise InvalidInputError("slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}")
+    if req.slo.min_tokens_per_s_per_user is not None:
+        validate.number(req.slo.min_tokens_per_s_per_user, "slo.min_tokens_per_s_per_user", 0.0, 1e9)
+    if req.rate_per_s is not None:
+        validate.number(req.rate_per_s, "rate_per_s", 0.0, 1e9, lo_open=True)
+    validate.number(req.prefix_hit, "prefix_hit", 0.0, 0.99)
+    if req.limits.max_tp is not None:
+        validate.integer(req.limits.max_tp, "limits.max_tp", 1, 4096)
+    bad = [m for m in req.limits.modes if m not in ("agg", "disagg")]
+    if bad or not req.limits.modes:
+        raise InvalidInputError("limits.modes", "must be a non-empty subset of agg, disagg")
+
+
+def plan(req: PlanRequest, models: ModelCatalog | None = None, gpus: GpuCatalog | None = None,
+         should_stop: Callable[[], bool] | None = None) -> PlanResult:
+    """Search the design space for ``req`` and recommend a deployment."""
+    start = time.perf_counter()
+    models = models or default_models()
+    gpus = gpus or default_gpus()
+    model = models.get(req.model, "model")
+    gpu = gpus.get(req.gpu, "gpu")
+    dgpu = gpus.get(req.decode_gpu, "decode_gpu") if req.decode_gpu else gpu
+    engine = load_engine(req.engine, "engine")
+    _validate(req)
+    stop = should_stop or (lambda: False)
+    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
+    dctx = ctx if dgpu is gpu else PerfContext.build(model, dgpu, engine, req.precision.dtype,
+                                                      req.precision.kv_dtype)
+    weights = np.array([w.weight for w in req.traffic])
+    weights = weights / weights.sum()
+    isl = float(np.dot(weights, [w.isl for w in req.traffic]))
+    osl = float(np.dot(weights, [w.osl for w in req.traffic]))
+    pct = PERCENTILES[req.slo.percentile]
+    tpot_target = req.slo.tpot_ms
+    if req.slo.min_tokens_per_s_per_user:
+        tpot_target = min(tpot_target, 1e3 / req.slo.min_tokens_per_s_per_user)
+    s = _Search(req, model, ctx, dctx, isl, osl, pct, tpot_target, stop)
+    agg = s.run_agg() if "agg" in req.limits.modes else _Side()
+    disagg = s.run_disagg() if "disagg" in req.limits.modes else _Side()
+    best = _pick(agg.best, disagg.best, req.rate_per_s)
+    speedup = (disagg.best.tokens_per_s_per_gpu / agg.best.tokens_per_s_per_gpu
+               if agg.best and disagg.best and agg.best.tokens_per_s_per_gpu > 0 else None)
+    reason, closest = None, None
+    if best is None:
+        reason, closest = s.why_nothing(agg, disagg)
+    return PlanResult(
+        best=best, best_agg=agg.best, best_disagg=disagg.best, disagg_speedup=speedup,
+        pareto_agg=tuple(agg.pareto), pareto_disagg=tuple(disagg.pareto),
+        design_points=s.design_points, elapsed_ms=(time.perf_counter() - start) * 1e3,
+        reason=reason, closest=closest, explanation=_explain(best, agg.best, disagg.best, speedup, req),
+    )
+
+
+@dataclass
+class _Side:
+    best: Deployment | None = None
+    pareto: list[Deployment] | None = None
+    closest: Deployment | None = None
+    closest_gap: float = math.inf
+    binding: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pareto is None:
+            self.pareto = []
+
+
+def _pick(agg: Deployment | None, disagg: Deployment | None, rate: float | None) -> Deployment | None:
+    cands = [d for d in (agg, disagg) if d is not None]
+    if not cands:
+        return None
+    if rate:
+        meets = [d for d in cands if d.requests_per_s >= rate]
+        if meets:
+            return min(meets, key=lambda d: (d.gpus, -d.tokens_per_s_per_gpu))
+    return max(cands, key=lambda d: (d.requests_per_s, d.tokens_per_s_per_gpu))
+
+
+def _explain(best: Deployment | None, agg: Deployment | None, disagg: Deployment | None,
+             speedup: float | None, req: PlanRequest) -> str:
+    if best is None:
+        return "no deployment meets the SLO within the GPU budget"
+    pools = ", ".join(f"{p.role} TP{p.tp}xPP{p.pp}" + (f"xEP{p.ep}xDP{p.attention_dp}" if p.ep > 1 or p.attention_dp > 1 else "")
+                      + f" batch {p.batch} x{p.workers}" for p in best.pools)
+    text = (f"{best.mode} serving ({pools}) delivers {best.requests_per_s:.2f} req/s at "
+            f"{best.tokens_per_s_per_gpu:.0f} tokens/s/GPU and {best.tokens_per_s_per_user:.1f} "
+            f"tokens/s/user, meeting TTFT {req.slo.ttft_ms:g} ms and TPOT {req.slo.tpot_ms:g} ms "
+            f"({req.slo.percentile}) on {best.gpus} of {req.gpus} GPUs")
+    if speedup is not None:
+        text += f"; disaggregation gives {speedup:.2f}x the tokens/s/GPU of the best aggregated setup"
+    elif best.mode == "disagg" and "agg" in req.limits.modes:
+        text += "; no aggregated setup meets the SLO"
+    elif best.mode == "agg" and "disagg" in req.limits.modes:
+        text += "; no disaggregated setup meets the SLO"
+    return text
+
+
+class _Search:
+    def __init__(self, req: PlanRequest, model: ModelSpec, ctx: PerfContext, dctx: PerfContext,
+                 isl: float, osl: float, pct: float, tpot_target: float,
+                 stop: Callable[[], bool]) -> None:
+        self.req, self.model, self.ctx, self.dctx = req, model, ctx, dctx
+        self.isl, self.osl, self.pct, self.tpot_target = isl, osl, pct, tpot_target
+        self.stop = stop
+        self.design_points = 0
+        self.budget = req.gpus
+        self.budget_p = req.prefill_gpus or req.gpus
+        self.budget_d = req.decode_gpus or req.gpus
+        self.rate = req.rate_per_s or 0.0
+        self.best_prefill_ms = math.inf
+        self.best_decode_ms = math.inf
+        self.any_fit = False
+
+    def _check(self) -> None:
+        if self.stop():
+            raise SearchCancelled("search stopped by its caller")
+
+    # -- disaggregated -------------------------------------------------------------------------
+    def _prefill(self) -> _Phase:
+        c = self.ctx
+        lay = layouts(self.model, c.gpu, min(self.budget_p, self.budget - 1) or 1, self.req.limits)
+        tp, pp, ep, dp, b = cross(lay, PREFILL_BATCHES, per_dp_rank=True)
+        n = tp.shape[0]
+        ttft, rate, mem, fits, layer = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.bool_), np.zeros((n, 4))
+        prefill_many(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp, ep, dp, b,
+                     self.isl, self.req.prefix_hit, ttft, rate, mem, fits, layer)
+        self.design_points += n
+        return _Phase(tp, pp, ep, dp, b, ttft, rate, fits)
+
+    def _decode(self) -> _Phase:
+        c = self.dctx
+        lay = layouts(self.model, c.gpu, min(self.budget_d, self.budget - 1) or 1, self.req.limits)
+        tp, pp, ep, dp, b = cross(lay, batch_grid(c.engine.max_batch, dense_up_to=c.engine.max_batch), per_dp_rank=True)
+        n = tp.shape[0]
+        tpot, rate, mem, fits, layer = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.bool_), np.zeros((n, 4))
+        decode_many(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp, ep, dp, b,
+                    self.isl + self.osl / 2.0, tpot, rate, mem, fits, layer)
+        self.design_points += n
+        return _Phase(tp, pp, ep, dp, b, tpot, rate, fits)
+
+    def run_disagg(self) -> _Side:
+        side = _Side()
+        if self.budget < 2:
+            side.binding = "disaggregated serving needs at least 2 GPUs"
+            return side
+        pre = self._prefill()
+        self._check()
+        dec = self._decode()
+        self._check()
+        self.any_fit |= bool(pre.fits.any() and dec.fits.any())
+        if pre.fits.any():
+            self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
+        if dec.fits.any():
+            self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
+        # prefill: usable rate after queueing at the SLO percentile
+        service = pre.batch / pre.rate * 1e3
+        util = np.array([max_utilisation(pre.latency_ms[i], service[i], self.req.slo.ttft_ms, self.pct)
+                         if pre.fits[i] else 0.0 for i in range(pre.tp.shape[0])])
+        r_p_all = pre.rate * util
+        p_ok = r_p_all > 0.0
+        if not p_ok.any():
+            side.binding = (f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms"
+                            if pre.fits.any() else "memory: no prefill layout fits the model")
+        d_ok = dec.fits.copy()
+        if not d_ok.any():
+            side.binding = side.binding or "memory: no decode layout fits the model"
+            return side
+        if not p_ok.any():
+            return side
+        pi = np.nonzero(p_ok)[0]
+        r_p, g_p = r_p_all[pi], pre.gpus[pi]
+        di = np.nonzero(d_ok)[0]
+        steps = max(self.osl - 1.0, 1.0)
+        r_d = dec.batch[di] / (dec.latency_ms[di] * steps) * 1e3
+        g_d = dec.gpus[di]
+        # frontier: continuous rate matching with the prefill of best requests/s/GPU
+        k = int(np.argmax(r_p / g_p))
+        per_gpu = self.osl / (g_p[k] / r_p[k] + g_d / r_d)
+        user = 1e3 / dec.latency_ms[di]
+        front = pareto_front(user, per_gpu)
+        side.pareto = [self._disagg_deployment(pre, dec, pi[k], di[j], None, None, float(per_gpu[j]))
+                       for j in front]
+        self._check()
+        # recommendation: whole workers within the budget, among decode candidates meeting TPOT
+        meet = dec.latency_ms[di] <= self.tpot_target
+        if not meet.any():
+            side.binding = f"TPOT: the fastest decode takes {self.best_decode_ms:.1f} ms"
+            j = int(np.argmin(dec.latency_ms[di]))
+            side.closest = self._disagg_deployment(pre, dec, pi[k], di[j], None, None, float(per_gpu[j]))
+            side.closest_gap = float(dec.latency_ms[di][j] / self.tpot_target)
+            return side
+        mj = np.nonzero(meet)[0]
+        m = mj.shape[0]
+        # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
+        keep = _undominated(g_p, r_p)
+        pi, r_p, g_p = pi[keep], r_p[keep], g_p[keep]
+        ox, oy, orate, opre = np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(m), np.zeros(m, np.int64)
+        self.design_points += match_all(r_p, g_p, r_d[mj], g_d[mj], self.osl, self.budget,
+                                        self.budget_p, self.budget_d, self.rate, ox, oy, orate, opre)
+        ok = ox > 0
+        if not ok.any():
+            side.binding = f"budget: no prefill and decode workers fit in {self.budget} GPUs together"
+            return side
+        gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d[mj]
+        if self.rate > 0 and (orate[ok] >= self.rate).any():
+            score = np.where(ok & (orate >= self.rate), -gpus_used.astype(np.float64), -np.inf)
+        else:
+            score = np.where(ok, orate - 1e-9 * gpus_used, -np.inf)
+        j = int(np.argmax(score))
+        side.best = self._disagg_deployment(pre, dec, pi[opre[j]], di[mj[j]], int(ox[j]), int(oy[j]),
+                                            None, float(orate[j]))
+        return side
+
+    def _disagg_deployment(self, pre: _Phase, dec: _Phase, i: int, j: int, x: int | None,
+                           y: int | None, per_gpu: float | None,
+                           rate: float | None = None) -> Deployment:
+        g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
+        steps = max(self.osl - 1.0, 1.0)
+        r_d = float(dec.batch[j] / (dec.latency_ms[j] * steps) * 1e3)
+        service = float(pre.batch[i] / pre.rate[i] * 1e3)
+        util = max_utilisation(float(pre.latency_ms[i]), service, self.req.slo.ttft_ms, self.pct)
+        r_p = float(pre.rate[i]) * max(util, 1e-9)
+        if x is None or y is None:  # continuous matching (frontier point): one prefill worker's worth
+            ratio = (g_p / r_p) / (g_d / r_d)
+            xs, ys = 1, 1
+            rate = 1.0 / (g_p / r_p + g_d / r_d)  # per GPU
+            gpus = 1
+            tok = per_gpu if per_gpu is not None else rate * self.osl
+            req_rate = rate
+        else:
+            xs, ys = x, y
+            gpus = int(x * g_p + y * g_d)
+            req_rate = rate if rate is not None else min(x * r_p, y * r_d)
+            tok = req_rate * self.osl / gpus
+            ratio = x * g_p / (y * g_d)
+        rho = min(req_rate / (xs * float(pre.rate[i])), 0.999) if x is not None else util
+        from planner.serving.queueing import wait_ms
+
+        ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
+        kv = self._kv_gbps(pre, i, req_rate if x is not None else None, xs)
+        pools = (
+            Pool("prefill", self.ctx.gpu.name, int(pre.tp[i]), int(pre.pp[i]), int(pre.ep[i]),
+                 int(pre.dp[i]), int(pre.batch[i]), xs),
+            Pool("decode", self.dctx.gpu.name, int(dec.tp[j]), int(dec.pp[j]), int(dec.ep[j]),
+                 int(dec.dp[j]), int(dec.batch[j]), ys),
+        )
+        return Deployment(mode="disagg", pools=pools, ttft_ms=ttft, tpot_ms=float(dec.latency_ms[j]),
+                          tokens_per_s_per_gpu=tok, tokens_per_s_per_user=1e3 / float(dec.latency_ms[j]),
+                          requests_per_s=req_rate, gpus=gpus, prefill_decode_gpu_ratio=ratio,
+                          kv_transfer_gb_per_s_per_gpu=kv)
+
+    def _kv_gbps(self, pre: _Phase, i: int, rate: float | None, x: int) -> float | None:
+        per_req = kv_bytes_per_request(self.ctx.mv, self.ctx.hv, self.isl)
+        r = rate / x if rate is not None else float(pre.rate[i])
+        senders = sending_gpus(self.ctx.mv, float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i]))
+        return per_req * r / senders / 1e9
+
+    # -- aggregated ----------------------------------------------------------------------------
+    def run_agg(self) -> _Side:
+        side = _Side()
+        c = self.ctx
+        lay = layouts(self.model, c.gpu, self.budget, self.req.limits, allow_pp=False)
+        isl_mix = np.array([float(w.isl) for w in self.req.traffic])
+        osl_mix = np.array([float(w.osl) for w in self.req.traffic])
+        reps = np.maximum(1, np.round(np.array([w.weight for w in self.req.traffic])
+                                      / min(w.weight for w in self.req.traffic))).astype(np.int64)
+        if reps.sum() > 64:  # keep the replayed cycle short
+            reps = np.maximum(1, np.round(reps * 64 / reps.sum())).astype(np.int64)
+        isl_cycle = np.repeat(isl_mix, reps)
+        osl_cycle = np.repeat(osl_mix, reps)
+        chunks = sorted({c.engine.default_chunk_tokens, 2048, 0})
+        slot = PCT_SLOT[self.req.slo.percentile]
+        out = np.zeros(AGG_SLOTS)
+        points: list[tuple[float, float, Deployment, bool, float]] = []
+        max_isl = float(isl_cycle.max())
+        for row in lay:
+            tp, pp, ep, dp = (float(v) for v in row)
+            g = int(tp * pp * dp)
+            workers = self.budget // g
+            if workers < 1:
+                continue
+            for chunk in chunks:
+                step_tokens = float(chunk) if chunk > 0 else max_isl
+                for conc in AGG_CONCURRENCY:
+                    users = max(1, math.ceil(conc / dp))
+                    if users > c.engine.max_batch * 2:
+                        break
+                    self._check()
+                    cap = kv_capacity_tokens(c.mv, c.hv, tp, pp, ep, dp, step_tokens, float(users))
+                    if cap < max_isl + float(osl_cycle.max()):
+                        break
+                    self.any_fit = True
+                    simulate_agg(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp,
+                                 ep, dp, users, isl_cycle, osl_cycle, self.req.prefix_hit, float(chunk),
+                                 cap, c.engine.max_batch, users // 2 + 4, max(32, users), out)
+                    self.design_points += 1
+                    if out[A_OK] < 0.5:
+                        break
+                    ttft, tpot = float(out[slot]), float(out[4 + slot])
+                    per_worker_rps = float(out[9]) * dp
+                    tokens = float(out[A_TOKENS_PER_S]) * dp
+                    use = workers
+                    if self.rate > 0:
+                        use = min(workers, max(1, math.ceil(self.rate / per_worker_rps)))
+                    dep = Deployment(
+                        mode="agg",
+                        pools=(Pool("agg", c.gpu.name, int(tp), int(pp), int(ep), int(dp), int(users * dp),
+                                    use, chunk if chunk > 0 else None),),
+                        ttft_ms=ttft, tpot_ms=tpot, tokens_per_s_per_gpu=tokens / g,
+                        tokens_per_s_per_user=1e3 / tpot if tpot > 0 else 0.0,
+                        requests_per_s=per_worker_rps * use, gpus=g * use)
+                    meets = ttft <= self.req.slo.ttft_ms and tpot <= self.tpot_target
+                    gap = max(ttft / self.req.slo.ttft_ms, tpot / self.tpot_target)
+                    points.append((1e3 / tpot if tpot > 0 else 0.0, tokens / g, dep, meets, gap))
+                    if out[A_QUEUED] > 0.5 or ttft > 4.0 * self.req.slo.ttft_ms:
+                        break  # past KV saturation or far past the TTFT target: only worse
+        if not points:
+            side.binding = "memory: no aggregated layout fits the model and one request"
+            return side
+        ttft_ok = [p for p in points if p[2].ttft_ms <= self.req.slo.ttft_ms]
+        pool = ttft_ok or points
+        xs = np.array([p[0] for p in pool])
+        ys = np.array([p[1] for p in pool])
+        side.pareto = [pool[i][2] for i in pareto_front(xs, ys)]
+        good = [p[2] for p in points if p[3]]
+        if good:
+            side.best = _pick_agg(good, self.rate)
+        else:
+            worst = min(points, key=lambda p: p[4])
+            side.closest, side.closest_gap = worst[2], worst[4]
+            side.binding = ("TTFT" if worst[2].ttft_ms > self.req.slo.ttft_ms else "TPOT") + \
+                f": the closest aggregated setup reaches TTFT {worst[2].ttft_ms:.0f} ms, TPOT {worst[2].tpot_ms:.1f} ms"
+        return side
+
+    def why_nothing(self, agg: _Side, disagg: _Side) -> tuple[str, Deployment | None]:
+        if not self.any_fit:
+            return (f"{self.model.name} fits on no layout within {self.budget} x {self.ctx.gpu.name} "
+                    f"at {self.req.precision.dtype}: its weights alone need "
+                    f"{self.model.total_params * self.ctx.hv[6] / 1e9:.0f} GB"), None
+        parts = [f"{name}: {s.binding}" for name, s in (("agg", agg), ("disagg", disagg)) if s.binding]
+        closest = min((s for s in (agg, disagg) if s.closest is not None),
+                      key=lambda s: s.closest_gap, default=None)
+        return ("no configuration meets the SLO; " + "; ".join(parts),
+                closest.closest if closest else None)
+
+
+def _undominated(gpus: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Indices of candidates no other beats with at most as many GPUs and a higher rate."""
+    order = np.lexsort((-rate, gpus))
+    keep, best = [], -1.0
+    for i in order:
+        if rate[i] > best:
+            keep.append(i)
+            best = rate[i]
+    return np.array(keep, dtype=np.int64)
+
+
+def _pick_agg(good: list[Deployment], rate: float) -> Deployment:
+    if rate > 0:
+        meets = [d for d in good if d.requests_per_s >= rate]
+        if meets:
+            return min(meets, key=lambda d: (d.gpus, -d.tokens_per_s_per_gpu))
+    return max(good, key=lambda d: (d.requests_per_s, d.tokens_per_s_per_gpu))
+
+
+__all__ = ["link_between_pools", "plan"]
