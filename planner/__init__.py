@@ -5,3 +5,10 @@ arrays, so the planner can be used as a library, tested without a server and tim
 """
 
 __version__ = "0.1.0"
+
+
+def warmup() -> float:
+    """Compile every planner kernel (see ``planner.warmup``); returns the seconds it took."""
+    from planner.warmup import warmup as _warmup
+
+    return _warmup()

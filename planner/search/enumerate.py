@@ -23,8 +23,11 @@ def powers_of_two(limit: int) -> list[int]:
 
 
 def layouts(model: ModelSpec, gpu: GpuSpec, budget: int, limits: SearchLimits,
-            allow_pp: bool = True) -> np.ndarray:
-    """Rows of (tp, pp, ep, attention_dp) with at most ``budget`` GPUs per worker."""
+            allow_pp: bool = True, full_ep_only: bool = False) -> np.ndarray:
+    """Rows of (tp, pp, ep, attention_dp) with at most ``budget`` GPUs per worker.
+
+    ``full_ep_only`` keeps, for MoE models, only expert parallelism over the whole stage (the
+    usual serving layout), for searches whose every point is expensive."""
     max_tp = limits.max_tp or gpu.nvlink_domain_size
     domain = gpu.nvlink_domain_size
     rows: list[tuple[int, int, int, int]] = []
@@ -40,6 +43,8 @@ def layouts(model: ModelSpec, gpu: GpuSpec, budget: int, limits: SearchLimits,
                 continue
             if model.is_moe and limits.allow_ep:
                 eps = [e for e in powers_of_two(stage) if model.num_experts % e == 0 and e * 8 >= stage]
+                if full_ep_only and eps:
+                    eps = [max(eps)]
             else:
                 eps = [1]
             for ep in eps:

@@ -40,7 +40,7 @@ from planner.serving.queueing import PERCENTILES, max_utilisation
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
-AGG_CONCURRENCY = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 PCT_SLOT = {"p50": 1, "p90": 2, "p99": 3}
 
 
@@ -207,7 +207,9 @@ class _Search:
     def _decode(self) -> _Phase:
         c = self.dctx
         lay = layouts(self.model, c.gpu, min(self.budget_d, self.budget - 1) or 1, self.req.limits)
-        tp, pp, ep, dp, b = cross(lay, batch_grid(c.engine.max_batch, dense_up_to=c.engine.max_batch), per_dp_rank=True)
+        # every batch when the layouts are few; every batch to 64 then 6% steps otherwise
+        dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
+        tp, pp, ep, dp, b = cross(lay, batch_grid(c.engine.max_batch, dense_up_to=dense), per_dp_rank=True)
         n = tp.shape[0]
         tpot, rate, mem, fits, layer = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.bool_), np.zeros((n, 4))
         decode_many(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp, ep, dp, b,
@@ -336,7 +338,7 @@ class _Search:
     def run_agg(self) -> _Side:
         side = _Side()
         c = self.ctx
-        lay = layouts(self.model, c.gpu, self.budget, self.req.limits, allow_pp=False)
+        lay = layouts(self.model, c.gpu, self.budget, self.req.limits, allow_pp=False, full_ep_only=True)
         isl_mix = np.array([float(w.isl) for w in self.req.traffic])
         osl_mix = np.array([float(w.osl) for w in self.req.traffic])
         reps = np.maximum(1, np.round(np.array([w.weight for w in self.req.traffic])
@@ -345,7 +347,11 @@ class _Search:
             reps = np.maximum(1, np.round(reps * 64 / reps.sum())).astype(np.int64)
         isl_cycle = np.repeat(isl_mix, reps)
         osl_cycle = np.repeat(osl_mix, reps)
-        chunks = sorted({c.engine.default_chunk_tokens, 2048, 0})
+        # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
+        # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
+        # large MoE layout spaces keep only the engine's budget and no chunking
+        chunks = [c.engine.default_chunk_tokens, 0] if lay.shape[0] > 24 else \
+            sorted({c.engine.default_chunk_tokens, 2048, 0})
         slot = PCT_SLOT[self.req.slo.percentile]
         out = np.zeros(AGG_SLOTS)
         points: list[tuple[float, float, Deployment, bool, float]] = []
@@ -369,7 +375,7 @@ class _Search:
                     self.any_fit = True
                     simulate_agg(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp,
                                  ep, dp, users, isl_cycle, osl_cycle, self.req.prefix_hit, float(chunk),
-                                 cap, c.engine.max_batch, users // 2 + 4, max(32, users), out)
+                                 cap, c.engine.max_batch, min(users // 2 + 4, 64), max(32, min(users, 128)), out)
                     self.design_points += 1
                     if out[A_OK] < 0.5:
                         break
