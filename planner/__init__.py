@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def warmup() -> float:
-    """Compile every planner kernel (see ``planner.warmup``); returns the seconds it took."""
-    from planner.warmup import warmup as _warmup
+    """Compile every planner kernel (see ``planner.prewarm``); returns the seconds it took."""
+    from planner.prewarm import warmup as _warmup
 
     return _warmup()
