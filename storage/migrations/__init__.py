@@ -1,0 +1,1 @@
+"""Alembic migrations of pdplanner's schema; run them with ``storage.migrate.upgrade(url)``."""
