@@ -1,0 +1,593 @@
+"""The repository: what the service may ask of storage (``PlanStore``) and its SQL implementation.
+
+``SqlStore`` keeps plans, sweeps and custom catalog entries in SQLite or PostgreSQL through
+SQLAlchemy. Its contract, run against both databases, is
+``tests/integration/test_storage_contract.py``:
+
+- Every write is one transaction: it is stored whole or not at all.
+- A ``request_id`` already used returns what the first call stored instead of storing twice, also
+  when several calls with the same ``request_id`` race (the losers of the insert read the winner's
+  row).
+- Listings are newest first, paged by an opaque token (keyset on ``(created_at, id)``), so a page
+  never repeats or skips a row when rows are added between pages.
+- Records come back as frozen dataclasses (``storage.records``); errors as ``storage.errors``.
+- One store may be shared by the threads of a gRPC server: each call uses its own session.
+
+The schema must exist first: ``storage.migrate.upgrade(url)``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast
+
+from sqlalchemy import ColumnElement, and_, exc, func, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, selectinload, sessionmaker
+
+from storage import pagetoken
+from storage.engine import make_engine
+from storage.errors import (
+    AlreadyExistsError,
+    InvalidValueError,
+    NotFoundError,
+    StorageError,
+    UnavailableError,
+)
+from storage.models import (
+    PLAN_MODES,
+    CustomGpu,
+    CustomModel,
+    Plan,
+    Sweep,
+    SweepScenario,
+)
+from storage.records import (
+    PlanMode,
+    StoredEntry,
+    StoredPlan,
+    StoredScenario,
+    StoredSweep,
+    SweepState,
+)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+FINAL_SWEEP_STATES = ("done", "failed")
+
+Clock = Callable[[], datetime]
+_Row = TypeVar("_Row", Plan, Sweep)
+_Entry = TypeVar("_Entry", CustomModel, CustomGpu)
+
+
+class PlanStore(Protocol):
+    """Storage for plans, sweeps and custom catalog entries, as the service layer sees it."""
+
+    def create_plan(
+        self,
+        *,
+        request_id: str | None,
+        model: str,
+        gpu: str,
+        mode: PlanMode,
+        planner_version: str,
+        search_ms: float,
+        request: dict[str, Any],
+        result: dict[str, Any],
+    ) -> StoredPlan:
+        """Store a plan; with a ``request_id`` already used, return that plan instead."""
+        ...
+
+    def get_plan(self, plan_id: str) -> StoredPlan:
+        """Return the plan; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def find_plan_by_request_id(self, request_id: str) -> StoredPlan | None:
+        """Return the plan stored under this ``request_id``, or ``None``."""
+        ...
+
+    def list_plans(
+        self,
+        *,
+        model: str | None = None,
+        gpu: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str | None = None,
+    ) -> tuple[list[StoredPlan], str | None]:
+        """Return one page of plans, newest first, and the next page's token (None: no more)."""
+        ...
+
+    def delete_plan(self, plan_id: str) -> None:
+        """Delete the plan; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def create_sweep(
+        self, *, request_id: str | None, request: dict[str, Any], total: int
+    ) -> tuple[StoredSweep, bool]:
+        """Start a sweep of ``total`` scenarios; return ``(sweep, created)`` (False on a retry)."""
+        ...
+
+    def add_sweep_scenario(
+        self,
+        sweep_id: str,
+        index: int,
+        scenario: dict[str, Any],
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Store one scenario's outcome (a result or an error) and count it as done."""
+        ...
+
+    def finish_sweep(self, sweep_id: str, state: SweepState) -> None:
+        """Mark the sweep ``done`` or ``failed``."""
+        ...
+
+    def get_sweep(self, sweep_id: str) -> StoredSweep:
+        """Return the sweep with its scenarios in index order; ``NotFoundError`` if none."""
+        ...
+
+    def list_sweeps(
+        self, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str | None = None
+    ) -> tuple[list[StoredSweep], str | None]:
+        """Return one page of sweeps (no scenarios), newest first, and the next page's token."""
+        ...
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete the sweep and its scenarios; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def create_custom_model(self, name: str, spec: dict[str, Any]) -> StoredEntry:
+        """Add a model; raise ``AlreadyExistsError`` if the name is taken."""
+        ...
+
+    def get_custom_model(self, name: str) -> StoredEntry:
+        """Return the custom model; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def list_custom_models(self) -> list[StoredEntry]:
+        """Return every custom model, by name."""
+        ...
+
+    def create_custom_gpu(self, name: str, spec: dict[str, Any]) -> StoredEntry:
+        """Add a GPU type; raise ``AlreadyExistsError`` if the name is taken."""
+        ...
+
+    def get_custom_gpu(self, name: str) -> StoredEntry:
+        """Return the custom GPU type; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def list_custom_gpus(self) -> list[StoredEntry]:
+        """Return every custom GPU type, by name."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class SqlStore:
+    """``PlanStore`` on a SQL database (``sqlite:///...`` or ``postgresql+psycopg://...``).
+
+    ``clock`` gives ``created_at`` for new records (aware datetimes; tests pass a fake one).
+    Thread-safe: share one store between threads. Call ``close()`` (or use ``with``) when done.
+    """
+
+    def __init__(self, url: str, *, clock: Clock = _utc_now) -> None:
+        self._engine = make_engine(url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._clock = clock
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections. Calls after ``close`` open new ones."""
+        self._engine.dispose()
+
+    # -- plans -----------------------------------------------------------------------------------
+
+    def create_plan(
+        self,
+        *,
+        request_id: str | None,
+        model: str,
+        gpu: str,
+        mode: PlanMode,
+        planner_version: str,
+        search_ms: float,
+        request: dict[str, Any],
+        result: dict[str, Any],
+    ) -> StoredPlan:
+        """Store a plan and return it as stored.
+
+        If ``request_id`` was used before, return the plan stored then and store nothing: a client
+        retrying a call gets the first answer, also when the retries race each other.
+        Raises ``InvalidValueError`` for an unknown ``mode`` or JSON that cannot be stored.
+        """
+        _check_choice("mode", mode, PLAN_MODES)
+        if request_id is not None:
+            existing = self.find_plan_by_request_id(request_id)
+            if existing is not None:
+                return existing
+        row = Plan(
+            id=_new_id(),
+            request_id=request_id,
+            model=model,
+            gpu=gpu,
+            mode=mode,
+            planner_version=planner_version,
+            created_at=self._clock(),
+            search_ms=float(search_ms),
+            request=request,
+            result=result,
+        )
+        with _translate_errors():
+            try:
+                with self._sessions.begin() as session:
+                    session.add(row)
+                    session.flush()
+                    session.refresh(row)
+                    return _plan_record(row)
+            except exc.IntegrityError:
+                # Another call inserted the same request_id between our lookup and our insert.
+                existing = None if request_id is None else self.find_plan_by_request_id(request_id)
+                if existing is None:
+                    raise
+                return existing
+
+    def get_plan(self, plan_id: str) -> StoredPlan:
+        """Return the plan ``plan_id``; raise ``NotFoundError`` if there is none."""
+        with _translate_errors(), self._sessions() as session:
+            row = session.get(Plan, plan_id)
+            if row is None:
+                raise NotFoundError("plan", plan_id)
+            return _plan_record(row)
+
+    def find_plan_by_request_id(self, request_id: str) -> StoredPlan | None:
+        """Return the plan stored under the client's ``request_id``, or ``None``."""
+        with _translate_errors(), self._sessions() as session:
+            row = session.scalars(select(Plan).where(Plan.request_id == request_id)).one_or_none()
+            return None if row is None else _plan_record(row)
+
+    def list_plans(
+        self,
+        *,
+        model: str | None = None,
+        gpu: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str | None = None,
+    ) -> tuple[list[StoredPlan], str | None]:
+        """Return up to ``page_size`` plans, newest first, and the token of the next page.
+
+        ``model`` and ``gpu`` filter by exact name. ``page_size`` is clamped to 1..1000. An empty
+        or ``None`` ``page_token`` starts at the newest plan; the token returned is ``None`` on the
+        last page. A token from another listing (other filters) or not from this store raises
+        ``InvalidPageTokenError``.
+        """
+        where: list[ColumnElement[bool]] = []
+        if model is not None:
+            where.append(Plan.model == model)
+        if gpu is not None:
+            where.append(Plan.gpu == gpu)
+        filters = {"model": model, "gpu": gpu}
+        rows, token = self._page(Plan, where, filters, page_size, page_token)
+        return [_plan_record(row) for row in rows], token
+
+    def delete_plan(self, plan_id: str) -> None:
+        """Delete the plan ``plan_id``; raise ``NotFoundError`` if there is none."""
+        with _translate_errors(), self._sessions.begin() as session:
+            row = session.get(Plan, plan_id)
+            if row is None:
+                raise NotFoundError("plan", plan_id)
+            session.delete(row)
+
+    # -- sweeps ----------------------------------------------------------------------------------
+
+    def create_sweep(
+        self, *, request_id: str | None, request: dict[str, Any], total: int
+    ) -> tuple[StoredSweep, bool]:
+        """Start a sweep of ``total`` scenarios, in state ``running``.
+
+        Returns ``(sweep, True)``, or ``(the existing sweep, False)`` when ``request_id`` was used
+        before (then nothing is stored).
+        """
+        if total < 0:
+            raise InvalidValueError(f"total must be >= 0, not {total}")
+        if request_id is not None:
+            existing = self._find_sweep_by_request_id(request_id)
+            if existing is not None:
+                return existing, False
+        row = Sweep(
+            id=_new_id(),
+            request_id=request_id,
+            created_at=self._clock(),
+            state="running",
+            total=total,
+            done=0,
+            request=request,
+        )
+        with _translate_errors():
+            try:
+                with self._sessions.begin() as session:
+                    session.add(row)
+                    session.flush()
+                    session.refresh(row)
+                    return _sweep_record(row, with_scenarios=False), True
+            except exc.IntegrityError:
+                existing = (
+                    None if request_id is None else self._find_sweep_by_request_id(request_id)
+                )
+                if existing is None:
+                    raise
+                return existing, False
+
+    def add_sweep_scenario(
+        self,
+        sweep_id: str,
+        index: int,
+        scenario: dict[str, Any],
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Store scenario ``index`` of the sweep with its ``result`` or its ``error`` (exactly one).
+
+        The scenario row and the sweep's ``done`` count change together or not at all. Raises
+        ``NotFoundError`` (no such sweep), ``AlreadyExistsError`` (index already stored) and
+        ``InvalidValueError`` (index outside ``0..total-1``, both or neither of result and error,
+        JSON that cannot be stored).
+        """
+        if (result is None) == (error is None):
+            raise InvalidValueError("give exactly one of result and error")
+        with _translate_errors():
+            try:
+                with self._sessions.begin() as session:
+                    sweep = session.get(Sweep, sweep_id, with_for_update=True)
+                    if sweep is None:
+                        raise NotFoundError("sweep", sweep_id)
+                    if not 0 <= index < sweep.total:
+                        raise InvalidValueError(
+                            f"scenario index {index} is outside 0..{sweep.total - 1}"
+                        )
+                    session.execute(
+                        update(Sweep)
+                        .where(Sweep.id == sweep_id)
+                        .values(done=Sweep.done + 1)
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.add(
+                        SweepScenario(
+                            sweep_id=sweep_id,
+                            index=index,
+                            scenario=scenario,
+                            result=result,
+                            error=error,
+                        )
+                    )
+            except exc.IntegrityError:
+                with self._sessions() as session:
+                    if session.get(SweepScenario, (sweep_id, index)) is not None:
+                        raise AlreadyExistsError("sweep scenario", f"{sweep_id}/{index}") from None
+                    if session.get(Sweep, sweep_id) is None:
+                        raise NotFoundError("sweep", sweep_id) from None
+                raise
+
+    def finish_sweep(self, sweep_id: str, state: SweepState) -> None:
+        """Set the sweep's final ``state``, ``"done"`` or ``"failed"``."""
+        _check_choice("state", state, FINAL_SWEEP_STATES)
+        with _translate_errors(), self._sessions.begin() as session:
+            sweep = session.get(Sweep, sweep_id)
+            if sweep is None:
+                raise NotFoundError("sweep", sweep_id)
+            sweep.state = state
+
+    def get_sweep(self, sweep_id: str) -> StoredSweep:
+        """Return the sweep with its scenarios ordered by index; ``NotFoundError`` if none."""
+        with _translate_errors(), self._sessions() as session:
+            sweep = session.get(Sweep, sweep_id, options=[selectinload(Sweep.scenarios)])
+            if sweep is None:
+                raise NotFoundError("sweep", sweep_id)
+            return _sweep_record(sweep, with_scenarios=True)
+
+    def list_sweeps(
+        self, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str | None = None
+    ) -> tuple[list[StoredSweep], str | None]:
+        """Return up to ``page_size`` sweeps, newest first, without their scenarios, and the next
+        page's token (``None`` on the last page). Paging works as in ``list_plans``."""
+        rows, token = self._page(Sweep, [], {}, page_size, page_token)
+        return [_sweep_record(row, with_scenarios=False) for row in rows], token
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete the sweep; the database deletes its scenarios with it (``ON DELETE CASCADE``)."""
+        with _translate_errors(), self._sessions.begin() as session:
+            sweep = session.get(Sweep, sweep_id)
+            if sweep is None:
+                raise NotFoundError("sweep", sweep_id)
+            session.delete(sweep)
+
+    def _find_sweep_by_request_id(self, request_id: str) -> StoredSweep | None:
+        with _translate_errors(), self._sessions() as session:
+            row = session.scalars(select(Sweep).where(Sweep.request_id == request_id)).one_or_none()
+            return None if row is None else _sweep_record(row, with_scenarios=False)
+
+    # -- custom catalog entries ------------------------------------------------------------------
+
+    def create_custom_model(self, name: str, spec: dict[str, Any]) -> StoredEntry:
+        """Add a custom model (``spec``: its HF config dict); ``AlreadyExistsError`` if taken."""
+        return self._create_entry(CustomModel, "custom model", name, spec)
+
+    def get_custom_model(self, name: str) -> StoredEntry:
+        """Return the custom model ``name``; raise ``NotFoundError`` if there is none."""
+        return self._get_entry(CustomModel, "custom model", name)
+
+    def list_custom_models(self) -> list[StoredEntry]:
+        """Return every custom model, ordered by name."""
+        return self._list_entries(CustomModel)
+
+    def create_custom_gpu(self, name: str, spec: dict[str, Any]) -> StoredEntry:
+        """Add a custom GPU type; raise ``AlreadyExistsError`` if the name is taken."""
+        return self._create_entry(CustomGpu, "custom GPU", name, spec)
+
+    def get_custom_gpu(self, name: str) -> StoredEntry:
+        """Return the custom GPU type ``name``; raise ``NotFoundError`` if there is none."""
+        return self._get_entry(CustomGpu, "custom GPU", name)
+
+    def list_custom_gpus(self) -> list[StoredEntry]:
+        """Return every custom GPU type, ordered by name."""
+        return self._list_entries(CustomGpu)
+
+    def _create_entry(
+        self, table: type[_Entry], kind: str, name: str, spec: dict[str, Any]
+    ) -> StoredEntry:
+        row = table(name=name, created_at=self._clock(), spec=spec)
+        with _translate_errors():
+            try:
+                with self._sessions.begin() as session:
+                    session.add(row)
+                    session.flush()
+                    session.refresh(row)
+                    return _entry_record(row)
+            except exc.IntegrityError:
+                with self._sessions() as session:
+                    taken = session.scalar(select(func.count()).where(table.name == name))
+                if taken:
+                    raise AlreadyExistsError(kind, name) from None
+                raise
+
+    def _get_entry(self, table: type[_Entry], kind: str, name: str) -> StoredEntry:
+        with _translate_errors(), self._sessions() as session:
+            row = session.scalars(select(table).where(table.name == name)).one_or_none()
+            if row is None:
+                raise NotFoundError(kind, name)
+            return _entry_record(row)
+
+    def _list_entries(self, table: type[_Entry]) -> list[StoredEntry]:
+        with _translate_errors(), self._sessions() as session:
+            rows = session.scalars(select(table).order_by(table.name)).all()
+            return [_entry_record(row) for row in rows]
+
+    # -- paging ----------------------------------------------------------------------------------
+
+    def _page(
+        self,
+        table: type[_Row],
+        where: list[ColumnElement[bool]],
+        filters: dict[str, str | None],
+        page_size: int,
+        page_token: str | None,
+    ) -> tuple[list[_Row], str | None]:
+        """Select one page of ``table`` rows matching ``where``, newest first, after the token."""
+        size = min(max(page_size, 1), MAX_PAGE_SIZE)
+        stmt = select(table).where(*where)
+        if page_token:
+            cursor = pagetoken.decode(page_token, filters)
+            stmt = stmt.where(_after(table.created_at, table.id, cursor))
+        stmt = stmt.order_by(table.created_at.desc(), table.id.desc()).limit(size + 1)
+        with _translate_errors(), self._sessions() as session:
+            rows = list(session.scalars(stmt).all())
+        if len(rows) <= size:
+            return rows, None
+        rows = rows[:size]
+        last = pagetoken.Cursor(created_at=rows[-1].created_at, id=rows[-1].id)
+        return rows, pagetoken.encode(last, filters)
+
+
+def _after(
+    created_at: InstrumentedAttribute[datetime],
+    row_id: InstrumentedAttribute[str],
+    cursor: pagetoken.Cursor,
+) -> ColumnElement[bool]:
+    """Rows that come after ``cursor`` in newest-first order (ties on time broken by id)."""
+    return or_(
+        created_at < cursor.created_at,
+        and_(created_at == cursor.created_at, row_id < cursor.id),
+    )
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    """Turn SQLAlchemy's exceptions into ``storage.errors``; let the store's own ones through."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (exc.OperationalError, exc.InterfaceError) as e:
+        raise UnavailableError(f"database unavailable: {e.orig}") from e
+    except exc.DataError as e:
+        raise InvalidValueError(f"value rejected by the database: {e.orig}") from e
+    except exc.DBAPIError as e:
+        raise StorageError(f"database error: {e.orig}") from e
+    except exc.StatementError as e:
+        # Raised before the database saw the statement: a value could not be converted
+        # (JSON with NaN or a non-JSON object, a naive datetime).
+        if isinstance(e.orig, StorageError):
+            raise e.orig from e
+        if isinstance(e.orig, TypeError | ValueError):
+            raise InvalidValueError(f"value cannot be stored: {e.orig}") from e
+        raise StorageError(str(e)) from e
+    except exc.SQLAlchemyError as e:
+        raise StorageError(str(e)) from e
+
+
+def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidValueError(f"{field} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _plan_record(row: Plan) -> StoredPlan:
+    return StoredPlan(
+        id=row.id,
+        request_id=row.request_id,
+        model=row.model,
+        gpu=row.gpu,
+        mode=cast(PlanMode, row.mode),
+        planner_version=row.planner_version,
+        created_at=row.created_at,
+        search_ms=row.search_ms,
+        request=row.request,
+        result=row.result,
+    )
+
+
+def _sweep_record(row: Sweep, *, with_scenarios: bool) -> StoredSweep:
+    scenarios = tuple(
+        StoredScenario(index=s.index, scenario=s.scenario, result=s.result, error=s.error)
+        for s in (row.scenarios if with_scenarios else ())
+    )
+    return StoredSweep(
+        id=row.id,
+        request_id=row.request_id,
+        created_at=row.created_at,
+        state=cast(SweepState, row.state),
+        total=row.total,
+        done=row.done,
+        request=row.request,
+        scenarios=scenarios,
+    )
+
+
+def _entry_record(row: CustomModel | CustomGpu) -> StoredEntry:
+    return StoredEntry(name=row.name, created_at=row.created_at, spec=row.spec)
+
+
+if TYPE_CHECKING:
+    # mypy proves here that SqlStore provides every method of PlanStore, with the same signatures.
+    _conforms: PlanStore = SqlStore("sqlite://")
