@@ -1,4 +1,4 @@
-"""``estimate``: evaluate one fixed configuration (a phase step, an agg worker, an xPyD deployment)."""
+"""``estimate``: evaluate one fixed configuration: a phase step, an agg worker or an xPyD set."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from planner.types import EstimateRequest, PhaseEstimate, PoolSpec, ServingEstim
 GB = 1e9
 
 
-def estimate(req: EstimateRequest, models: ModelCatalog | None = None,
-             gpus: GpuCatalog | None = None) -> PhaseEstimate | ServingEstimate:
+def estimate(
+    req: EstimateRequest, models: ModelCatalog | None = None, gpus: GpuCatalog | None = None
+) -> PhaseEstimate | ServingEstimate:
     """Evaluate ``req``; invalid fields raise ``InvalidInputError`` naming the field."""
     models = models or default_models()
     gpus = gpus or default_gpus()
@@ -32,7 +33,9 @@ def estimate(req: EstimateRequest, models: ModelCatalog | None = None,
     engine = load_engine(req.engine, "engine")
     validate.lengths(req.isl, req.osl)
     if (req.phase is None) == (req.mode is None):
-        raise InvalidInputError("phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)")
+        raise InvalidInputError(
+            "phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)"
+        )
     ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
     if req.phase is not None:
         return _phase(req, ctx, model)
@@ -59,10 +62,16 @@ def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEst
         tokens = m.rate_per_s / par.gpus
     else:
         raise InvalidInputError("phase", f"must be prefill or decode, got {req.phase!r}")
-    return PhaseEstimate(phase=req.phase, step_ms=m.step_ms, per_layer_ms=m.per_layer_ms,
-                         memory_gb_per_gpu=m.memory_bytes_per_gpu / GB, fits=m.fits,
-                         reason=m.reason, gpus=par.gpus,
-                         tokens_per_s_per_gpu=tokens if m.fits else 0.0)
+    return PhaseEstimate(
+        phase=req.phase,
+        step_ms=m.step_ms,
+        per_layer_ms=m.per_layer_ms,
+        memory_gb_per_gpu=m.memory_bytes_per_gpu / GB,
+        fits=m.fits,
+        reason=m.reason,
+        gpus=par.gpus,
+        tokens_per_s_per_gpu=tokens if m.fits else 0.0,
+    )
 
 
 def _agg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> ServingEstimate:
@@ -75,16 +84,22 @@ def _agg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> ServingEst
     validate.integer(chunk, "chunk_tokens", 0, validate.MAX_TOKENS)
     m = agg_worker(ctx, par, conc, np.array([req.isl]), np.array([req.osl]), chunk)
     if not m.ok:
-        return ServingEstimate("agg", 0.0, 0.0, 0.0, 0.0, 0.0, par.gpus,
-                               m.memory_bytes_per_gpu / GB, False, m.reason)
+        return ServingEstimate(
+            "agg", 0.0, 0.0, 0.0, 0.0, 0.0, par.gpus, m.memory_bytes_per_gpu / GB, False, m.reason
+        )
     tpot = m.tpot_ms["mean"]
     return ServingEstimate(
-        mode="agg", ttft_ms=m.ttft_ms["mean"], tpot_ms=tpot,
+        mode="agg",
+        ttft_ms=m.ttft_ms["mean"],
+        tpot_ms=tpot,
         tokens_per_s_per_gpu=m.tokens_per_s / par.gpus,
         tokens_per_s_per_user=1e3 / tpot if tpot > 0 else 0.0,
-        requests_per_s=m.requests_per_s, gpus=par.gpus,
-        memory_gb_per_gpu=m.memory_bytes_per_gpu / GB, fits=True,
-        running_batch=m.running, queued=m.queued,
+        requests_per_s=m.requests_per_s,
+        gpus=par.gpus,
+        memory_gb_per_gpu=m.memory_bytes_per_gpu / GB,
+        fits=True,
+        running_batch=m.running,
+        queued=m.queued,
         details={"ttft_ms": m.ttft_ms, "tpot_ms": m.tpot_ms, "chunk_tokens": chunk},
     )
 
@@ -98,14 +113,25 @@ def _pool(pool: PoolSpec | None, name: str, model: ModelSpec) -> PoolSpec:
     return pool
 
 
-def _disagg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec,
-            gpus: GpuCatalog) -> ServingEstimate:
+def _disagg(
+    req: EstimateRequest, ctx: PerfContext, model: ModelSpec, gpus: GpuCatalog
+) -> ServingEstimate:
     p = _pool(req.prefill, "prefill", model)
     d = _pool(req.decode, "decode", model)
-    p_ctx = ctx if p.gpu is None else PerfContext.build(
-        model, gpus.get(p.gpu, "prefill.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype)
-    d_ctx = ctx if d.gpu is None else PerfContext.build(
-        model, gpus.get(d.gpu, "decode.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype)
+    p_ctx = (
+        ctx
+        if p.gpu is None
+        else PerfContext.build(
+            model, gpus.get(p.gpu, "prefill.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype
+        )
+    )
+    d_ctx = (
+        ctx
+        if d.gpu is None
+        else PerfContext.build(
+            model, gpus.get(d.gpu, "decode.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype
+        )
+    )
     pm = prefill_worker(p_ctx, p.parallelism, p.batch, req.isl)
     context = float(req.isl + req.osl // 2)
 
@@ -118,21 +144,49 @@ def _disagg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec,
     if not pm.fits or not dm.fits:
         reason = f"prefill: {pm.reason}" if not pm.fits else f"decode: {dm.reason}"
         return ServingEstimate("disagg", 0.0, 0.0, 0.0, 0.0, 0.0, total_gpus, mem, False, reason)
-    link = (p_ctx.gpu.nvlink_domain_size, p_ctx.gpu.nvlink_bytes_per_s,
-            min(p_ctx.gpu.scaleout_bytes_per_s, d_ctx.gpu.scaleout_bytes_per_s),
-            p_ctx.gpu.name == d_ctx.gpu.name)
-    r = evaluate_xpyd(pm, p.batch, p.parallelism.gpus, p.parallelism.tp, p.parallelism.pp,
-                      p.parallelism.attention_dp, p.workers, decode_at, d.batch,
-                      d.parallelism.gpus, d.workers, req.isl, req.osl, p_ctx.mv, p_ctx.hv, link,
-                      0.0)
+    link = (
+        p_ctx.gpu.nvlink_domain_size,
+        p_ctx.gpu.nvlink_bytes_per_s,
+        min(p_ctx.gpu.scaleout_bytes_per_s, d_ctx.gpu.scaleout_bytes_per_s),
+        p_ctx.gpu.name == d_ctx.gpu.name,
+    )
+    r = evaluate_xpyd(
+        pm,
+        p.batch,
+        p.parallelism.gpus,
+        p.parallelism.tp,
+        p.parallelism.pp,
+        p.parallelism.attention_dp,
+        p.workers,
+        decode_at,
+        d.batch,
+        d.parallelism.gpus,
+        d.workers,
+        req.isl,
+        req.osl,
+        p_ctx.mv,
+        p_ctx.hv,
+        link,
+        0.0,
+    )
     return ServingEstimate(
-        mode="disagg", ttft_ms=r.ttft_ms, tpot_ms=r.tpot_ms,
+        mode="disagg",
+        ttft_ms=r.ttft_ms,
+        tpot_ms=r.tpot_ms,
         tokens_per_s_per_gpu=r.output_tokens_per_s / total_gpus,
-        tokens_per_s_per_user=1e3 / r.tpot_ms, requests_per_s=r.requests_per_s, gpus=total_gpus,
-        memory_gb_per_gpu=mem, fits=True, running_batch=r.running_per_decode_worker * d.workers,
+        tokens_per_s_per_user=1e3 / r.tpot_ms,
+        requests_per_s=r.requests_per_s,
+        gpus=total_gpus,
+        memory_gb_per_gpu=mem,
+        fits=True,
+        running_batch=r.running_per_decode_worker * d.workers,
         kv_transfer_gb_per_s_per_gpu=r.kv_egress_bytes_per_s_per_gpu / GB,
         kv_transfer_ms=r.kv_transfer_ms,
-        details={"bottleneck": r.bottleneck, "prefill_utilisation": r.prefill_utilisation,
-                 "prefill_ttft_compute_ms": pm.step_ms, "link_gb_per_s": r.link_bytes_per_s / GB,
-                 "kv_link_exceeded": r.kv_egress_bytes_per_s_per_gpu > r.link_bytes_per_s},
+        details={
+            "bottleneck": r.bottleneck,
+            "prefill_utilisation": r.prefill_utilisation,
+            "prefill_ttft_compute_ms": pm.step_ms,
+            "link_gb_per_s": r.link_bytes_per_s / GB,
+            "kv_link_exceeded": r.kv_egress_bytes_per_s_per_gpu > r.link_bytes_per_s,
+        },
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from planner.types import EstimateRequest, Parallelism, PlanRequest, PoolSpec, Slo, Workload
 
@@ -13,11 +14,11 @@ def warmup() -> float:
     from planner.search import plan
 
     start = time.perf_counter()
-    base = {"model": "llama-3.1-8b", "gpu": "h100-sxm", "isl": 256, "osl": 16}
-    estimate(EstimateRequest(**base, phase="prefill", batch=1))  # type: ignore[arg-type]
-    estimate(EstimateRequest(**base, phase="decode", batch=1))  # type: ignore[arg-type]
-    estimate(EstimateRequest(**base, mode="agg", concurrency=2))  # type: ignore[arg-type]
-    estimate(EstimateRequest(**base, mode="disagg",  # type: ignore[arg-type]
-                             prefill=PoolSpec(Parallelism(), 1, 1), decode=PoolSpec(Parallelism(), 1, 4)))
+    base = EstimateRequest("llama-3.1-8b", "h100-sxm", isl=256, osl=16)
+    estimate(replace(base, phase="prefill", batch=1))
+    estimate(replace(base, phase="decode", batch=1))
+    estimate(replace(base, mode="agg", concurrency=2))
+    pool = PoolSpec(Parallelism(), workers=1, batch=4)
+    estimate(replace(base, mode="disagg", prefill=pool, decode=pool))
     plan(PlanRequest("mixtral-8x7b", "h100-sxm", 4, (Workload(256, 16),), Slo(1000.0, 50.0)))
     return time.perf_counter() - start

@@ -65,7 +65,7 @@ class PoolSpec:
 
 @dataclass(frozen=True)
 class EstimateRequest:
-    """One fixed configuration to evaluate: a single phase step, an agg worker, or an xPyD deployment."""
+    """One fixed configuration: a single phase step, an agg worker, or an xPyD deployment."""
 
     model: str
     gpu: str
@@ -234,10 +234,17 @@ class PlanResult:
             return d.to_dict() if d else None
 
         return {
-            "best": dep(self.best), "best_agg": dep(self.best_agg), "best_disagg": dep(self.best_disagg),
+            "best": dep(self.best),
+            "best_agg": dep(self.best_agg),
+            "best_disagg": dep(self.best_disagg),
             "disagg_speedup": self.disagg_speedup,
-            "pareto": {"agg": [d.to_dict() for d in self.pareto_agg],
-                       "disagg": [d.to_dict() for d in self.pareto_disagg]},
-            "design_points": self.design_points, "elapsed_ms": self.elapsed_ms,
-            "reason": self.reason, "closest": dep(self.closest), "explanation": self.explanation,
+            "pareto": {
+                "agg": [d.to_dict() for d in self.pareto_agg],
+                "disagg": [d.to_dict() for d in self.pareto_disagg],
+            },
+            "design_points": self.design_points,
+            "elapsed_ms": self.elapsed_ms,
+            "reason": self.reason,
+            "closest": dep(self.closest),
+            "explanation": self.explanation,
         }

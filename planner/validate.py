@@ -32,8 +32,9 @@ def number(value: object, field: str, lo: float, hi: float, *, lo_open: bool = F
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidInputError(field, f"must be a finite number, got {value!r}")
     if value < lo or (lo_open and value == lo):
-        raise InvalidInputError(field, f"must be {'greater than' if lo_open else 'at least'} {lo:g}, "
-                                       f"got {value:g}")
+        raise InvalidInputError(
+            field, f"must be {'greater than' if lo_open else 'at least'} {lo:g}, got {value:g}"
+        )
     if value > hi:
         raise InvalidInputError(field, f"must be at most {hi:g}, got {value:g}")
     return float(value)
@@ -51,22 +52,32 @@ def parallelism(par: Parallelism, model: ModelSpec, field: str = "parallelism") 
     ep = integer(par.ep, f"{field}.ep", 1, MAX_PARALLEL)
     dp = integer(par.attention_dp, f"{field}.attention_dp", 1, MAX_PARALLEL)
     if model.num_heads % tp:
-        raise InvalidInputError(f"{field}.tp", f"{tp} does not divide the {model.num_heads} "
-                                               f"attention heads of {model.name}")
+        raise InvalidInputError(
+            f"{field}.tp",
+            f"{tp} does not divide the {model.num_heads} attention heads of {model.name}",
+        )
     if pp > model.num_layers:
-        raise InvalidInputError(f"{field}.pp", f"{pp} stages exceed the {model.num_layers} layers "
-                                               f"of {model.name}")
+        raise InvalidInputError(
+            f"{field}.pp", f"{pp} stages exceed the {model.num_layers} layers of {model.name}"
+        )
     if not model.is_moe:
         if ep > 1:
-            raise InvalidInputError(f"{field}.ep", f"{model.name} is dense: expert parallelism "
-                                                   "needs a mixture-of-experts model")
+            raise InvalidInputError(
+                f"{field}.ep",
+                f"{model.name} is dense: expert parallelism needs a mixture-of-experts model",
+            )
         if dp > 1:
-            raise InvalidInputError(f"{field}.attention_dp", f"{model.name} is dense: attention "
-                                                             "data parallelism applies to MoE models")
+            raise InvalidInputError(
+                f"{field}.attention_dp",
+                f"{model.name} is dense: attention data parallelism applies to MoE models",
+            )
         return
     if model.num_experts % ep:
-        raise InvalidInputError(f"{field}.ep", f"{ep} does not divide the {model.num_experts} "
-                                               f"experts of {model.name}")
+        raise InvalidInputError(
+            f"{field}.ep", f"{ep} does not divide the {model.num_experts} experts of {model.name}"
+        )
     if (tp * dp) % ep:
-        raise InvalidInputError(f"{field}.ep", f"must divide tp x attention_dp = {tp * dp} "
-                                               "(the GPUs of one pipeline stage)")
+        raise InvalidInputError(
+            f"{field}.ep",
+            f"must divide tp x attention_dp = {tp * dp} (the GPUs of one pipeline stage)",
+        )

@@ -20,7 +20,20 @@ from planner.catalog.models import (
 )
 
 __all__ = [
-    "BYTES_PER_ELEMENT", "DTYPES", "EngineSpec", "GpuCatalog", "GpuSpec", "ModelCatalog",
-    "ModelSpec", "default_gpus", "default_models", "engine_names", "gpu_from_entry",
-    "gpu_to_entry", "load_engine", "load_gpu", "load_model", "model_from_hf_config",
+    "BYTES_PER_ELEMENT",
+    "DTYPES",
+    "EngineSpec",
+    "GpuCatalog",
+    "GpuSpec",
+    "ModelCatalog",
+    "ModelSpec",
+    "default_gpus",
+    "default_models",
+    "engine_names",
+    "gpu_from_entry",
+    "gpu_to_entry",
+    "load_engine",
+    "load_gpu",
+    "load_model",
+    "model_from_hf_config",
 ]

@@ -13,7 +13,7 @@ from planner.errors import InvalidInputError
 
 
 def read_document(path: str | Path, field: str) -> Any:
-    """Parse a YAML or JSON file; a missing or unparsable file is an InvalidInputError on ``field``."""
+    """Parse a YAML or JSON file; unreadable or unparsable files raise InvalidInputError."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -25,7 +25,9 @@ def read_document(path: str | Path, field: str) -> Any:
         return yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidInputError(field, f"{p} is not valid {p.suffix.lstrip('.') or 'YAML'}: {first}")
+        raise InvalidInputError(
+            field, f"{p} is not valid {p.suffix.lstrip('.') or 'YAML'}: {first}"
+        ) from None
 
 
 def builtin_entries(filename: str) -> list[dict[str, Any]]:

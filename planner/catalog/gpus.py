@@ -31,19 +31,25 @@ class GpuSpec:
     aliases: tuple[str, ...] = field(default=(), compare=False)
 
     def flops_per_s(self, dtype: str) -> float:
-        return {"bf16": self.bf16_flops_per_s, "fp8": self.fp8_flops_per_s,
-                "fp4": self.fp4_flops_per_s}[dtype]
+        return {
+            "bf16": self.bf16_flops_per_s,
+            "fp8": self.fp8_flops_per_s,
+            "fp4": self.fp4_flops_per_s,
+        }[dtype]
 
     def supports(self, dtype: str) -> bool:
         return self.flops_per_s(dtype) > 0
 
     def check_dtype(self, dtype: str, field_path: str = "dtype") -> None:
         if dtype not in DTYPES:
-            raise InvalidInputError(field_path, f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise InvalidInputError(
+                field_path, f"must be one of {', '.join(DTYPES)}, got {dtype!r}"
+            )
         if not self.supports(dtype):
             have = [d for d in DTYPES if self.supports(d)]
-            raise InvalidInputError(field_path, f"{self.name} has no {dtype} tensor cores "
-                                                f"(supports {', '.join(have)})")
+            raise InvalidInputError(
+                field_path, f"{self.name} has no {dtype} tensor cores (supports {', '.join(have)})"
+            )
 
 
 def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
@@ -73,8 +79,13 @@ def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
         calibration=optional(entry, "calibration", str, "h100-sxm", f),
         aliases=tuple(str(a) for a in entry.get("aliases", ()) or ()),
     )
-    for key in ("hbm_bytes", "hbm_bytes_per_s", "nvlink_bytes_per_s", "scaleout_bytes_per_s",
-                "nvlink_domain_size"):
+    for key in (
+        "hbm_bytes",
+        "hbm_bytes_per_s",
+        "nvlink_bytes_per_s",
+        "scaleout_bytes_per_s",
+        "nvlink_domain_size",
+    ):
         if getattr(spec, key) <= 0:
             raise InvalidInputError(f"{f}.{key}", "must be positive")
     if rates["fp8"] < 0 or rates["fp4"] < 0:
@@ -86,10 +97,15 @@ def gpu_to_entry(spec: GpuSpec) -> dict[str, Any]:
     """The data-file form of a GPU (inverse of ``gpu_from_entry``)."""
     flops = {d: spec.flops_per_s(d) for d in DTYPES if spec.supports(d)}
     return {
-        "name": spec.name, "aliases": list(spec.aliases), "flops_per_s": flops,
-        "hbm_bytes": spec.hbm_bytes, "hbm_bytes_per_s": spec.hbm_bytes_per_s,
-        "nvlink_bytes_per_s": spec.nvlink_bytes_per_s, "nvlink_domain_size": spec.nvlink_domain_size,
-        "scaleout_bytes_per_s": spec.scaleout_bytes_per_s, "calibration": spec.calibration,
+        "name": spec.name,
+        "aliases": list(spec.aliases),
+        "flops_per_s": flops,
+        "hbm_bytes": spec.hbm_bytes,
+        "hbm_bytes_per_s": spec.hbm_bytes_per_s,
+        "nvlink_bytes_per_s": spec.nvlink_bytes_per_s,
+        "nvlink_domain_size": spec.nvlink_domain_size,
+        "scaleout_bytes_per_s": spec.scaleout_bytes_per_s,
+        "calibration": spec.calibration,
     }
 
 

@@ -67,8 +67,11 @@ class ModelSpec:
         h = self.hidden_size
         if self.attention == "mla":
             qk_head = self.qk_nope_head_dim + self.qk_rope_head_dim
-            q = (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * qk_head
-                 if self.q_lora_rank else h * self.num_heads * qk_head)
+            q = (
+                h * self.q_lora_rank + self.q_lora_rank * self.num_heads * qk_head
+                if self.q_lora_rank
+                else h * self.num_heads * qk_head
+            )
             kv_down = h * (self.kv_lora_rank + self.qk_rope_head_dim)
             kv_up = self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
             out = self.num_heads * self.v_head_dim * h
@@ -81,9 +84,14 @@ class ModelSpec:
         """All weights, counting every expert."""
         dense_ffn = 3 * self.hidden_size * self.intermediate_size
         expert = 3 * self.hidden_size * self.moe_intermediate_size
-        moe_ffn = (self.num_experts + self.num_shared_experts) * expert + self.hidden_size * self.num_experts
-        ffn = (self.num_dense_layers * dense_ffn + self.num_moe_layers * moe_ffn
-               if self.is_moe else self.num_layers * dense_ffn)
+        moe_ffn = (
+            self.num_experts + self.num_shared_experts
+        ) * expert + self.hidden_size * self.num_experts
+        ffn = (
+            self.num_dense_layers * dense_ffn + self.num_moe_layers * moe_ffn
+            if self.is_moe
+            else self.num_layers * dense_ffn
+        )
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * self.attention_params + ffn + embed
 
@@ -108,7 +116,9 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
     """Build a ``ModelSpec`` from a Hugging Face ``config.json`` dictionary."""
     if not isinstance(cfg, dict):
         raise InvalidInputError(field_path, "config.json must hold a JSON object")
-    if isinstance(cfg.get("text_config"), dict):  # multimodal wrappers keep the LM under text_config
+    if isinstance(
+        cfg.get("text_config"), dict
+    ):  # multimodal wrappers keep the LM under text_config
         cfg = {**cfg["text_config"], "architectures": cfg.get("architectures", [])}
     f = field_path
     hidden = require(cfg, "hidden_size", int, f)
@@ -159,29 +169,38 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
 def validate_model(spec: ModelSpec, field_path: str = "model") -> None:
     """Reject architectures the performance model cannot evaluate, naming the offending key."""
     positive = {
-        "hidden_size": spec.hidden_size, "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": spec.num_heads, "num_key_value_heads": spec.num_kv_heads,
-        "head_dim": spec.head_dim, "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "vocab_size": spec.vocab_size,
     }
     for key, value in positive.items():
         if value <= 0:
             raise InvalidInputError(f"{field_path}.{key}", f"must be positive, got {value}")
     if spec.num_heads % spec.num_kv_heads:
-        raise InvalidInputError(f"{field_path}.num_key_value_heads",
-                                f"must divide num_attention_heads ({spec.num_heads})")
+        raise InvalidInputError(
+            f"{field_path}.num_key_value_heads",
+            f"must divide num_attention_heads ({spec.num_heads})",
+        )
     if spec.is_moe:
         if not 0 < spec.experts_per_token <= spec.num_experts:
-            raise InvalidInputError(f"{field_path}.num_experts_per_tok",
-                                    f"must be in 1..{spec.num_experts}")
+            raise InvalidInputError(
+                f"{field_path}.num_experts_per_tok", f"must be in 1..{spec.num_experts}"
+            )
         if spec.moe_intermediate_size <= 0:
             raise InvalidInputError(f"{field_path}.moe_intermediate_size", "must be positive")
         if spec.num_dense_layers >= spec.num_layers:
-            raise InvalidInputError(f"{field_path}.first_k_dense_replace",
-                                    "leaves no mixture-of-experts layer")
+            raise InvalidInputError(
+                f"{field_path}.first_k_dense_replace", "leaves no mixture-of-experts layer"
+            )
     if (not spec.is_moe or spec.num_dense_layers) and spec.intermediate_size <= 0:
         raise InvalidInputError(f"{field_path}.intermediate_size", "must be positive")
     if spec.attention == "mla" and (spec.kv_lora_rank <= 0 or spec.qk_nope_head_dim <= 0):
-        raise InvalidInputError(f"{field_path}.kv_lora_rank", "MLA needs kv_lora_rank and qk_nope_head_dim")
+        raise InvalidInputError(
+            f"{field_path}.kv_lora_rank", "MLA needs kv_lora_rank and qk_nope_head_dim"
+        )
 
 
 class ModelCatalog:
@@ -191,7 +210,9 @@ class ModelCatalog:
         self._by_name: dict[str, ModelSpec] = {}
         self._index: dict[str, str] = {}
         for entry in builtin_entries("models.yaml"):
-            spec = model_from_hf_config(entry["config"], entry["name"], f"models.yaml:{entry['name']}")
+            spec = model_from_hf_config(
+                entry["config"], entry["name"], f"models.yaml:{entry['name']}"
+            )
             self.add(ModelSpec(**{**spec.__dict__, "aliases": tuple(entry.get("aliases", ()))}))
         for spec in extra or []:
             self.add(spec)
@@ -214,7 +235,11 @@ class ModelCatalog:
             return self._by_name[self._index[key]]
         if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
             cfg = read_document(name_or_path, field_path)
-            stem = Path(name_or_path).parent.name if Path(name_or_path).name == "config.json" else Path(name_or_path).stem
+            stem = (
+                Path(name_or_path).parent.name
+                if Path(name_or_path).name == "config.json"
+                else Path(name_or_path).stem
+            )
             return model_from_hf_config(cfg, stem or name_or_path, field_path)
         raise UnknownEntryError(field_path, "model", name_or_path, self.names())
 

@@ -105,7 +105,9 @@ def alltoall_ms(nbytes_per_gpu: float, group: float, hv: np.ndarray) -> float:
     if group <= 1.0 or nbytes_per_gpu <= 0.0:
         return 0.0
     bw, lat = link_for(group, hv)
-    return lat + HOP_LATENCY_MS * math.log2(group) + 1e3 * nbytes_per_gpu * (group - 1.0) / group / bw
+    return (
+        lat + HOP_LATENCY_MS * math.log2(group) + 1e3 * nbytes_per_gpu * (group - 1.0) / group / bw
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -117,8 +119,9 @@ def expected_distinct(n_experts: float, picks_per_token: float, tokens: float) -
 
 
 @njit(cache=True, nogil=True)
-def grouped_gemm_ms(tokens: float, n_active: float, n: float, k: float, wb: float,
-                    hv: np.ndarray, cg: np.ndarray) -> float:
+def grouped_gemm_ms(
+    tokens: float, n_active: float, n: float, k: float, wb: float, hv: np.ndarray, cg: np.ndarray
+) -> float:
     """A grouped GEMM over ``n_active`` experts sharing ``tokens`` rows: the larger of the
     compute of one GEMM over all rows, and one expert's GEMM plus streaming the other experts'
     weights from HBM."""
@@ -131,9 +134,20 @@ def grouped_gemm_ms(tokens: float, n_active: float, n: float, k: float, wb: floa
 
 
 @njit(cache=True, nogil=True)
-def attention_block(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray,
-                    cd: np.ndarray, tp: float, pf_seqs: float, pf_new: float, pf_past: float,
-                    dc_seqs: float, dc_ctx: float, out: np.ndarray) -> None:
+def attention_block(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    dc_ctx: float,
+    out: np.ndarray,
+) -> None:
     """GEMM and attention time of one attention block on one GPU, added into ``out``."""
     kv_bytes = hv[H_KV_BYTES]
     h = mv[M_HIDDEN]
@@ -157,15 +171,31 @@ def attention_block(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarr
         if pf_seqs > 0.0:
             # prefill up-projects the latent of every token it attends to, so each chunk of a
             # chunked prefill repeats the up-projection of everything before it
-            gemm += gemm_ms(pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora, wb, peak, bw, cg)
-            attn += attn_prefill_ms(pf_seqs, pf_new, pf_past, heads, heads, nope + rope, vh,
-                                    hv[H_PEAK_BF16], cp) / speedup
+            gemm += gemm_ms(
+                pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora, wb, peak, bw, cg
+            )
+            attn += (
+                attn_prefill_ms(
+                    pf_seqs, pf_new, pf_past, heads, heads, nope + rope, vh, hv[H_PEAK_BF16], cp
+                )
+                / speedup
+            )
         if dc_seqs > 0.0:
             # decode absorbs the up-projections into the query and output (per-head batched GEMMs)
             gemm += gemm_ms(dc_seqs, heads * lora, nope, wb, peak, bw, cg)
             gemm += gemm_ms(dc_seqs, heads * vh, lora, wb, peak, bw, cg)
-            mem = attn_decode_ms(dc_seqs, dc_ctx, heads, 1.0, lora + rope, 1.0, kv_bytes, bw,
-                                 hv[H_DECODE_ATTN_EFF], cd)
+            mem = attn_decode_ms(
+                dc_seqs,
+                dc_ctx,
+                heads,
+                1.0,
+                lora + rope,
+                1.0,
+                kv_bytes,
+                bw,
+                hv[H_DECODE_ATTN_EFF],
+                cd,
+            )
             flops = 2.0 * dc_seqs * dc_ctx * heads * (2.0 * lora + rope)
             attn += max(mem, 1e3 * flops / (hv[H_PEAK_BF16] * ATTN_COMPUTE_EFFICIENCY))
         gemm += gemm_ms(tokens, h, heads * vh, wb, peak, bw, cg)
@@ -174,11 +204,16 @@ def attention_block(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarr
         kv_heads = math.ceil(mv[M_KV_HEADS] / tp)  # replicated when TP exceeds the KV heads
         gemm += gemm_ms(tokens, (heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
         if pf_seqs > 0.0:
-            attn += attn_prefill_ms(pf_seqs, pf_new, pf_past, heads, kv_heads, d, d,
-                                    hv[H_PEAK_BF16], cp) / speedup
+            attn += (
+                attn_prefill_ms(
+                    pf_seqs, pf_new, pf_past, heads, kv_heads, d, d, hv[H_PEAK_BF16], cp
+                )
+                / speedup
+            )
         if dc_seqs > 0.0:
-            mem = attn_decode_ms(dc_seqs, dc_ctx, heads, kv_heads, d, 2.0, kv_bytes, bw,
-                                 hv[H_DECODE_ATTN_EFF], cd)
+            mem = attn_decode_ms(
+                dc_seqs, dc_ctx, heads, kv_heads, d, 2.0, kv_bytes, bw, hv[H_DECODE_ATTN_EFF], cd
+            )
             flops = 4.0 * dc_seqs * dc_ctx * heads * d
             attn += max(mem, 1e3 * flops / (hv[H_PEAK_BF16] * ATTN_COMPUTE_EFFICIENCY))
         gemm += gemm_ms(tokens, h, heads * d, wb, peak, bw, cg)
@@ -187,8 +222,9 @@ def attention_block(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarr
 
 
 @njit(cache=True, nogil=True)
-def dense_ffn_ms(tokens: float, width: float, shards: float, mv: np.ndarray, hv: np.ndarray,
-                 cg: np.ndarray) -> float:
+def dense_ffn_ms(
+    tokens: float, width: float, shards: float, mv: np.ndarray, hv: np.ndarray, cg: np.ndarray
+) -> float:
     """Gated FFN (gate+up fused, then down) of ``width`` split over ``shards`` GPUs."""
     if tokens <= 0.0 or width <= 0.0:
         return 0.0
@@ -198,9 +234,23 @@ def dense_ffn_ms(tokens: float, width: float, shards: float, mv: np.ndarray, hv:
 
 
 @njit(cache=True, nogil=True)
-def layer_ms(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
-             tp: float, ep: float, dp: float, pf_seqs: float, pf_new: float, pf_past: float,
-             dc_seqs: float, dc_ctx: float, moe: bool, out: np.ndarray) -> None:
+def layer_ms(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    ep: float,
+    dp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    dc_ctx: float,
+    moe: bool,
+    out: np.ndarray,
+) -> None:
     """One decoder layer on one GPU; adds gemm/attention/comm/other milliseconds into ``out``."""
     h = mv[M_HIDDEN]
     tokens = pf_seqs * pf_new + dc_seqs
@@ -232,15 +282,30 @@ def layer_ms(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd:
     launch = LAUNCH_MS_GRAPH if (hv[H_CUDA_GRAPHS] > 0.5 and pf_seqs == 0.0) else LAUNCH_MS_EAGER
     # two RMSNorms + residual adds read/write h per token; SiLU-and-mul reads 2w, writes w
     elem_bytes = tokens * ACT_BYTES * (6.0 * h + 3.0 * ffn_width)
-    out[B_OTHER] += (ELEMENTWISE_KERNELS_PER_LAYER * launch
-                     + 1e3 * elem_bytes / (hv[H_HBM_BW] * ELEMENTWISE_BW_EFFICIENCY))
+    out[B_OTHER] += ELEMENTWISE_KERNELS_PER_LAYER * launch + 1e3 * elem_bytes / (
+        hv[H_HBM_BW] * ELEMENTWISE_BW_EFFICIENCY
+    )
 
 
 @njit(cache=True, nogil=True)
-def step_ms(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
-            tp: float, pp: float, ep: float, dp: float, pf_seqs: float, pf_new: float,
-            pf_past: float, dc_seqs: float, dc_ctx: float, per_layer: np.ndarray,
-            scratch: np.ndarray) -> tuple[float, float]:
+def step_ms(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pp: float,
+    ep: float,
+    dp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    dc_ctx: float,
+    per_layer: np.ndarray,
+    scratch: np.ndarray,
+) -> tuple[float, float]:
     """One engine step of one worker: returns (latency_ms, stage_ms); fills ``per_layer`` with
     the mean decoder layer's [gemm, attention, communication, other] milliseconds on one GPU."""
     per_layer[:] = 0.0
@@ -252,18 +317,22 @@ def step_ms(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: 
     tmp = scratch
     if n_dense > 0.0:
         tmp[:] = 0.0
-        layer_ms(mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx,
-                 False, tmp)
+        layer_ms(
+            mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, False, tmp
+        )
         per_layer += tmp * (n_dense / layers)
     if n_moe > 0.0:
         tmp[:] = 0.0
-        layer_ms(mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx,
-                 True, tmp)
+        layer_ms(
+            mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, True, tmp
+        )
         per_layer += tmp * (n_moe / layers)
     layers_total = layers * (per_layer[0] + per_layer[1] + per_layer[2] + per_layer[3])
     # LM head on the last stage: logits for each decoding sequence and each prompt's last token
     logits = pf_seqs + dc_seqs
-    head = gemm_ms(logits, mv[M_VOCAB] / tp, mv[M_HIDDEN], hv[H_W_BYTES], hv[H_PEAK], hv[H_HBM_BW], cg)
+    head = gemm_ms(
+        logits, mv[M_VOCAB] / tp, mv[M_HIDDEN], hv[H_W_BYTES], hv[H_PEAK], hv[H_HBM_BW], cg
+    )
     tokens = pf_seqs * pf_new + dc_seqs
     p2p = 0.0
     if pp > 1.0:
@@ -275,16 +344,47 @@ def step_ms(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: 
 
 
 @njit(cache=True, nogil=True)
-def step_ms_many(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
-                 tp: np.ndarray, pp: np.ndarray, ep: np.ndarray, dp: np.ndarray,
-                 pf_seqs: np.ndarray, pf_new: np.ndarray, pf_past: np.ndarray,
-                 dc_seqs: np.ndarray, dc_ctx: np.ndarray, latency: np.ndarray, stage: np.ndarray, per_layer: np.ndarray) -> None:
+def step_ms_many(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    pf_seqs: np.ndarray,
+    pf_new: np.ndarray,
+    pf_past: np.ndarray,
+    dc_seqs: np.ndarray,
+    dc_ctx: np.ndarray,
+    latency: np.ndarray,
+    stage: np.ndarray,
+    per_layer: np.ndarray,
+) -> None:
     """``step_ms`` over arrays of design points (outputs written in place)."""
     row = np.zeros(4)
     scratch = np.zeros(4)
     for i in range(tp.shape[0]):
-        lat, st = step_ms(mv, hv, cg, cp, cd, tp[i], pp[i], ep[i], dp[i], pf_seqs[i], pf_new[i],
-                          pf_past[i], dc_seqs[i], dc_ctx[i], row, scratch)
+        lat, st = step_ms(
+            mv,
+            hv,
+            cg,
+            cp,
+            cd,
+            tp[i],
+            pp[i],
+            ep[i],
+            dp[i],
+            pf_seqs[i],
+            pf_new[i],
+            pf_past[i],
+            dc_seqs[i],
+            dc_ctx[i],
+            row,
+            scratch,
+        )
         latency[i] = lat
         stage[i] = st
         per_layer[i, :] = row

@@ -48,12 +48,19 @@ ACT_BYTES = 2.0
 
 
 @njit(cache=True, nogil=True)
-def weight_bytes_per_gpu(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float, ep: float,
-                         dp: float) -> float:
+def weight_bytes_per_gpu(
+    mv: np.ndarray, hv: np.ndarray, tp: float, pp: float, ep: float, dp: float
+) -> float:
     h = mv[M_HIDDEN]
     heads = mv[M_HEADS]
     if mv[M_MLA] > 0.5:
-        nope, rope, vh, lora, q_lora = mv[M_NOPE], mv[M_ROPE], mv[M_V_HEAD], mv[M_KV_LORA], mv[M_Q_LORA]
+        nope, rope, vh, lora, q_lora = (
+            mv[M_NOPE],
+            mv[M_ROPE],
+            mv[M_V_HEAD],
+            mv[M_KV_LORA],
+            mv[M_Q_LORA],
+        )
         replicated = h * (lora + rope) + (h * q_lora if q_lora > 0 else 0.0)
         q_up = (q_lora if q_lora > 0 else h) * heads * (nope + rope)
         sharded = q_up + lora * heads * (nope + vh) + heads * vh * h
@@ -68,7 +75,9 @@ def weight_bytes_per_gpu(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float, e
     dense_ffn = 3.0 * h * mv[M_FFN] / tp
     moe_tp = tp * dp / ep
     expert = 3.0 * h * mv[M_MOE_FFN]
-    moe_ffn = (mv[M_EXPERTS] / ep) * expert / moe_tp + mv[M_SHARED] * expert / tp + h * mv[M_EXPERTS]
+    moe_ffn = (
+        (mv[M_EXPERTS] / ep) * expert / moe_tp + mv[M_SHARED] * expert / tp + h * mv[M_EXPERTS]
+    )
     per_stage_layers = (n_dense * (attn + dense_ffn) + n_moe * (attn + moe_ffn)) / pp
     embed = mv[M_VOCAB] * h / tp
     embeds = embed * (1.0 if (mv[M_TIED] > 0.5 and pp == 1.0) else 2.0 if pp == 1.0 else 1.0)
@@ -95,18 +104,42 @@ def activation_bytes(mv: np.ndarray, tp: float, step_tokens: float, logits: floa
 
 
 @njit(cache=True, nogil=True)
-def kv_capacity_tokens(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float, ep: float,
-                       dp: float, step_tokens: float, logits: float) -> float:
+def kv_capacity_tokens(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    tp: float,
+    pp: float,
+    ep: float,
+    dp: float,
+    step_tokens: float,
+    logits: float,
+) -> float:
     """Tokens the KV cache of one attention-DP rank holds (negative: weights do not fit)."""
-    free = (hv[H_HBM_BYTES] * USABLE_FRACTION - WORKSPACE_BYTES
-            - weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp) - activation_bytes(mv, tp, step_tokens, logits))
+    free = (
+        hv[H_HBM_BYTES] * USABLE_FRACTION
+        - WORKSPACE_BYTES
+        - weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)
+        - activation_bytes(mv, tp, step_tokens, logits)
+    )
     return free / kv_bytes_per_token(mv, hv, tp, pp)
 
 
 @njit(cache=True, nogil=True)
-def memory_bytes_per_gpu(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float, ep: float,
-                         dp: float, step_tokens: float, logits: float, cached_tokens: float) -> float:
+def memory_bytes_per_gpu(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    tp: float,
+    pp: float,
+    ep: float,
+    dp: float,
+    step_tokens: float,
+    logits: float,
+    cached_tokens: float,
+) -> float:
     """Bytes one GPU needs for this step with ``cached_tokens`` in its rank's KV cache."""
-    return (WORKSPACE_BYTES + weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)
-            + activation_bytes(mv, tp, step_tokens, logits)
-            + cached_tokens * kv_bytes_per_token(mv, hv, tp, pp))
+    return (
+        WORKSPACE_BYTES
+        + weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)
+        + activation_bytes(mv, tp, step_tokens, logits)
+        + cached_tokens * kv_bytes_per_token(mv, hv, tp, pp)
+    )

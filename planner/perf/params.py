@@ -31,13 +31,26 @@ WEIGHT_STORAGE_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
 
 def model_vector(m: ModelSpec) -> np.ndarray:
     v = np.zeros(MODEL_SLOTS)
-    v[M_LAYERS], v[M_HIDDEN], v[M_HEADS], v[M_KV_HEADS] = m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads
+    v[M_LAYERS], v[M_HIDDEN], v[M_HEADS], v[M_KV_HEADS] = (
+        m.num_layers,
+        m.hidden_size,
+        m.num_heads,
+        m.num_kv_heads,
+    )
     v[M_HEAD_DIM], v[M_FFN], v[M_VOCAB] = m.head_dim, m.intermediate_size, m.vocab_size
-    v[M_EXPERTS], v[M_TOPK], v[M_MOE_FFN] = m.num_experts, m.experts_per_token, m.moe_intermediate_size
+    v[M_EXPERTS], v[M_TOPK], v[M_MOE_FFN] = (
+        m.num_experts,
+        m.experts_per_token,
+        m.moe_intermediate_size,
+    )
     v[M_SHARED], v[M_DENSE_LAYERS] = m.num_shared_experts, m.num_dense_layers
     v[M_MLA] = 1.0 if m.attention == "mla" else 0.0
     v[M_Q_LORA], v[M_KV_LORA], v[M_NOPE] = m.q_lora_rank, m.kv_lora_rank, m.qk_nope_head_dim
-    v[M_ROPE], v[M_V_HEAD], v[M_TIED] = m.qk_rope_head_dim, m.v_head_dim, float(m.tie_word_embeddings)
+    v[M_ROPE], v[M_V_HEAD], v[M_TIED] = (
+        m.qk_rope_head_dim,
+        m.v_head_dim,
+        float(m.tie_word_embeddings),
+    )
     return v
 
 
@@ -61,7 +74,7 @@ def hardware_vector(gpu: GpuSpec, engine: EngineSpec, dtype: str, kv_dtype: str)
 
 @dataclass(frozen=True)
 class PerfContext:
-    """Everything fixed while a search varies parallelism and batch: model, GPU, precision, engine."""
+    """What stays fixed while a search varies layout and batch: model, GPU, precision, engine."""
 
     model: ModelSpec
     gpu: GpuSpec
@@ -73,12 +86,26 @@ class PerfContext:
     cal: Calibration
 
     @classmethod
-    def build(cls, model: ModelSpec, gpu: GpuSpec, engine: EngineSpec, dtype: str = "bf16",
-              kv_dtype: str = "bf16") -> PerfContext:
+    def build(
+        cls,
+        model: ModelSpec,
+        gpu: GpuSpec,
+        engine: EngineSpec,
+        dtype: str = "bf16",
+        kv_dtype: str = "bf16",
+    ) -> PerfContext:
         gpu.check_dtype(dtype, "precision.dtype")
         if kv_dtype not in ("bf16", "fp8"):
             from planner.errors import InvalidInputError
 
             raise InvalidInputError("precision.kv_dtype", f"must be bf16 or fp8, got {kv_dtype!r}")
-        return cls(model, gpu, engine, dtype, kv_dtype, model_vector(model),
-                   hardware_vector(gpu, engine, dtype, kv_dtype), load_calibration(gpu.calibration))
+        return cls(
+            model,
+            gpu,
+            engine,
+            dtype,
+            kv_dtype,
+            model_vector(model),
+            hardware_vector(gpu, engine, dtype, kv_dtype),
+            load_calibration(gpu.calibration),
+        )

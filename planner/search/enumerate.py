@@ -22,8 +22,14 @@ def powers_of_two(limit: int) -> list[int]:
     return out
 
 
-def layouts(model: ModelSpec, gpu: GpuSpec, budget: int, limits: SearchLimits,
-            allow_pp: bool = True, full_ep_only: bool = False) -> np.ndarray:
+def layouts(
+    model: ModelSpec,
+    gpu: GpuSpec,
+    budget: int,
+    limits: SearchLimits,
+    allow_pp: bool = True,
+    full_ep_only: bool = False,
+) -> np.ndarray:
     """Rows of (tp, pp, ep, attention_dp) with at most ``budget`` GPUs per worker.
 
     ``full_ep_only`` keeps, for MoE models, only expert parallelism over the whole stage (the
@@ -42,7 +48,9 @@ def layouts(model: ModelSpec, gpu: GpuSpec, budget: int, limits: SearchLimits,
             if stage > max(domain, max_tp) or stage > budget:
                 continue
             if model.is_moe and limits.allow_ep:
-                eps = [e for e in powers_of_two(stage) if model.num_experts % e == 0 and e * 8 >= stage]
+                eps = [
+                    e for e in powers_of_two(stage) if model.num_experts % e == 0 and e * 8 >= stage
+                ]
                 if full_ep_only and eps:
                     eps = [max(eps)]
             else:
@@ -60,7 +68,7 @@ def batch_grid(limit: int, dense_up_to: int = 64, step: float = 1.0625) -> list[
     v = float(out[-1])
     while True:
         v *= step
-        b = int(round(v))
+        b = round(v)
         if b > limit:
             break
         if b > out[-1]:

@@ -22,11 +22,19 @@ def continuous_tokens_per_gpu(r_p: float, g_p: float, r_d: float, g_d: float, os
 
 
 @njit(cache=True, nogil=True)
-def best_xpyd(r_p: float, g_p: float, r_d: float, g_d: float, budget: int, budget_p: int,
-              budget_d: int, target_rate: float) -> tuple[int, int, float]:
+def best_xpyd(
+    r_p: float,
+    g_p: float,
+    r_d: float,
+    g_d: float,
+    budget: int,
+    budget_p: int,
+    budget_d: int,
+    target_rate: float,
+) -> tuple[int, int, float]:
     """(x, y, delivered requests/s) maximising delivered rate within the budgets; with a
     ``target_rate`` > 0, the fewest GPUs that reach it (else the most it can deliver)."""
-    best_x, best_y, best_r, best_g = 0, 0, -1.0, 0
+    best_x, best_y, best_r, best_g = 0, 0, -1.0, 0.0
     x = 1
     while x * g_p <= min(budget, budget_p):
         y = int(min(budget - x * g_p, budget_d) // g_d)
@@ -51,10 +59,21 @@ def best_xpyd(r_p: float, g_p: float, r_d: float, g_d: float, budget: int, budge
 
 
 @njit(cache=True, nogil=True)
-def match_all(r_p: np.ndarray, g_p: np.ndarray, r_d: np.ndarray, g_d: np.ndarray, osl: float,
-              budget: int, budget_p: int, budget_d: int, target_rate: float,
-              out_x: np.ndarray, out_y: np.ndarray, out_rate: np.ndarray,
-              out_prefill: np.ndarray) -> int:
+def match_all(
+    r_p: np.ndarray,
+    g_p: np.ndarray,
+    r_d: np.ndarray,
+    g_d: np.ndarray,
+    osl: float,
+    budget: int,
+    budget_p: int,
+    budget_d: int,
+    target_rate: float,
+    out_x: np.ndarray,
+    out_y: np.ndarray,
+    out_rate: np.ndarray,
+    out_prefill: np.ndarray,
+) -> int:
     """For each decode candidate j, the prefill candidate and xPyD that serve it best.
 
     Returns the number of (prefill, decode, x) combinations evaluated."""
@@ -63,7 +82,9 @@ def match_all(r_p: np.ndarray, g_p: np.ndarray, r_d: np.ndarray, g_d: np.ndarray
         best_val, best_i = -1.0, -1
         bx, by, br = 0, 0, 0.0
         for i in range(r_p.shape[0]):
-            x, y, r = best_xpyd(r_p[i], g_p[i], r_d[j], g_d[j], budget, budget_p, budget_d, target_rate)
+            x, y, r = best_xpyd(
+                r_p[i], g_p[i], r_d[j], g_d[j], budget, budget_p, budget_d, target_rate
+            )
             evaluated += max(1, int(min(budget, budget_p) // g_p[i]))
             if x == 0:
                 continue

@@ -21,22 +21,29 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from planner import validate
-from planner.catalog import GpuCatalog, ModelCatalog, ModelSpec, default_gpus, default_models, load_engine
+from planner.catalog import (
+    GpuCatalog,
+    ModelCatalog,
+    ModelSpec,
+    default_gpus,
+    default_models,
+    load_engine,
+)
 from planner.errors import InvalidInputError, SearchCancelled
+from planner.perf.memory import kv_capacity_tokens
 from planner.perf.params import PerfContext
 from planner.search.enumerate import batch_grid, cross, layouts
 from planner.search.pareto import pareto_front
 from planner.search.ratematch import match_all
-from planner.serving.aggregated import AGG_SLOTS, A_OK, A_QUEUED, A_TOKENS_PER_S, simulate_agg
+from planner.serving.aggregated import A_OK, A_QUEUED, A_TOKENS_PER_S, AGG_SLOTS, simulate_agg
 from planner.serving.kvtransfer import kv_bytes_per_request, link_between_pools, sending_gpus
-from planner.perf.memory import kv_capacity_tokens
 from planner.serving.phases import decode_many, prefill_many
-from planner.serving.queueing import PERCENTILES, max_utilisation
+from planner.serving.queueing import PERCENTILES, max_utilisation, wait_ms
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
@@ -76,9 +83,13 @@ def _validate(req: PlanRequest) -> None:
     validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
     validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
     if req.slo.percentile not in PERCENTILES:
-        raise InvalidInputError("slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}")
+        raise InvalidInputError(
+            "slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}"
+        )
     if req.slo.min_tokens_per_s_per_user is not None:
-        validate.number(req.slo.min_tokens_per_s_per_user, "slo.min_tokens_per_s_per_user", 0.0, 1e9)
+        validate.number(
+            req.slo.min_tokens_per_s_per_user, "slo.min_tokens_per_s_per_user", 0.0, 1e9
+        )
     if req.rate_per_s is not None:
         validate.number(req.rate_per_s, "rate_per_s", 0.0, 1e9, lo_open=True)
     validate.number(req.prefix_hit, "prefix_hit", 0.0, 0.99)
@@ -89,8 +100,12 @@ def _validate(req: PlanRequest) -> None:
         raise InvalidInputError("limits.modes", "must be a non-empty subset of agg, disagg")
 
 
-def plan(req: PlanRequest, models: ModelCatalog | None = None, gpus: GpuCatalog | None = None,
-         should_stop: Callable[[], bool] | None = None) -> PlanResult:
+def plan(
+    req: PlanRequest,
+    models: ModelCatalog | None = None,
+    gpus: GpuCatalog | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PlanResult:
     """Search the design space for ``req`` and recommend a deployment."""
     start = time.perf_counter()
     models = models or default_models()
@@ -102,8 +117,11 @@ def plan(req: PlanRequest, models: ModelCatalog | None = None, gpus: GpuCatalog 
     _validate(req)
     stop = should_stop or (lambda: False)
     ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
-    dctx = ctx if dgpu is gpu else PerfContext.build(model, dgpu, engine, req.precision.dtype,
-                                                      req.precision.kv_dtype)
+    dctx = (
+        ctx
+        if dgpu is gpu
+        else PerfContext.build(model, dgpu, engine, req.precision.dtype, req.precision.kv_dtype)
+    )
     weights = np.array([w.weight for w in req.traffic])
     weights = weights / weights.sum()
     isl = float(np.dot(weights, [w.isl for w in req.traffic]))
@@ -116,33 +134,41 @@ def plan(req: PlanRequest, models: ModelCatalog | None = None, gpus: GpuCatalog 
     agg = s.run_agg() if "agg" in req.limits.modes else _Side()
     disagg = s.run_disagg() if "disagg" in req.limits.modes else _Side()
     best = _pick(agg.best, disagg.best, req.rate_per_s)
-    speedup = (disagg.best.tokens_per_s_per_gpu / agg.best.tokens_per_s_per_gpu
-               if agg.best and disagg.best and agg.best.tokens_per_s_per_gpu > 0 else None)
+    speedup = (
+        disagg.best.tokens_per_s_per_gpu / agg.best.tokens_per_s_per_gpu
+        if agg.best and disagg.best and agg.best.tokens_per_s_per_gpu > 0
+        else None
+    )
     reason, closest = None, None
     if best is None:
         reason, closest = s.why_nothing(agg, disagg)
     return PlanResult(
-        best=best, best_agg=agg.best, best_disagg=disagg.best, disagg_speedup=speedup,
-        pareto_agg=tuple(agg.pareto), pareto_disagg=tuple(disagg.pareto),
-        design_points=s.design_points, elapsed_ms=(time.perf_counter() - start) * 1e3,
-        reason=reason, closest=closest, explanation=_explain(best, agg.best, disagg.best, speedup, req),
+        best=best,
+        best_agg=agg.best,
+        best_disagg=disagg.best,
+        disagg_speedup=speedup,
+        pareto_agg=tuple(agg.pareto),
+        pareto_disagg=tuple(disagg.pareto),
+        design_points=s.design_points,
+        elapsed_ms=(time.perf_counter() - start) * 1e3,
+        reason=reason,
+        closest=closest,
+        explanation=_explain(best, agg.best, disagg.best, speedup, req),
     )
 
 
 @dataclass
 class _Side:
     best: Deployment | None = None
-    pareto: list[Deployment] | None = None
+    pareto: list[Deployment] = field(default_factory=list)
     closest: Deployment | None = None
     closest_gap: float = math.inf
     binding: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.pareto is None:
-            self.pareto = []
 
-
-def _pick(agg: Deployment | None, disagg: Deployment | None, rate: float | None) -> Deployment | None:
+def _pick(
+    agg: Deployment | None, disagg: Deployment | None, rate: float | None
+) -> Deployment | None:
     cands = [d for d in (agg, disagg) if d is not None]
     if not cands:
         return None
@@ -153,18 +179,31 @@ def _pick(agg: Deployment | None, disagg: Deployment | None, rate: float | None)
     return max(cands, key=lambda d: (d.requests_per_s, d.tokens_per_s_per_gpu))
 
 
-def _explain(best: Deployment | None, agg: Deployment | None, disagg: Deployment | None,
-             speedup: float | None, req: PlanRequest) -> str:
+def _explain(
+    best: Deployment | None,
+    agg: Deployment | None,
+    disagg: Deployment | None,
+    speedup: float | None,
+    req: PlanRequest,
+) -> str:
     if best is None:
         return "no deployment meets the SLO within the GPU budget"
-    pools = ", ".join(f"{p.role} TP{p.tp}xPP{p.pp}" + (f"xEP{p.ep}xDP{p.attention_dp}" if p.ep > 1 or p.attention_dp > 1 else "")
-                      + f" batch {p.batch} x{p.workers}" for p in best.pools)
-    text = (f"{best.mode} serving ({pools}) delivers {best.requests_per_s:.2f} req/s at "
-            f"{best.tokens_per_s_per_gpu:.0f} tokens/s/GPU and {best.tokens_per_s_per_user:.1f} "
-            f"tokens/s/user, meeting TTFT {req.slo.ttft_ms:g} ms and TPOT {req.slo.tpot_ms:g} ms "
-            f"({req.slo.percentile}) on {best.gpus} of {req.gpus} GPUs")
+    pools = ", ".join(
+        f"{p.role} TP{p.tp}xPP{p.pp}"
+        + (f"xEP{p.ep}xDP{p.attention_dp}" if p.ep > 1 or p.attention_dp > 1 else "")
+        + f" batch {p.batch} x{p.workers}"
+        for p in best.pools
+    )
+    text = (
+        f"{best.mode} serving ({pools}) delivers {best.requests_per_s:.2f} req/s at "
+        f"{best.tokens_per_s_per_gpu:.0f} tokens/s/GPU and {best.tokens_per_s_per_user:.1f} "
+        f"tokens/s/user, meeting TTFT {req.slo.ttft_ms:g} ms and TPOT {req.slo.tpot_ms:g} ms "
+        f"({req.slo.percentile}) on {best.gpus} of {req.gpus} GPUs"
+    )
     if speedup is not None:
-        text += f"; disaggregation gives {speedup:.2f}x the tokens/s/GPU of the best aggregated setup"
+        text += (
+            f"; disaggregation gives {speedup:.2f}x the tokens/s/GPU of the best aggregated setup"
+        )
     elif best.mode == "disagg" and "agg" in req.limits.modes:
         text += "; no aggregated setup meets the SLO"
     elif best.mode == "agg" and "disagg" in req.limits.modes:
@@ -173,9 +212,18 @@ def _explain(best: Deployment | None, agg: Deployment | None, disagg: Deployment
 
 
 class _Search:
-    def __init__(self, req: PlanRequest, model: ModelSpec, ctx: PerfContext, dctx: PerfContext,
-                 isl: float, osl: float, pct: float, tpot_target: float,
-                 stop: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        req: PlanRequest,
+        model: ModelSpec,
+        ctx: PerfContext,
+        dctx: PerfContext,
+        isl: float,
+        osl: float,
+        pct: float,
+        tpot_target: float,
+        stop: Callable[[], bool],
+    ) -> None:
         self.req, self.model, self.ctx, self.dctx = req, model, ctx, dctx
         self.isl, self.osl, self.pct, self.tpot_target = isl, osl, pct, tpot_target
         self.stop = stop
@@ -198,9 +246,32 @@ class _Search:
         lay = layouts(self.model, c.gpu, min(self.budget_p, self.budget - 1) or 1, self.req.limits)
         tp, pp, ep, dp, b = cross(lay, PREFILL_BATCHES, per_dp_rank=True)
         n = tp.shape[0]
-        ttft, rate, mem, fits, layer = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.bool_), np.zeros((n, 4))
-        prefill_many(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp, ep, dp, b,
-                     self.isl, self.req.prefix_hit, ttft, rate, mem, fits, layer)
+        ttft, rate, mem, fits, layer = (
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n, np.bool_),
+            np.zeros((n, 4)),
+        )
+        prefill_many(
+            c.mv,
+            c.hv,
+            c.cal.gemm,
+            c.cal.attn_prefill,
+            c.cal.attn_decode,
+            tp,
+            pp,
+            ep,
+            dp,
+            b,
+            self.isl,
+            self.req.prefix_hit,
+            ttft,
+            rate,
+            mem,
+            fits,
+            layer,
+        )
         self.design_points += n
         return _Phase(tp, pp, ep, dp, b, ttft, rate, fits)
 
@@ -209,11 +280,35 @@ class _Search:
         lay = layouts(self.model, c.gpu, min(self.budget_d, self.budget - 1) or 1, self.req.limits)
         # every batch when the layouts are few; every batch to 64 then 6% steps otherwise
         dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
-        tp, pp, ep, dp, b = cross(lay, batch_grid(c.engine.max_batch, dense_up_to=dense), per_dp_rank=True)
+        tp, pp, ep, dp, b = cross(
+            lay, batch_grid(c.engine.max_batch, dense_up_to=dense), per_dp_rank=True
+        )
         n = tp.shape[0]
-        tpot, rate, mem, fits, layer = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.bool_), np.zeros((n, 4))
-        decode_many(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp, ep, dp, b,
-                    self.isl + self.osl / 2.0, tpot, rate, mem, fits, layer)
+        tpot, rate, mem, fits, layer = (
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n, np.bool_),
+            np.zeros((n, 4)),
+        )
+        decode_many(
+            c.mv,
+            c.hv,
+            c.cal.gemm,
+            c.cal.attn_prefill,
+            c.cal.attn_decode,
+            tp,
+            pp,
+            ep,
+            dp,
+            b,
+            self.isl + self.osl / 2.0,
+            tpot,
+            rate,
+            mem,
+            fits,
+            layer,
+        )
         self.design_points += n
         return _Phase(tp, pp, ep, dp, b, tpot, rate, fits)
 
@@ -233,13 +328,22 @@ class _Search:
             self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
         # prefill: usable rate after queueing at the SLO percentile
         service = pre.batch / pre.rate * 1e3
-        util = np.array([max_utilisation(pre.latency_ms[i], service[i], self.req.slo.ttft_ms, self.pct)
-                         if pre.fits[i] else 0.0 for i in range(pre.tp.shape[0])])
+        util = np.array(
+            [
+                max_utilisation(pre.latency_ms[i], service[i], self.req.slo.ttft_ms, self.pct)
+                if pre.fits[i]
+                else 0.0
+                for i in range(pre.tp.shape[0])
+            ]
+        )
         r_p_all = pre.rate * util
         p_ok = r_p_all > 0.0
         if not p_ok.any():
-            side.binding = (f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms"
-                            if pre.fits.any() else "memory: no prefill layout fits the model")
+            side.binding = (
+                f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms"
+                if pre.fits.any()
+                else "memory: no prefill layout fits the model"
+            )
         d_ok = dec.fits.copy()
         if not d_ok.any():
             side.binding = side.binding or "memory: no decode layout fits the model"
@@ -257,15 +361,19 @@ class _Search:
         per_gpu = self.osl / (g_p[k] / r_p[k] + g_d / r_d)
         user = 1e3 / dec.latency_ms[di]
         front = pareto_front(user, per_gpu)
-        side.pareto = [self._disagg_deployment(pre, dec, pi[k], di[j], None, None, float(per_gpu[j]))
-                       for j in front]
+        side.pareto = [
+            self._disagg_deployment(pre, dec, pi[k], di[j], None, None, float(per_gpu[j]))
+            for j in front
+        ]
         self._check()
         # recommendation: whole workers within the budget, among decode candidates meeting TPOT
         meet = dec.latency_ms[di] <= self.tpot_target
         if not meet.any():
             side.binding = f"TPOT: the fastest decode takes {self.best_decode_ms:.1f} ms"
             j = int(np.argmin(dec.latency_ms[di]))
-            side.closest = self._disagg_deployment(pre, dec, pi[k], di[j], None, None, float(per_gpu[j]))
+            side.closest = self._disagg_deployment(
+                pre, dec, pi[k], di[j], None, None, float(per_gpu[j])
+            )
             side.closest_gap = float(dec.latency_ms[di][j] / self.tpot_target)
             return side
         mj = np.nonzero(meet)[0]
@@ -273,12 +381,32 @@ class _Search:
         # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
         keep = _undominated(g_p, r_p)
         pi, r_p, g_p = pi[keep], r_p[keep], g_p[keep]
-        ox, oy, orate, opre = np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(m), np.zeros(m, np.int64)
-        self.design_points += match_all(r_p, g_p, r_d[mj], g_d[mj], self.osl, self.budget,
-                                        self.budget_p, self.budget_d, self.rate, ox, oy, orate, opre)
+        ox, oy, orate, opre = (
+            np.zeros(m, np.int64),
+            np.zeros(m, np.int64),
+            np.zeros(m),
+            np.zeros(m, np.int64),
+        )
+        self.design_points += match_all(
+            r_p,
+            g_p,
+            r_d[mj],
+            g_d[mj],
+            self.osl,
+            self.budget,
+            self.budget_p,
+            self.budget_d,
+            self.rate,
+            ox,
+            oy,
+            orate,
+            opre,
+        )
         ok = ox > 0
         if not ok.any():
-            side.binding = f"budget: no prefill and decode workers fit in {self.budget} GPUs together"
+            side.binding = (
+                f"budget: no prefill and decode workers fit in {self.budget} GPUs together"
+            )
             return side
         gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d[mj]
         if self.rate > 0 and (orate[ok] >= self.rate).any():
@@ -286,20 +414,31 @@ class _Search:
         else:
             score = np.where(ok, orate - 1e-9 * gpus_used, -np.inf)
         j = int(np.argmax(score))
-        side.best = self._disagg_deployment(pre, dec, pi[opre[j]], di[mj[j]], int(ox[j]), int(oy[j]),
-                                            None, float(orate[j]))
+        side.best = self._disagg_deployment(
+            pre, dec, pi[opre[j]], di[mj[j]], int(ox[j]), int(oy[j]), None, float(orate[j])
+        )
         return side
 
-    def _disagg_deployment(self, pre: _Phase, dec: _Phase, i: int, j: int, x: int | None,
-                           y: int | None, per_gpu: float | None,
-                           rate: float | None = None) -> Deployment:
+    def _disagg_deployment(
+        self,
+        pre: _Phase,
+        dec: _Phase,
+        i: int,
+        j: int,
+        x: int | None,
+        y: int | None,
+        per_gpu: float | None,
+        rate: float | None = None,
+    ) -> Deployment:
         g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
         steps = max(self.osl - 1.0, 1.0)
         r_d = float(dec.batch[j] / (dec.latency_ms[j] * steps) * 1e3)
         service = float(pre.batch[i] / pre.rate[i] * 1e3)
         util = max_utilisation(float(pre.latency_ms[i]), service, self.req.slo.ttft_ms, self.pct)
         r_p = float(pre.rate[i]) * max(util, 1e-9)
-        if x is None or y is None:  # continuous matching (frontier point): one prefill worker's worth
+        if (
+            x is None or y is None
+        ):  # continuous matching (frontier point): one prefill worker's worth
             ratio = (g_p / r_p) / (g_d / r_d)
             xs, ys = 1, 1
             rate = 1.0 / (g_p / r_p + g_d / r_d)  # per GPU
@@ -313,20 +452,42 @@ class _Search:
             tok = req_rate * self.osl / gpus
             ratio = x * g_p / (y * g_d)
         rho = min(req_rate / (xs * float(pre.rate[i])), 0.999) if x is not None else util
-        from planner.serving.queueing import wait_ms
-
         ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
         kv = self._kv_gbps(pre, i, req_rate if x is not None else None, xs)
         pools = (
-            Pool("prefill", self.ctx.gpu.name, int(pre.tp[i]), int(pre.pp[i]), int(pre.ep[i]),
-                 int(pre.dp[i]), int(pre.batch[i]), xs),
-            Pool("decode", self.dctx.gpu.name, int(dec.tp[j]), int(dec.pp[j]), int(dec.ep[j]),
-                 int(dec.dp[j]), int(dec.batch[j]), ys),
+            Pool(
+                "prefill",
+                self.ctx.gpu.name,
+                int(pre.tp[i]),
+                int(pre.pp[i]),
+                int(pre.ep[i]),
+                int(pre.dp[i]),
+                int(pre.batch[i]),
+                xs,
+            ),
+            Pool(
+                "decode",
+                self.dctx.gpu.name,
+                int(dec.tp[j]),
+                int(dec.pp[j]),
+                int(dec.ep[j]),
+                int(dec.dp[j]),
+                int(dec.batch[j]),
+                ys,
+            ),
         )
-        return Deployment(mode="disagg", pools=pools, ttft_ms=ttft, tpot_ms=float(dec.latency_ms[j]),
-                          tokens_per_s_per_gpu=tok, tokens_per_s_per_user=1e3 / float(dec.latency_ms[j]),
-                          requests_per_s=req_rate, gpus=gpus, prefill_decode_gpu_ratio=ratio,
-                          kv_transfer_gb_per_s_per_gpu=kv)
+        return Deployment(
+            mode="disagg",
+            pools=pools,
+            ttft_ms=ttft,
+            tpot_ms=float(dec.latency_ms[j]),
+            tokens_per_s_per_gpu=tok,
+            tokens_per_s_per_user=1e3 / float(dec.latency_ms[j]),
+            requests_per_s=req_rate,
+            gpus=gpus,
+            prefill_decode_gpu_ratio=ratio,
+            kv_transfer_gb_per_s_per_gpu=kv,
+        )
 
     def _kv_gbps(self, pre: _Phase, i: int, rate: float | None, x: int) -> float | None:
         per_req = kv_bytes_per_request(self.ctx.mv, self.ctx.hv, self.isl)
@@ -338,11 +499,18 @@ class _Search:
     def run_agg(self) -> _Side:
         side = _Side()
         c = self.ctx
-        lay = layouts(self.model, c.gpu, self.budget, self.req.limits, allow_pp=False, full_ep_only=True)
+        lay = layouts(
+            self.model, c.gpu, self.budget, self.req.limits, allow_pp=False, full_ep_only=True
+        )
         isl_mix = np.array([float(w.isl) for w in self.req.traffic])
         osl_mix = np.array([float(w.osl) for w in self.req.traffic])
-        reps = np.maximum(1, np.round(np.array([w.weight for w in self.req.traffic])
-                                      / min(w.weight for w in self.req.traffic))).astype(np.int64)
+        reps = np.maximum(
+            1,
+            np.round(
+                np.array([w.weight for w in self.req.traffic])
+                / min(w.weight for w in self.req.traffic)
+            ),
+        ).astype(np.int64)
         if reps.sum() > 64:  # keep the replayed cycle short
             reps = np.maximum(1, np.round(reps * 64 / reps.sum())).astype(np.int64)
         isl_cycle = np.repeat(isl_mix, reps)
@@ -350,8 +518,11 @@ class _Search:
         # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
         # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
         # large MoE layout spaces keep only the engine's budget and no chunking
-        chunks = [c.engine.default_chunk_tokens, 0] if lay.shape[0] > 24 else \
-            sorted({c.engine.default_chunk_tokens, 2048, 0})
+        chunks = (
+            [c.engine.default_chunk_tokens, 0]
+            if lay.shape[0] > 24
+            else sorted({c.engine.default_chunk_tokens, 2048, 0})
+        )
         slot = PCT_SLOT[self.req.slo.percentile]
         out = np.zeros(AGG_SLOTS)
         points: list[tuple[float, float, Deployment, bool, float]] = []
@@ -373,9 +544,27 @@ class _Search:
                     if cap < max_isl + float(osl_cycle.max()):
                         break
                     self.any_fit = True
-                    simulate_agg(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp,
-                                 ep, dp, users, isl_cycle, osl_cycle, self.req.prefix_hit, float(chunk),
-                                 cap, c.engine.max_batch, min(users // 2 + 4, 64), max(32, min(users, 128)), out)
+                    simulate_agg(
+                        c.mv,
+                        c.hv,
+                        c.cal.gemm,
+                        c.cal.attn_prefill,
+                        c.cal.attn_decode,
+                        tp,
+                        pp,
+                        ep,
+                        dp,
+                        users,
+                        isl_cycle,
+                        osl_cycle,
+                        self.req.prefix_hit,
+                        float(chunk),
+                        cap,
+                        c.engine.max_batch,
+                        min(users // 2 + 4, 64),
+                        max(32, min(users, 128)),
+                        out,
+                    )
                     self.design_points += 1
                     if out[A_OK] < 0.5:
                         break
@@ -387,11 +576,26 @@ class _Search:
                         use = min(workers, max(1, math.ceil(self.rate / per_worker_rps)))
                     dep = Deployment(
                         mode="agg",
-                        pools=(Pool("agg", c.gpu.name, int(tp), int(pp), int(ep), int(dp), int(users * dp),
-                                    use, chunk if chunk > 0 else None),),
-                        ttft_ms=ttft, tpot_ms=tpot, tokens_per_s_per_gpu=tokens / g,
+                        pools=(
+                            Pool(
+                                "agg",
+                                c.gpu.name,
+                                int(tp),
+                                int(pp),
+                                int(ep),
+                                int(dp),
+                                int(users * dp),
+                                use,
+                                chunk if chunk > 0 else None,
+                            ),
+                        ),
+                        ttft_ms=ttft,
+                        tpot_ms=tpot,
+                        tokens_per_s_per_gpu=tokens / g,
                         tokens_per_s_per_user=1e3 / tpot if tpot > 0 else 0.0,
-                        requests_per_s=per_worker_rps * use, gpus=g * use)
+                        requests_per_s=per_worker_rps * use,
+                        gpus=g * use,
+                    )
                     meets = ttft <= self.req.slo.ttft_ms and tpot <= self.tpot_target
                     gap = max(ttft / self.req.slo.ttft_ms, tpot / self.tpot_target)
                     points.append((1e3 / tpot if tpot > 0 else 0.0, tokens / g, dep, meets, gap))
@@ -411,20 +615,32 @@ class _Search:
         else:
             worst = min(points, key=lambda p: p[4])
             side.closest, side.closest_gap = worst[2], worst[4]
-            side.binding = ("TTFT" if worst[2].ttft_ms > self.req.slo.ttft_ms else "TPOT") + \
-                f": the closest aggregated setup reaches TTFT {worst[2].ttft_ms:.0f} ms, TPOT {worst[2].tpot_ms:.1f} ms"
+            which = "TTFT" if worst[2].ttft_ms > self.req.slo.ttft_ms else "TPOT"
+            side.binding = (
+                f"{which}: the closest aggregated setup reaches TTFT {worst[2].ttft_ms:.0f} ms, "
+                f"TPOT {worst[2].tpot_ms:.1f} ms"
+            )
         return side
 
     def why_nothing(self, agg: _Side, disagg: _Side) -> tuple[str, Deployment | None]:
         if not self.any_fit:
-            return (f"{self.model.name} fits on no layout within {self.budget} x {self.ctx.gpu.name} "
-                    f"at {self.req.precision.dtype}: its weights alone need "
-                    f"{self.model.total_params * self.ctx.hv[6] / 1e9:.0f} GB"), None
-        parts = [f"{name}: {s.binding}" for name, s in (("agg", agg), ("disagg", disagg)) if s.binding]
-        closest = min((s for s in (agg, disagg) if s.closest is not None),
-                      key=lambda s: s.closest_gap, default=None)
-        return ("no configuration meets the SLO; " + "; ".join(parts),
-                closest.closest if closest else None)
+            return (
+                f"{self.model.name} fits on no layout within {self.budget} x {self.ctx.gpu.name} "
+                f"at {self.req.precision.dtype}: its weights alone need "
+                f"{self.model.total_params * self.ctx.hv[6] / 1e9:.0f} GB"
+            ), None
+        parts = [
+            f"{name}: {s.binding}" for name, s in (("agg", agg), ("disagg", disagg)) if s.binding
+        ]
+        closest = min(
+            (s for s in (agg, disagg) if s.closest is not None),
+            key=lambda s: s.closest_gap,
+            default=None,
+        )
+        return (
+            "no configuration meets the SLO; " + "; ".join(parts),
+            closest.closest if closest else None,
+        )
 
 
 def _undominated(gpus: np.ndarray, rate: np.ndarray) -> np.ndarray:

@@ -40,11 +40,27 @@ WAITING, PREFILL, DECODE = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
-def simulate_agg(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
-                 tp: float, pp: float, ep: float, dp: float, users: int,
-                 req_isl: np.ndarray, req_osl: np.ndarray, prefix_hit: float, chunk: float,
-                 kv_capacity: float, max_batch: int, warm: int, measure: int,
-                 out: np.ndarray) -> None:
+def simulate_agg(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pp: float,
+    ep: float,
+    dp: float,
+    users: int,
+    req_isl: np.ndarray,
+    req_osl: np.ndarray,
+    prefix_hit: float,
+    chunk: float,
+    kv_capacity: float,
+    max_batch: int,
+    warm: int,
+    measure: int,
+    out: np.ndarray,
+) -> None:
     """Simulate one attention-DP rank with ``users`` closed-loop clients; fill ``out``."""
     out[:] = 0.0
     n_mix = req_isl.shape[0]
@@ -134,7 +150,11 @@ def simulate_agg(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray,
             while budget > 0.0:
                 best = -1
                 for i in range(users):
-                    if state[i] == PREFILL and not taken[i] and (best < 0 or t_arr[i] < t_arr[best]):
+                    if (
+                        state[i] == PREFILL
+                        and not taken[i]
+                        and (best < 0 or t_arr[i] < t_arr[best])
+                    ):
                         best = i
                 if best < 0:
                     break
@@ -151,8 +171,24 @@ def simulate_agg(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray,
         ctx_mean = ctx_sum / n_dec if n_dec > 0 else 0.0
         mean_new = pf_tokens / pf_seqs if pf_seqs > 0.0 else 0.0
         mean_past = pf_past / pf_seqs if pf_seqs > 0.0 else 0.0
-        lat, _ = step_ms(mv, hv, cg, cp, cd, tp, pp, ep, dp, pf_seqs, mean_new, mean_past,
-                         float(decode_now), ctx_mean + 0.5 * (steps - 1.0), row, scratch)
+        lat, _ = step_ms(
+            mv,
+            hv,
+            cg,
+            cp,
+            cd,
+            tp,
+            pp,
+            ep,
+            dp,
+            pf_seqs,
+            mean_new,
+            mean_past,
+            float(decode_now),
+            ctx_mean + 0.5 * (steps - 1.0),
+            row,
+            scratch,
+        )
         dt = lat * steps
         t += dt
         busy_running += dt * (n_dec + n_pf_pending)

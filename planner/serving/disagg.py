@@ -38,12 +38,25 @@ class DisaggMetrics:
     bottleneck: str  # "prefill" or "decode"
 
 
-def evaluate_xpyd(prefill: WorkerMetrics, prefill_batch: int, prefill_gpus_per_worker: int,
-                  prefill_tp: int, prefill_pp: int, prefill_dp: int, x: int,
-                  decode_at: Callable[[float], WorkerMetrics], decode_batch: int,
-                  decode_gpus_per_worker: int, y: int, isl: int, osl: int,
-                  mv: np.ndarray, hv: np.ndarray, link: tuple[int, float, float, bool],
-                  percentile: float = 0.0) -> DisaggMetrics:
+def evaluate_xpyd(
+    prefill: WorkerMetrics,
+    prefill_batch: int,
+    prefill_gpus_per_worker: int,
+    prefill_tp: int,
+    prefill_pp: int,
+    prefill_dp: int,
+    x: int,
+    decode_at: Callable[[float], WorkerMetrics],
+    decode_batch: int,
+    decode_gpus_per_worker: int,
+    y: int,
+    isl: int,
+    osl: int,
+    mv: np.ndarray,
+    hv: np.ndarray,
+    link: tuple[int, float, float, bool],
+    percentile: float = 0.0,
+) -> DisaggMetrics:
     """Steady state of an xPyD deployment. ``decode_at(b)`` evaluates a decode worker holding
     ``b`` sequences; ``link`` is (NVLink domain size, NVLink B/s, scale-out B/s, same GPU type)."""
     steps = max(osl - 1, 1)
@@ -59,8 +72,19 @@ def evaluate_xpyd(prefill: WorkerMetrics, prefill_batch: int, prefill_gpus_per_w
         rho = rate / capacity_p
         tpot = dec.step_ms
         running = float(decode_batch)
-        kv_ms, egress = transfer(mv, hv, isl, prefill_batch, prefill_tp, prefill_pp, prefill_dp,
-                                 prefill.step_ms, rate / x, bw, prefill_gpus_per_worker)
+        kv_ms, egress = transfer(
+            mv,
+            hv,
+            isl,
+            prefill_batch,
+            prefill_tp,
+            prefill_pp,
+            prefill_dp,
+            prefill.step_ms,
+            rate / x,
+            bw,
+            prefill_gpus_per_worker,
+        )
         ttft = prefill.step_ms + wait_ms(rho, service_ms, percentile) + kv_ms
         bottleneck = "decode"
     else:
@@ -71,8 +95,19 @@ def evaluate_xpyd(prefill: WorkerMetrics, prefill_batch: int, prefill_gpus_per_w
         for _ in range(30):  # running batch and TPOT depend on each other
             running = min(float(decode_batch), rate / y * tpot * steps / 1e3)
             tpot = decode_at(max(1, round(running))).step_ms
-        kv_ms, egress = transfer(mv, hv, isl, prefill_batch, prefill_tp, prefill_pp, prefill_dp,
-                                 prefill.step_ms, rate / x, bw, prefill_gpus_per_worker)
+        kv_ms, egress = transfer(
+            mv,
+            hv,
+            isl,
+            prefill_batch,
+            prefill_tp,
+            prefill_pp,
+            prefill_dp,
+            prefill.step_ms,
+            rate / x,
+            bw,
+            prefill_gpus_per_worker,
+        )
         in_flight = y * decode_batch
         ttft = max(in_flight / rate * 1e3 - steps * tpot, prefill.step_ms) + kv_ms
         bottleneck = "prefill"

@@ -12,11 +12,18 @@ that is left when the prefill's compute ends.
 
 from __future__ import annotations
 
-
 import numpy as np
 from numba import njit
 
-from planner.perf.params import H_KV_BYTES, M_HEAD_DIM, M_KV_HEADS, M_KV_LORA, M_LAYERS, M_MLA, M_ROPE
+from planner.perf.params import (
+    H_KV_BYTES,
+    M_HEAD_DIM,
+    M_KV_HEADS,
+    M_KV_LORA,
+    M_LAYERS,
+    M_MLA,
+    M_ROPE,
+)
 
 TRANSFER_LATENCY_MS = 0.05  # RDMA/NIXL set-up per transfer
 
@@ -39,9 +46,19 @@ def sending_gpus(mv: np.ndarray, tp: float, pp: float, dp: float) -> float:
 
 
 @njit(cache=True, nogil=True)
-def transfer(mv: np.ndarray, hv: np.ndarray, isl: float, batch: float, tp: float, pp: float,
-             dp: float, compute_ms: float, requests_per_s: float, link_bytes_per_s: float,
-             gpus: float) -> tuple[float, float]:
+def transfer(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    isl: float,
+    batch: float,
+    tp: float,
+    pp: float,
+    dp: float,
+    compute_ms: float,
+    requests_per_s: float,
+    link_bytes_per_s: float,
+    gpus: float,
+) -> tuple[float, float]:
     """Returns (ms charged to TTFT, egress bytes/s needed per prefill GPU at ``requests_per_s``)."""
     per_request = kv_bytes_per_request(mv, hv, isl)
     senders = sending_gpus(mv, tp, pp, dp)
@@ -51,8 +68,13 @@ def transfer(mv: np.ndarray, hv: np.ndarray, isl: float, batch: float, tp: float
     return TRANSFER_LATENCY_MS + tail, egress
 
 
-def link_between_pools(gpu_domain: int, nvlink_bytes_per_s: float, scaleout_bytes_per_s: float,
-                       gpus_in_both_pools: int, same_gpu_type: bool) -> float:
+def link_between_pools(
+    gpu_domain: int,
+    nvlink_bytes_per_s: float,
+    scaleout_bytes_per_s: float,
+    gpus_in_both_pools: int,
+    same_gpu_type: bool,
+) -> float:
     """Bandwidth per GPU between the pools: NVLink when both fit in one NVLink domain."""
     if same_gpu_type and gpus_in_both_pools <= gpu_domain:
         return nvlink_bytes_per_s

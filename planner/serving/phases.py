@@ -28,11 +28,25 @@ PREFILL_CHUNK_TOKENS = 8192.0  # micro-chunk size of a chunked pipeline
 
 
 @njit(cache=True, nogil=True)
-def prefill_many(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
-                 tp: np.ndarray, pp: np.ndarray, ep: np.ndarray, dp: np.ndarray,
-                 batch: np.ndarray, isl: float, prefix_hit: float,
-                 ttft_ms: np.ndarray, requests_per_s: np.ndarray, mem_bytes: np.ndarray,
-                 fits: np.ndarray, per_layer: np.ndarray) -> None:
+def prefill_many(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    batch: np.ndarray,
+    isl: float,
+    prefix_hit: float,
+    ttft_ms: np.ndarray,
+    requests_per_s: np.ndarray,
+    mem_bytes: np.ndarray,
+    fits: np.ndarray,
+    per_layer: np.ndarray,
+) -> None:
     """Per candidate: compute time to first token, prompts/s per worker, memory, fit."""
     row = np.zeros(4)
     scratch = np.zeros(4)
@@ -40,8 +54,9 @@ def prefill_many(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray,
     past = isl * prefix_hit
     for i in range(tp.shape[0]):
         seqs = math.ceil(batch[i] / dp[i])
-        lat, stage = step_ms(mv, hv, cg, cp, cd, tp[i], pp[i], ep[i], dp[i], seqs, new, past,
-                             0.0, 0.0, row, scratch)
+        lat, stage = step_ms(
+            mv, hv, cg, cp, cd, tp[i], pp[i], ep[i], dp[i], seqs, new, past, 0.0, 0.0, row, scratch
+        )
         per_layer[i, :] = row
         overhead = hv[H_STEP_OVERHEAD_MS]
         if pp[i] > 1.0:
@@ -51,29 +66,61 @@ def prefill_many(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray,
             ttft_ms[i] = lat
         requests_per_s[i] = 1e3 * batch[i] / (stage + overhead)
         tokens = seqs * new
-        mem_bytes[i] = memory_bytes_per_gpu(mv, hv, tp[i], pp[i], ep[i], dp[i], tokens, seqs, seqs * isl)
+        mem_bytes[i] = memory_bytes_per_gpu(
+            mv, hv, tp[i], pp[i], ep[i], dp[i], tokens, seqs, seqs * isl
+        )
         cap = kv_capacity_tokens(mv, hv, tp[i], pp[i], ep[i], dp[i], tokens, seqs)
         fits[i] = cap >= seqs * isl
 
 
 @njit(cache=True, nogil=True)
-def decode_many(mv: np.ndarray, hv: np.ndarray, cg: np.ndarray, cp: np.ndarray, cd: np.ndarray,
-                tp: np.ndarray, pp: np.ndarray, ep: np.ndarray, dp: np.ndarray,
-                batch: np.ndarray, context: float,
-                tpot_ms: np.ndarray, tokens_per_s: np.ndarray, mem_bytes: np.ndarray,
-                fits: np.ndarray, per_layer: np.ndarray) -> None:
+def decode_many(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    batch: np.ndarray,
+    context: float,
+    tpot_ms: np.ndarray,
+    tokens_per_s: np.ndarray,
+    mem_bytes: np.ndarray,
+    fits: np.ndarray,
+    per_layer: np.ndarray,
+) -> None:
     """Per candidate: time per output token, output tokens/s per worker, memory, fit."""
     row = np.zeros(4)
     scratch = np.zeros(4)
     for i in range(tp.shape[0]):
         seqs = math.ceil(batch[i] / dp[i])  # per attention-DP rank
         micro = math.ceil(seqs / pp[i])
-        lat, _ = step_ms(mv, hv, cg, cp, cd, tp[i], pp[i], ep[i], dp[i], 0.0, 0.0, 0.0,
-                         micro, context, row, scratch)
+        lat, _ = step_ms(
+            mv,
+            hv,
+            cg,
+            cp,
+            cd,
+            tp[i],
+            pp[i],
+            ep[i],
+            dp[i],
+            0.0,
+            0.0,
+            0.0,
+            micro,
+            context,
+            row,
+            scratch,
+        )
         per_layer[i, :] = row
         tpot_ms[i] = lat
         tokens_per_s[i] = 1e3 * batch[i] / lat
-        mem_bytes[i] = memory_bytes_per_gpu(mv, hv, tp[i], pp[i], ep[i], dp[i], micro, micro,
-                                            seqs * context)
+        mem_bytes[i] = memory_bytes_per_gpu(
+            mv, hv, tp[i], pp[i], ep[i], dp[i], micro, micro, seqs * context
+        )
         cap = kv_capacity_tokens(mv, hv, tp[i], pp[i], ep[i], dp[i], micro, micro)
         fits[i] = cap >= seqs * context

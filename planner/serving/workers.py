@@ -48,38 +48,103 @@ def _fit_reason(ctx: PerfContext, par: Parallelism, needed_tokens: float, what: 
     weights = weight_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, par.attention_dp)
     budget = hv[H_HBM_BYTES] * 0.9
     if weights + 3e9 > budget:
-        return (f"weights need {weights / 1e9:.1f} GB per GPU of the {budget / 1e9:.0f} GB usable "
-                f"on {ctx.gpu.name}; use more GPUs per worker (tp/pp/ep) or a smaller dtype")
-    return (f"the KV cache cannot hold {what} ({needed_tokens:,.0f} tokens per attention-DP rank) "
-            f"next to {weights / 1e9:.1f} GB of weights per GPU; lower the batch or add GPUs")
+        return (
+            f"weights need {weights / 1e9:.1f} GB per GPU of the {budget / 1e9:.0f} GB usable "
+            f"on {ctx.gpu.name}; use more GPUs per worker (tp/pp/ep) or a smaller dtype"
+        )
+    return (
+        f"the KV cache cannot hold {what} ({needed_tokens:,.0f} tokens per attention-DP rank) "
+        f"next to {weights / 1e9:.1f} GB of weights per GPU; lower the batch or add GPUs"
+    )
 
 
-def prefill_worker(ctx: PerfContext, par: Parallelism, batch: int, isl: int,
-                   prefix_hit: float = 0.0) -> WorkerMetrics:
+def prefill_worker(
+    ctx: PerfContext, par: Parallelism, batch: int, isl: int, prefix_hit: float = 0.0
+) -> WorkerMetrics:
     tp, pp, ep, dp, b = _arrays(par, batch)
-    ttft, rate, mem, fits, layer = np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1, np.bool_), np.zeros((1, 4))
+    ttft, rate, mem, fits, layer = (
+        np.zeros(1),
+        np.zeros(1),
+        np.zeros(1),
+        np.zeros(1, np.bool_),
+        np.zeros((1, 4)),
+    )
     c = ctx.cal
-    prefill_many(ctx.mv, ctx.hv, c.gemm, c.attn_prefill, c.attn_decode, tp, pp, ep, dp, b,
-                 float(isl), prefix_hit, ttft, rate, mem, fits, layer)
+    prefill_many(
+        ctx.mv,
+        ctx.hv,
+        c.gemm,
+        c.attn_prefill,
+        c.attn_decode,
+        tp,
+        pp,
+        ep,
+        dp,
+        b,
+        float(isl),
+        prefix_hit,
+        ttft,
+        rate,
+        mem,
+        fits,
+        layer,
+    )
     ok = bool(fits[0])
     seqs = math.ceil(batch / par.attention_dp)
     reason = None if ok else _fit_reason(ctx, par, seqs * isl, f"{seqs} prompts of {isl} tokens")
-    return WorkerMetrics(float(ttft[0]), float(rate[0]), LayerBreakdown(*map(float, layer[0])),
-                         float(mem[0]), ok, reason)
+    return WorkerMetrics(
+        float(ttft[0]),
+        float(rate[0]),
+        LayerBreakdown(*map(float, layer[0])),
+        float(mem[0]),
+        ok,
+        reason,
+    )
 
 
 def decode_worker(ctx: PerfContext, par: Parallelism, batch: int, context: float) -> WorkerMetrics:
     tp, pp, ep, dp, b = _arrays(par, batch)
-    tpot, rate, mem, fits, layer = np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1, np.bool_), np.zeros((1, 4))
+    tpot, rate, mem, fits, layer = (
+        np.zeros(1),
+        np.zeros(1),
+        np.zeros(1),
+        np.zeros(1, np.bool_),
+        np.zeros((1, 4)),
+    )
     c = ctx.cal
-    decode_many(ctx.mv, ctx.hv, c.gemm, c.attn_prefill, c.attn_decode, tp, pp, ep, dp, b,
-                float(context), tpot, rate, mem, fits, layer)
+    decode_many(
+        ctx.mv,
+        ctx.hv,
+        c.gemm,
+        c.attn_prefill,
+        c.attn_decode,
+        tp,
+        pp,
+        ep,
+        dp,
+        b,
+        float(context),
+        tpot,
+        rate,
+        mem,
+        fits,
+        layer,
+    )
     ok = bool(fits[0])
     seqs = math.ceil(batch / par.attention_dp)
-    reason = None if ok else _fit_reason(ctx, par, seqs * context,
-                                         f"{seqs} sequences at {context:,.0f} tokens")
-    return WorkerMetrics(float(tpot[0]), float(rate[0]), LayerBreakdown(*map(float, layer[0])),
-                         float(mem[0]), ok, reason)
+    reason = (
+        None
+        if ok
+        else _fit_reason(ctx, par, seqs * context, f"{seqs} sequences at {context:,.0f} tokens")
+    )
+    return WorkerMetrics(
+        float(tpot[0]),
+        float(rate[0]),
+        LayerBreakdown(*map(float, layer[0])),
+        float(mem[0]),
+        ok,
+        reason,
+    )
 
 
 @dataclass(frozen=True)
@@ -95,9 +160,17 @@ class AggMetrics:
     reason: str | None
 
 
-def agg_worker(ctx: PerfContext, par: Parallelism, concurrency: int, isl: np.ndarray,
-               osl: np.ndarray, chunk_tokens: int, prefix_hit: float = 0.0,
-               warm: int | None = None, measure: int | None = None) -> AggMetrics:
+def agg_worker(
+    ctx: PerfContext,
+    par: Parallelism,
+    concurrency: int,
+    isl: np.ndarray,
+    osl: np.ndarray,
+    chunk_tokens: int,
+    prefix_hit: float = 0.0,
+    warm: int | None = None,
+    measure: int | None = None,
+) -> AggMetrics:
     """Closed-loop aggregated worker with ``concurrency`` clients split over its DP ranks."""
     dp = par.attention_dp
     users = max(1, math.ceil(concurrency / dp))
@@ -108,17 +181,45 @@ def agg_worker(ctx: PerfContext, par: Parallelism, concurrency: int, isl: np.nda
     c = ctx.cal
     warm = users + 8 if warm is None else warm
     measure = max(64, 2 * users) if measure is None else measure
-    simulate_agg(mv, hv, c.gemm, c.attn_prefill, c.attn_decode, float(par.tp), float(par.pp),
-                 float(par.ep), float(dp), users, isl.astype(np.float64), osl.astype(np.float64),
-                 prefix_hit, float(chunk_tokens), cap, ctx.engine.max_batch, warm, measure, out)
+    simulate_agg(
+        mv,
+        hv,
+        c.gemm,
+        c.attn_prefill,
+        c.attn_decode,
+        float(par.tp),
+        float(par.pp),
+        float(par.ep),
+        float(dp),
+        users,
+        isl.astype(np.float64),
+        osl.astype(np.float64),
+        prefix_hit,
+        float(chunk_tokens),
+        cap,
+        ctx.engine.max_batch,
+        warm,
+        measure,
+        out,
+    )
     used_tokens = min(max(cap, 0.0), users * float(np.mean(isl + osl / 2.0)))
-    mem = memory_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, float(users), used_tokens)
+    mem = memory_bytes_per_gpu(
+        mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, float(users), used_tokens
+    )
     if out[A_OK] < 0.5:
         need = float(isl.max() + osl.max())
-        return AggMetrics(False, {}, {}, 0.0, 0.0, 0.0, 0.0, mem,
-                          _fit_reason(ctx, par, need, "a single request"))
+        return AggMetrics(
+            False, {}, {}, 0.0, 0.0, 0.0, 0.0, mem, _fit_reason(ctx, par, need, "a single request")
+        )
     keys = ("mean", "p50", "p90", "p99")
-    return AggMetrics(True, dict(zip(keys, map(float, out[0:4]), strict=True)),
-                      dict(zip(keys, map(float, out[4:8]), strict=True)),
-                      float(out[A_TOKENS_PER_S]) * dp, float(out[A_REQUESTS_PER_S]) * dp,
-                      float(out[A_RUNNING]) * dp, float(out[A_QUEUED]) * dp, mem, None)
+    return AggMetrics(
+        True,
+        dict(zip(keys, map(float, out[0:4]), strict=True)),
+        dict(zip(keys, map(float, out[4:8]), strict=True)),
+        float(out[A_TOKENS_PER_S]) * dp,
+        float(out[A_REQUESTS_PER_S]) * dp,
+        float(out[A_RUNNING]) * dp,
+        float(out[A_QUEUED]) * dp,
+        mem,
+        None,
+    )
