@@ -41,7 +41,12 @@ from planner.search.enumerate import batch_grid, cross, layouts
 from planner.search.pareto import pareto_front
 from planner.search.ratematch import match_all
 from planner.serving.aggregated import A_OK, A_QUEUED, A_TOKENS_PER_S, AGG_SLOTS, simulate_agg
-from planner.serving.kvtransfer import kv_bytes_per_request, link_between_pools, sending_gpus
+from planner.serving.kvtransfer import (
+    kv_bytes_per_request,
+    link_between_pools,
+    sending_gpus,
+    transfer_many,
+)
 from planner.serving.phases import decode_many, prefill_many
 from planner.serving.queueing import PERCENTILES, max_utilisation, wait_ms
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
@@ -326,6 +331,32 @@ class _Search:
             self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
         if dec.fits.any():
             self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
+        # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
+        # worker may not send faster than its shard-holding GPUs' links carry
+        g, dg = self.ctx.gpu, self.dctx.gpu
+        self.link_bytes_per_s = link_between_pools(
+            g.nvlink_domain_size,
+            g.nvlink_bytes_per_s,
+            min(g.scaleout_bytes_per_s, dg.scaleout_bytes_per_s),
+            self.budget,
+            g.name == dg.name,
+        )
+        n_pre = pre.tp.shape[0]
+        tail, link_rate = np.zeros(n_pre), np.zeros(n_pre)
+        transfer_many(
+            self.ctx.mv,
+            self.ctx.hv,
+            self.isl,
+            pre.batch,
+            pre.tp,
+            pre.pp,
+            pre.dp,
+            pre.latency_ms,
+            self.link_bytes_per_s,
+            tail,
+            link_rate,
+        )
+        pre.latency_ms = pre.latency_ms + tail
         # prefill: usable rate after queueing at the SLO percentile
         service = pre.batch / pre.rate * 1e3
         util = np.array(
@@ -336,7 +367,7 @@ class _Search:
                 for i in range(pre.tp.shape[0])
             ]
         )
-        r_p_all = pre.rate * util
+        r_p_all = np.minimum(pre.rate * util, link_rate)
         p_ok = r_p_all > 0.0
         if not p_ok.any():
             side.binding = (
@@ -662,4 +693,4 @@ def _pick_agg(good: list[Deployment], rate: float) -> Deployment:
     return max(good, key=lambda d: (d.requests_per_s, d.tokens_per_s_per_gpu))
 
 
-__all__ = ["link_between_pools", "plan"]
+__all__ = ["plan"]

@@ -82,3 +82,27 @@ def link_between_pools(
 
 
 __all__ = ["kv_bytes_per_request", "link_between_pools", "sending_gpus", "transfer"]
+
+
+@njit(cache=True, nogil=True)
+def transfer_many(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    isl: float,
+    batch: np.ndarray,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    dp: np.ndarray,
+    compute_ms: np.ndarray,
+    link_bytes_per_s: float,
+    tail_ms: np.ndarray,
+    max_rate: np.ndarray,
+) -> None:
+    """Per prefill candidate: the TTFT tail of its transfer, and the most requests/s one worker
+    can send before its distinct-shard GPUs saturate the link."""
+    per_request = kv_bytes_per_request(mv, hv, isl)
+    for i in range(batch.shape[0]):
+        tail_ms[i], _ = transfer(
+            mv, hv, isl, batch[i], tp[i], pp[i], dp[i], compute_ms[i], 0.0, link_bytes_per_s, 1.0
+        )
+        max_rate[i] = sending_gpus(mv, tp[i], pp[i], dp[i]) * link_bytes_per_s / per_request
