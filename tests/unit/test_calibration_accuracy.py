@@ -1,0 +1,316 @@
+"""The calibrated kernel model reproduces the measured H100 tables, and predicts shapes it was
+not fitted on.
+
+Errors are absolute percentage errors (APE) of the predicted time against every measured row;
+each test prints the median, the 90th percentile and the worst rows it found (run with ``-s``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planner.catalog import load_model
+from planner.errors import CalibrationError
+from planner.perf import calibration as cb
+from planner.perf import opkernels as ok
+from planner.perf.collect import gemm_shapes
+
+H100_BF16_FLOPS_PER_S = 989e12
+H100_FP8_FLOPS_PER_S = 1979e12
+H100_HBM_BYTES_PER_S = 3.35e12
+
+# What the model reaches on every row of the H100 tables (see the printed figures); the bounds
+# leave a margin for numerical differences between machines, not for a worse model.
+MEDIAN_APE_MAX = 5.0
+P90_APE_MAX = 15.0
+# Fitted on two models' shapes, tested on a third's.
+HELD_OUT_MEDIAN_APE_MAX = 7.5
+HELD_OUT_P90_APE_MAX = 20.0
+
+
+@pytest.fixture(scope="module")
+def tables() -> cb.Tables:
+    return cb.read_tables("h100-sxm")
+
+
+@pytest.fixture(scope="module")
+def cal() -> cb.Calibration:
+    return cb.load_calibration("h100-sxm")
+
+
+def report(
+    label: str, predicted: np.ndarray, measured: np.ndarray, describe: Callable[[int], str]
+) -> tuple[float, float]:
+    """Print and return (median APE, p90 APE) in percent, with the five worst rows."""
+    ape = 100.0 * np.abs(predicted / measured - 1.0)
+    median, p90 = float(np.median(ape)), float(np.percentile(ape, 90))
+    print(
+        f"\n{label}: {ape.size} rows, median APE {median:.2f}%, p90 {p90:.2f}%, "
+        f"max {ape.max():.1f}%"
+    )
+    for i in np.argsort(ape)[::-1][:5]:
+        print(
+            f"    {describe(int(i))}: measured {measured[i]:.4f} ms, "
+            f"predicted {predicted[i]:.4f} ms ({100 * (predicted[i] / measured[i] - 1):+.1f}%)"
+        )
+    return median, p90
+
+
+def gemm_predictions(
+    g: dict[str, np.ndarray], sel: np.ndarray, dtype_bytes: float, params: np.ndarray
+) -> np.ndarray:
+    """The njit kernel's prediction for the selected rows with one dtype's parameter set."""
+    peak = H100_BF16_FLOPS_PER_S if dtype_bytes == 2.0 else H100_FP8_FLOPS_PER_S
+    cal = np.concatenate((params, params))
+    return np.array(
+        [
+            ok.gemm_ms(m, n, k, dtype_bytes, peak, H100_HBM_BYTES_PER_S, cal)
+            for m, n, k in zip(g["M"][sel], g["N"][sel], g["K"][sel], strict=True)
+        ]
+    )
+
+
+def gemm_describer(g: dict[str, np.ndarray], sel: np.ndarray) -> Callable[[int], str]:
+    idx = np.flatnonzero(sel)
+    return lambda i: f"M={g['M'][idx[i]]:.0f} N={g['N'][idx[i]]:.0f} K={g['K'][idx[i]]:.0f}"
+
+
+# ----------------------------------------------------------------------------- every row
+
+
+@pytest.mark.parametrize("dtype,dtype_bytes", [("bf16", 2.0), ("fp8", 1.0)])
+def test_gemm_matches_every_measured_row(
+    tables: cb.Tables, cal: cb.Calibration, dtype: str, dtype_bytes: float
+) -> None:
+    g = tables.gemm
+    sel = g["dtype_bytes"] == dtype_bytes
+    off = ok.GEMM_BF16 if dtype == "bf16" else ok.GEMM_FP8
+    predicted = gemm_predictions(g, sel, dtype_bytes, cal.gemm[off : off + ok.GEMM_NPARAMS])
+    median, p90 = report(f"GEMM {dtype}", predicted, g["ms"][sel], gemm_describer(g, sel))
+    assert median < MEDIAN_APE_MAX
+    assert p90 < P90_APE_MAX
+
+
+def prefill_predictions(t: dict[str, np.ndarray], vector: np.ndarray) -> np.ndarray:
+    return np.array(
+        [
+            ok.attn_prefill_ms(b, s, 0.0, h, hkv, d, d, H100_BF16_FLOPS_PER_S, vector)
+            for b, s, h, hkv, d in zip(t["B"], t["S"], t["H"], t["Hkv"], t["D"], strict=True)
+        ]
+    )
+
+
+def decode_predictions(t: dict[str, np.ndarray], vector: np.ndarray) -> np.ndarray:
+    return np.array(
+        [
+            ok.attn_decode_ms(b, ctx, h, hkv, d, 2.0, 2.0, H100_HBM_BYTES_PER_S, 0.0, vector)
+            for b, ctx, h, hkv, d in zip(t["B"], t["L"], t["H"], t["Hkv"], t["D"], strict=True)
+        ]
+    )
+
+
+def attention_describer(t: dict[str, np.ndarray], length: str) -> Callable[[int], str]:
+    return lambda i: (
+        f"B={t['B'][i]:.0f} {length}={t[length][i]:.0f} H={t['H'][i]:.0f} Hkv={t['Hkv'][i]:.0f}"
+    )
+
+
+def test_prefill_attention_matches_every_measured_row(
+    tables: cb.Tables, cal: cb.Calibration
+) -> None:
+    t = tables.attn_prefill
+    predicted = prefill_predictions(t, cal.attn_prefill)
+    median, p90 = report("prefill attention", predicted, t["ms"], attention_describer(t, "S"))
+    assert median < MEDIAN_APE_MAX
+    assert p90 < P90_APE_MAX
+
+
+def test_decode_attention_matches_every_measured_row(
+    tables: cb.Tables, cal: cb.Calibration
+) -> None:
+    t = tables.attn_decode
+    predicted = decode_predictions(t, cal.attn_decode)
+    median, p90 = report("decode attention", predicted, t["ms"], attention_describer(t, "L"))
+    assert median < MEDIAN_APE_MAX
+    assert p90 < P90_APE_MAX
+
+
+# ----------------------------------------------------------------------------- held out
+
+
+def model_shapes(*names: str) -> set[tuple[float, float]]:
+    return {(float(n), float(k)) for n, k in gemm_shapes([load_model(m) for m in names])}
+
+
+@pytest.mark.parametrize("dtype,dtype_bytes", [("bf16", 2.0), ("fp8", 1.0)])
+def test_gemm_predicts_a_model_it_was_not_fitted_on(
+    tables: cb.Tables, dtype: str, dtype_bytes: float
+) -> None:
+    """Fit on the (N, K) of Llama-3.1-8B and -70B at TP 1/2/4/8, test on Qwen3-32B's others."""
+    g = tables.gemm
+    train = model_shapes("llama-3.1-8b", "llama-3.1-70b")
+    test = model_shapes("qwen3-32b") - train
+    shape = list(zip(g["N"], g["K"], strict=True))
+    in_train = np.array([s in train for s in shape])
+    in_test = np.array([s in test for s in shape])
+    assert len(test) >= 12 and in_test.any()
+    assert not (in_train & in_test).any()
+    subset = {key: col[in_train] for key, col in g.items()}
+    peaks = cb.measured_peaks("h100-sxm", tables.meta)
+    params = cb.fit_gemm(subset, dtype_bytes, peaks)
+    sel = in_test & (g["dtype_bytes"] == dtype_bytes)
+    predicted = gemm_predictions(g, sel, dtype_bytes, params)
+    median, p90 = report(
+        f"GEMM {dtype}, held out (fit on Llama shapes, tested on Qwen3-32B)",
+        predicted,
+        g["ms"][sel],
+        gemm_describer(g, sel),
+    )
+    assert median < HELD_OUT_MEDIAN_APE_MAX
+    assert p90 < HELD_OUT_P90_APE_MAX
+
+
+LLAMA_8B_HEADS = (32.0, 8.0)  # heads, KV heads of Llama-3.1-8B at TP 1
+
+
+def split_by_heads(t: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    held = (t["H"] == LLAMA_8B_HEADS[0]) & (t["Hkv"] == LLAMA_8B_HEADS[1])
+    assert held.any() and (~held).any()
+    return {key: col[~held] for key, col in t.items()}, held
+
+
+def test_prefill_attention_predicts_head_counts_it_was_not_fitted_on(tables: cb.Tables) -> None:
+    """Fit on the 70B / Qwen3-32B head layouts, test on Llama-3.1-8B's (32 heads, 8 KV)."""
+    t = tables.attn_prefill
+    train, held = split_by_heads(t)
+    peaks = cb.measured_peaks("h100-sxm", tables.meta)
+    vector = cb.fit_prefill(train, 132.0, peaks)
+    test = {key: col[held] for key, col in t.items()}
+    predicted = prefill_predictions(test, vector)
+    median, p90 = report(
+        "prefill attention, held out (Llama-3.1-8B heads)",
+        predicted,
+        test["ms"],
+        attention_describer(test, "S"),
+    )
+    assert median < HELD_OUT_MEDIAN_APE_MAX
+    assert p90 < HELD_OUT_P90_APE_MAX
+
+
+def test_decode_attention_predicts_contexts_it_was_not_fitted_on(tables: cb.Tables) -> None:
+    """Fit on contexts 512, 2048, 8192, 32768; test on 1024, 4096, 16384 (interpolation)."""
+    t = tables.attn_decode
+    held = np.isin(t["L"], [1024.0, 4096.0, 16384.0])
+    peaks = cb.measured_peaks("h100-sxm", tables.meta)
+    vector = cb.fit_decode({key: col[~held] for key, col in t.items()}, 132.0, peaks)
+    test = {key: col[held] for key, col in t.items()}
+    predicted = decode_predictions(test, vector)
+    median, p90 = report(
+        "decode attention, held out (contexts 1k, 4k, 16k)",
+        predicted,
+        test["ms"],
+        attention_describer(test, "L"),
+    )
+    assert median < HELD_OUT_MEDIAN_APE_MAX
+    assert p90 < HELD_OUT_P90_APE_MAX
+
+
+# ----------------------------------------------------------------------------- the fit itself
+
+
+def test_fitted_efficiencies_are_physical(cal: cb.Calibration) -> None:
+    """Shares of the datasheet peaks stay below one and near what the README measured."""
+    bf16 = cal.gemm[ok.GEMM_BF16 : ok.GEMM_BF16 + ok.GEMM_NPARAMS]
+    fp8 = cal.gemm[ok.GEMM_FP8 : ok.GEMM_FP8 + ok.GEMM_NPARAMS]
+    for p in (bf16, fp8):
+        assert 0.5 < p[ok.G_E_MMA] <= 1.0
+        assert 0.7 < p[ok.G_E_MEM] <= 1.0
+        assert 0.002 < p[ok.G_T_LAUNCH_MS] < 0.02
+    assert 0.8 < cal.attn_decode[ok.D_E_HBM] <= 1.0  # ~3.1 TB/s of 3.35 on long contexts
+    assert 0.4 < cal.attn_prefill[ok.P_E_WORK] <= 1.0
+
+
+def test_loading_is_cached(cal: cb.Calibration) -> None:
+    assert cb.load_calibration("h100-sxm") is cal
+    assert cb.load_calibration() is cal
+
+
+# ----------------------------------------------------------------------------- malformed tables
+
+
+def copy_tables(src: cb.Tables, dst: Path) -> None:
+    """Write the h100 tables (with the peaks in meta.csv) into ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    meta = {
+        **src.meta,
+        "bf16_peak_flops_per_s": str(H100_BF16_FLOPS_PER_S),
+        "fp8_peak_flops_per_s": str(H100_FP8_FLOPS_PER_S),
+        "hbm_peak_bytes_per_s": str(H100_HBM_BYTES_PER_S),
+    }
+    (dst / "meta.csv").write_text("key,value\n" + "".join(f"{k},{v}\n" for k, v in meta.items()))
+    g = src.gemm
+    dtype = {2.0: "bf16", 1.0: "fp8"}
+    (dst / "gemm.csv").write_text(
+        "dtype,M,N,K,ms,tflops\n"
+        + "".join(
+            f"{dtype[b]},{m:.0f},{n:.0f},{k:.0f},{float(t)!r},0\n"
+            for b, m, n, k, t in zip(g["dtype_bytes"], g["M"], g["N"], g["K"], g["ms"], strict=True)
+        )
+    )
+    for name, length in (("attn_prefill.csv", "S"), ("attn_decode.csv", "L")):
+        t = src.attn_prefill if length == "S" else src.attn_decode
+        rows = zip(t["B"], t[length], t["H"], t["Hkv"], t["D"], t["ms"], strict=True)
+        (dst / name).write_text(
+            f"B,{length},H,Hkv,D,ms\n"
+            + "".join(
+                f"{b:.0f},{s:.0f},{h:.0f},{hkv:.0f},{d:.0f},{float(ms)!r}\n"
+                for b, s, h, hkv, d, ms in rows
+            )
+        )
+
+
+def test_a_directory_of_tables_with_peaks_in_meta_calibrates_like_the_packaged_one(
+    tables: cb.Tables, cal: cb.Calibration, tmp_path: Path
+) -> None:
+    copy_tables(tables, tmp_path / "my-gpu")
+    mine = cb.load_calibration(str(tmp_path / "my-gpu"))
+    assert mine.name == "my-gpu"
+    np.testing.assert_allclose(mine.gemm, cal.gemm, rtol=1e-6)
+    np.testing.assert_allclose(mine.attn_decode, cal.attn_decode, rtol=1e-6)
+
+
+def test_missing_calibration_is_a_calibration_error() -> None:
+    with pytest.raises(CalibrationError):
+        cb.load_calibration("no-such-gpu")
+
+
+@pytest.mark.parametrize(
+    "filename,old,new",
+    [
+        ("gemm.csv", "dtype,M,N,K,ms,tflops", "dtype,M,N,K,time,tflops"),
+        ("attn_decode.csv", "\n1,512,", "\n1,five-twelve,"),
+        ("gemm.csv", "\nbf16,", "\nint4,"),
+        ("meta.csv", "sms,", "sm_count,"),
+    ],
+)
+def test_malformed_tables_are_calibration_errors(
+    tables: cb.Tables, tmp_path: Path, filename: str, old: str, new: str
+) -> None:
+    copy_tables(tables, tmp_path)
+    path = tmp_path / filename
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(CalibrationError):
+        cb.fit_tables(str(tmp_path), cb.read_tables(str(tmp_path)))
+
+
+def test_missing_table_file_is_a_calibration_error(tables: cb.Tables, tmp_path: Path) -> None:
+    copy_tables(tables, tmp_path)
+    (tmp_path / "attn_prefill.csv").unlink()
+    with pytest.raises(CalibrationError):
+        cb.read_tables(str(tmp_path))
