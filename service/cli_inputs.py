@@ -85,12 +85,16 @@ def flag(key: str) -> str:
 
 
 # Domain field-path segments that only group fields and have no flag of their own.
-_GROUPS = frozenset(("parallelism", "precision", "workload", "slo", "limits", "request"))
+_GROUPS = frozenset(
+    ("parallelism", "precision", "workload", "slo", "slos", "limits", "request", "scenario")
+)
 # Domain names whose flag is spelt differently.
 _RENAMES = {
     "rate_per_s": "rate",
     "min_tokens_per_s_per_user": "min_tokens_per_user",
     "modes": "mode",
+    "models": "model",  # a sweep request's lists
+    "gpu_types": "gpu",
 }
 _INDEX = re.compile(r"\[\d+\]")
 
