@@ -1,0 +1,182 @@
+"""``pdplanner estimate`` in process: the JSON contract, text output and JSON Lines batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.cli_inputs import estimate_request
+
+estimate_module = pytest.importorskip("planner.estimate")
+
+runner = CliRunner()
+BASE = ["estimate", "--model", "llama-3.1-8b", "--gpu", "h100", "--isl", "1000", "--osl", "200"]
+PHASE_KEYS = {"step_ms", "per_layer_ms", "memory_gb_per_gpu", "fits"}
+LAYER_KEYS = {"gemm", "attention", "communication", "other"}
+MODE_KEYS = {"ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
+             "requests_per_s", "gpus", "memory_gb_per_gpu", "fits"}  # fmt: skip
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    result = runner.invoke(app, [*BASE, *args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_a_phase_estimate_prints_step_layer_breakdown_memory_and_fit(phase: str) -> None:
+    out = run_json("--phase", phase, "--tp", "2", "--batch", "4")
+    assert set(out) >= PHASE_KEYS
+    assert set(out["per_layer_ms"]) == LAYER_KEYS
+    assert out["fits"] is True and "reason" not in out
+    assert isinstance(out["step_ms"], float) and out["step_ms"] > 0
+
+
+def test_an_agg_estimate_prints_the_serving_metrics() -> None:
+    out = run_json("--mode", "agg", "--tp", "1", "--concurrency", "16")
+    assert set(out) >= MODE_KEYS
+    assert out["gpus"] == 1 and out["fits"] is True
+
+
+def test_a_disagg_estimate_counts_the_gpus_of_both_pools() -> None:
+    out = run_json(
+        "--mode",
+        "disagg",
+        "--prefill-tp",
+        "2",
+        "--prefill-workers",
+        "3",
+        "--decode-tp",
+        "4",
+        "--decode-workers",
+        "1",
+        "--decode-batch",
+        "32",
+    )
+    assert set(out) >= MODE_KEYS
+    assert out["gpus"] == 3 * 2 + 1 * 4
+
+
+def test_a_configuration_that_does_not_fit_says_why() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "estimate",
+            "--model",
+            "llama-3.1-405b",
+            "--gpu",
+            "h100",
+            "--isl",
+            "1000",
+            "--osl",
+            "200",
+            "--phase",
+            "decode",
+            "--tp",
+            "1",
+            "--batch",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["fits"] is False
+    assert out["reason"]
+
+
+def test_the_cli_prints_exactly_what_the_planner_computes_for_the_same_request() -> None:
+    flags = [
+        "--mode",
+        "disagg",
+        "--prefill-tp",
+        "2",
+        "--prefill-workers",
+        "2",
+        "--prefill-batch",
+        "2",
+        "--decode-tp",
+        "2",
+        "--decode-pp",
+        "2",
+        "--decode-workers",
+        "1",
+        "--decode-batch",
+        "64",
+        "--dtype",
+        "fp8",
+    ]
+    out = run_json(*flags)
+    req = estimate_request(
+        {
+            "model": "llama-3.1-8b",
+            "gpu": "h100",
+            "isl": 1000,
+            "osl": 200,
+            "mode": "disagg",
+            "prefill_tp": 2,
+            "prefill_workers": 2,
+            "prefill_batch": 2,
+            "decode_tp": 2,
+            "decode_pp": 2,
+            "decode_workers": 1,
+            "decode_batch": 64,
+            "dtype": "fp8",
+        }
+    )
+    assert out == json.loads(json.dumps(estimate_module.estimate(req).to_dict()))
+
+
+def test_text_output_names_the_request_and_tabulates_the_results() -> None:
+    result = runner.invoke(app, [*BASE, "--phase", "decode", "--tp", "1", "--batch", "8"])
+    assert result.exit_code == 0, result.stderr
+    assert "llama-3.1-8b on h100" in result.stdout
+    assert "decode step, TP1, batch 8" in result.stdout
+    assert "step (ms)" in result.stdout and "fits" in result.stdout
+
+
+def test_an_input_file_gets_one_json_result_per_request_line_in_order(tmp_path: Path) -> None:
+    base = {"model": "llama-3.1-8b", "gpu": "h100", "isl": 1000, "osl": 200}
+    lines = [
+        {**base, "phase": "decode", "tp": 1, "batch": 8},
+        {**base, "phase": "decode", "tp": 1, "batch": 0},
+        {**base, "mode": "agg", "tp": 3, "concurrency": 4},
+        {**base, "mode": "agg", "tp": 1, "concurrency": 4},
+    ]
+    text = "\n".join(json.dumps(line) for line in lines[:2]) + "\n\nnot json\n"
+    text += "\n".join(json.dumps(line) for line in lines[2:]) + "\n"
+    path = tmp_path / "requests.jsonl"
+    path.write_text(text)
+    result = runner.invoke(app, ["estimate", "--input", str(path)])
+    assert result.exit_code == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(out) == 5  # the blank line is skipped
+    assert set(out[0]) >= PHASE_KEYS
+    assert out[1] == {"error": "line 2: batch: must be at least 1, got 0"}
+    assert out[2]["error"].startswith("line 4: not valid JSON")
+    assert out[3]["error"].startswith("line 5: tp: 3 does not divide")
+    assert set(out[4]) >= MODE_KEYS
+
+
+def test_an_input_file_can_be_read_from_stdin() -> None:
+    line = json.dumps(
+        {
+            "model": "llama-3.1-8b",
+            "gpu": "h100",
+            "isl": 100,
+            "osl": 10,
+            "phase": "prefill",
+            "tp": 1,
+            "batch": 1,
+        }
+    )
+    result = runner.invoke(app, ["estimate", "--input", "-"], input=line + "\n")
+    assert result.exit_code == 0, result.stderr
+    assert set(json.loads(result.stdout)) >= PHASE_KEYS
