@@ -875,7 +875,12 @@ def serve(
         raise CliError(f"--port: must be in 1..65535, got {port}")
     from service.server import serve as run
 
-    run(port, database_url)
+    try:
+        run(port, database_url)
+    except OSError as exc:  # the port is taken, or the address cannot be bound
+        raise CliError(f"--port {port}: {exc}", EXIT_FAILURE) from None
+    except ValueError as exc:  # a PDPLANNER_* setting that does not parse
+        raise CliError(f"server settings: {exc}") from None
 
 
 @db_app.command("upgrade")
@@ -883,12 +888,22 @@ def db_upgrade(
     database_url: Annotated[str | None, typer.Option(metavar="URL", help=_DB_HELP)] = None,
 ) -> None:
     """Apply the database migrations (creates the database if it is a new SQLite file)."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
     from storage.config import database_url as resolve
-    from storage.migrate import upgrade
+    from storage.migrate import current_revision, upgrade
 
     url = resolve(database_url)
-    upgrade(url)
-    typer.echo(f"database is up to date: {_hide_password(url)}")
+    shown = _hide_password(url)
+    try:
+        upgrade(url)
+        revision = current_revision(url)
+    except ArgumentError as exc:
+        raise CliError(f"--database-url: not a usable database URL {shown!r}: {exc}") from None
+    except DBAPIError as exc:
+        reason = _one_line(str(exc.orig) if exc.orig is not None else str(exc))
+        raise CliError(f"--database-url {shown}: {reason}", EXIT_FAILURE) from None
+    typer.echo(f"database {shown} is up to date (revision {revision})")
 
 
 def _hide_password(url: str) -> str:
