@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from planner.catalog import default_gpus, default_models, gpu_from_entry
 from service.cli import app
 
-runner = CliRunner()
+runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
 
 
 def test_models_json_lists_every_catalog_model_with_its_parameter_counts() -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from service.cli import app
 
-runner = CliRunner()
+runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
 HAS_ESTIMATE = importlib.util.find_spec("planner.estimate") is not None
 needs_estimate = pytest.mark.skipif(not HAS_ESTIMATE, reason="planner.estimate not available")
 

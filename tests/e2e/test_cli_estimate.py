@@ -14,7 +14,7 @@ from service.cli_inputs import estimate_request
 
 estimate_module = pytest.importorskip("planner.estimate")
 
-runner = CliRunner()
+runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
 BASE = ["estimate", "--model", "llama-3.1-8b", "--gpu", "h100", "--isl", "1000", "--osl", "200"]
 PHASE_KEYS = {"step_ms", "per_layer_ms", "memory_gb_per_gpu", "fits"}
 LAYER_KEYS = {"gemm", "attention", "communication", "other"}

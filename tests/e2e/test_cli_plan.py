@@ -14,7 +14,7 @@ from service.cli_inputs import plan_request
 
 search = pytest.importorskip("planner.search")
 
-runner = CliRunner()
+runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
 QUERY = ["--model", "llama-3.1-8b", "--gpu", "h100", "--gpus", "4", "--ttft-ms", "500",
          "--tpot-ms", "30"]  # fmt: skip
 TRAFFIC = ["--isl", "1000", "--osl", "200"]
