@@ -1,0 +1,173 @@
+"""``--server``: the CLI against a real server prints what it prints in process, plus names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+server_module = pytest.importorskip("service.server")
+pytest.importorskip("pdplanner.client")
+
+from service.cli import app  # noqa: E402
+
+local = CliRunner(env={"PDPLANNER_SERVER": None})
+
+EST = ["estimate", "--model", "llama-3.1-8b", "--gpu", "h100", "--isl", "1000", "--osl", "200"]
+PLAN = ["plan", "--model", "llama-3.1-8b", "--gpu", "h100", "--gpus", "4", "--isl", "1000",
+        "--osl", "200", "--ttft-ms", "500", "--tpot-ms", "30"]  # fmt: skip
+SWEEP = ["sweep", "--model", "llama-3.1-8b", "--gpu", "h100", "--traffic", "1000:200",
+         "--traffic", "2000:100", "--tpot-ms", "30", "--ttft-ms", "1000",
+         "--gpus", "4"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliRunner]:
+    """A runner whose commands go to a server started in this process on a fresh SQLite file."""
+    db = tmp_path_factory.mktemp("server") / "plans.db"
+    running = server_module.start_server(
+        port=0, host="127.0.0.1", database_url=f"sqlite:///{db}", log_level="WARNING"
+    )
+    try:
+        yield CliRunner(env={"PDPLANNER_SERVER": f"127.0.0.1:{running.port}"})
+    finally:
+        running.stop(0)
+
+
+def run(runner: CliRunner, *args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+def run_json(runner: CliRunner, *args: str) -> Any:
+    return json.loads(run(runner, *args, "--json"))
+
+
+def untimed(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("elapsed_ms", "name")}
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--phase", "prefill", "--tp", "2", "--batch", "4"],
+        ["--phase", "decode", "--tp", "1", "--batch", "32", "--context", "1500"],
+        ["--mode", "agg", "--tp", "2", "--concurrency", "24", "--chunk-tokens", "1024"],
+        ["--mode", "disagg", "--prefill-tp", "1", "--prefill-workers", "2", "--decode-tp", "2",
+         "--decode-workers", "1", "--decode-batch", "48", "--kv-dtype", "fp8"],
+    ],
+)  # fmt: skip
+def test_estimate_prints_the_same_json_and_table_against_a_server(
+    remote: CliRunner, flags: list[str]
+) -> None:
+    assert run_json(remote, *EST, *flags) == run_json(local, *EST, *flags)
+    assert run(remote, *EST, *flags) == run(local, *EST, *flags)
+
+
+def test_an_input_file_gives_the_same_lines_against_a_server(
+    remote: CliRunner, tmp_path: Path
+) -> None:
+    base = {"model": "llama-3.1-8b", "gpu": "h100", "isl": 1000, "osl": 200}
+    lines = [{**base, "phase": "decode", "tp": 1, "batch": 8},
+             {**base, "phase": "decode", "tp": 1, "batch": 0},
+             {**base, "mode": "agg", "tp": 3, "concurrency": 4},
+             {**base, "model": "nope", "mode": "agg", "tp": 1, "concurrency": 4}]  # fmt: skip
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    here = run(local, "estimate", "--input", str(path)).splitlines()
+    there = run(remote, "estimate", "--input", str(path)).splitlines()
+    assert there == here
+    assert json.loads(there[1]) == {"error": "line 2: batch: must be at least 1, got 0"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--phase", "decode", "--tp", "3", "--batch", "1"],
+         "error: --tp: 3 does not divide the 32 attention heads of llama-3.1-8b\n"),
+        (["--phase", "decode", "--tp", "1", "--batch", "0"],
+         "error: --batch: must be at least 1, got 0\n"),
+        (["--mode", "disagg", "--prefill-tp", "1", "--prefill-workers", "0", "--decode-tp", "1",
+          "--decode-workers", "1", "--decode-batch", "4"],
+         "error: --prefill-workers: must be at least 1, got 0\n"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_the_same_one_line_error_against_a_server(
+    remote: CliRunner, flags: list[str], error: str
+) -> None:
+    for runner in (local, remote):
+        result = runner.invoke(app, [*EST, *flags])
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", error)
+
+
+def test_an_unknown_model_names_the_known_ones_against_a_server(remote: CliRunner) -> None:
+    args = [*EST[:2], "nope", *EST[3:], "--phase", "decode", "--tp", "1", "--batch", "1"]
+    result = remote.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --model: unknown model 'nope'")
+    assert "llama-3.1-70b" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_plan_against_a_server_stores_it_and_prints_its_name(remote: CliRunner) -> None:
+    out = run_json(remote, *PLAN)
+    assert out["name"].startswith("plans/")
+    assert untimed(out) == untimed(run_json(local, *PLAN))
+    text = run(remote, *PLAN)
+    assert text.startswith("stored as plans/")
+    assert "best deployment per mode" in text
+
+
+def test_a_stored_plan_can_be_listed_fetched_and_deleted(remote: CliRunner) -> None:
+    name = run_json(remote, *PLAN, "--mode", "agg")["name"]
+    plan_id = name.removeprefix("plans/")
+    listed = run_json(remote, "plans", "list", "--model", "llama-3.1-8b")
+    assert name in [p["name"] for p in listed["plans"]]
+    assert name in run(remote, "plans", "list")
+    stored = run_json(remote, "plans", "get", plan_id)
+    assert stored["name"] == name
+    assert stored["request"]["limits"]["modes"] == ["agg"]
+    assert stored["result"]["best"]["mode"] == "agg"
+    assert run_json(remote, "plans", "get", name) == stored  # the full name works too
+    assert name in run(remote, "plans", "get", plan_id)
+    assert run(remote, "plans", "delete", plan_id) == f"deleted {name}\n"
+    gone = remote.invoke(app, ["plans", "get", plan_id])
+    assert (gone.exit_code, gone.stderr) == (1, f"error: plan {name} not found\n")
+
+
+def test_plans_list_pages_with_a_token(remote: CliRunner) -> None:
+    for tpot in ("25", "35"):
+        run(remote, *PLAN[:-1], tpot)
+    first = run_json(remote, "plans", "list", "--page-size", "1")
+    assert len(first["plans"]) == 1 and first["next_page_token"]
+    second = run_json(remote, "plans", "list", "--page-size", "1", "--page-token",
+                      first["next_page_token"])  # fmt: skip
+    assert second["plans"][0]["name"] != first["plans"][0]["name"]
+    bad = remote.invoke(app, ["plans", "list", "--page-token", "garbage"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --page-token:")
+
+
+def test_a_sweep_against_a_server_gives_the_same_rows_and_a_name(remote: CliRunner) -> None:
+    there = run_json(remote, *SWEEP)
+    here = run_json(local, *SWEEP)
+    assert there["name"].startswith("sweeps/") and "name" not in here
+    strip = [{**r, "result": untimed(r["result"])} for r in here["scenarios"]]
+    assert [{**r, "result": untimed(r["result"])} for r in there["scenarios"]] == strip
+
+
+def test_catalogs_from_a_server_match_the_built_in_ones(remote: CliRunner) -> None:
+    assert run_json(remote, "models") == run_json(local, "models")
+    assert run_json(remote, "gpus") == run_json(local, "gpus")
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1() -> None:
+    runner = CliRunner(env={"PDPLANNER_SERVER": "127.0.0.1:1"})
+    result = runner.invoke(app, [*EST, "--phase", "decode", "--tp", "1", "--batch", "1"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: --server 127.0.0.1:1: unavailable")
+    assert len(result.stderr.splitlines()) == 1
