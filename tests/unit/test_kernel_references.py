@@ -1,0 +1,679 @@
+"""Every Numba kernel of the planner against a plain-Python reference, on random inputs.
+
+The references below are written from the kernels' documented semantics in plain Python (no
+Numba): they read the model, GPU and engine from their catalog dataclasses (``ModelSpec``,
+``GpuSpec``, ``EngineSpec``), not from the packed float vectors, so a mix-up of vector slots in
+``planner/perf/params.py`` shows up too. The GEMM and attention primitives of
+``planner/perf/opkernels.py`` are called through ``.py_func`` (their uncompiled Python), so the
+whole reference runs in the interpreter.
+
+A mismatch means the compiled kernel computes something other than its specification (or that
+a stale Numba cache survived an edit of a module it calls: Numba only invalidates a cache when
+the function's own file changes; clear ``planner/**/__pycache__/*.nbi`` then).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.catalog import (
+    BYTES_PER_ELEMENT,
+    EngineSpec,
+    GpuSpec,
+    ModelSpec,
+    default_gpus,
+    default_models,
+    engine_names,
+    load_engine,
+)
+from planner.perf import kernels as K
+from planner.perf import memory as M
+from planner.perf import opkernels as ok
+from planner.perf.params import H_W_BYTES, WEIGHT_STORAGE_BYTES, PerfContext
+from planner.search.pareto import pareto_front
+from planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
+from planner.serving.queueing import max_utilisation, wait_ms
+
+REL = 1e-9
+SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+# Uncompiled primitives: the reference never enters compiled code.
+gemm_py = ok.gemm_ms.py_func
+attn_prefill_py = ok.attn_prefill_ms.py_func
+attn_decode_py = ok.attn_decode_ms.py_func
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=REL, abs_tol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# The setting of one evaluation, read from the catalog dataclasses
+
+
+@dataclass(frozen=True)
+class Hw:
+    """What the reference needs of a GPU + precision + engine, from the catalog dataclasses."""
+
+    gpu: GpuSpec
+    engine: EngineSpec
+    dtype: str
+    kv_dtype: str
+
+    @property
+    def peak(self) -> float:
+        return self.gpu.flops_per_s(self.dtype)
+
+    @property
+    def peak_bf16(self) -> float:
+        return self.gpu.bf16_flops_per_s
+
+    @property
+    def bw(self) -> float:
+        return self.gpu.hbm_bytes_per_s
+
+    @property
+    def wb(self) -> float:
+        return WEIGHT_STORAGE_BYTES[self.dtype]
+
+    @property
+    def kvb(self) -> float:
+        return BYTES_PER_ELEMENT[self.kv_dtype]
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference: planner.perf.kernels
+
+
+def ref_link(group: float, hw: Hw) -> tuple[float, float]:
+    if group <= hw.gpu.nvlink_domain_size:
+        return hw.gpu.nvlink_bytes_per_s, K.NVLINK_LATENCY_MS
+    return min(hw.gpu.scaleout_bytes_per_s, hw.gpu.nvlink_bytes_per_s), K.SCALEOUT_LATENCY_MS
+
+
+def ref_allreduce_ms(nbytes: float, group: float, hw: Hw) -> float:
+    """Ring all-reduce: 2 (g-1)/g of the buffer over the link, plus latency per doubling."""
+    if group <= 1 or nbytes <= 0:
+        return 0.0
+    bw, lat = ref_link(group, hw)
+    return lat + K.HOP_LATENCY_MS * math.log2(group) + 1e3 * 2 * (group - 1) / group * nbytes / bw
+
+
+def ref_alltoall_ms(nbytes: float, group: float, hw: Hw) -> float:
+    if group <= 1 or nbytes <= 0:
+        return 0.0
+    bw, lat = ref_link(group, hw)
+    return lat + K.HOP_LATENCY_MS * math.log2(group) + 1e3 * nbytes * (group - 1) / group / bw
+
+
+def ref_expected_distinct(n_experts: float, k: float, tokens: float) -> float:
+    """Each token picks k of n experts: an expert is missed by one token with probability 1 - k/n."""
+    if tokens <= 0:
+        return 0.0
+    return n_experts * (1 - (1 - k / n_experts) ** tokens)
+
+
+def ref_gemm(m: float, n: float, k: float, wb: float, peak: float, hw: Hw, cg: np.ndarray) -> float:
+    return float(gemm_py(m, n, k, wb, peak, hw.bw, cg))
+
+
+def ref_grouped_gemm_ms(tokens: float, n_active: float, n: float, k: float, hw: Hw,
+                        cg: np.ndarray) -> float:
+    if tokens <= 0 or n_active <= 0:
+        return 0.0
+    one = ref_gemm(max(tokens / n_active, 1.0), n, k, hw.wb, hw.peak, hw, cg)
+    stream_others = (n_active - 1) * n * k * hw.wb / (hw.bw * K.EXPERT_WEIGHT_BW_EFFICIENCY) * 1e3
+    return max(ref_gemm(tokens, n, k, hw.wb, hw.peak, hw, cg), one + stream_others)
+
+
+def ref_attention_block(m: ModelSpec, hw: Hw, cal, tp: float, pf_seqs: float, pf_new: float,
+                        pf_past: float, dc_seqs: float, dc_ctx: float) -> tuple[float, float]:
+    """(gemm_ms, attention_ms) of one attention block on one GPU."""
+    cg, cp, cd = cal.gemm, cal.attn_prefill, cal.attn_decode
+    h = m.hidden_size
+    tokens = pf_seqs * pf_new + dc_seqs
+    heads = m.num_heads / tp
+    speed = hw.engine.prefill_attention_speedup
+    eff = hw.engine.decode_attention_efficiency
+
+    def g(mm: float, n: float, k: float) -> float:
+        return ref_gemm(mm, n, k, hw.wb, hw.peak, hw, cg)
+
+    gemm = attn = 0.0
+    if m.attention == "mla":
+        nope, rope, vh, lora = m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim, m.kv_lora_rank
+        if m.q_lora_rank:
+            gemm += g(tokens, m.q_lora_rank, h) + g(tokens, heads * (nope + rope), m.q_lora_rank)
+        else:
+            gemm += g(tokens, heads * (nope + rope), h)
+        gemm += g(tokens, lora + rope, h)  # latent down-projection
+        if pf_seqs > 0:
+            # prefill up-projects the latent of every token attended to (past included)
+            gemm += g(pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora)
+            attn += attn_prefill_py(pf_seqs, pf_new, pf_past, heads, heads, nope + rope, vh,
+                                    hw.peak_bf16, cp) / speed
+        if dc_seqs > 0:
+            gemm += g(dc_seqs, heads * lora, nope) + g(dc_seqs, heads * vh, lora)  # absorbed
+            mem = attn_decode_py(dc_seqs, dc_ctx, heads, 1.0, lora + rope, 1.0, hw.kvb, hw.bw,
+                                 eff, cd)
+            flops = 2 * dc_seqs * dc_ctx * heads * (2 * lora + rope)
+            attn += max(mem, 1e3 * flops / (hw.peak_bf16 * K.ATTN_COMPUTE_EFFICIENCY))
+        gemm += g(tokens, h, heads * vh)
+    else:
+        d = m.head_dim
+        kv_heads = math.ceil(m.num_kv_heads / tp)
+        gemm += g(tokens, (heads + 2 * kv_heads) * d, h)
+        if pf_seqs > 0:
+            attn += attn_prefill_py(pf_seqs, pf_new, pf_past, heads, kv_heads, d, d,
+                                    hw.peak_bf16, cp) / speed
+        if dc_seqs > 0:
+            mem = attn_decode_py(dc_seqs, dc_ctx, heads, kv_heads, d, 2.0, hw.kvb, hw.bw, eff, cd)
+            flops = 4 * dc_seqs * dc_ctx * heads * d
+            attn += max(mem, 1e3 * flops / (hw.peak_bf16 * K.ATTN_COMPUTE_EFFICIENCY))
+        gemm += g(tokens, h, heads * d)
+    return gemm, attn
+
+
+def ref_dense_ffn(tokens: float, width: float, shards: float, m: ModelSpec, hw: Hw,
+                  cg: np.ndarray) -> float:
+    if tokens <= 0 or width <= 0:
+        return 0.0
+    w = width / shards
+    h = m.hidden_size
+    return (ref_gemm(tokens, 2 * w, h, hw.wb, hw.peak, hw, cg)
+            + ref_gemm(tokens, h, w, hw.wb, hw.peak, hw, cg))
+
+
+def ref_layer_ms(m: ModelSpec, hw: Hw, cal, tp: float, ep: float, dp: float, pf_seqs: float,
+                 pf_new: float, pf_past: float, dc_seqs: float, dc_ctx: float,
+                 moe: bool) -> list[float]:
+    """[gemm, attention, communication, other] ms of one decoder layer on one GPU."""
+    cg = cal.gemm
+    h = m.hidden_size
+    tokens = pf_seqs * pf_new + dc_seqs
+    gemm, attn = ref_attention_block(m, hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
+    act = tokens * h * K.ACT_BYTES
+    comm = ref_allreduce_ms(act, tp, hw)
+    if moe:
+        moe_tp = tp * dp / ep
+        e, topk, width = m.num_experts, m.experts_per_token, m.moe_intermediate_size
+        stage_tokens = tokens * dp
+        gemm += ref_gemm(tokens, e, h, 2.0, hw.peak_bf16, hw, cg)  # router, in bf16
+        active_local = max(ref_expected_distinct(e, topk, stage_tokens) / ep, 1.0)
+        rows = stage_tokens * topk / ep
+        w = width / moe_tp
+        gemm += ref_grouped_gemm_ms(rows, active_local, 2 * w, h, hw, cg)
+        gemm += ref_grouped_gemm_ms(rows, active_local, h, w, hw, cg)
+        gemm += ref_dense_ffn(tokens, m.num_shared_experts * width, tp, m, hw, cg)
+        comm += 2 * ref_alltoall_ms(tokens / tp * topk * h * K.ACT_BYTES, ep, hw)
+        comm += ref_allreduce_ms(rows * h * K.ACT_BYTES, moe_tp, hw)
+        ffn_width = m.num_shared_experts * width / tp + rows * w / max(tokens, 1.0)
+    else:
+        gemm += ref_dense_ffn(tokens, m.intermediate_size, tp, m, hw, cg)
+        comm += ref_allreduce_ms(act, tp, hw)
+        ffn_width = m.intermediate_size / tp
+    graphs = hw.engine.decode_cuda_graphs and pf_seqs == 0
+    launch = K.LAUNCH_MS_GRAPH if graphs else K.LAUNCH_MS_EAGER
+    elem_bytes = tokens * K.ACT_BYTES * (6 * h + 3 * ffn_width)
+    other = (K.ELEMENTWISE_KERNELS_PER_LAYER * launch
+             + 1e3 * elem_bytes / (hw.bw * K.ELEMENTWISE_BW_EFFICIENCY))
+    return [gemm, attn, comm, other]
+
+
+def ref_step_ms(m: ModelSpec, hw: Hw, cal, tp: float, pp: float, ep: float, dp: float,
+                pf_seqs: float, pf_new: float, pf_past: float, dc_seqs: float,
+                dc_ctx: float) -> tuple[float, float, list[float]]:
+    """(latency_ms, stage_ms, mean per-layer breakdown) of one engine step of one worker."""
+    layers = m.num_layers
+    n_moe = m.num_moe_layers
+    n_dense = layers - n_moe
+    per_layer = [0.0, 0.0, 0.0, 0.0]
+    for count, moe in ((n_dense, False), (n_moe, True)):
+        if count > 0:
+            row = ref_layer_ms(m, hw, cal, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, moe)
+            per_layer = [a + b * (count / layers) for a, b in zip(per_layer, row, strict=True)]
+    layers_total = layers * sum(per_layer)
+    head = ref_gemm(pf_seqs + dc_seqs, m.vocab_size / tp, m.hidden_size, hw.wb, hw.peak, hw, cal.gemm)
+    tokens = pf_seqs * pf_new + dc_seqs
+    p2p = 0.0
+    if pp > 1:
+        bw, lat = ref_link(tp * dp * pp, hw)
+        p2p = lat + 1e3 * tokens * m.hidden_size * K.ACT_BYTES / tp / bw
+    stage = (layers_total + head) / pp + p2p
+    latency = layers_total + head + (pp - 1) * p2p + hw.engine.step_overhead_ms
+    return latency, stage, per_layer
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference: planner.perf.memory
+
+
+def ref_weight_bytes(m: ModelSpec, hw: Hw, tp: float, pp: float, ep: float, dp: float) -> float:
+    h, heads = m.hidden_size, m.num_heads
+    if m.attention == "mla":
+        nope, rope, vh, lora, ql = (m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim,
+                                    m.kv_lora_rank, m.q_lora_rank)
+        replicated = h * (lora + rope) + h * ql  # down-projections on every TP rank
+        sharded = (ql or h) * heads * (nope + rope) + lora * heads * (nope + vh) + heads * vh * h
+        attn = replicated + sharded / tp
+    else:
+        d = m.head_dim
+        attn = h * (heads / tp + 2 * math.ceil(m.num_kv_heads / tp)) * d + heads / tp * d * h
+    expert = 3 * h * m.moe_intermediate_size
+    moe_ffn = (m.num_experts / ep) * expert / (tp * dp / ep) + m.num_shared_experts * expert / tp \
+        + h * m.num_experts
+    dense_ffn = 3 * h * m.intermediate_size / tp
+    layers = (m.num_dense_layers if m.is_moe else m.num_layers) * (attn + dense_ffn) \
+        + m.num_moe_layers * (attn + moe_ffn)
+    embed = m.vocab_size * h / tp
+    if pp == 1:
+        embeds = embed * (1 if m.tie_word_embeddings else 2)
+    else:
+        embeds = embed  # embedding on the first stage, LM head on the last
+    return (layers / pp + embeds) * hw.wb
+
+
+def ref_kv_bytes_per_token(m: ModelSpec, hw: Hw, tp: float, pp: float) -> float:
+    per_layer = (m.kv_lora_rank + m.qk_rope_head_dim if m.attention == "mla"
+                 else 2 * math.ceil(m.num_kv_heads / tp) * m.head_dim)
+    return per_layer * (m.num_layers / pp) * hw.kvb
+
+
+def ref_activation_bytes(m: ModelSpec, tp: float, step_tokens: float, logits: float) -> float:
+    width = max(m.intermediate_size, m.moe_intermediate_size * (m.num_shared_experts + 1))
+    qkv = (m.num_heads + 2 * m.num_kv_heads) * m.head_dim
+    per_token = 4 * m.hidden_size + (qkv + 3 * width) / tp
+    return step_tokens * per_token * M.ACT_BYTES + logits * m.vocab_size / tp * 4
+
+
+def ref_kv_capacity(m: ModelSpec, hw: Hw, tp, pp, ep, dp, step_tokens, logits) -> float:
+    free = (hw.gpu.hbm_bytes * M.USABLE_FRACTION - M.WORKSPACE_BYTES
+            - ref_weight_bytes(m, hw, tp, pp, ep, dp) - ref_activation_bytes(m, tp, step_tokens, logits))
+    return free / ref_kv_bytes_per_token(m, hw, tp, pp)
+
+
+def ref_memory_bytes(m, hw, tp, pp, ep, dp, step_tokens, logits, cached) -> float:
+    return (M.WORKSPACE_BYTES + ref_weight_bytes(m, hw, tp, pp, ep, dp)
+            + ref_activation_bytes(m, tp, step_tokens, logits)
+            + cached * ref_kv_bytes_per_token(m, hw, tp, pp))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference: search and serving helpers
+
+
+def ref_pareto(x: list[float], y: list[float]) -> set[tuple[float, float]]:
+    """Naive O(n^2): the (x, y) values of points no other point dominates (>= in both, > in one)."""
+    pts = [(float(a), float(b)) for a, b in zip(x, y, strict=True)
+           if not (math.isnan(a) or math.isnan(b))]
+    return {p for p in pts
+            if not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in pts)}
+
+
+def ref_best_xpyd(r_p, g_p, r_d, g_d, budget, budget_p, budget_d) -> tuple[float, int]:
+    """Brute force over every (x, y): (the largest delivered rate, the fewest GPUs reaching it)."""
+    best_r, best_g = -1.0, 0
+    for x in range(1, budget + 1):
+        for y in range(1, budget + 1):
+            gp, gd = x * g_p, y * g_d
+            if gp + gd > budget or gp > budget_p or gd > budget_d:
+                continue
+            r = min(x * r_p, y * r_d)
+            if r > best_r * (1 + 1e-12) or (abs(r - best_r) <= 1e-12 * r and gp + gd < best_g):
+                best_r, best_g = r, gp + gd
+    return best_r, best_g
+
+
+def ref_wait_ms(rho: float, service_ms: float, p: float) -> float:
+    """M/D/1 mean wait; exponential tail beyond the probability rho of waiting at all."""
+    if rho <= 0:
+        return 0.0
+    if rho >= 1:
+        return math.inf
+    mean = rho / (2 * (1 - rho)) * service_ms
+    if p <= 0:
+        return mean
+    if rho <= 1 - p:
+        return 0.0
+    return mean / rho * math.log(rho / (1 - p))
+
+
+# ------------------------------------------------------------------------------------------------
+# Random settings
+
+
+MODELS = default_models().specs()
+GPUS = default_gpus().specs()
+ENGINES = [load_engine(n) for n in engine_names()]
+
+
+def pow2_upto(limit: int) -> list[int]:
+    return [2**i for i in range(20) if 2**i <= limit]
+
+
+@st.composite
+def setups(draw) -> tuple[ModelSpec, Hw, float, float, float, float]:
+    """A random model, GPU, precision, engine and a parallelism valid for the model."""
+    m = draw(st.sampled_from(MODELS))
+    gpu = draw(st.sampled_from(GPUS))
+    dtype = draw(st.sampled_from([d for d in ("bf16", "fp8", "fp4") if gpu.supports(d)]))
+    hw = Hw(gpu, draw(st.sampled_from(ENGINES)), dtype, draw(st.sampled_from(["bf16", "fp8"])))
+    tp = draw(st.sampled_from([t for t in pow2_upto(64) if m.num_heads % t == 0]))
+    pp = draw(st.sampled_from([p for p in (1, 2, 3, 4, 8) if p <= m.num_layers]))
+    dp, ep = 1, 1
+    if m.is_moe:
+        dp = draw(st.sampled_from([1, 2, 4, 8]))
+        ep = draw(st.sampled_from([e for e in pow2_upto(tp * dp)
+                                   if m.num_experts % e == 0 and (tp * dp) % e == 0]))
+    return m, hw, float(tp), float(pp), float(ep), float(dp)
+
+
+@st.composite
+def step_shapes(draw) -> tuple[float, float, float, float, float]:
+    """A prefill step, a decode step, or a mixed (chunked-prefill) step."""
+    kind = draw(st.sampled_from(["prefill", "decode", "mixed"]))
+    pf_seqs = pf_new = pf_past = dc_seqs = dc_ctx = 0.0
+    if kind in ("prefill", "mixed"):
+        pf_seqs = float(draw(st.integers(1, 64)))
+        pf_new = float(draw(st.integers(1, 32768)))
+        pf_past = float(draw(st.sampled_from([0, 0, draw(st.integers(1, 65536))])))
+    if kind in ("decode", "mixed"):
+        dc_seqs = float(draw(st.integers(1, 1024)))
+        dc_ctx = draw(st.floats(1.0, 131072.0, allow_nan=False))
+    return pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx
+
+
+def ctx_for(m: ModelSpec, hw: Hw) -> PerfContext:
+    return PerfContext.build(m, hw.gpu, hw.engine, hw.dtype, hw.kv_dtype)
+
+
+def report(name: str, got: float, want: float) -> None:
+    print(f"{name}: kernel {got:.12g} reference {want:.12g}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels vs references
+
+
+@SETTINGS
+@given(s=setups(), shape=step_shapes())
+def test_step_ms_matches_reference(s, shape) -> None:
+    m, hw, tp, pp, ep, dp = s
+    c = ctx_for(m, hw)
+    row, scratch = np.zeros(4), np.zeros(4)
+    lat, stage = K.step_ms(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode,
+                           tp, pp, ep, dp, *shape, row, scratch)
+    r_lat, r_stage, r_row = ref_step_ms(m, hw, c.cal, tp, pp, ep, dp, *shape)
+    print(f"step_ms {m.name} {hw.gpu.name} {hw.dtype}/{hw.kv_dtype} {hw.engine.name} "
+          f"tp{tp:g} pp{pp:g} ep{ep:g} dp{dp:g} prefill {shape[0]:g}x{shape[1]:g}+{shape[2]:g} "
+          f"decode {shape[3]:g}@{shape[4]:.0f}: kernel {lat:.9g} ms, reference {r_lat:.9g} ms")
+    assert close(lat, r_lat), (m.name, hw, tp, pp, ep, dp, shape, lat, r_lat)
+    assert close(stage, r_stage), (stage, r_stage)
+    for got, want in zip(row, r_row, strict=True):
+        assert close(float(got), want), (list(row), r_row)
+
+
+@SETTINGS
+@given(s=setups(), shape=step_shapes())
+def test_layer_ms_matches_reference(s, shape) -> None:
+    m, hw, tp, pp, ep, dp = s
+    c = ctx_for(m, hw)
+    for moe in ([False, True] if m.is_moe else [False]):
+        out = np.zeros(4)
+        K.layer_ms(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, ep, dp,
+                   *shape, moe, out)
+        want = ref_layer_ms(m, hw, c.cal, tp, ep, dp, *shape, moe)
+        assert all(close(float(a), b) for a, b in zip(out, want, strict=True)), (list(out), want)
+
+
+@SETTINGS
+@given(s=setups(), shape=step_shapes())
+def test_attention_block_matches_reference(s, shape) -> None:
+    m, hw, tp, _, _, _ = s
+    c = ctx_for(m, hw)
+    out = np.zeros(4)
+    K.attention_block(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, *shape, out)
+    gemm, attn = ref_attention_block(m, hw, c.cal, tp, *shape)
+    assert close(out[K.B_GEMM], gemm) and close(out[K.B_ATTN], attn), (list(out), gemm, attn)
+    assert out[K.B_COMM] == 0.0 and out[K.B_OTHER] == 0.0
+
+
+@SETTINGS
+@given(s=setups(), nbytes=st.floats(0.0, 1e10), group=st.sampled_from([1, 2, 4, 8, 16, 64, 72, 128]))
+def test_allreduce_and_alltoall_match_reference(s, nbytes, group) -> None:
+    m, hw, *_ = s
+    c = ctx_for(m, hw)
+    assert close(K.allreduce_ms(nbytes, float(group), c.hv), ref_allreduce_ms(nbytes, group, hw))
+    assert close(K.alltoall_ms(nbytes, float(group), c.hv), ref_alltoall_ms(nbytes, group, hw))
+
+
+@SETTINGS
+@given(n=st.integers(1, 512), data=st.data(), tokens=st.floats(0.0, 1e5))
+def test_expected_distinct_matches_reference(n, data, tokens) -> None:
+    k = data.draw(st.integers(1, n))
+    assert close(K.expected_distinct(float(n), float(k), tokens), ref_expected_distinct(n, k, tokens))
+
+
+@SETTINGS
+@given(s=setups(), tokens=st.floats(0.0, 65536.0), n_active=st.one_of(st.just(0.0), st.floats(1.0, 256.0)),
+       n=st.sampled_from([128.0, 384.0, 1536.0, 4096.0, 28672.0]),
+       k=st.sampled_from([192.0, 2048.0, 4096.0, 7168.0]))
+def test_grouped_gemm_ms_matches_reference(s, tokens, n_active, n, k) -> None:
+    m, hw, *_ = s
+    c = ctx_for(m, hw)
+    got = K.grouped_gemm_ms(tokens, n_active, n, k, c.hv[H_W_BYTES], c.hv, c.cal.gemm)
+    assert close(got, ref_grouped_gemm_ms(tokens, n_active, n, k, hw, c.cal.gemm))
+
+
+def test_step_ms_many_equals_step_ms_point_by_point() -> None:
+    m = default_models().get("deepseek-v3")
+    hw = Hw(default_gpus().get("gb200-nvl72"), load_engine("sglang"), "fp4", "fp8")
+    c = ctx_for(m, hw)
+    rng = np.random.default_rng(7)
+    n = 200
+    tp = 2.0 ** rng.integers(0, 4, n)
+    dp = 2.0 ** rng.integers(0, 3, n)
+    ep = np.minimum(tp * dp, 2.0 ** rng.integers(0, 6, n))
+    pp = 2.0 ** rng.integers(0, 3, n)
+    pf = rng.integers(0, 4, n).astype(float)
+    new = rng.integers(1, 8192, n).astype(float) * (pf > 0)
+    past = rng.integers(0, 8192, n).astype(float) * (pf > 0)
+    dc = rng.integers(0, 256, n).astype(float)
+    ctx = rng.uniform(1, 65536, n)
+    lat, stage, per = np.zeros(n), np.zeros(n), np.zeros((n, 4))
+    K.step_ms_many(c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, pp, ep, dp,
+                   pf, new, past, dc, ctx, lat, stage, per)
+    for i in range(n):
+        r_lat, r_stage, r_row = ref_step_ms(m, hw, c.cal, tp[i], pp[i], ep[i], dp[i], pf[i],
+                                            new[i], past[i], dc[i], ctx[i])
+        assert close(lat[i], r_lat) and close(stage[i], r_stage)
+        assert all(close(float(a), b) for a, b in zip(per[i], r_row, strict=True))
+    print(f"step_ms_many: {n} DeepSeek-V3 points equal the reference (max latency {lat.max():.1f} ms)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory
+
+
+@SETTINGS
+@given(s=setups(), step_tokens=st.floats(0.0, 65536.0), logits=st.floats(0.0, 1024.0),
+       cached=st.floats(0.0, 1e7))
+def test_memory_kernels_match_reference(s, step_tokens, logits, cached) -> None:
+    m, hw, tp, pp, ep, dp = s
+    c = ctx_for(m, hw)
+    mv, hv = c.mv, c.hv
+    print(f"memory {m.name} {hw.gpu.name} {hw.dtype}/{hw.kv_dtype} tp{tp:g} pp{pp:g} ep{ep:g} "
+          f"dp{dp:g}: weights {M.weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp) / 1e9:.6f} GB "
+          f"(reference {ref_weight_bytes(m, hw, tp, pp, ep, dp) / 1e9:.6f})")
+    assert close(M.weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp), ref_weight_bytes(m, hw, tp, pp, ep, dp))
+    assert close(M.kv_bytes_per_token(mv, hv, tp, pp), ref_kv_bytes_per_token(m, hw, tp, pp))
+    assert close(M.activation_bytes(mv, tp, step_tokens, logits),
+                 ref_activation_bytes(m, tp, step_tokens, logits))
+    assert close(M.kv_capacity_tokens(mv, hv, tp, pp, ep, dp, step_tokens, logits),
+                 ref_kv_capacity(m, hw, tp, pp, ep, dp, step_tokens, logits))
+    assert close(M.memory_bytes_per_gpu(mv, hv, tp, pp, ep, dp, step_tokens, logits, cached),
+                 ref_memory_bytes(m, hw, tp, pp, ep, dp, step_tokens, logits, cached))
+
+
+@pytest.mark.parametrize("model", [m.name for m in MODELS])
+def test_unsharded_weight_bytes_equal_parameter_count_times_bytes(model: str) -> None:
+    """On one GPU (tp = pp = ep = 1) the worker holds every weight once: total_params x bytes."""
+    m = default_models().get(model)
+    for dtype in ("bf16", "fp8", "fp4"):
+        hw = Hw(default_gpus().get("b200"), load_engine("vllm"), dtype, "bf16")
+        c = ctx_for(m, hw)
+        got = M.weight_bytes_per_gpu(c.mv, c.hv, 1.0, 1.0, 1.0, 1.0)
+        want = m.total_params * WEIGHT_STORAGE_BYTES[dtype]
+        print(f"{model} {dtype}: weight bytes {got / 1e9:.3f} GB, params x bytes {want / 1e9:.3f} GB")
+        assert close(got, want)
+
+
+@pytest.mark.parametrize("model", [m.name for m in MODELS])
+def test_sharded_weights_add_up_over_a_worker(model: str) -> None:
+    """Summed over the GPUs of a worker, sharded weights never fall below one full copy, and
+    exceed it only by what is replicated (KV heads beyond their count, MLA down-projections,
+    attention over DP ranks, embeddings over stages)."""
+    m = default_models().get(model)
+    hw = Hw(default_gpus().get("gb200-nvl72"), load_engine("vllm"), "bf16", "bf16")
+    c = ctx_for(m, hw)
+    full = m.total_params * 2.0
+    tp = max(t for t in pow2_upto(8) if m.num_heads % t == 0)
+    total = tp * M.weight_bytes_per_gpu(c.mv, c.hv, float(tp), 1.0, 1.0, 1.0)
+    assert full * (1 - 1e-12) <= total <= full * 1.05, (total, full)
+    print(f"{model}: TP{tp} holds {total / full:.4f} copies of the weights")
+
+
+# ------------------------------------------------------------------------------------------------
+# Search and serving kernels
+
+
+@SETTINGS
+@given(pts=st.lists(st.tuples(st.floats(0.0, 1e3, allow_nan=False), st.floats(0.0, 1e4, allow_nan=False)),
+                    min_size=0, max_size=60, unique_by=lambda p: p[0]),
+       nan_at=st.lists(st.integers(0, 59), max_size=3))
+def test_pareto_front_matches_naive_dominance(pts, nan_at) -> None:
+    """Distinct x values (ties in x are the subject of the test below)."""
+    x = np.array([p[0] for p in pts], dtype=np.float64)
+    y = np.array([p[1] for p in pts], dtype=np.float64)
+    for i in nan_at:
+        if i < len(pts):
+            y[i] = np.nan
+    idx = pareto_front(x, y)
+    got = [(float(x[i]), float(y[i])) for i in idx]
+    assert set(got) == ref_pareto(list(x), list(y))
+    assert len(got) == len(set(got))
+    assert all(got[i][0] < got[i + 1][0] for i in range(len(got) - 1)), "ordered by increasing x"
+
+
+@pytest.mark.xfail(strict=True, reason="pareto_front keeps a point dominated by another of the "
+                                       "same x when the dominated one comes first in the input")
+def test_pareto_front_drops_a_point_dominated_at_equal_x() -> None:
+    x = np.array([1.0, 2.0, 2.0])
+    y = np.array([5.0, 1.0, 3.0])  # (2, 1) is dominated by (2, 3)
+    got = {(float(x[i]), float(y[i])) for i in pareto_front(x, y)}
+    print("pareto_front kept", sorted(got), "naive:", sorted(ref_pareto(list(x), list(y))))
+    assert got == {(1.0, 5.0), (2.0, 3.0)}
+
+
+@SETTINGS
+@given(r_p=st.floats(0.01, 50.0), g_p=st.integers(1, 16), r_d=st.floats(0.01, 50.0),
+       g_d=st.integers(1, 16), budget=st.integers(2, 48), data=st.data())
+def test_best_xpyd_matches_brute_force(r_p, g_p, r_d, g_d, budget, data) -> None:
+    budget_p = data.draw(st.integers(1, budget))
+    budget_d = data.draw(st.integers(1, budget))
+    x, y, r = best_xpyd(r_p, float(g_p), r_d, float(g_d), budget, budget_p, budget_d, 0.0)
+    want_r, want_g = ref_best_xpyd(r_p, g_p, r_d, g_d, budget, budget_p, budget_d)
+    if want_r < 0:  # nothing fits
+        assert x == 0 and y == 0
+        return
+    assert x >= 1 and y >= 1
+    assert x * g_p + y * g_d <= budget and x * g_p <= budget_p and y * g_d <= budget_d
+    assert close(r, min(x * r_p, y * r_d))
+    assert close(r, want_r), (x, y, r, want_r)
+    ratio = x * r_p / r_d
+    if abs(ratio - round(ratio)) > 1e-9:  # exact multiples: see the xfail test below
+        assert x * g_p + y * g_d == want_g, (x, y, want_g)
+
+
+@pytest.mark.xfail(strict=True, reason="best_xpyd rounds y_need = ceil(x r_p / r_d) up past an "
+                                       "exact multiple (3 * 0.1 / 0.1 = 3.0000000000000004)")
+def test_best_xpyd_adds_no_decode_worker_when_the_rates_divide_exactly() -> None:
+    # r_p = r_d = 0.1 req/s on 1 GPU each, 7 GPUs: 3P3D delivers 0.3 req/s on 6 GPUs;
+    # nothing delivers more within 7 GPUs (3P4D and 4P3D also deliver 0.3, on 7).
+    x, y, r = best_xpyd(0.1, 1.0, 0.1, 1.0, 7, 7, 7, 0.0)
+    print(f"best_xpyd: {x}P{y}D at {r} req/s; brute force: 3P3D at 0.3 req/s on 6 GPUs")
+    assert (x, y) == (3, 3)
+
+
+@pytest.mark.xfail(strict=True, reason="with a target rate, best_xpyd still sizes the decode pool "
+                                       "to the prefill pool's full rate, not to the target")
+def test_best_xpyd_with_a_target_rate_uses_the_fewest_gpus_that_reach_it() -> None:
+    # r_p = 10 req/s, r_d = 1 req/s, 1 GPU each, target 3 req/s: 1P3D reaches 3 req/s on 4 GPUs.
+    x, y, r = best_xpyd(10.0, 1.0, 1.0, 1.0, 100, 100, 100, 3.0)
+    print(f"best_xpyd: {x}P{y}D at {r} req/s on {x + y} GPUs; fewest reaching 3 req/s: 1P3D, 4 GPUs")
+    assert r >= 3.0 and x + y == 4
+
+
+@SETTINGS
+@given(n_p=st.integers(1, 4), n_d=st.integers(1, 4), budget=st.integers(2, 40), data=st.data())
+def test_match_all_pairs_each_decode_with_its_best_prefill(n_p, n_d, budget, data) -> None:
+    rate = st.floats(0.05, 20.0)
+    gpus = st.sampled_from([1.0, 2.0, 4.0, 8.0])
+    r_p = np.array([data.draw(rate) for _ in range(n_p)])
+    g_p = np.array([data.draw(gpus) for _ in range(n_p)])
+    r_d = np.array([data.draw(rate) for _ in range(n_d)])
+    g_d = np.array([data.draw(gpus) for _ in range(n_d)])
+    ox, oy = np.zeros(n_d, np.int64), np.zeros(n_d, np.int64)
+    orate, opre = np.zeros(n_d), np.zeros(n_d, np.int64)
+    evaluated = match_all(r_p, g_p, r_d, g_d, 100.0, budget, budget, budget, 0.0, ox, oy, orate, opre)
+    assert evaluated == n_d * sum(max(1, int(budget // g)) for g in g_p)
+    for j in range(n_d):
+        # reference: the prefill candidate whose brute-force xPyD delivers most (then fewest GPUs)
+        options = [(ref_best_xpyd(r_p[i], int(g_p[i]), r_d[j], int(g_d[j]), budget, budget, budget), i)
+                   for i in range(n_p)]
+        options = [((r, g), i) for (r, g), i in options if r > 0]
+        if not options:
+            assert opre[j] == -1 and ox[j] == 0
+            continue
+        (want_r, want_g), _ = max(options, key=lambda o: (o[0][0] * 1e6 - o[0][1]))
+        i = opre[j]
+        assert close(orate[j], want_r), (j, orate[j], want_r)
+        assert ox[j] * g_p[i] + oy[j] * g_d[j] == want_g
+
+
+@SETTINGS
+@given(r_p=st.floats(0.01, 50.0), g_p=st.floats(1.0, 64.0), r_d=st.floats(0.01, 50.0),
+       g_d=st.floats(1.0, 64.0), osl=st.floats(2.0, 1e5))
+def test_continuous_rate_matching_balances_the_pools(r_p, g_p, r_d, g_d, osl) -> None:
+    """Serving R req/s takes R g_p / r_p prefill GPUs and R g_d / r_d decode GPUs."""
+    per_gpu = continuous_tokens_per_gpu(r_p, g_p, r_d, g_d, osl)
+    rate = per_gpu / osl  # requests/s per GPU of the deployment
+    assert close(rate * (g_p / r_p) + rate * (g_d / r_d), 1.0)
+
+
+@SETTINGS
+@given(rho=st.floats(-0.5, 1.5), service=st.floats(0.0, 1e5), p=st.sampled_from([0.0, 0.5, 0.9, 0.99]))
+def test_wait_ms_matches_reference(rho, service, p) -> None:
+    got, want = wait_ms(rho, service, p), ref_wait_ms(rho, service, p)
+    assert (math.isinf(got) and math.isinf(want)) or close(got, want), (rho, service, p, got, want)
+
+
+@SETTINGS
+@given(compute=st.floats(0.0, 2000.0), service=st.floats(1.0, 5000.0), target=st.floats(1.0, 4000.0),
+       p=st.sampled_from([0.0, 0.5, 0.9, 0.99]))
+def test_max_utilisation_is_the_busiest_that_meets_the_target(compute, service, target, p) -> None:
+    u = max_utilisation(compute, service, target, p)
+    if compute > target:
+        assert u == 0.0
+        return
+    assert 0.0 <= u <= 0.999
+    assert compute + ref_wait_ms(u, service, p) <= target * (1 + 1e-9)
+    if u < 0.999:  # a little busier misses the target (bisection to 2^-40)
+        assert compute + ref_wait_ms(min(u + 1e-9, 0.999), service, p) >= target * (1 - 1e-6)
