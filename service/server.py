@@ -1,0 +1,320 @@
+"""Starting and stopping the gRPC server.
+
+``serve`` is ``pdplanner serve``: it blocks until SIGTERM or SIGINT, then shuts down gracefully.
+``start_server`` starts one in the background (port 0 picks a free port) for tests and benchmarks.
+
+What a started server offers, and in what order it gets ready:
+
+1. it listens at once, with the gRPC health service (``grpc.health.v1``) answering NOT_SERVING
+   and server reflection (so ``grpcurl`` needs no .proto files); PlannerService calls fail with
+   UNAVAILABLE until step 3;
+2. it applies the database migrations and compiles the planner's kernels (``planner.warmup``);
+3. it reports SERVING.
+
+Limits: a thread pool of ``max_workers`` runs calls; past ``max_concurrent_rpcs`` calls in
+progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. Each
+call is logged as one JSON line (method, status code, duration). Stopping reports NOT_SERVING
+first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then closes the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pdplanner.v1 import planner_service_pb2, planner_service_pb2_grpc
+
+import planner
+from service.servicer import PlannerServicer
+from service.settings import ServerSettings
+from storage.config import database_url as resolve_database_url
+from storage.repository import PlanStore, SqlStore
+
+log = logging.getLogger("pdplanner.server")
+rpc_log = logging.getLogger("pdplanner.rpc")
+
+SERVICE_NAME = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
+#: Calls logged at DEBUG rather than INFO: load balancers poll these.
+_QUIET_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+if TYPE_CHECKING:
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+# -- per-call logs --------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send pdplanner's logs to stderr as JSON lines (used by ``serve``, not by tests)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("pdplanner")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class CallLogInterceptor(grpc.ServerInterceptor):
+    """Logs every call once it ends: method, status code, duration, peer and request_id."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _logged_unary(handler.unary_unary, method), **codec
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _logged_stream(handler.unary_stream, method), **codec
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _logged_unary(handler.stream_unary, method), **codec
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _logged_stream(handler.stream_stream, method), **codec
+            )
+        return handler
+
+
+def _log_call(
+    method: str, context: grpc.ServicerContext, request: Any, started: float, failed: bool
+) -> None:
+    code = cast(Any, context).code()  # ServicerContext.code() (grpcio >= 1.38) is not in the stubs
+    if code is None:
+        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+    fields: dict[str, Any] = {
+        "event": "rpc",
+        "method": method,
+        "code": code.name,
+        "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+        "peer": context.peer(),
+    }
+    request_id = getattr(request, "request_id", "")
+    if isinstance(request_id, str) and request_id:
+        fields["request_id"] = request_id
+    level = logging.DEBUG if method in _QUIET_METHODS else logging.INFO
+    rpc_log.log(level, "rpc %s %s", method, code.name, extra={"fields": fields})
+
+
+def _logged_unary(
+    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        failed = True
+        try:
+            response = behaviour(request, context)
+            failed = False
+            return response
+        finally:
+            _log_call(method, context, request, started, failed)
+
+    return call
+
+
+def _logged_stream(
+    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        started = time.perf_counter()
+        failed = True
+        try:
+            yield from behaviour(request, context)
+            failed = False
+        finally:
+            _log_call(method, context, request, started, failed)
+
+    return call
+
+
+# -- starting and stopping ------------------------------------------------------------------------
+
+
+@dataclass
+class RunningServer:
+    """A started server. Unpacks as ``(server, port, stop)``.
+
+    ``stop(grace_s=None)`` reports NOT_SERVING, refuses new calls, lets in-flight ones finish for
+    ``grace_s`` seconds (default: the settings'), then closes the store; a second call is a no-op.
+    """
+
+    server: grpc.Server
+    port: int
+    servicer: PlannerServicer
+    health: health.HealthServicer
+    store: PlanStore
+    settings: ServerSettings
+    _stopped: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.server, self.port, self.stop))
+
+    def stop(self, grace_s: float | None = None) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        log.info("stopping", extra={"fields": {"event": "stopping", "grace_s": grace}})
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.store.close()
+        log.info("stopped", extra={"fields": {"event": "stopped"}})
+
+
+def _set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, status)
+
+
+def start_server(
+    settings: ServerSettings | None = None,
+    *,
+    store: PlanStore | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    **overrides: Any,
+) -> RunningServer:
+    """Start a server and return once it is SERVING (migrated and warmed up).
+
+    ``settings`` default to ``ServerSettings.from_env(**overrides)``; pass ``port=0`` for a free
+    port (``RunningServer.port`` says which). ``store`` replaces the SQL store of
+    ``settings.database_url``. ``interceptors`` run after the call logger (tests inject faults).
+    """
+    settings = settings or ServerSettings.from_env(**overrides)
+    url = resolve_database_url(settings.database_url)
+    own_store = store is None
+    plan_store: PlanStore = SqlStore(url) if store is None else store
+    health_servicer = health.HealthServicer()
+    _set_serving(health_servicer, False)
+    servicer = PlannerServicer(plan_store, settings)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=settings.max_workers, thread_name_prefix="pdplanner-rpc"
+        ),
+        interceptors=[CallLogInterceptor(), *interceptors],
+        options=[
+            ("grpc.max_send_message_length", settings.max_send_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    running = RunningServer(server, port, servicer, health_servicer, plan_store, settings)
+    log.info("listening", extra={"fields": {"event": "listening", "port": port}})
+    try:
+        _prepare(settings, url if own_store else None)
+    except BaseException:
+        running.stop(0)
+        raise
+    servicer.ready.set()
+    _set_serving(health_servicer, True)
+    log.info("serving", extra={"fields": {"event": "serving", "port": port}})
+    return running
+
+
+def _prepare(settings: ServerSettings, migrate_url: str | None) -> None:
+    """Migrate the database (when the server owns its store) and compile the kernels."""
+    if settings.migrate and migrate_url is not None:
+        from storage.migrate import upgrade
+
+        started = time.perf_counter()
+        upgrade(migrate_url)
+        log.info(
+            "database migrated",
+            extra={"fields": {"event": "migrated", "seconds": time.perf_counter() - started}},
+        )
+    if settings.warmup:
+        seconds = planner.warmup()
+        log.info("kernels ready", extra={"fields": {"event": "warmed_up", "seconds": seconds}})
+
+
+def serve(port: int = 50051, database_url: str | None = None, **overrides: Any) -> None:
+    """Serve until SIGTERM or SIGINT (``pdplanner serve``), then shut down gracefully.
+
+    The first signal reports NOT_SERVING and lets in-flight calls finish for ``grace_s`` seconds;
+    a second one stops at once. Other settings come from ``PDPLANNER_*`` variables and
+    ``overrides`` (see ``service.settings``).
+    """
+    settings = ServerSettings.from_env(port=port, database_url=database_url, **overrides)
+    configure_logging(settings.log_level)
+    stop_requested = threading.Event()
+    running: list[RunningServer] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop_requested.is_set() and running:
+            log.warning("second %s: stopping now", name)
+            running[0].server.stop(0)
+            return
+        log.info("%s received", name, extra={"fields": {"event": "signal", "signal": name}})
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        running.append(start_server(settings))
+        while not stop_requested.wait(timeout=1.0):
+            pass
+        running[0].stop(settings.grace_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
