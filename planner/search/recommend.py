@@ -387,42 +387,18 @@ class _Search:
         steps = max(self.osl - 1.0, 1.0)
         r_d = dec.batch[di] / (dec.latency_ms[di] * steps) * 1e3
         g_d = dec.gpus[di]
-        # frontier: continuous rate matching with the prefill of best requests/s/GPU
-        k = int(np.argmax(r_p / g_p))
-        per_gpu = self.osl / (g_p[k] / r_p[k] + g_d / r_d)
-        user = 1e3 / dec.latency_ms[di]
-        front = pareto_front(user, per_gpu)
-        side.pareto = [
-            self._disagg_deployment(pre, dec, pi[k], di[j], None, None, float(per_gpu[j]))
-            for j in front
-        ]
-        self._check()
-        # recommendation: whole workers within the budget, among decode candidates meeting TPOT
-        meet = dec.latency_ms[di] <= self.tpot_target
-        if not meet.any():
-            side.binding = f"TPOT: the fastest decode takes {self.best_decode_ms:.1f} ms"
-            j = int(np.argmin(dec.latency_ms[di]))
-            side.closest = self._disagg_deployment(
-                pre, dec, pi[k], di[j], None, None, float(per_gpu[j])
-            )
-            side.closest_gap = float(dec.latency_ms[di][j] / self.tpot_target)
-            return side
-        mj = np.nonzero(meet)[0]
-        m = mj.shape[0]
         # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
         keep = _undominated(g_p, r_p)
         pi, r_p, g_p = pi[keep], r_p[keep], g_p[keep]
-        ox, oy, orate, opre = (
-            np.zeros(m, np.int64),
-            np.zeros(m, np.int64),
-            np.zeros(m),
-            np.zeros(m, np.int64),
-        )
+        # every decode candidate gets its best prefill partner and whole-worker counts (xPyD)
+        m = di.shape[0]
+        ox, oy = np.zeros(m, np.int64), np.zeros(m, np.int64)
+        orate, opre = np.zeros(m), np.zeros(m, np.int64)
         self.design_points += match_all(
             r_p,
             g_p,
-            r_d[mj],
-            g_d[mj],
+            r_d,
+            g_d,
             self.osl,
             self.budget,
             self.budget_p,
@@ -433,58 +409,48 @@ class _Search:
             orate,
             opre,
         )
+        self._check()
         ok = ox > 0
         if not ok.any():
             side.binding = (
                 f"budget: no prefill and decode workers fit in {self.budget} GPUs together"
             )
             return side
-        gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d[mj]
-        if self.rate > 0 and (orate[ok] >= self.rate).any():
-            score = np.where(ok & (orate >= self.rate), -gpus_used.astype(np.float64), -np.inf)
+        gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d
+        tokens = np.where(ok, orate * self.osl / np.maximum(gpus_used, 1), np.nan)
+        user = 1e3 / dec.latency_ms[di]
+
+        def deployment(j: int) -> Deployment:
+            return self._disagg_deployment(
+                pre, dec, int(pi[opre[j]]), int(di[j]), int(ox[j]), int(oy[j]), float(orate[j])
+            )
+
+        side.pareto = [deployment(int(j)) for j in pareto_front(user, tokens)]
+        # recommendation: among decode candidates meeting TPOT
+        meet = ok & (dec.latency_ms[di] <= self.tpot_target)
+        if not meet.any():
+            side.binding = f"TPOT: the fastest decode takes {self.best_decode_ms:.1f} ms"
+            j = int(np.argmin(np.where(ok, dec.latency_ms[di], np.inf)))
+            side.closest = deployment(j)
+            side.closest_gap = float(dec.latency_ms[di][j] / self.tpot_target)
+            return side
+        if self.rate > 0 and (orate[meet] >= self.rate).any():
+            score = np.where(meet & (orate >= self.rate), -gpus_used.astype(np.float64), -np.inf)
         else:
-            score = np.where(ok, orate - 1e-9 * gpus_used, -np.inf)
-        j = int(np.argmax(score))
-        side.best = self._disagg_deployment(
-            pre, dec, pi[opre[j]], di[mj[j]], int(ox[j]), int(oy[j]), None, float(orate[j])
-        )
+            score = np.where(meet, orate - 1e-9 * gpus_used, -np.inf)
+        side.best = deployment(int(np.argmax(score)))
         return side
 
     def _disagg_deployment(
-        self,
-        pre: _Phase,
-        dec: _Phase,
-        i: int,
-        j: int,
-        x: int | None,
-        y: int | None,
-        per_gpu: float | None,
-        rate: float | None = None,
+        self, pre: _Phase, dec: _Phase, i: int, j: int, x: int, y: int, rate: float
     ) -> Deployment:
+        """The xPyD deployment of prefill candidate ``i`` and decode candidate ``j``."""
         g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
-        steps = max(self.osl - 1.0, 1.0)
-        r_d = float(dec.batch[j] / (dec.latency_ms[j] * steps) * 1e3)
         service = float(pre.batch[i] / pre.rate[i] * 1e3)
-        util = max_utilisation(float(pre.latency_ms[i]), service, self.req.slo.ttft_ms, self.pct)
-        r_p = float(pre.rate[i]) * max(util, 1e-9)
-        if (
-            x is None or y is None
-        ):  # continuous matching (frontier point): one prefill worker's worth
-            ratio = (g_p / r_p) / (g_d / r_d)
-            xs, ys = 1, 1
-            rate = 1.0 / (g_p / r_p + g_d / r_d)  # per GPU
-            gpus = 1
-            tok = per_gpu if per_gpu is not None else rate * self.osl
-            req_rate = rate
-        else:
-            xs, ys = x, y
-            gpus = int(x * g_p + y * g_d)
-            req_rate = rate if rate is not None else min(x * r_p, y * r_d)
-            tok = req_rate * self.osl / gpus
-            ratio = x * g_p / (y * g_d)
-        rho = min(req_rate / (xs * float(pre.rate[i])), 0.999) if x is not None else util
+        gpus = int(x * g_p + y * g_d)
+        rho = min(rate / (x * float(pre.rate[i])), 0.999)
         ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
-        kv = self._kv_gbps(pre, i, req_rate if x is not None else None, xs)
+        kv = self._kv_gbps(pre, i, rate, x)
         pools = (
             Pool(
                 "prefill",
@@ -494,7 +460,7 @@ class _Search:
                 int(pre.ep[i]),
                 int(pre.dp[i]),
                 int(pre.batch[i]),
-                xs,
+                x,
             ),
             Pool(
                 "decode",
@@ -504,7 +470,7 @@ class _Search:
                 int(dec.ep[j]),
                 int(dec.dp[j]),
                 int(dec.batch[j]),
-                ys,
+                y,
             ),
         )
         return Deployment(
@@ -512,17 +478,18 @@ class _Search:
             pools=pools,
             ttft_ms=ttft,
             tpot_ms=float(dec.latency_ms[j]),
-            tokens_per_s_per_gpu=tok,
+            tokens_per_s_per_gpu=rate * self.osl / gpus,
             tokens_per_s_per_user=1e3 / float(dec.latency_ms[j]),
-            requests_per_s=req_rate,
+            requests_per_s=rate,
             gpus=gpus,
-            prefill_decode_gpu_ratio=ratio,
+            prefill_decode_gpu_ratio=x * g_p / (y * g_d),
             kv_transfer_gb_per_s_per_gpu=kv,
         )
 
-    def _kv_gbps(self, pre: _Phase, i: int, rate: float | None, x: int) -> float | None:
+    def _kv_gbps(self, pre: _Phase, i: int, rate: float, x: int) -> float:
+        """KV-cache egress per shard-holding prefill GPU, GB/s, at ``rate`` requests/s."""
         per_req = kv_bytes_per_request(self.ctx.mv, self.ctx.hv, self.isl)
-        r = rate / x if rate is not None else float(pre.rate[i])
+        r = rate / x
         senders = sending_gpus(self.ctx.mv, float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i]))
         return per_req * r / senders / 1e9
 
