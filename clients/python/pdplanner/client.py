@@ -1,0 +1,331 @@
+"""A typed Python client of ``pdplanner.v1.PlannerService``.
+
+    with PlannerClient("localhost:50051") as client:
+        plan = client.plan(plan_pb2.PlanRequest(model="llama-3.1-70b", gpu="h100-sxm", gpus=16,
+                                                traffic=[common_pb2.Workload(isl=4000, osl=500)],
+                                                slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20)))
+        print(plan.name, plan.result.best.tokens_per_s_per_gpu)
+
+Every call has a deadline (``timeout_s``, per client or per call) covering all of its attempts.
+A call that fails with UNAVAILABLE (server restarting, connection lost) is retried up to
+``retries`` times with exponential backoff and jitter; other errors are raised at once as
+``grpc.RpcError``. Mutating calls (``plan``, ``sweep``, ``create_model``, ``create_gpu``) get a
+``request_id`` when the request has none, and every attempt sends the same one, so a retry never
+plans or stores twice: the server answers a repeated ``request_id`` with what it stored first.
+``field_violations(error)`` reads the ``google.rpc.BadRequest`` of an INVALID_ARGUMENT error.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from pdplanner.v1 import (
+    catalog_pb2,
+    estimate_pb2,
+    plan_pb2,
+    planner_service_pb2_grpc,
+    sweep_pb2,
+)
+
+DEFAULT_TIMEOUT_S: Final = 60.0
+#: Largest message accepted from the server (a page of plans with their frontiers).
+MAX_RECEIVE_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """The ``(field, description)`` pairs of an error's ``google.rpc.BadRequest`` details."""
+    if not isinstance(error, grpc.Call):
+        return []
+    status = rpc_status.from_call(error)
+    if status is None:
+        return []
+    out: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.extend((v.field, v.description) for v in bad.field_violations)
+    return out
+
+
+def _with_request_id(request: Req) -> Req:
+    """``request`` itself if it has a request_id, else a copy with a fresh UUID."""
+    if getattr(request, "request_id", None):
+        return request
+    copy: Any = type(request)()
+    copy.CopyFrom(request)
+    copy.request_id = str(uuid.uuid4())
+    return copy  # type: ignore[no-any-return]
+
+
+class PlannerClient:
+    """Typed methods for every PlannerService RPC, with deadlines and retries on UNAVAILABLE.
+
+    ``target`` is ``host:port``. ``timeout_s`` is the default deadline of a call (all attempts
+    together); ``retries`` the most retries after the first attempt; backoff starts at
+    ``backoff_s`` and doubles up to ``max_backoff_s``. Pass ``channel`` to use your own (TLS,
+    interceptors); the client closes only a channel it made. Use it as a context manager or call
+    ``close()``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = 3,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, got {retries}")
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._own_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+                # reconnect quickly after a server restart, so retries find it
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self._stub = planner_service_pb2_grpc.PlannerServiceStub(self._channel)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel (if the client made it)."""
+        if self._own_channel:
+            self._channel.close()
+
+    def __enter__(self) -> PlannerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- retries ---------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int, remaining_s: float) -> None:
+        delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
+        time.sleep(max(0.0, min(delay * random.uniform(0.5, 1.0), remaining_s)))
+
+    def _call(self, method: Callable[..., Resp], request: Any, timeout_s: float | None) -> Resp:
+        """Call a unary method, retrying UNAVAILABLE within the deadline."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as error:
+                remaining = deadline - time.monotonic()
+                if (
+                    not isinstance(error, grpc.Call)
+                    or error.code() != grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.retries
+                    or remaining <= 0
+                ):
+                    raise
+                self._backoff(attempt, remaining)
+                attempt += 1
+
+    # -- plans -----------------------------------------------------------------------------------
+
+    def plan(
+        self, request: plan_pb2.PlanRequest, *, timeout_s: float | None = None
+    ) -> plan_pb2.Plan:
+        """Search and store a plan; returns the stored ``Plan`` resource (``plan.name``)."""
+        response = self._call(self._stub.Plan, _with_request_id(request), timeout_s)
+        return response.plan
+
+    def estimate(
+        self, request: estimate_pb2.EstimateRequest, *, timeout_s: float | None = None
+    ) -> estimate_pb2.EstimateResponse:
+        """Evaluate one fixed configuration (nothing is stored)."""
+        return self._call(self._stub.Estimate, request, timeout_s)
+
+    def get_plan(self, name: str, *, timeout_s: float | None = None) -> plan_pb2.Plan:
+        """A stored plan by name (``plans/ID``) or bare id."""
+        request = plan_pb2.GetPlanRequest(name=_resource_name(name, "plans"))
+        return self._call(self._stub.GetPlan, request, timeout_s).plan
+
+    def list_plans(
+        self,
+        *,
+        model: str = "",
+        gpu: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> plan_pb2.ListPlansResponse:
+        """One page of stored plans, newest first (``next_page_token`` is empty on the last)."""
+        request = plan_pb2.ListPlansRequest(
+            model=model, gpu=gpu, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListPlans, request, timeout_s)
+
+    def iter_plans(
+        self, *, model: str = "", gpu: str = "", page_size: int = 0
+    ) -> Iterator[plan_pb2.Plan]:
+        """Every stored plan, newest first, fetching pages as needed."""
+        token = ""
+        while True:
+            page = self.list_plans(model=model, gpu=gpu, page_size=page_size, page_token=token)
+            yield from page.plans
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete_plan(self, name: str, *, timeout_s: float | None = None) -> None:
+        """Delete a stored plan by name (``plans/ID``) or bare id."""
+        request = plan_pb2.DeletePlanRequest(name=_resource_name(name, "plans"))
+        self._call(self._stub.DeletePlan, request, timeout_s)
+
+    # -- sweeps ----------------------------------------------------------------------------------
+
+    def sweep(
+        self, request: sweep_pb2.SweepRequest, *, timeout_s: float | None = None
+    ) -> Iterator[sweep_pb2.SweepResponse]:
+        """Stream a sweep's events: the sweep, then each scenario and progress, then the sweep.
+
+        If the stream breaks with UNAVAILABLE, the call is repeated with the same request_id: the
+        server replays what it stored and goes on, and this iterator skips what it already gave,
+        so the caller sees each scenario once.
+        """
+        request = _with_request_id(request)
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        seen: set[int] = set()
+        done = -1
+        started = False
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            stream = self._stub.Sweep(request, timeout=max(remaining, 0.001))
+            try:
+                for position, event in enumerate(stream):
+                    kind = event.WhichOneof("event")
+                    if kind == "sweep":
+                        if position == 0 and started:
+                            continue  # the opening event of a repeated call
+                        started = True
+                    elif kind == "scenario":
+                        if event.scenario.index in seen:
+                            continue
+                        seen.add(event.scenario.index)
+                    elif kind == "progress":
+                        if event.progress.done <= done:
+                            continue
+                        done = event.progress.done
+                    yield event
+                return
+            except grpc.RpcError as error:
+                remaining = deadline - time.monotonic()
+                if (
+                    not isinstance(error, grpc.Call)
+                    or error.code() != grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.retries
+                    or remaining <= 0
+                ):
+                    raise
+                self._backoff(attempt, remaining)
+                attempt += 1
+            finally:
+                stream.cancel()
+
+    def get_sweep(self, name: str, *, timeout_s: float | None = None) -> sweep_pb2.Sweep:
+        """A stored sweep, with every finished scenario, by name (``sweeps/ID``) or bare id."""
+        request = sweep_pb2.GetSweepRequest(name=_resource_name(name, "sweeps"))
+        return self._call(self._stub.GetSweep, request, timeout_s).sweep
+
+    # -- catalogs --------------------------------------------------------------------------------
+
+    def list_models(self, *, timeout_s: float | None = None) -> list[catalog_pb2.Model]:
+        """The whole model catalog (built-in and custom), by name."""
+        models: list[catalog_pb2.Model] = []
+        token = ""
+        while True:
+            request = catalog_pb2.ListModelsRequest(page_token=token)
+            page = self._call(self._stub.ListModels, request, timeout_s)
+            models.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                return models
+
+    def list_gpus(self, *, timeout_s: float | None = None) -> list[catalog_pb2.Gpu]:
+        """The whole GPU catalog (built-in and custom), by name."""
+        gpus: list[catalog_pb2.Gpu] = []
+        token = ""
+        while True:
+            request = catalog_pb2.ListGpusRequest(page_token=token)
+            page = self._call(self._stub.ListGpus, request, timeout_s)
+            gpus.extend(page.gpus)
+            token = page.next_page_token
+            if not token:
+                return gpus
+
+    def create_model(
+        self,
+        model_id: str,
+        config: Mapping[str, Any] | str,
+        *,
+        aliases: Sequence[str] = (),
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> catalog_pb2.Model:
+        """Add a custom model from its Hugging Face config.json (a dict or the file's text)."""
+        request = catalog_pb2.CreateModelRequest(
+            request_id=request_id or str(uuid.uuid4()), model_id=model_id, aliases=list(aliases)
+        )
+        if isinstance(config, str):
+            request.config_json = config
+        else:
+            struct = struct_pb2.Struct()
+            struct.update(json.loads(json.dumps(dict(config))))
+            request.config.CopyFrom(struct)
+        return self._call(self._stub.CreateModel, request, timeout_s).model
+
+    def create_gpu(
+        self,
+        gpu_id: str,
+        gpu: catalog_pb2.Gpu,
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> catalog_pb2.Gpu:
+        """Add a custom GPU type."""
+        request = catalog_pb2.CreateGpuRequest(
+            request_id=request_id or str(uuid.uuid4()), gpu_id=gpu_id, gpu=gpu
+        )
+        return self._call(self._stub.CreateGpu, request, timeout_s).gpu
+
+
+def _resource_name(name: str, collection: str) -> str:
+    return name if name.startswith(collection + "/") else f"{collection}/{name}"
