@@ -24,6 +24,7 @@ here with the same kind of path; ``service.errors`` turns both into ``BadRequest
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -670,14 +671,12 @@ def plan_result_from_dict(d: Mapping[str, Any]) -> PlanResult:
 # -- estimates ------------------------------------------------------------------------------------
 
 
-def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(dict(values))
-    return s
-
-
 def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a dict; integral numbers come back as ints (a Struct holds only doubles)."""
+    """A Struct (e.g. a config.json sent as one) as a dict; integral numbers come back as ints.
+
+    A Struct holds every number as a double; config.json integers (layer counts, sizes) are what
+    the readers expect, and no config value is an integral float whose type matters.
+    """
 
     def plain(value: Any) -> Any:
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
@@ -727,7 +726,7 @@ def estimate_to_proto(est: PhaseEstimate | ServingEstimate) -> estimate_pb2.Esti
             queued=est.queued,
             kv_transfer_gb_per_s_per_gpu=est.kv_transfer_gb_per_s_per_gpu,
             kv_transfer_ms=est.kv_transfer_ms,
-            details=_struct(est.details) if est.details else None,
+            details_json=json.dumps(est.details, allow_nan=False) if est.details else "",
         )
     )
 
@@ -774,7 +773,7 @@ def estimate_from_proto(msg: estimate_pb2.EstimateResponse) -> PhaseEstimate | S
                 else None
             ),
             kv_transfer_ms=s.kv_transfer_ms if s.HasField("kv_transfer_ms") else None,
-            details=struct_to_dict(s.details) if s.HasField("details") else {},
+            details=json.loads(s.details_json) if s.details_json else {},
         )
     raise InvalidInputError("estimate", "the response holds no estimate")
 

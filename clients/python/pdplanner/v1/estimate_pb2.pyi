@@ -5,7 +5,6 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from pdplanner.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -303,7 +302,7 @@ class ServingEstimate(_message.Message):
     QUEUED_FIELD_NUMBER: _builtins.int
     KV_TRANSFER_GB_PER_S_PER_GPU_FIELD_NUMBER: _builtins.int
     KV_TRANSFER_MS_FIELD_NUMBER: _builtins.int
-    DETAILS_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
     mode: _common_pb2.Mode.ValueType
     """The mode evaluated."""
     ttft_ms: _builtins.float
@@ -332,10 +331,11 @@ class ServingEstimate(_message.Message):
     """Disagg: KV-cache egress per prefill GPU, in gigabytes per second."""
     kv_transfer_ms: _builtins.float
     """Disagg: KV-cache transfer time not overlapped with compute, charged to TTFT, in milliseconds."""
-    @_builtins.property
-    def details(self) -> _struct_pb2.Struct:
-        """Further model-specific figures, as a JSON object."""
-
+    details_json: _builtins.str
+    """Further model-specific figures, as the text of a JSON object (e.g. latency percentiles).
+    JSON text rather than a Struct keeps integers and floats apart, so the figures read the same
+    as in process. Empty means none.
+    """
     def __init__(
         self,
         *,
@@ -353,11 +353,11 @@ class ServingEstimate(_message.Message):
         queued: _builtins.float | None = ...,
         kv_transfer_gb_per_s_per_gpu: _builtins.float | None = ...,
         kv_transfer_ms: _builtins.float | None = ...,
-        details: _struct_pb2.Struct | None = ...,
+        details_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_kv_transfer_ms", b"_kv_transfer_ms", "_queued", b"_queued", "_running_batch", b"_running_batch", "details", b"details", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "kv_transfer_ms", b"kv_transfer_ms", "queued", b"queued", "running_batch", b"running_batch"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_kv_transfer_ms", b"_kv_transfer_ms", "_queued", b"_queued", "_running_batch", b"_running_batch", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "kv_transfer_ms", b"kv_transfer_ms", "queued", b"queued", "running_batch", b"running_batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_kv_transfer_ms", b"_kv_transfer_ms", "_queued", b"_queued", "_running_batch", b"_running_batch", "details", b"details", "fits", b"fits", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "kv_transfer_ms", b"kv_transfer_ms", "memory_gb_per_gpu", b"memory_gb_per_gpu", "mode", b"mode", "queued", b"queued", "reason", b"reason", "requests_per_s", b"requests_per_s", "running_batch", b"running_batch", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_kv_transfer_ms", b"_kv_transfer_ms", "_queued", b"_queued", "_running_batch", b"_running_batch", "details_json", b"details_json", "fits", b"fits", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "kv_transfer_ms", b"kv_transfer_ms", "memory_gb_per_gpu", b"memory_gb_per_gpu", "mode", b"mode", "queued", b"queued", "reason", b"reason", "requests_per_s", b"requests_per_s", "running_batch", b"running_batch", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__kv_transfer_gb_per_s_per_gpu: _TypeAlias = _typing.Literal["kv_transfer_gb_per_s_per_gpu"]  # noqa: Y015
     _WhichOneofArgType__kv_transfer_gb_per_s_per_gpu: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu"]  # noqa: Y015
