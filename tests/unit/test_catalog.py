@@ -44,8 +44,11 @@ def test_every_built_in_model_has_a_published_size() -> None:
 def test_parameter_counts_match_the_published_figures(name: str) -> None:
     m = load_model(name)
     total, active = PUBLISHED[name]
-    print(f"{name}: total {m.total_params / 1e9:.2f} B (published {total / 1e9:g}), "
-          f"active {m.active_params / 1e9:.2f} B" + (f" (published {active / 1e9:g})" if active else ""))
+    print(
+        f"{name}: total {m.total_params / 1e9:.2f} B (published {total / 1e9:g}), "
+        f"active {m.active_params / 1e9:.2f} B"
+        + (f" (published {active / 1e9:g})" if active else "")
+    )
     assert m.total_params == pytest.approx(total, rel=0.02)
     if active is None:
         assert m.active_params == m.total_params and not m.is_moe
@@ -54,95 +57,152 @@ def test_parameter_counts_match_the_published_figures(name: str) -> None:
         assert m.active_params == pytest.approx(active, rel=0.02)
 
 
-@pytest.mark.parametrize(("name", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab"), [
-    ("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256),
-    ("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256),
-    ("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256),
-    ("qwen3-32b", 64, 5120, 64, 8, 25600, 151936),
-])
-def test_dense_architectures_match_the_reference_table(name, layers, hidden, heads, kv_heads, ffn,
-                                                      vocab) -> None:
+@pytest.mark.parametrize(
+    ("name", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab"),
+    [
+        ("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256),
+        ("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256),
+        ("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256),
+        ("qwen3-32b", 64, 5120, 64, 8, 25600, 151936),
+    ],
+)
+def test_dense_architectures_match_the_reference_table(
+    name, layers, hidden, heads, kv_heads, ffn, vocab
+) -> None:
     m = load_model(name)
-    got = (m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.intermediate_size, m.vocab_size)
+    got = (
+        m.num_layers,
+        m.hidden_size,
+        m.num_heads,
+        m.num_kv_heads,
+        m.intermediate_size,
+        m.vocab_size,
+    )
     assert got == (layers, hidden, heads, kv_heads, ffn, vocab)
     assert m.head_dim == 128 and m.attention == "gqa"
 
 
 def test_deepseek_has_mla_and_its_expert_layout() -> None:
     m = load_model("deepseek-r1")
-    print(f"DeepSeek-R1: {m.num_experts} routed + {m.num_shared_experts} shared experts, top "
-          f"{m.experts_per_token}, {m.num_dense_layers} dense layers, MLA latent {m.kv_lora_rank}"
-          f"+{m.qk_rope_head_dim}, KV {m.kv_elements_per_token_per_layer} elements/token/layer")
+    print(
+        f"DeepSeek-R1: {m.num_experts} routed + {m.num_shared_experts} shared experts, top "
+        f"{m.experts_per_token}, {m.num_dense_layers} dense layers, MLA latent {m.kv_lora_rank}"
+        f"+{m.qk_rope_head_dim}, KV {m.kv_elements_per_token_per_layer} elements/token/layer"
+    )
     assert m.attention == "mla"
     assert (m.num_experts, m.num_shared_experts, m.experts_per_token) == (256, 1, 8)
     assert (m.num_layers, m.num_dense_layers, m.num_moe_layers) == (61, 3, 58)
-    assert (m.kv_lora_rank, m.q_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim) == (512, 1536, 128, 64)
+    assert (m.kv_lora_rank, m.q_lora_rank, m.qk_nope_head_dim, m.qk_rope_head_dim) == (
+        512,
+        1536,
+        128,
+        64,
+    )
     assert m.kv_elements_per_token_per_layer == 576
     assert m.intermediate_size == 18432 and m.moe_intermediate_size == 2048
 
 
-@pytest.mark.parametrize(("alias", "name"), [
-    ("meta-llama/Meta-Llama-3.1-70B", "llama-3.1-70b"),
-    ("meta-llama/Llama-3.1-70B", "llama-3.1-70b"),
-    ("meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b"),
-    ("META-LLAMA/LLAMA-3.1-405B", "llama-3.1-405b"),
-    ("Qwen/Qwen3-235B-A22B-FP8", "qwen3-235b-a22b"),
-    ("Qwen/Qwen3-32B", "qwen3-32b"),
-    ("deepseek-ai/DeepSeek-R1", "deepseek-r1"),
-    ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b"),
-    ("llama_3.1_70b", "llama-3.1-70b"),
-])
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("meta-llama/Meta-Llama-3.1-70B", "llama-3.1-70b"),
+        ("meta-llama/Llama-3.1-70B", "llama-3.1-70b"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b"),
+        ("META-LLAMA/LLAMA-3.1-405B", "llama-3.1-405b"),
+        ("Qwen/Qwen3-235B-A22B-FP8", "qwen3-235b-a22b"),
+        ("Qwen/Qwen3-32B", "qwen3-32b"),
+        ("deepseek-ai/DeepSeek-R1", "deepseek-r1"),
+        ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b"),
+        ("llama_3.1_70b", "llama-3.1-70b"),
+    ],
+)
 def test_model_aliases_resolve(alias: str, name: str) -> None:
     assert load_model(alias).name == name
 
 
-@pytest.mark.parametrize(("alias", "name"), [
-    ("h100_sxm", "h100-sxm"), ("H100", "h100-sxm"), ("H100 80GB HBM3", "h100-sxm"),
-    ("h200", "h200-sxm"), ("gb200_nvl72", "gb200-nvl72"), ("B200", "b200"), ("a100", "a100-sxm-80g"),
-    ("L40S", "l40s"),
-])
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("h100_sxm", "h100-sxm"),
+        ("H100", "h100-sxm"),
+        ("H100 80GB HBM3", "h100-sxm"),
+        ("h200", "h200-sxm"),
+        ("gb200_nvl72", "gb200-nvl72"),
+        ("B200", "b200"),
+        ("a100", "a100-sxm-80g"),
+        ("L40S", "l40s"),
+    ],
+)
 def test_gpu_aliases_resolve(alias: str, name: str) -> None:
     assert load_gpu(alias).name == name
 
 
-@pytest.mark.parametrize(("alias", "name"), [("vLLM", "vllm"), ("SGLang", "sglang"),
-                                             ("TensorRT-LLM", "trtllm"), ("trt-llm", "trtllm")])
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [("vLLM", "vllm"), ("SGLang", "sglang"), ("TensorRT-LLM", "trtllm"), ("trt-llm", "trtllm")],
+)
 def test_engine_aliases_resolve(alias: str, name: str) -> None:
     assert load_engine(alias).name == name
 
 
-@pytest.mark.parametrize(("name", "bf16_tflops", "fp8_tflops", "fp4_tflops", "hbm_gb", "hbm_tb_s",
-                          "nvlink_gb_s", "domain"), [
-    ("h100-sxm", 989, 1979, 0, 80, 3.35, 450, 8),
-    ("h200-sxm", 989, 1979, 0, 141, 4.8, 450, 8),
-    ("b200", 2250, 4500, 9000, 180, 8.0, 900, 8),
-    ("gb200-nvl72", 2500, 5000, 10000, 186, 8.0, 900, 72),
-    ("a100-sxm-80g", 312, 0, 0, 80, 2.039, 300, 8),
-    ("l40s", 362, 733, 0, 48, 0.864, 25, 1),
-])
-def test_gpu_datasheet_figures(name, bf16_tflops, fp8_tflops, fp4_tflops, hbm_gb, hbm_tb_s,
-                               nvlink_gb_s, domain) -> None:
+@pytest.mark.parametrize(
+    (
+        "name",
+        "bf16_tflops",
+        "fp8_tflops",
+        "fp4_tflops",
+        "hbm_gb",
+        "hbm_tb_s",
+        "nvlink_gb_s",
+        "domain",
+    ),
+    [
+        ("h100-sxm", 989, 1979, 0, 80, 3.35, 450, 8),
+        ("h200-sxm", 989, 1979, 0, 141, 4.8, 450, 8),
+        ("b200", 2250, 4500, 9000, 180, 8.0, 900, 8),
+        ("gb200-nvl72", 2500, 5000, 10000, 186, 8.0, 900, 72),
+        ("a100-sxm-80g", 312, 0, 0, 80, 2.039, 300, 8),
+        ("l40s", 362, 733, 0, 48, 0.864, 25, 1),
+    ],
+)
+def test_gpu_datasheet_figures(
+    name, bf16_tflops, fp8_tflops, fp4_tflops, hbm_gb, hbm_tb_s, nvlink_gb_s, domain
+) -> None:
     g = load_gpu(name)
-    got = (g.bf16_flops_per_s / 1e12, g.fp8_flops_per_s / 1e12, g.fp4_flops_per_s / 1e12,
-           g.hbm_bytes / 1e9, g.hbm_bytes_per_s / 1e12, g.nvlink_bytes_per_s / 1e9, g.nvlink_domain_size)
-    assert got == pytest.approx((bf16_tflops, fp8_tflops, fp4_tflops, hbm_gb, hbm_tb_s, nvlink_gb_s, domain))
+    got = (
+        g.bf16_flops_per_s / 1e12,
+        g.fp8_flops_per_s / 1e12,
+        g.fp4_flops_per_s / 1e12,
+        g.hbm_bytes / 1e9,
+        g.hbm_bytes_per_s / 1e12,
+        g.nvlink_bytes_per_s / 1e9,
+        g.nvlink_domain_size,
+    )
+    assert got == pytest.approx(
+        (bf16_tflops, fp8_tflops, fp4_tflops, hbm_gb, hbm_tb_s, nvlink_gb_s, domain)
+    )
 
 
 def test_engines_hold_their_differences() -> None:
     assert engine_names() == ["sglang", "trtllm", "vllm"]
     for name in engine_names():
         e = load_engine(name)
-        print(f"{name}: overhead {e.step_overhead_ms} ms, chunk {e.default_chunk_tokens}, "
-              f"max batch {e.max_batch}, decode attention {e.decode_attention_efficiency}")
+        print(
+            f"{name}: overhead {e.step_overhead_ms} ms, chunk {e.default_chunk_tokens}, "
+            f"max batch {e.max_batch}, decode attention {e.decode_attention_efficiency}"
+        )
         assert 0 < e.step_overhead_ms < 5 and 0 < e.decode_attention_efficiency <= 1
         assert e.default_chunk_tokens > 0 and e.max_batch > 0
 
 
-@pytest.mark.parametrize(("kind", "lookup", "some_known"), [
-    ("model", lambda n: load_model(n), "llama-3.1-70b"),
-    ("GPU", lambda n: load_gpu(n), "h100-sxm"),
-    ("engine", lambda n: load_engine(n), "vllm"),
-])
+@pytest.mark.parametrize(
+    ("kind", "lookup", "some_known"),
+    [
+        ("model", lambda n: load_model(n), "llama-3.1-70b"),
+        ("GPU", lambda n: load_gpu(n), "h100-sxm"),
+        ("engine", lambda n: load_engine(n), "vllm"),
+    ],
+)
 def test_unknown_names_list_the_known_ones(kind, lookup, some_known) -> None:
     with pytest.raises(UnknownEntryError) as exc:
         lookup("gpt-5-turbo")
@@ -156,18 +216,37 @@ def test_unknown_names_list_the_known_ones(kind, lookup, some_known) -> None:
 # A user's config.json
 
 LLAMA_32_1B = {  # meta-llama/Llama-3.2-1B config.json (architecture keys); published 1.24 B
-    "architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,
-    "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-    "vocab_size": 128256, "tie_word_embeddings": True, "rope_theta": 500000.0,
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+    "rope_theta": 500000.0,
     "torch_dtype": "bfloat16",
 }
 DEEPSEEK_V2_LITE = {  # deepseek-ai/DeepSeek-V2-Lite config.json; published 15.7 B total
-    "architectures": ["DeepseekV2ForCausalLM"], "hidden_size": 2048, "intermediate_size": 10944,
-    "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
-    "num_key_value_heads": 16, "vocab_size": 102400, "n_routed_experts": 64,
-    "n_shared_experts": 2, "num_experts_per_tok": 6, "first_k_dense_replace": 1,
-    "kv_lora_rank": 512, "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
-    "v_head_dim": 128, "tie_word_embeddings": False,
+    "architectures": ["DeepseekV2ForCausalLM"],
+    "hidden_size": 2048,
+    "intermediate_size": 10944,
+    "moe_intermediate_size": 1408,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "vocab_size": 102400,
+    "n_routed_experts": 64,
+    "n_shared_experts": 2,
+    "num_experts_per_tok": 6,
+    "first_k_dense_replace": 1,
+    "kv_lora_rank": 512,
+    "q_lora_rank": None,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 128,
+    "tie_word_embeddings": False,
 }
 
 
@@ -186,15 +265,19 @@ def test_a_hugging_face_config_json_loads_from_a_file(tmp_path: Path) -> None:
     assert m.name == "Llama-3.2-1B"  # a config.json is named for its folder
     assert m.total_params == pytest.approx(1.24e9, rel=0.01)
     assert m.tie_word_embeddings and m.head_dim == 64 and m.num_kv_heads == 8
-    r = estimate(EstimateRequest(model=str(path), gpu="h100", isl=512, osl=64, phase="decode", batch=8))
+    r = estimate(
+        EstimateRequest(model=str(path), gpu="h100", isl=512, osl=64, phase="decode", batch=8)
+    )
     assert isinstance(r, PhaseEstimate) and r.fits and r.step_ms > 0
     print(f"estimate on the file: decode step {r.step_ms:.2f} ms")
 
 
 def test_a_mla_moe_config_json_loads_with_its_structure(tmp_path: Path) -> None:
     m = load_model(str(write_config(tmp_path, "DeepSeek-V2-Lite", DEEPSEEK_V2_LITE)))
-    print(f"{m.name}: {m.total_params / 1e9:.2f} B total, {m.active_params / 1e9:.2f} B active, "
-          f"{m.attention}, {m.num_experts}+{m.num_shared_experts} experts")
+    print(
+        f"{m.name}: {m.total_params / 1e9:.2f} B total, {m.active_params / 1e9:.2f} B active, "
+        f"{m.attention}, {m.num_experts}+{m.num_shared_experts} experts"
+    )
     assert m.attention == "mla" and m.q_lora_rank == 0
     assert (m.num_experts, m.num_shared_experts, m.num_dense_layers) == (64, 2, 1)
     assert m.total_params == pytest.approx(15.7e9, rel=0.01)
@@ -210,21 +293,27 @@ def test_a_named_json_or_yaml_file_loads_under_its_stem(tmp_path: Path) -> None:
 
 
 def test_a_multimodal_wrapper_reads_its_text_config() -> None:
-    cfg = {"architectures": ["Llama4ForConditionalGeneration"], "text_config": LLAMA_32_1B,
-           "vision_config": {"hidden_size": 1408}}
+    cfg = {
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "text_config": LLAMA_32_1B,
+        "vision_config": {"hidden_size": 1408},
+    }
     assert model_from_hf_config(cfg, "wrapped").hidden_size == 2048
 
 
-@pytest.mark.parametrize(("change", "field", "says"), [
-    ({"hidden_size": None}, "model.hidden_size", "is required"),
-    ({"num_hidden_layers": "many"}, "model.num_hidden_layers", "must be an integer"),
-    ({"num_attention_heads": 0}, "model.num_attention_heads", "must be positive"),
-    ({"num_key_value_heads": 5}, "model.num_key_value_heads", "must divide"),
-    ({"vocab_size": 12.5}, "model.vocab_size", "must be an integer"),
-    ({"intermediate_size": 0}, "model.intermediate_size", "must be positive"),
-    ({"num_local_experts": 8, "num_experts_per_tok": 9}, "model.num_experts_per_tok", "1..8"),
-    ({"kv_lora_rank": 512}, "model.kv_lora_rank", "MLA needs"),
-])
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        ({"hidden_size": None}, "model.hidden_size", "is required"),
+        ({"num_hidden_layers": "many"}, "model.num_hidden_layers", "must be an integer"),
+        ({"num_attention_heads": 0}, "model.num_attention_heads", "must be positive"),
+        ({"num_key_value_heads": 5}, "model.num_key_value_heads", "must divide"),
+        ({"vocab_size": 12.5}, "model.vocab_size", "must be an integer"),
+        ({"intermediate_size": 0}, "model.intermediate_size", "must be positive"),
+        ({"num_local_experts": 8, "num_experts_per_tok": 9}, "model.num_experts_per_tok", "1..8"),
+        ({"kv_lora_rank": 512}, "model.kv_lora_rank", "MLA needs"),
+    ],
+)
 def test_a_bad_config_names_the_key(tmp_path: Path, change: dict, field: str, says: str) -> None:
     cfg = {k: v for k, v in {**LLAMA_32_1B, **change}.items() if v is not None}
     path = write_config(tmp_path, "bad", cfg)
@@ -280,14 +369,24 @@ def test_a_custom_gpu_loads_from_a_yaml_file(tmp_path: Path) -> None:
     path.write_text(CUSTOM_GPU)
     g = load_gpu(str(path))
     print(f"{path.name}: {g}")
-    assert g.name == "mi300x" and g.hbm_bytes == 192e9 and g.supports("fp8") and not g.supports("fp4")
+    assert (
+        g.name == "mi300x" and g.hbm_bytes == 192e9 and g.supports("fp8") and not g.supports("fp4")
+    )
     assert g.calibration == "h100-sxm"  # borrows the measured efficiency curves
-    r = estimate(EstimateRequest(model="llama-3.1-70b", gpu=str(path), isl=1024, osl=128,
-                                 phase="decode", batch=1))
-    h100 = estimate(EstimateRequest(model="llama-3.1-70b", gpu="h100-sxm", isl=1024, osl=128,
-                                    phase="decode", batch=1))
-    print(f"70B decode b=1: mi300x {r.step_ms:.1f} ms (fits {r.fits}), h100 {h100.step_ms:.1f} ms "
-          f"(fits {h100.fits})")
+    r = estimate(
+        EstimateRequest(
+            model="llama-3.1-70b", gpu=str(path), isl=1024, osl=128, phase="decode", batch=1
+        )
+    )
+    h100 = estimate(
+        EstimateRequest(
+            model="llama-3.1-70b", gpu="h100-sxm", isl=1024, osl=128, phase="decode", batch=1
+        )
+    )
+    print(
+        f"70B decode b=1: mi300x {r.step_ms:.1f} ms (fits {r.fits}), h100 {h100.step_ms:.1f} ms "
+        f"(fits {h100.fits})"
+    )
     assert r.fits and not h100.fits  # 141 GB of bf16 weights fit in 192 GB, not in 80
     assert r.step_ms < h100.step_ms  # 5.3 vs 3.35 TB/s
 
@@ -300,14 +399,17 @@ def test_custom_gpus_join_a_catalog(tmp_path: Path) -> None:
     assert "mi300x" not in default_gpus().names()
 
 
-@pytest.mark.parametrize(("edit", "field"), [
-    (("  hbm_bytes: 192.0e9\n", ""), "gpu.hbm_bytes"),
-    (("hbm_bytes_per_s: 5.3e12", "hbm_bytes_per_s: -1"), "gpu.hbm_bytes_per_s"),
-    (("nvlink_domain_size: 8", "nvlink_domain_size: 8.5"), "gpu.nvlink_domain_size"),
-    (("{bf16: 1307.0e12, fp8: 2615.0e12}", "{fp8: 2615.0e12}"), "gpu.flops_per_s.bf16"),
-    (("fp8: 2615.0e12", "fp6: 2615.0e12"), "gpu.flops_per_s"),
-    (("- name: mi300x", "- name: ''"), "gpu.name"),
-])
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (("  hbm_bytes: 192.0e9\n", ""), "gpu.hbm_bytes"),
+        (("hbm_bytes_per_s: 5.3e12", "hbm_bytes_per_s: -1"), "gpu.hbm_bytes_per_s"),
+        (("nvlink_domain_size: 8", "nvlink_domain_size: 8.5"), "gpu.nvlink_domain_size"),
+        (("{bf16: 1307.0e12, fp8: 2615.0e12}", "{fp8: 2615.0e12}"), "gpu.flops_per_s.bf16"),
+        (("fp8: 2615.0e12", "fp6: 2615.0e12"), "gpu.flops_per_s"),
+        (("- name: mi300x", "- name: ''"), "gpu.name"),
+    ],
+)
 def test_a_bad_gpu_file_names_the_key(tmp_path: Path, edit: tuple[str, str], field: str) -> None:
     path = tmp_path / "gpu.yaml"
     assert edit[0] in CUSTOM_GPU

@@ -29,9 +29,16 @@ TIGHTENING_TPOT_MS = (60.0, 30.0, 15.0)
 
 @cache
 def run(model: str, isl: int, osl: int, tpot_ms: float, dtype: str = "fp8") -> PlanResult:
-    return plan(PlanRequest(model=model, gpu=GPU, gpus=GPUS, traffic=(Workload(isl, osl),),
-                            slo=Slo(ttft_ms=max(1000.0, isl / 4.0), tpot_ms=tpot_ms),
-                            precision=Precision(dtype, "fp8")))
+    return plan(
+        PlanRequest(
+            model=model,
+            gpu=GPU,
+            gpus=GPUS,
+            traffic=(Workload(isl, osl),),
+            slo=Slo(ttft_ms=max(1000.0, isl / 4.0), tpot_ms=tpot_ms),
+            precision=Precision(dtype, "fp8"),
+        )
+    )
 
 
 def frontier_optimum(r: PlanResult, tpot_ms: float) -> Deployment:
@@ -43,8 +50,10 @@ def frontier_optimum(r: PlanResult, tpot_ms: float) -> Deployment:
 
 
 def pools(d: Deployment) -> str:
-    return " + ".join(f"{p.workers}x {p.role} TP{p.tp}/PP{p.pp}/EP{p.ep}/DP{p.attention_dp} b{p.batch}"
-                      for p in d.pools)
+    return " + ".join(
+        f"{p.workers}x {p.role} TP{p.tp}/PP{p.pp}/EP{p.ep}/DP{p.attention_dp} b{p.batch}"
+        for p in d.pools
+    )
 
 
 def speedup(r: PlanResult) -> float:
@@ -57,37 +66,51 @@ def test_disagg_gains_more_for_prefill_heavy_than_decode_heavy_traffic() -> None
     heavy_decode = run("llama-3.1-70b", 1024, 32768, 30.0)
     s_p, s_d = speedup(heavy_prefill), speedup(heavy_decode)
     for name, r in (("16k/2k", heavy_prefill), ("1k/32k", heavy_decode)):
-        print(f"70B {name}: disagg {r.best_disagg.tokens_per_s_per_gpu:.1f} vs agg "
-              f"{r.best_agg.tokens_per_s_per_gpu:.1f} tok/s/GPU -> speedup {r.disagg_speedup:.2f}")
+        print(
+            f"70B {name}: disagg {r.best_disagg.tokens_per_s_per_gpu:.1f} vs agg "
+            f"{r.best_agg.tokens_per_s_per_gpu:.1f} tok/s/GPU -> speedup {r.disagg_speedup:.2f}"
+        )
     assert s_p > s_d
     assert s_p > 1.0
 
 
 def test_disagg_gain_grows_with_model_size() -> None:
-    gains = {m: speedup(run(m, 4096, 256, 30.0))
-             for m in ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")}
-    print("ISL 4096 / OSL 256, TPOT 30 ms: disagg speedup "
-          + ", ".join(f"{m} {g:.2f}" for m, g in gains.items()))
+    gains = {
+        m: speedup(run(m, 4096, 256, 30.0))
+        for m in ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")
+    }
+    print(
+        "ISL 4096 / OSL 256, TPOT 30 ms: disagg speedup "
+        + ", ".join(f"{m} {g:.2f}" for m, g in gains.items())
+    )
     g8, g70, g405 = gains.values()
     assert g8 < g70 < g405
     assert g405 > 1.5
 
 
-@pytest.mark.parametrize(("model", "dtype"), [
-    ("llama-3.1-405b", "fp8"),
-    pytest.param("deepseek-r1", "fp4", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    ("model", "dtype"),
+    [
+        ("llama-3.1-405b", "fp8"),
+        pytest.param("deepseek-r1", "fp4", marks=pytest.mark.slow),
+    ],
+)
 def test_prefill_decode_ratio_falls_as_tpot_tightens(model: str, dtype: str) -> None:
     """Along the disaggregated frontier, the optimal ratio falls strictly from TPOT 60 to 30 to
     15 ms. The recommended deployment (most requests/s in the 72 GPUs, whole workers) follows
     the same trend from the loosest to the tightest target, with packing noise in between."""
     results = [run(model, 16384, 2048, t, dtype) for t in TIGHTENING_TPOT_MS]
-    optimal = [frontier_optimum(r, t).prefill_decode_gpu_ratio for r, t in zip(results, TIGHTENING_TPOT_MS, strict=True)]
+    optimal = [
+        frontier_optimum(r, t).prefill_decode_gpu_ratio
+        for r, t in zip(results, TIGHTENING_TPOT_MS, strict=True)
+    ]
     chosen = [r.best_disagg.prefill_decode_gpu_ratio for r in results if r.best_disagg]
     for t, r, o in zip(TIGHTENING_TPOT_MS, results, optimal, strict=True):
-        print(f"{model} 16k/2k TPOT {t:g} ms: frontier-optimal ratio {o:.3f} "
-              f"({pools(frontier_optimum(r, t))}); recommended ratio "
-              f"{r.best_disagg.prefill_decode_gpu_ratio:.3f} ({pools(r.best_disagg)})")
+        print(
+            f"{model} 16k/2k TPOT {t:g} ms: frontier-optimal ratio {o:.3f} "
+            f"({pools(frontier_optimum(r, t))}); recommended ratio "
+            f"{r.best_disagg.prefill_decode_gpu_ratio:.3f} ({pools(r.best_disagg)})"
+        )
     assert len(chosen) == 3
     assert optimal[0] > optimal[1] > optimal[2]
     assert chosen[2] < chosen[0] and chosen[2] < chosen[1]
@@ -100,6 +123,8 @@ def test_decode_tp_grows_as_tpot_tightens() -> None:
         assert d is not None
         decode = next(p for p in d.pools if p.role == "decode")
         tps.append(decode.tp)
-        print(f"405B 16k/2k TPOT {t:g} ms: decode TP{decode.tp} PP{decode.pp} batch {decode.batch} "
-              f"x{decode.workers}, TPOT {d.tpot_ms:.1f} ms")
+        print(
+            f"405B 16k/2k TPOT {t:g} ms: decode TP{decode.tp} PP{decode.pp} batch {decode.batch} "
+            f"x{decode.workers}, TPOT {d.tpot_ms:.1f} ms"
+        )
     assert tps[0] < tps[1] < tps[2]

@@ -1,8 +1,9 @@
-"""The design-space search: rate matching worked by hand, Pareto frontiers, and ``plan`` end to end."""
+"""The design-space search: rate matching worked by hand, Pareto frontiers, ``plan`` end to end."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -78,9 +79,11 @@ def test_match_all_hand_computed() -> None:
     ox, oy = np.zeros(2, np.int64), np.zeros(2, np.int64)
     orate, opre = np.zeros(2), np.zeros(2, np.int64)
     evaluated = match_all(r_p, g_p, r_d, g_d, 500.0, 16, 16, 16, 0.0, ox, oy, orate, opre)
-    print(f"match_all: prefill {opre.tolist()}, x {ox.tolist()}, y {oy.tolist()}, "
-          f"rate {orate.tolist()}, "
-          f"evaluated {evaluated}")
+    print(
+        f"match_all: prefill {opre.tolist()}, x {ox.tolist()}, y {oy.tolist()}, "
+        f"rate {orate.tolist()}, "
+        f"evaluated {evaluated}"
+    )
     assert list(opre) == [0, 0]
     assert list(ox) == [2, 3] and list(oy) == [3, 1]
     assert list(orate) == [3.0, 6.0]
@@ -116,8 +119,13 @@ def test_pareto_front_hand_example() -> None:
 # ------------------------------------------------------------------------------------------------
 # plan()
 
-REF = PlanRequest(model="llama-3.1-70b", gpu="h100-sxm", gpus=16, traffic=(Workload(4000, 500),),
-                  slo=Slo(ttft_ms=1000.0, tpot_ms=20.0))
+REF = PlanRequest(
+    model="llama-3.1-70b",
+    gpu="h100-sxm",
+    gpus=16,
+    traffic=(Workload(4000, 500),),
+    slo=Slo(ttft_ms=1000.0, tpot_ms=20.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +137,20 @@ def describe(d: Deployment | None) -> str:
     if d is None:
         return "none"
     pools = ", ".join(f"{p.role} TP{p.tp}xPP{p.pp} b{p.batch} x{p.workers}" for p in d.pools)
-    return (f"{d.mode} [{pools}] TTFT {d.ttft_ms:.0f} ms, TPOT {d.tpot_ms:.2f} ms, "
-            f"{d.tokens_per_s_per_gpu:.1f} tok/s/GPU, {d.tokens_per_s_per_user:.1f} tok/s/user, "
-            f"{d.requests_per_s:.2f} req/s on {d.gpus} GPUs")
+    return (
+        f"{d.mode} [{pools}] TTFT {d.ttft_ms:.0f} ms, TPOT {d.tpot_ms:.2f} ms, "
+        f"{d.tokens_per_s_per_gpu:.1f} tok/s/GPU, {d.tokens_per_s_per_user:.1f} tok/s/user, "
+        f"{d.requests_per_s:.2f} req/s on {d.gpus} GPUs"
+    )
 
 
 def test_reference_query_recommends_a_deployment_meeting_the_slo(ref_plan: PlanResult) -> None:
     r = ref_plan
-    print(f"best: {describe(r.best)}\nagg: {describe(r.best_agg)}\ndisagg: {describe(r.best_disagg)}"
-          f"\nspeedup {r.disagg_speedup}, design points {r.design_points:,}, {r.elapsed_ms:.0f} ms, "
-          f"frontiers {len(r.pareto_agg)} agg / {len(r.pareto_disagg)} disagg")
+    print(
+        f"best: {describe(r.best)}\nagg: {describe(r.best_agg)}\ndisagg: {describe(r.best_disagg)}"
+        f"\nspeedup {r.disagg_speedup}, design points {r.design_points:,}, {r.elapsed_ms:.0f} ms, "
+        f"frontiers {len(r.pareto_agg)} agg / {len(r.pareto_disagg)} disagg"
+    )
     assert r.best is not None and r.reason is None
     for d in (r.best, r.best_agg, r.best_disagg):
         assert d is not None
@@ -149,21 +161,26 @@ def test_reference_query_recommends_a_deployment_meeting_the_slo(ref_plan: PlanR
     assert r.best in (r.best_agg, r.best_disagg)
     assert r.best.requests_per_s == max(r.best_agg.requests_per_s, r.best_disagg.requests_per_s)
     assert r.disagg_speedup == pytest.approx(
-        r.best_disagg.tokens_per_s_per_gpu / r.best_agg.tokens_per_s_per_gpu)
+        r.best_disagg.tokens_per_s_per_gpu / r.best_agg.tokens_per_s_per_gpu
+    )
     assert r.best_disagg.prefill_decode_gpu_ratio is not None
     assert r.design_points > 0 and r.elapsed_ms > 0
 
 
 @pytest.mark.parametrize("side", ["pareto_agg", "pareto_disagg"])
-def test_reference_query_frontiers_are_sorted_and_undominated(ref_plan: PlanResult, side: str) -> None:
+def test_reference_query_frontiers_are_sorted_and_undominated(
+    ref_plan: PlanResult, side: str
+) -> None:
     front = getattr(ref_plan, side)
     xs = [d.tokens_per_s_per_user for d in front]
     ys = [d.tokens_per_s_per_gpu for d in front]
-    print(f"{side}: {len(front)} points, tok/s/user {xs[0]:.1f}..{xs[-1]:.1f}, "
-          f"tok/s/GPU {ys[0]:.1f}..{ys[-1]:.1f}")
+    print(
+        f"{side}: {len(front)} points, tok/s/user {xs[0]:.1f}..{xs[-1]:.1f}, "
+        f"tok/s/GPU {ys[0]:.1f}..{ys[-1]:.1f}"
+    )
     assert len(front) >= 3
-    assert all(a < b for a, b in zip(xs, xs[1:], strict=False))  # interactivity rises...
-    assert all(a > b for a, b in zip(ys, ys[1:], strict=False))  # ...as throughput falls
+    assert all(a < b for a, b in itertools.pairwise(xs))  # interactivity rises...
+    assert all(a > b for a, b in itertools.pairwise(ys))  # ...as throughput falls
     assert all(d.mode == side.removeprefix("pareto_") for d in front)
 
 
@@ -213,25 +230,28 @@ def test_max_tp_limits_every_pool() -> None:
     assert tps and max(tps) <= 4
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    (dict(traffic=(Workload(-1, 500),)), "traffic[0].isl"),
-    (dict(traffic=(Workload(4000, 500), Workload(100_000_000, 10))), "traffic[1].isl"),
-    (dict(traffic=(Workload(4000, 0),)), "traffic[0].osl"),
-    (dict(traffic=(Workload(4000, 500, weight=0.0),)), "traffic[0].weight"),
-    (dict(traffic=()), "traffic"),
-    (dict(slo=Slo(ttft_ms=0.0, tpot_ms=20.0)), "slo.ttft_ms"),
-    (dict(slo=Slo(ttft_ms=1000.0, tpot_ms=-1.0)), "slo.tpot_ms"),
-    (dict(slo=Slo(ttft_ms=1000.0, tpot_ms=20.0, percentile="p95")), "slo.percentile"),  # type: ignore[arg-type]
-    (dict(gpus=0), "gpus"),
-    (dict(prefill_gpus=17), "prefill_gpus"),
-    (dict(rate_per_s=-2.0), "rate_per_s"),
-    (dict(prefix_hit=1.0), "prefix_hit"),
-    (dict(limits=SearchLimits(max_tp=0)), "limits.max_tp"),
-    (dict(limits=SearchLimits(modes=())), "limits.modes"),
-    (dict(model="llama-9"), "model"),
-    (dict(gpu="h1000"), "gpu"),
-    (dict(engine="tgi"), "engine"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (dict(traffic=(Workload(-1, 500),)), "traffic[0].isl"),
+        (dict(traffic=(Workload(4000, 500), Workload(100_000_000, 10))), "traffic[1].isl"),
+        (dict(traffic=(Workload(4000, 0),)), "traffic[0].osl"),
+        (dict(traffic=(Workload(4000, 500, weight=0.0),)), "traffic[0].weight"),
+        (dict(traffic=()), "traffic"),
+        (dict(slo=Slo(ttft_ms=0.0, tpot_ms=20.0)), "slo.ttft_ms"),
+        (dict(slo=Slo(ttft_ms=1000.0, tpot_ms=-1.0)), "slo.tpot_ms"),
+        (dict(slo=Slo(ttft_ms=1000.0, tpot_ms=20.0, percentile="p95")), "slo.percentile"),  # type: ignore[arg-type]
+        (dict(gpus=0), "gpus"),
+        (dict(prefill_gpus=17), "prefill_gpus"),
+        (dict(rate_per_s=-2.0), "rate_per_s"),
+        (dict(prefix_hit=1.0), "prefix_hit"),
+        (dict(limits=SearchLimits(max_tp=0)), "limits.max_tp"),
+        (dict(limits=SearchLimits(modes=())), "limits.modes"),
+        (dict(model="llama-9"), "model"),
+        (dict(gpu="h1000"), "gpu"),
+        (dict(engine="tgi"), "engine"),
+    ],
+)
 def test_invalid_plan_inputs_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(InvalidInputError) as exc:
         plan(dataclasses.replace(REF, **change))

@@ -8,6 +8,8 @@ workers' own figures, name its bottleneck, and charge the KV transfer to the tim
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -50,8 +52,11 @@ def test_one_user_sees_a_prefill_step_then_batch_1_decode_steps() -> None:
     pre = est(phase="prefill", batch=1)
     dec = est(phase="decode", batch=1)
     a = agg(1)
-    print(f"agg c=1: TTFT {a.ttft_ms:.2f} ms vs prefill step {pre.step_ms:.2f} ms; "
-          f"TPOT {a.tpot_ms:.3f} ms vs decode step {dec.step_ms:.3f} ms; running {a.running_batch:.2f}")
+    print(
+        f"agg c=1: TTFT {a.ttft_ms:.2f} ms vs prefill step {pre.step_ms:.2f} ms; "
+        f"TPOT {a.tpot_ms:.3f} ms vs decode step {dec.step_ms:.3f} ms; "
+        f"running {a.running_batch:.2f}"
+    )
     assert a.ttft_ms == pytest.approx(pre.step_ms, rel=0.10)
     assert a.tpot_ms == pytest.approx(dec.step_ms, rel=0.10)
     assert a.running_batch == pytest.approx(1.0, rel=0.01)
@@ -67,14 +72,16 @@ def test_throughput_rises_with_concurrency_then_saturates() -> None:
     running batch; past that point throughput stays flat and only the queue grows."""
     rows = [(c, agg(c)) for c in (1, 4, 16, 64, 128, 256, 512, 1024)]
     for c, a in rows:
-        print(f"agg c={c:5d}: {a.tokens_per_s_per_gpu:7.0f} tok/s/GPU, TTFT {a.ttft_ms:9.1f} ms, "
-              f"TPOT {a.tpot_ms:6.2f} ms, running {a.running_batch:6.1f}, queued {a.queued:6.1f}")
+        print(
+            f"agg c={c:5d}: {a.tokens_per_s_per_gpu:7.0f} tok/s/GPU, TTFT {a.ttft_ms:9.1f} ms, "
+            f"TPOT {a.tpot_ms:6.2f} ms, running {a.running_batch:6.1f}, queued {a.queued:6.1f}"
+        )
     tput = [a.tokens_per_s_per_gpu for _, a in rows]
     rising = tput[:5]  # 1 .. 128 users, all admitted
-    assert all(b > a for a, b in zip(rising, rising[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(rising))
     assert tput[1] > 3 * tput[0]  # batching 4 users is almost free at decode
     tpots = [a.tpot_ms for _, a in rows[:5]]
-    assert all(b > a for a, b in zip(tpots, tpots[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(tpots))
     saturated = tput[5:]  # 256 .. 1024 users: the cache holds ~180
     assert max(saturated) / min(saturated) < 1.05
     assert tput[5] / tput[4] < 1.1
@@ -91,9 +98,12 @@ def test_when_the_kv_cache_cannot_hold_every_user_the_rest_queue() -> None:
     below, above = agg(128), agg(512)
     cap = kv_capacity_tokens(ctx.mv, ctx.hv, 1.0, 1.0, 1.0, 1.0, float(chunk), 512.0)
     max_running = cap / (ISL + OSL)
-    print(f"KV capacity {cap:,.0f} tokens = {max_running:.1f} requests of {ISL + OSL} tokens; "
-          f"c=128: running {below.running_batch:.1f}, queued {below.queued:.1f}, TTFT {below.ttft_ms:.0f} ms; "
-          f"c=512: running {above.running_batch:.1f}, queued {above.queued:.1f}, TTFT {above.ttft_ms:.0f} ms")
+    print(
+        f"KV capacity {cap:,.0f} tokens = {max_running:.1f} requests of {ISL + OSL} tokens; "
+        f"c=128: running {below.running_batch:.1f}, queued {below.queued:.1f}, "
+        f"TTFT {below.ttft_ms:.0f} ms; c=512: running {above.running_batch:.1f}, "
+        f"queued {above.queued:.1f}, TTFT {above.ttft_ms:.0f} ms"
+    )
     assert below.queued == 0.0
     assert above.fits
     assert above.queued > 0.0
@@ -105,11 +115,15 @@ def test_when_the_kv_cache_cannot_hold_every_user_the_rest_queue() -> None:
 
 def test_long_prompts_queue_on_a_small_cache_and_report_fits() -> None:
     """Llama-3.1-70B on TP4 with 16k/2k requests: a handful fit; more users only queue."""
-    rows = [agg(c, model="llama-3.1-70b", isl=16000, osl=2000, parallelism=Parallelism(tp=4))
-            for c in (8, 64)]
+    rows = [
+        agg(c, model="llama-3.1-70b", isl=16000, osl=2000, parallelism=Parallelism(tp=4))
+        for c in (8, 64)
+    ]
     for c, a in zip((8, 64), rows, strict=True):
-        print(f"70B TP4 16k/2k c={c}: running {a.running_batch:.1f}, queued {a.queued:.1f}, "
-              f"TTFT {a.ttft_ms:.0f} ms, {a.tokens_per_s_per_gpu:.0f} tok/s/GPU, fits {a.fits}")
+        print(
+            f"70B TP4 16k/2k c={c}: running {a.running_batch:.1f}, queued {a.queued:.1f}, "
+            f"TTFT {a.ttft_ms:.0f} ms, {a.tokens_per_s_per_gpu:.0f} tok/s/GPU, fits {a.fits}"
+        )
     assert all(a.fits for a in rows)
     assert rows[0].queued == 0.0 and rows[1].queued > 30
     assert rows[1].ttft_ms > 20 * rows[0].ttft_ms
@@ -128,8 +142,10 @@ def test_agg_worker_splits_users_over_attention_dp_ranks() -> None:
     isl, osl = np.array([1000]), np.array([100])
     one = agg_worker(ctx, Parallelism(tp=4, ep=4, attention_dp=1), 16, isl, osl, 8192)
     two = agg_worker(ctx, Parallelism(tp=4, ep=8, attention_dp=2), 32, isl, osl, 8192)
-    print(f"Qwen3-235B agg: dp1 c=16 running {one.running:.1f}, {one.requests_per_s:.2f} req/s; "
-          f"dp2 c=32 running {two.running:.1f}, {two.requests_per_s:.2f} req/s")
+    print(
+        f"Qwen3-235B agg: dp1 c=16 running {one.running:.1f}, {one.requests_per_s:.2f} req/s; "
+        f"dp2 c=32 running {two.running:.1f}, {two.requests_per_s:.2f} req/s"
+    )
     assert one.ok and two.ok
     assert one.running == pytest.approx(16, rel=0.02)
     assert two.running == pytest.approx(32, rel=0.02)
@@ -144,10 +160,17 @@ D_PAR, D_BATCH = Parallelism(tp=4), 64
 
 
 def disagg(x: int, y: int) -> ServingEstimate:
-    r = estimate(EstimateRequest(
-        model=D_MODEL, gpu=GPU, isl=D_ISL, osl=D_OSL, mode="disagg",
-        prefill=PoolSpec(P_PAR, workers=x, batch=P_BATCH),
-        decode=PoolSpec(D_PAR, workers=y, batch=D_BATCH)))
+    r = estimate(
+        EstimateRequest(
+            model=D_MODEL,
+            gpu=GPU,
+            isl=D_ISL,
+            osl=D_OSL,
+            mode="disagg",
+            prefill=PoolSpec(P_PAR, workers=x, batch=P_BATCH),
+            decode=PoolSpec(D_PAR, workers=y, batch=D_BATCH),
+        )
+    )
     assert isinstance(r, ServingEstimate)
     return r
 
@@ -169,9 +192,11 @@ def test_disagg_delivers_the_smaller_of_the_pools_rates(x: int, y: int) -> None:
     want = min(x * r_p, y * r_d)
     bottleneck = "prefill" if x * r_p < y * r_d else "decode"
     gpus = (x + y) * 4
-    print(f"{x}P{y}D: {d.requests_per_s:.3f} req/s = min({x} x {r_p:.3f}, {y} x {r_d:.3f}) "
-          f"= {want:.3f}; bottleneck {d.details['bottleneck']} (want {bottleneck}); "
-          f"{d.tokens_per_s_per_gpu:.1f} tok/s/GPU on {d.gpus} GPUs; TTFT {d.ttft_ms:.0f} ms")
+    print(
+        f"{x}P{y}D: {d.requests_per_s:.3f} req/s = min({x} x {r_p:.3f}, {y} x {r_d:.3f}) "
+        f"= {want:.3f}; bottleneck {d.details['bottleneck']} (want {bottleneck}); "
+        f"{d.tokens_per_s_per_gpu:.1f} tok/s/GPU on {d.gpus} GPUs; TTFT {d.ttft_ms:.0f} ms"
+    )
     assert d.fits
     assert d.requests_per_s == pytest.approx(want, rel=1e-9)
     assert d.details["bottleneck"] == bottleneck
@@ -186,9 +211,11 @@ def test_decode_bound_disagg_keeps_the_full_batch_and_queues_prompts_lightly() -
     r_p, r_d, prefill_ms, tpot_ms = worker_rates()
     d = disagg(3, 1)
     rho = r_d / (3 * r_p)
-    print(f"3P1D: utilisation {d.details['prefill_utilisation']:.3f} (want {rho:.3f}), TPOT "
-          f"{d.tpot_ms:.2f} ms (decode step {tpot_ms:.2f}), TTFT {d.ttft_ms:.1f} ms = prefill "
-          f"{prefill_ms:.1f} + wait + KV {d.kv_transfer_ms:.3f} ms")
+    print(
+        f"3P1D: utilisation {d.details['prefill_utilisation']:.3f} (want {rho:.3f}), TPOT "
+        f"{d.tpot_ms:.2f} ms (decode step {tpot_ms:.2f}), TTFT {d.ttft_ms:.1f} ms = prefill "
+        f"{prefill_ms:.1f} + wait + KV {d.kv_transfer_ms:.3f} ms"
+    )
     assert d.details["prefill_utilisation"] == pytest.approx(rho, rel=1e-9)
     assert d.tpot_ms == pytest.approx(tpot_ms, rel=1e-9)
     assert d.running_batch == pytest.approx(D_BATCH)
@@ -200,8 +227,10 @@ def test_prefill_bound_disagg_runs_a_smaller_decode_batch_and_long_ttft() -> Non
     below their batch (so TPOT falls below the full-batch step) and requests wait for prefill."""
     _, _, prefill_ms, tpot_ms = worker_rates()
     d = disagg(1, 3)
-    print(f"1P3D: running {d.running_batch:.1f} of {3 * D_BATCH}, TPOT {d.tpot_ms:.2f} ms "
-          f"(full batch {tpot_ms:.2f}), TTFT {d.ttft_ms:.0f} ms (prefill step {prefill_ms:.0f})")
+    print(
+        f"1P3D: running {d.running_batch:.1f} of {3 * D_BATCH}, TPOT {d.tpot_ms:.2f} ms "
+        f"(full batch {tpot_ms:.2f}), TTFT {d.ttft_ms:.0f} ms (prefill step {prefill_ms:.0f})"
+    )
     assert d.details["bottleneck"] == "prefill"
     assert d.details["prefill_utilisation"] == 1.0
     assert d.tpot_ms < tpot_ms
@@ -220,9 +249,12 @@ def test_kv_transfer_is_charged_to_ttft_and_its_bandwidth_follows_the_study() ->
     egress = per_request * per_worker_rate / 4 / 1e9
     # 2 prompts per batch over 4 senders on the scale-out link (16 GPUs > one NVLink domain)
     one_layer_ms = per_request * P_BATCH / (4 * 50e9) * 1e3 / 80
-    print(f"3P1D KV: {per_request / 1e9:.3f} GB/request, egress {d.kv_transfer_gb_per_s_per_gpu:.4f} "
-          f"GB/s/GPU (want {egress:.4f}), tail {d.kv_transfer_ms:.4f} ms (>= one layer "
-          f"{one_layer_ms:.4f} + {TRANSFER_LATENCY_MS} ms), link {d.details['link_gb_per_s']:.0f} GB/s")
+    print(
+        f"3P1D KV: {per_request / 1e9:.3f} GB/request, egress {d.kv_transfer_gb_per_s_per_gpu:.4f} "
+        f"GB/s/GPU (want {egress:.4f}), tail {d.kv_transfer_ms:.4f} ms (>= one layer "
+        f"{one_layer_ms:.4f} + {TRANSFER_LATENCY_MS} ms), "
+        f"link {d.details['link_gb_per_s']:.0f} GB/s"
+    )
     assert d.kv_transfer_gb_per_s_per_gpu == pytest.approx(egress, rel=1e-9)
     assert d.kv_transfer_ms > TRANSFER_LATENCY_MS
     assert d.kv_transfer_ms >= one_layer_ms + TRANSFER_LATENCY_MS - 1e-12
@@ -237,10 +269,18 @@ def test_disagg_pools_inside_one_nvlink_domain_transfer_over_nvlink() -> None:
 
 
 def test_disagg_with_a_pool_that_does_not_fit_reports_it() -> None:
-    r = estimate(EstimateRequest(
-        model=D_MODEL, gpu=GPU, isl=D_ISL, osl=D_OSL, mode="disagg",
-        prefill=PoolSpec(Parallelism(tp=1), workers=1, batch=1),
-        decode=PoolSpec(D_PAR, workers=1, batch=D_BATCH), precision=Precision("bf16")))
+    r = estimate(
+        EstimateRequest(
+            model=D_MODEL,
+            gpu=GPU,
+            isl=D_ISL,
+            osl=D_OSL,
+            mode="disagg",
+            prefill=PoolSpec(Parallelism(tp=1), workers=1, batch=1),
+            decode=PoolSpec(D_PAR, workers=1, batch=D_BATCH),
+            precision=Precision("bf16"),
+        )
+    )
     print(f"70B prefill on 1 H100: fits {r.fits}: {r.reason}")
     assert isinstance(r, ServingEstimate)
     assert r.fits is False and r.reason is not None

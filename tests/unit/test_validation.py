@@ -1,4 +1,4 @@
-"""Bad input to ``estimate``: one ``InvalidInputError`` naming the field path, with a one-line reason.
+"""Bad input to ``estimate``: one ``InvalidInputError`` naming the field path, one line of reason.
 
 The field paths are those of ``EstimateRequest`` (``isl``, ``parallelism.tp``, ``prefill.batch``)
 that the CLI maps to flags and the gRPC layer to ``BadRequest`` field violations.
@@ -16,7 +16,9 @@ from planner.types import EstimateRequest, Parallelism, PoolSpec, Precision
 
 BASE = dict(model="llama-3.1-8b", gpu="h100-sxm", isl=1000, osl=100)
 DECODE = dict(phase="decode", batch=1)
-DISAGG = dict(mode="disagg", prefill=PoolSpec(Parallelism(tp=1)), decode=PoolSpec(Parallelism(tp=1)))
+DISAGG = dict(
+    mode="disagg", prefill=PoolSpec(Parallelism(tp=1)), decode=PoolSpec(Parallelism(tp=1))
+)
 
 
 def error_of(**change) -> InvalidInputError:
@@ -29,50 +31,69 @@ def error_of(**change) -> InvalidInputError:
     return e
 
 
-@pytest.mark.parametrize(("change", "field", "says"), [
-    # lengths
-    (dict(DECODE, isl=-5), "isl", "at least 1"),
-    (dict(DECODE, isl=0), "isl", "at least 1"),
-    (dict(DECODE, isl=10**9), "isl", "at most 10,000,000"),
-    (dict(DECODE, osl=-1), "osl", "at least 1"),
-    (dict(DECODE, isl=1.5), "isl", "must be an integer"),
-    (dict(DECODE, isl="1000"), "isl", "must be an integer"),
-    (dict(DECODE, context=0), "context", "at least 1"),
-    # batch and load
-    (dict(phase="decode", batch=0), "batch", "at least 1"),
-    (dict(phase="prefill", batch=-3), "batch", "at least 1"),
-    (dict(phase="decode"), "batch", "is required"),
-    (dict(phase="decode", batch=True), "batch", "must be an integer"),
-    (dict(phase="decode", batch=10**7), "batch", "at most"),
-    (dict(mode="agg"), "concurrency", "is required"),
-    (dict(mode="agg", concurrency=0), "concurrency", "at least 1"),
-    (dict(mode="agg", concurrency=4, chunk_tokens=-1), "chunk_tokens", "at least 0"),
-    # parallelism against the model (Llama-3.1-8B: 32 heads, 32 layers, dense)
-    (dict(DECODE, parallelism=Parallelism(tp=3)), "parallelism.tp", "does not divide the 32 attention heads"),
-    (dict(DECODE, parallelism=Parallelism(tp=64)), "parallelism.tp", "does not divide"),
-    (dict(DECODE, parallelism=Parallelism(tp=0)), "parallelism.tp", "at least 1"),
-    (dict(DECODE, parallelism=Parallelism(pp=33)), "parallelism.pp", "exceed the 32 layers"),
-    (dict(DECODE, parallelism=Parallelism(tp=2, ep=2)), "parallelism.ep", "is dense"),
-    (dict(DECODE, parallelism=Parallelism(attention_dp=2)), "parallelism.attention_dp", "is dense"),
-    # mode / phase
-    (dict(), "phase", "exactly one of phase"),
-    (dict(DECODE, mode="agg", concurrency=1), "phase", "exactly one of phase"),
-    (dict(phase="train", batch=1), "phase", "must be prefill or decode"),
-    (dict(mode="pipeline"), "mode", "must be agg or disagg"),
-    # precision and catalog names
-    (dict(DECODE, precision=Precision("fp4")), "precision.dtype", "no fp4 tensor cores"),
-    (dict(DECODE, precision=Precision("int4")), "precision.dtype", "must be one of"),
-    (dict(DECODE, precision=Precision("bf16", "fp4")), "precision.kv_dtype", "bf16 or fp8"),
-    (dict(DECODE, model="llama-9b"), "model", "unknown model"),
-    (dict(DECODE, gpu="h1000"), "gpu", "unknown GPU"),
-    (dict(DECODE, engine="tgi"), "engine", "unknown engine"),
-    # disaggregated pools
-    (dict(mode="disagg", prefill=PoolSpec(Parallelism(tp=1))), "decode", "is required"),
-    (dict(DISAGG, prefill=PoolSpec(Parallelism(tp=5))), "prefill.parallelism.tp", "does not divide"),
-    (dict(DISAGG, decode=PoolSpec(Parallelism(tp=1), workers=0)), "decode.workers", "at least 1"),
-    (dict(DISAGG, prefill=PoolSpec(Parallelism(tp=1), batch=0)), "prefill.batch", "at least 1"),
-    (dict(DISAGG, decode=PoolSpec(Parallelism(tp=1), gpu="h9")), "decode.gpu", "unknown GPU"),
-])
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        # lengths
+        (dict(DECODE, isl=-5), "isl", "at least 1"),
+        (dict(DECODE, isl=0), "isl", "at least 1"),
+        (dict(DECODE, isl=10**9), "isl", "at most 10,000,000"),
+        (dict(DECODE, osl=-1), "osl", "at least 1"),
+        (dict(DECODE, isl=1.5), "isl", "must be an integer"),
+        (dict(DECODE, isl="1000"), "isl", "must be an integer"),
+        (dict(DECODE, context=0), "context", "at least 1"),
+        # batch and load
+        (dict(phase="decode", batch=0), "batch", "at least 1"),
+        (dict(phase="prefill", batch=-3), "batch", "at least 1"),
+        (dict(phase="decode"), "batch", "is required"),
+        (dict(phase="decode", batch=True), "batch", "must be an integer"),
+        (dict(phase="decode", batch=10**7), "batch", "at most"),
+        (dict(mode="agg"), "concurrency", "is required"),
+        (dict(mode="agg", concurrency=0), "concurrency", "at least 1"),
+        (dict(mode="agg", concurrency=4, chunk_tokens=-1), "chunk_tokens", "at least 0"),
+        # parallelism against the model (Llama-3.1-8B: 32 heads, 32 layers, dense)
+        (
+            dict(DECODE, parallelism=Parallelism(tp=3)),
+            "parallelism.tp",
+            "does not divide the 32 attention heads",
+        ),
+        (dict(DECODE, parallelism=Parallelism(tp=64)), "parallelism.tp", "does not divide"),
+        (dict(DECODE, parallelism=Parallelism(tp=0)), "parallelism.tp", "at least 1"),
+        (dict(DECODE, parallelism=Parallelism(pp=33)), "parallelism.pp", "exceed the 32 layers"),
+        (dict(DECODE, parallelism=Parallelism(tp=2, ep=2)), "parallelism.ep", "is dense"),
+        (
+            dict(DECODE, parallelism=Parallelism(attention_dp=2)),
+            "parallelism.attention_dp",
+            "is dense",
+        ),
+        # mode / phase
+        (dict(), "phase", "exactly one of phase"),
+        (dict(DECODE, mode="agg", concurrency=1), "phase", "exactly one of phase"),
+        (dict(phase="train", batch=1), "phase", "must be prefill or decode"),
+        (dict(mode="pipeline"), "mode", "must be agg or disagg"),
+        # precision and catalog names
+        (dict(DECODE, precision=Precision("fp4")), "precision.dtype", "no fp4 tensor cores"),
+        (dict(DECODE, precision=Precision("int4")), "precision.dtype", "must be one of"),
+        (dict(DECODE, precision=Precision("bf16", "fp4")), "precision.kv_dtype", "bf16 or fp8"),
+        (dict(DECODE, model="llama-9b"), "model", "unknown model"),
+        (dict(DECODE, gpu="h1000"), "gpu", "unknown GPU"),
+        (dict(DECODE, engine="tgi"), "engine", "unknown engine"),
+        # disaggregated pools
+        (dict(mode="disagg", prefill=PoolSpec(Parallelism(tp=1))), "decode", "is required"),
+        (
+            dict(DISAGG, prefill=PoolSpec(Parallelism(tp=5))),
+            "prefill.parallelism.tp",
+            "does not divide",
+        ),
+        (
+            dict(DISAGG, decode=PoolSpec(Parallelism(tp=1), workers=0)),
+            "decode.workers",
+            "at least 1",
+        ),
+        (dict(DISAGG, prefill=PoolSpec(Parallelism(tp=1), batch=0)), "prefill.batch", "at least 1"),
+        (dict(DISAGG, decode=PoolSpec(Parallelism(tp=1), gpu="h9")), "decode.gpu", "unknown GPU"),
+    ],
+)
 def test_bad_estimate_input_names_the_field(change: dict, field: str, says: str) -> None:
     e = error_of(**change)
     assert e.field == field
@@ -85,11 +106,18 @@ def test_unknown_entries_are_lookup_errors_listing_the_known_names() -> None:
     assert "h100-sxm" in e.known and "gb200-nvl72" in e.reason
 
 
-@pytest.mark.parametrize(("par", "field", "says"), [
-    (Parallelism(tp=2, ep=3), "parallelism.ep", "does not divide the 8 experts"),
-    (Parallelism(tp=2, ep=4), "parallelism.ep", "must divide tp x attention_dp = 2"),
-    (Parallelism(tp=2, ep=8, attention_dp=2), "parallelism.ep", "must divide tp x attention_dp = 4"),
-])
+@pytest.mark.parametrize(
+    ("par", "field", "says"),
+    [
+        (Parallelism(tp=2, ep=3), "parallelism.ep", "does not divide the 8 experts"),
+        (Parallelism(tp=2, ep=4), "parallelism.ep", "must divide tp x attention_dp = 2"),
+        (
+            Parallelism(tp=2, ep=8, attention_dp=2),
+            "parallelism.ep",
+            "must divide tp x attention_dp = 4",
+        ),
+    ],
+)
 def test_moe_parallelism_must_split_the_experts(par: Parallelism, field: str, says: str) -> None:
     m = load_model("mixtral-8x7b")
     with pytest.raises(InvalidInputError) as exc:
@@ -100,12 +128,18 @@ def test_moe_parallelism_must_split_the_experts(par: Parallelism, field: str, sa
 
 def test_valid_moe_parallelism_passes() -> None:
     m = load_model("mixtral-8x7b")
-    for par in (Parallelism(tp=2, ep=2), Parallelism(tp=4, ep=8, attention_dp=2), Parallelism(tp=8)):
+    for par in (
+        Parallelism(tp=2, ep=2),
+        Parallelism(tp=4, ep=8, attention_dp=2),
+        Parallelism(tp=8),
+    ):
         validate.parallelism(par, m)
 
 
-@pytest.mark.parametrize(("value", "ok"), [(1, True), (10_000_000, True), (0, False),
-                                           (10_000_001, False), (2.0, False), (None, False)])
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(1, True), (10_000_000, True), (0, False), (10_000_001, False), (2.0, False), (None, False)],
+)
 def test_length_bounds(value: object, ok: bool) -> None:
     if ok:
         validate.lengths(value, value)
