@@ -50,7 +50,7 @@ from planner.types import PlanRequest, PlanResult
 from service import convert, errors
 from service.settings import ServerSettings
 from storage.errors import AlreadyExistsError, NotFoundError
-from storage.records import StoredEntry
+from storage.records import StoredEntry, StoredPlan
 from storage.repository import PlanStore
 
 log = logging.getLogger("pdplanner.rpc")
@@ -292,11 +292,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         if request_id is not None:
             existing = self._store.find_plan_by_request_id(request_id)
             if existing is not None:
-                if convert.plan_request_from_dict(existing.request) != req:
-                    raise errors.invalid_argument(
-                        "request_id", "was used before by a call with a different request"
-                    )
-                return plan_pb2.PlanResponse(plan=convert.plan_to_proto(existing))
+                return plan_pb2.PlanResponse(plan=_same_plan_request(existing, req))
         catalogs = self._catalogs.current()
         model, gpu = self._resolve_plan_names(req, catalogs)
         should_stop = self._should_stop(context)
@@ -315,7 +311,8 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             request=convert.plan_request_to_dict(req),
             result=result.to_dict(),
         )
-        return plan_pb2.PlanResponse(plan=convert.plan_to_proto(stored))
+        # a concurrent call with the same request_id may have stored its plan first
+        return plan_pb2.PlanResponse(plan=_same_plan_request(stored, req))
 
     @_unary
     def Estimate(
@@ -584,7 +581,16 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         return catalog_pb2.CreateGpuResponse(gpu=convert.gpu_to_proto(created, custom=True))
 
 
-# -- helpers of the Create calls ------------------------------------------------------------------
+# -- helpers of the mutating calls ----------------------------------------------------------------
+
+
+def _same_plan_request(stored: StoredPlan, req: PlanRequest) -> plan_pb2.Plan:
+    """The stored plan of this request_id, if it was stored for this same request."""
+    if convert.plan_request_from_dict(stored.request) != req:
+        raise errors.invalid_argument(
+            "request_id", "was used before by a call with a different request"
+        )
+    return convert.plan_to_proto(stored)
 
 
 def _hf_config(request: catalog_pb2.CreateModelRequest) -> tuple[dict[str, Any], str]:
