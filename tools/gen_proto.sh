@@ -23,9 +23,17 @@ case "${1:-}" in
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
-python="${PYTHON:-}"
+# The first Python that has grpc_tools: the one on PATH (make puts the venv first), then the repo's.
+python=""
+for candidate in "$(command -v python || true)" "$(command -v python3 || true)" "$root/.venv/bin/python"; do
+  if [[ -n "$candidate" && -x "$candidate" ]] && "$candidate" -c 'import grpc_tools.protoc' 2>/dev/null; then
+    python="$candidate"
+    break
+  fi
+done
 if [[ -z "$python" ]]; then
-  if [[ -x "$root/.venv/bin/python" ]]; then python="$root/.venv/bin/python"; else python="python3"; fi
+  echo "no Python with grpcio-tools found: run 'make dev' (pip install -e '.[dev]')" >&2
+  exit 2
 fi
 for plugin in protoc-gen-mypy protoc-gen-mypy_grpc; do
   if ! command -v "$plugin" >/dev/null; then
