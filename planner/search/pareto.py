@@ -10,7 +10,9 @@ from numba import njit
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Indices of the points not dominated by another (higher-or-equal x and y, one strictly),
     ordered by increasing x. Points with a NaN coordinate are ignored."""
-    order = np.argsort(-x, kind="mergesort")
+    # x descending, ties by y descending (two stable sorts), so a tie never keeps the lower y
+    by_y = np.argsort(-y, kind="mergesort")
+    order = by_y[np.argsort(-x[by_y], kind="mergesort")]
     keep = np.empty(x.shape[0], np.int64)
     n = 0
     best_y = -np.inf

@@ -22,6 +22,12 @@ def continuous_tokens_per_gpu(r_p: float, g_p: float, r_d: float, g_d: float, os
 
 
 @njit(cache=True, nogil=True)
+def _workers_for(rate: float, per_worker: float) -> int:
+    """Fewest workers of ``per_worker`` req/s that carry ``rate`` (exact multiples stay exact)."""
+    return max(int(np.ceil(rate / per_worker * (1.0 - 1e-12))), 1)
+
+
+@njit(cache=True, nogil=True)
 def best_xpyd(
     r_p: float,
     g_p: float,
@@ -32,28 +38,34 @@ def best_xpyd(
     budget_d: int,
     target_rate: float,
 ) -> tuple[int, int, float]:
-    """(x, y, delivered requests/s) maximising delivered rate within the budgets; with a
-    ``target_rate`` > 0, the fewest GPUs that reach it (else the most it can deliver)."""
+    """(x, y, delivered requests/s) for whole workers within the budgets.
+
+    Without a target (``target_rate <= 0``): the most requests/s, then the fewest GPUs. With one:
+    the fewest GPUs that deliver it, or, when nothing does, the most requests/s."""
     best_x, best_y, best_r, best_g = 0, 0, -1.0, 0.0
+    reached = False
     x = 1
     while x * g_p <= min(budget, budget_p):
-        y = int(min(budget - x * g_p, budget_d) // g_d)
-        if y < 1:
+        y_max = int(min(budget - x * g_p, budget_d) // g_d)
+        if y_max < 1:
             break
-        # no point in more decode workers than the prefill pool can feed
-        y_need = int(np.ceil(x * r_p / r_d))
-        y = min(y, max(y_need, 1))
+        # no more decode workers than the prefill pool can feed (or the target needs)
+        want = x * r_p
+        if target_rate > 0.0:
+            want = min(want, target_rate)
+        y = min(y_max, _workers_for(want, r_d))
         r = min(x * r_p, y * r_d)
         g = x * g_p + y * g_d
-        if target_rate > 0.0:
-            if best_r >= target_rate and r >= target_rate:
-                better = g < best_g or (g == best_g and r > best_r)
-            else:
-                better = r > best_r
+        hits = target_rate > 0.0 and r >= target_rate * (1.0 - 1e-12)
+        if hits:
+            better = not reached or g < best_g or (g == best_g and r > best_r)
+        elif reached:
+            better = False
         else:
             better = r > best_r * (1.0 + 1e-12) or (abs(r - best_r) <= 1e-12 * r and g < best_g)
         if better:
             best_x, best_y, best_r, best_g = x, y, r, g
+            reached = reached or hits
         x += 1
     return best_x, best_y, best_r
 

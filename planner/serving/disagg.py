@@ -67,47 +67,32 @@ def evaluate_xpyd(
     gpus = x * prefill_gpus_per_worker + y * decode_gpus_per_worker
     bw = link_between_pools(link[0], link[1], link[2], gpus, link[3])
     service_ms = prefill_batch / r_prefill * 1e3
+    rate = min(capacity_p, capacity_d)
+    kv_ms, egress = transfer(
+        mv,
+        hv,
+        isl,
+        prefill_batch,
+        prefill_tp,
+        prefill_pp,
+        prefill_dp,
+        prefill.step_ms,
+        rate / x,
+        bw,
+    )
     if capacity_p >= capacity_d:
-        rate = capacity_d
         rho = rate / capacity_p
         tpot = dec.step_ms
         running = float(decode_batch)
-        kv_ms, egress = transfer(
-            mv,
-            hv,
-            isl,
-            prefill_batch,
-            prefill_tp,
-            prefill_pp,
-            prefill_dp,
-            prefill.step_ms,
-            rate / x,
-            bw,
-            prefill_gpus_per_worker,
-        )
         ttft = prefill.step_ms + wait_ms(rho, service_ms, percentile) + kv_ms
         bottleneck = "decode"
     else:
-        rate = capacity_p
         rho = 1.0
         running = float(decode_batch)
         tpot = dec.step_ms
         for _ in range(30):  # running batch and TPOT depend on each other
             running = min(float(decode_batch), rate / y * tpot * steps / 1e3)
             tpot = decode_at(max(1, round(running))).step_ms
-        kv_ms, egress = transfer(
-            mv,
-            hv,
-            isl,
-            prefill_batch,
-            prefill_tp,
-            prefill_pp,
-            prefill_dp,
-            prefill.step_ms,
-            rate / x,
-            bw,
-            prefill_gpus_per_worker,
-        )
         in_flight = y * decode_batch
         ttft = max(in_flight / rate * 1e3 - steps * tpot, prefill.step_ms) + kv_ms
         bottleneck = "prefill"

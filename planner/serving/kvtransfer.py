@@ -57,14 +57,14 @@ def transfer(
     compute_ms: float,
     requests_per_s: float,
     link_bytes_per_s: float,
-    gpus: float,
 ) -> tuple[float, float]:
-    """Returns (ms charged to TTFT, egress bytes/s needed per prefill GPU at ``requests_per_s``)."""
+    """Returns (ms charged to TTFT, egress bytes/s each shard-holding prefill GPU must send
+    at ``requests_per_s`` per worker)."""
     per_request = kv_bytes_per_request(mv, hv, isl)
     senders = sending_gpus(mv, tp, pp, dp)
     total_ms = 1e3 * per_request * batch / (senders * link_bytes_per_s)
     tail = max(total_ms - compute_ms, total_ms / mv[M_LAYERS])
-    egress = per_request * requests_per_s / gpus
+    egress = per_request * requests_per_s / senders
     return TRANSFER_LATENCY_MS + tail, egress
 
 
@@ -103,6 +103,6 @@ def transfer_many(
     per_request = kv_bytes_per_request(mv, hv, isl)
     for i in range(batch.shape[0]):
         tail_ms[i], _ = transfer(
-            mv, hv, isl, batch[i], tp[i], pp[i], dp[i], compute_ms[i], 0.0, link_bytes_per_s, 1.0
+            mv, hv, isl, batch[i], tp[i], pp[i], dp[i], compute_ms[i], 0.0, link_bytes_per_s
         )
         max_rate[i] = sending_gpus(mv, tp[i], pp[i], dp[i]) * link_bytes_per_s / per_request

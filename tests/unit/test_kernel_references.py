@@ -401,11 +401,6 @@ def ref_best_xpyd(r_p, g_p, r_d, g_d, budget, budget_p, budget_d) -> tuple[float
     return best_r, best_g
 
 
-def exact_multiple(ratio: float) -> bool:
-    """x r_p / r_d is a whole number up to rounding: where best_xpyd may add a decode worker."""
-    return abs(ratio - round(ratio)) <= 1e-9
-
-
 def ref_wait_ms(rho: float, service_ms: float, p: float) -> float:
     """M/D/1 mean wait; exponential tail beyond the probability rho of waiting at all."""
     if rho <= 0:
@@ -727,11 +722,6 @@ def test_pareto_front_matches_naive_dominance(pts, nan_at) -> None:
     assert all(got[i][0] < got[i + 1][0] for i in range(len(got) - 1)), "ordered by increasing x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pareto_front keeps a point dominated by another of the "
-    "same x when the dominated one comes first in the input",
-)
 def test_pareto_front_drops_a_point_dominated_at_equal_x() -> None:
     x = np.array([1.0, 2.0, 2.0])
     y = np.array([5.0, 1.0, 3.0])  # (2, 1) is dominated by (2, 3)
@@ -761,15 +751,9 @@ def test_best_xpyd_matches_brute_force(r_p, g_p, r_d, g_d, budget, data) -> None
     assert x * g_p + y * g_d <= budget and x * g_p <= budget_p and y * g_d <= budget_d
     assert close(r, min(x * r_p, y * r_d))
     assert close(r, want_r), (x, y, r, want_r)
-    if not exact_multiple(x * r_p / r_d):  # exact multiples: see the xfail test below
-        assert x * g_p + y * g_d == want_g, (x, y, want_g)
+    assert x * g_p + y * g_d == want_g, (x, y, want_g)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="best_xpyd rounds y_need = ceil(x r_p / r_d) up past an "
-    "exact multiple (3 * 0.1 / 0.1 = 3.0000000000000004)",
-)
 def test_best_xpyd_adds_no_decode_worker_when_the_rates_divide_exactly() -> None:
     # r_p = r_d = 0.1 req/s on 1 GPU each, 7 GPUs: 3P3D delivers 0.3 req/s on 6 GPUs;
     # nothing delivers more within 7 GPUs (3P4D and 4P3D also deliver 0.3, on 7).
@@ -778,11 +762,6 @@ def test_best_xpyd_adds_no_decode_worker_when_the_rates_divide_exactly() -> None
     assert (x, y) == (3, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with a target rate, best_xpyd still sizes the decode pool "
-    "to the prefill pool's full rate, not to the target",
-)
 def test_best_xpyd_with_a_target_rate_uses_the_fewest_gpus_that_reach_it() -> None:
     # r_p = 10 req/s, r_d = 1 req/s, 1 GPU each, target 3 req/s: 1P3D reaches 3 req/s on 4 GPUs.
     x, y, r = best_xpyd(10.0, 1.0, 1.0, 1.0, 100, 100, 100, 3.0)
@@ -820,9 +799,7 @@ def test_match_all_pairs_each_decode_with_its_best_prefill(n_p, n_d, budget, dat
         (want_r, want_g), _ = max(options, key=lambda o: o[0][0] * 1e6 - o[0][1])
         i = opre[j]
         assert close(orate[j], want_r), (j, orate[j], want_r)
-        if ox[j] * g_p[i] + oy[j] * g_d[j] != want_g:
-            # only the known over-provisioning on an exact rate multiple (xfail test below)
-            assert exact_multiple(ox[j] * r_p[i] / r_d[j]), (ox[j], oy[j], want_g)
+        assert ox[j] * g_p[i] + oy[j] * g_d[j] == want_g, (ox[j], oy[j], want_g)
 
 
 @SETTINGS
