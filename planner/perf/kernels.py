@@ -234,6 +234,53 @@ def dense_ffn_ms(
 
 
 @njit(cache=True, nogil=True)
+def ffn_ms(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    tp: float,
+    ep: float,
+    dp: float,
+    tokens: float,
+    prefill: bool,
+    moe: bool,
+    out: np.ndarray,
+) -> None:
+    """The FFN half of a layer on one GPU (dense or MoE), with its communication and the
+    layer's elementwise kernels; adds gemm/comm/other milliseconds into ``out``."""
+    h = mv[M_HIDDEN]
+    act = tokens * h * ACT_BYTES
+    if moe:
+        stage = tp * dp
+        moe_tp = stage / ep
+        e, topk, width = mv[M_EXPERTS], mv[M_TOPK], mv[M_MOE_FFN]
+        stage_tokens = tokens * dp
+        out[B_GEMM] += gemm_ms(tokens, e, h, 2.0, hv[H_PEAK_BF16], hv[H_HBM_BW], cg)  # router
+        active_local = max(expected_distinct(e, topk, stage_tokens) / ep, 1.0)
+        rows = stage_tokens * topk / ep
+        w = width / moe_tp
+        wb = hv[H_W_BYTES]
+        out[B_GEMM] += grouped_gemm_ms(rows, active_local, 2.0 * w, h, wb, hv, cg)
+        out[B_GEMM] += grouped_gemm_ms(rows, active_local, h, w, wb, hv, cg)
+        out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)
+        # dispatch and combine: each GPU sends its tokens' hidden states to the experts' owners
+        comm = 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
+        comm += allreduce_ms(rows * h * ACT_BYTES, moe_tp, hv)
+        ffn_width = (mv[M_SHARED] * width) / tp + rows * w / max(tokens, 1.0)
+    else:
+        out[B_GEMM] += dense_ffn_ms(tokens, mv[M_FFN], tp, mv, hv, cg)
+        comm = allreduce_ms(act, tp, hv)
+        ffn_width = mv[M_FFN] / tp
+    out[B_COMM] += comm
+    launch = LAUNCH_MS_GRAPH if (hv[H_CUDA_GRAPHS] > 0.5 and not prefill) else LAUNCH_MS_EAGER
+    # two RMSNorms + residual adds read/write h per token; SiLU-and-mul reads 2w, writes w
+    elem_bytes = tokens * ACT_BYTES * (6.0 * h + 3.0 * ffn_width)
+    out[B_OTHER] += ELEMENTWISE_KERNELS_PER_LAYER * launch + 1e3 * elem_bytes / (
+        hv[H_HBM_BW] * ELEMENTWISE_BW_EFFICIENCY
+    )
+
+
+@njit(cache=True, nogil=True)
 def layer_ms(
     mv: np.ndarray,
     hv: np.ndarray,
@@ -252,39 +299,11 @@ def layer_ms(
     out: np.ndarray,
 ) -> None:
     """One decoder layer on one GPU; adds gemm/attention/comm/other milliseconds into ``out``."""
-    h = mv[M_HIDDEN]
     tokens = pf_seqs * pf_new + dc_seqs
     attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
-    act = tokens * h * ACT_BYTES
-    comm = allreduce_ms(act, tp, hv)  # after the attention output projection
-    if moe:
-        stage = tp * dp
-        moe_tp = stage / ep
-        e, topk, width = mv[M_EXPERTS], mv[M_TOPK], mv[M_MOE_FFN]
-        stage_tokens = tokens * dp
-        out[B_GEMM] += gemm_ms(tokens, e, h, 2.0, hv[H_PEAK_BF16], hv[H_HBM_BW], cg)  # router
-        active_local = max(expected_distinct(e, topk, stage_tokens) / ep, 1.0)
-        rows = stage_tokens * topk / ep
-        w = width / moe_tp
-        wb = hv[H_W_BYTES]
-        out[B_GEMM] += grouped_gemm_ms(rows, active_local, 2.0 * w, h, wb, hv, cg)
-        out[B_GEMM] += grouped_gemm_ms(rows, active_local, h, w, wb, hv, cg)
-        out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)
-        # dispatch and combine: each GPU sends its tokens' hidden states to the experts' owners
-        comm += 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
-        comm += allreduce_ms(rows * h * ACT_BYTES, moe_tp, hv)
-        ffn_width = (mv[M_SHARED] * width) / tp + rows * w / max(tokens, 1.0)
-    else:
-        out[B_GEMM] += dense_ffn_ms(tokens, mv[M_FFN], tp, mv, hv, cg)
-        comm += allreduce_ms(act, tp, hv)
-        ffn_width = mv[M_FFN] / tp
-    out[B_COMM] += comm
-    launch = LAUNCH_MS_GRAPH if (hv[H_CUDA_GRAPHS] > 0.5 and pf_seqs == 0.0) else LAUNCH_MS_EAGER
-    # two RMSNorms + residual adds read/write h per token; SiLU-and-mul reads 2w, writes w
-    elem_bytes = tokens * ACT_BYTES * (6.0 * h + 3.0 * ffn_width)
-    out[B_OTHER] += ELEMENTWISE_KERNELS_PER_LAYER * launch + 1e3 * elem_bytes / (
-        hv[H_HBM_BW] * ELEMENTWISE_BW_EFFICIENCY
-    )
+    # all-reduce after the attention output projection
+    out[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
+    ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, moe, out)
 
 
 @njit(cache=True, nogil=True)
@@ -314,18 +333,18 @@ def step_ms(
     if mv[M_EXPERTS] > 0.0:
         n_moe = layers - mv[M_DENSE_LAYERS]
     n_dense = layers - n_moe
+    tokens = pf_seqs * pf_new + dc_seqs
+    # every layer has the same attention block; only the FFN differs between dense and MoE layers
+    attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer)
+    per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
     tmp = scratch
     if n_dense > 0.0:
         tmp[:] = 0.0
-        layer_ms(
-            mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, False, tmp
-        )
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, False, tmp)
         per_layer += tmp * (n_dense / layers)
     if n_moe > 0.0:
         tmp[:] = 0.0
-        layer_ms(
-            mv, hv, cg, cp, cd, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, True, tmp
-        )
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, True, tmp)
         per_layer += tmp * (n_moe / layers)
     layers_total = layers * (per_layer[0] + per_layer[1] + per_layer[2] + per_layer[3])
     # LM head on the last stage: logits for each decoding sequence and each prompt's last token
