@@ -133,7 +133,8 @@ Real = Any
 def smoothmax(a: Real, b: Real, s: Real) -> Real:
     """``(a^s + b^s)^(1/s)`` for non-negative ``a``, ``b``, scaled to avoid overflow."""
     hi = np.maximum(np.maximum(a, b), 1e-300)
-    return hi * ((a / hi) ** s + (b / hi) ** s) ** (1.0 / s)
+    lo = np.minimum(a, b)
+    return hi * (1.0 + (lo / hi) ** s) ** (1.0 / s)  # the larger term's ratio is 1
 
 
 @register_jitable
