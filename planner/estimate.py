@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from planner import validate
@@ -16,7 +18,13 @@ from planner.catalog import (
 from planner.errors import InvalidInputError
 from planner.perf.params import PerfContext
 from planner.serving.disagg import evaluate_xpyd
-from planner.serving.workers import WorkerMetrics, agg_worker, decode_worker, prefill_worker
+from planner.serving.workers import (
+    WorkerMetrics,
+    agg_worker,
+    decode_worker,
+    kv_capacity,
+    prefill_worker,
+)
 from planner.types import EstimateRequest, PhaseEstimate, PoolSpec, ServingEstimate
 
 GB = 1e9
@@ -52,16 +60,24 @@ def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEst
     if req.batch is None:
         raise InvalidInputError("batch", f"is required for a {req.phase} step")
     batch = validate.integer(req.batch, "batch", 1, validate.MAX_BATCH)
+    seqs = math.ceil(batch / par.attention_dp)
     if req.phase == "prefill":
         m = prefill_worker(ctx, par, batch, req.isl)
         tokens = batch * req.isl / (m.step_ms / 1e3) / par.gpus
+        context = req.isl
+        cap = kv_capacity(ctx, par, float(seqs * req.isl), float(seqs))
     elif req.phase == "decode":
         context = req.context if req.context is not None else req.isl + req.osl // 2
         validate.integer(context, "context", 1, validate.MAX_TOKENS)
         m = decode_worker(ctx, par, batch, float(context))
         tokens = m.rate_per_s / par.gpus
+        micro = math.ceil(seqs / par.pp)
+        cap = kv_capacity(ctx, par, float(micro), float(micro))
     else:
         raise InvalidInputError("phase", f"must be prefill or decode, got {req.phase!r}")
+    # activations are taken at the requested batch, so this is exact at that batch and close
+    # for others
+    max_batch = int(cap // context) * par.attention_dp if cap > 0 else 0
     return PhaseEstimate(
         phase=req.phase,
         step_ms=m.step_ms,
@@ -71,6 +87,8 @@ def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEst
         reason=m.reason,
         gpus=par.gpus,
         tokens_per_s_per_gpu=tokens if m.fits else 0.0,
+        kv_capacity_tokens=cap,
+        max_batch=max_batch,
     )
 
 

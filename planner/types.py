@@ -106,6 +106,8 @@ class PhaseEstimate:
     reason: str | None = None
     gpus: int = 1
     tokens_per_s_per_gpu: float = 0.0  # prompt tokens (prefill) or output tokens (decode)
+    kv_capacity_tokens: float = 0.0  # per attention-DP rank; negative: the weights do not fit
+    max_batch: int = 0  # largest batch whose KV cache fits at this context (whole worker)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

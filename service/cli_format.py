@@ -129,6 +129,8 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
                 (f"{what} tokens/s/GPU", num(result.tokens_per_s_per_gpu)),
                 ("GPUs", str(result.gpus)),
                 ("memory per GPU (GB)", num(result.memory_gb_per_gpu, 2)),
+                ("KV cache per DP rank (tokens)", num(max(result.kv_capacity_tokens, 0.0), 0)),
+                ("largest batch that fits", str(result.max_batch)),
                 ("fits", _fits(result.fits, result.reason)),
             ],
         )

@@ -708,6 +708,8 @@ def estimate_to_proto(est: PhaseEstimate | ServingEstimate) -> estimate_pb2.Esti
                 reason=est.reason or "",
                 gpus=est.gpus,
                 tokens_per_s_per_gpu=est.tokens_per_s_per_gpu,
+                kv_capacity_tokens=est.kv_capacity_tokens,
+                max_batch=est.max_batch,
             )
         )
     return estimate_pb2.EstimateResponse(
@@ -750,6 +752,8 @@ def estimate_from_proto(msg: estimate_pb2.EstimateResponse) -> PhaseEstimate | S
             reason=p.reason or None,
             gpus=p.gpus,
             tokens_per_s_per_gpu=p.tokens_per_s_per_gpu,
+            kv_capacity_tokens=p.kv_capacity_tokens,
+            max_batch=p.max_batch,
         )
     if which == "serving_estimate":
         s = msg.serving_estimate

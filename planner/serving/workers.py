@@ -43,6 +43,16 @@ def _arrays(par: Parallelism, batch: int) -> tuple[np.ndarray, ...]:
     return tuple(np.array([float(v)]) for v in (par.tp, par.pp, par.ep, par.attention_dp, batch))
 
 
+def kv_capacity(ctx: PerfContext, par: Parallelism, step_tokens: float, logits: float) -> float:
+    """Tokens one attention-DP rank's KV cache holds beside the weights and a step of
+    ``step_tokens`` tokens producing ``logits`` logits (negative: the weights do not fit)."""
+    return float(
+        kv_capacity_tokens(
+            ctx.mv, ctx.hv, par.tp, par.pp, par.ep, par.attention_dp, step_tokens, logits
+        )
+    )
+
+
 def _fit_reason(ctx: PerfContext, par: Parallelism, needed_tokens: float, what: str) -> str | None:
     mv, hv = ctx.mv, ctx.hv
     weights = weight_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, par.attention_dp)

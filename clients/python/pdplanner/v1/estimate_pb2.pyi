@@ -244,6 +244,8 @@ class PhaseEstimate(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     TOKENS_PER_S_PER_GPU_FIELD_NUMBER: _builtins.int
+    KV_CAPACITY_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
     phase: _common_pb2.Phase.ValueType
     """The phase evaluated."""
     step_ms: _builtins.float
@@ -258,6 +260,14 @@ class PhaseEstimate(_message.Message):
     """GPUs of the worker."""
     tokens_per_s_per_gpu: _builtins.float
     """Prompt tokens (prefill) or output tokens (decode) per second per GPU."""
+    kv_capacity_tokens: _builtins.float
+    """Tokens the KV cache of one attention-DP rank holds next to the weights and this step's
+    activations; negative when the weights alone do not fit.
+    """
+    max_batch: _builtins.int
+    """The largest batch (prompts for prefill, sequences for decode) whose KV cache fits at this
+    step's context; 0 when none does.
+    """
     @_builtins.property
     def per_layer_ms(self) -> Global___LayerBreakdown:
         """Time of one decoder layer on one GPU, by kind of work."""
@@ -273,10 +283,12 @@ class PhaseEstimate(_message.Message):
         reason: _builtins.str = ...,
         gpus: _builtins.int = ...,
         tokens_per_s_per_gpu: _builtins.float = ...,
+        kv_capacity_tokens: _builtins.float = ...,
+        max_batch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["per_layer_ms", b"per_layer_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpus", b"gpus", "memory_gb_per_gpu", b"memory_gb_per_gpu", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpus", b"gpus", "kv_capacity_tokens", b"kv_capacity_tokens", "max_batch", b"max_batch", "memory_gb_per_gpu", b"memory_gb_per_gpu", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
