@@ -7,6 +7,8 @@ elements times bytes) from the catalog's datasheet figures, and checks that the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -275,3 +277,26 @@ def test_a_model_that_does_not_fit_says_the_weights_do_not_fit() -> None:
     assert r.memory_gb_per_gpu > 800
     assert r.reason is not None and "weights" in r.reason
     assert r.tokens_per_s_per_gpu == 0.0
+
+
+def test_the_reported_largest_decode_batch_fits_and_one_more_does_not() -> None:
+    base = EstimateRequest(
+        "llama-3.1-70b",
+        "h100-sxm",
+        isl=4000,
+        osl=500,
+        phase="decode",
+        batch=64,
+        parallelism=Parallelism(tp=4),
+    )
+    first = estimate(base)
+    assert isinstance(first, PhaseEstimate)
+    largest = first.max_batch
+    at = estimate(replace(base, batch=largest))
+    over = estimate(replace(base, batch=largest + 1))
+    print(
+        f"llama-3.1-70b TP4 at 4250 tokens: KV holds {first.kv_capacity_tokens:,.0f} tokens, "
+        f"largest batch {largest}; fits at {largest}: {at.fits}, at {largest + 1}: {over.fits}"
+    )
+    assert 50 < largest < 200
+    assert at.fits and not over.fits
