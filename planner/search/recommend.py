@@ -35,12 +35,20 @@ from planner.catalog import (
     load_engine,
 )
 from planner.errors import InvalidInputError, SearchCancelled
-from planner.perf.memory import kv_capacity_tokens
 from planner.perf.params import PerfContext
+from planner.search.aggsweep import (
+    R_CHUNK,
+    R_REQUESTS_PER_S,
+    R_TOKENS_PER_S,
+    R_TPOT,
+    R_TTFT,
+    R_USERS,
+    ROW_COLUMNS,
+    sweep_layout,
+)
 from planner.search.enumerate import batch_grid, cross, layouts
 from planner.search.pareto import pareto_front
 from planner.search.ratematch import match_all
-from planner.serving.aggregated import A_OK, A_QUEUED, A_TOKENS_PER_S, AGG_SLOTS, simulate_agg
 from planner.serving.kvtransfer import (
     kv_bytes_per_request,
     link_between_pools,
@@ -48,7 +56,7 @@ from planner.serving.kvtransfer import (
     transfer_many,
 )
 from planner.serving.phases import decode_many, prefill_many
-from planner.serving.queueing import PERCENTILES, max_utilisation, wait_ms
+from planner.serving.queueing import PERCENTILES, max_utilisation_many, wait_ms
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
@@ -359,13 +367,9 @@ class _Search:
         pre.latency_ms = pre.latency_ms + tail
         # prefill: usable rate after queueing at the SLO percentile
         service = pre.batch / pre.rate * 1e3
-        util = np.array(
-            [
-                max_utilisation(pre.latency_ms[i], service[i], self.req.slo.ttft_ms, self.pct)
-                if pre.fits[i]
-                else 0.0
-                for i in range(pre.tp.shape[0])
-            ]
+        util = np.zeros(n_pre)
+        max_utilisation_many(
+            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.pct, util
         )
         r_p_all = np.minimum(pre.rate * util, link_rate)
         p_ok = r_p_all > 0.0
@@ -521,102 +525,102 @@ class _Search:
             if lay.shape[0] > 24
             else sorted({c.engine.default_chunk_tokens, 2048, 0})
         )
-        slot = PCT_SLOT[self.req.slo.percentile]
-        out = np.zeros(AGG_SLOTS)
-        points: list[tuple[float, float, Deployment, bool, float]] = []
-        max_isl = float(isl_cycle.max())
-        for row in lay:
-            tp, pp, ep, dp = (float(v) for v in row)
-            g = int(tp * pp * dp)
-            workers = self.budget // g
-            if workers < 1:
+        chunk_arr = np.array(chunks, dtype=np.float64)
+        conc = np.array(AGG_CONCURRENCY, dtype=np.float64)
+        cols: list[np.ndarray] = []
+        owner: list[np.ndarray] = []
+        rows = np.zeros((chunk_arr.shape[0] * conc.shape[0], ROW_COLUMNS))
+        for li in range(lay.shape[0]):
+            tp, pp, ep, dp = (float(v) for v in lay[li])
+            if self.budget // int(tp * pp * dp) < 1:
                 continue
-            for chunk in chunks:
-                step_tokens = float(chunk) if chunk > 0 else max_isl
-                for conc in AGG_CONCURRENCY:
-                    users = max(1, math.ceil(conc / dp))
-                    if users > c.engine.max_batch * 2:
-                        break
-                    self._check()
-                    cap = kv_capacity_tokens(c.mv, c.hv, tp, pp, ep, dp, step_tokens, float(users))
-                    if cap < max_isl + float(osl_cycle.max()):
-                        break
-                    self.any_fit = True
-                    simulate_agg(
-                        c.mv,
-                        c.hv,
-                        c.cal.gemm,
-                        c.cal.attn_prefill,
-                        c.cal.attn_decode,
-                        tp,
-                        pp,
-                        ep,
-                        dp,
-                        users,
-                        isl_cycle,
-                        osl_cycle,
-                        self.req.prefix_hit,
-                        float(chunk),
-                        cap,
-                        c.engine.max_batch,
-                        min(users // 2 + 4, 64),
-                        max(32, min(users, 128)),
-                        out,
-                    )
-                    self.design_points += 1
-                    if out[A_OK] < 0.5:
-                        break
-                    ttft, tpot = float(out[slot]), float(out[4 + slot])
-                    per_worker_rps = float(out[9]) * dp
-                    tokens = float(out[A_TOKENS_PER_S]) * dp
-                    use = workers
-                    if self.rate > 0:
-                        use = min(workers, max(1, math.ceil(self.rate / per_worker_rps)))
-                    dep = Deployment(
-                        mode="agg",
-                        pools=(
-                            Pool(
-                                "agg",
-                                c.gpu.name,
-                                int(tp),
-                                int(pp),
-                                int(ep),
-                                int(dp),
-                                int(users * dp),
-                                use,
-                                chunk if chunk > 0 else None,
-                            ),
-                        ),
-                        ttft_ms=ttft,
-                        tpot_ms=tpot,
-                        tokens_per_s_per_gpu=tokens / g,
-                        tokens_per_s_per_user=1e3 / tpot if tpot > 0 else 0.0,
-                        requests_per_s=per_worker_rps * use,
-                        gpus=g * use,
-                    )
-                    meets = ttft <= self.req.slo.ttft_ms and tpot <= self.tpot_target
-                    gap = max(ttft / self.req.slo.ttft_ms, tpot / self.tpot_target)
-                    points.append((1e3 / tpot if tpot > 0 else 0.0, tokens / g, dep, meets, gap))
-                    if out[A_QUEUED] > 0.5 or ttft > 4.0 * self.req.slo.ttft_ms:
-                        break  # past KV saturation or far past the TTFT target: only worse
-        if not points:
+            self._check()
+            n = sweep_layout(
+                c.mv,
+                c.hv,
+                c.cal.gemm,
+                c.cal.attn_prefill,
+                c.cal.attn_decode,
+                tp,
+                pp,
+                ep,
+                dp,
+                chunk_arr,
+                conc,
+                isl_cycle,
+                osl_cycle,
+                self.req.prefix_hit,
+                c.engine.max_batch,
+                4.0 * self.req.slo.ttft_ms,
+                PCT_SLOT[self.req.slo.percentile],
+                rows,
+            )
+            cols.append(rows[:n].copy())
+            owner.append(np.full(n, li))
+        pts = np.concatenate(cols) if cols else np.zeros((0, ROW_COLUMNS))
+        who = np.concatenate(owner) if owner else np.zeros(0, np.int64)
+        self.design_points += pts.shape[0]
+        if pts.shape[0] == 0:
             side.binding = "memory: no aggregated layout fits the model and one request"
             return side
-        ttft_ok = [p for p in points if p[2].ttft_ms <= self.req.slo.ttft_ms]
-        pool = ttft_ok or points
-        xs = np.array([p[0] for p in pool])
-        ys = np.array([p[1] for p in pool])
-        side.pareto = [pool[i][2] for i in pareto_front(xs, ys)]
-        good = [p[2] for p in points if p[3]]
-        if good:
-            side.best = _pick_agg(good, self.rate)
+        self.any_fit = True
+        g = lay[who, 0] * lay[who, 1] * lay[who, 3]
+        workers = np.floor(self.budget / g)
+        rps = pts[:, R_REQUESTS_PER_S]
+        if self.rate > 0:
+            workers = np.minimum(workers, np.maximum(1.0, np.ceil(self.rate / rps)))
+        ttft, tpot = pts[:, R_TTFT], pts[:, R_TPOT]
+        user = np.where(tpot > 0, 1e3 / np.maximum(tpot, 1e-12), 0.0)
+        per_gpu = pts[:, R_TOKENS_PER_S] / g
+
+        def deployment(i: int) -> Deployment:
+            tp_, pp_, ep_, dp_ = (int(v) for v in lay[who[i]])
+            chunk = int(pts[i, R_CHUNK])
+            use = int(workers[i])
+            pool = Pool(
+                "agg",
+                c.gpu.name,
+                tp_,
+                pp_,
+                ep_,
+                dp_,
+                int(pts[i, R_USERS]),
+                use,
+                chunk if chunk > 0 else None,
+            )
+            return Deployment(
+                mode="agg",
+                pools=(pool,),
+                ttft_ms=float(ttft[i]),
+                tpot_ms=float(tpot[i]),
+                tokens_per_s_per_gpu=float(per_gpu[i]),
+                tokens_per_s_per_user=float(user[i]),
+                requests_per_s=float(rps[i] * use),
+                gpus=int(g[i]) * use,
+            )
+
+        ttft_ok = ttft <= self.req.slo.ttft_ms
+        on_front = np.nonzero(ttft_ok)[0] if ttft_ok.any() else np.arange(pts.shape[0])
+        front = pareto_front(user[on_front], per_gpu[on_front])
+        side.pareto = [deployment(int(on_front[i])) for i in front]
+        meets = ttft_ok & (tpot <= self.tpot_target)
+        if meets.any():
+            good = np.nonzero(meets)[0]
+            total = rps[good] * workers[good]
+            if self.rate > 0 and (total >= self.rate).any():
+                used = np.where(total >= self.rate, g[good] * workers[good], np.inf)
+                pick = good[np.lexsort((-per_gpu[good], used))[0]]
+            else:
+                pick = good[np.lexsort((-per_gpu[good], -total))[0]]
+            side.best = deployment(int(pick))
         else:
-            worst = min(points, key=lambda p: p[4])
-            side.closest, side.closest_gap = worst[2], worst[4]
-            which = "TTFT" if worst[2].ttft_ms > self.req.slo.ttft_ms else "TPOT"
+            gap = np.maximum(ttft / self.req.slo.ttft_ms, tpot / self.tpot_target)
+            i = int(np.argmin(gap))
+            side.closest, side.closest_gap = deployment(i), float(gap[i])
+            which = "TTFT" if ttft[i] > self.req.slo.ttft_ms else "TPOT"
             side.binding = (
-                f"{which}: the closest aggregated setup reaches TTFT {worst[2].ttft_ms:.0f} ms, "
-                f"TPOT {worst[2].tpot_ms:.1f} ms"
+                f"{which}: the closest aggregated setup reaches TTFT {ttft[i]:.0f} ms, "
+                f"TPOT {tpot[i]:.1f} ms"
             )
         return side
 
@@ -650,14 +654,3 @@ def _undominated(gpus: np.ndarray, rate: np.ndarray) -> np.ndarray:
             keep.append(i)
             best = rate[i]
     return np.array(keep, dtype=np.int64)
-
-
-def _pick_agg(good: list[Deployment], rate: float) -> Deployment:
-    if rate > 0:
-        meets = [d for d in good if d.requests_per_s >= rate]
-        if meets:
-            return min(meets, key=lambda d: (d.gpus, -d.tokens_per_s_per_gpu))
-    return max(good, key=lambda d: (d.requests_per_s, d.tokens_per_s_per_gpu))
-
-
-__all__ = ["plan"]

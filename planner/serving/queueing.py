@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -46,3 +47,17 @@ def max_utilisation(compute_ms: float, service_ms: float, target_ms: float, p: f
         else:
             hi = mid
     return lo
+
+
+@njit(cache=True, nogil=True)
+def max_utilisation_many(
+    compute_ms: np.ndarray,
+    service_ms: np.ndarray,
+    ok: np.ndarray,
+    target_ms: float,
+    p: float,
+    out: np.ndarray,
+) -> None:
+    """``max_utilisation`` for every candidate (0 where ``ok`` is False)."""
+    for i in range(compute_ms.shape[0]):
+        out[i] = max_utilisation(compute_ms[i], service_ms[i], target_ms, p) if ok[i] else 0.0
