@@ -1,9 +1,10 @@
 """Enumerating the design space: parallelism layouts and batch sizes, as NumPy arrays.
 
-Layouts are powers of two: TP dividing the attention heads, up to ``max_tp`` (default: the NVLink
-domain); PP up to the layer count while the worker stays within the GPU budget; for
+Layouts are powers of two: TP dividing the attention heads, up to ``max_tp`` (default: twice the
+NVLink domain, so one step across it is tried, its all-reduces then running over the scale-out
+network); PP up to the layer count while the worker stays within the GPU budget; for
 mixture-of-experts models also attention data parallelism and expert parallelism, keeping a
-pipeline stage (``tp * attention_dp`` GPUs) inside one NVLink domain.
+pipeline stage (``tp * attention_dp`` GPUs) within ``max_tp`` GPUs.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def layouts(
 
     ``full_ep_only`` keeps, for MoE models, only expert parallelism over the whole stage (the
     usual serving layout), for searches whose every point is expensive."""
-    max_tp = limits.max_tp or gpu.nvlink_domain_size
     domain = gpu.nvlink_domain_size
+    max_tp = limits.max_tp or 2 * domain
     rows: list[tuple[int, int, int, int]] = []
     tps = [t for t in powers_of_two(min(max_tp, budget)) if model.num_heads % t == 0]
     pps = powers_of_two(min(budget, model.num_layers)) if (limits.allow_pp and allow_pp) else [1]
@@ -45,7 +46,7 @@ def layouts(
     for tp in tps:
         for dp in dps:
             stage = tp * dp
-            if stage > max(domain, max_tp) or stage > budget:
+            if stage > max_tp or stage > budget:
                 continue
             if model.is_moe and limits.allow_ep:
                 eps = [
