@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 from pdplanner.v1 import (
@@ -42,7 +42,6 @@ from planner.catalog import (
     gpu_from_entry,
     model_from_hf_config,
 )
-from planner.catalog._data import normalise_name
 from planner.errors import InvalidInputError, SearchCancelled, UnknownEntryError
 from planner.estimate import estimate as run_estimate
 from planner.search import plan as run_plan
@@ -78,8 +77,6 @@ class Catalogs:
     gpus: GpuCatalog
     custom_models: frozenset[str]
     custom_gpus: frozenset[str]
-    _model_index: dict[str, ModelSpec]
-    _gpu_index: dict[str, GpuSpec]
 
     @classmethod
     def build(cls, models: Sequence[ModelSpec], gpus: Sequence[GpuSpec]) -> Catalogs:
@@ -90,15 +87,13 @@ class Catalogs:
             gpus=gpu_catalog,
             custom_models=frozenset(m.name for m in models),
             custom_gpus=frozenset(g.name for g in gpus),
-            _model_index=_index(model_catalog.specs()),
-            _gpu_index=_index(gpu_catalog.specs()),
         )
 
     def find_model(self, name: str) -> ModelSpec | None:
-        return self._model_index.get(normalise_name(name))
+        return self.models.find(name)
 
     def find_gpu(self, name: str) -> GpuSpec | None:
-        return self._gpu_index.get(normalise_name(name))
+        return self.gpus.find(name)
 
     def model(self, name: str, field: str) -> ModelSpec:
         """The model named ``name`` (or an alias); ``UnknownEntryError`` on ``field`` otherwise."""
@@ -113,26 +108,6 @@ class Catalogs:
         if spec is None:
             raise UnknownEntryError(field, "GPU", name, self.gpus.names())
         return spec
-
-
-class _Named(Protocol):
-    """A catalog entry: a name and its aliases."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def aliases(self) -> tuple[str, ...]: ...
-
-
-_Spec = TypeVar("_Spec", bound=_Named)
-
-
-def _index(specs: Sequence[_Spec]) -> dict[str, _Spec]:
-    out: dict[str, _Spec] = {}
-    for entry in specs:
-        for key in (entry.name, *entry.aliases):
-            out[normalise_name(key)] = entry
-    return out
 
 
 class CatalogCache:

@@ -228,11 +228,16 @@ class ModelCatalog:
     def specs(self) -> list[ModelSpec]:
         return [self._by_name[n] for n in self.names()]
 
+    def find(self, name: str) -> ModelSpec | None:
+        """A model by name or alias (never a file), or None."""
+        key = self._index.get(normalise_name(name))
+        return self._by_name[key] if key is not None else None
+
     def get(self, name_or_path: str, field_path: str = "model") -> ModelSpec:
         """A model by name, alias, or path to a config.json file."""
-        key = normalise_name(name_or_path)
-        if key in self._index:
-            return self._by_name[self._index[key]]
+        found = self.find(name_or_path)
+        if found is not None:
+            return found
         if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
             cfg = read_document(name_or_path, field_path)
             stem = (
