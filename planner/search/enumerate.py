@@ -79,7 +79,9 @@ def batch_grid(limit: int, dense_up_to: int = 64, step: float = 1.0625) -> list[
     return out
 
 
-def cross(lay: np.ndarray, batches: list[int], per_dp_rank: bool) -> tuple[np.ndarray, ...]:
+def cross(
+    lay: np.ndarray, batches: list[int], per_dp_rank: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every layout with every batch (batches counted per attention-DP rank when asked)."""
     n_b = len(batches)
     rep = np.repeat(lay, n_b, axis=0)

@@ -55,31 +55,13 @@ from planner.serving.kvtransfer import (
     sending_gpus,
     transfer_many,
 )
-from planner.serving.phases import decode_many, prefill_many
+from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.queueing import PERCENTILES, max_utilisation_many, wait_ms
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 PCT_SLOT = {"p50": 1, "p90": 2, "p99": 3}
-
-
-@dataclass
-class _Phase:
-    """Evaluated candidates of one phase (arrays aligned by index)."""
-
-    tp: np.ndarray
-    pp: np.ndarray
-    ep: np.ndarray
-    dp: np.ndarray
-    batch: np.ndarray
-    latency_ms: np.ndarray  # TTFT (prefill compute) or TPOT (decode)
-    rate: np.ndarray  # prompts/s (prefill) or tokens/s (decode) per worker
-    fits: np.ndarray
-
-    @property
-    def gpus(self) -> np.ndarray:
-        return self.tp * self.pp * self.dp
 
 
 def _validate(req: PlanRequest) -> None:
@@ -254,76 +236,24 @@ class _Search:
             raise SearchCancelled("search stopped by its caller")
 
     # -- disaggregated -------------------------------------------------------------------------
-    def _prefill(self) -> _Phase:
+    def _prefill(self) -> PhaseArrays:
         c = self.ctx
         lay = layouts(self.model, c.gpu, min(self.budget_p, self.budget - 1) or 1, self.req.limits)
-        tp, pp, ep, dp, b = cross(lay, PREFILL_BATCHES, per_dp_rank=True)
-        n = tp.shape[0]
-        ttft, rate, mem, fits, layer = (
-            np.zeros(n),
-            np.zeros(n),
-            np.zeros(n),
-            np.zeros(n, np.bool_),
-            np.zeros((n, 4)),
+        r = evaluate_prefill(
+            c, *cross(lay, PREFILL_BATCHES, per_dp_rank=True), self.isl, self.req.prefix_hit
         )
-        prefill_many(
-            c.mv,
-            c.hv,
-            c.cal.gemm,
-            c.cal.attn_prefill,
-            c.cal.attn_decode,
-            tp,
-            pp,
-            ep,
-            dp,
-            b,
-            self.isl,
-            self.req.prefix_hit,
-            ttft,
-            rate,
-            mem,
-            fits,
-            layer,
-        )
-        self.design_points += n
-        return _Phase(tp, pp, ep, dp, b, ttft, rate, fits)
+        self.design_points += r.tp.shape[0]
+        return r
 
-    def _decode(self) -> _Phase:
+    def _decode(self) -> PhaseArrays:
         c = self.dctx
         lay = layouts(self.model, c.gpu, min(self.budget_d, self.budget - 1) or 1, self.req.limits)
         # every batch when the layouts are few; every batch to 64 then 6% steps otherwise
         dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
-        tp, pp, ep, dp, b = cross(
-            lay, batch_grid(c.engine.max_batch, dense_up_to=dense), per_dp_rank=True
-        )
-        n = tp.shape[0]
-        tpot, rate, mem, fits, layer = (
-            np.zeros(n),
-            np.zeros(n),
-            np.zeros(n),
-            np.zeros(n, np.bool_),
-            np.zeros((n, 4)),
-        )
-        decode_many(
-            c.mv,
-            c.hv,
-            c.cal.gemm,
-            c.cal.attn_prefill,
-            c.cal.attn_decode,
-            tp,
-            pp,
-            ep,
-            dp,
-            b,
-            self.isl + self.osl / 2.0,
-            tpot,
-            rate,
-            mem,
-            fits,
-            layer,
-        )
-        self.design_points += n
-        return _Phase(tp, pp, ep, dp, b, tpot, rate, fits)
+        grid = batch_grid(c.engine.max_batch, dense_up_to=dense)
+        r = evaluate_decode(c, *cross(lay, grid, per_dp_rank=True), self.isl + self.osl / 2.0)
+        self.design_points += r.tp.shape[0]
+        return r
 
     def run_disagg(self) -> _Side:
         side = _Side()
@@ -446,7 +376,7 @@ class _Search:
         return side
 
     def _disagg_deployment(
-        self, pre: _Phase, dec: _Phase, i: int, j: int, x: int, y: int, rate: float
+        self, pre: PhaseArrays, dec: PhaseArrays, i: int, j: int, x: int, y: int, rate: float
     ) -> Deployment:
         """The xPyD deployment of prefill candidate ``i`` and decode candidate ``j``."""
         g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
@@ -490,7 +420,7 @@ class _Search:
             kv_transfer_gb_per_s_per_gpu=kv,
         )
 
-    def _kv_gbps(self, pre: _Phase, i: int, rate: float, x: int) -> float:
+    def _kv_gbps(self, pre: PhaseArrays, i: int, rate: float, x: int) -> float:
         """KV-cache egress per shard-holding prefill GPU, GB/s, at ``rate`` requests/s."""
         per_req = kv_bytes_per_request(self.ctx.mv, self.ctx.hv, self.isl)
         r = rate / x

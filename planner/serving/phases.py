@@ -16,13 +16,14 @@ mean context (what a full KV cache holds in steady state).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from planner.perf.kernels import step_ms
 from planner.perf.memory import kv_capacity_tokens, memory_bytes_per_gpu
-from planner.perf.params import H_STEP_OVERHEAD_MS
+from planner.perf.params import H_STEP_OVERHEAD_MS, PerfContext
 
 PREFILL_CHUNK_TOKENS = 8192.0  # micro-chunk size of a chunked pipeline
 
@@ -124,3 +125,109 @@ def decode_many(
         )
         cap = kv_capacity_tokens(mv, hv, tp[i], pp[i], ep[i], dp[i], micro, micro)
         fits[i] = cap >= seqs * context
+
+
+@dataclass
+class PhaseArrays:
+    """Evaluated candidates of one phase, aligned by index."""
+
+    tp: np.ndarray
+    pp: np.ndarray
+    ep: np.ndarray
+    dp: np.ndarray
+    batch: np.ndarray
+    latency_ms: np.ndarray  # compute time to first token (prefill) or TPOT (decode)
+    rate: np.ndarray  # prompts/s (prefill) or output tokens/s (decode) per worker
+    memory_bytes: np.ndarray  # per GPU
+    fits: np.ndarray
+    per_layer_ms: np.ndarray  # [n, 4]: gemm, attention, communication, other
+
+    @property
+    def gpus(self) -> np.ndarray:
+        return self.tp * self.pp * self.dp
+
+
+def _empty(
+    tp: np.ndarray, pp: np.ndarray, ep: np.ndarray, dp: np.ndarray, batch: np.ndarray
+) -> PhaseArrays:
+    n = tp.shape[0]
+    return PhaseArrays(
+        tp,
+        pp,
+        ep,
+        dp,
+        batch,
+        np.zeros(n),
+        np.zeros(n),
+        np.zeros(n),
+        np.zeros(n, np.bool_),
+        np.zeros((n, 4)),
+    )
+
+
+def evaluate_prefill(
+    ctx: PerfContext,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    batch: np.ndarray,
+    isl: float,
+    prefix_hit: float,
+) -> PhaseArrays:
+    """``prefill_many`` on whole arrays of layouts and batches."""
+    r = _empty(tp, pp, ep, dp, batch)
+    c = ctx.cal
+    prefill_many(
+        ctx.mv,
+        ctx.hv,
+        c.gemm,
+        c.attn_prefill,
+        c.attn_decode,
+        tp,
+        pp,
+        ep,
+        dp,
+        batch,
+        isl,
+        prefix_hit,
+        r.latency_ms,
+        r.rate,
+        r.memory_bytes,
+        r.fits,
+        r.per_layer_ms,
+    )
+    return r
+
+
+def evaluate_decode(
+    ctx: PerfContext,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    batch: np.ndarray,
+    context: float,
+) -> PhaseArrays:
+    """``decode_many`` on whole arrays of layouts and batches."""
+    r = _empty(tp, pp, ep, dp, batch)
+    c = ctx.cal
+    decode_many(
+        ctx.mv,
+        ctx.hv,
+        c.gemm,
+        c.attn_prefill,
+        c.attn_decode,
+        tp,
+        pp,
+        ep,
+        dp,
+        batch,
+        context,
+        r.latency_ms,
+        r.rate,
+        r.memory_bytes,
+        r.fits,
+        r.per_layer_ms,
+    )
+    return r

@@ -22,7 +22,7 @@ from planner.serving.aggregated import (
     AGG_SLOTS,
     simulate_agg,
 )
-from planner.serving.phases import decode_many, prefill_many
+from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.types import LayerBreakdown, Parallelism
 
 
@@ -39,8 +39,14 @@ class WorkerMetrics:
     reason: str | None
 
 
-def _arrays(par: Parallelism, batch: int) -> tuple[np.ndarray, ...]:
-    return tuple(np.array([float(v)]) for v in (par.tp, par.pp, par.ep, par.attention_dp, batch))
+def _arrays(
+    par: Parallelism, batch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One design point as the 1-element arrays the phase kernels take."""
+    tp, pp, ep, dp, b = (
+        np.array([float(v)]) for v in (par.tp, par.pp, par.ep, par.attention_dp, batch)
+    )
+    return tp, pp, ep, dp, b
 
 
 def kv_capacity(ctx: PerfContext, par: Parallelism, step_tokens: float, logits: float) -> float:
@@ -68,93 +74,38 @@ def _fit_reason(ctx: PerfContext, par: Parallelism, needed_tokens: float, what: 
     )
 
 
+def _single(r: PhaseArrays, reason: str | None) -> WorkerMetrics:
+    ok = bool(r.fits[0])
+    return WorkerMetrics(
+        float(r.latency_ms[0]),
+        float(r.rate[0]),
+        LayerBreakdown(*map(float, r.per_layer_ms[0])),
+        float(r.memory_bytes[0]),
+        ok,
+        None if ok else reason,
+    )
+
+
 def prefill_worker(
     ctx: PerfContext, par: Parallelism, batch: int, isl: int, prefix_hit: float = 0.0
 ) -> WorkerMetrics:
-    tp, pp, ep, dp, b = _arrays(par, batch)
-    ttft, rate, mem, fits, layer = (
-        np.zeros(1),
-        np.zeros(1),
-        np.zeros(1),
-        np.zeros(1, np.bool_),
-        np.zeros((1, 4)),
-    )
-    c = ctx.cal
-    prefill_many(
-        ctx.mv,
-        ctx.hv,
-        c.gemm,
-        c.attn_prefill,
-        c.attn_decode,
-        tp,
-        pp,
-        ep,
-        dp,
-        b,
-        float(isl),
-        prefix_hit,
-        ttft,
-        rate,
-        mem,
-        fits,
-        layer,
-    )
-    ok = bool(fits[0])
+    r = evaluate_prefill(ctx, *_arrays(par, batch), float(isl), prefix_hit)
     seqs = math.ceil(batch / par.attention_dp)
-    reason = None if ok else _fit_reason(ctx, par, seqs * isl, f"{seqs} prompts of {isl} tokens")
-    return WorkerMetrics(
-        float(ttft[0]),
-        float(rate[0]),
-        LayerBreakdown(*map(float, layer[0])),
-        float(mem[0]),
-        ok,
-        reason,
+    why = (
+        None if r.fits[0] else _fit_reason(ctx, par, seqs * isl, f"{seqs} prompts of {isl} tokens")
     )
+    return _single(r, why)
 
 
 def decode_worker(ctx: PerfContext, par: Parallelism, batch: int, context: float) -> WorkerMetrics:
-    tp, pp, ep, dp, b = _arrays(par, batch)
-    tpot, rate, mem, fits, layer = (
-        np.zeros(1),
-        np.zeros(1),
-        np.zeros(1),
-        np.zeros(1, np.bool_),
-        np.zeros((1, 4)),
-    )
-    c = ctx.cal
-    decode_many(
-        ctx.mv,
-        ctx.hv,
-        c.gemm,
-        c.attn_prefill,
-        c.attn_decode,
-        tp,
-        pp,
-        ep,
-        dp,
-        b,
-        float(context),
-        tpot,
-        rate,
-        mem,
-        fits,
-        layer,
-    )
-    ok = bool(fits[0])
+    r = evaluate_decode(ctx, *_arrays(par, batch), float(context))
     seqs = math.ceil(batch / par.attention_dp)
-    reason = (
+    why = (
         None
-        if ok
+        if r.fits[0]
         else _fit_reason(ctx, par, seqs * context, f"{seqs} sequences at {context:,.0f} tokens")
     )
-    return WorkerMetrics(
-        float(tpot[0]),
-        float(rate[0]),
-        LayerBreakdown(*map(float, layer[0])),
-        float(mem[0]),
-        ok,
-        reason,
-    )
+    return _single(r, why)
 
 
 @dataclass(frozen=True)
