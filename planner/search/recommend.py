@@ -35,7 +35,7 @@ from planner.catalog import (
     load_engine,
 )
 from planner.errors import InvalidInputError, SearchCancelled
-from planner.perf.params import PerfContext
+from planner.perf.params import H_W_BYTES, PerfContext
 from planner.search.aggsweep import (
     R_CHUNK,
     R_REQUESTS_PER_S,
@@ -195,10 +195,16 @@ def _explain(
         f"tokens/s/user, meeting TTFT {req.slo.ttft_ms:g} ms and TPOT {req.slo.tpot_ms:g} ms "
         f"({req.slo.percentile}) on {best.gpus} of {req.gpus} GPUs"
     )
-    if speedup is not None:
+    if speedup is not None and agg is not None and disagg is not None:
         text += (
             f"; disaggregation gives {speedup:.2f}x the tokens/s/GPU of the best aggregated setup"
         )
+        other = disagg if best is agg else agg
+        if other.tokens_per_s_per_gpu > best.tokens_per_s_per_gpu:
+            text += (
+                f", but within {req.gpus} GPUs the best {other.mode} deployment delivers only "
+                f"{other.requests_per_s:.2f} req/s on {other.gpus} GPUs"
+            )
     elif best.mode == "disagg" and "agg" in req.limits.modes:
         text += "; no aggregated setup meets the SLO"
     elif best.mode == "agg" and "disagg" in req.limits.modes:
@@ -559,7 +565,7 @@ class _Search:
             return (
                 f"{self.model.name} fits on no layout within {self.budget} x {self.ctx.gpu.name} "
                 f"at {self.req.precision.dtype}: its weights alone need "
-                f"{self.model.total_params * self.ctx.hv[6] / 1e9:.0f} GB"
+                f"{self.model.total_params * self.ctx.hv[H_W_BYTES] / 1e9:.0f} GB"
             ), None
         parts = [
             f"{name}: {s.binding}" for name, s in (("agg", agg), ("disagg", disagg)) if s.binding
