@@ -401,6 +401,19 @@ def ref_best_xpyd(r_p, g_p, r_d, g_d, budget, budget_p, budget_d) -> tuple[float
     return best_r, best_g
 
 
+def ref_fewest_gpus_for_rate(r_p, g_p, r_d, g_d, budget, budget_p, budget_d, target) -> int | None:
+    """Brute force: the fewest GPUs of any (x, y) delivering ``target`` req/s (None: none does)."""
+    best = None
+    for x in range(1, budget + 1):
+        for y in range(1, budget + 1):
+            gp, gd = x * g_p, y * g_d
+            if gp + gd > budget or gp > budget_p or gd > budget_d:
+                continue
+            if min(x * r_p, y * r_d) >= target * (1 - 1e-12) and (best is None or gp + gd < best):
+                best = gp + gd
+    return best
+
+
 def ref_wait_ms(rho: float, service_ms: float, p: float) -> float:
     """M/D/1 mean wait; exponential tail beyond the probability rho of waiting at all."""
     if rho <= 0:
@@ -752,6 +765,26 @@ def test_best_xpyd_matches_brute_force(r_p, g_p, r_d, g_d, budget, data) -> None
     assert close(r, min(x * r_p, y * r_d))
     assert close(r, want_r), (x, y, r, want_r)
     assert x * g_p + y * g_d == want_g, (x, y, want_g)
+
+
+@SETTINGS
+@given(
+    r_p=st.floats(0.01, 50.0),
+    g_p=st.integers(1, 16),
+    r_d=st.floats(0.01, 50.0),
+    g_d=st.integers(1, 16),
+    budget=st.integers(2, 48),
+    target=st.floats(0.01, 200.0),
+)
+def test_best_xpyd_with_a_target_matches_brute_force(r_p, g_p, r_d, g_d, budget, target) -> None:
+    x, y, r = best_xpyd(r_p, float(g_p), r_d, float(g_d), budget, budget, budget, target)
+    fewest = ref_fewest_gpus_for_rate(r_p, g_p, r_d, g_d, budget, budget, budget, target)
+    if fewest is None:  # unreachable: the most it can deliver, as without a target
+        want_r, _ = ref_best_xpyd(r_p, g_p, r_d, g_d, budget, budget, budget)
+        assert close(r, want_r), (x, y, r, want_r)
+    else:
+        assert r >= target * (1 - 1e-9), (x, y, r, target)
+        assert x * g_p + y * g_d == fewest, (x, y, fewest)
 
 
 def test_best_xpyd_adds_no_decode_worker_when_the_rates_divide_exactly() -> None:
