@@ -133,7 +133,7 @@ def test_valid_moe_parallelism_passes() -> None:
         Parallelism(tp=4, ep=8, attention_dp=2),
         Parallelism(tp=8),
     ):
-        validate.parallelism(par, m)
+        assert validate.parallelism(par, m) is None  # an invalid layout raises instead
 
 
 @pytest.mark.parametrize(
