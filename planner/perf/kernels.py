@@ -119,6 +119,19 @@ def expected_distinct(n_experts: float, picks_per_token: float, tokens: float) -
 
 
 @njit(cache=True, nogil=True)
+def router_ms(tokens: float, n_experts: float, h: float, hv: np.ndarray) -> float:
+    """The MoE router: a GEMM only ``n_experts`` wide, far narrower than any calibrated shape,
+    priced as a launch plus reading the hidden states and gate weights and writing the logits
+    (bf16 in, fp32 logits out), or its FLOPs at half the bf16 peak if those dominate."""
+    nbytes = tokens * h * ACT_BYTES + n_experts * h * ACT_BYTES + tokens * n_experts * 4.0
+    flops = 2.0 * tokens * n_experts * h
+    return LAUNCH_MS_EAGER + 1e3 * max(
+        nbytes / (hv[H_HBM_BW] * ELEMENTWISE_BW_EFFICIENCY),
+        flops / (hv[H_PEAK_BF16] * ATTN_COMPUTE_EFFICIENCY),
+    )
+
+
+@njit(cache=True, nogil=True)
 def grouped_gemm_ms(
     tokens: float, n_active: float, n: float, k: float, wb: float, hv: np.ndarray, cg: np.ndarray
 ) -> float:
@@ -255,7 +268,7 @@ def ffn_ms(
         moe_tp = stage / ep
         e, topk, width = mv[M_EXPERTS], mv[M_TOPK], mv[M_MOE_FFN]
         stage_tokens = tokens * dp
-        out[B_GEMM] += gemm_ms(tokens, e, h, 2.0, hv[H_PEAK_BF16], hv[H_HBM_BW], cg)  # router
+        out[B_GEMM] += router_ms(tokens, e, h, hv)
         active_local = max(expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
         w = width / moe_tp
@@ -265,7 +278,8 @@ def ffn_ms(
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)
         # dispatch and combine: each GPU sends its tokens' hidden states to the experts' owners
         comm = 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
-        comm += allreduce_ms(rows * h * ACT_BYTES, moe_tp, hv)
+        # experts on one GPU sum their top-k outputs per token before the reduction
+        comm += allreduce_ms(min(rows, stage_tokens) * h * ACT_BYTES, moe_tp, hv)
         ffn_width = (mv[M_SHARED] * width) / tp + rows * w / max(tokens, 1.0)
     else:
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_FFN], tp, mv, hv, cg)

@@ -28,7 +28,8 @@ GEMM, ``y[M,N] = x[M,K] @ W[N,K]^T`` (cuBLAS)::
                                     long compute-bound kernels run at lower (power-capped) clocks
     bytes     = elem_bytes (M K + N K) + 2 M N              operands once, bf16 output
     t_stream  = bytes / (hbm * e_mem)
-    t_memory  = t_stream * (1 + (n_narrow / N)^narrow_exp) few output columns: few CTAs streaming W
+    t_memory  = t_stream * (1 + (n_narrow / max(N, 768))^narrow_exp)  few output columns: few
+                                    CTAs stream W (not extrapolated below the tables' 768)
               + t_fill * (1 - exp(-t_stream / t_ramp))     HBM bandwidth ramps up
     t         = t_launch + smoothmax_s(t_compute, t_memory)
 
@@ -122,6 +123,7 @@ DECODE_CAL_SIZE = 8
 GEMM_TILE_M = 64.0  # rows (tokens) of the smallest GEMM tile
 GEMM_OUT_BYTES = 2.0  # GEMM output is bf16
 ATTN_Q_TILE = 128.0  # query rows of one attention tile
+NARROW_N_FLOOR = 768.0  # narrowest GEMM output width in the calibration tables
 SPLIT_OCCUPANCY = 0.8  # below this many streams per SM the decode kernel splits the KV
 QO_BYTES = 4.0  # decode: bf16 query read plus bf16 output written, per head and dimension
 
@@ -153,7 +155,9 @@ def gemm_formula_ms(
     t_compute_ms = t_mma_ms * (1.0 + p[G_DERATE] * t_mma_ms / (t_mma_ms + p[G_DERATE_MS]))
     nbytes = elem_bytes * (m * k + n * k) + GEMM_OUT_BYTES * m * n
     t_stream_ms = 1e3 * nbytes / (hbm_bytes_per_s * p[G_E_MEM])
-    narrow = (p[G_N_NARROW] / n) ** p[G_NARROW_EXP]
+    # the tables' narrowest output is 768 columns; below it cuBLAS splits K to keep the SMs
+    # streaming, so the penalty is held at its value there rather than extrapolated
+    narrow = (p[G_N_NARROW] / np.maximum(n, NARROW_N_FLOOR)) ** p[G_NARROW_EXP]
     ramp_ms = p[G_FILL_MS] * (1.0 - np.exp(-t_stream_ms / p[G_RAMP_MS]))
     t_memory_ms = t_stream_ms * (1.0 + narrow) + ramp_ms
     return p[G_T_LAUNCH_MS] + smoothmax(t_compute_ms, t_memory_ms, p[G_OVERLAP])

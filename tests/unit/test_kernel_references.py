@@ -125,6 +125,15 @@ def ref_gemm(m: float, n: float, k: float, wb: float, peak: float, hw: Hw, cg: n
     return float(gemm_py(m, n, k, wb, peak, hw.bw, cg))
 
 
+def ref_router_ms(tokens: float, e: float, h: float, hw: Hw) -> float:
+    """Launch plus the larger of its bytes (bf16 in, fp32 logits out) and its FLOPs."""
+    nbytes = tokens * h * 2 + e * h * 2 + tokens * e * 4
+    return K.LAUNCH_MS_EAGER + 1e3 * max(
+        nbytes / (hw.bw * K.ELEMENTWISE_BW_EFFICIENCY),
+        2 * tokens * e * h / (hw.peak_bf16 * K.ATTN_COMPUTE_EFFICIENCY),
+    )
+
+
 def ref_grouped_gemm_ms(
     tokens: float, n_active: float, n: float, k: float, hw: Hw, cg: np.ndarray
 ) -> float:
@@ -236,7 +245,7 @@ def ref_layer_ms(
         moe_tp = tp * dp / ep
         e, topk, width = m.num_experts, m.experts_per_token, m.moe_intermediate_size
         stage_tokens = tokens * dp
-        gemm += ref_gemm(tokens, e, h, 2.0, hw.peak_bf16, hw, cg)  # router, in bf16
+        gemm += ref_router_ms(tokens, e, h, hw)
         active_local = max(ref_expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
         w = width / moe_tp
@@ -244,7 +253,7 @@ def ref_layer_ms(
         gemm += ref_grouped_gemm_ms(rows, active_local, h, w, hw, cg)
         gemm += ref_dense_ffn(tokens, m.num_shared_experts * width, tp, m, hw, cg)
         comm += 2 * ref_alltoall_ms(tokens / tp * topk * h * K.ACT_BYTES, ep, hw)
-        comm += ref_allreduce_ms(rows * h * K.ACT_BYTES, moe_tp, hw)
+        comm += ref_allreduce_ms(min(rows, stage_tokens) * h * K.ACT_BYTES, moe_tp, hw)
         ffn_width = m.num_shared_experts * width / tp + rows * w / max(tokens, 1.0)
     else:
         gemm += ref_dense_ffn(tokens, m.intermediate_size, tp, m, hw, cg)

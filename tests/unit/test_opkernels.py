@@ -49,7 +49,7 @@ def gemm_ref(
     t_compute = t_mma * (1 + derate * t_mma / (t_mma + t_derate))
     nbytes = elem_bytes * (m * k + n * k) + 2 * m * n
     t_stream = 1000 * nbytes / (hbm * e_mem)
-    t_memory = t_stream * (1 + (n_narrow / n) ** narrow_exp) + t_fill * (
+    t_memory = t_stream * (1 + (n_narrow / max(n, 768.0)) ** narrow_exp) + t_fill * (
         1 - math.exp(-t_stream / t_ramp)
     )
     return t_launch + smoothmax_ref(t_compute, t_memory, s)
