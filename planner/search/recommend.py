@@ -55,6 +55,7 @@ from planner.serving.kvtransfer import (
     sending_gpus,
     transfer_many,
 )
+from planner.serving.mix import mix_cycle
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.queueing import PERCENTILES, max_utilisation_many, wait_ms
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
@@ -440,19 +441,7 @@ class _Search:
         lay = layouts(
             self.model, c.gpu, self.budget, self.req.limits, allow_pp=False, full_ep_only=True
         )
-        isl_mix = np.array([float(w.isl) for w in self.req.traffic])
-        osl_mix = np.array([float(w.osl) for w in self.req.traffic])
-        reps = np.maximum(
-            1,
-            np.round(
-                np.array([w.weight for w in self.req.traffic])
-                / min(w.weight for w in self.req.traffic)
-            ),
-        ).astype(np.int64)
-        if reps.sum() > 64:  # keep the replayed cycle short
-            reps = np.maximum(1, np.round(reps * 64 / reps.sum())).astype(np.int64)
-        isl_cycle = np.repeat(isl_mix, reps)
-        osl_cycle = np.repeat(osl_mix, reps)
+        isl_cycle, osl_cycle = mix_cycle(self.req.traffic)
         # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
         # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
         # large MoE layout spaces keep only the engine's budget and no chunking

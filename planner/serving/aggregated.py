@@ -72,6 +72,7 @@ def simulate_agg(
     t_arr = np.zeros(users)
     t_first = np.zeros(users)
     counted = np.zeros(users, np.bool_)
+    finished = np.zeros(users, np.bool_)
     ttfts = np.zeros(measure)
     tpots = np.zeros(measure)
     row = np.zeros(4)
@@ -198,35 +199,39 @@ def simulate_agg(
         for i in range(users):
             if state[i] == DECODE and decode_now > 0:
                 gen[i] += steps
-                if gen[i] >= osl[i]:
-                    completions += 1
-                    if counted[i] and completions > warm and measured < measure:
-                        ttfts[measured] = t_first[i] - t_arr[i]
-                        tpots[measured] = (t - t_first[i]) / max(osl[i] - 1.0, 1.0)
-                        measured += 1
-                    if completions == warm:
-                        t0 = t
-                        tokens0 = tokens
-                        busy_running = 0.0
-                        busy_queued = 0.0
-                    reserved -= isl[i] + osl[i]
-                    running -= 1
-                    k = next_req % n_mix
-                    next_req += 1
-                    isl[i] = req_isl[k]
-                    osl[i] = req_osl[k]
-                    state[i] = WAITING
-                    done_pf[i] = np.floor(isl[i] * prefix_hit)
-                    gen[i] = 0.0
-                    t_arr[i] = t
-                    counted[i] = True
+                finished[i] = gen[i] >= osl[i]
             elif state[i] == PREFILL and done_pf[i] >= isl[i]:
                 state[i] = DECODE
                 gen[i] = 1.0  # the prefill step emits the first token
                 tokens += 1.0
                 t_first[i] = t
-                if osl[i] <= 1.0:
-                    gen[i] = osl[i]
+                finished[i] = osl[i] <= 1.0  # that token was the whole answer
+        for i in range(users):
+            if not finished[i]:
+                continue
+            finished[i] = False
+            completions += 1
+            if counted[i] and completions > warm and measured < measure:
+                ttfts[measured] = t_first[i] - t_arr[i]
+                tpots[measured] = (t - t_first[i]) / (osl[i] - 1.0) if osl[i] > 1.0 else 0.0
+                measured += 1
+            if completions == warm:
+                t0 = t
+                tokens0 = tokens
+                busy_running = 0.0
+                busy_queued = 0.0
+            reserved -= isl[i] + osl[i]
+            running -= 1
+            # the client sends its next request at once
+            k = next_req % n_mix
+            next_req += 1
+            isl[i] = req_isl[k]
+            osl[i] = req_osl[k]
+            state[i] = WAITING
+            done_pf[i] = np.floor(isl[i] * prefix_hit)
+            gen[i] = 0.0
+            t_arr[i] = t
+            counted[i] = True
         if measured >= measure:
             break
     if measured == 0 or t <= t0:

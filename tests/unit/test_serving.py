@@ -285,3 +285,21 @@ def test_disagg_with_a_pool_that_does_not_fit_reports_it() -> None:
     assert isinstance(r, ServingEstimate)
     assert r.fits is False and r.reason is not None
     assert r.reason.startswith("prefill:") and "weights" in r.reason
+
+
+def test_a_replayed_mix_keeps_its_weights_and_interleaves_its_classes() -> None:
+    from planner.serving.mix import mix_cycle
+    from planner.types import Workload
+
+    isl, osl = mix_cycle([Workload(100, 10, 0.3), Workload(200, 20, 0.7)])
+    share = float((isl == 100).mean())
+    longest_run = max(len(run) for run in "".join("s" if v == 100 else "l" for v in isl).split("s"))
+    print(
+        f"64-request cycle: short share {share:.3f} (weight 0.3), longest run of the long class "
+        f"{longest_run}"
+    )
+    assert len(isl) == 64 and abs(share - 0.3) <= 1 / 64
+    assert np.all((osl == 10) == (isl == 100))
+    assert longest_run <= 3  # interleaved, not one block per class
+    rare, _ = mix_cycle([Workload(100, 10, 0.001), Workload(200, 20, 0.999)])
+    assert (rare == 100).sum() == 1  # every class appears at least once
