@@ -28,6 +28,7 @@ from planner.serving.workers import (
 from planner.types import EstimateRequest, PhaseEstimate, PoolSpec, ServingEstimate
 
 GB = 1e9
+MIN_CHUNK_TOKENS = 64  # engines need room for a decode batch next to the prompt chunk
 
 
 def estimate(
@@ -63,7 +64,7 @@ def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEst
     seqs = math.ceil(batch / par.attention_dp)
     if req.phase == "prefill":
         m = prefill_worker(ctx, par, batch, req.isl)
-        tokens = batch * req.isl / (m.step_ms / 1e3) / par.gpus
+        tokens = m.rate_per_s * req.isl / par.gpus  # prompts/s, pipelined with PP
         context = req.isl
         cap = kv_capacity(ctx, par, float(seqs * req.isl), float(seqs))
     elif req.phase == "decode":
@@ -95,11 +96,21 @@ def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEst
 def _agg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> ServingEstimate:
     par = req.parallelism
     validate.parallelism(par, model)
+    if par.pp > 1:
+        # the engine-loop simulation has no pipeline micro-batches; it would price every
+        # iteration at the full pipeline latency and understate throughput
+        raise InvalidInputError(
+            "parallelism.pp", "aggregated serving is modelled without pipeline parallelism (use 1)"
+        )
     if req.concurrency is None:
         raise InvalidInputError("concurrency", "is required for mode agg")
     conc = validate.integer(req.concurrency, "concurrency", 1, 100_000)
     chunk = ctx.engine.default_chunk_tokens if req.chunk_tokens is None else req.chunk_tokens
     validate.integer(chunk, "chunk_tokens", 0, validate.MAX_TOKENS)
+    if 0 < chunk < MIN_CHUNK_TOKENS:
+        raise InvalidInputError(
+            "chunk_tokens", f"must be 0 (no chunking) or at least {MIN_CHUNK_TOKENS}, got {chunk}"
+        )
     m = agg_worker(ctx, par, conc, np.array([req.isl]), np.array([req.osl]), chunk)
     if not m.ok:
         return ServingEstimate(

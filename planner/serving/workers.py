@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.perf.memory import kv_capacity_tokens, memory_bytes_per_gpu, weight_bytes_per_gpu
+from planner.perf.memory import (
+    USABLE_FRACTION,
+    WORKSPACE_BYTES,
+    kv_capacity_tokens,
+    memory_bytes_per_gpu,
+    weight_bytes_per_gpu,
+)
 from planner.perf.params import H_HBM_BYTES, PerfContext
 from planner.serving.aggregated import (
     A_OK,
@@ -62,8 +68,8 @@ def kv_capacity(ctx: PerfContext, par: Parallelism, step_tokens: float, logits: 
 def _fit_reason(ctx: PerfContext, par: Parallelism, needed_tokens: float, what: str) -> str | None:
     mv, hv = ctx.mv, ctx.hv
     weights = weight_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, par.attention_dp)
-    budget = hv[H_HBM_BYTES] * 0.9
-    if weights + 3e9 > budget:
+    budget = hv[H_HBM_BYTES] * USABLE_FRACTION
+    if weights + WORKSPACE_BYTES > budget:
         return (
             f"weights need {weights / 1e9:.1f} GB per GPU of the {budget / 1e9:.0f} GB usable "
             f"on {ctx.gpu.name}; use more GPUs per worker (tp/pp/ep) or a smaller dtype"

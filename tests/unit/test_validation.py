@@ -6,6 +6,8 @@ that the CLI maps to flags and the gRPC layer to ``BadRequest`` field violations
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from planner import validate
@@ -155,3 +157,27 @@ def test_numbers_must_be_finite_and_in_range(value: object) -> None:
         validate.number(value, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
     print(f"{value!r} -> {exc.value}")
     assert exc.value.field == "slo.ttft_ms"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        ({"parallelism": Parallelism(tp=2, pp=2)}, "parallelism.pp", "without pipeline"),
+        ({"chunk_tokens": 1}, "chunk_tokens", "at least 64"),
+    ],
+)
+def test_an_aggregated_estimate_refuses_what_its_simulation_cannot_model(change, field, says):
+    req = EstimateRequest(
+        "llama-3.1-70b",
+        "h100-sxm",
+        4000,
+        500,
+        mode="agg",
+        concurrency=8,
+        parallelism=Parallelism(tp=4),
+        **{},
+    )
+    with pytest.raises(InvalidInputError) as exc:
+        estimate(replace(req, **change))
+    print(f"{field}: {exc.value.reason}")
+    assert exc.value.field == field and says in exc.value.reason
