@@ -228,6 +228,14 @@ class _Search:
     ) -> None:
         self.req, self.model, self.ctx, self.dctx = req, model, ctx, dctx
         self.isl, self.osl, self.pct, self.tpot_target = isl, osl, pct, tpot_target
+        # a decode slot holds a request for its osl steps, so long answers weigh more in the
+        # mean context the slots see: E[osl (isl + osl / 2)] / E[osl]
+        share = np.array([w.weight for w in req.traffic])
+        lengths = np.array([(w.isl, w.osl) for w in req.traffic], dtype=np.float64)
+        self.decode_context = float(
+            np.dot(share, lengths[:, 1] * (lengths[:, 0] + lengths[:, 1] / 2.0))
+            / np.dot(share, lengths[:, 1])
+        )
         self.stop = stop
         self.design_points = 0
         self.budget = req.gpus
@@ -246,11 +254,38 @@ class _Search:
     def _prefill(self) -> PhaseArrays:
         c = self.ctx
         lay = layouts(self.model, c.gpu, min(self.budget_p, self.budget - 1) or 1, self.req.limits)
-        r = evaluate_prefill(
-            c, *cross(lay, PREFILL_BATCHES, per_dp_rank=True), self.isl, self.req.prefix_hit
-        )
+        points = cross(lay, PREFILL_BATCHES, per_dp_rank=True)
+        traffic = self.req.traffic
+        if len(traffic) == 1:
+            r = evaluate_prefill(c, *points, self.isl, self.req.prefix_hit)
+        else:
+            r = self._prefill_mix(points)
         self.design_points += r.tp.shape[0]
         return r
+
+    def _prefill_mix(self, points: tuple[np.ndarray, ...]) -> PhaseArrays:
+        """A mix at the prefill pool: each class priced at its own length. A worker's prompt
+        rate is the weighted harmonic mean of the classes' rates; its time to first token is the
+        classes' weighted percentile at the SLO's (the long prompts set p90 and p99)."""
+        tp, pp, ep, dp, b = points
+        share = np.array([w.weight for w in self.req.traffic])
+        share = share / share.sum()
+        per = [
+            evaluate_prefill(self.ctx, tp, pp, ep, dp, b, float(w.isl), self.req.prefix_hit)
+            for w in self.req.traffic
+        ]
+        lat = np.stack([p.latency_ms for p in per], axis=1)
+        seconds_per_prompt = sum(s / p.rate for s, p in zip(share, per, strict=True))
+        order = np.argsort(lat, axis=1)
+        cum = np.cumsum(share[order], axis=1)
+        pick = np.minimum((cum < self.pct - 1e-12).sum(axis=1), len(per) - 1)
+        rows = np.arange(tp.shape[0])
+        out = per[int(np.argmax(share))]
+        out.latency_ms = lat[rows, order[rows, pick]]
+        out.rate = 1.0 / seconds_per_prompt
+        out.fits = np.logical_and.reduce([p.fits for p in per])
+        out.memory_bytes = np.max(np.stack([p.memory_bytes for p in per]), axis=0)
+        return out
 
     def _decode(self) -> PhaseArrays:
         c = self.dctx
@@ -258,7 +293,7 @@ class _Search:
         # every batch when the layouts are few; every batch to 64 then 6% steps otherwise
         dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
         grid = batch_grid(c.engine.max_batch, dense_up_to=dense)
-        r = evaluate_decode(c, *cross(lay, grid, per_dp_rank=True), self.isl + self.osl / 2.0)
+        r = evaluate_decode(c, *cross(lay, grid, per_dp_rank=True), self.decode_context)
         self.design_points += r.tp.shape[0]
         return r
 

@@ -290,3 +290,39 @@ def test_should_stop_after_some_work_cancels_midway() -> None:
         plan(REF, should_stop=stop)
     print(f"cancelled at check {len(calls)}")
     assert len(calls) == 6
+
+
+def test_a_mix_is_held_to_its_long_prompts_at_a_high_ttft_percentile() -> None:
+    from planner.estimate import estimate
+    from planner.types import EstimateRequest, Parallelism
+
+    mix = (Workload(500, 200, 0.5), Workload(16000, 200, 0.5))
+    req = PlanRequest(
+        "llama-3.1-70b",
+        "h100-sxm",
+        16,
+        mix,
+        Slo(4000.0, 30.0, "p99"),
+        limits=SearchLimits(modes=("disagg",)),
+    )
+    best = plan(req).best
+    assert best is not None
+    pre = next(p for p in best.pools if p.role == "prefill")
+    par = Parallelism(pre.tp, pre.pp, pre.ep, pre.attention_dp)
+    long_ttft = estimate(
+        EstimateRequest(
+            "llama-3.1-70b",
+            "h100-sxm",
+            16000,
+            200,
+            phase="prefill",
+            batch=pre.batch,
+            parallelism=par,
+        )
+    ).step_ms
+    print(
+        f"p99 plan: prefill TP{pre.tp} PP{pre.pp} batch {pre.batch}, TTFT {best.ttft_ms:.0f} ms; "
+        f"a 16k prompt alone takes {long_ttft:.0f} ms on it"
+    )
+    assert best.ttft_ms >= long_ttft - 1e-6
+    assert best.ttft_ms <= 4000.0
