@@ -3,6 +3,11 @@
 For each chunked-prefill budget the concurrency grows along ``concurrency`` until the simulation
 says it can only get worse: the KV cache no longer holds the clients (requests queue for
 admission), time to first token passes ``ttft_stop_ms``, or a single request does not fit.
+
+The simulation is closed-loop and deterministic; the search judges deployments under random
+(Poisson) arrivals at the rate they sustain, as it does the disaggregated prefill pool. So each
+point's time to first token at the SLO percentile adds the M/D/1 wait of a prompt queue whose
+service time is one prompt's prefill step and whose utilisation is the rate times that time.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 import numpy as np
 from numba import njit
 
+from planner.perf.kernels import step_ms
 from planner.perf.memory import kv_capacity_tokens
 from planner.serving.aggregated import (
     A_OK,
@@ -23,6 +29,7 @@ from planner.serving.aggregated import (
     AGG_SLOTS,
     simulate_agg,
 )
+from planner.serving.queueing import wait_ms
 
 # columns of the rows sweep_layout writes
 R_CHUNK, R_USERS, R_TTFT, R_TPOT, R_TOKENS_PER_S, R_REQUESTS_PER_S = 0, 1, 2, 3, 4, 5
@@ -47,15 +54,38 @@ def sweep_layout(
     prefix_hit: float,
     max_batch: int,
     ttft_stop_ms: float,
-    percentile_slot: int,
+    percentile: float,
     rows: np.ndarray,
 ) -> int:
     """Simulate one layout's points; write one row per point (per attention-DP rank figures
-    scaled to the worker) and return how many. ``percentile_slot`` 0..3: mean, p50, p90, p99."""
+    scaled to the worker) and return how many. ``percentile`` is the SLO's (0.5, 0.9, 0.99)."""
     out = np.zeros(AGG_SLOTS)
     n = 0
     max_isl = isl_cycle.max()
     need = max_isl + osl_cycle.max()
+    slot = 1 if percentile <= 0.5 else 2 if percentile <= 0.9 else 3
+    mean_isl = isl_cycle.mean()
+    per_layer = np.zeros(4)
+    scratch = np.zeros(4)
+    # one prompt alone: the service time of the prompt queue
+    prompt_ms, _ = step_ms(
+        mv,
+        hv,
+        cg,
+        cp,
+        cd,
+        tp,
+        pp,
+        ep,
+        dp,
+        1.0,
+        mean_isl * (1.0 - prefix_hit),
+        mean_isl * prefix_hit,
+        0.0,
+        0.0,
+        per_layer,
+        scratch,
+    )
     for c in range(chunks.shape[0]):
         chunk = chunks[c]
         step_tokens = chunk if chunk > 0.0 else max_isl
@@ -91,13 +121,15 @@ def sweep_layout(
             )
             if out[A_OK] < 0.5:
                 break
+            rho = min(out[A_REQUESTS_PER_S] * prompt_ms / 1e3, 0.999)
+            ttft = out[A_TTFT_MEAN] + wait_ms(rho, prompt_ms, percentile)
             rows[n, R_CHUNK] = chunk
             rows[n, R_USERS] = users * dp
-            rows[n, R_TTFT] = out[A_TTFT_MEAN + percentile_slot]
-            rows[n, R_TPOT] = out[A_TPOT_MEAN + percentile_slot]
+            rows[n, R_TTFT] = ttft
+            rows[n, R_TPOT] = out[A_TPOT_MEAN + slot]
             rows[n, R_TOKENS_PER_S] = out[A_TOKENS_PER_S] * dp
             rows[n, R_REQUESTS_PER_S] = out[A_REQUESTS_PER_S] * dp
             n += 1
-            if out[A_QUEUED] > 0.5 or out[A_TTFT_MEAN + percentile_slot] > ttft_stop_ms:
+            if out[A_QUEUED] > 0.5 or ttft > ttft_stop_ms:
                 break  # past KV saturation or far past the TTFT target: only worse
     return n

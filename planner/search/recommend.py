@@ -62,7 +62,6 @@ from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
-PCT_SLOT = {"p50": 1, "p90": 2, "p99": 3}
 
 
 def _validate(req: PlanRequest) -> None:
@@ -512,7 +511,7 @@ class _Search:
                 self.req.prefix_hit,
                 c.engine.max_batch,
                 4.0 * self.req.slo.ttft_ms,
-                PCT_SLOT[self.req.slo.percentile],
+                self.pct,
                 rows,
             )
             cols.append(rows[:n].copy())
