@@ -196,7 +196,6 @@ def _disagg(
         p_ctx.mv,
         p_ctx.hv,
         link,
-        0.0,
     )
     return ServingEstimate(
         mode="disagg",
@@ -212,6 +211,7 @@ def _disagg(
         kv_transfer_gb_per_s_per_gpu=r.kv_egress_bytes_per_s_per_gpu / GB,
         kv_transfer_ms=r.kv_transfer_ms,
         details={
+            "ttft_ms": r.ttft_ms_at,
             "bottleneck": r.bottleneck,
             "prefill_utilisation": r.prefill_utilisation,
             "prefill_ttft_compute_ms": pm.step_ms,

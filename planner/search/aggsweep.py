@@ -29,7 +29,7 @@ from planner.serving.aggregated import (
     AGG_SLOTS,
     simulate_agg,
 )
-from planner.serving.queueing import wait_ms
+from planner.serving.queueing import MAX_UTILISATION, wait_ms
 
 # columns of the rows sweep_layout writes
 R_CHUNK, R_USERS, R_TTFT, R_TPOT, R_TOKENS_PER_S, R_REQUESTS_PER_S = 0, 1, 2, 3, 4, 5
@@ -121,7 +121,7 @@ def sweep_layout(
             )
             if out[A_OK] < 0.5:
                 break
-            rho = min(out[A_REQUESTS_PER_S] * prompt_ms / 1e3, 0.999)
+            rho = min(out[A_REQUESTS_PER_S] * prompt_ms / 1e3, MAX_UTILISATION)
             ttft = out[A_TTFT_MEAN] + wait_ms(rho, prompt_ms, percentile)
             rows[n, R_CHUNK] = chunk
             rows[n, R_USERS] = users * dp

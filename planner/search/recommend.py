@@ -57,7 +57,7 @@ from planner.serving.kvtransfer import (
 )
 from planner.serving.mix import mix_cycle
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
-from planner.serving.queueing import PERCENTILES, max_utilisation_many, wait_ms
+from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, max_utilisation_many, wait_ms
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
@@ -423,7 +423,7 @@ class _Search:
         g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
         service = float(pre.batch[i] / pre.rate[i] * 1e3)
         gpus = int(x * g_p + y * g_d)
-        rho = min(rate / (x * float(pre.rate[i])), 0.999)
+        rho = min(rate / (x * float(pre.rate[i])), MAX_UTILISATION)
         ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
         kv = self._kv_gbps(pre, i, rate, x)
         pools = (

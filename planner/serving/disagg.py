@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.serving.kvtransfer import link_between_pools, transfer
-from planner.serving.queueing import wait_ms
+from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, wait_ms
 from planner.serving.workers import WorkerMetrics
 
 
 @dataclass(frozen=True)
 class DisaggMetrics:
-    ttft_ms: float
+    ttft_ms: float  # median
+    ttft_ms_at: dict[str, float]  # p50, p90, p99
     tpot_ms: float
     requests_per_s: float
     output_tokens_per_s: float
@@ -55,7 +56,6 @@ def evaluate_xpyd(
     mv: np.ndarray,
     hv: np.ndarray,
     link: tuple[int, float, float, bool],
-    percentile: float = 0.0,
 ) -> DisaggMetrics:
     """Steady state of an xPyD deployment. ``decode_at(b)`` evaluates a decode worker holding
     ``b`` sequences; ``link`` is (NVLink domain size, NVLink B/s, scale-out B/s, same GPU type)."""
@@ -81,10 +81,13 @@ def evaluate_xpyd(
         bw,
     )
     if capacity_p >= capacity_d:
-        rho = rate / capacity_p
+        rho = min(rate / capacity_p, MAX_UTILISATION)
         tpot = dec.step_ms
         running = float(decode_batch)
-        ttft = prefill.step_ms + wait_ms(rho, service_ms, percentile) + kv_ms
+        ttft_at = {
+            name: prefill.step_ms + wait_ms(rho, service_ms, p) + kv_ms
+            for name, p in PERCENTILES.items()
+        }
         bottleneck = "decode"
     else:
         rho = 1.0
@@ -95,5 +98,8 @@ def evaluate_xpyd(
             tpot = decode_at(max(1, round(running))).step_ms
         in_flight = y * decode_batch
         ttft = max(in_flight / rate * 1e3 - steps * tpot, prefill.step_ms) + kv_ms
+        ttft_at = dict.fromkeys(PERCENTILES, ttft)  # a full queue: every request waits alike
         bottleneck = "prefill"
-    return DisaggMetrics(ttft, tpot, rate, rate * osl, running, rho, kv_ms, egress, bw, bottleneck)
+    return DisaggMetrics(
+        ttft_at["p50"], ttft_at, tpot, rate, rate * osl, running, rho, kv_ms, egress, bw, bottleneck
+    )

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+MAX_UTILISATION = 0.999  # the busiest a queue is run: at 1 its wait is unbounded
 
 
 @njit(cache=True, nogil=True)
@@ -37,7 +38,7 @@ def max_utilisation(compute_ms: float, service_ms: float, target_ms: float, p: f
     """Largest utilisation whose ``compute_ms + wait`` stays within ``target_ms`` (bisection)."""
     if compute_ms > target_ms:
         return 0.0
-    lo, hi = 0.0, 0.999
+    lo, hi = 0.0, MAX_UTILISATION
     if compute_ms + wait_ms(hi, service_ms, p) <= target_ms:
         return hi
     for _ in range(40):
