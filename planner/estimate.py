@@ -129,7 +129,13 @@ def _agg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> ServingEst
         fits=True,
         running_batch=m.running,
         queued=m.queued,
-        details={"ttft_ms": m.ttft_ms, "tpot_ms": m.tpot_ms, "chunk_tokens": chunk},
+        details={
+            "ttft_ms": m.ttft_ms,
+            "tpot_ms": m.tpot_ms,
+            "chunk_tokens": chunk,
+            # clients split evenly over the attention-DP ranks, rounding up
+            "effective_concurrency": math.ceil(conc / par.attention_dp) * par.attention_dp,
+        },
     )
 
 

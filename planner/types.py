@@ -149,7 +149,7 @@ class Slo:
 
 @dataclass(frozen=True)
 class SearchLimits:
-    max_tp: int | None = None  # default: the GPU's NVLink domain (x the scale-out for PP)
+    max_tp: int | None = None  # default: twice the GPU's NVLink domain (one step across it)
     allow_pp: bool = True
     allow_ep: bool = True
     allow_attention_dp: bool = True

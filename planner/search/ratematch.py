@@ -76,7 +76,6 @@ def match_all(
     g_p: np.ndarray,
     r_d: np.ndarray,
     g_d: np.ndarray,
-    osl: float,
     budget: int,
     budget_p: int,
     budget_d: int,

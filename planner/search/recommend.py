@@ -7,9 +7,9 @@
    meet the TTFT target after queueing: it may run only up to the utilisation at which its wait
    at the SLO percentile still fits (``queueing.max_utilisation``). Decode candidates meet the
    TPOT target (and the minimum tokens/s/user).
-3. Rate matching: for the frontier, each decode candidate is paired with the prefill candidate
-   of best requests/s/GPU (continuous matching); for the recommendation, every pair is matched
-   with whole workers inside the GPU budget (``ratematch.match_all``).
+3. Rate matching: every decode candidate is paired with the prefill candidate and the whole
+   worker counts (xPyD) that serve it best inside the GPU budgets (``ratematch.match_all``); the
+   frontier and the recommendation are both made of these real deployments.
 4. Aggregated: every layout x chunked-prefill budget (and no chunking) x concurrency runs the
    event simulation; its TTFT/TPOT at the SLO percentile decide feasibility.
 5. The best deployment maximises delivered requests/s within the budget (or, with a target rate,
@@ -313,7 +313,7 @@ class _Search:
         # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
         # worker may not send faster than its shard-holding GPUs' links carry
         g, dg = self.ctx.gpu, self.dctx.gpu
-        self.link_bytes_per_s = link_between_pools(
+        link_bytes_per_s = link_between_pools(
             g.nvlink_domain_size,
             g.nvlink_bytes_per_s,
             min(g.scaleout_bytes_per_s, dg.scaleout_bytes_per_s),
@@ -331,7 +331,7 @@ class _Search:
             pre.pp,
             pre.dp,
             pre.latency_ms,
-            self.link_bytes_per_s,
+            link_bytes_per_s,
             tail,
             link_rate,
         )
@@ -374,7 +374,6 @@ class _Search:
             g_p,
             r_d,
             g_d,
-            self.osl,
             self.budget,
             self.budget_p,
             self.budget_d,
@@ -491,8 +490,6 @@ class _Search:
         rows = np.zeros((chunk_arr.shape[0] * conc.shape[0], ROW_COLUMNS))
         for li in range(lay.shape[0]):
             tp, pp, ep, dp = (float(v) for v in lay[li])
-            if self.budget // int(tp * pp * dp) < 1:
-                continue
             self._check()
             n = sweep_layout(
                 c.mv,

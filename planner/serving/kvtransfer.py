@@ -81,9 +81,6 @@ def link_between_pools(
     return scaleout_bytes_per_s
 
 
-__all__ = ["kv_bytes_per_request", "link_between_pools", "sending_gpus", "transfer"]
-
-
 @njit(cache=True, nogil=True)
 def transfer_many(
     mv: np.ndarray,

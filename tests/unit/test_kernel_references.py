@@ -824,9 +824,7 @@ def test_match_all_pairs_each_decode_with_its_best_prefill(n_p, n_d, budget, dat
     g_d = np.array([data.draw(gpus) for _ in range(n_d)])
     ox, oy = np.zeros(n_d, np.int64), np.zeros(n_d, np.int64)
     orate, opre = np.zeros(n_d), np.zeros(n_d, np.int64)
-    evaluated = match_all(
-        r_p, g_p, r_d, g_d, 100.0, budget, budget, budget, 0.0, ox, oy, orate, opre
-    )
+    evaluated = match_all(r_p, g_p, r_d, g_d, budget, budget, budget, 0.0, ox, oy, orate, opre)
     assert evaluated == n_d * sum(max(1, int(budget // g)) for g in g_p)
     for j in range(n_d):
         # reference: the prefill candidate whose brute-force xPyD delivers most (then fewest GPUs)

@@ -78,7 +78,7 @@ def test_match_all_hand_computed() -> None:
     r_d, g_d = np.array([1.0, 6.0]), np.array([4.0, 8.0])
     ox, oy = np.zeros(2, np.int64), np.zeros(2, np.int64)
     orate, opre = np.zeros(2), np.zeros(2, np.int64)
-    evaluated = match_all(r_p, g_p, r_d, g_d, 500.0, 16, 16, 16, 0.0, ox, oy, orate, opre)
+    evaluated = match_all(r_p, g_p, r_d, g_d, 16, 16, 16, 0.0, ox, oy, orate, opre)
     print(
         f"match_all: prefill {opre.tolist()}, x {ox.tolist()}, y {oy.tolist()}, "
         f"rate {orate.tolist()}, "
