@@ -105,7 +105,10 @@ def simulate_agg(
     tokens0 = 0.0
     busy_running = 0.0
     busy_queued = 0.0
-    max_events = 200 * (warm + measure) + 10 * users
+    # each request takes one event per prompt chunk plus a few decode runs; the bound only
+    # guards against a loop that cannot progress, so it must never cut a valid run short
+    chunks_per_prompt = np.ceil(req_isl.max() / chunk) if chunk > 0.0 else 1.0
+    max_events = int((chunks_per_prompt + 8.0) * 4.0 * (warm + measure + users)) + 1000
     for _ in range(max_events):
         # admit waiting requests, oldest first
         while True:
