@@ -5,7 +5,8 @@ Vectorised over candidate configurations (arrays of tp, pp, ep, attention_dp, ba
 prefill  ``batch`` prompts of ``isl`` tokens (``prefix_hit`` of them already cached) per step,
          split over the attention-DP ranks. With pipeline parallelism the prompt flows through the
          stages in ``m`` micro-chunks (chunked pipeline): time to first token is
-         ``stage * (1 + (pp - 1) / m)`` and the worker finishes ``batch`` prompts every ``stage``.
+         ``stage * (1 + (pp - 1) / m)`` and the worker finishes ``batch`` prompts every ``stage``,
+         each plus the engine's per-step host overhead.
 decode   ``batch`` sequences per worker at mean context ``context``; with ``pp`` stages the
          engine keeps ``pp`` micro-batches in flight, so a token waits for every stage (TPOT is the
          pipeline latency of one micro-batch) while the worker emits ``batch`` tokens per TPOT.
