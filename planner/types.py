@@ -208,6 +208,8 @@ class Deployment:
     gpus: int
     prefill_decode_gpu_ratio: float | None = None  # disagg only
     kv_transfer_gb_per_s_per_gpu: float | None = None
+    # disagg: the GPU ratio that balances the two configurations exactly, before whole workers
+    balanced_gpu_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # field by field: asdict deep-copies, which costs milliseconds over a whole frontier

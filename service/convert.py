@@ -546,6 +546,7 @@ def deployment_to_proto(d: Deployment) -> plan_pb2.Deployment:
         gpus=d.gpus,
         prefill_decode_gpu_ratio=d.prefill_decode_gpu_ratio,
         kv_transfer_gb_per_s_per_gpu=d.kv_transfer_gb_per_s_per_gpu,
+        balanced_gpu_ratio=d.balanced_gpu_ratio,
     )
 
 
@@ -567,6 +568,7 @@ def deployment_from_proto(msg: plan_pb2.Deployment, path: str = "deployment") ->
             if msg.HasField("kv_transfer_gb_per_s_per_gpu")
             else None
         ),
+        balanced_gpu_ratio=(msg.balanced_gpu_ratio if msg.HasField("balanced_gpu_ratio") else None),
     )
 
 
@@ -642,6 +644,7 @@ def deployment_from_dict(d: Mapping[str, Any]) -> Deployment:
         gpus=int(d["gpus"]),
         prefill_decode_gpu_ratio=_opt_float(d.get("prefill_decode_gpu_ratio")),
         kv_transfer_gb_per_s_per_gpu=_opt_float(d.get("kv_transfer_gb_per_s_per_gpu")),
+        balanced_gpu_ratio=_opt_float(d.get("balanced_gpu_ratio")),
     )
 
 

@@ -395,8 +395,11 @@ class _Search:
         user = 1e3 / dec.latency_ms[di]
 
         def deployment(j: int) -> Deployment:
+            # the exact balance of the pair, in per-GPU rates: alpha = R_gen / R_ctx
+            k = int(opre[j])
+            balanced = float((r_d[j] / g_d[j]) / (r_p[k] / g_p[k]))
             return self._disagg_deployment(
-                pre, dec, int(pi[opre[j]]), int(di[j]), int(ox[j]), int(oy[j]), float(orate[j])
+                pre, dec, int(pi[k]), int(di[j]), int(ox[j]), int(oy[j]), float(orate[j]), balanced
             )
 
         side.pareto = [deployment(int(j)) for j in pareto_front(user, tokens)]
@@ -416,7 +419,15 @@ class _Search:
         return side
 
     def _disagg_deployment(
-        self, pre: PhaseArrays, dec: PhaseArrays, i: int, j: int, x: int, y: int, rate: float
+        self,
+        pre: PhaseArrays,
+        dec: PhaseArrays,
+        i: int,
+        j: int,
+        x: int,
+        y: int,
+        rate: float,
+        balanced_ratio: float,
     ) -> Deployment:
         """The xPyD deployment of prefill candidate ``i`` and decode candidate ``j``."""
         g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
@@ -457,6 +468,7 @@ class _Search:
             requests_per_s=rate,
             gpus=gpus,
             prefill_decode_gpu_ratio=x * g_p / (y * g_d),
+            balanced_gpu_ratio=balanced_ratio,
             kv_transfer_gb_per_s_per_gpu=kv,
         )
 

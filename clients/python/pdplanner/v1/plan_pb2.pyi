@@ -309,6 +309,7 @@ class Deployment(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     PREFILL_DECODE_GPU_RATIO_FIELD_NUMBER: _builtins.int
     KV_TRANSFER_GB_PER_S_PER_GPU_FIELD_NUMBER: _builtins.int
+    BALANCED_GPU_RATIO_FIELD_NUMBER: _builtins.int
     mode: _common_pb2.Mode.ValueType
     """Aggregated or disaggregated."""
     ttft_ms: _builtins.float
@@ -327,6 +328,11 @@ class Deployment(_message.Message):
     """Disagg: prefill GPUs divided by decode GPUs."""
     kv_transfer_gb_per_s_per_gpu: _builtins.float
     """Disagg: KV-cache egress per prefill GPU, in gigabytes per second."""
+    balanced_gpu_ratio: _builtins.float
+    """Disagg: the prefill:decode GPU ratio that balances these two worker configurations exactly
+    (the study's rate-matching ratio, alpha = R_gen / R_ctx in per-GPU rates), before rounding
+    to whole workers.
+    """
     @_builtins.property
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pool]:
         """The worker pools: one agg pool, or a prefill and a decode pool."""
@@ -344,15 +350,20 @@ class Deployment(_message.Message):
         gpus: _builtins.int = ...,
         prefill_decode_gpu_ratio: _builtins.float | None = ...,
         kv_transfer_gb_per_s_per_gpu: _builtins.float | None = ...,
+        balanced_gpu_ratio: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio", "_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "balanced_gpu_ratio", b"balanced_gpu_ratio", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "mode", b"mode", "pools", b"pools", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio", "requests_per_s", b"requests_per_s", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio", "_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "balanced_gpu_ratio", b"balanced_gpu_ratio", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "mode", b"mode", "pools", b"pools", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio", "requests_per_s", b"requests_per_s", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__balanced_gpu_ratio: _TypeAlias = _typing.Literal["balanced_gpu_ratio"]  # noqa: Y015
+    _WhichOneofArgType__balanced_gpu_ratio: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio"]  # noqa: Y015
     _WhichOneofReturnType__kv_transfer_gb_per_s_per_gpu: _TypeAlias = _typing.Literal["kv_transfer_gb_per_s_per_gpu"]  # noqa: Y015
     _WhichOneofArgType__kv_transfer_gb_per_s_per_gpu: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu"]  # noqa: Y015
     _WhichOneofReturnType__prefill_decode_gpu_ratio: _TypeAlias = _typing.Literal["prefill_decode_gpu_ratio"]  # noqa: Y015
     _WhichOneofArgType__prefill_decode_gpu_ratio: _TypeAlias = _typing.Literal["_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__balanced_gpu_ratio) -> _WhichOneofReturnType__balanced_gpu_ratio | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__kv_transfer_gb_per_s_per_gpu) -> _WhichOneofReturnType__kv_transfer_gb_per_s_per_gpu | None: ...
     @_typing.overload
