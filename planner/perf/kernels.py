@@ -13,7 +13,8 @@ For one GPU the step is the sum over its layers of
   other       norms, activations, residuals, rotary: memory-bound elementwise kernels
 GEMMs run in the request's dtype; attention runs in bf16 against the bf16 peak.
 
-Pipeline parallelism: each of ``pp`` stages holds ``layers / pp`` layers. ``stage_ms`` is one
+Pipeline parallelism: each of ``pp`` stages holds at most ``ceil(layers / pp)`` layers; the last
+also runs the LM head. ``stage_ms`` is the busiest
 stage's busy time for this step (what bounds throughput with ``pp`` micro-batches in flight);
 ``latency_ms`` is the time a token takes through all stages plus the engine's per-step host
 overhead (what a user waits).
@@ -371,7 +372,10 @@ def step_ms(
     if pp > 1.0:
         bw, lat = link_for(tp * dp * pp, hv)
         p2p = lat + 1e3 * tokens * mv[M_HIDDEN] * ACT_BYTES / tp / bw
-    stage = (layers_total + head) / pp + p2p
+    # the busiest stage: one holding ceil(layers / pp) layers, or the last one, which carries
+    # the LM head beside its share of the layers
+    per_stage = math.ceil(layers / pp)
+    stage = max(layers_total * per_stage / layers, layers_total / pp + head) + p2p
     latency = layers_total + head + (pp - 1.0) * p2p + hv[H_STEP_OVERHEAD_MS]
     return latency, stage
 

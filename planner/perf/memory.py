@@ -78,7 +78,10 @@ def weight_bytes_per_gpu(
     moe_ffn = (
         (mv[M_EXPERTS] / ep) * expert / moe_tp + mv[M_SHARED] * expert / tp + h * mv[M_EXPERTS]
     )
-    per_stage_layers = (n_dense * (attn + dense_ffn) + n_moe * (attn + moe_ffn)) / pp
+    # the fullest stage holds ceil(layers / pp) layers
+    per_stage_layers = (n_dense * (attn + dense_ffn) + n_moe * (attn + moe_ffn)) * (
+        math.ceil(layers / pp) / layers
+    )
     embed = mv[M_VOCAB] * h / tp
     embeds = embed * (1.0 if (mv[M_TIED] > 0.5 and pp == 1.0) else 2.0 if pp == 1.0 else 1.0)
     return (per_stage_layers + embeds) * hv[H_W_BYTES]
@@ -91,7 +94,7 @@ def kv_bytes_per_token(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float) -> 
         per_layer = mv[M_KV_LORA] + mv[M_ROPE]
     else:
         per_layer = 2.0 * math.ceil(mv[M_KV_HEADS] / tp) * mv[M_HEAD_DIM]
-    return per_layer * (mv[M_LAYERS] / pp) * hv[H_KV_BYTES]
+    return per_layer * math.ceil(mv[M_LAYERS] / pp) * hv[H_KV_BYTES]
 
 
 @njit(cache=True, nogil=True)

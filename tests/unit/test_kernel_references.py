@@ -302,7 +302,7 @@ def ref_step_ms(
     if pp > 1:
         bw, lat = ref_link(tp * dp * pp, hw)
         p2p = lat + 1e3 * tokens * m.hidden_size * K.ACT_BYTES / tp / bw
-    stage = (layers_total + head) / pp + p2p
+    stage = max(layers_total * math.ceil(layers / pp) / layers, layers_total / pp + head) + p2p
     latency = layers_total + head + (pp - 1) * p2p + hw.engine.step_overhead_ms
     return latency, stage, per_layer
 
@@ -340,7 +340,7 @@ def ref_weight_bytes(m: ModelSpec, hw: Hw, tp: float, pp: float, ep: float, dp: 
     embed = m.vocab_size * h / tp
     # one stage holds embedding and LM head (once if tied); with PP, the first and last stage
     embeds = embed * (1 if m.tie_word_embeddings else 2) if pp == 1 else embed
-    return (layers / pp + embeds) * hw.wb
+    return (layers * math.ceil(m.num_layers / pp) / m.num_layers + embeds) * hw.wb
 
 
 def ref_kv_bytes_per_token(m: ModelSpec, hw: Hw, tp: float, pp: float) -> float:
@@ -349,7 +349,7 @@ def ref_kv_bytes_per_token(m: ModelSpec, hw: Hw, tp: float, pp: float) -> float:
         if m.attention == "mla"
         else 2 * math.ceil(m.num_kv_heads / tp) * m.head_dim
     )
-    return per_layer * (m.num_layers / pp) * hw.kvb
+    return per_layer * math.ceil(m.num_layers / pp) * hw.kvb
 
 
 def ref_activation_bytes(m: ModelSpec, tp: float, step_tokens: float, logits: float) -> float:
