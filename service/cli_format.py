@@ -229,7 +229,7 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
     table = Table(title="best deployment per mode", title_justify="left")
     table.add_column("mode")
     table.add_column("pools")
-    table.add_column("P:D GPUs", justify="right")
+    table.add_column("P:D GPUs (exact)", justify="right")
     _deployment_columns(table)
     rows = [("agg", result.best_agg), ("disagg", result.best_disagg)]
     if result.best is None and result.closest is not None:
@@ -240,6 +240,8 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
             continue
         star = " *" if dep == result.best else ""
         ratio = num(dep.prefill_decode_gpu_ratio, 2) if dep.prefill_decode_gpu_ratio else "-"
+        if dep.balanced_gpu_ratio is not None:
+            ratio = f"{ratio} ({num(dep.balanced_gpu_ratio, 2)})"  # whole workers (exact balance)
         table.add_row(f"{label}{star}", deployment_text(dep), ratio, *_deployment_cells(dep))
     parts.append(table)
     speedup = (
