@@ -117,15 +117,7 @@ def plan(
         if dgpu is gpu
         else PerfContext.build(model, dgpu, engine, req.precision.dtype, req.precision.kv_dtype)
     )
-    weights = np.array([w.weight for w in req.traffic])
-    weights = weights / weights.sum()
-    isl = float(np.dot(weights, [w.isl for w in req.traffic]))
-    osl = float(np.dot(weights, [w.osl for w in req.traffic]))
-    pct = PERCENTILES[req.slo.percentile]
-    tpot_target = req.slo.tpot_ms
-    if req.slo.min_tokens_per_s_per_user:
-        tpot_target = min(tpot_target, 1e3 / req.slo.min_tokens_per_s_per_user)
-    s = _Search(req, model, ctx, dctx, isl, osl, pct, tpot_target, stop)
+    s = _Search(req, model, ctx, dctx, stop)
     agg = s.run_agg() if "agg" in req.limits.modes else _Side()
     disagg = s.run_disagg() if "disagg" in req.limits.modes else _Side()
     best = _pick(agg.best, disagg.best, req.rate_per_s)
@@ -161,17 +153,38 @@ class _Side:
     binding: str | None = None
 
 
+def _choose(
+    requests_per_s: np.ndarray,
+    gpus: np.ndarray,
+    tokens_per_s_per_gpu: np.ndarray,
+    eligible: np.ndarray,
+    target_rate: float,
+) -> int:
+    """The recommendation rule, the same for agg points, xPyD pairs and the final pick: with a
+    target rate that an eligible deployment reaches, the fewest GPUs among those; otherwise the
+    most requests/s; ties go to the most tokens/s/GPU. Returns -1 when none is eligible."""
+    idx = np.nonzero(eligible)[0]
+    if idx.size == 0:
+        return -1
+    if target_rate > 0:
+        hits = idx[requests_per_s[idx] >= target_rate]
+        if hits.size:
+            return int(hits[np.lexsort((-tokens_per_s_per_gpu[hits], gpus[hits]))[0]])
+    return int(idx[np.lexsort((-tokens_per_s_per_gpu[idx], -requests_per_s[idx]))[0]])
+
+
 def _pick(
     agg: Deployment | None, disagg: Deployment | None, rate: float | None
 ) -> Deployment | None:
     cands = [d for d in (agg, disagg) if d is not None]
-    if not cands:
-        return None
-    if rate:
-        meets = [d for d in cands if d.requests_per_s >= rate]
-        if meets:
-            return min(meets, key=lambda d: (d.gpus, -d.tokens_per_s_per_gpu))
-    return max(cands, key=lambda d: (d.requests_per_s, d.tokens_per_s_per_gpu))
+    i = _choose(
+        np.array([d.requests_per_s for d in cands]),
+        np.array([d.gpus for d in cands]),
+        np.array([d.tokens_per_s_per_gpu for d in cands]),
+        np.ones(len(cands), np.bool_),
+        rate or 0.0,
+    )
+    return cands[i] if i >= 0 else None
 
 
 def _explain(
@@ -219,22 +232,23 @@ class _Search:
         model: ModelSpec,
         ctx: PerfContext,
         dctx: PerfContext,
-        isl: float,
-        osl: float,
-        pct: float,
-        tpot_target: float,
         stop: Callable[[], bool],
     ) -> None:
         self.req, self.model, self.ctx, self.dctx = req, model, ctx, dctx
-        self.isl, self.osl, self.pct, self.tpot_target = isl, osl, pct, tpot_target
+        # the traffic: each class's share of requests and the weighted mean lengths
+        self.share = np.array([w.weight for w in req.traffic], dtype=np.float64)
+        self.share /= self.share.sum()
+        isl = np.array([w.isl for w in req.traffic], dtype=np.float64)
+        osl = np.array([w.osl for w in req.traffic], dtype=np.float64)
+        self.isl = float(self.share @ isl)
+        self.osl = float(self.share @ osl)
         # a decode slot holds a request for its osl steps, so long answers weigh more in the
         # mean context the slots see: E[osl (isl + osl / 2)] / E[osl]
-        share = np.array([w.weight for w in req.traffic])
-        lengths = np.array([(w.isl, w.osl) for w in req.traffic], dtype=np.float64)
-        self.decode_context = float(
-            np.dot(share, lengths[:, 1] * (lengths[:, 0] + lengths[:, 1] / 2.0))
-            / np.dot(share, lengths[:, 1])
-        )
+        self.decode_context = float(self.share @ (osl * (isl + osl / 2.0)) / (self.share @ osl))
+        self.pct = PERCENTILES[req.slo.percentile]
+        self.tpot_target = req.slo.tpot_ms
+        if req.slo.min_tokens_per_s_per_user:
+            self.tpot_target = min(self.tpot_target, 1e3 / req.slo.min_tokens_per_s_per_user)
         self.stop = stop
         self.design_points = 0
         self.budget = req.gpus
@@ -267,8 +281,7 @@ class _Search:
         rate is the weighted harmonic mean of the classes' rates; its time to first token is the
         classes' weighted percentile at the SLO's (the long prompts set p90 and p99)."""
         tp, pp, ep, dp, b = points
-        share = np.array([w.weight for w in self.req.traffic])
-        share = share / share.sum()
+        share = self.share
         per = [
             evaluate_prefill(self.ctx, tp, pp, ep, dp, b, float(w.isl), self.req.prefix_hit)
             for w in self.req.traffic
@@ -411,11 +424,7 @@ class _Search:
             side.closest = deployment(j)
             side.closest_gap = float(dec.latency_ms[di][j] / self.tpot_target)
             return side
-        if self.rate > 0 and (orate[meet] >= self.rate).any():
-            score = np.where(meet & (orate >= self.rate), -gpus_used.astype(np.float64), -np.inf)
-        else:
-            score = np.where(meet, orate - 1e-9 * gpus_used, -np.inf)
-        side.best = deployment(int(np.argmax(score)))
+        side.best = deployment(_choose(orate, gpus_used, tokens, meet, self.rate))
         return side
 
     def _disagg_deployment(
@@ -573,14 +582,8 @@ class _Search:
         side.pareto = [deployment(int(on_front[i])) for i in front]
         meets = ttft_ok & (tpot <= self.tpot_target)
         if meets.any():
-            good = np.nonzero(meets)[0]
-            total = rps[good] * workers[good]
-            if self.rate > 0 and (total >= self.rate).any():
-                used = np.where(total >= self.rate, g[good] * workers[good], np.inf)
-                pick = good[np.lexsort((-per_gpu[good], used))[0]]
-            else:
-                pick = good[np.lexsort((-per_gpu[good], -total))[0]]
-            side.best = deployment(int(pick))
+            pick = _choose(rps * workers, g * workers, per_gpu, meets, self.rate)
+            side.best = deployment(pick)
         else:
             gap = np.maximum(ttft / self.req.slo.ttft_ms, tpot / self.tpot_target)
             i = int(np.argmin(gap))
