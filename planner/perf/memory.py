@@ -107,6 +107,25 @@ def activation_bytes(mv: np.ndarray, tp: float, step_tokens: float, logits: floa
 
 
 @njit(cache=True, nogil=True)
+def resident_bytes(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    tp: float,
+    pp: float,
+    ep: float,
+    dp: float,
+    step_tokens: float,
+    logits: float,
+) -> float:
+    """Everything but the KV cache: workspace, the stage's weights and the step's activations."""
+    return (
+        WORKSPACE_BYTES
+        + weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)
+        + activation_bytes(mv, tp, step_tokens, logits)
+    )
+
+
+@njit(cache=True, nogil=True)
 def kv_capacity_tokens(
     mv: np.ndarray,
     hv: np.ndarray,
@@ -118,11 +137,8 @@ def kv_capacity_tokens(
     logits: float,
 ) -> float:
     """Tokens the KV cache of one attention-DP rank holds (negative: weights do not fit)."""
-    free = (
-        hv[H_HBM_BYTES] * USABLE_FRACTION
-        - WORKSPACE_BYTES
-        - weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)
-        - activation_bytes(mv, tp, step_tokens, logits)
+    free = hv[H_HBM_BYTES] * USABLE_FRACTION - resident_bytes(
+        mv, hv, tp, pp, ep, dp, step_tokens, logits
     )
     return free / kv_bytes_per_token(mv, hv, tp, pp)
 
@@ -140,9 +156,6 @@ def memory_bytes_per_gpu(
     cached_tokens: float,
 ) -> float:
     """Bytes one GPU needs for this step with ``cached_tokens`` in its rank's KV cache."""
-    return (
-        WORKSPACE_BYTES
-        + weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)
-        + activation_bytes(mv, tp, step_tokens, logits)
-        + cached_tokens * kv_bytes_per_token(mv, hv, tp, pp)
-    )
+    return resident_bytes(
+        mv, hv, tp, pp, ep, dp, step_tokens, logits
+    ) + cached_tokens * kv_bytes_per_token(mv, hv, tp, pp)

@@ -135,19 +135,19 @@ def agg_worker(
     osl: np.ndarray,
     chunk_tokens: int,
     prefix_hit: float = 0.0,
-    warm: int | None = None,
-    measure: int | None = None,
 ) -> AggMetrics:
     """Closed-loop aggregated worker with ``concurrency`` clients split over its DP ranks."""
     dp = par.attention_dp
     users = max(1, math.ceil(concurrency / dp))
-    step_tokens = float(max(chunk_tokens, int(isl.max())) if chunk_tokens <= 0 else chunk_tokens)
+    # the largest step: a full chunk, or without chunking the longest prompt at once
+    step_tokens = float(chunk_tokens if chunk_tokens > 0 else isl.max())
     mv, hv = ctx.mv, ctx.hv
     cap = kv_capacity_tokens(mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, float(users))
     out = np.zeros(AGG_SLOTS)
     c = ctx.cal
-    warm = users + 8 if warm is None else warm
-    measure = max(64, 2 * users) if measure is None else measure
+    # a longer window than the search's sweep: one estimate can afford it
+    warm = users + 8
+    measure = max(64, 2 * users)
     simulate_agg(
         mv,
         hv,
