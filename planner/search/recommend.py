@@ -50,9 +50,8 @@ from planner.search.enumerate import batch_grid, cross, layouts
 from planner.search.pareto import pareto_front
 from planner.search.ratematch import match_all
 from planner.serving.kvtransfer import (
-    kv_bytes_per_request,
+    egress_bytes_per_s,
     link_between_pools,
-    sending_gpus,
     transfer_many,
 )
 from planner.serving.mix import mix_cycle
@@ -444,7 +443,8 @@ class _Search:
         gpus = int(x * g_p + y * g_d)
         rho = min(rate / (x * float(pre.rate[i])), MAX_UTILISATION)
         ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
-        kv = self._kv_gbps(pre, i, rate, x)
+        tp, pp, dp = float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i])
+        kv = egress_bytes_per_s(self.ctx.mv, self.ctx.hv, self.isl, tp, pp, dp, rate / x) / 1e9
         pools = (
             Pool(
                 "prefill",
@@ -480,13 +480,6 @@ class _Search:
             balanced_gpu_ratio=balanced_ratio,
             kv_transfer_gb_per_s_per_gpu=kv,
         )
-
-    def _kv_gbps(self, pre: PhaseArrays, i: int, rate: float, x: int) -> float:
-        """KV-cache egress per shard-holding prefill GPU, GB/s, at ``rate`` requests/s."""
-        per_req = kv_bytes_per_request(self.ctx.mv, self.ctx.hv, self.isl)
-        r = rate / x
-        senders = sending_gpus(self.ctx.mv, float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i]))
-        return per_req * r / senders / 1e9
 
     # -- aggregated ----------------------------------------------------------------------------
     def run_agg(self) -> _Side:

@@ -46,6 +46,20 @@ def sending_gpus(mv: np.ndarray, tp: float, pp: float, dp: float) -> float:
 
 
 @njit(cache=True, nogil=True)
+def egress_bytes_per_s(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    isl: float,
+    tp: float,
+    pp: float,
+    dp: float,
+    requests_per_s: float,
+) -> float:
+    """Bytes/s each shard-holding GPU of a prefill worker sends at ``requests_per_s``."""
+    return kv_bytes_per_request(mv, hv, isl) * requests_per_s / sending_gpus(mv, tp, pp, dp)
+
+
+@njit(cache=True, nogil=True)
 def transfer(
     mv: np.ndarray,
     hv: np.ndarray,
@@ -64,7 +78,7 @@ def transfer(
     senders = sending_gpus(mv, tp, pp, dp)
     total_ms = 1e3 * per_request * batch / (senders * link_bytes_per_s)
     tail = max(total_ms - compute_ms, total_ms / mv[M_LAYERS])
-    egress = per_request * requests_per_s / senders
+    egress = egress_bytes_per_s(mv, hv, isl, tp, pp, dp, requests_per_s)
     return TRANSFER_LATENCY_MS + tail, egress
 
 
