@@ -9,6 +9,7 @@ Every test that takes ``empty_database_url`` (or a fixture built on it) runs onc
   missing database is a failure, not a silent skip.
 
 A schema per test keeps runs independent of each other and of earlier (even interrupted) runs.
+``server`` is an in-process gRPC server on a free port over ``database_url``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from service.server import RunningServer, start_server
 from storage.engine import make_engine
 from storage.migrate import upgrade
 from storage.repository import SqlStore
@@ -109,3 +111,10 @@ def count_rows(database_url: str) -> Iterator[Callable[..., int]]:
 
     yield count
     engine.dispose()
+
+
+@pytest.fixture
+def server(database_url: str) -> Iterator[RunningServer]:
+    running = start_server(port=0, host="127.0.0.1", database_url=database_url)
+    yield running
+    running.stop(0)

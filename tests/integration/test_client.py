@@ -19,23 +19,11 @@ import grpc
 import pytest
 from pdplanner import PlannerClient, field_violations
 from pdplanner.v1 import catalog_pb2, common_pb2, estimate_pb2, plan_pb2, sweep_pb2
+from rpc_requests import plan_request
 from sqlalchemy import text
 
 from service.server import RunningServer, start_server
 from storage.engine import make_engine
-
-
-def plan_request(**fields: Any) -> plan_pb2.PlanRequest:
-    request = plan_pb2.PlanRequest(
-        model="llama-3.1-70b",
-        gpu="h100-sxm",
-        gpus=16,
-        traffic=[common_pb2.Workload(isl=4000, osl=500)],
-        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20),
-    )
-    for key, value in fields.items():
-        setattr(request, key, value)
-    return request
 
 
 def sweep_request(n_slos: int = 4) -> sweep_pb2.SweepRequest:

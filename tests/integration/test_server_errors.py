@@ -28,6 +28,7 @@ from pdplanner.v1 import (
     planner_service_pb2_grpc,
     sweep_pb2,
 )
+from rpc_requests import plan_request
 
 from planner.search import plan as plan_in_process
 from planner.types import PlanRequest, Slo, Workload
@@ -38,29 +39,9 @@ CountRows = Callable[..., int]
 
 
 @pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(port=0, host="127.0.0.1", database_url=database_url)
-    yield running
-    running.stop(0)
-
-
-@pytest.fixture
 def stub(server: RunningServer) -> Iterator[Stub]:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield Stub(channel)
-
-
-def plan_request(**fields: object) -> plan_pb2.PlanRequest:
-    request = plan_pb2.PlanRequest(
-        model="llama-3.1-70b",
-        gpu="h100-sxm",
-        gpus=16,
-        traffic=[common_pb2.Workload(isl=4000, osl=500)],
-        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20),
-    )
-    for key, value in fields.items():
-        setattr(request, key, value)
-    return request
 
 
 def failure(call: Callable[[], object]) -> grpc.RpcError:

@@ -25,6 +25,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, planner_service_pb2_grpc, sweep_pb2
+from rpc_requests import plan_request
 from sqlalchemy import text
 
 import planner
@@ -36,19 +37,6 @@ from storage.engine import make_engine
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 CountRows = Callable[..., int]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def plan_request(**fields: Any) -> plan_pb2.PlanRequest:
-    request = plan_pb2.PlanRequest(
-        model="llama-3.1-70b",
-        gpu="h100-sxm",
-        gpus=16,
-        traffic=[common_pb2.Workload(isl=4000, osl=500)],
-        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20),
-    )
-    for key, value in fields.items():
-        setattr(request, key, value)
-    return request
 
 
 #: A search of a few hundred milliseconds, long enough to be caught in flight.

@@ -25,10 +25,11 @@ from pdplanner.v1 import (
     planner_service_pb2_grpc,
     sweep_pb2,
 )
+from rpc_requests import plan_request as reference_request
 
 from planner.search import plan as plan_in_process
 from service import convert
-from service.server import RunningServer, start_server
+from service.server import RunningServer
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 CountRows = Callable[..., int]
@@ -45,27 +46,6 @@ SMALL_LLAMA_CONFIG = {
     "vocab_size": 128256,
     "tie_word_embeddings": True,
 }
-
-
-def reference_request(**overrides: object) -> plan_pb2.PlanRequest:
-    """The reference query: Llama-3.1-70B on 16 x H100, ISL 4000 / OSL 500, TTFT 1 s, TPOT 20 ms."""
-    request = plan_pb2.PlanRequest(
-        model="llama-3.1-70b",
-        gpu="h100-sxm",
-        gpus=16,
-        traffic=[common_pb2.Workload(isl=4000, osl=500)],
-        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20),
-    )
-    for key, value in overrides.items():
-        setattr(request, key, value)
-    return request
-
-
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = start_server(port=0, host="127.0.0.1", database_url=database_url)
-    yield running
-    running.stop(0)
 
 
 @pytest.fixture
