@@ -137,6 +137,15 @@ class PlannerClient:
         delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
         time.sleep(max(0.0, min(delay * random.uniform(0.5, 1.0), remaining_s)))
 
+    def _retryable(self, error: grpc.RpcError, attempt: int, remaining_s: float) -> bool:
+        """Only UNAVAILABLE is retried, while attempts and the deadline last."""
+        return (
+            isinstance(error, grpc.Call)
+            and error.code() == grpc.StatusCode.UNAVAILABLE
+            and attempt < self.retries
+            and remaining_s > 0
+        )
+
     def _call(self, method: Callable[..., Resp], request: Any, timeout_s: float | None) -> Resp:
         """Call a unary method, retrying UNAVAILABLE within the deadline."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
@@ -147,12 +156,7 @@ class PlannerClient:
                 return method(request, timeout=max(remaining, 0.001))
             except grpc.RpcError as error:
                 remaining = deadline - time.monotonic()
-                if (
-                    not isinstance(error, grpc.Call)
-                    or error.code() != grpc.StatusCode.UNAVAILABLE
-                    or attempt >= self.retries
-                    or remaining <= 0
-                ):
+                if not self._retryable(error, attempt, remaining):
                     raise
                 self._backoff(attempt, remaining)
                 attempt += 1
@@ -248,12 +252,7 @@ class PlannerClient:
                 return
             except grpc.RpcError as error:
                 remaining = deadline - time.monotonic()
-                if (
-                    not isinstance(error, grpc.Call)
-                    or error.code() != grpc.StatusCode.UNAVAILABLE
-                    or attempt >= self.retries
-                    or remaining <= 0
-                ):
+                if not self._retryable(error, attempt, remaining):
                     raise
                 self._backoff(attempt, remaining)
                 attempt += 1
