@@ -18,6 +18,7 @@ from planner.catalog import (
 from planner.errors import InvalidInputError
 from planner.perf.params import PerfContext
 from planner.serving.disagg import evaluate_xpyd
+from planner.serving.kvtransfer import link_between_pools
 from planner.serving.workers import (
     WorkerMetrics,
     agg_worker,
@@ -179,29 +180,21 @@ def _disagg(
     if not pm.fits or not dm.fits:
         reason = f"prefill: {pm.reason}" if not pm.fits else f"decode: {dm.reason}"
         return ServingEstimate("disagg", 0.0, 0.0, 0.0, 0.0, 0.0, total_gpus, mem, False, reason)
-    link = (
-        p_ctx.gpu.nvlink_domain_size,
-        p_ctx.gpu.nvlink_bytes_per_s,
-        min(p_ctx.gpu.scaleout_bytes_per_s, d_ctx.gpu.scaleout_bytes_per_s),
-        p_ctx.gpu.name == d_ctx.gpu.name,
-    )
     r = evaluate_xpyd(
         pm,
         p.batch,
-        p.parallelism.gpus,
         p.parallelism.tp,
         p.parallelism.pp,
         p.parallelism.attention_dp,
         p.workers,
         decode_at,
         d.batch,
-        d.parallelism.gpus,
         d.workers,
         req.isl,
         req.osl,
         p_ctx.mv,
         p_ctx.hv,
-        link,
+        link_between_pools(p_ctx.gpu, d_ctx.gpu, total_gpus),
     )
     return ServingEstimate(
         mode="disagg",

@@ -324,14 +324,7 @@ class _Search:
             self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
         # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
         # worker may not send faster than its shard-holding GPUs' links carry
-        g, dg = self.ctx.gpu, self.dctx.gpu
-        link_bytes_per_s = link_between_pools(
-            g.nvlink_domain_size,
-            g.nvlink_bytes_per_s,
-            min(g.scaleout_bytes_per_s, dg.scaleout_bytes_per_s),
-            self.budget,
-            g.name == dg.name,
-        )
+        link_bytes_per_s = link_between_pools(self.ctx.gpu, self.dctx.gpu, self.budget)
         n_pre = pre.tp.shape[0]
         tail, link_rate = np.zeros(n_pre), np.zeros(n_pre)
         transfer_many(

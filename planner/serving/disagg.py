@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.serving.kvtransfer import link_between_pools, transfer
+from planner.serving.kvtransfer import transfer
 from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, wait_ms
 from planner.serving.workers import WorkerMetrics
 
@@ -42,30 +42,26 @@ class DisaggMetrics:
 def evaluate_xpyd(
     prefill: WorkerMetrics,
     prefill_batch: int,
-    prefill_gpus_per_worker: int,
     prefill_tp: int,
     prefill_pp: int,
     prefill_dp: int,
     x: int,
     decode_at: Callable[[float], WorkerMetrics],
     decode_batch: int,
-    decode_gpus_per_worker: int,
     y: int,
     isl: int,
     osl: int,
     mv: np.ndarray,
     hv: np.ndarray,
-    link: tuple[int, float, float, bool],
+    link_bytes_per_s: float,
 ) -> DisaggMetrics:
     """Steady state of an xPyD deployment. ``decode_at(b)`` evaluates a decode worker holding
-    ``b`` sequences; ``link`` is (NVLink domain size, NVLink B/s, scale-out B/s, same GPU type)."""
+    ``b`` sequences; ``link_bytes_per_s`` is the bandwidth per GPU between the pools."""
     steps = max(osl - 1, 1)
     dec = decode_at(decode_batch)
     r_decode = decode_batch / (dec.step_ms * steps) * 1e3
     r_prefill = prefill.rate_per_s
     capacity_p, capacity_d = x * r_prefill, y * r_decode
-    gpus = x * prefill_gpus_per_worker + y * decode_gpus_per_worker
-    bw = link_between_pools(link[0], link[1], link[2], gpus, link[3])
     service_ms = prefill_batch / r_prefill * 1e3
     rate = min(capacity_p, capacity_d)
     kv_ms, egress = transfer(
@@ -78,7 +74,7 @@ def evaluate_xpyd(
         prefill_dp,
         prefill.step_ms,
         rate / x,
-        bw,
+        link_bytes_per_s,
     )
     if capacity_p >= capacity_d:
         rho = min(rate / capacity_p, MAX_UTILISATION)
@@ -101,5 +97,15 @@ def evaluate_xpyd(
         ttft_at = dict.fromkeys(PERCENTILES, ttft)  # a full queue: every request waits alike
         bottleneck = "prefill"
     return DisaggMetrics(
-        ttft_at["p50"], ttft_at, tpot, rate, rate * osl, running, rho, kv_ms, egress, bw, bottleneck
+        ttft_at["p50"],
+        ttft_at,
+        tpot,
+        rate,
+        rate * osl,
+        running,
+        rho,
+        kv_ms,
+        egress,
+        link_bytes_per_s,
+        bottleneck,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from planner.catalog import GpuSpec
 from planner.perf.params import (
     H_KV_BYTES,
     M_HEAD_DIM,
@@ -82,17 +83,12 @@ def transfer(
     return TRANSFER_LATENCY_MS + tail, egress
 
 
-def link_between_pools(
-    gpu_domain: int,
-    nvlink_bytes_per_s: float,
-    scaleout_bytes_per_s: float,
-    gpus_in_both_pools: int,
-    same_gpu_type: bool,
-) -> float:
-    """Bandwidth per GPU between the pools: NVLink when both fit in one NVLink domain."""
-    if same_gpu_type and gpus_in_both_pools <= gpu_domain:
-        return nvlink_bytes_per_s
-    return scaleout_bytes_per_s
+def link_between_pools(prefill: GpuSpec, decode: GpuSpec, gpus_in_both_pools: int) -> float:
+    """Bandwidth per GPU between the pools: NVLink when both pools are one GPU type and fit in
+    one NVLink domain, else the slower of the two scale-out links."""
+    if prefill.name == decode.name and gpus_in_both_pools <= prefill.nvlink_domain_size:
+        return prefill.nvlink_bytes_per_s
+    return min(prefill.scaleout_bytes_per_s, decode.scaleout_bytes_per_s)
 
 
 @njit(cache=True, nogil=True)
