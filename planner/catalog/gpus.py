@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from planner.catalog._data import builtin_entries, normalise_name, optional, read_document, require
-from planner.errors import InvalidInputError, UnknownEntryError
+from planner.catalog._catalog import Catalog
+from planner.catalog._data import builtin_entries, optional, read_document, require
+from planner.errors import InvalidInputError
 
 Dtype = Literal["bf16", "fp8", "fp4"]
 DTYPES: tuple[Dtype, ...] = ("bf16", "fp8", "fp4")
@@ -109,46 +109,29 @@ def gpu_to_entry(spec: GpuSpec) -> dict[str, Any]:
     }
 
 
-class GpuCatalog:
-    """Built-in GPUs plus custom ones; names and aliases match ignoring case and '_' vs '-'."""
+class GpuCatalog(Catalog[GpuSpec]):
+    """Built-in GPUs plus custom ones; a path loads a YAML/JSON file of one entry (or a list)."""
+
+    kind = "GPU"
 
     def __init__(self, extra: list[GpuSpec] | None = None) -> None:
-        self._by_name: dict[str, GpuSpec] = {}
-        self._index: dict[str, str] = {}
-        for entry in builtin_entries("gpus.yaml"):
-            self.add(gpu_from_entry(entry, f"gpus.yaml:{entry.get('name')}"))
-        for spec in extra or []:
-            self.add(spec)
-
-    def add(self, spec: GpuSpec) -> None:
-        self._by_name[spec.name] = spec
-        for key in (spec.name, *spec.aliases):
-            self._index[normalise_name(key)] = spec.name
-
-    def names(self) -> list[str]:
-        return sorted(self._by_name)
-
-    def specs(self) -> list[GpuSpec]:
-        return [self._by_name[n] for n in self.names()]
-
-    def find(self, name: str) -> GpuSpec | None:
-        """A GPU by name or alias (never a file), or None."""
-        key = self._index.get(normalise_name(name))
-        return self._by_name[key] if key is not None else None
+        builtins = [
+            gpu_from_entry(entry, f"gpus.yaml:{entry.get('name')}")
+            for entry in builtin_entries("gpus.yaml")
+        ]
+        super().__init__(builtins + list(extra or []))
 
     def get(self, name_or_path: str, field_path: str = "gpu") -> GpuSpec:
         """A GPU by name, alias, or path to a YAML/JSON file holding one entry (or a list)."""
-        found = self.find(name_or_path)
-        if found is not None:
-            return found
-        if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
-            doc = read_document(name_or_path, field_path)
-            if isinstance(doc, list):
-                if len(doc) != 1:
-                    raise InvalidInputError(field_path, f"{name_or_path} must hold exactly one GPU")
-                doc = doc[0]
-            return gpu_from_entry(doc, field_path)
-        raise UnknownEntryError(field_path, "GPU", name_or_path, self.names())
+        return super().get(name_or_path, field_path)
+
+    def _from_file(self, path: str, field_path: str) -> GpuSpec:
+        doc = read_document(path, field_path)
+        if isinstance(doc, list):
+            if len(doc) != 1:
+                raise InvalidInputError(field_path, f"{path} must hold exactly one GPU")
+            doc = doc[0]
+        return gpu_from_entry(doc, field_path)
 
 
 _DEFAULT: GpuCatalog | None = None

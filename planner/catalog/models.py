@@ -8,12 +8,13 @@ Supported families: Llama, Qwen2/Qwen3 (dense), Mistral, Mixtral, Qwen2/Qwen3-Mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from planner.catalog._data import builtin_entries, normalise_name, optional, read_document, require
-from planner.errors import InvalidInputError, UnknownEntryError
+from planner.catalog._catalog import Catalog
+from planner.catalog._data import builtin_entries, optional, read_document, require
+from planner.errors import InvalidInputError
 
 AttentionKind = Literal["gqa", "mla"]
 
@@ -203,50 +204,29 @@ def validate_model(spec: ModelSpec, field_path: str = "model") -> None:
         )
 
 
-class ModelCatalog:
-    """Built-in models plus custom ones; looks names and aliases up case-insensitively."""
+class ModelCatalog(Catalog[ModelSpec]):
+    """Built-in models plus custom ones; a path loads a Hugging Face config.json."""
+
+    kind = "model"
 
     def __init__(self, extra: list[ModelSpec] | None = None) -> None:
-        self._by_name: dict[str, ModelSpec] = {}
-        self._index: dict[str, str] = {}
+        builtins = []
         for entry in builtin_entries("models.yaml"):
             spec = model_from_hf_config(
                 entry["config"], entry["name"], f"models.yaml:{entry['name']}"
             )
-            self.add(ModelSpec(**{**spec.__dict__, "aliases": tuple(entry.get("aliases", ()))}))
-        for spec in extra or []:
-            self.add(spec)
-
-    def add(self, spec: ModelSpec) -> None:
-        self._by_name[spec.name] = spec
-        for key in (spec.name, *spec.aliases):
-            self._index[normalise_name(key)] = spec.name
-
-    def names(self) -> list[str]:
-        return sorted(self._by_name)
-
-    def specs(self) -> list[ModelSpec]:
-        return [self._by_name[n] for n in self.names()]
-
-    def find(self, name: str) -> ModelSpec | None:
-        """A model by name or alias (never a file), or None."""
-        key = self._index.get(normalise_name(name))
-        return self._by_name[key] if key is not None else None
+            builtins.append(replace(spec, aliases=tuple(entry.get("aliases", ()))))
+        super().__init__(builtins + list(extra or []))
 
     def get(self, name_or_path: str, field_path: str = "model") -> ModelSpec:
         """A model by name, alias, or path to a config.json file."""
-        found = self.find(name_or_path)
-        if found is not None:
-            return found
-        if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
-            cfg = read_document(name_or_path, field_path)
-            stem = (
-                Path(name_or_path).parent.name
-                if Path(name_or_path).name == "config.json"
-                else Path(name_or_path).stem
-            )
-            return model_from_hf_config(cfg, stem or name_or_path, field_path)
-        raise UnknownEntryError(field_path, "model", name_or_path, self.names())
+        return super().get(name_or_path, field_path)
+
+    def _from_file(self, path: str, field_path: str) -> ModelSpec:
+        cfg = read_document(path, field_path)
+        p = Path(path)
+        stem = p.parent.name if p.name == "config.json" else p.stem
+        return model_from_hf_config(cfg, stem or path, field_path)
 
 
 _DEFAULT: ModelCatalog | None = None

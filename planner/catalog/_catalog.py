@@ -1,0 +1,62 @@
+"""The look-up shared by the model and GPU catalogs: names and aliases, then a file path."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from planner.catalog._data import normalise_name
+from planner.errors import UnknownEntryError
+
+
+class _Entry(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def aliases(self) -> tuple[str, ...]: ...
+
+
+S = TypeVar("S", bound=_Entry)
+
+
+class Catalog(ABC, Generic[S]):
+    """Entries by name; names and aliases match ignoring case and '_' vs '-'. A name that is not
+    an entry but looks like a file (``.json``/``.yaml``/``.yml``, or exists) is read from it."""
+
+    kind = "entry"  # what the error message calls an entry
+
+    def __init__(self, entries: list[S]) -> None:
+        self._by_name: dict[str, S] = {}
+        self._index: dict[str, str] = {}
+        for spec in entries:
+            self.add(spec)
+
+    def add(self, spec: S) -> None:
+        self._by_name[spec.name] = spec
+        for key in (spec.name, *spec.aliases):
+            self._index[normalise_name(key)] = spec.name
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def specs(self) -> list[S]:
+        return [self._by_name[n] for n in self.names()]
+
+    def find(self, name: str) -> S | None:
+        """An entry by name or alias (never a file), or None."""
+        key = self._index.get(normalise_name(name))
+        return self._by_name[key] if key is not None else None
+
+    def get(self, name_or_path: str, field_path: str) -> S:
+        """An entry by name, alias, or path to a file describing one."""
+        found = self.find(name_or_path)
+        if found is not None:
+            return found
+        if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
+            return self._from_file(name_or_path, field_path)
+        raise UnknownEntryError(field_path, self.kind, name_or_path, self.names())
+
+    @abstractmethod
+    def _from_file(self, path: str, field_path: str) -> S:
+        """Read one entry from ``path`` (each catalog has its own file format)."""
