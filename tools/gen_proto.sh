@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Generate the Python stubs of protos/pdplanner/v1 into clients/python/pdplanner/v1.
+# Generate the client stubs of protos/pdplanner/v1 for Python, Go and TypeScript.
 #
-#   tools/gen_proto.sh           regenerate: *_pb2.py, *_pb2_grpc.py and their .pyi (mypy-protobuf)
-#   tools/gen_proto.sh --check   regenerate into a temporary directory and fail (exit 1) when the
-#                                committed stubs differ from what the .proto files produce
+#   tools/gen_proto.sh           regenerate them all
+#   tools/gen_proto.sh --check   regenerate into a temporary directory and fail (exit 1) when any
+#                                committed stub differs from what the .proto files produce
 #
-# Needs grpcio-tools and mypy-protobuf (protoc-gen-mypy, protoc-gen-mypy_grpc on PATH); `make proto`
-# and `make proto-check` put the virtual environment's bin/ first on PATH. Protos are compiled in
-# sorted order with `-I protos`, so the generated imports read `from pdplanner.v1 import x_pb2` and
-# the output depends only on the .proto files and the generator versions.
+#   language    output                               generators
+#   Python      clients/python/pdplanner/v1/         grpcio-tools, mypy-protobuf (the venv)
+#   Go          clients/go/pdplanner/v1/             protoc-gen-go, protoc-gen-go-grpc (Debian:
+#                                                    apt-get install protoc-gen-go protoc-gen-go-grpc)
+#   TypeScript  clients/node/src/pdplanner/v1/       protoc-gen-es (clients/node: npm ci)
+#
+# grpc_tools.protoc from the virtual environment drives every plugin, so one protoc version makes
+# all three; `make proto` and `make proto-check` put the venv's bin/ first on PATH. Protos are
+# compiled in sorted order with `-I protos`, so the output depends only on the .proto files and the
+# generator versions. Where the Go or TypeScript generators are missing, that language is skipped
+# with a warning, except under CI (env CI set), where a missing generator is an error.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 proto_root="$root/protos"
-out_pkg="clients/python/pdplanner/v1"
-target="$root/$out_pkg"
 
 check=0
 case "${1:-}" in
@@ -22,6 +27,15 @@ case "${1:-}" in
   --check) check=1 ;;
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
+
+# Under CI every generator must be there; elsewhere a language without one is skipped.
+missing() {
+  if [[ -n "${CI:-}" ]]; then
+    echo "error: $1" >&2
+    exit 2
+  fi
+  echo "warning: skipping $2: $1" >&2
+}
 
 # The first Python that has grpc_tools: the one on PATH (make puts the venv first), then the repo's.
 python=""
@@ -58,55 +72,91 @@ if [[ ${#protos[@]} -eq 0 ]]; then
   exit 2
 fi
 
-(
-  cd "$proto_root"
-  "$python" -m grpc_tools.protoc -I . -I "$wkt" \
-    --python_out="$tmp" --grpc_python_out="$tmp" \
-    --mypy_out="$tmp" --mypy_grpc_out="$tmp" \
-    "${protos[@]}" 2> >(grep -v '^Writing mypy to' >&2)
-)
+protoc() {  # protoc ARGS...: run grpc_tools.protoc on every proto from protos/
+  (cd "$proto_root" && "$python" -m grpc_tools.protoc -I . -I "$wkt" "$@" "${protos[@]}")
+}
 
+# Each language: a name, its directory in the repository, the pattern of its generated files.
+languages=()
+
+# Python: messages, services and their .pyi.
+mkdir -p "$tmp/python"
+protoc --python_out="$tmp/python" --grpc_python_out="$tmp/python" \
+  --mypy_out="$tmp/python" --mypy_grpc_out="$tmp/python" 2> >(grep -v '^Writing mypy to' >&2)
 # grpc_python_out writes a *_pb2_grpc module for every file; keep those of files with a service.
 for proto in "${protos[@]}"; do
   if ! grep -q '^service ' "$proto_root/$proto"; then
-    stem="$tmp/${proto%.proto}"
+    stem="$tmp/python/${proto%.proto}"
     rm -f "${stem}_pb2_grpc.py" "${stem}_pb2_grpc.pyi"
   fi
 done
+languages+=("python|clients/python/pdplanner/v1|$tmp/python/pdplanner/v1|*_pb2.py *_pb2.pyi *_pb2_grpc.py *_pb2_grpc.pyi")
 
-generated="$tmp/pdplanner/v1"
-is_generated() { [[ "$1" == *_pb2.py || "$1" == *_pb2.pyi || "$1" == *_pb2_grpc.py || "$1" == *_pb2_grpc.pyi ]]; }
+# Go: the go_package option of the protos names the package; module= strips the module path.
+go_module="pdplanner/clients/go"
+if command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null; then
+  mkdir -p "$tmp/go"
+  protoc --go_out="$tmp/go" --go_opt=module="$go_module" \
+    --go-grpc_out="$tmp/go" --go-grpc_opt=module="$go_module"
+  languages+=("go|clients/go/pdplanner/v1|$tmp/go/pdplanner/v1|*.pb.go")
+else
+  missing "protoc-gen-go or protoc-gen-go-grpc not found (apt-get install protoc-gen-go protoc-gen-go-grpc)" Go
+fi
 
-list_generated() {
-  local dir="$1" f
+# TypeScript: protoc-gen-es (Protobuf-ES v2) writes messages and service descriptors for Connect.
+es_plugin="$root/clients/node/node_modules/.bin/protoc-gen-es"
+if [[ -x "$es_plugin" ]]; then
+  mkdir -p "$tmp/ts"
+  protoc --plugin=protoc-gen-es="$es_plugin" --es_out="$tmp/ts" \
+    --es_opt=target=ts,import_extension=js
+  languages+=("typescript|clients/node/src/pdplanner/v1|$tmp/ts/pdplanner/v1|*_pb.ts")
+else
+  missing "protoc-gen-es not found (cd clients/node && npm ci)" TypeScript
+fi
+
+list_generated() {  # list_generated DIR PATTERNS: the generated files' names in DIR, sorted
+  local dir="$1" patterns="$2" f pattern
   [[ -d "$dir" ]] || return 0
   for f in "$dir"/*; do
-    [[ -f "$f" ]] && is_generated "$(basename "$f")" && basename "$f"
+    [[ -f "$f" ]] || continue
+    for pattern in $patterns; do
+      # shellcheck disable=SC2053  # the pattern is a glob on purpose
+      if [[ "$(basename "$f")" == $pattern ]]; then
+        basename "$f"
+        break
+      fi
+    done
   done | LC_ALL=C sort
 }
 
-if [[ $check -eq 1 ]]; then
-  drift=0
-  if ! diff -u <(list_generated "$target") <(list_generated "$generated") >/dev/null; then
-    echo "generated files differ in name from the .proto files:" >&2
-    diff -u <(list_generated "$target") <(list_generated "$generated") >&2 || true
-    drift=1
-  fi
-  while read -r name; do
-    if [[ -f "$target/$name" ]] && ! diff -q "$target/$name" "$generated/$name" >/dev/null; then
-      echo "stale: $out_pkg/$name" >&2
+status=0
+for entry in "${languages[@]}"; do
+  IFS='|' read -r name out generated patterns <<<"$entry"
+  target="$root/$out"
+  if [[ $check -eq 1 ]]; then
+    drift=0
+    if ! diff -q <(list_generated "$target" "$patterns") <(list_generated "$generated" "$patterns") >/dev/null; then
+      echo "generated $name files differ in name from the .proto files:" >&2
+      diff -u <(list_generated "$target" "$patterns") <(list_generated "$generated" "$patterns") >&2 || true
       drift=1
     fi
-  done < <(list_generated "$generated")
-  if [[ $drift -eq 1 ]]; then
-    echo "the committed stubs in $out_pkg are out of date: run 'make proto' and commit them" >&2
-    exit 1
+    while read -r file; do
+      if [[ -f "$target/$file" ]] && ! diff -q "$target/$file" "$generated/$file" >/dev/null; then
+        echo "stale: $out/$file" >&2
+        drift=1
+      fi
+    done < <(list_generated "$generated" "$patterns")
+    if [[ $drift -eq 1 ]]; then
+      echo "the committed $name stubs in $out are out of date: run 'make proto' and commit them" >&2
+      status=1
+    else
+      echo "$name stubs in $out match protos/"
+    fi
+  else
+    mkdir -p "$target"
+    while read -r file; do rm -f "$target/$file"; done < <(list_generated "$target" "$patterns")
+    while read -r file; do cp "$generated/$file" "$target/$file"; done < <(list_generated "$generated" "$patterns")
+    echo "generated $(list_generated "$target" "$patterns" | wc -l) $name files in $out"
   fi
-  echo "stubs in $out_pkg match protos/"
-  exit 0
-fi
-
-mkdir -p "$target"
-while read -r name; do rm -f "$target/$name"; done < <(list_generated "$target")
-while read -r name; do cp "$generated/$name" "$target/$name"; done < <(list_generated "$generated")
-echo "generated $(list_generated "$target" | wc -l) files in $out_pkg"
+done
+exit $status
