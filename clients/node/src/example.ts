@@ -1,0 +1,75 @@
+// Plans the reference query on a pdplanner server, fetches the stored plan back with GetPlan and
+// prints its name alone on the first line, then the chosen deployment.
+//
+//   npm ci && npm run example -- HOST:PORT
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { create } from "@bufbuild/protobuf";
+
+import { ModeSchema } from "./pdplanner/v1/common_pb.js";
+import { PlanRequestSchema, PoolRoleSchema, type PlanResponse } from "./pdplanner/v1/plan_pb.js";
+import { PlannerService } from "./pdplanner/v1/planner_service_pb.js";
+
+// A double in its shortest round-trip form, as the Go and Python clients print it.
+const num = (x: number): string => String(x);
+
+async function main(address: string): Promise<void> {
+  const transport = createGrpcTransport({ baseUrl: `http://${address}` });
+  const client = createClient(PlannerService, transport);
+  const signal = AbortSignal.timeout(120_000);
+
+  // The reference query: Llama-3.1-70B on 16 x H100, ISL 4000, OSL 500, TTFT 1000 ms, TPOT 20 ms.
+  const request = create(PlanRequestSchema, {
+    requestId: `node-example-${Date.now()}-${process.pid}`,
+    model: "llama-3.1-70b",
+    gpu: "h100-sxm",
+    gpus: 16,
+    traffic: [{ isl: 4000, osl: 500 }],
+    slo: { ttftMs: 1000, tpotMs: 20 },
+  });
+  // A server that is still starting answers UNAVAILABLE; the same request_id makes a retry safe.
+  let planned: PlanResponse | undefined;
+  for (let delayMs = 250; planned === undefined; delayMs = Math.min(2 * delayMs, 4000)) {
+    try {
+      planned = await client.plan(request, { signal });
+    } catch (err) {
+      if (!(err instanceof ConnectError && err.code === Code.Unavailable) || signal.aborted) {
+        throw err;
+      }
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
+  }
+  const stored = await client.getPlan({ name: planned.plan?.name ?? "" }, { signal });
+  const plan = stored.plan;
+  if (plan === undefined) {
+    throw new Error("GetPlan returned no plan");
+  }
+  console.log(plan.name);
+  const best = plan.result?.best;
+  if (best === undefined) {
+    console.log(`no deployment meets the SLO: ${plan.result?.reason ?? ""}`);
+    return;
+  }
+  console.log(
+    `${ModeSchema.value[best.mode]?.name} on ${best.gpus} GPUs: TTFT ${num(best.ttftMs)} ms, ` +
+      `TPOT ${num(best.tpotMs)} ms, ${num(best.tokensPerSPerGpu)} tokens/s/GPU, ` +
+      `${num(best.tokensPerSPerUser)} tokens/s/user, ${num(best.requestsPerS)} req/s`,
+  );
+  for (const pool of best.pools) {
+    const chunk = pool.chunkTokens === undefined ? "" : `, chunk ${pool.chunkTokens} tokens`;
+    console.log(
+      `${PoolRoleSchema.value[pool.role]?.name}: ${pool.workers} x ${pool.gpu} TP${pool.tp} ` +
+        `PP${pool.pp} EP${pool.ep} attention-DP${pool.attentionDp}, batch ${pool.batch}${chunk}`,
+    );
+  }
+}
+
+const args = process.argv.slice(2);
+if (args.length !== 1) {
+  console.error("usage: npm run example -- HOST:PORT");
+  process.exit(2);
+}
+main(args[0] as string).catch((err: unknown) => {
+  console.error(`error: ${err instanceof Error ? err.message : String(err)}`);
+  process.exit(1);
+});
