@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pdplanner.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 import planner
+from service import reflection
 from service.servicer import PlannerServicer
 from service.settings import ServerSettings
 from storage.config import database_url as resolve_database_url
@@ -248,9 +248,7 @@ def start_server(
     )
     planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
     try:
         port = server.add_insecure_port(address)
