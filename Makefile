@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 50051
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: serve test lint proto proto-check bench install dev clean
+.PHONY: serve test lint proto proto-check clients bench install dev clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -32,16 +32,24 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev proto-check
-	$(BIN)/ruff check planner service storage tests bench tools
-	$(BIN)/ruff format --check planner service storage tests bench tools
+	$(BIN)/ruff check planner service storage tests bench tools deploy
+	$(BIN)/ruff format --check planner service storage tests bench tools deploy
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
 
+# Python, Go and TypeScript stubs. Go's generators come from Debian (protoc-gen-go,
+# protoc-gen-go-grpc), TypeScript's from clients/node's npm packages (`make clients` installs them).
 proto: $(VENV)/.installed-dev
 	PATH=$(abspath $(BIN)):$$PATH tools/gen_proto.sh
 
 proto-check: $(VENV)/.installed-dev
 	PATH=$(abspath $(BIN)):$$PATH tools/gen_proto.sh --check
+
+# What the Go and TypeScript examples need: Debian's Go sources linked into clients/go/vendor,
+# and clients/node's locked npm packages (the Go toolchain itself: see clients/go/README.md).
+clients:
+	clients/go/vendor-debian.sh
+	cd clients/node && npm ci --no-audit --no-fund
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.step_eval
