@@ -16,7 +16,7 @@ const num = (x: number): string => String(x);
 async function main(address: string): Promise<void> {
   const transport = createGrpcTransport({ baseUrl: `http://${address}` });
   const client = createClient(PlannerService, transport);
-  const signal = AbortSignal.timeout(120_000);
+  const signal = AbortSignal.timeout(120_000); // the whole run: retries, Plan and GetPlan
 
   // The reference query: Llama-3.1-70B on 16 x H100, ISL 4000, OSL 500, TTFT 1000 ms, TPOT 20 ms.
   const request = create(PlanRequestSchema, {
@@ -29,13 +29,18 @@ async function main(address: string): Promise<void> {
   });
   // A server that is still starting answers UNAVAILABLE; the same request_id makes a retry safe.
   let planned: PlanResponse | undefined;
+  let unavailable: ConnectError | undefined;
   for (let delayMs = 250; planned === undefined; delayMs = Math.min(2 * delayMs, 4000)) {
     try {
       planned = await client.plan(request, { signal });
     } catch (err) {
-      if (!(err instanceof ConnectError && err.code === Code.Unavailable) || signal.aborted) {
+      if (signal.aborted && unavailable !== undefined) {
+        throw unavailable; // say why the server never answered, not only that time ran out
+      }
+      if (!(err instanceof ConnectError && err.code === Code.Unavailable)) {
         throw err;
       }
+      unavailable = err;
       await new Promise((resolve) => setTimeout(resolve, delayMs));
     }
   }
