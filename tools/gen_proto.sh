@@ -105,13 +105,13 @@ fi
 
 # TypeScript: protoc-gen-es (Protobuf-ES v2) writes messages and service descriptors for Connect.
 es_plugin="$root/clients/node/node_modules/.bin/protoc-gen-es"
-if [[ -x "$es_plugin" ]]; then
+if [[ -x "$es_plugin" ]] && command -v node >/dev/null; then
   mkdir -p "$tmp/ts"
   protoc --plugin=protoc-gen-es="$es_plugin" --es_out="$tmp/ts" \
     --es_opt=target=ts,import_extension=js
   languages+=("typescript|clients/node/src/pdplanner/v1|$tmp/ts/pdplanner/v1|*_pb.ts")
 else
-  missing "protoc-gen-es not found (cd clients/node && npm ci)" TypeScript
+  missing "node or protoc-gen-es not found (Node.js 20+, then: cd clients/node && npm ci)" TypeScript
 fi
 
 list_generated() {  # list_generated DIR PATTERNS: the generated files' names in DIR, sorted
