@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.catalog._data import builtin_entries, normalise_name, require
+from planner.catalog._data import builtin_entries, normalise_name, optional, require
 from planner.errors import UnknownEntryError
 
 
@@ -19,6 +19,9 @@ class EngineSpec:
     prefill_attention_speedup: float  # prefill attention speed over the calibrated FA2 kernels
     default_chunk_tokens: int  # chunked-prefill token budget per step
     max_batch: int  # most sequences one worker schedules at once
+    # With pipeline parallelism, split one prompt into micro-chunks that flow through the stages
+    # together (chunked pipeline prefill); off: a prompt passes every stage in turn.
+    chunked_pipeline_prefill: bool = False
     aliases: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -39,6 +42,7 @@ def _engines() -> dict[str, EngineSpec]:
                 prefill_attention_speedup=require(e, "prefill_attention_speedup", float, f),
                 default_chunk_tokens=require(e, "default_chunk_tokens", int, f),
                 max_batch=require(e, "max_batch", int, f),
+                chunked_pipeline_prefill=optional(e, "chunked_pipeline_prefill", bool, False, f),
                 aliases=tuple(e.get("aliases", ())),
             )
             out[spec.name] = spec

@@ -22,8 +22,8 @@ MODEL_SLOTS = 19
 # hardware_vector slots (one GPU type, one precision, one engine)
 H_PEAK, H_PEAK_BF16, H_HBM_BW, H_LINK_BW, H_DOMAIN, H_SCALEOUT_BW = 0, 1, 2, 3, 4, 5
 H_W_BYTES, H_KV_BYTES, H_HBM_BYTES, H_STEP_OVERHEAD_MS, H_DECODE_ATTN_EFF = 6, 7, 8, 9, 10
-H_PREFILL_ATTN_SPEEDUP, H_CUDA_GRAPHS = 11, 12
-HARDWARE_SLOTS = 13
+H_PREFILL_ATTN_SPEEDUP, H_CUDA_GRAPHS, H_CHUNKED_PP_PREFILL = 11, 12, 13
+HARDWARE_SLOTS = 14
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
 WEIGHT_STORAGE_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
@@ -69,6 +69,7 @@ def hardware_vector(gpu: GpuSpec, engine: EngineSpec, dtype: str, kv_dtype: str)
     v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
+    v[H_CHUNKED_PP_PREFILL] = 1.0 if engine.chunked_pipeline_prefill else 0.0
     return v
 
 

@@ -3,10 +3,13 @@
 Vectorised over candidate configurations (arrays of tp, pp, ep, attention_dp, batch):
 
 prefill  ``batch`` prompts of ``isl`` tokens (``prefix_hit`` of them already cached) per step,
-         split over the attention-DP ranks. With pipeline parallelism the prompt flows through the
-         stages in ``m`` micro-chunks (chunked pipeline): time to first token is
-         ``stage * (1 + (pp - 1) / m)`` and the worker finishes ``batch`` prompts every ``stage``,
-         each plus the engine's per-step host overhead.
+         split over the attention-DP ranks. With pipeline parallelism a prompt passes every stage
+         in turn, so its time to first token is the step's latency through all ``pp`` stages;
+         the worker still finishes ``batch`` prompts every ``stage`` (``pp`` batches in flight,
+         each in another stage). Only an engine that splits one prompt into micro-chunks that
+         flow through the stages together (``EngineSpec.chunked_pipeline_prefill``, the study's
+         chunked pipeline for long contexts) gets ``stage * (1 + (pp - 1) / m)`` with ``m``
+         micro-chunks of ``PREFILL_CHUNK_TOKENS``. Each step adds the engine's host overhead.
 decode   ``batch`` sequences per worker at mean context ``context``; with ``pp`` stages the
          engine keeps ``pp`` micro-batches in flight, so a token waits for every stage (TPOT is the
          pipeline latency of one micro-batch) while the worker emits ``batch`` tokens per TPOT.
@@ -24,7 +27,7 @@ from numba import njit
 
 from planner.perf.kernels import step_ms
 from planner.perf.memory import kv_capacity_tokens, memory_bytes_per_gpu
-from planner.perf.params import H_STEP_OVERHEAD_MS, PerfContext
+from planner.perf.params import H_CHUNKED_PP_PREFILL, H_STEP_OVERHEAD_MS, PerfContext
 
 PREFILL_CHUNK_TOKENS = 8192.0  # micro-chunk size of a chunked pipeline
 
@@ -61,7 +64,7 @@ def prefill_many(
         )
         per_layer[i, :] = row
         overhead = hv[H_STEP_OVERHEAD_MS]
-        if pp[i] > 1.0:
+        if pp[i] > 1.0 and hv[H_CHUNKED_PP_PREFILL] > 0.5:
             m = max(pp[i], math.ceil(seqs * new / PREFILL_CHUNK_TOKENS))
             ttft_ms[i] = stage * (1.0 + (pp[i] - 1.0) / m) + overhead
         else:

@@ -15,7 +15,7 @@ the function's own file changes; clear ``planner/**/__pycache__/*.nbi`` then).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -443,7 +443,10 @@ def ref_wait_ms(rho: float, service_ms: float, p: float) -> float:
 
 MODELS = default_models().specs()
 GPUS = default_gpus().specs()
-ENGINES = [load_engine(n) for n in engine_names()]
+# every catalog engine, and one that runs chunked pipeline prefill (an explicit engine option)
+ENGINES = [load_engine(n) for n in engine_names()] + [
+    replace(load_engine("vllm"), name="vllm-chunked-pp", chunked_pipeline_prefill=True)
+]
 
 
 def pow2_upto(limit: int) -> list[int]:

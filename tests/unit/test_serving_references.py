@@ -127,12 +127,13 @@ def assert_fits(got: bool, cap: float, need: float) -> None:
 def ref_prefill(m, hw, cal, tp, pp, ep, dp, batch, isl, prefix_hit):
     """(ttft_ms, prompts/s per worker, bytes per GPU, KV capacity, KV tokens needed, per-layer
     row) of a prefill worker:
-    ``batch`` prompts split over the DP ranks, a chunked pipeline of 8192-token micro-chunks."""
+    ``batch`` prompts split over the DP ranks; with PP a prompt passes every stage in turn,
+    unless the engine runs a chunked pipeline of 8192-token micro-chunks."""
     seqs = math.ceil(batch / dp)
     new, past = isl * (1 - prefix_hit), isl * prefix_hit
     lat, stage, row = ref_step_ms(m, hw, cal, tp, pp, ep, dp, seqs, new, past, 0.0, 0.0)
     overhead = hw.engine.step_overhead_ms
-    if pp > 1:
+    if pp > 1 and hw.engine.chunked_pipeline_prefill:
         micro_chunks = max(pp, math.ceil(seqs * new / PREFILL_CHUNK_TOKENS))
         ttft = stage * (1 + (pp - 1) / micro_chunks) + overhead
     else:

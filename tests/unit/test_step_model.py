@@ -28,6 +28,7 @@ def phase(
     batch: int,
     *,
     tp: int = 1,
+    pp: int = 1,
     ep: int = 1,
     isl: int = 1024,
     osl: int = 128,
@@ -44,7 +45,7 @@ def phase(
             phase=phase_,
             batch=batch,
             context=context,
-            parallelism=Parallelism(tp=tp, ep=ep),
+            parallelism=Parallelism(tp=tp, pp=pp, ep=ep),
             precision=Precision(dtype, kv_dtype),
         )
     )
@@ -300,3 +301,47 @@ def test_the_reported_largest_decode_batch_fits_and_one_more_does_not() -> None:
     )
     assert 50 < largest < 200
     assert at.fits and not over.fits
+
+
+def test_one_prompt_on_pipeline_stages_pays_every_stage_in_turn() -> None:
+    """Llama-3.1-70B, ISL 4000, TP1 PP4, one prompt: the prompt is not split across stages, so
+    its time to first token is all 80 layers one after the other (80 x the per-layer figure),
+    plus the LM head, three stage-to-stage sends and the engine's step overhead. Before this was
+    fixed the model gave 388 ms, less than half the 80 layers' own sum (~880 ms)."""
+    r = phase("llama-3.1-70b", "h100-sxm", "prefill", 1, pp=4, isl=4000, osl=500)
+    pl = r.per_layer_ms
+    layers_ms = 80 * (pl.gemm + pl.attention + pl.communication + pl.other)
+    print(f"70B TP1 PP4 prefill of 4000 tokens: TTFT {r.step_ms:.1f} ms, 80 layers {layers_ms:.1f}")
+    assert 850.0 <= layers_ms <= 920.0
+    assert layers_ms <= r.step_ms <= layers_ms * 1.05
+    # the same prompt on one stage costs the same layers: PP buys memory, not latency
+    one = phase("llama-3.1-70b", "h100-sxm", "prefill", 1, pp=1, isl=4000, osl=500)
+    assert abs(r.step_ms - one.step_ms) / one.step_ms < 0.02
+
+
+def test_chunked_pipeline_prefill_is_an_explicit_engine_option() -> None:
+    """An engine that splits one prompt into micro-chunks flowing through the stages together
+    (the study's chunked pipeline) gets stage x (1 + (pp - 1) / chunks): at 64k tokens, 8 chunks of
+    8192 on PP4, 11/8 of one stage's time instead of all four stages in turn."""
+    from planner.catalog import load_engine
+    from planner.perf.params import PerfContext
+    from planner.serving.phases import evaluate_prefill
+
+    vllm = load_engine("vllm")
+    assert not vllm.chunked_pipeline_prefill
+    m, gpu = load_model("llama-3.1-70b"), load_gpu("h100-sxm")
+    one = np.ones(1)
+    lay = (one, 4 * one, one, one, one)
+    plain = evaluate_prefill(PerfContext.build(m, gpu, vllm), *lay, 65536.0, 0.0)
+    chunked_ctx = PerfContext.build(m, gpu, replace(vllm, chunked_pipeline_prefill=True))
+    chunked = evaluate_prefill(chunked_ctx, *lay, 65536.0, 0.0)
+    stage_ms = 1e3 / float(plain.rate[0]) - vllm.step_overhead_ms
+    want = stage_ms * (1 + 3 / 8) + vllm.step_overhead_ms
+    print(
+        f"70B PP4 prefill of 65536 tokens: plain {plain.latency_ms[0]:.0f} ms, "
+        f"chunked pipeline {chunked.latency_ms[0]:.0f} ms (stage {stage_ms:.0f} ms)"
+    )
+    assert abs(float(chunked.latency_ms[0]) - want) < 1e-6 * want
+    assert float(plain.latency_ms[0]) > 3.5 * stage_ms
+    # the pipeline's throughput is the same either way: one batch leaves every stage time
+    assert float(plain.rate[0]) == float(chunked.rate[0])
