@@ -9,8 +9,10 @@ For one GPU the step is the sum over its layers of
   GEMMs       QKV/MLA projections, output projection, dense FFN or MoE grouped GEMM, router, LM head
               (``opkernels.gemm_ms``: calibrated roofline with shape-dependent efficiency)
   attention   prefill (causal, with the chunk's past) and decode (KV-cache read) kernels
-  comms       tensor-parallel all-reduces, expert-parallel dispatch/combine, pipeline send/recv
-  other       norms, activations, residuals, rotary: memory-bound elementwise kernels
+  comms       tensor-parallel all-reduces (NCCL's tree latency once a group spans nodes),
+              expert-parallel dispatch/combine, pipeline send/recv
+  other       norms, activations, residuals, rotary: memory-bound elementwise kernels; in MoE
+              layers also the routing kernels (top-k, sort by expert, weighted combine)
 GEMMs run in the request's dtype; attention runs in bf16 against the bf16 peak.
 
 Pipeline parallelism: each of ``pp`` stages holds at most ``ceil(layers / pp)`` layers; the last
@@ -18,6 +20,19 @@ also runs the LM head. ``stage_ms`` is the busiest
 stage's busy time for this step (what bounds throughput with ``pp`` micro-batches in flight);
 ``latency_ms`` is the time a token takes through all stages plus the engine's per-step host
 overhead (what a user waits).
+
+Small-batch MoE. At a few tokens per expert an MoE layer is bound by launches and latencies
+rather than bytes: the grouped GEMM streams the active experts' weights with too few thread
+blocks when the experts are sliced thin (``GROUPED_TILE_N``), the routing adds dependent kernels
+(``MOE_GLUE_KERNELS``), and an all-reduce that leaves the NVLink domain pays NCCL's network
+latency on every call (``NCCL_TREE_BASE_MS``). Evidence and check: the low-concurrency MoE rows
+of shared/serving-runs (tests/unit/test_moe_decode_accuracy.py prints the errors).
+
+Not priced: DeepSeek-R1 fp8 on two 8 x H100 nodes at TP16 decodes one sequence in 31.2 ms in a
+published measurement; these costs take the model from 9.9 to 12.2 ms. The rest is not explained
+by a cost with a source here (candidates: the engine's per-step host work across nodes, such as
+broadcasting each step's schedule to the second node; NCCL's measured small-message latency
+above its own model), so it is left out rather than fitted to that one figure.
 
 Every function takes only arrays and scalars: Numba freezes globals, so nothing here reads one
 except the integer slot names from ``params``.
@@ -38,6 +53,7 @@ from planner.perf.params import (
     H_HBM_BW,
     H_KV_BYTES,
     H_LINK_BW,
+    H_N_SM,
     H_PEAK,
     H_PEAK_BF16,
     H_PREFILL_ATTN_SPEEDUP,
@@ -66,10 +82,20 @@ from planner.perf.params import (
 
 ACT_BYTES = 2.0  # activations travel and are stored in bf16
 # Collective latencies (ms): NCCL / custom all-reduce on NVLink takes ~5-10 us for small messages,
-# plus ~1.5 us per doubling of the group; across the scale-out network ~15 us base.
+# plus ~1.5 us per doubling of the group; across the scale-out network ~15 us base (send/recv,
+# all-to-all).
 NVLINK_LATENCY_MS = 0.006
 SCALEOUT_LATENCY_MS = 0.015
 HOP_LATENCY_MS = 0.0015
+# An all-reduce whose group spans several NVLink domains (nodes) runs on NCCL over the scale-out
+# network. NCCL's own cost model (NVIDIA/nccl, src/graph/tuning.cc: the baseLat and hwLat tables,
+# in microseconds) prices a small one as a tree with the LL protocol: a fixed 6.8 us, plus, up and
+# down the tree, one NVLink step of 0.6 us per further GPU of a node (x1.8 once the communicator
+# spans nodes) and one network step of 5.0 us per doubling of the nodes. Two 8-GPU nodes: 32 us,
+# every time, however small the message; the bandwidth term comes on top.
+NCCL_TREE_BASE_MS = 0.0068
+NCCL_NVLINK_STEP_MS = 0.0006 * 1.8
+NCCL_NET_STEP_MS = 0.005
 # Elementwise kernels (norms, activation, residual, rotary) reach ~70% of HBM bandwidth; each
 # costs a launch of ~2 us when not captured in a CUDA graph, ~1 us inside one.
 ELEMENTWISE_BW_EFFICIENCY = 0.7
@@ -77,6 +103,18 @@ ELEMENTWISE_KERNELS_PER_LAYER = 6.0
 LAUNCH_MS_EAGER = 0.002
 LAUNCH_MS_GRAPH = 0.001
 EXPERT_WEIGHT_BW_EFFICIENCY = 0.85  # streaming one more expert's weights in a grouped GEMM
+# A grouped (fused-MoE) GEMM streams the active experts' weights with one thread block per
+# (expert, GROUPED_TILE_N output columns) tile: vLLM's fused_moe Triton kernel runs small
+# batches with BLOCK_SIZE_N 32 (its default config when tokens <= experts) to 128 (fp8 with
+# 128 x 128 block scales), 64 in most of its tuned configs. HBM stays busy only with at least
+# one block per SM; at a few tokens per expert and narrow expert slices (wide expert TP) there
+# are fewer blocks than SMs, and the stream slows in proportion.
+GROUPED_TILE_N = 64.0
+# Kernels of an MoE layer besides its GEMMs, each one more dependent launch on the layer's
+# critical path: top-k selection over the router logits, sorting the (token, expert) pairs by
+# expert for the grouped GEMM (vLLM's moe_align_block_size; SGLang and TensorRT-LLM have the same
+# step) and the weighted sum of each token's top-k expert outputs.
+MOE_GLUE_KERNELS = 3.0
 ATTN_COMPUTE_EFFICIENCY = 0.5  # ceiling for compute-heavy decode attention (MLA, wide GQA groups)
 
 # breakdown columns
@@ -92,12 +130,28 @@ def link_for(group: float, hv: np.ndarray) -> tuple[float, float]:
 
 
 @njit(cache=True, nogil=True)
+def crossnode_allreduce_latency_ms(group: float, domain: float) -> float:
+    """Fixed latency (ms) of an all-reduce over ``group`` GPUs spread evenly over
+    ``ceil(group / domain)`` NVLink domains: NCCL's tree model (see ``NCCL_TREE_BASE_MS``)."""
+    nodes = math.ceil(group / domain)
+    per_node = group / nodes
+    return NCCL_TREE_BASE_MS + 2.0 * (
+        (per_node - 1.0) * NCCL_NVLINK_STEP_MS + math.log2(nodes) * NCCL_NET_STEP_MS
+    )
+
+
+@njit(cache=True, nogil=True)
 def allreduce_ms(nbytes: float, group: float, hv: np.ndarray) -> float:
-    """Ring all-reduce: each GPU sends and receives 2 (g-1)/g of the buffer."""
+    """Ring all-reduce: each GPU sends and receives 2 (g-1)/g of the buffer over the slowest link
+    of the group; its fixed latency is the NVLink one inside a domain, NCCL's cross-node tree
+    latency when the group spans domains."""
     if group <= 1.0 or nbytes <= 0.0:
         return 0.0
     bw, lat = link_for(group, hv)
-    return lat + HOP_LATENCY_MS * math.log2(group) + 1e3 * 2.0 * (group - 1.0) / group * nbytes / bw
+    wire = 1e3 * 2.0 * (group - 1.0) / group * nbytes / bw
+    if group > hv[H_DOMAIN]:
+        return crossnode_allreduce_latency_ms(group, hv[H_DOMAIN]) + wire
+    return lat + HOP_LATENCY_MS * math.log2(group) + wire
 
 
 @njit(cache=True, nogil=True)
@@ -138,12 +192,17 @@ def grouped_gemm_ms(
 ) -> float:
     """A grouped GEMM over ``n_active`` experts sharing ``tokens`` rows: the larger of the
     compute of one GEMM over all rows, and one expert's GEMM plus streaming the other experts'
-    weights from HBM."""
+    weights from HBM, slowed when its ``n_active * ceil(n / GROUPED_TILE_N)`` thread blocks
+    are fewer than the GPU's ``H_N_SM`` SMs."""
     if tokens <= 0.0 or n_active <= 0.0:
         return 0.0
     m_per = max(tokens / n_active, 1.0)
     one = gemm_ms(m_per, n, k, wb, hv[H_PEAK], hv[H_HBM_BW], cg)
-    more = (n_active - 1.0) * n * k * wb / (hv[H_HBM_BW] * EXPERT_WEIGHT_BW_EFFICIENCY) * 1e3
+    blocks = n_active * math.ceil(n / GROUPED_TILE_N)
+    share = min(blocks / hv[H_N_SM], 1.0) if hv[H_N_SM] > 0.0 else 1.0
+    more = (
+        (n_active - 1.0) * n * k * wb / (hv[H_HBM_BW] * EXPERT_WEIGHT_BW_EFFICIENCY * share) * 1e3
+    )
     return max(gemm_ms(tokens, n, k, wb, hv[H_PEAK], hv[H_HBM_BW], cg), one + more)
 
 
@@ -282,15 +341,17 @@ def ffn_ms(
         # experts on one GPU sum their top-k outputs per token before the reduction
         comm += allreduce_ms(min(rows, stage_tokens) * h * ACT_BYTES, moe_tp, hv)
         ffn_width = (mv[M_SHARED] * width) / tp + rows * w / max(tokens, 1.0)
+        glue = MOE_GLUE_KERNELS
     else:
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_FFN], tp, mv, hv, cg)
         comm = allreduce_ms(act, tp, hv)
         ffn_width = mv[M_FFN] / tp
+        glue = 0.0
     out[B_COMM] += comm
     launch = LAUNCH_MS_GRAPH if (hv[H_CUDA_GRAPHS] > 0.5 and not prefill) else LAUNCH_MS_EAGER
     # two RMSNorms + residual adds read/write h per token; SiLU-and-mul reads 2w, writes w
     elem_bytes = tokens * ACT_BYTES * (6.0 * h + 3.0 * ffn_width)
-    out[B_OTHER] += ELEMENTWISE_KERNELS_PER_LAYER * launch + 1e3 * elem_bytes / (
+    out[B_OTHER] += (ELEMENTWISE_KERNELS_PER_LAYER + glue) * launch + 1e3 * elem_bytes / (
         hv[H_HBM_BW] * ELEMENTWISE_BW_EFFICIENCY
     )
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from planner.catalog import BYTES_PER_ELEMENT, EngineSpec, GpuSpec, ModelSpec
 from planner.perf.calibration import Calibration, load_calibration
+from planner.perf.opkernels import D_N_SM
 
 # model_vector slots
 M_LAYERS, M_HIDDEN, M_HEADS, M_KV_HEADS, M_HEAD_DIM, M_FFN, M_VOCAB = 0, 1, 2, 3, 4, 5, 6
@@ -22,8 +23,8 @@ MODEL_SLOTS = 19
 # hardware_vector slots (one GPU type, one precision, one engine)
 H_PEAK, H_PEAK_BF16, H_HBM_BW, H_LINK_BW, H_DOMAIN, H_SCALEOUT_BW = 0, 1, 2, 3, 4, 5
 H_W_BYTES, H_KV_BYTES, H_HBM_BYTES, H_STEP_OVERHEAD_MS, H_DECODE_ATTN_EFF = 6, 7, 8, 9, 10
-H_PREFILL_ATTN_SPEEDUP, H_CUDA_GRAPHS, H_CHUNKED_PP_PREFILL = 11, 12, 13
-HARDWARE_SLOTS = 14
+H_PREFILL_ATTN_SPEEDUP, H_CUDA_GRAPHS, H_CHUNKED_PP_PREFILL, H_N_SM = 11, 12, 13, 14
+HARDWARE_SLOTS = 15
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
 WEIGHT_STORAGE_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
@@ -70,6 +71,9 @@ def hardware_vector(gpu: GpuSpec, engine: EngineSpec, dtype: str, kv_dtype: str)
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
     v[H_CHUNKED_PP_PREFILL] = 1.0 if engine.chunked_pipeline_prefill else 0.0
+    # SMs of the GPU whose kernel tables shape the efficiencies (the same count the fitted
+    # attention kernels assume): how many thread blocks one wave of a kernel runs at once
+    v[H_N_SM] = load_calibration(gpu.calibration).attn_decode[D_N_SM]
     return v
 
 

@@ -35,6 +35,7 @@ from planner.catalog import (
 from planner.perf import kernels as K
 from planner.perf import memory as M
 from planner.perf import opkernels as ok
+from planner.perf.calibration import load_calibration
 from planner.perf.params import H_W_BYTES, WEIGHT_STORAGE_BYTES, PerfContext
 from planner.search.pareto import pareto_front
 from planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
@@ -100,11 +101,19 @@ def ref_link(group: float, hw: Hw) -> tuple[float, float]:
 
 
 def ref_allreduce_ms(nbytes: float, group: float, hw: Hw) -> float:
-    """Ring all-reduce: 2 (g-1)/g of the buffer over the link, plus latency per doubling."""
+    """Ring all-reduce: 2 (g-1)/g of the buffer over the link, plus latency per doubling inside
+    one NVLink domain; across domains NCCL's tree latency: base, then up and down the tree one
+    NVLink step per further GPU of a node and one network step per doubling of the nodes."""
     if group <= 1 or nbytes <= 0:
         return 0.0
     bw, lat = ref_link(group, hw)
-    return lat + K.HOP_LATENCY_MS * math.log2(group) + 1e3 * 2 * (group - 1) / group * nbytes / bw
+    wire = 1e3 * 2 * (group - 1) / group * nbytes / bw
+    domain = hw.gpu.nvlink_domain_size
+    if group > domain:
+        nodes = math.ceil(group / domain)
+        steps = (group / nodes - 1) * K.NCCL_NVLINK_STEP_MS + math.log2(nodes) * K.NCCL_NET_STEP_MS
+        return K.NCCL_TREE_BASE_MS + 2 * steps + wire
+    return lat + K.HOP_LATENCY_MS * math.log2(group) + wire
 
 
 def ref_alltoall_ms(nbytes: float, group: float, hw: Hw) -> float:
@@ -140,7 +149,12 @@ def ref_grouped_gemm_ms(
     if tokens <= 0 or n_active <= 0:
         return 0.0
     one = ref_gemm(max(tokens / n_active, 1.0), n, k, hw.wb, hw.peak, hw, cg)
-    stream_others = (n_active - 1) * n * k * hw.wb / (hw.bw * K.EXPERT_WEIGHT_BW_EFFICIENCY) * 1e3
+    # one thread block per (expert, 64-column tile); fewer blocks than SMs stream slower
+    n_sm = load_calibration(hw.gpu.calibration).attn_decode[0]
+    share = min(n_active * math.ceil(n / K.GROUPED_TILE_N) / n_sm, 1.0)
+    stream_others = (
+        (n_active - 1) * n * k * hw.wb / (hw.bw * K.EXPERT_WEIGHT_BW_EFFICIENCY * share) * 1e3
+    )
     return max(ref_gemm(tokens, n, k, hw.wb, hw.peak, hw, cg), one + stream_others)
 
 
@@ -262,9 +276,9 @@ def ref_layer_ms(
     graphs = hw.engine.decode_cuda_graphs and pf_seqs == 0
     launch = K.LAUNCH_MS_GRAPH if graphs else K.LAUNCH_MS_EAGER
     elem_bytes = tokens * K.ACT_BYTES * (6 * h + 3 * ffn_width)
-    other = K.ELEMENTWISE_KERNELS_PER_LAYER * launch + 1e3 * elem_bytes / (
-        hw.bw * K.ELEMENTWISE_BW_EFFICIENCY
-    )
+    # MoE layers launch their routing kernels (top-k, sort by expert, combine) besides
+    kernels = K.ELEMENTWISE_KERNELS_PER_LAYER + (K.MOE_GLUE_KERNELS if moe else 0.0)
+    other = kernels * launch + 1e3 * elem_bytes / (hw.bw * K.ELEMENTWISE_BW_EFFICIENCY)
     return [gemm, attn, comm, other]
 
 

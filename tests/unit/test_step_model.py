@@ -345,3 +345,66 @@ def test_chunked_pipeline_prefill_is_an_explicit_engine_option() -> None:
     assert float(plain.latency_ms[0]) > 3.5 * stage_ms
     # the pipeline's throughput is the same either way: one batch leaves every stage time
     assert float(plain.rate[0]) == float(chunked.rate[0])
+
+
+def test_all_reduce_across_two_nodes_pays_nccl_tree_latency() -> None:
+    """A 16-GPU all-reduce on H100 (8-GPU NVLink domains) spans two nodes. NCCL's own cost model
+    (src/graph/tuning.cc) gives a small one, as a tree with the LL protocol, 6.8 us + 2 x (7
+    NVLink steps of 0.6 us x 1.8 + 1 network step of 5.0 us) = 31.9 us before any byte moves;
+    inside one node the latency stays the NVLink one (6 us + 1.5 us per doubling)."""
+    from planner.catalog import load_engine
+    from planner.perf.kernels import allreduce_ms
+    from planner.perf.params import PerfContext
+
+    hv = PerfContext.build(load_model("deepseek-r1"), load_gpu("h100-sxm"), load_engine("vllm")).hv
+    tiny = 1.0  # one byte: latency only
+    two_nodes_us = 1e3 * allreduce_ms(tiny, 16.0, hv)
+    one_node_us = 1e3 * allreduce_ms(tiny, 8.0, hv)
+    print(f"1-byte all-reduce: 16 GPUs / 2 nodes {two_nodes_us:.2f} us, 8 GPUs {one_node_us:.2f}")
+    assert abs(two_nodes_us - (6.8 + 2 * (7 * 0.6 * 1.8 + 5.0))) < 0.01
+    assert abs(one_node_us - (6.0 + 1.5 * 3)) < 0.01
+
+
+def test_grouped_gemm_with_fewer_thread_blocks_than_sms_streams_slower() -> None:
+    """DeepSeek-R1 at TP16 and one sequence: 8 routed experts, each's gate+up slice 2 x 2048 / 16
+    = 256 columns wide: 8 x 256 / 64 = 32 thread blocks for the 132 SMs of the calibrated H100,
+    so the other 7 experts' weights stream at 32/132 of the rate they would with every SM busy.
+    The down projection (7168 columns) has blocks enough and streams at the full rate."""
+    from planner.catalog import load_engine
+    from planner.perf import kernels as K
+    from planner.perf.opkernels import gemm_ms
+    from planner.perf.params import H_HBM_BW, H_PEAK, H_W_BYTES, PerfContext
+
+    ctx = PerfContext.build(
+        load_model("deepseek-r1"), load_gpu("h100-sxm"), load_engine("vllm"), "fp8", "bf16"
+    )
+    hv, cg = ctx.hv, ctx.cal.gemm
+    wb, bw = hv[H_W_BYTES], hv[H_HBM_BW]
+    one = gemm_ms(1.0, 256.0, 7168.0, wb, hv[H_PEAK], bw, cg)
+    got = K.grouped_gemm_ms(8.0, 8.0, 256.0, 7168.0, wb, hv, cg)
+    stream = 7 * 256 * 7168 * wb / (bw * K.EXPERT_WEIGHT_BW_EFFICIENCY) * 1e3
+    print(f"gate+up grouped GEMM: {got * 1e3:.1f} us (one expert {one * 1e3:.1f} us)")
+    assert abs(got - (one + stream * 132 / 32)) < 1e-9
+    down = K.grouped_gemm_ms(8.0, 8.0, 7168.0, 128.0, wb, hv, cg)
+    one_down = gemm_ms(1.0, 7168.0, 128.0, wb, hv[H_PEAK], bw, cg)
+    full = 7 * 7168 * 128 * wb / (bw * K.EXPERT_WEIGHT_BW_EFFICIENCY) * 1e3
+    assert abs(down - (one_down + full)) < 1e-9
+
+
+def test_deepseek_r1_on_two_h100_nodes_pays_cross_node_latency_and_moe_routing() -> None:
+    """DeepSeek-R1 fp8, TP16 over two 8 x H100 nodes, one sequence decoding: each layer runs two
+    all-reduces over both nodes (after attention, after the MoE), each at NCCL's 31.9 us tree
+    latency plus its 14 kB over 50 GB/s; each of the 58 MoE layers launches 3 routing kernels
+    (top-k, sort by expert, combine) besides its GEMMs. A published measurement of this setup is
+    31.2 ms per token; the model gives ~12 ms (9.9 ms before these costs), the rest is not a cost
+    the step model prices (see ``planner.perf.kernels``, "Not priced")."""
+    r = phase("deepseek-r1", "h100-sxm", "decode", 1, tp=16, isl=1000, osl=1000, dtype="fp8")
+    wire_us = 1e3 * 1e3 * 2 * 15 / 16 * 7168 * 2 / 50e9
+    nccl_us = 6.8 + 2 * (7 * 0.6 * 1.8 + 5.0)
+    comm_us = 1e3 * r.per_layer_ms.communication
+    print(
+        f"DeepSeek-R1 TP16 on 2 x 8 H100, batch 1: TPOT {r.step_ms:.2f} ms, communication "
+        f"{comm_us:.1f} us/layer (2 all-reduces of {nccl_us + wire_us:.1f} us), measured 31.2 ms"
+    )
+    assert abs(comm_us - 2 * (nccl_us + wire_us)) < 0.01
+    assert 11.0 <= r.step_ms <= 14.0
