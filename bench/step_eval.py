@@ -97,14 +97,7 @@ def build(total: int, seed: int) -> list[Group]:
                 "dc_seqs": dc_seqs,
                 "dc_ctx": dc_ctx,
             }
-            c = ctx.cal
-            groups.append(
-                Group(
-                    f"{m.name}/{gpu_name}/{dtype}",
-                    (ctx.mv, ctx.hv, c.gemm, c.attn_prefill, c.attn_decode),
-                    points,
-                )
-            )
+            groups.append(Group(f"{m.name}/{gpu_name}/{dtype}", tuple(ctx.kernel_args), points))
     return groups
 
 

@@ -2,11 +2,18 @@
 
 Numba kernels take only arrays and scalars, so a ``ModelSpec`` becomes ``model_vector`` and a
 GPU + precision + engine becomes ``hardware_vector``; the integer constants below name the slots.
+
+Typed wrappers do not pass those around one by one: ``PerfContext`` holds everything fixed for
+a search (model, GPU, engine, precision, their vectors and the calibration) and hands the
+kernels their leading arrays as ``ctx.kernel_args`` (``mv, hv, cg, cp, cd``); ``Layouts`` holds
+the per-candidate layout arrays (``tp, pp, ep, dp``) that follow them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,6 +84,50 @@ def hardware_vector(gpu: GpuSpec, engine: EngineSpec, dtype: str, kv_dtype: str)
     return v
 
 
+class KernelArgs(NamedTuple):
+    """The leading arguments of every step-model kernel, in their order."""
+
+    mv: np.ndarray  # model_vector
+    hv: np.ndarray  # hardware_vector
+    cg: np.ndarray  # Calibration.gemm
+    cp: np.ndarray  # Calibration.attn_prefill
+    cd: np.ndarray  # Calibration.attn_decode
+
+
+@dataclass(frozen=True)
+class Layouts:
+    """Worker layouts of ``n`` candidates as the float64 arrays the kernels take, aligned by
+    index: tensor parallelism, pipeline stages, expert parallelism and attention data
+    parallelism (see ``planner.types.Parallelism``)."""
+
+    tp: np.ndarray
+    pp: np.ndarray
+    ep: np.ndarray
+    dp: np.ndarray
+
+    @classmethod
+    def of(cls, layouts: Iterable[tuple[int, int, int, int]]) -> Layouts:
+        """From ``(tp, pp, ep, attention_dp)`` tuples (a ``Parallelism`` unpacks to one with
+        ``astuple``)."""
+        a = np.array(list(layouts), dtype=np.float64).reshape(-1, 4)
+        return cls(a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy(), a[:, 3].copy())
+
+    @property
+    def n(self) -> int:
+        return int(self.tp.shape[0])
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(tp, pp, ep, dp)``, the kernels' arguments after ``KernelArgs``."""
+        return self.tp, self.pp, self.ep, self.dp
+
+    @property
+    def gpus(self) -> np.ndarray:
+        """GPUs per worker: ``tp * pp * dp``."""
+        gpus: np.ndarray = self.tp * self.pp * self.dp
+        return gpus
+
+
 @dataclass(frozen=True)
 class PerfContext:
     """What stays fixed while a search varies layout and batch: model, GPU, precision, engine."""
@@ -114,3 +165,9 @@ class PerfContext:
             hardware_vector(gpu, engine, dtype, kv_dtype),
             load_calibration(gpu.calibration),
         )
+
+    @property
+    def kernel_args(self) -> KernelArgs:
+        """``(mv, hv, cg, cp, cd)``: what every step-model kernel takes first."""
+        c = self.cal
+        return KernelArgs(self.mv, self.hv, c.gemm, c.attn_prefill, c.attn_decode)

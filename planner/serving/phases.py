@@ -27,7 +27,7 @@ from numba import njit
 
 from planner.perf.kernels import step_ms
 from planner.perf.memory import kv_capacity_tokens, memory_bytes_per_gpu
-from planner.perf.params import H_CHUNKED_PP_PREFILL, H_STEP_OVERHEAD_MS, PerfContext
+from planner.perf.params import H_CHUNKED_PP_PREFILL, H_STEP_OVERHEAD_MS, Layouts, PerfContext
 
 PREFILL_CHUNK_TOKENS = 8192.0  # micro-chunk size of a chunked pipeline
 
@@ -147,19 +147,18 @@ class PhaseArrays:
     per_layer_ms: np.ndarray  # [n, 4]: gemm, attention, communication, other
 
     @property
+    def layouts(self) -> Layouts:
+        return Layouts(self.tp, self.pp, self.ep, self.dp)
+
+    @property
     def gpus(self) -> np.ndarray:
         return self.tp * self.pp * self.dp
 
 
-def _empty(
-    tp: np.ndarray, pp: np.ndarray, ep: np.ndarray, dp: np.ndarray, batch: np.ndarray
-) -> PhaseArrays:
-    n = tp.shape[0]
+def _empty(layouts: Layouts, batch: np.ndarray) -> PhaseArrays:
+    n = layouts.n
     return PhaseArrays(
-        tp,
-        pp,
-        ep,
-        dp,
+        *layouts.arrays,
         batch,
         np.zeros(n),
         np.zeros(n),
@@ -169,29 +168,15 @@ def _empty(
     )
 
 
-def evaluate_prefill(
-    ctx: PerfContext,
-    tp: np.ndarray,
-    pp: np.ndarray,
-    ep: np.ndarray,
-    dp: np.ndarray,
-    batch: np.ndarray,
-    isl: float,
-    prefix_hit: float,
+def prefill_phase(
+    ctx: PerfContext, layouts: Layouts, batch: np.ndarray, isl: float, prefix_hit: float
 ) -> PhaseArrays:
-    """``prefill_many`` on whole arrays of layouts and batches."""
-    r = _empty(tp, pp, ep, dp, batch)
-    c = ctx.cal
+    """Prefill workers of every layout x batch (``batch[i]`` prompts of ``isl`` tokens per step,
+    ``prefix_hit`` of them cached) in one ``prefill_many`` call."""
+    r = _empty(layouts, batch)
     prefill_many(
-        ctx.mv,
-        ctx.hv,
-        c.gemm,
-        c.attn_prefill,
-        c.attn_decode,
-        tp,
-        pp,
-        ep,
-        dp,
+        *ctx.kernel_args,
+        *layouts.arrays,
         batch,
         isl,
         prefix_hit,
@@ -204,28 +189,15 @@ def evaluate_prefill(
     return r
 
 
-def evaluate_decode(
-    ctx: PerfContext,
-    tp: np.ndarray,
-    pp: np.ndarray,
-    ep: np.ndarray,
-    dp: np.ndarray,
-    batch: np.ndarray,
-    context: float,
+def decode_phase(
+    ctx: PerfContext, layouts: Layouts, batch: np.ndarray, context: float
 ) -> PhaseArrays:
-    """``decode_many`` on whole arrays of layouts and batches."""
-    r = _empty(tp, pp, ep, dp, batch)
-    c = ctx.cal
+    """Decode workers of every layout x batch (``batch[i]`` sequences at a mean ``context``
+    tokens) in one ``decode_many`` call."""
+    r = _empty(layouts, batch)
     decode_many(
-        ctx.mv,
-        ctx.hv,
-        c.gemm,
-        c.attn_prefill,
-        c.attn_decode,
-        tp,
-        pp,
-        ep,
-        dp,
+        *ctx.kernel_args,
+        *layouts.arrays,
         batch,
         context,
         r.latency_ms,
@@ -235,3 +207,30 @@ def evaluate_decode(
         r.per_layer_ms,
     )
     return r
+
+
+def evaluate_prefill(
+    ctx: PerfContext,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    batch: np.ndarray,
+    isl: float,
+    prefix_hit: float,
+) -> PhaseArrays:
+    """``prefill_phase`` with the layout given as four arrays."""
+    return prefill_phase(ctx, Layouts(tp, pp, ep, dp), batch, isl, prefix_hit)
+
+
+def evaluate_decode(
+    ctx: PerfContext,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    batch: np.ndarray,
+    context: float,
+) -> PhaseArrays:
+    """``decode_phase`` with the layout given as four arrays."""
+    return decode_phase(ctx, Layouts(tp, pp, ep, dp), batch, context)

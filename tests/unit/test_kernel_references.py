@@ -36,7 +36,8 @@ from planner.perf import kernels as K
 from planner.perf import memory as M
 from planner.perf import opkernels as ok
 from planner.perf.calibration import load_calibration
-from planner.perf.params import H_W_BYTES, WEIGHT_STORAGE_BYTES, PerfContext
+from planner.perf.params import H_W_BYTES, WEIGHT_STORAGE_BYTES, Layouts, PerfContext
+from planner.perf.step import StepShapes, step_times
 from planner.search.pareto import pareto_front
 from planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
 from planner.serving.queueing import max_utilisation, wait_ms
@@ -544,6 +545,24 @@ def test_step_ms_matches_reference(s, shape) -> None:
     assert close(stage, r_stage), (stage, r_stage)
     for got, want in zip(row, r_row, strict=True):
         assert close(float(got), want), (list(row), r_row)
+
+
+@settings(SETTINGS, max_examples=15)
+@given(s=setups(), shapes=st.lists(step_shapes(), min_size=1, max_size=4))
+def test_step_times_wrapper_matches_reference(s, shapes) -> None:
+    """The typed wrapper (PerfContext + Layouts + StepShapes -> StepTimes) gives each
+    candidate's reference step, in order."""
+    m, hw, tp, pp, ep, dp = s
+    c = ctx_for(m, hw)
+    n = len(shapes)
+    lay = Layouts.of([(tp, pp, ep, dp)] * n)
+    cols = np.array(shapes, dtype=np.float64).reshape(n, 5)
+    got = step_times(c, lay, StepShapes(*(cols[:, j].copy() for j in range(5))))
+    for i, shape in enumerate(shapes):
+        r_lat, r_stage, r_row = ref_step_ms(m, hw, c.cal, tp, pp, ep, dp, *shape)
+        assert close(float(got.latency_ms[i]), r_lat), (i, shape)
+        assert close(float(got.stage_ms[i]), r_stage), (i, shape)
+        assert all(close(float(a), b) for a, b in zip(got.per_layer_ms[i], r_row, strict=True))
 
 
 @SETTINGS
