@@ -149,7 +149,7 @@ class Slo:
 
 @dataclass(frozen=True)
 class SearchLimits:
-    max_tp: int | None = None  # default: twice the GPU's NVLink domain (one step across it)
+    max_tp: int | None = None  # default: the GPU's NVLink domain (search.enumerate says why)
     allow_pp: bool = True
     allow_ep: bool = True
     allow_attention_dp: bool = True
@@ -196,7 +196,13 @@ class Pool:
 
 @dataclass(frozen=True)
 class Deployment:
-    """A candidate deployment and what the model predicts for it."""
+    """A candidate deployment and what the model predicts for it.
+
+    With a target rate the figures are at that rate (``requests_per_s`` is the rate served);
+    without one, at the deployment's capacity. ``ttft_ms`` and ``tpot_ms`` are at the SLO's
+    percentile: TTFT includes the Poisson queueing wait; a disagg TPOT is the decode pool's step
+    time (no prefill interference, the same at every percentile), an agg TPOT the percentile of
+    requests' TPOT in the aggregated simulation."""
 
     mode: Mode
     pools: tuple[Pool, ...]
@@ -210,6 +216,9 @@ class Deployment:
     kv_transfer_gb_per_s_per_gpu: float | None = None
     # disagg: the GPU ratio that balances the two configurations exactly, before whole workers
     balanced_gpu_ratio: float | None = None
+    # prompt tokens/s per GPU (requests_per_s x mean isl / gpus): the throughput of
+    # prefill-only traffic (OSL 1), whose output is one token per request
+    prompt_tokens_per_s_per_gpu: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # field by field: asdict deep-copies, which costs milliseconds over a whole frontier
@@ -232,7 +241,12 @@ class PlanResult:
     elapsed_ms: float
     reason: str | None = None  # why nothing met the SLO (the binding constraint)
     closest: Deployment | None = None  # the nearest miss when nothing met the SLO
-    explanation: str = ""  # why the best was chosen, in words
+    explanation: str = ""  # why the best was chosen (or none was), what each figure is
+    # with a target rate: whether the budget serves it within the SLO (None without a rate)
+    rate_served: bool | None = None
+    # with a target rate the budget does not serve: the fewest GPUs that would (searched up to
+    # 16 times the budget), None when even that does not
+    for_rate: Deployment | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def dep(d: Deployment | None) -> dict[str, Any] | None:
@@ -252,4 +266,6 @@ class PlanResult:
             "reason": self.reason,
             "closest": dep(self.closest),
             "explanation": self.explanation,
+            "rate_served": self.rate_served,
+            "for_rate": dep(self.for_rate),
         }

@@ -39,7 +39,6 @@ from planner.perf.params import H_W_BYTES, PerfContext
 from planner.search.aggsweep import (
     R_CHUNK,
     R_REQUESTS_PER_S,
-    R_TOKENS_PER_S,
     R_TPOT,
     R_TTFT,
     R_USERS,
@@ -60,6 +59,8 @@ from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, max_utilisati
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
+# past the budget, a target rate is searched up to this many times the budget
+RATE_SEARCH_FACTOR = 16
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 
 
@@ -100,7 +101,18 @@ def plan(
     gpus: GpuCatalog | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> PlanResult:
-    """Search the design space for ``req`` and recommend a deployment."""
+    """Search the design space for ``req`` and recommend a deployment (``choose`` is the rule)."""
+    return search(req, models, gpus, should_stop)[0]
+
+
+def search(
+    req: PlanRequest,
+    models: ModelCatalog | None = None,
+    gpus: GpuCatalog | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[PlanResult, dict[str, np.ndarray]]:
+    """``plan``, and every evaluated deployment that meets the SLO, per mode: an [n, 3] array of
+    (requests/s served, tokens/s/user, GPUs) within the budget, in the recommendation's terms."""
     start = time.perf_counter()
     models = models or default_models()
     gpus = gpus or default_gpus()
@@ -117,9 +129,9 @@ def plan(
         else PerfContext.build(model, dgpu, engine, req.precision.dtype, req.precision.kv_dtype)
     )
     s = _Search(req, model, ctx, dctx, stop)
-    agg = s.run_agg() if "agg" in req.limits.modes else _Side()
+    agg = s.run_agg_owned() if "agg" in req.limits.modes else _Side()
     disagg = s.run_disagg() if "disagg" in req.limits.modes else _Side()
-    best = _pick(agg.best, disagg.best, req.rate_per_s)
+    best = _pick(agg.best, disagg.best, s.rate)
     speedup = (
         disagg.best.tokens_per_s_per_gpu / agg.best.tokens_per_s_per_gpu
         if agg.best and disagg.best and agg.best.tokens_per_s_per_gpu > 0
@@ -128,7 +140,8 @@ def plan(
     reason, closest = None, None
     if best is None:
         reason, closest = s.why_nothing(agg, disagg)
-    return PlanResult(
+    for_rate = _pick(agg.for_rate, disagg.for_rate, s.rate) if best is None else None
+    result = PlanResult(
         best=best,
         best_agg=agg.best,
         best_disagg=disagg.best,
@@ -139,8 +152,11 @@ def plan(
         elapsed_ms=(time.perf_counter() - start) * 1e3,
         reason=reason,
         closest=closest,
-        explanation=_explain(best, agg.best, disagg.best, speedup, req),
+        explanation=s.explain(best, agg, disagg, speedup, for_rate),
+        rate_served=(best is not None) if s.rate > 0 else None,
+        for_rate=for_rate,
     )
+    return result, {"agg": agg.meeting, "disagg": disagg.meeting}
 
 
 @dataclass
@@ -149,79 +165,56 @@ class _Side:
     pareto: list[Deployment] = field(default_factory=list)
     closest: Deployment | None = None
     closest_gap: float = math.inf
-    binding: str | None = None
+    binding: list[str] = field(default_factory=list)  # every constraint that binds, in words
+    compared: str = ""  # what the side searched, in words
+    # every evaluated deployment meeting the SLO: (requests/s served, tokens/s/user, GPUs)
+    meeting: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    for_rate: Deployment | None = None  # the fewest GPUs serving the rate, past the budget
 
 
-def _choose(
+def choose(
     requests_per_s: np.ndarray,
     gpus: np.ndarray,
-    tokens_per_s_per_gpu: np.ndarray,
+    tokens_per_s_per_user: np.ndarray,
     eligible: np.ndarray,
     target_rate: float,
 ) -> int:
-    """The recommendation rule, the same for agg points, xPyD pairs and the final pick: with a
-    target rate that an eligible deployment reaches, the fewest GPUs among those; otherwise the
-    most requests/s; ties go to the most tokens/s/GPU. Returns -1 when none is eligible."""
+    """The recommendation rule, the same for agg points, xPyD deployments and the final pick.
+
+    Without a target rate: the most requests/s; ties go to the most tokens/s/user, then to the
+    fewest GPUs. With one: among the deployments that serve it, the fewest GPUs, then the most
+    tokens/s/user; when none serves it, the most requests/s as above (a miss: the caller says
+    so). So the choice is never dominated by an eligible point in (requests/s served up to the
+    target, tokens/s/user, GPUs). Returns -1 when none is eligible."""
     idx = np.nonzero(eligible)[0]
     if idx.size == 0:
         return -1
     if target_rate > 0:
-        hits = idx[requests_per_s[idx] >= target_rate]
+        hits = idx[requests_per_s[idx] >= target_rate * (1.0 - 1e-9)]
         if hits.size:
-            return int(hits[np.lexsort((-tokens_per_s_per_gpu[hits], gpus[hits]))[0]])
-    return int(idx[np.lexsort((-tokens_per_s_per_gpu[idx], -requests_per_s[idx]))[0]])
+            return int(hits[np.lexsort((-tokens_per_s_per_user[hits], gpus[hits]))[0]])
+    return int(idx[np.lexsort((gpus[idx], -tokens_per_s_per_user[idx], -requests_per_s[idx]))[0]])
 
 
-def _pick(
-    agg: Deployment | None, disagg: Deployment | None, rate: float | None
-) -> Deployment | None:
-    cands = [d for d in (agg, disagg) if d is not None]
-    i = _choose(
+def _pick(a: Deployment | None, b: Deployment | None, rate: float) -> Deployment | None:
+    cands = [d for d in (a, b) if d is not None]
+    i = choose(
         np.array([d.requests_per_s for d in cands]),
         np.array([d.gpus for d in cands]),
-        np.array([d.tokens_per_s_per_gpu for d in cands]),
+        np.array([d.tokens_per_s_per_user for d in cands]),
         np.ones(len(cands), np.bool_),
-        rate or 0.0,
+        rate,
     )
     return cands[i] if i >= 0 else None
 
 
-def _explain(
-    best: Deployment | None,
-    agg: Deployment | None,
-    disagg: Deployment | None,
-    speedup: float | None,
-    req: PlanRequest,
-) -> str:
-    if best is None:
-        return "no deployment meets the SLO within the GPU budget"
-    pools = ", ".join(
-        f"{p.role} TP{p.tp}xPP{p.pp}"
+def _pools_text(d: Deployment) -> str:
+    return ", ".join(
+        f"{p.role} {p.gpu} TP{p.tp}xPP{p.pp}"
         + (f"xEP{p.ep}xDP{p.attention_dp}" if p.ep > 1 or p.attention_dp > 1 else "")
         + f" batch {p.batch} x{p.workers}"
-        for p in best.pools
+        for p in d.pools
     )
-    text = (
-        f"{best.mode} serving ({pools}) delivers {best.requests_per_s:.2f} req/s at "
-        f"{best.tokens_per_s_per_gpu:.0f} tokens/s/GPU and {best.tokens_per_s_per_user:.1f} "
-        f"tokens/s/user, meeting TTFT {req.slo.ttft_ms:g} ms and TPOT {req.slo.tpot_ms:g} ms "
-        f"({req.slo.percentile}) on {best.gpus} of {req.gpus} GPUs"
-    )
-    if speedup is not None and agg is not None and disagg is not None:
-        text += (
-            f"; disaggregation gives {speedup:.2f}x the tokens/s/GPU of the best aggregated setup"
-        )
-        other = disagg if best is agg else agg
-        if other.tokens_per_s_per_gpu > best.tokens_per_s_per_gpu:
-            text += (
-                f", but within {req.gpus} GPUs the best {other.mode} deployment delivers only "
-                f"{other.requests_per_s:.2f} req/s on {other.gpus} GPUs"
-            )
-    elif best.mode == "disagg" and "agg" in req.limits.modes:
-        text += "; no aggregated setup meets the SLO"
-    elif best.mode == "agg" and "disagg" in req.limits.modes:
-        text += "; no disaggregated setup meets the SLO"
-    return text
 
 
 class _Search:
@@ -254,6 +247,9 @@ class _Search:
         self.budget_p = req.prefill_gpus or req.gpus
         self.budget_d = req.decode_gpus or req.gpus
         self.rate = req.rate_per_s or 0.0
+        # embeddings, scoring, classification: the first token ends every request
+        self.prefill_only = all(w.osl == 1 for w in req.traffic)
+        self.decode_batches = 0
         self.best_prefill_ms = math.inf
         self.best_decode_ms = math.inf
         self.any_fit = False
@@ -304,24 +300,28 @@ class _Search:
         # every batch when the layouts are few; every batch to 64 then 6% steps otherwise
         dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
         grid = batch_grid(c.engine.max_batch, dense_up_to=dense)
+        self.decode_batches = len(grid)
         r = evaluate_decode(c, *cross(lay, grid, per_dp_rank=True), self.decode_context)
         self.design_points += r.tp.shape[0]
         return r
 
     def run_disagg(self) -> _Side:
         side = _Side()
+        side.compared = (
+            f"disaggregated: prefill on {self.ctx.gpu.name} (at most {self.budget_p}), decode on "
+            f"{self.dctx.gpu.name} (at most {self.budget_d}), {self.budget} GPUs in all"
+        )
+        if self.prefill_only:
+            side.compared = "no disaggregated deployment (OSL 1: nothing to decode, no decode pool)"
+            return side
         if self.budget < 2:
-            side.binding = "disaggregated serving needs at least 2 GPUs"
+            side.binding.append("budget: disaggregated serving needs at least 2 GPUs")
             return side
         pre = self._prefill()
         self._check()
         dec = self._decode()
         self._check()
         self.any_fit |= bool(pre.fits.any() and dec.fits.any())
-        if pre.fits.any():
-            self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
-        if dec.fits.any():
-            self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
         # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
         # worker may not send faster than its shard-holding GPUs' links carry
         link_bytes_per_s = link_between_pools(self.ctx.gpu, self.dctx.gpu, self.budget)
@@ -341,6 +341,10 @@ class _Search:
             link_rate,
         )
         pre.latency_ms = pre.latency_ms + tail
+        if pre.fits.any():
+            self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
+        if dec.fits.any():
+            self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
         # prefill: usable rate after queueing at the SLO percentile
         service = pre.batch / pre.rate * 1e3
         util = np.zeros(n_pre)
@@ -349,17 +353,23 @@ class _Search:
         )
         r_p_all = np.minimum(pre.rate * util, link_rate)
         p_ok = r_p_all > 0.0
-        if not p_ok.any():
-            side.binding = (
-                f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms"
-                if pre.fits.any()
-                else "memory: no prefill layout fits the model"
+        slo = self.req.slo
+        if not pre.fits.any():
+            side.binding.append(f"memory: no prefill layout on {self.ctx.gpu.name} fits the model")
+        elif not p_ok.any():
+            side.binding.append(
+                f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms with its KV "
+                f"transfer, target {slo.ttft_ms:g} ms at {slo.percentile}"
             )
         d_ok = dec.fits.copy()
         if not d_ok.any():
-            side.binding = side.binding or "memory: no decode layout fits the model"
-            return side
-        if not p_ok.any():
+            side.binding.append(f"memory: no decode layout on {self.dctx.gpu.name} fits the model")
+        elif not (dec.latency_ms[d_ok] <= self.tpot_target).any():
+            side.binding.append(
+                f"TPOT: the fastest decode step takes {self.best_decode_ms:.1f} ms, target "
+                f"{self.tpot_target:g} ms"
+            )
+        if not p_ok.any() or not d_ok.any():
             return side
         pi = np.nonzero(p_ok)[0]
         r_p, g_p = r_p_all[pi], pre.gpus[pi]
@@ -371,73 +381,167 @@ class _Search:
         keep = _undominated(g_p, r_p)
         pi, r_p, g_p = pi[keep], r_p[keep], g_p[keep]
         # every decode candidate gets its best prefill partner and whole-worker counts (xPyD)
-        m = di.shape[0]
-        ox, oy = np.zeros(m, np.int64), np.zeros(m, np.int64)
-        orate, opre = np.zeros(m), np.zeros(m, np.int64)
-        self.design_points += match_all(
-            r_p,
-            g_p,
-            r_d,
-            g_d,
-            self.budget,
-            self.budget_p,
-            self.budget_d,
-            self.rate,
-            ox,
-            oy,
-            orate,
-            opre,
-        )
-        self._check()
+        ox, oy, orate, opre = self._match(r_p, g_p, r_d, g_d, self.budget, self.budget_p,
+                                          self.budget_d)  # fmt: skip
         ok = ox > 0
         if not ok.any():
-            side.binding = (
+            side.binding.append(
                 f"budget: no prefill and decode workers fit in {self.budget} GPUs together"
             )
             return side
         gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d
-        tokens = np.where(ok, orate * self.osl / np.maximum(gpus_used, 1), np.nan)
-        user = 1e3 / dec.latency_ms[di]
+        served = np.minimum(orate, self.rate) if self.rate > 0 else orate
+        # TPOT at the rate served: the decode workers run the smallest batch of their layout
+        # that carries it (without a target rate, the candidate's own batch)
+        tpot = self._tpot_served(dec, di, np.where(ok, served / np.maximum(oy, 1), 0.0))
+        tokens = np.where(ok, served * self.osl / np.maximum(gpus_used, 1), np.nan)
+        user = 1e3 / tpot
 
         def deployment(j: int) -> Deployment:
             # the exact balance of the pair, in per-GPU rates: alpha = R_gen / R_ctx
             k = int(opre[j])
             balanced = float((r_d[j] / g_d[j]) / (r_p[k] / g_p[k]))
             return self._disagg_deployment(
-                pre, dec, int(pi[k]), int(di[j]), int(ox[j]), int(oy[j]), float(orate[j]), balanced
+                pre,
+                int(pi[k]),
+                dec,
+                int(di[j]),
+                int(ox[j]),
+                int(oy[j]),
+                float(orate[j]),
+                float(tpot[j]),
+                balanced,
             )
 
         side.pareto = [deployment(int(j)) for j in pareto_front(user, tokens)]
-        # recommendation: among decode candidates meeting TPOT
-        meet = ok & (dec.latency_ms[di] <= self.tpot_target)
+        meet = ok & (tpot <= self.tpot_target)
         if not meet.any():
-            side.binding = f"TPOT: the fastest decode takes {self.best_decode_ms:.1f} ms"
-            j = int(np.argmin(np.where(ok, dec.latency_ms[di], np.inf)))
+            if not side.binding:
+                side.binding.append(
+                    f"budget: no decode worker meeting TPOT fits beside a prefill worker in "
+                    f"{self.budget} GPUs"
+                )
+            j = int(np.argmin(np.where(ok, tpot, np.inf)))
             side.closest = deployment(j)
-            side.closest_gap = float(dec.latency_ms[di][j] / self.tpot_target)
+            side.closest_gap = float(tpot[j] / self.tpot_target)
             return side
-        side.best = deployment(_choose(orate, gpus_used, tokens, meet, self.rate))
+        side.meeting = np.stack([served[meet], user[meet], gpus_used[meet]], axis=1)
+        k = choose(orate, gpus_used, user, meet, self.rate)
+        if self.rate > 0 and orate[k] < self.rate * (1.0 - 1e-9):
+            side.binding.append(self._rate_miss(float(orate[k])))
+            side.closest, side.closest_gap = deployment(k), float(self.rate / orate[k])
+            m = meet.copy()
+            side.for_rate = self._disagg_for_rate(pre, pi, r_p, g_p, dec, di[m], r_d[m], g_d[m])
+            return side
+        side.best = deployment(k)
         return side
+
+    def _match(
+        self,
+        r_p: np.ndarray,
+        g_p: np.ndarray,
+        r_d: np.ndarray,
+        g_d: np.ndarray,
+        budget: int,
+        budget_p: int,
+        budget_d: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        m = r_d.shape[0]
+        ox, oy = np.zeros(m, np.int64), np.zeros(m, np.int64)
+        orate, opre = np.zeros(m), np.zeros(m, np.int64)
+        self.design_points += match_all(
+            r_p, g_p, r_d, g_d, budget, budget_p, budget_d, self.rate, ox, oy, orate, opre
+        )
+        self._check()
+        return ox, oy, orate, opre
+
+    def _rate_miss(self, most: float) -> str:
+        return (
+            f"rate: {self.budget} GPUs serve at most {most:.2f} req/s within the SLO, "
+            f"{self.rate:g} req/s offered"
+        )
+
+    def _tpot_served(self, dec: PhaseArrays, di: np.ndarray, per_worker: np.ndarray) -> np.ndarray:
+        """TPOT of decode candidates ``di`` when each worker carries ``per_worker`` req/s: the
+        step time of the smallest batch of the same layout (up to the candidate's own) whose
+        rate reaches it. Without a target rate every candidate runs at its own batch."""
+        own = dec.latency_ms[di]
+        if self.rate <= 0:
+            return own
+        n_b = self.decode_batches
+        steps = max(self.osl - 1.0, 1.0)
+        worker_rate = np.where(dec.fits, dec.batch / (dec.latency_ms * steps) * 1e3, -1.0)
+        grid = worker_rate.reshape(-1, n_b)
+        rows, col = di // n_b, di % n_b
+        cols = np.arange(n_b)
+        ok = (grid[rows] >= per_worker[:, None] * (1.0 - 1e-9)) & (cols[None, :] <= col[:, None])
+        first = np.where(ok.any(axis=1), np.argmax(ok, axis=1), col)
+        return dec.latency_ms[rows * n_b + first]
+
+    def _disagg_for_rate(
+        self,
+        pre: PhaseArrays,
+        pi: np.ndarray,
+        r_p: np.ndarray,
+        g_p: np.ndarray,
+        dec: PhaseArrays,
+        dj: np.ndarray,
+        r_d: np.ndarray,
+        g_d: np.ndarray,
+    ) -> Deployment | None:
+        """The fewest GPUs (past the budget, up to ``RATE_SEARCH_FACTOR`` times it) whose xPyD
+        serves the target rate, from the candidates that meet the SLO at their own batch."""
+        if dj.size == 0:
+            return None
+        # continuous bound R (g_p / r_p + g_d / r_d); whole workers add at most one of each
+        lower = float((self.rate * (g_p[:, None] / r_p[:, None] + (g_d / r_d)[None, :])).min())
+        cap = RATE_SEARCH_FACTOR * self.budget
+        if lower > cap:
+            return None
+        bound = int(min(cap, math.ceil(lower + g_p.max() + g_d.max())))
+        ox, oy, orate, opre = self._match(r_p, g_p, r_d, g_d, bound, bound, bound)
+        ok = ox > 0
+        gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d
+        hits = ok & (orate >= self.rate * (1.0 - 1e-9))
+        if not hits.any():
+            return None
+        user = 1e3 / self._tpot_served(dec, dj, np.minimum(orate, self.rate) / np.maximum(oy, 1))
+        j = choose(orate, gpus_used, user, hits, self.rate)
+        k = int(opre[j])
+        return self._disagg_deployment(
+            pre,
+            int(pi[k]),
+            dec,
+            int(dj[j]),
+            int(ox[j]),
+            int(oy[j]),
+            float(orate[j]),
+            float(1e3 / user[j]),
+            float((r_d[j] / g_d[j]) / (r_p[k] / g_p[k])),
+        )
 
     def _disagg_deployment(
         self,
         pre: PhaseArrays,
-        dec: PhaseArrays,
         i: int,
+        dec: PhaseArrays,
         j: int,
         x: int,
         y: int,
-        rate: float,
+        capacity: float,
+        tpot_ms: float,
         balanced_ratio: float,
     ) -> Deployment:
-        """The xPyD deployment of prefill candidate ``i`` and decode candidate ``j``."""
+        """The xPyD deployment of prefill candidate ``i`` and decode candidate ``j``, at the
+        target rate when one is set (at most ``capacity`` req/s), else at its capacity."""
+        served = min(capacity, self.rate) if self.rate > 0 else capacity
         g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
         service = float(pre.batch[i] / pre.rate[i] * 1e3)
         gpus = int(x * g_p + y * g_d)
-        rho = min(rate / (x * float(pre.rate[i])), MAX_UTILISATION)
+        rho = min(served / (x * float(pre.rate[i])), MAX_UTILISATION)
         ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
         tp, pp, dp = float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i])
-        kv = egress_bytes_per_s(self.ctx.mv, self.ctx.hv, self.isl, tp, pp, dp, rate / x) / 1e9
+        kv = egress_bytes_per_s(self.ctx.mv, self.ctx.hv, self.isl, tp, pp, dp, served / x) / 1e9
         pools = (
             Pool(
                 "prefill",
@@ -464,23 +568,47 @@ class _Search:
             mode="disagg",
             pools=pools,
             ttft_ms=ttft,
-            tpot_ms=float(dec.latency_ms[j]),
-            tokens_per_s_per_gpu=rate * self.osl / gpus,
-            tokens_per_s_per_user=1e3 / float(dec.latency_ms[j]),
-            requests_per_s=rate,
+            tpot_ms=tpot_ms,
+            tokens_per_s_per_gpu=served * self.osl / gpus,
+            tokens_per_s_per_user=1e3 / tpot_ms,
+            requests_per_s=served,
             gpus=gpus,
             prefill_decode_gpu_ratio=x * g_p / (y * g_d),
             balanced_gpu_ratio=balanced_ratio,
             kv_transfer_gb_per_s_per_gpu=kv,
+            prompt_tokens_per_s_per_gpu=served * self.isl / gpus,
         )
 
     # -- aggregated ----------------------------------------------------------------------------
-    def run_agg(self) -> _Side:
-        side = _Side()
-        c = self.ctx
-        lay = layouts(
-            self.model, c.gpu, self.budget, self.req.limits, allow_pp=False, full_ep_only=True
+    def run_agg_owned(self) -> _Side:
+        """Aggregated serving on the GPUs the budget holds: with one GPU type, all ``gpus``;
+        with a separate decode type, each type alone within its own count (``prefill_gpus``
+        of ``gpu``, ``decode_gpus`` of ``decode_gpu``); the better by the rule is the agg side."""
+        if self.dctx is self.ctx:
+            return self.run_agg(self.ctx, self.budget)
+        sides = [self.run_agg(self.ctx, self.budget_p), self.run_agg(self.dctx, self.budget_d)]
+        out = _Side()
+        out.compared = " or ".join(s.compared for s in sides)
+        out.pareto = sorted((d for s in sides for d in s.pareto), key=_user)
+        keep = pareto_front(
+            np.array([_user(d) for d in out.pareto]),
+            np.array([d.tokens_per_s_per_gpu for d in out.pareto]),
         )
+        out.pareto = [out.pareto[int(i)] for i in keep]
+        out.best = _pick(sides[0].best, sides[1].best, self.rate)
+        out.meeting = np.concatenate([s.meeting for s in sides])
+        out.for_rate = _pick(sides[0].for_rate, sides[1].for_rate, self.rate)
+        if out.best is None:
+            near = min(sides, key=lambda s: s.closest_gap)
+            out.closest, out.closest_gap = near.closest, near.closest_gap
+            for s, c in zip(sides, (self.ctx, self.dctx), strict=True):
+                out.binding += [f"on {c.gpu.name}, {b}" for b in s.binding]
+        return out
+
+    def run_agg(self, c: PerfContext, budget: int) -> _Side:
+        side = _Side()
+        side.compared = f"aggregated on {budget} x {c.gpu.name}"
+        lay = layouts(self.model, c.gpu, budget, self.req.limits, allow_pp=False, full_ep_only=True)
         isl_cycle, osl_cycle = mix_cycle(self.req.traffic)
         # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
         # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
@@ -524,17 +652,35 @@ class _Search:
         who = np.concatenate(owner) if owner else np.zeros(0, np.int64)
         self.design_points += pts.shape[0]
         if pts.shape[0] == 0:
-            side.binding = "memory: no aggregated layout fits the model and one request"
+            side.binding.append(
+                f"memory: no aggregated layout on {budget} x {c.gpu.name} fits the model and "
+                "one request"
+            )
             return side
         self.any_fit = True
         g = lay[who, 0] * lay[who, 1] * lay[who, 3]
-        workers = np.floor(self.budget / g)
         rps = pts[:, R_REQUESTS_PER_S]
+        group = who * 1e6 + pts[:, R_CHUNK]  # one setup: a layout and a chunk budget
+        workers = np.floor(budget / g)
+        served = rps * workers
+        ttft, tpot = pts[:, R_TTFT].copy(), pts[:, R_TPOT].copy()
         if self.rate > 0:
-            workers = np.minimum(workers, np.maximum(1.0, np.ceil(self.rate / rps)))
-        ttft, tpot = pts[:, R_TTFT], pts[:, R_TPOT]
-        user = np.where(tpot > 0, 1e3 / np.maximum(tpot, 1e-12), 0.0)
-        per_gpu = pts[:, R_TOKENS_PER_S] / g
+            # as many workers as the rate needs; each then carries rate / workers, and its
+            # TTFT and TPOT are those of the smallest concurrency of its setup that carries it
+            need = np.maximum(1.0, np.ceil(self.rate / rps * (1.0 - 1e-12)))
+            workers = np.minimum(workers, need)
+            served = np.minimum(rps * workers, self.rate)
+            at = _first_carrying(group, rps, served / workers)
+            ttft, tpot = ttft[at], tpot[at]
+        if self.prefill_only:
+            # one token per request, produced by the prefill: no decode interactivity
+            user = np.zeros_like(tpot)
+            per_gpu = served * self.osl / (g * workers)
+            front_x = np.where(ttft > 0, 1e3 / np.maximum(ttft, 1e-12), 0.0)
+        else:
+            user = np.where(tpot > 0, 1e3 / np.maximum(tpot, 1e-12), 0.0)
+            per_gpu = served * self.osl / (g * workers)
+            front_x = user
 
         def deployment(i: int) -> Deployment:
             tp_, pp_, ep_, dp_ = (int(v) for v in lay[who[i]])
@@ -551,6 +697,7 @@ class _Search:
                 use,
                 chunk if chunk > 0 else None,
             )
+            gpus = int(g[i]) * use
             return Deployment(
                 mode="agg",
                 pools=(pool,),
@@ -558,27 +705,63 @@ class _Search:
                 tpot_ms=float(tpot[i]),
                 tokens_per_s_per_gpu=float(per_gpu[i]),
                 tokens_per_s_per_user=float(user[i]),
-                requests_per_s=float(rps[i] * use),
-                gpus=int(g[i]) * use,
+                requests_per_s=float(served[i]),
+                gpus=gpus,
+                prompt_tokens_per_s_per_gpu=float(served[i]) * self.isl / gpus,
             )
 
-        ttft_ok = ttft <= self.req.slo.ttft_ms
+        slo = self.req.slo
+        ttft_ok = ttft <= slo.ttft_ms
+        tpot_ok = (tpot <= self.tpot_target) | self.prefill_only
         on_front = np.nonzero(ttft_ok)[0] if ttft_ok.any() else np.arange(pts.shape[0])
-        front = pareto_front(user[on_front], per_gpu[on_front])
+        front = pareto_front(front_x[on_front], per_gpu[on_front])
         side.pareto = [deployment(int(on_front[i])) for i in front]
-        meets = ttft_ok & (tpot <= self.tpot_target)
-        if meets.any():
-            pick = _choose(rps * workers, g * workers, per_gpu, meets, self.rate)
-            side.best = deployment(pick)
-        else:
-            gap = np.maximum(ttft / self.req.slo.ttft_ms, tpot / self.tpot_target)
+        meets = ttft_ok & tpot_ok
+        if not meets.any():
+            gap = np.maximum(ttft / slo.ttft_ms, np.where(tpot_ok, 0.0, tpot / self.tpot_target))
             i = int(np.argmin(gap))
             side.closest, side.closest_gap = deployment(i), float(gap[i])
-            which = "TTFT" if ttft[i] > self.req.slo.ttft_ms else "TPOT"
-            side.binding = (
-                f"{which}: the closest aggregated setup reaches TTFT {ttft[i]:.0f} ms, "
-                f"TPOT {tpot[i]:.1f} ms"
+            if not ttft_ok.any():
+                side.binding.append(
+                    f"TTFT: the fastest aggregated point reaches {ttft.min():.0f} ms, target "
+                    f"{slo.ttft_ms:g} ms at {slo.percentile}"
+                )
+            if not tpot_ok.any():
+                side.binding.append(
+                    f"TPOT: the fastest aggregated point reaches {tpot.min():.1f} ms, target "
+                    f"{self.tpot_target:g} ms at {slo.percentile}"
+                )
+            if ttft_ok.any() and tpot_ok.any():
+                side.binding.append(
+                    "TTFT and TPOT together: no aggregated point meets both; the closest reaches "
+                    f"TTFT {ttft[i]:.0f} ms and TPOT {tpot[i]:.1f} ms"
+                )
+            return side
+        side.meeting = np.stack([served[meets], user[meets], (g * workers)[meets]], axis=1)
+        k = choose(rps * workers, g * workers, user, meets, self.rate)
+        if self.rate > 0 and rps[k] * workers[k] < self.rate * (1.0 - 1e-9):
+            side.binding.append(self._rate_miss(float(rps[k] * workers[k])))
+            side.closest = deployment(k)
+            side.closest_gap = float(self.rate / (rps[k] * workers[k]))
+            # past the budget: as many workers as the rate needs, at most RATE_SEARCH_FACTOR x
+            # the budget, judged at the offered rate as above
+            need = np.maximum(1.0, np.ceil(self.rate / rps * (1.0 - 1e-12)))
+            at = _first_carrying(group, rps, self.rate / need)
+            total = g * need
+            fits = (
+                (pts[at, R_TTFT] <= slo.ttft_ms)
+                & ((pts[at, R_TPOT] <= self.tpot_target) | self.prefill_only)
+                & (total <= RATE_SEARCH_FACTOR * self.budget)
             )
+            j = choose(rps * need, total, 1e3 / np.maximum(pts[at, R_TPOT], 1e-12), fits, self.rate)
+            if j >= 0:
+                workers[j], served[j] = need[j], self.rate
+                ttft[j], tpot[j] = pts[at[j], R_TTFT], pts[at[j], R_TPOT]
+                user[j] = 0.0 if self.prefill_only else 1e3 / max(tpot[j], 1e-12)
+                per_gpu[j] = self.rate * self.osl / total[j]
+                side.for_rate = deployment(j)
+            return side
+        side.best = deployment(k)
         return side
 
     def why_nothing(self, agg: _Side, disagg: _Side) -> tuple[str, Deployment | None]:
@@ -588,18 +771,114 @@ class _Search:
                 f"at {self.req.precision.dtype}: its weights alone need "
                 f"{self.model.total_params * self.ctx.hv[H_W_BYTES] / 1e9:.0f} GB"
             ), None
-        parts = [
-            f"{name}: {s.binding}" for name, s in (("agg", agg), ("disagg", disagg)) if s.binding
-        ]
+        parts = []
+        for name, s in (("agg", agg), ("disagg", disagg)):
+            if not s.binding:
+                continue
+            text = f"{name}: " + "; ".join(s.binding)
+            if s.closest is not None:
+                d = s.closest
+                text += (
+                    f" (closest miss: {_pools_text(d)}, TTFT {d.ttft_ms:.0f} ms, "
+                    f"TPOT {d.tpot_ms:.1f} ms, {d.requests_per_s:.2f} req/s on {d.gpus} GPUs)"
+                )
+            parts.append(text)
         closest = min(
             (s for s in (agg, disagg) if s.closest is not None),
             key=lambda s: s.closest_gap,
             default=None,
         )
-        return (
-            "no configuration meets the SLO; " + "; ".join(parts),
-            closest.closest if closest else None,
+        return " | ".join(parts), closest.closest if closest else None
+
+    def explain(
+        self,
+        best: Deployment | None,
+        agg: _Side,
+        disagg: _Side,
+        speedup: float | None,
+        for_rate: Deployment | None,
+    ) -> str:
+        """Why the best was chosen (or why none was), what each number is, what was compared."""
+        req, slo = self.req, self.req.slo
+        compared = "compared " + " with ".join(s.compared for s in (agg, disagg) if s.compared)
+        if best is None:
+            if self.rate > 0 and for_rate is not None:
+                return (
+                    f"{req.gpus} GPUs do not serve the offered {self.rate:g} req/s within the SLO; "
+                    f"the fewest that do: {for_rate.gpus} GPUs, {for_rate.mode} "
+                    f"({_pools_text(for_rate)}) at TTFT {for_rate.ttft_ms:.0f} ms and TPOT "
+                    f"{for_rate.tpot_ms:.1f} ms; {compared}"
+                )
+            if self.rate > 0 and any(s.closest for s in (agg, disagg)):
+                return (
+                    f"{req.gpus} GPUs do not serve the offered {self.rate:g} req/s within the "
+                    f"SLO, nor do {RATE_SEARCH_FACTOR * req.gpus}; {compared}"
+                )
+            return f"no deployment meets the SLO within the GPU budget; {compared}"
+        if self.rate > 0:
+            what = f"serves the offered {self.rate:g} req/s"
+        else:
+            what = f"delivers {best.requests_per_s:.2f} req/s (the most within the budget)"
+        pct = slo.percentile
+        if self.prefill_only:
+            figures = (
+                f"{best.prompt_tokens_per_s_per_gpu or 0.0:.0f} prompt tokens/s/GPU; TTFT {pct} "
+                f"{best.ttft_ms:.0f} ms (target {slo.ttft_ms:g}); prefill-only traffic "
+                "(OSL 1): the first token ends each request, so there is no decode pool and no TPOT"
+            )
+        else:
+            tpot_is = (
+                "decode-pool step time, free of prefill interference, so the same at every "
+                "percentile"
+                if best.mode == "disagg"
+                else f"the {pct} of requests' TPOT in the aggregated simulation, prefill chunks "
+                "interleaved"
+            )
+            figures = (
+                f"{best.tokens_per_s_per_gpu:.0f} output tokens/s/GPU and "
+                f"{best.tokens_per_s_per_user:.1f} tokens/s/user; TTFT {pct} {best.ttft_ms:.0f} ms "
+                f"(target {slo.ttft_ms:g}, queueing included), TPOT {pct} {best.tpot_ms:.1f} ms "
+                f"(target {self.tpot_target:g}; {tpot_is})"
+            )
+        at = " at the offered rate" if self.rate > 0 else ""
+        text = (
+            f"{best.mode} serving ({_pools_text(best)}) {what} on {best.gpus} of {req.gpus} GPUs: "
+            f"{figures}{at}; {compared}"
         )
+        a, d = agg.best, disagg.best
+        if speedup is not None and a is not None and d is not None:
+            text += f"; disaggregation gives {speedup:.2f}x the tokens/s/GPU of aggregation"
+            other = d if best is a else a
+            if other.tokens_per_s_per_gpu > best.tokens_per_s_per_gpu:
+                text += (
+                    f", but the best {other.mode} deployment serves {other.requests_per_s:.2f} "
+                    f"req/s on {other.gpus} GPUs"
+                )
+        elif best.mode == "disagg" and "agg" in req.limits.modes:
+            text += "; no aggregated setup meets the SLO"
+        elif best.mode == "agg" and "disagg" in req.limits.modes and not self.prefill_only:
+            text += "; no disaggregated setup meets the SLO"
+        return text
+
+
+def _user(d: Deployment) -> float:
+    return d.tokens_per_s_per_user if d.tpot_ms > 0 else 1e3 / max(d.ttft_ms, 1e-12)
+
+
+def _first_carrying(group: np.ndarray, rate: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """For each row, the first row of its group (contiguous, rising concurrency), up to itself,
+    whose ``rate`` reaches the row's ``need``; the row itself when none does."""
+    n = group.shape[0]
+    start = np.zeros(n, np.int64)
+    new = np.ones(n, np.bool_)
+    new[1:] = group[1:] != group[:-1]
+    start = np.maximum.accumulate(np.where(new, np.arange(n), 0))
+    span = int((np.arange(n) - start).max()) + 1 if n else 1
+    cand = start[:, None] + np.arange(span)[None, :]
+    inside = cand <= np.arange(n)[:, None]
+    cand = np.minimum(cand, n - 1)
+    ok = inside & (rate[cand] >= need[:, None] * (1.0 - 1e-9))
+    return np.where(ok.any(axis=1), cand[np.arange(n), np.argmax(ok, axis=1)], np.arange(n))
 
 
 def _undominated(gpus: np.ndarray, rate: np.ndarray) -> np.ndarray:
