@@ -501,7 +501,13 @@ def plan(
     ] = None,
     rate: Annotated[
         float | None,
-        typer.Option(metavar="REQ_PER_S", rich_help_panel=_TRAFFIC, help="Offered request rate."),
+        typer.Option(
+            metavar="REQ_PER_S",
+            rich_help_panel=_TRAFFIC,
+            help="Offered request rate, a constraint: the plan serves it on the fewest GPUs and "
+            "reports TTFT/TPOT at it; when the budget cannot, it says so and names the fewest "
+            "GPUs that would.",
+        ),
     ] = None,
     prefix_hit: Annotated[
         float | None,
@@ -522,7 +528,9 @@ def plan(
         typer.Option(
             metavar="p50|p90|p99",
             rich_help_panel=_SLO,
-            help="Which percentile must meet the targets.",
+            help="Which percentile of TTFT and of TPOT must meet the targets; the result "
+            "reports both at it (TTFT with queueing; agg TPOT from the simulation with prefill "
+            "interleaved, disagg TPOT the decode step, the same at every percentile).",
         ),
     ] = "p50",
     min_tokens_per_user: Annotated[

@@ -220,10 +220,23 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
     else:
         parts.append(
             Text(
-                f"no configuration meets the SLO: {result.reason or 'unknown reason'}",
+                (
+                    "the GPU budget does not serve the rate: "
+                    if result.rate_served is False
+                    else "no configuration meets the SLO: "
+                )
+                + (result.reason or "unknown reason"),
                 style="bold red",
             )
         )
+        if result.for_rate is not None:
+            parts.append(
+                Text.assemble(
+                    ("fewest GPUs for the rate: ", "bold"),
+                    f"{result.for_rate.gpus} ({result.for_rate.mode})  "
+                    f"{deployment_text(result.for_rate)}",
+                )
+            )
     if result.explanation:
         parts.append(Text(result.explanation))
     table = Table(title="best deployment per mode", title_justify="left")

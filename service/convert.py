@@ -547,6 +547,7 @@ def deployment_to_proto(d: Deployment) -> plan_pb2.Deployment:
         prefill_decode_gpu_ratio=d.prefill_decode_gpu_ratio,
         kv_transfer_gb_per_s_per_gpu=d.kv_transfer_gb_per_s_per_gpu,
         balanced_gpu_ratio=d.balanced_gpu_ratio,
+        prompt_tokens_per_s_per_gpu=d.prompt_tokens_per_s_per_gpu,
     )
 
 
@@ -569,6 +570,9 @@ def deployment_from_proto(msg: plan_pb2.Deployment, path: str = "deployment") ->
             else None
         ),
         balanced_gpu_ratio=(msg.balanced_gpu_ratio if msg.HasField("balanced_gpu_ratio") else None),
+        prompt_tokens_per_s_per_gpu=(
+            msg.prompt_tokens_per_s_per_gpu if msg.HasField("prompt_tokens_per_s_per_gpu") else None
+        ),
     )
 
 
@@ -588,11 +592,15 @@ def plan_result_to_proto(r: PlanResult) -> plan_pb2.PlanResult:
         reason=r.reason or "",
         closest=dep(r.closest),
         explanation=r.explanation,
+        rate_served=r.rate_served,
+        for_rate=dep(r.for_rate),
     )
 
 
 def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
-    def dep(field: Literal["best", "best_agg", "best_disagg", "closest"]) -> Deployment | None:
+    def dep(
+        field: Literal["best", "best_agg", "best_disagg", "closest", "for_rate"],
+    ) -> Deployment | None:
         return deployment_from_proto(getattr(msg, field), field) if msg.HasField(field) else None
 
     return PlanResult(
@@ -611,6 +619,8 @@ def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
         reason=msg.reason or None,
         closest=dep("closest"),
         explanation=msg.explanation,
+        rate_served=msg.rate_served if msg.HasField("rate_served") else None,
+        for_rate=dep("for_rate"),
     )
 
 
@@ -645,6 +655,7 @@ def deployment_from_dict(d: Mapping[str, Any]) -> Deployment:
         prefill_decode_gpu_ratio=_opt_float(d.get("prefill_decode_gpu_ratio")),
         kv_transfer_gb_per_s_per_gpu=_opt_float(d.get("kv_transfer_gb_per_s_per_gpu")),
         balanced_gpu_ratio=_opt_float(d.get("balanced_gpu_ratio")),
+        prompt_tokens_per_s_per_gpu=_opt_float(d.get("prompt_tokens_per_s_per_gpu")),
     )
 
 
@@ -668,6 +679,8 @@ def plan_result_from_dict(d: Mapping[str, Any]) -> PlanResult:
         reason=d.get("reason"),
         closest=dep("closest"),
         explanation=d.get("explanation", ""),
+        rate_served=d.get("rate_served"),
+        for_rate=dep("for_rate"),
     )
 
 

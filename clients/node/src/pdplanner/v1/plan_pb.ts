@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/plan.proto.
  */
 export const file_pdplanner_v1_plan: GenFile = /*@__PURE__*/
-  fileDesc("ChdwZHBsYW5uZXIvdjEvcGxhbi5wcm90bxIMcGRwbGFubmVyLnYxIpsBCgNTbG8SDwoHdHRmdF9tcxgBIAEoARIPCgd0cG90X21zGAIgASgBEiwKCnBlcmNlbnRpbGUYAyABKA4yGC5wZHBsYW5uZXIudjEuUGVyY2VudGlsZRImChltaW5fdG9rZW5zX3Blcl9zX3Blcl91c2VyGAQgASgBSACIAQFCHAoaX21pbl90b2tlbnNfcGVyX3NfcGVyX3VzZXIi0QEKDFNlYXJjaExpbWl0cxITCgZtYXhfdHAYASABKAVIAIgBARIVCghhbGxvd19wcBgCIAEoCEgBiAEBEhUKCGFsbG93X2VwGAMgASgISAKIAQESHwoSYWxsb3dfYXR0ZW50aW9uX2RwGAQgASgISAOIAQESIQoFbW9kZXMYBSADKA4yEi5wZHBsYW5uZXIudjEuTW9kZUIJCgdfbWF4X3RwQgsKCV9hbGxvd19wcEILCglfYWxsb3dfZXBCFQoTX2FsbG93X2F0dGVudGlvbl9kcCKiAwoLUGxhblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRILCgNncHUYAyABKAkSEgoKZGVjb2RlX2dwdRgEIAEoCRIMCgRncHVzGAUgASgFEhkKDHByZWZpbGxfZ3B1cxgGIAEoBUgAiAEBEhgKC2RlY29kZV9ncHVzGAcgASgFSAGIAQESJwoHdHJhZmZpYxgIIAMoCzIWLnBkcGxhbm5lci52MS5Xb3JrbG9hZBIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIeCgNzbG8YCyABKAsyES5wZHBsYW5uZXIudjEuU2xvEioKCXByZWNpc2lvbhgMIAEoCzIXLnBkcGxhbm5lci52MS5QcmVjaXNpb24SDgoGZW5naW5lGA0gASgJEioKBmxpbWl0cxgOIAEoCzIaLnBkcGxhbm5lci52MS5TZWFyY2hMaW1pdHNCDwoNX3ByZWZpbGxfZ3B1c0IOCgxfZGVjb2RlX2dwdXNCDQoLX3JhdGVfcGVyX3MivwEKBFBvb2wSJAoEcm9sZRgBIAEoDjIWLnBkcGxhbm5lci52MS5Qb29sUm9sZRILCgNncHUYAiABKAkSCgoCdHAYAyABKAUSCgoCcHAYBCABKAUSCgoCZXAYBSABKAUSFAoMYXR0ZW50aW9uX2RwGAYgASgFEg0KBWJhdGNoGAcgASgFEg8KB3dvcmtlcnMYCCABKAUSGQoMY2h1bmtfdG9rZW5zGAkgASgFSACIAQFCDwoNX2NodW5rX3Rva2VucyKeAwoKRGVwbG95bWVudBIgCgRtb2RlGAEgASgOMhIucGRwbGFubmVyLnYxLk1vZGUSIQoFcG9vbHMYAiADKAsyEi5wZHBsYW5uZXIudjEuUG9vbBIPCgd0dGZ0X21zGAMgASgBEg8KB3Rwb3RfbXMYBCABKAESHAoUdG9rZW5zX3Blcl9zX3Blcl9ncHUYBSABKAESHQoVdG9rZW5zX3Blcl9zX3Blcl91c2VyGAYgASgBEhYKDnJlcXVlc3RzX3Blcl9zGAcgASgBEgwKBGdwdXMYCCABKAUSJQoYcHJlZmlsbF9kZWNvZGVfZ3B1X3JhdGlvGAkgASgBSACIAQESKQoca3ZfdHJhbnNmZXJfZ2JfcGVyX3NfcGVyX2dwdRgKIAEoAUgBiAEBEh8KEmJhbGFuY2VkX2dwdV9yYXRpbxgLIAEoAUgCiAEBQhsKGV9wcmVmaWxsX2RlY29kZV9ncHVfcmF0aW9CHwodX2t2X3RyYW5zZmVyX2diX3Blcl9zX3Blcl9ncHVCFQoTX2JhbGFuY2VkX2dwdV9yYXRpbyKZAwoKUGxhblJlc3VsdBImCgRiZXN0GAEgASgLMhgucGRwbGFubmVyLnYxLkRlcGxveW1lbnQSKgoIYmVzdF9hZ2cYAiABKAsyGC5wZHBsYW5uZXIudjEuRGVwbG95bWVudBItCgtiZXN0X2Rpc2FnZxgDIAEoCzIYLnBkcGxhbm5lci52MS5EZXBsb3ltZW50EhsKDmRpc2FnZ19zcGVlZHVwGAQgASgBSACIAQESLAoKcGFyZXRvX2FnZxgFIAMoCzIYLnBkcGxhbm5lci52MS5EZXBsb3ltZW50Ei8KDXBhcmV0b19kaXNhZ2cYBiADKAsyGC5wZHBsYW5uZXIudjEuRGVwbG95bWVudBIVCg1kZXNpZ25fcG9pbnRzGAcgASgDEhIKCmVsYXBzZWRfbXMYCCABKAESDgoGcmVhc29uGAkgASgJEikKB2Nsb3Nlc3QYCiABKAsyGC5wZHBsYW5uZXIudjEuRGVwbG95bWVudBITCgtleHBsYW5hdGlvbhgLIAEoCUIRCg9fZGlzYWdnX3NwZWVkdXAixwEKBFBsYW4SDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoHcmVxdWVzdBgDIAEoCzIZLnBkcGxhbm5lci52MS5QbGFuUmVxdWVzdBIoCgZyZXN1bHQYBCABKAsyGC5wZHBsYW5uZXIudjEuUGxhblJlc3VsdBIXCg9wbGFubmVyX3ZlcnNpb24YBSABKAkSEQoJc2VhcmNoX21zGAYgASgBIjAKDFBsYW5SZXNwb25zZRIgCgRwbGFuGAEgASgLMhIucGRwbGFubmVyLnYxLlBsYW4iHgoOR2V0UGxhblJlcXVlc3QSDAoEbmFtZRgBIAEoCSIzCg9HZXRQbGFuUmVzcG9uc2USIAoEcGxhbhgBIAEoCzISLnBkcGxhbm5lci52MS5QbGFuIlUKEExpc3RQbGFuc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDQoFbW9kZWwYAyABKAkSCwoDZ3B1GAQgASgJIk8KEUxpc3RQbGFuc1Jlc3BvbnNlEiEKBXBsYW5zGAEgAygLMhIucGRwbGFubmVyLnYxLlBsYW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiEKEURlbGV0ZVBsYW5SZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlUGxhblJlc3BvbnNlKmUKCFBvb2xSb2xlEhkKFVBPT0xfUk9MRV9VTlNQRUNJRklFRBAAEhUKEVBPT0xfUk9MRV9QUkVGSUxMEAESFAoQUE9PTF9ST0xFX0RFQ09ERRACEhEKDVBPT0xfUk9MRV9BR0cQA0IvWi1wZHBsYW5uZXIvY2xpZW50cy9nby9wZHBsYW5uZXIvdjE7cGRwbGFubmVydjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_pdplanner_v1_common]);
+  fileDesc("ChdwZHBsYW5uZXIvdjEvcGxhbi5wcm90bxIMcGRwbGFubmVyLnYxIpsBCgNTbG8SDwoHdHRmdF9tcxgBIAEoARIPCgd0cG90X21zGAIgASgBEiwKCnBlcmNlbnRpbGUYAyABKA4yGC5wZHBsYW5uZXIudjEuUGVyY2VudGlsZRImChltaW5fdG9rZW5zX3Blcl9zX3Blcl91c2VyGAQgASgBSACIAQFCHAoaX21pbl90b2tlbnNfcGVyX3NfcGVyX3VzZXIi0QEKDFNlYXJjaExpbWl0cxITCgZtYXhfdHAYASABKAVIAIgBARIVCghhbGxvd19wcBgCIAEoCEgBiAEBEhUKCGFsbG93X2VwGAMgASgISAKIAQESHwoSYWxsb3dfYXR0ZW50aW9uX2RwGAQgASgISAOIAQESIQoFbW9kZXMYBSADKA4yEi5wZHBsYW5uZXIudjEuTW9kZUIJCgdfbWF4X3RwQgsKCV9hbGxvd19wcEILCglfYWxsb3dfZXBCFQoTX2FsbG93X2F0dGVudGlvbl9kcCKiAwoLUGxhblJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRILCgNncHUYAyABKAkSEgoKZGVjb2RlX2dwdRgEIAEoCRIMCgRncHVzGAUgASgFEhkKDHByZWZpbGxfZ3B1cxgGIAEoBUgAiAEBEhgKC2RlY29kZV9ncHVzGAcgASgFSAGIAQESJwoHdHJhZmZpYxgIIAMoCzIWLnBkcGxhbm5lci52MS5Xb3JrbG9hZBIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIeCgNzbG8YCyABKAsyES5wZHBsYW5uZXIudjEuU2xvEioKCXByZWNpc2lvbhgMIAEoCzIXLnBkcGxhbm5lci52MS5QcmVjaXNpb24SDgoGZW5naW5lGA0gASgJEioKBmxpbWl0cxgOIAEoCzIaLnBkcGxhbm5lci52MS5TZWFyY2hMaW1pdHNCDwoNX3ByZWZpbGxfZ3B1c0IOCgxfZGVjb2RlX2dwdXNCDQoLX3JhdGVfcGVyX3MivwEKBFBvb2wSJAoEcm9sZRgBIAEoDjIWLnBkcGxhbm5lci52MS5Qb29sUm9sZRILCgNncHUYAiABKAkSCgoCdHAYAyABKAUSCgoCcHAYBCABKAUSCgoCZXAYBSABKAUSFAoMYXR0ZW50aW9uX2RwGAYgASgFEg0KBWJhdGNoGAcgASgFEg8KB3dvcmtlcnMYCCABKAUSGQoMY2h1bmtfdG9rZW5zGAkgASgFSACIAQFCDwoNX2NodW5rX3Rva2VucyLoAwoKRGVwbG95bWVudBIgCgRtb2RlGAEgASgOMhIucGRwbGFubmVyLnYxLk1vZGUSIQoFcG9vbHMYAiADKAsyEi5wZHBsYW5uZXIudjEuUG9vbBIPCgd0dGZ0X21zGAMgASgBEg8KB3Rwb3RfbXMYBCABKAESHAoUdG9rZW5zX3Blcl9zX3Blcl9ncHUYBSABKAESHQoVdG9rZW5zX3Blcl9zX3Blcl91c2VyGAYgASgBEhYKDnJlcXVlc3RzX3Blcl9zGAcgASgBEgwKBGdwdXMYCCABKAUSJQoYcHJlZmlsbF9kZWNvZGVfZ3B1X3JhdGlvGAkgASgBSACIAQESKQoca3ZfdHJhbnNmZXJfZ2JfcGVyX3NfcGVyX2dwdRgKIAEoAUgBiAEBEh8KEmJhbGFuY2VkX2dwdV9yYXRpbxgLIAEoAUgCiAEBEigKG3Byb21wdF90b2tlbnNfcGVyX3NfcGVyX2dwdRgMIAEoAUgDiAEBQhsKGV9wcmVmaWxsX2RlY29kZV9ncHVfcmF0aW9CHwodX2t2X3RyYW5zZmVyX2diX3Blcl9zX3Blcl9ncHVCFQoTX2JhbGFuY2VkX2dwdV9yYXRpb0IeChxfcHJvbXB0X3Rva2Vuc19wZXJfc19wZXJfZ3B1Iu8DCgpQbGFuUmVzdWx0EiYKBGJlc3QYASABKAsyGC5wZHBsYW5uZXIudjEuRGVwbG95bWVudBIqCghiZXN0X2FnZxgCIAEoCzIYLnBkcGxhbm5lci52MS5EZXBsb3ltZW50Ei0KC2Jlc3RfZGlzYWdnGAMgASgLMhgucGRwbGFubmVyLnYxLkRlcGxveW1lbnQSGwoOZGlzYWdnX3NwZWVkdXAYBCABKAFIAIgBARIsCgpwYXJldG9fYWdnGAUgAygLMhgucGRwbGFubmVyLnYxLkRlcGxveW1lbnQSLwoNcGFyZXRvX2Rpc2FnZxgGIAMoCzIYLnBkcGxhbm5lci52MS5EZXBsb3ltZW50EhUKDWRlc2lnbl9wb2ludHMYByABKAMSEgoKZWxhcHNlZF9tcxgIIAEoARIOCgZyZWFzb24YCSABKAkSKQoHY2xvc2VzdBgKIAEoCzIYLnBkcGxhbm5lci52MS5EZXBsb3ltZW50EhMKC2V4cGxhbmF0aW9uGAsgASgJEhgKC3JhdGVfc2VydmVkGAwgASgISAGIAQESKgoIZm9yX3JhdGUYDSABKAsyGC5wZHBsYW5uZXIudjEuRGVwbG95bWVudEIRCg9fZGlzYWdnX3NwZWVkdXBCDgoMX3JhdGVfc2VydmVkIscBCgRQbGFuEgwKBG5hbWUYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKB3JlcXVlc3QYAyABKAsyGS5wZHBsYW5uZXIudjEuUGxhblJlcXVlc3QSKAoGcmVzdWx0GAQgASgLMhgucGRwbGFubmVyLnYxLlBsYW5SZXN1bHQSFwoPcGxhbm5lcl92ZXJzaW9uGAUgASgJEhEKCXNlYXJjaF9tcxgGIAEoASIwCgxQbGFuUmVzcG9uc2USIAoEcGxhbhgBIAEoCzISLnBkcGxhbm5lci52MS5QbGFuIh4KDkdldFBsYW5SZXF1ZXN0EgwKBG5hbWUYASABKAkiMwoPR2V0UGxhblJlc3BvbnNlEiAKBHBsYW4YASABKAsyEi5wZHBsYW5uZXIudjEuUGxhbiJVChBMaXN0UGxhbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEg0KBW1vZGVsGAMgASgJEgsKA2dwdRgEIAEoCSJPChFMaXN0UGxhbnNSZXNwb25zZRIhCgVwbGFucxgBIAMoCzISLnBkcGxhbm5lci52MS5QbGFuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIhChFEZWxldGVQbGFuUmVxdWVzdBIMCgRuYW1lGAEgASgJIhQKEkRlbGV0ZVBsYW5SZXNwb25zZSplCghQb29sUm9sZRIZChVQT09MX1JPTEVfVU5TUEVDSUZJRUQQABIVChFQT09MX1JPTEVfUFJFRklMTBABEhQKEFBPT0xfUk9MRV9ERUNPREUQAhIRCg1QT09MX1JPTEVfQUdHEANCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_pdplanner_v1_common]);
 
 /**
  * Slo is the latency targets a deployment must meet.
@@ -65,7 +65,9 @@ export const SloSchema: GenMessage<Slo> = /*@__PURE__*/
  */
 export type SearchLimits = Message<"pdplanner.v1.SearchLimits"> & {
   /**
-   * Largest tensor-parallel degree tried. Unset means the GPU's NVLink domain.
+   * Largest tensor-parallel degree tried; a pipeline stage (tp x attention_dp GPUs) stays within
+   * it too. Unset means the GPU's NVLink domain (8 on HGX H100/H200): TP all-reduces across the
+   * scale-out network (about 50 GB/s per GPU against 450 GB/s of NVLink) would dominate a step.
    *
    * @generated from field: optional int32 max_tp = 1;
    */
@@ -172,7 +174,9 @@ export type PlanRequest = Message<"pdplanner.v1.PlanRequest"> & {
   traffic: Workload[];
 
   /**
-   * Offered request rate, in requests per second, when known.
+   * Offered request rate, in requests per second, when known. A constraint: the best
+   * deployment serves it on the fewest GPUs; when the budget cannot, best is unset, reason says
+   * so and for_rate names the fewest GPUs that would.
    *
    * @generated from field: optional double rate_per_s = 9;
    */
@@ -319,14 +323,17 @@ export type Deployment = Message<"pdplanner.v1.Deployment"> & {
   pools: Pool[];
 
   /**
-   * Predicted time to first token, in milliseconds.
+   * Predicted time to first token at the SLO's percentile, in milliseconds, queueing included.
+   * With a target rate, at that rate; otherwise at the deployment's capacity.
    *
    * @generated from field: double ttft_ms = 3;
    */
   ttftMs: number;
 
   /**
-   * Predicted time per output token, in milliseconds.
+   * Predicted time per output token at the SLO's percentile, in milliseconds: for a disagg
+   * decode pool its step time (no prefill interference, the same at every percentile), for agg
+   * the percentile of requests' TPOT in the aggregated simulation. 0 for prefill-only traffic.
    *
    * @generated from field: double tpot_ms = 4;
    */
@@ -347,7 +354,8 @@ export type Deployment = Message<"pdplanner.v1.Deployment"> & {
   tokensPerSPerUser: number;
 
   /**
-   * Requests completed per second.
+   * Requests completed per second: the target rate when one is set and served, otherwise the
+   * deployment's capacity.
    *
    * @generated from field: double requests_per_s = 7;
    */
@@ -382,6 +390,14 @@ export type Deployment = Message<"pdplanner.v1.Deployment"> & {
    * @generated from field: optional double balanced_gpu_ratio = 11;
    */
   balancedGpuRatio?: number | undefined;
+
+  /**
+   * Prompt tokens per second per GPU (requests_per_s x mean isl / gpus): the throughput of
+   * prefill-only traffic (osl 1: embeddings, scoring), whose output is one token per request.
+   *
+   * @generated from field: optional double prompt_tokens_per_s_per_gpu = 12;
+   */
+  promptTokensPerSPerGpu?: number | undefined;
 };
 
 /**
@@ -469,11 +485,27 @@ export type PlanResult = Message<"pdplanner.v1.PlanResult"> & {
   closest?: Deployment | undefined;
 
   /**
-   * Why the best deployment was chosen, in words.
+   * Why the best deployment was chosen (or none was), what each figure is and what was
+   * compared, in words.
    *
    * @generated from field: string explanation = 11;
    */
   explanation: string;
+
+  /**
+   * With a target rate: whether the GPU budget serves it within the SLO. Unset without a rate.
+   *
+   * @generated from field: optional bool rate_served = 12;
+   */
+  rateServed?: boolean | undefined;
+
+  /**
+   * With a target rate the budget does not serve: the deployment with the fewest GPUs that
+   * would (searched up to 16 times the budget). Unset otherwise, or when even that does not.
+   *
+   * @generated from field: pdplanner.v1.Deployment for_rate = 13;
+   */
+  forRate?: Deployment | undefined;
 };
 
 /**
