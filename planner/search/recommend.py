@@ -12,8 +12,13 @@
    frontier and the recommendation are both made of these real deployments.
 4. Aggregated: every layout x chunked-prefill budget (and no chunking) x concurrency runs the
    event simulation; its TTFT/TPOT at the SLO percentile decide feasibility.
-5. The best deployment maximises delivered requests/s within the budget (or, with a target rate,
-   reaches it with the fewest GPUs); frontiers are tokens/s/GPU against tokens/s/user.
+   Aggregated workers use only the GPUs the budget holds: with a separate decode GPU type, each
+   type alone within its own count. Prefill-only traffic (OSL 1) has no decode pool.
+5. The best deployment (``choose``) serves the most requests/s within the budget, ties to the
+   most tokens/s/user, then the fewest GPUs. A target rate is a constraint: the fewest GPUs that
+   serve it, with every figure at that rate; when the budget does not serve it there is no best,
+   and the fewest GPUs that would are searched past the budget. Frontiers are tokens/s/GPU
+   against tokens/s/user.
 """
 
 from __future__ import annotations
@@ -502,10 +507,12 @@ class _Search:
         ox, oy, orate, opre = self._match(r_p, g_p, r_d, g_d, bound, bound, bound)
         ok = ox > 0
         gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d
-        hits = ok & (orate >= self.rate * (1.0 - 1e-9))
+        # TPOT again at the load these worker counts carry
+        tpot = self._tpot_served(dec, dj, np.minimum(orate, self.rate) / np.maximum(oy, 1))
+        hits = ok & (orate >= self.rate * (1.0 - 1e-9)) & (tpot <= self.tpot_target)
         if not hits.any():
             return None
-        user = 1e3 / self._tpot_served(dec, dj, np.minimum(orate, self.rate) / np.maximum(oy, 1))
+        user = 1e3 / tpot
         j = choose(orate, gpus_used, user, hits, self.rate)
         k = int(opre[j])
         return self._disagg_deployment(

@@ -136,6 +136,7 @@ deployments = modes.flatmap(
         gpus=ints,
         prefill_decode_gpu_ratio=st.none() | floats,
         kv_transfer_gb_per_s_per_gpu=st.none() | floats,
+        prompt_tokens_per_s_per_gpu=st.none() | floats,
     )
 )
 plan_results = st.builds(
@@ -151,6 +152,8 @@ plan_results = st.builds(
     reason=st.none() | st.text(min_size=1),
     closest=st.none() | deployments,
     explanation=st.text(),
+    rate_served=st.none() | st.booleans(),
+    for_rate=st.none() | deployments,
 )
 
 
