@@ -120,10 +120,9 @@ def test_prefill_decode_ratio_falls_as_tpot_tightens(model: str, dtype: str) -> 
 
 
 def test_decode_tp_grows_as_tpot_tightens() -> None:
-    """Tighter TPOT targets move the best decode worker to wider TP (never narrower), from the
-    loosest to the tightest target. Neighbouring targets may keep the same TP (60 and 30 ms both
-    pick TP8): near the loose end narrower and wider decode layouts deliver within a percent of
-    each other, so which one wins there is packing noise, not the trend."""
+    """TP8 at TPOT 60 and 30 ms, TP32 at 15 ms. At 60 ms a TP4 x PP2 decode pool delivers the
+    same requests/s on the same GPUs (the prefill pool bounds both), but at a lower tokens/s/user
+    than TP8, which dominates it; so the loosest two targets share their decode TP."""
     tps = []
     for t in TIGHTENING_TPOT_MS:
         d = run("llama-3.1-405b", 16384, 2048, t).best_disagg
@@ -134,5 +133,4 @@ def test_decode_tp_grows_as_tpot_tightens() -> None:
             f"405B 16k/2k TPOT {t:g} ms: decode TP{decode.tp} PP{decode.pp} batch {decode.batch} "
             f"x{decode.workers}, TPOT {d.tpot_ms:.1f} ms"
         )
-    assert tps[0] <= tps[1] <= tps[2]
-    assert tps[0] < tps[2]
+    assert tps[0] <= tps[1] < tps[2]
