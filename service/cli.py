@@ -19,8 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console, RenderableType
@@ -37,10 +36,12 @@ from planner.types import (
     SearchLimits,
     ServingEstimate,
     Slo,
-    Workload,
 )
 from service import cli_format as fmt
 from service import cli_inputs as inputs
+
+if TYPE_CHECKING:
+    from planner.sweep import SweepGrid
 
 SERVER_ENV = "PDPLANNER_SERVER"
 DEBUG_ENV = "PDPLANNER_DEBUG"
@@ -639,28 +640,6 @@ def _unique(values: Sequence[T]) -> list[T]:
     return list(dict.fromkeys(values))
 
 
-@dataclass(frozen=True)
-class SweepGrid:
-    """A sweep: every model x GPU type x traffic point x SLO, with the fields they share."""
-
-    models: tuple[str, ...]
-    gpu_types: tuple[str, ...]
-    traffic: tuple[Workload, ...]
-    slos: tuple[Slo, ...]
-    gpus: int
-    precision: Precision
-    engine: str
-    limits: SearchLimits
-
-    def requests(self) -> list[PlanRequest]:
-        """The scenarios in grid order: the model varies slowest and the SLO fastest."""
-        return [
-            PlanRequest(model=m, gpu=g, gpus=self.gpus, traffic=(w,), slo=slo,
-                        precision=self.precision, engine=self.engine, limits=self.limits)
-            for m in self.models for g in self.gpu_types for w in self.traffic for slo in self.slos
-        ]  # fmt: skip
-
-
 def _scenario(req: PlanRequest) -> dict[str, Any]:
     w = req.traffic[0]
     return {
@@ -732,6 +711,8 @@ def sweep(
             if value is None:
                 raise InvalidInputError(key, "is required")
         pairs = [inputs.parse_traffic_pair(t) for t in traffic or ()]
+        from planner.sweep import SweepGrid
+
         grid = SweepGrid(
             models=tuple(_unique(model or ())),
             gpu_types=tuple(_unique(gpu or ())),
@@ -744,11 +725,11 @@ def sweep(
         )
     remote = _remote(server)
     name: str | None = None
-    with _progress(len(grid.requests())) as advance, _flags(SWEEP_KEYS):
+    with _progress(len(grid.scenarios())) as advance, _flags(SWEEP_KEYS):
         if remote is not None:
             name, rows = remote.sweep(grid, advance)
         else:
-            rows = _sweep_in_process(grid.requests(), advance)
+            rows = _sweep_in_process(grid.scenarios(), advance)
     if json_out:
         out: dict[str, Any] = {"name": name} if name else {}
         _print_json({**out, "scenarios": rows})
@@ -1002,21 +983,9 @@ class Remote:
         self, grid: SweepGrid, advance: Callable[[], None]
     ) -> tuple[str, list[dict[str, Any]]]:
         """The Sweep RPC: the stored sweep's name and one row per scenario, in grid order."""
-        from pdplanner.v1 import sweep_pb2
-
         from service import convert
 
-        msg = sweep_pb2.SweepRequest(
-            models=grid.models,
-            gpu_types=grid.gpu_types,
-            traffic=[convert.workload_to_proto(w, f"traffic[{i}]")
-                     for i, w in enumerate(grid.traffic)],
-            slos=[convert.slo_to_proto(s) for s in grid.slos],
-            gpus=grid.gpus,
-            precision=convert.precision_to_proto(grid.precision),
-            engine=grid.engine,
-            limits=convert.limits_to_proto(grid.limits),
-        )  # fmt: skip
+        msg = convert.sweep_grid_to_proto(grid)
         name = ""
         rows: dict[int, dict[str, Any]] = {}
         with self._errors():

@@ -296,14 +296,14 @@ class StoredPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``pdplanner plans get --json``: name, metadata, request and result."""
-        from service.convert import plan_request_to_dict
+        from planner.serialize import to_json
 
         return {
             "name": self.name,
             "create_time": self.create_time,
             "planner_version": self.planner_version,
             "search_ms": self.search_ms,
-            "request": plan_request_to_dict(self.request),
+            "request": to_json(self.request),
             "result": self.result.to_dict(),
         }
 

@@ -504,7 +504,7 @@ def test_an_unexpected_failure_is_internal_and_the_server_carries_on(
         calls.set()
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("service.servicer.run_plan", broken)
+    monkeypatch.setattr("service.handlers.run_plan", broken)
     error = failure(lambda: stub.Plan(plan_request(), timeout=30))
     assert calls.is_set()
     assert error.code() == grpc.StatusCode.INTERNAL
