@@ -200,21 +200,22 @@ def sweep(
         raise errors.invalid_argument(
             "request_id", "was used before by a call with a different request"
         )
-    yield sweep_pb2.SweepResponse(sweep=convert.sweep_to_proto(stored, with_scenarios=False))
     done = 0
-    for s in stored.scenarios:
-        done += 1
-        yield sweep_pb2.SweepResponse(scenario=convert.scenario_to_proto(s))
-        yield sweep_pb2.SweepResponse(progress=sweep_pb2.SweepProgress(done=done, total=total))
     finished = {s.index for s in stored.scenarios}
-    try:
+    try:  # from here on, a caller that leaves (or any failure) marks the sweep failed
+        yield sweep_pb2.SweepResponse(sweep=convert.sweep_to_proto(stored, with_scenarios=False))
+        for s in stored.scenarios:
+            done += 1
+            yield sweep_pb2.SweepResponse(scenario=convert.scenario_to_proto(s))
+            yield sweep_pb2.SweepResponse(progress=sweep_pb2.SweepProgress(done=done, total=total))
         for outcome in run_sweep(grid, current.models, current.gpus, should_stop, finished):
             scenario = _store_outcome(store, stored.id, outcome)
             done += 1
             yield sweep_pb2.SweepResponse(scenario=convert.scenario_to_proto(scenario))
             yield sweep_pb2.SweepResponse(progress=sweep_pb2.SweepProgress(done=done, total=total))
     except BaseException:
-        _fail_sweep(store, stored.id)
+        if stored.state != "done":  # a replay of a finished sweep leaves it as it was
+            _fail_sweep(store, stored.id)
         raise
     store.finish_sweep(stored.id, "done")
     final = dataclasses.replace(store.get_sweep(stored.id), scenarios=())

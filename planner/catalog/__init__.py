@@ -17,6 +17,7 @@ from planner.catalog.models import (
     default_models,
     load_model,
     model_from_hf_config,
+    read_model_file,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "load_gpu",
     "load_model",
     "model_from_hf_config",
+    "read_model_file",
 ]

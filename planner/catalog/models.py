@@ -218,15 +218,23 @@ class ModelCatalog(Catalog[ModelSpec]):
             builtins.append(replace(spec, aliases=tuple(entry.get("aliases", ()))))
         super().__init__(builtins + list(extra or []))
 
-    def get(self, name_or_path: str, field_path: str = "model") -> ModelSpec:
-        """A model by name, alias, or path to a config.json file."""
-        return super().get(name_or_path, field_path)
+    def get(self, name: str, field_path: str = "model") -> ModelSpec:
+        """A model by name or alias (never a file)."""
+        return super().get(name, field_path)
 
     def _from_file(self, path: str, field_path: str) -> ModelSpec:
-        cfg = read_document(path, field_path)
-        p = Path(path)
-        stem = p.parent.name if p.name == "config.json" else p.stem
-        return model_from_hf_config(cfg, stem or path, field_path)
+        name, cfg = read_model_file(path, field_path)
+        return model_from_hf_config(cfg, name, field_path)
+
+
+def read_model_file(path: str, field_path: str = "model") -> tuple[str, dict[str, Any]]:
+    """The name (a config.json's folder, else the file's stem) and config of a model file."""
+    cfg = read_document(path, field_path)
+    if not isinstance(cfg, dict):
+        raise InvalidInputError(field_path, f"{path} must hold a JSON object")
+    p = Path(path)
+    stem = p.parent.name if p.name == "config.json" else p.stem
+    return stem or path, cfg
 
 
 _DEFAULT: ModelCatalog | None = None
@@ -241,4 +249,5 @@ def default_models() -> ModelCatalog:
 
 
 def load_model(name_or_path: str, field_path: str = "model") -> ModelSpec:
-    return default_models().get(name_or_path, field_path)
+    """A built-in model by name or alias, or a Hugging Face config.json (or YAML) file."""
+    return default_models().load(name_or_path, field_path)

@@ -8,12 +8,12 @@ dataclasses and the messages, so a planner error path is also the proto field's 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from pdplanner.v1 import common_pb2, estimate_pb2, plan_pb2, sweep_pb2
 
-from planner.errors import InvalidInputError
 from planner.sweep import SweepGrid
 from planner.types import (
     DEFAULT_DTYPE,
@@ -27,7 +27,7 @@ from planner.types import (
     Slo,
     Workload,
 )
-from service.convert.checks import finite, i32, required_text
+from service.convert.checks import Violations, finite, i32, required_text
 from service.convert.enums import MODE, PERCENTILE, PHASE
 
 T = TypeVar("T")
@@ -135,27 +135,39 @@ def limits_to_proto(s: SearchLimits) -> plan_pb2.SearchLimits:
 
 
 def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
-    """The planner's request; proto-level omissions raise ``InvalidInputError`` with the path."""
-    required_text(msg.model, "model")
-    required_text(msg.gpu, "gpu")
+    """The planner's request; every proto-level violation raises, together, with its path."""
+    v = Violations()
+    with v.check():
+        required_text(msg.model, "model")
+    with v.check():
+        required_text(msg.gpu, "gpu")
     if not msg.traffic:
-        raise InvalidInputError("traffic", "is required: at least one workload (isl, osl)")
+        v.add("traffic", "is required: at least one workload (isl, osl)")
     if not msg.HasField("slo"):
-        raise InvalidInputError("slo", "is required: the ttft_ms and tpot_ms targets")
+        v.add("slo", "is required: the ttft_ms and tpot_ms targets")
+    traffic = v.value(
+        lambda: tuple(workload_from_proto(w, f"traffic[{i}]") for i, w in enumerate(msg.traffic))
+    )
+    slo = v.value(lambda: slo_from_proto(msg.slo))
+    rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
+    prefix_hit = v.value(lambda: finite(msg.prefix_hit, "prefix_hit"))
+    limits = v.value(lambda: limits_from_proto(msg.limits))
+    v.raise_any()
+    assert traffic is not None and slo is not None and prefix_hit is not None and limits
     return PlanRequest(
         model=msg.model,
         gpu=msg.gpu,
         gpus=msg.gpus,
-        traffic=tuple(workload_from_proto(w, f"traffic[{i}]") for i, w in enumerate(msg.traffic)),
-        slo=slo_from_proto(msg.slo),
+        traffic=traffic,
+        slo=slo,
         decode_gpu=msg.decode_gpu or None,
         prefill_gpus=optional(msg, "prefill_gpus"),
         decode_gpus=optional(msg, "decode_gpus"),
-        rate_per_s=_finite_opt(msg, "rate_per_s", "rate_per_s"),
-        prefix_hit=finite(msg.prefix_hit, "prefix_hit"),
+        rate_per_s=rate,
+        prefix_hit=prefix_hit,
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
-        limits=limits_from_proto(msg.limits),
+        limits=limits,
     )
 
 
@@ -202,8 +214,14 @@ def pool_spec_to_proto(p: PoolSpec, path: str) -> estimate_pb2.PoolSpec:
 
 def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRequest:
     """The planner's request; the planner checks which of phase/mode is set and what it needs."""
-    required_text(msg.model, "model")
-    required_text(msg.gpu, "gpu")
+    v = Violations()
+    with v.check():
+        required_text(msg.model, "model")
+    with v.check():
+        required_text(msg.gpu, "gpu")
+    phase = v.value(lambda: PHASE.optional_from_proto(msg.phase, "phase"))
+    mode = v.value(lambda: MODE.optional_from_proto(msg.mode, "mode"))
+    v.raise_any()
     return EstimateRequest(
         model=msg.model,
         gpu=msg.gpu,
@@ -211,8 +229,8 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         osl=msg.osl,
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
-        phase=PHASE.optional_from_proto(msg.phase, "phase"),
-        mode=MODE.optional_from_proto(msg.mode, "mode"),
+        phase=phase,
+        mode=mode,
         parallelism=parallelism_from_proto(msg.parallelism),
         batch=optional(msg, "batch"),
         context=optional(msg, "context"),
@@ -247,29 +265,37 @@ def estimate_request_to_proto(req: EstimateRequest) -> estimate_pb2.EstimateRequ
 
 
 def sweep_grid_from_proto(msg: sweep_pb2.SweepRequest) -> SweepGrid:
-    """The grid models x gpu_types x traffic x slos of a SweepRequest."""
+    """The grid models x gpu_types x traffic x slos of a SweepRequest (every violation at once)."""
+    v = Violations()
     axes = {"models": msg.models, "gpu_types": msg.gpu_types, "traffic": msg.traffic,
             "slos": msg.slos}  # fmt: skip
     for key, values in axes.items():
         if not values:
-            raise InvalidInputError(key, "is required: at least one value")
-    for i, name in enumerate(msg.models):
-        required_text(name, f"models[{i}]")
-    for i, name in enumerate(msg.gpu_types):
-        required_text(name, f"gpu_types[{i}]")
+            v.add(key, "is required: at least one value")
+    for key, names in (("models", msg.models), ("gpu_types", msg.gpu_types)):
+        for i, name in enumerate(names):
+            with v.check():
+                required_text(name, f"{key}[{i}]")
+    traffic = [v.value(partial(workload_from_proto, w, f"traffic[{i}]"))
+               for i, w in enumerate(msg.traffic)]  # fmt: skip
+    slos = [v.value(partial(slo_from_proto, s, f"slos[{i}]")) for i, s in enumerate(msg.slos)]
+    rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
+    prefix_hit = v.value(lambda: finite(msg.prefix_hit, "prefix_hit"))
+    limits = v.value(lambda: limits_from_proto(msg.limits))
+    v.raise_any()
     return SweepGrid(
         models=tuple(msg.models),
         gpu_types=tuple(msg.gpu_types),
-        traffic=tuple(workload_from_proto(w, f"traffic[{i}]") for i, w in enumerate(msg.traffic)),
-        slos=tuple(slo_from_proto(s, f"slos[{i}]") for i, s in enumerate(msg.slos)),
+        traffic=tuple(w for w in traffic if w is not None),
+        slos=tuple(s for s in slos if s is not None),
         gpus=msg.gpus,
         prefill_gpus=optional(msg, "prefill_gpus"),
         decode_gpus=optional(msg, "decode_gpus"),
-        rate_per_s=_finite_opt(msg, "rate_per_s", "rate_per_s"),
-        prefix_hit=finite(msg.prefix_hit, "prefix_hit"),
+        rate_per_s=rate,
+        prefix_hit=prefix_hit or 0.0,
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
-        limits=limits_from_proto(msg.limits),
+        limits=limits or SearchLimits(),
     )
 
 

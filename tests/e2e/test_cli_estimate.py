@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.cli_inputs import estimate_request
+from service.cli.inputs import estimate_request
 
 estimate_module = pytest.importorskip("planner.estimate")
 

@@ -127,6 +127,19 @@ def test_a_bad_plan_request_names_its_field(
     assert count_rows("plans") == 0
 
 
+def test_every_violation_of_a_request_comes_back_not_only_the_first(stub: Stub) -> None:
+    error = failure(lambda: stub.Plan(plan_pb2.PlanRequest(), timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(error)
+    print(found)
+    assert [f for f, _ in found] == ["model", "gpu", "traffic", "slo"]
+    bad_sweep = _sweep(slos=[plan_pb2.Slo(ttft_ms=math.nan, tpot_ms=math.inf)])
+    bad_sweep.ClearField("models")
+    error = failure(lambda: list(stub.Sweep(bad_sweep, timeout=30)))
+    fields = [f for f, _ in violations(error)]
+    assert fields == ["models", "slos[0].ttft_ms"], fields
+
+
 def _estimate(**fields: object) -> estimate_pb2.EstimateRequest:
     request = estimate_pb2.EstimateRequest(model="llama-3.1-70b", gpu="h100-sxm", isl=4000, osl=500)
     for key, value in fields.items():
