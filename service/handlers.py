@@ -51,6 +51,7 @@ MAX_SWEEP_SCENARIOS: Final = 10_000
 
 ShouldStop = Callable[[], bool]
 Spec = TypeVar("Spec", ModelSpec, GpuSpec)
+T = TypeVar("T")
 
 
 # -- plans ----------------------------------------------------------------------------------------
@@ -116,15 +117,20 @@ def estimate(
     return convert.estimate_to_proto(run_estimate(req, current.models, current.gpus))
 
 
+def _by_name(kind: str, collection: resources.Collection, name: str, act: Callable[[str], T]) -> T:
+    """``act`` on the stored resource ``name`` names; NOT_FOUND on ``name`` when there is none."""
+    ident = resources.parse(name, collection)
+    try:
+        return act(ident)
+    except NotFoundError:
+        raise errors.not_found(kind, ident, field="name") from None
+
+
 def get_plan(
     request: plan_pb2.GetPlanRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
 ) -> plan_pb2.GetPlanResponse:
     """One stored plan by name."""
-    plan_id = resources.parse(request.name, "plans")
-    try:
-        stored = store.get_plan(plan_id)
-    except NotFoundError:
-        raise errors.not_found("plan", plan_id, field="name") from None
+    stored = _by_name("plan", "plans", request.name, store.get_plan)
     return plan_pb2.GetPlanResponse(plan=convert.plan_to_proto(stored))
 
 
@@ -155,11 +161,7 @@ def delete_plan(
     request: plan_pb2.DeletePlanRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
 ) -> plan_pb2.DeletePlanResponse:
     """Delete one stored plan by name."""
-    plan_id = resources.parse(request.name, "plans")
-    try:
-        store.delete_plan(plan_id)
-    except NotFoundError:
-        raise errors.not_found("plan", plan_id, field="name") from None
+    _by_name("plan", "plans", request.name, store.delete_plan)
     return plan_pb2.DeletePlanResponse()
 
 
@@ -252,11 +254,7 @@ def get_sweep(
     request: sweep_pb2.GetSweepRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
 ) -> sweep_pb2.GetSweepResponse:
     """One stored sweep with every finished scenario."""
-    sweep_id = resources.parse(request.name, "sweeps")
-    try:
-        stored = store.get_sweep(sweep_id)
-    except NotFoundError:
-        raise errors.not_found("sweep", sweep_id, field="name") from None
+    stored = _by_name("sweep", "sweeps", request.name, store.get_sweep)
     return sweep_pb2.GetSweepResponse(sweep=convert.sweep_to_proto(stored))
 
 

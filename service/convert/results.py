@@ -1,14 +1,19 @@
 """Results, domain <-> proto: plan results (deployments and their pools) and estimates.
 
 ``*_to_proto`` is the server's direction; ``*_from_proto`` the CLI's ``--server`` direction, so
-that a command prints the same thing in process and against a server.
+that a command prints the same thing in process and against a server. A dataclass field and the
+message field of the same name carry the same value; ``scalars_to``/``scalars_from`` copy those,
+an ``optional`` message field (one with presence) coming back as None when unset. Only the fields
+that differ (enums, nested messages, "" for a missing reason) are written out below.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Literal
+from typing import Any, Literal
 
+from google.protobuf.message import Message
 from pdplanner.v1 import estimate_pb2, plan_pb2
 
 from planner.errors import InvalidInputError
@@ -23,50 +28,49 @@ from planner.types import (
 from service.convert.enums import MODE, PHASE, POOL_ROLE
 from service.convert.requests import optional
 
+
+def _plain(cls: type, message: type[Message], *special: str) -> tuple[str, ...]:
+    """The fields of dataclass ``cls`` that ``message`` has too, copied as they are (all but
+    ``special``)."""
+    on_wire = message.DESCRIPTOR.fields_by_name
+    return tuple(
+        f.name for f in dataclasses.fields(cls) if f.name in on_wire and f.name not in special
+    )
+
+
+def scalars_to(value: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields of a dataclass, as keyword arguments of a message."""
+    return {n: getattr(value, n) for n in names}
+
+
+def scalars_from(msg: Message, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named fields of a message (None for an unset ``optional`` one), as dataclass kwargs."""
+    fields = msg.DESCRIPTOR.fields_by_name
+    return {n: optional(msg, n) if fields[n].has_presence else getattr(msg, n) for n in names}
+
+
+_POOL = _plain(Pool, plan_pb2.Pool, "role")
+_DEPLOYMENT = _plain(Deployment, plan_pb2.Deployment, "mode", "pools")
+_LAYER = _plain(LayerBreakdown, estimate_pb2.LayerBreakdown)
+_PHASE = _plain(PhaseEstimate, estimate_pb2.PhaseEstimate, "phase", "per_layer_ms", "reason")
+_SERVING = _plain(ServingEstimate, estimate_pb2.ServingEstimate, "mode", "reason", "details")
+
 # -- plan results ---------------------------------------------------------------------------------
 
 
 def pool_to_proto(p: Pool) -> plan_pb2.Pool:
-    return plan_pb2.Pool(
-        role=POOL_ROLE.to_proto(p.role),
-        gpu=p.gpu,
-        tp=p.tp,
-        pp=p.pp,
-        ep=p.ep,
-        attention_dp=p.attention_dp,
-        batch=p.batch,
-        workers=p.workers,
-        chunk_tokens=p.chunk_tokens,
-    )
+    return plan_pb2.Pool(role=POOL_ROLE.to_proto(p.role), **scalars_to(p, _POOL))
 
 
 def pool_from_proto(msg: plan_pb2.Pool, path: str = "pool") -> Pool:
-    return Pool(
-        role=POOL_ROLE.from_proto(msg.role, f"{path}.role"),
-        gpu=msg.gpu,
-        tp=msg.tp,
-        pp=msg.pp,
-        ep=msg.ep,
-        attention_dp=msg.attention_dp,
-        batch=msg.batch,
-        workers=msg.workers,
-        chunk_tokens=optional(msg, "chunk_tokens"),
-    )
+    return Pool(role=POOL_ROLE.from_proto(msg.role, f"{path}.role"), **scalars_from(msg, _POOL))
 
 
 def deployment_to_proto(d: Deployment) -> plan_pb2.Deployment:
     return plan_pb2.Deployment(
         mode=MODE.to_proto(d.mode),
         pools=[pool_to_proto(p) for p in d.pools],
-        ttft_ms=d.ttft_ms,
-        tpot_ms=d.tpot_ms,
-        tokens_per_s_per_gpu=d.tokens_per_s_per_gpu,
-        tokens_per_s_per_user=d.tokens_per_s_per_user,
-        requests_per_s=d.requests_per_s,
-        gpus=d.gpus,
-        prefill_decode_gpu_ratio=d.prefill_decode_gpu_ratio,
-        kv_transfer_gb_per_s_per_gpu=d.kv_transfer_gb_per_s_per_gpu,
-        balanced_gpu_ratio=d.balanced_gpu_ratio,
+        **scalars_to(d, _DEPLOYMENT),
     )
 
 
@@ -74,15 +78,7 @@ def deployment_from_proto(msg: plan_pb2.Deployment, path: str = "deployment") ->
     return Deployment(
         mode=MODE.from_proto(msg.mode, f"{path}.mode"),
         pools=tuple(pool_from_proto(p, f"{path}.pools[{i}]") for i, p in enumerate(msg.pools)),
-        ttft_ms=msg.ttft_ms,
-        tpot_ms=msg.tpot_ms,
-        tokens_per_s_per_gpu=msg.tokens_per_s_per_gpu,
-        tokens_per_s_per_user=msg.tokens_per_s_per_user,
-        requests_per_s=msg.requests_per_s,
-        gpus=msg.gpus,
-        prefill_decode_gpu_ratio=optional(msg, "prefill_decode_gpu_ratio"),
-        kv_transfer_gb_per_s_per_gpu=optional(msg, "kv_transfer_gb_per_s_per_gpu"),
-        balanced_gpu_ratio=optional(msg, "balanced_gpu_ratio"),
+        **scalars_from(msg, _DEPLOYMENT),
     )
 
 
@@ -131,54 +127,22 @@ def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
 # -- estimates ------------------------------------------------------------------------------------
 
 
-def _layer_to_proto(layer: LayerBreakdown) -> estimate_pb2.LayerBreakdown:
-    return estimate_pb2.LayerBreakdown(
-        gemm=layer.gemm,
-        attention=layer.attention,
-        communication=layer.communication,
-        other=layer.other,
-    )
-
-
-def _layer_from_proto(msg: estimate_pb2.LayerBreakdown) -> LayerBreakdown:
-    return LayerBreakdown(
-        gemm=msg.gemm, attention=msg.attention, communication=msg.communication, other=msg.other
-    )
-
-
 def estimate_to_proto(est: PhaseEstimate | ServingEstimate) -> estimate_pb2.EstimateResponse:
     if isinstance(est, PhaseEstimate):
         return estimate_pb2.EstimateResponse(
             phase_estimate=estimate_pb2.PhaseEstimate(
                 phase=PHASE.to_proto(est.phase),
-                step_ms=est.step_ms,
-                per_layer_ms=_layer_to_proto(est.per_layer_ms),
-                memory_gb_per_gpu=est.memory_gb_per_gpu,
-                fits=est.fits,
+                per_layer_ms=estimate_pb2.LayerBreakdown(**scalars_to(est.per_layer_ms, _LAYER)),
                 reason=est.reason or "",
-                gpus=est.gpus,
-                tokens_per_s_per_gpu=est.tokens_per_s_per_gpu,
-                kv_capacity_tokens=est.kv_capacity_tokens,
-                max_batch=est.max_batch,
+                **scalars_to(est, _PHASE),
             )
         )
     return estimate_pb2.EstimateResponse(
         serving_estimate=estimate_pb2.ServingEstimate(
             mode=MODE.to_proto(est.mode),
-            ttft_ms=est.ttft_ms,
-            tpot_ms=est.tpot_ms,
-            tokens_per_s_per_gpu=est.tokens_per_s_per_gpu,
-            tokens_per_s_per_user=est.tokens_per_s_per_user,
-            requests_per_s=est.requests_per_s,
-            gpus=est.gpus,
-            memory_gb_per_gpu=est.memory_gb_per_gpu,
-            fits=est.fits,
             reason=est.reason or "",
-            running_batch=est.running_batch,
-            queued=est.queued,
-            kv_transfer_gb_per_s_per_gpu=est.kv_transfer_gb_per_s_per_gpu,
-            kv_transfer_ms=est.kv_transfer_ms,
             details_json=json.dumps(est.details, allow_nan=False) if est.details else "",
+            **scalars_to(est, _SERVING),
         )
     )
 
@@ -189,33 +153,16 @@ def estimate_from_proto(msg: estimate_pb2.EstimateResponse) -> PhaseEstimate | S
         p = msg.phase_estimate
         return PhaseEstimate(
             phase=PHASE.from_proto(p.phase, "phase"),
-            step_ms=p.step_ms,
-            per_layer_ms=_layer_from_proto(p.per_layer_ms),
-            memory_gb_per_gpu=p.memory_gb_per_gpu,
-            fits=p.fits,
+            per_layer_ms=LayerBreakdown(**scalars_from(p.per_layer_ms, _LAYER)),
             reason=p.reason or None,
-            gpus=p.gpus,
-            tokens_per_s_per_gpu=p.tokens_per_s_per_gpu,
-            kv_capacity_tokens=p.kv_capacity_tokens,
-            max_batch=p.max_batch,
+            **scalars_from(p, _PHASE),
         )
     if which == "serving_estimate":
         s = msg.serving_estimate
         return ServingEstimate(
             mode=MODE.from_proto(s.mode, "mode"),
-            ttft_ms=s.ttft_ms,
-            tpot_ms=s.tpot_ms,
-            tokens_per_s_per_gpu=s.tokens_per_s_per_gpu,
-            tokens_per_s_per_user=s.tokens_per_s_per_user,
-            requests_per_s=s.requests_per_s,
-            gpus=s.gpus,
-            memory_gb_per_gpu=s.memory_gb_per_gpu,
-            fits=s.fits,
             reason=s.reason or None,
-            running_batch=optional(s, "running_batch"),
-            queued=optional(s, "queued"),
-            kv_transfer_gb_per_s_per_gpu=optional(s, "kv_transfer_gb_per_s_per_gpu"),
-            kv_transfer_ms=optional(s, "kv_transfer_ms"),
             details=json.loads(s.details_json) if s.details_json else {},
+            **scalars_from(s, _SERVING),
         )
     raise InvalidInputError("estimate", "the response holds no estimate")

@@ -242,4 +242,4 @@ def test_a_stored_sweep_can_be_fetched_by_name(remote: CliRunner) -> None:
     assert fetched == swept
     assert run_json(remote, "sweeps", "get", swept["name"].removeprefix("sweeps/")) == swept
     text = run(remote, "sweeps", "get", swept["name"])
-    assert text.startswith(f"{swept['name']}: done")
+    assert text.startswith(f"{swept['name']}: succeeded")
