@@ -16,18 +16,9 @@ import typer
 
 from planner.errors import InvalidInputError, PlannerError
 from planner.types import EstimateRequest, PhaseEstimate, PoolSpec, ServingEstimate
+from service.cli import app as cli
 from service.cli import format as fmt
 from service.cli import inputs
-from service.cli.app import (
-    DtypeOpt,
-    EngineOpt,
-    JsonOpt,
-    KvDtypeOpt,
-    ServerOpt,
-    app,
-    show,
-    show_json,
-)
 from service.cli.backend import Backend, backend
 from service.cli.errors import CliError, flags
 
@@ -121,15 +112,15 @@ def _run_lines(path: str, runner: Backend) -> None:
             out = {"error": f"line {number}: {message}"}
         except PlannerError as exc:
             out = {"error": f"line {number}: {exc}"}
-        show_json(out, indent=None)
+        cli.show_json(out, indent=None)
         sys.stdout.flush()
 
 
 def estimate(
     *,
-    dtype: DtypeOpt = None,
-    kv_dtype: KvDtypeOpt = None,
-    engine: EngineOpt = None,
+    dtype: cli.DtypeOpt = None,
+    kv_dtype: cli.KvDtypeOpt = None,
+    engine: cli.EngineOpt = None,
     phase: Annotated[
         str | None,
         typer.Option(
@@ -153,8 +144,8 @@ def estimate(
             'result per line, {"error": ...} for a bad line.',
         ),
     ] = None,
-    json_out: JsonOpt = False,
-    server: ServerOpt = None,
+    json_out: cli.JsonOpt = False,
+    server: cli.ServerOpt = None,
     **options: Any,
 ) -> None:
     """Estimate one fixed configuration: a prefill or decode step, or an agg/disagg deployment."""
@@ -174,9 +165,9 @@ def estimate(
         req = inputs.estimate_request(fields)
         result = _estimate(runner, req)
     if json_out:
-        show_json(result.to_dict())
+        cli.show_json(result.to_dict())
     else:
-        show(fmt.estimate_view(result, req))
+        cli.show(fmt.estimate_view(result, req))
 
 
 def _signature() -> inspect.Signature:
@@ -187,4 +178,4 @@ def _signature() -> inspect.Signature:
 
 
 estimate.__signature__ = _signature()  # type: ignore[attr-defined]
-app.command(no_args_is_help=True)(estimate)
+cli.app.command(no_args_is_help=True)(estimate)

@@ -11,18 +11,9 @@ import typer
 
 from planner.errors import InvalidInputError
 from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, PlanRequest, PlanResult
+from service.cli import app as cli
 from service.cli import format as fmt
 from service.cli import inputs
-from service.cli.app import (
-    DtypeOpt,
-    EngineOpt,
-    JsonOpt,
-    KvDtypeOpt,
-    ServerOpt,
-    app,
-    show,
-    show_json,
-)
 from service.cli.backend import backend
 from service.cli.errors import EXIT_FAILURE, CliError, flags
 
@@ -32,7 +23,7 @@ _TRAFFIC = "traffic"
 _SEARCH = "search"
 
 
-@app.command(no_args_is_help=True)
+@cli.app.command(no_args_is_help=True)
 def plan(
     model: Annotated[
         str | None,
@@ -99,9 +90,9 @@ def plan(
         float | None,
         typer.Option(metavar="U", rich_help_panel=_SLO, help="Minimum tokens/s per user."),
     ] = None,
-    dtype: DtypeOpt = None,
-    kv_dtype: KvDtypeOpt = None,
-    engine: EngineOpt = None,
+    dtype: cli.DtypeOpt = None,
+    kv_dtype: cli.KvDtypeOpt = None,
+    engine: cli.EngineOpt = None,
     mode: Annotated[
         str,
         typer.Option(
@@ -134,8 +125,8 @@ def plan(
         str | None,
         typer.Option(metavar="FILE.png|svg", help="Draw both Pareto frontiers to this file."),
     ] = None,
-    json_out: JsonOpt = False,
-    server: ServerOpt = None,
+    json_out: cli.JsonOpt = False,
+    server: cli.ServerOpt = None,
 ) -> None:
     """Search every sensible deployment for this traffic and SLO; recommend the best."""
     keys = inputs.PLAN_KEYS
@@ -159,9 +150,9 @@ def plan(
         named = replace(named, model=runner.use_model(req.model), gpu=runner.use_gpu(req.gpu))
         result, name = runner.plan(named)
     if json_out:
-        show_json({"name": name, **result.to_dict()} if name else result.to_dict())
+        cli.show_json({"name": name, **result.to_dict()} if name else result.to_dict())
     else:
-        show(fmt.plan_summary(result, name))
+        cli.show(fmt.plan_summary(result, name))
     if plot is not None:
         _plot(result, plot, req)
 

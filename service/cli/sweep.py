@@ -16,18 +16,9 @@ from rich.console import Console
 from planner.errors import InvalidInputError
 from planner.sweep import ScenarioOutcome, SweepGrid
 from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, SearchLimits, Slo
+from service.cli import app as cli
 from service.cli import format as fmt
 from service.cli import inputs
-from service.cli.app import (
-    DtypeOpt,
-    EngineOpt,
-    JsonOpt,
-    KvDtypeOpt,
-    ServerOpt,
-    app,
-    show,
-    show_json,
-)
 from service.cli.backend import backend
 from service.cli.errors import flags
 
@@ -68,14 +59,14 @@ def show_outcomes(name: str | None, outcomes: Sequence[ScenarioOutcome], json_ou
     rows = [outcome_row(o) for o in outcomes]
     if json_out:
         out: dict[str, Any] = {"name": name} if name else {}
-        show_json({**out, "scenarios": rows})
+        cli.show_json({**out, "scenarios": rows})
     else:
         if name:
-            show(f"stored as {name}")
-        show(fmt.sweep_table(rows))
+            cli.show(f"stored as {name}")
+        cli.show(fmt.sweep_table(rows))
 
 
-@app.command(no_args_is_help=True)
+@cli.app.command(no_args_is_help=True)
 def sweep(
     model: Annotated[list[str] | None, typer.Option(help="Model (repeat for several).")] = None,
     gpu: Annotated[list[str] | None, typer.Option(help="GPU type (repeat for several).")] = None,
@@ -90,14 +81,14 @@ def sweep(
         float | None, typer.Option(help="TTFT target (ms) of every scenario.")
     ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPU budget of every scenario.")] = None,
-    dtype: DtypeOpt = None,
-    kv_dtype: KvDtypeOpt = None,
-    engine: EngineOpt = None,
+    dtype: cli.DtypeOpt = None,
+    kv_dtype: cli.KvDtypeOpt = None,
+    engine: cli.EngineOpt = None,
     mode: Annotated[
         str, typer.Option(metavar="agg|disagg|both", help="Serving modes to search.")
     ] = "both",
-    json_out: JsonOpt = False,
-    server: ServerOpt = None,
+    json_out: cli.JsonOpt = False,
+    server: cli.ServerOpt = None,
 ) -> None:
     """Plan every scenario of a grid: models x GPUs x traffic x TPOT targets."""
     runner = backend(server)
