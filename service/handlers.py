@@ -44,6 +44,8 @@ log = logging.getLogger("pdplanner.rpc")
 
 LIST_PLANS_DEFAULT: Final = 50
 LIST_PLANS_MAX: Final = 100
+LIST_SWEEPS_DEFAULT: Final = 50
+LIST_SWEEPS_MAX: Final = 100
 LIST_CATALOG_DEFAULT: Final = 100
 LIST_CATALOG_MAX: Final = 1000
 #: The most scenarios one Sweep may hold (a paper-scale sweep is 4 x 4 x 8 x 5 = 640).
@@ -256,6 +258,18 @@ def get_sweep(
     """One stored sweep with every finished scenario."""
     stored = _by_name("sweep", "sweeps", request.name, store.get_sweep)
     return sweep_pb2.GetSweepResponse(sweep=convert.sweep_to_proto(stored))
+
+
+def list_sweeps(
+    request: sweep_pb2.ListSweepsRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
+) -> sweep_pb2.ListSweepsResponse:
+    """A page of stored sweeps, newest first, without their scenarios."""
+    size = convert.page_size(request.page_size, LIST_SWEEPS_DEFAULT, LIST_SWEEPS_MAX)
+    sweeps, token = store.list_sweeps(page_size=size, page_token=request.page_token or None)
+    return sweep_pb2.ListSweepsResponse(
+        sweeps=[convert.sweep_to_proto(s, with_scenarios=False) for s in sweeps],
+        next_page_token=token or "",
+    )
 
 
 # -- catalogs: one table drives the listing and creation of models and GPUs -----------------------

@@ -90,6 +90,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     DeletePlan = _unary(handlers.delete_plan)
     Sweep = _stream(handlers.sweep)
     GetSweep = _unary(handlers.get_sweep)
+    ListSweeps = _unary(handlers.list_sweeps)
     ListModels = _unary(handlers.list_models)
     ListGpus = _unary(handlers.list_gpus)
     CreateModel = _unary(handlers.create_model)

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from planner.catalog import GpuCatalog, GpuSpec, ModelCatalog, ModelSpec
 from planner.catalog._catalog import is_file_name
@@ -289,13 +289,23 @@ class RemoteBackend:
 
     def get_sweep(self, sweep_id: str) -> tuple[str, str, list[ScenarioOutcome]]:
         """The GetSweep RPC: the sweep's name, state and finished outcomes."""
-        from pdplanner.v1 import sweep_pb2
-
         name = resources.from_id_or_name(sweep_id, "sweeps")
         with self._errors():
             sweep = self._client.get_sweep(name)
-        state = sweep_pb2.Sweep.State.Name(sweep.state).removeprefix("STATE_").lower()
-        return sweep.name, state, [_outcome(s) for s in sweep.scenarios]
+        return sweep.name, _state(sweep.state), [_outcome(s) for s in sweep.scenarios]
+
+    def list_sweeps(
+        self, *, page_size: int | None, page_token: str | None
+    ) -> tuple[list[tuple[str, str, str, int, int]], str]:
+        """One page of the ListSweeps RPC: (name, created, state, done, total) per sweep, and
+        the next page's token ("" on the last page)."""
+        with self._errors():
+            page = self._client.list_sweeps(page_size=page_size or 0, page_token=page_token or "")
+        rows = [
+            (s.name, _created(s.create_time), _state(s.state), s.progress.done, s.progress.total)
+            for s in page.sweeps
+        ]
+        return rows, page.next_page_token
 
     def models(self) -> list[ModelSpec]:
         """The ListModels RPC, every page (built-in and custom models)."""
@@ -331,13 +341,24 @@ def _outcome(msg: Any) -> ScenarioOutcome:
     return ScenarioOutcome(msg.index, request, convert.plan_result_from_proto(msg.result), None)
 
 
+def _state(value: int) -> str:
+    """``STATE_SUCCEEDED`` -> ``succeeded``: a sweep's state as the API names it."""
+    from pdplanner.v1 import sweep_pb2
+
+    return sweep_pb2.Sweep.State.Name(cast(Any, value)).removeprefix("STATE_").lower()
+
+
+def _created(ts: Any) -> str:
+    """A resource's create_time as ISO 8601 in UTC, to the second."""
+    return str(ts.ToDatetime().replace(microsecond=0).isoformat()) + "Z"
+
+
 def _stored_plan(msg: Any) -> StoredPlan:
     from service import convert
 
-    created = msg.create_time.ToDatetime().replace(microsecond=0).isoformat() + "Z"
     return StoredPlan(
         name=msg.name,
-        create_time=created,
+        create_time=_created(msg.create_time),
         request=convert.plan_request_from_proto(msg.request),
         result=convert.plan_result_from_proto(msg.result),
         planner_version=msg.planner_version,

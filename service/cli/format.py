@@ -356,6 +356,17 @@ def plans_table(plans: Sequence[StoredPlan]) -> Table:
     return table
 
 
+def sweeps_table(rows: Sequence[tuple[str, str, str, int, int]]) -> Table:
+    """One line per stored sweep: name, when, state and scenarios done of all."""
+    table = Table(title="sweeps", title_justify="left")
+    for name, justify in (("name", "left"), ("created", "left"), ("state", "left"),
+                          ("scenarios done", "right")):  # fmt: skip
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for name, created, state, done, total in rows:
+        table.add_row(name, created, state, f"{done:,} of {total:,}")
+    return table
+
+
 def model_entry(spec: ModelSpec) -> dict[str, Any]:
     """A model for ``pdplanner models --json``: its architecture and parameter counts."""
     entry = asdict(spec)

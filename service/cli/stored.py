@@ -62,6 +62,27 @@ def plans_delete(plan_id: PlanId, server: ServerOpt = None) -> None:
     typer.echo(f"deleted {name}")
 
 
+@sweeps_app.command("list")
+def sweeps_list(
+    page_size: Annotated[int | None, typer.Option(help="Sweeps per page.")] = None,
+    page_token: Annotated[str | None, typer.Option(help="Token of the page to show.")] = None,
+    json_out: JsonOpt = False,
+    server: ServerOpt = None,
+) -> None:
+    """List stored sweeps, newest first, with how far each got."""
+    runner = remote(server)
+    with flags(("page_size", "page_token")):
+        rows, token = runner.list_sweeps(page_size=page_size, page_token=page_token)
+    keys = ("name", "create_time", "state", "done", "total")
+    if json_out:
+        show_json({"sweeps": [dict(zip(keys, r, strict=True)) for r in rows],
+                   "next_page_token": token})  # fmt: skip
+        return
+    show(fmt.sweeps_table(rows))
+    if token:
+        typer.echo(f"next page: --page-token {token}")
+
+
 @sweeps_app.command("get")
 def sweeps_get(
     sweep_id: Annotated[str, typer.Argument(metavar="ID", help="Sweep id or name (sweeps/ID).")],

@@ -236,10 +236,14 @@ def test_models_create_and_gpus_create_add_to_a_server_idempotently(
     assert no_server.exit_code == 2 and no_server.stderr.startswith("error: --server:")
 
 
-def test_a_stored_sweep_can_be_fetched_by_name(remote: CliRunner) -> None:
+def test_a_stored_sweep_can_be_listed_and_fetched_by_name(remote: CliRunner) -> None:
     swept = run_json(remote, *SWEEP)
     fetched = run_json(remote, "sweeps", "get", swept["name"])
     assert fetched == swept
     assert run_json(remote, "sweeps", "get", swept["name"].removeprefix("sweeps/")) == swept
     text = run(remote, "sweeps", "get", swept["name"])
     assert text.startswith(f"{swept['name']}: succeeded")
+    listed = run_json(remote, "sweeps", "list")
+    entry = next(s for s in listed["sweeps"] if s["name"] == swept["name"])
+    assert (entry["state"], entry["done"], entry["total"]) == ("succeeded", 2, 2)
+    assert swept["name"] in run(remote, "sweeps", "list")
