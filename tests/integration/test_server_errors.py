@@ -469,12 +469,8 @@ def test_a_search_past_its_deadline_stops_and_stores_nothing(
 def test_a_sweep_past_its_deadline_keeps_what_finished_and_is_marked_failed(
     stub: Stub, database_url: str
 ) -> None:
-    request = _sweep(
-        models=["deepseek-r1"],
-        gpu_types=["gb200-nvl72"],
-        slos=[plan_pb2.Slo(ttft_ms=1000, tpot_ms=t) for t in range(10, 40)],
-    )
-    request.gpus = 72
+    # 60 scenarios of a few hundred ms each: some finish within the second, never all of them
+    request = _sweep(slos=[plan_pb2.Slo(ttft_ms=1000, tpot_ms=t) for t in range(10, 70)])
     received = []
     error = failure(lambda: received.extend(stub.Sweep(request, timeout=1.0)))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
