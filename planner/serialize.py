@@ -133,7 +133,7 @@ def plan_result_from_json(data: Mapping[str, Any]) -> PlanResult:
         "pareto_agg": [_legacy_deployment(d) for d in pareto.get("agg", ())],
         "pareto_disagg": [_legacy_deployment(d) for d in pareto.get("disagg", ())],
     }
-    for key in ("best", "best_agg", "best_disagg", "closest"):
+    for key in ("best", "best_agg", "best_disagg", "closest", "for_rate"):
         if legacy.get(key) is not None:
             legacy[key] = _legacy_deployment(legacy[key])
     return from_json(PlanResult, legacy)

@@ -62,7 +62,13 @@ def plan(
     ] = None,
     rate: Annotated[
         float | None,
-        typer.Option(metavar="REQ_PER_S", rich_help_panel=_TRAFFIC, help="Offered request rate."),
+        typer.Option(
+            metavar="REQ_PER_S",
+            rich_help_panel=_TRAFFIC,
+            help="Offered request rate, a constraint: the plan serves it on the fewest GPUs and "
+            "reports TTFT/TPOT at it; when the budget cannot, it says so and names the fewest "
+            "GPUs that would.",
+        ),
     ] = None,
     prefix_hit: Annotated[
         float | None,
@@ -83,7 +89,9 @@ def plan(
         typer.Option(
             metavar="p50|p90|p99",
             rich_help_panel=_SLO,
-            help="Which percentile must meet the targets.",
+            help="Which percentile of TTFT and of TPOT must meet the targets; the result "
+            "reports both at it (TTFT with queueing; agg TPOT from the simulation with prefill "
+            "interleaved, disagg TPOT the decode step, the same at every percentile).",
         ),
     ] = "p50",
     min_tokens_per_user: Annotated[
@@ -102,7 +110,10 @@ def plan(
     max_tp: Annotated[
         int | None,
         typer.Option(
-            rich_help_panel=_SEARCH, help="Largest TP to try (default: the NVLink domain)."
+            rich_help_panel=_SEARCH,
+            help="Largest TP (and TP x attention-DP stage) to try. Default: the GPU's NVLink "
+            "domain (8 on HGX H100/H200), since TP across InfiniBand runs its all-reduces "
+            "about 9x slower.",
         ),
     ] = None,
     allow_pp: Annotated[

@@ -98,11 +98,15 @@ def plan_result_to_proto(r: PlanResult) -> plan_pb2.PlanResult:
         reason=r.reason or "",
         closest=dep(r.closest),
         explanation=r.explanation,
+        rate_served=r.rate_served,
+        for_rate=dep(r.for_rate),
     )
 
 
 def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
-    def dep(field: Literal["best", "best_agg", "best_disagg", "closest"]) -> Deployment | None:
+    def dep(
+        field: Literal["best", "best_agg", "best_disagg", "closest", "for_rate"],
+    ) -> Deployment | None:
         return deployment_from_proto(getattr(msg, field), field) if msg.HasField(field) else None
 
     def frontier(field: Literal["pareto_agg", "pareto_disagg"]) -> tuple[Deployment, ...]:
@@ -121,6 +125,8 @@ def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
         reason=msg.reason or None,
         closest=dep("closest"),
         explanation=msg.explanation,
+        rate_served=optional(msg, "rate_served"),
+        for_rate=dep("for_rate"),
     )
 
 
