@@ -11,7 +11,7 @@ diurnal-day.csv   24 h in 5-minute intervals. The rate follows one daily cosine 
                   6,000 / OSL 400).
 bursty-hour.csv   1 h in 1-minute intervals at a 2 req/s base with four bursts of 3-5 minutes at
                   3-5x the base (start, length and height drawn with the seed). Mix as above.
-mix-shift-day.csv 24 h in 5-minute intervals at a steady 5 req/s (noise as above) whose mix
+mix-shift-day.csv 24 h in 5-minute intervals at a steady 12 req/s (noise as above) whose mix
                   moves linearly from all chat-like (ISL 600 / OSL 300) at 00:00 to all
                   summarisation-like (ISL 8,000 / OSL 300) at 24:00.
 
@@ -62,7 +62,7 @@ def bursty(rng: np.random.Generator) -> list[tuple[float, float, float, int, int
 def mix_shift(rng: np.random.Generator) -> list[tuple[float, float, float, int, int, float]]:
     rows = []
     for k in range(288):
-        rate = 5.0 * float(rng.lognormal(0.0, 0.05))
+        rate = 12.0 * float(rng.lognormal(0.0, 0.05))
         summ = round(k / 287, 4)
         chat = round(1 - summ, 4)
         if chat > 0:

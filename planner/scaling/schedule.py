@@ -1,9 +1,10 @@
 """``schedule``: an elastic scaling schedule for a traffic series, proved by replaying it.
 
 1. Regimes: intervals whose mean ISL and mean OSL fall in the same octave share worker shapes.
-   Each regime's shapes come from the search (``search.plan``) for the regime's merged mix at its
-   peak rate within the GPU limit (disaggregated serving); the decode batch is then lowered, if
-   needed, until TPOT meets the target at the regime's longest decode context.
+   Each regime's shapes come from the search (``search.plan``) for the mix of its interval with
+   the longest decode context, at the regime's peak rate, within the GPU limit (disaggregated
+   serving). The search's layouts are kept; the decode batch becomes the largest whose TPOT
+   meets the target at that context (the most requests/s per decode GPU the TPOT allows).
 2. Counts: per interval, prefill workers ``ceil(rate / usable prompts/s per worker)`` and decode
    workers ``ceil(rate / requests/s per worker)`` (``capacity``), at least ``min_workers`` each.
    Above the GPU limit both pools shrink in proportion and the interval is a named violation.
@@ -292,7 +293,8 @@ class _Planner:
     def shapes(self, intervals: Sequence[Interval]) -> tuple[Shape, Shape] | str:
         """Shapes for a regime, or why none meets the SLO."""
         req = self.req
-        mix = merge_mix(intervals)
+        # the regime's longest decode context sets the decode batch the TPOT allows
+        mix = max(intervals, key=lambda iv: decode_context(iv.mix)).mix
         peak = max(iv.requests_per_s for iv in intervals)
         base = PlanRequest(
             model=req.model,
@@ -317,13 +319,25 @@ class _Planner:
         pools = {p.role: p for p in result.best.pools}
         pre, dec = Shape.of(pools["prefill"]), Shape.of(pools["decode"])
         worst = max(decode_context(iv.mix) for iv in intervals)
-        b = largest_batch(self.dctx, dec, worst, req.slo.tpot_ms)
+        widest = Shape(**{**dec.__dict__, "batch": self.dctx.engine.max_batch})
+        b = largest_batch(self.dctx, widest, worst, req.slo.tpot_ms)
         if b == 0:
             return (
                 f"TPOT: no decode batch of {dec.label()} meets {req.slo.tpot_ms:g} ms at "
                 f"context {worst:,.0f}"
             )
         return pre, Shape(**{**dec.__dict__, "batch": b})
+
+    def still_serves(self, shapes: tuple[Shape, Shape], run: Sequence[Interval]) -> bool:
+        """Whether these shapes meet the SLO for every mix of ``run`` (any count will do)."""
+        pre, dec = shapes
+        slo = self.req.slo
+        for iv in run:
+            pc = prefill_capacity(self.ctx, pre, iv.mix, slo.percentile, self.link)
+            if not pc.compute_ttft_ms <= slo.ttft_ms:
+                return False
+        worst = max(decode_context(iv.mix) for iv in run)
+        return largest_batch(self.dctx, dec, worst, slo.tpot_ms) == dec.batch
 
     def counts(
         self, iv: Interval, pre: Shape, dec: Shape
@@ -416,41 +430,54 @@ def plan_schedule(
     ivs = req.series.intervals
     n = len(ivs)
     pct = PERCENTILES[req.slo.percentile]
-    # 1. regimes and their shapes
+    # 1. regimes and their shapes: a run of intervals keeps the shapes in service while they
+    # still meet the SLO for its mixes (a shape change is a restart), else takes its regime's
     keys = [(_octave(iv.mean_isl), _octave(iv.mean_osl)) for iv in ivs]
     members: dict[tuple[int, int], list[Interval]] = defaultdict(list)
     for k, iv in zip(keys, ivs, strict=True):
         members[k].append(iv)
-    shapes = {k: pl.shapes(m) for k, m in members.items()}
-    fallback = next((s for s in shapes.values() if not isinstance(s, str)), None)
+    shapes: dict[tuple[int, int], tuple[Shape, Shape] | str] = {}
+    regime_shape: list[tuple[Shape, Shape] | None] = []
+    regime_issue: list[str | None] = []
+    current: tuple[Shape, Shape] | None = None
+    j0 = 0
+    for j in range(1, n + 1):
+        if j < n and keys[j] == keys[j0]:
+            continue
+        run = ivs[j0:j]
+        issue = None
+        if current is None or not pl.still_serves(current, run):
+            if keys[j0] not in shapes:
+                shapes[keys[j0]] = pl.shapes(members[keys[j0]])
+            found = shapes[keys[j0]]
+            if isinstance(found, str):
+                issue = f"no deployment for this mix meets the SLO ({found})"
+            else:
+                current = found
+        regime_shape.extend([current] * len(run))
+        regime_issue.extend([issue] * len(run))
+        j0 = j
+    fallback = next((sh for sh in regime_shape if sh is not None), None)
     if fallback is None:
-        reason = next(iter(shapes.values()))
-        raise_no_shape = (
-            f"no disaggregated deployment of {req.model} on {req.gpus} GPUs meets the SLO: {reason}"
+        first = next(iter(shapes.values()))
+        raise InvalidInputError(
+            "slo",
+            f"no disaggregated deployment of {req.model} on {req.gpus} GPUs meets the SLO: {first}",
         )
-        raise InvalidInputError("slo", raise_no_shape)
+    shape_of: list[tuple[Shape, Shape]] = [sh or fallback for sh in regime_shape]
     # 2. counts per interval
     starts = np.array([iv.start_s for iv in ivs])
     need_x, need_y = np.zeros(n, np.int64), np.zeros(n, np.int64)
     caps = []
-    regime_shape: list[tuple[Shape, Shape]] = []
-    regime_issue: list[str | None] = []
     for j, iv in enumerate(ivs):
-        s = shapes[keys[j]]
-        issue = None
-        if isinstance(s, str):
-            issue = f"no deployment for this mix meets the SLO ({s})"
-            s = fallback
-        regime_shape.append(s)
-        regime_issue.append(issue)
-        x, y, service, r_d, compute, tpot = pl.counts(iv, *s)
+        x, y, service, r_d, compute, tpot = pl.counts(iv, *shape_of[j])
         need_x[j], need_y[j] = min(x, req.gpus), min(y, req.gpus)
         caps.append((service, r_d, compute, tpot))
     # 3. cooldown: hold the largest need of the window (within one shape)
     hold_x, hold_y = need_x.copy(), need_y.copy()
     j0 = 0
     for j in range(1, n + 1):
-        if j == n or regime_shape[j] != regime_shape[j0]:
+        if j == n or shape_of[j] != shape_of[j0]:
             hold_x[j0:j] = _windowed_max(starts[j0:j], need_x[j0:j], req.cooldown_s)
             hold_y[j0:j] = _windowed_max(starts[j0:j], need_y[j0:j], req.cooldown_s)
             j0 = j
@@ -458,7 +485,7 @@ def plan_schedule(
     plans: list[IntervalPlan] = []
     violations: list[Violation] = []
     for j, iv in enumerate(ivs):
-        pre, dec = regime_shape[j]
+        pre, dec = shape_of[j]
         gx, gy = pre.gpus_per_worker, dec.gpus_per_worker
         x, y = _fit_limit(int(hold_x[j]), gx, int(hold_y[j]), gy, req.gpus, req.min_workers)
         if x * gx + y * gy > req.gpus:  # even the minimum does not fit
@@ -517,7 +544,7 @@ def plan_schedule(
     peak_in_use = _peak_in_use(all_spans)
     # 6. static deployments: the peak's shapes, sized for the peak and for the mean
     j_peak = int(np.argmax([iv.requests_per_s for iv in ivs]))
-    sp_pre, sp_dec = regime_shape[j_peak]
+    sp_pre, sp_dec = shape_of[j_peak]
     peak_counts = [pl.counts(iv, sp_pre, sp_dec)[:2] for iv in ivs]
     px, py = max(c[0] for c in peak_counts), max(c[1] for c in peak_counts)
     px, py = _fit_limit(px, sp_pre.gpus_per_worker, py, sp_dec.gpus_per_worker, req.gpus, 1)
@@ -530,14 +557,14 @@ def plan_schedule(
     if req.simulate:
         arrivals = draw_arrivals(req.series, req.seed)
 
-        def run(p: Sequence[Span], d: Sequence[Span]) -> ReplayResult:
+        def replay_of(p: Sequence[Span], d: Sequence[Span]) -> ReplayResult:
             return simulate(
                 p, d, arrivals, pl.ctx, pl.dctx, pl.link, req.slo.ttft_ms, req.slo.tpot_ms
             )
 
-        replay = run(spans["prefill"], spans["decode"])
-        peak_replay = run(*static_spans(sp_pre, px, sp_dec, py))
-        mean_replay = run(*static_spans(sp_pre, mx, sp_dec, my))
+        replay = replay_of(spans["prefill"], spans["decode"])
+        peak_replay = replay_of(*static_spans(sp_pre, px, sp_dec, py))
+        mean_replay = replay_of(*static_spans(sp_pre, mx, sp_dec, my))
         by_iv = replay.attainment_by_interval(n)
         plans = [
             IntervalPlan(**{**p.__dict__, "simulated_slo_attainment": _finite_or_none(a)})

@@ -243,14 +243,14 @@ def bucket_requests(
     isl: Iterable[int],
     osl: Iterable[int],
     interval_s: float = 300.0,
-    classes: int = 4,
 ) -> TrafficSeries:
     """Bucket a request log into intervals of ``interval_s`` seconds.
 
     Each interval's rate is its request count / ``interval_s``; its mix groups the requests by
-    ISL quantile (up to ``classes`` groups) and gives each group its mean ISL and OSL and its
-    share of the interval's requests. Intervals without requests get rate 0 and the previous
-    interval's mix. Times are shifted so that the first interval starts at 0.
+    the octave of their ISL (1-2k, 2-4k, ... tokens) and gives each group its mean ISL and OSL
+    (rounded to whole tokens) and its share of the interval's requests, so the interval's mean
+    lengths are kept. Intervals without requests get rate 0 and the previous interval's mix.
+    Times are shifted so that the first interval starts at the first arrival.
     """
     t = np.asarray(list(arrival_s), dtype=np.float64)
     i_arr = np.asarray(list(isl), dtype=np.float64)
@@ -276,8 +276,7 @@ def bucket_requests(
             intervals.append(Interval(k * interval_s, interval_s, 0.0, last_mix))
             continue
         ik, ok = i_arr[sel], o_arr[sel]
-        edges = np.unique(np.quantile(ik, np.linspace(0, 1, classes + 1)))
-        group = np.clip(np.searchsorted(edges, ik, side="right") - 1, 0, max(len(edges) - 2, 0))
+        group = np.floor(np.log2(ik)).astype(np.int64)
         mix = []
         for g in np.unique(group):
             m = group == g
