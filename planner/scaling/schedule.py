@@ -79,6 +79,9 @@ class ScheduleRequest:
     engine: str = "vllm"
     simulate: bool = True  # replay the schedule and the static deployments
     seed: int = 0  # of the replay's arrivals
+    # the traffic replayed, when it differs from what is planned for (a forecast's mean when
+    # ``series`` is its upper quantile); None: ``series``
+    replay_series: TrafficSeries | None = None
 
 
 @dataclass(frozen=True)
@@ -555,7 +558,7 @@ def plan_schedule(
     mx, my = _fit_limit(mx, sp_pre.gpus_per_worker, my, sp_dec.gpus_per_worker, req.gpus, 1)
     replay = peak_replay = mean_replay = None
     if req.simulate:
-        arrivals = draw_arrivals(req.series, req.seed)
+        arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
 
         def replay_of(p: Sequence[Span], d: Sequence[Span]) -> ReplayResult:
             return simulate(
