@@ -161,6 +161,10 @@ class PlanStore(Protocol):
         """Return the schedule; raise ``NotFoundError`` if there is none."""
         ...
 
+    def find_schedule_by_request_id(self, request_id: str) -> StoredSchedule | None:
+        """Return the schedule stored under this ``request_id``, or ``None``."""
+        ...
+
     def list_schedules(
         self,
         *,
@@ -485,7 +489,7 @@ class SqlStore:
         if violations < 0:
             raise InvalidValueError(f"violations must be at least 0, not {violations}")
         if request_id is not None:
-            existing = self._find_schedule_by_request_id(request_id)
+            existing = self.find_schedule_by_request_id(request_id)
             if existing is not None:
                 return existing
         row = Schedule(
@@ -510,13 +514,14 @@ class SqlStore:
                     return _schedule_record(row)
             except exc.IntegrityError:
                 existing = (
-                    None if request_id is None else self._find_schedule_by_request_id(request_id)
+                    None if request_id is None else self.find_schedule_by_request_id(request_id)
                 )
                 if existing is None:
                     raise
                 return existing
 
-    def _find_schedule_by_request_id(self, request_id: str) -> StoredSchedule | None:
+    def find_schedule_by_request_id(self, request_id: str) -> StoredSchedule | None:
+        """Return the schedule stored under the client's ``request_id``, or ``None``."""
         with _translate_errors(), self._sessions() as session:
             row = session.scalars(
                 select(Schedule).where(Schedule.request_id == request_id)
