@@ -52,7 +52,7 @@ def plan_scaling(
     if req.decode_gpu is not None:
         current.gpu(req.decode_gpu, "decode_gpu")
     if history is not None:
-        fc = forecast(history.history, history.horizon, history.quantile, history.method)  # type: ignore[arg-type]
+        fc = forecast(history.history, history.horizon, history.quantile, history.method)
         req = dataclasses.replace(req, series=fc.upper, replay_series=fc.mean)
     result = plan_schedule(req, current.models, current.gpus)
     if should_stop():

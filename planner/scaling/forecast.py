@@ -31,6 +31,16 @@ DAY_S = 86_400.0
 
 
 @dataclass(frozen=True)
+class ForecastSpec:
+    """What to forecast: the history, how many intervals ahead, the quantile planned for."""
+
+    history: TrafficSeries
+    horizon: int
+    quantile: float = 0.9
+    method: Method = "ets"
+
+
+@dataclass(frozen=True)
 class Forecast:
     mean: TrafficSeries
     upper: TrafficSeries  # rates at ``quantile``

@@ -684,3 +684,54 @@ def _peak_in_use(spans: Sequence[Span]) -> int:
         now += g
         peak = max(peak, now)
     return peak
+
+
+def shape_from_dict(role: str, layout: dict[str, Any]) -> Shape:
+    """A worker shape from its JSON (``Shape.to_dict``)."""
+    return Shape(
+        role,
+        str(layout["gpu"]),
+        int(layout.get("tp", 1)),
+        int(layout.get("pp", 1)),
+        int(layout.get("ep", 1)),
+        int(layout.get("attention_dp", 1)),
+        int(layout["batch"]),
+    )
+
+
+def spans_of_intervals(
+    intervals: Sequence[dict[str, Any]], series: TrafficSeries, startup_s: float
+) -> tuple[list[Span], list[Span]]:
+    """The worker spans of a schedule's intervals (its JSON), laid on ``series``' intervals
+    (matched by position: the schedule's interval k serves the series' interval k)."""
+    if len(intervals) != len(series.intervals):
+        raise InvalidInputError(
+            "trace",
+            f"the schedule has {len(intervals)} intervals, the trace {len(series.intervals)}",
+        )
+    out = []
+    for role in ("prefill", "decode"):
+        counts = [
+            PoolCount(int(iv[role]["workers"]), shape_from_dict(role, iv[role]["layout"]))
+            for iv in intervals
+        ]
+        out.append(_pool_timeline(role, counts, series.intervals, startup_s)[1])
+    return out[0], out[1]
+
+
+def simulate_spans(
+    req: ScheduleRequest,
+    prefill: Sequence[Span],
+    decode: Sequence[Span],
+    models: ModelCatalog | None = None,
+    gpus: GpuCatalog | None = None,
+) -> ReplayResult:
+    """Replay ``req.series`` (or ``req.replay_series``) through these workers."""
+    validate_request(req)
+    if not prefill or not decode:
+        raise InvalidInputError("workers", "the deployment needs prefill and decode workers")
+    pl = _Planner(req, models or default_models(), gpus or default_gpus())
+    arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
+    return simulate(
+        prefill, decode, arrivals, pl.ctx, pl.dctx, pl.link, req.slo.ttft_ms, req.slo.tpot_ms
+    )

@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,14 +229,92 @@ def parse_json(text: str, name: str = "trace") -> TrafficSeries:
     return from_rows(data, name)
 
 
-def load(path: str | Path, name: str = "trace") -> TrafficSeries:
-    """Read a series from a ``.csv`` or ``.json`` file (the suffix decides)."""
+# column names of request logs (one row per request), as public traces spell them
+LOG_TIME = ("arrival_s", "timestamp", "time")
+LOG_INPUT = ("isl", "input_tokens", "prompt_tokens", "contexttokens", "context_tokens")
+LOG_OUTPUT = ("osl", "output_tokens", "completion_tokens", "generatedtokens", "generated_tokens")
+
+
+def _log_column(header: Sequence[str], names: Sequence[str]) -> int | None:
+    low = [h.strip().lower() for h in header]
+    return next((low.index(n) for n in names if n in low), None)
+
+
+def _seconds(raw: str, where: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    text = raw.strip().replace("T", " ")
+    head, dot, frac = text.partition(".")
+    try:  # fromisoformat takes at most 6 fraction digits; some traces have 7
+        t = datetime.fromisoformat(head + (dot + frac[:6] if dot else ""))
+    except ValueError:
+        raise InvalidInputError(where, f"not a time in seconds or ISO format: {raw!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.timestamp()
+
+
+def parse_request_log(text: str, interval_s: float = 300.0, name: str = "trace") -> TrafficSeries:
+    """A request log as CSV (a time column and input and output token columns, named as in
+    ``LOG_TIME``/``LOG_INPUT``/``LOG_OUTPUT``, any case), bucketed by ``bucket_requests``."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise InvalidInputError(name, "the request log is empty")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    cols = [_log_column(header, n) for n in (LOG_TIME, LOG_INPUT, LOG_OUTPUT)]
+    if any(c is None for c in cols):
+        raise InvalidInputError(
+            name,
+            "a request log needs a time column (" + "|".join(LOG_TIME) + "), an input-token "
+            "column ("
+            + "|".join(LOG_INPUT)
+            + ") and an output-token column ("
+            + "|".join(LOG_OUTPUT)
+            + ")",
+        )
+    ct, ci, co = (int(c) for c in cols if c is not None)
+    t, isl, osl = [], [], []
+    for i, r in enumerate(body):
+        where = f"{name}[{i}]"
+        if len(r) <= max(ct, ci, co):
+            raise InvalidInputError(where, f"has {len(r)} columns, the header {len(header)}")
+        t.append(_seconds(r[ct], f"{where}.{header[ct].strip()}"))
+        isl.append(_length({"isl": r[ci]}, "isl", where))
+        osl.append(_length({"osl": r[co]}, "osl", where))
+    if not body:
+        raise InvalidInputError(name, "the request log is empty")
+    order = np.argsort(np.asarray(t), kind="stable")
+    return bucket_requests(
+        np.asarray(t)[order], np.asarray(isl)[order], np.asarray(osl)[order], interval_s
+    )
+
+
+def is_request_log(text: str) -> bool:
+    """Whether a CSV's header is a request log's rather than the series format's."""
+    first = text.lstrip().splitlines()[0] if text.strip() else ""
+    header = next(csv.reader([first]), [])
+    return "start_s" not in [h.strip() for h in header] and all(
+        _log_column(header, n) is not None for n in (LOG_TIME, LOG_INPUT, LOG_OUTPUT)
+    )
+
+
+def load(path: str | Path, name: str = "trace", interval_s: float = 300.0) -> TrafficSeries:
+    """Read a series from a ``.csv`` or ``.json`` file (the suffix decides); a CSV request log
+    (see ``parse_request_log``) is bucketed into intervals of ``interval_s`` seconds."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise InvalidInputError(name, f"cannot read {p}: {e.strerror or e}") from None
-    return parse_json(text, name) if p.suffix.lower() == ".json" else parse_csv(text, name)
+    except UnicodeDecodeError:
+        raise InvalidInputError(name, f"{p} is not UTF-8 text") from None
+    if p.suffix.lower() == ".json":
+        return parse_json(text, name)
+    if is_request_log(text):
+        return parse_request_log(text, interval_s, name)
+    return parse_csv(text, name)
 
 
 def bucket_requests(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
@@ -21,6 +20,7 @@ from pdplanner.v1 import scaling_pb2
 
 from planner.errors import InvalidInputError
 from planner.scaling.capacity import Shape
+from planner.scaling.forecast import ForecastSpec, Method
 from planner.scaling.ratematch import RateMatchRequest, RateMatchResult
 from planner.scaling.schedule import ScheduleRequest
 from planner.scaling.traffic import TrafficSeries, from_rows
@@ -93,16 +93,6 @@ def series_to_intervals(series: TrafficSeries) -> list[scaling_pb2.TrafficInterv
     ]
 
 
-@dataclass(frozen=True)
-class HistorySpec:
-    """A ``HistoryForecast``: the history and how to forecast it."""
-
-    history: TrafficSeries
-    horizon: int
-    quantile: float
-    method: str
-
-
 def _slo(msg: Any) -> Slo:
     if not msg.HasField("slo"):
         raise InvalidInputError("slo", "is required: ttft_ms and tpot_ms")
@@ -118,7 +108,7 @@ def _precision(msg: Any) -> Precision:
 
 def schedule_request_from_proto(
     msg: scaling_pb2.PlanScalingRequest,
-) -> tuple[ScheduleRequest, HistorySpec | None]:
+) -> tuple[ScheduleRequest, ForecastSpec | None]:
     """The request, and the history to forecast when the traffic is one (then the request's
     series is empty until the caller puts the forecast in)."""
     kind = msg.WhichOneof("traffic")
@@ -129,10 +119,11 @@ def schedule_request_from_proto(
         series = series_from_intervals(msg.series.intervals, "series.intervals")
     else:
         f = msg.forecast
-        method = {0: "ets", 1: "ets", 2: "sarima"}.get(f.method)
+        methods: dict[int, Method] = {0: "ets", 1: "ets", 2: "sarima"}
+        method = methods.get(f.method)
         if method is None:
             raise InvalidInputError("forecast.method", f"unknown value {f.method}")
-        history = HistorySpec(
+        history = ForecastSpec(
             series_from_intervals(f.history, "forecast.history"),
             f.horizon,
             f.quantile if f.HasField("quantile") else DEFAULT_QUANTILE,
@@ -192,8 +183,26 @@ def schedule_result_to_json(msg: scaling_pb2.ScheduleResult) -> dict[str, Any]:
     d = json_format.MessageToDict(
         msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    _fill_absent(msg, d)
     out: dict[str, Any] = _plain_enums(d)
     return out
+
+
+def _fill_absent(msg: Any, d: dict[str, Any]) -> None:
+    """Write the fields the planner's JSON has as null (unset optionals and messages, an empty
+    ``violation``), which MessageToDict leaves out or prints as defaults."""
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.message_type is not None and f.is_repeated:
+            for m, dd in zip(value, d.get(f.name, []), strict=True):
+                _fill_absent(m, dd)
+        elif f.message_type is not None:
+            if msg.HasField(f.name):
+                _fill_absent(value, d[f.name])
+            else:
+                d[f.name] = None
+        elif (f.has_presence and not msg.HasField(f.name)) or (f.name == "violation" and not value):
+            d[f.name] = None
 
 
 def _plain_enums(value: Any) -> Any:
@@ -279,3 +288,44 @@ def schedule_to_proto(stored: StoredSchedule) -> scaling_pb2.Schedule:
         result=schedule_result_to_proto(stored.result),
         planner_version=stored.planner_version,
     )
+
+
+def schedule_request_to_proto(
+    req: ScheduleRequest, history: ForecastSpec | None = None
+) -> scaling_pb2.PlanScalingRequest:
+    """The message of a schedule request (the history to forecast instead of its series)."""
+    from pdplanner.v1 import common_pb2, plan_pb2
+
+    msg = scaling_pb2.PlanScalingRequest(
+        model=req.model,
+        gpu=req.gpu,
+        decode_gpu=req.decode_gpu or "",
+        gpus=req.gpus,
+        slo=plan_pb2.Slo(
+            ttft_ms=req.slo.ttft_ms,
+            tpot_ms=req.slo.tpot_ms,
+            percentile=PERCENTILE.to_proto(req.slo.percentile),
+        ),
+        startup_s=req.startup_s,
+        cooldown_s=req.cooldown_s,
+        min_workers=req.min_workers,
+        precision=common_pb2.Precision(dtype=req.precision.dtype, kv_dtype=req.precision.kv_dtype),
+        engine=req.engine,
+        simulate=req.simulate,
+        seed=req.seed,
+    )
+    if req.price_per_gpu_hour is not None:
+        msg.price_per_gpu_hour = req.price_per_gpu_hour
+    if history is None:
+        msg.series.intervals.extend(series_to_intervals(req.series))
+    else:
+        method = {"ets": 1, "sarima": 2}[history.method]
+        msg.forecast.CopyFrom(
+            scaling_pb2.HistoryForecast(
+                history=series_to_intervals(history.history),
+                horizon=history.horizon,
+                quantile=history.quantile,
+                method=method,  # type: ignore[arg-type]
+            )
+        )
+    return msg

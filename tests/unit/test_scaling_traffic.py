@@ -106,3 +106,24 @@ def test_a_request_log_buckets_into_intervals_with_its_rate_and_mix() -> None:
         assert iv.mean_isl == pytest.approx(isl[sel].mean())
     # it is a valid series: its rows load back through the CSV/JSON path
     assert traffic.from_rows(s.rows()) == s
+
+
+def test_a_public_request_log_loads_bucketed_into_intervals(tmp_path: Path) -> None:
+    # the column names and time format of a public production trace (Azure LLM inference)
+    log = tmp_path / "requests.csv"
+    log.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,4808,10\n"
+        "2023-11-16 18:15:50.9951690,3180,8\n"
+        "2023-11-16 18:17:10.1000000,110,27\n"
+        "2023-11-16 18:21:00.0000000,7,14\n"
+    )
+    s = traffic.load(log, interval_s=120)
+    assert [iv.start_s for iv in s.intervals] == [0.0, 120.0, 240.0]
+    assert [iv.requests_per_s for iv in s.intervals] == pytest.approx([3 / 120, 0.0, 1 / 120])
+    assert s.intervals[0].mean_isl == pytest.approx((4808 + 3180 + 110) / 3, abs=1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,input_tokens,output_tokens\n1.0,100,0\n")
+    with pytest.raises(InvalidInputError) as e:
+        traffic.load(bad)
+    assert e.value.field == "trace[0].osl"
