@@ -241,3 +241,28 @@ def test_replay_of_one_request_is_its_batch_time_then_its_steps() -> None:
     )
     assert ttft[0] == pytest.approx(252.0)
     assert tpot[0] == pytest.approx(20.0)
+
+
+def mmc_wait_quantile_textbook(rate: float, c: int, mu: float, p: float) -> float:
+    """The M/M/c waiting time at quantile p: P(W > t) = C exp(-(c mu - rate) t)."""
+    a = rate / mu
+    top = a**c / math.factorial(c) * c / (c - a)
+    prob_wait = top / (sum(a**k / math.factorial(k) for k in range(c)) + top)
+    if prob_wait <= 1 - p:
+        return 0.0
+    return math.log(prob_wait / (1 - p)) / (c * mu - rate)
+
+
+@pytest.mark.parametrize("workers,batch", [(1, 1), (3, 1), (2, 4), (6, 2)])
+def test_prefill_wait_matches_the_mmc_quantile(workers: int, batch: int) -> None:
+    from planner.scaling.capacity import prefill_wait_ms
+
+    service_ms = 400.0
+    mu = 1e3 / service_ms
+    for load in (0.1, 0.5, 0.8, 0.95):
+        rate = load * workers * batch * mu
+        for p in (0.5, 0.9, 0.99):
+            expect = mmc_wait_quantile_textbook(rate, workers * batch, mu, p) * 1e3
+            got = prefill_wait_ms(rate, workers, batch, service_ms, p)
+            assert got == pytest.approx(expect, rel=1e-9, abs=1e-9)
+    assert math.isinf(prefill_wait_ms(workers * batch * mu, workers, batch, service_ms, 0.9))
