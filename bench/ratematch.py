@@ -4,10 +4,11 @@
 
 The query: Llama-3.1-70B on H100-SXM, 8 req/s at ISL 2,500 / OSL 300, prefill TP4 batch 1 x 3,
 decode TP4 batch 128 x 2, observed TTFT 600 ms and TPOT 22 ms, SLO TTFT 1000 ms / TPOT 30 ms at
-p99. Each call varies the observed rate and lengths a little (so no cache can answer it) and
-goes through ``planner.scaling.ratematch.rate_match``, the work the RateMatch RPC does on the
-server beside converting its messages. The baseline is ``planner.search.plan`` for the same
-traffic at the same rate on 64 GPUs (what a scheduler would otherwise call), warm.
+p99. Each call varies the observed rate and lengths a little (so no cache can answer it). Two
+figures: ``planner.scaling.ratematch.rate_match`` alone, and the server's RateMatch handler
+(``service.scaling_handlers.rate_match``: request message in, response message out, everything
+the server does for the call but gRPC's own transport). The baseline is ``planner.search.plan``
+for the same traffic at the same rate on 64 GPUs (what a scheduler would otherwise call), warm.
 
 Printed JSON: p50/p99/mean latency (ms) of each, and the ratio of the p50s.
 """
@@ -24,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pdplanner.v1 import common_pb2, plan_pb2, scaling_pb2
 
 from planner.scaling.capacity import Shape
 from planner.scaling.ratematch import RateMatchRequest, rate_match
 from planner.search import plan
 from planner.types import PlanRequest, Slo, Workload
+from service.scaling_handlers import rate_match as rate_match_handler
 
 SLO = Slo(1000, 30, "p99")
 REQUEST = RateMatchRequest(
@@ -45,6 +48,22 @@ REQUEST = RateMatchRequest(
     observed_ttft_ms=600.0,
     observed_tpot_ms=22.0,
 )
+
+
+def _message(rate: float) -> scaling_pb2.RateMatchRequest:
+    return scaling_pb2.RateMatchRequest(
+        model=REQUEST.model,
+        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30, percentile=common_pb2.PERCENTILE_P99),
+        requests_per_s=rate,
+        isl=2500,
+        osl=300,
+        prefill=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=4, batch=1),
+        prefill_workers=3,
+        decode=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=4, batch=128),
+        decode_workers=2,
+        observed_ttft_ms=600.0,
+        observed_tpot_ms=22.0,
+    )
 
 
 def stats(ms: list[float]) -> dict[str, float]:
@@ -83,6 +102,13 @@ def main() -> None:
         slo=SLO,
         rate_per_s=8.0,
     )
+    handler_ms = []
+    msgs = [_message(float(rng.uniform(4, 12))) for _ in range(args.calls)]
+    rate_match_handler(msgs[0], None, None, lambda: False)  # type: ignore[arg-type]
+    for msg in msgs:
+        t = time.perf_counter()
+        rate_match_handler(msg, None, None, lambda: False)  # type: ignore[arg-type]
+        handler_ms.append((time.perf_counter() - t) * 1e3)
     plan(base_req)  # warm
     base = []
     for _ in range(args.baseline_calls):
@@ -93,6 +119,7 @@ def main() -> None:
         "benchmark": "ratematch",
         "machine": platform.platform(),
         "rate_match": stats(ms),
+        "rpc_handler": stats(handler_ms),
         "baseline_plan_search": stats(base),
     }
     out["plan_p50_over_rate_match_p50"] = round(
