@@ -134,3 +134,29 @@ def test_a_schedule_is_stored_listed_replayed_and_deleted_on_a_server(
     assert run(remote, "schedules", "delete", name) == f"deleted {name}\n"
     gone = remote.invoke(app, ["schedules", "get", name])
     assert (gone.exit_code, gone.stderr) == (1, f"error: schedule {name} not found\n")
+
+
+def test_schedule_from_a_history_plans_the_forecast(tmp_path: Path) -> None:
+    import math
+
+    rows = "".join(
+        f"{900 * k},900,{4 + 3 * math.sin(2 * math.pi * k / 96):.4f},2000,250,1\n"
+        for k in range(2 * 96)
+    )
+    history = tmp_path / "history.csv"
+    history.write_text(HEADER + rows)
+    args = schedule_args(str(history))
+    args[args.index("--trace")] = "--history"
+    out = json.loads(run(local, *args, "--horizon", "8", "--no-simulate", "--json"))
+    starts = [iv["start_s"] for iv in out["intervals"]]
+    assert starts == [900.0 * (192 + k) for k in range(8)]  # the day after the history
+    truth = [4 + 3 * math.sin(2 * math.pi * (192 + k) / 96) for k in range(8)]
+    planned = [iv["requests_per_s"] for iv in out["intervals"]]
+    assert all(p >= t - 0.05 for p, t in zip(planned, truth, strict=True))  # the upper quantile
+    assert out["totals"]["slo_attainment"] is None  # not replayed
+    short = tmp_path / "short.csv"
+    short.write_text(HEADER + "".join(rows.splitlines(keepends=True)[:50]))
+    args[args.index(str(history))] = str(short)
+    bad = local.invoke(app, args)
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("error: --history: needs at least two seasons")
