@@ -83,10 +83,13 @@ class EstimateRequest:
     parallelism: Parallelism = Parallelism()  # phase and agg
     batch: int | None = None  # phase
     context: int | None = None  # decode phase: cached tokens per sequence (default isl + osl/2)
-    concurrency: int | None = None  # agg: requests in flight (closed loop)
+    concurrency: int | None = None  # closed loop: benchmark clients, each one request in flight
     chunk_tokens: int | None = None  # agg: chunked-prefill token budget (default: engine's)
     prefill: PoolSpec | None = None  # disagg
     decode: PoolSpec | None = None  # disagg
+    rate_per_s: float | None = None  # Poisson load: open-loop arrivals per second
+    # engine scheduler overrides (planner.serving.scheduler: max_num_batched_tokens, ...)
+    engine_args: tuple[tuple[str, int | float | bool | str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ from planner.serving.kvtransfer import (
 from planner.serving.mix import mix_cycle
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, max_utilisation_many, wait_ms
+from planner.serving.scheduler import scheduler_for
+from planner.serving.simulate import graphs_for, scheduler_vector
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
@@ -620,11 +622,11 @@ class _Search:
         # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
         # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
         # large MoE layout spaces keep only the engine's budget and no chunking
-        chunks = (
-            [c.engine.default_chunk_tokens, 0]
-            if lay.shape[0] > 24
-            else sorted({c.engine.default_chunk_tokens, 2048, 0})
-        )
+        sched = scheduler_for(c.engine)
+        budget = sched.max_num_batched_tokens
+        chunks = [budget, 0] if lay.shape[0] > 24 else sorted({budget, 2048, 0})
+        sched_v = scheduler_vector(sched)
+        graphs = graphs_for(c, sched)
         chunk_arr = np.array(chunks, dtype=np.float64)
         conc = np.array(AGG_CONCURRENCY, dtype=np.float64)
         cols: list[np.ndarray] = []
@@ -648,7 +650,8 @@ class _Search:
                 isl_cycle,
                 osl_cycle,
                 self.req.prefix_hit,
-                c.engine.max_batch,
+                sched_v,
+                graphs,
                 4.0 * self.req.slo.ttft_ms,
                 self.pct,
                 rows,
