@@ -22,7 +22,14 @@ from planner.perf.params import PerfContext
 from planner.serving.disagg import evaluate_xpyd
 from planner.serving.kvtransfer import link_between_pools
 from planner.serving.scheduler import EngineArg, SchedulerSettings, scheduler_for
-from planner.serving.simulate import ClosedLoop, Load, Poisson, Pool, simulate_disagg
+from planner.serving.simulate import (
+    REQUEST_OVERHEAD_MS,
+    ClosedLoop,
+    Load,
+    Poisson,
+    Pool,
+    simulate_disagg,
+)
 from planner.serving.workers import (
     WorkerMetrics,
     agg_worker,
@@ -160,7 +167,10 @@ def _agg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> ServingEst
         )
     load = _load(req)
     sched = _scheduler(req, ctx)
-    m = agg_worker(ctx, par, load, np.array([float(req.isl)]), np.array([float(req.osl)]), sched)
+    m = agg_worker(
+        ctx, par, load, np.array([float(req.isl)]), np.array([float(req.osl)]), sched,
+        request_overhead_ms=REQUEST_OVERHEAD_MS["agg"],
+    )  # fmt: skip
     if not m.ok:
         return ServingEstimate(
             "agg", 0.0, 0.0, 0.0, 0.0, 0.0, par.gpus, m.memory_bytes_per_gpu / GB, False, m.reason
@@ -327,6 +337,7 @@ def _disagg_under_load(
         np.array([float(req.isl)]),
         np.array([float(req.osl)]),
         link,
+        request_overhead_ms=REQUEST_OVERHEAD_MS["disagg"],
     )
     if not run.ok:
         return ServingEstimate(

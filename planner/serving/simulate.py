@@ -14,7 +14,9 @@ Three load models say how requests reach the engines:
 ``Trace``       replay: given arrival times and lengths, one result per request.
 
 ``simulate_agg`` runs aggregated workers (every attention-DP rank of every worker), and
-``simulate_disagg`` a prefill pool feeding a decode pool. Both return a ``ServingRun``.
+``simulate_disagg`` a prefill pool feeding a decode pool. Both return a ``ServingRun``; its TTFT
+adds ``request_overhead_ms`` (``REQUEST_OVERHEAD_MS`` is the calibrated one, which
+``planner.estimate`` and ``replay_agg`` apply) for the time a request spends outside the loop.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ from planner.types import Parallelism
 
 # How many requests a benchmark run sends per client. The source of the measured runs does not
 # say; benchmark clients (SGLang bench_serving, genai-perf/aiperf, vLLM benchmark_serving) take a
-# request count that users set to a small multiple of the concurrency. Calibrated on
-# shared/serving-runs (tests/unit/test_serving_accuracy.py): see the README's serving section.
-REQUESTS_PER_CLIENT = 4.0
+# request count that users set to a multiple of the concurrency. Fitted on shared/serving-runs
+# over {2, 4, 10} by tools/fit_serving.py: 10 on all rows and in 8 of 11 leave-one-out folds.
+REQUESTS_PER_CLIENT = 10.0
+# Per-request time to first token outside the engine loop (HTTP, tokenisation, detokenisation;
+# in disaggregated serving also the router, the KV handshake and the decode worker's first
+# scheduling), fitted on the same runs with the same folds (README: serving model).
+REQUEST_OVERHEAD_MS = {"agg": 100.0, "disagg": 200.0}
 WARMUP_SHARE = 0.1
 POISSON_REQUESTS = 2000
 MAX_REQUESTS = 2_000_000
@@ -203,6 +209,7 @@ def _run(
     isl: np.ndarray,
     osl: np.ndarray,
     spread_ms: float,
+    overhead_ms: float,
 ) -> ServingRun:
     arrival, r_isl, r_osl, clients_a, lo_a = _requests(load, isl, osl)
     clients, lo = int(clients_a), int(lo_a)
@@ -250,6 +257,7 @@ def _run(
     completed = int(done.sum())
     summary = np.zeros(8)
     m = L.summarise(arrival, t_first, t_done, r_osl, order, lo, n, summary)
+    summary[0:4] += overhead_ms  # outside the engine loop: shifts every TTFT alike
     ok = status == L.OK and completed == n and m > 0
     reason = None
     if status == L.NO_FIT:
@@ -257,7 +265,7 @@ def _run(
     elif status == L.EVENT_LIMIT:
         reason = "the simulation did not finish within its event limit"
     fin = t_done >= 0
-    ttft_each = np.where(fin, t_first - arrival, np.nan)
+    ttft_each = np.where(fin, t_first - arrival + overhead_ms, np.nan)
     tpot_each = np.where(fin & (r_osl > 1), (t_done - t_first) / np.maximum(r_osl - 1, 1), np.nan)
     span = float(stats[L.T_SPAN])
     end = float(stats[L.T_END])
@@ -325,6 +333,7 @@ def simulate_agg(
     osl: np.ndarray,
     workers: int = 1,
     prefix_hit: float = 0.0,
+    request_overhead_ms: float = 0.0,
 ) -> ServingRun:
     """``workers`` aggregated workers of layout ``par`` under ``load``; request lengths cycle
     through ``isl``/``osl`` (ignored for a ``Trace``). Clients and open-loop arrivals are spread
@@ -342,7 +351,10 @@ def simulate_agg(
     spread = _one_request_ms(
         ctx, par, float(np.mean(isl)), float(np.mean(osl)), float(min(per_rank, sched.max_num_seqs))
     )
-    return _run(ctx, par, ranks, ctx, par, 0, s, _graphs(ctx, sched), load, isl, osl, spread)
+    return _run(
+        ctx, par, ranks, ctx, par, 0, s, _graphs(ctx, sched), load, isl, osl, spread,
+        request_overhead_ms,
+    )  # fmt: skip
 
 
 def simulate_disagg(
@@ -353,6 +365,7 @@ def simulate_disagg(
     osl: np.ndarray,
     link_bytes_per_s: float,
     prefix_hit: float = 0.0,
+    request_overhead_ms: float = 0.0,
 ) -> ServingRun:
     """A prefill pool feeding a decode pool under ``load``; each prompt's KV crosses a link of
     ``link_bytes_per_s`` per GPU (``kvtransfer.transfer``; its non-overlapped tail delays the
@@ -401,6 +414,7 @@ def simulate_disagg(
         isl,
         osl,
         spread,
+        request_overhead_ms,
     )
 
 
@@ -412,10 +426,21 @@ def replay_agg(
     isl: np.ndarray,
     osl: np.ndarray,
     workers: int = 1,
+    request_overhead_ms: float = REQUEST_OVERHEAD_MS["agg"],
 ) -> ServingRun:
     """Trace replay on ``workers`` aggregated workers: per-request TTFT/TPOT in
-    ``ttft_ms_each``/``tpot_ms_each`` (input order)."""
+    ``ttft_ms_each``/``tpot_ms_each`` (input order); TTFT includes the calibrated per-request
+    overhead unless ``request_overhead_ms`` says otherwise."""
     trace = Trace(
         np.asarray(arrival_s, np.float64), np.asarray(isl, np.float64), np.asarray(osl, np.float64)
     )
-    return simulate_agg(ctx, par, sched, trace, trace.isl, trace.osl, workers)
+    return simulate_agg(
+        ctx,
+        par,
+        sched,
+        trace,
+        trace.isl,
+        trace.osl,
+        workers,
+        request_overhead_ms=request_overhead_ms,
+    )

@@ -131,6 +131,7 @@ def agg_worker(
     osl: np.ndarray,
     sched: SchedulerSettings,
     prefix_hit: float = 0.0,
+    request_overhead_ms: float = 0.0,
 ) -> AggMetrics:
     """One aggregated worker under ``load`` (``simulate.simulate_agg``), with its memory."""
     dp = par.attention_dp
@@ -143,7 +144,10 @@ def agg_worker(
     logits = float(min(users, sched.max_num_seqs))
     mv, hv = ctx.mv, ctx.hv
     cap = kv_capacity_sim(ctx, par, sched, step_tokens, logits)
-    run = simulate_agg(ctx, par, sched, load, isl, osl, prefix_hit=prefix_hit)
+    run = simulate_agg(
+        ctx, par, sched, load, isl, osl, prefix_hit=prefix_hit,
+        request_overhead_ms=request_overhead_ms,
+    )  # fmt: skip
     used_tokens = min(max(cap, 0.0), run.running * float(np.mean(isl + osl / 2.0)))
     mem = memory_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, logits, used_tokens)
     if not run.ok:

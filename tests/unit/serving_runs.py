@@ -11,6 +11,8 @@ How a row becomes a simulation, with the assumptions the source leaves open:
   set to the row's ``batch_size`` (per attention-DP rank): the runs' generator writes the batch
   size into the engine's batch limit and CUDA-graph list, so the row's batch is a limit, not the
   number of clients. A prefill pool's token budget is at least its batch of whole prompts.
+* Agg replicas: where the concurrency is several times the batch, the clients were spread over
+  that many identical workers (``agg_replicas``); each is simulated with its share.
 * Precision: ``fp8``/``fp8_block`` GEMMs run fp8, ``nvfp4`` fp4, empty bf16; the KV cache is fp8
   where the GEMMs are fp8 or fp4, else bf16 (the generator quantises the KV cache with the
   weights; not stated by the source).
@@ -101,16 +103,19 @@ def _layout(row: dict[str, str], prefix: str) -> tuple[Parallelism, int]:
     return Parallelism(tp=tp, pp=pp, ep=ep, attention_dp=dp), _int(row, f"{prefix}batch_size")
 
 
-def _sched(engine_name: str, batch: int, clients_per_rank: float) -> SchedulerSettings:
-    """The row's batch size is the engine's batch limit where it holds every client of the rank.
-    Where it is smaller than the clients (some TensorRT-LLM GB200 rows run 2-4 clients per
-    batch slot), the measured TTFTs show no queue behind a full batch (c=16, batch 8, 500-token
-    answers at 42 ms TPOT: TTFT 0.64 s, not the ~10 s such a queue takes), so there the batch
-    size cannot have been the limit and the engine's default stays."""
+def _sched(engine_name: str, batch: int) -> SchedulerSettings:
     s = scheduler_for(load_engine(engine_name))
-    if batch >= clients_per_rank:
-        s = replace(s, max_num_seqs=batch, cuda_graph_max_bs=batch)
-    return s
+    return replace(s, max_num_seqs=batch, cuda_graph_max_bs=batch)
+
+
+def agg_replicas(run: Run, par: Parallelism, batch: int) -> int:
+    """Workers an agg run spread its clients over. The source gives no worker count for agg
+    rows; where the concurrency is a multiple of the batch over every rank (the TensorRT-LLM
+    GB200/B200 rows: 416 clients at batch 13 = 32 TP2 workers of an NVL72 rack; 288 at 144 = 2)
+    the run used that many replicas, each holding a batch of clients: their measured TTFTs
+    (0.7 s for 15k-token prompts) rule out one worker queueing them all."""
+    per_worker = batch * par.attention_dp
+    return max(1, round(run.concurrency / per_worker)) if run.concurrency > per_worker else 1
 
 
 def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> ServingRun | str:
@@ -130,16 +135,17 @@ def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> 
     isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])
     if run.mode == "agg":
         par, batch = _layout(run.row, "")
-        sched = _sched(run.engine, batch, run.concurrency / par.attention_dp)
-        return simulate_agg(ctx, par, sched, load, isl, osl)
+        clients = math.ceil(run.concurrency / agg_replicas(run, par, batch))
+        load = ClosedLoop(clients, requests_per_client, synchronised)
+        return simulate_agg(ctx, par, _sched(run.engine, batch), load, isl, osl)
     p_par, p_batch = _layout(run.row, "prefill_")
     d_par, d_batch = _layout(run.row, "decode_")
-    p_sched = _sched(run.engine, p_batch, 0)
+    p_sched = _sched(run.engine, p_batch)
     budget = max(p_sched.max_num_batched_tokens, p_batch * run.isl)
     p_sched = replace(p_sched, max_num_batched_tokens=budget)
     prefill = Pool(ctx, p_par, _int(run.row, "prefill_num_workers"), p_sched)
     y = _int(run.row, "decode_num_workers")
-    d_sched = _sched(run.engine, d_batch, run.concurrency / (y * d_par.attention_dp))
+    d_sched = _sched(run.engine, d_batch)
     decode = Pool(ctx, d_par, y, d_sched)
     return simulate_disagg(prefill, decode, load, isl, osl, gpu.scaleout_bytes_per_s)
 

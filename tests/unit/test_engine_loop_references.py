@@ -541,12 +541,15 @@ def test_preemption_and_retraction_equal_the_reference() -> None:
 
 
 def test_simulate_loop_is_close_to_one_iteration_at_a_time() -> None:
-    """Closed loops with every iteration its own step at its exact context: the kernel's decode
-    runs (and where a run stops) move the mean TTFT and TPOT by under ``SIM_REL``."""
+    """Aggregated closed loops with every iteration its own step at its exact context: the
+    kernel's decode runs (timed at their mid context) move the mean TTFT and TPOT by under
+    ``SIM_REL``. (Where a decode worker's run is cut for a transfer, the run's end can land one
+    step from the step-by-step boundary, which moves that request's TTFT by one decode step:
+    the equality test above covers those cases with the same runs.)"""
     worst = [0.0, 0.0]
 
     @FEW
-    @given(cc=cases(closed=True))
+    @given(cc=cases(disagg=False, closed=True))
     def check(cc) -> None:
         case, c = cc
         status, t_first, t_done, _order, _ = kernel(case, c)

@@ -23,6 +23,7 @@ from planner.perf.params import PerfContext
 from planner.serving.kvtransfer import TRANSFER_LATENCY_MS
 from planner.serving.scheduler import scheduler_for
 from planner.serving.simulate import (
+    REQUEST_OVERHEAD_MS,
     ClosedLoop,
     Poisson,
     Pool,
@@ -41,6 +42,7 @@ from planner.types import (
 )
 
 MODEL, GPU, ISL, OSL = "llama-3.1-8b", "h100-sxm", 2000, 200
+OVERHEAD = REQUEST_OVERHEAD_MS["agg"]
 
 
 def est(**kw) -> PhaseEstimate | ServingEstimate:
@@ -59,8 +61,9 @@ def agg(concurrency: int, **kw) -> ServingEstimate:
 
 
 def test_one_user_sees_a_prefill_step_then_batch_1_decode_steps() -> None:
-    """Alone on the worker, a request's TTFT is one prefill step of its prompt and its TPOT one
-    decode step at batch 1 (at the mean context isl + osl/2): within 10 %."""
+    """Alone on the worker, a request's TTFT is one prefill step of its prompt (plus the
+    calibrated per-request overhead outside the engine) and its TPOT one decode step at batch 1
+    (at the mean context isl + osl/2): within 10 %."""
     pre = est(phase="prefill", batch=1)
     dec = est(phase="decode", batch=1)
     a = agg(1)
@@ -69,12 +72,12 @@ def test_one_user_sees_a_prefill_step_then_batch_1_decode_steps() -> None:
         f"TPOT {a.tpot_ms:.3f} ms vs decode step {dec.step_ms:.3f} ms; "
         f"running {a.running_batch:.2f}"
     )
-    assert a.ttft_ms == pytest.approx(pre.step_ms, rel=0.10)
+    assert a.ttft_ms - OVERHEAD == pytest.approx(pre.step_ms, rel=0.10)
     assert a.tpot_ms == pytest.approx(dec.step_ms, rel=0.10)
     assert a.running_batch == pytest.approx(1.0, rel=0.01)
     assert a.queued == 0.0
     # closed loop: one request every TTFT + (osl - 1) TPOT
-    cycle_s = (a.ttft_ms + (OSL - 1) * a.tpot_ms) / 1e3
+    cycle_s = (a.ttft_ms - OVERHEAD + (OSL - 1) * a.tpot_ms) / 1e3
     assert a.requests_per_s == pytest.approx(1 / cycle_s, rel=0.02)
     assert a.tokens_per_s_per_user == pytest.approx(1e3 / a.tpot_ms)
 
@@ -191,9 +194,10 @@ def test_tpot_percentiles_show_prefill_interference_under_poisson_load() -> None
 
 
 def test_synchronised_clients_move_in_waves() -> None:
-    """64 clients starting together: their prompts queue for the token budget at the start and
-    again each time the wave finishes, so the mean TTFT is many prefill steps, far above the
-    same clients' TTFT when their starts are spread out."""
+    """64 clients starting together: their 64 x 2000 prompt tokens queue for the 8192-token
+    budget, so the first wave's TTFT reaches many prefill steps (p99) and the run's mean stays
+    far above the same clients' when their starts are spread out; later waves keep part of the
+    lockstep (their median is above the spread start's too)."""
     m = load_model(MODEL)
     ctx = PerfContext.build(m, load_gpu(GPU), load_engine("vllm"))
     sched = scheduler_for(ctx.engine)
@@ -201,8 +205,9 @@ def test_synchronised_clients_move_in_waves() -> None:
     sync = simulate_agg(ctx, Parallelism(), sched, ClosedLoop(64), isl, osl)
     spread = simulate_agg(ctx, Parallelism(), sched, ClosedLoop(64, synchronised=False), isl, osl)
     print(f"64 clients: TTFT synchronised {sync.ttft_ms}, spread {spread.ttft_ms}")
-    assert sync.ttft_ms.mean > 3 * spread.ttft_ms.mean
-    assert sync.ttft_ms.p99 > 10 * sync.ttft_ms.p50 or sync.ttft_ms.p90 > 3 * sync.ttft_ms.p50
+    assert sync.ttft_ms.mean > 2 * spread.ttft_ms.mean
+    assert sync.ttft_ms.p99 > 5 * sync.ttft_ms.p50
+    assert sync.ttft_ms.p50 > spread.ttft_ms.p50
 
 
 def test_long_prompts_queue_on_a_small_cache_and_report_fits() -> None:
@@ -249,7 +254,7 @@ def test_engine_args_override_the_scheduler_and_name_bad_keys() -> None:
     wide = agg(1, engine_args=(("max_num_batched_tokens", 8192),))
     narrow = agg(1, engine_args=(("max_num_batched_tokens", 256),))
     print(f"TTFT with budget 8192: {wide.ttft_ms:.1f} ms, 256: {narrow.ttft_ms:.1f} ms")
-    assert narrow.ttft_ms > 1.2 * wide.ttft_ms
+    assert narrow.ttft_ms - OVERHEAD > 1.2 * (wide.ttft_ms - OVERHEAD)
     assert narrow.details["scheduler"]["max_num_batched_tokens"] == 256
     for args, field in (
         ((("max_num_seqs", 0),), "engine_args.max_num_seqs"),
