@@ -181,6 +181,8 @@ class PlanRequest:
     precision: Precision = Precision()
     engine: str = DEFAULT_ENGINE
     limits: SearchLimits = SearchLimits()
+    # engine scheduler overrides (planner.serving.scheduler: max_num_batched_tokens, ...)
+    engine_args: tuple[tuple[str, int | float | bool | str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ class PlanResult:
     # with a target rate the budget does not serve: the fewest GPUs that would (searched up to
     # 16 times the budget), None when even that does not
     for_rate: Deployment | None = None
+    load: str = ""  # the load model the SLO was judged under
 
     def to_dict(self) -> dict[str, Any]:
         def dep(d: Deployment | None) -> dict[str, Any] | None:
@@ -276,4 +279,5 @@ class PlanResult:
             "explanation": self.explanation,
             "rate_served": self.rate_served,
             "for_rate": dep(self.for_rate),
+            "load": self.load,
         }

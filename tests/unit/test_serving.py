@@ -513,3 +513,23 @@ def test_a_prompt_of_hundreds_of_chunks_is_simulated_to_the_end() -> None:
     )
     assert r.ok and r.measured_requests == 8
     assert r.requests_per_s == pytest.approx(1e3 / cycle_ms, rel=1e-6)
+
+
+def test_plan_says_which_load_model_it_judged_under_and_takes_engine_args() -> None:
+    from planner.search import plan
+    from planner.types import PlanRequest, Slo, Workload
+
+    req = PlanRequest(
+        model=MODEL,
+        gpu=GPU,
+        gpus=2,
+        traffic=(Workload(ISL, OSL),),
+        slo=Slo(ttft_ms=2000.0, tpot_ms=50.0),
+    )
+    r = plan(req)
+    print(f"plan load: {r.load}")
+    assert r.load.startswith("poisson")
+    assert r.to_dict()["load"] == r.load
+    with pytest.raises(InvalidInputError) as e:
+        plan(replace(req, engine_args=(("max_num_seqs", 0),)))
+    assert e.value.field == "engine_args.max_num_seqs"
