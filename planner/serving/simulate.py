@@ -224,18 +224,10 @@ def _run(
     max_events = int(n * (chunks + 6) * 6 + 10_000)
     lay_f = np.array([front_par.tp, front_par.pp, front_par.ep, front_par.attention_dp], float)
     lay_b = np.array([back_par.tp, back_par.pp, back_par.ep, back_par.attention_dp], float)
-    fc, bc = front_ctx.cal, back_ctx.cal
     status = L.simulate_loop(
-        front_ctx.mv,
-        front_ctx.hv,
-        fc.gemm,
-        fc.attn_prefill,
-        fc.attn_decode,
+        *front_ctx.kernel_args,  # mv, hv, cg, cp, cd of the front workers
         lay_f,
-        back_ctx.hv,
-        bc.gemm,
-        bc.attn_prefill,
-        bc.attn_decode,
+        *back_ctx.kernel_args[1:],  # hv, cg, cp, cd of the decode workers
         lay_b,
         n_front,
         n_back,
@@ -316,8 +308,7 @@ def _one_request_ms(
 ) -> float:
     """Prefill of one prompt plus ``osl`` decode steps at ``batch``: a request's duration."""
     row, scratch = np.zeros(4), np.zeros(4)
-    c = ctx.cal
-    args = (ctx.mv, ctx.hv, c.gemm, c.attn_prefill, c.attn_decode)
+    args = ctx.kernel_args
     lay = (float(par.tp), float(par.pp), float(par.ep), float(par.attention_dp))
     pf, _ = step_ms(*args, *lay, 1.0, isl, 0.0, 0.0, 0.0, row, scratch)
     dc, _ = step_ms(*args, *lay, 0.0, 0.0, 0.0, batch, isl + osl / 2, row, scratch)
