@@ -279,5 +279,4 @@ class PlanResult:
             "explanation": self.explanation,
             "rate_served": self.rate_served,
             "for_rate": dep(self.for_rate),
-            "load": self.load,
         }
