@@ -58,13 +58,15 @@ def estimate(
             "phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)"
         )
     args = _engine_args(req)
-    kv_dtype = str(args.get("kv_cache_dtype", req.precision.kv_dtype))
-    if kv_dtype == "auto":
-        kv_dtype = req.precision.kv_dtype
-    if kv_dtype not in ("bf16", "fp8"):
-        raise InvalidInputError(
-            "engine_args.kv_cache_dtype", f"must be auto, bf16 or fp8, got {kv_dtype!r}"
-        )
+    kv_dtype = req.precision.kv_dtype
+    if "kv_cache_dtype" in args:
+        kv_dtype = str(args["kv_cache_dtype"])
+        if kv_dtype == "auto":
+            kv_dtype = req.precision.kv_dtype
+        elif kv_dtype not in ("bf16", "fp8"):
+            raise InvalidInputError(
+                "engine_args.kv_cache_dtype", f"must be auto, bf16 or fp8, got {kv_dtype!r}"
+            )
     ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, kv_dtype)
     if req.phase is not None:
         return _phase(req, ctx, model)
@@ -113,7 +115,7 @@ def _load(req: EstimateRequest) -> Load:
     if req.concurrency is None:
         raise InvalidInputError(
             "concurrency",
-            f"give concurrency (closed loop) or rate_per_s (Poisson) for mode {req.mode}",
+            f"is required for mode {req.mode} (benchmark clients), or give rate_per_s (Poisson)",
         )
     return ClosedLoop(validate.integer(req.concurrency, "concurrency", 1, 100_000))
 

@@ -257,7 +257,7 @@ class PlanResult:
     # with a target rate the budget does not serve: the fewest GPUs that would (searched up to
     # 16 times the budget), None when even that does not
     for_rate: Deployment | None = None
-    load: str = ""  # the load model the SLO was judged under
+    load: str = field(default="", compare=False)  # the load model the SLO was judged under
 
     def to_dict(self) -> dict[str, Any]:
         def dep(d: Deployment | None) -> dict[str, Any] | None:
