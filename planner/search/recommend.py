@@ -633,8 +633,8 @@ class _Search:
         # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
         # large MoE layout spaces keep only the engine's budget and no chunking
         sched = self.sched
-        budget = sched.max_num_batched_tokens
-        chunks = [budget, 0] if lay.shape[0] > 24 else sorted({budget, 2048, 0})
+        step_tokens = sched.max_num_batched_tokens
+        chunks = [step_tokens, 0] if lay.shape[0] > 24 else sorted({step_tokens, 2048, 0})
         sched_v = scheduler_vector(sched)
         graphs = graphs_for(c, sched)
         chunk_arr = np.array(chunks, dtype=np.float64)
