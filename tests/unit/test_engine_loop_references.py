@@ -442,19 +442,23 @@ def cases(
         disagg = draw(st.booleans())
     if closed is None:
         closed = draw(st.booleans())
-    n = draw(st.integers(1, 24))
-    isl = [float(draw(st.integers(16, 3000))) for _ in range(n)]
+    n = draw(st.integers(8 if pressure else 1, 24))
+    # under pressure short prompts and long answers: several prompts fit, their answers do not
+    isl_hi = 200 if pressure else 3000
+    isl = [float(draw(st.integers(16, isl_hi))) for _ in range(n)]
+    osl_lo, osl_hi = (100, 400) if pressure else (2, 150)
     osl = [
-        1.0 if draw(st.integers(0, 9)) == 0 else float(draw(st.integers(2, 150))) for _ in range(n)
+        1.0 if draw(st.integers(0, 9)) == 0 else float(draw(st.integers(osl_lo, osl_hi)))
+        for _ in range(n)
     ]
     need = max(i + o for i, o in zip(isl, osl, strict=True))
     tight = pressure or draw(st.booleans())
-    cap = need * draw(st.floats(1.05, 2.0 if pressure else 4.0)) if tight else 1e12
+    cap = need * draw(st.floats(1.5, 3.0) if pressure else st.floats(1.05, 4.0)) if tight else 1e12
     policies = (
         [L.KV_ON_DEMAND, L.KV_RATIO] if pressure else [L.KV_RESERVE, L.KV_ON_DEMAND, L.KV_RATIO]
     )
     policy = draw(st.sampled_from(policies))
-    lo = min(3, n) if pressure else 1
+    lo = min(4, n) if pressure else 1
     clients = draw(st.integers(lo, max(lo, n))) if closed else 0
     if closed:
         arrival = [0.0] * n
