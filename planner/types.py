@@ -279,4 +279,5 @@ class PlanResult:
             "explanation": self.explanation,
             "rate_served": self.rate_served,
             "for_rate": dep(self.for_rate),
+            "load": self.load,
         }

@@ -168,6 +168,7 @@ def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
         limits=limits,
+        engine_args=engine_args_from_proto(msg.engine_args),
     )
 
 
@@ -188,7 +189,21 @@ def plan_request_to_proto(req: PlanRequest, request_id: str = "") -> plan_pb2.Pl
         precision=precision_to_proto(req.precision),
         engine=req.engine,
         limits=limits_to_proto(req.limits),
+        engine_args=engine_args_to_proto(req.engine_args),
     )
+
+
+# -- engine arguments -----------------------------------------------------------------------------
+
+
+def engine_args_from_proto(args: Any) -> tuple[tuple[str, str], ...]:
+    """A ``map<string, string>`` as sorted (key, text) pairs; the planner checks keys and values
+    (``engine_args.<key>``) as it resolves the scheduler."""
+    return tuple(sorted((str(k), str(v)) for k, v in args.items()))
+
+
+def engine_args_to_proto(args: tuple[tuple[str, Any], ...]) -> dict[str, str]:
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in args}
 
 
 # -- estimate requests ----------------------------------------------------------------------------
@@ -221,6 +236,7 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         required_text(msg.gpu, "gpu")
     phase = v.value(lambda: PHASE.optional_from_proto(msg.phase, "phase"))
     mode = v.value(lambda: MODE.optional_from_proto(msg.mode, "mode"))
+    rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
     v.raise_any()
     return EstimateRequest(
         model=msg.model,
@@ -238,6 +254,8 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         chunk_tokens=optional(msg, "chunk_tokens"),
         prefill=pool_spec_from_proto(msg.prefill) if msg.HasField("prefill") else None,
         decode=pool_spec_from_proto(msg.decode) if msg.HasField("decode") else None,
+        rate_per_s=rate,
+        engine_args=engine_args_from_proto(msg.engine_args),
     )
 
 
@@ -258,6 +276,8 @@ def estimate_request_to_proto(req: EstimateRequest) -> estimate_pb2.EstimateRequ
         chunk_tokens=i32(req.chunk_tokens, "chunk_tokens"),
         prefill=pool_spec_to_proto(req.prefill, "prefill") if req.prefill is not None else None,
         decode=pool_spec_to_proto(req.decode, "decode") if req.decode is not None else None,
+        rate_per_s=req.rate_per_s,
+        engine_args=engine_args_to_proto(req.engine_args),
     )
 
 

@@ -100,6 +100,7 @@ def plan_result_to_proto(r: PlanResult) -> plan_pb2.PlanResult:
         explanation=r.explanation,
         rate_served=r.rate_served,
         for_rate=dep(r.for_rate),
+        load=r.load,
     )
 
 
@@ -127,6 +128,7 @@ def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
         explanation=msg.explanation,
         rate_served=optional(msg, "rate_served"),
         for_rate=dep("for_rate"),
+        load=msg.load,
     )
 
 

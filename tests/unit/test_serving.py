@@ -529,6 +529,7 @@ def test_plan_says_which_load_model_it_judged_under_and_takes_engine_args() -> N
     r = plan(req)
     print(f"plan load: {r.load}")
     assert r.load.startswith("poisson")
+    assert r.to_dict()["load"] == r.load
     with pytest.raises(InvalidInputError) as e:
         plan(replace(req, engine_args=(("max_num_seqs", 0),)))
     assert e.value.field == "engine_args.max_num_seqs"
