@@ -33,6 +33,7 @@ from service.cli.format import StoredPlan
 if TYPE_CHECKING:
     from pdplanner.client import PlannerClient
 
+    from planner.export import PlanExport
     from planner.scaling.forecast import ForecastSpec
     from planner.scaling.schedule import ScheduleRequest
 
@@ -302,6 +303,15 @@ class RemoteBackend:
         """The GetPlan RPC."""
         with self._errors():
             return _stored_plan(self._client.get_plan(resources.from_id_or_name(plan_id, "plans")))
+
+    def export_plan(self, plan_id: str, fmt: str) -> PlanExport:
+        """The ExportPlan RPC: the files of ``fmt`` for a stored plan."""
+        from service import exports
+
+        name = resources.from_id_or_name(plan_id, "plans")
+        with self._errors():
+            msg = self._client.export_plan(name, exports.FORMATS[fmt])
+        return exports.export_from_proto(msg, fmt)
 
     def delete_plan(self, plan_id: str) -> str:
         """The DeletePlan RPC; returns the deleted plan's name."""
