@@ -91,6 +91,7 @@ class LocalBackend:
     """The planner in this process, over the built-in catalogs plus the files given."""
 
     server: str | None = None
+    ray_address: str | None = None  # sweeps fan out to this Ray cluster (service.raysweep)
     _models: list[ModelSpec] = field(default_factory=list)
     _gpus: list[GpuSpec] = field(default_factory=list)
 
@@ -134,6 +135,16 @@ class LocalBackend:
     ) -> tuple[str | None, list[ScenarioOutcome]]:
         from planner.sweep import run_sweep
 
+        if self.ray_address is not None:
+            from service.raysweep import RayUnavailableError, ray_sweep
+
+            try:
+                outcomes = ray_sweep(
+                    grid, self.ray_address, models=self._models, gpus=self._gpus, advance=advance
+                )
+            except RayUnavailableError as exc:
+                raise CliError(f"--ray: {exc}", EXIT_FAILURE) from None
+            return None, outcomes
         outcomes = []
         for outcome in run_sweep(grid, *self._catalogs()):
             outcomes.append(outcome)
