@@ -10,8 +10,8 @@ into grid order; a scenario's outcome is the one the in-process sweep gives (its
 - ``ray://HOST:10001``: a remote cluster through Ray Client.
 
 A process already connected to Ray (``ray.init`` called before) keeps that connection, whatever
-``address`` says. Every node needs pdplanner installed (the same version), as the tasks import the planner there.
-Custom models and GPUs given as files travel with the tasks.
+``address`` says. Every node needs pdplanner installed (the same version), as the tasks import
+the planner there. Custom models and GPUs given as files travel with the tasks.
 
 Errors: ``RayUnavailableError`` (a ``RuntimeError``) when Ray is not installed
 (``pip install 'pdplanner[ray]'``) or the cluster cannot be reached.
