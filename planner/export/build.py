@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import yaml
@@ -20,6 +20,8 @@ from planner.export.engines import (
     PoolContext,
     launch,
 )
+from planner.perf.memory import USABLE_FRACTION
+from planner.serving.scheduler import scheduler_for
 from planner.types import Deployment, PlanRequest, PlanResult
 
 #: The formats ``export_plan`` writes.
@@ -65,11 +67,20 @@ def model_id(name: str, models: ModelCatalog | None = None) -> str:
 
 
 def _context(request: PlanRequest, chosen: Deployment, models: ModelCatalog | None) -> PoolContext:
+    engine = load_engine(request.engine)
+    args = dict(request.engine_args)
+    sched = scheduler_for(engine, args)
+    precision = request.precision
+    if str(args.get("kv_cache_dtype", "")).lower() == "fp8":  # the plan's KV bytes came from here
+        precision = replace(precision, kv_dtype="fp8")
     return PoolContext(
         model_id=model_id(request.model, models),
         served_name=model_id(request.model, models),
-        precision=request.precision,
-        engine=load_engine(request.engine),
+        precision=precision,
+        engine=engine,
+        budget_tokens=sched.max_num_batched_tokens,
+        memory_fraction=sched.gpu_memory_utilization or USABLE_FRACTION,
+        chunked_prefill=sched.enable_chunked_prefill,
         max_isl=max(w.isl for w in request.traffic),
         max_model_len=max(w.isl + w.osl for w in request.traffic),
         disaggregated=chosen.mode == "disagg",

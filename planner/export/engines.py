@@ -26,9 +26,12 @@ included), vLLM per attention group: hence ``tp*dp`` in their columns.
 The token budget is the most tokens one step schedules: an aggregated pool's chunked-prefill
 budget (the plan's ``chunk_tokens``, else the engine profile's default), a prefill pool's batch of
 whole prompts (``batch x`` the longest ISL), and for a decode pool, which never prefills, the
-engine profile's default budget (at least the batch). The memory fraction is the share of HBM the
-performance model lets an engine use (``planner.perf.memory.USABLE_FRACTION``), so the KV cache
-the engine sizes is the one the plan assumed.
+engine's default budget (at least the batch). The default budget, the memory fraction and chunked
+prefill are those of the scheduler the plan was judged under: the engine's defaults
+(``planner.serving.scheduler``) with the request's ``engine_args`` applied, the memory fraction
+falling back to the share of HBM the performance model lets an engine use
+(``planner.perf.memory.USABLE_FRACTION``), so the KV cache the engine sizes is the one the plan
+assumed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planner.catalog.engines import EngineSpec
-from planner.perf.memory import USABLE_FRACTION
 from planner.types import Pool, Precision
 
 #: Ports the launch commands use: the router or frontend, and the first worker of each role.
@@ -69,19 +71,23 @@ class PoolContext:
     max_isl: int
     max_model_len: int  # longest ISL + OSL of the traffic
     disaggregated: bool
+    # the scheduler the plan was judged under (engine defaults with the request's engine_args)
+    budget_tokens: int  # max_num_batched_tokens
+    memory_fraction: float  # gpu_memory_utilization, else the memory model's usable fraction
+    chunked_prefill: bool
 
 
 def token_budget(pool: Pool, ctx: PoolContext) -> int:
     """Most tokens one step of this pool schedules (see the module docstring)."""
     if pool.role == "agg":
-        return pool.chunk_tokens or ctx.engine.default_chunk_tokens
+        return pool.chunk_tokens or ctx.budget_tokens
     if pool.role == "prefill":
         return pool.batch * ctx.max_isl
-    return max(ctx.engine.default_chunk_tokens, pool.batch)
+    return max(ctx.budget_tokens, pool.batch)
 
 
-def _fraction() -> str:
-    return f"{USABLE_FRACTION:.2f}"
+def _fraction(ctx: PoolContext) -> str:
+    return f"{ctx.memory_fraction:.2f}"
 
 
 def vllm_args(pool: Pool, ctx: PoolContext) -> list[str]:
@@ -99,10 +105,10 @@ def vllm_args(pool: Pool, ctx: PoolContext) -> list[str]:
         "--max-num-seqs", str(pool.batch),
         "--max-num-batched-tokens", str(token_budget(pool, ctx)),
         "--max-model-len", str(ctx.max_model_len),
-        "--gpu-memory-utilization", _fraction(),
+        "--gpu-memory-utilization", _fraction(ctx),
         "--kv-cache-dtype", "fp8" if ctx.precision.kv_dtype == "fp8" else "auto",
     ]  # fmt: skip
-    if pool.role == "agg":
+    if pool.role == "agg" and ctx.chunked_prefill:
         args.append("--enable-chunked-prefill")
     args += _weights(
         ctx.precision, {"bf16": ["--dtype", "bfloat16"], "fp8": ["--quantization", "fp8"]}
@@ -126,7 +132,7 @@ def sglang_args(pool: Pool, ctx: PoolContext) -> list[str]:
         "--max-running-requests", str(pool.batch),
         "--chunked-prefill-size", str(token_budget(pool, ctx)),
         "--context-length", str(ctx.max_model_len),
-        "--mem-fraction-static", _fraction(),
+        "--mem-fraction-static", _fraction(ctx),
         "--kv-cache-dtype", "fp8_e4m3" if ctx.precision.kv_dtype == "fp8" else "auto",
     ]  # fmt: skip
     args += _weights(
@@ -144,10 +150,10 @@ def trtllm_options(pool: Pool, ctx: PoolContext) -> dict[str, Any]:
     """TensorRT-LLM's ``extra_llm_api_options`` document for one pool."""
     options: dict[str, Any] = {
         "enable_attention_dp": pool.attention_dp > 1,
-        "enable_chunked_prefill": pool.role == "agg",
+        "enable_chunked_prefill": pool.role == "agg" and ctx.chunked_prefill,
         "kv_cache_config": {
             "dtype": "fp8" if ctx.precision.kv_dtype == "fp8" else "auto",
-            "free_gpu_memory_fraction": USABLE_FRACTION,
+            "free_gpu_memory_fraction": ctx.memory_fraction,
         },
     }
     if ctx.disaggregated:
@@ -170,7 +176,7 @@ def trtllm_args(pool: Pool, ctx: PoolContext, options_file: str) -> list[str]:
         "--max_batch_size", str(pool.batch),
         "--max_num_tokens", str(token_budget(pool, ctx)),
         "--max_seq_len", str(ctx.max_model_len),
-        "--kv_cache_free_gpu_memory_fraction", _fraction(),
+        "--kv_cache_free_gpu_memory_fraction", _fraction(ctx),
         "--extra_llm_api_options", options_file,
     ]  # fmt: skip
     return args

@@ -9,6 +9,7 @@ written from the Dynamo 0.5 operator's CRD for the fields the export writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -293,3 +294,18 @@ def test_unknown_format_and_plan_without_deployment_are_errors() -> None:
     with pytest.raises(ExportError) as err:
         export_plan(request, empty, "vllm", name)
     assert err.value.field == "name" and "TPOT 1 ms" in err.value.reason
+
+
+def test_the_plans_engine_args_set_the_budget_memory_fraction_and_kv_dtype() -> None:
+    request, result = _moe_agg_plan(kv_dtype="bf16")
+    args = (("max_num_batched_tokens", 2048), ("gpu_memory_utilization", 0.85),
+            ("kv_cache_dtype", "fp8"))  # fmt: skip
+    request = dataclasses.replace(request, engine="vllm", engine_args=args)
+    pool = dataclasses.replace(result.best.pools[0], chunk_tokens=None)
+    best = dataclasses.replace(result.best, pools=(pool,))
+    result = dataclasses.replace(result, best=best)
+    export = export_plan(request, result, "vllm", "plans/abc")
+    given = check_command(commands(export)[0])[1]
+    assert given["--max-num-batched-tokens"] == "2048"
+    assert given["--gpu-memory-utilization"] == "0.85"
+    assert given["--kv-cache-dtype"] == "fp8"
