@@ -12,7 +12,20 @@ those are answers, reported as data (``fits=False`` with a reason, a plan with n
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
+
+#: Errors quote at most this many characters of a value a client sent.
+ECHO_CHARS = 60
+#: Unknown names are answered with at most this many close matches, not the whole catalog.
+CLOSE_MATCHES = 5
+
+
+def shorten(value: str, limit: int = ECHO_CHARS) -> str:
+    """``value`` quoted, cut to ``limit`` characters with its length said when it is longer."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
 
 
 class PlannerError(Exception):
@@ -29,13 +42,23 @@ class InvalidInputError(PlannerError, ValueError):
 
 
 class UnknownEntryError(InvalidInputError, LookupError):
-    """A catalog name (model, GPU, engine) that is not known; ``known`` lists the valid names."""
+    """A catalog name (model, GPU, engine) that is not known; ``known`` lists the valid names.
+
+    The message quotes the name cut to ``ECHO_CHARS`` and names at most ``CLOSE_MATCHES`` known
+    names, the closest first (the first ones by name when none is close)."""
 
     def __init__(self, field: str, kind: str, name: str, known: Iterable[str]) -> None:
         self.kind = kind
         self.name = name
         self.known = tuple(sorted(known))
-        super().__init__(field, f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
+        near = difflib.get_close_matches(
+            name[: 2 * ECHO_CHARS], self.known, n=CLOSE_MATCHES, cutoff=0.3
+        )
+        shown = near or list(self.known[:CLOSE_MATCHES])
+        more = len(self.known) - len(shown)
+        listed = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+        label = "closest known" if near else "known"
+        super().__init__(field, f"unknown {kind} {shorten(name)}; {label}: {listed}")
 
 
 class CalibrationError(PlannerError):

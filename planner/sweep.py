@@ -28,6 +28,9 @@ from planner.types import (
     Workload,
 )
 
+#: The most scenarios one sweep may hold (a paper-scale sweep is 4 x 4 x 8 x 5 = 640).
+MAX_SWEEP_SCENARIOS = 10_000
+
 
 @dataclass(frozen=True)
 class SweepGrid:

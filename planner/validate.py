@@ -16,6 +16,16 @@ from planner.types import Parallelism
 MAX_TOKENS = 10_000_000  # longer than any context window in the catalog by far
 MAX_BATCH = 1_000_000
 MAX_PARALLEL = 4096
+#: The largest GPU budget a search takes. Search work grows with the budget (rate matching tries
+#: every whole prefill worker count), so the budget is capped at a size no single deployment of
+#: one model reaches: the largest NVLink domain sold is 72 GPUs (GB200 NVL72, the catalog's
+#: gb200-nvl72), an HGX node holds 8, and the largest clusters built (about 100,000 to 200,000
+#: GPUs) serve many models and training jobs at once. 16,384 GPUs is 227 NVL72 racks or 2,048
+#: HGX nodes, for one model's deployment.
+MAX_GPUS = 16_384
+#: The most traffic classes of one mix: each class is priced separately at the prefill pool,
+#: and real mixes are summarised by a handful of (isl, osl) points.
+MAX_TRAFFIC_CLASSES = 64
 
 
 def integer(value: object, field: str, lo: int, hi: int) -> int:

@@ -6,16 +6,20 @@ read a path. ``CatalogCache`` rebuilds the catalogs only when the stored custom 
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from planner.catalog import GpuCatalog, GpuSpec, ModelCatalog, ModelSpec
 from planner.errors import UnknownEntryError
 from service import convert
 from storage.records import StoredEntry
 from storage.repository import PlanStore
+
+log = logging.getLogger("pdplanner.catalog")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,28 +56,48 @@ class Catalogs:
 
 
 class CatalogCache:
-    """Catalogs rebuilt only when the stored custom entries change (checked on every call, so
-    entries created through another server process sharing the database are seen too)."""
+    """Catalogs rebuilt only when the stored custom entries change.
+
+    Every call reads the store's ``custom_entries_version`` (one small query, so entries created
+    through another server process sharing the database are seen too) and reads the entries
+    themselves only when it changed. A stored entry that no longer converts (stored by an older
+    version with other checks) is logged and left out, so it cannot fail every call."""
 
     def __init__(self, store: PlanStore) -> None:
         self._store = store
         self._lock = threading.Lock()
-        self._key: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+        self._version: tuple[Any, ...] | None = None
         self._catalogs: Catalogs | None = None
 
-    def current(self) -> Catalogs:
-        models = self._store.list_custom_models()
-        gpus = self._store.list_custom_gpus()
-        key = (_entries_key(models), _entries_key(gpus))
+    def invalidate(self) -> None:
+        """Forget the cached catalogs (after a delete, whose version may not differ in time)."""
         with self._lock:
-            if self._catalogs is None or key != self._key:
-                self._catalogs = Catalogs.build(
-                    [convert.custom_model_from_record(e.name, e.spec) for e in models],
-                    [convert.custom_gpu_from_record(e.spec) for e in gpus],
-                )
-                self._key = key
-            return self._catalogs
+            self._version = None
+            self._catalogs = None
+
+    def current(self) -> Catalogs:
+        version = self._store.custom_entries_version()
+        with self._lock:
+            if self._catalogs is not None and version == self._version:
+                return self._catalogs
+        models = _usable(self._store.list_custom_models(), "model",
+                         lambda e: convert.custom_model_from_record(e.name, e.spec))  # fmt: skip
+        gpus = _usable(self._store.list_custom_gpus(), "GPU",
+                       lambda e: convert.custom_gpu_from_record(e.spec))  # fmt: skip
+        built = Catalogs.build(models, gpus)
+        with self._lock:
+            self._catalogs, self._version = built, version
+        return built
 
 
-def _entries_key(entries: Sequence[StoredEntry]) -> tuple[Any, ...]:
-    return tuple((e.name, e.created_at) for e in entries)
+def _usable(
+    entries: Sequence[StoredEntry], kind: str, build: Callable[[StoredEntry], T]
+) -> list[T]:
+    out: list[T] = []
+    for entry in entries:
+        try:
+            out.append(build(entry))
+        except Exception:  # one bad stored entry must not take the whole catalog down
+            log.error("stored custom %s %r is not usable; left out", kind, entry.name,
+                      exc_info=True)  # fmt: skip
+    return out

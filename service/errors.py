@@ -6,7 +6,8 @@
     storage NotFoundError         NOT_FOUND          ResourceInfo (plans/x, sweeps/x)
     storage AlreadyExistsError    ALREADY_EXISTS     ResourceInfo
     storage InvalidPageTokenError INVALID_ARGUMENT   BadRequest on ``page_token``
-    storage UnavailableError      UNAVAILABLE        (a retry may succeed)
+    storage UnavailableError      UNAVAILABLE        (a retry may succeed); the database's own
+                                                     text (host, port, driver) is only logged
     planner SearchCancelled       DEADLINE_EXCEEDED  when the call's deadline passed, else CANCELLED
     anything else                 INTERNAL           traceback logged; the message says no more
 
@@ -48,6 +49,10 @@ _RESOURCE: Final[dict[str, tuple[str, str]]] = {
     "sweep": ("pdplanner.v1.Sweep", "sweeps"),
     "schedule": ("pdplanner.v1.Schedule", "schedules"),
 }
+
+
+#: What a client is told when the database cannot be reached.
+STORE_UNAVAILABLE: Final = "the plan store is unavailable; retry with the same request_id"
 
 
 class RpcFailure(Exception):
@@ -112,6 +117,16 @@ def unavailable(message: str) -> RpcFailure:
     return RpcFailure(_status(code_pb2.UNAVAILABLE, message))
 
 
+def failed_precondition(message: str) -> RpcFailure:
+    """FAILED_PRECONDITION: the request is valid but the resource is not in a state allowing it."""
+    return RpcFailure(_status(code_pb2.FAILED_PRECONDITION, message))
+
+
+def resource_exhausted(message: str) -> RpcFailure:
+    """RESOURCE_EXHAUSTED: a limit of the server is reached; retry later, with backoff."""
+    return RpcFailure(_status(code_pb2.RESOURCE_EXHAUSTED, message))
+
+
 def status_for(exc: BaseException, *, deadline_passed: bool = False) -> grpc.Status:
     """The status a call ends with when ``exc`` escapes its servicer method."""
     if isinstance(exc, RpcFailure):
@@ -134,7 +149,9 @@ def status_for(exc: BaseException, *, deadline_passed: bool = False) -> grpc.Sta
         reason = str(exc) or "was not issued for this listing"
         return invalid_argument("page_token", reason).status
     if isinstance(exc, UnavailableError):
-        return unavailable(str(exc)).status
+        # the driver's text names the database host, port and user: the log keeps it
+        log.warning("store unavailable: %s", exc)
+        return unavailable(STORE_UNAVAILABLE).status
     if isinstance(exc, SearchCancelled):
         if deadline_passed:
             return _status(

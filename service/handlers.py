@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,10 +29,10 @@ import planner
 from planner import serialize
 from planner.catalog import GpuSpec, ModelSpec, gpu_from_entry, model_from_hf_config
 from planner.catalog._catalog import Catalog
-from planner.errors import InvalidInputError, SearchCancelled
+from planner.errors import InvalidInputError, SearchCancelled, shorten
 from planner.estimate import estimate as run_estimate
 from planner.search import plan as run_plan
-from planner.sweep import ScenarioOutcome, run_sweep
+from planner.sweep import MAX_SWEEP_SCENARIOS, ScenarioOutcome, run_sweep
 from planner.types import PlanRequest
 from service import convert, errors, metrics, resources
 from service.catalogs import CatalogCache, Catalogs
@@ -46,10 +47,12 @@ LIST_PLANS_DEFAULT: Final = 50
 LIST_PLANS_MAX: Final = 100
 LIST_SWEEPS_DEFAULT: Final = 50
 LIST_SWEEPS_MAX: Final = 100
+#: Scenarios per GetSweep page: a scenario with its Pareto frontiers is up to ~100 kB, so the
+#: largest page stays well under the 64 MiB message limit.
+GET_SWEEP_DEFAULT: Final = 100
+GET_SWEEP_MAX: Final = 500
 LIST_CATALOG_DEFAULT: Final = 100
 LIST_CATALOG_MAX: Final = 1000
-#: The most scenarios one Sweep may hold (a paper-scale sweep is 4 x 4 x 8 x 5 = 640).
-MAX_SWEEP_SCENARIOS: Final = 10_000
 
 ShouldStop = Callable[[], bool]
 Spec = TypeVar("Spec", ModelSpec, GpuSpec)
@@ -259,9 +262,26 @@ def _fail_sweep(store: PlanStore, sweep_id: str) -> None:
 def get_sweep(
     request: sweep_pb2.GetSweepRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
 ) -> sweep_pb2.GetSweepResponse:
-    """One stored sweep with every finished scenario."""
-    stored = _by_name("sweep", "sweeps", request.name, store.get_sweep)
-    return sweep_pb2.GetSweepResponse(sweep=convert.sweep_to_proto(stored))
+    """One stored sweep with a page of its finished scenarios, in grid order."""
+    ident = resources.parse(request.name, "sweeps")
+    size = convert.page_size(request.page_size, GET_SWEEP_DEFAULT, GET_SWEEP_MAX)
+    listing: dict[str, str | None] = {"listing": f"sweeps/{ident}/scenarios"}
+    after = -1
+    if request.page_token:
+        position = pagetoken.decode(request.page_token, listing).id
+        if not position.isdigit() or len(position) > 9:
+            raise errors.invalid_argument("page_token", "was not issued for this listing")
+        after = int(position)
+    try:
+        stored = store.get_sweep(ident, after_index=after, limit=size + 1)
+    except NotFoundError:
+        raise errors.not_found("sweep", ident, field="name") from None
+    page = stored.scenarios[:size]
+    token = ""
+    if len(stored.scenarios) > size:
+        token = pagetoken.encode(pagetoken.Cursor(_NAME_KEYED, str(page[-1].index)), listing)
+    shown = dataclasses.replace(stored, scenarios=page)
+    return sweep_pb2.GetSweepResponse(sweep=convert.sweep_to_proto(shown), next_page_token=token)
 
 
 def list_sweeps(
@@ -373,6 +393,45 @@ def _check_retry(stored: StoredEntry, record: dict[str, Any], kind: str, name: s
         raise errors.already_exists(kind, name, f"{kind} {name!r} already exists")
 
 
+def _delete_entry(
+    table: CatalogKind[Spec],
+    name: str,
+    delete: Callable[[str], None],
+    catalogs: CatalogCache,
+) -> None:
+    """Delete a custom entry by resource name; built-in entries cannot be deleted."""
+    ident = resources.parse(name, table.collection)
+    try:
+        delete(ident)
+    except NotFoundError:
+        if table.entries(catalogs.current()).find(ident) is not None:
+            raise errors.failed_precondition(
+                f"{table.kind} {table.collection}/{ident} is built in; only custom entries can "
+                "be deleted"
+            ) from None
+        raise errors.not_found(table.kind, ident, field="name") from None
+    catalogs.invalidate()
+
+
+def delete_model(
+    request: catalog_pb2.DeleteModelRequest,
+    store: PlanStore,
+    catalogs: CatalogCache,
+    _: ShouldStop,
+) -> catalog_pb2.DeleteModelResponse:
+    """Delete one custom model; plans made with it keep their stored copy."""
+    _delete_entry(MODELS, request.name, store.delete_custom_model, catalogs)
+    return catalog_pb2.DeleteModelResponse()
+
+
+def delete_gpu(
+    request: catalog_pb2.DeleteGpuRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
+) -> catalog_pb2.DeleteGpuResponse:
+    """Delete one custom GPU type; plans made with it keep their stored copy."""
+    _delete_entry(GPUS, request.name, store.delete_custom_gpu, catalogs)
+    return catalog_pb2.DeleteGpuResponse()
+
+
 def list_models(
     request: catalog_pb2.ListModelsRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
 ) -> catalog_pb2.ListModelsResponse:
@@ -419,7 +478,9 @@ def create_gpu(
     spec = gpu_from_entry(entry, "gpu")
     if not _calibration_exists(spec.calibration):
         raise errors.invalid_argument(
-            "gpu.calibration", f"no calibration tables named {spec.calibration!r}"
+            "gpu.calibration",
+            f"no calibration tables named {shorten(spec.calibration)}; "
+            f"known: {', '.join(sorted(_calibration_names()))}",
         )
     record = convert.custom_gpu_record(spec, request_id)
     gpu = _create_entry(GPUS, gpu_id, spec.aliases, record, store, catalogs)
@@ -431,18 +492,54 @@ def _hf_config(request: catalog_pb2.CreateModelRequest) -> tuple[dict[str, Any],
     source = request.WhichOneof("config_source")
     if source == "config_json":
         try:
-            config = json.loads(request.config_json)
+            config = json.loads(request.config_json, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise errors.invalid_argument("config_json", f"is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise errors.invalid_argument(
+                "config_json", f"nests deeper than {MAX_CONFIG_DEPTH} levels"
+            ) from None
         if not isinstance(config, dict):
             raise errors.invalid_argument("config_json", "must hold a JSON object")
+        _check_config_values(config, "config_json", 0)
         return config, "config_json"
     if source == "config":
-        return convert.struct_to_dict(request.config), "config"
+        config = convert.struct_to_dict(request.config)
+        _check_config_values(config, "config", 0)
+        return config, "config"
     raise errors.invalid_argument("config", "is required: config_json or config")
 
 
+#: How deep a config.json may nest (real ones nest 3 levels: rope_scaling, quantization_config).
+MAX_CONFIG_DEPTH: Final = 32
+
+
+def _no_constant(name: str) -> Any:
+    raise errors.invalid_argument("config_json", f"holds {name}: every number must be finite")
+
+
+def _check_config_values(value: Any, path: str, depth: int) -> None:
+    """Every number of a stored config is finite (no database stores NaN in JSON) and it nests
+    at most ``MAX_CONFIG_DEPTH`` levels."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise errors.invalid_argument(path, f"nests deeper than {MAX_CONFIG_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise errors.invalid_argument(path, f"must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_config_values(item, f"{path}.{str(key)[:60]}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_config_values(item, f"{path}[{i}]", depth + 1)
+
+
+#: The most aliases one catalog entry may have (the built-in entries have up to 4).
+MAX_ALIASES: Final = 16
+
+
 def _aliases(values: Sequence[str], field: str = "aliases") -> tuple[str, ...]:
+    if len(values) > MAX_ALIASES:
+        raise InvalidInputError(field, f"must have at most {MAX_ALIASES} values, got {len(values)}")
     out: list[str] = []
     for i, alias in enumerate(values):
         if not alias.strip():
@@ -454,8 +551,13 @@ def _aliases(values: Sequence[str], field: str = "aliases") -> tuple[str, ...]:
     return tuple(out)
 
 
+def _calibration_names() -> frozenset[str]:
+    """The measured calibration tables the package ships: a custom GPU may name only these."""
+    data = package_files.files("planner.perf").joinpath("data")
+    return frozenset(
+        d.name for d in data.iterdir() if d.is_dir() and d.joinpath("meta.csv").is_file()
+    )
+
+
 def _calibration_exists(name: str) -> bool:
-    try:
-        return package_files.files("planner.perf").joinpath("data", name, "meta.csv").is_file()
-    except (OSError, ValueError):
-        return False
+    return name in _calibration_names()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final, Literal
 
-from planner.errors import InvalidInputError
+from planner.errors import InvalidInputError, shorten
 
 Collection = Literal["plans", "sweeps", "schedules", "models", "gpus"]
 
@@ -30,7 +30,7 @@ def parse(value: str, collection: Collection, path: str = "name") -> str:
     ident = value[len(prefix) :] if value.startswith(prefix) else ""
     if not _ID_RE.fullmatch(ident):
         raise InvalidInputError(
-            path, f"must be a resource name '{collection}/{{id}}', got {value!r}"
+            path, f"must be a resource name '{collection}/{{id}}', got {shorten(value)}"
         )
     return ident
 

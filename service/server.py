@@ -11,10 +11,12 @@ What a started server offers, and in what order it gets ready:
 2. it applies the database migrations and compiles the planner's kernels (``planner.warmup``);
 3. it reports SERVING.
 
-Limits: a thread pool of ``max_workers`` runs calls; past ``max_concurrent_rpcs`` calls in
+Limits: a thread pool of ``max_workers + cheap_workers`` runs calls, of which searches (Plan,
+Sweep) may hold ``max_workers`` (``service.servicer``); past ``max_concurrent_rpcs`` calls in
 progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. Each
 call is logged as one JSON line (method, status code, duration). Stopping reports NOT_SERVING
-first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then closes the store.
+first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then cancels the calls
+left and tells every search still running to stop at its next check, and closes the store.
 """
 
 from __future__ import annotations
@@ -96,17 +98,18 @@ class CallLogInterceptor(grpc.ServerInterceptor):
             return None
         method: str = handler_call_details.method
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _logged_unary(handler.unary_unary, method), **codec
+                _logged_unary(_decoded_unary(handler.unary_unary), method), **codec
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _logged_stream(handler.unary_stream, method), **codec
+                _logged_stream(_decoded_stream(handler.unary_stream), method), **codec
             )
+        codec["request_deserializer"] = handler.request_deserializer  # streams of requests
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 _logged_unary(handler.stream_unary, method), **codec
@@ -116,6 +119,55 @@ class CallLogInterceptor(grpc.ServerInterceptor):
                 _logged_stream(handler.stream_stream, method), **codec
             )
         return handler
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a request body that does not parse becomes, so the call can answer INVALID_ARGUMENT
+    (grpcio itself would answer INTERNAL "Exception deserializing request!")."""
+
+    reason: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(body: bytes) -> Any:
+        try:
+            return deserializer(body)
+        except Exception as exc:  # DecodeError, RecursionError: the body is the client's error
+            return _Undecodable(type(exc).__name__)
+
+    return parse
+
+
+def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
+    if isinstance(request, _Undecodable):
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request body is not a valid message of this method ({request.reason})",
+        )
+
+
+def _decoded_unary(
+    behaviour: Callable[[Any, grpc.ServicerContext], Any],
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        _refuse_undecodable(request, context)
+        return behaviour(request, context)
+
+    return call
+
+
+def _decoded_stream(
+    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        _refuse_undecodable(request, context)
+        yield from behaviour(request, context)
+
+    return call
 
 
 def _log_call(
@@ -202,7 +254,12 @@ class RunningServer:
         grace = self.settings.grace_s if grace_s is None else grace_s
         log.info("stopping", extra={"fields": {"event": "stopping", "grace_s": grace}})
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        done = self.server.stop(grace)
+        done.wait(grace)
+        # past the grace period grpc cancels the calls left; searches see it at their next check,
+        # and this tells them too, so no thread outlives the server by more than one check
+        self.servicer.stopping.set()
+        done.wait()
         self.store.close()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
@@ -250,7 +307,8 @@ def start_server(
     servicer = PlannerServicer(plan_store, settings)
     server = grpc.server(
         futures.ThreadPoolExecutor(
-            max_workers=settings.max_workers, thread_name_prefix="pdplanner-rpc"
+            max_workers=settings.max_workers + settings.cheap_workers,
+            thread_name_prefix="pdplanner-rpc",
         ),
         interceptors=[CallLogInterceptor(), *observers, *interceptors],
         options=[

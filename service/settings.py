@@ -2,7 +2,10 @@
 
 PDPLANNER_DATABASE_URL        database (default sqlite:///./pdplanner.db; see storage.config)
 PDPLANNER_HOST                address to bind (default [::], every interface)
-PDPLANNER_MAX_WORKERS         threads running calls (default 8)
+PDPLANNER_MAX_WORKERS         threads running searches, Plan and Sweep (default 8); past them a
+                              search fails at once with RESOURCE_EXHAUSTED
+PDPLANNER_CHEAP_WORKERS       more threads for every other call (health, Get/List, Estimate,
+                              Create/Delete), which searches cannot take (default 4)
 PDPLANNER_MAX_CONCURRENT_RPCS calls in progress before RESOURCE_EXHAUSTED (default 64)
 PDPLANNER_GRACE_S             seconds in-flight calls get to finish on shutdown (default 30)
 PDPLANNER_LOG_LEVEL           DEBUG, INFO (default), WARNING, ...
@@ -25,7 +28,9 @@ class ServerSettings:
     host: str = "[::]"
     port: int = 50051
     database_url: str | None = None  # None: PDPLANNER_DATABASE_URL, else ./pdplanner.db
-    max_workers: int = 8
+    max_workers: int = 8  # searches (Plan, Sweep) running at once
+    #: Threads beyond ``max_workers`` that searches cannot occupy: cheap calls always find one.
+    cheap_workers: int = 4
     max_concurrent_rpcs: int = 64
     #: Largest request accepted: a request is a few kB, a HF config.json a few tens of kB.
     max_receive_message_bytes: int = 4 * MIB
@@ -41,8 +46,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_workers", "max_concurrent_rpcs", "max_receive_message_bytes",
-                     "max_send_message_bytes"):  # fmt: skip
+        for name in ("max_workers", "cheap_workers", "max_concurrent_rpcs",
+                     "max_receive_message_bytes", "max_send_message_bytes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.grace_s < 0 or self.deadline_margin_s < 0:

@@ -13,11 +13,13 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from storage.errors import InvalidPageTokenError
 
 _VERSION = 1
+#: Tokens are a few hundred characters; anything longer is not one of ours, unread.
+MAX_TOKEN_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ def decode(token: str, filters: dict[str, str | None]) -> Cursor:
 
     ``filters`` must equal those the token was issued with.
     """
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidPageTokenError(f"invalid page token: longer than {MAX_TOKEN_CHARS} characters")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
@@ -53,12 +57,20 @@ def decode(token: str, filters: dict[str, str | None]) -> Cursor:
         created_at = datetime.fromisoformat(payload["t"])
         row_id = payload["i"]
         token_filters = payload["f"]
-    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise InvalidPageTokenError(f"invalid page token {token!r}") from e
-    if created_at.tzinfo is None or not isinstance(row_id, str):
-        raise InvalidPageTokenError(f"invalid page token {token!r}")
+        if created_at.tzinfo is None or not isinstance(row_id, str):
+            raise ValueError("no time zone or no row id")
+        created_at.astimezone(UTC)  # a year-1 time with a positive offset overflows here
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError,
+            RecursionError, OverflowError) as e:  # fmt: skip
+        raise InvalidPageTokenError(f"invalid page token {_short(token)}") from e
     if token_filters != filters:
         raise InvalidPageTokenError(
-            f"page token was issued for a listing with filters {token_filters}, not {filters}"
+            f"page token was issued for a listing with filters {_short(str(token_filters))}, "
+            f"not {filters}"
         )
     return Cursor(created_at=created_at, id=row_id)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """``text`` quoted, cut to ``limit`` characters: errors name a bad token, never echo it all."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} chars)"

@@ -18,6 +18,7 @@ The schema must exist first: ``storage.migrate.upgrade(url)``.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,8 +128,13 @@ class PlanStore(Protocol):
         """Mark the sweep ``done`` or ``failed``."""
         ...
 
-    def get_sweep(self, sweep_id: str) -> StoredSweep:
-        """Return the sweep with its scenarios in index order; ``NotFoundError`` if none."""
+    def get_sweep(
+        self, sweep_id: str, *, after_index: int = -1, limit: int | None = None
+    ) -> StoredSweep:
+        """Return the sweep with its scenarios in index order; ``NotFoundError`` if none.
+
+        ``after_index`` and ``limit`` page the scenarios: at most ``limit`` of index above
+        ``after_index`` (``limit=None``: all of them)."""
         ...
 
     def list_sweeps(
@@ -201,6 +207,18 @@ class PlanStore(Protocol):
 
     def list_custom_gpus(self) -> list[StoredEntry]:
         """Return every custom GPU type, by name."""
+        ...
+
+    def delete_custom_model(self, name: str) -> None:
+        """Delete the custom model; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def delete_custom_gpu(self, name: str) -> None:
+        """Delete the custom GPU type; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def custom_entries_version(self) -> tuple[Any, ...]:
+        """A value that changes whenever a custom model or GPU is created or deleted."""
         ...
 
     def close(self) -> None:
@@ -439,13 +457,33 @@ class SqlStore:
                 raise NotFoundError("sweep", sweep_id)
             sweep.state = state
 
-    def get_sweep(self, sweep_id: str) -> StoredSweep:
-        """Return the sweep with its scenarios ordered by index; ``NotFoundError`` if none."""
+    def get_sweep(
+        self, sweep_id: str, *, after_index: int = -1, limit: int | None = None
+    ) -> StoredSweep:
+        """Return the sweep with its scenarios ordered by index; ``NotFoundError`` if none.
+
+        With ``limit``, only the first ``limit`` scenarios of index above ``after_index`` are
+        read (a page), so a large sweep is never loaded whole."""
         with _translate_errors(), self._sessions() as session:
-            sweep = session.get(Sweep, sweep_id, options=[selectinload(Sweep.scenarios)])
+            if limit is None:
+                sweep = session.get(Sweep, sweep_id, options=[selectinload(Sweep.scenarios)])
+                if sweep is None:
+                    raise NotFoundError("sweep", sweep_id)
+                return _sweep_record(sweep, with_scenarios=True)
+            sweep = session.get(Sweep, sweep_id)
             if sweep is None:
                 raise NotFoundError("sweep", sweep_id)
-            return _sweep_record(sweep, with_scenarios=True)
+            rows = session.scalars(
+                select(SweepScenario)
+                .where(SweepScenario.sweep_id == sweep_id, SweepScenario.index > after_index)
+                .order_by(SweepScenario.index)
+                .limit(limit)
+            ).all()
+            page = tuple(
+                StoredScenario(index=r.index, scenario=r.scenario, result=r.result, error=r.error)
+                for r in rows
+            )
+            return dataclasses.replace(_sweep_record(sweep, with_scenarios=False), scenarios=page)
 
     def list_sweeps(
         self, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str | None = None
@@ -584,6 +622,33 @@ class SqlStore:
     def list_custom_gpus(self) -> list[StoredEntry]:
         """Return every custom GPU type, ordered by name."""
         return self._list_entries(CustomGpu)
+
+    def delete_custom_model(self, name: str) -> None:
+        """Delete the custom model ``name``; raise ``NotFoundError`` if there is none."""
+        self._delete_entry(CustomModel, "custom model", name)
+
+    def delete_custom_gpu(self, name: str) -> None:
+        """Delete the custom GPU type ``name``; raise ``NotFoundError`` if there is none."""
+        self._delete_entry(CustomGpu, "custom GPU", name)
+
+    def custom_entries_version(self) -> tuple[Any, ...]:
+        """(count, newest created_at) of each custom table, in one small query: a create raises
+        the newest time, a delete lowers the count, so any change changes the value."""
+        stmt = select(
+            select(func.count(CustomModel.name)).scalar_subquery(),
+            select(func.max(CustomModel.created_at)).scalar_subquery(),
+            select(func.count(CustomGpu.name)).scalar_subquery(),
+            select(func.max(CustomGpu.created_at)).scalar_subquery(),
+        )
+        with _translate_errors(), self._sessions() as session:
+            return tuple(session.execute(stmt).one())
+
+    def _delete_entry(self, table: type[_Entry], kind: str, name: str) -> None:
+        with _translate_errors(), self._sessions.begin() as session:
+            row = session.scalars(select(table).where(table.name == name)).one_or_none()
+            if row is None:
+                raise NotFoundError(kind, name)
+            session.delete(row)
 
     def _create_entry(
         self, table: type[_Entry], kind: str, name: str, spec: dict[str, Any]

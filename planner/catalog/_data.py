@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from planner.errors import InvalidInputError
+from planner.errors import ECHO_CHARS, InvalidInputError
 
 
 def read_document(path: str | Path, field: str) -> Any:
@@ -58,21 +59,35 @@ def convert(value: Any, kind: type, field: str) -> Any:
             return value
         raise InvalidInputError(field, f"must be true or false, got {value!r}")
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise InvalidInputError(field, f"must be an integer, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value))
+            or int(value) != value
+        ):
+            raise InvalidInputError(field, f"must be an integer, got {_short(value)}")
         return int(value)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise InvalidInputError(field, f"must be a number, got {value!r}")
+            raise InvalidInputError(field, f"must be a number, got {_short(value)}")
         try:
-            return float(value)
-        except ValueError:
-            raise InvalidInputError(field, f"must be a number, got {value!r}") from None
+            number = float(value)
+        except (ValueError, OverflowError):
+            raise InvalidInputError(field, f"must be a number, got {_short(value)}") from None
+        if not math.isfinite(number):
+            raise InvalidInputError(field, f"must be a finite number, got {_short(value)}")
+        return number
     if kind is str:
         if not isinstance(value, str) or not value:
-            raise InvalidInputError(field, f"must be a non-empty string, got {value!r}")
+            raise InvalidInputError(field, f"must be a non-empty string, got {_short(value)}")
         return value
     raise TypeError(kind)
+
+
+def _short(value: Any) -> str:
+    """A value a client sent, quoted and cut short for an error message."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(text):,} chars)"
 
 
 def normalise_name(name: str) -> str:

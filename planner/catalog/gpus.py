@@ -90,7 +90,34 @@ def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
             raise InvalidInputError(f"{f}.{key}", "must be positive")
     if rates["fp8"] < 0 or rates["fp4"] < 0:
         raise InvalidInputError(f"{f}.flops_per_s", "rates must not be negative")
+    for dtype, rate in rates.items():
+        if rate:
+            _in_range(rate, f"{f}.flops_per_s.{dtype}", "FLOPS_PER_S")
+    for key in PHYSICAL_RANGES:
+        if key != "FLOPS_PER_S":
+            _in_range(getattr(spec, key), f"{f}.{key}", key)
     return spec
+
+
+#: Physical ranges of a GPU's figures: about 100x either side of the catalog's GPUs (h100-sxm to
+#: gb200-nvl72: 989 TFLOP/s bf16 to 10 PFLOP/s fp4, 80-186 GB of HBM at 2-8 TB/s, NVLink
+#: 450-900 GB/s in domains of 8-72, 50 GB/s scale-out), so a GPU of the next generations fits and
+#: a typo of a unit prefix (or 5e-324, or 1e308) does not reach the performance model, where it
+#: would divide by zero or overflow.
+PHYSICAL_RANGES: dict[str, tuple[float, float]] = {
+    "FLOPS_PER_S": (1e12, 1e18),
+    "hbm_bytes": (1e9, 1e14),
+    "hbm_bytes_per_s": (1e10, 1e15),
+    "nvlink_bytes_per_s": (1e9, 1e14),
+    "scaleout_bytes_per_s": (1e8, 1e13),
+    "nvlink_domain_size": (1, 4096),
+}
+
+
+def _in_range(value: float, field: str, key: str) -> None:
+    lo, hi = PHYSICAL_RANGES[key]
+    if not lo <= value <= hi:
+        raise InvalidInputError(field, f"must be within {lo:g} and {hi:g}, got {value:g}")
 
 
 def gpu_to_entry(spec: GpuSpec) -> dict[str, Any]:

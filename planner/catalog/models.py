@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from planner.catalog._catalog import Catalog
-from planner.catalog._data import builtin_entries, optional, read_document, require
+from planner.catalog._data import builtin_entries, convert, optional, read_document, require
 from planner.errors import InvalidInputError
 
 AttentionKind = Literal["gqa", "mla"]
@@ -113,6 +113,55 @@ def _first(cfg: dict[str, Any], keys: tuple[str, ...], default: Any = None) -> A
     return default
 
 
+#: The integer keys of config.json that the model reads, with the largest value each may take:
+#: about 16x the largest of the catalog's models (DeepSeek-R1: hidden 7168, 61 layers, 128
+#: heads, 256 experts of 8 per token; Llama-3.1-405B: hidden 16384, 126 layers, intermediate
+#: 53248; vocabularies up to 262,144), so future models fit and nonsense stops here, before it
+#: is stored or reaches an int32 field of the API.
+CONFIG_INT_MAX: dict[str, int] = {
+    "hidden_size": 262_144,
+    "num_hidden_layers": 4096,
+    "num_attention_heads": 4096,
+    "num_key_value_heads": 4096,
+    "vocab_size": 4_194_304,
+    "head_dim": 16_384,
+    "intermediate_size": 1_048_576,
+    "n_routed_experts": 16_384,
+    "num_local_experts": 16_384,
+    "num_experts": 16_384,
+    "num_experts_per_tok": 1024,
+    "num_experts_per_token": 1024,
+    "moe_intermediate_size": 1_048_576,
+    "n_shared_experts": 1024,
+    "shared_expert_intermediate_size": 1_048_576,
+    "first_k_dense_replace": 4096,
+    "q_lora_rank": 262_144,
+    "kv_lora_rank": 262_144,
+    "qk_nope_head_dim": 16_384,
+    "qk_rope_head_dim": 16_384,
+    "v_head_dim": 16_384,
+}
+
+
+def check_config_numbers(cfg: dict[str, Any], field_path: str = "model") -> None:
+    """Every integer key the model reads (``CONFIG_INT_MAX``), where present, is a whole number
+    from 0 to its maximum; ``InvalidInputError`` names the key (``config.vocab_size``)."""
+    for key, hi in CONFIG_INT_MAX.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        number = convert(value, int, f"{field_path}.{key}")
+        if not 0 <= number <= hi:
+            raise InvalidInputError(
+                f"{field_path}.{key}", f"must be within 0 and {hi:,}, got {number:,}"
+            )
+    mlp_only = cfg.get("mlp_only_layers")
+    if mlp_only is not None and (not isinstance(mlp_only, list) or len(mlp_only) > 4096):
+        raise InvalidInputError(
+            f"{field_path}.mlp_only_layers", "must be a list of at most 4096 layer indices"
+        )
+
+
 def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "model") -> ModelSpec:
     """Build a ``ModelSpec`` from a Hugging Face ``config.json`` dictionary."""
     if not isinstance(cfg, dict):
@@ -122,6 +171,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
     ):  # multimodal wrappers keep the LM under text_config
         cfg = {**cfg["text_config"], "architectures": cfg.get("architectures", [])}
     f = field_path
+    check_config_numbers(cfg, f)
     hidden = require(cfg, "hidden_size", int, f)
     layers = require(cfg, "num_hidden_layers", int, f)
     heads = require(cfg, "num_attention_heads", int, f)

@@ -66,8 +66,13 @@ from planner.serving.simulate import graphs_for, scheduler_vector
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
-# past the budget, a target rate is searched up to this many times the budget
+# past the budget, a target rate is searched up to this many times the budget (and at most
+# RATE_SEARCH_MAX_GPUS GPUs, four times the largest budget)
 RATE_SEARCH_FACTOR = 16
+RATE_SEARCH_MAX_GPUS = 4 * validate.MAX_GPUS
+# rate matching runs in slices of decode candidates of about this many (prefill, decode, x)
+# evaluations, checking the caller's deadline and cancellation between slices (~10 ms each)
+MATCH_SLICE_EVALUATIONS = 2_000_000
 # How plan judges its SLO (PlanResult.load)
 PLAN_LOAD = (
     "poisson: random arrivals at the rate each deployment sustains; TTFT at the SLO percentile "
@@ -78,13 +83,18 @@ AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 5
 
 
 def _validate(req: PlanRequest) -> None:
-    validate.integer(req.gpus, "gpus", 1, 1_000_000)
+    validate.integer(req.gpus, "gpus", 1, validate.MAX_GPUS)
     if req.prefill_gpus is not None:
         validate.integer(req.prefill_gpus, "prefill_gpus", 1, req.gpus)
     if req.decode_gpus is not None:
         validate.integer(req.decode_gpus, "decode_gpus", 1, req.gpus)
     if not req.traffic:
         raise InvalidInputError("traffic", "give isl and osl, or a mix of (isl, osl, weight)")
+    if len(req.traffic) > validate.MAX_TRAFFIC_CLASSES:
+        raise InvalidInputError(
+            "traffic",
+            f"at most {validate.MAX_TRAFFIC_CLASSES} classes, got {len(req.traffic):,}",
+        )
     for i, w in enumerate(req.traffic):
         validate.lengths(w.isl, w.osl, f"traffic[{i}].")
         validate.number(w.weight, f"traffic[{i}].weight", 0.0, 1e12, lo_open=True)
@@ -294,10 +304,12 @@ class _Search:
         classes' weighted percentile at the SLO's (the long prompts set p90 and p99)."""
         tp, pp, ep, dp, b = points
         share = self.share
-        per = [
-            evaluate_prefill(self.ctx, tp, pp, ep, dp, b, float(w.isl), self.req.prefix_hit)
-            for w in self.req.traffic
-        ]
+        per = []
+        for w in self.req.traffic:
+            self._check()
+            per.append(
+                evaluate_prefill(self.ctx, tp, pp, ep, dp, b, float(w.isl), self.req.prefix_hit)
+            )
         lat = np.stack([p.latency_ms for p in per], axis=1)
         seconds_per_prompt = sum(s / p.rate for s, p in zip(share, per, strict=True))
         order = np.argsort(lat, axis=1)
@@ -466,9 +478,16 @@ class _Search:
         m = r_d.shape[0]
         ox, oy = np.zeros(m, np.int64), np.zeros(m, np.int64)
         orate, opre = np.zeros(m), np.zeros(m, np.int64)
-        self.design_points += match_all(
-            r_p, g_p, r_d, g_d, budget, budget_p, budget_d, self.rate, ox, oy, orate, opre
-        )
+        # evaluations per decode candidate: every prefill candidate's whole worker counts
+        per_decode = float(np.maximum(1.0, min(budget, budget_p) // g_p).sum())
+        step = max(1, int(MATCH_SLICE_EVALUATIONS // max(per_decode, 1.0)))
+        for lo in range(0, m, step):
+            self._check()
+            hi = min(m, lo + step)
+            self.design_points += match_all(
+                r_p, g_p, r_d[lo:hi], g_d[lo:hi], budget, budget_p, budget_d, self.rate,
+                ox[lo:hi], oy[lo:hi], orate[lo:hi], opre[lo:hi],
+            )  # fmt: skip
         self._check()
         return ox, oy, orate, opre
 
@@ -512,7 +531,7 @@ class _Search:
             return None
         # continuous bound R (g_p / r_p + g_d / r_d); whole workers add at most one of each
         lower = float((self.rate * (g_p[:, None] / r_p[:, None] + (g_d / r_d)[None, :])).min())
-        cap = RATE_SEARCH_FACTOR * self.budget
+        cap = min(RATE_SEARCH_FACTOR * self.budget, RATE_SEARCH_MAX_GPUS)
         if lower > cap:
             return None
         bound = int(min(cap, math.ceil(lower + g_p.max() + g_d.max())))

@@ -8,13 +8,15 @@ request_id lets a retried Create call recognise its own earlier success.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from pdplanner.v1 import catalog_pb2
 
 from planner.catalog import GpuSpec, ModelSpec, gpu_from_entry, gpu_to_entry, model_from_hf_config
+from planner.errors import InvalidInputError
 from service import resources
 from service.convert.checks import finite
 from service.convert.enums import ATTENTION
@@ -101,23 +103,34 @@ def gpu_entry_from_proto(msg: catalog_pb2.Gpu, gpu_id: str) -> dict[str, Any]:
     return entry
 
 
-def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
+def struct_to_dict(s: struct_pb2.Struct, path: str = "config") -> dict[str, Any]:
     """A Struct (e.g. a config.json sent as one) as a dict; integral numbers come back as ints.
 
     A Struct holds every number as a double; config.json integers (layer counts, sizes) are what
     the readers expect, and no config value is an integral float whose type matters.
     """
 
-    def plain(value: Any) -> Any:
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-            return int(value)
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
+    return {key: _plain(value, f"{path}.{key[:60]}") for key, value in s.fields.items()}
 
-    return cast(dict[str, Any], plain(json_format.MessageToDict(s)))
+
+def _plain(value: struct_pb2.Value, path: str) -> Any:
+    """One Struct value as plain Python; NaN and infinities are the field's error (no JSON
+    column stores them, and json_format refuses them with a ValueError)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidInputError(path, f"must be a finite number, got {number}")
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "struct_value":
+        return {k: _plain(v, f"{path}.{k[:60]}") for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value.list_value.values)]
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
 
 
 # -- custom catalog entries as stored ------------------------------------------------------------

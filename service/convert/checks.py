@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, TypeVar, overload
 
-from planner.errors import InvalidInputError
+from planner.errors import InvalidInputError, shorten
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ def catalog_id(value: str, path: str) -> str:
         raise InvalidInputError(
             path,
             "must be letters, digits, '.', '_' or '-', start with a letter or digit and have at "
-            f"most 63 characters, got {value!r}",
+            f"most 63 characters, got {shorten(value)}",
         )
     return value
 
@@ -68,6 +68,12 @@ def i32(value: int | None, path: str) -> int | None:
     if value is not None and not -INT32_MAX - 1 <= value <= INT32_MAX:
         raise InvalidInputError(path, f"must be at most {INT32_MAX:,}, got {value:,}")
     return value
+
+
+def at_most(count: int, maximum: int, path: str) -> None:
+    """A repeated field of at most ``maximum`` values (checked before any value is read)."""
+    if count > maximum:
+        raise InvalidInputError(path, f"must have at most {maximum:,} values, got {count:,}")
 
 
 def page_size(value: int, default: int, maximum: int, path: str = "page_size") -> int:

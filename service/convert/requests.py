@@ -8,13 +8,15 @@ dataclasses and the messages, so a planner error path is also the proto field's 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from pdplanner.v1 import common_pb2, estimate_pb2, plan_pb2, sweep_pb2
 
-from planner.sweep import SweepGrid
+from planner.errors import InvalidInputError
+from planner.sweep import MAX_SWEEP_SCENARIOS, SweepGrid
 from planner.types import (
     DEFAULT_DTYPE,
     DEFAULT_ENGINE,
@@ -27,7 +29,8 @@ from planner.types import (
     Slo,
     Workload,
 )
-from service.convert.checks import Violations, finite, i32, required_text
+from planner.validate import MAX_TRAFFIC_CLASSES
+from service.convert.checks import Violations, at_most, finite, i32, required_text
 from service.convert.enums import MODE, PERCENTILE, PHASE
 
 T = TypeVar("T")
@@ -111,6 +114,7 @@ def slo_to_proto(s: Slo) -> plan_pb2.Slo:
 
 def limits_from_proto(msg: plan_pb2.SearchLimits, path: str = "limits") -> SearchLimits:
     """Unset switches mean true; an empty mode list means both modes."""
+    at_most(len(msg.modes), 8, f"{path}.modes")  # two modes; a few repeats are harmless
     modes = tuple(MODE.from_proto(m, f"{path}.modes[{i}]") for i, m in enumerate(msg.modes))
     return SearchLimits(
         max_tp=optional(msg, "max_tp"),
@@ -143,6 +147,7 @@ def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
         required_text(msg.gpu, "gpu")
     if not msg.traffic:
         v.add("traffic", "is required: at least one workload (isl, osl)")
+    at_most(len(msg.traffic), MAX_TRAFFIC_CLASSES, "traffic")  # before reading any
     if not msg.HasField("slo"):
         v.add("slo", "is required: the ttft_ms and tpot_ms targets")
     traffic = v.value(
@@ -286,9 +291,18 @@ def estimate_request_to_proto(req: EstimateRequest) -> estimate_pb2.EstimateRequ
 
 def sweep_grid_from_proto(msg: sweep_pb2.SweepRequest) -> SweepGrid:
     """The grid models x gpu_types x traffic x slos of a SweepRequest (every violation at once)."""
-    v = Violations()
     axes = {"models": msg.models, "gpu_types": msg.gpu_types, "traffic": msg.traffic,
             "slos": msg.slos}  # fmt: skip
+    # the size from the axis lengths, before any value is read or any scenario made
+    total = math.prod(len(values) for values in axes.values())
+    if total > MAX_SWEEP_SCENARIOS:
+        shape = " x ".join(f"{len(values):,} {key}" for key, values in axes.items())
+        raise InvalidInputError(
+            "models",
+            f"the grid models x gpu_types x traffic x slos ({shape}) has {total:,} scenarios; "
+            f"at most {MAX_SWEEP_SCENARIOS:,} are allowed",
+        )
+    v = Violations()
     for key, values in axes.items():
         if not values:
             v.add(key, "is required: at least one value")

@@ -394,7 +394,7 @@ def test_reflection_describes_the_planner_service(channel: grpc.Channel) -> None
     assert {m.name for m in service.methods} == {
         "Plan", "Estimate", "GetPlan", "ExportPlan", "ListPlans", "DeletePlan", "Sweep", "GetSweep",
         "ListSweeps", "ListModels", "ListGpus", "CreateModel", "CreateGpu", "PlanScaling",
-        "GetSchedule", "ListSchedules", "DeleteSchedule", "RateMatch",
+        "GetSchedule", "ListSchedules", "DeleteSchedule", "RateMatch", "DeleteModel", "DeleteGpu",
     }  # fmt: skip
     plan_request = pool.FindMessageTypeByName("pdplanner.v1.PlanRequest")
     assert plan_request.fields_by_name["slo"].message_type.full_name == "pdplanner.v1.Slo"

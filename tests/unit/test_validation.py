@@ -102,10 +102,22 @@ def test_bad_estimate_input_names_the_field(change: dict, field: str, says: str)
     assert says in e.reason
 
 
-def test_unknown_entries_are_lookup_errors_listing_the_known_names() -> None:
+def test_unknown_entries_are_lookup_errors_naming_a_few_close_matches() -> None:
     e = error_of(**DECODE, gpu="h1000")
     assert isinstance(e, UnknownEntryError) and isinstance(e, LookupError)
-    assert "h100-sxm" in e.known and "gb200-nvl72" in e.reason
+    assert "h100-sxm" in e.known and "gb200-nvl72" in e.known
+    print(e.reason)
+    assert e.reason.startswith("unknown GPU 'h1000'; closest known: h100-sxm, ")
+    shown = e.reason.split("closest known: ")[1].split(" and ")[0].split(", ")
+    assert 1 <= len(shown) <= 5
+    assert e.reason.endswith(f"and {len(e.known) - len(shown)} more")
+
+
+def test_an_unknown_name_is_quoted_short() -> None:
+    e = error_of(**DECODE, gpu="m" * 5000)
+    print(e.reason)
+    assert isinstance(e, UnknownEntryError) and e.name == "m" * 5000
+    assert len(e.reason) < 250 and "(5,000 characters)" in e.reason
 
 
 @pytest.mark.parametrize(

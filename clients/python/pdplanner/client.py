@@ -222,6 +222,16 @@ class PlannerClient:
         request = plan_pb2.DeletePlanRequest(name=_resource_name(name, "plans"))
         self._call(self._stub.DeletePlan, request, timeout_s)
 
+    def delete_model(self, name: str, *, timeout_s: float | None = None) -> None:
+        """Delete a custom model by name (``models/ID``) or bare id."""
+        request = catalog_pb2.DeleteModelRequest(name=_resource_name(name, "models"))
+        self._call(self._stub.DeleteModel, request, timeout_s)
+
+    def delete_gpu(self, name: str, *, timeout_s: float | None = None) -> None:
+        """Delete a custom GPU type by name (``gpus/ID``) or bare id."""
+        request = catalog_pb2.DeleteGpuRequest(name=_resource_name(name, "gpus"))
+        self._call(self._stub.DeleteGpu, request, timeout_s)
+
     # -- sweeps ----------------------------------------------------------------------------------
 
     def sweep(
@@ -269,9 +279,17 @@ class PlannerClient:
                 stream.cancel()
 
     def get_sweep(self, name: str, *, timeout_s: float | None = None) -> sweep_pb2.Sweep:
-        """A stored sweep, with every finished scenario, by name (``sweeps/ID``) or bare id."""
+        """A stored sweep, with every finished scenario, by name (``sweeps/ID``) or bare id.
+
+        The server pages the scenarios; this reads every page and joins them."""
         request = sweep_pb2.GetSweepRequest(name=_resource_name(name, "sweeps"))
-        return self._call(self._stub.GetSweep, request, timeout_s).sweep
+        page = self._call(self._stub.GetSweep, request, timeout_s)
+        sweep = page.sweep
+        while page.next_page_token:
+            request.page_token = page.next_page_token
+            page = self._call(self._stub.GetSweep, request, timeout_s)
+            sweep.scenarios.extend(page.sweep.scenarios)
+        return sweep
 
     def list_sweeps(
         self, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None

@@ -1041,6 +1041,182 @@ func (x *CreateGpuResponse) GetGpu() *Gpu {
 	return nil
 }
 
+// DeleteModelRequest deletes one custom model. Built-in models cannot be deleted.
+type DeleteModelRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// Resource name of the custom model, "models/{model}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+}
+
+func (x *DeleteModelRequest) Reset() {
+	*x = DeleteModelRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_pdplanner_v1_catalog_proto_msgTypes[11]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DeleteModelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteModelRequest) ProtoMessage() {}
+
+func (x *DeleteModelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pdplanner_v1_catalog_proto_msgTypes[11]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteModelRequest.ProtoReflect.Descriptor instead.
+func (*DeleteModelRequest) Descriptor() ([]byte, []int) {
+	return file_pdplanner_v1_catalog_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeleteModelRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteModelResponse is empty: the model is gone.
+type DeleteModelResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *DeleteModelResponse) Reset() {
+	*x = DeleteModelResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_pdplanner_v1_catalog_proto_msgTypes[12]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DeleteModelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteModelResponse) ProtoMessage() {}
+
+func (x *DeleteModelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pdplanner_v1_catalog_proto_msgTypes[12]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteModelResponse.ProtoReflect.Descriptor instead.
+func (*DeleteModelResponse) Descriptor() ([]byte, []int) {
+	return file_pdplanner_v1_catalog_proto_rawDescGZIP(), []int{12}
+}
+
+// DeleteGpuRequest deletes one custom GPU type. Built-in GPUs cannot be deleted.
+type DeleteGpuRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// Resource name of the custom GPU, "gpus/{gpu}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+}
+
+func (x *DeleteGpuRequest) Reset() {
+	*x = DeleteGpuRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_pdplanner_v1_catalog_proto_msgTypes[13]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DeleteGpuRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGpuRequest) ProtoMessage() {}
+
+func (x *DeleteGpuRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pdplanner_v1_catalog_proto_msgTypes[13]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGpuRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGpuRequest) Descriptor() ([]byte, []int) {
+	return file_pdplanner_v1_catalog_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DeleteGpuRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteGpuResponse is empty: the GPU is gone.
+type DeleteGpuResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+}
+
+func (x *DeleteGpuResponse) Reset() {
+	*x = DeleteGpuResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_pdplanner_v1_catalog_proto_msgTypes[14]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *DeleteGpuResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGpuResponse) ProtoMessage() {}
+
+func (x *DeleteGpuResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pdplanner_v1_catalog_proto_msgTypes[14]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGpuResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGpuResponse) Descriptor() ([]byte, []int) {
+	return file_pdplanner_v1_catalog_proto_rawDescGZIP(), []int{14}
+}
+
 var File_pdplanner_v1_catalog_proto protoreflect.FileDescriptor
 
 var file_pdplanner_v1_catalog_proto_rawDesc = []byte{
@@ -1182,16 +1358,24 @@ var file_pdplanner_v1_catalog_proto_rawDesc = []byte{
 	0x72, 0x65, 0x61, 0x74, 0x65, 0x47, 0x70, 0x75, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65,
 	0x12, 0x23, 0x0a, 0x03, 0x67, 0x70, 0x75, 0x18, 0x01, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x11, 0x2e,
 	0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x47, 0x70, 0x75,
-	0x52, 0x03, 0x67, 0x70, 0x75, 0x2a, 0x5f, 0x0a, 0x0d, 0x41, 0x74, 0x74, 0x65, 0x6e, 0x74, 0x69,
-	0x6f, 0x6e, 0x4b, 0x69, 0x6e, 0x64, 0x12, 0x1e, 0x0a, 0x1a, 0x41, 0x54, 0x54, 0x45, 0x4e, 0x54,
-	0x49, 0x4f, 0x4e, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49,
-	0x46, 0x49, 0x45, 0x44, 0x10, 0x00, 0x12, 0x16, 0x0a, 0x12, 0x41, 0x54, 0x54, 0x45, 0x4e, 0x54,
-	0x49, 0x4f, 0x4e, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x47, 0x51, 0x41, 0x10, 0x01, 0x12, 0x16,
-	0x0a, 0x12, 0x41, 0x54, 0x54, 0x45, 0x4e, 0x54, 0x49, 0x4f, 0x4e, 0x5f, 0x4b, 0x49, 0x4e, 0x44,
-	0x5f, 0x4d, 0x4c, 0x41, 0x10, 0x02, 0x42, 0x2f, 0x5a, 0x2d, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e,
-	0x6e, 0x65, 0x72, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f, 0x70,
-	0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x70, 0x64, 0x70, 0x6c,
-	0x61, 0x6e, 0x6e, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x52, 0x03, 0x67, 0x70, 0x75, 0x22, 0x28, 0x0a, 0x12, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x4d,
+	0x6f, 0x64, 0x65, 0x6c, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e,
+	0x61, 0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x22,
+	0x15, 0x0a, 0x13, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x4d, 0x6f, 0x64, 0x65, 0x6c, 0x52, 0x65,
+	0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x22, 0x26, 0x0a, 0x10, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65,
+	0x47, 0x70, 0x75, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x12, 0x0a, 0x04, 0x6e, 0x61,
+	0x6d, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09, 0x52, 0x04, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x13,
+	0x0a, 0x11, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x47, 0x70, 0x75, 0x52, 0x65, 0x73, 0x70, 0x6f,
+	0x6e, 0x73, 0x65, 0x2a, 0x5f, 0x0a, 0x0d, 0x41, 0x74, 0x74, 0x65, 0x6e, 0x74, 0x69, 0x6f, 0x6e,
+	0x4b, 0x69, 0x6e, 0x64, 0x12, 0x1e, 0x0a, 0x1a, 0x41, 0x54, 0x54, 0x45, 0x4e, 0x54, 0x49, 0x4f,
+	0x4e, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x55, 0x4e, 0x53, 0x50, 0x45, 0x43, 0x49, 0x46, 0x49,
+	0x45, 0x44, 0x10, 0x00, 0x12, 0x16, 0x0a, 0x12, 0x41, 0x54, 0x54, 0x45, 0x4e, 0x54, 0x49, 0x4f,
+	0x4e, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x47, 0x51, 0x41, 0x10, 0x01, 0x12, 0x16, 0x0a, 0x12,
+	0x41, 0x54, 0x54, 0x45, 0x4e, 0x54, 0x49, 0x4f, 0x4e, 0x5f, 0x4b, 0x49, 0x4e, 0x44, 0x5f, 0x4d,
+	0x4c, 0x41, 0x10, 0x02, 0x42, 0x2f, 0x5a, 0x2d, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65,
+	0x72, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f, 0x70, 0x64, 0x70,
+	0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e,
+	0x6e, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (
@@ -1207,7 +1391,7 @@ func file_pdplanner_v1_catalog_proto_rawDescGZIP() []byte {
 }
 
 var file_pdplanner_v1_catalog_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pdplanner_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_pdplanner_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_pdplanner_v1_catalog_proto_goTypes = []interface{}{
 	(AttentionKind)(0),          // 0: pdplanner.v1.AttentionKind
 	(*Model)(nil),               // 1: pdplanner.v1.Model
@@ -1221,14 +1405,18 @@ var file_pdplanner_v1_catalog_proto_goTypes = []interface{}{
 	(*CreateModelResponse)(nil), // 9: pdplanner.v1.CreateModelResponse
 	(*CreateGpuRequest)(nil),    // 10: pdplanner.v1.CreateGpuRequest
 	(*CreateGpuResponse)(nil),   // 11: pdplanner.v1.CreateGpuResponse
-	(*structpb.Struct)(nil),     // 12: google.protobuf.Struct
+	(*DeleteModelRequest)(nil),  // 12: pdplanner.v1.DeleteModelRequest
+	(*DeleteModelResponse)(nil), // 13: pdplanner.v1.DeleteModelResponse
+	(*DeleteGpuRequest)(nil),    // 14: pdplanner.v1.DeleteGpuRequest
+	(*DeleteGpuResponse)(nil),   // 15: pdplanner.v1.DeleteGpuResponse
+	(*structpb.Struct)(nil),     // 16: google.protobuf.Struct
 }
 var file_pdplanner_v1_catalog_proto_depIdxs = []int32{
 	0,  // 0: pdplanner.v1.Model.attention:type_name -> pdplanner.v1.AttentionKind
 	2,  // 1: pdplanner.v1.Gpu.flops_per_s:type_name -> pdplanner.v1.FlopsPerS
 	1,  // 2: pdplanner.v1.ListModelsResponse.models:type_name -> pdplanner.v1.Model
 	3,  // 3: pdplanner.v1.ListGpusResponse.gpus:type_name -> pdplanner.v1.Gpu
-	12, // 4: pdplanner.v1.CreateModelRequest.config:type_name -> google.protobuf.Struct
+	16, // 4: pdplanner.v1.CreateModelRequest.config:type_name -> google.protobuf.Struct
 	1,  // 5: pdplanner.v1.CreateModelResponse.model:type_name -> pdplanner.v1.Model
 	3,  // 6: pdplanner.v1.CreateGpuRequest.gpu:type_name -> pdplanner.v1.Gpu
 	3,  // 7: pdplanner.v1.CreateGpuResponse.gpu:type_name -> pdplanner.v1.Gpu
@@ -1377,6 +1565,54 @@ func file_pdplanner_v1_catalog_proto_init() {
 				return nil
 			}
 		}
+		file_pdplanner_v1_catalog_proto_msgTypes[11].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*DeleteModelRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_pdplanner_v1_catalog_proto_msgTypes[12].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*DeleteModelResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_pdplanner_v1_catalog_proto_msgTypes[13].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*DeleteGpuRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_pdplanner_v1_catalog_proto_msgTypes[14].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*DeleteGpuResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
 	}
 	file_pdplanner_v1_catalog_proto_msgTypes[7].OneofWrappers = []interface{}{
 		(*CreateModelRequest_ConfigJson)(nil),
@@ -1388,7 +1624,7 @@ func file_pdplanner_v1_catalog_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_pdplanner_v1_catalog_proto_rawDesc,
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -35,7 +35,7 @@ var file_pdplanner_v1_planner_service_proto_rawDesc = []byte{
 	0x1a, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x2f, 0x73, 0x63,
 	0x61, 0x6c, 0x69, 0x6e, 0x67, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x1a, 0x18, 0x70, 0x64, 0x70,
 	0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x2f, 0x73, 0x77, 0x65, 0x65, 0x70, 0x2e,
-	0x70, 0x72, 0x6f, 0x74, 0x6f, 0x32, 0x9d, 0x0b, 0x0a, 0x0e, 0x50, 0x6c, 0x61, 0x6e, 0x6e, 0x65,
+	0x70, 0x72, 0x6f, 0x74, 0x6f, 0x32, 0xbf, 0x0c, 0x0a, 0x0e, 0x50, 0x6c, 0x61, 0x6e, 0x6e, 0x65,
 	0x72, 0x53, 0x65, 0x72, 0x76, 0x69, 0x63, 0x65, 0x12, 0x3d, 0x0a, 0x04, 0x50, 0x6c, 0x61, 0x6e,
 	0x12, 0x19, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e,
 	0x50, 0x6c, 0x61, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x1a, 0x2e, 0x70, 0x64,
@@ -125,10 +125,20 @@ var file_pdplanner_v1_planner_service_proto_rawDesc = []byte{
 	0x2e, 0x76, 0x31, 0x2e, 0x52, 0x61, 0x74, 0x65, 0x4d, 0x61, 0x74, 0x63, 0x68, 0x52, 0x65, 0x71,
 	0x75, 0x65, 0x73, 0x74, 0x1a, 0x1f, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72,
 	0x2e, 0x76, 0x31, 0x2e, 0x52, 0x61, 0x74, 0x65, 0x4d, 0x61, 0x74, 0x63, 0x68, 0x52, 0x65, 0x73,
-	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x42, 0x2f, 0x5a, 0x2d, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e,
-	0x65, 0x72, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f, 0x70, 0x64,
-	0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x70, 0x64, 0x70, 0x6c, 0x61,
-	0x6e, 0x6e, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
+	0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x52, 0x0a, 0x0b, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x4d,
+	0x6f, 0x64, 0x65, 0x6c, 0x12, 0x20, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x4d, 0x6f, 0x64, 0x65, 0x6c, 0x52,
+	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x21, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x4d, 0x6f, 0x64, 0x65,
+	0x6c, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12, 0x4c, 0x0a, 0x09, 0x44, 0x65, 0x6c,
+	0x65, 0x74, 0x65, 0x47, 0x70, 0x75, 0x12, 0x1e, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x47, 0x70, 0x75, 0x52,
+	0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x1a, 0x1f, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e,
+	0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x44, 0x65, 0x6c, 0x65, 0x74, 0x65, 0x47, 0x70, 0x75, 0x52,
+	0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x42, 0x2f, 0x5a, 0x2d, 0x70, 0x64, 0x70, 0x6c, 0x61,
+	0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f,
+	0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x70, 0x64, 0x70,
+	0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var file_pdplanner_v1_planner_service_proto_goTypes = []interface{}{
@@ -150,24 +160,28 @@ var file_pdplanner_v1_planner_service_proto_goTypes = []interface{}{
 	(*ListSchedulesRequest)(nil),   // 15: pdplanner.v1.ListSchedulesRequest
 	(*DeleteScheduleRequest)(nil),  // 16: pdplanner.v1.DeleteScheduleRequest
 	(*RateMatchRequest)(nil),       // 17: pdplanner.v1.RateMatchRequest
-	(*PlanResponse)(nil),           // 18: pdplanner.v1.PlanResponse
-	(*EstimateResponse)(nil),       // 19: pdplanner.v1.EstimateResponse
-	(*GetPlanResponse)(nil),        // 20: pdplanner.v1.GetPlanResponse
-	(*ListPlansResponse)(nil),      // 21: pdplanner.v1.ListPlansResponse
-	(*ExportPlanResponse)(nil),     // 22: pdplanner.v1.ExportPlanResponse
-	(*DeletePlanResponse)(nil),     // 23: pdplanner.v1.DeletePlanResponse
-	(*SweepResponse)(nil),          // 24: pdplanner.v1.SweepResponse
-	(*GetSweepResponse)(nil),       // 25: pdplanner.v1.GetSweepResponse
-	(*ListSweepsResponse)(nil),     // 26: pdplanner.v1.ListSweepsResponse
-	(*ListModelsResponse)(nil),     // 27: pdplanner.v1.ListModelsResponse
-	(*ListGpusResponse)(nil),       // 28: pdplanner.v1.ListGpusResponse
-	(*CreateModelResponse)(nil),    // 29: pdplanner.v1.CreateModelResponse
-	(*CreateGpuResponse)(nil),      // 30: pdplanner.v1.CreateGpuResponse
-	(*PlanScalingResponse)(nil),    // 31: pdplanner.v1.PlanScalingResponse
-	(*GetScheduleResponse)(nil),    // 32: pdplanner.v1.GetScheduleResponse
-	(*ListSchedulesResponse)(nil),  // 33: pdplanner.v1.ListSchedulesResponse
-	(*DeleteScheduleResponse)(nil), // 34: pdplanner.v1.DeleteScheduleResponse
-	(*RateMatchResponse)(nil),      // 35: pdplanner.v1.RateMatchResponse
+	(*DeleteModelRequest)(nil),     // 18: pdplanner.v1.DeleteModelRequest
+	(*DeleteGpuRequest)(nil),       // 19: pdplanner.v1.DeleteGpuRequest
+	(*PlanResponse)(nil),           // 20: pdplanner.v1.PlanResponse
+	(*EstimateResponse)(nil),       // 21: pdplanner.v1.EstimateResponse
+	(*GetPlanResponse)(nil),        // 22: pdplanner.v1.GetPlanResponse
+	(*ListPlansResponse)(nil),      // 23: pdplanner.v1.ListPlansResponse
+	(*ExportPlanResponse)(nil),     // 24: pdplanner.v1.ExportPlanResponse
+	(*DeletePlanResponse)(nil),     // 25: pdplanner.v1.DeletePlanResponse
+	(*SweepResponse)(nil),          // 26: pdplanner.v1.SweepResponse
+	(*GetSweepResponse)(nil),       // 27: pdplanner.v1.GetSweepResponse
+	(*ListSweepsResponse)(nil),     // 28: pdplanner.v1.ListSweepsResponse
+	(*ListModelsResponse)(nil),     // 29: pdplanner.v1.ListModelsResponse
+	(*ListGpusResponse)(nil),       // 30: pdplanner.v1.ListGpusResponse
+	(*CreateModelResponse)(nil),    // 31: pdplanner.v1.CreateModelResponse
+	(*CreateGpuResponse)(nil),      // 32: pdplanner.v1.CreateGpuResponse
+	(*PlanScalingResponse)(nil),    // 33: pdplanner.v1.PlanScalingResponse
+	(*GetScheduleResponse)(nil),    // 34: pdplanner.v1.GetScheduleResponse
+	(*ListSchedulesResponse)(nil),  // 35: pdplanner.v1.ListSchedulesResponse
+	(*DeleteScheduleResponse)(nil), // 36: pdplanner.v1.DeleteScheduleResponse
+	(*RateMatchResponse)(nil),      // 37: pdplanner.v1.RateMatchResponse
+	(*DeleteModelResponse)(nil),    // 38: pdplanner.v1.DeleteModelResponse
+	(*DeleteGpuResponse)(nil),      // 39: pdplanner.v1.DeleteGpuResponse
 }
 var file_pdplanner_v1_planner_service_proto_depIdxs = []int32{
 	0,  // 0: pdplanner.v1.PlannerService.Plan:input_type -> pdplanner.v1.PlanRequest
@@ -188,26 +202,30 @@ var file_pdplanner_v1_planner_service_proto_depIdxs = []int32{
 	15, // 15: pdplanner.v1.PlannerService.ListSchedules:input_type -> pdplanner.v1.ListSchedulesRequest
 	16, // 16: pdplanner.v1.PlannerService.DeleteSchedule:input_type -> pdplanner.v1.DeleteScheduleRequest
 	17, // 17: pdplanner.v1.PlannerService.RateMatch:input_type -> pdplanner.v1.RateMatchRequest
-	18, // 18: pdplanner.v1.PlannerService.Plan:output_type -> pdplanner.v1.PlanResponse
-	19, // 19: pdplanner.v1.PlannerService.Estimate:output_type -> pdplanner.v1.EstimateResponse
-	20, // 20: pdplanner.v1.PlannerService.GetPlan:output_type -> pdplanner.v1.GetPlanResponse
-	21, // 21: pdplanner.v1.PlannerService.ListPlans:output_type -> pdplanner.v1.ListPlansResponse
-	22, // 22: pdplanner.v1.PlannerService.ExportPlan:output_type -> pdplanner.v1.ExportPlanResponse
-	23, // 23: pdplanner.v1.PlannerService.DeletePlan:output_type -> pdplanner.v1.DeletePlanResponse
-	24, // 24: pdplanner.v1.PlannerService.Sweep:output_type -> pdplanner.v1.SweepResponse
-	25, // 25: pdplanner.v1.PlannerService.GetSweep:output_type -> pdplanner.v1.GetSweepResponse
-	26, // 26: pdplanner.v1.PlannerService.ListSweeps:output_type -> pdplanner.v1.ListSweepsResponse
-	27, // 27: pdplanner.v1.PlannerService.ListModels:output_type -> pdplanner.v1.ListModelsResponse
-	28, // 28: pdplanner.v1.PlannerService.ListGpus:output_type -> pdplanner.v1.ListGpusResponse
-	29, // 29: pdplanner.v1.PlannerService.CreateModel:output_type -> pdplanner.v1.CreateModelResponse
-	30, // 30: pdplanner.v1.PlannerService.CreateGpu:output_type -> pdplanner.v1.CreateGpuResponse
-	31, // 31: pdplanner.v1.PlannerService.PlanScaling:output_type -> pdplanner.v1.PlanScalingResponse
-	32, // 32: pdplanner.v1.PlannerService.GetSchedule:output_type -> pdplanner.v1.GetScheduleResponse
-	33, // 33: pdplanner.v1.PlannerService.ListSchedules:output_type -> pdplanner.v1.ListSchedulesResponse
-	34, // 34: pdplanner.v1.PlannerService.DeleteSchedule:output_type -> pdplanner.v1.DeleteScheduleResponse
-	35, // 35: pdplanner.v1.PlannerService.RateMatch:output_type -> pdplanner.v1.RateMatchResponse
-	18, // [18:36] is the sub-list for method output_type
-	0,  // [0:18] is the sub-list for method input_type
+	18, // 18: pdplanner.v1.PlannerService.DeleteModel:input_type -> pdplanner.v1.DeleteModelRequest
+	19, // 19: pdplanner.v1.PlannerService.DeleteGpu:input_type -> pdplanner.v1.DeleteGpuRequest
+	20, // 20: pdplanner.v1.PlannerService.Plan:output_type -> pdplanner.v1.PlanResponse
+	21, // 21: pdplanner.v1.PlannerService.Estimate:output_type -> pdplanner.v1.EstimateResponse
+	22, // 22: pdplanner.v1.PlannerService.GetPlan:output_type -> pdplanner.v1.GetPlanResponse
+	23, // 23: pdplanner.v1.PlannerService.ListPlans:output_type -> pdplanner.v1.ListPlansResponse
+	24, // 24: pdplanner.v1.PlannerService.ExportPlan:output_type -> pdplanner.v1.ExportPlanResponse
+	25, // 25: pdplanner.v1.PlannerService.DeletePlan:output_type -> pdplanner.v1.DeletePlanResponse
+	26, // 26: pdplanner.v1.PlannerService.Sweep:output_type -> pdplanner.v1.SweepResponse
+	27, // 27: pdplanner.v1.PlannerService.GetSweep:output_type -> pdplanner.v1.GetSweepResponse
+	28, // 28: pdplanner.v1.PlannerService.ListSweeps:output_type -> pdplanner.v1.ListSweepsResponse
+	29, // 29: pdplanner.v1.PlannerService.ListModels:output_type -> pdplanner.v1.ListModelsResponse
+	30, // 30: pdplanner.v1.PlannerService.ListGpus:output_type -> pdplanner.v1.ListGpusResponse
+	31, // 31: pdplanner.v1.PlannerService.CreateModel:output_type -> pdplanner.v1.CreateModelResponse
+	32, // 32: pdplanner.v1.PlannerService.CreateGpu:output_type -> pdplanner.v1.CreateGpuResponse
+	33, // 33: pdplanner.v1.PlannerService.PlanScaling:output_type -> pdplanner.v1.PlanScalingResponse
+	34, // 34: pdplanner.v1.PlannerService.GetSchedule:output_type -> pdplanner.v1.GetScheduleResponse
+	35, // 35: pdplanner.v1.PlannerService.ListSchedules:output_type -> pdplanner.v1.ListSchedulesResponse
+	36, // 36: pdplanner.v1.PlannerService.DeleteSchedule:output_type -> pdplanner.v1.DeleteScheduleResponse
+	37, // 37: pdplanner.v1.PlannerService.RateMatch:output_type -> pdplanner.v1.RateMatchResponse
+	38, // 38: pdplanner.v1.PlannerService.DeleteModel:output_type -> pdplanner.v1.DeleteModelResponse
+	39, // 39: pdplanner.v1.PlannerService.DeleteGpu:output_type -> pdplanner.v1.DeleteGpuResponse
+	20, // [20:40] is the sub-list for method output_type
+	0,  // [0:20] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

@@ -37,7 +37,7 @@ type PlannerServiceClient interface {
 	// Sweep plans a grid of scenarios, streaming progress and each scenario's result as it
 	// completes, and stores them as a Sweep resource.
 	Sweep(ctx context.Context, in *SweepRequest, opts ...grpc.CallOption) (PlannerService_SweepClient, error)
-	// GetSweep returns one stored sweep with every finished scenario.
+	// GetSweep returns one stored sweep with a page of its finished scenarios, in grid order.
 	GetSweep(ctx context.Context, in *GetSweepRequest, opts ...grpc.CallOption) (*GetSweepResponse, error)
 	// ListSweeps returns stored sweeps, newest first, without their scenarios.
 	ListSweeps(ctx context.Context, in *ListSweepsRequest, opts ...grpc.CallOption) (*ListSweepsResponse, error)
@@ -63,6 +63,10 @@ type PlannerServiceClient interface {
 	// RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
 	// observed traffic, corrected by observed over predicted latency. Nothing is stored.
 	RateMatch(ctx context.Context, in *RateMatchRequest, opts ...grpc.CallOption) (*RateMatchResponse, error)
+	// DeleteModel deletes a custom model; plans already made with it keep their stored copy.
+	DeleteModel(ctx context.Context, in *DeleteModelRequest, opts ...grpc.CallOption) (*DeleteModelResponse, error)
+	// DeleteGpu deletes a custom GPU type; plans already made with it keep their stored copy.
+	DeleteGpu(ctx context.Context, in *DeleteGpuRequest, opts ...grpc.CallOption) (*DeleteGpuResponse, error)
 }
 
 type plannerServiceClient struct {
@@ -258,6 +262,24 @@ func (c *plannerServiceClient) RateMatch(ctx context.Context, in *RateMatchReque
 	return out, nil
 }
 
+func (c *plannerServiceClient) DeleteModel(ctx context.Context, in *DeleteModelRequest, opts ...grpc.CallOption) (*DeleteModelResponse, error) {
+	out := new(DeleteModelResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/DeleteModel", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *plannerServiceClient) DeleteGpu(ctx context.Context, in *DeleteGpuRequest, opts ...grpc.CallOption) (*DeleteGpuResponse, error) {
+	out := new(DeleteGpuResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/DeleteGpu", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PlannerServiceServer is the server API for PlannerService service.
 // All implementations must embed UnimplementedPlannerServiceServer
 // for forward compatibility
@@ -282,7 +304,7 @@ type PlannerServiceServer interface {
 	// Sweep plans a grid of scenarios, streaming progress and each scenario's result as it
 	// completes, and stores them as a Sweep resource.
 	Sweep(*SweepRequest, PlannerService_SweepServer) error
-	// GetSweep returns one stored sweep with every finished scenario.
+	// GetSweep returns one stored sweep with a page of its finished scenarios, in grid order.
 	GetSweep(context.Context, *GetSweepRequest) (*GetSweepResponse, error)
 	// ListSweeps returns stored sweeps, newest first, without their scenarios.
 	ListSweeps(context.Context, *ListSweepsRequest) (*ListSweepsResponse, error)
@@ -308,6 +330,10 @@ type PlannerServiceServer interface {
 	// RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
 	// observed traffic, corrected by observed over predicted latency. Nothing is stored.
 	RateMatch(context.Context, *RateMatchRequest) (*RateMatchResponse, error)
+	// DeleteModel deletes a custom model; plans already made with it keep their stored copy.
+	DeleteModel(context.Context, *DeleteModelRequest) (*DeleteModelResponse, error)
+	// DeleteGpu deletes a custom GPU type; plans already made with it keep their stored copy.
+	DeleteGpu(context.Context, *DeleteGpuRequest) (*DeleteGpuResponse, error)
 	mustEmbedUnimplementedPlannerServiceServer()
 }
 
@@ -368,6 +394,12 @@ func (UnimplementedPlannerServiceServer) DeleteSchedule(context.Context, *Delete
 }
 func (UnimplementedPlannerServiceServer) RateMatch(context.Context, *RateMatchRequest) (*RateMatchResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RateMatch not implemented")
+}
+func (UnimplementedPlannerServiceServer) DeleteModel(context.Context, *DeleteModelRequest) (*DeleteModelResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteModel not implemented")
+}
+func (UnimplementedPlannerServiceServer) DeleteGpu(context.Context, *DeleteGpuRequest) (*DeleteGpuResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteGpu not implemented")
 }
 func (UnimplementedPlannerServiceServer) mustEmbedUnimplementedPlannerServiceServer() {}
 
@@ -709,6 +741,42 @@ func _PlannerService_RateMatch_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PlannerService_DeleteModel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteModelRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).DeleteModel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/DeleteModel",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).DeleteModel(ctx, req.(*DeleteModelRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PlannerService_DeleteGpu_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGpuRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).DeleteGpu(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/DeleteGpu",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).DeleteGpu(ctx, req.(*DeleteGpuRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _PlannerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "pdplanner.v1.PlannerService",
 	HandlerType: (*PlannerServiceServer)(nil),
@@ -780,6 +848,14 @@ var _PlannerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RateMatch",
 			Handler:    _PlannerService_RateMatch_Handler,
+		},
+		{
+			MethodName: "DeleteModel",
+			Handler:    _PlannerService_DeleteModel_Handler,
+		},
+		{
+			MethodName: "DeleteGpu",
+			Handler:    _PlannerService_DeleteGpu_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

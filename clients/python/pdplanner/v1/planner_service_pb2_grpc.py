@@ -135,6 +135,16 @@ class PlannerServiceStub:
                 request_serializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchRequest.SerializeToString,
                 response_deserializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchResponse.FromString,
                 _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/DeleteModel',
+                request_serializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
+        self.DeleteGpu = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/DeleteGpu',
+                request_serializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteGpuRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteGpuResponse.FromString,
+                _registered_method=True)
 
 
 class PlannerServiceServicer:
@@ -202,7 +212,7 @@ class PlannerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSweep(self, request, context):
-        """GetSweep returns one stored sweep with every finished scenario.
+        """GetSweep returns one stored sweep with a page of its finished scenarios, in grid order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,6 +287,20 @@ class PlannerServiceServicer:
     def RateMatch(self, request, context):
         """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
         observed traffic, corrected by observed over predicted latency. Nothing is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """DeleteModel deletes a custom model; plans already made with it keep their stored copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGpu(self, request, context):
+        """DeleteGpu deletes a custom GPU type; plans already made with it keep their stored copy.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -374,6 +398,16 @@ def add_PlannerServiceServicer_to_server(servicer, server):
                     servicer.RateMatch,
                     request_deserializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchRequest.FromString,
                     response_serializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteModelRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'DeleteGpu': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGpu,
+                    request_deserializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteGpuRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_catalog__pb2.DeleteGpuResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -868,6 +902,60 @@ class PlannerService:
             '/pdplanner.v1.PlannerService/RateMatch',
             pdplanner_dot_v1_dot_scaling__pb2.RateMatchRequest.SerializeToString,
             pdplanner_dot_v1_dot_scaling__pb2.RateMatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/DeleteModel',
+            pdplanner_dot_v1_dot_catalog__pb2.DeleteModelRequest.SerializeToString,
+            pdplanner_dot_v1_dot_catalog__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGpu(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/DeleteGpu',
+            pdplanner_dot_v1_dot_catalog__pb2.DeleteGpuRequest.SerializeToString,
+            pdplanner_dot_v1_dot_catalog__pb2.DeleteGpuResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,7 +68,7 @@ class PlannerServiceStub:
     completes, and stores them as a Sweep resource.
     """
     GetSweep: _grpc.UnaryUnaryMultiCallable[_sweep_pb2.GetSweepRequest, _sweep_pb2.GetSweepResponse]
-    """GetSweep returns one stored sweep with every finished scenario."""
+    """GetSweep returns one stored sweep with a page of its finished scenarios, in grid order."""
     ListSweeps: _grpc.UnaryUnaryMultiCallable[_sweep_pb2.ListSweepsRequest, _sweep_pb2.ListSweepsResponse]
     """ListSweeps returns stored sweeps, newest first, without their scenarios."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListModelsRequest, _catalog_pb2.ListModelsResponse]
@@ -96,6 +96,10 @@ class PlannerServiceStub:
     """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
     observed traffic, corrected by observed over predicted latency. Nothing is stored.
     """
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.DeleteModelRequest, _catalog_pb2.DeleteModelResponse]
+    """DeleteModel deletes a custom model; plans already made with it keep their stored copy."""
+    DeleteGpu: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.DeleteGpuRequest, _catalog_pb2.DeleteGpuResponse]
+    """DeleteGpu deletes a custom GPU type; plans already made with it keep their stored copy."""
 
 @_typing.type_check_only
 class PlannerServiceAsyncStub(PlannerServiceStub):
@@ -132,7 +136,7 @@ class PlannerServiceAsyncStub(PlannerServiceStub):
     completes, and stores them as a Sweep resource.
     """
     GetSweep: _aio.UnaryUnaryMultiCallable[_sweep_pb2.GetSweepRequest, _sweep_pb2.GetSweepResponse]  # type: ignore[assignment]
-    """GetSweep returns one stored sweep with every finished scenario."""
+    """GetSweep returns one stored sweep with a page of its finished scenarios, in grid order."""
     ListSweeps: _aio.UnaryUnaryMultiCallable[_sweep_pb2.ListSweepsRequest, _sweep_pb2.ListSweepsResponse]  # type: ignore[assignment]
     """ListSweeps returns stored sweeps, newest first, without their scenarios."""
     ListModels: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListModelsRequest, _catalog_pb2.ListModelsResponse]  # type: ignore[assignment]
@@ -160,6 +164,10 @@ class PlannerServiceAsyncStub(PlannerServiceStub):
     """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
     observed traffic, corrected by observed over predicted latency. Nothing is stored.
     """
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_catalog_pb2.DeleteModelRequest, _catalog_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """DeleteModel deletes a custom model; plans already made with it keep their stored copy."""
+    DeleteGpu: _aio.UnaryUnaryMultiCallable[_catalog_pb2.DeleteGpuRequest, _catalog_pb2.DeleteGpuResponse]  # type: ignore[assignment]
+    """DeleteGpu deletes a custom GPU type; plans already made with it keep their stored copy."""
 
 class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
     """PlannerService plans disaggregated (prefill/decode) and aggregated LLM serving deployments.
@@ -241,7 +249,7 @@ class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sweep_pb2.GetSweepRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sweep_pb2.GetSweepResponse, _abc.Awaitable[_sweep_pb2.GetSweepResponse]]:
-        """GetSweep returns one stored sweep with every finished scenario."""
+        """GetSweep returns one stored sweep with a page of its finished scenarios, in grid order."""
 
     @_abc_1.abstractmethod
     def ListSweeps(
@@ -329,5 +337,21 @@ class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
         """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
         observed traffic, corrected by observed over predicted latency. Nothing is stored.
         """
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _catalog_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.DeleteModelResponse, _abc.Awaitable[_catalog_pb2.DeleteModelResponse]]:
+        """DeleteModel deletes a custom model; plans already made with it keep their stored copy."""
+
+    @_abc_1.abstractmethod
+    def DeleteGpu(
+        self,
+        request: _catalog_pb2.DeleteGpuRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.DeleteGpuResponse, _abc.Awaitable[_catalog_pb2.DeleteGpuResponse]]:
+        """DeleteGpu deletes a custom GPU type; plans already made with it keep their stored copy."""
 
 def add_PlannerServiceServicer_to_server(servicer: PlannerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

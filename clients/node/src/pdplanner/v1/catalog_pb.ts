@@ -11,7 +11,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/catalog.proto.
  */
 export const file_pdplanner_v1_catalog: GenFile = /*@__PURE__*/
-  fileDesc("ChpwZHBsYW5uZXIvdjEvY2F0YWxvZy5wcm90bxIMcGRwbGFubmVyLnYxIrsECgVNb2RlbBIMCgRuYW1lGAEgASgJEg8KB2FsaWFzZXMYAiADKAkSDgoGY3VzdG9tGAMgASgIEhIKCm51bV9sYXllcnMYBCABKAUSEwoLaGlkZGVuX3NpemUYBSABKAUSEQoJbnVtX2hlYWRzGAYgASgFEhQKDG51bV9rdl9oZWFkcxgHIAEoBRIQCghoZWFkX2RpbRgIIAEoBRIZChFpbnRlcm1lZGlhdGVfc2l6ZRgJIAEoBRISCgp2b2NhYl9zaXplGAogASgFEhsKE3RpZV93b3JkX2VtYmVkZGluZ3MYCyABKAgSLgoJYXR0ZW50aW9uGAwgASgOMhsucGRwbGFubmVyLnYxLkF0dGVudGlvbktpbmQSEwoLbnVtX2V4cGVydHMYDSABKAUSGQoRZXhwZXJ0c19wZXJfdG9rZW4YDiABKAUSHQoVbW9lX2ludGVybWVkaWF0ZV9zaXplGA8gASgFEhoKEm51bV9zaGFyZWRfZXhwZXJ0cxgQIAEoBRIYChBudW1fZGVuc2VfbGF5ZXJzGBEgASgFEhMKC3FfbG9yYV9yYW5rGBIgASgFEhQKDGt2X2xvcmFfcmFuaxgTIAEoBRIYChBxa19ub3BlX2hlYWRfZGltGBQgASgFEhgKEHFrX3JvcGVfaGVhZF9kaW0YFSABKAUSEgoKdl9oZWFkX2RpbRgWIAEoBRIUCgx0b3RhbF9wYXJhbXMYFyABKAMSFQoNYWN0aXZlX3BhcmFtcxgYIAEoAyIzCglGbG9wc1BlclMSDAoEYmYxNhgBIAEoARILCgNmcDgYAiABKAESCwoDZnA0GAMgASgBIvkBCgNHcHUSDAoEbmFtZRgBIAEoCRIPCgdhbGlhc2VzGAIgAygJEg4KBmN1c3RvbRgDIAEoCBIsCgtmbG9wc19wZXJfcxgEIAEoCzIXLnBkcGxhbm5lci52MS5GbG9wc1BlclMSEQoJaGJtX2J5dGVzGAUgASgBEhcKD2hibV9ieXRlc19wZXJfcxgGIAEoARIaChJudmxpbmtfYnl0ZXNfcGVyX3MYByABKAESGgoSbnZsaW5rX2RvbWFpbl9zaXplGAggASgFEhwKFHNjYWxlb3V0X2J5dGVzX3Blcl9zGAkgASgBEhMKC2NhbGlicmF0aW9uGAogASgJIjoKEUxpc3RNb2RlbHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlIKEkxpc3RNb2RlbHNSZXNwb25zZRIjCgZtb2RlbHMYASADKAsyEy5wZHBsYW5uZXIudjEuTW9kZWwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKD0xpc3RHcHVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJMChBMaXN0R3B1c1Jlc3BvbnNlEh8KBGdwdXMYASADKAsyES5wZHBsYW5uZXIudjEuR3B1EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKeAQoSQ3JlYXRlTW9kZWxSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEAoIbW9kZWxfaWQYAiABKAkSFQoLY29uZmlnX2pzb24YAyABKAlIABIpCgZjb25maWcYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAASDwoHYWxpYXNlcxgFIAMoCUIPCg1jb25maWdfc291cmNlIjkKE0NyZWF0ZU1vZGVsUmVzcG9uc2USIgoFbW9kZWwYASABKAsyEy5wZHBsYW5uZXIudjEuTW9kZWwiVgoQQ3JlYXRlR3B1UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg4KBmdwdV9pZBgCIAEoCRIeCgNncHUYAyABKAsyES5wZHBsYW5uZXIudjEuR3B1IjMKEUNyZWF0ZUdwdVJlc3BvbnNlEh4KA2dwdRgBIAEoCzIRLnBkcGxhbm5lci52MS5HcHUqXwoNQXR0ZW50aW9uS2luZBIeChpBVFRFTlRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkFUVEVOVElPTl9LSU5EX0dRQRABEhYKEkFUVEVOVElPTl9LSU5EX01MQRACQi9aLXBkcGxhbm5lci9jbGllbnRzL2dvL3BkcGxhbm5lci92MTtwZHBsYW5uZXJ2MWIGcHJvdG8z", [file_google_protobuf_struct]);
+  fileDesc("ChpwZHBsYW5uZXIvdjEvY2F0YWxvZy5wcm90bxIMcGRwbGFubmVyLnYxIrsECgVNb2RlbBIMCgRuYW1lGAEgASgJEg8KB2FsaWFzZXMYAiADKAkSDgoGY3VzdG9tGAMgASgIEhIKCm51bV9sYXllcnMYBCABKAUSEwoLaGlkZGVuX3NpemUYBSABKAUSEQoJbnVtX2hlYWRzGAYgASgFEhQKDG51bV9rdl9oZWFkcxgHIAEoBRIQCghoZWFkX2RpbRgIIAEoBRIZChFpbnRlcm1lZGlhdGVfc2l6ZRgJIAEoBRISCgp2b2NhYl9zaXplGAogASgFEhsKE3RpZV93b3JkX2VtYmVkZGluZ3MYCyABKAgSLgoJYXR0ZW50aW9uGAwgASgOMhsucGRwbGFubmVyLnYxLkF0dGVudGlvbktpbmQSEwoLbnVtX2V4cGVydHMYDSABKAUSGQoRZXhwZXJ0c19wZXJfdG9rZW4YDiABKAUSHQoVbW9lX2ludGVybWVkaWF0ZV9zaXplGA8gASgFEhoKEm51bV9zaGFyZWRfZXhwZXJ0cxgQIAEoBRIYChBudW1fZGVuc2VfbGF5ZXJzGBEgASgFEhMKC3FfbG9yYV9yYW5rGBIgASgFEhQKDGt2X2xvcmFfcmFuaxgTIAEoBRIYChBxa19ub3BlX2hlYWRfZGltGBQgASgFEhgKEHFrX3JvcGVfaGVhZF9kaW0YFSABKAUSEgoKdl9oZWFkX2RpbRgWIAEoBRIUCgx0b3RhbF9wYXJhbXMYFyABKAMSFQoNYWN0aXZlX3BhcmFtcxgYIAEoAyIzCglGbG9wc1BlclMSDAoEYmYxNhgBIAEoARILCgNmcDgYAiABKAESCwoDZnA0GAMgASgBIvkBCgNHcHUSDAoEbmFtZRgBIAEoCRIPCgdhbGlhc2VzGAIgAygJEg4KBmN1c3RvbRgDIAEoCBIsCgtmbG9wc19wZXJfcxgEIAEoCzIXLnBkcGxhbm5lci52MS5GbG9wc1BlclMSEQoJaGJtX2J5dGVzGAUgASgBEhcKD2hibV9ieXRlc19wZXJfcxgGIAEoARIaChJudmxpbmtfYnl0ZXNfcGVyX3MYByABKAESGgoSbnZsaW5rX2RvbWFpbl9zaXplGAggASgFEhwKFHNjYWxlb3V0X2J5dGVzX3Blcl9zGAkgASgBEhMKC2NhbGlicmF0aW9uGAogASgJIjoKEUxpc3RNb2RlbHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlIKEkxpc3RNb2RlbHNSZXNwb25zZRIjCgZtb2RlbHMYASADKAsyEy5wZHBsYW5uZXIudjEuTW9kZWwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKD0xpc3RHcHVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJMChBMaXN0R3B1c1Jlc3BvbnNlEh8KBGdwdXMYASADKAsyES5wZHBsYW5uZXIudjEuR3B1EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKeAQoSQ3JlYXRlTW9kZWxSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEAoIbW9kZWxfaWQYAiABKAkSFQoLY29uZmlnX2pzb24YAyABKAlIABIpCgZjb25maWcYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAASDwoHYWxpYXNlcxgFIAMoCUIPCg1jb25maWdfc291cmNlIjkKE0NyZWF0ZU1vZGVsUmVzcG9uc2USIgoFbW9kZWwYASABKAsyEy5wZHBsYW5uZXIudjEuTW9kZWwiVgoQQ3JlYXRlR3B1UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg4KBmdwdV9pZBgCIAEoCRIeCgNncHUYAyABKAsyES5wZHBsYW5uZXIudjEuR3B1IjMKEUNyZWF0ZUdwdVJlc3BvbnNlEh4KA2dwdRgBIAEoCzIRLnBkcGxhbm5lci52MS5HcHUiIgoSRGVsZXRlTW9kZWxSZXF1ZXN0EgwKBG5hbWUYASABKAkiFQoTRGVsZXRlTW9kZWxSZXNwb25zZSIgChBEZWxldGVHcHVSZXF1ZXN0EgwKBG5hbWUYASABKAkiEwoRRGVsZXRlR3B1UmVzcG9uc2UqXwoNQXR0ZW50aW9uS2luZBIeChpBVFRFTlRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkFUVEVOVElPTl9LSU5EX0dRQRABEhYKEkFUVEVOVElPTl9LSU5EX01MQRACQi9aLXBkcGxhbm5lci9jbGllbnRzL2dvL3BkcGxhbm5lci92MTtwZHBsYW5uZXJ2MWIGcHJvdG8z", [file_google_protobuf_struct]);
 
 /**
  * Model is a decoder-only transformer architecture, as the performance model sees it.
@@ -564,6 +564,78 @@ export type CreateGpuResponse = Message<"pdplanner.v1.CreateGpuResponse"> & {
  */
 export const CreateGpuResponseSchema: GenMessage<CreateGpuResponse> = /*@__PURE__*/
   messageDesc(file_pdplanner_v1_catalog, 10);
+
+/**
+ * DeleteModelRequest deletes one custom model. Built-in models cannot be deleted.
+ *
+ * @generated from message pdplanner.v1.DeleteModelRequest
+ */
+export type DeleteModelRequest = Message<"pdplanner.v1.DeleteModelRequest"> & {
+  /**
+   * Resource name of the custom model, "models/{model}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message pdplanner.v1.DeleteModelRequest.
+ * Use `create(DeleteModelRequestSchema)` to create a new message.
+ */
+export const DeleteModelRequestSchema: GenMessage<DeleteModelRequest> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_catalog, 11);
+
+/**
+ * DeleteModelResponse is empty: the model is gone.
+ *
+ * @generated from message pdplanner.v1.DeleteModelResponse
+ */
+export type DeleteModelResponse = Message<"pdplanner.v1.DeleteModelResponse"> & {
+};
+
+/**
+ * Describes the message pdplanner.v1.DeleteModelResponse.
+ * Use `create(DeleteModelResponseSchema)` to create a new message.
+ */
+export const DeleteModelResponseSchema: GenMessage<DeleteModelResponse> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_catalog, 12);
+
+/**
+ * DeleteGpuRequest deletes one custom GPU type. Built-in GPUs cannot be deleted.
+ *
+ * @generated from message pdplanner.v1.DeleteGpuRequest
+ */
+export type DeleteGpuRequest = Message<"pdplanner.v1.DeleteGpuRequest"> & {
+  /**
+   * Resource name of the custom GPU, "gpus/{gpu}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message pdplanner.v1.DeleteGpuRequest.
+ * Use `create(DeleteGpuRequestSchema)` to create a new message.
+ */
+export const DeleteGpuRequestSchema: GenMessage<DeleteGpuRequest> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_catalog, 13);
+
+/**
+ * DeleteGpuResponse is empty: the GPU is gone.
+ *
+ * @generated from message pdplanner.v1.DeleteGpuResponse
+ */
+export type DeleteGpuResponse = Message<"pdplanner.v1.DeleteGpuResponse"> & {
+};
+
+/**
+ * Describes the message pdplanner.v1.DeleteGpuResponse.
+ * Use `create(DeleteGpuResponseSchema)` to create a new message.
+ */
+export const DeleteGpuResponseSchema: GenMessage<DeleteGpuResponse> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_catalog, 14);
 
 /**
  * AttentionKind is the attention architecture of a model.

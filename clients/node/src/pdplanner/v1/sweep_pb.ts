@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/sweep.proto.
  */
 export const file_pdplanner_v1_sweep: GenFile = /*@__PURE__*/
-  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSKXAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zIooBChNTd2VlcFNjZW5hcmlvUmVzdWx0Eg0KBWluZGV4GAEgASgFEisKCHNjZW5hcmlvGAIgASgLMhkucGRwbGFubmVyLnYxLlBsYW5SZXF1ZXN0EigKBnJlc3VsdBgDIAEoCzIYLnBkcGxhbm5lci52MS5QbGFuUmVzdWx0Eg0KBWVycm9yGAQgASgJIiwKDVN3ZWVwUHJvZ3Jlc3MSDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBSLcAgoFU3dlZXASDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVxdWVzdBgDIAEoCzIaLnBkcGxhbm5lci52MS5Td2VlcFJlcXVlc3QSKAoFc3RhdGUYBCABKA4yGS5wZHBsYW5uZXIudjEuU3dlZXAuU3RhdGUSLQoIcHJvZ3Jlc3MYBSABKAsyGy5wZHBsYW5uZXIudjEuU3dlZXBQcm9ncmVzcxI0CglzY2VuYXJpb3MYBiADKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdCJYCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1JVTk5JTkcQARITCg9TVEFURV9TVUNDRUVERUQQAhIQCgxTVEFURV9GQUlMRUQQAyKmAQoNU3dlZXBSZXNwb25zZRIkCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEgAEi8KCHByb2dyZXNzGAIgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3NIABI1CghzY2VuYXJpbxgDIAEoCzIhLnBkcGxhbm5lci52MS5Td2VlcFNjZW5hcmlvUmVzdWx0SABCBwoFZXZlbnQiHwoPR2V0U3dlZXBSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoQR2V0U3dlZXBSZXNwb25zZRIiCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcCI6ChFMaXN0U3dlZXBzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJSChJMaXN0U3dlZXBzUmVzcG9uc2USIwoGc3dlZXBzGAEgAygLMhMucGRwbGFubmVyLnYxLlN3ZWVwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCUIvWi1wZHBsYW5uZXIvY2xpZW50cy9nby9wZHBsYW5uZXIvdjE7cGRwbGFubmVydjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
+  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSKXAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zIooBChNTd2VlcFNjZW5hcmlvUmVzdWx0Eg0KBWluZGV4GAEgASgFEisKCHNjZW5hcmlvGAIgASgLMhkucGRwbGFubmVyLnYxLlBsYW5SZXF1ZXN0EigKBnJlc3VsdBgDIAEoCzIYLnBkcGxhbm5lci52MS5QbGFuUmVzdWx0Eg0KBWVycm9yGAQgASgJIiwKDVN3ZWVwUHJvZ3Jlc3MSDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBSLcAgoFU3dlZXASDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVxdWVzdBgDIAEoCzIaLnBkcGxhbm5lci52MS5Td2VlcFJlcXVlc3QSKAoFc3RhdGUYBCABKA4yGS5wZHBsYW5uZXIudjEuU3dlZXAuU3RhdGUSLQoIcHJvZ3Jlc3MYBSABKAsyGy5wZHBsYW5uZXIudjEuU3dlZXBQcm9ncmVzcxI0CglzY2VuYXJpb3MYBiADKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdCJYCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1JVTk5JTkcQARITCg9TVEFURV9TVUNDRUVERUQQAhIQCgxTVEFURV9GQUlMRUQQAyKmAQoNU3dlZXBSZXNwb25zZRIkCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEgAEi8KCHByb2dyZXNzGAIgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3NIABI1CghzY2VuYXJpbxgDIAEoCzIhLnBkcGxhbm5lci52MS5Td2VlcFNjZW5hcmlvUmVzdWx0SABCBwoFZXZlbnQiRgoPR2V0U3dlZXBSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTwoQR2V0U3dlZXBSZXNwb25zZRIiCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoRTGlzdFN3ZWVwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoSTGlzdFN3ZWVwc1Jlc3BvbnNlEiMKBnN3ZWVwcxgBIAMoCzITLnBkcGxhbm5lci52MS5Td2VlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAlCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
 
 /**
  * SweepRequest asks for a grid of plans: every combination of models x gpu_types x traffic x
@@ -352,6 +352,20 @@ export type GetSweepRequest = Message<"pdplanner.v1.GetSweepRequest"> & {
    * @generated from field: string name = 1;
    */
   name: string;
+
+  /**
+   * Most scenarios to return. 0 means 100; larger values than 500 are treated as 500.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -362,17 +376,24 @@ export const GetSweepRequestSchema: GenMessage<GetSweepRequest> = /*@__PURE__*/
   messageDesc(file_pdplanner_v1_sweep, 5);
 
 /**
- * GetSweepResponse returns one stored sweep with all its finished scenarios.
+ * GetSweepResponse returns one stored sweep with one page of its finished scenarios.
  *
  * @generated from message pdplanner.v1.GetSweepResponse
  */
 export type GetSweepResponse = Message<"pdplanner.v1.GetSweepResponse"> & {
   /**
-   * The sweep asked for.
+   * The sweep asked for; its scenarios are this page's, in grid order.
    *
    * @generated from field: pdplanner.v1.Sweep sweep = 1;
    */
   sweep?: Sweep | undefined;
+
+  /**
+   * Token for the next page of scenarios; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
