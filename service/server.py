@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pdplanner.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 import planner
-from service import metrics, reflection, tracing
+from service import metrics, reflection, security, tracing
 from service.metrics import MetricsEndpoint
 from service.servicer import PlannerServicer
 from service.settings import ServerSettings
@@ -295,6 +295,17 @@ def start_server(
     none; ``service.metrics``); tracing is on when OTEL_* names an exporter (``service.tracing``).
     """
     settings = settings or ServerSettings.from_env(**overrides)
+    auth: list[grpc.ServerInterceptor] = []
+    if security.auth_enabled(settings):
+        tokens = security.load_tokens(settings)
+        if not tokens:
+            raise ValueError(
+                f"authentication is on (PDPLANNER_AUTH={settings.auth}, binding "
+                f"{settings.host}) but no token is configured: set PDPLANNER_AUTH_TOKENS_FILE "
+                "or PDPLANNER_AUTH_TOKENS, or PDPLANNER_AUTH=off"
+            )
+        auth.append(security.BearerAuth(tokens))
+    credentials = security.server_credentials(settings)
     url = resolve_database_url(settings.database_url)
     own_store = store is None
     plan_store = metrics.timed_store(SqlStore(url) if store is None else store)
@@ -310,7 +321,7 @@ def start_server(
             max_workers=settings.max_workers + settings.cheap_workers,
             thread_name_prefix="pdplanner-rpc",
         ),
-        interceptors=[CallLogInterceptor(), *observers, *interceptors],
+        interceptors=[CallLogInterceptor(), *observers, *auth, *interceptors],
         options=[
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
@@ -323,7 +334,10 @@ def start_server(
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from None
     if port == 0:

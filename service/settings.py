@@ -1,7 +1,7 @@
 """Server settings: defaults, then environment variables, then ``serve``'s arguments.
 
 PDPLANNER_DATABASE_URL        database (default sqlite:///./pdplanner.db; see storage.config)
-PDPLANNER_HOST                address to bind (default [::], every interface)
+PDPLANNER_HOST                address to bind (default 127.0.0.1: this machine only; [::] for all)
 PDPLANNER_MAX_WORKERS         threads running searches, Plan and Sweep (default 8); past them a
                               search fails at once with RESOURCE_EXHAUSTED
 PDPLANNER_CHEAP_WORKERS       more threads for every other call (health, Get/List, Estimate,
@@ -9,6 +9,12 @@ PDPLANNER_CHEAP_WORKERS       more threads for every other call (health, Get/Lis
 PDPLANNER_MAX_CONCURRENT_RPCS calls in progress before RESOURCE_EXHAUSTED (default 64)
 PDPLANNER_GRACE_S             seconds in-flight calls get to finish on shutdown (default 30)
 PDPLANNER_LOG_LEVEL           DEBUG, INFO (default), WARNING, ...
+PDPLANNER_AUTH                auto (default: on beyond loopback), on, off (service.security)
+PDPLANNER_AUTH_TOKENS_FILE    file of ROLE:TOKEN lines (roles admin, read)
+PDPLANNER_AUTH_TOKENS         ROLE:TOKEN entries separated by commas
+PDPLANNER_TLS_CERT_FILE       PEM certificate chain: serve TLS (with PDPLANNER_TLS_KEY_FILE)
+PDPLANNER_TLS_KEY_FILE        PEM private key of that certificate
+PDPLANNER_TLS_CLIENT_CA_FILE  PEM CA bundle: clients must show a certificate it signed (mTLS)
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ MIB = 1024 * 1024
 class ServerSettings:
     """Everything ``service.server`` needs to start; units are in the names."""
 
-    host: str = "[::]"
+    host: str = "127.0.0.1"
     port: int = 50051
     database_url: str | None = None  # None: PDPLANNER_DATABASE_URL, else ./pdplanner.db
     max_workers: int = 8  # searches (Plan, Sweep) running at once
@@ -42,6 +48,12 @@ class ServerSettings:
     log_level: str = "INFO"
     migrate: bool = True  # apply database migrations on start
     warmup: bool = True  # compile the planner's kernels before reporting SERVING
+    auth: str = "auto"  # auto: on when bound beyond loopback
+    auth_tokens_file: str | None = None
+    auth_tokens: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

@@ -90,8 +90,10 @@ def test_a_huge_sweep_grid_is_refused_from_its_axis_lengths(stub: Stub) -> None:
 
 
 def test_a_plan_with_ten_thousand_traffic_entries_is_invalid(stub: Stub) -> None:
-    traffic = [common_pb2.Workload(isl=100 + i, osl=10) for i in range(10_000)]
-    error = failure(lambda: stub.Plan(plan_request(traffic=traffic), timeout=30))
+    request = plan_request()
+    del request.traffic[:]
+    request.traffic.extend(common_pb2.Workload(isl=100 + i, osl=10) for i in range(10_000))
+    error = failure(lambda: stub.Plan(request, timeout=30))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith("traffic: must have at most 64 values")
 

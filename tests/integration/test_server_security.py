@@ -1,0 +1,225 @@
+"""Bearer tokens (two roles), TLS and mutual TLS, with certificates the test makes itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pdplanner.v1 import catalog_pb2, plan_pb2, planner_service_pb2_grpc
+
+from service import security
+from service.server import RunningServer, start_server
+from service.settings import ServerSettings
+
+Stub = planner_service_pb2_grpc.PlannerServiceStub
+ADMIN = secrets.token_hex(32)
+READER = secrets.token_hex(32)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'pdplanner.db'}"
+
+
+@pytest.fixture
+def authed(sqlite_url: str) -> Iterator[RunningServer]:
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=sqlite_url, auth="on",
+        auth_tokens=f"admin:{ADMIN},read:{READER}",
+    )  # fmt: skip
+    yield running
+    running.stop(0)
+
+
+def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()  # type: ignore[operator]
+    return raised.value.code()
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def test_tokens_and_roles(authed: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{authed.port}") as channel:
+        stub = Stub(channel)
+        listing = catalog_pb2.ListModelsRequest()
+        assert code_of(lambda: stub.ListModels(listing)) == grpc.StatusCode.UNAUTHENTICATED
+        wrong = bearer(secrets.token_hex(32))
+        assert code_of(lambda: stub.ListModels(listing, metadata=wrong)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert stub.ListModels(listing, metadata=bearer(READER)).models
+        delete = plan_pb2.DeletePlanRequest(name="plans/none")
+        assert code_of(lambda: stub.DeletePlan(delete, metadata=bearer(READER))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        create = catalog_pb2.CreateGpuRequest(gpu_id="x")
+        assert code_of(lambda: stub.CreateGpu(create, metadata=bearer(READER))) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        # the admin token passes; the call then fails on its own merits
+        assert code_of(lambda: stub.DeletePlan(delete, metadata=bearer(ADMIN))) == (
+            grpc.StatusCode.NOT_FOUND
+        )
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service="pdplanner.v1.PlannerService"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING  # open to balancers
+
+
+def test_auth_is_on_beyond_loopback_and_needs_tokens(sqlite_url: str) -> None:
+    assert security.auth_enabled(ServerSettings(host="[::]"))
+    assert security.auth_enabled(ServerSettings(host="0.0.0.0"))
+    assert not security.auth_enabled(ServerSettings(host="127.0.0.1"))
+    assert not security.auth_enabled(ServerSettings(host="[::1]"))
+    assert ServerSettings().host == "127.0.0.1"
+    with pytest.raises(ValueError, match="no token is configured"):
+        start_server(port=0, host="0.0.0.0", database_url=sqlite_url)
+
+
+def test_token_files_are_checked(tmp_path: Path) -> None:
+    good = tmp_path / "tokens"
+    good.write_text(f"# operators\nadmin:{ADMIN}\n\nread:{READER}\n")
+    tokens = security.load_tokens(ServerSettings(auth_tokens_file=str(good)))
+    assert [t.role for t in tokens] == ["admin", "read"]
+    assert ADMIN not in repr(tokens)
+    for bad, says in ((f"root:{ADMIN}", "entry 1"), ("admin:short", "at least 32"),
+                      (ADMIN, "ROLE:TOKEN")):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            security.parse_tokens(bad, "PDPLANNER_AUTH_TOKENS")
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+Issuer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
+
+
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: Issuer | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    issuer_name, issuer_key = issuer or (_name(subject), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as files."""
+    out = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("pdplanner test CA", ca_key, None, ca=True)
+    issuer = (ca.subject, ca_key)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    files = {
+        "ca": _pem(ca),
+        "server_cert": _pem(_certificate("localhost", server_key, issuer, server=True)),
+        "server_key": _key_pem(server_key),
+        "client_cert": _pem(_certificate("a client", client_key, issuer)),
+        "client_key": _key_pem(client_key),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = out / f"{name}.pem"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def _list_models(channel: grpc.Channel) -> int:
+    return len(Stub(channel).ListModels(catalog_pb2.ListModelsRequest(), timeout=10).models)
+
+
+def test_tls_serves_encrypted_calls_only(sqlite_url: str, pki: dict[str, Path]) -> None:
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=sqlite_url,
+        tls_cert_file=str(pki["server_cert"]), tls_key_file=str(pki["server_key"]),
+    )  # fmt: skip
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=pki["ca"].read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", creds) as channel:
+            assert _list_models(channel) > 0
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as plain:
+            assert code_of(lambda: _list_models(plain)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(0)
+
+
+def test_mutual_tls_needs_a_client_certificate(sqlite_url: str, pki: dict[str, Path]) -> None:
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=sqlite_url,
+        tls_cert_file=str(pki["server_cert"]), tls_key_file=str(pki["server_key"]),
+        tls_client_ca_file=str(pki["ca"]),
+    )  # fmt: skip
+    try:
+        ca = pki["ca"].read_bytes()
+        anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
+        with grpc.secure_channel(f"localhost:{running.port}", anonymous) as channel:
+            assert code_of(lambda: _list_models(channel)) == grpc.StatusCode.UNAVAILABLE
+        known = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=pki["client_key"].read_bytes(),
+            certificate_chain=pki["client_cert"].read_bytes(),
+        )
+        with grpc.secure_channel(f"localhost:{running.port}", known) as channel:
+            assert _list_models(channel) > 0
+    finally:
+        running.stop(0)
+
+
+def test_tls_settings_name_the_missing_file(sqlite_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="both"):
+        security.server_credentials(ServerSettings(tls_cert_file="x.pem"))
+    with pytest.raises(ValueError, match="PDPLANNER_TLS_CERT_FILE: cannot read"):
+        security.server_credentials(
+            ServerSettings(tls_cert_file=str(tmp_path / "no.pem"), tls_key_file="k.pem")
+        )
