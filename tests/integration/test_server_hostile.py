@@ -74,7 +74,7 @@ def test_hostile_model_configs_are_invalid_and_store_nothing(
     assert_invalid(create_model(stub, config={**CONFIG, "hidden_size": "wide"}),
                    "config.hidden_size")  # fmt: skip
     too_big = json.dumps({**CONFIG, "vocab_size": 2**31})
-    assert_invalid(create_model(stub, config_json=too_big), "config.vocab_size")
+    assert_invalid(create_model(stub, config_json=too_big), "config_json.vocab_size")
     assert_invalid(create_model(stub, config={**CONFIG, "num_hidden_layers": 1e300}),
                    "config.num_hidden_layers")  # fmt: skip
     assert count_rows("custom_models") == 0
