@@ -242,6 +242,31 @@ class RunningServer:
     tracer_provider: Any = None  # OpenTelemetry provider, when an exporter is configured
     _stopped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _probe_stop: threading.Event = field(default_factory=threading.Event)
+
+    def probe_store(self) -> None:
+        """Every ``store_probe_interval_s``, ask the store one small question; report
+        pdplanner.v1.PlannerService NOT_SERVING while it does not answer, SERVING once it does."""
+        serving = True
+        while not self._probe_stop.wait(self.settings.store_probe_interval_s):
+            try:
+                self.store.custom_entries_version()
+                ok = True
+            except Exception as exc:  # UnavailableError, or anything the driver raises
+                ok = False
+                if serving:
+                    log.warning("store unreachable: %s", exc,
+                                extra={"fields": {"event": "store_unreachable"}})  # fmt: skip
+            if ok != serving and not self._probe_stop.is_set():
+                serving = ok
+                self.health.set(
+                    SERVICE_NAME,
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
+                if ok:
+                    log.info("store reachable again", extra={"fields": {"event": "store_back"}})
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.server, self.port, self.stop))
@@ -251,6 +276,7 @@ class RunningServer:
             if self._stopped:
                 return
             self._stopped = True
+        self._probe_stop.set()
         grace = self.settings.grace_s if grace_s is None else grace_s
         log.info("stopping", extra={"fields": {"event": "stopping", "grace_s": grace}})
         self.health.enter_graceful_shutdown()
@@ -361,6 +387,7 @@ def start_server(
         raise
     servicer.ready.set()
     _set_serving(health_servicer, True)
+    threading.Thread(target=running.probe_store, name="pdplanner-store-probe", daemon=True).start()
     log.info("serving", extra={"fields": {"event": "serving", "port": port}})
     return running
 

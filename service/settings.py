@@ -48,6 +48,9 @@ class ServerSettings:
     log_level: str = "INFO"
     migrate: bool = True  # apply database migrations on start
     warmup: bool = True  # compile the planner's kernels before reporting SERVING
+    #: How often the store is probed; while it does not answer, the health service reports
+    #: NOT_SERVING for pdplanner.v1.PlannerService (the server itself stays SERVING).
+    store_probe_interval_s: float = 5.0
     auth: str = "auto"  # auto: on when bound beyond loopback
     auth_tokens_file: str | None = None
     auth_tokens: str | None = None
@@ -62,6 +65,8 @@ class ServerSettings:
                      "max_receive_message_bytes", "max_send_message_bytes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.store_probe_interval_s <= 0:
+            raise ValueError("store_probe_interval_s must be positive")
         if self.grace_s < 0 or self.deadline_margin_s < 0:
             raise ValueError("grace_s and deadline_margin_s must not be negative")
 

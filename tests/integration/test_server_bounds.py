@@ -34,6 +34,8 @@ from rpc_requests import plan_request
 
 from planner import validate
 from service.server import RunningServer, start_server
+from storage.errors import UnavailableError
+from storage.repository import SqlStore
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,3 +227,63 @@ def _wait_until_serving(channel: grpc.Channel, child: subprocess.Popen[str]) -> 
             pass
         time.sleep(0.1)
     raise AssertionError("the server never reported SERVING")
+
+
+class _FlakyStore:
+    """A SqlStore whose database can be made unreachable (every call UnavailableError)."""
+
+    def __init__(self, url: str) -> None:
+        self.inner = SqlStore(url)
+        self.down = False
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name == "close":
+            return attr
+
+        def call(*args: object, **kwargs: object) -> object:
+            if self.down:
+                raise UnavailableError("database unavailable: connection to 10.9.9.9 refused")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_health_reports_the_planner_service_not_serving_while_the_store_is_down(
+    sqlite_url: str,
+) -> None:
+    from storage.migrate import upgrade
+
+    upgrade(sqlite_url)
+    store = _FlakyStore(sqlite_url)
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=sqlite_url, store=store,  # type: ignore[arg-type]
+        store_probe_interval_s=0.05,
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                request = health_pb2.HealthCheckRequest(service=service)
+                return int(health.Check(request, timeout=10).status)
+
+            def wait_for(service: str, wanted: int) -> None:
+                deadline = time.monotonic() + 20
+                while status(service) != wanted:
+                    assert time.monotonic() < deadline, f"{service or 'server'} never {wanted}"
+                    time.sleep(0.05)
+
+            serving = health_pb2.HealthCheckResponse.SERVING
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            assert status("pdplanner.v1.PlannerService") == serving
+            store.down = True
+            wait_for("pdplanner.v1.PlannerService", not_serving)
+            assert status("") == serving  # the process itself is fine
+            error = failure(lambda: Stub(channel).ListPlans(plan_pb2.ListPlansRequest()))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "10.9.9.9" not in error.details()
+            store.down = False
+            wait_for("pdplanner.v1.PlannerService", serving)
+    finally:
+        running.stop(0)
