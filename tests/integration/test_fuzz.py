@@ -27,9 +27,16 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pdplanner.v1 import catalog_pb2, common_pb2, estimate_pb2, plan_pb2, sweep_pb2
+from pdplanner.v1 import (
+    catalog_pb2,
+    common_pb2,
+    estimate_pb2,
+    plan_pb2,
+    scaling_pb2,
+    sweep_pb2,
+)
 
-from service import errors, handlers
+from service import errors, handlers, scaling_handlers
 from service.catalogs import CatalogCache
 from storage.migrate import upgrade
 from storage.repository import SqlStore
@@ -242,6 +249,11 @@ RPCS: list[tuple[str, Any, Callable[..., Any]]] = [
     ("CreateGpu", catalog_pb2.CreateGpuRequest, handlers.create_gpu),
     ("DeleteModel", catalog_pb2.DeleteModelRequest, handlers.delete_model),
     ("DeleteGpu", catalog_pb2.DeleteGpuRequest, handlers.delete_gpu),
+    ("PlanScaling", scaling_pb2.PlanScalingRequest, scaling_handlers.plan_scaling),
+    ("GetSchedule", scaling_pb2.GetScheduleRequest, scaling_handlers.get_schedule),
+    ("ListSchedules", scaling_pb2.ListSchedulesRequest, scaling_handlers.list_schedules),
+    ("DeleteSchedule", scaling_pb2.DeleteScheduleRequest, scaling_handlers.delete_schedule),
+    ("RateMatch", scaling_pb2.RateMatchRequest, scaling_handlers.rate_match),
 ]
 
 
