@@ -368,7 +368,13 @@ def _create_entry(
     try:
         stored = table.get_stored(store, entry_id)
     except NotFoundError:
-        entries = table.entries(catalogs.current())
+        current = catalogs.current()
+        if len(table.custom(current)) >= MAX_CUSTOM_ENTRIES:
+            raise errors.resource_exhausted(
+                f"the catalog holds {MAX_CUSTOM_ENTRIES} custom {table.collection}, the most "
+                "allowed; delete one first"
+            ) from None
+        entries = table.entries(current)
         for key in (entry_id, *aliases):
             if entries.find(key) is not None:
                 raise errors.already_exists(
@@ -533,6 +539,9 @@ def _check_config_values(value: Any, path: str, depth: int) -> None:
             _check_config_values(item, f"{path}[{i}]", depth + 1)
 
 
+#: The most custom models (and, apart, custom GPUs) the catalog holds: every call's catalog is
+#: built from them, so their number bounds the work of every call.
+MAX_CUSTOM_ENTRIES: Final = 256
 #: The most aliases one catalog entry may have (the built-in entries have up to 4).
 MAX_ALIASES: Final = 16
 

@@ -40,6 +40,7 @@ from pdplanner.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 import planner
 from service import metrics, reflection, security, tracing
+from service.limits import ClientLimits
 from service.metrics import MetricsEndpoint
 from service.servicer import PlannerServicer
 from service.settings import ServerSettings
@@ -347,7 +348,13 @@ def start_server(
             max_workers=settings.max_workers + settings.cheap_workers,
             thread_name_prefix="pdplanner-rpc",
         ),
-        interceptors=[CallLogInterceptor(), *observers, *auth, *interceptors],
+        interceptors=[
+            CallLogInterceptor(),
+            *observers,
+            *auth,
+            ClientLimits(settings.max_calls_per_client),
+            *interceptors,
+        ],
         options=[
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),

@@ -7,6 +7,7 @@ PDPLANNER_MAX_WORKERS         threads running searches, Plan and Sweep (default 
 PDPLANNER_CHEAP_WORKERS       more threads for every other call (health, Get/List, Estimate,
                               Create/Delete), which searches cannot take (default 4)
 PDPLANNER_MAX_CONCURRENT_RPCS calls in progress before RESOURCE_EXHAUSTED (default 64)
+PDPLANNER_MAX_CALLS_PER_CLIENT calls one client (token, else address) may have in progress (16)
 PDPLANNER_GRACE_S             seconds in-flight calls get to finish on shutdown (default 30)
 PDPLANNER_LOG_LEVEL           DEBUG, INFO (default), WARNING, ...
 PDPLANNER_AUTH                auto (default: on beyond loopback), on, off (service.security)
@@ -38,6 +39,8 @@ class ServerSettings:
     #: Threads beyond ``max_workers`` that searches cannot occupy: cheap calls always find one.
     cheap_workers: int = 4
     max_concurrent_rpcs: int = 64
+    #: Calls one client (token, else address) may have in progress (service.limits).
+    max_calls_per_client: int = 16
     #: Largest request accepted: a request is a few kB, a HF config.json a few tens of kB.
     max_receive_message_bytes: int = 4 * MIB
     #: Largest response sent: a page of plans with their Pareto frontiers.
@@ -61,7 +64,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_workers", "cheap_workers", "max_concurrent_rpcs",
+        for name in ("max_workers", "cheap_workers", "max_concurrent_rpcs", "max_calls_per_client",
                      "max_receive_message_bytes", "max_send_message_bytes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -287,3 +287,34 @@ def test_health_reports_the_planner_service_not_serving_while_the_store_is_down(
             wait_for("pdplanner.v1.PlannerService", serving)
     finally:
         running.stop(0)
+
+
+def test_one_client_cannot_take_every_call_slot(sqlite_url: str) -> None:
+    """Two runaway searches are all one client may have in progress; its third call is refused
+    at once, while another client (another token) is still served."""
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=sqlite_url, max_workers=3,
+        max_calls_per_client=2,
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = Stub(channel)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                searches = [
+                    pool.submit(stub.Plan, plan_request(**RUNAWAY), timeout=120) for _ in range(2)
+                ]
+                deadline = time.monotonic() + 30
+                while running.servicer.search_slots_free() > 1:
+                    assert time.monotonic() < deadline, "the searches never started"
+                    time.sleep(0.05)
+                listing = catalog_pb2.ListModelsRequest()
+                third = failure(lambda: stub.ListModels(listing, timeout=10))
+                assert third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "this client" in third.details()
+                other = [("authorization", "Bearer another-client")]
+                assert stub.ListModels(listing, metadata=other, timeout=10).models
+                running.stop(0)
+                for f in searches:
+                    assert f.exception(timeout=30) is not None
+    finally:
+        running.stop(0)

@@ -222,3 +222,24 @@ def test_get_sweep_pages_its_scenarios(server: RunningServer, stub: Stub) -> Non
     # a token is good for the sweep it was issued for only
     other = sweep_pb2.GetSweepRequest(name="sweeps/other", page_token=first_token)
     assert_invalid(failure(lambda: stub.GetSweep(other)), "page_token")
+
+
+def test_the_custom_catalog_is_capped(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import handlers
+    from service.catalogs import CatalogCache
+    from service.errors import RpcFailure
+
+    monkeypatch.setattr(handlers, "MAX_CUSTOM_ENTRIES", 2)
+    catalogs = CatalogCache(store)
+
+    def create(gpu_id: str) -> None:
+        request = catalog_pb2.CreateGpuRequest(gpu_id=gpu_id, gpu=GOOD_GPU)
+        handlers.create_gpu(request, store, catalogs, lambda: False)
+
+    create("cap-1")
+    create("cap-2")
+    with pytest.raises(RpcFailure) as refused:
+        create("cap-3")
+    assert refused.value.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    store.delete_custom_gpu("cap-1")
+    create("cap-3")  # room again
