@@ -156,7 +156,22 @@ def messages(
     for field in descriptor.fields:
         if draw(st.integers(0, one_in - 1)) != 0:
             continue
-        if field.is_repeated:
+        entry = field.message_type if field.type == FD.TYPE_MESSAGE else None
+        if entry is not None and entry.GetOptions().map_entry:  # map<K, V>
+            key_field, value_field = entry.fields_by_name["key"], entry.fields_by_name["value"]
+            pairs = draw(
+                st.lists(
+                    st.tuples(_field_value(key_field, depth), _field_value(value_field, depth)),
+                    max_size=6,
+                )
+            )
+            target = getattr(msg, field.name)
+            for key, value in pairs:
+                if value_field.type == FD.TYPE_MESSAGE:
+                    target[key].CopyFrom(value)
+                else:
+                    target[key] = value
+        elif field.is_repeated:
             values = draw(
                 st.lists(_field_value(field, depth), max_size=draw(st.sampled_from([3, 40])))
             )
