@@ -3,10 +3,10 @@
 Tokens come from a file (``PDPLANNER_AUTH_TOKENS_FILE``, one ``ROLE:TOKEN`` a line, ``#``
 comments) or a variable (``PDPLANNER_AUTH_TOKENS``, ``ROLE:TOKEN`` entries separated by commas).
 Roles: ``admin`` may call everything; ``read`` may call what changes nothing (Estimate,
-RateMatch, Get*, List*) and gets PERMISSION_DENIED for Plan, Sweep, PlanScaling, Create* and
-Delete*. A call without a token,
-or with one that matches none, is UNAUTHENTICATED. Tokens are compared in constant time (as
-SHA-256 digests with ``hmac.compare_digest``, against every configured token). The gRPC health
+RateMatch, ExportPlan, Get*, List*) and gets PERMISSION_DENIED for Plan, Sweep, PlanScaling,
+Create* and Delete*. A call without a token, or with one that matches none, is
+UNAUTHENTICATED. Tokens are compared in constant time (as SHA-256 digests with
+``hmac.compare_digest``, against every configured token). The gRPC health
 and reflection services stay open: load balancers and ``grpcurl`` need them.
 
 ``PDPLANNER_AUTH`` is ``auto`` (default: on when the server binds beyond the loopback
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 ROLES: Final = ("admin", "read")
 #: The methods a ``read`` token may call: those that change nothing.
 READ_METHODS: Final = frozenset(
-    {"Estimate", "GetPlan", "ListPlans", "GetSweep", "ListSweeps", "ListModels", "ListGpus",
-     "GetSchedule", "ListSchedules", "RateMatch"}
+    {"Estimate", "GetPlan", "ExportPlan", "ListPlans", "GetSweep", "ListSweeps", "ListModels",
+     "ListGpus", "GetSchedule", "ListSchedules", "RateMatch"}
 )  # fmt: skip
 #: Services open to every caller.
 OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.v1")

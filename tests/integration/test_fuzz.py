@@ -31,12 +31,13 @@ from pdplanner.v1 import (
     catalog_pb2,
     common_pb2,
     estimate_pb2,
+    export_pb2,
     plan_pb2,
     scaling_pb2,
     sweep_pb2,
 )
 
-from service import errors, handlers, scaling_handlers
+from service import errors, exports, handlers, scaling_handlers
 from service.catalogs import CatalogCache
 from storage.migrate import upgrade
 from storage.repository import SqlStore
@@ -269,6 +270,7 @@ RPCS: list[tuple[str, Any, Callable[..., Any]]] = [
     ("ListSchedules", scaling_pb2.ListSchedulesRequest, scaling_handlers.list_schedules),
     ("DeleteSchedule", scaling_pb2.DeleteScheduleRequest, scaling_handlers.delete_schedule),
     ("RateMatch", scaling_pb2.RateMatchRequest, scaling_handlers.rate_match),
+    ("ExportPlan", export_pb2.ExportPlanRequest, exports.export_plan_rpc),
 ]
 
 
