@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from planner.catalog import GpuCatalog, GpuSpec, ModelCatalog, ModelSpec
 from planner.catalog._catalog import is_file_name
-from planner.errors import InvalidInputError
+from planner.errors import InvalidFields, InvalidInputError
 from planner.sweep import ScenarioError, ScenarioOutcome, SweepGrid
 from planner.types import EstimateRequest, PhaseEstimate, PlanRequest, PlanResult, ServingEstimate
 from service import resources
@@ -206,6 +206,8 @@ class RemoteBackend:
             details = (exc.details() if isinstance(exc, grpc.Call) else None) or code.name
             if code == grpc.StatusCode.NOT_FOUND and (not violations or violations[0][0] == "name"):
                 raise CliError(violations[0][1] if violations else details, EXIT_FAILURE) from None
+            if len(violations) > 1:  # every bad field of the request
+                raise InvalidFields(violations) from None
             if violations:  # a bad field, or a model/GPU/engine name the catalog lacks
                 raise InvalidInputError(*violations[0]) from None
             if code == grpc.StatusCode.UNAVAILABLE:

@@ -142,11 +142,16 @@ def flag_for(
 def describe(exc: InvalidInputError, known: Collection[str], **kwargs: Any) -> str:
     """``--batch: must be at least 1``: the error with its field path named as the flag.
 
-    An error on no field in particular (an empty field path) is its reason alone.
+    An error on no field in particular (an empty field path) is its reason alone. When the
+    request had several invalid fields the first is described and the others are counted and
+    named: ``--batch: must be at least 1 (2 more: --tp, --isl)``.
     """
-    if not exc.field:
-        return exc.reason
-    return f"{flag_for(exc.field, known, **kwargs)}: {exc.reason}"
+    first = exc.reason if not exc.field else f"{flag_for(exc.field, known, **kwargs)}: {exc.reason}"
+    others = [field for field, _ in exc.violations[1:]]
+    if not others:
+        return first
+    names = ", ".join(flag_for(f, known, **kwargs) if f else "(request)" for f in others)
+    return f"{first} ({len(others)} more: {names})"
 
 
 def _engine_args(value: Any) -> tuple[tuple[str, str], ...]:

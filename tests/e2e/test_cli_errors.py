@@ -252,3 +252,10 @@ def test_the_installed_command_lists_models_as_json() -> None:
     proc = run_script("models", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "llama-3.1-70b" in proc.stdout
+
+
+@needs_estimate
+def test_several_invalid_values_show_the_first_and_name_the_others() -> None:
+    args = [*EST, *DECODE, "--isl", "-5", "--osl", "0"]
+    line = assert_one_line_error(args, "--isl: must be at least 1", "(1 more: --osl)")
+    print(line)
