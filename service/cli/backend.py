@@ -427,11 +427,11 @@ def _outcome(msg: Any) -> ScenarioOutcome:
     from service import convert
 
     request = convert.plan_request_from_proto(msg.scenario)
-    if msg.error:
-        # the API carries a scenario error as one "field: reason" string
-        field, sep, reason = msg.error.partition(": ")
-        error = ScenarioError(field, reason) if sep else ScenarioError("", msg.error)
+    if msg.errors:
+        error = ScenarioError.of([(e.field, e.reason) for e in msg.errors])
         return ScenarioOutcome(msg.index, request, None, error)
+    if msg.error:  # a server from before the structured errors: the text, on no field
+        return ScenarioOutcome(msg.index, request, None, ScenarioError("", msg.error))
     return ScenarioOutcome(msg.index, request, convert.plan_result_from_proto(msg.result), None)
 
 

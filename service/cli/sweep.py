@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from planner.errors import InvalidInputError
+from planner.errors import InvalidFields, InvalidInputError
 from planner.sweep import ScenarioOutcome, SweepGrid
 from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, SearchLimits, Slo
 from service.cli import app as cli
@@ -48,7 +48,7 @@ def outcome_row(outcome: ScenarioOutcome) -> dict[str, Any]:
         "gpus": req.gpus,
     }
     if outcome.error is not None:
-        error = InvalidInputError(outcome.error.field, outcome.error.reason)
+        error = InvalidFields(outcome.error.violations)
         row["error"] = inputs.describe(error, SWEEP_KEYS)
     elif outcome.result is not None:
         row["result"] = outcome.result.to_dict()

@@ -72,3 +72,32 @@ def test_a_catalog_name_never_reads_a_file(tmp_path: Path) -> None:
         default_models().get(str(path))
     with pytest.raises(UnknownEntryError):
         plan(PlanRequest(str(path), "h100-sxm", 8, (Workload(100, 10),), Slo(1000, 20)))
+
+
+def test_a_scenario_error_names_every_invalid_field_by_its_grid_path() -> None:
+    grid = dataclasses.replace(GRID, gpu_types=("h100-sxm",), slos=(Slo(-5.0, -1.0),))
+    [outcome] = run_sweep(grid)
+    assert outcome.error is not None
+    assert outcome.error.violations == (
+        ("slos[0].ttft_ms", "must be greater than 0, got -5"),
+        ("slos[0].tpot_ms", "must be greater than 0, got -1"),
+    )
+    assert outcome.error == ScenarioError.of(outcome.error.violations)
+    assert str(outcome.error) == (
+        "slos[0].ttft_ms: must be greater than 0, got -5; "
+        "slos[0].tpot_ms: must be greater than 0, got -1"
+    )
+
+
+def test_a_stored_scenario_error_keeps_its_fields_and_old_rows_stay_readable() -> None:
+    error = ScenarioError("slos[0].ttft_ms", "must be positive", (("gpus", "a: b; c"),))
+    text = serialize.scenario_error_to_text(error)
+    assert json.loads(text)["schema_version"] == serialize.SCHEMA_VERSION
+    assert serialize.scenario_error_from_text(text) == error
+    # rows written before the structured form hold one "field: reason" string
+    old = serialize.scenario_error_from_text("slos[1].tpot_ms: must be greater than 0, got -1")
+    assert old == ScenarioError("slos[1].tpot_ms", "must be greater than 0, got -1")
+    assert serialize.scenario_error_from_text("no field here") == ScenarioError("", "no field here")
+    for unreadable in ('{"schema_version": 1}', '{"schema_version": 9, "violations": []}', "{x"):
+        with pytest.raises(serialize.StoredFormatError):
+            serialize.scenario_error_from_text(unreadable)

@@ -130,10 +130,13 @@ class SweepScenarioResult(_message.Message):
     SCENARIO_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the scenario in the grid, from 0."""
     error: _builtins.str
-    """Why the scenario could not be planned ("field: reason"). Empty when result is set."""
+    """Why the scenario could not be planned, as one text ("field: reason", several joined by
+    "; "). Empty when result is set. Kept for older clients; errors holds the same, structured.
+    """
     @_builtins.property
     def scenario(self) -> _plan_pb2.PlanRequest:
         """The scenario, as the plan request that was searched."""
@@ -142,6 +145,12 @@ class SweepScenarioResult(_message.Message):
     def result(self) -> _plan_pb2.PlanResult:
         """The search result. Unset when the scenario failed."""
 
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScenarioFieldError]:
+        """Why the scenario could not be planned: every invalid field, in the order found. Empty when
+        result is set.
+        """
+
     def __init__(
         self,
         *,
@@ -149,14 +158,43 @@ class SweepScenarioResult(_message.Message):
         scenario: _plan_pb2.PlanRequest | None = ...,
         result: _plan_pb2.PlanResult | None = ...,
         error: _builtins.str = ...,
+        errors: _abc.Iterable[Global___ScenarioFieldError] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "scenario", b"scenario"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index", b"index", "result", b"result", "scenario", b"scenario"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "errors", b"errors", "index", b"index", "result", b"result", "scenario", b"scenario"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SweepScenarioResult: _TypeAlias = SweepScenarioResult  # noqa: Y015
+
+@_typing.final
+class ScenarioFieldError(_message.Message):
+    """ScenarioFieldError is one invalid field of a sweep scenario."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Path of the field in the SweepRequest ("slos[2].tpot_ms", "models[0]", "gpus"); empty
+    when the error concerns no field in particular.
+    """
+    reason: _builtins.str
+    """Why the field is invalid, for people."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScenarioFieldError: _TypeAlias = ScenarioFieldError  # noqa: Y015
 
 @_typing.final
 class SweepProgress(_message.Message):

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/sweep.proto.
  */
 export const file_pdplanner_v1_sweep: GenFile = /*@__PURE__*/
-  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSKXAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zIooBChNTd2VlcFNjZW5hcmlvUmVzdWx0Eg0KBWluZGV4GAEgASgFEisKCHNjZW5hcmlvGAIgASgLMhkucGRwbGFubmVyLnYxLlBsYW5SZXF1ZXN0EigKBnJlc3VsdBgDIAEoCzIYLnBkcGxhbm5lci52MS5QbGFuUmVzdWx0Eg0KBWVycm9yGAQgASgJIiwKDVN3ZWVwUHJvZ3Jlc3MSDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBSLcAgoFU3dlZXASDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVxdWVzdBgDIAEoCzIaLnBkcGxhbm5lci52MS5Td2VlcFJlcXVlc3QSKAoFc3RhdGUYBCABKA4yGS5wZHBsYW5uZXIudjEuU3dlZXAuU3RhdGUSLQoIcHJvZ3Jlc3MYBSABKAsyGy5wZHBsYW5uZXIudjEuU3dlZXBQcm9ncmVzcxI0CglzY2VuYXJpb3MYBiADKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdCJYCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1JVTk5JTkcQARITCg9TVEFURV9TVUNDRUVERUQQAhIQCgxTVEFURV9GQUlMRUQQAyKmAQoNU3dlZXBSZXNwb25zZRIkCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEgAEi8KCHByb2dyZXNzGAIgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3NIABI1CghzY2VuYXJpbxgDIAEoCzIhLnBkcGxhbm5lci52MS5Td2VlcFNjZW5hcmlvUmVzdWx0SABCBwoFZXZlbnQiHwoPR2V0U3dlZXBSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoQR2V0U3dlZXBSZXNwb25zZRIiCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcCI6ChFMaXN0U3dlZXBzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJSChJMaXN0U3dlZXBzUmVzcG9uc2USIwoGc3dlZXBzGAEgAygLMhMucGRwbGFubmVyLnYxLlN3ZWVwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCUIvWi1wZHBsYW5uZXIvY2xpZW50cy9nby9wZHBsYW5uZXIvdjE7cGRwbGFubmVydjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
+  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSKXAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zIrwBChNTd2VlcFNjZW5hcmlvUmVzdWx0Eg0KBWluZGV4GAEgASgFEisKCHNjZW5hcmlvGAIgASgLMhkucGRwbGFubmVyLnYxLlBsYW5SZXF1ZXN0EigKBnJlc3VsdBgDIAEoCzIYLnBkcGxhbm5lci52MS5QbGFuUmVzdWx0Eg0KBWVycm9yGAQgASgJEjAKBmVycm9ycxgFIAMoCzIgLnBkcGxhbm5lci52MS5TY2VuYXJpb0ZpZWxkRXJyb3IiMwoSU2NlbmFyaW9GaWVsZEVycm9yEg0KBWZpZWxkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIsCg1Td2VlcFByb2dyZXNzEgwKBGRvbmUYASABKAUSDQoFdG90YWwYAiABKAUi3AIKBVN3ZWVwEgwKBG5hbWUYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKB3JlcXVlc3QYAyABKAsyGi5wZHBsYW5uZXIudjEuU3dlZXBSZXF1ZXN0EigKBXN0YXRlGAQgASgOMhkucGRwbGFubmVyLnYxLlN3ZWVwLlN0YXRlEi0KCHByb2dyZXNzGAUgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3MSNAoJc2NlbmFyaW9zGAYgAygLMiEucGRwbGFubmVyLnYxLlN3ZWVwU2NlbmFyaW9SZXN1bHQiWAoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIRCg1TVEFURV9SVU5OSU5HEAESEwoPU1RBVEVfU1VDQ0VFREVEEAISEAoMU1RBVEVfRkFJTEVEEAMipgEKDVN3ZWVwUmVzcG9uc2USJAoFc3dlZXAYASABKAsyEy5wZHBsYW5uZXIudjEuU3dlZXBIABIvCghwcm9ncmVzcxgCIAEoCzIbLnBkcGxhbm5lci52MS5Td2VlcFByb2dyZXNzSAASNQoIc2NlbmFyaW8YAyABKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdEgAQgcKBWV2ZW50Ih8KD0dldFN3ZWVwUmVxdWVzdBIMCgRuYW1lGAEgASgJIjYKEEdldFN3ZWVwUmVzcG9uc2USIgoFc3dlZXAYASABKAsyEy5wZHBsYW5uZXIudjEuU3dlZXAiOgoRTGlzdFN3ZWVwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoSTGlzdFN3ZWVwc1Jlc3BvbnNlEiMKBnN3ZWVwcxgBIAMoCzITLnBkcGxhbm5lci52MS5Td2VlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAlCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
 
 /**
  * SweepRequest asks for a grid of plans: every combination of models x gpu_types x traffic x
@@ -154,11 +154,20 @@ export type SweepScenarioResult = Message<"pdplanner.v1.SweepScenarioResult"> & 
   result?: PlanResult | undefined;
 
   /**
-   * Why the scenario could not be planned ("field: reason"). Empty when result is set.
+   * Why the scenario could not be planned, as one text ("field: reason", several joined by
+   * "; "). Empty when result is set. Kept for older clients; errors holds the same, structured.
    *
    * @generated from field: string error = 4;
    */
   error: string;
+
+  /**
+   * Why the scenario could not be planned: every invalid field, in the order found. Empty when
+   * result is set.
+   *
+   * @generated from field: repeated pdplanner.v1.ScenarioFieldError errors = 5;
+   */
+  errors: ScenarioFieldError[];
 };
 
 /**
@@ -167,6 +176,35 @@ export type SweepScenarioResult = Message<"pdplanner.v1.SweepScenarioResult"> & 
  */
 export const SweepScenarioResultSchema: GenMessage<SweepScenarioResult> = /*@__PURE__*/
   messageDesc(file_pdplanner_v1_sweep, 1);
+
+/**
+ * ScenarioFieldError is one invalid field of a sweep scenario.
+ *
+ * @generated from message pdplanner.v1.ScenarioFieldError
+ */
+export type ScenarioFieldError = Message<"pdplanner.v1.ScenarioFieldError"> & {
+  /**
+   * Path of the field in the SweepRequest ("slos[2].tpot_ms", "models[0]", "gpus"); empty
+   * when the error concerns no field in particular.
+   *
+   * @generated from field: string field = 1;
+   */
+  field: string;
+
+  /**
+   * Why the field is invalid, for people.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message pdplanner.v1.ScenarioFieldError.
+ * Use `create(ScenarioFieldErrorSchema)` to create a new message.
+ */
+export const ScenarioFieldErrorSchema: GenMessage<ScenarioFieldError> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_sweep, 2);
 
 /**
  * SweepProgress counts the scenarios of a sweep finished so far.
@@ -194,7 +232,7 @@ export type SweepProgress = Message<"pdplanner.v1.SweepProgress"> & {
  * Use `create(SweepProgressSchema)` to create a new message.
  */
 export const SweepProgressSchema: GenMessage<SweepProgress> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 2);
+  messageDesc(file_pdplanner_v1_sweep, 3);
 
 /**
  * Sweep is a stored sweep: its request and the outcome of every scenario finished.
@@ -250,7 +288,7 @@ export type Sweep = Message<"pdplanner.v1.Sweep"> & {
  * Use `create(SweepSchema)` to create a new message.
  */
 export const SweepSchema: GenMessage<Sweep> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 3);
+  messageDesc(file_pdplanner_v1_sweep, 4);
 
 /**
  * State is where a sweep stands.
@@ -291,7 +329,7 @@ export enum Sweep_State {
  * Describes the enum pdplanner.v1.Sweep.State.
  */
 export const Sweep_StateSchema: GenEnum<Sweep_State> = /*@__PURE__*/
-  enumDesc(file_pdplanner_v1_sweep, 3, 0);
+  enumDesc(file_pdplanner_v1_sweep, 4, 0);
 
 /**
  * SweepResponse is one event of a Sweep stream. The stream opens with the sweep resource (state
@@ -338,7 +376,7 @@ export type SweepResponse = Message<"pdplanner.v1.SweepResponse"> & {
  * Use `create(SweepResponseSchema)` to create a new message.
  */
 export const SweepResponseSchema: GenMessage<SweepResponse> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 4);
+  messageDesc(file_pdplanner_v1_sweep, 5);
 
 /**
  * GetSweepRequest asks for one stored sweep.
@@ -359,7 +397,7 @@ export type GetSweepRequest = Message<"pdplanner.v1.GetSweepRequest"> & {
  * Use `create(GetSweepRequestSchema)` to create a new message.
  */
 export const GetSweepRequestSchema: GenMessage<GetSweepRequest> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 5);
+  messageDesc(file_pdplanner_v1_sweep, 6);
 
 /**
  * GetSweepResponse returns one stored sweep with all its finished scenarios.
@@ -380,7 +418,7 @@ export type GetSweepResponse = Message<"pdplanner.v1.GetSweepResponse"> & {
  * Use `create(GetSweepResponseSchema)` to create a new message.
  */
 export const GetSweepResponseSchema: GenMessage<GetSweepResponse> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 6);
+  messageDesc(file_pdplanner_v1_sweep, 7);
 
 /**
  * ListSweepsRequest asks for stored sweeps, newest first.
@@ -408,7 +446,7 @@ export type ListSweepsRequest = Message<"pdplanner.v1.ListSweepsRequest"> & {
  * Use `create(ListSweepsRequestSchema)` to create a new message.
  */
 export const ListSweepsRequestSchema: GenMessage<ListSweepsRequest> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 7);
+  messageDesc(file_pdplanner_v1_sweep, 8);
 
 /**
  * ListSweepsResponse returns one page of stored sweeps, without their scenarios (GetSweep has
@@ -437,5 +475,5 @@ export type ListSweepsResponse = Message<"pdplanner.v1.ListSweepsResponse"> & {
  * Use `create(ListSweepsResponseSchema)` to create a new message.
  */
 export const ListSweepsResponseSchema: GenMessage<ListSweepsResponse> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 8);
+  messageDesc(file_pdplanner_v1_sweep, 9);
 
