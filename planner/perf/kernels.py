@@ -274,7 +274,9 @@ def attention_block(
         gemm += gemm_ms(tokens, h, heads * vh, wb, peak, bw, cg)
     else:
         d = mv[M_HEAD_DIM]
-        kv_heads = math.ceil(mv[M_KV_HEADS] / tp)  # replicated when TP exceeds the KV heads
+        # replicated when TP exceeds the KV heads; a float, as every argument of attn_*_ms, so
+        # that they compile once (an int from math.ceil would add a second specialisation)
+        kv_heads = float(math.ceil(mv[M_KV_HEADS] / tp))
         gemm += gemm_ms(tokens, (heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
         if pf_seqs > 0.0:
             attn += (
