@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -46,14 +47,24 @@ def estimate(
         raise InvalidInputError(
             "phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)"
         )
-    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
+    ctx = PerfContext.build(
+        model, gpu, engine, req.precision.dtype, req.precision.kv_dtype, req.memory_fraction
+    )
+    result: PhaseEstimate | ServingEstimate
     if req.phase is not None:
-        return _phase(req, ctx, model)
-    if req.mode == "agg":
-        return _agg(req, ctx, model)
-    if req.mode == "disagg":
-        return _disagg(req, ctx, model, gpus)
-    raise InvalidInputError("mode", f"must be agg or disagg, got {req.mode!r}")
+        result = _phase(req, ctx, model)
+    elif req.mode == "agg":
+        result = _agg(req, ctx, model)
+    elif req.mode == "disagg":
+        result = _disagg(req, ctx, model, gpus)
+    else:
+        raise InvalidInputError("mode", f"must be agg or disagg, got {req.mode!r}")
+    bases = {gpu.model_basis}
+    for pool in (req.prefill, req.decode):
+        if req.mode == "disagg" and pool is not None and pool.gpu is not None:
+            bases.add(gpus.get(pool.gpu, "gpu").model_basis)
+    basis = "datasheet-scaled" if "datasheet-scaled" in bases else "calibrated"
+    return replace(result, model=model.summary(), gpu_basis=basis)
 
 
 def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEstimate:
@@ -158,14 +169,24 @@ def _disagg(
         ctx
         if p.gpu is None
         else PerfContext.build(
-            model, gpus.get(p.gpu, "prefill.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype
+            model,
+            gpus.get(p.gpu, "prefill.gpu"),
+            ctx.engine,
+            ctx.dtype,
+            ctx.kv_dtype,
+            req.memory_fraction,
         )
     )
     d_ctx = (
         ctx
         if d.gpu is None
         else PerfContext.build(
-            model, gpus.get(d.gpu, "decode.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype
+            model,
+            gpus.get(d.gpu, "decode.gpu"),
+            ctx.engine,
+            ctx.dtype,
+            ctx.kv_dtype,
+            req.memory_fraction,
         )
     )
     pm = prefill_worker(p_ctx, p.parallelism, p.batch, req.isl)

@@ -82,6 +82,9 @@ class EstimateRequest:
     chunk_tokens: int | None = None  # agg: chunked-prefill token budget (default: engine's)
     prefill: PoolSpec | None = None  # disagg
     decode: PoolSpec | None = None  # disagg
+    # the engine's memory fraction (vLLM gpu_memory_utilization, SGLang mem_fraction_static,
+    # TensorRT-LLM free_gpu_memory_fraction); None: the engine's default
+    memory_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class PhaseEstimate:
     tokens_per_s_per_gpu: float = 0.0  # prompt tokens (prefill) or output tokens (decode)
     kv_capacity_tokens: float = 0.0  # per attention-DP rank; negative: the weights do not fit
     max_batch: int = 0  # largest batch whose KV cache fits at this context (whole worker)
+    model: str = ""  # the model's name, total and active parameters, quantization
+    gpu_basis: str = ""  # "calibrated" (measured tables of this GPU) or "datasheet-scaled"
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -132,6 +137,8 @@ class ServingEstimate:
     kv_transfer_gb_per_s_per_gpu: float | None = None  # disagg: egress per prefill GPU
     kv_transfer_ms: float | None = None  # disagg: non-overlapped transfer charged to TTFT
     details: dict[str, Any] = field(default_factory=dict)
+    model: str = ""  # the model's name, total and active parameters, quantization
+    gpu_basis: str = ""  # "calibrated" (measured tables of this GPU) or "datasheet-scaled"
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -173,6 +180,7 @@ class PlanRequest:
     precision: Precision = Precision()
     engine: str = "vllm"
     limits: SearchLimits = SearchLimits()
+    memory_fraction: float | None = None  # the engine's memory fraction; None: its default
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,8 @@ class PlanResult:
     # with a target rate the budget does not serve: the fewest GPUs that would (searched up to
     # 16 times the budget), None when even that does not
     for_rate: Deployment | None = None
+    model: str = ""  # the model's name, total and active parameters, quantization
+    gpu_basis: str = ""  # "calibrated" or "datasheet-scaled" (GPUs without measured tables)
 
     def to_dict(self) -> dict[str, Any]:
         def dep(d: Deployment | None) -> dict[str, Any] | None:
@@ -268,4 +278,6 @@ class PlanResult:
             "explanation": self.explanation,
             "rate_served": self.rate_served,
             "for_rate": dep(self.for_rate),
+    model: str = ""  # the model's name, total and active parameters, quantization
+    gpu_basis: str = ""  # "calibrated" or "datasheet-scaled" (GPUs without measured tables)
         }

@@ -296,6 +296,14 @@ def estimate(
     dtype: DtypeOpt = None,
     kv_dtype: KvDtypeOpt = None,
     engine: EngineOpt = None,
+    memory_fraction: Annotated[
+        float | None,
+        typer.Option(
+            metavar="FRACTION",
+            help="The engine's memory fraction: vLLM gpu_memory_utilization, SGLang "
+            "mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction (default: the engine's).",
+        ),
+    ] = None,
     phase: Annotated[
         str | None,
         typer.Option(
@@ -417,7 +425,8 @@ def estimate(
     """Estimate one fixed configuration: a prefill or decode step, or an agg/disagg deployment."""
     fields: dict[str, Any] = {
         "model": model, "gpu": gpu, "isl": isl, "osl": osl, "dtype": dtype,
-        "kv_dtype": kv_dtype, "engine": engine, "phase": phase, "mode": mode, "tp": tp, "pp": pp,
+        "kv_dtype": kv_dtype, "engine": engine, "memory_fraction": memory_fraction,
+        "phase": phase, "mode": mode, "tp": tp, "pp": pp,
         "ep": ep, "attention_dp": attention_dp, "batch": batch, "context": context,
         "concurrency": concurrency, "chunk_tokens": chunk_tokens, "prefill_tp": prefill_tp,
         "prefill_pp": prefill_pp, "prefill_ep": prefill_ep,

@@ -110,7 +110,19 @@ def _kv_table(title: str, rows: Sequence[tuple[str, str | Text]]) -> Table:
 
 def estimate_view(result: PhaseEstimate | ServingEstimate, req: EstimateRequest) -> Group:
     """The text form of ``pdplanner estimate``: what was estimated, then the results table."""
-    return Group(Text(estimate_title(req), style="bold"), estimate_table(result))
+    return Group(
+        Text(estimate_title(req), style="bold"),
+        *([Text(basis_text(result.model, result.gpu_basis))] if result.model else []),
+        estimate_table(result),
+    )
+
+
+def basis_text(model: str, gpu_basis: str) -> str:
+    """``model: llama-4-maverick (400.7B total / 17.2B active); GPU figures: datasheet-scaled``."""
+    basis = gpu_basis
+    if gpu_basis == "datasheet-scaled":
+        basis += " (no measured tables for this GPU: H100 efficiencies scaled to its datasheet)"
+    return f"model: {model}; GPU figures: {basis}"
 
 
 def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> Table:
@@ -239,6 +251,8 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
             )
     if result.explanation:
         parts.append(Text(result.explanation))
+    if result.model:
+        parts.append(Text(basis_text(result.model, result.gpu_basis)))
     table = Table(title="best deployment per mode", title_justify="left")
     table.add_column("mode")
     table.add_column("pools")

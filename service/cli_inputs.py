@@ -43,7 +43,9 @@ PLAN_MODES: dict[str, tuple[Mode, ...]] = {
     "both": ("agg", "disagg"),
 }
 
-_COMMON_KEYS = ("model", "gpu", "isl", "osl", "dtype", "kv_dtype", "engine", "phase", "mode")
+_COMMON_KEYS = (
+    "model", "gpu", "isl", "osl", "dtype", "kv_dtype", "engine", "memory_fraction", "phase", "mode",
+)  # fmt: skip
 _PARALLEL_KEYS = ("tp", "pp", "ep", "attention_dp")
 _POOL_KEYS = (*_PARALLEL_KEYS, "workers", "batch")
 _PREFILL_KEYS = tuple(f"prefill_{k}" for k in _POOL_KEYS)
@@ -62,6 +64,7 @@ ESTIMATE_KEYS: tuple[str, ...] = (
 )
 
 _STRING_KEYS = frozenset(("model", "gpu", "dtype", "kv_dtype", "engine", "phase", "mode"))
+_FLOAT_KEYS = frozenset(("memory_fraction",))
 
 # Which keys each kind of estimate accepts beyond the common ones, and which it requires.
 _ACCEPTS: dict[str, frozenset[str]] = {
@@ -152,6 +155,10 @@ def _typed(key: str, value: Any) -> Any:
             raise InvalidInputError(key, f"must be a non-empty string, got {value!r}")
         return value.strip()
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in _FLOAT_KEYS:
+        if not is_number or not math.isfinite(value) or not 0.0 < value <= 1.0:
+            raise InvalidInputError(key, f"must be a fraction in (0, 1], got {value!r}")
+        return float(value)
     if not is_number or not math.isfinite(value) or int(value) != value:
         raise InvalidInputError(key, f"must be an integer, got {value!r}")
     return int(value)
@@ -210,6 +217,7 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
         "osl": values["osl"],
         "precision": precision,
         "engine": values.get("engine", "vllm"),
+        "memory_fraction": values.get("memory_fraction"),
     }
     if phase is not None:
         return EstimateRequest(

@@ -50,6 +50,7 @@ from planner.perf.params import (
     H_CUDA_GRAPHS,
     H_DECODE_ATTN_EFF,
     H_DOMAIN,
+    H_EXPERT_W_BYTES,
     H_HBM_BW,
     H_KV_BYTES,
     H_LINK_BW,
@@ -332,7 +333,7 @@ def ffn_ms(
         active_local = max(expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
         w = width / moe_tp
-        wb = hv[H_W_BYTES]
+        wb = hv[H_EXPERT_W_BYTES]  # routed experts as the checkpoint stores them
         out[B_GEMM] += grouped_gemm_ms(rows, active_local, 2.0 * w, h, wb, hv, cg)
         out[B_GEMM] += grouped_gemm_ms(rows, active_local, h, w, wb, hv, cg)
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)

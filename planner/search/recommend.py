@@ -127,11 +127,12 @@ def search(
     engine = load_engine(req.engine, "engine")
     _validate(req)
     stop = should_stop or (lambda: False)
-    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
+    p = req.precision
+    ctx = PerfContext.build(model, gpu, engine, p.dtype, p.kv_dtype, req.memory_fraction)
     dctx = (
         ctx
         if dgpu is gpu
-        else PerfContext.build(model, dgpu, engine, req.precision.dtype, req.precision.kv_dtype)
+        else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, req.memory_fraction)
     )
     s = _Search(req, model, ctx, dctx, stop)
     agg = s.run_agg_owned() if "agg" in req.limits.modes else _Side()
@@ -160,6 +161,10 @@ def search(
         explanation=s.explain(best, agg, disagg, speedup, for_rate),
         rate_served=(best is not None) if s.rate > 0 else None,
         for_rate=for_rate,
+        model=model.summary(),
+        gpu_basis="datasheet-scaled"
+        if gpu.datasheet_scaled or dgpu.datasheet_scaled
+        else "calibrated",
     )
     return result, {"agg": agg.meeting, "disagg": disagg.meeting}
 
