@@ -9,9 +9,10 @@
   KV cache    per token per stage: K and V for the GPU's share of KV heads (replicated once TP
               exceeds the KV-head count), or MLA's compressed latent (replicated on every TP
               rank), on full-attention layers, plus a sparse-attention indexer's fp8 keys.
-              Per sequence: windowed layers hold at most ``window`` tokens and linear-attention
-              layers a fixed state (bf16, sharded by TP); both are charged whole to every
-              sequence (an upper bound until a sequence is longer than the window).
+              Windowed layers hold at most ``window`` tokens per sequence: charged per token or
+              a full window per sequence, whichever is less (both are upper bounds; exact for
+              contexts within, resp. beyond, the window). Linear-attention layers hold a fixed
+              state per sequence (bf16, heads sharded by TP).
   workspace   what the engine reserves besides weights and KV: activations of its profiled
               forward pass (``profile_tokens``, or the step itself if larger), its sampler's
               logits workspace (``sampler_seqs`` x vocab x bytes per logit; whichever is larger),
@@ -156,12 +157,40 @@ def kv_bytes_per_token(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float) -> 
 
 
 @njit(cache=True, nogil=True)
+def window_bytes_per_token(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float) -> float:
+    """KV bytes one token occupies on the windowed layers of one GPU of its stage, as long as
+    its sequence is within the window (beyond it, a sequence holds ``window`` tokens there)."""
+    return mv[M_WINDOW_LAYERS] * _kv_per_layer(mv, hv, tp) * _stage_share(mv, pp)
+
+
+@njit(cache=True, nogil=True)
+def linear_state_bytes(mv: np.ndarray, tp: float, pp: float) -> float:
+    """Bytes one sequence's linear-attention state takes on one GPU of its stage (bf16, heads
+    sharded by TP), whatever the sequence's length."""
+    return mv[M_LINEAR_LAYERS] * mv[M_LINEAR_STATE] * STATE_BYTES / tp * _stage_share(mv, pp)
+
+
+@njit(cache=True, nogil=True)
 def seq_state_bytes(mv: np.ndarray, hv: np.ndarray, tp: float, pp: float) -> float:
-    """Bytes one sequence holds whatever its length, on one GPU of its stage: a full window on
-    windowed layers, the fixed state of linear-attention layers."""
-    window = mv[M_WINDOW_LAYERS] * mv[M_WINDOW] * _kv_per_layer(mv, hv, tp)
-    linear = mv[M_LINEAR_LAYERS] * mv[M_LINEAR_STATE] * STATE_BYTES / tp
-    return (window + linear) * _stage_share(mv, pp)
+    """The most one sequence holds beyond its growing KV: a full window on windowed layers and
+    the linear-attention state."""
+    return mv[M_WINDOW] * window_bytes_per_token(mv, hv, tp, pp) + linear_state_bytes(mv, tp, pp)
+
+
+@njit(cache=True, nogil=True)
+def cache_bytes(
+    mv: np.ndarray, hv: np.ndarray, tp: float, pp: float, tokens: float, seqs: float
+) -> float:
+    """Bytes ``seqs`` sequences holding ``tokens`` cached tokens take on one GPU: growing KV per
+    token, linear state per sequence, and on windowed layers the lesser of "every token" and
+    "a full window per sequence" (each is an upper bound)."""
+    window = min(
+        tokens * window_bytes_per_token(mv, hv, tp, pp),
+        seqs * mv[M_WINDOW] * window_bytes_per_token(mv, hv, tp, pp),
+    )
+    return (
+        tokens * kv_bytes_per_token(mv, hv, tp, pp) + seqs * linear_state_bytes(mv, tp, pp) + window
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -256,15 +285,20 @@ def kv_capacity_tokens(
     step_tokens: float,
     logits: float,
 ) -> float:
-    """Tokens the KV cache of one attention-DP rank holds beside ``logits`` sequences' fixed
-    state (negative: the weights, or the sequences' fixed state, do not fit)."""
-    free = kv_budget_bytes(mv, hv, tp, pp, ep, dp, step_tokens, logits) - logits * seq_state_bytes(
-        mv, hv, tp, pp
-    )
-    per_token = kv_bytes_per_token(mv, hv, tp, pp)
-    if per_token <= 0.0:
-        return NO_LIMIT if free >= 0.0 else -1.0
-    return free / per_token
+    """Tokens the KV cache of one attention-DP rank holds for ``logits`` sequences (negative:
+    the weights, or the sequences' fixed state, do not fit). The inverse of ``cache_bytes``:
+    windowed layers charged per token or per sequence, whichever holds more tokens."""
+    budget = kv_budget_bytes(mv, hv, tp, pp, ep, dp, step_tokens, logits)
+    free = budget - logits * linear_state_bytes(mv, tp, pp)
+    grow = kv_bytes_per_token(mv, hv, tp, pp)
+    win = window_bytes_per_token(mv, hv, tp, pp)
+    per_token = grow + win  # windowed layers charged per token
+    by_token = free / per_token if per_token > 0.0 else (NO_LIMIT if free >= 0.0 else -1.0)
+    if win <= 0.0:
+        return by_token
+    rest = free - logits * mv[M_WINDOW] * win  # windowed layers charged a full window per sequence
+    by_seq = rest / grow if grow > 0.0 else (NO_LIMIT if rest >= 0.0 else -1.0)
+    return max(by_token, by_seq)
 
 
 @njit(cache=True, nogil=True)
@@ -279,12 +313,10 @@ def memory_bytes_per_gpu(
     logits: float,
     cached_tokens: float,
 ) -> float:
-    """Bytes one GPU needs for this step with ``cached_tokens`` in its rank's KV cache and
-    ``logits`` sequences' fixed state."""
-    return (
-        resident_bytes(mv, hv, tp, pp, ep, dp, step_tokens, logits)
-        + cached_tokens * kv_bytes_per_token(mv, hv, tp, pp)
-        + logits * seq_state_bytes(mv, hv, tp, pp)
+    """Bytes one GPU needs for this step with ``cached_tokens`` of ``logits`` sequences in its
+    rank's KV cache."""
+    return resident_bytes(mv, hv, tp, pp, ep, dp, step_tokens, logits) + cache_bytes(
+        mv, hv, tp, pp, cached_tokens, logits
     )
 
 
@@ -300,8 +332,15 @@ class MemoryBreakdown:
     workspace_bytes: float  # activations or sampler, non-torch memory, communication buffers
     cuda_graph_bytes: float
     kv_budget_bytes: float  # what the rule leaves for the KV cache (negative: does not fit)
-    kv_bytes_per_token: float
-    seq_state_bytes: float  # per sequence, whatever its length
+    kv_bytes_per_token: float  # on the layers whose cache grows with the context
+    window_bytes_per_token: float  # on windowed layers, up to window tokens per sequence
+    window_tokens: float
+    linear_state_bytes: float  # per sequence, whatever its length
+
+    def cache_bytes(self, tokens: float, seqs: float) -> float:
+        """Bytes ``seqs`` sequences holding ``tokens`` tokens take (as ``cache_bytes``)."""
+        window = min(tokens, seqs * self.window_tokens) * self.window_bytes_per_token
+        return tokens * self.kv_bytes_per_token + seqs * self.linear_state_bytes + window
 
     def describe(self) -> str:
         gb = 1e9
@@ -336,5 +375,7 @@ def memory_breakdown(
         cuda_graph_bytes=float(hv[H_GRAPH_BYTES]),
         kv_budget_bytes=float(kv_budget_bytes(mv, hv, tp, pp, ep, dp, step_tokens, logits)),
         kv_bytes_per_token=float(kv_bytes_per_token(mv, hv, tp, pp)),
-        seq_state_bytes=float(seq_state_bytes(mv, hv, tp, pp)),
+        window_bytes_per_token=float(window_bytes_per_token(mv, hv, tp, pp)),
+        window_tokens=float(mv[M_WINDOW]),
+        linear_state_bytes=float(linear_state_bytes(mv, tp, pp)),
     )

@@ -79,7 +79,7 @@ def _fit_reason(
             f"does not fit {where}; use more GPUs per worker (tp/pp/ep), a smaller dtype or a "
             f"higher {b.fraction_flag}"
         )
-    need = needed_tokens * b.kv_bytes_per_token + seqs * b.seq_state_bytes
+    need = b.cache_bytes(needed_tokens, seqs)
     return (
         f"the KV cache cannot hold {what} ({needed_tokens:,.0f} tokens, {need / 1e9:.1f} GB per "
         f"attention-DP rank) {where}; lower the batch or add GPUs"
