@@ -405,10 +405,24 @@ def models_table(specs: Iterable[ModelSpec]) -> Table:
             str(s.num_layers),
             str(s.hidden_size),
             f"{s.num_heads}/{s.num_kv_heads}",
-            s.attention,
+            attention_text(s),
             experts,
         )
     return table
+
+
+def attention_text(s: ModelSpec) -> str:
+    """``gqa, window 128 on 18 layers``: the attention kind and its variants."""
+    parts: list[str] = [s.attention]
+    if s.num_window_layers:
+        parts.append(f"window {s.sliding_window} on {s.num_window_layers} layers")
+    if s.num_linear_layers:
+        parts.append(f"linear on {s.num_linear_layers} layers")
+    if s.index_topk:
+        parts.append(f"sparse top-{s.index_topk}")
+    if s.quantization:
+        parts.append(s.quantization)
+    return ", ".join(parts)
 
 
 def gpu_entry(spec: GpuSpec) -> dict[str, Any]:
@@ -424,13 +438,14 @@ def gpus_table(specs: Iterable[GpuSpec]) -> Table:
         "BF16 TFLOP/s",
         "FP8 TFLOP/s",
         "FP4 TFLOP/s",
-        "HBM GB",
+        "memory GB (reported)",
         "HBM TB/s",
         "NVLink GB/s",
         "NVLink domain",
         "scale-out GB/s",
     ):
         table.add_column(name, justify="right")
+    table.add_column("figures")
     for g in specs:
         rates = [
             num(g.flops_per_s(d) / 1e12, 0) if g.supports(d) else "-"
@@ -444,6 +459,7 @@ def gpus_table(specs: Iterable[GpuSpec]) -> Table:
             num(g.nvlink_bytes_per_s / 1e9, 0),
             str(g.nvlink_domain_size),
             num(g.scaleout_bytes_per_s / 1e9, 0),
+            g.model_basis,
         )
     return table
 

@@ -958,7 +958,27 @@ def model_to_proto(spec: ModelSpec, *, custom: bool) -> catalog_pb2.Model:
         v_head_dim=spec.v_head_dim,
         total_params=spec.total_params,
         active_params=spec.active_params,
+        **{k: getattr(spec, k) for k in _MODEL_VARIANT_FIELDS},
     )
+
+
+# ModelSpec fields carried one to one on the wire: attention variants and weight storage.
+_MODEL_VARIANT_FIELDS = (
+    "sliding_window",
+    "num_window_layers",
+    "attention_sinks",
+    "attn_output_gate",
+    "num_linear_layers",
+    "linear_layer_params",
+    "linear_state_elements",
+    "index_topk",
+    "index_head_dim",
+    "index_n_heads",
+    "index_params_per_layer",
+    "dense_weight_bytes",
+    "expert_weight_bytes",
+    "quantization",
+)
 
 
 def model_from_proto(msg: catalog_pb2.Model) -> ModelSpec:
@@ -988,6 +1008,7 @@ def model_from_proto(msg: catalog_pb2.Model) -> ModelSpec:
         qk_rope_head_dim=msg.qk_rope_head_dim,
         v_head_dim=msg.v_head_dim,
         aliases=tuple(msg.aliases),
+        **{k: getattr(msg, k) for k in _MODEL_VARIANT_FIELDS},
     )
 
 
@@ -1005,6 +1026,9 @@ def gpu_to_proto(spec: GpuSpec, *, custom: bool) -> catalog_pb2.Gpu:
         nvlink_domain_size=spec.nvlink_domain_size,
         scaleout_bytes_per_s=spec.scaleout_bytes_per_s,
         calibration=spec.calibration,
+        hbm_datasheet_bytes=spec.hbm_datasheet_bytes,
+        hbm_reported=spec.hbm_reported,
+        source=spec.source,
     )
 
 
@@ -1021,6 +1045,9 @@ def gpu_from_proto(msg: catalog_pb2.Gpu) -> GpuSpec:
         scaleout_bytes_per_s=msg.scaleout_bytes_per_s,
         calibration=msg.calibration or "h100-sxm",
         aliases=tuple(msg.aliases),
+        hbm_datasheet_bytes=msg.hbm_datasheet_bytes,
+        hbm_reported=msg.hbm_reported,
+        source=msg.source,
     )
 
 

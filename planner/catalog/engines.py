@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from planner.catalog._data import builtin_entries, normalise_name, optional, require
 from planner.errors import InvalidInputError, UnknownEntryError
@@ -70,13 +70,13 @@ def _engines() -> dict[str, EngineSpec]:
     return _ENGINES
 
 
-def _memory_keys(mem: object, f: str) -> dict[str, object]:
+def _memory_keys(mem: object, f: str) -> dict[str, Any]:
     if not isinstance(mem, dict):
         raise InvalidInputError(f, "is required: the engine's memory keys")
     rule = require(mem, "rule", str, f)
     if rule not in MEMORY_RULES:
         raise InvalidInputError(f"{f}.rule", f"must be one of {', '.join(MEMORY_RULES)}")
-    out: dict[str, object] = {
+    out: dict[str, Any] = {
         "memory_rule": rule,
         "memory_fraction": require(mem, "fraction", float, f),
         "memory_fraction_flag": require(mem, "fraction_flag", str, f),
@@ -87,7 +87,7 @@ def _memory_keys(mem: object, f: str) -> dict[str, object]:
         "comm_buffer_bytes": require(mem, "comm_buffer_bytes", float, f),
         "cuda_graph_bytes": require(mem, "cuda_graph_bytes", float, f),
     }
-    if not 0.0 < float(out["memory_fraction"]) <= 1.0:  # type: ignore[arg-type]
+    if not 0.0 < out["memory_fraction"] <= 1.0:
         raise InvalidInputError(f"{f}.fraction", "must be in (0, 1]")
     return out
 

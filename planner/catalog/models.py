@@ -79,6 +79,7 @@ class ModelSpec:
     linear_state_elements: int = 0  # recurrent + convolution state per sequence per layer
     index_topk: int = 0
     index_head_dim: int = 0
+    index_n_heads: int = 0
     index_params_per_layer: int = 0  # weights of one sparse-attention indexer
     # Checkpoint storage (bytes per element; 0: at the request's precision).
     dense_weight_bytes: float = 0.0
@@ -269,13 +270,15 @@ def _quantization(cfg: dict[str, Any], f: str) -> tuple[float, float, str]:
     if method == "fp8":
         return FP8_BYTES, FP8_BYTES, "FP8" + (" block-scaled" if q.get("weight_block_size") else "")
     if method in ("awq", "gptq"):
-        bits = int(q.get("bits", q.get("w_bit", 4)))
-        group = int(q.get("group_size", q.get("q_group_size", 128)) or 128)
+        fq = f"{f}.quantization_config"
+        bits = optional(q, "bits", int, optional(q, "w_bit", int, 4, fq), fq)
+        group = optional(q, "group_size", int, optional(q, "q_group_size", int, 128, fq), fq)
         if bits != 4:
             raise InvalidInputError(
                 f"{f}.quantization_config.bits", f"only 4 is modelled, got {bits}"
             )
-        b = 0.5 + 2.5 / max(group, 1)  # fp16 scale + 4-bit zero point per group
+        # fp16 scale + 4-bit zero point per group (group_size -1: one per output channel)
+        b = 0.5 + (2.5 / group if group > 0 else 0.0)
         return b, b, f"{method.upper()} int4"
     if method == "modelopt":
         algo = str(q.get("quant_algo", "")).upper()
@@ -289,13 +292,16 @@ def _quantization(cfg: dict[str, Any], f: str) -> tuple[float, float, str]:
         if not isinstance(groups, dict) or not groups:
             raise InvalidInputError(f"{f}.quantization_config.config_groups", "is required")
         grp = next(iter(groups.values()))
+        if not isinstance(grp, dict):
+            raise InvalidInputError(f"{f}.quantization_config.config_groups", "must hold mappings")
         w = grp.get("weights") or {}
-        bits = int(w.get("num_bits", 8))
+        fw = f"{f}.quantization_config.config_groups.weights"
+        bits = optional(w, "num_bits", int, 8, fw)
         targets = " ".join(str(t) for t in grp.get("targets") or [])
         experts_only = attention_kept or "expert" in targets
         if bits == 4:
-            group = int(w.get("group_size") or 128)
-            b = 0.5 + (1.0 if w.get("type") == "float" else 2.0) / group
+            group = optional(w, "group_size", int, 128, fw)
+            b = 0.5 + ((1.0 if w.get("type") == "float" else 2.0) / group if group > 0 else 0.0)
             name = "NVFP4" if w.get("type") == "float" else f"int4 (group {group})"
         elif bits == 8:
             b, name = FP8_BYTES, "FP8" if w.get("type") == "float" else "int8"
@@ -418,7 +424,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
     mla = cfg.get("kv_lora_rank") is not None
     index_topk = int(cfg.get("index_topk") or 0)
     index_dim = int(cfg.get("index_head_dim") or 0) if index_topk else 0
-    index_params = 0
+    index_params = n_idx = 0
     if index_topk:
         n_idx = require(cfg, "index_n_heads", int, f)
         q_src = int(cfg.get("q_lora_rank") or hidden)
@@ -458,6 +464,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
         linear_state_elements=linear_state,
         index_topk=index_topk,
         index_head_dim=index_dim,
+        index_n_heads=n_idx,
         index_params_per_layer=index_params,
         dense_weight_bytes=dense_bytes,
         expert_weight_bytes=expert_bytes if n_experts else 0.0,

@@ -27,7 +27,8 @@ M_EXPERTS, M_TOPK, M_MOE_FFN, M_SHARED, M_DENSE_LAYERS = 7, 8, 9, 10, 11
 M_MLA, M_Q_LORA, M_KV_LORA, M_NOPE, M_ROPE, M_V_HEAD, M_TIED = 12, 13, 14, 15, 16, 17, 18
 M_WINDOW, M_WINDOW_LAYERS, M_LINEAR_LAYERS, M_LINEAR_STATE, M_LINEAR_PARAMS = 19, 20, 21, 22, 23
 M_INDEX_TOPK, M_INDEX_DIM, M_INDEX_PARAMS, M_ATTN_GATE, M_SINKS = 24, 25, 26, 27, 28
-MODEL_SLOTS = 29
+M_INDEX_HEADS = 29
+MODEL_SLOTS = 30
 
 # hardware_vector slots (one GPU type, one precision, one engine)
 H_PEAK, H_PEAK_BF16, H_HBM_BW, H_LINK_BW, H_DOMAIN, H_SCALEOUT_BW = 0, 1, 2, 3, 4, 5
@@ -69,7 +70,7 @@ def model_vector(m: ModelSpec) -> np.ndarray:
     v[M_LINEAR_LAYERS], v[M_LINEAR_STATE] = m.num_linear_layers, m.linear_state_elements
     v[M_LINEAR_PARAMS] = m.linear_layer_params
     v[M_INDEX_TOPK], v[M_INDEX_DIM] = m.index_topk, m.index_head_dim
-    v[M_INDEX_PARAMS] = m.index_params_per_layer
+    v[M_INDEX_PARAMS], v[M_INDEX_HEADS] = m.index_params_per_layer, m.index_n_heads
     v[M_ATTN_GATE] = 1.0 if m.attn_output_gate else 0.0
     v[M_SINKS] = 1.0 if m.attention_sinks else 0.0
     return v

@@ -65,8 +65,7 @@ def test_parameter_counts_match_the_published_figures(name: str) -> None:
         got_active -= m.vocab_size * m.hidden_size
     print(
         f"{name}: total {m.total_params / 1e9:.2f} B (published {total / 1e9:g}), "
-        f"active {got_active / 1e9:.2f} B"
-        + (f" (published {active / 1e9:g})" if active else "")
+        f"active {got_active / 1e9:.2f} B" + (f" (published {active / 1e9:g})" if active else "")
     )
     assert m.total_params == pytest.approx(total, rel=rel)
     if active is None:
@@ -419,7 +418,10 @@ def test_a_custom_gpu_loads_from_a_yaml_file(tmp_path: Path) -> None:
     g = load_gpu(str(path))
     print(f"{path.name}: {g}")
     assert (
-        g.name == "my-accel" and g.hbm_bytes == 192e9 and g.supports("fp8") and not g.supports("fp4")
+        g.name == "my-accel"
+        and g.hbm_bytes == 192e9
+        and g.supports("fp8")
+        and not g.supports("fp4")
     )
     assert g.calibration == "h100-sxm"  # borrows the measured efficiency curves
     r = estimate(

@@ -252,6 +252,45 @@ def ref_dense_ffn(
     )
 
 
+def ref_indexer_ms(m: ModelSpec, hw: Hw, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx) -> float:
+    """Every query token scores every cached token (fp8 heads); each key is read once."""
+    pairs = pf_seqs * pf_new * (pf_past + pf_new / 2) + dc_seqs * dc_ctx
+    flops = 2 * pairs * m.index_n_heads * m.index_head_dim
+    nbytes = (pf_seqs * (pf_past + pf_new) + dc_seqs * dc_ctx) * (m.index_head_dim + 4)
+    return 1e3 * max(
+        flops / (hw.peak * K.ATTN_COMPUTE_EFFICIENCY),
+        nbytes / (hw.bw * hw.engine.decode_attention_efficiency),
+    )
+
+
+def ref_mixed_attention(
+    m: ModelSpec, hw: Hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx
+) -> tuple[float, float]:
+    """(gemm_ms, attention_ms) of the mean layer's token mixer: full layers over the context
+    (sparse attention: at most index_topk of it), windowed layers over at most the window,
+    linear layers as one-token attention per token; weighted by how many layers of each."""
+    n = m.num_layers
+    kinds = []
+    if m.num_full_attention_layers:
+        cap = m.index_topk if m.index_topk else math.inf
+        kinds.append(
+            (m.num_full_attention_layers, pf_seqs, pf_new, min(pf_past, cap), min(dc_ctx, cap))
+        )
+    if m.num_window_layers:
+        w = m.sliding_window
+        kinds.append((m.num_window_layers, pf_seqs, pf_new, min(pf_past, w), min(dc_ctx, w)))
+    if m.num_linear_layers:
+        kinds.append((m.num_linear_layers, pf_seqs * pf_new, 1.0, 0.0, 1.0))
+    gemm = attn = 0.0
+    for count, seqs, new, past, ctx in kinds:
+        g, a = ref_attention_block(m, hw, cal, tp, seqs, new, past, dc_seqs, ctx)
+        gemm += g * count / n
+        attn += a * count / n
+    if m.index_topk:
+        attn += ref_indexer_ms(m, hw, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
+    return gemm, attn
+
+
 def ref_layer_ms(
     m: ModelSpec,
     hw: Hw,
@@ -270,7 +309,7 @@ def ref_layer_ms(
     cg = cal.gemm
     h = m.hidden_size
     tokens = pf_seqs * pf_new + dc_seqs
-    gemm, attn = ref_attention_block(m, hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
+    gemm, attn = ref_mixed_attention(m, hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
     act = tokens * h * K.ACT_BYTES
     comm = ref_allreduce_ms(act, tp, hw)
     if moe:

@@ -58,9 +58,7 @@ VLLM_H100 = [
 def test_vllm_kv_cache_matches_what_vllm_logged(
     name: str, dtype: str, tp: int, fraction: float, weights_gib: float, kv_gib: float
 ) -> None:
-    model = (
-        model_from_hf_config(QWEN3_06B, name) if name == "qwen3-0.6b" else load_model(name)
-    )
+    model = model_from_hf_config(QWEN3_06B, name) if name == "qwen3-0.6b" else load_model(name)
     b = _breakdown(model, dtype, tp, fraction)
     w, kv = b.weights_bytes / GIB, b.kv_budget_bytes / GIB
     print(

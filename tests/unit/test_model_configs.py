@@ -121,10 +121,10 @@ def test_weight_bytes_follow_the_storage_format_not_the_math_dtype() -> None:
     """DeepSeek-V3.2's FP8 checkpoint takes the same memory whatever precision the math runs."""
     kwargs = dict(model="deepseek-v3.2", gpu="h200-sxm", isl=1024, osl=128, phase="decode")
     a = estimate(EstimateRequest(**kwargs, batch=1, parallelism=_tp(8)))
-    b = estimate(
-        EstimateRequest(**kwargs, batch=1, parallelism=_tp(8), precision=Precision("fp8"))
+    b = estimate(EstimateRequest(**kwargs, batch=1, parallelism=_tp(8), precision=Precision("fp8")))
+    print(
+        f"V3.2 TP8 on H200: bf16 math {a.memory_gb_per_gpu:.2f} GB, fp8 {b.memory_gb_per_gpu:.2f}"
     )
-    print(f"V3.2 TP8 on H200: bf16 math {a.memory_gb_per_gpu:.2f} GB, fp8 {b.memory_gb_per_gpu:.2f}")
     assert a.memory_gb_per_gpu == pytest.approx(b.memory_gb_per_gpu, rel=1e-9)
 
 
@@ -154,9 +154,7 @@ def _tp(n: int):
         ),
     ],
 )
-def test_unknown_architecture_keys_are_refused_by_name(
-    change: dict, field: str, says: str
-) -> None:
+def test_unknown_architecture_keys_are_refused_by_name(change: dict, field: str, says: str) -> None:
     cfg = {**fixture("gpt-oss-120b"), **change}
     with pytest.raises(InvalidInputError) as exc:
         model_from_hf_config(cfg, "x")
