@@ -209,6 +209,14 @@ EngineOpt = Annotated[
     str | None,
     typer.Option(metavar="vllm|sglang|trtllm", help="Serving engine profile (default: vllm)."),
 ]
+MemoryFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        metavar="FRACTION",
+        help="The engine's memory fraction: vLLM gpu_memory_utilization, SGLang "
+        "mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction (default: the engine's).",
+    ),
+]
 _REQ = "request"
 _PHASE = "--phase prefill|decode"
 _AGG = "--mode agg"
@@ -296,14 +304,7 @@ def estimate(
     dtype: DtypeOpt = None,
     kv_dtype: KvDtypeOpt = None,
     engine: EngineOpt = None,
-    memory_fraction: Annotated[
-        float | None,
-        typer.Option(
-            metavar="FRACTION",
-            help="The engine's memory fraction: vLLM gpu_memory_utilization, SGLang "
-            "mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction (default: the engine's).",
-        ),
-    ] = None,
+    memory_fraction: MemoryFractionOpt = None,
     phase: Annotated[
         str | None,
         typer.Option(
@@ -549,6 +550,7 @@ def plan(
     dtype: DtypeOpt = None,
     kv_dtype: KvDtypeOpt = None,
     engine: EngineOpt = None,
+    memory_fraction: MemoryFractionOpt = None,
     mode: Annotated[
         str,
         typer.Option(
@@ -599,6 +601,7 @@ def plan(
             min_tokens_per_user=min_tokens_per_user, dtype=dtype or "bf16",
             kv_dtype=kv_dtype or "bf16", engine=engine or "vllm", mode=mode, max_tp=max_tp,
             allow_pp=allow_pp, allow_ep=allow_ep, allow_attention_dp=allow_attention_dp,
+            memory_fraction=memory_fraction,
         )  # fmt: skip
         result, name = _run_plan(req, _remote(server))
     if plot is not None:

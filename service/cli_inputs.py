@@ -265,7 +265,7 @@ def parse_jsonl_line(line: str) -> EstimateRequest:
 PLAN_KEYS: tuple[str, ...] = (
     "model", "gpu", "decode_gpu", "gpus", "prefill_gpus", "decode_gpus", "isl", "osl", "mix",
     "rate", "prefix_hit", "ttft_ms", "tpot_ms", "percentile", "min_tokens_per_user", "dtype",
-    "kv_dtype", "engine", "mode", "max_tp", "plot",
+    "kv_dtype", "engine", "memory_fraction", "mode", "max_tp", "plot",
 )  # fmt: skip
 
 
@@ -389,6 +389,7 @@ def plan_request(
     allow_pp: bool = True,
     allow_ep: bool = True,
     allow_attention_dp: bool = True,
+    memory_fraction: float | None = None,
 ) -> PlanRequest:
     """Build a plan request from ``pdplanner plan``'s flags (traffic from ISL/OSL or a mix file)."""
     required = {"model": model, "gpu": gpu, "gpus": gpus, "ttft_ms": ttft_ms, "tpot_ms": tpot_ms}
@@ -406,6 +407,8 @@ def plan_request(
         traffic = (Workload(isl=isl, osl=osl),)
     if percentile not in PERCENTILES:
         raise InvalidInputError("percentile", f"must be p50, p90 or p99, got {percentile!r}")
+    if memory_fraction is not None:
+        _typed("memory_fraction", memory_fraction)
     limits = SearchLimits(
         max_tp=max_tp,
         allow_pp=allow_pp,
@@ -432,6 +435,7 @@ def plan_request(
         precision=Precision(dtype=dtype, kv_dtype=kv_dtype),
         engine=engine,
         limits=limits,
+        memory_fraction=memory_fraction,
     )
 
 

@@ -340,6 +340,7 @@ def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or "vllm",
         limits=limits_from_proto(msg.limits),
+        memory_fraction=_fraction(msg),
     )
 
 
@@ -360,6 +361,7 @@ def plan_request_to_proto(req: PlanRequest, request_id: str = "") -> plan_pb2.Pl
         precision=precision_to_proto(req.precision),
         engine=req.engine,
         limits=limits_to_proto(req.limits),
+        memory_fraction=req.memory_fraction,
     )
 
 
@@ -390,6 +392,7 @@ def plan_request_to_dict(req: PlanRequest) -> dict[str, Any]:
             "allow_attention_dp": req.limits.allow_attention_dp,
             "modes": list(req.limits.modes),
         },
+        "memory_fraction": req.memory_fraction,
     }
 
 
@@ -428,6 +431,7 @@ def plan_request_from_dict(d: Mapping[str, Any]) -> PlanRequest:
             allow_attention_dp=bool(limits.get("allow_attention_dp", True)),
             modes=tuple(limits.get("modes", SearchLimits().modes)),
         ),
+        memory_fraction=_opt_float(d.get("memory_fraction")),
     )
 
 
@@ -460,6 +464,13 @@ def pool_spec_to_proto(p: PoolSpec, path: str) -> estimate_pb2.PoolSpec:
     )
 
 
+def _fraction(msg: estimate_pb2.EstimateRequest | plan_pb2.PlanRequest) -> float | None:
+    """The optional memory_fraction of a request; the planner checks its range."""
+    if not msg.HasField("memory_fraction"):
+        return None
+    return _finite(msg.memory_fraction, "memory_fraction")
+
+
 def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRequest:
     """The planner's request; the planner checks which of phase/mode is set and what it needs."""
     _required_text(msg.model, "model")
@@ -480,6 +491,7 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         chunk_tokens=msg.chunk_tokens if msg.HasField("chunk_tokens") else None,
         prefill=pool_spec_from_proto(msg.prefill) if msg.HasField("prefill") else None,
         decode=pool_spec_from_proto(msg.decode) if msg.HasField("decode") else None,
+        memory_fraction=_fraction(msg),
     )
 
 
@@ -500,6 +512,7 @@ def estimate_request_to_proto(req: EstimateRequest) -> estimate_pb2.EstimateRequ
         chunk_tokens=_i32(req.chunk_tokens, "chunk_tokens"),
         prefill=pool_spec_to_proto(req.prefill, "prefill") if req.prefill is not None else None,
         decode=pool_spec_to_proto(req.decode, "decode") if req.decode is not None else None,
+        memory_fraction=req.memory_fraction,
     )
 
 
@@ -594,6 +607,8 @@ def plan_result_to_proto(r: PlanResult) -> plan_pb2.PlanResult:
         explanation=r.explanation,
         rate_served=r.rate_served,
         for_rate=dep(r.for_rate),
+        model=r.model,
+        gpu_basis=r.gpu_basis,
     )
 
 
@@ -621,6 +636,8 @@ def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
         explanation=msg.explanation,
         rate_served=msg.rate_served if msg.HasField("rate_served") else None,
         for_rate=dep("for_rate"),
+        model=msg.model,
+        gpu_basis=msg.gpu_basis,
     )
 
 
@@ -726,6 +743,8 @@ def estimate_to_proto(est: PhaseEstimate | ServingEstimate) -> estimate_pb2.Esti
                 tokens_per_s_per_gpu=est.tokens_per_s_per_gpu,
                 kv_capacity_tokens=est.kv_capacity_tokens,
                 max_batch=est.max_batch,
+                model=est.model,
+                gpu_basis=est.gpu_basis,
             )
         )
     return estimate_pb2.EstimateResponse(
@@ -745,6 +764,8 @@ def estimate_to_proto(est: PhaseEstimate | ServingEstimate) -> estimate_pb2.Esti
             kv_transfer_gb_per_s_per_gpu=est.kv_transfer_gb_per_s_per_gpu,
             kv_transfer_ms=est.kv_transfer_ms,
             details_json=json.dumps(est.details, allow_nan=False) if est.details else "",
+            model=est.model,
+            gpu_basis=est.gpu_basis,
         )
     )
 
@@ -770,6 +791,8 @@ def estimate_from_proto(msg: estimate_pb2.EstimateResponse) -> PhaseEstimate | S
             tokens_per_s_per_gpu=p.tokens_per_s_per_gpu,
             kv_capacity_tokens=p.kv_capacity_tokens,
             max_batch=p.max_batch,
+            model=p.model,
+            gpu_basis=p.gpu_basis,
         )
     if which == "serving_estimate":
         s = msg.serving_estimate
@@ -794,6 +817,8 @@ def estimate_from_proto(msg: estimate_pb2.EstimateResponse) -> PhaseEstimate | S
             ),
             kv_transfer_ms=s.kv_transfer_ms if s.HasField("kv_transfer_ms") else None,
             details=json.loads(s.details_json) if s.details_json else {},
+            model=s.model,
+            gpu_basis=s.gpu_basis,
         )
     raise InvalidInputError("estimate", "the response holds no estimate")
 
