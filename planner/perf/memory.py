@@ -343,13 +343,19 @@ class MemoryBreakdown:
         return tokens * self.kv_bytes_per_token + seqs * self.linear_state_bytes + window
 
     def describe(self) -> str:
+        """``weights 72.7 GB, workspace 5.3 GB, CUDA graphs 0.5 GB; KV cache -1.5 GB ...``."""
         gb = 1e9
+        rule = {
+            "total": "fraction x capacity - weights - workspace",
+            "total_static": "fraction x capacity - weights",
+            "free": "fraction x (capacity - weights - workspace - CUDA graphs)",
+        }[self.rule]
         return (
-            f"weights {self.weights_bytes / gb:.1f} GB + workspace "
-            f"{self.workspace_bytes / gb:.1f} GB + CUDA graphs {self.cuda_graph_bytes / gb:.1f} "
-            f"GB leave {max(self.kv_budget_bytes, 0.0) / gb:.1f} GB for KV "
-            f"({self.kv_bytes_per_token / 1e3:.1f} kB per token) at {self.fraction_flag} "
-            f"{self.fraction:g} of {self.capacity_bytes / gb:.1f} GB ({self.rule} rule)"
+            f"weights {self.weights_bytes / gb:.1f} GB, workspace {self.workspace_bytes / gb:.1f}"
+            f" GB, CUDA graphs {self.cuda_graph_bytes / gb:.1f} GB; KV cache "
+            f"{self.kv_budget_bytes / gb:.1f} GB ({self.kv_bytes_per_token / 1e3:.1f} kB per "
+            f"token) at {self.fraction_flag} {self.fraction:g} of {self.capacity_bytes / gb:.1f} "
+            f"GB ({rule})"
         )
 
 
