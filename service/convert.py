@@ -698,6 +698,8 @@ def plan_result_from_dict(d: Mapping[str, Any]) -> PlanResult:
         explanation=d.get("explanation", ""),
         rate_served=d.get("rate_served"),
         for_rate=dep("for_rate"),
+        model=d.get("model", ""),
+        gpu_basis=d.get("gpu_basis", ""),
     )
 
 
