@@ -97,7 +97,10 @@ class SearchLimits(_message.Message):
     ALLOW_ATTENTION_DP_FIELD_NUMBER: _builtins.int
     MODES_FIELD_NUMBER: _builtins.int
     max_tp: _builtins.int
-    """Largest tensor-parallel degree tried. Unset means the GPU's NVLink domain."""
+    """Largest tensor-parallel degree tried; a pipeline stage (tp x attention_dp GPUs) stays within
+    it too. Unset means the GPU's NVLink domain (8 on HGX H100/H200): TP all-reduces across the
+    scale-out network (about 50 GB/s per GPU against 450 GB/s of NVLink) would dominate a step.
+    """
     allow_pp: _builtins.bool
     """Whether to try pipeline parallelism. Unset means true."""
     allow_ep: _builtins.bool
@@ -180,7 +183,10 @@ class PlanRequest(_message.Message):
     decode_gpus: _builtins.int
     """Most GPUs the decode pool may use (disagg). Unset means no limit beyond gpus."""
     rate_per_s: _builtins.float
-    """Offered request rate, in requests per second, when known."""
+    """Offered request rate, in requests per second, when known. A constraint: the best
+    deployment serves it on the fewest GPUs; when the budget cannot, best is unset, reason says
+    so and for_rate names the fewest GPUs that would.
+    """
     prefix_hit: _builtins.float
     """Fraction of prompt tokens served from the prefix cache, in [0, 1)."""
     engine: _builtins.str
@@ -320,18 +326,26 @@ class Deployment(_message.Message):
     PREFILL_DECODE_GPU_RATIO_FIELD_NUMBER: _builtins.int
     KV_TRANSFER_GB_PER_S_PER_GPU_FIELD_NUMBER: _builtins.int
     BALANCED_GPU_RATIO_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_PER_S_PER_GPU_FIELD_NUMBER: _builtins.int
     mode: _common_pb2.Mode.ValueType
     """Aggregated or disaggregated."""
     ttft_ms: _builtins.float
-    """Predicted time to first token, in milliseconds."""
+    """Predicted time to first token at the SLO's percentile, in milliseconds, queueing included.
+    With a target rate, at that rate; otherwise at the deployment's capacity.
+    """
     tpot_ms: _builtins.float
-    """Predicted time per output token, in milliseconds."""
+    """Predicted time per output token at the SLO's percentile, in milliseconds: for a disagg
+    decode pool its step time (no prefill interference, the same at every percentile), for agg
+    the percentile of requests' TPOT in the aggregated simulation. 0 for prefill-only traffic.
+    """
     tokens_per_s_per_gpu: _builtins.float
     """Output tokens per second per GPU."""
     tokens_per_s_per_user: _builtins.float
     """Output tokens per second seen by one user."""
     requests_per_s: _builtins.float
-    """Requests completed per second."""
+    """Requests completed per second: the target rate when one is set and served, otherwise the
+    deployment's capacity.
+    """
     gpus: _builtins.int
     """GPUs used."""
     prefill_decode_gpu_ratio: _builtins.float
@@ -342,6 +356,10 @@ class Deployment(_message.Message):
     """Disagg: the prefill:decode GPU ratio that balances these two worker configurations exactly
     (the study's rate-matching ratio, alpha = R_gen / R_ctx in per-GPU rates), before rounding
     to whole workers.
+    """
+    prompt_tokens_per_s_per_gpu: _builtins.float
+    """Prompt tokens per second per GPU (requests_per_s x mean isl / gpus): the throughput of
+    prefill-only traffic (osl 1: embeddings, scoring), whose output is one token per request.
     """
     @_builtins.property
     def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pool]:
@@ -361,10 +379,11 @@ class Deployment(_message.Message):
         prefill_decode_gpu_ratio: _builtins.float | None = ...,
         kv_transfer_gb_per_s_per_gpu: _builtins.float | None = ...,
         balanced_gpu_ratio: _builtins.float | None = ...,
+        prompt_tokens_per_s_per_gpu: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio", "_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "balanced_gpu_ratio", b"balanced_gpu_ratio", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio", "_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "_prompt_tokens_per_s_per_gpu", b"_prompt_tokens_per_s_per_gpu", "balanced_gpu_ratio", b"balanced_gpu_ratio", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio", "prompt_tokens_per_s_per_gpu", b"prompt_tokens_per_s_per_gpu"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio", "_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "balanced_gpu_ratio", b"balanced_gpu_ratio", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "mode", b"mode", "pools", b"pools", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio", "requests_per_s", b"requests_per_s", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio", "_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio", "_prompt_tokens_per_s_per_gpu", b"_prompt_tokens_per_s_per_gpu", "balanced_gpu_ratio", b"balanced_gpu_ratio", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "mode", b"mode", "pools", b"pools", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio", "prompt_tokens_per_s_per_gpu", b"prompt_tokens_per_s_per_gpu", "requests_per_s", b"requests_per_s", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__balanced_gpu_ratio: _TypeAlias = _typing.Literal["balanced_gpu_ratio"]  # noqa: Y015
     _WhichOneofArgType__balanced_gpu_ratio: _TypeAlias = _typing.Literal["_balanced_gpu_ratio", b"_balanced_gpu_ratio"]  # noqa: Y015
@@ -372,12 +391,16 @@ class Deployment(_message.Message):
     _WhichOneofArgType__kv_transfer_gb_per_s_per_gpu: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu"]  # noqa: Y015
     _WhichOneofReturnType__prefill_decode_gpu_ratio: _TypeAlias = _typing.Literal["prefill_decode_gpu_ratio"]  # noqa: Y015
     _WhichOneofArgType__prefill_decode_gpu_ratio: _TypeAlias = _typing.Literal["_prefill_decode_gpu_ratio", b"_prefill_decode_gpu_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__prompt_tokens_per_s_per_gpu: _TypeAlias = _typing.Literal["prompt_tokens_per_s_per_gpu"]  # noqa: Y015
+    _WhichOneofArgType__prompt_tokens_per_s_per_gpu: _TypeAlias = _typing.Literal["_prompt_tokens_per_s_per_gpu", b"_prompt_tokens_per_s_per_gpu"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__balanced_gpu_ratio) -> _WhichOneofReturnType__balanced_gpu_ratio | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__kv_transfer_gb_per_s_per_gpu) -> _WhichOneofReturnType__kv_transfer_gb_per_s_per_gpu | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prefill_decode_gpu_ratio) -> _WhichOneofReturnType__prefill_decode_gpu_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt_tokens_per_s_per_gpu) -> _WhichOneofReturnType__prompt_tokens_per_s_per_gpu | None: ...
 
 Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
 
@@ -400,6 +423,8 @@ class PlanResult(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     CLOSEST_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
+    RATE_SERVED_FIELD_NUMBER: _builtins.int
+    FOR_RATE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_BASIS_FIELD_NUMBER: _builtins.int
     disagg_speedup: _builtins.float
@@ -411,7 +436,11 @@ class PlanResult(_message.Message):
     reason: _builtins.str
     """Why nothing met the SLO (the binding constraint). Empty when best is set."""
     explanation: _builtins.str
-    """Why the best deployment was chosen, in words."""
+    """Why the best deployment was chosen (or none was), what each figure is and what was
+    compared, in words.
+    """
+    rate_served: _builtins.bool
+    """With a target rate: whether the GPU budget serves it within the SLO. Unset without a rate."""
     model: _builtins.str
     """The model: name, total and active parameters, quantization."""
     gpu_basis: _builtins.str
@@ -440,6 +469,12 @@ class PlanResult(_message.Message):
     def closest(self) -> Global___Deployment:
         """The nearest miss when nothing met the SLO."""
 
+    @_builtins.property
+    def for_rate(self) -> Global___Deployment:
+        """With a target rate the budget does not serve: the deployment with the fewest GPUs that
+        would (searched up to 16 times the budget). Unset otherwise, or when even that does not.
+        """
+
     def __init__(
         self,
         *,
@@ -454,16 +489,23 @@ class PlanResult(_message.Message):
         reason: _builtins.str = ...,
         closest: Global___Deployment | None = ...,
         explanation: _builtins.str = ...,
+        rate_served: _builtins.bool | None = ...,
+        for_rate: Global___Deployment | None = ...,
         model: _builtins.str = ...,
         gpu_basis: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "disagg_speedup", b"disagg_speedup"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "disagg_speedup", b"disagg_speedup", "for_rate", b"for_rate", "rate_served", b"rate_served"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "design_points", b"design_points", "disagg_speedup", b"disagg_speedup", "elapsed_ms", b"elapsed_ms", "explanation", b"explanation", "gpu_basis", b"gpu_basis", "model", b"model", "pareto_agg", b"pareto_agg", "pareto_disagg", b"pareto_disagg", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "design_points", b"design_points", "disagg_speedup", b"disagg_speedup", "elapsed_ms", b"elapsed_ms", "explanation", b"explanation", "for_rate", b"for_rate", "gpu_basis", b"gpu_basis", "model", b"model", "pareto_agg", b"pareto_agg", "pareto_disagg", b"pareto_disagg", "rate_served", b"rate_served", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__disagg_speedup: _TypeAlias = _typing.Literal["disagg_speedup"]  # noqa: Y015
     _WhichOneofArgType__disagg_speedup: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup"]  # noqa: Y015
+    _WhichOneofReturnType__rate_served: _TypeAlias = _typing.Literal["rate_served"]  # noqa: Y015
+    _WhichOneofArgType__rate_served: _TypeAlias = _typing.Literal["_rate_served", b"_rate_served"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__disagg_speedup) -> _WhichOneofReturnType__disagg_speedup | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_served) -> _WhichOneofReturnType__rate_served | None: ...
 
 Global___PlanResult: _TypeAlias = PlanResult  # noqa: Y015
 

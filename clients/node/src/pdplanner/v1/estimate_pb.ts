@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/estimate.proto.
  */
 export const file_pdplanner_v1_estimate: GenFile = /*@__PURE__*/
-  fileDesc("ChtwZHBsYW5uZXIvdjEvZXN0aW1hdGUucHJvdG8SDHBkcGxhbm5lci52MSLgAwoPRXN0aW1hdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEgsKA2dwdRgCIAEoCRILCgNpc2wYAyABKAUSCwoDb3NsGAQgASgFEioKCXByZWNpc2lvbhgFIAEoCzIXLnBkcGxhbm5lci52MS5QcmVjaXNpb24SDgoGZW5naW5lGAYgASgJEiIKBXBoYXNlGAcgASgOMhMucGRwbGFubmVyLnYxLlBoYXNlEiAKBG1vZGUYCCABKA4yEi5wZHBsYW5uZXIudjEuTW9kZRIuCgtwYXJhbGxlbGlzbRgJIAEoCzIZLnBkcGxhbm5lci52MS5QYXJhbGxlbGlzbRISCgViYXRjaBgKIAEoBUgAiAEBEhQKB2NvbnRleHQYCyABKAVIAYgBARIYCgtjb25jdXJyZW5jeRgMIAEoBUgCiAEBEhkKDGNodW5rX3Rva2VucxgNIAEoBUgDiAEBEicKB3ByZWZpbGwYDiABKAsyFi5wZHBsYW5uZXIudjEuUG9vbFNwZWMSJgoGZGVjb2RlGA8gASgLMhYucGRwbGFubmVyLnYxLlBvb2xTcGVjQggKBl9iYXRjaEIKCghfY29udGV4dEIOCgxfY29uY3VycmVuY3lCDwoNX2NodW5rX3Rva2VucyKHAQoIUG9vbFNwZWMSLgoLcGFyYWxsZWxpc20YASABKAsyGS5wZHBsYW5uZXIudjEuUGFyYWxsZWxpc20SFAoHd29ya2VycxgCIAEoBUgAiAEBEhIKBWJhdGNoGAMgASgFSAGIAQESCwoDZ3B1GAQgASgJQgoKCF93b3JrZXJzQggKBl9iYXRjaCKQAQoQRXN0aW1hdGVSZXNwb25zZRI1Cg5waGFzZV9lc3RpbWF0ZRgBIAEoCzIbLnBkcGxhbm5lci52MS5QaGFzZUVzdGltYXRlSAASOQoQc2VydmluZ19lc3RpbWF0ZRgCIAEoCzIdLnBkcGxhbm5lci52MS5TZXJ2aW5nRXN0aW1hdGVIAEIKCghlc3RpbWF0ZSJXCg5MYXllckJyZWFrZG93bhIMCgRnZW1tGAEgASgBEhEKCWF0dGVudGlvbhgCIAEoARIVCg1jb21tdW5pY2F0aW9uGAMgASgBEg0KBW90aGVyGAQgASgBIowCCg1QaGFzZUVzdGltYXRlEiIKBXBoYXNlGAEgASgOMhMucGRwbGFubmVyLnYxLlBoYXNlEg8KB3N0ZXBfbXMYAiABKAESMgoMcGVyX2xheWVyX21zGAMgASgLMhwucGRwbGFubmVyLnYxLkxheWVyQnJlYWtkb3duEhkKEW1lbW9yeV9nYl9wZXJfZ3B1GAQgASgBEgwKBGZpdHMYBSABKAgSDgoGcmVhc29uGAYgASgJEgwKBGdwdXMYByABKAUSHAoUdG9rZW5zX3Blcl9zX3Blcl9ncHUYCCABKAESGgoSa3ZfY2FwYWNpdHlfdG9rZW5zGAkgASgBEhEKCW1heF9iYXRjaBgKIAEoAyLgAwoPU2VydmluZ0VzdGltYXRlEiAKBG1vZGUYASABKA4yEi5wZHBsYW5uZXIudjEuTW9kZRIPCgd0dGZ0X21zGAIgASgBEg8KB3Rwb3RfbXMYAyABKAESHAoUdG9rZW5zX3Blcl9zX3Blcl9ncHUYBCABKAESHQoVdG9rZW5zX3Blcl9zX3Blcl91c2VyGAUgASgBEhYKDnJlcXVlc3RzX3Blcl9zGAYgASgBEgwKBGdwdXMYByABKAUSGQoRbWVtb3J5X2diX3Blcl9ncHUYCCABKAESDAoEZml0cxgJIAEoCBIOCgZyZWFzb24YCiABKAkSGgoNcnVubmluZ19iYXRjaBgLIAEoAUgAiAEBEhMKBnF1ZXVlZBgMIAEoAUgBiAEBEikKHGt2X3RyYW5zZmVyX2diX3Blcl9zX3Blcl9ncHUYDSABKAFIAogBARIbCg5rdl90cmFuc2Zlcl9tcxgOIAEoAUgDiAEBEhQKDGRldGFpbHNfanNvbhgQIAEoCUIQCg5fcnVubmluZ19iYXRjaEIJCgdfcXVldWVkQh8KHV9rdl90cmFuc2Zlcl9nYl9wZXJfc19wZXJfZ3B1QhEKD19rdl90cmFuc2Zlcl9tc0oECA8QEFIHZGV0YWlsc0IvWi1wZHBsYW5uZXIvY2xpZW50cy9nby9wZHBsYW5uZXIvdjE7cGRwbGFubmVydjFiBnByb3RvMw", [file_pdplanner_v1_common]);
+  fileDesc("ChtwZHBsYW5uZXIvdjEvZXN0aW1hdGUucHJvdG8SDHBkcGxhbm5lci52MSKSBAoPRXN0aW1hdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEgsKA2dwdRgCIAEoCRILCgNpc2wYAyABKAUSCwoDb3NsGAQgASgFEioKCXByZWNpc2lvbhgFIAEoCzIXLnBkcGxhbm5lci52MS5QcmVjaXNpb24SDgoGZW5naW5lGAYgASgJEiIKBXBoYXNlGAcgASgOMhMucGRwbGFubmVyLnYxLlBoYXNlEiAKBG1vZGUYCCABKA4yEi5wZHBsYW5uZXIudjEuTW9kZRIuCgtwYXJhbGxlbGlzbRgJIAEoCzIZLnBkcGxhbm5lci52MS5QYXJhbGxlbGlzbRISCgViYXRjaBgKIAEoBUgAiAEBEhQKB2NvbnRleHQYCyABKAVIAYgBARIYCgtjb25jdXJyZW5jeRgMIAEoBUgCiAEBEhkKDGNodW5rX3Rva2VucxgNIAEoBUgDiAEBEicKB3ByZWZpbGwYDiABKAsyFi5wZHBsYW5uZXIudjEuUG9vbFNwZWMSJgoGZGVjb2RlGA8gASgLMhYucGRwbGFubmVyLnYxLlBvb2xTcGVjEhwKD21lbW9yeV9mcmFjdGlvbhgQIAEoAUgEiAEBQggKBl9iYXRjaEIKCghfY29udGV4dEIOCgxfY29uY3VycmVuY3lCDwoNX2NodW5rX3Rva2Vuc0ISChBfbWVtb3J5X2ZyYWN0aW9uIocBCghQb29sU3BlYxIuCgtwYXJhbGxlbGlzbRgBIAEoCzIZLnBkcGxhbm5lci52MS5QYXJhbGxlbGlzbRIUCgd3b3JrZXJzGAIgASgFSACIAQESEgoFYmF0Y2gYAyABKAVIAYgBARILCgNncHUYBCABKAlCCgoIX3dvcmtlcnNCCAoGX2JhdGNoIpABChBFc3RpbWF0ZVJlc3BvbnNlEjUKDnBoYXNlX2VzdGltYXRlGAEgASgLMhsucGRwbGFubmVyLnYxLlBoYXNlRXN0aW1hdGVIABI5ChBzZXJ2aW5nX2VzdGltYXRlGAIgASgLMh0ucGRwbGFubmVyLnYxLlNlcnZpbmdFc3RpbWF0ZUgAQgoKCGVzdGltYXRlIlcKDkxheWVyQnJlYWtkb3duEgwKBGdlbW0YASABKAESEQoJYXR0ZW50aW9uGAIgASgBEhUKDWNvbW11bmljYXRpb24YAyABKAESDQoFb3RoZXIYBCABKAEirgIKDVBoYXNlRXN0aW1hdGUSIgoFcGhhc2UYASABKA4yEy5wZHBsYW5uZXIudjEuUGhhc2USDwoHc3RlcF9tcxgCIAEoARIyCgxwZXJfbGF5ZXJfbXMYAyABKAsyHC5wZHBsYW5uZXIudjEuTGF5ZXJCcmVha2Rvd24SGQoRbWVtb3J5X2diX3Blcl9ncHUYBCABKAESDAoEZml0cxgFIAEoCBIOCgZyZWFzb24YBiABKAkSDAoEZ3B1cxgHIAEoBRIcChR0b2tlbnNfcGVyX3NfcGVyX2dwdRgIIAEoARIaChJrdl9jYXBhY2l0eV90b2tlbnMYCSABKAESEQoJbWF4X2JhdGNoGAogASgDEg0KBW1vZGVsGAsgASgJEhEKCWdwdV9iYXNpcxgMIAEoCSKCBAoPU2VydmluZ0VzdGltYXRlEiAKBG1vZGUYASABKA4yEi5wZHBsYW5uZXIudjEuTW9kZRIPCgd0dGZ0X21zGAIgASgBEg8KB3Rwb3RfbXMYAyABKAESHAoUdG9rZW5zX3Blcl9zX3Blcl9ncHUYBCABKAESHQoVdG9rZW5zX3Blcl9zX3Blcl91c2VyGAUgASgBEhYKDnJlcXVlc3RzX3Blcl9zGAYgASgBEgwKBGdwdXMYByABKAUSGQoRbWVtb3J5X2diX3Blcl9ncHUYCCABKAESDAoEZml0cxgJIAEoCBIOCgZyZWFzb24YCiABKAkSGgoNcnVubmluZ19iYXRjaBgLIAEoAUgAiAEBEhMKBnF1ZXVlZBgMIAEoAUgBiAEBEikKHGt2X3RyYW5zZmVyX2diX3Blcl9zX3Blcl9ncHUYDSABKAFIAogBARIbCg5rdl90cmFuc2Zlcl9tcxgOIAEoAUgDiAEBEhQKDGRldGFpbHNfanNvbhgQIAEoCRINCgVtb2RlbBgRIAEoCRIRCglncHVfYmFzaXMYEiABKAlCEAoOX3J1bm5pbmdfYmF0Y2hCCQoHX3F1ZXVlZEIfCh1fa3ZfdHJhbnNmZXJfZ2JfcGVyX3NfcGVyX2dwdUIRCg9fa3ZfdHJhbnNmZXJfbXNKBAgPEBBSB2RldGFpbHNCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_pdplanner_v1_common]);
 
 /**
  * EstimateRequest asks for the predicted performance of one fixed configuration: a single prefill
@@ -126,6 +126,14 @@ export type EstimateRequest = Message<"pdplanner.v1.EstimateRequest"> & {
    * @generated from field: pdplanner.v1.PoolSpec decode = 15;
    */
   decode?: PoolSpec | undefined;
+
+  /**
+   * The engine's memory fraction, in (0, 1]: vLLM gpu_memory_utilization, SGLang
+   * mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction. Unset means the engine's default.
+   *
+   * @generated from field: optional double memory_fraction = 16;
+   */
+  memoryFraction?: number | undefined;
 };
 
 /**
@@ -333,6 +341,21 @@ export type PhaseEstimate = Message<"pdplanner.v1.PhaseEstimate"> & {
    * @generated from field: int64 max_batch = 10;
    */
   maxBatch: bigint;
+
+  /**
+   * The model: name, total and active parameters, quantization.
+   *
+   * @generated from field: string model = 11;
+   */
+  model: string;
+
+  /**
+   * "calibrated" (measured kernel tables of this GPU) or "datasheet-scaled" (another GPU's
+   * efficiencies scaled to this one's datasheet peaks).
+   *
+   * @generated from field: string gpu_basis = 12;
+   */
+  gpuBasis: string;
 };
 
 /**
@@ -454,6 +477,20 @@ export type ServingEstimate = Message<"pdplanner.v1.ServingEstimate"> & {
    * @generated from field: string details_json = 16;
    */
   detailsJson: string;
+
+  /**
+   * The model: name, total and active parameters, quantization.
+   *
+   * @generated from field: string model = 17;
+   */
+  model: string;
+
+  /**
+   * "calibrated" or "datasheet-scaled" (see PhaseEstimate.gpu_basis).
+   *
+   * @generated from field: string gpu_basis = 18;
+   */
+  gpuBasis: string;
 };
 
 /**
