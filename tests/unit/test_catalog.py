@@ -41,15 +41,17 @@ PUBLISHED = {
     # Llama-4 cards: Scout 109B total (with its 1B vision encoder), Maverick 400B; 17B active
     "llama-4-scout": (109e9, 17e9, 0.02),
     "llama-4-maverick": (400e9, 17e9, 0.02),
-    # Qwen3-Next card: 80B total, "3B activated" (rounded down from 3.9B with embeddings)
-    "qwen3-next-80b-a3b": (80e9, 3.9e9, 0.02),
+    # Qwen3-Next card: 80B total, 3B activated, which leaves out embedding and LM head; "3B" is
+    # rounded (3.25B without them), hence 10% on the active count
+    "qwen3-next-80b-a3b": (80e9, 3e9, 0.1),
     # gpt-oss card: 116.83B / 20.91B total; active 5.13B / 3.61B, which leaves out the input
     # embedding (a look-up); checked below against active - vocab x hidden
     "gpt-oss-120b": (116.83e9, 5.13e9, 0.01),
     "gpt-oss-20b": (20.91e9, 3.61e9, 0.01),
 }
-# models whose published active count leaves out the input embedding
+# models whose published active count leaves out the input embedding, or both embeddings
 ACTIVE_WITHOUT_INPUT_EMBEDDING = {"gpt-oss-120b", "gpt-oss-20b"}
+ACTIVE_WITHOUT_EMBEDDINGS = {"qwen3-next-80b-a3b"}
 
 
 def test_every_built_in_model_has_a_published_size() -> None:
@@ -63,11 +65,13 @@ def test_parameter_counts_match_the_published_figures(name: str) -> None:
     got_active = m.active_params
     if name in ACTIVE_WITHOUT_INPUT_EMBEDDING:
         got_active -= m.vocab_size * m.hidden_size
+    if name in ACTIVE_WITHOUT_EMBEDDINGS:
+        got_active -= 2 * m.vocab_size * m.hidden_size
     print(
         f"{name}: total {m.total_params / 1e9:.2f} B (published {total / 1e9:g}), "
         f"active {got_active / 1e9:.2f} B" + (f" (published {active / 1e9:g})" if active else "")
     )
-    assert m.total_params == pytest.approx(total, rel=rel)
+    assert m.total_params == pytest.approx(total, rel=min(rel, 0.03))
     if active is None:
         assert m.active_params == m.total_params and not m.is_moe
     else:
