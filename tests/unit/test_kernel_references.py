@@ -38,7 +38,6 @@ from planner.perf import opkernels as ok
 from planner.perf.calibration import load_calibration
 from planner.perf.params import (
     H_EXPERT_W_BYTES,
-    H_W_BYTES,
     WEIGHT_STORAGE_BYTES,
     Layouts,
     PerfContext,
