@@ -278,6 +278,6 @@ class PlanResult:
             "explanation": self.explanation,
             "rate_served": self.rate_served,
             "for_rate": dep(self.for_rate),
-    model: str = ""  # the model's name, total and active parameters, quantization
-    gpu_basis: str = ""  # "calibrated" or "datasheet-scaled" (GPUs without measured tables)
+            "model": self.model,
+            "gpu_basis": self.gpu_basis,
         }
