@@ -7,11 +7,16 @@ Units are in the field names. Validation of requests lives in ``planner/validate
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 Phase = Literal["prefill", "decode"]
 Mode = Literal["agg", "disagg"]
 Percentile = Literal["p50", "p90", "p99"]
+
+#: The precision of weights, activations and KV cache when a request names none.
+DEFAULT_DTYPE: Final = "bf16"
+#: The serving engine profile when a request names none.
+DEFAULT_ENGINE: Final = "vllm"
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -49,8 +54,8 @@ class Workload:
 
 @dataclass(frozen=True)
 class Precision:
-    dtype: str = "bf16"  # weights and activations of the GEMMs: bf16, fp8, fp4
-    kv_dtype: str = "bf16"  # KV cache: bf16 or fp8
+    dtype: str = DEFAULT_DTYPE  # weights and activations of the GEMMs: bf16, fp8, fp4
+    kv_dtype: str = DEFAULT_DTYPE  # KV cache: bf16 or fp8
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class EstimateRequest:
     isl: int
     osl: int
     precision: Precision = Precision()
-    engine: str = "vllm"
+    engine: str = DEFAULT_ENGINE
     phase: Phase | None = None  # set for a single prefill or decode step
     mode: Mode | None = None  # set for a whole deployment
     parallelism: Parallelism = Parallelism()  # phase and agg
@@ -178,7 +183,7 @@ class PlanRequest:
     rate_per_s: float | None = None  # offered request rate, when known
     prefix_hit: float = 0.0  # fraction of prompt tokens served from the prefix cache
     precision: Precision = Precision()
-    engine: str = "vllm"
+    engine: str = DEFAULT_ENGINE
     limits: SearchLimits = SearchLimits()
     memory_fraction: float | None = None  # the engine's memory fraction; None: its default
 

@@ -1,6 +1,7 @@
 """How failures become gRPC statuses, with ``google.rpc`` error details (via grpcio-status).
 
-    planner InvalidInputError     INVALID_ARGUMENT   BadRequest: one field violation (path, reason)
+    planner InvalidInputError     INVALID_ARGUMENT   BadRequest: a field violation (path, reason)
+                                                     for each of its ``violations`` if it has them
     planner UnknownEntryError     NOT_FOUND          ResourceInfo (models/x), BadRequest (field)
     storage NotFoundError         NOT_FOUND          ResourceInfo (plans/x, sweeps/x)
     storage AlreadyExistsError    ALREADY_EXISTS     ResourceInfo
@@ -83,11 +84,11 @@ def _resource(kind: str, key: str, description: str) -> error_details_pb2.Resour
     )
 
 
-def invalid_argument(field: str, reason: str) -> RpcFailure:
-    """INVALID_ARGUMENT with one BadRequest field violation."""
-    return RpcFailure(
-        _status(code_pb2.INVALID_ARGUMENT, f"{field}: {reason}", _bad_request((field, reason)))
-    )
+def invalid_argument(field: str, reason: str, *more: tuple[str, str]) -> RpcFailure:
+    """INVALID_ARGUMENT with a BadRequest field violation for each (field, reason) given."""
+    violations = ((field, reason), *more)
+    message = "; ".join(f"{f}: {r}" for f, r in violations)
+    return RpcFailure(_status(code_pb2.INVALID_ARGUMENT, message, _bad_request(*violations)))
 
 
 def not_found(kind: str, key: str, field: str | None = None) -> RpcFailure:
@@ -121,8 +122,9 @@ def status_for(exc: BaseException, *, deadline_passed: bool = False) -> grpc.Sta
             _resource(exc.kind, exc.name, exc.reason),
             _bad_request((exc.field, exc.reason)),
         )
-    if isinstance(exc, InvalidInputError):
-        return invalid_argument(exc.field, exc.reason).status
+    if isinstance(exc, InvalidInputError):  # one violation, or several (``violations``)
+        first, *more = getattr(exc, "violations", ((exc.field, exc.reason),))
+        return invalid_argument(*first, *more).status
     if isinstance(exc, NotFoundError):
         return not_found(exc.kind, str(exc.key)).status
     if isinstance(exc, AlreadyExistsError):

@@ -15,8 +15,10 @@ from planner.catalog.models import (
     ModelCatalog,
     ModelSpec,
     default_models,
+    is_model_path,
     load_model,
     model_from_hf_config,
+    read_model_file,
 )
 
 __all__ = [
@@ -32,8 +34,10 @@ __all__ = [
     "engine_names",
     "gpu_from_entry",
     "gpu_to_entry",
+    "is_model_path",
     "load_engine",
     "load_gpu",
     "load_model",
     "model_from_hf_config",
+    "read_model_file",
 ]

@@ -1,4 +1,7 @@
-"""The look-up shared by the model and GPU catalogs: names and aliases, then a file path."""
+"""The look-up shared by the model and GPU catalogs: by name or alias; files only when asked.
+
+``get`` (what the planner resolves request names with) never reads a file, so no request can make
+a server read a path; ``load`` also reads a file and is the explicit step of an edge (the CLI)."""
 
 from __future__ import annotations
 
@@ -48,15 +51,27 @@ class Catalog(ABC, Generic[S]):
         key = self._index.get(normalise_name(name))
         return self._by_name[key] if key is not None else None
 
-    def get(self, name_or_path: str, field_path: str) -> S:
-        """An entry by name, alias, or path to a file describing one."""
+    def get(self, name: str, field_path: str) -> S:
+        """An entry by name or alias; ``UnknownEntryError`` on ``field_path`` otherwise."""
+        found = self.find(name)
+        if found is None:
+            raise UnknownEntryError(field_path, self.kind, name, self.names())
+        return found
+
+    def load(self, name_or_path: str, field_path: str) -> S:
+        """An entry by name or alias, else read from the file ``name_or_path`` names."""
         found = self.find(name_or_path)
         if found is not None:
             return found
-        if name_or_path.endswith((".json", ".yaml", ".yml")) or Path(name_or_path).is_file():
+        if is_file_name(name_or_path):
             return self._from_file(name_or_path, field_path)
         raise UnknownEntryError(field_path, self.kind, name_or_path, self.names())
 
     @abstractmethod
     def _from_file(self, path: str, field_path: str) -> S:
         """Read one entry from ``path`` (each catalog has its own file format)."""
+
+
+def is_file_name(value: str) -> bool:
+    """Whether a model or GPU argument names a file (``.json``/``.yaml``/``.yml``, or exists)."""
+    return value.endswith((".json", ".yaml", ".yml")) or Path(value).is_file()

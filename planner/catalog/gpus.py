@@ -149,9 +149,9 @@ class GpuCatalog(Catalog[GpuSpec]):
         ]
         super().__init__(builtins + list(extra or []))
 
-    def get(self, name_or_path: str, field_path: str = "gpu") -> GpuSpec:
-        """A GPU by name, alias, or path to a YAML/JSON file holding one entry (or a list)."""
-        return super().get(name_or_path, field_path)
+    def get(self, name: str, field_path: str = "gpu") -> GpuSpec:
+        """A GPU by name or alias (never a file)."""
+        return super().get(name, field_path)
 
     def _from_file(self, path: str, field_path: str) -> GpuSpec:
         doc = read_document(path, field_path)
@@ -173,4 +173,5 @@ def default_gpus() -> GpuCatalog:
 
 
 def load_gpu(name_or_path: str, field_path: str = "gpu") -> GpuSpec:
-    return default_gpus().get(name_or_path, field_path)
+    """A built-in GPU by name or alias, or a YAML/JSON file holding one entry."""
+    return default_gpus().load(name_or_path, field_path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from planner.catalog._catalog import Catalog
+from planner.catalog._catalog import Catalog, is_file_name
 from planner.catalog._data import builtin_entries, optional, read_document, require
 from planner.errors import InvalidInputError
 
@@ -529,21 +529,42 @@ class ModelCatalog(Catalog[ModelSpec]):
             builtins.append(replace(spec, aliases=tuple(entry.get("aliases", ()))))
         super().__init__(builtins + list(extra or []))
 
-    def get(self, name_or_path: str, field_path: str = "model") -> ModelSpec:
-        """A model by name, alias, path to a config.json file, or a model directory holding one."""
+    def get(self, name: str, field_path: str = "model") -> ModelSpec:
+        """A model by name or alias (never a file)."""
+        return super().get(name, field_path)
+
+    def load(self, name_or_path: str, field_path: str = "model") -> ModelSpec:
+        """A model by name or alias, else from a config.json (or YAML) file or a model directory."""
         if self.find(name_or_path) is None and Path(name_or_path).is_dir():
             return self._from_file(name_or_path, field_path)
-        return super().get(name_or_path, field_path)
+        return super().load(name_or_path, field_path)
 
     def _from_file(self, path: str, field_path: str) -> ModelSpec:
-        p = Path(path)
-        if p.is_dir():
-            if not (p / "config.json").is_file():
-                raise InvalidInputError(field_path, f"{p} is a directory without a config.json")
-            p = p / "config.json"
-        cfg = read_document(p, field_path)
-        stem = p.parent.name if p.name == "config.json" else p.stem
-        return model_from_hf_config(cfg, stem or path, field_path)
+        name, cfg = read_model_file(path, field_path)
+        return model_from_hf_config(cfg, name, field_path)
+
+
+def is_model_path(value: str) -> bool:
+    """Whether a model argument names a file or a model directory rather than a catalog entry."""
+    return is_file_name(value) or Path(value).is_dir()
+
+
+def read_model_file(path: str, field_path: str = "model") -> tuple[str, dict[str, Any]]:
+    """The name and config of a model file or model directory (one holding config.json).
+
+    The name is the config.json's folder, else the file's stem. ``InvalidInputError`` on
+    ``field_path`` when a directory has no config.json or the file is not a JSON object.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise InvalidInputError(field_path, f"{p} is a directory without a config.json")
+        p = p / "config.json"
+    cfg = read_document(p, field_path)
+    if not isinstance(cfg, dict):
+        raise InvalidInputError(field_path, f"{path} must hold a JSON object")
+    stem = p.parent.name if p.name == "config.json" else p.stem
+    return stem or path, cfg
 
 
 _DEFAULT: ModelCatalog | None = None
@@ -558,4 +579,6 @@ def default_models() -> ModelCatalog:
 
 
 def load_model(name_or_path: str, field_path: str = "model") -> ModelSpec:
-    return default_models().get(name_or_path, field_path)
+    """A built-in model by name or alias, or a Hugging Face config.json (or YAML) file or a model
+    directory holding a config.json."""
+    return default_models().load(name_or_path, field_path)

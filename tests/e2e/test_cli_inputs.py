@@ -18,7 +18,7 @@ from planner.types import (
     Slo,
     Workload,
 )
-from service.cli_inputs import (
+from service.cli.inputs import (
     ESTIMATE_KEYS,
     PLAN_KEYS,
     estimate_request,

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.cli_inputs import plan_request
+from service.cli.inputs import plan_request
 
 search = pytest.importorskip("planner.search")
 

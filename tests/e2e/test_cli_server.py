@@ -171,3 +171,79 @@ def test_an_unreachable_server_is_one_line_and_exit_1() -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith("error: --server 127.0.0.1:1: unavailable")
     assert len(result.stderr.splitlines()) == 1
+
+
+# -- files at the edge: a config.json or GPU file is registered with the server, then used -------
+
+TINY_LLAMA = {  # the architecture keys of a Llama-3.2-1B-shaped config.json
+    "architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,
+    "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+    "vocab_size": 128256, "tie_word_embeddings": True, "head_dim": 64,
+}  # fmt: skip
+GPU_FILE = """\
+name: edge-gpu
+flops_per_s: {bf16: 1307.0e12, fp8: 2615.0e12}
+hbm_bytes: 192.0e9
+hbm_bytes_per_s: 5.3e12
+nvlink_bytes_per_s: 448.0e9
+nvlink_domain_size: 8
+scaleout_bytes_per_s: 50.0e9
+"""
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    model = tmp_path / "edge-llama" / "config.json"
+    model.parent.mkdir()
+    model.write_text(json.dumps(TINY_LLAMA))
+    gpu = tmp_path / "edge-gpu.yaml"
+    gpu.write_text(GPU_FILE)
+    return model, gpu
+
+
+def test_model_and_gpu_files_are_registered_once_and_used_against_a_server(
+    remote: CliRunner, tmp_path: Path
+) -> None:
+    model, gpu = _files(tmp_path)
+    args = ["estimate", "--model", str(model), "--gpu", str(gpu), "--isl", "1000", "--osl",
+            "200", "--phase", "decode", "--tp", "1", "--batch", "8"]  # fmt: skip
+    here = run_json(local, *args)
+    there = run_json(remote, *args)
+    assert there == here and there["fits"]
+    assert run_json(remote, *args) == there  # the second run finds its own registration
+    assert [m["name"] for m in run_json(remote, "models")].count("edge-llama") == 1
+    assert [g["name"] for g in run_json(remote, "gpus")].count("edge-gpu") == 1
+    planned = run_json(remote, *PLAN[:2], str(model), *PLAN[3:])
+    assert planned["name"].startswith("plans/") and planned["best"] is not None
+
+
+def test_models_create_and_gpus_create_add_to_a_server_idempotently(
+    remote: CliRunner, tmp_path: Path
+) -> None:
+    model, gpu = _files(tmp_path)
+    create = ["models", "create", str(model), "--name", "my-llama", "--alias", "acme/My-Llama"]
+    out = run_json(remote, *create)
+    assert (out["name"], out["aliases"], out["num_layers"]) == ("my-llama", ["acme/My-Llama"], 16)
+    assert run_json(remote, *create) == out  # the same file again: the same entry, no error
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY_LLAMA, "num_hidden_layers": 8}))
+    taken = remote.invoke(app, ["models", "create", str(other), "--name", "my-llama"])
+    assert taken.exit_code == 1 and "already exists" in taken.stderr
+    assert len(taken.stderr.splitlines()) == 1
+    created = run_json(remote, "gpus", "create", str(gpu), "--name", "my-gpu")
+    assert created["name"] == "my-gpu" and created["hbm_bytes"] == 192e9
+    assert "my-llama" in run(remote, "models")
+    no_server = local.invoke(app, ["gpus", "create", str(gpu)])
+    assert no_server.exit_code == 2 and no_server.stderr.startswith("error: --server:")
+
+
+def test_a_stored_sweep_can_be_listed_and_fetched_by_name(remote: CliRunner) -> None:
+    swept = run_json(remote, *SWEEP)
+    fetched = run_json(remote, "sweeps", "get", swept["name"])
+    assert fetched == swept
+    assert run_json(remote, "sweeps", "get", swept["name"].removeprefix("sweeps/")) == swept
+    text = run(remote, "sweeps", "get", swept["name"])
+    assert text.startswith(f"{swept['name']}: succeeded")
+    listed = run_json(remote, "sweeps", "list")
+    entry = next(s for s in listed["sweeps"] if s["name"] == swept["name"])
+    assert (entry["state"], entry["done"], entry["total"]) == ("succeeded", 2, 2)
+    assert swept["name"] in run(remote, "sweeps", "list")

@@ -1,4 +1,5 @@
-"""``service.convert``: every value survives every round trip, domain <-> proto <-> stored JSON.
+"""``service.convert`` and ``planner.serialize``: every value survives every round trip,
+domain <-> proto <-> stored JSON.
 
 The CLI's ``--server`` mode prints what comes back through these conversions, so "the same output
 in process and against a server" rests on them being exact. Random requests and results come from
@@ -13,10 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.catalog import default_gpus, default_models
+from planner import serialize
+from planner.catalog import default_gpus, default_models, gpu_to_entry
 from planner.errors import InvalidInputError
 from planner.estimate import estimate
 from planner.search import plan
+from planner.sweep import SweepGrid
 from planner.types import (
     Deployment,
     EstimateRequest,
@@ -33,7 +36,7 @@ from planner.types import (
     Slo,
     Workload,
 )
-from service import convert
+from service import convert, resources
 
 ints = st.integers(min_value=1, max_value=2**31 - 1)
 small = st.integers(min_value=1, max_value=64)
@@ -79,6 +82,7 @@ plan_requests = st.builds(
     precision=precisions,
     engine=st.sampled_from(["vllm", "sglang", "trtllm"]),
     limits=limits,
+    memory_fraction=st.none() | floats,
 )
 pool_specs = st.builds(
     PoolSpec, parallelism=parallelisms, workers=ints, batch=ints, gpu=st.none() | names
@@ -100,6 +104,7 @@ estimate_requests = st.builds(
     chunk_tokens=st.none() | st.integers(min_value=0, max_value=2**31 - 1),
     prefill=st.none() | pool_specs,
     decode=st.none() | pool_specs,
+    memory_fraction=st.none() | floats,
 )
 
 
@@ -154,6 +159,8 @@ plan_results = st.builds(
     explanation=st.text(),
     rate_served=st.none() | st.booleans(),
     for_rate=st.none() | deployments,
+    model=st.text(),
+    gpu_basis=st.sampled_from(["", "calibrated", "datasheet-scaled"]),
 )
 
 
@@ -161,8 +168,8 @@ plan_results = st.builds(
 @given(plan_requests)
 def test_a_plan_request_survives_proto_and_stored_json(req: PlanRequest) -> None:
     assert convert.plan_request_from_proto(convert.plan_request_to_proto(req)) == req
-    stored = json.loads(json.dumps(convert.plan_request_to_dict(req)))
-    assert convert.plan_request_from_dict(stored) == req
+    stored = json.loads(json.dumps(serialize.plan_request_to_json(req)))
+    assert serialize.plan_request_from_json(stored) == req
 
 
 @settings(max_examples=200, deadline=None)
@@ -175,8 +182,10 @@ def test_an_estimate_request_survives_proto(req: EstimateRequest) -> None:
 @given(plan_results)
 def test_a_plan_result_survives_proto_and_stored_json(result: PlanResult) -> None:
     assert convert.plan_result_from_proto(convert.plan_result_to_proto(result)) == result
-    stored = json.loads(json.dumps(result.to_dict()))
-    assert convert.plan_result_from_dict(stored) == result
+    stored = json.loads(json.dumps(serialize.plan_result_to_json(result)))
+    assert serialize.plan_result_from_json(stored) == result
+    legacy = json.loads(json.dumps(result.to_dict()))  # records stored before schema_version
+    assert serialize.plan_result_from_json(legacy) == result
 
 
 def test_real_plan_results_survive_every_round_trip() -> None:
@@ -189,7 +198,9 @@ def test_real_plan_results_survive_every_round_trip() -> None:
     for req in requests:
         result = plan(req)
         via_proto = convert.plan_result_from_proto(convert.plan_result_to_proto(result))
-        via_json = convert.plan_result_from_dict(json.loads(json.dumps(result.to_dict())))
+        via_json = serialize.plan_result_from_json(
+            json.loads(json.dumps(serialize.plan_result_to_json(result)))
+        )
         assert via_proto == result
         assert via_json == result
         assert via_json.to_dict() == result.to_dict()
@@ -235,6 +246,8 @@ def test_every_catalog_entry_survives_proto() -> None:
     for gpu in default_gpus().specs():
         back = convert.gpu_from_proto(convert.gpu_to_proto(gpu, custom=False))
         assert back == gpu and back.aliases == gpu.aliases
+        # the datasheet size and the sources do not take part in ==; they travel all the same
+        assert gpu_to_entry(back) == gpu_to_entry(gpu)
 
 
 def test_an_integer_too_large_for_the_wire_is_an_error_on_its_field() -> None:
@@ -259,7 +272,9 @@ def test_a_scenario_field_maps_to_its_sweep_request_field(
     field: str, index: int, expected: str
 ) -> None:
     # shape: 2 models x 2 GPU types x 2 traffic points x 2 SLOs; index = ((m*2 + g)*2 + t)*2 + s
-    assert convert.sweep_field(field, index, (2, 2, 2, 2)) == expected
+    grid = SweepGrid(("m0", "m1"), ("g0", "g1"), (Workload(1, 1), Workload(2, 2)),
+                     (Slo(1, 1), Slo(2, 2)), gpus=8)  # fmt: skip
+    assert grid.field_path(field, index) == expected
 
 
 @pytest.mark.parametrize(
@@ -269,8 +284,8 @@ def test_a_scenario_field_maps_to_its_sweep_request_field(
 )  # fmt: skip
 def test_plan_names(name: str, ok: bool) -> None:
     if ok:
-        assert convert.parse_name(name, "plans") == name.removeprefix("plans/")
+        assert resources.parse(name, "plans") == name.removeprefix("plans/")
     else:
         with pytest.raises(InvalidInputError) as err:
-            convert.parse_name(name, "plans")
+            resources.parse(name, "plans")
         assert err.value.field == "name"

@@ -393,7 +393,7 @@ def test_reflection_describes_the_planner_service(channel: grpc.Channel) -> None
     pool = descriptor_pool.DescriptorPool(database)
     service = pool.FindServiceByName("pdplanner.v1.PlannerService")
     assert {m.name for m in service.methods} == {
-        "Plan", "Estimate", "GetPlan", "ListPlans", "DeletePlan", "Sweep", "GetSweep",
+        "Plan", "Estimate", "GetPlan", "ListPlans", "DeletePlan", "Sweep", "GetSweep", "ListSweeps",
         "ListModels", "ListGpus", "CreateModel", "CreateGpu",
     }  # fmt: skip
     plan_request = pool.FindMessageTypeByName("pdplanner.v1.PlanRequest")

@@ -317,8 +317,10 @@ def test_a_hugging_face_config_json_loads_from_a_file(tmp_path: Path) -> None:
     assert m.name == "Llama-3.2-1B"  # a config.json is named for its folder
     assert m.total_params == pytest.approx(1.24e9, rel=0.01)
     assert m.tie_word_embeddings and m.head_dim == 64 and m.num_kv_heads == 8
+    models = ModelCatalog(extra=[m])  # a file joins a catalog explicitly; names never read one
     r = estimate(
-        EstimateRequest(model=str(path), gpu="h100", isl=512, osl=64, phase="decode", batch=8)
+        EstimateRequest(model=m.name, gpu="h100", isl=512, osl=64, phase="decode", batch=8),
+        models,
     )
     assert isinstance(r, PhaseEstimate) and r.fits and r.step_ms > 0
     print(f"estimate on the file: decode step {r.step_ms:.2f} ms")
@@ -430,8 +432,9 @@ def test_a_custom_gpu_loads_from_a_yaml_file(tmp_path: Path) -> None:
     assert g.calibration == "h100-sxm"  # borrows the measured efficiency curves
     r = estimate(
         EstimateRequest(
-            model="llama-3.1-70b", gpu=str(path), isl=1024, osl=128, phase="decode", batch=1
-        )
+            model="llama-3.1-70b", gpu=g.name, isl=1024, osl=128, phase="decode", batch=1
+        ),
+        gpus=GpuCatalog(extra=[g]),
     )
     h100 = estimate(
         EstimateRequest(

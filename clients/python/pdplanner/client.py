@@ -264,6 +264,13 @@ class PlannerClient:
         request = sweep_pb2.GetSweepRequest(name=_resource_name(name, "sweeps"))
         return self._call(self._stub.GetSweep, request, timeout_s).sweep
 
+    def list_sweeps(
+        self, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None
+    ) -> sweep_pb2.ListSweepsResponse:
+        """One page of stored sweeps (without scenarios), newest first."""
+        request = sweep_pb2.ListSweepsRequest(page_size=page_size, page_token=page_token)
+        return self._call(self._stub.ListSweeps, request, timeout_s)
+
     # -- catalogs --------------------------------------------------------------------------------
 
     def list_models(self, *, timeout_s: float | None = None) -> list[catalog_pb2.Model]:

@@ -35,6 +35,8 @@ type PlannerServiceClient interface {
 	Sweep(ctx context.Context, in *SweepRequest, opts ...grpc.CallOption) (PlannerService_SweepClient, error)
 	// GetSweep returns one stored sweep with every finished scenario.
 	GetSweep(ctx context.Context, in *GetSweepRequest, opts ...grpc.CallOption) (*GetSweepResponse, error)
+	// ListSweeps returns stored sweeps, newest first, without their scenarios.
+	ListSweeps(ctx context.Context, in *ListSweepsRequest, opts ...grpc.CallOption) (*ListSweepsResponse, error)
 	// ListModels returns the model catalog: built-in and custom models, by name.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// ListGpus returns the GPU catalog: built-in and custom GPUs, by name.
@@ -140,6 +142,15 @@ func (c *plannerServiceClient) GetSweep(ctx context.Context, in *GetSweepRequest
 	return out, nil
 }
 
+func (c *plannerServiceClient) ListSweeps(ctx context.Context, in *ListSweepsRequest, opts ...grpc.CallOption) (*ListSweepsResponse, error) {
+	out := new(ListSweepsResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/ListSweeps", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *plannerServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
 	out := new(ListModelsResponse)
 	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/ListModels", in, out, opts...)
@@ -198,6 +209,8 @@ type PlannerServiceServer interface {
 	Sweep(*SweepRequest, PlannerService_SweepServer) error
 	// GetSweep returns one stored sweep with every finished scenario.
 	GetSweep(context.Context, *GetSweepRequest) (*GetSweepResponse, error)
+	// ListSweeps returns stored sweeps, newest first, without their scenarios.
+	ListSweeps(context.Context, *ListSweepsRequest) (*ListSweepsResponse, error)
 	// ListModels returns the model catalog: built-in and custom models, by name.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// ListGpus returns the GPU catalog: built-in and custom GPUs, by name.
@@ -234,6 +247,9 @@ func (UnimplementedPlannerServiceServer) Sweep(*SweepRequest, PlannerService_Swe
 }
 func (UnimplementedPlannerServiceServer) GetSweep(context.Context, *GetSweepRequest) (*GetSweepResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetSweep not implemented")
+}
+func (UnimplementedPlannerServiceServer) ListSweeps(context.Context, *ListSweepsRequest) (*ListSweepsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListSweeps not implemented")
 }
 func (UnimplementedPlannerServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
@@ -389,6 +405,24 @@ func _PlannerService_GetSweep_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PlannerService_ListSweeps_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSweepsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).ListSweeps(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/ListSweeps",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).ListSweeps(ctx, req.(*ListSweepsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _PlannerService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListModelsRequest)
 	if err := dec(in); err != nil {
@@ -488,6 +522,10 @@ var _PlannerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSweep",
 			Handler:    _PlannerService_GetSweep_Handler,
+		},
+		{
+			MethodName: "ListSweeps",
+			Handler:    _PlannerService_ListSweeps_Handler,
 		},
 		{
 			MethodName: "ListModels",

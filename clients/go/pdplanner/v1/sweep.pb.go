@@ -667,6 +667,123 @@ func (x *GetSweepResponse) GetSweep() *Sweep {
 	return nil
 }
 
+// ListSweepsRequest asks for stored sweeps, newest first.
+type ListSweepsRequest struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// Most sweeps to return. 0 means 50; larger values than 100 are treated as 100.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+}
+
+func (x *ListSweepsRequest) Reset() {
+	*x = ListSweepsRequest{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[7]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *ListSweepsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSweepsRequest) ProtoMessage() {}
+
+func (x *ListSweepsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[7]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSweepsRequest.ProtoReflect.Descriptor instead.
+func (*ListSweepsRequest) Descriptor() ([]byte, []int) {
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListSweepsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSweepsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSweepsResponse returns one page of stored sweeps, without their scenarios (GetSweep has
+// them); each sweep's progress says how far it got.
+type ListSweepsResponse struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// The sweeps, newest first.
+	Sweeps []*Sweep `protobuf:"bytes,1,rep,name=sweeps,proto3" json:"sweeps,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+}
+
+func (x *ListSweepsResponse) Reset() {
+	*x = ListSweepsResponse{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[8]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *ListSweepsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSweepsResponse) ProtoMessage() {}
+
+func (x *ListSweepsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[8]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSweepsResponse.ProtoReflect.Descriptor instead.
+func (*ListSweepsResponse) Descriptor() ([]byte, []int) {
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListSweepsResponse) GetSweeps() []*Sweep {
+	if x != nil {
+		return x.Sweeps
+	}
+	return nil
+}
+
+func (x *ListSweepsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_pdplanner_v1_sweep_proto protoreflect.FileDescriptor
 
 var file_pdplanner_v1_sweep_proto_rawDesc = []byte{
@@ -769,11 +886,22 @@ var file_pdplanner_v1_sweep_proto_rawDesc = []byte{
 	0x65, 0x74, 0x53, 0x77, 0x65, 0x65, 0x70, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x12,
 	0x29, 0x0a, 0x05, 0x73, 0x77, 0x65, 0x65, 0x70, 0x18, 0x01, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x13,
 	0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x77,
-	0x65, 0x65, 0x70, 0x52, 0x05, 0x73, 0x77, 0x65, 0x65, 0x70, 0x42, 0x2f, 0x5a, 0x2d, 0x70, 0x64,
-	0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f,
-	0x67, 0x6f, 0x2f, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b,
-	0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f,
-	0x74, 0x6f, 0x33,
+	0x65, 0x65, 0x70, 0x52, 0x05, 0x73, 0x77, 0x65, 0x65, 0x70, 0x22, 0x4f, 0x0a, 0x11, 0x4c, 0x69,
+	0x73, 0x74, 0x53, 0x77, 0x65, 0x65, 0x70, 0x73, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12,
+	0x1b, 0x0a, 0x09, 0x70, 0x61, 0x67, 0x65, 0x5f, 0x73, 0x69, 0x7a, 0x65, 0x18, 0x01, 0x20, 0x01,
+	0x28, 0x05, 0x52, 0x08, 0x70, 0x61, 0x67, 0x65, 0x53, 0x69, 0x7a, 0x65, 0x12, 0x1d, 0x0a, 0x0a,
+	0x70, 0x61, 0x67, 0x65, 0x5f, 0x74, 0x6f, 0x6b, 0x65, 0x6e, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09,
+	0x52, 0x09, 0x70, 0x61, 0x67, 0x65, 0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x22, 0x69, 0x0a, 0x12, 0x4c,
+	0x69, 0x73, 0x74, 0x53, 0x77, 0x65, 0x65, 0x70, 0x73, 0x52, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73,
+	0x65, 0x12, 0x2b, 0x0a, 0x06, 0x73, 0x77, 0x65, 0x65, 0x70, 0x73, 0x18, 0x01, 0x20, 0x03, 0x28,
+	0x0b, 0x32, 0x13, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x53, 0x77, 0x65, 0x65, 0x70, 0x52, 0x06, 0x73, 0x77, 0x65, 0x65, 0x70, 0x73, 0x12, 0x26,
+	0x0a, 0x0f, 0x6e, 0x65, 0x78, 0x74, 0x5f, 0x70, 0x61, 0x67, 0x65, 0x5f, 0x74, 0x6f, 0x6b, 0x65,
+	0x6e, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x0d, 0x6e, 0x65, 0x78, 0x74, 0x50, 0x61, 0x67,
+	0x65, 0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x42, 0x2f, 0x5a, 0x2d, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e,
+	0x6e, 0x65, 0x72, 0x2f, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x73, 0x2f, 0x67, 0x6f, 0x2f, 0x70,
+	0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x3b, 0x70, 0x64, 0x70, 0x6c,
+	0x61, 0x6e, 0x6e, 0x65, 0x72, 0x76, 0x31, 0x62, 0x06, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x33,
 }
 
 var (
@@ -789,7 +917,7 @@ func file_pdplanner_v1_sweep_proto_rawDescGZIP() []byte {
 }
 
 var file_pdplanner_v1_sweep_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pdplanner_v1_sweep_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_pdplanner_v1_sweep_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_pdplanner_v1_sweep_proto_goTypes = []interface{}{
 	(Sweep_State)(0),              // 0: pdplanner.v1.Sweep.State
 	(*SweepRequest)(nil),          // 1: pdplanner.v1.SweepRequest
@@ -799,22 +927,24 @@ var file_pdplanner_v1_sweep_proto_goTypes = []interface{}{
 	(*SweepResponse)(nil),         // 5: pdplanner.v1.SweepResponse
 	(*GetSweepRequest)(nil),       // 6: pdplanner.v1.GetSweepRequest
 	(*GetSweepResponse)(nil),      // 7: pdplanner.v1.GetSweepResponse
-	(*Workload)(nil),              // 8: pdplanner.v1.Workload
-	(*Slo)(nil),                   // 9: pdplanner.v1.Slo
-	(*Precision)(nil),             // 10: pdplanner.v1.Precision
-	(*SearchLimits)(nil),          // 11: pdplanner.v1.SearchLimits
-	(*PlanRequest)(nil),           // 12: pdplanner.v1.PlanRequest
-	(*PlanResult)(nil),            // 13: pdplanner.v1.PlanResult
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*ListSweepsRequest)(nil),     // 8: pdplanner.v1.ListSweepsRequest
+	(*ListSweepsResponse)(nil),    // 9: pdplanner.v1.ListSweepsResponse
+	(*Workload)(nil),              // 10: pdplanner.v1.Workload
+	(*Slo)(nil),                   // 11: pdplanner.v1.Slo
+	(*Precision)(nil),             // 12: pdplanner.v1.Precision
+	(*SearchLimits)(nil),          // 13: pdplanner.v1.SearchLimits
+	(*PlanRequest)(nil),           // 14: pdplanner.v1.PlanRequest
+	(*PlanResult)(nil),            // 15: pdplanner.v1.PlanResult
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_pdplanner_v1_sweep_proto_depIdxs = []int32{
-	8,  // 0: pdplanner.v1.SweepRequest.traffic:type_name -> pdplanner.v1.Workload
-	9,  // 1: pdplanner.v1.SweepRequest.slos:type_name -> pdplanner.v1.Slo
-	10, // 2: pdplanner.v1.SweepRequest.precision:type_name -> pdplanner.v1.Precision
-	11, // 3: pdplanner.v1.SweepRequest.limits:type_name -> pdplanner.v1.SearchLimits
-	12, // 4: pdplanner.v1.SweepScenarioResult.scenario:type_name -> pdplanner.v1.PlanRequest
-	13, // 5: pdplanner.v1.SweepScenarioResult.result:type_name -> pdplanner.v1.PlanResult
-	14, // 6: pdplanner.v1.Sweep.create_time:type_name -> google.protobuf.Timestamp
+	10, // 0: pdplanner.v1.SweepRequest.traffic:type_name -> pdplanner.v1.Workload
+	11, // 1: pdplanner.v1.SweepRequest.slos:type_name -> pdplanner.v1.Slo
+	12, // 2: pdplanner.v1.SweepRequest.precision:type_name -> pdplanner.v1.Precision
+	13, // 3: pdplanner.v1.SweepRequest.limits:type_name -> pdplanner.v1.SearchLimits
+	14, // 4: pdplanner.v1.SweepScenarioResult.scenario:type_name -> pdplanner.v1.PlanRequest
+	15, // 5: pdplanner.v1.SweepScenarioResult.result:type_name -> pdplanner.v1.PlanResult
+	16, // 6: pdplanner.v1.Sweep.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 7: pdplanner.v1.Sweep.request:type_name -> pdplanner.v1.SweepRequest
 	0,  // 8: pdplanner.v1.Sweep.state:type_name -> pdplanner.v1.Sweep.State
 	3,  // 9: pdplanner.v1.Sweep.progress:type_name -> pdplanner.v1.SweepProgress
@@ -823,11 +953,12 @@ var file_pdplanner_v1_sweep_proto_depIdxs = []int32{
 	3,  // 12: pdplanner.v1.SweepResponse.progress:type_name -> pdplanner.v1.SweepProgress
 	2,  // 13: pdplanner.v1.SweepResponse.scenario:type_name -> pdplanner.v1.SweepScenarioResult
 	4,  // 14: pdplanner.v1.GetSweepResponse.sweep:type_name -> pdplanner.v1.Sweep
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	4,  // 15: pdplanner.v1.ListSweepsResponse.sweeps:type_name -> pdplanner.v1.Sweep
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_pdplanner_v1_sweep_proto_init() }
@@ -922,6 +1053,30 @@ func file_pdplanner_v1_sweep_proto_init() {
 				return nil
 			}
 		}
+		file_pdplanner_v1_sweep_proto_msgTypes[7].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*ListSweepsRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_pdplanner_v1_sweep_proto_msgTypes[8].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*ListSweepsResponse); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
 	}
 	file_pdplanner_v1_sweep_proto_msgTypes[0].OneofWrappers = []interface{}{}
 	file_pdplanner_v1_sweep_proto_msgTypes[4].OneofWrappers = []interface{}{
@@ -935,7 +1090,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_pdplanner_v1_sweep_proto_rawDesc,
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -78,6 +78,11 @@ class PlannerServiceStub:
                 request_serializer=pdplanner_dot_v1_dot_sweep__pb2.GetSweepRequest.SerializeToString,
                 response_deserializer=pdplanner_dot_v1_dot_sweep__pb2.GetSweepResponse.FromString,
                 _registered_method=True)
+        self.ListSweeps = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/ListSweeps',
+                request_serializer=pdplanner_dot_v1_dot_sweep__pb2.ListSweepsRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_sweep__pb2.ListSweepsResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/pdplanner.v1.PlannerService/ListModels',
                 request_serializer=pdplanner_dot_v1_dot_catalog__pb2.ListModelsRequest.SerializeToString,
@@ -162,6 +167,13 @@ class PlannerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSweeps(self, request, context):
+        """ListSweeps returns stored sweeps, newest first, without their scenarios.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """ListModels returns the model catalog: built-in and custom models, by name.
         """
@@ -228,6 +240,11 @@ def add_PlannerServiceServicer_to_server(servicer, server):
                     servicer.GetSweep,
                     request_deserializer=pdplanner_dot_v1_dot_sweep__pb2.GetSweepRequest.FromString,
                     response_serializer=pdplanner_dot_v1_dot_sweep__pb2.GetSweepResponse.SerializeToString,
+            ),
+            'ListSweeps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSweeps,
+                    request_deserializer=pdplanner_dot_v1_dot_sweep__pb2.ListSweepsRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_sweep__pb2.ListSweepsResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -445,6 +462,33 @@ class PlannerService:
             '/pdplanner.v1.PlannerService/GetSweep',
             pdplanner_dot_v1_dot_sweep__pb2.GetSweepRequest.SerializeToString,
             pdplanner_dot_v1_dot_sweep__pb2.GetSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSweeps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/ListSweeps',
+            pdplanner_dot_v1_dot_sweep__pb2.ListSweepsRequest.SerializeToString,
+            pdplanner_dot_v1_dot_sweep__pb2.ListSweepsResponse.FromString,
             options,
             channel_credentials,
             insecure,

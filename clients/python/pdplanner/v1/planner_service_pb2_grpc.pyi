@@ -62,6 +62,8 @@ class PlannerServiceStub:
     """
     GetSweep: _grpc.UnaryUnaryMultiCallable[_sweep_pb2.GetSweepRequest, _sweep_pb2.GetSweepResponse]
     """GetSweep returns one stored sweep with every finished scenario."""
+    ListSweeps: _grpc.UnaryUnaryMultiCallable[_sweep_pb2.ListSweepsRequest, _sweep_pb2.ListSweepsResponse]
+    """ListSweeps returns stored sweeps, newest first, without their scenarios."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListModelsRequest, _catalog_pb2.ListModelsResponse]
     """ListModels returns the model catalog: built-in and custom models, by name."""
     ListGpus: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListGpusRequest, _catalog_pb2.ListGpusResponse]
@@ -104,6 +106,8 @@ class PlannerServiceAsyncStub(PlannerServiceStub):
     """
     GetSweep: _aio.UnaryUnaryMultiCallable[_sweep_pb2.GetSweepRequest, _sweep_pb2.GetSweepResponse]  # type: ignore[assignment]
     """GetSweep returns one stored sweep with every finished scenario."""
+    ListSweeps: _aio.UnaryUnaryMultiCallable[_sweep_pb2.ListSweepsRequest, _sweep_pb2.ListSweepsResponse]  # type: ignore[assignment]
+    """ListSweeps returns stored sweeps, newest first, without their scenarios."""
     ListModels: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListModelsRequest, _catalog_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the model catalog: built-in and custom models, by name."""
     ListGpus: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListGpusRequest, _catalog_pb2.ListGpusResponse]  # type: ignore[assignment]
@@ -185,6 +189,14 @@ class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sweep_pb2.GetSweepResponse, _abc.Awaitable[_sweep_pb2.GetSweepResponse]]:
         """GetSweep returns one stored sweep with every finished scenario."""
+
+    @_abc_1.abstractmethod
+    def ListSweeps(
+        self,
+        request: _sweep_pb2.ListSweepsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sweep_pb2.ListSweepsResponse, _abc.Awaitable[_sweep_pb2.ListSweepsResponse]]:
+        """ListSweeps returns stored sweeps, newest first, without their scenarios."""
 
     @_abc_1.abstractmethod
     def ListModels(

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/sweep.proto.
  */
 export const file_pdplanner_v1_sweep: GenFile = /*@__PURE__*/
-  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSKXAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zIooBChNTd2VlcFNjZW5hcmlvUmVzdWx0Eg0KBWluZGV4GAEgASgFEisKCHNjZW5hcmlvGAIgASgLMhkucGRwbGFubmVyLnYxLlBsYW5SZXF1ZXN0EigKBnJlc3VsdBgDIAEoCzIYLnBkcGxhbm5lci52MS5QbGFuUmVzdWx0Eg0KBWVycm9yGAQgASgJIiwKDVN3ZWVwUHJvZ3Jlc3MSDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBSLcAgoFU3dlZXASDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVxdWVzdBgDIAEoCzIaLnBkcGxhbm5lci52MS5Td2VlcFJlcXVlc3QSKAoFc3RhdGUYBCABKA4yGS5wZHBsYW5uZXIudjEuU3dlZXAuU3RhdGUSLQoIcHJvZ3Jlc3MYBSABKAsyGy5wZHBsYW5uZXIudjEuU3dlZXBQcm9ncmVzcxI0CglzY2VuYXJpb3MYBiADKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdCJYCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1JVTk5JTkcQARITCg9TVEFURV9TVUNDRUVERUQQAhIQCgxTVEFURV9GQUlMRUQQAyKmAQoNU3dlZXBSZXNwb25zZRIkCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEgAEi8KCHByb2dyZXNzGAIgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3NIABI1CghzY2VuYXJpbxgDIAEoCzIhLnBkcGxhbm5lci52MS5Td2VlcFNjZW5hcmlvUmVzdWx0SABCBwoFZXZlbnQiHwoPR2V0U3dlZXBSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoQR2V0U3dlZXBSZXNwb25zZRIiCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEIvWi1wZHBsYW5uZXIvY2xpZW50cy9nby9wZHBsYW5uZXIvdjE7cGRwbGFubmVydjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
+  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSKXAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zIooBChNTd2VlcFNjZW5hcmlvUmVzdWx0Eg0KBWluZGV4GAEgASgFEisKCHNjZW5hcmlvGAIgASgLMhkucGRwbGFubmVyLnYxLlBsYW5SZXF1ZXN0EigKBnJlc3VsdBgDIAEoCzIYLnBkcGxhbm5lci52MS5QbGFuUmVzdWx0Eg0KBWVycm9yGAQgASgJIiwKDVN3ZWVwUHJvZ3Jlc3MSDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBSLcAgoFU3dlZXASDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVxdWVzdBgDIAEoCzIaLnBkcGxhbm5lci52MS5Td2VlcFJlcXVlc3QSKAoFc3RhdGUYBCABKA4yGS5wZHBsYW5uZXIudjEuU3dlZXAuU3RhdGUSLQoIcHJvZ3Jlc3MYBSABKAsyGy5wZHBsYW5uZXIudjEuU3dlZXBQcm9ncmVzcxI0CglzY2VuYXJpb3MYBiADKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdCJYCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1JVTk5JTkcQARITCg9TVEFURV9TVUNDRUVERUQQAhIQCgxTVEFURV9GQUlMRUQQAyKmAQoNU3dlZXBSZXNwb25zZRIkCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEgAEi8KCHByb2dyZXNzGAIgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3NIABI1CghzY2VuYXJpbxgDIAEoCzIhLnBkcGxhbm5lci52MS5Td2VlcFNjZW5hcmlvUmVzdWx0SABCBwoFZXZlbnQiHwoPR2V0U3dlZXBSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoQR2V0U3dlZXBSZXNwb25zZRIiCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcCI6ChFMaXN0U3dlZXBzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJSChJMaXN0U3dlZXBzUmVzcG9uc2USIwoGc3dlZXBzGAEgAygLMhMucGRwbGFubmVyLnYxLlN3ZWVwEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCUIvWi1wZHBsYW5uZXIvY2xpZW50cy9nby9wZHBsYW5uZXIvdjE7cGRwbGFubmVydjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
 
 /**
  * SweepRequest asks for a grid of plans: every combination of models x gpu_types x traffic x
@@ -381,4 +381,61 @@ export type GetSweepResponse = Message<"pdplanner.v1.GetSweepResponse"> & {
  */
 export const GetSweepResponseSchema: GenMessage<GetSweepResponse> = /*@__PURE__*/
   messageDesc(file_pdplanner_v1_sweep, 6);
+
+/**
+ * ListSweepsRequest asks for stored sweeps, newest first.
+ *
+ * @generated from message pdplanner.v1.ListSweepsRequest
+ */
+export type ListSweepsRequest = Message<"pdplanner.v1.ListSweepsRequest"> & {
+  /**
+   * Most sweeps to return. 0 means 50; larger values than 100 are treated as 100.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message pdplanner.v1.ListSweepsRequest.
+ * Use `create(ListSweepsRequestSchema)` to create a new message.
+ */
+export const ListSweepsRequestSchema: GenMessage<ListSweepsRequest> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_sweep, 7);
+
+/**
+ * ListSweepsResponse returns one page of stored sweeps, without their scenarios (GetSweep has
+ * them); each sweep's progress says how far it got.
+ *
+ * @generated from message pdplanner.v1.ListSweepsResponse
+ */
+export type ListSweepsResponse = Message<"pdplanner.v1.ListSweepsResponse"> & {
+  /**
+   * The sweeps, newest first.
+   *
+   * @generated from field: repeated pdplanner.v1.Sweep sweeps = 1;
+   */
+  sweeps: Sweep[];
+
+  /**
+   * Token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message pdplanner.v1.ListSweepsResponse.
+ * Use `create(ListSweepsResponseSchema)` to create a new message.
+ */
+export const ListSweepsResponseSchema: GenMessage<ListSweepsResponse> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_sweep, 8);
 

@@ -101,8 +101,8 @@ def _par_text(par: Parallelism) -> str:
 
 def _kv_table(title: str, rows: Sequence[tuple[str, str | Text]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
+    table.add_column("metric", style="bold", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     for label, value in rows:
         table.add_row(label, value)
     return table
@@ -127,31 +127,33 @@ def basis_text(model: str, gpu_basis: str) -> str:
 
 def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> Table:
     """A two-column table of one estimate: a phase step or a serving deployment."""
+    # a configuration that does not fit has no latency or throughput: "-", and "fits" says why
+    metric = num if result.fits else (lambda value, digits=1: "-")
     if isinstance(result, PhaseEstimate):
         layer = result.per_layer_ms
         what = "prompt" if result.phase == "prefill" else "output"
         return _kv_table(
             title or f"{result.phase} step",
             [
-                ("step (ms)", num(result.step_ms, 3)),
-                ("per layer: GEMM (ms)", num(layer.gemm, 4)),
-                ("per layer: attention (ms)", num(layer.attention, 4)),
-                ("per layer: communication (ms)", num(layer.communication, 4)),
-                ("per layer: other (ms)", num(layer.other, 4)),
-                (f"{what} tokens/s/GPU", num(result.tokens_per_s_per_gpu)),
+                ("step (ms)", metric(result.step_ms, 3)),
+                ("per layer: GEMM (ms)", metric(layer.gemm, 4)),
+                ("per layer: attention (ms)", metric(layer.attention, 4)),
+                ("per layer: communication (ms)", metric(layer.communication, 4)),
+                ("per layer: other (ms)", metric(layer.other, 4)),
+                (f"{what} tokens/s/GPU", metric(result.tokens_per_s_per_gpu)),
                 ("GPUs", str(result.gpus)),
                 ("memory per GPU (GB)", num(result.memory_gb_per_gpu, 2)),
-                ("KV cache per DP rank (tokens)", num(max(result.kv_capacity_tokens, 0.0), 0)),
-                ("largest batch that fits", str(result.max_batch)),
+                ("KV cache per DP rank (tokens)", metric(max(result.kv_capacity_tokens, 0.0), 0)),
+                ("largest batch that fits", str(result.max_batch) if result.fits else "-"),
                 ("fits", _fits(result.fits, result.reason)),
             ],
         )
     rows: list[tuple[str, str | Text]] = [
-        ("TTFT (ms)", num(result.ttft_ms, 1)),
-        ("TPOT (ms)", num(result.tpot_ms, 2)),
-        ("tokens/s/GPU", num(result.tokens_per_s_per_gpu)),
-        ("tokens/s/user", num(result.tokens_per_s_per_user)),
-        ("requests/s", num(result.requests_per_s, 3)),
+        ("TTFT (ms)", metric(result.ttft_ms, 1)),
+        ("TPOT (ms)", metric(result.tpot_ms, 2)),
+        ("tokens/s/GPU", metric(result.tokens_per_s_per_gpu)),
+        ("tokens/s/user", metric(result.tokens_per_s_per_user)),
+        ("requests/s", metric(result.requests_per_s, 3)),
         ("GPUs", str(result.gpus)),
         ("memory per GPU (GB)", num(result.memory_gb_per_gpu, 2)),
     ]
@@ -161,7 +163,7 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
         ("KV transfer (GB/s per prefill GPU)", result.kv_transfer_gb_per_s_per_gpu, 2),
         ("KV transfer charged to TTFT (ms)", result.kv_transfer_ms, 2),
     ]
-    rows += [(label, num(v, d)) for label, v, d in optional if v is not None]
+    rows += [(label, metric(v, d)) for label, v, d in optional if v is not None]
     rows.append(("fits", _fits(result.fits, result.reason)))
     return _kv_table(title or f"{result.mode} deployment", rows)
 
@@ -194,7 +196,7 @@ def deployment_text(dep: Deployment) -> str:
 
 def _deployment_columns(table: Table) -> None:
     for name in ("GPUs", "TTFT ms", "TPOT ms", "tok/s/GPU", "tok/s/user", "req/s"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", overflow="fold")
 
 
 def _deployment_cells(dep: Deployment) -> list[str]:
@@ -254,9 +256,9 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
     if result.model:
         parts.append(Text(basis_text(result.model, result.gpu_basis)))
     table = Table(title="best deployment per mode", title_justify="left")
-    table.add_column("mode")
-    table.add_column("pools")
-    table.add_column("P:D GPUs (exact)", justify="right")
+    table.add_column("mode", overflow="fold")
+    table.add_column("pools", overflow="fold")
+    table.add_column("P:D GPUs (exact)", justify="right", overflow="fold")
     _deployment_columns(table)
     rows = [("agg", result.best_agg), ("disagg", result.best_disagg)]
     if result.best is None and result.closest is not None:
@@ -289,7 +291,7 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
         title = f"{mode} Pareto frontier ({len(points)} points"
         title += f", {len(shown)} shown; --json lists all)" if len(shown) < len(points) else ")"
         frontier = Table(title=title, title_justify="left")
-        frontier.add_column("pools")
+        frontier.add_column("pools", overflow="fold")
         _deployment_columns(frontier)
         for dep in shown:
             frontier.add_row(deployment_text(dep), *_deployment_cells(dep))
@@ -310,14 +312,14 @@ class StoredPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``pdplanner plans get --json``: name, metadata, request and result."""
-        from service.convert import plan_request_to_dict
+        from planner.serialize import to_json
 
         return {
             "name": self.name,
             "create_time": self.create_time,
             "planner_version": self.planner_version,
             "search_ms": self.search_ms,
-            "request": plan_request_to_dict(self.request),
+            "request": to_json(self.request),
             "result": self.result.to_dict(),
         }
 
@@ -354,7 +356,7 @@ def plans_table(plans: Sequence[StoredPlan]) -> Table:
         ("tok/s/GPU", "right"),
         ("disagg speedup", "right"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for p in plans:
         req, best = p.request, p.result.best
         speedup = p.result.disagg_speedup
@@ -365,6 +367,17 @@ def plans_table(plans: Sequence[StoredPlan]) -> Table:
             num(best.tokens_per_s_per_gpu) if best else "-",
             f"{speedup:.2f}x" if speedup is not None else "-",
         )  # fmt: skip
+    return table
+
+
+def sweeps_table(rows: Sequence[tuple[str, str, str, int, int]]) -> Table:
+    """One line per stored sweep: name, when, state and scenarios done of all."""
+    table = Table(title="sweeps", title_justify="left")
+    for name, justify in (("name", "left"), ("created", "left"), ("state", "left"),
+                          ("scenarios done", "right")):  # fmt: skip
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for name, created, state, done, total in rows:
+        table.add_row(name, created, state, f"{done:,} of {total:,}")
     return table
 
 
@@ -390,7 +403,7 @@ def models_table(specs: Iterable[ModelSpec]) -> Table:
         ("attention", "left"),
         ("experts", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for s in specs:
         experts = (
             f"{s.num_experts} (top {s.experts_per_token}"
@@ -433,7 +446,7 @@ def gpu_entry(spec: GpuSpec) -> dict[str, Any]:
 def gpus_table(specs: Iterable[GpuSpec]) -> Table:
     """The GPU catalog: dense tensor-core peaks, memory and links."""
     table = Table(title="GPUs", title_justify="left")
-    table.add_column("name")
+    table.add_column("name", overflow="fold")
     for name in (
         "BF16 TFLOP/s",
         "FP8 TFLOP/s",
@@ -444,8 +457,8 @@ def gpus_table(specs: Iterable[GpuSpec]) -> Table:
         "NVLink domain",
         "scale-out GB/s",
     ):
-        table.add_column(name, justify="right")
-    table.add_column("figures")
+        table.add_column(name, justify="right", overflow="fold")
+    table.add_column("figures", overflow="fold")
     for g in specs:
         rates = [
             num(g.flops_per_s(d) / 1e12, 0) if g.supports(d) else "-"
@@ -479,7 +492,7 @@ def sweep_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         ("disagg speedup", "right"),
         ("design points", "right"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         head = [
             str(row["model"]),

@@ -1,0 +1,73 @@
+"""Stored records (``storage.records``) as the API's resources: ``Plan`` and ``Sweep``.
+
+The request and result JSON inside a record is ``planner.serialize``'s stored form; the stored
+form of a sweep request is the message's own JSON (proto field names), kept to recognise a retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, timestamp_pb2
+from pdplanner.v1 import plan_pb2, sweep_pb2
+
+from planner import serialize
+from service import resources
+from service.convert.enums import SWEEP_STATE
+from service.convert.requests import plan_request_to_proto
+from service.convert.results import plan_result_to_proto
+from storage.records import StoredPlan, StoredScenario, StoredSweep
+
+
+def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def plan_to_proto(stored: StoredPlan) -> plan_pb2.Plan:
+    """The ``Plan`` resource of a stored plan (request and result as the planner gave them)."""
+    request = plan_request_to_proto(
+        serialize.plan_request_from_json(stored.request), request_id=stored.request_id or ""
+    )
+    return plan_pb2.Plan(
+        name=resources.name("plans", stored.id),
+        create_time=timestamp(stored.created_at),
+        request=request,
+        result=plan_result_to_proto(serialize.plan_result_from_json(stored.result)),
+        planner_version=stored.planner_version,
+        search_ms=stored.search_ms,
+    )
+
+
+def sweep_request_to_dict(msg: sweep_pb2.SweepRequest) -> dict[str, Any]:
+    """The stored JSON form of a sweep request: the message's JSON with proto field names."""
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def sweep_request_from_dict(d: Mapping[str, Any]) -> sweep_pb2.SweepRequest:
+    return json_format.ParseDict(dict(d), sweep_pb2.SweepRequest())
+
+
+def scenario_to_proto(s: StoredScenario) -> sweep_pb2.SweepScenarioResult:
+    """One stored scenario (request, and result or error) as its message."""
+    result = None if s.result is None else serialize.plan_result_from_json(s.result)
+    return sweep_pb2.SweepScenarioResult(
+        index=s.index,
+        scenario=plan_request_to_proto(serialize.plan_request_from_json(s.scenario)),
+        result=None if result is None else plan_result_to_proto(result),
+        error=s.error or "",
+    )
+
+
+def sweep_to_proto(stored: StoredSweep, *, with_scenarios: bool = True) -> sweep_pb2.Sweep:
+    return sweep_pb2.Sweep(
+        name=resources.name("sweeps", stored.id),
+        create_time=timestamp(stored.created_at),
+        request=sweep_request_from_dict(stored.request),
+        state=SWEEP_STATE.to_proto(stored.state),
+        progress=sweep_pb2.SweepProgress(done=stored.done, total=stored.total),
+        scenarios=[scenario_to_proto(s) for s in (stored.scenarios if with_scenarios else ())],
+    )
