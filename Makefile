@@ -55,6 +55,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.step_eval
 	$(BIN)/python -m bench.plan_search
 	$(BIN)/python -m bench.rpc_latency
+	$(BIN)/python -m bench.ratematch
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -46,6 +46,7 @@ _RESOURCE: Final[dict[str, tuple[str, str]]] = {
     "engine": ("pdplanner.v1.Engine", "engines"),
     "plan": ("pdplanner.v1.Plan", "plans"),
     "sweep": ("pdplanner.v1.Sweep", "sweeps"),
+    "schedule": ("pdplanner.v1.Schedule", "schedules"),
 }
 
 

@@ -1,5 +1,5 @@
 """Resource names of the API, built and parsed here only: ``plans/{id}``, ``sweeps/{id}``,
-``models/{id}``, ``gpus/{id}`` (AIP-122).
+``schedules/{id}``, ``models/{id}``, ``gpus/{id}`` (AIP-122).
 
 ``parse`` checks a name sent by a client (``InvalidInputError`` on its field otherwise);
 ``name`` builds one; ``from_id_or_name`` is for a person who types either ``abc`` or ``plans/abc``.
@@ -12,7 +12,7 @@ from typing import Final, Literal
 
 from planner.errors import InvalidInputError
 
-Collection = Literal["plans", "sweeps", "models", "gpus"]
+Collection = Literal["plans", "sweeps", "schedules", "models", "gpus"]
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from pdplanner.v1 import planner_service_pb2_grpc
 
-from service import errors, handlers
+from service import errors, handlers, scaling_handlers
 from service.catalogs import CatalogCache
 from service.settings import ServerSettings
 from storage.repository import PlanStore
@@ -95,3 +95,8 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     ListGpus = _unary(handlers.list_gpus)
     CreateModel = _unary(handlers.create_model)
     CreateGpu = _unary(handlers.create_gpu)
+    PlanScaling = _unary(scaling_handlers.plan_scaling)
+    GetSchedule = _unary(scaling_handlers.get_schedule)
+    ListSchedules = _unary(scaling_handlers.list_schedules)
+    DeleteSchedule = _unary(scaling_handlers.delete_schedule)
+    RateMatch = _unary(scaling_handlers.rate_match)

@@ -1,4 +1,4 @@
-"""pdplanner's storage: plans, sweeps and custom catalog entries in SQLite or PostgreSQL.
+"""pdplanner's storage: plans, sweeps, schedules and custom catalog entries in SQLite or PostgreSQL.
 
     from storage import SqlStore, database_url, upgrade
 
@@ -25,6 +25,7 @@ from storage.records import (
     StoredEntry,
     StoredPlan,
     StoredScenario,
+    StoredSchedule,
     StoredSweep,
     SweepState,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "StoredEntry",
     "StoredPlan",
     "StoredScenario",
+    "StoredSchedule",
     "StoredSweep",
     "SweepState",
     "UnavailableError",

@@ -163,6 +163,30 @@ class SweepScenario(Base):
     sweep: Mapped[Sweep] = relationship(back_populates="scenarios")
 
 
+class Schedule(Base):
+    """An elastic scaling schedule: the request (with its traffic series) and the answer."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        UniqueConstraint("request_id"),
+        CheckConstraint("violations >= 0", name="violations"),
+        Index(None, "created_at", "id"),
+        Index(None, "model", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_id: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    gpu: Mapped[str] = mapped_column(Text)
+    planner_version: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    gpu_hours: Mapped[float] = mapped_column(Double)
+    slo_attainment: Mapped[float | None] = mapped_column(Double)
+    violations: Mapped[int] = mapped_column(Integer)
+    request: Mapped[dict[str, Any]] = mapped_column(json_type())
+    result: Mapped[dict[str, Any]] = mapped_column(json_type())
+
+
 class _CatalogEntry:
     """Columns shared by the custom catalog tables: a unique name and a JSON spec."""
 

@@ -69,3 +69,21 @@ class StoredEntry:
     name: str
     created_at: datetime
     spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredSchedule:
+    """A stored scaling schedule. ``gpu_hours``, ``slo_attainment`` (None when not simulated)
+    and ``violations`` (intervals predicted to miss the SLO) summarise ``result`` for listings."""
+
+    id: str
+    request_id: str | None
+    model: str
+    gpu: str
+    planner_version: str
+    created_at: datetime
+    gpu_hours: float
+    slo_attainment: float | None
+    violations: int
+    request: dict[str, Any]
+    result: dict[str, Any]

@@ -1,7 +1,7 @@
 """The repository: what the service may ask of storage (``PlanStore``) and its SQL implementation.
 
-``SqlStore`` keeps plans, sweeps and custom catalog entries in SQLite or PostgreSQL through
-SQLAlchemy. Its contract, run against both databases, is
+``SqlStore`` keeps plans, sweeps, scaling schedules and custom catalog entries in SQLite or
+PostgreSQL through SQLAlchemy. Its contract, run against both databases, is
 ``tests/integration/test_storage_contract.py``:
 
 - Every write is one transaction: it is stored whole or not at all.
@@ -42,6 +42,7 @@ from storage.models import (
     CustomGpu,
     CustomModel,
     Plan,
+    Schedule,
     Sweep,
     SweepScenario,
 )
@@ -50,6 +51,7 @@ from storage.records import (
     StoredEntry,
     StoredPlan,
     StoredScenario,
+    StoredSchedule,
     StoredSweep,
     SweepState,
 )
@@ -59,7 +61,7 @@ MAX_PAGE_SIZE = 1000
 FINAL_SWEEP_STATES = ("done", "failed")
 
 Clock = Callable[[], datetime]
-_Row = TypeVar("_Row", Plan, Sweep)
+_Row = TypeVar("_Row", Plan, Sweep, Schedule)
 _Entry = TypeVar("_Entry", CustomModel, CustomGpu)
 
 
@@ -137,6 +139,44 @@ class PlanStore(Protocol):
 
     def delete_sweep(self, sweep_id: str) -> None:
         """Delete the sweep and its scenarios; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def create_schedule(
+        self,
+        *,
+        request_id: str | None,
+        model: str,
+        gpu: str,
+        planner_version: str,
+        gpu_hours: float,
+        slo_attainment: float | None,
+        violations: int,
+        request: dict[str, Any],
+        result: dict[str, Any],
+    ) -> StoredSchedule:
+        """Store a schedule; with a ``request_id`` already used, return that schedule instead."""
+        ...
+
+    def get_schedule(self, schedule_id: str) -> StoredSchedule:
+        """Return the schedule; raise ``NotFoundError`` if there is none."""
+        ...
+
+    def find_schedule_by_request_id(self, request_id: str) -> StoredSchedule | None:
+        """Return the schedule stored under this ``request_id``, or ``None``."""
+        ...
+
+    def list_schedules(
+        self,
+        *,
+        model: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str | None = None,
+    ) -> tuple[list[StoredSchedule], str | None]:
+        """Return one page of schedules, newest first, and the next page's token."""
+        ...
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete the schedule; raise ``NotFoundError`` if there is none."""
         ...
 
     def create_custom_model(self, name: str, spec: dict[str, Any]) -> StoredEntry:
@@ -428,6 +468,97 @@ class SqlStore:
             row = session.scalars(select(Sweep).where(Sweep.request_id == request_id)).one_or_none()
             return None if row is None else _sweep_record(row, with_scenarios=False)
 
+    # -- schedules -------------------------------------------------------------------------------
+
+    def create_schedule(
+        self,
+        *,
+        request_id: str | None,
+        model: str,
+        gpu: str,
+        planner_version: str,
+        gpu_hours: float,
+        slo_attainment: float | None,
+        violations: int,
+        request: dict[str, Any],
+        result: dict[str, Any],
+    ) -> StoredSchedule:
+        """Store a schedule and return it as stored; a ``request_id`` used before returns the
+        schedule stored then (also when retries race). Raises ``InvalidValueError`` for JSON
+        that cannot be stored or a negative violation count."""
+        if violations < 0:
+            raise InvalidValueError(f"violations must be at least 0, not {violations}")
+        if request_id is not None:
+            existing = self.find_schedule_by_request_id(request_id)
+            if existing is not None:
+                return existing
+        row = Schedule(
+            id=_new_id(),
+            request_id=request_id,
+            model=model,
+            gpu=gpu,
+            planner_version=planner_version,
+            created_at=self._clock(),
+            gpu_hours=float(gpu_hours),
+            slo_attainment=None if slo_attainment is None else float(slo_attainment),
+            violations=int(violations),
+            request=request,
+            result=result,
+        )
+        with _translate_errors():
+            try:
+                with self._sessions.begin() as session:
+                    session.add(row)
+                    session.flush()
+                    session.refresh(row)
+                    return _schedule_record(row)
+            except exc.IntegrityError:
+                existing = (
+                    None if request_id is None else self.find_schedule_by_request_id(request_id)
+                )
+                if existing is None:
+                    raise
+                return existing
+
+    def find_schedule_by_request_id(self, request_id: str) -> StoredSchedule | None:
+        """Return the schedule stored under the client's ``request_id``, or ``None``."""
+        with _translate_errors(), self._sessions() as session:
+            row = session.scalars(
+                select(Schedule).where(Schedule.request_id == request_id)
+            ).one_or_none()
+            return None if row is None else _schedule_record(row)
+
+    def get_schedule(self, schedule_id: str) -> StoredSchedule:
+        """Return the schedule ``schedule_id``; raise ``NotFoundError`` if there is none."""
+        with _translate_errors(), self._sessions() as session:
+            row = session.get(Schedule, schedule_id)
+            if row is None:
+                raise NotFoundError("schedule", schedule_id)
+            return _schedule_record(row)
+
+    def list_schedules(
+        self,
+        *,
+        model: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str | None = None,
+    ) -> tuple[list[StoredSchedule], str | None]:
+        """Up to ``page_size`` schedules (clamped to 1..1000), newest first, and the next
+        page's token (``None`` on the last page); ``model`` filters by exact name."""
+        where: list[ColumnElement[bool]] = []
+        if model is not None:
+            where.append(Schedule.model == model)
+        rows, token = self._page(Schedule, where, {"model": model}, page_size, page_token)
+        return [_schedule_record(row) for row in rows], token
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete the schedule ``schedule_id``; raise ``NotFoundError`` if there is none."""
+        with _translate_errors(), self._sessions.begin() as session:
+            row = session.get(Schedule, schedule_id)
+            if row is None:
+                raise NotFoundError("schedule", schedule_id)
+            session.delete(row)
+
     # -- custom catalog entries ------------------------------------------------------------------
 
     def create_custom_model(self, name: str, spec: dict[str, Any]) -> StoredEntry:
@@ -581,6 +712,22 @@ def _sweep_record(row: Sweep, *, with_scenarios: bool) -> StoredSweep:
         done=row.done,
         request=row.request,
         scenarios=scenarios,
+    )
+
+
+def _schedule_record(row: Schedule) -> StoredSchedule:
+    return StoredSchedule(
+        id=row.id,
+        request_id=row.request_id,
+        model=row.model,
+        gpu=row.gpu,
+        planner_version=row.planner_version,
+        created_at=row.created_at,
+        gpu_hours=row.gpu_hours,
+        slo_attainment=row.slo_attainment,
+        violations=row.violations,
+        request=row.request,
+        result=row.result,
     )
 
 

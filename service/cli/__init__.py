@@ -6,6 +6,7 @@
     plan.py       ``plan``: search and recommend (``--plot`` draws the Pareto frontiers)
     sweep.py      ``sweep``: a grid of plans
     stored.py     ``plans list|get|delete``, ``sweeps get``: what a server stored
+    schedule.py   ``schedule``, ``schedules list|get|delete``, ``simulate``: elastic scaling
     catalog.py    ``models``, ``gpus`` and their ``create``
     admin.py      ``serve`` and ``db upgrade``
     inputs.py     flags, JSON Lines and traffic-mix files -> planner requests
@@ -23,11 +24,22 @@ from collections.abc import Sequence
 
 import typer
 
-from service.cli import admin, catalog, estimate, plan, stored, sweep
+from service.cli import admin, catalog, estimate, plan, schedule, stored, sweep
 from service.cli.app import app
 from service.cli.errors import CliError
 
-__all__ = ["CliError", "admin", "app", "catalog", "estimate", "main", "plan", "stored", "sweep"]
+__all__ = [
+    "CliError",
+    "admin",
+    "app",
+    "catalog",
+    "estimate",
+    "main",
+    "plan",
+    "schedule",
+    "stored",
+    "sweep",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -34,6 +34,9 @@ from service.cli.format import StoredPlan
 if TYPE_CHECKING:
     from pdplanner.client import PlannerClient
 
+    from planner.scaling.forecast import ForecastSpec
+    from planner.scaling.schedule import ScheduleRequest
+
 SERVER_ENV = "PDPLANNER_SERVER"
 #: Seconds a call may take before the CLI gives up on it (all retries included).
 CALL_TIMEOUT_S = 600.0
@@ -69,6 +72,13 @@ class Backend(Protocol):
     def models(self) -> list[ModelSpec]: ...
 
     def gpus(self) -> list[GpuSpec]: ...
+
+    def schedule(
+        self, req: ScheduleRequest, history: ForecastSpec | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """The schedule's JSON (``ScheduleResult.to_dict``) and its stored name (None in
+        process); with a ``history``, the series is forecast from it first."""
+        ...
 
     def close(self) -> None: ...
 
@@ -137,6 +147,19 @@ class LocalBackend:
     def gpus(self) -> list[GpuSpec]:
         _, gpus = self._catalogs()
         return gpus.specs() if gpus is not None else []
+
+    def schedule(
+        self, req: ScheduleRequest, history: ForecastSpec | None
+    ) -> tuple[dict[str, Any], str | None]:
+        from dataclasses import replace
+
+        from planner.scaling.forecast import forecast
+        from planner.scaling.schedule import plan_schedule
+
+        if history is not None:
+            fc = forecast(history.history, history.horizon, history.quantile, history.method)
+            req = replace(req, series=fc.upper, replay_series=fc.mean)
+        return plan_schedule(req, *self._catalogs()).to_dict(), None
 
     def close(self) -> None:
         """Nothing to close."""
@@ -321,6 +344,54 @@ class RemoteBackend:
 
         with self._errors():
             return [convert.gpu_from_proto(g) for g in self._client.list_gpus()]
+
+    def schedule(
+        self, req: ScheduleRequest, history: ForecastSpec | None
+    ) -> tuple[dict[str, Any], str | None]:
+        from service.convert import scaling
+
+        msg = scaling.schedule_request_to_proto(req, history)  # the client adds a request_id
+        with self._errors():
+            stored = self._client.plan_scaling(msg)
+        return scaling.schedule_result_to_json(stored.result), stored.name
+
+    def list_schedules(
+        self, *, model: str | None, page_size: int | None, page_token: str | None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of the ListSchedules RPC (each schedule's JSON) and the next page's token."""
+        with self._errors():
+            page = self._client.list_schedules(
+                model=model or "", page_size=page_size or 0, page_token=page_token or ""
+            )
+        return [_stored_schedule(s) for s in page.schedules], page.next_page_token
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        """The GetSchedule RPC: the stored schedule's JSON."""
+        name = resources.from_id_or_name(schedule_id, "schedules")
+        with self._errors():
+            return _stored_schedule(self._client.get_schedule(name))
+
+    def delete_schedule(self, schedule_id: str) -> str:
+        """The DeleteSchedule RPC; returns the deleted schedule's name."""
+        name = resources.from_id_or_name(schedule_id, "schedules")
+        with self._errors():
+            self._client.delete_schedule(name)
+        return name
+
+
+def _stored_schedule(msg: Any) -> dict[str, Any]:
+    """A stored ``Schedule`` as JSON: name, create_time, request (message JSON) and result."""
+    from google.protobuf import json_format
+
+    from service.convert import scaling
+
+    return {
+        "name": msg.name,
+        "create_time": msg.create_time.ToDatetime().replace(microsecond=0).isoformat() + "Z",
+        "planner_version": msg.planner_version,
+        "request": json_format.MessageToDict(msg.request, preserving_proto_field_name=True),
+        "result": scaling.schedule_result_to_json(msg.result),
+    }
 
 
 def content_id(value: Any) -> str:

@@ -609,3 +609,72 @@ def test_everything_survives_reopening_the_store(database_url: str) -> None:
         assert second.get_sweep(sweep.id) == sweep_then
         assert second.get_custom_model("m") == model
         assert second.get_custom_gpu("g") == gpu
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+
+def schedule_args(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of a typical ``create_schedule`` call."""
+    args: dict[str, Any] = {
+        "request_id": None,
+        "model": "llama-3.1-70b",
+        "gpu": "h100-sxm",
+        "planner_version": "0.1.0",
+        "gpu_hours": 626.0,
+        "slo_attainment": 0.9998,
+        "violations": 0,
+        "request": {"gpus": 128, "trace": [{"start_s": 0, "requests_per_s": 4.0}]},
+        "result": {"intervals": [{"start_s": 0, "gpus": 24}], "events": [], "totals": {}},
+    }
+    args.update(overrides)
+    return args
+
+
+def test_a_schedule_reads_back_equal_and_is_deleted(store: SqlStore) -> None:
+    created = store.create_schedule(**schedule_args(slo_attainment=None, violations=3))
+    assert store.get_schedule(created.id) == created
+    assert created.slo_attainment is None and created.violations == 3
+    assert created.result["intervals"][0]["gpus"] == 24
+    store.delete_schedule(created.id)
+    with pytest.raises(NotFoundError):
+        store.get_schedule(created.id)
+    with pytest.raises(NotFoundError):
+        store.delete_schedule(created.id)
+
+
+def test_a_repeated_schedule_request_id_returns_the_first_schedule(
+    store: SqlStore, count_rows: CountRows
+) -> None:
+    first = store.create_schedule(**schedule_args(request_id="s-1"))
+    again = store.create_schedule(**schedule_args(request_id="s-1", gpu_hours=1.0))
+    assert again == first
+    assert count_rows("schedules") == 1
+
+
+def test_racing_creates_with_one_request_id_store_one_schedule(
+    store: SqlStore, count_rows: CountRows
+) -> None:
+    results = race(6, lambda i: store.create_schedule(**schedule_args(request_id="race")))
+    assert len({r.id for r in results}) == 1
+    assert count_rows("schedules") == 1
+
+
+def test_schedules_are_listed_newest_first_in_pages_filtered_by_model(
+    clocked_store: Callable[[StepClock], SqlStore],
+) -> None:
+    store = clocked_store(StepClock())
+    ids = [store.create_schedule(**schedule_args(model=m)).id for m in ("a", "b", "a", "a")]
+    listed = all_pages(store.list_schedules, page_size=2)
+    assert [s.id for s in listed] == ids[::-1]
+    assert [s.id for s in all_pages(store.list_schedules, model="a", page_size=1)] == [
+        ids[3],
+        ids[2],
+        ids[0],
+    ]
+
+
+def test_a_negative_violation_count_is_rejected(store: SqlStore, count_rows: CountRows) -> None:
+    with pytest.raises(InvalidValueError):
+        store.create_schedule(**schedule_args(violations=-1))
+    assert count_rows("schedules") == 0

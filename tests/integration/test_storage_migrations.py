@@ -19,7 +19,7 @@ from storage.engine import make_engine
 from storage.migrate import current_revision, downgrade, head_revision, upgrade
 from storage.models import metadata
 
-TABLES = {"plans", "sweeps", "sweep_scenarios", "custom_models", "custom_gpus"}
+TABLES = {"plans", "sweeps", "sweep_scenarios", "custom_models", "custom_gpus", "schedules"}
 
 
 def schema_differences(url: str, target: MetaData = metadata) -> list[Any]:
@@ -68,7 +68,7 @@ def test_upgrading_twice_is_a_no_op_at_head(empty_database_url: str) -> None:
     upgrade(empty_database_url)
     upgrade(empty_database_url)
 
-    assert current_revision(empty_database_url) == head_revision() == "0001"
+    assert current_revision(empty_database_url) == head_revision() == "0002"
     assert schema_differences(empty_database_url) == []
 
 

@@ -35,6 +35,7 @@ from pdplanner.v1 import (
     estimate_pb2,
     plan_pb2,
     planner_service_pb2_grpc,
+    scaling_pb2,
     sweep_pb2,
 )
 
@@ -331,6 +332,45 @@ class PlannerClient:
             request_id=request_id or str(uuid.uuid4()), gpu_id=gpu_id, gpu=gpu
         )
         return self._call(self._stub.CreateGpu, request, timeout_s).gpu
+
+    # -- scaling schedules -----------------------------------------------------------------------
+
+    def plan_scaling(
+        self, request: scaling_pb2.PlanScalingRequest, *, timeout_s: float | None = None
+    ) -> scaling_pb2.Schedule:
+        """Plan, replay and store a scaling schedule; returns the ``Schedule`` resource."""
+        response = self._call(self._stub.PlanScaling, _with_request_id(request), timeout_s)
+        return response.schedule
+
+    def get_schedule(self, name: str, *, timeout_s: float | None = None) -> scaling_pb2.Schedule:
+        """A stored schedule by name (``schedules/ID``) or bare id."""
+        request = scaling_pb2.GetScheduleRequest(name=_resource_name(name, "schedules"))
+        return self._call(self._stub.GetSchedule, request, timeout_s).schedule
+
+    def list_schedules(
+        self,
+        *,
+        model: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> scaling_pb2.ListSchedulesResponse:
+        """One page of stored schedules, newest first."""
+        request = scaling_pb2.ListSchedulesRequest(
+            model=model, page_size=page_size, page_token=page_token
+        )
+        return self._call(self._stub.ListSchedules, request, timeout_s)
+
+    def delete_schedule(self, name: str, *, timeout_s: float | None = None) -> None:
+        """Delete a stored schedule by name (``schedules/ID``) or bare id."""
+        request = scaling_pb2.DeleteScheduleRequest(name=_resource_name(name, "schedules"))
+        self._call(self._stub.DeleteSchedule, request, timeout_s)
+
+    def rate_match(
+        self, request: scaling_pb2.RateMatchRequest, *, timeout_s: float | None = None
+    ) -> scaling_pb2.RateMatchResponse:
+        """Target worker counts for the observed traffic (nothing is stored)."""
+        return self._call(self._stub.RateMatch, request, timeout_s)
 
 
 def _resource_name(name: str, collection: str) -> str:

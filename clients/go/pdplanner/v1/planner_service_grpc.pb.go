@@ -46,6 +46,19 @@ type PlannerServiceClient interface {
 	CreateModel(ctx context.Context, in *CreateModelRequest, opts ...grpc.CallOption) (*CreateModelResponse, error)
 	// CreateGpu adds a custom GPU type; it is stored and usable by name in every later call.
 	CreateGpu(ctx context.Context, in *CreateGpuRequest, opts ...grpc.CallOption) (*CreateGpuResponse, error)
+	// PlanScaling plans an elastic scaling schedule over a traffic series (or a forecast of a
+	// history), replays it with the static alternatives, stores it as a Schedule resource and
+	// returns it. A repeated request_id returns the stored schedule without planning.
+	PlanScaling(ctx context.Context, in *PlanScalingRequest, opts ...grpc.CallOption) (*PlanScalingResponse, error)
+	// GetSchedule returns one stored schedule.
+	GetSchedule(ctx context.Context, in *GetScheduleRequest, opts ...grpc.CallOption) (*GetScheduleResponse, error)
+	// ListSchedules returns stored schedules, newest first, optionally for one model.
+	ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error)
+	// DeleteSchedule deletes one stored schedule.
+	DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error)
+	// RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
+	// observed traffic, corrected by observed over predicted latency. Nothing is stored.
+	RateMatch(ctx context.Context, in *RateMatchRequest, opts ...grpc.CallOption) (*RateMatchResponse, error)
 }
 
 type plannerServiceClient struct {
@@ -187,6 +200,51 @@ func (c *plannerServiceClient) CreateGpu(ctx context.Context, in *CreateGpuReque
 	return out, nil
 }
 
+func (c *plannerServiceClient) PlanScaling(ctx context.Context, in *PlanScalingRequest, opts ...grpc.CallOption) (*PlanScalingResponse, error) {
+	out := new(PlanScalingResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/PlanScaling", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *plannerServiceClient) GetSchedule(ctx context.Context, in *GetScheduleRequest, opts ...grpc.CallOption) (*GetScheduleResponse, error) {
+	out := new(GetScheduleResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/GetSchedule", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *plannerServiceClient) ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error) {
+	out := new(ListSchedulesResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/ListSchedules", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *plannerServiceClient) DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error) {
+	out := new(DeleteScheduleResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/DeleteSchedule", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *plannerServiceClient) RateMatch(ctx context.Context, in *RateMatchRequest, opts ...grpc.CallOption) (*RateMatchResponse, error) {
+	out := new(RateMatchResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/RateMatch", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PlannerServiceServer is the server API for PlannerService service.
 // All implementations must embed UnimplementedPlannerServiceServer
 // for forward compatibility
@@ -220,6 +278,19 @@ type PlannerServiceServer interface {
 	CreateModel(context.Context, *CreateModelRequest) (*CreateModelResponse, error)
 	// CreateGpu adds a custom GPU type; it is stored and usable by name in every later call.
 	CreateGpu(context.Context, *CreateGpuRequest) (*CreateGpuResponse, error)
+	// PlanScaling plans an elastic scaling schedule over a traffic series (or a forecast of a
+	// history), replays it with the static alternatives, stores it as a Schedule resource and
+	// returns it. A repeated request_id returns the stored schedule without planning.
+	PlanScaling(context.Context, *PlanScalingRequest) (*PlanScalingResponse, error)
+	// GetSchedule returns one stored schedule.
+	GetSchedule(context.Context, *GetScheduleRequest) (*GetScheduleResponse, error)
+	// ListSchedules returns stored schedules, newest first, optionally for one model.
+	ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error)
+	// DeleteSchedule deletes one stored schedule.
+	DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error)
+	// RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
+	// observed traffic, corrected by observed over predicted latency. Nothing is stored.
+	RateMatch(context.Context, *RateMatchRequest) (*RateMatchResponse, error)
 	mustEmbedUnimplementedPlannerServiceServer()
 }
 
@@ -262,6 +333,21 @@ func (UnimplementedPlannerServiceServer) CreateModel(context.Context, *CreateMod
 }
 func (UnimplementedPlannerServiceServer) CreateGpu(context.Context, *CreateGpuRequest) (*CreateGpuResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateGpu not implemented")
+}
+func (UnimplementedPlannerServiceServer) PlanScaling(context.Context, *PlanScalingRequest) (*PlanScalingResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PlanScaling not implemented")
+}
+func (UnimplementedPlannerServiceServer) GetSchedule(context.Context, *GetScheduleRequest) (*GetScheduleResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSchedule not implemented")
+}
+func (UnimplementedPlannerServiceServer) ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListSchedules not implemented")
+}
+func (UnimplementedPlannerServiceServer) DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteSchedule not implemented")
+}
+func (UnimplementedPlannerServiceServer) RateMatch(context.Context, *RateMatchRequest) (*RateMatchResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RateMatch not implemented")
 }
 func (UnimplementedPlannerServiceServer) mustEmbedUnimplementedPlannerServiceServer() {}
 
@@ -495,6 +581,96 @@ func _PlannerService_CreateGpu_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PlannerService_PlanScaling_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlanScalingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).PlanScaling(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/PlanScaling",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).PlanScaling(ctx, req.(*PlanScalingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PlannerService_GetSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).GetSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/GetSchedule",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).GetSchedule(ctx, req.(*GetScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PlannerService_ListSchedules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSchedulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).ListSchedules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/ListSchedules",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).ListSchedules(ctx, req.(*ListSchedulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PlannerService_DeleteSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).DeleteSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/DeleteSchedule",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).DeleteSchedule(ctx, req.(*DeleteScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PlannerService_RateMatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RateMatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).RateMatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/RateMatch",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).RateMatch(ctx, req.(*RateMatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _PlannerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "pdplanner.v1.PlannerService",
 	HandlerType: (*PlannerServiceServer)(nil),
@@ -542,6 +718,26 @@ var _PlannerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateGpu",
 			Handler:    _PlannerService_CreateGpu_Handler,
+		},
+		{
+			MethodName: "PlanScaling",
+			Handler:    _PlannerService_PlanScaling_Handler,
+		},
+		{
+			MethodName: "GetSchedule",
+			Handler:    _PlannerService_GetSchedule_Handler,
+		},
+		{
+			MethodName: "ListSchedules",
+			Handler:    _PlannerService_ListSchedules_Handler,
+		},
+		{
+			MethodName: "DeleteSchedule",
+			Handler:    _PlannerService_DeleteSchedule_Handler,
+		},
+		{
+			MethodName: "RateMatch",
+			Handler:    _PlannerService_RateMatch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

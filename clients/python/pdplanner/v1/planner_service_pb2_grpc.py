@@ -6,6 +6,7 @@ import warnings
 from pdplanner.v1 import catalog_pb2 as pdplanner_dot_v1_dot_catalog__pb2
 from pdplanner.v1 import estimate_pb2 as pdplanner_dot_v1_dot_estimate__pb2
 from pdplanner.v1 import plan_pb2 as pdplanner_dot_v1_dot_plan__pb2
+from pdplanner.v1 import scaling_pb2 as pdplanner_dot_v1_dot_scaling__pb2
 from pdplanner.v1 import sweep_pb2 as pdplanner_dot_v1_dot_sweep__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -102,6 +103,31 @@ class PlannerServiceStub:
                 '/pdplanner.v1.PlannerService/CreateGpu',
                 request_serializer=pdplanner_dot_v1_dot_catalog__pb2.CreateGpuRequest.SerializeToString,
                 response_deserializer=pdplanner_dot_v1_dot_catalog__pb2.CreateGpuResponse.FromString,
+                _registered_method=True)
+        self.PlanScaling = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/PlanScaling',
+                request_serializer=pdplanner_dot_v1_dot_scaling__pb2.PlanScalingRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_scaling__pb2.PlanScalingResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/GetSchedule',
+                request_serializer=pdplanner_dot_v1_dot_scaling__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_scaling__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/ListSchedules',
+                request_serializer=pdplanner_dot_v1_dot_scaling__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_scaling__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/DeleteSchedule',
+                request_serializer=pdplanner_dot_v1_dot_scaling__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_scaling__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.RateMatch = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/RateMatch',
+                request_serializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -203,6 +229,44 @@ class PlannerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanScaling(self, request, context):
+        """PlanScaling plans an elastic scaling schedule over a traffic series (or a forecast of a
+        history), replays it with the static alternatives, stores it as a Schedule resource and
+        returns it. A repeated request_id returns the stored schedule without planning.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """GetSchedule returns one stored schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules returns stored schedules, newest first, optionally for one model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule deletes one stored schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RateMatch(self, request, context):
+        """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
+        observed traffic, corrected by observed over predicted latency. Nothing is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlannerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +329,31 @@ def add_PlannerServiceServicer_to_server(servicer, server):
                     servicer.CreateGpu,
                     request_deserializer=pdplanner_dot_v1_dot_catalog__pb2.CreateGpuRequest.FromString,
                     response_serializer=pdplanner_dot_v1_dot_catalog__pb2.CreateGpuResponse.SerializeToString,
+            ),
+            'PlanScaling': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanScaling,
+                    request_deserializer=pdplanner_dot_v1_dot_scaling__pb2.PlanScalingRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_scaling__pb2.PlanScalingResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=pdplanner_dot_v1_dot_scaling__pb2.GetScheduleRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_scaling__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=pdplanner_dot_v1_dot_scaling__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_scaling__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=pdplanner_dot_v1_dot_scaling__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_scaling__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'RateMatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RateMatch,
+                    request_deserializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_scaling__pb2.RateMatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -597,6 +686,141 @@ class PlannerService:
             '/pdplanner.v1.PlannerService/CreateGpu',
             pdplanner_dot_v1_dot_catalog__pb2.CreateGpuRequest.SerializeToString,
             pdplanner_dot_v1_dot_catalog__pb2.CreateGpuResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanScaling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/PlanScaling',
+            pdplanner_dot_v1_dot_scaling__pb2.PlanScalingRequest.SerializeToString,
+            pdplanner_dot_v1_dot_scaling__pb2.PlanScalingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/GetSchedule',
+            pdplanner_dot_v1_dot_scaling__pb2.GetScheduleRequest.SerializeToString,
+            pdplanner_dot_v1_dot_scaling__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/ListSchedules',
+            pdplanner_dot_v1_dot_scaling__pb2.ListSchedulesRequest.SerializeToString,
+            pdplanner_dot_v1_dot_scaling__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/DeleteSchedule',
+            pdplanner_dot_v1_dot_scaling__pb2.DeleteScheduleRequest.SerializeToString,
+            pdplanner_dot_v1_dot_scaling__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RateMatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/RateMatch',
+            pdplanner_dot_v1_dot_scaling__pb2.RateMatchRequest.SerializeToString,
+            pdplanner_dot_v1_dot_scaling__pb2.RateMatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

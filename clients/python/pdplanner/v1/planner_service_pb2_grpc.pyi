@@ -8,6 +8,7 @@ from grpc import aio as _aio
 from pdplanner.v1 import catalog_pb2 as _catalog_pb2
 from pdplanner.v1 import estimate_pb2 as _estimate_pb2
 from pdplanner.v1 import plan_pb2 as _plan_pb2
+from pdplanner.v1 import scaling_pb2 as _scaling_pb2
 from pdplanner.v1 import sweep_pb2 as _sweep_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -74,6 +75,21 @@ class PlannerServiceStub:
     """
     CreateGpu: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.CreateGpuRequest, _catalog_pb2.CreateGpuResponse]
     """CreateGpu adds a custom GPU type; it is stored and usable by name in every later call."""
+    PlanScaling: _grpc.UnaryUnaryMultiCallable[_scaling_pb2.PlanScalingRequest, _scaling_pb2.PlanScalingResponse]
+    """PlanScaling plans an elastic scaling schedule over a traffic series (or a forecast of a
+    history), replays it with the static alternatives, stores it as a Schedule resource and
+    returns it. A repeated request_id returns the stored schedule without planning.
+    """
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_scaling_pb2.GetScheduleRequest, _scaling_pb2.GetScheduleResponse]
+    """GetSchedule returns one stored schedule."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_scaling_pb2.ListSchedulesRequest, _scaling_pb2.ListSchedulesResponse]
+    """ListSchedules returns stored schedules, newest first, optionally for one model."""
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_scaling_pb2.DeleteScheduleRequest, _scaling_pb2.DeleteScheduleResponse]
+    """DeleteSchedule deletes one stored schedule."""
+    RateMatch: _grpc.UnaryUnaryMultiCallable[_scaling_pb2.RateMatchRequest, _scaling_pb2.RateMatchResponse]
+    """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
+    observed traffic, corrected by observed over predicted latency. Nothing is stored.
+    """
 
 @_typing.type_check_only
 class PlannerServiceAsyncStub(PlannerServiceStub):
@@ -118,6 +134,21 @@ class PlannerServiceAsyncStub(PlannerServiceStub):
     """
     CreateGpu: _aio.UnaryUnaryMultiCallable[_catalog_pb2.CreateGpuRequest, _catalog_pb2.CreateGpuResponse]  # type: ignore[assignment]
     """CreateGpu adds a custom GPU type; it is stored and usable by name in every later call."""
+    PlanScaling: _aio.UnaryUnaryMultiCallable[_scaling_pb2.PlanScalingRequest, _scaling_pb2.PlanScalingResponse]  # type: ignore[assignment]
+    """PlanScaling plans an elastic scaling schedule over a traffic series (or a forecast of a
+    history), replays it with the static alternatives, stores it as a Schedule resource and
+    returns it. A repeated request_id returns the stored schedule without planning.
+    """
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_scaling_pb2.GetScheduleRequest, _scaling_pb2.GetScheduleResponse]  # type: ignore[assignment]
+    """GetSchedule returns one stored schedule."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_scaling_pb2.ListSchedulesRequest, _scaling_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """ListSchedules returns stored schedules, newest first, optionally for one model."""
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_scaling_pb2.DeleteScheduleRequest, _scaling_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
+    """DeleteSchedule deletes one stored schedule."""
+    RateMatch: _aio.UnaryUnaryMultiCallable[_scaling_pb2.RateMatchRequest, _scaling_pb2.RateMatchResponse]  # type: ignore[assignment]
+    """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
+    observed traffic, corrected by observed over predicted latency. Nothing is stored.
+    """
 
 class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
     """PlannerService plans disaggregated (prefill/decode) and aggregated LLM serving deployments.
@@ -231,5 +262,50 @@ class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.CreateGpuResponse, _abc.Awaitable[_catalog_pb2.CreateGpuResponse]]:
         """CreateGpu adds a custom GPU type; it is stored and usable by name in every later call."""
+
+    @_abc_1.abstractmethod
+    def PlanScaling(
+        self,
+        request: _scaling_pb2.PlanScalingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scaling_pb2.PlanScalingResponse, _abc.Awaitable[_scaling_pb2.PlanScalingResponse]]:
+        """PlanScaling plans an elastic scaling schedule over a traffic series (or a forecast of a
+        history), replays it with the static alternatives, stores it as a Schedule resource and
+        returns it. A repeated request_id returns the stored schedule without planning.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _scaling_pb2.GetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scaling_pb2.GetScheduleResponse, _abc.Awaitable[_scaling_pb2.GetScheduleResponse]]:
+        """GetSchedule returns one stored schedule."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _scaling_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scaling_pb2.ListSchedulesResponse, _abc.Awaitable[_scaling_pb2.ListSchedulesResponse]]:
+        """ListSchedules returns stored schedules, newest first, optionally for one model."""
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _scaling_pb2.DeleteScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scaling_pb2.DeleteScheduleResponse, _abc.Awaitable[_scaling_pb2.DeleteScheduleResponse]]:
+        """DeleteSchedule deletes one stored schedule."""
+
+    @_abc_1.abstractmethod
+    def RateMatch(
+        self,
+        request: _scaling_pb2.RateMatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scaling_pb2.RateMatchResponse, _abc.Awaitable[_scaling_pb2.RateMatchResponse]]:
+        """RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
+        observed traffic, corrected by observed over predicted latency. Nothing is stored.
+        """
 
 def add_PlannerServiceServicer_to_server(servicer: PlannerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,6 +10,8 @@ import type { EstimateRequestSchema, EstimateResponseSchema } from "./estimate_p
 import { file_pdplanner_v1_estimate } from "./estimate_pb.js";
 import type { DeletePlanRequestSchema, DeletePlanResponseSchema, GetPlanRequestSchema, GetPlanResponseSchema, ListPlansRequestSchema, ListPlansResponseSchema, PlanRequestSchema, PlanResponseSchema } from "./plan_pb.js";
 import { file_pdplanner_v1_plan } from "./plan_pb.js";
+import type { DeleteScheduleRequestSchema, DeleteScheduleResponseSchema, GetScheduleRequestSchema, GetScheduleResponseSchema, ListSchedulesRequestSchema, ListSchedulesResponseSchema, PlanScalingRequestSchema, PlanScalingResponseSchema, RateMatchRequestSchema, RateMatchResponseSchema } from "./scaling_pb.js";
+import { file_pdplanner_v1_scaling } from "./scaling_pb.js";
 import type { GetSweepRequestSchema, GetSweepResponseSchema, ListSweepsRequestSchema, ListSweepsResponseSchema, SweepRequestSchema, SweepResponseSchema } from "./sweep_pb.js";
 import { file_pdplanner_v1_sweep } from "./sweep_pb.js";
 
@@ -17,7 +19,7 @@ import { file_pdplanner_v1_sweep } from "./sweep_pb.js";
  * Describes the file pdplanner/v1/planner_service.proto.
  */
 export const file_pdplanner_v1_planner_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJwZHBsYW5uZXIvdjEvcGxhbm5lcl9zZXJ2aWNlLnByb3RvEgxwZHBsYW5uZXIudjEynwcKDlBsYW5uZXJTZXJ2aWNlEj0KBFBsYW4SGS5wZHBsYW5uZXIudjEuUGxhblJlcXVlc3QaGi5wZHBsYW5uZXIudjEuUGxhblJlc3BvbnNlEkkKCEVzdGltYXRlEh0ucGRwbGFubmVyLnYxLkVzdGltYXRlUmVxdWVzdBoeLnBkcGxhbm5lci52MS5Fc3RpbWF0ZVJlc3BvbnNlEkYKB0dldFBsYW4SHC5wZHBsYW5uZXIudjEuR2V0UGxhblJlcXVlc3QaHS5wZHBsYW5uZXIudjEuR2V0UGxhblJlc3BvbnNlEkwKCUxpc3RQbGFucxIeLnBkcGxhbm5lci52MS5MaXN0UGxhbnNSZXF1ZXN0Gh8ucGRwbGFubmVyLnYxLkxpc3RQbGFuc1Jlc3BvbnNlEk8KCkRlbGV0ZVBsYW4SHy5wZHBsYW5uZXIudjEuRGVsZXRlUGxhblJlcXVlc3QaIC5wZHBsYW5uZXIudjEuRGVsZXRlUGxhblJlc3BvbnNlEkIKBVN3ZWVwEhoucGRwbGFubmVyLnYxLlN3ZWVwUmVxdWVzdBobLnBkcGxhbm5lci52MS5Td2VlcFJlc3BvbnNlMAESSQoIR2V0U3dlZXASHS5wZHBsYW5uZXIudjEuR2V0U3dlZXBSZXF1ZXN0Gh4ucGRwbGFubmVyLnYxLkdldFN3ZWVwUmVzcG9uc2USTwoKTGlzdFN3ZWVwcxIfLnBkcGxhbm5lci52MS5MaXN0U3dlZXBzUmVxdWVzdBogLnBkcGxhbm5lci52MS5MaXN0U3dlZXBzUmVzcG9uc2USTwoKTGlzdE1vZGVscxIfLnBkcGxhbm5lci52MS5MaXN0TW9kZWxzUmVxdWVzdBogLnBkcGxhbm5lci52MS5MaXN0TW9kZWxzUmVzcG9uc2USSQoITGlzdEdwdXMSHS5wZHBsYW5uZXIudjEuTGlzdEdwdXNSZXF1ZXN0Gh4ucGRwbGFubmVyLnYxLkxpc3RHcHVzUmVzcG9uc2USUgoLQ3JlYXRlTW9kZWwSIC5wZHBsYW5uZXIudjEuQ3JlYXRlTW9kZWxSZXF1ZXN0GiEucGRwbGFubmVyLnYxLkNyZWF0ZU1vZGVsUmVzcG9uc2USTAoJQ3JlYXRlR3B1Eh4ucGRwbGFubmVyLnYxLkNyZWF0ZUdwdVJlcXVlc3QaHy5wZHBsYW5uZXIudjEuQ3JlYXRlR3B1UmVzcG9uc2VCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_pdplanner_v1_catalog, file_pdplanner_v1_estimate, file_pdplanner_v1_plan, file_pdplanner_v1_sweep]);
+  fileDesc("CiJwZHBsYW5uZXIvdjEvcGxhbm5lcl9zZXJ2aWNlLnByb3RvEgxwZHBsYW5uZXIudjEyzAoKDlBsYW5uZXJTZXJ2aWNlEj0KBFBsYW4SGS5wZHBsYW5uZXIudjEuUGxhblJlcXVlc3QaGi5wZHBsYW5uZXIudjEuUGxhblJlc3BvbnNlEkkKCEVzdGltYXRlEh0ucGRwbGFubmVyLnYxLkVzdGltYXRlUmVxdWVzdBoeLnBkcGxhbm5lci52MS5Fc3RpbWF0ZVJlc3BvbnNlEkYKB0dldFBsYW4SHC5wZHBsYW5uZXIudjEuR2V0UGxhblJlcXVlc3QaHS5wZHBsYW5uZXIudjEuR2V0UGxhblJlc3BvbnNlEkwKCUxpc3RQbGFucxIeLnBkcGxhbm5lci52MS5MaXN0UGxhbnNSZXF1ZXN0Gh8ucGRwbGFubmVyLnYxLkxpc3RQbGFuc1Jlc3BvbnNlEk8KCkRlbGV0ZVBsYW4SHy5wZHBsYW5uZXIudjEuRGVsZXRlUGxhblJlcXVlc3QaIC5wZHBsYW5uZXIudjEuRGVsZXRlUGxhblJlc3BvbnNlEkIKBVN3ZWVwEhoucGRwbGFubmVyLnYxLlN3ZWVwUmVxdWVzdBobLnBkcGxhbm5lci52MS5Td2VlcFJlc3BvbnNlMAESSQoIR2V0U3dlZXASHS5wZHBsYW5uZXIudjEuR2V0U3dlZXBSZXF1ZXN0Gh4ucGRwbGFubmVyLnYxLkdldFN3ZWVwUmVzcG9uc2USTwoKTGlzdFN3ZWVwcxIfLnBkcGxhbm5lci52MS5MaXN0U3dlZXBzUmVxdWVzdBogLnBkcGxhbm5lci52MS5MaXN0U3dlZXBzUmVzcG9uc2USTwoKTGlzdE1vZGVscxIfLnBkcGxhbm5lci52MS5MaXN0TW9kZWxzUmVxdWVzdBogLnBkcGxhbm5lci52MS5MaXN0TW9kZWxzUmVzcG9uc2USSQoITGlzdEdwdXMSHS5wZHBsYW5uZXIudjEuTGlzdEdwdXNSZXF1ZXN0Gh4ucGRwbGFubmVyLnYxLkxpc3RHcHVzUmVzcG9uc2USUgoLQ3JlYXRlTW9kZWwSIC5wZHBsYW5uZXIudjEuQ3JlYXRlTW9kZWxSZXF1ZXN0GiEucGRwbGFubmVyLnYxLkNyZWF0ZU1vZGVsUmVzcG9uc2USTAoJQ3JlYXRlR3B1Eh4ucGRwbGFubmVyLnYxLkNyZWF0ZUdwdVJlcXVlc3QaHy5wZHBsYW5uZXIudjEuQ3JlYXRlR3B1UmVzcG9uc2USUgoLUGxhblNjYWxpbmcSIC5wZHBsYW5uZXIudjEuUGxhblNjYWxpbmdSZXF1ZXN0GiEucGRwbGFubmVyLnYxLlBsYW5TY2FsaW5nUmVzcG9uc2USUgoLR2V0U2NoZWR1bGUSIC5wZHBsYW5uZXIudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GiEucGRwbGFubmVyLnYxLkdldFNjaGVkdWxlUmVzcG9uc2USWAoNTGlzdFNjaGVkdWxlcxIiLnBkcGxhbm5lci52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBojLnBkcGxhbm5lci52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWwoORGVsZXRlU2NoZWR1bGUSIy5wZHBsYW5uZXIudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiQucGRwbGFubmVyLnYxLkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2USTAoJUmF0ZU1hdGNoEh4ucGRwbGFubmVyLnYxLlJhdGVNYXRjaFJlcXVlc3QaHy5wZHBsYW5uZXIudjEuUmF0ZU1hdGNoUmVzcG9uc2VCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_pdplanner_v1_catalog, file_pdplanner_v1_estimate, file_pdplanner_v1_plan, file_pdplanner_v1_scaling, file_pdplanner_v1_sweep]);
 
 /**
  * PlannerService plans disaggregated (prefill/decode) and aggregated LLM serving deployments.
@@ -154,6 +156,59 @@ export const PlannerService: GenService<{
     methodKind: "unary";
     input: typeof CreateGpuRequestSchema;
     output: typeof CreateGpuResponseSchema;
+  },
+  /**
+   * PlanScaling plans an elastic scaling schedule over a traffic series (or a forecast of a
+   * history), replays it with the static alternatives, stores it as a Schedule resource and
+   * returns it. A repeated request_id returns the stored schedule without planning.
+   *
+   * @generated from rpc pdplanner.v1.PlannerService.PlanScaling
+   */
+  planScaling: {
+    methodKind: "unary";
+    input: typeof PlanScalingRequestSchema;
+    output: typeof PlanScalingResponseSchema;
+  },
+  /**
+   * GetSchedule returns one stored schedule.
+   *
+   * @generated from rpc pdplanner.v1.PlannerService.GetSchedule
+   */
+  getSchedule: {
+    methodKind: "unary";
+    input: typeof GetScheduleRequestSchema;
+    output: typeof GetScheduleResponseSchema;
+  },
+  /**
+   * ListSchedules returns stored schedules, newest first, optionally for one model.
+   *
+   * @generated from rpc pdplanner.v1.PlannerService.ListSchedules
+   */
+  listSchedules: {
+    methodKind: "unary";
+    input: typeof ListSchedulesRequestSchema;
+    output: typeof ListSchedulesResponseSchema;
+  },
+  /**
+   * DeleteSchedule deletes one stored schedule.
+   *
+   * @generated from rpc pdplanner.v1.PlannerService.DeleteSchedule
+   */
+  deleteSchedule: {
+    methodKind: "unary";
+    input: typeof DeleteScheduleRequestSchema;
+    output: typeof DeleteScheduleResponseSchema;
+  },
+  /**
+   * RateMatch answers a scheduler at run time: target prefill and decode worker counts for the
+   * observed traffic, corrected by observed over predicted latency. Nothing is stored.
+   *
+   * @generated from rpc pdplanner.v1.PlannerService.RateMatch
+   */
+  rateMatch: {
+    methodKind: "unary";
+    input: typeof RateMatchRequestSchema;
+    output: typeof RateMatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_pdplanner_v1_planner_service, 0);

@@ -1,0 +1,331 @@
+"""Scaling messages <-> the planner's schedule and rate-matching types.
+
+A schedule's answer travels as the JSON of ``ScheduleResult.to_dict`` (what ``pdplanner schedule
+--json`` prints and what the store keeps); its keys are the proto's field names, so the message is
+that JSON with the enum strings spelled as proto enum names (``disagg`` -> ``MODE_DISAGG``), and
+back. The stored request is the request message's JSON (field names kept).
+
+Traffic series errors name the proto field of the offending row: ``series.intervals[3].duration_s``
+or ``series.intervals[3].mix[1].isl``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from google.protobuf import json_format
+from pdplanner.v1 import scaling_pb2
+
+from planner.errors import InvalidInputError
+from planner.scaling.capacity import Shape
+from planner.scaling.forecast import ForecastSpec, Method
+from planner.scaling.ratematch import RateMatchRequest, RateMatchResult
+from planner.scaling.schedule import ScheduleRequest
+from planner.scaling.traffic import TrafficSeries, from_rows
+from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, Slo
+from service import resources
+from service.convert.checks import finite, i32
+from service.convert.enums import PERCENTILE
+from service.convert.stored import timestamp
+from storage.records import StoredSchedule
+
+_ROW = re.compile(r"^rows\[(\d+)\](\.(.*))?$")
+_INTERVAL_KEYS = {"start_s", "duration_s", "requests_per_s"}
+_ENUMS = {"mode": "MODE_", "pool": "POOL_ROLE_", "action": "SCALING_ACTION_"}
+DEFAULT_STARTUP_S = 300.0
+DEFAULT_COOLDOWN_S = 900.0
+DEFAULT_QUANTILE = 0.9
+
+
+def series_from_intervals(intervals: Any, path: str, *, allow_empty: bool = False) -> TrafficSeries:
+    """A series from ``TrafficInterval`` messages; errors name ``{path}[i]`` (and ``.mix[j]``)."""
+    rows: list[dict[str, Any]] = []
+    where: list[tuple[int, int]] = []
+    for i, iv in enumerate(intervals):
+        if not iv.mix:
+            raise InvalidInputError(f"{path}[{i}].mix", "is required: at least one (isl, osl)")
+        for j, w in enumerate(iv.mix):
+            rows.append(
+                {
+                    "start_s": iv.start_s,
+                    "duration_s": iv.duration_s,
+                    "requests_per_s": iv.requests_per_s,
+                    "isl": w.isl,
+                    "osl": w.osl,
+                    "weight": w.weight
+                    if w.HasField("weight")
+                    else (1.0 if len(iv.mix) == 1 else None),
+                }
+            )
+            where.append((i, j))
+    if not rows:
+        if allow_empty:
+            return TrafficSeries(())
+        raise InvalidInputError(path, "is required: at least one interval")
+    try:
+        return from_rows(rows, "rows")
+    except InvalidInputError as e:
+        m = _ROW.match(e.field)
+        if not m:
+            raise InvalidInputError(path, e.reason) from None
+        i, j = where[int(m.group(1))]
+        key = m.group(3) or ""
+        if key in _INTERVAL_KEYS or not key:
+            field = f"{path}[{i}]" + (f".{key}" if key else "")
+        else:
+            field = f"{path}[{i}].mix[{j}].{key}"
+        raise InvalidInputError(field, re.sub(r"rows\[(\d+)\]", "another row", e.reason)) from None
+
+
+def series_to_intervals(series: TrafficSeries) -> list[scaling_pb2.TrafficInterval]:
+    from pdplanner.v1 import common_pb2
+
+    return [
+        scaling_pb2.TrafficInterval(
+            start_s=iv.start_s,
+            duration_s=iv.duration_s,
+            requests_per_s=iv.requests_per_s,
+            mix=[common_pb2.Workload(isl=w.isl, osl=w.osl, weight=w.weight) for w in iv.mix],
+        )
+        for iv in series.intervals
+    ]
+
+
+def _slo(msg: Any) -> Slo:
+    if not msg.HasField("slo"):
+        raise InvalidInputError("slo", "is required: ttft_ms and tpot_ms")
+    s = msg.slo
+    pct = PERCENTILE.optional_from_proto(s.percentile, "slo.percentile") or "p50"
+    return Slo(finite(s.ttft_ms, "slo.ttft_ms"), finite(s.tpot_ms, "slo.tpot_ms"), pct)
+
+
+def _precision(msg: Any) -> Precision:
+    p = msg.precision
+    return Precision(p.dtype or DEFAULT_DTYPE, p.kv_dtype or DEFAULT_DTYPE)
+
+
+def schedule_request_from_proto(
+    msg: scaling_pb2.PlanScalingRequest,
+) -> tuple[ScheduleRequest, ForecastSpec | None]:
+    """The request, and the history to forecast when the traffic is one (then the request's
+    series is empty until the caller puts the forecast in)."""
+    kind = msg.WhichOneof("traffic")
+    if kind is None:
+        raise InvalidInputError("series", "is required: the traffic series, or a forecast")
+    history = None
+    if kind == "series":
+        series = series_from_intervals(msg.series.intervals, "series.intervals")
+    else:
+        f = msg.forecast
+        methods: dict[int, Method] = {0: "ets", 1: "ets", 2: "sarima"}
+        method = methods.get(f.method)
+        if method is None:
+            raise InvalidInputError("forecast.method", f"unknown value {f.method}")
+        history = ForecastSpec(
+            series_from_intervals(f.history, "forecast.history"),
+            f.horizon,
+            f.quantile if f.HasField("quantile") else DEFAULT_QUANTILE,
+            method,
+        )
+        series = TrafficSeries(())
+    req = ScheduleRequest(
+        model=msg.model,
+        gpu=msg.gpu,
+        gpus=msg.gpus,
+        series=series,
+        slo=_slo(msg),
+        decode_gpu=msg.decode_gpu or None,
+        startup_s=finite(msg.startup_s, "startup_s") if msg.HasField("startup_s")
+        else DEFAULT_STARTUP_S,
+        cooldown_s=finite(msg.cooldown_s, "cooldown_s") if msg.HasField("cooldown_s")
+        else DEFAULT_COOLDOWN_S,
+        min_workers=msg.min_workers if msg.HasField("min_workers") else 1,
+        price_per_gpu_hour=finite(msg.price_per_gpu_hour, "price_per_gpu_hour")
+        if msg.HasField("price_per_gpu_hour") else None,
+        precision=_precision(msg),
+        engine=msg.engine or DEFAULT_ENGINE,
+        simulate=msg.simulate if msg.HasField("simulate") else True,
+        seed=msg.seed,
+    )  # fmt: skip
+    return req, history
+
+
+def request_to_json(msg: Any) -> dict[str, Any]:
+    """A request message as the JSON the store keeps (proto field names)."""
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def _clean(value: Any) -> Any:
+    """JSON without nulls and non-finite numbers, enum strings as proto names."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                continue
+            if k in _ENUMS and isinstance(v, str):
+                v = _ENUMS[k] + v.upper()
+            out[k] = _clean(v)
+        return out
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def schedule_result_to_proto(result: dict[str, Any]) -> scaling_pb2.ScheduleResult:
+    """``ScheduleResult.to_dict()`` as its message."""
+    return json_format.ParseDict(_clean(result), scaling_pb2.ScheduleResult())
+
+
+def schedule_result_to_json(msg: scaling_pb2.ScheduleResult) -> dict[str, Any]:
+    """A ``ScheduleResult`` message as the JSON of ``ScheduleResult.to_dict()``."""
+    d = json_format.MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _fill_absent(msg, d)
+    out: dict[str, Any] = _plain_enums(d)
+    return out
+
+
+def _fill_absent(msg: Any, d: dict[str, Any]) -> None:
+    """Write the fields the planner's JSON has as null (unset optionals and messages, an empty
+    ``violation``), which MessageToDict leaves out or prints as defaults."""
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.message_type is not None and f.is_repeated:
+            for m, dd in zip(value, d.get(f.name, []), strict=True):
+                _fill_absent(m, dd)
+        elif f.message_type is not None:
+            if msg.HasField(f.name):
+                _fill_absent(value, d[f.name])
+            else:
+                d[f.name] = None
+        elif (f.has_presence and not msg.HasField(f.name)) or (f.name == "violation" and not value):
+            d[f.name] = None
+
+
+def _plain_enums(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (v.removeprefix(_ENUMS[k]).lower() if k in _ENUMS and isinstance(v, str)
+                else _plain_enums(v))
+            for k, v in value.items()
+        }  # fmt: skip
+    if isinstance(value, list):
+        return [_plain_enums(v) for v in value]
+    return value
+
+
+def _shape(msg: scaling_pb2.WorkerLayout, role: str, default_gpu: str) -> Shape:
+    def one(v: int) -> int:
+        return v or 1
+
+    return Shape(
+        role,
+        msg.gpu or default_gpu,
+        one(msg.tp),
+        one(msg.pp),
+        one(msg.ep),
+        one(msg.attention_dp),
+        msg.batch,
+    )
+
+
+def rate_match_request_from_proto(msg: scaling_pb2.RateMatchRequest, gpu: str) -> RateMatchRequest:
+    """The request; ``gpu`` is the default GPU of a layout that names none."""
+    for role in ("prefill", "decode"):
+        if not msg.HasField(role):
+            raise InvalidInputError(role, "is required: the running workers' layout")
+    prec = _precision(msg)
+    return RateMatchRequest(
+        model=msg.model,
+        gpu=gpu,
+        slo=_slo(msg),
+        requests_per_s=finite(msg.requests_per_s, "requests_per_s"),
+        isl=finite(msg.isl, "isl"),
+        osl=finite(msg.osl, "osl"),
+        prefill=_shape(msg.prefill, "prefill", gpu),
+        prefill_workers=msg.prefill_workers,
+        decode=_shape(msg.decode, "decode", gpu),
+        decode_workers=msg.decode_workers,
+        observed_ttft_ms=finite(msg.observed_ttft_ms, "observed_ttft_ms")
+        if msg.HasField("observed_ttft_ms") else None,
+        observed_tpot_ms=finite(msg.observed_tpot_ms, "observed_tpot_ms")
+        if msg.HasField("observed_tpot_ms") else None,
+        min_workers=msg.min_workers if msg.HasField("min_workers") else 1,
+        precision_dtype=prec.dtype,
+        kv_dtype=prec.kv_dtype,
+        engine=msg.engine or DEFAULT_ENGINE,
+    )  # fmt: skip
+
+
+def rate_match_to_proto(r: RateMatchResult) -> scaling_pb2.RateMatchResponse:
+    def opt(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    return scaling_pb2.RateMatchResponse(
+        prefill_workers=i32(r.prefill_workers, "prefill_workers"),
+        decode_workers=i32(r.decode_workers, "decode_workers"),
+        prefill_decode_gpu_ratio=r.prefill_decode_gpu_ratio,
+        predicted_ttft_ms=opt(r.predicted_ttft_ms),
+        predicted_tpot_ms=opt(r.predicted_tpot_ms),
+        current_predicted_ttft_ms=opt(r.current_predicted_ttft_ms),
+        current_predicted_tpot_ms=opt(r.current_predicted_tpot_ms),
+        ttft_correction=r.ttft_correction,
+        tpot_correction=r.tpot_correction,
+        headroom=opt(r.headroom),
+        elapsed_ms=r.elapsed_ms,
+    )
+
+
+def schedule_to_proto(stored: StoredSchedule) -> scaling_pb2.Schedule:
+    """The ``Schedule`` resource of a stored schedule."""
+    return scaling_pb2.Schedule(
+        name=resources.name("schedules", stored.id),
+        create_time=timestamp(stored.created_at),
+        request=json_format.ParseDict(stored.request, scaling_pb2.PlanScalingRequest()),
+        result=schedule_result_to_proto(stored.result),
+        planner_version=stored.planner_version,
+    )
+
+
+def schedule_request_to_proto(
+    req: ScheduleRequest, history: ForecastSpec | None = None
+) -> scaling_pb2.PlanScalingRequest:
+    """The message of a schedule request (the history to forecast instead of its series)."""
+    from pdplanner.v1 import common_pb2, plan_pb2
+
+    msg = scaling_pb2.PlanScalingRequest(
+        model=req.model,
+        gpu=req.gpu,
+        decode_gpu=req.decode_gpu or "",
+        gpus=req.gpus,
+        slo=plan_pb2.Slo(
+            ttft_ms=req.slo.ttft_ms,
+            tpot_ms=req.slo.tpot_ms,
+            percentile=PERCENTILE.to_proto(req.slo.percentile),
+        ),
+        startup_s=req.startup_s,
+        cooldown_s=req.cooldown_s,
+        min_workers=req.min_workers,
+        precision=common_pb2.Precision(dtype=req.precision.dtype, kv_dtype=req.precision.kv_dtype),
+        engine=req.engine,
+        simulate=req.simulate,
+        seed=req.seed,
+    )
+    if req.price_per_gpu_hour is not None:
+        msg.price_per_gpu_hour = req.price_per_gpu_hour
+    if history is None:
+        msg.series.intervals.extend(series_to_intervals(req.series))
+    else:
+        method = {"ets": 1, "sarima": 2}[history.method]
+        msg.forecast.CopyFrom(
+            scaling_pb2.HistoryForecast(
+                history=series_to_intervals(history.history),
+                horizon=history.horizon,
+                quantile=history.quantile,
+                method=method,  # type: ignore[arg-type]
+            )
+        )
+    return msg

@@ -1,0 +1,135 @@
+"""The scaling RPCs as plain functions of (request, store, catalogs, should_stop), like
+``service.handlers``: PlanScaling, GetSchedule, ListSchedules, DeleteSchedule and RateMatch.
+
+PlanScaling converts the request, forecasts the traffic when it is a history (planning for the
+forecast's upper quantile, replaying its mean), plans and replays the schedule, stores it once per
+request_id and returns the stored resource. RateMatch stores nothing and reads only the built-in
+catalogs (no database round trip), so that it answers within a millisecond.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+from pdplanner.v1 import scaling_pb2
+
+import planner
+from planner.catalog import default_gpus
+from planner.errors import SearchCancelled
+from planner.scaling.forecast import forecast
+from planner.scaling.ratematch import rate_match as run_rate_match
+from planner.scaling.schedule import plan_schedule
+from service import convert, errors
+from service.catalogs import CatalogCache
+from service.convert import scaling as sc
+from service.handlers import ShouldStop, _by_name
+from storage.records import StoredSchedule
+from storage.repository import PlanStore
+
+LIST_SCHEDULES_DEFAULT: Final = 50
+LIST_SCHEDULES_MAX: Final = 100
+
+
+def plan_scaling(
+    request: scaling_pb2.PlanScalingRequest,
+    store: PlanStore,
+    catalogs: CatalogCache,
+    should_stop: ShouldStop,
+) -> scaling_pb2.PlanScalingResponse:
+    """Plan, replay and store a scaling schedule (once per request_id)."""
+    request_id = convert.request_id(request.request_id)
+    req, history = sc.schedule_request_from_proto(request)
+    stored_request = sc.request_to_json(request)
+    stored_request.pop("request_id", None)
+    if request_id is not None:
+        existing = store.find_schedule_by_request_id(request_id)
+        if existing is not None:
+            return scaling_pb2.PlanScalingResponse(schedule=_same(existing, stored_request))
+    current = catalogs.current()
+    model = current.model(req.model, "model")
+    gpu = current.gpu(req.gpu, "gpu")
+    if req.decode_gpu is not None:
+        current.gpu(req.decode_gpu, "decode_gpu")
+    if history is not None:
+        fc = forecast(history.history, history.horizon, history.quantile, history.method)
+        req = dataclasses.replace(req, series=fc.upper, replay_series=fc.mean)
+    result = plan_schedule(req, current.models, current.gpus)
+    if should_stop():
+        raise SearchCancelled("the call ended before the schedule could be stored")
+    totals = result.totals()
+    stored = store.create_schedule(
+        request_id=request_id,
+        model=model.name,
+        gpu=gpu.name,
+        planner_version=planner.__version__,
+        gpu_hours=result.gpu_hours,
+        slo_attainment=totals["slo_attainment"],
+        violations=len(result.violations),
+        request=stored_request,
+        result=result.to_dict(),
+    )
+    return scaling_pb2.PlanScalingResponse(schedule=_same(stored, stored_request))
+
+
+def _same(stored: StoredSchedule, request: dict[str, object]) -> scaling_pb2.Schedule:
+    if stored.request != request:
+        raise errors.invalid_argument(
+            "request_id", "was used before by a call with a different request"
+        )
+    return sc.schedule_to_proto(stored)
+
+
+def get_schedule(
+    request: scaling_pb2.GetScheduleRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
+) -> scaling_pb2.GetScheduleResponse:
+    """One stored schedule by name."""
+    stored = _by_name("schedule", "schedules", request.name, store.get_schedule)
+    return scaling_pb2.GetScheduleResponse(schedule=sc.schedule_to_proto(stored))
+
+
+def list_schedules(
+    request: scaling_pb2.ListSchedulesRequest,
+    store: PlanStore,
+    catalogs: CatalogCache,
+    _: ShouldStop,
+) -> scaling_pb2.ListSchedulesResponse:
+    """A page of stored schedules, newest first; the model filter accepts aliases."""
+    size = convert.page_size(request.page_size, LIST_SCHEDULES_DEFAULT, LIST_SCHEDULES_MAX)
+    model = None
+    if request.model:
+        spec = catalogs.current().models.find(request.model)
+        model = spec.name if spec is not None else request.model
+    rows, token = store.list_schedules(
+        model=model, page_size=size, page_token=request.page_token or None
+    )
+    return scaling_pb2.ListSchedulesResponse(
+        schedules=[sc.schedule_to_proto(s) for s in rows], next_page_token=token or ""
+    )
+
+
+def delete_schedule(
+    request: scaling_pb2.DeleteScheduleRequest,
+    store: PlanStore,
+    catalogs: CatalogCache,
+    _: ShouldStop,
+) -> scaling_pb2.DeleteScheduleResponse:
+    """Delete one stored schedule by name."""
+    _by_name("schedule", "schedules", request.name, store.delete_schedule)
+    return scaling_pb2.DeleteScheduleResponse()
+
+
+def rate_match(
+    request: scaling_pb2.RateMatchRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
+) -> scaling_pb2.RateMatchResponse:
+    """Target worker counts for the observed traffic (built-in catalog entries only)."""
+    gpus = default_gpus()
+    for role in ("prefill", "decode"):
+        name = getattr(request, role).gpu
+        if name:
+            gpus.get(name, f"{role}.gpu")
+    gpu = request.prefill.gpu or request.decode.gpu
+    if not gpu:
+        raise errors.invalid_argument("prefill.gpu", "is required: the GPU type of the workers")
+    req = sc.rate_match_request_from_proto(request, gpu)
+    return sc.rate_match_to_proto(run_rate_match(req))

@@ -1,0 +1,131 @@
+"""The scaling RPCs against an in-process server, on SQLite and on PostgreSQL: PlanScaling and
+the stored schedules/{id} resource, and RateMatch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from pdplanner.client import PlannerClient, field_violations
+from pdplanner.v1 import common_pb2, plan_pb2, scaling_pb2
+
+from service.convert import scaling as sc
+from service.server import RunningServer
+
+MIX = [
+    common_pb2.Workload(isl=1500, osl=250, weight=0.7),
+    common_pb2.Workload(isl=6000, osl=400, weight=0.3),
+]
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[PlannerClient]:
+    with PlannerClient(f"127.0.0.1:{server.port}") as c:
+        yield c
+
+
+def scaling_request(rates: list[float], **kw: object) -> scaling_pb2.PlanScalingRequest:
+    intervals = [
+        scaling_pb2.TrafficInterval(start_s=300.0 * k, duration_s=300.0, requests_per_s=r, mix=MIX)
+        for k, r in enumerate(rates)
+    ]
+    return scaling_pb2.PlanScalingRequest(
+        model="llama-3.1-70b",
+        gpu="h100-sxm",
+        gpus=64,
+        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30, percentile=common_pb2.PERCENTILE_P99),
+        series=scaling_pb2.TrafficSeries(intervals=intervals),
+        startup_s=120,
+        cooldown_s=0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_plan_scaling_stores_a_schedule_that_get_list_and_delete_see(client: PlannerClient) -> None:
+    req = scaling_request([2, 6, 6, 2], request_id="sched-1", price_per_gpu_hour=2.5)
+    schedule = client.plan_scaling(req)
+    assert schedule.name.startswith("schedules/")
+    result = schedule.result
+    assert len(result.intervals) == 4
+    assert result.intervals[1].gpus > result.intervals[0].gpus
+    assert result.intervals[0].mode == common_pb2.MODE_DISAGG
+    ups = [e for e in result.events if e.action == scaling_pb2.SCALING_ACTION_SCALE_UP]
+    assert any(e.at_s == 300 - 120 and e.effective_s == 300 for e in ups)
+    t = result.totals
+    assert t.gpu_hours < t.static_peak_gpu_hours
+    assert t.cost == pytest.approx(2.5 * t.gpu_hours)
+    assert t.HasField("slo_attainment") and t.slo_attainment >= 0.99
+    assert result.simulation.requests > 0
+    # the answer is the planner's own JSON, both ways
+    as_json = sc.schedule_result_to_json(result)
+    assert set(as_json["totals"]) >= {
+        "gpu_hours", "static_peak_gpu_hours", "slo_attainment", "static_peak_slo_attainment",
+        "static_mean_slo_attainment", "violations",
+    }  # fmt: skip
+    # a retry returns the stored schedule
+    again = client.plan_scaling(req)
+    assert again.name == schedule.name
+    assert client.get_schedule(schedule.name) == schedule
+    listed = client.list_schedules(model="llama-3.1-70b")
+    assert [s.name for s in listed.schedules] == [schedule.name]
+    client.delete_schedule(schedule.name)
+    with pytest.raises(grpc.RpcError) as e:
+        client.get_schedule(schedule.name)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _set(path: str, value: object):  # type: ignore[no-untyped-def]
+    """A mutation of the request: set the field at ``path`` (dots; [i] indexes)."""
+
+    def mutate(req: scaling_pb2.PlanScalingRequest) -> None:
+        *parents, last = path.replace("]", "").replace("[", ".").split(".")
+        obj: object = req
+        for p in parents:
+            obj = obj[int(p)] if p.isdigit() else getattr(obj, p)  # type: ignore[index]
+        setattr(obj, last, value)
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (_set("series.intervals[2].duration_s", 0.0), "series.intervals[2].duration_s"),
+        (_set("series.intervals[1].requests_per_s", -1.0), "series.intervals[1].requests_per_s"),
+        (_set("series.intervals[3].start_s", 10.0), "series.intervals[3].start_s"),
+        (_set("series.intervals[0].mix[1].osl", 0), "series.intervals[0].mix[1].osl"),
+        (lambda r: r.series.ClearField("intervals"), "series.intervals"),
+    ],
+)
+def test_a_bad_series_names_the_row(client: PlannerClient, mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+    req = scaling_request([2, 3, 4, 5])
+    mutate(req)
+    with pytest.raises(grpc.RpcError) as e:
+        client.plan_scaling(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(e.value)[0][0] == field
+
+
+def test_rate_match_answers_with_counts_and_corrections(client: PlannerClient) -> None:
+    layout = scaling_pb2.WorkerLayout
+    req = scaling_pb2.RateMatchRequest(
+        model="llama-3.1-70b",
+        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30, percentile=common_pb2.PERCENTILE_P99),
+        requests_per_s=8,
+        isl=2500,
+        osl=300,
+        prefill=layout(gpu="h100-sxm", tp=4, batch=1),
+        prefill_workers=3,
+        decode=layout(gpu="h100-sxm", tp=4, batch=128),
+        decode_workers=1,
+        observed_tpot_ms=25,
+    )
+    r = client.rate_match(req)
+    assert r.prefill_workers >= 1 and r.decode_workers >= 1
+    assert r.tpot_correction != 1.0 and r.ttft_correction == 1.0
+    assert r.predicted_tpot_ms <= 30
+    req.prefill.tp = 3
+    with pytest.raises(grpc.RpcError) as e:
+        client.rate_match(req)
+    assert field_violations(e.value)[0][0] == "prefill.tp"
