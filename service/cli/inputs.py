@@ -261,7 +261,14 @@ def parse_jsonl_line(line: str) -> EstimateRequest:
 
 # -- plan --------------------------------------------------------------------------------------
 
+
 #: The keys (flags in snake_case) of ``pdplanner plan``, for naming fields in errors.
+def check_memory_fraction(value: float) -> float:
+    """``--memory-fraction``: a fraction in (0, 1]; ``InvalidInputError`` otherwise."""
+    checked: float = _typed("memory_fraction", value)
+    return checked
+
+
 PLAN_KEYS: tuple[str, ...] = (
     "model", "gpu", "decode_gpu", "gpus", "prefill_gpus", "decode_gpus", "isl", "osl", "mix",
     "rate", "prefix_hit", "ttft_ms", "tpot_ms", "percentile", "min_tokens_per_user", "dtype",
@@ -408,7 +415,7 @@ def plan_request(
     if percentile not in PERCENTILES:
         raise InvalidInputError("percentile", f"must be p50, p90 or p99, got {percentile!r}")
     if memory_fraction is not None:
-        _typed("memory_fraction", memory_fraction)
+        check_memory_fraction(memory_fraction)
     limits = SearchLimits(
         max_tp=max_tp,
         allow_pp=allow_pp,

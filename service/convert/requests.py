@@ -288,6 +288,7 @@ def sweep_grid_from_proto(msg: sweep_pb2.SweepRequest) -> SweepGrid:
     rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
     prefix_hit = v.value(lambda: finite(msg.prefix_hit, "prefix_hit"))
     limits = v.value(lambda: limits_from_proto(msg.limits))
+    memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
     v.raise_any()
     return SweepGrid(
         models=tuple(msg.models),
@@ -302,6 +303,7 @@ def sweep_grid_from_proto(msg: sweep_pb2.SweepRequest) -> SweepGrid:
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
         limits=limits or SearchLimits(),
+        memory_fraction=memory_fraction,
     )
 
 
@@ -320,4 +322,5 @@ def sweep_grid_to_proto(grid: SweepGrid) -> sweep_pb2.SweepRequest:
         precision=precision_to_proto(grid.precision),
         engine=grid.engine,
         limits=limits_to_proto(grid.limits),
+        memory_fraction=grid.memory_fraction,
     )

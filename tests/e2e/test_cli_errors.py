@@ -193,6 +193,9 @@ def test_a_mix_file_with_a_bad_row_names_the_row(tmp_path: Path) -> None:
           "--ttft-ms", "1", "--gpus", "8"], "--traffic: expected ISL:OSL"),
         (["sweep", "--model", "nope", "--gpu", "h100", "--traffic", "1:1", "--tpot-ms", "20",
           "--ttft-ms", "1", "--gpus", "8"], "--model: unknown model 'nope'"),
+        (["sweep", "--model", "llama-3.1-8b", "--gpu", "h100", "--traffic", "1:1", "--tpot-ms",
+          "20", "--ttft-ms", "1", "--gpus", "8", "--memory-fraction", "2"],
+         "--memory-fraction: must be a fraction in (0, 1]"),
     ],
 )  # fmt: skip
 def test_an_invalid_sweep_flag_is_one_line_naming_it(args: list[str], starts: str) -> None:

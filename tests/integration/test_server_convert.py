@@ -9,6 +9,7 @@ hypothesis; real ones from the planner and the built-in catalogs.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -255,6 +256,18 @@ def test_an_integer_too_large_for_the_wire_is_an_error_on_its_field() -> None:
     with pytest.raises(InvalidInputError) as err:
         convert.plan_request_to_proto(req)
     assert err.value.field == "traffic[0].osl"
+
+
+def test_a_sweeps_memory_fraction_survives_proto_and_reaches_every_scenario() -> None:
+    grid = SweepGrid(("llama-3.1-8b",), ("h100-sxm", "h200-sxm"), (Workload(1000, 100),),
+                     (Slo(1000, 20),), gpus=8, memory_fraction=0.95)  # fmt: skip
+    back = convert.sweep_grid_from_proto(convert.sweep_grid_to_proto(grid))
+    assert back == grid
+    assert [s.memory_fraction for s in back.scenarios()] == [0.95, 0.95]
+    unset = convert.sweep_grid_from_proto(
+        convert.sweep_grid_to_proto(replace(grid, memory_fraction=None))
+    )
+    assert unset.memory_fraction is None
 
 
 @pytest.mark.parametrize(
