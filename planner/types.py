@@ -83,13 +83,16 @@ class EstimateRequest:
     parallelism: Parallelism = Parallelism()  # phase and agg
     batch: int | None = None  # phase
     context: int | None = None  # decode phase: cached tokens per sequence (default isl + osl/2)
-    concurrency: int | None = None  # agg: requests in flight (closed loop)
+    concurrency: int | None = None  # closed loop: benchmark clients, each one request in flight
     chunk_tokens: int | None = None  # agg: chunked-prefill token budget (default: engine's)
     prefill: PoolSpec | None = None  # disagg
     decode: PoolSpec | None = None  # disagg
     # the engine's memory fraction (vLLM gpu_memory_utilization, SGLang mem_fraction_static,
     # TensorRT-LLM free_gpu_memory_fraction); None: the engine's default
     memory_fraction: float | None = None
+    rate_per_s: float | None = None  # Poisson load: open-loop arrivals per second
+    # engine scheduler overrides (planner.serving.scheduler: max_num_batched_tokens, ...)
+    engine_args: tuple[tuple[str, int | float | bool | str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,8 @@ class PlanRequest:
     engine: str = DEFAULT_ENGINE
     limits: SearchLimits = SearchLimits()
     memory_fraction: float | None = None  # the engine's memory fraction; None: its default
+    # engine scheduler overrides (planner.serving.scheduler: max_num_batched_tokens, ...)
+    engine_args: tuple[tuple[str, int | float | bool | str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,7 @@ class PlanResult:
     for_rate: Deployment | None = None
     model: str = ""  # the model's name, total and active parameters, quantization
     gpu_basis: str = ""  # "calibrated" or "datasheet-scaled" (GPUs without measured tables)
+    load: str = field(default="", compare=False)  # the load model the SLO was judged under
 
     def to_dict(self) -> dict[str, Any]:
         def dep(d: Deployment | None) -> dict[str, Any] | None:
@@ -285,4 +291,5 @@ class PlanResult:
             "for_rate": dep(self.for_rate),
             "model": self.model,
             "gpu_basis": self.gpu_basis,
+            "load": self.load,
         }

@@ -61,11 +61,19 @@ from planner.serving.kvtransfer import (
 from planner.serving.mix import mix_cycle
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, max_utilisation_many, wait_ms
+from planner.serving.scheduler import SchedulerSettings, memory_fraction_for, scheduler_for
+from planner.serving.simulate import graphs_for, scheduler_vector
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
 # past the budget, a target rate is searched up to this many times the budget
 RATE_SEARCH_FACTOR = 16
+# How plan judges its SLO (PlanResult.load)
+PLAN_LOAD = (
+    "poisson: random arrivals at the rate each deployment sustains; TTFT at the SLO percentile "
+    "adds the M/D/1 wait of the prompt queue (agg: a steady closed loop of the engine loop; "
+    "disagg: the prefill pool)"
+)
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 
 
@@ -128,13 +136,15 @@ def search(
     _validate(req)
     stop = should_stop or (lambda: False)
     p = req.precision
-    ctx = PerfContext.build(model, gpu, engine, p.dtype, p.kv_dtype, req.memory_fraction)
+    fraction = memory_fraction_for(engine, dict(req.engine_args), req.memory_fraction)
+    ctx = PerfContext.build(model, gpu, engine, p.dtype, p.kv_dtype, fraction)
     dctx = (
         ctx
         if dgpu is gpu
-        else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, req.memory_fraction)
+        else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, fraction)
     )
-    s = _Search(req, model, ctx, dctx, stop)
+    sched = scheduler_for(engine, dict(req.engine_args))
+    s = _Search(req, model, ctx, dctx, stop, sched)
     agg = s.run_agg_owned() if "agg" in req.limits.modes else _Side()
     disagg = s.run_disagg() if "disagg" in req.limits.modes else _Side()
     best = _pick(agg.best, disagg.best, s.rate)
@@ -165,6 +175,7 @@ def search(
         gpu_basis="datasheet-scaled"
         if gpu.datasheet_scaled or dgpu.datasheet_scaled
         else "calibrated",
+        load=PLAN_LOAD,
     )
     return result, {"agg": agg.meeting, "disagg": disagg.meeting}
 
@@ -235,8 +246,10 @@ class _Search:
         ctx: PerfContext,
         dctx: PerfContext,
         stop: Callable[[], bool],
+        sched: SchedulerSettings,
     ) -> None:
         self.req, self.model, self.ctx, self.dctx = req, model, ctx, dctx
+        self.sched = sched  # the engine's scheduler with the request's engine_args
         # the traffic: each class's share of requests and the weighted mean lengths
         self.share = np.array([w.weight for w in req.traffic], dtype=np.float64)
         self.share /= self.share.sum()
@@ -625,11 +638,11 @@ class _Search:
         # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
         # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
         # large MoE layout spaces keep only the engine's budget and no chunking
-        chunks = (
-            [c.engine.default_chunk_tokens, 0]
-            if lay.shape[0] > 24
-            else sorted({c.engine.default_chunk_tokens, 2048, 0})
-        )
+        sched = self.sched
+        step_tokens = sched.max_num_batched_tokens
+        chunks = [step_tokens, 0] if lay.shape[0] > 24 else sorted({step_tokens, 2048, 0})
+        sched_v = scheduler_vector(sched)
+        graphs = graphs_for(c, sched)
         chunk_arr = np.array(chunks, dtype=np.float64)
         conc = np.array(AGG_CONCURRENCY, dtype=np.float64)
         cols: list[np.ndarray] = []
@@ -653,7 +666,8 @@ class _Search:
                 isl_cycle,
                 osl_cycle,
                 self.req.prefix_hit,
-                c.engine.max_batch,
+                sched_v,
+                graphs,
                 4.0 * self.req.slo.ttft_ms,
                 self.pct,
                 rows,

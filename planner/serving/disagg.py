@@ -6,9 +6,11 @@ The deployment holds ``y * decode_batch`` requests in flight (closed loop). It d
 
 * Decode-bound (``x * r_prefill >= y * r_decode``): the prefill pool runs at utilisation
   ``rho = R / (x * r_prefill)`` and prompts wait in its queue (``queueing.wait_ms``).
-* Prefill-bound: decode workers hold fewer sequences than their batch; their running batch and
-  TPOT are solved together (a fixed point), and requests wait for prefill: by Little's law the
-  time to first token is ``N / R - (osl - 1) * TPOT``.
+* Prefill-bound: decode workers hold fewer sequences than their batch (a per-worker limit, not
+  a client count); their running batch and TPOT are solved together (a fixed point) and the
+  time to first token is the prefill step. How long prompts queue depends on the load, which
+  this steady-state view does not have: ``simulate.simulate_disagg`` runs the deployment under
+  a closed loop or Poisson arrivals.
 The KV transfer's non-overlapped tail is added to the time to first token.
 """
 
@@ -92,9 +94,10 @@ def evaluate_xpyd(
         for _ in range(30):  # running batch and TPOT depend on each other
             running = min(float(decode_batch), rate / y * tpot * steps / 1e3)
             tpot = decode_at(max(1, round(running))).step_ms
-        in_flight = y * decode_batch
-        ttft = max(in_flight / rate * 1e3 - steps * tpot, prefill.step_ms) + kv_ms
-        ttft_at = dict.fromkeys(PERCENTILES, ttft)  # a full queue: every request waits alike
+        # the decode batch is each worker's limit, not a client count: without a stated load
+        # the deployment is judged at the rate it sustains, prompts served as they come
+        ttft = prefill.step_ms + kv_ms
+        ttft_at = dict.fromkeys(PERCENTILES, ttft)
         bottleneck = "prefill"
     return DisaggMetrics(
         ttft_at["p50"],

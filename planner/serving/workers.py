@@ -1,7 +1,7 @@
 """Typed wrappers: evaluate one prefill worker, decode worker or aggregated worker.
 
-These call the vectorised kernels with one design point and decode the answer; the search calls
-the kernels directly on whole arrays.
+These call the vectorised phase kernels with one design point, or the engine-loop simulation
+(``simulate``), and decode the answer; the search calls the kernels on whole arrays.
 """
 
 from __future__ import annotations
@@ -17,16 +17,10 @@ from planner.perf.memory import (
     memory_bytes_per_gpu,
 )
 from planner.perf.params import PerfContext
-from planner.serving.aggregated import (
-    A_OK,
-    A_QUEUED,
-    A_REQUESTS_PER_S,
-    A_RUNNING,
-    A_TOKENS_PER_S,
-    AGG_SLOTS,
-    simulate_agg,
-)
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
+from planner.serving.scheduler import SchedulerSettings
+from planner.serving.simulate import ClosedLoop, Load, simulate_agg
+from planner.serving.simulate import kv_capacity as kv_capacity_sim
 from planner.types import LayerBreakdown, Parallelism
 
 
@@ -142,76 +136,55 @@ class AggMetrics:
     queued: float  # mean requests waiting for admission (whole worker)
     memory_bytes_per_gpu: float
     reason: str | None
+    load: str = "closed"  # the load model behind the figures: closed or poisson
+    preemptions: int = 0  # requests preempted (vLLM) or retracted (SGLang) during the run
 
 
 def agg_worker(
     ctx: PerfContext,
     par: Parallelism,
-    concurrency: int,
+    load: Load,
     isl: np.ndarray,
     osl: np.ndarray,
-    chunk_tokens: int,
+    sched: SchedulerSettings,
     prefix_hit: float = 0.0,
+    request_overhead_ms: float = 0.0,
 ) -> AggMetrics:
-    """Closed-loop aggregated worker with ``concurrency`` clients split over its DP ranks."""
+    """One aggregated worker under ``load`` (``simulate.simulate_agg``), with its memory."""
     dp = par.attention_dp
-    users = max(1, math.ceil(concurrency / dp))
-    # the largest step: a full chunk, or without chunking the longest prompt at once
-    step_tokens = float(chunk_tokens if chunk_tokens > 0 else isl.max())
+    users = (
+        max(1, math.ceil(load.clients / dp)) if isinstance(load, ClosedLoop) else sched.max_num_seqs
+    )
+    step_tokens = float(sched.max_num_batched_tokens)
+    if not sched.enable_chunked_prefill:
+        step_tokens = max(step_tokens, float(isl.max()))
+    logits = float(min(users, sched.max_num_seqs))
     mv, hv = ctx.mv, ctx.hv
-    cap = kv_capacity_tokens(mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, float(users))
-    out = np.zeros(AGG_SLOTS)
-    c = ctx.cal
-    # a longer window than the search's sweep: one estimate can afford it
-    warm = users + 8
-    measure = max(64, 2 * users)
-    simulate_agg(
-        mv,
-        hv,
-        c.gemm,
-        c.attn_prefill,
-        c.attn_decode,
-        float(par.tp),
-        float(par.pp),
-        float(par.ep),
-        float(dp),
-        users,
-        isl.astype(np.float64),
-        osl.astype(np.float64),
-        prefix_hit,
-        float(chunk_tokens),
-        cap,
-        ctx.engine.max_batch,
-        warm,
-        measure,
-        out,
-    )
-    used_tokens = min(max(cap, 0.0), users * float(np.mean(isl + osl / 2.0)))
-    mem = memory_bytes_per_gpu(
-        mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, float(users), used_tokens
-    )
-    if out[A_OK] < 0.5:
+    cap = kv_capacity_sim(ctx, par, sched, step_tokens, logits)
+    run = simulate_agg(
+        ctx, par, sched, load, isl, osl, prefix_hit=prefix_hit,
+        request_overhead_ms=request_overhead_ms,
+    )  # fmt: skip
+    used_tokens = min(max(cap, 0.0), run.running * float(np.mean(isl + osl / 2.0)))
+    mem = memory_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, logits, used_tokens)
+    if not run.ok:
         need = float(isl.max() + osl.max())
-        return AggMetrics(
-            False,
-            {},
-            {},
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            mem,
-            _fit_reason(ctx, par, need, "a single request", step_tokens, float(users)),
+        reason = (
+            _fit_reason(ctx, par, need, "a single request", step_tokens, logits)
+            if cap < need
+            else run.reason
         )
-    keys = ("mean", "p50", "p90", "p99")
+        return AggMetrics(False, {}, {}, 0.0, 0.0, 0.0, 0.0, mem, reason, load.name)
     return AggMetrics(
         True,
-        dict(zip(keys, map(float, out[0:4]), strict=True)),
-        dict(zip(keys, map(float, out[4:8]), strict=True)),
-        float(out[A_TOKENS_PER_S]) * dp,
-        float(out[A_REQUESTS_PER_S]) * dp,
-        float(out[A_RUNNING]) * dp,
-        float(out[A_QUEUED]) * dp,
+        run.ttft_ms.to_dict(),
+        run.tpot_ms.to_dict(),
+        run.output_tokens_per_s,
+        run.requests_per_s,
+        run.running * dp,
+        run.queued,
         mem,
         None,
+        load.name,
+        run.preemptions,
     )

@@ -53,7 +53,21 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "attention_dp": ("Attention data-parallel ranks (phase, agg) (default: 1).", _PHASE),
     "batch": ("Prompts (prefill) or sequences (decode).", _PHASE),
     "context": ("Decode: cached tokens per sequence (default: ISL + OSL/2).", _PHASE),
-    "concurrency": ("Agg: requests in flight (closed loop).", _AGG),
+    "concurrency": (
+        "Agg/disagg: benchmark clients starting together, one request each in flight "
+        "(closed loop; figures are means over the run).",
+        _AGG,
+    ),
+    "rate": (
+        "Agg/disagg: Poisson arrivals per second (open loop; TTFT/TPOT at their median, "
+        "p90/p99 in --json).",
+        _AGG,
+    ),
+    "engine_arg": (
+        "Override an engine scheduler setting, key=value (repeatable): max_num_batched_tokens, "
+        "max_num_seqs, enable_chunked_prefill, kv_admission, gpu_memory_utilization, ...",
+        _AGG,
+    ),
     "chunk_tokens": ("Agg: chunked-prefill token budget (default: the engine's).", _AGG),
     **_pool_options("prefill", "x"),
     "prefill_batch": ("Prompts per prefill batch (default: 1).", _DISAGG),
@@ -64,8 +78,13 @@ OPTIONS: dict[str, tuple[str, str]] = {
 
 def _option(key: str) -> inspect.Parameter:
     help_text, panel = OPTIONS[key]
-    kind = str if key in ("model", "gpu") else int
+    kind: Any = str if key in ("model", "gpu") else float if key == "rate" else int
     option = typer.Option(help=help_text, rich_help_panel=panel)
+    if key == "engine_arg":
+        kind = list[str]
+        option = typer.Option(
+            "--engine-arg", help=help_text, rich_help_panel=panel, metavar="KEY=VALUE"
+        )
     return inspect.Parameter(
         key, inspect.Parameter.KEYWORD_ONLY, default=None,
         annotation=Annotated[kind | None, option],
@@ -153,6 +172,8 @@ def estimate(
     """Estimate one fixed configuration: a prefill or decode step, or an agg/disagg deployment."""
     fields = {**options, "dtype": dtype, "kv_dtype": kv_dtype, "engine": engine,
               "memory_fraction": memory_fraction, "phase": phase, "mode": mode}  # fmt: skip
+    if not fields.get("engine_arg"):
+        fields["engine_arg"] = None  # a repeatable option not given is an empty list
     runner = backend(server)
     if input is not None:
         given = [inputs.flag(k) for k, v in fields.items() if v is not None]

@@ -75,7 +75,7 @@ def estimate_title(req: EstimateRequest) -> str:
         if req.phase == "decode" and req.context is not None:
             what += f", context {req.context}"
     elif req.mode == "agg":
-        what = f"agg worker, {_par_text(req.parallelism)}, concurrency {req.concurrency}"
+        what = f"agg worker, {_par_text(req.parallelism)}, {_load_text(req)}"
         if req.chunk_tokens is not None:
             what += f", chunk {req.chunk_tokens}"
     else:
@@ -88,7 +88,19 @@ def estimate_title(req: EstimateRequest) -> str:
             f"{role} {spec.workers} x {_par_text(spec.parallelism)}, batch {spec.batch}"
             for role, spec in pools
         )
+        what += f", {_load_text(req)}"
+    if req.engine_args:
+        what += ", " + ", ".join(f"{k}={v}" for k, v in req.engine_args)
     return f"{head}\n{what}"
+
+
+def _load_text(req: EstimateRequest) -> str:
+    """Which load model the figures mean (README: the serving model and its load)."""
+    if req.concurrency is not None:
+        return f"closed loop of {req.concurrency} clients (means over the run)"
+    if req.rate_per_s is not None:
+        return f"Poisson {req.rate_per_s:g} req/s (medians)"
+    return "steady state at the rate it sustains"
 
 
 def _par_text(par: Parallelism) -> str:
@@ -255,6 +267,8 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
         parts.append(Text(result.explanation))
     if result.model:
         parts.append(Text(basis_text(result.model, result.gpu_basis)))
+    if result.load:
+        parts.append(Text(f"load model: {result.load}", style="dim"))
     table = Table(title="best deployment per mode", title_justify="left")
     table.add_column("mode", overflow="fold")
     table.add_column("pools", overflow="fold")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from planner.errors import InvalidInputError
+from planner.serving.scheduler import parse_engine_arg
 from planner.types import (
     EstimateRequest,
     Mode,
@@ -58,9 +59,11 @@ ESTIMATE_KEYS: tuple[str, ...] = (
     "batch",
     "context",
     "concurrency",
+    "rate",
     "chunk_tokens",
     *_PREFILL_KEYS,
     *_DECODE_KEYS,
+    "engine_arg",
 )
 
 _STRING_KEYS = frozenset(("model", "gpu", "dtype", "kv_dtype", "engine", "phase", "mode"))
@@ -70,13 +73,13 @@ _FLOAT_KEYS = frozenset(("memory_fraction",))
 _ACCEPTS: dict[str, frozenset[str]] = {
     "prefill": frozenset((*_PARALLEL_KEYS, "batch")),
     "decode": frozenset((*_PARALLEL_KEYS, "batch", "context")),
-    "agg": frozenset((*_PARALLEL_KEYS, "concurrency", "chunk_tokens")),
-    "disagg": frozenset((*_PREFILL_KEYS, *_DECODE_KEYS)),
+    "agg": frozenset((*_PARALLEL_KEYS, "concurrency", "rate", "chunk_tokens", "engine_arg")),
+    "disagg": frozenset((*_PREFILL_KEYS, *_DECODE_KEYS, "concurrency", "rate", "engine_arg")),
 }
 _REQUIRES: dict[str, tuple[str, ...]] = {
     "prefill": ("tp", "batch"),
     "decode": ("tp", "batch"),
-    "agg": ("tp", "concurrency"),
+    "agg": ("tp",),  # and concurrency (closed loop) or rate (Poisson): the planner checks
     "disagg": ("prefill_tp", "prefill_workers", "decode_tp", "decode_workers", "decode_batch"),
 }
 _KIND_FLAG = {"prefill": "phase", "decode": "phase", "agg": "mode", "disagg": "mode"}
@@ -94,6 +97,7 @@ _GROUPS = frozenset(
 # Domain names whose flag is spelt differently.
 _RENAMES = {
     "rate_per_s": "rate",
+    "engine_args": "engine_arg",
     "min_tokens_per_s_per_user": "min_tokens_per_user",
     "modes": "mode",
     "models": "model",  # a sweep request's lists
@@ -148,8 +152,25 @@ def describe(exc: InvalidInputError, known: Collection[str], **kwargs: Any) -> s
     return f"{flag_for(exc.field, known, **kwargs)}: {exc.reason}"
 
 
+def _engine_args(value: Any) -> tuple[tuple[str, str], ...]:
+    """``--engine-arg k=v`` (repeatable), or in JSON a list of ``"k=v"`` or an object."""
+    if isinstance(value, Mapping):
+        items = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise InvalidInputError("engine_arg", f"must be key=value pairs, got {value!r}")
+    return tuple(parse_engine_arg(text, "engine_arg") for text in items)
+
+
 def _typed(key: str, value: Any) -> Any:
     """Check one value's type (strings for names, integers for counts), as JSON gives them."""
+    if key == "engine_arg":
+        return _engine_args(value)
+    if key == "rate":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInputError(key, f"must be a number, got {value!r}")
+        return float(value)
     if key in _STRING_KEYS:
         if not isinstance(value, str) or not value.strip():
             raise InvalidInputError(key, f"must be a non-empty string, got {value!r}")
@@ -227,13 +248,19 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
             batch=values["batch"],
             context=values.get("context"),
         )
+    if mode == "agg" and "concurrency" not in values and "rate" not in values:
+        raise InvalidInputError(
+            "concurrency", f"is required with {flag('mode')} agg (or give {flag('rate')})"
+        )
     if mode == "agg":
         return EstimateRequest(
             **common,
             mode="agg",
             parallelism=_parallelism(values),
-            concurrency=values["concurrency"],
+            concurrency=values.get("concurrency"),
+            rate_per_s=values.get("rate"),
             chunk_tokens=values.get("chunk_tokens"),
+            engine_args=values.get("engine_arg", ()),
         )
     pools = {
         role: PoolSpec(
@@ -244,7 +271,13 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
         for role in ("prefill", "decode")
     }
     return EstimateRequest(
-        **common, mode="disagg", prefill=pools["prefill"], decode=pools["decode"]
+        **common,
+        mode="disagg",
+        prefill=pools["prefill"],
+        decode=pools["decode"],
+        concurrency=values.get("concurrency"),
+        rate_per_s=values.get("rate"),
+        engine_args=values.get("engine_arg", ()),
     )
 
 

@@ -170,6 +170,7 @@ def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
         engine=msg.engine or DEFAULT_ENGINE,
         limits=limits,
         memory_fraction=memory_fraction,
+        engine_args=engine_args_from_proto(msg.engine_args),
     )
 
 
@@ -191,7 +192,21 @@ def plan_request_to_proto(req: PlanRequest, request_id: str = "") -> plan_pb2.Pl
         engine=req.engine,
         limits=limits_to_proto(req.limits),
         memory_fraction=req.memory_fraction,
+        engine_args=engine_args_to_proto(req.engine_args),
     )
+
+
+# -- engine arguments -----------------------------------------------------------------------------
+
+
+def engine_args_from_proto(args: Any) -> tuple[tuple[str, str], ...]:
+    """A ``map<string, string>`` as sorted (key, text) pairs; the planner checks keys and values
+    (``engine_args.<key>``) as it resolves the scheduler."""
+    return tuple(sorted((str(k), str(v)) for k, v in args.items()))
+
+
+def engine_args_to_proto(args: tuple[tuple[str, Any], ...]) -> dict[str, str]:
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in args}
 
 
 # -- estimate requests ----------------------------------------------------------------------------
@@ -225,6 +240,7 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
     phase = v.value(lambda: PHASE.optional_from_proto(msg.phase, "phase"))
     mode = v.value(lambda: MODE.optional_from_proto(msg.mode, "mode"))
     memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
+    rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
     v.raise_any()
     return EstimateRequest(
         model=msg.model,
@@ -243,6 +259,8 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         prefill=pool_spec_from_proto(msg.prefill) if msg.HasField("prefill") else None,
         decode=pool_spec_from_proto(msg.decode) if msg.HasField("decode") else None,
         memory_fraction=memory_fraction,
+        rate_per_s=rate,
+        engine_args=engine_args_from_proto(msg.engine_args),
     )
 
 
@@ -264,6 +282,8 @@ def estimate_request_to_proto(req: EstimateRequest) -> estimate_pb2.EstimateRequ
         prefill=pool_spec_to_proto(req.prefill, "prefill") if req.prefill is not None else None,
         decode=pool_spec_to_proto(req.decode, "decode") if req.decode is not None else None,
         memory_fraction=req.memory_fraction,
+        rate_per_s=req.rate_per_s,
+        engine_args=engine_args_to_proto(req.engine_args),
     )
 
 

@@ -102,6 +102,7 @@ def plan_result_to_proto(r: PlanResult) -> plan_pb2.PlanResult:
         for_rate=dep(r.for_rate),
         model=r.model,
         gpu_basis=r.gpu_basis,
+        load=r.load,
     )
 
 
@@ -131,6 +132,7 @@ def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
         for_rate=dep("for_rate"),
         model=msg.model,
         gpu_basis=msg.gpu_basis,
+        load=msg.load,
     )
 
 

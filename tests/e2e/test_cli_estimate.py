@@ -45,6 +45,31 @@ def test_an_agg_estimate_prints_the_serving_metrics() -> None:
     assert out["gpus"] == 1 and out["fits"] is True
 
 
+def test_an_agg_estimate_under_poisson_load_reports_medians_and_says_so() -> None:
+    out = run_json("--mode", "agg", "--tp", "1", "--rate", "4")
+    print(out["details"]["load"], out["details"]["ttft_ms"])
+    assert out["details"]["load"].startswith("poisson") and out["details"]["headline"] == "p50"
+    assert out["ttft_ms"] == out["details"]["ttft_ms"]["p50"]
+    closed = run_json("--mode", "agg", "--tp", "1", "--concurrency", "4")
+    assert closed["details"]["load"].startswith("closed")
+    assert closed["ttft_ms"] == closed["details"]["ttft_ms"]["mean"]
+
+
+def test_engine_args_reach_the_engine_scheduler() -> None:
+    out = run_json(
+        "--mode", "agg", "--tp", "1", "--concurrency", "4",
+        "--engine-arg", "max_num_batched_tokens=512", "--engine-arg", "kv_admission=reserve",
+    )  # fmt: skip
+    assert out["details"]["scheduler"]["max_num_batched_tokens"] == 512
+    assert out["details"]["scheduler"]["kv_admission"] == "reserve"
+
+
+def test_text_output_says_which_load_model_the_figures_mean() -> None:
+    result = runner.invoke(app, [*BASE, "--mode", "agg", "--tp", "1", "--rate", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert "Poisson 2 req/s" in result.stdout
+
+
 def test_a_disagg_estimate_counts_the_gpus_of_both_pools() -> None:
     out = run_json(
         "--mode",

@@ -145,6 +145,8 @@ def _estimate(**fields: object) -> estimate_pb2.EstimateRequest:
     for key, value in fields.items():
         if key in ("parallelism", "prefill", "decode"):
             getattr(request, key).CopyFrom(value)
+        elif key == "engine_args":
+            request.engine_args.update(value)  # type: ignore[arg-type]
         else:
             setattr(request, key, value)
     return request
@@ -164,6 +166,16 @@ BAD_ESTIMATES: list[tuple[str, estimate_pb2.EstimateRequest]] = [
     ),
     ("mode", _estimate(mode=7)),
     ("concurrency", _estimate(mode=common_pb2.MODE_AGG)),
+    ("rate_per_s", _estimate(mode=common_pb2.MODE_AGG, rate_per_s=-1.0)),
+    ("rate_per_s", _estimate(mode=common_pb2.MODE_AGG, concurrency=4, rate_per_s=2.0)),
+    (
+        "engine_args.max_num_seqs",
+        _estimate(mode=common_pb2.MODE_AGG, concurrency=4, engine_args={"max_num_seqs": "0"}),
+    ),
+    (
+        "engine_args.block_size",
+        _estimate(mode=common_pb2.MODE_AGG, concurrency=4, engine_args={"block_size": "16"}),
+    ),
     (
         "decode.parallelism.tp",
         _estimate(

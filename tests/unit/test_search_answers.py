@@ -16,6 +16,8 @@ from planner.search.aggsweep import R_TPOT, ROW_COLUMNS, sweep_layout
 from planner.search.enumerate import default_max_tp, layouts
 from planner.search.recommend import RATE_SEARCH_FACTOR, search
 from planner.serving.mix import mix_cycle
+from planner.serving.scheduler import scheduler_for
+from planner.serving.simulate import graphs_for, scheduler_vector
 from planner.types import Deployment, Mode, PlanRequest, PlanResult, SearchLimits, Slo, Workload
 
 REF = PlanRequest(
@@ -298,9 +300,11 @@ def test_case5_the_agg_sweep_reports_tpot_at_the_slo_percentile() -> None:
     tpot = {}
     for p in (0.5, 0.99):
         rows = np.zeros((6, ROW_COLUMNS))
+        sched = scheduler_for(ctx.engine)
         n = sweep_layout(
             ctx.mv, ctx.hv, ctx.cal.gemm, ctx.cal.attn_prefill, ctx.cal.attn_decode,
-            8.0, 1.0, 1.0, 1.0, chunks, conc, isl, osl, 0.0, ctx.engine.max_batch, 1e9, p, rows,
+            8.0, 1.0, 1.0, 1.0, chunks, conc, isl, osl, 0.0, scheduler_vector(sched),
+            graphs_for(ctx, sched), 1e9, p, rows,
         )  # fmt: skip
         assert n == 6
         tpot[p] = rows[:n, R_TPOT]

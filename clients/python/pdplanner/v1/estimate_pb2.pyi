@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from pdplanner.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -26,6 +28,26 @@ class EstimateRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EngineArgsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_FIELD_NUMBER: _builtins.int
     ISL_FIELD_NUMBER: _builtins.int
@@ -42,6 +64,8 @@ class EstimateRequest(_message.Message):
     PREFILL_FIELD_NUMBER: _builtins.int
     DECODE_FIELD_NUMBER: _builtins.int
     MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
+    RATE_PER_S_FIELD_NUMBER: _builtins.int
+    ENGINE_ARGS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name or alias from the catalog (ListModels), e.g. "llama-3.1-70b"."""
     gpu: _builtins.str
@@ -61,12 +85,19 @@ class EstimateRequest(_message.Message):
     context: _builtins.int
     """Decode phase: cached tokens per sequence. Unset means isl + osl / 2."""
     concurrency: _builtins.int
-    """Agg mode: requests in flight on the worker (closed loop)."""
+    """Agg or disagg mode: benchmark clients, each keeping one request in flight, all starting
+    together (the closed load model). Give this or rate_per_s.
+    """
     chunk_tokens: _builtins.int
     """Agg mode: chunked-prefill token budget per step. Unset means the engine's default."""
     memory_fraction: _builtins.float
     """The engine's memory fraction, in (0, 1]: vLLM gpu_memory_utilization, SGLang
     mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction. Unset means the engine's default.
+    """
+    rate_per_s: _builtins.float
+    """Agg or disagg mode: open-loop Poisson arrivals per second (the poisson load model); the
+    estimate then reports TTFT and TPOT at their median. Give this or concurrency (disagg: or
+    neither, for the steady state at the rate the deployment sustains).
     """
     @_builtins.property
     def precision(self) -> _common_pb2.Precision:
@@ -83,6 +114,13 @@ class EstimateRequest(_message.Message):
     @_builtins.property
     def decode(self) -> Global___PoolSpec:
         """Disagg mode: the decode pool."""
+
+    @_builtins.property
+    def engine_args(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Overrides of the engine's scheduler settings, by the engine's own argument names
+        ("max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "kv_admission",
+        "gpu_memory_utilization", "kv_cache_dtype", ...); values as text ("8192", "true").
+        """
 
     def __init__(
         self,
@@ -103,10 +141,12 @@ class EstimateRequest(_message.Message):
         prefill: Global___PoolSpec | None = ...,
         decode: Global___PoolSpec | None = ...,
         memory_fraction: _builtins.float | None = ...,
+        rate_per_s: _builtins.float | None = ...,
+        engine_args: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_memory_fraction", b"_memory_fraction", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "memory_fraction", b"memory_fraction", "parallelism", b"parallelism", "precision", b"precision", "prefill", b"prefill"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_memory_fraction", b"_memory_fraction", "_rate_per_s", b"_rate_per_s", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "memory_fraction", b"memory_fraction", "parallelism", b"parallelism", "precision", b"precision", "prefill", b"prefill", "rate_per_s", b"rate_per_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_memory_fraction", b"_memory_fraction", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "engine", b"engine", "gpu", b"gpu", "isl", b"isl", "memory_fraction", b"memory_fraction", "mode", b"mode", "model", b"model", "osl", b"osl", "parallelism", b"parallelism", "phase", b"phase", "precision", b"precision", "prefill", b"prefill"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_memory_fraction", b"_memory_fraction", "_rate_per_s", b"_rate_per_s", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "engine", b"engine", "engine_args", b"engine_args", "gpu", b"gpu", "isl", b"isl", "memory_fraction", b"memory_fraction", "mode", b"mode", "model", b"model", "osl", b"osl", "parallelism", b"parallelism", "phase", b"phase", "precision", b"precision", "prefill", b"prefill", "rate_per_s", b"rate_per_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch: _TypeAlias = _typing.Literal["batch"]  # noqa: Y015
     _WhichOneofArgType__batch: _TypeAlias = _typing.Literal["_batch", b"_batch"]  # noqa: Y015
@@ -118,6 +158,8 @@ class EstimateRequest(_message.Message):
     _WhichOneofArgType__context: _TypeAlias = _typing.Literal["_context", b"_context"]  # noqa: Y015
     _WhichOneofReturnType__memory_fraction: _TypeAlias = _typing.Literal["memory_fraction"]  # noqa: Y015
     _WhichOneofArgType__memory_fraction: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction"]  # noqa: Y015
+    _WhichOneofReturnType__rate_per_s: _TypeAlias = _typing.Literal["rate_per_s"]  # noqa: Y015
+    _WhichOneofArgType__rate_per_s: _TypeAlias = _typing.Literal["_rate_per_s", b"_rate_per_s"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__batch) -> _WhichOneofReturnType__batch | None: ...
     @_typing.overload
@@ -128,6 +170,8 @@ class EstimateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__context) -> _WhichOneofReturnType__context | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_fraction) -> _WhichOneofReturnType__memory_fraction | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_per_s) -> _WhichOneofReturnType__rate_per_s | None: ...
 
 Global___EstimateRequest: _TypeAlias = EstimateRequest  # noqa: Y015
 

@@ -151,6 +151,26 @@ class PlanRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EngineArgsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_FIELD_NUMBER: _builtins.int
@@ -166,6 +186,7 @@ class PlanRequest(_message.Message):
     ENGINE_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
+    ENGINE_ARGS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen identifier of this call (a UUID is best). A retry with the same request_id
     returns the plan stored by the first call instead of searching and storing again.
@@ -211,6 +232,13 @@ class PlanRequest(_message.Message):
     def limits(self) -> Global___SearchLimits:
         """Limits on the design space searched. Unset means search everything sensible."""
 
+    @_builtins.property
+    def engine_args(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Overrides of the engine's scheduler settings, by the engine's own argument names
+        ("max_num_batched_tokens", "max_num_seqs", "enable_chunked_prefill", "kv_admission",
+        "gpu_memory_utilization", ...); values as text ("8192", "true"). Empty: the engine's defaults.
+        """
+
     def __init__(
         self,
         *,
@@ -229,10 +257,11 @@ class PlanRequest(_message.Message):
         engine: _builtins.str = ...,
         limits: Global___SearchLimits | None = ...,
         memory_fraction: _builtins.float | None = ...,
+        engine_args: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_memory_fraction", b"_memory_fraction", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpus", b"decode_gpus", "limits", b"limits", "memory_fraction", b"memory_fraction", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "rate_per_s", b"rate_per_s", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_memory_fraction", b"_memory_fraction", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpu", b"decode_gpu", "decode_gpus", b"decode_gpus", "engine", b"engine", "gpu", b"gpu", "gpus", b"gpus", "limits", b"limits", "memory_fraction", b"memory_fraction", "model", b"model", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "prefix_hit", b"prefix_hit", "rate_per_s", b"rate_per_s", "request_id", b"request_id", "slo", b"slo", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_memory_fraction", b"_memory_fraction", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpu", b"decode_gpu", "decode_gpus", b"decode_gpus", "engine", b"engine", "engine_args", b"engine_args", "gpu", b"gpu", "gpus", b"gpus", "limits", b"limits", "memory_fraction", b"memory_fraction", "model", b"model", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "prefix_hit", b"prefix_hit", "rate_per_s", b"rate_per_s", "request_id", b"request_id", "slo", b"slo", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__decode_gpus: _TypeAlias = _typing.Literal["decode_gpus"]  # noqa: Y015
     _WhichOneofArgType__decode_gpus: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus"]  # noqa: Y015
@@ -427,6 +456,7 @@ class PlanResult(_message.Message):
     FOR_RATE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_BASIS_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     disagg_speedup: _builtins.float
     """Tokens per second per GPU of best_disagg over best_agg. Unset when either is missing."""
     design_points: _builtins.int
@@ -445,6 +475,8 @@ class PlanResult(_message.Message):
     """The model: name, total and active parameters, quantization."""
     gpu_basis: _builtins.str
     """"calibrated" (measured kernel tables of the GPU) or "datasheet-scaled"."""
+    load: _builtins.str
+    """The load model the SLO was judged under, in words (e.g. "poisson: random arrivals ...")."""
     @_builtins.property
     def best(self) -> Global___Deployment:
         """The recommended deployment. Unset when nothing meets the SLO."""
@@ -493,10 +525,11 @@ class PlanResult(_message.Message):
         for_rate: Global___Deployment | None = ...,
         model: _builtins.str = ...,
         gpu_basis: _builtins.str = ...,
+        load: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "disagg_speedup", b"disagg_speedup", "for_rate", b"for_rate", "rate_served", b"rate_served"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "design_points", b"design_points", "disagg_speedup", b"disagg_speedup", "elapsed_ms", b"elapsed_ms", "explanation", b"explanation", "for_rate", b"for_rate", "gpu_basis", b"gpu_basis", "model", b"model", "pareto_agg", b"pareto_agg", "pareto_disagg", b"pareto_disagg", "rate_served", b"rate_served", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "design_points", b"design_points", "disagg_speedup", b"disagg_speedup", "elapsed_ms", b"elapsed_ms", "explanation", b"explanation", "for_rate", b"for_rate", "gpu_basis", b"gpu_basis", "load", b"load", "model", b"model", "pareto_agg", b"pareto_agg", "pareto_disagg", b"pareto_disagg", "rate_served", b"rate_served", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__disagg_speedup: _TypeAlias = _typing.Literal["disagg_speedup"]  # noqa: Y015
     _WhichOneofArgType__disagg_speedup: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup"]  # noqa: Y015

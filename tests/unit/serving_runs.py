@@ -1,0 +1,154 @@
+"""The measured serving runs of ``shared/serving-runs/runs.csv`` and the planner's prediction of
+each (imported by ``test_serving_accuracy.py``; ``tests/`` has no ``__init__.py``).
+
+How a row becomes a simulation, with the assumptions the source leaves open:
+
+* Load: a closed loop of ``concurrency`` clients starting together, fixed lengths, ``k``
+  requests per client (``k`` is the calibrated ``REQUESTS_PER_CLIENT``); figures are means over
+  every request of the run (benchmark clients report means; the README of the runs says
+  "averaged by the benchmark").
+* Scheduler: the engine's defaults (engines.yaml) with ``max_num_seqs`` and ``cuda_graph_max_bs``
+  set to the row's ``batch_size`` (per attention-DP rank): the runs' generator writes the batch
+  size into the engine's batch limit and CUDA-graph list, so the row's batch is a limit, not the
+  number of clients. A prefill pool's token budget is at least its batch of whole prompts.
+* Agg replicas: where the concurrency is several times the batch, the clients were spread over
+  that many identical workers (``agg_replicas``); each is simulated with its share.
+* Precision: ``fp8``/``fp8_block`` GEMMs run fp8, ``nvfp4`` fp4, empty bf16; the KV cache is fp8
+  where the GEMMs are fp8 or fp4, else bf16 (the generator quantises the KV cache with the
+  weights; not stated by the source).
+* Disaggregated KV transfer: between the pools over the scale-out link (separate nodes).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from planner.catalog import default_gpus, default_models, load_engine
+from planner.errors import PlannerError
+from planner.perf.params import PerfContext
+from planner.serving.scheduler import SchedulerSettings, scheduler_for
+from planner.serving.simulate import ClosedLoop, Pool, ServingRun, simulate_agg, simulate_disagg
+from planner.types import Parallelism
+
+RUNS = Path(__file__).resolve().parents[3] / "shared" / "serving-runs" / "runs.csv"
+if not RUNS.exists():
+    RUNS = Path("/work/shared/serving-runs/runs.csv")
+
+MODEL_NAMES = {"nvidia/Qwen3-32B-NVFP4": "qwen3-32b"}
+DTYPES = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8", "nvfp4": "fp4"}
+
+
+@dataclass(frozen=True)
+class Run:
+    line: int
+    engine: str
+    version: str
+    model: str
+    system: str
+    mode: str
+    isl: int
+    osl: int
+    dtype: str
+    concurrency: int
+    row: dict[str, str]
+    ttft_ms: float
+    tpot_ms: float
+
+    @property
+    def group(self) -> str:
+        return f"{self.engine} {self.mode} {self.system}"
+
+
+def load_runs() -> list[Run]:
+    out = []
+    with RUNS.open() as f:
+        for i, r in enumerate(csv.DictReader(f), start=2):
+            if not r["concurrency"]:
+                continue
+            out.append(
+                Run(
+                    i,
+                    r["backend"],
+                    r["backend_version"],
+                    MODEL_NAMES.get(r["model_path"], r["model_path"]),
+                    r["system"],
+                    r["mode"],
+                    int(r["isl"]),
+                    int(r["osl"]),
+                    DTYPES[r["gemm_quant_mode"]],
+                    int(r["concurrency"]),
+                    r,
+                    float(r["ttft_ms"]),
+                    float(r["tpot_ms"]),
+                )
+            )
+    return out
+
+
+def _int(row: dict[str, str], key: str, default: int = 1) -> int:
+    v = row.get(key, "")
+    return int(float(v)) if v not in ("", None) and float(v) > 0 else default
+
+
+def _layout(row: dict[str, str], prefix: str) -> tuple[Parallelism, int]:
+    tp = _int(row, f"{prefix}tp_size")
+    pp = _int(row, f"{prefix}pp_size")
+    dp = _int(row, f"{prefix}attention_dp_size")
+    ep = _int(row, f"{prefix}moe_ep_size")
+    return Parallelism(tp=tp, pp=pp, ep=ep, attention_dp=dp), _int(row, f"{prefix}batch_size")
+
+
+def _sched(engine_name: str, batch: int) -> SchedulerSettings:
+    s = scheduler_for(load_engine(engine_name))
+    return replace(s, max_num_seqs=batch, cuda_graph_max_bs=batch)
+
+
+def agg_replicas(run: Run, par: Parallelism, batch: int) -> int:
+    """Workers an agg run spread its clients over. The source gives no worker count for agg
+    rows; where the concurrency is a multiple of the batch over every rank (the TensorRT-LLM
+    GB200/B200 rows: 416 clients at batch 13 = 32 TP2 workers of an NVL72 rack; 288 at 144 = 2)
+    the run used that many replicas, each holding a batch of clients: their measured TTFTs
+    (0.7 s for 15k-token prompts) rule out one worker queueing them all."""
+    per_worker = batch * par.attention_dp
+    return max(1, round(run.concurrency / per_worker)) if run.concurrency > per_worker else 1
+
+
+def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> ServingRun | str:
+    """The planner's figures for ``run`` (a string: why it cannot be predicted)."""
+    try:
+        model = default_models().get(run.model, "model")
+        gpu = default_gpus().get(run.system, "gpu")
+    except PlannerError as e:
+        return str(e)
+    engine = load_engine(run.engine)
+    kv = "fp8" if run.dtype in ("fp8", "fp4") else "bf16"
+    try:
+        ctx = PerfContext.build(model, gpu, engine, run.dtype, kv)
+    except PlannerError as e:
+        return str(e)
+    load = ClosedLoop(run.concurrency, requests_per_client, synchronised)
+    isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])
+    if run.mode == "agg":
+        par, batch = _layout(run.row, "")
+        clients = math.ceil(run.concurrency / agg_replicas(run, par, batch))
+        load = ClosedLoop(clients, requests_per_client, synchronised)
+        return simulate_agg(ctx, par, _sched(run.engine, batch), load, isl, osl)
+    p_par, p_batch = _layout(run.row, "prefill_")
+    d_par, d_batch = _layout(run.row, "decode_")
+    p_sched = _sched(run.engine, p_batch)
+    budget = max(p_sched.max_num_batched_tokens, p_batch * run.isl)
+    p_sched = replace(p_sched, max_num_batched_tokens=budget)
+    prefill = Pool(ctx, p_par, _int(run.row, "prefill_num_workers"), p_sched)
+    y = _int(run.row, "decode_num_workers")
+    d_sched = _sched(run.engine, d_batch)
+    decode = Pool(ctx, d_par, y, d_sched)
+    return simulate_disagg(prefill, decode, load, isl, osl, gpu.scaleout_bytes_per_s)
+
+
+def abs_pct(pred: float, meas: float) -> float:
+    return abs(pred - meas) / meas * 100.0 if meas > 0 else math.inf

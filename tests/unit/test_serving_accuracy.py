@@ -1,0 +1,142 @@
+"""Serving predictions against measured engine runs (``shared/serving-runs/runs.csv``).
+
+Every row with a recorded concurrency is simulated once as its benchmark ran it: a closed loop
+of synchronised clients on the row's engine, layout and batch limit (``serving_runs.py`` lists
+the assumptions). One free parameter per serving mode is calibrated, a fixed per-request
+overhead on TTFT that the engine loop does not see (HTTP, tokenisation and detokenisation in
+agg; in disagg also the router, the KV handshake and the decode worker's first scheduling); TPOT
+has no free parameter here. It is fitted by cross-validation, leaving one engine, one model or
+one system out, and the errors printed per group (engine x mode x GPU) are those of the
+held-out folds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from serving_runs import RUNS, Run, abs_pct, load_runs, predict
+
+from planner.serving.simulate import REQUESTS_PER_CLIENT, ServingRun
+
+OVERHEAD_GRID_MS = (0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0)
+
+Pred = tuple[Run, ServingRun]
+
+
+@pytest.fixture(scope="module")
+def predictions() -> tuple[list[Pred], dict[str, int]]:
+    if not RUNS.exists():
+        pytest.skip(f"{RUNS} not present")
+    out: list[Pred] = []
+    skipped: dict[str, int] = defaultdict(int)
+    for run in load_runs():
+        p = predict(run, REQUESTS_PER_CLIENT)
+        if isinstance(p, str) or not p.ok:
+            why = p if isinstance(p, str) else p.reason or "not ok"
+            skipped[f"{run.group}: {why[:70]}"] += 1
+            continue
+        out.append((run, p))
+    return out, dict(skipped)
+
+
+def ttft_err(run: Run, p: ServingRun, overhead_ms: float) -> float:
+    return abs_pct(p.ttft_ms.mean + overhead_ms, run.ttft_ms)
+
+
+def fit_overhead(train: list[Pred]) -> dict[str, float]:
+    """Per mode: the overhead of the grid with the smallest mean abs. % TTFT error."""
+    best = {}
+    for mode in ("agg", "disagg"):
+        rows = [(r, p) for r, p in train if r.mode == mode]
+        if not rows:
+            best[mode] = 0.0
+            continue
+        best[mode] = min(
+            OVERHEAD_GRID_MS,
+            key=lambda o: float(np.mean([ttft_err(r, p, o) for r, p in rows])),
+        )
+    return best
+
+
+def held_out(preds: list[Pred], key: Callable[[Run], str]) -> tuple[dict[int, float], list[str]]:
+    """TTFT abs. % error of every row when its ``key`` value is left out of the fit."""
+    errs: dict[int, float] = {}
+    notes = []
+    for value in sorted({key(r) for r, _ in preds}):
+        train = [(r, p) for r, p in preds if key(r) != value]
+        test = [(r, p) for r, p in preds if key(r) == value]
+        o = fit_overhead(train)
+        notes.append(f"{value}: agg {o['agg']:g} ms, disagg {o['disagg']:g} ms")
+        for r, p in test:
+            errs[r.line] = ttft_err(r, p, o[r.mode])
+    return errs, notes
+
+
+def table(
+    preds: list[Pred], ttft: dict[int, float]
+) -> list[tuple[str, int, float, float, float, float]]:
+    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r, p in preds:
+        groups[r.group].append((ttft[r.line], abs_pct(p.tpot_ms.mean, r.tpot_ms)))
+    groups["all"] = [v for g in list(groups.values()) for v in g]
+    out = []
+    for g, v in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        t, q = [a for a, _ in v], [b for _, b in v]
+        out.append(
+            (
+                g,
+                len(v),
+                statistics.median(t),
+                statistics.mean(t),
+                statistics.median(q),
+                statistics.mean(q),
+            )
+        )
+    return out
+
+
+def print_table(title: str, rows: list[tuple[str, int, float, float, float, float]]) -> None:
+    print(f"\n{title}")
+    print("| group (engine mode GPU) | rows | TTFT median | TTFT mean | TPOT median | TPOT mean |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for g, n, tm, ta, qm, qa in rows:
+        print(f"| {g} | {n} | {tm:.1f}% | {ta:.1f}% | {qm:.1f}% | {qa:.1f}% |")
+
+
+def test_serving_errors_on_measured_runs_under_cross_validation(predictions) -> None:
+    preds, skipped = predictions
+    print(f"\n{len(preds)} runs simulated; not simulated:")
+    for why, n in sorted(skipped.items()):
+        print(f"  {n:3d} {why}")
+    schemes = {
+        "leave one engine out": lambda r: r.engine,
+        "leave one model out": lambda r: r.model,
+        "leave one system out": lambda r: r.system,
+    }
+    overall = {}
+    for name, key in schemes.items():
+        errs, notes = held_out(preds, key)
+        print(f"\n{name}, fitted TTFT overhead per fold: " + "; ".join(notes))
+        rows = table(preds, errs)
+        print_table(f"held-out errors ({name})", rows)
+        overall[name] = rows[-1]
+    fitted = fit_overhead(preds)
+    print(f"\nfitted on every run: agg {fitted['agg']:g} ms, disagg {fitted['disagg']:g} ms")
+    worst = sorted(preds, key=lambda rp: -ttft_err(rp[0], rp[1], fitted[rp[0].mode]))[:8]
+    print("worst TTFT rows (line: group model isl/osl concurrency: predicted / measured ms):")
+    for r, p in worst:
+        print(
+            f"  {r.line}: {r.group} {r.model} {r.isl}/{r.osl} c={r.concurrency}: "
+            f"TTFT {p.ttft_ms.mean + fitted[r.mode]:.0f} / {r.ttft_ms:.0f}, "
+            f"TPOT {p.tpot_ms.mean:.2f} / {r.tpot_ms:.2f}"
+        )
+    # the serving layer once predicted TTFT 5-30x too low on these runs (issue 7's table): the
+    # held-out median errors must stay far from that, and TPOT within a fifth of the measured
+    for name, (_, n, tm, _ta, qm, _qa) in overall.items():
+        assert n >= 600, name
+        assert tm < 50.0, (name, tm)
+        assert qm < 20.0, (name, qm)
