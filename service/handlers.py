@@ -33,7 +33,7 @@ from planner.estimate import estimate as run_estimate
 from planner.search import plan as run_plan
 from planner.sweep import ScenarioOutcome, run_sweep
 from planner.types import PlanRequest
-from service import convert, errors, resources
+from service import convert, errors, metrics, resources
 from service.catalogs import CatalogCache, Catalogs
 from storage import pagetoken
 from storage.errors import AlreadyExistsError, NotFoundError
@@ -77,6 +77,7 @@ def plan(
     started = time.perf_counter()
     result = run_plan(req, current.models, current.gpus, should_stop)
     search_ms = (time.perf_counter() - started) * 1e3
+    metrics.observe_search("plan", search_ms / 1e3, result.design_points)
     if should_stop():  # finished, but too late to answer: store nothing the caller won't see
         raise SearchCancelled("the call ended before the plan could be stored")
     stored = store.create_plan(
@@ -213,6 +214,9 @@ def sweep(
             yield sweep_pb2.SweepResponse(scenario=convert.scenario_to_proto(s))
             yield sweep_pb2.SweepResponse(progress=sweep_pb2.SweepProgress(done=done, total=total))
         for outcome in run_sweep(grid, current.models, current.gpus, should_stop, finished):
+            if outcome.result is not None:
+                result = outcome.result
+                metrics.observe_search("sweep", result.elapsed_ms / 1e3, result.design_points)
             scenario = _store_outcome(store, stored.id, outcome)
             done += 1
             yield sweep_pb2.SweepResponse(scenario=convert.scenario_to_proto(scenario))

@@ -37,7 +37,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pdplanner.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 import planner
-from service import reflection
+from service import metrics, reflection, tracing
+from service.metrics import MetricsEndpoint
 from service.servicer import PlannerServicer
 from service.settings import ServerSettings
 from storage.config import database_url as resolve_database_url
@@ -185,6 +186,8 @@ class RunningServer:
     health: health.HealthServicer
     store: PlanStore
     settings: ServerSettings
+    metrics_endpoint: MetricsEndpoint | None = None  # Prometheus /metrics, when served
+    tracer_provider: Any = None  # OpenTelemetry provider, when an exporter is configured
     _stopped: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -201,6 +204,10 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.store.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
         log.info("stopped", extra={"fields": {"event": "stopped"}})
 
 
@@ -219,6 +226,7 @@ def start_server(
     *,
     store: PlanStore | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    metrics_port: int | None = None,
     **overrides: Any,
 ) -> RunningServer:
     """Start a server and return once it is SERVING (migrated and warmed up).
@@ -226,11 +234,17 @@ def start_server(
     ``settings`` default to ``ServerSettings.from_env(**overrides)``; pass ``port=0`` for a free
     port (``RunningServer.port`` says which). ``store`` replaces the SQL store of
     ``settings.database_url``. ``interceptors`` run after the call logger (tests inject faults).
+    ``metrics_port`` serves Prometheus metrics there (default ``PDPLANNER_METRICS_PORT``, else
+    none; ``service.metrics``); tracing is on when OTEL_* names an exporter (``service.tracing``).
     """
     settings = settings or ServerSettings.from_env(**overrides)
     url = resolve_database_url(settings.database_url)
     own_store = store is None
-    plan_store: PlanStore = SqlStore(url) if store is None else store
+    plan_store = metrics.timed_store(SqlStore(url) if store is None else store)
+    provider = tracing.provider_from_env()
+    observers: list[grpc.ServerInterceptor] = [metrics.MetricsInterceptor()]
+    if provider is not None:
+        observers += tracing.interceptors(provider)
     health_servicer = health.HealthServicer()
     _set_serving(health_servicer, False)
     servicer = PlannerServicer(plan_store, settings)
@@ -238,7 +252,7 @@ def start_server(
         futures.ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix="pdplanner-rpc"
         ),
-        interceptors=[CallLogInterceptor(), *interceptors],
+        interceptors=[CallLogInterceptor(), *observers, *interceptors],
         options=[
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
@@ -258,6 +272,15 @@ def start_server(
         raise OSError(f"cannot listen on {address}")
     server.start()
     running = RunningServer(server, port, servicer, health_servicer, plan_store, settings)
+    running.tracer_provider = provider
+    if metrics_port is None:
+        metrics_port = metrics.metrics_port_from_env()
+    if metrics_port is not None:
+        try:
+            running.metrics_endpoint = metrics.start_endpoint(metrics_port)
+        except OSError:
+            running.stop(0)
+            raise
     log.info("listening", extra={"fields": {"event": "listening", "port": port}})
     try:
         _prepare(settings, url if own_store else None)
@@ -286,7 +309,12 @@ def _prepare(settings: ServerSettings, migrate_url: str | None) -> None:
         log.info("kernels ready", extra={"fields": {"event": "warmed_up", "seconds": seconds}})
 
 
-def serve(port: int = 50051, database_url: str | None = None, **overrides: Any) -> None:
+def serve(
+    port: int = 50051,
+    database_url: str | None = None,
+    metrics_port: int | None = None,
+    **overrides: Any,
+) -> None:
     """Serve until SIGTERM or SIGINT (``pdplanner serve``), then shut down gracefully.
 
     The first signal reports NOT_SERVING and lets in-flight calls finish for ``grace_s`` seconds;
@@ -309,7 +337,7 @@ def serve(port: int = 50051, database_url: str | None = None, **overrides: Any) 
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        running.append(start_server(settings))
+        running.append(start_server(settings, metrics_port=metrics_port))
         while not stop_requested.wait(timeout=1.0):
             pass
         running[0].stop(settings.grace_s)

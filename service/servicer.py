@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from pdplanner.v1 import planner_service_pb2_grpc
 
-from service import errors, handlers, scaling_handlers
+from service import errors, exports, handlers, scaling_handlers
 from service.catalogs import CatalogCache
 from service.settings import ServerSettings
 from storage.repository import PlanStore
@@ -86,6 +86,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     Plan = _unary(handlers.plan)
     Estimate = _unary(handlers.estimate)
     GetPlan = _unary(handlers.get_plan)
+    ExportPlan = _unary(exports.export_plan_rpc)
     ListPlans = _unary(handlers.list_plans)
     DeletePlan = _unary(handlers.delete_plan)
     Sweep = _stream(handlers.sweep)

@@ -7,6 +7,7 @@
     sweep.py      ``sweep``: a grid of plans
     stored.py     ``plans list|get|delete``, ``sweeps get``: what a server stored
     schedule.py   ``schedule``, ``schedules list|get|delete``, ``simulate``: elastic scaling
+    export.py     ``export``: a stored plan as launch commands, manifests and a benchmark
     catalog.py    ``models``, ``gpus`` and their ``create``
     admin.py      ``serve`` and ``db upgrade``
     inputs.py     flags, JSON Lines and traffic-mix files -> planner requests
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 import typer
 
-from service.cli import admin, catalog, estimate, plan, schedule, stored, sweep
+from service.cli import admin, catalog, estimate, export, plan, schedule, stored, sweep
 from service.cli.app import app
 from service.cli.errors import CliError
 
@@ -34,6 +35,7 @@ __all__ = [
     "app",
     "catalog",
     "estimate",
+    "export",
     "main",
     "plan",
     "schedule",

@@ -18,14 +18,22 @@ _DB_HELP = "Database URL (default: $PDPLANNER_DATABASE_URL, else sqlite:///./pdp
 def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 50051,
     database_url: Annotated[str | None, typer.Option(metavar="URL", help=_DB_HELP)] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (default PDPLANNER_METRICS_PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run the gRPC planning server until SIGTERM or Ctrl-C."""
     if not 0 < port < 65536:
         raise CliError(f"--port: must be in 1..65535, got {port}")
+    if metrics_port is not None and not 0 < metrics_port < 65536:
+        raise CliError(f"--metrics-port: must be in 1..65535, got {metrics_port}")
     from service.server import serve as run
 
     try:
-        run(port, database_url)
+        run(port, database_url, metrics_port=metrics_port)
     except OSError as exc:  # the port is taken, or the address cannot be bound
         raise CliError(f"--port {port}: {exc}", EXIT_FAILURE) from None
     except ValueError as exc:  # a PDPLANNER_* setting that does not parse

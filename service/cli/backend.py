@@ -34,6 +34,7 @@ from service.cli.format import StoredPlan
 if TYPE_CHECKING:
     from pdplanner.client import PlannerClient
 
+    from planner.export import PlanExport
     from planner.scaling.forecast import ForecastSpec
     from planner.scaling.schedule import ScheduleRequest
 
@@ -91,6 +92,7 @@ class LocalBackend:
     """The planner in this process, over the built-in catalogs plus the files given."""
 
     server: str | None = None
+    ray_address: str | None = None  # sweeps fan out to this Ray cluster (service.raysweep)
     _models: list[ModelSpec] = field(default_factory=list)
     _gpus: list[GpuSpec] = field(default_factory=list)
 
@@ -134,6 +136,16 @@ class LocalBackend:
     ) -> tuple[str | None, list[ScenarioOutcome]]:
         from planner.sweep import run_sweep
 
+        if self.ray_address is not None:
+            from service.raysweep import RayUnavailableError, ray_sweep
+
+            try:
+                outcomes = ray_sweep(
+                    grid, self.ray_address, models=self._models, gpus=self._gpus, advance=advance
+                )
+            except RayUnavailableError as exc:
+                raise CliError(f"--ray: {exc}", EXIT_FAILURE) from None
+            return None, outcomes
         outcomes = []
         for outcome in run_sweep(grid, *self._catalogs()):
             outcomes.append(outcome)
@@ -303,6 +315,15 @@ class RemoteBackend:
         """The GetPlan RPC."""
         with self._errors():
             return _stored_plan(self._client.get_plan(resources.from_id_or_name(plan_id, "plans")))
+
+    def export_plan(self, plan_id: str, fmt: str) -> PlanExport:
+        """The ExportPlan RPC: the files of ``fmt`` for a stored plan."""
+        from service import exports
+
+        name = resources.from_id_or_name(plan_id, "plans")
+        with self._errors():
+            msg = self._client.export_plan(name, exports.FORMATS[fmt])
+        return exports.export_from_proto(msg, fmt)
 
     def delete_plan(self, plan_id: str) -> str:
         """The DeletePlan RPC; returns the deleted plan's name."""

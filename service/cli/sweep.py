@@ -6,6 +6,7 @@ a ``SweepGrid``, runs it on the chosen backend and prints one row per outcome.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -19,8 +20,8 @@ from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, SearchLimits
 from service.cli import app as cli
 from service.cli import format as fmt
 from service.cli import inputs
-from service.cli.backend import backend
-from service.cli.errors import flags
+from service.cli.backend import SERVER_ENV, LocalBackend, backend
+from service.cli.errors import CliError, flags
 
 #: The keys of ``pdplanner sweep``, for naming fields in errors.
 SWEEP_KEYS = ("model", "gpu", "traffic", "ttft_ms", "tpot_ms", "gpus", "dtype", "kv_dtype",
@@ -90,9 +91,24 @@ def sweep(
     ] = "both",
     json_out: cli.JsonOpt = False,
     server: cli.ServerOpt = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Fan the scenarios out to a Ray cluster: 'local' (start one here), 'auto' "
+            "(the cluster this node is in) or ray://HOST:PORT. Runs in process: no --server.",
+        ),
+    ] = None,
 ) -> None:
     """Plan every scenario of a grid: models x GPUs x traffic x TPOT targets."""
+    if ray is not None and (server or os.environ.get(SERVER_ENV)):
+        raise CliError("--ray: fans out from this process; it cannot be used with --server")
+    if ray is not None and not ray:
+        raise CliError("--ray: needs an address: local, auto or ray://HOST:PORT")
     runner = backend(server)
+    if isinstance(runner, LocalBackend):
+        runner.ray_address = ray
     with flags(SWEEP_KEYS):
         lists = {"model": model, "gpu": gpu, "traffic": traffic, "tpot_ms": tpot_ms}
         for key, values in lists.items():

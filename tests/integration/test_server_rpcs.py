@@ -393,9 +393,9 @@ def test_reflection_describes_the_planner_service(channel: grpc.Channel) -> None
     pool = descriptor_pool.DescriptorPool(database)
     service = pool.FindServiceByName("pdplanner.v1.PlannerService")
     assert {m.name for m in service.methods} == {
-        "Plan", "Estimate", "GetPlan", "ListPlans", "DeletePlan", "Sweep", "GetSweep", "ListSweeps",
-        "ListModels", "ListGpus", "CreateModel", "CreateGpu", "PlanScaling", "GetSchedule",
-        "ListSchedules", "DeleteSchedule", "RateMatch",
+        "Plan", "Estimate", "GetPlan", "ExportPlan", "ListPlans", "DeletePlan", "Sweep", "GetSweep",
+        "ListSweeps", "ListModels", "ListGpus", "CreateModel", "CreateGpu", "PlanScaling",
+        "GetSchedule", "ListSchedules", "DeleteSchedule", "RateMatch",
     }  # fmt: skip
     plan_request = pool.FindMessageTypeByName("pdplanner.v1.PlanRequest")
     assert plan_request.fields_by_name["slo"].message_type.full_name == "pdplanner.v1.Slo"

@@ -33,6 +33,7 @@ from grpc_status import rpc_status
 from pdplanner.v1 import (
     catalog_pb2,
     estimate_pb2,
+    export_pb2,
     plan_pb2,
     planner_service_pb2_grpc,
     scaling_pb2,
@@ -181,6 +182,13 @@ class PlannerClient:
         """A stored plan by name (``plans/ID``) or bare id."""
         request = plan_pb2.GetPlanRequest(name=_resource_name(name, "plans"))
         return self._call(self._stub.GetPlan, request, timeout_s).plan
+
+    def export_plan(
+        self, name: str, fmt: export_pb2.ExportFormat.ValueType, *, timeout_s: float | None = None
+    ) -> export_pb2.ExportPlanResponse:
+        """The files that run a stored plan (``fmt``: an ``export_pb2.EXPORT_FORMAT_*`` value)."""
+        request = export_pb2.ExportPlanRequest(name=_resource_name(name, "plans"), format=fmt)
+        return self._call(self._stub.ExportPlan, request, timeout_s)
 
     def list_plans(
         self,

@@ -28,6 +28,10 @@ type PlannerServiceClient interface {
 	GetPlan(ctx context.Context, in *GetPlanRequest, opts ...grpc.CallOption) (*GetPlanResponse, error)
 	// ListPlans returns stored plans, newest first, optionally for one model and/or GPU.
 	ListPlans(ctx context.Context, in *ListPlansRequest, opts ...grpc.CallOption) (*ListPlansResponse, error)
+	// ExportPlan returns the files that run a stored plan's chosen deployment: engine launch
+	// commands, Kubernetes or Dynamo manifests, and the benchmark that checks its predictions.
+	// A plan without a chosen deployment is an INVALID_ARGUMENT on name.
+	ExportPlan(ctx context.Context, in *ExportPlanRequest, opts ...grpc.CallOption) (*ExportPlanResponse, error)
 	// DeletePlan deletes one stored plan.
 	DeletePlan(ctx context.Context, in *DeletePlanRequest, opts ...grpc.CallOption) (*DeletePlanResponse, error)
 	// Sweep plans a grid of scenarios, streaming progress and each scenario's result as it
@@ -99,6 +103,15 @@ func (c *plannerServiceClient) GetPlan(ctx context.Context, in *GetPlanRequest, 
 func (c *plannerServiceClient) ListPlans(ctx context.Context, in *ListPlansRequest, opts ...grpc.CallOption) (*ListPlansResponse, error) {
 	out := new(ListPlansResponse)
 	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/ListPlans", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *plannerServiceClient) ExportPlan(ctx context.Context, in *ExportPlanRequest, opts ...grpc.CallOption) (*ExportPlanResponse, error) {
+	out := new(ExportPlanResponse)
+	err := c.cc.Invoke(ctx, "/pdplanner.v1.PlannerService/ExportPlan", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -260,6 +273,10 @@ type PlannerServiceServer interface {
 	GetPlan(context.Context, *GetPlanRequest) (*GetPlanResponse, error)
 	// ListPlans returns stored plans, newest first, optionally for one model and/or GPU.
 	ListPlans(context.Context, *ListPlansRequest) (*ListPlansResponse, error)
+	// ExportPlan returns the files that run a stored plan's chosen deployment: engine launch
+	// commands, Kubernetes or Dynamo manifests, and the benchmark that checks its predictions.
+	// A plan without a chosen deployment is an INVALID_ARGUMENT on name.
+	ExportPlan(context.Context, *ExportPlanRequest) (*ExportPlanResponse, error)
 	// DeletePlan deletes one stored plan.
 	DeletePlan(context.Context, *DeletePlanRequest) (*DeletePlanResponse, error)
 	// Sweep plans a grid of scenarios, streaming progress and each scenario's result as it
@@ -309,6 +326,9 @@ func (UnimplementedPlannerServiceServer) GetPlan(context.Context, *GetPlanReques
 }
 func (UnimplementedPlannerServiceServer) ListPlans(context.Context, *ListPlansRequest) (*ListPlansResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListPlans not implemented")
+}
+func (UnimplementedPlannerServiceServer) ExportPlan(context.Context, *ExportPlanRequest) (*ExportPlanResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ExportPlan not implemented")
 }
 func (UnimplementedPlannerServiceServer) DeletePlan(context.Context, *DeletePlanRequest) (*DeletePlanResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeletePlan not implemented")
@@ -430,6 +450,24 @@ func _PlannerService_ListPlans_Handler(srv interface{}, ctx context.Context, dec
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(PlannerServiceServer).ListPlans(ctx, req.(*ListPlansRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PlannerService_ExportPlan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportPlanRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PlannerServiceServer).ExportPlan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/pdplanner.v1.PlannerService/ExportPlan",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PlannerServiceServer).ExportPlan(ctx, req.(*ExportPlanRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -690,6 +728,10 @@ var _PlannerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPlans",
 			Handler:    _PlannerService_ListPlans_Handler,
+		},
+		{
+			MethodName: "ExportPlan",
+			Handler:    _PlannerService_ExportPlan_Handler,
 		},
 		{
 			MethodName: "DeletePlan",

@@ -5,6 +5,7 @@ import warnings
 
 from pdplanner.v1 import catalog_pb2 as pdplanner_dot_v1_dot_catalog__pb2
 from pdplanner.v1 import estimate_pb2 as pdplanner_dot_v1_dot_estimate__pb2
+from pdplanner.v1 import export_pb2 as pdplanner_dot_v1_dot_export__pb2
 from pdplanner.v1 import plan_pb2 as pdplanner_dot_v1_dot_plan__pb2
 from pdplanner.v1 import scaling_pb2 as pdplanner_dot_v1_dot_scaling__pb2
 from pdplanner.v1 import sweep_pb2 as pdplanner_dot_v1_dot_sweep__pb2
@@ -63,6 +64,11 @@ class PlannerServiceStub:
                 '/pdplanner.v1.PlannerService/ListPlans',
                 request_serializer=pdplanner_dot_v1_dot_plan__pb2.ListPlansRequest.SerializeToString,
                 response_deserializer=pdplanner_dot_v1_dot_plan__pb2.ListPlansResponse.FromString,
+                _registered_method=True)
+        self.ExportPlan = channel.unary_unary(
+                '/pdplanner.v1.PlannerService/ExportPlan',
+                request_serializer=pdplanner_dot_v1_dot_export__pb2.ExportPlanRequest.SerializeToString,
+                response_deserializer=pdplanner_dot_v1_dot_export__pb2.ExportPlanResponse.FromString,
                 _registered_method=True)
         self.DeletePlan = channel.unary_unary(
                 '/pdplanner.v1.PlannerService/DeletePlan',
@@ -166,6 +172,15 @@ class PlannerServiceServicer:
 
     def ListPlans(self, request, context):
         """ListPlans returns stored plans, newest first, optionally for one model and/or GPU.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportPlan(self, request, context):
+        """ExportPlan returns the files that run a stored plan's chosen deployment: engine launch
+        commands, Kubernetes or Dynamo manifests, and the benchmark that checks its predictions.
+        A plan without a chosen deployment is an INVALID_ARGUMENT on name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,6 +304,11 @@ def add_PlannerServiceServicer_to_server(servicer, server):
                     servicer.ListPlans,
                     request_deserializer=pdplanner_dot_v1_dot_plan__pb2.ListPlansRequest.FromString,
                     response_serializer=pdplanner_dot_v1_dot_plan__pb2.ListPlansResponse.SerializeToString,
+            ),
+            'ExportPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPlan,
+                    request_deserializer=pdplanner_dot_v1_dot_export__pb2.ExportPlanRequest.FromString,
+                    response_serializer=pdplanner_dot_v1_dot_export__pb2.ExportPlanResponse.SerializeToString,
             ),
             'DeletePlan': grpc.unary_unary_rpc_method_handler(
                     servicer.DeletePlan,
@@ -470,6 +490,33 @@ class PlannerService:
             '/pdplanner.v1.PlannerService/ListPlans',
             pdplanner_dot_v1_dot_plan__pb2.ListPlansRequest.SerializeToString,
             pdplanner_dot_v1_dot_plan__pb2.ListPlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdplanner.v1.PlannerService/ExportPlan',
+            pdplanner_dot_v1_dot_export__pb2.ExportPlanRequest.SerializeToString,
+            pdplanner_dot_v1_dot_export__pb2.ExportPlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

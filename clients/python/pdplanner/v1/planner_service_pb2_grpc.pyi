@@ -7,6 +7,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from pdplanner.v1 import catalog_pb2 as _catalog_pb2
 from pdplanner.v1 import estimate_pb2 as _estimate_pb2
+from pdplanner.v1 import export_pb2 as _export_pb2
 from pdplanner.v1 import plan_pb2 as _plan_pb2
 from pdplanner.v1 import scaling_pb2 as _scaling_pb2
 from pdplanner.v1 import sweep_pb2 as _sweep_pb2
@@ -55,6 +56,11 @@ class PlannerServiceStub:
     """GetPlan returns one stored plan."""
     ListPlans: _grpc.UnaryUnaryMultiCallable[_plan_pb2.ListPlansRequest, _plan_pb2.ListPlansResponse]
     """ListPlans returns stored plans, newest first, optionally for one model and/or GPU."""
+    ExportPlan: _grpc.UnaryUnaryMultiCallable[_export_pb2.ExportPlanRequest, _export_pb2.ExportPlanResponse]
+    """ExportPlan returns the files that run a stored plan's chosen deployment: engine launch
+    commands, Kubernetes or Dynamo manifests, and the benchmark that checks its predictions.
+    A plan without a chosen deployment is an INVALID_ARGUMENT on name.
+    """
     DeletePlan: _grpc.UnaryUnaryMultiCallable[_plan_pb2.DeletePlanRequest, _plan_pb2.DeletePlanResponse]
     """DeletePlan deletes one stored plan."""
     Sweep: _grpc.UnaryStreamMultiCallable[_sweep_pb2.SweepRequest, _sweep_pb2.SweepResponse]
@@ -114,6 +120,11 @@ class PlannerServiceAsyncStub(PlannerServiceStub):
     """GetPlan returns one stored plan."""
     ListPlans: _aio.UnaryUnaryMultiCallable[_plan_pb2.ListPlansRequest, _plan_pb2.ListPlansResponse]  # type: ignore[assignment]
     """ListPlans returns stored plans, newest first, optionally for one model and/or GPU."""
+    ExportPlan: _aio.UnaryUnaryMultiCallable[_export_pb2.ExportPlanRequest, _export_pb2.ExportPlanResponse]  # type: ignore[assignment]
+    """ExportPlan returns the files that run a stored plan's chosen deployment: engine launch
+    commands, Kubernetes or Dynamo manifests, and the benchmark that checks its predictions.
+    A plan without a chosen deployment is an INVALID_ARGUMENT on name.
+    """
     DeletePlan: _aio.UnaryUnaryMultiCallable[_plan_pb2.DeletePlanRequest, _plan_pb2.DeletePlanResponse]  # type: ignore[assignment]
     """DeletePlan deletes one stored plan."""
     Sweep: _aio.UnaryStreamMultiCallable[_sweep_pb2.SweepRequest, _sweep_pb2.SweepResponse]  # type: ignore[assignment]
@@ -194,6 +205,17 @@ class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_plan_pb2.ListPlansResponse, _abc.Awaitable[_plan_pb2.ListPlansResponse]]:
         """ListPlans returns stored plans, newest first, optionally for one model and/or GPU."""
+
+    @_abc_1.abstractmethod
+    def ExportPlan(
+        self,
+        request: _export_pb2.ExportPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_export_pb2.ExportPlanResponse, _abc.Awaitable[_export_pb2.ExportPlanResponse]]:
+        """ExportPlan returns the files that run a stored plan's chosen deployment: engine launch
+        commands, Kubernetes or Dynamo manifests, and the benchmark that checks its predictions.
+        A plan without a chosen deployment is an INVALID_ARGUMENT on name.
+        """
 
     @_abc_1.abstractmethod
     def DeletePlan(

@@ -1,0 +1,226 @@
+"""Prometheus metrics of the server, served on their own HTTP port (``/metrics``).
+
+Set ``PDPLANNER_METRICS_PORT`` (or ``pdplanner serve --metrics-port``) to serve them; unset, none
+are served (they are still counted, which costs microseconds a call). Every pdplanner series is in
+``REGISTRY`` (not prometheus-client's global one, so nothing else of the process leaks in):
+
+- ``pdplanner_rpc_calls_total`` (counter; method, code): finished calls by status code
+- ``pdplanner_rpc_errors_total`` (counter; method, code): calls that ended other than OK
+- ``pdplanner_rpc_duration_seconds`` (histogram; method): call latency (a stream: until its end)
+- ``pdplanner_search_duration_seconds`` (histogram; kind ``plan``/``sweep``): one plan search
+- ``pdplanner_search_design_points`` (histogram; kind): design points of one search
+- ``pdplanner_design_points_total`` (counter; kind): design points of every search
+- ``pdplanner_store_duration_seconds`` (histogram; operation): one repository call
+
+``method`` is the RPC's short name (``Plan``, ``GetPlan``); health checks and reflection are
+counted too (``Check``, ``ServerReflectionInfo``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from storage.repository import PlanStore
+
+if TYPE_CHECKING:
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+
+METRICS_PORT_ENV: Final = "PDPLANNER_METRICS_PORT"
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+#: Seconds: from sub-millisecond reads to multi-minute sweeps.
+_LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                           1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)  # fmt: skip
+_POINT_BUCKETS: Final = (10.0, 100.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
+
+RPC_CALLS: Final = Counter(
+    "pdplanner_rpc_calls", "Finished RPCs by method and status code.", ("method", "code"),
+    registry=REGISTRY,
+)  # fmt: skip
+RPC_ERRORS: Final = Counter(
+    "pdplanner_rpc_errors", "RPCs that ended with a status other than OK.", ("method", "code"),
+    registry=REGISTRY,
+)  # fmt: skip
+RPC_DURATION: Final = Histogram(
+    "pdplanner_rpc_duration_seconds", "RPC latency in seconds (a stream: until its end).",
+    ("method",), buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+SEARCH_DURATION: Final = Histogram(
+    "pdplanner_search_duration_seconds", "Duration of one plan search in seconds.", ("kind",),
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+SEARCH_POINTS: Final = Histogram(
+    "pdplanner_search_design_points", "Design points evaluated by one plan search.", ("kind",),
+    buckets=_POINT_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+DESIGN_POINTS: Final = Counter(
+    "pdplanner_design_points", "Design points evaluated by all searches.", ("kind",),
+    registry=REGISTRY,
+)  # fmt: skip
+STORE_DURATION: Final = Histogram(
+    "pdplanner_store_duration_seconds", "Latency of one repository call in seconds.",
+    ("operation",), buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+
+
+def observe_search(kind: str, seconds: float, design_points: int) -> None:
+    """Count one finished search (``kind``: ``plan`` or ``sweep``)."""
+    SEARCH_DURATION.labels(kind).observe(seconds)
+    SEARCH_POINTS.labels(kind).observe(design_points)
+    DESIGN_POINTS.labels(kind).inc(design_points)
+
+
+# -- RPCs -----------------------------------------------------------------------------------------
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts every call and its latency once it ends, by method and status code."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(handler.unary_stream, method), **codec
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary(handler.stream_unary, method), **codec
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _stream(handler.stream_stream, method), **codec
+            )
+        return handler
+
+
+def _record(method: str, context: grpc.ServicerContext, started: float, failed: bool) -> None:
+    code = cast(Any, context).code()  # ServicerContext.code() is not in the stubs
+    if code is None:
+        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+    RPC_CALLS.labels(method, code.name).inc()
+    if code != grpc.StatusCode.OK:
+        RPC_ERRORS.labels(method, code.name).inc()
+    RPC_DURATION.labels(method).observe(time.perf_counter() - started)
+
+
+def _unary(
+    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        failed = True
+        try:
+            response = behaviour(request, context)
+            failed = False
+            return response
+        finally:
+            _record(method, context, started, failed)
+
+    return call
+
+
+def _stream(
+    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        started = time.perf_counter()
+        failed = True
+        try:
+            yield from behaviour(request, context)
+            failed = False
+        finally:
+            _record(method, context, started, failed)
+
+    return call
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+class TimedStore:
+    """A ``PlanStore`` that times every repository call (``pdplanner_store_duration_seconds``)."""
+
+    def __init__(self, inner: PlanStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+        histogram = STORE_DURATION.labels(name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return timed
+
+
+def timed_store(store: PlanStore) -> PlanStore:
+    """``store`` with every call timed."""
+    return cast(PlanStore, TimedStore(store))
+
+
+# -- the HTTP endpoint ----------------------------------------------------------------------------
+
+
+@dataclass
+class MetricsEndpoint:
+    """A running ``/metrics`` HTTP server; ``stop()`` closes it."""
+
+    port: int
+    _server: Any
+    _thread: threading.Thread
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def metrics_port_from_env() -> int | None:
+    """``PDPLANNER_METRICS_PORT`` as a port (0: a free one), None when unset."""
+    raw = os.environ.get(METRICS_PORT_ENV, "")
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"{METRICS_PORT_ENV}={raw!r} is not a port number") from None
+    if not 0 <= port < 65536:
+        raise ValueError(f"{METRICS_PORT_ENV}={raw!r} is not in 0..65535")
+    return port
+
+
+def start_endpoint(port: int, host: str = "") -> MetricsEndpoint:
+    """Serve ``REGISTRY`` on ``http://host:port/metrics`` (port 0: a free port)."""
+    try:
+        server, thread = start_http_server(port, addr=host or "0.0.0.0", registry=REGISTRY)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from None
+    return MetricsEndpoint(server.server_port, server, thread)

@@ -1,0 +1,311 @@
+"""Deployment export: every generated file parses, and every flag is one the engine documents.
+
+The worked plan's exports are checked in (tests/fixtures/export/<format>/); these tests parse those
+files, and check that the export still writes exactly them. Kubernetes objects are validated
+against the Kubernetes API's own OpenAPI schemas (kubernetes-validate, strict: unknown fields
+fail); the DynamoGraphDeployment, whose CRD schema no package ships, against the schema below,
+written from the Dynamo 0.5 operator's CRD for the fields the export writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from planner.export import EXPORT_FORMATS, ExportError, export_plan
+from planner.export.build import commands
+from planner.export.flags import UnknownFlagError, api_options, check_command, shell_commands
+from planner.serialize import plan_request_from_json, plan_result_from_json
+from planner.types import Deployment, PlanRequest, PlanResult, Pool, Precision, Slo, Workload
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "export"
+KUBERNETES_VERSION = "1.30.0"
+
+#: The DynamoGraphDeployment fields the export writes (nvidia.com/v1alpha1, Dynamo 0.5.0 CRD
+#: nvidia.com_dynamographdeployments.yaml): services by name, each with a component type,
+#: replicas, a GPU limit given as a string, and the main container's image, command and args.
+_CONTAINER = {
+    "type": "object",
+    "required": ["image", "command", "args"],
+    "properties": {
+        "image": {"type": "string", "minLength": 1},
+        "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "args": {"type": "array", "items": {"type": "string"}},
+        "volumeMounts": {"type": "array"},
+    },
+    "additionalProperties": False,
+}
+DYNAMO_GRAPH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "nvidia.com/v1alpha1"},
+        "kind": {"const": "DynamoGraphDeployment"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["services"],
+            "properties": {
+                "services": {
+                    "type": "object",
+                    "minProperties": 2,
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["componentType", "replicas", "extraPodSpec"],
+                        "properties": {
+                            "dynamoNamespace": {"type": "string"},
+                            "componentType": {"enum": ["frontend", "worker", "planner", "main"]},
+                            "replicas": {"type": "integer", "minimum": 1},
+                            "resources": {
+                                "type": "object",
+                                "properties": {
+                                    "limits": {
+                                        "type": "object",
+                                        "properties": {
+                                            "gpu": {"type": "string", "pattern": "^[1-9][0-9]*$"}
+                                        },
+                                    }
+                                },
+                            },
+                            "extraPodSpec": {
+                                "type": "object",
+                                "required": ["mainContainer"],
+                                "properties": {
+                                    "mainContainer": _CONTAINER,
+                                    "volumes": {"type": "array"},
+                                },
+                                "additionalProperties": False,
+                            },
+                        },
+                        "additionalProperties": False,
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def _stored() -> tuple[PlanRequest, PlanResult, str]:
+    stored = json.loads((FIXTURES / "worked_plan.json").read_text())
+    return (
+        plan_request_from_json(stored["request"]),
+        plan_result_from_json(stored["result"]),
+        stored["name"],
+    )
+
+
+def _validate_documents(path: Path, text: str) -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    assert docs, f"{path}: no YAML documents"
+    for doc in docs:
+        if doc["kind"] == "DynamoGraphDeployment":
+            jsonschema.validate(doc, DYNAMO_GRAPH_SCHEMA)
+        else:
+            assert doc["kind"] in {"Deployment", "Service", "ConfigMap"}, doc["kind"]
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        if doc["kind"] == "ConfigMap":  # TensorRT-LLM option files
+            for name, body in doc["data"].items():
+                _check_api_options(name, yaml.safe_load(body))
+    return docs
+
+
+def _dotted(doc: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            keys += _dotted(v, f"{prefix}{k}.")
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _check_api_options(name: str, doc: dict[str, Any]) -> None:
+    unknown = set(_dotted(doc)) - set(api_options("tensorrt-llm"))
+    assert not unknown, f"{name}: keys TensorRT-LLM 1.0 does not document: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_checked_in_export_of_the_worked_plan_parses(fmt: str) -> None:
+    folder = FIXTURES / fmt
+    files = sorted(folder.iterdir())
+    assert "benchmark.sh" in {f.name for f in files}
+    checked = 0
+    for path in files:
+        text = path.read_text()
+        if path.suffix == ".sh":
+            lines = _without_heredocs(text)
+            for line in shell_commands(lines):
+                check_command(line)
+                checked += 1
+            for name, body in _heredocs(text).items():
+                if name.startswith("extra-llm-api-"):
+                    _check_api_options(name, yaml.safe_load(body))
+        else:
+            for doc in _validate_documents(path, text):
+                for container in _containers(doc):
+                    check_command(shlex.join(container["command"] + container["args"]))
+                    checked += 1
+    assert checked >= 2  # at least one engine or manifest command, and the benchmark
+
+
+def _heredocs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    name, body = None, []
+    for line in text.splitlines():
+        if name is not None:
+            if line == "YAML":
+                out[name], name, body = "\n".join(body), None, []
+            else:
+                body.append(line)
+        elif line.startswith("cat > ") and line.endswith("<<'YAML'"):
+            name = line.split()[2]
+    return out
+
+
+def _without_heredocs(text: str) -> str:
+    kept, inside = [], False
+    for line in text.splitlines():
+        if inside:
+            inside = line != "YAML"
+        elif line.startswith("cat > ") and line.endswith("<<'YAML'"):
+            inside = True
+        else:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc["kind"] == "Deployment":
+        return list(doc["spec"]["template"]["spec"]["containers"])
+    if doc["kind"] == "DynamoGraphDeployment":
+        return [s["extraPodSpec"]["mainContainer"] for s in doc["spec"]["services"].values()]
+    return []
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_export_writes_exactly_the_checked_in_files(fmt: str) -> None:
+    request, result, name = _stored()
+    export = export_plan(request, result, fmt, name)
+    written = {f.path: f.content for f in export.files}
+    checked_in = {p.name: p.read_text() for p in (FIXTURES / fmt).iterdir()}
+    assert written == checked_in, "run `python -m tools.write_export_fixtures` and review the diff"
+
+
+def test_worked_plan_pools_become_engine_flags() -> None:
+    request, result, name = _stored()
+    assert result.best is not None
+    prefill, decode = sorted(result.best.pools, key=lambda p: p.role != "prefill")
+    export = export_plan(request, result, "vllm", name)
+    launched = [check_command(c)[1] for c in commands(export) if c.startswith("vllm serve")]
+    assert [g["--tensor-parallel-size"] for g in launched] == [str(prefill.tp), str(decode.tp)]
+    assert [g["--pipeline-parallel-size"] for g in launched] == [str(prefill.pp), str(decode.pp)]
+    assert [g["--max-num-seqs"] for g in launched] == [str(prefill.batch), str(decode.batch)]
+    assert launched[0]["--max-num-batched-tokens"] == str(prefill.batch * 4000)
+    assert all(g["--gpu-memory-utilization"] == "0.90" for g in launched)
+    assert all("NixlConnector" in (g["--kv-transfer-config"] or "") for g in launched)
+    bench = check_command(export.benchmark_command)[1]
+    assert bench["--random-input-len"] == "4000" and bench["--random-output-len"] == "500"
+    assert float(bench["--request-rate"] or 0) == pytest.approx(
+        result.best.requests_per_s, abs=1e-3
+    )
+
+
+def test_kubernetes_deployments_request_the_workers_gpus() -> None:
+    request, result, name = _stored()
+    assert result.best is not None
+    export = export_plan(request, result, "k8s", name)
+    docs = list(yaml.safe_load_all(export.files[0].content))
+    deployments = {d["metadata"]["labels"]["pdplanner.dev/role"]: d for d in docs
+                   if d["kind"] == "Deployment"}  # fmt: skip
+    for pool in result.best.pools:
+        spec = deployments[pool.role]["spec"]
+        assert spec["replicas"] == pool.workers
+        limits = spec["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == pool.tp * pool.pp * pool.attention_dp
+
+
+def _moe_agg_plan(kv_dtype: str = "fp8") -> tuple[PlanRequest, PlanResult]:
+    request = PlanRequest(
+        "deepseek-v3", "h200-sxm", 16, (Workload(2000, 1000),), Slo(2000, 50),
+        precision=Precision(dtype="fp8", kv_dtype=kv_dtype), engine="sglang",
+    )  # fmt: skip
+    pool = Pool("agg", "h200-sxm", tp=1, pp=1, ep=8, attention_dp=8, batch=256, workers=2,
+                chunk_tokens=4096)  # fmt: skip
+    best = Deployment("agg", (pool,), 500.0, 40.0, 900.0, 25.0, 10.0, 16)
+    result = PlanResult(best, best, None, None, (), (), 1, 1.0)
+    return request, result
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_moe_aggregated_plan_exports_in_every_format(fmt: str) -> None:
+    request, result = _moe_agg_plan()
+    export = export_plan(request, result, fmt, "plans/abc")
+    lines = commands(export)
+    assert lines and all(check_command(line) for line in lines)
+    for f in export.files:
+        if f.path.endswith(".yaml"):
+            _validate_documents(Path(f.path), f.content)
+    text = "\n".join(f.content for f in export.files)
+    if fmt == "sglang":
+        given = check_command(lines[0])[1]
+        assert given["--tp-size"] == "8" and given["--dp-size"] == "8"
+        assert given["--ep-size"] == "8" and "--enable-dp-attention" in given
+        assert given["--kv-cache-dtype"] == "fp8_e4m3" and given["--chunked-prefill-size"] == "4096"
+    if fmt == "vllm":
+        given = check_command(lines[0])[1]
+        assert given["--data-parallel-size"] == "8" and "--enable-expert-parallel" in given
+        assert given["--kv-cache-dtype"] == "fp8" and "--kv-transfer-config" not in given
+    if fmt == "trtllm":
+        assert "dtype: fp8" in text and "enable_attention_dp: true" in text
+
+
+def test_a_flag_outside_the_table_is_refused() -> None:
+    with pytest.raises(UnknownFlagError, match="--tensor-parallel"):
+        check_command("vllm serve m --tensor-parallel 2")
+    with pytest.raises(UnknownFlagError, match="needs a value"):
+        check_command("vllm serve m --max-num-seqs")
+    with pytest.raises(UnknownFlagError, match="takes no value"):
+        check_command("vllm serve m --enable-expert-parallel=1")
+    with pytest.raises(UnknownFlagError, match="not a program"):
+        check_command("llama-server -m x")
+
+
+def test_unknown_format_and_plan_without_deployment_are_errors() -> None:
+    request, result, name = _stored()
+    with pytest.raises(ExportError) as err:
+        export_plan(request, result, "helm", name)
+    assert err.value.field == "format" and "vllm" in err.value.reason
+    empty = PlanResult(None, None, None, None, (), (), 0, 1.0, reason="TPOT 1 ms: no batch fits")
+    with pytest.raises(ExportError) as err:
+        export_plan(request, empty, "vllm", name)
+    assert err.value.field == "name" and "TPOT 1 ms" in err.value.reason
+
+
+def test_the_plans_engine_args_set_the_budget_memory_fraction_and_kv_dtype() -> None:
+    request, result = _moe_agg_plan(kv_dtype="bf16")
+    args = (("max_num_batched_tokens", 2048), ("gpu_memory_utilization", 0.85),
+            ("kv_cache_dtype", "fp8"))  # fmt: skip
+    request = dataclasses.replace(request, engine="vllm", engine_args=args)
+    pool = dataclasses.replace(result.best.pools[0], chunk_tokens=None)
+    best = dataclasses.replace(result.best, pools=(pool,))
+    result = dataclasses.replace(result, best=best)
+    export = export_plan(request, result, "vllm", "plans/abc")
+    given = check_command(commands(export)[0])[1]
+    assert given["--max-num-batched-tokens"] == "2048"
+    assert given["--gpu-memory-utilization"] == "0.85"
+    assert given["--kv-cache-dtype"] == "fp8"
