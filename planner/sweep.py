@@ -46,6 +46,7 @@ class SweepGrid:
     precision: Precision = field(default_factory=Precision)
     engine: str = DEFAULT_ENGINE
     limits: SearchLimits = field(default_factory=SearchLimits)
+    memory_fraction: float | None = None  # the engine's memory fraction; None: its default
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -72,6 +73,7 @@ class SweepGrid:
                 precision=self.precision,
                 engine=self.engine,
                 limits=self.limits,
+                memory_fraction=self.memory_fraction,
             )
             for model in self.models
             for gpu in self.gpu_types

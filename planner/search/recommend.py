@@ -61,7 +61,7 @@ from planner.serving.kvtransfer import (
 from planner.serving.mix import mix_cycle
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, max_utilisation_many, wait_ms
-from planner.serving.scheduler import SchedulerSettings, scheduler_for
+from planner.serving.scheduler import SchedulerSettings, memory_fraction_for, scheduler_for
 from planner.serving.simulate import graphs_for, scheduler_vector
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
@@ -141,11 +141,13 @@ def search(
     engine = load_engine(req.engine, "engine")
     _validate(req)
     stop = should_stop or (lambda: False)
-    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
+    p = req.precision
+    fraction = memory_fraction_for(engine, dict(req.engine_args), req.memory_fraction)
+    ctx = PerfContext.build(model, gpu, engine, p.dtype, p.kv_dtype, fraction)
     dctx = (
         ctx
         if dgpu is gpu
-        else PerfContext.build(model, dgpu, engine, req.precision.dtype, req.precision.kv_dtype)
+        else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, fraction)
     )
     sched = scheduler_for(engine, dict(req.engine_args))
     s = _Search(req, model, ctx, dctx, stop, sched)
@@ -175,6 +177,10 @@ def search(
         explanation=s.explain(best, agg, disagg, speedup, for_rate),
         rate_served=(best is not None) if s.rate > 0 else None,
         for_rate=for_rate,
+        model=model.summary(),
+        gpu_basis="datasheet-scaled"
+        if gpu.datasheet_scaled or dgpu.datasheet_scaled
+        else "calibrated",
         load=PLAN_LOAD,
     )
     return result, {"agg": agg.meeting, "disagg": disagg.meeting}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from planner.catalog import GpuCatalog, GpuSpec, ModelCatalog, ModelSpec
 from planner.catalog._catalog import is_file_name
+from planner.catalog.models import is_model_path
 from planner.errors import InvalidFields, InvalidInputError
 from planner.sweep import ScenarioError, ScenarioOutcome, SweepGrid
 from planner.types import EstimateRequest, PhaseEstimate, PlanRequest, PlanResult, ServingEstimate
@@ -105,7 +106,7 @@ class LocalBackend:
     def use_model(self, name_or_path: str, field: str = "model") -> str:
         from planner.catalog import default_models
 
-        if default_models().find(name_or_path) is None and is_file_name(name_or_path):
+        if default_models().find(name_or_path) is None and is_model_path(name_or_path):
             spec = default_models().load(name_or_path, field)
             self._models.append(spec)
             return spec.name
@@ -221,7 +222,7 @@ class RemoteBackend:
             raise CliError(f"{details} ({code.name})", EXIT_FAILURE) from None
 
     def use_model(self, name_or_path: str, field: str = "model") -> str:
-        if not is_file_name(name_or_path):
+        if not is_model_path(name_or_path):
             return name_or_path
         from planner.catalog import read_model_file
 

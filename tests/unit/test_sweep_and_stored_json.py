@@ -65,6 +65,26 @@ def test_stored_json_is_versioned_and_not_the_cli_json() -> None:
         serialize.plan_result_from_json({**stored, "schema_version": 99})
 
 
+def test_the_model_summary_gpu_basis_and_memory_fraction_are_stored_and_old_rows_read() -> None:
+    req = PlanRequest("llama-3.1-8b", "h100-sxm", 8, (Workload(4000, 500),), Slo(1000, 20),
+                      memory_fraction=0.95)  # fmt: skip
+    result = plan(req)
+    assert result.model.startswith("llama-3.1-8b") and result.gpu_basis == "calibrated"
+    stored_req = json.loads(json.dumps(serialize.plan_request_to_json(req)))
+    stored = json.loads(json.dumps(serialize.plan_result_to_json(result)))
+    assert stored_req["memory_fraction"] == 0.95
+    assert (stored["model"], stored["gpu_basis"]) == (result.model, "calibrated")
+    assert serialize.plan_request_from_json(stored_req) == req
+    assert serialize.plan_result_from_json(stored) == result
+    # a version-1 row written before these fields existed reads with their defaults
+    old_req = {k: v for k, v in stored_req.items() if k != "memory_fraction"}
+    assert serialize.plan_request_from_json(old_req).memory_fraction is None
+    old = {k: v for k, v in stored.items() if k not in ("model", "gpu_basis")}
+    back = serialize.plan_result_from_json(old)
+    assert (back.model, back.gpu_basis) == ("", "")
+    assert dataclasses.replace(back, model=result.model, gpu_basis="calibrated") == result
+
+
 def test_a_catalog_name_never_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text("{}")
