@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 50051
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: serve test fuzz lint proto proto-check clients bench install dev clean
+.PHONY: serve kernels test fuzz lint proto proto-check clients bench install dev clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -24,7 +24,17 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
-serve: $(VENV)/.installed
+# Compile the planner's kernels into Numba's cache once per change of the planner's source, so
+# that `serve` loads them and reports SERVING in seconds instead of compiling for a minute or more
+# (figures: README, "Kernel compile"). The cache directory is keyed by the same source hash.
+PLANNER_SOURCES := $(shell find planner -name '*.py')
+$(VENV)/.kernels: $(VENV)/.installed $(PLANNER_SOURCES)
+	$(BIN)/python -c "import planner; print(f'kernels compiled in {planner.warmup():.1f} s')"
+	touch $@
+
+kernels: $(VENV)/.kernels
+
+serve: $(VENV)/.kernels
 	$(BIN)/pdplanner db upgrade
 	$(BIN)/pdplanner serve --port $(PORT)
 

@@ -2,7 +2,7 @@
 
     python -m bench.kernel_compile [--out FILE]
 
-Each measurement runs ``planner.warmup``'s steps (the queries a server runs before it reports
+Each measurement runs ``planner.prewarm.STEPS`` (the queries a server runs before it reports
 SERVING) in a child process with ``NUMBA_CACHE_DIR`` set to a new temporary directory: the first
 child compiles every kernel, the second loads them from that cache (the baseline, same run).
 Printed JSON: seconds per step and in total for both, the ratio, the CPU count and the 1-minute
@@ -20,24 +20,10 @@ import tempfile
 
 _CHILD = r"""
 import json, time
-from dataclasses import replace
 t0 = time.perf_counter()
-from planner.estimate import estimate
-from planner.search import plan
-from planner.types import EstimateRequest, Parallelism, PlanRequest, PoolSpec, Slo, Workload
+from planner.prewarm import STEPS
 out = {"imports": time.perf_counter() - t0}
-base = EstimateRequest("llama-3.1-8b", "h100-sxm", isl=256, osl=16)
-pool = PoolSpec(Parallelism(), workers=1, batch=4)
-steps = {
-    "estimate_prefill": lambda: estimate(replace(base, phase="prefill", batch=1)),
-    "estimate_decode": lambda: estimate(replace(base, phase="decode", batch=1)),
-    "estimate_agg": lambda: estimate(replace(base, mode="agg", concurrency=2)),
-    "estimate_disagg": lambda: estimate(replace(base, mode="disagg", prefill=pool, decode=pool)),
-    "plan": lambda: plan(
-        PlanRequest("mixtral-8x7b", "h100-sxm", 4, (Workload(256, 16),), Slo(1000.0, 50.0))
-    ),
-}
-for name, step in steps.items():
+for name, step in STEPS.items():
     t = time.perf_counter()
     step()
     out[name] = time.perf_counter() - t

@@ -2,6 +2,7 @@
 
     PlannerError                  base of everything the planner raises on purpose
     ├── InvalidInputError         a request field is out of range or inconsistent (.field, .reason)
+    │   ├── InvalidFields         several such fields of one request (.violations, all of them)
     │   └── UnknownEntryError     a model, GPU or engine name the catalog does not know (.known)
     ├── CalibrationError          a calibration table is missing or malformed
     └── SearchCancelled           the caller asked a running search to stop (deadline, cancel)
@@ -39,6 +40,28 @@ class InvalidInputError(PlannerError, ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+    @property
+    def violations(self) -> tuple[tuple[str, str], ...]:
+        """Every (field, reason) of the request at fault; one here, several in ``InvalidFields``."""
+        return ((self.field, self.reason),)
+
+
+class InvalidFields(InvalidInputError):
+    """The field violations (usually several) of one request; ``field`` and ``reason`` are the
+    first one's."""
+
+    def __init__(self, violations: Iterable[tuple[str, str]]) -> None:
+        found = tuple(violations)
+        if not found:
+            raise ValueError("InvalidFields needs at least one violation")
+        super().__init__(*found[0])
+        self.args = ("; ".join(f"{f}: {r}" if f else r for f, r in found),)
+        self._violations = found
+
+    @property
+    def violations(self) -> tuple[tuple[str, str], ...]:
+        return self._violations
 
 
 class UnknownEntryError(InvalidInputError, LookupError):

@@ -21,7 +21,12 @@ from planner.errors import InvalidInputError
 from planner.perf.params import PerfContext
 from planner.serving.disagg import evaluate_xpyd
 from planner.serving.kvtransfer import link_between_pools
-from planner.serving.scheduler import EngineArg, SchedulerSettings, scheduler_for
+from planner.serving.scheduler import (
+    EngineArg,
+    SchedulerSettings,
+    memory_fraction_for,
+    scheduler_for,
+)
 from planner.serving.simulate import (
     REQUEST_OVERHEAD_MS,
     ClosedLoop,
@@ -67,14 +72,23 @@ def estimate(
             raise InvalidInputError(
                 "engine_args.kv_cache_dtype", f"must be auto, bf16 or fp8, got {kv_dtype!r}"
             )
-    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, kv_dtype)
+    fraction = memory_fraction_for(engine, args, req.memory_fraction)
+    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, kv_dtype, fraction)
+    result: PhaseEstimate | ServingEstimate
     if req.phase is not None:
-        return _phase(req, ctx, model)
-    if req.mode == "agg":
-        return _agg(req, ctx, model)
-    if req.mode == "disagg":
-        return _disagg(req, ctx, model, gpus)
-    raise InvalidInputError("mode", f"must be agg or disagg, got {req.mode!r}")
+        result = _phase(req, ctx, model)
+    elif req.mode == "agg":
+        result = _agg(req, ctx, model)
+    elif req.mode == "disagg":
+        result = _disagg(req, ctx, model, gpus)
+    else:
+        raise InvalidInputError("mode", f"must be agg or disagg, got {req.mode!r}")
+    bases = {gpu.model_basis}
+    for pool in (req.prefill, req.decode):
+        if req.mode == "disagg" and pool is not None and pool.gpu is not None:
+            bases.add(gpus.get(pool.gpu, "gpu").model_basis)
+    basis = "datasheet-scaled" if "datasheet-scaled" in bases else "calibrated"
+    return replace(result, model=model.summary(), gpu_basis=basis)
 
 
 def _engine_args(req: EstimateRequest) -> dict[str, EngineArg]:
@@ -239,18 +253,29 @@ def _disagg(
 ) -> ServingEstimate:
     p = _pool(req.prefill, "prefill", model)
     d = _pool(req.decode, "decode", model)
+    fraction = memory_fraction_for(ctx.engine, _engine_args(req), req.memory_fraction)
     p_ctx = (
         ctx
         if p.gpu is None
         else PerfContext.build(
-            model, gpus.get(p.gpu, "prefill.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype
+            model,
+            gpus.get(p.gpu, "prefill.gpu"),
+            ctx.engine,
+            ctx.dtype,
+            ctx.kv_dtype,
+            fraction,
         )
     )
     d_ctx = (
         ctx
         if d.gpu is None
         else PerfContext.build(
-            model, gpus.get(d.gpu, "decode.gpu"), ctx.engine, ctx.dtype, ctx.kv_dtype
+            model,
+            gpus.get(d.gpu, "decode.gpu"),
+            ctx.engine,
+            ctx.dtype,
+            ctx.kv_dtype,
+            fraction,
         )
     )
     pm = prefill_worker(p_ctx, p.parallelism, p.batch, req.isl)

@@ -13,17 +13,24 @@ results (``pareto: {agg, disagg}``, pools keyed by role); ``*_from_json`` still 
     >>> plan_request_from_json(plan_request_to_json(req)) == req
     True
 
+A sweep scenario's error is stored as text (``scenario_error_to_text``): version 1 is the JSON
+object ``{"schema_version": 1, "violations": [{"field": ..., "reason": ...}, ...]}``; rows
+written before it hold one ``"field: reason"`` string, which ``scenario_error_from_text`` splits
+at its first ``": "`` (the only place that string form is still parsed).
+
 Errors: ``StoredFormatError`` (a ``ValueError``) for a record this version cannot read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeVar, Union, cast
 
+from planner.sweep import ScenarioError
 from planner.types import PlanRequest, PlanResult
 
 SCHEMA_VERSION: Final = 1
@@ -163,6 +170,27 @@ def plan_result_from_json(data: Mapping[str, Any]) -> PlanResult:
     return from_json(PlanResult, legacy)
 
 
+def scenario_error_to_text(error: ScenarioError) -> str:
+    """The stored form of a scenario's error: every (field, reason), as versioned JSON text."""
+    violations = [{"field": f, "reason": r} for f, r in error.violations]
+    return json.dumps({_VERSION_KEY: SCHEMA_VERSION, "violations": violations})
+
+
+def scenario_error_from_text(text: str) -> ScenarioError:
+    """Inverse of ``scenario_error_to_text``; also reads the ``"field: reason"`` rows before it."""
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+            _version(data)
+            return ScenarioError.of([(v["field"], v["reason"]) for v in data["violations"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, StoredFormatError):
+                raise
+            raise StoredFormatError(f"stored scenario error is not readable: {exc}") from None
+    field, sep, reason = text.partition(": ")
+    return ScenarioError(field, reason) if sep else ScenarioError("", text)
+
+
 _ROLE_ORDER: Final = {"prefill": 0, "decode": 1, "agg": 2}
 
 
@@ -183,5 +211,7 @@ __all__ = [
     "plan_request_to_json",
     "plan_result_from_json",
     "plan_result_to_json",
+    "scenario_error_from_text",
+    "scenario_error_to_text",
     "to_json",
 ]

@@ -3,8 +3,9 @@
 ``SweepGrid`` is the grid and ``run_sweep`` plans its scenarios in grid order (the model varies
 slowest, the SLO fastest), yielding one ``ScenarioOutcome`` per scenario as soon as it is known.
 An invalid scenario (a TPOT target no configuration can have, say) is an outcome with a
-``ScenarioError``, not the end of the sweep; its ``field`` is a path into the grid
-(``slos[2].tpot_ms``, ``models[0]``), the names a ``pdplanner.v1.SweepRequest`` uses too.
+``ScenarioError``, not the end of the sweep; it names every invalid field of the scenario by its
+path into the grid (``slos[2].tpot_ms``, ``models[0]``), the names a ``pdplanner.v1.SweepRequest``
+uses too.
 
 Errors: a model or GPU name no scenario can use raises ``UnknownEntryError`` before anything is
 planned (``check_names``); ``should_stop`` returning true raises ``SearchCancelled``.
@@ -12,7 +13,7 @@ planned (``check_names``); ``should_stop`` returning true raises ``SearchCancell
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from planner.catalog import GpuCatalog, ModelCatalog, default_gpus, default_models
@@ -48,6 +49,7 @@ class SweepGrid:
     precision: Precision = field(default_factory=Precision)
     engine: str = DEFAULT_ENGINE
     limits: SearchLimits = field(default_factory=SearchLimits)
+    memory_fraction: float | None = None  # the engine's memory fraction; None: its default
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -74,6 +76,7 @@ class SweepGrid:
                 precision=self.precision,
                 engine=self.engine,
                 limits=self.limits,
+                memory_fraction=self.memory_fraction,
             )
             for model in self.models
             for gpu in self.gpu_types
@@ -102,13 +105,26 @@ class SweepGrid:
 
 @dataclass(frozen=True)
 class ScenarioError:
-    """Why one scenario has no plan: the grid field at fault and the reason."""
+    """Why one scenario has no plan: the grid field at fault and the reason, and in ``more`` the
+    (field, reason) of every further invalid field of the same scenario."""
 
     field: str
     reason: str
+    more: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def violations(self) -> tuple[tuple[str, str], ...]:
+        """Every (field, reason), the first one first."""
+        return ((self.field, self.reason), *self.more)
+
+    @classmethod
+    def of(cls, violations: Sequence[tuple[str, str]]) -> ScenarioError:
+        """The error of these (field, reason) pairs; at least one."""
+        (field, reason), *more = violations
+        return cls(field, reason, tuple(more))
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.reason}" if self.field else self.reason
+        return "; ".join(f"{f}: {r}" if f else r for f, r in self.violations)
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,7 @@ def run_sweep(
         try:
             result = plan(request, models, gpus, should_stop)
         except InvalidInputError as exc:
-            error = ScenarioError(grid.field_path(exc.field, index), exc.reason)
+            error = ScenarioError.of([(grid.field_path(f, index), r) for f, r in exc.violations])
             yield ScenarioOutcome(index, request, None, error)
         else:
             yield ScenarioOutcome(index, request, result, None)

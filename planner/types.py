@@ -87,6 +87,9 @@ class EstimateRequest:
     chunk_tokens: int | None = None  # agg: chunked-prefill token budget (default: engine's)
     prefill: PoolSpec | None = None  # disagg
     decode: PoolSpec | None = None  # disagg
+    # the engine's memory fraction (vLLM gpu_memory_utilization, SGLang mem_fraction_static,
+    # TensorRT-LLM free_gpu_memory_fraction); None: the engine's default
+    memory_fraction: float | None = None
     rate_per_s: float | None = None  # Poisson load: open-loop arrivals per second
     # engine scheduler overrides (planner.serving.scheduler: max_num_batched_tokens, ...)
     engine_args: tuple[tuple[str, int | float | bool | str], ...] = ()
@@ -116,6 +119,8 @@ class PhaseEstimate:
     tokens_per_s_per_gpu: float = 0.0  # prompt tokens (prefill) or output tokens (decode)
     kv_capacity_tokens: float = 0.0  # per attention-DP rank; negative: the weights do not fit
     max_batch: int = 0  # largest batch whose KV cache fits at this context (whole worker)
+    model: str = ""  # the model's name, total and active parameters, quantization
+    gpu_basis: str = ""  # "calibrated" (measured tables of this GPU) or "datasheet-scaled"
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -140,6 +145,8 @@ class ServingEstimate:
     kv_transfer_gb_per_s_per_gpu: float | None = None  # disagg: egress per prefill GPU
     kv_transfer_ms: float | None = None  # disagg: non-overlapped transfer charged to TTFT
     details: dict[str, Any] = field(default_factory=dict)
+    model: str = ""  # the model's name, total and active parameters, quantization
+    gpu_basis: str = ""  # "calibrated" (measured tables of this GPU) or "datasheet-scaled"
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -181,6 +188,7 @@ class PlanRequest:
     precision: Precision = Precision()
     engine: str = DEFAULT_ENGINE
     limits: SearchLimits = SearchLimits()
+    memory_fraction: float | None = None  # the engine's memory fraction; None: its default
     # engine scheduler overrides (planner.serving.scheduler: max_num_batched_tokens, ...)
     engine_args: tuple[tuple[str, int | float | bool | str], ...] = ()
 
@@ -257,6 +265,8 @@ class PlanResult:
     # with a target rate the budget does not serve: the fewest GPUs that would (searched up to
     # 16 times the budget), None when even that does not
     for_rate: Deployment | None = None
+    model: str = ""  # the model's name, total and active parameters, quantization
+    gpu_basis: str = ""  # "calibrated" or "datasheet-scaled" (GPUs without measured tables)
     load: str = field(default="", compare=False)  # the load model the SLO was judged under
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,5 +289,7 @@ class PlanResult:
             "explanation": self.explanation,
             "rate_served": self.rate_served,
             "for_rate": dep(self.for_rate),
+            "model": self.model,
+            "gpu_basis": self.gpu_basis,
             "load": self.load,
         }

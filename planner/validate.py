@@ -2,16 +2,23 @@
 
 Every check raises ``InvalidInputError(field, reason)`` with the field's path in the request
 dataclass (``parallelism.tp``, ``prefill.batch``, ``slo.ttft_ms``), which the CLI maps to a flag
-and the gRPC layer to a ``BadRequest`` field violation.
+and the gRPC layer to a ``BadRequest`` field violation. A request is checked with ``Violations``,
+which runs independent checks to the end and raises all that failed at once (``InvalidFields``),
+so a client learns every bad field of a request in one answer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 from planner.catalog import ModelSpec
-from planner.errors import InvalidInputError
+from planner.errors import InvalidFields, InvalidInputError
 from planner.types import Parallelism
+
+T = TypeVar("T")
 
 MAX_TOKENS = 10_000_000  # longer than any context window in the catalog by far
 MAX_BATCH = 1_000_000
@@ -26,6 +33,37 @@ MAX_GPUS = 16_384
 #: The most traffic classes of one mix: each class is priced separately at the prefill pool,
 #: and real mixes are summarised by a handful of (isl, osl) points.
 MAX_TRAFFIC_CLASSES = 64
+
+
+class Violations:
+    """Collects the violations of independent checks, so that a request reports all of them."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, str]] = []
+
+    def add(self, field: str, reason: str) -> None:
+        self.found.append((field, reason))
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """Record an ``InvalidInputError`` raised in the block instead of raising it."""
+        try:
+            yield
+        except InvalidInputError as exc:
+            self.found.extend(exc.violations)
+
+    def value(self, make: Callable[[], T]) -> T | None:
+        """``make()``, or None (and the violation recorded) when it raises ``InvalidInputError``."""
+        with self.check():
+            return make()
+        return None
+
+    def raise_any(self) -> None:
+        """Raise every violation found (several at once as ``InvalidFields``)."""
+        if len(self.found) == 1:
+            raise InvalidInputError(*self.found[0])
+        if self.found:
+            raise InvalidFields(self.found)
 
 
 def integer(value: object, field: str, lo: int, hi: int) -> int:
@@ -51,43 +89,50 @@ def number(value: object, field: str, lo: float, hi: float, *, lo_open: bool = F
 
 
 def lengths(isl: object, osl: object, prefix: str = "") -> None:
-    integer(isl, f"{prefix}isl", 1, MAX_TOKENS)
-    integer(osl, f"{prefix}osl", 1, MAX_TOKENS)
+    """Prompt (``isl``) and output (``osl``) lengths in tokens; both are checked."""
+    v = Violations()
+    v.value(lambda: integer(isl, f"{prefix}isl", 1, MAX_TOKENS))
+    v.value(lambda: integer(osl, f"{prefix}osl", 1, MAX_TOKENS))
+    v.raise_any()
 
 
 def parallelism(par: Parallelism, model: ModelSpec, field: str = "parallelism") -> None:
-    """TP must split the attention heads; EP and attention DP only for mixture-of-experts models."""
-    tp = integer(par.tp, f"{field}.tp", 1, MAX_PARALLEL)
-    pp = integer(par.pp, f"{field}.pp", 1, MAX_PARALLEL)
-    ep = integer(par.ep, f"{field}.ep", 1, MAX_PARALLEL)
-    dp = integer(par.attention_dp, f"{field}.attention_dp", 1, MAX_PARALLEL)
-    if model.num_heads % tp:
-        raise InvalidInputError(
+    """TP must split the attention heads; EP and attention DP only for mixture-of-experts models.
+
+    Every degree is range-checked; the checks that combine degrees run on those in range.
+    """
+    v = Violations()
+    tp = v.value(lambda: integer(par.tp, f"{field}.tp", 1, MAX_PARALLEL))
+    pp = v.value(lambda: integer(par.pp, f"{field}.pp", 1, MAX_PARALLEL))
+    ep = v.value(lambda: integer(par.ep, f"{field}.ep", 1, MAX_PARALLEL))
+    dp = v.value(lambda: integer(par.attention_dp, f"{field}.attention_dp", 1, MAX_PARALLEL))
+    if tp is not None and model.num_heads % tp:
+        v.add(
             f"{field}.tp",
             f"{tp} does not divide the {model.num_heads} attention heads of {model.name}",
         )
-    if pp > model.num_layers:
-        raise InvalidInputError(
-            f"{field}.pp", f"{pp} stages exceed the {model.num_layers} layers of {model.name}"
-        )
+    if pp is not None and pp > model.num_layers:
+        v.add(f"{field}.pp", f"{pp} stages exceed the {model.num_layers} layers of {model.name}")
     if not model.is_moe:
-        if ep > 1:
-            raise InvalidInputError(
+        if ep is not None and ep > 1:
+            v.add(
                 f"{field}.ep",
                 f"{model.name} is dense: expert parallelism needs a mixture-of-experts model",
             )
-        if dp > 1:
-            raise InvalidInputError(
+        if dp is not None and dp > 1:
+            v.add(
                 f"{field}.attention_dp",
                 f"{model.name} is dense: attention data parallelism applies to MoE models",
             )
-        return
-    if model.num_experts % ep:
-        raise InvalidInputError(
-            f"{field}.ep", f"{ep} does not divide the {model.num_experts} experts of {model.name}"
-        )
-    if (tp * dp) % ep:
-        raise InvalidInputError(
-            f"{field}.ep",
-            f"must divide tp x attention_dp = {tp * dp} (the GPUs of one pipeline stage)",
-        )
+    elif ep is not None:
+        if model.num_experts % ep:
+            v.add(
+                f"{field}.ep",
+                f"{ep} does not divide the {model.num_experts} experts of {model.name}",
+            )
+        elif tp is not None and dp is not None and (tp * dp) % ep:
+            v.add(
+                f"{field}.ep",
+                f"must divide tp x attention_dp = {tp * dp} (the GPUs of one pipeline stage)",
+            )
+    v.raise_any()

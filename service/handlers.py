@@ -239,7 +239,7 @@ def _store_outcome(store: PlanStore, sweep_id: str, outcome: ScenarioOutcome) ->
         index=outcome.index,
         scenario=serialize.plan_request_to_json(outcome.request),
         result=None if outcome.result is None else serialize.plan_result_to_json(outcome.result),
-        error=None if outcome.error is None else str(outcome.error),
+        error=None if outcome.error is None else serialize.scenario_error_to_text(outcome.error),
     )
     with contextlib.suppress(AlreadyExistsError):
         store.add_sweep_scenario(

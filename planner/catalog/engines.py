@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from planner.catalog._data import builtin_entries, normalise_name, optional, require
-from planner.errors import UnknownEntryError
+from planner.errors import InvalidInputError, UnknownEntryError
+
+# How an engine sizes its KV cache (the memory rule; see EngineSpec):
+#   total        fraction of the device's memory holds weights, activations, buffers and KV (vLLM)
+#   total_static fraction of the device's memory holds weights and KV only; activations and
+#                CUDA graphs live in the rest (SGLang's mem_fraction_static)
+#   free         fraction of the memory still free after weights, activations and buffers (TRT-LLM)
+MemoryRule = Literal["total", "total_static", "free"]
+MEMORY_RULES: tuple[MemoryRule, ...] = ("total", "total_static", "free")
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,16 @@ class EngineSpec:
     # together (chunked pipeline prefill); off: a prompt passes every stage in turn.
     chunked_pipeline_prefill: bool = False
     aliases: tuple[str, ...] = field(default=(), compare=False)
+    # Memory (keys of engines.yaml's memory section; sources there).
+    memory_rule: MemoryRule = "total"
+    memory_fraction: float = 0.9  # the engine's default fraction (see memory_rule)
+    memory_fraction_flag: str = "gpu_memory_utilization"  # what the engine calls it
+    profile_tokens: int = 8192  # tokens of the forward pass the engine reserves activations for
+    sampler_seqs: int = 1024  # sequences whose logits the engine's sampler workspace holds
+    sampler_bytes_per_logit: float = 38.9  # workspace bytes per logit of those sequences
+    non_torch_bytes: float = 0.15e9  # CUDA/cuBLAS allocations outside the tensor allocator
+    comm_buffer_bytes: float = 0.44e9  # extra when a worker spans GPUs (NCCL, custom all-reduce)
+    cuda_graph_bytes: float = 0.5e9  # CUDA-graph memory pools
 
 
 _ENGINES: dict[str, EngineSpec] | None = None
@@ -44,10 +63,33 @@ def _engines() -> dict[str, EngineSpec]:
                 max_batch=require(e, "max_batch", int, f),
                 chunked_pipeline_prefill=optional(e, "chunked_pipeline_prefill", bool, False, f),
                 aliases=tuple(e.get("aliases", ())),
+                **_memory_keys(e.get("memory"), f"{f}.memory"),
             )
             out[spec.name] = spec
         _ENGINES = out
     return _ENGINES
+
+
+def _memory_keys(mem: object, f: str) -> dict[str, Any]:
+    if not isinstance(mem, dict):
+        raise InvalidInputError(f, "is required: the engine's memory keys")
+    rule = require(mem, "rule", str, f)
+    if rule not in MEMORY_RULES:
+        raise InvalidInputError(f"{f}.rule", f"must be one of {', '.join(MEMORY_RULES)}")
+    out: dict[str, Any] = {
+        "memory_rule": rule,
+        "memory_fraction": require(mem, "fraction", float, f),
+        "memory_fraction_flag": require(mem, "fraction_flag", str, f),
+        "profile_tokens": require(mem, "profile_tokens", int, f),
+        "sampler_seqs": require(mem, "sampler_seqs", int, f),
+        "sampler_bytes_per_logit": require(mem, "sampler_bytes_per_logit", float, f),
+        "non_torch_bytes": require(mem, "non_torch_bytes", float, f),
+        "comm_buffer_bytes": require(mem, "comm_buffer_bytes", float, f),
+        "cuda_graph_bytes": require(mem, "cuda_graph_bytes", float, f),
+    }
+    if not 0.0 < out["memory_fraction"] <= 1.0:
+        raise InvalidInputError(f"{f}.fraction", "must be in (0, 1]")
+    return out
 
 
 def engine_names() -> list[str]:

@@ -16,19 +16,39 @@ BYTES_PER_ELEMENT: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """One GPU: datasheet peaks, memory and links. Units are in the field names."""
+    """One GPU: datasheet peaks, memory and links. Units are in the field names.
+
+    ``hbm_bytes`` is the capacity the device reports (nvidia-smi / rocm-smi total), the figure
+    engines take their memory fractions of; ``hbm_datasheet_bytes`` is the marketing figure beside
+    it. ``calibration`` names the measured kernel tables the performance model uses; a GPU whose
+    own name differs is modelled with those efficiencies scaled to its datasheet peaks
+    (``datasheet_scaled``). Sources: planner/catalog/data/gpus.yaml, one per entry.
+    """
 
     name: str
     bf16_flops_per_s: float
     fp8_flops_per_s: float  # 0: no fp8 tensor cores
     fp4_flops_per_s: float  # 0: no fp4 tensor cores
-    hbm_bytes: float
+    hbm_bytes: float  # as the device reports it
     hbm_bytes_per_s: float
     nvlink_bytes_per_s: float  # per GPU, one direction
     nvlink_domain_size: int  # GPUs that share the NVLink fabric
     scaleout_bytes_per_s: float  # per GPU, between NVLink domains
     calibration: str = "h100-sxm"  # which measured tables shape the efficiency curves
     aliases: tuple[str, ...] = field(default=(), compare=False)
+    hbm_datasheet_bytes: float = field(default=0.0, compare=False)  # 0: not given
+    hbm_reported: str = field(default="", compare=False)  # where hbm_bytes comes from
+    source: str = field(default="", compare=False)  # where the figures come from
+
+    @property
+    def datasheet_scaled(self) -> bool:
+        """True when no measured tables of this GPU exist and another GPU's are scaled."""
+        return self.calibration != self.name
+
+    @property
+    def model_basis(self) -> str:
+        """How results on this GPU are obtained, in words ("calibrated" or "datasheet-scaled")."""
+        return "datasheet-scaled" if self.datasheet_scaled else "calibrated"
 
     def flops_per_s(self, dtype: str) -> float:
         return {
@@ -78,6 +98,9 @@ def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
         scaleout_bytes_per_s=require(entry, "scaleout_bytes_per_s", float, f),
         calibration=optional(entry, "calibration", str, "h100-sxm", f),
         aliases=tuple(str(a) for a in entry.get("aliases", ()) or ()),
+        hbm_datasheet_bytes=optional(entry, "hbm_datasheet_bytes", float, 0.0, f),
+        hbm_reported=optional(entry, "hbm_reported", str, "", f),
+        source=optional(entry, "source", str, "", f),
     )
     for key in (
         "hbm_bytes",
@@ -88,6 +111,8 @@ def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
     ):
         if getattr(spec, key) <= 0:
             raise InvalidInputError(f"{f}.{key}", "must be positive")
+    if spec.hbm_datasheet_bytes < 0:
+        raise InvalidInputError(f"{f}.hbm_datasheet_bytes", "must not be negative")
     if rates["fp8"] < 0 or rates["fp4"] < 0:
         raise InvalidInputError(f"{f}.flops_per_s", "rates must not be negative")
     for dtype, rate in rates.items():
@@ -133,6 +158,9 @@ def gpu_to_entry(spec: GpuSpec) -> dict[str, Any]:
         "nvlink_domain_size": spec.nvlink_domain_size,
         "scaleout_bytes_per_s": spec.scaleout_bytes_per_s,
         "calibration": spec.calibration,
+        **({"hbm_datasheet_bytes": spec.hbm_datasheet_bytes} if spec.hbm_datasheet_bytes else {}),
+        **({"hbm_reported": spec.hbm_reported} if spec.hbm_reported else {}),
+        **({"source": spec.source} if spec.source else {}),
     }
 
 

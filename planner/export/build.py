@@ -20,8 +20,7 @@ from planner.export.engines import (
     PoolContext,
     launch,
 )
-from planner.perf.memory import USABLE_FRACTION
-from planner.serving.scheduler import scheduler_for
+from planner.serving.scheduler import memory_fraction_for, scheduler_for
 from planner.types import Deployment, PlanRequest, PlanResult
 
 #: The formats ``export_plan`` writes.
@@ -70,6 +69,7 @@ def _context(request: PlanRequest, chosen: Deployment, models: ModelCatalog | No
     engine = load_engine(request.engine)
     args = dict(request.engine_args)
     sched = scheduler_for(engine, args)
+    fraction = memory_fraction_for(engine, args, request.memory_fraction)
     precision = request.precision
     if str(args.get("kv_cache_dtype", "")).lower() == "fp8":  # the plan's KV bytes came from here
         precision = replace(precision, kv_dtype="fp8")
@@ -79,7 +79,7 @@ def _context(request: PlanRequest, chosen: Deployment, models: ModelCatalog | No
         precision=precision,
         engine=engine,
         budget_tokens=sched.max_num_batched_tokens,
-        memory_fraction=sched.gpu_memory_utilization or USABLE_FRACTION,
+        memory_fraction=fraction if fraction is not None else engine.memory_fraction,
         chunked_prefill=sched.enable_chunked_prefill,
         max_isl=max(w.isl for w in request.traffic),
         max_model_len=max(w.isl + w.osl for w in request.traffic),

@@ -29,9 +29,9 @@ whole prompts (``batch x`` the longest ISL), and for a decode pool, which never 
 engine's default budget (at least the batch). The default budget, the memory fraction and chunked
 prefill are those of the scheduler the plan was judged under: the engine's defaults
 (``planner.serving.scheduler``) with the request's ``engine_args`` applied, the memory fraction
-falling back to the share of HBM the performance model lets an engine use
-(``planner.perf.memory.USABLE_FRACTION``), so the KV cache the engine sizes is the one the plan
-assumed.
+the request's ``memory_fraction`` or the engine's own knob in ``engine_args``
+(``memory_fraction_for``), else the engine's default (engines.yaml ``memory.fraction``), so the
+KV cache the engine sizes is the one the plan assumed.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class PoolContext:
     disaggregated: bool
     # the scheduler the plan was judged under (engine defaults with the request's engine_args)
     budget_tokens: int  # max_num_batched_tokens
-    memory_fraction: float  # gpu_memory_utilization, else the memory model's usable fraction
+    memory_fraction: float  # the plan's memory fraction, else the engine's default
     chunked_prefill: bool
 
 

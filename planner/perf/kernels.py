@@ -50,6 +50,7 @@ from planner.perf.params import (
     H_CUDA_GRAPHS,
     H_DECODE_ATTN_EFF,
     H_DOMAIN,
+    H_EXPERT_W_BYTES,
     H_HBM_BW,
     H_KV_BYTES,
     H_LINK_BW,
@@ -66,9 +67,13 @@ from planner.perf.params import (
     M_HEAD_DIM,
     M_HEADS,
     M_HIDDEN,
+    M_INDEX_DIM,
+    M_INDEX_HEADS,
+    M_INDEX_TOPK,
     M_KV_HEADS,
     M_KV_LORA,
     M_LAYERS,
+    M_LINEAR_LAYERS,
     M_MLA,
     M_MOE_FFN,
     M_NOPE,
@@ -78,6 +83,8 @@ from planner.perf.params import (
     M_TOPK,
     M_V_HEAD,
     M_VOCAB,
+    M_WINDOW,
+    M_WINDOW_LAYERS,
 )
 
 ACT_BYTES = 2.0  # activations travel and are stored in bf16
@@ -274,7 +281,9 @@ def attention_block(
         gemm += gemm_ms(tokens, h, heads * vh, wb, peak, bw, cg)
     else:
         d = mv[M_HEAD_DIM]
-        kv_heads = math.ceil(mv[M_KV_HEADS] / tp)  # replicated when TP exceeds the KV heads
+        # replicated when TP exceeds the KV heads; a float, as every argument of attn_*_ms, so
+        # that they compile once (an int from math.ceil would add a second specialisation)
+        kv_heads = float(math.ceil(mv[M_KV_HEADS] / tp))
         gemm += gemm_ms(tokens, (heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
         if pf_seqs > 0.0:
             attn += (
@@ -292,6 +301,112 @@ def attention_block(
         gemm += gemm_ms(tokens, h, heads * d, wb, peak, bw, cg)
     out[B_GEMM] += gemm
     out[B_ATTN] += attn
+
+
+@njit(cache=True, nogil=True)
+def _add_scaled_attention(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    dc_ctx: float,
+    share: float,
+    out: np.ndarray,
+) -> None:
+    """``attention_block`` added into ``out`` scaled by ``share`` (a fraction of the layers)."""
+    if share == 1.0:
+        attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
+        return
+    g0, a0 = out[B_GEMM], out[B_ATTN]
+    attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
+    out[B_GEMM] = g0 + share * (out[B_GEMM] - g0)
+    out[B_ATTN] = a0 + share * (out[B_ATTN] - a0)
+
+
+@njit(cache=True, nogil=True)
+def mixed_attention(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    dc_ctx: float,
+    out: np.ndarray,
+) -> None:
+    """The mean layer's token mixer, added into ``out``: full-attention layers over the whole
+    context (DeepSeek sparse attention: over at most ``index_topk`` tokens, plus its indexer
+    scoring every cached token in fp8), windowed layers over at most the window, and linear-
+    attention layers priced as their projections plus attention to one token per token (their
+    fixed-size state update). Past tokens are capped; a prompt chunk longer than the window or
+    top-k is still priced causally over itself (an overestimate)."""
+    layers = mv[M_LAYERS]
+    n_win, n_lin = mv[M_WINDOW_LAYERS], mv[M_LINEAR_LAYERS]
+    n_full = layers - n_win - n_lin
+    topk = mv[M_INDEX_TOPK]
+    if n_full > 0.0:
+        past, ctx = pf_past, dc_ctx
+        if topk > 0.0:
+            past, ctx = min(pf_past, topk), min(dc_ctx, topk)
+        _add_scaled_attention(
+            mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, past, dc_seqs, ctx, n_full / layers, out
+        )
+    if n_win > 0.0:
+        w = mv[M_WINDOW]
+        _add_scaled_attention(
+            mv,
+            hv,
+            cg,
+            cp,
+            cd,
+            tp,
+            pf_seqs,
+            pf_new,
+            min(pf_past, w),
+            dc_seqs,
+            min(dc_ctx, w),
+            n_win / layers,
+            out,
+        )
+    if n_lin > 0.0:
+        _add_scaled_attention(
+            mv, hv, cg, cp, cd, tp, pf_seqs * pf_new, 1.0, 0.0, dc_seqs, 1.0, n_lin / layers, out
+        )
+    if topk > 0.0:
+        out[B_ATTN] += indexer_ms(mv, hv, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
+
+
+@njit(cache=True, nogil=True)
+def indexer_ms(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    dc_ctx: float,
+) -> float:
+    """DeepSeek sparse attention's indexer on one layer: every query token scores every cached
+    token with ``index_heads`` fp8 heads of ``index_dim`` (replicated over TP), reading each
+    cached key (fp8 + fp32 scale) once per sequence."""
+    heads, dim = mv[M_INDEX_HEADS], mv[M_INDEX_DIM]
+    pairs = pf_seqs * pf_new * (pf_past + 0.5 * pf_new) + dc_seqs * dc_ctx
+    flops = 2.0 * pairs * heads * dim
+    nbytes = (pf_seqs * (pf_past + pf_new) + dc_seqs * dc_ctx) * (dim + 4.0)
+    return 1e3 * max(
+        flops / (hv[H_PEAK] * ATTN_COMPUTE_EFFICIENCY),
+        nbytes / (hv[H_HBM_BW] * hv[H_DECODE_ATTN_EFF]),
+    )
 
 
 @njit(cache=True, nogil=True)
@@ -332,7 +447,7 @@ def ffn_ms(
         active_local = max(expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
         w = width / moe_tp
-        wb = hv[H_W_BYTES]
+        wb = hv[H_EXPERT_W_BYTES]  # routed experts as the checkpoint stores them
         out[B_GEMM] += grouped_gemm_ms(rows, active_local, 2.0 * w, h, wb, hv, cg)
         out[B_GEMM] += grouped_gemm_ms(rows, active_local, h, w, wb, hv, cg)
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)
@@ -376,7 +491,7 @@ def layer_ms(
 ) -> None:
     """One decoder layer on one GPU; adds gemm/attention/comm/other milliseconds into ``out``."""
     tokens = pf_seqs * pf_new + dc_seqs
-    attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
+    mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
     # all-reduce after the attention output projection
     out[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
     ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, moe, out)
@@ -411,7 +526,7 @@ def step_ms(
     n_dense = layers - n_moe
     tokens = pf_seqs * pf_new + dc_seqs
     # every layer has the same attention block; only the FFN differs between dense and MoE layers
-    attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer)
+    mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer)
     per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
     tmp = scratch
     if n_dense > 0.0:

@@ -25,13 +25,20 @@ from planner.perf.opkernels import D_N_SM
 M_LAYERS, M_HIDDEN, M_HEADS, M_KV_HEADS, M_HEAD_DIM, M_FFN, M_VOCAB = 0, 1, 2, 3, 4, 5, 6
 M_EXPERTS, M_TOPK, M_MOE_FFN, M_SHARED, M_DENSE_LAYERS = 7, 8, 9, 10, 11
 M_MLA, M_Q_LORA, M_KV_LORA, M_NOPE, M_ROPE, M_V_HEAD, M_TIED = 12, 13, 14, 15, 16, 17, 18
-MODEL_SLOTS = 19
+M_WINDOW, M_WINDOW_LAYERS, M_LINEAR_LAYERS, M_LINEAR_STATE, M_LINEAR_PARAMS = 19, 20, 21, 22, 23
+M_INDEX_TOPK, M_INDEX_DIM, M_INDEX_PARAMS, M_ATTN_GATE, M_SINKS = 24, 25, 26, 27, 28
+M_INDEX_HEADS = 29
+MODEL_SLOTS = 30
 
 # hardware_vector slots (one GPU type, one precision, one engine)
 H_PEAK, H_PEAK_BF16, H_HBM_BW, H_LINK_BW, H_DOMAIN, H_SCALEOUT_BW = 0, 1, 2, 3, 4, 5
 H_W_BYTES, H_KV_BYTES, H_HBM_BYTES, H_STEP_OVERHEAD_MS, H_DECODE_ATTN_EFF = 6, 7, 8, 9, 10
 H_PREFILL_ATTN_SPEEDUP, H_CUDA_GRAPHS, H_CHUNKED_PP_PREFILL, H_N_SM = 11, 12, 13, 14
-HARDWARE_SLOTS = 15
+# memory: the engine's rule and fraction, its workspace, and the routed experts' storage bytes
+H_MEM_RULE, H_MEM_FRACTION, H_PROFILE_TOKENS, H_SAMPLER_BYTES_PER_VOCAB = 15, 16, 17, 18
+H_NON_TORCH_BYTES, H_COMM_BYTES, H_GRAPH_BYTES, H_EXPERT_W_BYTES = 19, 20, 21, 22
+HARDWARE_SLOTS = 23
+MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
 WEIGHT_STORAGE_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
@@ -59,10 +66,29 @@ def model_vector(m: ModelSpec) -> np.ndarray:
         m.v_head_dim,
         float(m.tie_word_embeddings),
     )
+    v[M_WINDOW], v[M_WINDOW_LAYERS] = m.sliding_window, m.num_window_layers
+    v[M_LINEAR_LAYERS], v[M_LINEAR_STATE] = m.num_linear_layers, m.linear_state_elements
+    v[M_LINEAR_PARAMS] = m.linear_layer_params
+    v[M_INDEX_TOPK], v[M_INDEX_DIM] = m.index_topk, m.index_head_dim
+    v[M_INDEX_PARAMS], v[M_INDEX_HEADS] = m.index_params_per_layer, m.index_n_heads
+    v[M_ATTN_GATE] = 1.0 if m.attn_output_gate else 0.0
+    v[M_SINKS] = 1.0 if m.attention_sinks else 0.0
     return v
 
 
-def hardware_vector(gpu: GpuSpec, engine: EngineSpec, dtype: str, kv_dtype: str) -> np.ndarray:
+def hardware_vector(
+    gpu: GpuSpec,
+    engine: EngineSpec,
+    dtype: str,
+    kv_dtype: str,
+    model: ModelSpec | None = None,
+    memory_fraction: float | None = None,
+) -> np.ndarray:
+    """One GPU at one precision under one engine. With ``model``, weights are priced at the
+    checkpoint's storage format where it has one (``ModelSpec.dense_weight_bytes`` /
+    ``expert_weight_bytes``) and math stays at ``dtype``; ``memory_fraction`` overrides the
+    engine's default fraction (vLLM gpu_memory_utilization, SGLang mem_fraction_static,
+    TensorRT-LLM free_gpu_memory_fraction)."""
     v = np.zeros(HARDWARE_SLOTS)
     v[H_PEAK] = gpu.flops_per_s(dtype)
     v[H_PEAK_BF16] = gpu.bf16_flops_per_s
@@ -81,6 +107,18 @@ def hardware_vector(gpu: GpuSpec, engine: EngineSpec, dtype: str, kv_dtype: str)
     # SMs of the GPU whose kernel tables shape the efficiencies (the same count the fitted
     # attention kernels assume): how many thread blocks one wave of a kernel runs at once
     v[H_N_SM] = load_calibration(gpu.calibration).attn_decode[D_N_SM]
+    v[H_MEM_RULE] = MEMORY_RULE_CODES[engine.memory_rule]
+    v[H_MEM_FRACTION] = engine.memory_fraction if memory_fraction is None else memory_fraction
+    v[H_PROFILE_TOKENS] = engine.profile_tokens
+    v[H_SAMPLER_BYTES_PER_VOCAB] = engine.sampler_seqs * engine.sampler_bytes_per_logit
+    v[H_NON_TORCH_BYTES] = engine.non_torch_bytes
+    v[H_COMM_BYTES] = engine.comm_buffer_bytes
+    v[H_GRAPH_BYTES] = engine.cuda_graph_bytes
+    v[H_EXPERT_W_BYTES] = v[H_W_BYTES]
+    if model is not None:
+        if model.dense_weight_bytes > 0:
+            v[H_W_BYTES] = model.dense_weight_bytes
+        v[H_EXPERT_W_BYTES] = model.expert_weight_bytes or v[H_W_BYTES]
     return v
 
 
@@ -149,8 +187,15 @@ class PerfContext:
         engine: EngineSpec,
         dtype: str = "bf16",
         kv_dtype: str = "bf16",
+        memory_fraction: float | None = None,
     ) -> PerfContext:
         gpu.check_dtype(dtype, "precision.dtype")
+        if memory_fraction is not None and not 0.0 < memory_fraction <= 1.0:
+            from planner.errors import InvalidInputError
+
+            raise InvalidInputError(
+                "memory_fraction", f"must be in (0, 1], got {memory_fraction!r}"
+            )
         if kv_dtype not in ("bf16", "fp8"):
             from planner.errors import InvalidInputError
 
@@ -162,7 +207,7 @@ class PerfContext:
             dtype,
             kv_dtype,
             model_vector(model),
-            hardware_vector(gpu, engine, dtype, kv_dtype),
+            hardware_vector(gpu, engine, dtype, kv_dtype, model, memory_fraction),
             load_calibration(gpu.calibration),
         )
 

@@ -39,7 +39,7 @@ from planner.catalog import (
     default_models,
     load_engine,
 )
-from planner.errors import InvalidInputError, SearchCancelled
+from planner.errors import SearchCancelled
 from planner.perf.params import H_W_BYTES, PerfContext
 from planner.search.aggsweep import (
     R_CHUNK,
@@ -61,7 +61,7 @@ from planner.serving.kvtransfer import (
 from planner.serving.mix import mix_cycle
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, max_utilisation_many, wait_ms
-from planner.serving.scheduler import SchedulerSettings, scheduler_for
+from planner.serving.scheduler import SchedulerSettings, memory_fraction_for, scheduler_for
 from planner.serving.simulate import graphs_for, scheduler_vector
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
@@ -83,39 +83,45 @@ AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 5
 
 
 def _validate(req: PlanRequest) -> None:
-    validate.integer(req.gpus, "gpus", 1, validate.MAX_GPUS)
+    """Every range check of ``req``, all run; raises ``InvalidFields`` when several fail."""
+    v = validate.Violations()
+    gpus = v.value(lambda: validate.integer(req.gpus, "gpus", 1, validate.MAX_GPUS))
+    most = gpus if gpus is not None else validate.MAX_GPUS
     if req.prefill_gpus is not None:
-        validate.integer(req.prefill_gpus, "prefill_gpus", 1, req.gpus)
+        v.value(lambda: validate.integer(req.prefill_gpus, "prefill_gpus", 1, most))
     if req.decode_gpus is not None:
-        validate.integer(req.decode_gpus, "decode_gpus", 1, req.gpus)
+        v.value(lambda: validate.integer(req.decode_gpus, "decode_gpus", 1, most))
     if not req.traffic:
-        raise InvalidInputError("traffic", "give isl and osl, or a mix of (isl, osl, weight)")
+        v.add("traffic", "give isl and osl, or a mix of (isl, osl, weight)")
     if len(req.traffic) > validate.MAX_TRAFFIC_CLASSES:
-        raise InvalidInputError(
+        v.add(
             "traffic",
             f"at most {validate.MAX_TRAFFIC_CLASSES} classes, got {len(req.traffic):,}",
         )
     for i, w in enumerate(req.traffic):
-        validate.lengths(w.isl, w.osl, f"traffic[{i}].")
-        validate.number(w.weight, f"traffic[{i}].weight", 0.0, 1e12, lo_open=True)
-    validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
-    validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
+        with v.check():
+            validate.lengths(w.isl, w.osl, f"traffic[{i}].")
+        with v.check():
+            validate.number(w.weight, f"traffic[{i}].weight", 0.0, 1e12, lo_open=True)
+    v.value(lambda: validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True))
+    v.value(lambda: validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True))
     if req.slo.percentile not in PERCENTILES:
-        raise InvalidInputError(
-            "slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}"
-        )
+        v.add("slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}")
     if req.slo.min_tokens_per_s_per_user is not None:
-        validate.number(
-            req.slo.min_tokens_per_s_per_user, "slo.min_tokens_per_s_per_user", 0.0, 1e9
+        v.value(
+            lambda: validate.number(
+                req.slo.min_tokens_per_s_per_user, "slo.min_tokens_per_s_per_user", 0.0, 1e9
+            )
         )
     if req.rate_per_s is not None:
-        validate.number(req.rate_per_s, "rate_per_s", 0.0, 1e9, lo_open=True)
-    validate.number(req.prefix_hit, "prefix_hit", 0.0, 0.99)
+        v.value(lambda: validate.number(req.rate_per_s, "rate_per_s", 0.0, 1e9, lo_open=True))
+    v.value(lambda: validate.number(req.prefix_hit, "prefix_hit", 0.0, 0.99))
     if req.limits.max_tp is not None:
-        validate.integer(req.limits.max_tp, "limits.max_tp", 1, 4096)
+        v.value(lambda: validate.integer(req.limits.max_tp, "limits.max_tp", 1, 4096))
     bad = [m for m in req.limits.modes if m not in ("agg", "disagg")]
     if bad or not req.limits.modes:
-        raise InvalidInputError("limits.modes", "must be a non-empty subset of agg, disagg")
+        v.add("limits.modes", "must be a non-empty subset of agg, disagg")
+    v.raise_any()
 
 
 def plan(
@@ -145,11 +151,13 @@ def search(
     engine = load_engine(req.engine, "engine")
     _validate(req)
     stop = should_stop or (lambda: False)
-    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, req.precision.kv_dtype)
+    p = req.precision
+    fraction = memory_fraction_for(engine, dict(req.engine_args), req.memory_fraction)
+    ctx = PerfContext.build(model, gpu, engine, p.dtype, p.kv_dtype, fraction)
     dctx = (
         ctx
         if dgpu is gpu
-        else PerfContext.build(model, dgpu, engine, req.precision.dtype, req.precision.kv_dtype)
+        else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, fraction)
     )
     sched = scheduler_for(engine, dict(req.engine_args))
     s = _Search(req, model, ctx, dctx, stop, sched)
@@ -179,6 +187,10 @@ def search(
         explanation=s.explain(best, agg, disagg, speedup, for_rate),
         rate_served=(best is not None) if s.rate > 0 else None,
         for_rate=for_rate,
+        model=model.summary(),
+        gpu_basis="datasheet-scaled"
+        if gpu.datasheet_scaled or dgpu.datasheet_scaled
+        else "calibrated",
         load=PLAN_LOAD,
     )
     return result, {"agg": agg.meeting, "disagg": disagg.meeting}

@@ -1,7 +1,9 @@
 """KV-cache transfer from prefill to decode workers (the study's equations 1-2).
 
 A prefill worker sends each finished prompt's KV cache to a decode worker. Bytes per request are
-``isl`` tokens x the cached elements per token per layer x layers x bytes per element. Only GPUs
+``isl`` tokens x the cached elements per token per layer x layers x bytes per element, on
+full-attention layers; windowed layers send at most their window, linear-attention layers their
+fixed state (planner.perf.memory.cache_bytes). Only GPUs
 holding distinct KV shards send: ``min(tp, kv_heads)`` per pipeline stage for GQA (more TP ranks
 hold copies), one per stage for MLA (its latent is replicated on every TP rank).
 
@@ -16,14 +18,11 @@ import numpy as np
 from numba import njit
 
 from planner.catalog import GpuSpec
+from planner.perf.memory import cache_bytes
 from planner.perf.params import (
-    H_KV_BYTES,
-    M_HEAD_DIM,
     M_KV_HEADS,
-    M_KV_LORA,
     M_LAYERS,
     M_MLA,
-    M_ROPE,
 )
 
 TRANSFER_LATENCY_MS = 0.05  # RDMA/NIXL set-up per transfer
@@ -31,11 +30,9 @@ TRANSFER_LATENCY_MS = 0.05  # RDMA/NIXL set-up per transfer
 
 @njit(cache=True, nogil=True)
 def kv_bytes_per_request(mv: np.ndarray, hv: np.ndarray, isl: float) -> float:
-    if mv[M_MLA] > 0.5:
-        per_layer = mv[M_KV_LORA] + mv[M_ROPE]
-    else:
-        per_layer = 2.0 * mv[M_KV_HEADS] * mv[M_HEAD_DIM]
-    return isl * per_layer * mv[M_LAYERS] * hv[H_KV_BYTES]
+    """The whole cache one prompt leaves, unsharded: KV of every full-attention layer, at most a
+    window on windowed layers, the linear-attention state, sparse-attention indexer keys."""
+    return cache_bytes(mv, hv, 1.0, 1.0, isl, 1.0)
 
 
 @njit(cache=True, nogil=True)

@@ -58,7 +58,9 @@ def prefill_many(
     new = isl * (1.0 - prefix_hit)
     past = isl * prefix_hit
     for i in range(tp.shape[0]):
-        seqs = math.ceil(batch[i] / dp[i])
+        # float(): one float64 specialisation of each kernel called below (math.ceil gives an
+        # int, which would compile step_ms and its callees a second time)
+        seqs = float(math.ceil(batch[i] / dp[i]))
         lat, stage = step_ms(
             mv, hv, cg, cp, cd, tp[i], pp[i], ep[i], dp[i], seqs, new, past, 0.0, 0.0, row, scratch
         )
@@ -101,8 +103,8 @@ def decode_many(
     row = np.zeros(4)
     scratch = np.zeros(4)
     for i in range(tp.shape[0]):
-        seqs = math.ceil(batch[i] / dp[i])  # per attention-DP rank
-        micro = math.ceil(seqs / pp[i])
+        seqs = float(math.ceil(batch[i] / dp[i]))  # per attention-DP rank; float: see above
+        micro = float(math.ceil(seqs / pp[i]))
         lat, _ = step_ms(
             mv,
             hv,

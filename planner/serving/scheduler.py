@@ -18,8 +18,10 @@ new_token_ratio            float   ``ratio`` admission: initial share of the ans
 min_new_token_ratio        float   ``ratio`` admission: the floor the share decays to
 new_token_ratio_decay      float   ``ratio`` admission: decay of the share per iteration
 cuda_graph_max_bs          int     largest decode batch captured as a CUDA graph (0: none)
-gpu_memory_utilization     float   share of HBM the engine uses for weights, activations and
-                                   KV cache (the rest is left to the driver and other users)
+gpu_memory_utilization     float   the engine's memory fraction under its own name (vLLM;
+mem_fraction_static                SGLang; TensorRT-LLM free_gpu_memory_fraction): one setting
+free_gpu_memory_fraction           with the request's ``memory_fraction``, applied by
+                                   ``planner.perf.memory`` (``memory_fraction_for``)
 =========================  ======  ==========================================================
 
 ``kv_cache_dtype`` is an engine argument too, but it changes the performance context (KV bytes
@@ -54,7 +56,6 @@ class SchedulerSettings:
     new_token_ratio_decay: float
     cuda_graph_max_bs: int
     cuda_graph_sizes: tuple[int, ...] = ()
-    gpu_memory_utilization: float | None = None  # None: the memory model's usable fraction
 
     def graphs_up_to(self) -> tuple[int, ...]:
         """The captured decode batch sizes, up to ``cuda_graph_max_bs``."""
@@ -62,15 +63,14 @@ class SchedulerSettings:
 
 
 _INT = ("max_num_batched_tokens", "max_num_seqs", "cuda_graph_max_bs")
-_FLOAT = (
-    "new_token_ratio",
-    "min_new_token_ratio",
-    "new_token_ratio_decay",
-    "gpu_memory_utilization",
-)
+_FLOAT = ("new_token_ratio", "min_new_token_ratio", "new_token_ratio_decay")
 _BOOL = ("enable_chunked_prefill", "mixed_batches")
 _STR = ("kv_admission",)
-ENGINE_ARG_KEYS = (*_INT, *_FLOAT, *_BOOL, *_STR, "kv_cache_dtype")
+# the engines' own names for the memory fraction (vLLM, SGLang, TensorRT-LLM): one setting with
+# the request's ``memory_fraction``, applied to the performance context, not the scheduler
+MEMORY_FRACTION_ARGS = ("gpu_memory_utilization", "mem_fraction_static", "free_gpu_memory_fraction")
+_NOT_SCHEDULER = ("kv_cache_dtype", *MEMORY_FRACTION_ARGS)
+ENGINE_ARG_KEYS = (*_INT, *_FLOAT, *_BOOL, *_STR, *_NOT_SCHEDULER)
 
 
 def _graph_sizes(spec: Any, field: str) -> tuple[int, ...]:
@@ -110,6 +110,17 @@ def _defaults() -> dict[str, SchedulerSettings]:
     return _DEFAULTS
 
 
+def _convert_fraction(value: EngineArg, field: str) -> float:
+    """A memory fraction: a number in (0, 1]."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(field, f"must be a number in (0, 1], got {value!r}") from None
+    if isinstance(value, bool) or not 0.0 < f <= 1.0:
+        raise InvalidInputError(field, f"must be a number in (0, 1], got {value!r}")
+    return f
+
+
 def _convert(key: str, value: EngineArg, field: str) -> EngineArg:
     if key in _INT:
         if isinstance(value, str):
@@ -128,11 +139,7 @@ def _convert(key: str, value: EngineArg, field: str) -> EngineArg:
             f = float(value)
         except (TypeError, ValueError):
             raise InvalidInputError(field, f"must be a number, got {value!r}") from None
-        if (
-            isinstance(value, bool)
-            or not 0.0 <= f <= 1.0
-            or (key == "gpu_memory_utilization" and f == 0)
-        ):
+        if isinstance(value, bool) or not 0.0 <= f <= 1.0:
             raise InvalidInputError(field, f"must be a number in (0, 1], got {value!r}")
         return f
     if key in _BOOL:
@@ -156,7 +163,7 @@ def _apply(
 ) -> SchedulerSettings:
     converted = {k: _convert(k, v, f"{prefix}.{k}") for k, v in values.items()}
     if base is None:
-        required = (*_INT, *_FLOAT[:-1], *_BOOL, *_STR)
+        required = (*_INT, *_FLOAT, *_BOOL, *_STR)
         missing = [k for k in required if k not in converted]
         if missing:
             raise InvalidInputError(f"{prefix}.{missing[0]}", "is required")
@@ -170,8 +177,38 @@ def scheduler_for(
     """``engine``'s scheduler defaults with ``engine_args`` applied; a bad key or value raises
     ``InvalidInputError`` on ``engine_args.<key>``. ``kv_cache_dtype`` is skipped here."""
     base = _defaults()[engine.name]
-    args = {k: v for k, v in (engine_args or {}).items() if k != "kv_cache_dtype"}
+    args = {k: v for k, v in (engine_args or {}).items() if k not in _NOT_SCHEDULER}
     return _apply(base, args, "engine_args")
+
+
+def memory_fraction_for(
+    engine: EngineSpec,
+    engine_args: Mapping[str, EngineArg] | None,
+    memory_fraction: float | None,
+) -> float | None:
+    """The engine's memory fraction from ``memory_fraction`` and the engine's own knob in
+    ``engine_args`` (one setting); None: the engine's default. Raises ``InvalidInputError`` on
+    ``engine_args.<knob>`` for another engine's knob, a value outside (0, 1], or a value that
+    differs from ``memory_fraction``."""
+    args = engine_args or {}
+    found: float | None = None
+    for key in MEMORY_FRACTION_ARGS:
+        if key not in args:
+            continue
+        field = f"engine_args.{key}"
+        if key != engine.memory_fraction_flag:
+            raise InvalidInputError(
+                field, f"is not an argument of {engine.name}; use {engine.memory_fraction_flag}"
+            )
+        found = float(_convert_fraction(args[key], field))
+    if found is None:
+        return memory_fraction
+    if memory_fraction is not None and memory_fraction != found:
+        raise InvalidInputError(
+            f"engine_args.{engine.memory_fraction_flag}",
+            f"is {found:g} but memory_fraction is {memory_fraction:g}; give one, or the same value",
+        )
+    return found
 
 
 def parse_engine_arg(text: str, field: str = "engine_args") -> tuple[str, str]:

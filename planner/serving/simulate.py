@@ -28,8 +28,8 @@ from typing import Literal
 import numpy as np
 
 from planner.perf.kernels import step_ms
-from planner.perf.memory import USABLE_FRACTION, kv_bytes_per_token, resident_bytes
-from planner.perf.params import H_HBM_BYTES, PerfContext
+from planner.perf.memory import kv_capacity_tokens
+from planner.perf.params import PerfContext
 from planner.serving import _loop as L
 from planner.serving.kvtransfer import transfer
 from planner.serving.scheduler import KV_ADMISSION, SchedulerSettings
@@ -132,14 +132,16 @@ class Pool:
 def kv_capacity(
     ctx: PerfContext, par: Parallelism, sched: SchedulerSettings, step_tokens: float, logits: float
 ) -> float:
-    """KV tokens one attention-DP rank holds beside weights, workspace and the largest step,
-    in the share of HBM the engine takes (``gpu_memory_utilization``); negative: no room."""
-    share = sched.gpu_memory_utilization or USABLE_FRACTION
-    mv, hv = ctx.mv, ctx.hv
-    free = hv[H_HBM_BYTES] * share - resident_bytes(
-        mv, hv, par.tp, par.pp, par.ep, par.attention_dp, step_tokens, logits
+    """KV tokens one attention-DP rank holds beside weights, workspace and the largest step
+    (``planner.perf.memory.kv_capacity_tokens``: the device-reported capacity, the engine's
+    memory rule and its memory fraction from the context); negative: no room. ``sched`` is
+    accepted for the callers' symmetry; the memory fraction lives in ``ctx``."""
+    del sched
+    return float(
+        kv_capacity_tokens(
+            ctx.mv, ctx.hv, par.tp, par.pp, par.ep, par.attention_dp, step_tokens, logits
+        )
     )
-    return float(free / kv_bytes_per_token(mv, hv, par.tp, par.pp))
 
 
 def _sched_vector(

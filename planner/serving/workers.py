@@ -12,13 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.perf.memory import (
-    USABLE_FRACTION,
-    WORKSPACE_BYTES,
     kv_capacity_tokens,
+    memory_breakdown,
     memory_bytes_per_gpu,
-    weight_bytes_per_gpu,
 )
-from planner.perf.params import H_HBM_BYTES, PerfContext
+from planner.perf.params import PerfContext
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.scheduler import SchedulerSettings
 from planner.serving.simulate import ClosedLoop, Load, simulate_agg
@@ -59,18 +57,26 @@ def kv_capacity(ctx: PerfContext, par: Parallelism, step_tokens: float, logits: 
     )
 
 
-def _fit_reason(ctx: PerfContext, par: Parallelism, needed_tokens: float, what: str) -> str | None:
-    mv, hv = ctx.mv, ctx.hv
-    weights = weight_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, par.attention_dp)
-    budget = hv[H_HBM_BYTES] * USABLE_FRACTION
-    if weights + WORKSPACE_BYTES > budget:
+def _fit_reason(
+    ctx: PerfContext,
+    par: Parallelism,
+    needed_tokens: float,
+    what: str,
+    step_tokens: float,
+    seqs: float,
+) -> str:
+    """Why a step does not fit, with the numbers: weights, workspace, KV, fraction, capacity."""
+    b = memory_breakdown(ctx, par.tp, par.pp, par.ep, par.attention_dp, step_tokens, seqs)
+    where = f"on {ctx.gpu.name}: {b.describe()}"
+    if b.kv_budget_bytes <= 0:
         return (
-            f"weights need {weights / 1e9:.1f} GB per GPU of the {budget / 1e9:.0f} GB usable "
-            f"on {ctx.gpu.name}; use more GPUs per worker (tp/pp/ep) or a smaller dtype"
+            f"does not fit {where}; use more GPUs per worker (tp/pp/ep), a smaller dtype or a "
+            f"higher {b.fraction_flag}"
         )
+    need = b.cache_bytes(needed_tokens, seqs)
     return (
-        f"the KV cache cannot hold {what} ({needed_tokens:,.0f} tokens per attention-DP rank) "
-        f"next to {weights / 1e9:.1f} GB of weights per GPU; lower the batch or add GPUs"
+        f"the KV cache cannot hold {what} ({needed_tokens:,.0f} tokens, {need / 1e9:.1f} GB per "
+        f"attention-DP rank) {where}; lower the batch or add GPUs"
     )
 
 
@@ -92,7 +98,11 @@ def prefill_worker(
     r = evaluate_prefill(ctx, *_arrays(par, batch), float(isl), prefix_hit)
     seqs = math.ceil(batch / par.attention_dp)
     why = (
-        None if r.fits[0] else _fit_reason(ctx, par, seqs * isl, f"{seqs} prompts of {isl} tokens")
+        None
+        if r.fits[0]
+        else _fit_reason(
+            ctx, par, seqs * isl, f"{seqs} prompts of {isl} tokens", float(seqs * isl), seqs
+        )
     )
     return _single(r, why)
 
@@ -103,7 +113,14 @@ def decode_worker(ctx: PerfContext, par: Parallelism, batch: int, context: float
     why = (
         None
         if r.fits[0]
-        else _fit_reason(ctx, par, seqs * context, f"{seqs} sequences at {context:,.0f} tokens")
+        else _fit_reason(
+            ctx,
+            par,
+            seqs * context,
+            f"{seqs} sequences at {context:,.0f} tokens",
+            float(math.ceil(seqs / par.pp)),
+            math.ceil(seqs / par.pp),
+        )
     )
     return _single(r, why)
 
@@ -152,7 +169,11 @@ def agg_worker(
     mem = memory_bytes_per_gpu(mv, hv, par.tp, par.pp, par.ep, dp, step_tokens, logits, used_tokens)
     if not run.ok:
         need = float(isl.max() + osl.max())
-        reason = _fit_reason(ctx, par, need, "a single request") if cap < need else run.reason
+        reason = (
+            _fit_reason(ctx, par, need, "a single request", step_tokens, logits)
+            if cap < need
+            else run.reason
+        )
         return AggMetrics(False, {}, {}, 0.0, 0.0, 0.0, 0.0, mem, reason, load.name)
     return AggMetrics(
         True,

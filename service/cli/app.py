@@ -170,3 +170,11 @@ EngineOpt = Annotated[
     str | None,
     typer.Option(metavar="vllm|sglang|trtllm", help="Serving engine profile (default: vllm)."),
 ]
+MemoryFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        metavar="FRACTION",
+        help="The engine's memory fraction, in (0, 1]: vLLM gpu_memory_utilization, SGLang "
+        "mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction (default: the engine's).",
+    ),
+]

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from planner.catalog import GpuCatalog, GpuSpec, ModelCatalog, ModelSpec
 from planner.catalog._catalog import is_file_name
-from planner.errors import InvalidInputError
+from planner.catalog.models import is_model_path
+from planner.errors import InvalidFields, InvalidInputError
 from planner.sweep import ScenarioError, ScenarioOutcome, SweepGrid
 from planner.types import EstimateRequest, PhaseEstimate, PlanRequest, PlanResult, ServingEstimate
 from service import resources
@@ -105,7 +106,7 @@ class LocalBackend:
     def use_model(self, name_or_path: str, field: str = "model") -> str:
         from planner.catalog import default_models
 
-        if default_models().find(name_or_path) is None and is_file_name(name_or_path):
+        if default_models().find(name_or_path) is None and is_model_path(name_or_path):
             spec = default_models().load(name_or_path, field)
             self._models.append(spec)
             return spec.name
@@ -206,6 +207,8 @@ class RemoteBackend:
             details = (exc.details() if isinstance(exc, grpc.Call) else None) or code.name
             if code == grpc.StatusCode.NOT_FOUND and (not violations or violations[0][0] == "name"):
                 raise CliError(violations[0][1] if violations else details, EXIT_FAILURE) from None
+            if len(violations) > 1:  # every bad field of the request
+                raise InvalidFields(violations) from None
             if violations:  # a bad field, or a model/GPU/engine name the catalog lacks
                 raise InvalidInputError(*violations[0]) from None
             if code == grpc.StatusCode.UNAVAILABLE:
@@ -219,7 +222,7 @@ class RemoteBackend:
             raise CliError(f"{details} ({code.name})", EXIT_FAILURE) from None
 
     def use_model(self, name_or_path: str, field: str = "model") -> str:
-        if not is_file_name(name_or_path):
+        if not is_model_path(name_or_path):
             return name_or_path
         from planner.catalog import read_model_file
 
@@ -425,11 +428,11 @@ def _outcome(msg: Any) -> ScenarioOutcome:
     from service import convert
 
     request = convert.plan_request_from_proto(msg.scenario)
-    if msg.error:
-        # the API carries a scenario error as one "field: reason" string
-        field, sep, reason = msg.error.partition(": ")
-        error = ScenarioError(field, reason) if sep else ScenarioError("", msg.error)
+    if msg.errors:
+        error = ScenarioError.of([(e.field, e.reason) for e in msg.errors])
         return ScenarioOutcome(msg.index, request, None, error)
+    if msg.error:  # a server from before the structured errors: the text, on no field
+        return ScenarioOutcome(msg.index, request, None, ScenarioError("", msg.error))
     return ScenarioOutcome(msg.index, request, convert.plan_result_from_proto(msg.result), None)
 
 

@@ -39,8 +39,9 @@ def _pool_options(role: str, x_of: str) -> dict[str, tuple[str, str]]:
     }
 
 
-#: The request options of ``estimate``: key -> (help, panel). dtype, kv_dtype, engine, phase and
-#: mode have options of their own (metavars), declared in the signature below.
+#: The request options of ``estimate``: key -> (help, panel). dtype, kv_dtype, engine,
+#: memory_fraction, phase and mode have options of their own (metavars), declared in the signature
+#: below.
 OPTIONS: dict[str, tuple[str, str]] = {
     "model": ("Model name, alias or config.json path.", _REQ),
     "gpu": ("GPU name, alias or spec file.", _REQ),
@@ -140,6 +141,7 @@ def estimate(
     dtype: cli.DtypeOpt = None,
     kv_dtype: cli.KvDtypeOpt = None,
     engine: cli.EngineOpt = None,
+    memory_fraction: cli.MemoryFractionOpt = None,
     phase: Annotated[
         str | None,
         typer.Option(
@@ -168,8 +170,8 @@ def estimate(
     **options: Any,
 ) -> None:
     """Estimate one fixed configuration: a prefill or decode step, or an agg/disagg deployment."""
-    fields = {**options, "dtype": dtype, "kv_dtype": kv_dtype, "engine": engine, "phase": phase,
-              "mode": mode}  # fmt: skip
+    fields = {**options, "dtype": dtype, "kv_dtype": kv_dtype, "engine": engine,
+              "memory_fraction": memory_fraction, "phase": phase, "mode": mode}  # fmt: skip
     if not fields.get("engine_arg"):
         fields["engine_arg"] = None  # a repeatable option not given is an empty list
     runner = backend(server)
@@ -195,7 +197,7 @@ def _signature() -> inspect.Signature:
     params = inspect.signature(estimate, eval_str=True).parameters.values()
     own = [p for p in params if p.kind != p.VAR_KEYWORD]
     request = [_option(k) for k in OPTIONS]
-    return inspect.Signature([*request[:4], *own[:5], *request[4:], *own[5:]])
+    return inspect.Signature([*request[:4], *own[:6], *request[4:], *own[6:]])
 
 
 estimate.__signature__ = _signature()  # type: ignore[attr-defined]

@@ -122,7 +122,19 @@ def _kv_table(title: str, rows: Sequence[tuple[str, str | Text]]) -> Table:
 
 def estimate_view(result: PhaseEstimate | ServingEstimate, req: EstimateRequest) -> Group:
     """The text form of ``pdplanner estimate``: what was estimated, then the results table."""
-    return Group(Text(estimate_title(req), style="bold"), estimate_table(result))
+    return Group(
+        Text(estimate_title(req), style="bold"),
+        *([Text(basis_text(result.model, result.gpu_basis))] if result.model else []),
+        estimate_table(result),
+    )
+
+
+def basis_text(model: str, gpu_basis: str) -> str:
+    """``model: llama-4-maverick (400.7B total / 17.2B active); GPU figures: datasheet-scaled``."""
+    basis = gpu_basis
+    if gpu_basis == "datasheet-scaled":
+        basis += " (no measured tables for this GPU: H100 efficiencies scaled to its datasheet)"
+    return f"model: {model}; GPU figures: {basis}"
 
 
 def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> Table:
@@ -253,6 +265,8 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
             )
     if result.explanation:
         parts.append(Text(result.explanation))
+    if result.model:
+        parts.append(Text(basis_text(result.model, result.gpu_basis)))
     if result.load:
         parts.append(Text(f"load model: {result.load}", style="dim"))
     table = Table(title="best deployment per mode", title_justify="left")
@@ -418,10 +432,24 @@ def models_table(specs: Iterable[ModelSpec]) -> Table:
             str(s.num_layers),
             str(s.hidden_size),
             f"{s.num_heads}/{s.num_kv_heads}",
-            s.attention,
+            attention_text(s),
             experts,
         )
     return table
+
+
+def attention_text(s: ModelSpec) -> str:
+    """``gqa, window 128 on 18 layers``: the attention kind and its variants."""
+    parts: list[str] = [s.attention]
+    if s.num_window_layers:
+        parts.append(f"window {s.sliding_window} on {s.num_window_layers} layers")
+    if s.num_linear_layers:
+        parts.append(f"linear on {s.num_linear_layers} layers")
+    if s.index_topk:
+        parts.append(f"sparse top-{s.index_topk}")
+    if s.quantization:
+        parts.append(s.quantization)
+    return ", ".join(parts)
 
 
 def gpu_entry(spec: GpuSpec) -> dict[str, Any]:
@@ -437,13 +465,14 @@ def gpus_table(specs: Iterable[GpuSpec]) -> Table:
         "BF16 TFLOP/s",
         "FP8 TFLOP/s",
         "FP4 TFLOP/s",
-        "HBM GB",
+        "memory GB (reported)",
         "HBM TB/s",
         "NVLink GB/s",
         "NVLink domain",
         "scale-out GB/s",
     ):
         table.add_column(name, justify="right", overflow="fold")
+    table.add_column("figures", overflow="fold")
     for g in specs:
         rates = [
             num(g.flops_per_s(d) / 1e12, 0) if g.supports(d) else "-"
@@ -457,6 +486,7 @@ def gpus_table(specs: Iterable[GpuSpec]) -> Table:
             num(g.nvlink_bytes_per_s / 1e9, 0),
             str(g.nvlink_domain_size),
             num(g.scaleout_bytes_per_s / 1e9, 0),
+            g.model_basis,
         )
     return table
 

@@ -44,7 +44,9 @@ PLAN_MODES: dict[str, tuple[Mode, ...]] = {
     "both": ("agg", "disagg"),
 }
 
-_COMMON_KEYS = ("model", "gpu", "isl", "osl", "dtype", "kv_dtype", "engine", "phase", "mode")
+_COMMON_KEYS = (
+    "model", "gpu", "isl", "osl", "dtype", "kv_dtype", "engine", "memory_fraction", "phase", "mode",
+)  # fmt: skip
 _PARALLEL_KEYS = ("tp", "pp", "ep", "attention_dp")
 _POOL_KEYS = (*_PARALLEL_KEYS, "workers", "batch")
 _PREFILL_KEYS = tuple(f"prefill_{k}" for k in _POOL_KEYS)
@@ -65,6 +67,7 @@ ESTIMATE_KEYS: tuple[str, ...] = (
 )
 
 _STRING_KEYS = frozenset(("model", "gpu", "dtype", "kv_dtype", "engine", "phase", "mode"))
+_FLOAT_KEYS = frozenset(("memory_fraction",))
 
 # Which keys each kind of estimate accepts beyond the common ones, and which it requires.
 _ACCEPTS: dict[str, frozenset[str]] = {
@@ -142,11 +145,16 @@ def flag_for(
 def describe(exc: InvalidInputError, known: Collection[str], **kwargs: Any) -> str:
     """``--batch: must be at least 1``: the error with its field path named as the flag.
 
-    An error on no field in particular (an empty field path) is its reason alone.
+    An error on no field in particular (an empty field path) is its reason alone. When the
+    request had several invalid fields the first is described and the others are counted and
+    named: ``--batch: must be at least 1 (2 more: --tp, --isl)``.
     """
-    if not exc.field:
-        return exc.reason
-    return f"{flag_for(exc.field, known, **kwargs)}: {exc.reason}"
+    first = exc.reason if not exc.field else f"{flag_for(exc.field, known, **kwargs)}: {exc.reason}"
+    others = [field for field, _ in exc.violations[1:]]
+    if not others:
+        return first
+    names = ", ".join(flag_for(f, known, **kwargs) if f else "(request)" for f in others)
+    return f"{first} ({len(others)} more: {names})"
 
 
 def _engine_args(value: Any) -> tuple[tuple[str, str], ...]:
@@ -173,6 +181,10 @@ def _typed(key: str, value: Any) -> Any:
             raise InvalidInputError(key, f"must be a non-empty string, got {value!r}")
         return value.strip()
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key in _FLOAT_KEYS:
+        if not is_number or not math.isfinite(value) or not 0.0 < value <= 1.0:
+            raise InvalidInputError(key, f"must be a fraction in (0, 1], got {value!r}")
+        return float(value)
     if not is_number or not math.isfinite(value) or int(value) != value:
         raise InvalidInputError(key, f"must be an integer, got {value!r}")
     return int(value)
@@ -231,6 +243,7 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
         "osl": values["osl"],
         "precision": precision,
         "engine": values.get("engine", "vllm"),
+        "memory_fraction": values.get("memory_fraction"),
     }
     if phase is not None:
         return EstimateRequest(
@@ -286,11 +299,18 @@ def parse_jsonl_line(line: str) -> EstimateRequest:
 
 # -- plan --------------------------------------------------------------------------------------
 
+
 #: The keys (flags in snake_case) of ``pdplanner plan``, for naming fields in errors.
+def check_memory_fraction(value: float) -> float:
+    """``--memory-fraction``: a fraction in (0, 1]; ``InvalidInputError`` otherwise."""
+    checked: float = _typed("memory_fraction", value)
+    return checked
+
+
 PLAN_KEYS: tuple[str, ...] = (
     "model", "gpu", "decode_gpu", "gpus", "prefill_gpus", "decode_gpus", "isl", "osl", "mix",
     "rate", "prefix_hit", "ttft_ms", "tpot_ms", "percentile", "min_tokens_per_user", "dtype",
-    "kv_dtype", "engine", "mode", "max_tp", "plot",
+    "kv_dtype", "engine", "memory_fraction", "mode", "max_tp", "plot",
 )  # fmt: skip
 
 
@@ -414,6 +434,7 @@ def plan_request(
     allow_pp: bool = True,
     allow_ep: bool = True,
     allow_attention_dp: bool = True,
+    memory_fraction: float | None = None,
 ) -> PlanRequest:
     """Build a plan request from ``pdplanner plan``'s flags (traffic from ISL/OSL or a mix file)."""
     required = {"model": model, "gpu": gpu, "gpus": gpus, "ttft_ms": ttft_ms, "tpot_ms": tpot_ms}
@@ -431,6 +452,8 @@ def plan_request(
         traffic = (Workload(isl=isl, osl=osl),)
     if percentile not in PERCENTILES:
         raise InvalidInputError("percentile", f"must be p50, p90 or p99, got {percentile!r}")
+    if memory_fraction is not None:
+        check_memory_fraction(memory_fraction)
     limits = SearchLimits(
         max_tp=max_tp,
         allow_pp=allow_pp,
@@ -457,6 +480,7 @@ def plan_request(
         precision=Precision(dtype=dtype, kv_dtype=kv_dtype),
         engine=engine,
         limits=limits,
+        memory_fraction=memory_fraction,
     )
 
 

@@ -101,6 +101,7 @@ def plan(
     dtype: cli.DtypeOpt = None,
     kv_dtype: cli.KvDtypeOpt = None,
     engine: cli.EngineOpt = None,
+    memory_fraction: cli.MemoryFractionOpt = None,
     mode: Annotated[
         str,
         typer.Option(
@@ -153,6 +154,7 @@ def plan(
             kv_dtype=kv_dtype or DEFAULT_DTYPE, engine=engine or DEFAULT_ENGINE, mode=mode,
             max_tp=max_tp,
             allow_pp=allow_pp, allow_ep=allow_ep, allow_attention_dp=allow_attention_dp,
+            memory_fraction=memory_fraction,
         )  # fmt: skip
         runner = backend(server)
         named = req

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from planner.errors import InvalidInputError
+from planner.errors import InvalidFields, InvalidInputError
 from planner.sweep import ScenarioOutcome, SweepGrid
 from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, SearchLimits, Slo
 from service.cli import app as cli
@@ -25,7 +25,7 @@ from service.cli.errors import CliError, flags
 
 #: The keys of ``pdplanner sweep``, for naming fields in errors.
 SWEEP_KEYS = ("model", "gpu", "traffic", "ttft_ms", "tpot_ms", "gpus", "dtype", "kv_dtype",
-              "engine", "mode")  # fmt: skip
+              "engine", "memory_fraction", "mode")  # fmt: skip
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ def outcome_row(outcome: ScenarioOutcome) -> dict[str, Any]:
         "gpus": req.gpus,
     }
     if outcome.error is not None:
-        error = InvalidInputError(outcome.error.field, outcome.error.reason)
+        error = InvalidFields(outcome.error.violations)
         row["error"] = inputs.describe(error, SWEEP_KEYS)
     elif outcome.result is not None:
         row["result"] = outcome.result.to_dict()
@@ -85,6 +85,7 @@ def sweep(
     dtype: cli.DtypeOpt = None,
     kv_dtype: cli.KvDtypeOpt = None,
     engine: cli.EngineOpt = None,
+    memory_fraction: cli.MemoryFractionOpt = None,
     mode: Annotated[
         str, typer.Option(metavar="agg|disagg|both", help="Serving modes to search.")
     ] = "both",
@@ -117,6 +118,8 @@ def sweep(
             if value is None:
                 raise InvalidInputError(key, "is required")
         pairs = [inputs.parse_traffic_pair(t) for t in traffic or ()]
+        if memory_fraction is not None:
+            inputs.check_memory_fraction(memory_fraction)
         grid = SweepGrid(
             models=tuple(_unique([runner.use_model(m) for m in model or ()])),
             gpu_types=tuple(_unique([runner.use_gpu(g) for g in gpu or ()])),
@@ -126,6 +129,7 @@ def sweep(
             precision=Precision(dtype=dtype or DEFAULT_DTYPE, kv_dtype=kv_dtype or DEFAULT_DTYPE),
             engine=engine or DEFAULT_ENGINE,
             limits=SearchLimits(modes=inputs.plan_modes(mode)),
+            memory_fraction=memory_fraction,
         )
     with _progress(len(grid)) as advance, flags(SWEEP_KEYS):
         name, outcomes = runner.sweep(grid, advance)

@@ -68,6 +68,9 @@ def gpu_to_proto(spec: GpuSpec, *, custom: bool) -> catalog_pb2.Gpu:
         nvlink_domain_size=spec.nvlink_domain_size,
         scaleout_bytes_per_s=spec.scaleout_bytes_per_s,
         calibration=spec.calibration,
+        hbm_datasheet_bytes=spec.hbm_datasheet_bytes,
+        hbm_reported=spec.hbm_reported,
+        source=spec.source,
     )
 
 
@@ -96,8 +99,12 @@ def gpu_entry_from_proto(msg: catalog_pb2.Gpu, gpu_id: str) -> dict[str, Any]:
     }
     if msg.calibration:
         entry["calibration"] = msg.calibration
-    for key in ("hbm_bytes", "hbm_bytes_per_s", "nvlink_bytes_per_s", "scaleout_bytes_per_s"):
-        finite(entry[key], f"gpu.{key}")
+    for key in ("hbm_datasheet_bytes", "hbm_reported", "source"):
+        if getattr(msg, key):
+            entry[key] = getattr(msg, key)
+    for key in ("hbm_bytes", "hbm_bytes_per_s", "nvlink_bytes_per_s", "scaleout_bytes_per_s",
+                "hbm_datasheet_bytes"):  # fmt: skip
+        finite(entry.get(key, 0.0), f"gpu.{key}")
     for dtype, value in flops.items():
         finite(value, f"gpu.flops_per_s.{dtype}")
     return entry

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Final, TypeVar, overload
+from typing import Final, overload
 
+from planner.errors import InvalidFields as InvalidFields
 from planner.errors import InvalidInputError, shorten
-
-T = TypeVar("T")
+from planner.validate import Violations as Violations
 
 MAX_REQUEST_ID_CHARS: Final = 128
 INT32_MAX: Final = 2**31 - 1
@@ -81,42 +79,3 @@ def page_size(value: int, default: int, maximum: int, path: str = "page_size") -
     if value < 0:
         raise InvalidInputError(path, f"must not be negative, got {value}")
     return default if value == 0 else min(value, maximum)
-
-
-class InvalidFields(InvalidInputError):
-    """Several field violations of one request; ``field``/``reason`` are the first one's."""
-
-    def __init__(self, violations: list[tuple[str, str]]) -> None:
-        super().__init__(*violations[0])
-        self.violations = tuple(violations)
-
-
-class Violations:
-    """Collects the violations of independent checks, so that a request reports all of them."""
-
-    def __init__(self) -> None:
-        self.found: list[tuple[str, str]] = []
-
-    def add(self, field: str, reason: str) -> None:
-        self.found.append((field, reason))
-
-    @contextmanager
-    def check(self) -> Iterator[None]:
-        """Record an ``InvalidInputError`` raised in the block instead of raising it."""
-        try:
-            yield
-        except InvalidInputError as exc:
-            self.found.extend(getattr(exc, "violations", ((exc.field, exc.reason),)))
-
-    def value(self, make: Callable[[], T]) -> T | None:
-        """``make()``, or None (and the violation recorded) when it raises ``InvalidInputError``."""
-        with self.check():
-            return make()
-        return None
-
-    def raise_any(self) -> None:
-        """Raise every violation found, as one ``InvalidFields``."""
-        if len(self.found) == 1:
-            raise InvalidInputError(*self.found[0])
-        if self.found:
-            raise InvalidFields(self.found)

@@ -157,6 +157,7 @@ def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
     rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
     prefix_hit = v.value(lambda: finite(msg.prefix_hit, "prefix_hit"))
     limits = v.value(lambda: limits_from_proto(msg.limits))
+    memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
     v.raise_any()
     assert traffic is not None and slo is not None and prefix_hit is not None and limits
     return PlanRequest(
@@ -173,6 +174,7 @@ def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
         limits=limits,
+        memory_fraction=memory_fraction,
         engine_args=engine_args_from_proto(msg.engine_args),
     )
 
@@ -194,6 +196,7 @@ def plan_request_to_proto(req: PlanRequest, request_id: str = "") -> plan_pb2.Pl
         precision=precision_to_proto(req.precision),
         engine=req.engine,
         limits=limits_to_proto(req.limits),
+        memory_fraction=req.memory_fraction,
         engine_args=engine_args_to_proto(req.engine_args),
     )
 
@@ -241,6 +244,7 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         required_text(msg.gpu, "gpu")
     phase = v.value(lambda: PHASE.optional_from_proto(msg.phase, "phase"))
     mode = v.value(lambda: MODE.optional_from_proto(msg.mode, "mode"))
+    memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
     rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
     v.raise_any()
     return EstimateRequest(
@@ -259,6 +263,7 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         chunk_tokens=optional(msg, "chunk_tokens"),
         prefill=pool_spec_from_proto(msg.prefill) if msg.HasField("prefill") else None,
         decode=pool_spec_from_proto(msg.decode) if msg.HasField("decode") else None,
+        memory_fraction=memory_fraction,
         rate_per_s=rate,
         engine_args=engine_args_from_proto(msg.engine_args),
     )
@@ -281,6 +286,7 @@ def estimate_request_to_proto(req: EstimateRequest) -> estimate_pb2.EstimateRequ
         chunk_tokens=i32(req.chunk_tokens, "chunk_tokens"),
         prefill=pool_spec_to_proto(req.prefill, "prefill") if req.prefill is not None else None,
         decode=pool_spec_to_proto(req.decode, "decode") if req.decode is not None else None,
+        memory_fraction=req.memory_fraction,
         rate_per_s=req.rate_per_s,
         engine_args=engine_args_to_proto(req.engine_args),
     )
@@ -316,6 +322,7 @@ def sweep_grid_from_proto(msg: sweep_pb2.SweepRequest) -> SweepGrid:
     rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
     prefix_hit = v.value(lambda: finite(msg.prefix_hit, "prefix_hit"))
     limits = v.value(lambda: limits_from_proto(msg.limits))
+    memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
     v.raise_any()
     return SweepGrid(
         models=tuple(msg.models),
@@ -330,6 +337,7 @@ def sweep_grid_from_proto(msg: sweep_pb2.SweepRequest) -> SweepGrid:
         precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
         limits=limits or SearchLimits(),
+        memory_fraction=memory_fraction,
     )
 
 
@@ -348,4 +356,5 @@ def sweep_grid_to_proto(grid: SweepGrid) -> sweep_pb2.SweepRequest:
         precision=precision_to_proto(grid.precision),
         engine=grid.engine,
         limits=limits_to_proto(grid.limits),
+        memory_fraction=grid.memory_fraction,
     )

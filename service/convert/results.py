@@ -100,6 +100,8 @@ def plan_result_to_proto(r: PlanResult) -> plan_pb2.PlanResult:
         explanation=r.explanation,
         rate_served=r.rate_served,
         for_rate=dep(r.for_rate),
+        model=r.model,
+        gpu_basis=r.gpu_basis,
         load=r.load,
     )
 
@@ -128,6 +130,8 @@ def plan_result_from_proto(msg: plan_pb2.PlanResult) -> PlanResult:
         explanation=msg.explanation,
         rate_served=optional(msg, "rate_served"),
         for_rate=dep("for_rate"),
+        model=msg.model,
+        gpu_basis=msg.gpu_basis,
         load=msg.load,
     )
 

@@ -54,11 +54,16 @@ def sweep_request_from_dict(d: Mapping[str, Any]) -> sweep_pb2.SweepRequest:
 def scenario_to_proto(s: StoredScenario) -> sweep_pb2.SweepScenarioResult:
     """One stored scenario (request, and result or error) as its message."""
     result = None if s.result is None else serialize.plan_result_from_json(s.result)
+    error = None if s.error is None else serialize.scenario_error_from_text(s.error)
     return sweep_pb2.SweepScenarioResult(
         index=s.index,
         scenario=plan_request_to_proto(serialize.plan_request_from_json(s.scenario)),
         result=None if result is None else plan_result_to_proto(result),
-        error=s.error or "",
+        error="" if error is None else str(error),
+        errors=[
+            sweep_pb2.ScenarioFieldError(field=f, reason=r)
+            for f, r in (() if error is None else error.violations)
+        ],
     )
 
 

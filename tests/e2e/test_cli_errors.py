@@ -50,6 +50,8 @@ def assert_one_line_error(args: list[str], starts: str, *contains: str) -> str:
         (["--dtype", "fp4"], "--dtype:", ["fp4"]),
         (["--engine", "tgi"], "--engine: unknown engine 'tgi'", ["vllm"]),
         (["--ep", "2"], "--ep:", []),
+        (["--memory-fraction", "1.5"], "--memory-fraction: must be a fraction in (0, 1]", []),
+        (["--memory-fraction", "0"], "--memory-fraction: must be a fraction in (0, 1]", []),
     ],
 )
 def test_an_invalid_estimate_value_is_one_line_naming_its_flag(
@@ -159,6 +161,7 @@ def test_an_unreadable_input_file_is_one_line() -> None:
         (["--isl", "1", "--osl", "1", "--percentile", "p75"], "--percentile: must be p50"),
         (["--isl", "1", "--osl", "1", "--mode", "all"], "--mode: must be agg, disagg or both"),
         (["--isl", "1", "--osl", "1", "--plot", "f.jpg"], "--plot: must end in .png or .svg"),
+        (["--isl", "1", "--osl", "1", "--memory-fraction", "1.01"], "--memory-fraction: must be"),
     ],
 )
 def test_an_invalid_plan_flag_is_one_line_naming_it(args: list[str], starts: str) -> None:
@@ -199,6 +202,9 @@ def test_a_mix_file_with_a_bad_row_names_the_row(tmp_path: Path) -> None:
           "--ttft-ms", "1", "--gpus", "8"], "--traffic: expected ISL:OSL"),
         (["sweep", "--model", "nope", "--gpu", "h100", "--traffic", "1:1", "--tpot-ms", "20",
           "--ttft-ms", "1", "--gpus", "8"], "--model: unknown model 'nope'"),
+        (["sweep", "--model", "llama-3.1-8b", "--gpu", "h100", "--traffic", "1:1", "--tpot-ms",
+          "20", "--ttft-ms", "1", "--gpus", "8", "--memory-fraction", "2"],
+         "--memory-fraction: must be a fraction in (0, 1]"),
     ],
 )  # fmt: skip
 def test_an_invalid_sweep_flag_is_one_line_naming_it(args: list[str], starts: str) -> None:
@@ -252,3 +258,10 @@ def test_the_installed_command_lists_models_as_json() -> None:
     proc = run_script("models", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "llama-3.1-70b" in proc.stdout
+
+
+@needs_estimate
+def test_several_invalid_values_show_the_first_and_name_the_others() -> None:
+    args = [*EST, *DECODE, "--isl", "-5", "--osl", "0"]
+    line = assert_one_line_error(args, "--isl: must be at least 1", "(1 more: --osl)")
+    print(line)

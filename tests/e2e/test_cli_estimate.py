@@ -205,3 +205,45 @@ def test_an_input_file_can_be_read_from_stdin() -> None:
     result = runner.invoke(app, ["estimate", "--input", "-"], input=line + "\n")
     assert result.exit_code == 0, result.stderr
     assert set(json.loads(result.stdout)) >= PHASE_KEYS
+
+
+DYNAMO_PREFILL = ["estimate", "--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--dtype", "fp8",
+                  "--isl", "3000", "--osl", "150", "--phase", "prefill", "--tp", "1", "--batch",
+                  "1"]  # fmt: skip
+
+
+def test_memory_fraction_decides_whether_the_dynamo_prefill_worker_fits() -> None:
+    """Dynamo's published Llama-70B FP8 prefill worker (TP1 on an H100, vLLM at
+    gpu_memory_utilization 0.95) fits at that fraction and not at vLLM's default 0.9."""
+    default = runner.invoke(app, [*DYNAMO_PREFILL, "--json"])
+    assert default.exit_code == 0, default.stderr
+    refused = json.loads(default.stdout)
+    assert refused["fits"] is False
+    assert "gpu_memory_utilization 0.9 " in refused["reason"]
+    raised = runner.invoke(app, [*DYNAMO_PREFILL, "--memory-fraction", "0.95", "--json"])
+    assert raised.exit_code == 0, raised.stderr
+    fits = json.loads(raised.stdout)
+    assert fits["fits"] is True and fits["kv_capacity_tokens"] > 3000
+
+
+def test_text_output_names_the_model_its_parameters_and_the_gpu_basis() -> None:
+    calibrated = runner.invoke(app, [*BASE, "--phase", "decode", "--tp", "1", "--batch", "8"])
+    assert calibrated.exit_code == 0, calibrated.stderr
+    assert "model: llama-3.1-8b (8.0B parameters" in calibrated.stdout
+    assert "GPU figures: calibrated" in calibrated.stdout
+    args = ["estimate", "--model", "mixtral-8x7b", "--gpu", "mi355x", "--isl", "1000", "--osl",
+            "200", "--phase", "decode", "--tp", "1", "--batch", "8"]  # fmt: skip
+    scaled = runner.invoke(app, args)
+    assert scaled.exit_code == 0, scaled.stderr
+    assert "model: mixtral-8x7b (46.7B total / 12.9B active" in scaled.stdout
+    assert "GPU figures: datasheet-scaled (no measured tables" in scaled.stdout
+
+
+def test_a_model_directory_is_a_model_argument() -> None:
+    folder = Path(__file__).parents[1] / "unit" / "configs" / "gpt-oss-120b"
+    args = ["estimate", "--model", str(folder), "--gpu", "h100-sxm", "--isl", "1000", "--osl",
+            "200", "--phase", "decode", "--tp", "2", "--batch", "8", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["model"].startswith("gpt-oss-120b") and out["fits"] is True

@@ -96,6 +96,9 @@ def test_an_input_file_gives_the_same_lines_against_a_server(
         (["--mode", "disagg", "--prefill-tp", "1", "--prefill-workers", "0", "--decode-tp", "1",
           "--decode-workers", "1", "--decode-batch", "4"],
          "error: --prefill-workers: must be at least 1, got 0\n"),
+        (["--phase", "decode", "--tp", "3", "--pp", "0", "--batch", "1"],
+         "error: --pp: must be at least 1, got 0"
+         " (1 more: --tp)\n"),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_the_same_one_line_error_against_a_server(

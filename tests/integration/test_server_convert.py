@@ -9,13 +9,14 @@ hypothesis; real ones from the planner and the built-in catalogs.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planner import serialize
-from planner.catalog import default_gpus, default_models
+from planner.catalog import default_gpus, default_models, gpu_to_entry
 from planner.errors import InvalidInputError
 from planner.estimate import estimate
 from planner.search import plan
@@ -82,6 +83,7 @@ plan_requests = st.builds(
     precision=precisions,
     engine=st.sampled_from(["vllm", "sglang", "trtllm"]),
     limits=limits,
+    memory_fraction=st.none() | floats,
 )
 pool_specs = st.builds(
     PoolSpec, parallelism=parallelisms, workers=ints, batch=ints, gpu=st.none() | names
@@ -103,6 +105,7 @@ estimate_requests = st.builds(
     chunk_tokens=st.none() | st.integers(min_value=0, max_value=2**31 - 1),
     prefill=st.none() | pool_specs,
     decode=st.none() | pool_specs,
+    memory_fraction=st.none() | floats,
 )
 
 
@@ -157,6 +160,8 @@ plan_results = st.builds(
     explanation=st.text(),
     rate_served=st.none() | st.booleans(),
     for_rate=st.none() | deployments,
+    model=st.text(),
+    gpu_basis=st.sampled_from(["", "calibrated", "datasheet-scaled"]),
 )
 
 
@@ -242,6 +247,8 @@ def test_every_catalog_entry_survives_proto() -> None:
     for gpu in default_gpus().specs():
         back = convert.gpu_from_proto(convert.gpu_to_proto(gpu, custom=False))
         assert back == gpu and back.aliases == gpu.aliases
+        # the datasheet size and the sources do not take part in ==; they travel all the same
+        assert gpu_to_entry(back) == gpu_to_entry(gpu)
 
 
 def test_an_integer_too_large_for_the_wire_is_an_error_on_its_field() -> None:
@@ -249,6 +256,18 @@ def test_an_integer_too_large_for_the_wire_is_an_error_on_its_field() -> None:
     with pytest.raises(InvalidInputError) as err:
         convert.plan_request_to_proto(req)
     assert err.value.field == "traffic[0].osl"
+
+
+def test_a_sweeps_memory_fraction_survives_proto_and_reaches_every_scenario() -> None:
+    grid = SweepGrid(("llama-3.1-8b",), ("h100-sxm", "h200-sxm"), (Workload(1000, 100),),
+                     (Slo(1000, 20),), gpus=8, memory_fraction=0.95)  # fmt: skip
+    back = convert.sweep_grid_from_proto(convert.sweep_grid_to_proto(grid))
+    assert back == grid
+    assert [s.memory_fraction for s in back.scenarios()] == [0.95, 0.95]
+    unset = convert.sweep_grid_from_proto(
+        convert.sweep_grid_to_proto(replace(grid, memory_fraction=None))
+    )
+    assert unset.memory_fraction is None
 
 
 @pytest.mark.parametrize(

@@ -533,3 +533,12 @@ def test_an_unexpected_failure_is_internal_and_the_server_carries_on(
     assert count_rows("plans") == 0
     monkeypatch.undo()
     assert stub.Plan(plan_request(), timeout=30).plan.name.startswith("plans/")
+
+
+def test_the_planners_own_range_checks_return_every_violation_too(stub: Stub) -> None:
+    request = plan_request(gpus=0, prefix_hit=1.5, rate_per_s=-3.0)
+    error = failure(lambda: stub.Plan(request, timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(error)
+    print(found)
+    assert [f for f, _ in found] == ["gpus", "rate_per_s", "prefix_hit"]

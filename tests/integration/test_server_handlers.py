@@ -6,7 +6,10 @@ import pytest
 from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, sweep_pb2
 from rpc_requests import plan_request
 
+from planner import serialize
 from planner.errors import SearchCancelled
+from planner.sweep import ScenarioError
+from planner.types import PlanRequest, Slo, Workload
 from service import handlers
 from service.catalogs import CatalogCache
 from storage.errors import InvalidPageTokenError
@@ -57,8 +60,38 @@ def test_a_sweep_streams_stores_and_lists_without_a_server(store: SqlStore) -> N
     assert [s.index for s in scenarios] == [0, 1]
     assert scenarios[0].HasField("result")
     assert scenarios[1].error == "slos[1].tpot_ms: must be greater than 0, got -1"
+    assert [(e.field, e.reason) for e in scenarios[1].errors] == [
+        ("slos[1].tpot_ms", "must be greater than 0, got -1")
+    ]
+    assert not scenarios[0].errors
     final = events[-1].sweep
     assert final.state == sweep_pb2.Sweep.STATE_SUCCEEDED
     listed = handlers.list_sweeps(sweep_pb2.ListSweepsRequest(), store, catalogs, never)
     assert [s.name for s in listed.sweeps] == [final.name]
     assert listed.sweeps[0].progress.done == 2 and not listed.sweeps[0].scenarios
+
+
+def test_a_scenario_stored_before_structured_errors_reads_back_structured(store: SqlStore) -> None:
+    catalogs = CatalogCache(store)
+    scenario = serialize.plan_request_to_json(
+        PlanRequest("llama-3.1-8b", "h100-sxm", 8, (Workload(1000, 100),), Slo(1000.0, 30.0))
+    )
+    sweep, _ = store.create_sweep(request_id=None, request={"gpus": 8}, total=2)
+    # the text form rows had before: one "field: reason" string
+    store.add_sweep_scenario(
+        sweep.id, 0, scenario=scenario, error="slos[0].tpot_ms: must be greater than 0, got -1"
+    )
+    several = ScenarioError("slos[1].ttft_ms", "must be greater than 0, got -5", (("gpus", "x"),))
+    store.add_sweep_scenario(
+        sweep.id, 1, scenario=scenario, error=serialize.scenario_error_to_text(several)
+    )
+    got = handlers.get_sweep(
+        sweep_pb2.GetSweepRequest(name=f"sweeps/{sweep.id}"), store, catalogs, never
+    )
+    old, new = got.sweep.scenarios
+    assert [(e.field, e.reason) for e in old.errors] == [
+        ("slos[0].tpot_ms", "must be greater than 0, got -1")
+    ]
+    assert old.error == "slos[0].tpot_ms: must be greater than 0, got -1"
+    assert [(e.field, e.reason) for e in new.errors] == list(several.violations)
+    assert new.error == "slos[1].ttft_ms: must be greater than 0, got -5; gpus: x"

@@ -293,7 +293,8 @@ def test_list_models_and_gpus_hold_the_built_in_catalogs(stub: Stub) -> None:
     assert r1.num_experts == 256 and not r1.custom
     gpus = stub.ListGpus(catalog_pb2.ListGpusRequest()).gpus
     h100 = next(g for g in gpus if g.name == "gpus/h100-sxm")
-    assert h100.hbm_bytes == 80e9 and h100.flops_per_s.fp8 > 0 and h100.nvlink_domain_size == 8
+    assert h100.hbm_bytes == 81559 * 2**20  # as the device reports it
+    assert h100.flops_per_s.fp8 > 0 and h100.nvlink_domain_size == 8
 
 
 def test_catalog_listings_page(stub: Stub) -> None:

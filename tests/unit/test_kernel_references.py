@@ -36,7 +36,12 @@ from planner.perf import kernels as K
 from planner.perf import memory as M
 from planner.perf import opkernels as ok
 from planner.perf.calibration import load_calibration
-from planner.perf.params import H_W_BYTES, WEIGHT_STORAGE_BYTES, Layouts, PerfContext
+from planner.perf.params import (
+    H_EXPERT_W_BYTES,
+    WEIGHT_STORAGE_BYTES,
+    Layouts,
+    PerfContext,
+)
 from planner.perf.step import StepShapes, step_times
 from planner.search.pareto import pareto_front
 from planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
@@ -69,6 +74,7 @@ class Hw:
     engine: EngineSpec
     dtype: str
     kv_dtype: str
+    model: ModelSpec | None = None  # its checkpoint's storage format, if any, prices the weights
 
     @property
     def peak(self) -> float:
@@ -84,7 +90,16 @@ class Hw:
 
     @property
     def wb(self) -> float:
+        if self.model is not None and self.model.dense_weight_bytes > 0:
+            return self.model.dense_weight_bytes
         return WEIGHT_STORAGE_BYTES[self.dtype]
+
+    @property
+    def eb(self) -> float:
+        """Bytes per routed-expert weight."""
+        if self.model is not None and self.model.expert_weight_bytes > 0:
+            return self.model.expert_weight_bytes
+        return self.wb
 
     @property
     def kvb(self) -> float:
@@ -149,14 +164,15 @@ def ref_grouped_gemm_ms(
 ) -> float:
     if tokens <= 0 or n_active <= 0:
         return 0.0
-    one = ref_gemm(max(tokens / n_active, 1.0), n, k, hw.wb, hw.peak, hw, cg)
+    eb = hw.eb  # routed experts only
+    one = ref_gemm(max(tokens / n_active, 1.0), n, k, eb, hw.peak, hw, cg)
     # one thread block per (expert, 64-column tile); fewer blocks than SMs stream slower
     n_sm = load_calibration(hw.gpu.calibration).attn_decode[0]
     share = min(n_active * math.ceil(n / K.GROUPED_TILE_N) / n_sm, 1.0)
     stream_others = (
-        (n_active - 1) * n * k * hw.wb / (hw.bw * K.EXPERT_WEIGHT_BW_EFFICIENCY * share) * 1e3
+        (n_active - 1) * n * k * eb / (hw.bw * K.EXPERT_WEIGHT_BW_EFFICIENCY * share) * 1e3
     )
-    return max(ref_gemm(tokens, n, k, hw.wb, hw.peak, hw, cg), one + stream_others)
+    return max(ref_gemm(tokens, n, k, eb, hw.peak, hw, cg), one + stream_others)
 
 
 def ref_attention_block(
@@ -235,6 +251,45 @@ def ref_dense_ffn(
     )
 
 
+def ref_indexer_ms(m: ModelSpec, hw: Hw, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx) -> float:
+    """Every query token scores every cached token (fp8 heads); each key is read once."""
+    pairs = pf_seqs * pf_new * (pf_past + pf_new / 2) + dc_seqs * dc_ctx
+    flops = 2 * pairs * m.index_n_heads * m.index_head_dim
+    nbytes = (pf_seqs * (pf_past + pf_new) + dc_seqs * dc_ctx) * (m.index_head_dim + 4)
+    return 1e3 * max(
+        flops / (hw.peak * K.ATTN_COMPUTE_EFFICIENCY),
+        nbytes / (hw.bw * hw.engine.decode_attention_efficiency),
+    )
+
+
+def ref_mixed_attention(
+    m: ModelSpec, hw: Hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx
+) -> tuple[float, float]:
+    """(gemm_ms, attention_ms) of the mean layer's token mixer: full layers over the context
+    (sparse attention: at most index_topk of it), windowed layers over at most the window,
+    linear layers as one-token attention per token; weighted by how many layers of each."""
+    n = m.num_layers
+    kinds = []
+    if m.num_full_attention_layers:
+        cap = m.index_topk if m.index_topk else math.inf
+        kinds.append(
+            (m.num_full_attention_layers, pf_seqs, pf_new, min(pf_past, cap), min(dc_ctx, cap))
+        )
+    if m.num_window_layers:
+        w = m.sliding_window
+        kinds.append((m.num_window_layers, pf_seqs, pf_new, min(pf_past, w), min(dc_ctx, w)))
+    if m.num_linear_layers:
+        kinds.append((m.num_linear_layers, pf_seqs * pf_new, 1.0, 0.0, 1.0))
+    gemm = attn = 0.0
+    for count, seqs, new, past, ctx in kinds:
+        g, a = ref_attention_block(m, hw, cal, tp, seqs, new, past, dc_seqs, ctx)
+        gemm += g * count / n
+        attn += a * count / n
+    if m.index_topk:
+        attn += ref_indexer_ms(m, hw, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
+    return gemm, attn
+
+
 def ref_layer_ms(
     m: ModelSpec,
     hw: Hw,
@@ -253,7 +308,7 @@ def ref_layer_ms(
     cg = cal.gemm
     h = m.hidden_size
     tokens = pf_seqs * pf_new + dc_seqs
-    gemm, attn = ref_attention_block(m, hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
+    gemm, attn = ref_mixed_attention(m, hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
     act = tokens * h * K.ACT_BYTES
     comm = ref_allreduce_ms(act, tp, hw)
     if moe:
@@ -341,30 +396,60 @@ def ref_weight_bytes(m: ModelSpec, hw: Hw, tp: float, pp: float, ep: float, dp: 
         attn = replicated + sharded / tp
     else:
         d = m.head_dim
-        attn = h * (heads / tp + 2 * math.ceil(m.num_kv_heads / tp)) * d + heads / tp * d * h
-    expert = 3 * h * m.moe_intermediate_size
-    moe_ffn = (
-        (m.num_experts / ep) * expert / (tp * dp / ep)
-        + m.num_shared_experts * expert / tp
-        + h * m.num_experts
+        q = heads * (2 if m.attn_output_gate else 1)
+        attn = h * (q / tp + 2 * math.ceil(m.num_kv_heads / tp)) * d + heads / tp * d * h
+    attn += m.index_params_per_layer + (heads / tp if m.attention_sinks else 0.0)
+    mixer = (m.num_layers - m.num_linear_layers) * attn + m.num_linear_layers * (
+        m.linear_layer_params / tp
     )
-    dense_ffn = 3 * h * m.intermediate_size / tp
-    layers = (m.num_dense_layers if m.is_moe else m.num_layers) * (
-        attn + dense_ffn
-    ) + m.num_moe_layers * (attn + moe_ffn)
+    expert = 3 * h * m.moe_intermediate_size
+    routed = (m.num_experts / ep) * expert / (tp * dp / ep) * hw.eb
+    moe_ffn = routed + (m.num_shared_experts * expert / tp + h * m.num_experts) * hw.wb
+    dense_ffn = 3 * h * m.intermediate_size / tp * hw.wb
+    layers = (
+        mixer * hw.wb
+        + (m.num_dense_layers if m.is_moe else m.num_layers) * dense_ffn
+        + m.num_moe_layers * moe_ffn
+    )
     embed = m.vocab_size * h / tp
-    # one stage holds embedding and LM head (once if tied); with PP, the first and last stage
+    # one stage holds embedding and LM head (once if tied); with PP, the first and last stage;
+    # both stay bf16 whatever the checkpoint's format
     embeds = embed * (1 if m.tie_word_embeddings else 2) if pp == 1 else embed
-    return (layers * math.ceil(m.num_layers / pp) / m.num_layers + embeds) * hw.wb
+    return layers * math.ceil(m.num_layers / pp) / m.num_layers + embeds * 2.0
+
+
+def ref_kv_per_layer(m: ModelSpec, hw: Hw, tp: float) -> float:
+    if m.attention == "mla":
+        return (m.kv_lora_rank + m.qk_rope_head_dim) * hw.kvb
+    return 2 * math.ceil(m.num_kv_heads / tp) * m.head_dim * hw.kvb
 
 
 def ref_kv_bytes_per_token(m: ModelSpec, hw: Hw, tp: float, pp: float) -> float:
-    per_layer = (
-        m.kv_lora_rank + m.qk_rope_head_dim
-        if m.attention == "mla"
-        else 2 * math.ceil(m.num_kv_heads / tp) * m.head_dim
+    share = math.ceil(m.num_layers / pp) / m.num_layers
+    growing = m.num_full_attention_layers * ref_kv_per_layer(m, hw, tp)
+    if m.index_topk:
+        growing += m.num_layers * (m.index_head_dim + 4)  # fp8 key + fp32 scale
+    return growing * share
+
+
+def ref_window_per_token(m: ModelSpec, hw: Hw, tp: float, pp: float) -> float:
+    share = math.ceil(m.num_layers / pp) / m.num_layers
+    return m.num_window_layers * ref_kv_per_layer(m, hw, tp) * share
+
+
+def ref_linear_state(m: ModelSpec, tp: float, pp: float) -> float:
+    share = math.ceil(m.num_layers / pp) / m.num_layers
+    return m.num_linear_layers * m.linear_state_elements * 2 / tp * share
+
+
+def ref_cache_bytes(m: ModelSpec, hw: Hw, tp: float, pp: float, tokens: float, seqs: float):
+    """Growing KV per token, linear state per sequence, windowed layers the lesser bound."""
+    win = ref_window_per_token(m, hw, tp, pp)
+    return (
+        tokens * ref_kv_bytes_per_token(m, hw, tp, pp)
+        + seqs * ref_linear_state(m, tp, pp)
+        + min(tokens * win, seqs * m.sliding_window * win)
     )
-    return per_layer * math.ceil(m.num_layers / pp) * hw.kvb
 
 
 def ref_activation_bytes(m: ModelSpec, tp: float, step_tokens: float, logits: float) -> float:
@@ -374,22 +459,47 @@ def ref_activation_bytes(m: ModelSpec, tp: float, step_tokens: float, logits: fl
     return step_tokens * per_token * M.ACT_BYTES + logits * m.vocab_size / tp * 4
 
 
+def ref_workspace(m: ModelSpec, hw: Hw, tp, pp, dp, step_tokens, logits) -> float:
+    e = hw.engine
+    forward = ref_activation_bytes(m, tp, max(step_tokens, e.profile_tokens), logits)
+    sampler = e.sampler_seqs * e.sampler_bytes_per_logit * m.vocab_size
+    comm = e.comm_buffer_bytes if tp * pp * dp > 1 else 0.0
+    return max(forward, sampler) + e.non_torch_bytes + comm
+
+
 def ref_kv_capacity(m: ModelSpec, hw: Hw, tp, pp, ep, dp, step_tokens, logits) -> float:
-    free = (
-        hw.gpu.hbm_bytes * M.USABLE_FRACTION
-        - M.WORKSPACE_BYTES
-        - ref_weight_bytes(m, hw, tp, pp, ep, dp)
-        - ref_activation_bytes(m, tp, step_tokens, logits)
-    )
-    return free / ref_kv_bytes_per_token(m, hw, tp, pp)
+    e = hw.engine
+    cap = hw.gpu.hbm_bytes - M.DRIVER_RESERVED_BYTES
+    w = ref_weight_bytes(m, hw, tp, pp, ep, dp)
+    ws = ref_workspace(m, hw, tp, pp, dp, step_tokens, logits)
+    left = cap - w - ws - e.cuda_graph_bytes
+    by_rule = {
+        "total": e.memory_fraction * cap - w - ws,
+        "total_static": e.memory_fraction * cap - w,
+        "free": e.memory_fraction * left,
+    }[e.memory_rule]
+    free = min(by_rule, left) - logits * ref_linear_state(m, tp, pp)
+    grow = ref_kv_bytes_per_token(m, hw, tp, pp)
+    win = ref_window_per_token(m, hw, tp, pp)
+
+    def tokens(room: float, per_token: float) -> float:
+        if per_token == 0:
+            return M.NO_LIMIT if room >= 0 else -1.0
+        return room / per_token
+
+    # windowed layers charged per token, or a full window per sequence: the larger capacity
+    best = tokens(free, grow + win)
+    if win > 0:
+        best = max(best, tokens(free - logits * m.sliding_window * win, grow))
+    return best
 
 
 def ref_memory_bytes(m, hw, tp, pp, ep, dp, step_tokens, logits, cached) -> float:
     return (
-        M.WORKSPACE_BYTES
-        + ref_weight_bytes(m, hw, tp, pp, ep, dp)
-        + ref_activation_bytes(m, tp, step_tokens, logits)
-        + cached * ref_kv_bytes_per_token(m, hw, tp, pp)
+        ref_weight_bytes(m, hw, tp, pp, ep, dp)
+        + ref_workspace(m, hw, tp, pp, dp, step_tokens, logits)
+        + hw.engine.cuda_graph_bytes
+        + ref_cache_bytes(m, hw, tp, pp, cached, logits)
     )
 
 
@@ -474,7 +584,7 @@ def setups(draw) -> tuple[ModelSpec, Hw, float, float, float, float]:
     m = draw(st.sampled_from(MODELS))
     gpu = draw(st.sampled_from(GPUS))
     dtype = draw(st.sampled_from([d for d in ("bf16", "fp8", "fp4") if gpu.supports(d)]))
-    hw = Hw(gpu, draw(st.sampled_from(ENGINES)), dtype, draw(st.sampled_from(["bf16", "fp8"])))
+    hw = Hw(gpu, draw(st.sampled_from(ENGINES)), dtype, draw(st.sampled_from(["bf16", "fp8"])), m)
     tp = draw(st.sampled_from([t for t in pow2_upto(64) if m.num_heads % t == 0]))
     pp = draw(st.sampled_from([p for p in (1, 2, 3, 4, 8) if p <= m.num_layers]))
     dp, ep = 1, 1
@@ -634,13 +744,13 @@ def test_expected_distinct_matches_reference(n, data, tokens) -> None:
 def test_grouped_gemm_ms_matches_reference(s, tokens, n_active, n, k) -> None:
     m, hw, *_ = s
     c = ctx_for(m, hw)
-    got = K.grouped_gemm_ms(tokens, n_active, n, k, c.hv[H_W_BYTES], c.hv, c.cal.gemm)
+    got = K.grouped_gemm_ms(tokens, n_active, n, k, c.hv[H_EXPERT_W_BYTES], c.hv, c.cal.gemm)
     assert close(got, ref_grouped_gemm_ms(tokens, n_active, n, k, hw, c.cal.gemm))
 
 
 def test_step_ms_many_equals_step_ms_point_by_point() -> None:
     m = default_models().get("deepseek-v3")
-    hw = Hw(default_gpus().get("gb200-nvl72"), load_engine("sglang"), "fp4", "fp8")
+    hw = Hw(default_gpus().get("gb200-nvl72"), load_engine("sglang"), "fp4", "fp8", m)
     c = ctx_for(m, hw)
     rng = np.random.default_rng(7)
     n = 200
@@ -709,6 +819,10 @@ def test_memory_kernels_match_reference(s, step_tokens, logits, cached) -> None:
     )
     assert close(M.kv_bytes_per_token(mv, hv, tp, pp), ref_kv_bytes_per_token(m, hw, tp, pp))
     assert close(
+        M.cache_bytes(mv, hv, tp, pp, cached, logits),
+        ref_cache_bytes(m, hw, tp, pp, cached, logits),
+    )
+    assert close(
         M.activation_bytes(mv, tp, step_tokens, logits),
         ref_activation_bytes(m, tp, step_tokens, logits),
     )
@@ -724,13 +838,16 @@ def test_memory_kernels_match_reference(s, step_tokens, logits, cached) -> None:
 
 @pytest.mark.parametrize("model", [m.name for m in MODELS])
 def test_unsharded_weight_bytes_equal_parameter_count_times_bytes(model: str) -> None:
-    """On one GPU (tp = pp = ep = 1) the worker holds every weight once: total_params x bytes."""
+    """On one GPU (tp = pp = ep = 1) the worker holds every weight once: parameters x bytes."""
     m = default_models().get(model)
+    embed = m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2)
     for dtype in ("bf16", "fp8", "fp4"):
-        hw = Hw(default_gpus().get("b200"), load_engine("vllm"), dtype, "bf16")
+        hw = Hw(default_gpus().get("b200"), load_engine("vllm"), dtype, "bf16", m)
         c = ctx_for(m, hw)
         got = M.weight_bytes_per_gpu(c.mv, c.hv, 1.0, 1.0, 1.0, 1.0)
-        want = m.total_params * WEIGHT_STORAGE_BYTES[dtype]
+        # embeddings stay bf16; routed experts and the rest at the checkpoint's storage, if any
+        routed = m.num_moe_layers * m.num_experts * 3 * m.hidden_size * m.moe_intermediate_size
+        want = (m.total_params - embed - routed) * hw.wb + routed * hw.eb + embed * 2.0
         print(
             f"{model} {dtype}: weight bytes {got / 1e9:.3f} GB, params x bytes {want / 1e9:.3f} GB"
         )
@@ -743,9 +860,9 @@ def test_sharded_weights_add_up_over_a_worker(model: str) -> None:
     exceed it only by what is replicated (KV heads beyond their count, MLA down-projections,
     attention over DP ranks, embeddings over stages)."""
     m = default_models().get(model)
-    hw = Hw(default_gpus().get("gb200-nvl72"), load_engine("vllm"), "bf16", "bf16")
+    hw = Hw(default_gpus().get("gb200-nvl72"), load_engine("vllm"), "bf16", "bf16", m)
     c = ctx_for(m, hw)
-    full = m.total_params * 2.0
+    full = M.weight_bytes_per_gpu(c.mv, c.hv, 1.0, 1.0, 1.0, 1.0)
     tp = max(t for t in pow2_upto(8) if m.num_heads % t == 0)
     total = tp * M.weight_bytes_per_gpu(c.mv, c.hv, float(tp), 1.0, 1.0, 1.0)
     assert full * (1 - 1e-12) <= total <= full * 1.05, (total, full)

@@ -133,7 +133,7 @@ def test_when_the_kv_cache_cannot_hold_every_user_the_rest_queue() -> None:
 
 def test_on_demand_admission_preempts_under_memory_pressure_and_reservation_does_not() -> None:
     """vLLM admits prompts by the blocks they need now; when the answers grow past the cache it
-    preempts (recompute). 512 clients of 2000/200 tokens overfill an 8B worker's ~390k-token
+    preempts (recompute). 512 clients of 2000/200 tokens overfill an 8B worker's ~420k-token
     cache: vLLM preempts, TensorRT-LLM (whole-request reservation) never does, and SGLang's
     reservation by a decaying new-token ratio sits in between."""
     m = load_model(MODEL)
@@ -151,8 +151,16 @@ def test_on_demand_admission_preempts_under_memory_pressure_and_reservation_does
         )
     assert runs["trtllm"].preemptions == 0
     assert runs["vllm"].preemptions > 0
-    # admitting by what is needed now runs more sequences at once than reserving whole requests
-    assert runs["vllm"].running > runs["trtllm"].running
+    # admitting by what is needed now runs more sequences at once than reserving whole requests;
+    # compared on one engine, as each engine's memory rule gives it a KV cache of its own size
+    ctx = PerfContext.build(m, load_gpu(GPU), load_engine("vllm"))
+    reserve = replace(scheduler_for(ctx.engine), kv_admission="reserve")
+    held = simulate_agg(ctx, Parallelism(), reserve, ClosedLoop(512), isl, osl)
+    print(
+        f"vllm reserving whole requests: preemptions {held.preemptions}, running {held.running:.1f}"
+    )
+    assert held.preemptions == 0
+    assert runs["vllm"].running > held.running
 
 
 def test_a_hundred_thousand_clients_keep_the_batch_at_the_engine_limit() -> None:
@@ -267,6 +275,40 @@ def test_engine_args_override_the_scheduler_and_name_bad_keys() -> None:
             agg(1, engine_args=args)
         print(f"{args}: {e.value}")
         assert e.value.field == field
+
+
+def test_the_engines_memory_knob_and_memory_fraction_are_one_setting() -> None:
+    """vLLM's gpu_memory_utilization in engine_args sizes the KV cache exactly as memory_fraction
+    does (one memory model for the phase estimate and the engine loop); both given must agree, and
+    another engine's knob is refused."""
+
+    def cap(**kw) -> float:
+        r = est(phase="decode", batch=8, **kw)
+        assert isinstance(r, PhaseEstimate)
+        return r.kv_capacity_tokens
+
+    by_knob = cap(engine_args=(("gpu_memory_utilization", "0.6"),))
+    by_field = cap(memory_fraction=0.6)
+    default = cap()
+    print(f"KV tokens at 0.6: knob {by_knob:,.0f}, field {by_field:,.0f}; default {default:,.0f}")
+    assert by_knob == by_field < default
+    assert cap(memory_fraction=0.6, engine_args=(("gpu_memory_utilization", 0.6),)) == by_field
+    low = agg(64, engine_args=(("gpu_memory_utilization", "0.6"),))
+    assert low == agg(64, memory_fraction=0.6)
+    for kw, field in (
+        (
+            dict(memory_fraction=0.8, engine_args=(("gpu_memory_utilization", 0.6),)),
+            "engine_args.gpu_memory_utilization",
+        ),
+        (dict(engine_args=(("mem_fraction_static", 0.8),)), "engine_args.mem_fraction_static"),
+    ):
+        with pytest.raises(InvalidInputError) as e:
+            agg(1, **kw)
+        print(f"{kw}: {e.value}")
+        assert e.value.field == field
+        assert field != "engine_args.gpu_memory_utilization" or "memory_fraction" in str(e.value)
+    sglang = cap(engine="sglang", engine_args=(("mem_fraction_static", 0.6),))
+    assert sglang == cap(engine="sglang", memory_fraction=0.6)
 
 
 def test_estimate_says_which_load_model_its_numbers_mean() -> None:

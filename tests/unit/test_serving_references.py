@@ -224,12 +224,9 @@ def test_decode_many_matches_reference(cand, data, context) -> None:
 
 
 def ref_kv_bytes_per_request(m: ModelSpec, hw: Hw, isl: float) -> float:
-    """isl tokens x cached elements per token per layer x layers x bytes per element."""
-    if m.attention == "mla":
-        per_layer = m.kv_lora_rank + m.qk_rope_head_dim  # the latent and its rope part
-    else:
-        per_layer = 2 * m.num_kv_heads * m.head_dim  # K and V of every KV head
-    return isl * per_layer * m.num_layers * hw.kvb
+    """isl tokens x the model's cache bytes per token at that context (full layers per token,
+    windowed layers up to the window, linear state and indexer keys: ModelSpec's own rule)."""
+    return isl * m.kv_bytes_per_token(hw.kvb, isl) if isl > 0 else 0.0
 
 
 def ref_senders(m: ModelSpec, tp: float, pp: float, dp: float) -> float:

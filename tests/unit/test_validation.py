@@ -12,9 +12,18 @@ import pytest
 
 from planner import validate
 from planner.catalog import load_model
-from planner.errors import InvalidInputError, UnknownEntryError
+from planner.errors import InvalidFields, InvalidInputError, UnknownEntryError
 from planner.estimate import estimate
-from planner.types import EstimateRequest, Parallelism, PoolSpec, Precision
+from planner.search import plan
+from planner.types import (
+    EstimateRequest,
+    Parallelism,
+    PlanRequest,
+    PoolSpec,
+    Precision,
+    Slo,
+    Workload,
+)
 
 BASE = dict(model="llama-3.1-8b", gpu="h100-sxm", isl=1000, osl=100)
 DECODE = dict(phase="decode", batch=1)
@@ -193,3 +202,51 @@ def test_an_aggregated_estimate_refuses_what_its_simulation_cannot_model(change,
         estimate(replace(req, **change))
     print(f"{field}: {exc.value.reason}")
     assert exc.value.field == field and says in exc.value.reason
+
+
+# -- every violation at once -----------------------------------------------------------------------
+
+
+def test_every_invalid_length_and_parallelism_field_of_an_estimate_comes_back() -> None:
+    with pytest.raises(InvalidFields) as exc:
+        estimate(EstimateRequest(**{**BASE, "isl": 0, "osl": -1}, phase="decode", batch=1))
+    print(exc.value)
+    assert [f for f, _ in exc.value.violations] == ["isl", "osl"]
+    assert (exc.value.field, exc.value.reason) == exc.value.violations[0]
+    assert str(exc.value).startswith("isl: must be at least 1, got 0; osl: ")
+    req = EstimateRequest(**BASE, phase="decode", batch=1, parallelism=Parallelism(tp=3, pp=0))
+    with pytest.raises(InvalidFields) as exc:
+        estimate(req)
+    assert [f for f, _ in exc.value.violations] == ["parallelism.pp", "parallelism.tp"]
+
+
+def test_every_invalid_field_of_a_plan_comes_back_in_one_error() -> None:
+    req = PlanRequest(
+        "llama-3.1-8b",
+        "h100-sxm",
+        0,
+        (Workload(1000, 0, weight=-1.0),),
+        Slo(-1.0, 20.0, percentile="p75"),
+        prefix_hit=2.0,
+    )
+    with pytest.raises(InvalidFields) as exc:
+        plan(req)
+    print(exc.value)
+    assert [f for f, _ in exc.value.violations] == [
+        "gpus",
+        "traffic[0].osl",
+        "traffic[0].weight",
+        "slo.ttft_ms",
+        "slo.percentile",
+        "prefix_hit",
+    ]
+
+
+def test_a_single_violation_stays_a_plain_invalid_input_error() -> None:
+    v = validate.Violations()
+    v.value(lambda: validate.integer(0, "batch", 1, 10))
+    with pytest.raises(InvalidInputError) as exc:
+        v.raise_any()
+    assert type(exc.value) is InvalidInputError
+    assert exc.value.violations == (("batch", "must be at least 1, got 0"),)
+    validate.Violations().raise_any()  # nothing found: nothing raised

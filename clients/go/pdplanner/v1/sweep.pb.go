@@ -75,7 +75,7 @@ func (x Sweep_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Sweep_State.Descriptor instead.
 func (Sweep_State) EnumDescriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{3, 0}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{4, 0}
 }
 
 // SweepRequest asks for a grid of plans: every combination of models x gpu_types x traffic x
@@ -113,6 +113,9 @@ type SweepRequest struct {
 	Engine string `protobuf:"bytes,12,opt,name=engine,proto3" json:"engine,omitempty"`
 	// Limits on the design space searched in every scenario.
 	Limits *SearchLimits `protobuf:"bytes,13,opt,name=limits,proto3" json:"limits,omitempty"`
+	// The engine's memory fraction in every scenario, in (0, 1] (see PlanRequest.memory_fraction).
+	// Unset means the engine's default.
+	MemoryFraction *float64 `protobuf:"fixed64,14,opt,name=memory_fraction,json=memoryFraction,proto3,oneof" json:"memory_fraction,omitempty"`
 }
 
 func (x *SweepRequest) Reset() {
@@ -238,6 +241,13 @@ func (x *SweepRequest) GetLimits() *SearchLimits {
 	return nil
 }
 
+func (x *SweepRequest) GetMemoryFraction() float64 {
+	if x != nil && x.MemoryFraction != nil {
+		return *x.MemoryFraction
+	}
+	return 0
+}
+
 // SweepScenarioResult is the outcome of one scenario of a sweep.
 type SweepScenarioResult struct {
 	state         protoimpl.MessageState
@@ -250,8 +260,12 @@ type SweepScenarioResult struct {
 	Scenario *PlanRequest `protobuf:"bytes,2,opt,name=scenario,proto3" json:"scenario,omitempty"`
 	// The search result. Unset when the scenario failed.
 	Result *PlanResult `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
-	// Why the scenario could not be planned ("field: reason"). Empty when result is set.
+	// Why the scenario could not be planned, as one text ("field: reason", several joined by
+	// "; "). Empty when result is set. Kept for older clients; errors holds the same, structured.
 	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// Why the scenario could not be planned: every invalid field, in the order found. Empty when
+	// result is set.
+	Errors []*ScenarioFieldError `protobuf:"bytes,5,rep,name=errors,proto3" json:"errors,omitempty"`
 }
 
 func (x *SweepScenarioResult) Reset() {
@@ -314,6 +328,72 @@ func (x *SweepScenarioResult) GetError() string {
 	return ""
 }
 
+func (x *SweepScenarioResult) GetErrors() []*ScenarioFieldError {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+// ScenarioFieldError is one invalid field of a sweep scenario.
+type ScenarioFieldError struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	// Path of the field in the SweepRequest ("slos[2].tpot_ms", "models[0]", "gpus"); empty
+	// when the error concerns no field in particular.
+	Field string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	// Why the field is invalid, for people.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+}
+
+func (x *ScenarioFieldError) Reset() {
+	*x = ScenarioFieldError{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[2]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *ScenarioFieldError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScenarioFieldError) ProtoMessage() {}
+
+func (x *ScenarioFieldError) ProtoReflect() protoreflect.Message {
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[2]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScenarioFieldError.ProtoReflect.Descriptor instead.
+func (*ScenarioFieldError) Descriptor() ([]byte, []int) {
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ScenarioFieldError) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *ScenarioFieldError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // SweepProgress counts the scenarios of a sweep finished so far.
 type SweepProgress struct {
 	state         protoimpl.MessageState
@@ -329,7 +409,7 @@ type SweepProgress struct {
 func (x *SweepProgress) Reset() {
 	*x = SweepProgress{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_pdplanner_v1_sweep_proto_msgTypes[2]
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[3]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -342,7 +422,7 @@ func (x *SweepProgress) String() string {
 func (*SweepProgress) ProtoMessage() {}
 
 func (x *SweepProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_pdplanner_v1_sweep_proto_msgTypes[2]
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[3]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +435,7 @@ func (x *SweepProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepProgress.ProtoReflect.Descriptor instead.
 func (*SweepProgress) Descriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{2}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SweepProgress) GetDone() int32 {
@@ -395,7 +475,7 @@ type Sweep struct {
 func (x *Sweep) Reset() {
 	*x = Sweep{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_pdplanner_v1_sweep_proto_msgTypes[3]
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[4]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -408,7 +488,7 @@ func (x *Sweep) String() string {
 func (*Sweep) ProtoMessage() {}
 
 func (x *Sweep) ProtoReflect() protoreflect.Message {
-	mi := &file_pdplanner_v1_sweep_proto_msgTypes[3]
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[4]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +501,7 @@ func (x *Sweep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sweep.ProtoReflect.Descriptor instead.
 func (*Sweep) Descriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{3}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Sweep) GetName() string {
@@ -487,7 +567,7 @@ type SweepResponse struct {
 func (x *SweepResponse) Reset() {
 	*x = SweepResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_pdplanner_v1_sweep_proto_msgTypes[4]
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[5]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -500,7 +580,7 @@ func (x *SweepResponse) String() string {
 func (*SweepResponse) ProtoMessage() {}
 
 func (x *SweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdplanner_v1_sweep_proto_msgTypes[4]
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[5]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +593,7 @@ func (x *SweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SweepResponse.ProtoReflect.Descriptor instead.
 func (*SweepResponse) Descriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{4}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{5}
 }
 
 func (m *SweepResponse) GetEvent() isSweepResponse_Event {
@@ -586,7 +666,7 @@ type GetSweepRequest struct {
 func (x *GetSweepRequest) Reset() {
 	*x = GetSweepRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_pdplanner_v1_sweep_proto_msgTypes[5]
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[6]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -599,7 +679,7 @@ func (x *GetSweepRequest) String() string {
 func (*GetSweepRequest) ProtoMessage() {}
 
 func (x *GetSweepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdplanner_v1_sweep_proto_msgTypes[5]
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[6]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +692,7 @@ func (x *GetSweepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSweepRequest.ProtoReflect.Descriptor instead.
 func (*GetSweepRequest) Descriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{5}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetSweepRequest) GetName() string {
@@ -651,7 +731,7 @@ type GetSweepResponse struct {
 func (x *GetSweepResponse) Reset() {
 	*x = GetSweepResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_pdplanner_v1_sweep_proto_msgTypes[6]
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[7]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -664,7 +744,7 @@ func (x *GetSweepResponse) String() string {
 func (*GetSweepResponse) ProtoMessage() {}
 
 func (x *GetSweepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdplanner_v1_sweep_proto_msgTypes[6]
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[7]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +757,7 @@ func (x *GetSweepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSweepResponse.ProtoReflect.Descriptor instead.
 func (*GetSweepResponse) Descriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{6}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetSweepResponse) GetSweep() *Sweep {
@@ -709,7 +789,7 @@ type ListSweepsRequest struct {
 func (x *ListSweepsRequest) Reset() {
 	*x = ListSweepsRequest{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_pdplanner_v1_sweep_proto_msgTypes[7]
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[8]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -722,7 +802,7 @@ func (x *ListSweepsRequest) String() string {
 func (*ListSweepsRequest) ProtoMessage() {}
 
 func (x *ListSweepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pdplanner_v1_sweep_proto_msgTypes[7]
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[8]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +815,7 @@ func (x *ListSweepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSweepsRequest.ProtoReflect.Descriptor instead.
 func (*ListSweepsRequest) Descriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{7}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListSweepsRequest) GetPageSize() int32 {
@@ -768,7 +848,7 @@ type ListSweepsResponse struct {
 func (x *ListSweepsResponse) Reset() {
 	*x = ListSweepsResponse{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_pdplanner_v1_sweep_proto_msgTypes[8]
+		mi := &file_pdplanner_v1_sweep_proto_msgTypes[9]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -781,7 +861,7 @@ func (x *ListSweepsResponse) String() string {
 func (*ListSweepsResponse) ProtoMessage() {}
 
 func (x *ListSweepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pdplanner_v1_sweep_proto_msgTypes[8]
+	mi := &file_pdplanner_v1_sweep_proto_msgTypes[9]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +874,7 @@ func (x *ListSweepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSweepsResponse.ProtoReflect.Descriptor instead.
 func (*ListSweepsResponse) Descriptor() ([]byte, []int) {
-	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{8}
+	return file_pdplanner_v1_sweep_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListSweepsResponse) GetSweeps() []*Sweep {
@@ -821,7 +901,7 @@ var file_pdplanner_v1_sweep_proto_rawDesc = []byte{
 	0x61, 0x6d, 0x70, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x1a, 0x19, 0x70, 0x64, 0x70, 0x6c, 0x61,
 	0x6e, 0x6e, 0x65, 0x72, 0x2f, 0x76, 0x31, 0x2f, 0x63, 0x6f, 0x6d, 0x6d, 0x6f, 0x6e, 0x2e, 0x70,
 	0x72, 0x6f, 0x74, 0x6f, 0x1a, 0x17, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2f,
-	0x76, 0x31, 0x2f, 0x70, 0x6c, 0x61, 0x6e, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x22, 0x92, 0x04,
+	0x76, 0x31, 0x2f, 0x70, 0x6c, 0x61, 0x6e, 0x2e, 0x70, 0x72, 0x6f, 0x74, 0x6f, 0x22, 0xd4, 0x04,
 	0x0a, 0x0c, 0x53, 0x77, 0x65, 0x65, 0x70, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x12, 0x1d,
 	0x0a, 0x0a, 0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x5f, 0x69, 0x64, 0x18, 0x01, 0x20, 0x01,
 	0x28, 0x09, 0x52, 0x09, 0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x49, 0x64, 0x12, 0x16, 0x0a,
@@ -852,20 +932,32 @@ var file_pdplanner_v1_sweep_proto_rawDesc = []byte{
 	0x0a, 0x06, 0x6c, 0x69, 0x6d, 0x69, 0x74, 0x73, 0x18, 0x0d, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x1a,
 	0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x53, 0x65,
 	0x61, 0x72, 0x63, 0x68, 0x4c, 0x69, 0x6d, 0x69, 0x74, 0x73, 0x52, 0x06, 0x6c, 0x69, 0x6d, 0x69,
-	0x74, 0x73, 0x42, 0x0f, 0x0a, 0x0d, 0x5f, 0x70, 0x72, 0x65, 0x66, 0x69, 0x6c, 0x6c, 0x5f, 0x67,
-	0x70, 0x75, 0x73, 0x42, 0x0e, 0x0a, 0x0c, 0x5f, 0x64, 0x65, 0x63, 0x6f, 0x64, 0x65, 0x5f, 0x67,
-	0x70, 0x75, 0x73, 0x42, 0x0d, 0x0a, 0x0b, 0x5f, 0x72, 0x61, 0x74, 0x65, 0x5f, 0x70, 0x65, 0x72,
-	0x5f, 0x73, 0x22, 0xaa, 0x01, 0x0a, 0x13, 0x53, 0x77, 0x65, 0x65, 0x70, 0x53, 0x63, 0x65, 0x6e,
-	0x61, 0x72, 0x69, 0x6f, 0x52, 0x65, 0x73, 0x75, 0x6c, 0x74, 0x12, 0x14, 0x0a, 0x05, 0x69, 0x6e,
-	0x64, 0x65, 0x78, 0x18, 0x01, 0x20, 0x01, 0x28, 0x05, 0x52, 0x05, 0x69, 0x6e, 0x64, 0x65, 0x78,
-	0x12, 0x35, 0x0a, 0x08, 0x73, 0x63, 0x65, 0x6e, 0x61, 0x72, 0x69, 0x6f, 0x18, 0x02, 0x20, 0x01,
-	0x28, 0x0b, 0x32, 0x19, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76,
-	0x31, 0x2e, 0x50, 0x6c, 0x61, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x52, 0x08, 0x73,
-	0x63, 0x65, 0x6e, 0x61, 0x72, 0x69, 0x6f, 0x12, 0x30, 0x0a, 0x06, 0x72, 0x65, 0x73, 0x75, 0x6c,
-	0x74, 0x18, 0x03, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x18, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e,
-	0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x50, 0x6c, 0x61, 0x6e, 0x52, 0x65, 0x73, 0x75, 0x6c,
-	0x74, 0x52, 0x06, 0x72, 0x65, 0x73, 0x75, 0x6c, 0x74, 0x12, 0x14, 0x0a, 0x05, 0x65, 0x72, 0x72,
-	0x6f, 0x72, 0x18, 0x04, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x65, 0x72, 0x72, 0x6f, 0x72, 0x22,
+	0x74, 0x73, 0x12, 0x2c, 0x0a, 0x0f, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x5f, 0x66, 0x72, 0x61,
+	0x63, 0x74, 0x69, 0x6f, 0x6e, 0x18, 0x0e, 0x20, 0x01, 0x28, 0x01, 0x48, 0x03, 0x52, 0x0e, 0x6d,
+	0x65, 0x6d, 0x6f, 0x72, 0x79, 0x46, 0x72, 0x61, 0x63, 0x74, 0x69, 0x6f, 0x6e, 0x88, 0x01, 0x01,
+	0x42, 0x0f, 0x0a, 0x0d, 0x5f, 0x70, 0x72, 0x65, 0x66, 0x69, 0x6c, 0x6c, 0x5f, 0x67, 0x70, 0x75,
+	0x73, 0x42, 0x0e, 0x0a, 0x0c, 0x5f, 0x64, 0x65, 0x63, 0x6f, 0x64, 0x65, 0x5f, 0x67, 0x70, 0x75,
+	0x73, 0x42, 0x0d, 0x0a, 0x0b, 0x5f, 0x72, 0x61, 0x74, 0x65, 0x5f, 0x70, 0x65, 0x72, 0x5f, 0x73,
+	0x42, 0x12, 0x0a, 0x10, 0x5f, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x5f, 0x66, 0x72, 0x61, 0x63,
+	0x74, 0x69, 0x6f, 0x6e, 0x22, 0xe4, 0x01, 0x0a, 0x13, 0x53, 0x77, 0x65, 0x65, 0x70, 0x53, 0x63,
+	0x65, 0x6e, 0x61, 0x72, 0x69, 0x6f, 0x52, 0x65, 0x73, 0x75, 0x6c, 0x74, 0x12, 0x14, 0x0a, 0x05,
+	0x69, 0x6e, 0x64, 0x65, 0x78, 0x18, 0x01, 0x20, 0x01, 0x28, 0x05, 0x52, 0x05, 0x69, 0x6e, 0x64,
+	0x65, 0x78, 0x12, 0x35, 0x0a, 0x08, 0x73, 0x63, 0x65, 0x6e, 0x61, 0x72, 0x69, 0x6f, 0x18, 0x02,
+	0x20, 0x01, 0x28, 0x0b, 0x32, 0x19, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72,
+	0x2e, 0x76, 0x31, 0x2e, 0x50, 0x6c, 0x61, 0x6e, 0x52, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x52,
+	0x08, 0x73, 0x63, 0x65, 0x6e, 0x61, 0x72, 0x69, 0x6f, 0x12, 0x30, 0x0a, 0x06, 0x72, 0x65, 0x73,
+	0x75, 0x6c, 0x74, 0x18, 0x03, 0x20, 0x01, 0x28, 0x0b, 0x32, 0x18, 0x2e, 0x70, 0x64, 0x70, 0x6c,
+	0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31, 0x2e, 0x50, 0x6c, 0x61, 0x6e, 0x52, 0x65, 0x73,
+	0x75, 0x6c, 0x74, 0x52, 0x06, 0x72, 0x65, 0x73, 0x75, 0x6c, 0x74, 0x12, 0x14, 0x0a, 0x05, 0x65,
+	0x72, 0x72, 0x6f, 0x72, 0x18, 0x04, 0x20, 0x01, 0x28, 0x09, 0x52, 0x05, 0x65, 0x72, 0x72, 0x6f,
+	0x72, 0x12, 0x38, 0x0a, 0x06, 0x65, 0x72, 0x72, 0x6f, 0x72, 0x73, 0x18, 0x05, 0x20, 0x03, 0x28,
+	0x0b, 0x32, 0x20, 0x2e, 0x70, 0x64, 0x70, 0x6c, 0x61, 0x6e, 0x6e, 0x65, 0x72, 0x2e, 0x76, 0x31,
+	0x2e, 0x53, 0x63, 0x65, 0x6e, 0x61, 0x72, 0x69, 0x6f, 0x46, 0x69, 0x65, 0x6c, 0x64, 0x45, 0x72,
+	0x72, 0x6f, 0x72, 0x52, 0x06, 0x65, 0x72, 0x72, 0x6f, 0x72, 0x73, 0x22, 0x42, 0x0a, 0x12, 0x53,
+	0x63, 0x65, 0x6e, 0x61, 0x72, 0x69, 0x6f, 0x46, 0x69, 0x65, 0x6c, 0x64, 0x45, 0x72, 0x72, 0x6f,
+	0x72, 0x12, 0x14, 0x0a, 0x05, 0x66, 0x69, 0x65, 0x6c, 0x64, 0x18, 0x01, 0x20, 0x01, 0x28, 0x09,
+	0x52, 0x05, 0x66, 0x69, 0x65, 0x6c, 0x64, 0x12, 0x16, 0x0a, 0x06, 0x72, 0x65, 0x61, 0x73, 0x6f,
+	0x6e, 0x18, 0x02, 0x20, 0x01, 0x28, 0x09, 0x52, 0x06, 0x72, 0x65, 0x61, 0x73, 0x6f, 0x6e, 0x22,
 	0x39, 0x0a, 0x0d, 0x53, 0x77, 0x65, 0x65, 0x70, 0x50, 0x72, 0x6f, 0x67, 0x72, 0x65, 0x73, 0x73,
 	0x12, 0x12, 0x0a, 0x04, 0x64, 0x6f, 0x6e, 0x65, 0x18, 0x01, 0x20, 0x01, 0x28, 0x05, 0x52, 0x04,
 	0x64, 0x6f, 0x6e, 0x65, 0x12, 0x14, 0x0a, 0x05, 0x74, 0x6f, 0x74, 0x61, 0x6c, 0x18, 0x02, 0x20,
@@ -951,48 +1043,50 @@ func file_pdplanner_v1_sweep_proto_rawDescGZIP() []byte {
 }
 
 var file_pdplanner_v1_sweep_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pdplanner_v1_sweep_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_pdplanner_v1_sweep_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_pdplanner_v1_sweep_proto_goTypes = []interface{}{
 	(Sweep_State)(0),              // 0: pdplanner.v1.Sweep.State
 	(*SweepRequest)(nil),          // 1: pdplanner.v1.SweepRequest
 	(*SweepScenarioResult)(nil),   // 2: pdplanner.v1.SweepScenarioResult
-	(*SweepProgress)(nil),         // 3: pdplanner.v1.SweepProgress
-	(*Sweep)(nil),                 // 4: pdplanner.v1.Sweep
-	(*SweepResponse)(nil),         // 5: pdplanner.v1.SweepResponse
-	(*GetSweepRequest)(nil),       // 6: pdplanner.v1.GetSweepRequest
-	(*GetSweepResponse)(nil),      // 7: pdplanner.v1.GetSweepResponse
-	(*ListSweepsRequest)(nil),     // 8: pdplanner.v1.ListSweepsRequest
-	(*ListSweepsResponse)(nil),    // 9: pdplanner.v1.ListSweepsResponse
-	(*Workload)(nil),              // 10: pdplanner.v1.Workload
-	(*Slo)(nil),                   // 11: pdplanner.v1.Slo
-	(*Precision)(nil),             // 12: pdplanner.v1.Precision
-	(*SearchLimits)(nil),          // 13: pdplanner.v1.SearchLimits
-	(*PlanRequest)(nil),           // 14: pdplanner.v1.PlanRequest
-	(*PlanResult)(nil),            // 15: pdplanner.v1.PlanResult
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*ScenarioFieldError)(nil),    // 3: pdplanner.v1.ScenarioFieldError
+	(*SweepProgress)(nil),         // 4: pdplanner.v1.SweepProgress
+	(*Sweep)(nil),                 // 5: pdplanner.v1.Sweep
+	(*SweepResponse)(nil),         // 6: pdplanner.v1.SweepResponse
+	(*GetSweepRequest)(nil),       // 7: pdplanner.v1.GetSweepRequest
+	(*GetSweepResponse)(nil),      // 8: pdplanner.v1.GetSweepResponse
+	(*ListSweepsRequest)(nil),     // 9: pdplanner.v1.ListSweepsRequest
+	(*ListSweepsResponse)(nil),    // 10: pdplanner.v1.ListSweepsResponse
+	(*Workload)(nil),              // 11: pdplanner.v1.Workload
+	(*Slo)(nil),                   // 12: pdplanner.v1.Slo
+	(*Precision)(nil),             // 13: pdplanner.v1.Precision
+	(*SearchLimits)(nil),          // 14: pdplanner.v1.SearchLimits
+	(*PlanRequest)(nil),           // 15: pdplanner.v1.PlanRequest
+	(*PlanResult)(nil),            // 16: pdplanner.v1.PlanResult
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_pdplanner_v1_sweep_proto_depIdxs = []int32{
-	10, // 0: pdplanner.v1.SweepRequest.traffic:type_name -> pdplanner.v1.Workload
-	11, // 1: pdplanner.v1.SweepRequest.slos:type_name -> pdplanner.v1.Slo
-	12, // 2: pdplanner.v1.SweepRequest.precision:type_name -> pdplanner.v1.Precision
-	13, // 3: pdplanner.v1.SweepRequest.limits:type_name -> pdplanner.v1.SearchLimits
-	14, // 4: pdplanner.v1.SweepScenarioResult.scenario:type_name -> pdplanner.v1.PlanRequest
-	15, // 5: pdplanner.v1.SweepScenarioResult.result:type_name -> pdplanner.v1.PlanResult
-	16, // 6: pdplanner.v1.Sweep.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 7: pdplanner.v1.Sweep.request:type_name -> pdplanner.v1.SweepRequest
-	0,  // 8: pdplanner.v1.Sweep.state:type_name -> pdplanner.v1.Sweep.State
-	3,  // 9: pdplanner.v1.Sweep.progress:type_name -> pdplanner.v1.SweepProgress
-	2,  // 10: pdplanner.v1.Sweep.scenarios:type_name -> pdplanner.v1.SweepScenarioResult
-	4,  // 11: pdplanner.v1.SweepResponse.sweep:type_name -> pdplanner.v1.Sweep
-	3,  // 12: pdplanner.v1.SweepResponse.progress:type_name -> pdplanner.v1.SweepProgress
-	2,  // 13: pdplanner.v1.SweepResponse.scenario:type_name -> pdplanner.v1.SweepScenarioResult
-	4,  // 14: pdplanner.v1.GetSweepResponse.sweep:type_name -> pdplanner.v1.Sweep
-	4,  // 15: pdplanner.v1.ListSweepsResponse.sweeps:type_name -> pdplanner.v1.Sweep
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	11, // 0: pdplanner.v1.SweepRequest.traffic:type_name -> pdplanner.v1.Workload
+	12, // 1: pdplanner.v1.SweepRequest.slos:type_name -> pdplanner.v1.Slo
+	13, // 2: pdplanner.v1.SweepRequest.precision:type_name -> pdplanner.v1.Precision
+	14, // 3: pdplanner.v1.SweepRequest.limits:type_name -> pdplanner.v1.SearchLimits
+	15, // 4: pdplanner.v1.SweepScenarioResult.scenario:type_name -> pdplanner.v1.PlanRequest
+	16, // 5: pdplanner.v1.SweepScenarioResult.result:type_name -> pdplanner.v1.PlanResult
+	3,  // 6: pdplanner.v1.SweepScenarioResult.errors:type_name -> pdplanner.v1.ScenarioFieldError
+	17, // 7: pdplanner.v1.Sweep.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 8: pdplanner.v1.Sweep.request:type_name -> pdplanner.v1.SweepRequest
+	0,  // 9: pdplanner.v1.Sweep.state:type_name -> pdplanner.v1.Sweep.State
+	4,  // 10: pdplanner.v1.Sweep.progress:type_name -> pdplanner.v1.SweepProgress
+	2,  // 11: pdplanner.v1.Sweep.scenarios:type_name -> pdplanner.v1.SweepScenarioResult
+	5,  // 12: pdplanner.v1.SweepResponse.sweep:type_name -> pdplanner.v1.Sweep
+	4,  // 13: pdplanner.v1.SweepResponse.progress:type_name -> pdplanner.v1.SweepProgress
+	2,  // 14: pdplanner.v1.SweepResponse.scenario:type_name -> pdplanner.v1.SweepScenarioResult
+	5,  // 15: pdplanner.v1.GetSweepResponse.sweep:type_name -> pdplanner.v1.Sweep
+	5,  // 16: pdplanner.v1.ListSweepsResponse.sweeps:type_name -> pdplanner.v1.Sweep
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_pdplanner_v1_sweep_proto_init() }
@@ -1028,7 +1122,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			}
 		}
 		file_pdplanner_v1_sweep_proto_msgTypes[2].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*SweepProgress); i {
+			switch v := v.(*ScenarioFieldError); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -1040,7 +1134,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			}
 		}
 		file_pdplanner_v1_sweep_proto_msgTypes[3].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*Sweep); i {
+			switch v := v.(*SweepProgress); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -1052,7 +1146,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			}
 		}
 		file_pdplanner_v1_sweep_proto_msgTypes[4].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*SweepResponse); i {
+			switch v := v.(*Sweep); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -1064,7 +1158,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			}
 		}
 		file_pdplanner_v1_sweep_proto_msgTypes[5].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetSweepRequest); i {
+			switch v := v.(*SweepResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -1076,7 +1170,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			}
 		}
 		file_pdplanner_v1_sweep_proto_msgTypes[6].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*GetSweepResponse); i {
+			switch v := v.(*GetSweepRequest); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -1088,7 +1182,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			}
 		}
 		file_pdplanner_v1_sweep_proto_msgTypes[7].Exporter = func(v interface{}, i int) interface{} {
-			switch v := v.(*ListSweepsRequest); i {
+			switch v := v.(*GetSweepResponse); i {
 			case 0:
 				return &v.state
 			case 1:
@@ -1100,6 +1194,18 @@ func file_pdplanner_v1_sweep_proto_init() {
 			}
 		}
 		file_pdplanner_v1_sweep_proto_msgTypes[8].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*ListSweepsRequest); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_pdplanner_v1_sweep_proto_msgTypes[9].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*ListSweepsResponse); i {
 			case 0:
 				return &v.state
@@ -1113,7 +1219,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 		}
 	}
 	file_pdplanner_v1_sweep_proto_msgTypes[0].OneofWrappers = []interface{}{}
-	file_pdplanner_v1_sweep_proto_msgTypes[4].OneofWrappers = []interface{}{
+	file_pdplanner_v1_sweep_proto_msgTypes[5].OneofWrappers = []interface{}{
 		(*SweepResponse_Sweep)(nil),
 		(*SweepResponse_Progress)(nil),
 		(*SweepResponse_Scenario)(nil),
@@ -1124,7 +1230,7 @@ func file_pdplanner_v1_sweep_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_pdplanner_v1_sweep_proto_rawDesc,
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

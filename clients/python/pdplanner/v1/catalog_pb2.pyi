@@ -74,6 +74,20 @@ class Model(_message.Message):
     V_HEAD_DIM_FIELD_NUMBER: _builtins.int
     TOTAL_PARAMS_FIELD_NUMBER: _builtins.int
     ACTIVE_PARAMS_FIELD_NUMBER: _builtins.int
+    SLIDING_WINDOW_FIELD_NUMBER: _builtins.int
+    NUM_WINDOW_LAYERS_FIELD_NUMBER: _builtins.int
+    ATTENTION_SINKS_FIELD_NUMBER: _builtins.int
+    ATTN_OUTPUT_GATE_FIELD_NUMBER: _builtins.int
+    NUM_LINEAR_LAYERS_FIELD_NUMBER: _builtins.int
+    LINEAR_LAYER_PARAMS_FIELD_NUMBER: _builtins.int
+    LINEAR_STATE_ELEMENTS_FIELD_NUMBER: _builtins.int
+    INDEX_TOPK_FIELD_NUMBER: _builtins.int
+    INDEX_HEAD_DIM_FIELD_NUMBER: _builtins.int
+    INDEX_N_HEADS_FIELD_NUMBER: _builtins.int
+    INDEX_PARAMS_PER_LAYER_FIELD_NUMBER: _builtins.int
+    DENSE_WEIGHT_BYTES_FIELD_NUMBER: _builtins.int
+    EXPERT_WEIGHT_BYTES_FIELD_NUMBER: _builtins.int
+    QUANTIZATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "models/{model}"."""
     custom: _builtins.bool
@@ -120,6 +134,34 @@ class Model(_message.Message):
     """All weights, counting every expert."""
     active_params: _builtins.int
     """Weights one token reads (routed experts counted experts_per_token times)."""
+    sliding_window: _builtins.int
+    """Tokens a windowed (sliding-window or chunked local) attention layer attends to; 0: none."""
+    num_window_layers: _builtins.int
+    """Layers with windowed attention."""
+    attention_sinks: _builtins.bool
+    """One learned sink logit per head per layer (gpt-oss)."""
+    attn_output_gate: _builtins.bool
+    """The query projection also produces an output gate (Qwen3-Next)."""
+    num_linear_layers: _builtins.int
+    """Linear-attention (Gated DeltaNet) layers: a fixed state per sequence, no growing KV cache."""
+    linear_layer_params: _builtins.int
+    """Weights of one linear-attention block."""
+    linear_state_elements: _builtins.int
+    """Recurrent and convolution state elements per sequence per linear-attention layer."""
+    index_topk: _builtins.int
+    """DeepSeek sparse attention: tokens each query attends to; 0: dense attention."""
+    index_head_dim: _builtins.int
+    """DeepSeek sparse attention: dimension of the indexer's cached keys."""
+    index_n_heads: _builtins.int
+    """DeepSeek sparse attention: the indexer's heads."""
+    index_params_per_layer: _builtins.int
+    """DeepSeek sparse attention: weights of one layer's indexer."""
+    dense_weight_bytes: _builtins.float
+    """Bytes per stored weight of attention, dense and shared-expert layers; 0: at the request's dtype."""
+    expert_weight_bytes: _builtins.float
+    """Bytes per stored weight of routed experts; 0: at the request's dtype."""
+    quantization: _builtins.str
+    """The checkpoint's quantization in words (for example "MXFP4 experts"); empty: none."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names the model answers to (e.g. its Hugging Face id)."""
@@ -151,10 +193,24 @@ class Model(_message.Message):
         v_head_dim: _builtins.int = ...,
         total_params: _builtins.int = ...,
         active_params: _builtins.int = ...,
+        sliding_window: _builtins.int = ...,
+        num_window_layers: _builtins.int = ...,
+        attention_sinks: _builtins.bool = ...,
+        attn_output_gate: _builtins.bool = ...,
+        num_linear_layers: _builtins.int = ...,
+        linear_layer_params: _builtins.int = ...,
+        linear_state_elements: _builtins.int = ...,
+        index_topk: _builtins.int = ...,
+        index_head_dim: _builtins.int = ...,
+        index_n_heads: _builtins.int = ...,
+        index_params_per_layer: _builtins.int = ...,
+        dense_weight_bytes: _builtins.float = ...,
+        expert_weight_bytes: _builtins.float = ...,
+        quantization: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_params", b"active_params", "aliases", b"aliases", "attention", b"attention", "custom", b"custom", "experts_per_token", b"experts_per_token", "head_dim", b"head_dim", "hidden_size", b"hidden_size", "intermediate_size", b"intermediate_size", "kv_lora_rank", b"kv_lora_rank", "moe_intermediate_size", b"moe_intermediate_size", "name", b"name", "num_dense_layers", b"num_dense_layers", "num_experts", b"num_experts", "num_heads", b"num_heads", "num_kv_heads", b"num_kv_heads", "num_layers", b"num_layers", "num_shared_experts", b"num_shared_experts", "q_lora_rank", b"q_lora_rank", "qk_nope_head_dim", b"qk_nope_head_dim", "qk_rope_head_dim", b"qk_rope_head_dim", "tie_word_embeddings", b"tie_word_embeddings", "total_params", b"total_params", "v_head_dim", b"v_head_dim", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_params", b"active_params", "aliases", b"aliases", "attention", b"attention", "attention_sinks", b"attention_sinks", "attn_output_gate", b"attn_output_gate", "custom", b"custom", "dense_weight_bytes", b"dense_weight_bytes", "expert_weight_bytes", b"expert_weight_bytes", "experts_per_token", b"experts_per_token", "head_dim", b"head_dim", "hidden_size", b"hidden_size", "index_head_dim", b"index_head_dim", "index_n_heads", b"index_n_heads", "index_params_per_layer", b"index_params_per_layer", "index_topk", b"index_topk", "intermediate_size", b"intermediate_size", "kv_lora_rank", b"kv_lora_rank", "linear_layer_params", b"linear_layer_params", "linear_state_elements", b"linear_state_elements", "moe_intermediate_size", b"moe_intermediate_size", "name", b"name", "num_dense_layers", b"num_dense_layers", "num_experts", b"num_experts", "num_heads", b"num_heads", "num_kv_heads", b"num_kv_heads", "num_layers", b"num_layers", "num_linear_layers", b"num_linear_layers", "num_shared_experts", b"num_shared_experts", "num_window_layers", b"num_window_layers", "q_lora_rank", b"q_lora_rank", "qk_nope_head_dim", b"qk_nope_head_dim", "qk_rope_head_dim", b"qk_rope_head_dim", "quantization", b"quantization", "sliding_window", b"sliding_window", "tie_word_embeddings", b"tie_word_embeddings", "total_params", b"total_params", "v_head_dim", b"v_head_dim", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,6 +262,9 @@ class Gpu(_message.Message):
     NVLINK_DOMAIN_SIZE_FIELD_NUMBER: _builtins.int
     SCALEOUT_BYTES_PER_S_FIELD_NUMBER: _builtins.int
     CALIBRATION_FIELD_NUMBER: _builtins.int
+    HBM_DATASHEET_BYTES_FIELD_NUMBER: _builtins.int
+    HBM_REPORTED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "gpus/{gpu}"."""
     custom: _builtins.bool
@@ -222,6 +281,12 @@ class Gpu(_message.Message):
     """Bandwidth per GPU between NVLink domains, in bytes per second."""
     calibration: _builtins.str
     """Measured kernel tables that shape the efficiency curves. Empty means "h100-sxm"."""
+    hbm_datasheet_bytes: _builtins.float
+    """Memory capacity printed on the datasheet, in bytes (hbm_bytes is what the device reports)."""
+    hbm_reported: _builtins.str
+    """Where hbm_bytes comes from (for example "nvidia-smi 81559 MiB")."""
+    source: _builtins.str
+    """Where the figures come from."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names the GPU answers to."""
@@ -243,10 +308,13 @@ class Gpu(_message.Message):
         nvlink_domain_size: _builtins.int = ...,
         scaleout_bytes_per_s: _builtins.float = ...,
         calibration: _builtins.str = ...,
+        hbm_datasheet_bytes: _builtins.float = ...,
+        hbm_reported: _builtins.str = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["flops_per_s", b"flops_per_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "calibration", b"calibration", "custom", b"custom", "flops_per_s", b"flops_per_s", "hbm_bytes", b"hbm_bytes", "hbm_bytes_per_s", b"hbm_bytes_per_s", "name", b"name", "nvlink_bytes_per_s", b"nvlink_bytes_per_s", "nvlink_domain_size", b"nvlink_domain_size", "scaleout_bytes_per_s", b"scaleout_bytes_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "calibration", b"calibration", "custom", b"custom", "flops_per_s", b"flops_per_s", "hbm_bytes", b"hbm_bytes", "hbm_bytes_per_s", b"hbm_bytes_per_s", "hbm_datasheet_bytes", b"hbm_datasheet_bytes", "hbm_reported", b"hbm_reported", "name", b"name", "nvlink_bytes_per_s", b"nvlink_bytes_per_s", "nvlink_domain_size", b"nvlink_domain_size", "scaleout_bytes_per_s", b"scaleout_bytes_per_s", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -63,6 +63,7 @@ class EstimateRequest(_message.Message):
     CHUNK_TOKENS_FIELD_NUMBER: _builtins.int
     PREFILL_FIELD_NUMBER: _builtins.int
     DECODE_FIELD_NUMBER: _builtins.int
+    MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
     RATE_PER_S_FIELD_NUMBER: _builtins.int
     ENGINE_ARGS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
@@ -89,6 +90,10 @@ class EstimateRequest(_message.Message):
     """
     chunk_tokens: _builtins.int
     """Agg mode: chunked-prefill token budget per step. Unset means the engine's default."""
+    memory_fraction: _builtins.float
+    """The engine's memory fraction, in (0, 1]: vLLM gpu_memory_utilization, SGLang
+    mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction. Unset means the engine's default.
+    """
     rate_per_s: _builtins.float
     """Agg or disagg mode: open-loop Poisson arrivals per second (the poisson load model); the
     estimate then reports TTFT and TPOT at their median. Give this or concurrency (disagg: or
@@ -135,12 +140,13 @@ class EstimateRequest(_message.Message):
         chunk_tokens: _builtins.int | None = ...,
         prefill: Global___PoolSpec | None = ...,
         decode: Global___PoolSpec | None = ...,
+        memory_fraction: _builtins.float | None = ...,
         rate_per_s: _builtins.float | None = ...,
         engine_args: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_rate_per_s", b"_rate_per_s", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "parallelism", b"parallelism", "precision", b"precision", "prefill", b"prefill", "rate_per_s", b"rate_per_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_memory_fraction", b"_memory_fraction", "_rate_per_s", b"_rate_per_s", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "memory_fraction", b"memory_fraction", "parallelism", b"parallelism", "precision", b"precision", "prefill", b"prefill", "rate_per_s", b"rate_per_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_rate_per_s", b"_rate_per_s", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "engine", b"engine", "engine_args", b"engine_args", "gpu", b"gpu", "isl", b"isl", "mode", b"mode", "model", b"model", "osl", b"osl", "parallelism", b"parallelism", "phase", b"phase", "precision", b"precision", "prefill", b"prefill", "rate_per_s", b"rate_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch", b"_batch", "_chunk_tokens", b"_chunk_tokens", "_concurrency", b"_concurrency", "_context", b"_context", "_memory_fraction", b"_memory_fraction", "_rate_per_s", b"_rate_per_s", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "concurrency", b"concurrency", "context", b"context", "decode", b"decode", "engine", b"engine", "engine_args", b"engine_args", "gpu", b"gpu", "isl", b"isl", "memory_fraction", b"memory_fraction", "mode", b"mode", "model", b"model", "osl", b"osl", "parallelism", b"parallelism", "phase", b"phase", "precision", b"precision", "prefill", b"prefill", "rate_per_s", b"rate_per_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch: _TypeAlias = _typing.Literal["batch"]  # noqa: Y015
     _WhichOneofArgType__batch: _TypeAlias = _typing.Literal["_batch", b"_batch"]  # noqa: Y015
@@ -150,6 +156,8 @@ class EstimateRequest(_message.Message):
     _WhichOneofArgType__concurrency: _TypeAlias = _typing.Literal["_concurrency", b"_concurrency"]  # noqa: Y015
     _WhichOneofReturnType__context: _TypeAlias = _typing.Literal["context"]  # noqa: Y015
     _WhichOneofArgType__context: _TypeAlias = _typing.Literal["_context", b"_context"]  # noqa: Y015
+    _WhichOneofReturnType__memory_fraction: _TypeAlias = _typing.Literal["memory_fraction"]  # noqa: Y015
+    _WhichOneofArgType__memory_fraction: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction"]  # noqa: Y015
     _WhichOneofReturnType__rate_per_s: _TypeAlias = _typing.Literal["rate_per_s"]  # noqa: Y015
     _WhichOneofArgType__rate_per_s: _TypeAlias = _typing.Literal["_rate_per_s", b"_rate_per_s"]  # noqa: Y015
     @_typing.overload
@@ -160,6 +168,8 @@ class EstimateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__concurrency) -> _WhichOneofReturnType__concurrency | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__context) -> _WhichOneofReturnType__context | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_fraction) -> _WhichOneofReturnType__memory_fraction | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_per_s) -> _WhichOneofReturnType__rate_per_s | None: ...
 
@@ -290,6 +300,8 @@ class PhaseEstimate(_message.Message):
     TOKENS_PER_S_PER_GPU_FIELD_NUMBER: _builtins.int
     KV_CAPACITY_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GPU_BASIS_FIELD_NUMBER: _builtins.int
     phase: _common_pb2.Phase.ValueType
     """The phase evaluated."""
     step_ms: _builtins.float
@@ -312,6 +324,12 @@ class PhaseEstimate(_message.Message):
     """The largest batch (prompts for prefill, sequences for decode) whose KV cache fits at this
     step's context; 0 when none does.
     """
+    model: _builtins.str
+    """The model: name, total and active parameters, quantization."""
+    gpu_basis: _builtins.str
+    """"calibrated" (measured kernel tables of this GPU) or "datasheet-scaled" (another GPU's
+    efficiencies scaled to this one's datasheet peaks).
+    """
     @_builtins.property
     def per_layer_ms(self) -> Global___LayerBreakdown:
         """Time of one decoder layer on one GPU, by kind of work."""
@@ -329,10 +347,12 @@ class PhaseEstimate(_message.Message):
         tokens_per_s_per_gpu: _builtins.float = ...,
         kv_capacity_tokens: _builtins.float = ...,
         max_batch: _builtins.int = ...,
+        model: _builtins.str = ...,
+        gpu_basis: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["per_layer_ms", b"per_layer_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpus", b"gpus", "kv_capacity_tokens", b"kv_capacity_tokens", "max_batch", b"max_batch", "memory_gb_per_gpu", b"memory_gb_per_gpu", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpu_basis", b"gpu_basis", "gpus", b"gpus", "kv_capacity_tokens", b"kv_capacity_tokens", "max_batch", b"max_batch", "memory_gb_per_gpu", b"memory_gb_per_gpu", "model", b"model", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -359,6 +379,8 @@ class ServingEstimate(_message.Message):
     KV_TRANSFER_GB_PER_S_PER_GPU_FIELD_NUMBER: _builtins.int
     KV_TRANSFER_MS_FIELD_NUMBER: _builtins.int
     DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GPU_BASIS_FIELD_NUMBER: _builtins.int
     mode: _common_pb2.Mode.ValueType
     """The mode evaluated."""
     ttft_ms: _builtins.float
@@ -392,6 +414,10 @@ class ServingEstimate(_message.Message):
     JSON text rather than a Struct keeps integers and floats apart, so the figures read the same
     as in process. Empty means none.
     """
+    model: _builtins.str
+    """The model: name, total and active parameters, quantization."""
+    gpu_basis: _builtins.str
+    """"calibrated" or "datasheet-scaled" (see PhaseEstimate.gpu_basis)."""
     def __init__(
         self,
         *,
@@ -410,10 +436,12 @@ class ServingEstimate(_message.Message):
         kv_transfer_gb_per_s_per_gpu: _builtins.float | None = ...,
         kv_transfer_ms: _builtins.float | None = ...,
         details_json: _builtins.str = ...,
+        model: _builtins.str = ...,
+        gpu_basis: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_kv_transfer_ms", b"_kv_transfer_ms", "_queued", b"_queued", "_running_batch", b"_running_batch", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "kv_transfer_ms", b"kv_transfer_ms", "queued", b"queued", "running_batch", b"running_batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_kv_transfer_ms", b"_kv_transfer_ms", "_queued", b"_queued", "_running_batch", b"_running_batch", "details_json", b"details_json", "fits", b"fits", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "kv_transfer_ms", b"kv_transfer_ms", "memory_gb_per_gpu", b"memory_gb_per_gpu", "mode", b"mode", "queued", b"queued", "reason", b"reason", "requests_per_s", b"requests_per_s", "running_batch", b"running_batch", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu", "_kv_transfer_ms", b"_kv_transfer_ms", "_queued", b"_queued", "_running_batch", b"_running_batch", "details_json", b"details_json", "fits", b"fits", "gpu_basis", b"gpu_basis", "gpus", b"gpus", "kv_transfer_gb_per_s_per_gpu", b"kv_transfer_gb_per_s_per_gpu", "kv_transfer_ms", b"kv_transfer_ms", "memory_gb_per_gpu", b"memory_gb_per_gpu", "mode", b"mode", "model", b"model", "queued", b"queued", "reason", b"reason", "requests_per_s", b"requests_per_s", "running_batch", b"running_batch", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu", "tokens_per_s_per_user", b"tokens_per_s_per_user", "tpot_ms", b"tpot_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__kv_transfer_gb_per_s_per_gpu: _TypeAlias = _typing.Literal["kv_transfer_gb_per_s_per_gpu"]  # noqa: Y015
     _WhichOneofArgType__kv_transfer_gb_per_s_per_gpu: _TypeAlias = _typing.Literal["_kv_transfer_gb_per_s_per_gpu", b"_kv_transfer_gb_per_s_per_gpu"]  # noqa: Y015

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pdplanner.v1 import common_pb2 as pdplanner_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pdplanner/v1/plan.proto\x12\x0cpdplanner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pdplanner/v1/common.proto\"\x9b\x01\n\x03Slo\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x02 \x01(\x01\x12,\n\npercentile\x18\x03 \x01(\x0e\x32\x18.pdplanner.v1.Percentile\x12&\n\x19min_tokens_per_s_per_user\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x1c\n\x1a_min_tokens_per_s_per_user\"\xd1\x01\n\x0cSearchLimits\x12\x13\n\x06max_tp\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\x08\x61llow_pp\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\x08\x61llow_ep\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1f\n\x12\x61llow_attention_dp\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12!\n\x05modes\x18\x05 \x03(\x0e\x32\x12.pdplanner.v1.ModeB\t\n\x07_max_tpB\x0b\n\t_allow_ppB\x0b\n\t_allow_epB\x15\n\x13_allow_attention_dp\"\x95\x04\n\x0bPlanRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03gpu\x18\x03 \x01(\t\x12\x12\n\ndecode_gpu\x18\x04 \x01(\t\x12\x0c\n\x04gpus\x18\x05 \x01(\x05\x12\x19\n\x0cprefill_gpus\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ode_gpus\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\'\n\x07traffic\x18\x08 \x03(\x0b\x32\x16.pdplanner.v1.Workload\x12\x17\n\nrate_per_s\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x12\n\nprefix_hit\x18\n \x01(\x01\x12\x1e\n\x03slo\x18\x0b \x01(\x0b\x32\x11.pdplanner.v1.Slo\x12*\n\tprecision\x18\x0c \x01(\x0b\x32\x17.pdplanner.v1.Precision\x12\x0e\n\x06\x65ngine\x18\r \x01(\t\x12*\n\x06limits\x18\x0e \x01(\x0b\x32\x1a.pdplanner.v1.SearchLimits\x12>\n\x0b\x65ngine_args\x18\x0f \x03(\x0b\x32).pdplanner.v1.PlanRequest.EngineArgsEntry\x1a\x31\n\x0f\x45ngineArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_prefill_gpusB\x0e\n\x0c_decode_gpusB\r\n\x0b_rate_per_s\"\xbf\x01\n\x04Pool\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.pdplanner.v1.PoolRole\x12\x0b\n\x03gpu\x18\x02 \x01(\t\x12\n\n\x02tp\x18\x03 \x01(\x05\x12\n\n\x02pp\x18\x04 \x01(\x05\x12\n\n\x02\x65p\x18\x05 \x01(\x05\x12\x14\n\x0c\x61ttention_dp\x18\x06 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x05\x12\x0f\n\x07workers\x18\x08 \x01(\x05\x12\x19\n\x0c\x63hunk_tokens\x18\t \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_chunk_tokens\"\xe8\x03\n\nDeployment\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.pdplanner.v1.Mode\x12!\n\x05pools\x18\x02 \x03(\x0b\x32\x12.pdplanner.v1.Pool\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x04 \x01(\x01\x12\x1c\n\x14tokens_per_s_per_gpu\x18\x05 \x01(\x01\x12\x1d\n\x15tokens_per_s_per_user\x18\x06 \x01(\x01\x12\x16\n\x0erequests_per_s\x18\x07 \x01(\x01\x12\x0c\n\x04gpus\x18\x08 \x01(\x05\x12%\n\x18prefill_decode_gpu_ratio\x18\t \x01(\x01H\x00\x88\x01\x01\x12)\n\x1ckv_transfer_gb_per_s_per_gpu\x18\n \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x12\x62\x61lanced_gpu_ratio\x18\x0b \x01(\x01H\x02\x88\x01\x01\x12(\n\x1bprompt_tokens_per_s_per_gpu\x18\x0c \x01(\x01H\x03\x88\x01\x01\x42\x1b\n\x19_prefill_decode_gpu_ratioB\x1f\n\x1d_kv_transfer_gb_per_s_per_gpuB\x15\n\x13_balanced_gpu_ratioB\x1e\n\x1c_prompt_tokens_per_s_per_gpu\"\xfd\x03\n\nPlanResult\x12&\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12*\n\x08\x62\x65st_agg\x18\x02 \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12-\n\x0b\x62\x65st_disagg\x18\x03 \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12\x1b\n\x0e\x64isagg_speedup\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12,\n\npareto_agg\x18\x05 \x03(\x0b\x32\x18.pdplanner.v1.Deployment\x12/\n\rpareto_disagg\x18\x06 \x03(\x0b\x32\x18.pdplanner.v1.Deployment\x12\x15\n\rdesign_points\x18\x07 \x01(\x03\x12\x12\n\nelapsed_ms\x18\x08 \x01(\x01\x12\x0e\n\x06reason\x18\t \x01(\t\x12)\n\x07\x63losest\x18\n \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12\x13\n\x0b\x65xplanation\x18\x0b \x01(\t\x12\x18\n\x0brate_served\x18\x0c \x01(\x08H\x01\x88\x01\x01\x12*\n\x08\x66or_rate\x18\r \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12\x0c\n\x04load\x18\x0e \x01(\tB\x11\n\x0f_disagg_speedupB\x0e\n\x0c_rate_served\"\xc7\x01\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07request\x18\x03 \x01(\x0b\x32\x19.pdplanner.v1.PlanRequest\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x18.pdplanner.v1.PlanResult\x12\x17\n\x0fplanner_version\x18\x05 \x01(\t\x12\x11\n\tsearch_ms\x18\x06 \x01(\x01\"0\n\x0cPlanResponse\x12 \n\x04plan\x18\x01 \x01(\x0b\x32\x12.pdplanner.v1.Plan\"\x1e\n\x0eGetPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x0fGetPlanResponse\x12 \n\x04plan\x18\x01 \x01(\x0b\x32\x12.pdplanner.v1.Plan\"U\n\x10ListPlansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0b\n\x03gpu\x18\x04 \x01(\t\"O\n\x11ListPlansResponse\x12!\n\x05plans\x18\x01 \x03(\x0b\x32\x12.pdplanner.v1.Plan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11\x44\x65letePlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65letePlanResponse*e\n\x08PoolRole\x12\x19\n\x15POOL_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11POOL_ROLE_PREFILL\x10\x01\x12\x14\n\x10POOL_ROLE_DECODE\x10\x02\x12\x11\n\rPOOL_ROLE_AGG\x10\x03\x42/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pdplanner/v1/plan.proto\x12\x0cpdplanner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pdplanner/v1/common.proto\"\x9b\x01\n\x03Slo\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x02 \x01(\x01\x12,\n\npercentile\x18\x03 \x01(\x0e\x32\x18.pdplanner.v1.Percentile\x12&\n\x19min_tokens_per_s_per_user\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x1c\n\x1a_min_tokens_per_s_per_user\"\xd1\x01\n\x0cSearchLimits\x12\x13\n\x06max_tp\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x15\n\x08\x61llow_pp\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\x08\x61llow_ep\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1f\n\x12\x61llow_attention_dp\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12!\n\x05modes\x18\x05 \x03(\x0e\x32\x12.pdplanner.v1.ModeB\t\n\x07_max_tpB\x0b\n\t_allow_ppB\x0b\n\t_allow_epB\x15\n\x13_allow_attention_dp\"\xc7\x04\n\x0bPlanRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03gpu\x18\x03 \x01(\t\x12\x12\n\ndecode_gpu\x18\x04 \x01(\t\x12\x0c\n\x04gpus\x18\x05 \x01(\x05\x12\x19\n\x0cprefill_gpus\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ode_gpus\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\'\n\x07traffic\x18\x08 \x03(\x0b\x32\x16.pdplanner.v1.Workload\x12\x17\n\nrate_per_s\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x12\n\nprefix_hit\x18\n \x01(\x01\x12\x1e\n\x03slo\x18\x0b \x01(\x0b\x32\x11.pdplanner.v1.Slo\x12*\n\tprecision\x18\x0c \x01(\x0b\x32\x17.pdplanner.v1.Precision\x12\x0e\n\x06\x65ngine\x18\r \x01(\t\x12*\n\x06limits\x18\x0e \x01(\x0b\x32\x1a.pdplanner.v1.SearchLimits\x12\x1c\n\x0fmemory_fraction\x18\x10 \x01(\x01H\x03\x88\x01\x01\x12>\n\x0b\x65ngine_args\x18\x0f \x03(\x0b\x32).pdplanner.v1.PlanRequest.EngineArgsEntry\x1a\x31\n\x0f\x45ngineArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_prefill_gpusB\x0e\n\x0c_decode_gpusB\r\n\x0b_rate_per_sB\x12\n\x10_memory_fraction\"\xbf\x01\n\x04Pool\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.pdplanner.v1.PoolRole\x12\x0b\n\x03gpu\x18\x02 \x01(\t\x12\n\n\x02tp\x18\x03 \x01(\x05\x12\n\n\x02pp\x18\x04 \x01(\x05\x12\n\n\x02\x65p\x18\x05 \x01(\x05\x12\x14\n\x0c\x61ttention_dp\x18\x06 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x05\x12\x0f\n\x07workers\x18\x08 \x01(\x05\x12\x19\n\x0c\x63hunk_tokens\x18\t \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_chunk_tokens\"\xe8\x03\n\nDeployment\x12 \n\x04mode\x18\x01 \x01(\x0e\x32\x12.pdplanner.v1.Mode\x12!\n\x05pools\x18\x02 \x03(\x0b\x32\x12.pdplanner.v1.Pool\x12\x0f\n\x07ttft_ms\x18\x03 \x01(\x01\x12\x0f\n\x07tpot_ms\x18\x04 \x01(\x01\x12\x1c\n\x14tokens_per_s_per_gpu\x18\x05 \x01(\x01\x12\x1d\n\x15tokens_per_s_per_user\x18\x06 \x01(\x01\x12\x16\n\x0erequests_per_s\x18\x07 \x01(\x01\x12\x0c\n\x04gpus\x18\x08 \x01(\x05\x12%\n\x18prefill_decode_gpu_ratio\x18\t \x01(\x01H\x00\x88\x01\x01\x12)\n\x1ckv_transfer_gb_per_s_per_gpu\x18\n \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x12\x62\x61lanced_gpu_ratio\x18\x0b \x01(\x01H\x02\x88\x01\x01\x12(\n\x1bprompt_tokens_per_s_per_gpu\x18\x0c \x01(\x01H\x03\x88\x01\x01\x42\x1b\n\x19_prefill_decode_gpu_ratioB\x1f\n\x1d_kv_transfer_gb_per_s_per_gpuB\x15\n\x13_balanced_gpu_ratioB\x1e\n\x1c_prompt_tokens_per_s_per_gpu\"\x9f\x04\n\nPlanResult\x12&\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12*\n\x08\x62\x65st_agg\x18\x02 \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12-\n\x0b\x62\x65st_disagg\x18\x03 \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12\x1b\n\x0e\x64isagg_speedup\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12,\n\npareto_agg\x18\x05 \x03(\x0b\x32\x18.pdplanner.v1.Deployment\x12/\n\rpareto_disagg\x18\x06 \x03(\x0b\x32\x18.pdplanner.v1.Deployment\x12\x15\n\rdesign_points\x18\x07 \x01(\x03\x12\x12\n\nelapsed_ms\x18\x08 \x01(\x01\x12\x0e\n\x06reason\x18\t \x01(\t\x12)\n\x07\x63losest\x18\n \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12\x13\n\x0b\x65xplanation\x18\x0b \x01(\t\x12\x18\n\x0brate_served\x18\x0c \x01(\x08H\x01\x88\x01\x01\x12*\n\x08\x66or_rate\x18\r \x01(\x0b\x32\x18.pdplanner.v1.Deployment\x12\r\n\x05model\x18\x0f \x01(\t\x12\x11\n\tgpu_basis\x18\x10 \x01(\t\x12\x0c\n\x04load\x18\x0e \x01(\tB\x11\n\x0f_disagg_speedupB\x0e\n\x0c_rate_served\"\xc7\x01\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07request\x18\x03 \x01(\x0b\x32\x19.pdplanner.v1.PlanRequest\x12(\n\x06result\x18\x04 \x01(\x0b\x32\x18.pdplanner.v1.PlanResult\x12\x17\n\x0fplanner_version\x18\x05 \x01(\t\x12\x11\n\tsearch_ms\x18\x06 \x01(\x01\"0\n\x0cPlanResponse\x12 \n\x04plan\x18\x01 \x01(\x0b\x32\x12.pdplanner.v1.Plan\"\x1e\n\x0eGetPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x0fGetPlanResponse\x12 \n\x04plan\x18\x01 \x01(\x0b\x32\x12.pdplanner.v1.Plan\"U\n\x10ListPlansRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0b\n\x03gpu\x18\x04 \x01(\t\"O\n\x11ListPlansResponse\x12!\n\x05plans\x18\x01 \x03(\x0b\x32\x12.pdplanner.v1.Plan\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11\x44\x65letePlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65letePlanResponse*e\n\x08PoolRole\x12\x19\n\x15POOL_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11POOL_ROLE_PREFILL\x10\x01\x12\x14\n\x10POOL_ROLE_DECODE\x10\x02\x12\x11\n\rPOOL_ROLE_AGG\x10\x03\x42/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1'
   _globals['_PLANREQUEST_ENGINEARGSENTRY']._loaded_options = None
   _globals['_PLANREQUEST_ENGINEARGSENTRY']._serialized_options = b'8\001'
-  _globals['_POOLROLE']._serialized_start=2766
-  _globals['_POOLROLE']._serialized_end=2867
+  _globals['_POOLROLE']._serialized_start=2850
+  _globals['_POOLROLE']._serialized_end=2951
   _globals['_SLO']._serialized_start=102
   _globals['_SLO']._serialized_end=257
   _globals['_SEARCHLIMITS']._serialized_start=260
   _globals['_SEARCHLIMITS']._serialized_end=469
   _globals['_PLANREQUEST']._serialized_start=472
-  _globals['_PLANREQUEST']._serialized_end=1005
-  _globals['_PLANREQUEST_ENGINEARGSENTRY']._serialized_start=908
-  _globals['_PLANREQUEST_ENGINEARGSENTRY']._serialized_end=957
-  _globals['_POOL']._serialized_start=1008
-  _globals['_POOL']._serialized_end=1199
-  _globals['_DEPLOYMENT']._serialized_start=1202
-  _globals['_DEPLOYMENT']._serialized_end=1690
-  _globals['_PLANRESULT']._serialized_start=1693
-  _globals['_PLANRESULT']._serialized_end=2202
-  _globals['_PLAN']._serialized_start=2205
-  _globals['_PLAN']._serialized_end=2404
-  _globals['_PLANRESPONSE']._serialized_start=2406
-  _globals['_PLANRESPONSE']._serialized_end=2454
-  _globals['_GETPLANREQUEST']._serialized_start=2456
-  _globals['_GETPLANREQUEST']._serialized_end=2486
-  _globals['_GETPLANRESPONSE']._serialized_start=2488
-  _globals['_GETPLANRESPONSE']._serialized_end=2539
-  _globals['_LISTPLANSREQUEST']._serialized_start=2541
-  _globals['_LISTPLANSREQUEST']._serialized_end=2626
-  _globals['_LISTPLANSRESPONSE']._serialized_start=2628
-  _globals['_LISTPLANSRESPONSE']._serialized_end=2707
-  _globals['_DELETEPLANREQUEST']._serialized_start=2709
-  _globals['_DELETEPLANREQUEST']._serialized_end=2742
-  _globals['_DELETEPLANRESPONSE']._serialized_start=2744
-  _globals['_DELETEPLANRESPONSE']._serialized_end=2764
+  _globals['_PLANREQUEST']._serialized_end=1055
+  _globals['_PLANREQUEST_ENGINEARGSENTRY']._serialized_start=938
+  _globals['_PLANREQUEST_ENGINEARGSENTRY']._serialized_end=987
+  _globals['_POOL']._serialized_start=1058
+  _globals['_POOL']._serialized_end=1249
+  _globals['_DEPLOYMENT']._serialized_start=1252
+  _globals['_DEPLOYMENT']._serialized_end=1740
+  _globals['_PLANRESULT']._serialized_start=1743
+  _globals['_PLANRESULT']._serialized_end=2286
+  _globals['_PLAN']._serialized_start=2289
+  _globals['_PLAN']._serialized_end=2488
+  _globals['_PLANRESPONSE']._serialized_start=2490
+  _globals['_PLANRESPONSE']._serialized_end=2538
+  _globals['_GETPLANREQUEST']._serialized_start=2540
+  _globals['_GETPLANREQUEST']._serialized_end=2570
+  _globals['_GETPLANRESPONSE']._serialized_start=2572
+  _globals['_GETPLANRESPONSE']._serialized_end=2623
+  _globals['_LISTPLANSREQUEST']._serialized_start=2625
+  _globals['_LISTPLANSREQUEST']._serialized_end=2710
+  _globals['_LISTPLANSRESPONSE']._serialized_start=2712
+  _globals['_LISTPLANSRESPONSE']._serialized_end=2791
+  _globals['_DELETEPLANREQUEST']._serialized_start=2793
+  _globals['_DELETEPLANREQUEST']._serialized_end=2826
+  _globals['_DELETEPLANRESPONSE']._serialized_start=2828
+  _globals['_DELETEPLANRESPONSE']._serialized_end=2848
 # @@protoc_insertion_point(module_scope)

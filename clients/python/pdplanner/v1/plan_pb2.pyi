@@ -185,6 +185,7 @@ class PlanRequest(_message.Message):
     PRECISION_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
     ENGINE_ARGS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen identifier of this call (a UUID is best). A retry with the same request_id
@@ -211,6 +212,10 @@ class PlanRequest(_message.Message):
     """Fraction of prompt tokens served from the prefix cache, in [0, 1)."""
     engine: _builtins.str
     """Serving engine profile: "vllm", "sglang" or "trtllm". Empty means "vllm"."""
+    memory_fraction: _builtins.float
+    """The engine's memory fraction, in (0, 1]: vLLM gpu_memory_utilization, SGLang
+    mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction. Unset means the engine's default.
+    """
     @_builtins.property
     def traffic(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Workload]:
         """The traffic: one workload, or a weighted mix of them. At least one is required."""
@@ -251,20 +256,25 @@ class PlanRequest(_message.Message):
         precision: _common_pb2.Precision | None = ...,
         engine: _builtins.str = ...,
         limits: Global___SearchLimits | None = ...,
+        memory_fraction: _builtins.float | None = ...,
         engine_args: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpus", b"decode_gpus", "limits", b"limits", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "rate_per_s", b"rate_per_s", "slo", b"slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_memory_fraction", b"_memory_fraction", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpus", b"decode_gpus", "limits", b"limits", "memory_fraction", b"memory_fraction", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "rate_per_s", b"rate_per_s", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpu", b"decode_gpu", "decode_gpus", b"decode_gpus", "engine", b"engine", "engine_args", b"engine_args", "gpu", b"gpu", "gpus", b"gpus", "limits", b"limits", "model", b"model", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "prefix_hit", b"prefix_hit", "rate_per_s", b"rate_per_s", "request_id", b"request_id", "slo", b"slo", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_memory_fraction", b"_memory_fraction", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpu", b"decode_gpu", "decode_gpus", b"decode_gpus", "engine", b"engine", "engine_args", b"engine_args", "gpu", b"gpu", "gpus", b"gpus", "limits", b"limits", "memory_fraction", b"memory_fraction", "model", b"model", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "prefix_hit", b"prefix_hit", "rate_per_s", b"rate_per_s", "request_id", b"request_id", "slo", b"slo", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__decode_gpus: _TypeAlias = _typing.Literal["decode_gpus"]  # noqa: Y015
     _WhichOneofArgType__decode_gpus: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus"]  # noqa: Y015
+    _WhichOneofReturnType__memory_fraction: _TypeAlias = _typing.Literal["memory_fraction"]  # noqa: Y015
+    _WhichOneofArgType__memory_fraction: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction"]  # noqa: Y015
     _WhichOneofReturnType__prefill_gpus: _TypeAlias = _typing.Literal["prefill_gpus"]  # noqa: Y015
     _WhichOneofArgType__prefill_gpus: _TypeAlias = _typing.Literal["_prefill_gpus", b"_prefill_gpus"]  # noqa: Y015
     _WhichOneofReturnType__rate_per_s: _TypeAlias = _typing.Literal["rate_per_s"]  # noqa: Y015
     _WhichOneofArgType__rate_per_s: _TypeAlias = _typing.Literal["_rate_per_s", b"_rate_per_s"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__decode_gpus) -> _WhichOneofReturnType__decode_gpus | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_fraction) -> _WhichOneofReturnType__memory_fraction | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prefill_gpus) -> _WhichOneofReturnType__prefill_gpus | None: ...
     @_typing.overload
@@ -444,6 +454,8 @@ class PlanResult(_message.Message):
     EXPLANATION_FIELD_NUMBER: _builtins.int
     RATE_SERVED_FIELD_NUMBER: _builtins.int
     FOR_RATE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GPU_BASIS_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     disagg_speedup: _builtins.float
     """Tokens per second per GPU of best_disagg over best_agg. Unset when either is missing."""
@@ -459,6 +471,10 @@ class PlanResult(_message.Message):
     """
     rate_served: _builtins.bool
     """With a target rate: whether the GPU budget serves it within the SLO. Unset without a rate."""
+    model: _builtins.str
+    """The model: name, total and active parameters, quantization."""
+    gpu_basis: _builtins.str
+    """"calibrated" (measured kernel tables of the GPU) or "datasheet-scaled"."""
     load: _builtins.str
     """The load model the SLO was judged under, in words (e.g. "poisson: random arrivals ...")."""
     @_builtins.property
@@ -507,11 +523,13 @@ class PlanResult(_message.Message):
         explanation: _builtins.str = ...,
         rate_served: _builtins.bool | None = ...,
         for_rate: Global___Deployment | None = ...,
+        model: _builtins.str = ...,
+        gpu_basis: _builtins.str = ...,
         load: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "disagg_speedup", b"disagg_speedup", "for_rate", b"for_rate", "rate_served", b"rate_served"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "design_points", b"design_points", "disagg_speedup", b"disagg_speedup", "elapsed_ms", b"elapsed_ms", "explanation", b"explanation", "for_rate", b"for_rate", "load", b"load", "pareto_agg", b"pareto_agg", "pareto_disagg", b"pareto_disagg", "rate_served", b"rate_served", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup", "_rate_served", b"_rate_served", "best", b"best", "best_agg", b"best_agg", "best_disagg", b"best_disagg", "closest", b"closest", "design_points", b"design_points", "disagg_speedup", b"disagg_speedup", "elapsed_ms", b"elapsed_ms", "explanation", b"explanation", "for_rate", b"for_rate", "gpu_basis", b"gpu_basis", "load", b"load", "model", b"model", "pareto_agg", b"pareto_agg", "pareto_disagg", b"pareto_disagg", "rate_served", b"rate_served", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__disagg_speedup: _TypeAlias = _typing.Literal["disagg_speedup"]  # noqa: Y015
     _WhichOneofArgType__disagg_speedup: _TypeAlias = _typing.Literal["_disagg_speedup", b"_disagg_speedup"]  # noqa: Y015

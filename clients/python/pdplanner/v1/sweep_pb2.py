@@ -27,7 +27,7 @@ from pdplanner.v1 import common_pb2 as pdplanner_dot_v1_dot_common__pb2
 from pdplanner.v1 import plan_pb2 as pdplanner_dot_v1_dot_plan__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pdplanner/v1/sweep.proto\x12\x0cpdplanner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pdplanner/v1/common.proto\x1a\x17pdplanner/v1/plan.proto\"\x97\x03\n\x0cSweepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x11\n\tgpu_types\x18\x03 \x03(\t\x12\'\n\x07traffic\x18\x04 \x03(\x0b\x32\x16.pdplanner.v1.Workload\x12\x1f\n\x04slos\x18\x05 \x03(\x0b\x32\x11.pdplanner.v1.Slo\x12\x0c\n\x04gpus\x18\x06 \x01(\x05\x12\x19\n\x0cprefill_gpus\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ode_gpus\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x17\n\nrate_per_s\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x12\n\nprefix_hit\x18\n \x01(\x01\x12*\n\tprecision\x18\x0b \x01(\x0b\x32\x17.pdplanner.v1.Precision\x12\x0e\n\x06\x65ngine\x18\x0c \x01(\t\x12*\n\x06limits\x18\r \x01(\x0b\x32\x1a.pdplanner.v1.SearchLimitsB\x0f\n\r_prefill_gpusB\x0e\n\x0c_decode_gpusB\r\n\x0b_rate_per_s\"\x8a\x01\n\x13SweepScenarioResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12+\n\x08scenario\x18\x02 \x01(\x0b\x32\x19.pdplanner.v1.PlanRequest\x12(\n\x06result\x18\x03 \x01(\x0b\x32\x18.pdplanner.v1.PlanResult\x12\r\n\x05\x65rror\x18\x04 \x01(\t\",\n\rSweepProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"\xdc\x02\n\x05Sweep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.pdplanner.v1.SweepRequest\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.pdplanner.v1.Sweep.State\x12-\n\x08progress\x18\x05 \x01(\x0b\x32\x1b.pdplanner.v1.SweepProgress\x12\x34\n\tscenarios\x18\x06 \x03(\x0b\x32!.pdplanner.v1.SweepScenarioResult\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_RUNNING\x10\x01\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\xa6\x01\n\rSweepResponse\x12$\n\x05sweep\x18\x01 \x01(\x0b\x32\x13.pdplanner.v1.SweepH\x00\x12/\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.pdplanner.v1.SweepProgressH\x00\x12\x35\n\x08scenario\x18\x03 \x01(\x0b\x32!.pdplanner.v1.SweepScenarioResultH\x00\x42\x07\n\x05\x65vent\"F\n\x0fGetSweepRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"O\n\x10GetSweepResponse\x12\"\n\x05sweep\x18\x01 \x01(\x0b\x32\x13.pdplanner.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x11ListSweepsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListSweepsResponse\x12#\n\x06sweeps\x18\x01 \x03(\x0b\x32\x13.pdplanner.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\tB/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pdplanner/v1/sweep.proto\x12\x0cpdplanner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pdplanner/v1/common.proto\x1a\x17pdplanner/v1/plan.proto\"\xc9\x03\n\x0cSweepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x11\n\tgpu_types\x18\x03 \x03(\t\x12\'\n\x07traffic\x18\x04 \x03(\x0b\x32\x16.pdplanner.v1.Workload\x12\x1f\n\x04slos\x18\x05 \x03(\x0b\x32\x11.pdplanner.v1.Slo\x12\x0c\n\x04gpus\x18\x06 \x01(\x05\x12\x19\n\x0cprefill_gpus\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65\x63ode_gpus\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x17\n\nrate_per_s\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x12\n\nprefix_hit\x18\n \x01(\x01\x12*\n\tprecision\x18\x0b \x01(\x0b\x32\x17.pdplanner.v1.Precision\x12\x0e\n\x06\x65ngine\x18\x0c \x01(\t\x12*\n\x06limits\x18\r \x01(\x0b\x32\x1a.pdplanner.v1.SearchLimits\x12\x1c\n\x0fmemory_fraction\x18\x0e \x01(\x01H\x03\x88\x01\x01\x42\x0f\n\r_prefill_gpusB\x0e\n\x0c_decode_gpusB\r\n\x0b_rate_per_sB\x12\n\x10_memory_fraction\"\xbc\x01\n\x13SweepScenarioResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12+\n\x08scenario\x18\x02 \x01(\x0b\x32\x19.pdplanner.v1.PlanRequest\x12(\n\x06result\x18\x03 \x01(\x0b\x32\x18.pdplanner.v1.PlanResult\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x30\n\x06\x65rrors\x18\x05 \x03(\x0b\x32 .pdplanner.v1.ScenarioFieldError\"3\n\x12ScenarioFieldError\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\rSweepProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\"\xdc\x02\n\x05Sweep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07request\x18\x03 \x01(\x0b\x32\x1a.pdplanner.v1.SweepRequest\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.pdplanner.v1.Sweep.State\x12-\n\x08progress\x18\x05 \x01(\x0b\x32\x1b.pdplanner.v1.SweepProgress\x12\x34\n\tscenarios\x18\x06 \x03(\x0b\x32!.pdplanner.v1.SweepScenarioResult\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_RUNNING\x10\x01\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\xa6\x01\n\rSweepResponse\x12$\n\x05sweep\x18\x01 \x01(\x0b\x32\x13.pdplanner.v1.SweepH\x00\x12/\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.pdplanner.v1.SweepProgressH\x00\x12\x35\n\x08scenario\x18\x03 \x01(\x0b\x32!.pdplanner.v1.SweepScenarioResultH\x00\x42\x07\n\x05\x65vent\"F\n\x0fGetSweepRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"O\n\x10GetSweepResponse\x12\"\n\x05sweep\x18\x01 \x01(\x0b\x32\x13.pdplanner.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x11ListSweepsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListSweepsResponse\x12#\n\x06sweeps\x18\x01 \x03(\x0b\x32\x13.pdplanner.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\tB/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1'
   _globals['_SWEEPREQUEST']._serialized_start=128
-  _globals['_SWEEPREQUEST']._serialized_end=535
-  _globals['_SWEEPSCENARIORESULT']._serialized_start=538
-  _globals['_SWEEPSCENARIORESULT']._serialized_end=676
-  _globals['_SWEEPPROGRESS']._serialized_start=678
-  _globals['_SWEEPPROGRESS']._serialized_end=722
-  _globals['_SWEEP']._serialized_start=725
-  _globals['_SWEEP']._serialized_end=1073
-  _globals['_SWEEP_STATE']._serialized_start=985
-  _globals['_SWEEP_STATE']._serialized_end=1073
-  _globals['_SWEEPRESPONSE']._serialized_start=1076
-  _globals['_SWEEPRESPONSE']._serialized_end=1242
-  _globals['_GETSWEEPREQUEST']._serialized_start=1244
-  _globals['_GETSWEEPREQUEST']._serialized_end=1314
-  _globals['_GETSWEEPRESPONSE']._serialized_start=1316
-  _globals['_GETSWEEPRESPONSE']._serialized_end=1395
-  _globals['_LISTSWEEPSREQUEST']._serialized_start=1397
-  _globals['_LISTSWEEPSREQUEST']._serialized_end=1455
-  _globals['_LISTSWEEPSRESPONSE']._serialized_start=1457
-  _globals['_LISTSWEEPSRESPONSE']._serialized_end=1539
+  _globals['_SWEEPREQUEST']._serialized_end=585
+  _globals['_SWEEPSCENARIORESULT']._serialized_start=588
+  _globals['_SWEEPSCENARIORESULT']._serialized_end=776
+  _globals['_SCENARIOFIELDERROR']._serialized_start=778
+  _globals['_SCENARIOFIELDERROR']._serialized_end=829
+  _globals['_SWEEPPROGRESS']._serialized_start=831
+  _globals['_SWEEPPROGRESS']._serialized_end=875
+  _globals['_SWEEP']._serialized_start=878
+  _globals['_SWEEP']._serialized_end=1226
+  _globals['_SWEEP_STATE']._serialized_start=1138
+  _globals['_SWEEP_STATE']._serialized_end=1226
+  _globals['_SWEEPRESPONSE']._serialized_start=1229
+  _globals['_SWEEPRESPONSE']._serialized_end=1395
+  _globals['_GETSWEEPREQUEST']._serialized_start=1397
+  _globals['_GETSWEEPREQUEST']._serialized_end=1467
+  _globals['_GETSWEEPRESPONSE']._serialized_start=1469
+  _globals['_GETSWEEPRESPONSE']._serialized_end=1548
+  _globals['_LISTSWEEPSREQUEST']._serialized_start=1550
+  _globals['_LISTSWEEPSREQUEST']._serialized_end=1608
+  _globals['_LISTSWEEPSRESPONSE']._serialized_start=1610
+  _globals['_LISTSWEEPSRESPONSE']._serialized_end=1692
 # @@protoc_insertion_point(module_scope)

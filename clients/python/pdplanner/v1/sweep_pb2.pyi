@@ -44,6 +44,7 @@ class SweepRequest(_message.Message):
     PRECISION_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen identifier of this call (a UUID is best). A retry with the same request_id
     replays the stored sweep instead of starting another.
@@ -60,6 +61,10 @@ class SweepRequest(_message.Message):
     """Fraction of prompt tokens served from the prefix cache, in [0, 1)."""
     engine: _builtins.str
     """Serving engine profile: "vllm", "sglang" or "trtllm". Empty means "vllm"."""
+    memory_fraction: _builtins.float
+    """The engine's memory fraction in every scenario, in (0, 1] (see PlanRequest.memory_fraction).
+    Unset means the engine's default.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Models to plan for (names or aliases). At least one is required."""
@@ -100,19 +105,24 @@ class SweepRequest(_message.Message):
         precision: _common_pb2.Precision | None = ...,
         engine: _builtins.str = ...,
         limits: _plan_pb2.SearchLimits | None = ...,
+        memory_fraction: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpus", b"decode_gpus", "limits", b"limits", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "rate_per_s", b"rate_per_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_memory_fraction", b"_memory_fraction", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpus", b"decode_gpus", "limits", b"limits", "memory_fraction", b"memory_fraction", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "rate_per_s", b"rate_per_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpus", b"decode_gpus", "engine", b"engine", "gpu_types", b"gpu_types", "gpus", b"gpus", "limits", b"limits", "models", b"models", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "prefix_hit", b"prefix_hit", "rate_per_s", b"rate_per_s", "request_id", b"request_id", "slos", b"slos", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus", "_memory_fraction", b"_memory_fraction", "_prefill_gpus", b"_prefill_gpus", "_rate_per_s", b"_rate_per_s", "decode_gpus", b"decode_gpus", "engine", b"engine", "gpu_types", b"gpu_types", "gpus", b"gpus", "limits", b"limits", "memory_fraction", b"memory_fraction", "models", b"models", "precision", b"precision", "prefill_gpus", b"prefill_gpus", "prefix_hit", b"prefix_hit", "rate_per_s", b"rate_per_s", "request_id", b"request_id", "slos", b"slos", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__decode_gpus: _TypeAlias = _typing.Literal["decode_gpus"]  # noqa: Y015
     _WhichOneofArgType__decode_gpus: _TypeAlias = _typing.Literal["_decode_gpus", b"_decode_gpus"]  # noqa: Y015
+    _WhichOneofReturnType__memory_fraction: _TypeAlias = _typing.Literal["memory_fraction"]  # noqa: Y015
+    _WhichOneofArgType__memory_fraction: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction"]  # noqa: Y015
     _WhichOneofReturnType__prefill_gpus: _TypeAlias = _typing.Literal["prefill_gpus"]  # noqa: Y015
     _WhichOneofArgType__prefill_gpus: _TypeAlias = _typing.Literal["_prefill_gpus", b"_prefill_gpus"]  # noqa: Y015
     _WhichOneofReturnType__rate_per_s: _TypeAlias = _typing.Literal["rate_per_s"]  # noqa: Y015
     _WhichOneofArgType__rate_per_s: _TypeAlias = _typing.Literal["_rate_per_s", b"_rate_per_s"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__decode_gpus) -> _WhichOneofReturnType__decode_gpus | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_fraction) -> _WhichOneofReturnType__memory_fraction | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prefill_gpus) -> _WhichOneofReturnType__prefill_gpus | None: ...
     @_typing.overload
@@ -130,10 +140,13 @@ class SweepScenarioResult(_message.Message):
     SCENARIO_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the scenario in the grid, from 0."""
     error: _builtins.str
-    """Why the scenario could not be planned ("field: reason"). Empty when result is set."""
+    """Why the scenario could not be planned, as one text ("field: reason", several joined by
+    "; "). Empty when result is set. Kept for older clients; errors holds the same, structured.
+    """
     @_builtins.property
     def scenario(self) -> _plan_pb2.PlanRequest:
         """The scenario, as the plan request that was searched."""
@@ -142,6 +155,12 @@ class SweepScenarioResult(_message.Message):
     def result(self) -> _plan_pb2.PlanResult:
         """The search result. Unset when the scenario failed."""
 
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScenarioFieldError]:
+        """Why the scenario could not be planned: every invalid field, in the order found. Empty when
+        result is set.
+        """
+
     def __init__(
         self,
         *,
@@ -149,14 +168,43 @@ class SweepScenarioResult(_message.Message):
         scenario: _plan_pb2.PlanRequest | None = ...,
         result: _plan_pb2.PlanResult | None = ...,
         error: _builtins.str = ...,
+        errors: _abc.Iterable[Global___ScenarioFieldError] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "scenario", b"scenario"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index", b"index", "result", b"result", "scenario", b"scenario"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "errors", b"errors", "index", b"index", "result", b"result", "scenario", b"scenario"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SweepScenarioResult: _TypeAlias = SweepScenarioResult  # noqa: Y015
+
+@_typing.final
+class ScenarioFieldError(_message.Message):
+    """ScenarioFieldError is one invalid field of a sweep scenario."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Path of the field in the SweepRequest ("slos[2].tpot_ms", "models[0]", "gpus"); empty
+    when the error concerns no field in particular.
+    """
+    reason: _builtins.str
+    """Why the field is invalid, for people."""
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScenarioFieldError: _TypeAlias = ScenarioFieldError  # noqa: Y015
 
 @_typing.final
 class SweepProgress(_message.Message):

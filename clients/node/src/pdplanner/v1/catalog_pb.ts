@@ -11,7 +11,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/catalog.proto.
  */
 export const file_pdplanner_v1_catalog: GenFile = /*@__PURE__*/
-  fileDesc("ChpwZHBsYW5uZXIvdjEvY2F0YWxvZy5wcm90bxIMcGRwbGFubmVyLnYxIrsECgVNb2RlbBIMCgRuYW1lGAEgASgJEg8KB2FsaWFzZXMYAiADKAkSDgoGY3VzdG9tGAMgASgIEhIKCm51bV9sYXllcnMYBCABKAUSEwoLaGlkZGVuX3NpemUYBSABKAUSEQoJbnVtX2hlYWRzGAYgASgFEhQKDG51bV9rdl9oZWFkcxgHIAEoBRIQCghoZWFkX2RpbRgIIAEoBRIZChFpbnRlcm1lZGlhdGVfc2l6ZRgJIAEoBRISCgp2b2NhYl9zaXplGAogASgFEhsKE3RpZV93b3JkX2VtYmVkZGluZ3MYCyABKAgSLgoJYXR0ZW50aW9uGAwgASgOMhsucGRwbGFubmVyLnYxLkF0dGVudGlvbktpbmQSEwoLbnVtX2V4cGVydHMYDSABKAUSGQoRZXhwZXJ0c19wZXJfdG9rZW4YDiABKAUSHQoVbW9lX2ludGVybWVkaWF0ZV9zaXplGA8gASgFEhoKEm51bV9zaGFyZWRfZXhwZXJ0cxgQIAEoBRIYChBudW1fZGVuc2VfbGF5ZXJzGBEgASgFEhMKC3FfbG9yYV9yYW5rGBIgASgFEhQKDGt2X2xvcmFfcmFuaxgTIAEoBRIYChBxa19ub3BlX2hlYWRfZGltGBQgASgFEhgKEHFrX3JvcGVfaGVhZF9kaW0YFSABKAUSEgoKdl9oZWFkX2RpbRgWIAEoBRIUCgx0b3RhbF9wYXJhbXMYFyABKAMSFQoNYWN0aXZlX3BhcmFtcxgYIAEoAyIzCglGbG9wc1BlclMSDAoEYmYxNhgBIAEoARILCgNmcDgYAiABKAESCwoDZnA0GAMgASgBIvkBCgNHcHUSDAoEbmFtZRgBIAEoCRIPCgdhbGlhc2VzGAIgAygJEg4KBmN1c3RvbRgDIAEoCBIsCgtmbG9wc19wZXJfcxgEIAEoCzIXLnBkcGxhbm5lci52MS5GbG9wc1BlclMSEQoJaGJtX2J5dGVzGAUgASgBEhcKD2hibV9ieXRlc19wZXJfcxgGIAEoARIaChJudmxpbmtfYnl0ZXNfcGVyX3MYByABKAESGgoSbnZsaW5rX2RvbWFpbl9zaXplGAggASgFEhwKFHNjYWxlb3V0X2J5dGVzX3Blcl9zGAkgASgBEhMKC2NhbGlicmF0aW9uGAogASgJIjoKEUxpc3RNb2RlbHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlIKEkxpc3RNb2RlbHNSZXNwb25zZRIjCgZtb2RlbHMYASADKAsyEy5wZHBsYW5uZXIudjEuTW9kZWwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjgKD0xpc3RHcHVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJMChBMaXN0R3B1c1Jlc3BvbnNlEh8KBGdwdXMYASADKAsyES5wZHBsYW5uZXIudjEuR3B1EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKeAQoSQ3JlYXRlTW9kZWxSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEAoIbW9kZWxfaWQYAiABKAkSFQoLY29uZmlnX2pzb24YAyABKAlIABIpCgZjb25maWcYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAASDwoHYWxpYXNlcxgFIAMoCUIPCg1jb25maWdfc291cmNlIjkKE0NyZWF0ZU1vZGVsUmVzcG9uc2USIgoFbW9kZWwYASABKAsyEy5wZHBsYW5uZXIudjEuTW9kZWwiVgoQQ3JlYXRlR3B1UmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEg4KBmdwdV9pZBgCIAEoCRIeCgNncHUYAyABKAsyES5wZHBsYW5uZXIudjEuR3B1IjMKEUNyZWF0ZUdwdVJlc3BvbnNlEh4KA2dwdRgBIAEoCzIRLnBkcGxhbm5lci52MS5HcHUiIgoSRGVsZXRlTW9kZWxSZXF1ZXN0EgwKBG5hbWUYASABKAkiFQoTRGVsZXRlTW9kZWxSZXNwb25zZSIgChBEZWxldGVHcHVSZXF1ZXN0EgwKBG5hbWUYASABKAkiEwoRRGVsZXRlR3B1UmVzcG9uc2UqXwoNQXR0ZW50aW9uS2luZBIeChpBVFRFTlRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkFUVEVOVElPTl9LSU5EX0dRQRABEhYKEkFUVEVOVElPTl9LSU5EX01MQRACQi9aLXBkcGxhbm5lci9jbGllbnRzL2dvL3BkcGxhbm5lci92MTtwZHBsYW5uZXJ2MWIGcHJvdG8z", [file_google_protobuf_struct]);
+  fileDesc("ChpwZHBsYW5uZXIvdjEvY2F0YWxvZy5wcm90bxIMcGRwbGFubmVyLnYxIqoHCgVNb2RlbBIMCgRuYW1lGAEgASgJEg8KB2FsaWFzZXMYAiADKAkSDgoGY3VzdG9tGAMgASgIEhIKCm51bV9sYXllcnMYBCABKAUSEwoLaGlkZGVuX3NpemUYBSABKAUSEQoJbnVtX2hlYWRzGAYgASgFEhQKDG51bV9rdl9oZWFkcxgHIAEoBRIQCghoZWFkX2RpbRgIIAEoBRIZChFpbnRlcm1lZGlhdGVfc2l6ZRgJIAEoBRISCgp2b2NhYl9zaXplGAogASgFEhsKE3RpZV93b3JkX2VtYmVkZGluZ3MYCyABKAgSLgoJYXR0ZW50aW9uGAwgASgOMhsucGRwbGFubmVyLnYxLkF0dGVudGlvbktpbmQSEwoLbnVtX2V4cGVydHMYDSABKAUSGQoRZXhwZXJ0c19wZXJfdG9rZW4YDiABKAUSHQoVbW9lX2ludGVybWVkaWF0ZV9zaXplGA8gASgFEhoKEm51bV9zaGFyZWRfZXhwZXJ0cxgQIAEoBRIYChBudW1fZGVuc2VfbGF5ZXJzGBEgASgFEhMKC3FfbG9yYV9yYW5rGBIgASgFEhQKDGt2X2xvcmFfcmFuaxgTIAEoBRIYChBxa19ub3BlX2hlYWRfZGltGBQgASgFEhgKEHFrX3JvcGVfaGVhZF9kaW0YFSABKAUSEgoKdl9oZWFkX2RpbRgWIAEoBRIUCgx0b3RhbF9wYXJhbXMYFyABKAMSFQoNYWN0aXZlX3BhcmFtcxgYIAEoAxIWCg5zbGlkaW5nX3dpbmRvdxgZIAEoBRIZChFudW1fd2luZG93X2xheWVycxgaIAEoBRIXCg9hdHRlbnRpb25fc2lua3MYGyABKAgSGAoQYXR0bl9vdXRwdXRfZ2F0ZRgcIAEoCBIZChFudW1fbGluZWFyX2xheWVycxgdIAEoBRIbChNsaW5lYXJfbGF5ZXJfcGFyYW1zGB4gASgDEh0KFWxpbmVhcl9zdGF0ZV9lbGVtZW50cxgfIAEoAxISCgppbmRleF90b3BrGCAgASgFEhYKDmluZGV4X2hlYWRfZGltGCEgASgFEhUKDWluZGV4X25faGVhZHMYIiABKAUSHgoWaW5kZXhfcGFyYW1zX3Blcl9sYXllchgjIAEoAxIaChJkZW5zZV93ZWlnaHRfYnl0ZXMYJCABKAESGwoTZXhwZXJ0X3dlaWdodF9ieXRlcxglIAEoARIUCgxxdWFudGl6YXRpb24YJiABKAkiMwoJRmxvcHNQZXJTEgwKBGJmMTYYASABKAESCwoDZnA4GAIgASgBEgsKA2ZwNBgDIAEoASK8AgoDR3B1EgwKBG5hbWUYASABKAkSDwoHYWxpYXNlcxgCIAMoCRIOCgZjdXN0b20YAyABKAgSLAoLZmxvcHNfcGVyX3MYBCABKAsyFy5wZHBsYW5uZXIudjEuRmxvcHNQZXJTEhEKCWhibV9ieXRlcxgFIAEoARIXCg9oYm1fYnl0ZXNfcGVyX3MYBiABKAESGgoSbnZsaW5rX2J5dGVzX3Blcl9zGAcgASgBEhoKEm52bGlua19kb21haW5fc2l6ZRgIIAEoBRIcChRzY2FsZW91dF9ieXRlc19wZXJfcxgJIAEoARITCgtjYWxpYnJhdGlvbhgKIAEoCRIbChNoYm1fZGF0YXNoZWV0X2J5dGVzGAsgASgBEhQKDGhibV9yZXBvcnRlZBgMIAEoCRIOCgZzb3VyY2UYDSABKAkiOgoRTGlzdE1vZGVsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoSTGlzdE1vZGVsc1Jlc3BvbnNlEiMKBm1vZGVscxgBIAMoCzITLnBkcGxhbm5lci52MS5Nb2RlbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOAoPTGlzdEdwdXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIkwKEExpc3RHcHVzUmVzcG9uc2USHwoEZ3B1cxgBIAMoCzIRLnBkcGxhbm5lci52MS5HcHUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIp4BChJDcmVhdGVNb2RlbFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIVCgtjb25maWdfanNvbhgDIAEoCUgAEikKBmNvbmZpZxgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3RIABIPCgdhbGlhc2VzGAUgAygJQg8KDWNvbmZpZ19zb3VyY2UiOQoTQ3JlYXRlTW9kZWxSZXNwb25zZRIiCgVtb2RlbBgBIAEoCzITLnBkcGxhbm5lci52MS5Nb2RlbCJWChBDcmVhdGVHcHVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGZ3B1X2lkGAIgASgJEh4KA2dwdRgDIAEoCzIRLnBkcGxhbm5lci52MS5HcHUiMwoRQ3JlYXRlR3B1UmVzcG9uc2USHgoDZ3B1GAEgASgLMhEucGRwbGFubmVyLnYxLkdwdSIiChJEZWxldGVNb2RlbFJlcXVlc3QSDAoEbmFtZRgBIAEoCSIVChNEZWxldGVNb2RlbFJlc3BvbnNlIiAKEERlbGV0ZUdwdVJlcXVlc3QSDAoEbmFtZRgBIAEoCSITChFEZWxldGVHcHVSZXNwb25zZSpfCg1BdHRlbnRpb25LaW5kEh4KGkFUVEVOVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSQVRURU5USU9OX0tJTkRfR1FBEAESFgoSQVRURU5USU9OX0tJTkRfTUxBEAJCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_google_protobuf_struct]);
 
 /**
  * Model is a decoder-only transformer architecture, as the performance model sees it.
@@ -186,6 +186,104 @@ export type Model = Message<"pdplanner.v1.Model"> & {
    * @generated from field: int64 active_params = 24;
    */
   activeParams: bigint;
+
+  /**
+   * Tokens a windowed (sliding-window or chunked local) attention layer attends to; 0: none.
+   *
+   * @generated from field: int32 sliding_window = 25;
+   */
+  slidingWindow: number;
+
+  /**
+   * Layers with windowed attention.
+   *
+   * @generated from field: int32 num_window_layers = 26;
+   */
+  numWindowLayers: number;
+
+  /**
+   * One learned sink logit per head per layer (gpt-oss).
+   *
+   * @generated from field: bool attention_sinks = 27;
+   */
+  attentionSinks: boolean;
+
+  /**
+   * The query projection also produces an output gate (Qwen3-Next).
+   *
+   * @generated from field: bool attn_output_gate = 28;
+   */
+  attnOutputGate: boolean;
+
+  /**
+   * Linear-attention (Gated DeltaNet) layers: a fixed state per sequence, no growing KV cache.
+   *
+   * @generated from field: int32 num_linear_layers = 29;
+   */
+  numLinearLayers: number;
+
+  /**
+   * Weights of one linear-attention block.
+   *
+   * @generated from field: int64 linear_layer_params = 30;
+   */
+  linearLayerParams: bigint;
+
+  /**
+   * Recurrent and convolution state elements per sequence per linear-attention layer.
+   *
+   * @generated from field: int64 linear_state_elements = 31;
+   */
+  linearStateElements: bigint;
+
+  /**
+   * DeepSeek sparse attention: tokens each query attends to; 0: dense attention.
+   *
+   * @generated from field: int32 index_topk = 32;
+   */
+  indexTopk: number;
+
+  /**
+   * DeepSeek sparse attention: dimension of the indexer's cached keys.
+   *
+   * @generated from field: int32 index_head_dim = 33;
+   */
+  indexHeadDim: number;
+
+  /**
+   * DeepSeek sparse attention: the indexer's heads.
+   *
+   * @generated from field: int32 index_n_heads = 34;
+   */
+  indexNHeads: number;
+
+  /**
+   * DeepSeek sparse attention: weights of one layer's indexer.
+   *
+   * @generated from field: int64 index_params_per_layer = 35;
+   */
+  indexParamsPerLayer: bigint;
+
+  /**
+   * Bytes per stored weight of attention, dense and shared-expert layers; 0: at the request's dtype.
+   *
+   * @generated from field: double dense_weight_bytes = 36;
+   */
+  denseWeightBytes: number;
+
+  /**
+   * Bytes per stored weight of routed experts; 0: at the request's dtype.
+   *
+   * @generated from field: double expert_weight_bytes = 37;
+   */
+  expertWeightBytes: number;
+
+  /**
+   * The checkpoint's quantization in words (for example "MXFP4 experts"); empty: none.
+   *
+   * @generated from field: string quantization = 38;
+   */
+  quantization: string;
 };
 
 /**
@@ -305,6 +403,27 @@ export type Gpu = Message<"pdplanner.v1.Gpu"> & {
    * @generated from field: string calibration = 10;
    */
   calibration: string;
+
+  /**
+   * Memory capacity printed on the datasheet, in bytes (hbm_bytes is what the device reports).
+   *
+   * @generated from field: double hbm_datasheet_bytes = 11;
+   */
+  hbmDatasheetBytes: number;
+
+  /**
+   * Where hbm_bytes comes from (for example "nvidia-smi 81559 MiB").
+   *
+   * @generated from field: string hbm_reported = 12;
+   */
+  hbmReported: string;
+
+  /**
+   * Where the figures come from.
+   *
+   * @generated from field: string source = 13;
+   */
+  source: string;
 };
 
 /**

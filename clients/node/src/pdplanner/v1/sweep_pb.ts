@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/sweep.proto.
  */
 export const file_pdplanner_v1_sweep: GenFile = /*@__PURE__*/
-  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSKXAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zIooBChNTd2VlcFNjZW5hcmlvUmVzdWx0Eg0KBWluZGV4GAEgASgFEisKCHNjZW5hcmlvGAIgASgLMhkucGRwbGFubmVyLnYxLlBsYW5SZXF1ZXN0EigKBnJlc3VsdBgDIAEoCzIYLnBkcGxhbm5lci52MS5QbGFuUmVzdWx0Eg0KBWVycm9yGAQgASgJIiwKDVN3ZWVwUHJvZ3Jlc3MSDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBSLcAgoFU3dlZXASDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVxdWVzdBgDIAEoCzIaLnBkcGxhbm5lci52MS5Td2VlcFJlcXVlc3QSKAoFc3RhdGUYBCABKA4yGS5wZHBsYW5uZXIudjEuU3dlZXAuU3RhdGUSLQoIcHJvZ3Jlc3MYBSABKAsyGy5wZHBsYW5uZXIudjEuU3dlZXBQcm9ncmVzcxI0CglzY2VuYXJpb3MYBiADKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdCJYCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1JVTk5JTkcQARITCg9TVEFURV9TVUNDRUVERUQQAhIQCgxTVEFURV9GQUlMRUQQAyKmAQoNU3dlZXBSZXNwb25zZRIkCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEgAEi8KCHByb2dyZXNzGAIgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3NIABI1CghzY2VuYXJpbxgDIAEoCzIhLnBkcGxhbm5lci52MS5Td2VlcFNjZW5hcmlvUmVzdWx0SABCBwoFZXZlbnQiRgoPR2V0U3dlZXBSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTwoQR2V0U3dlZXBSZXNwb25zZRIiCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoRTGlzdFN3ZWVwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoSTGlzdFN3ZWVwc1Jlc3BvbnNlEiMKBnN3ZWVwcxgBIAMoCzITLnBkcGxhbm5lci52MS5Td2VlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAlCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
+  fileDesc("ChhwZHBsYW5uZXIvdjEvc3dlZXAucHJvdG8SDHBkcGxhbm5lci52MSLJAwoMU3dlZXBSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSDgoGbW9kZWxzGAIgAygJEhEKCWdwdV90eXBlcxgDIAMoCRInCgd0cmFmZmljGAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkEh8KBHNsb3MYBSADKAsyES5wZHBsYW5uZXIudjEuU2xvEgwKBGdwdXMYBiABKAUSGQoMcHJlZmlsbF9ncHVzGAcgASgFSACIAQESGAoLZGVjb2RlX2dwdXMYCCABKAVIAYgBARIXCgpyYXRlX3Blcl9zGAkgASgBSAKIAQESEgoKcHJlZml4X2hpdBgKIAEoARIqCglwcmVjaXNpb24YCyABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgMIAEoCRIqCgZsaW1pdHMYDSABKAsyGi5wZHBsYW5uZXIudjEuU2VhcmNoTGltaXRzEhwKD21lbW9yeV9mcmFjdGlvbhgOIAEoAUgDiAEBQg8KDV9wcmVmaWxsX2dwdXNCDgoMX2RlY29kZV9ncHVzQg0KC19yYXRlX3Blcl9zQhIKEF9tZW1vcnlfZnJhY3Rpb24ivAEKE1N3ZWVwU2NlbmFyaW9SZXN1bHQSDQoFaW5kZXgYASABKAUSKwoIc2NlbmFyaW8YAiABKAsyGS5wZHBsYW5uZXIudjEuUGxhblJlcXVlc3QSKAoGcmVzdWx0GAMgASgLMhgucGRwbGFubmVyLnYxLlBsYW5SZXN1bHQSDQoFZXJyb3IYBCABKAkSMAoGZXJyb3JzGAUgAygLMiAucGRwbGFubmVyLnYxLlNjZW5hcmlvRmllbGRFcnJvciIzChJTY2VuYXJpb0ZpZWxkRXJyb3ISDQoFZmllbGQYASABKAkSDgoGcmVhc29uGAIgASgJIiwKDVN3ZWVwUHJvZ3Jlc3MSDAoEZG9uZRgBIAEoBRINCgV0b3RhbBgCIAEoBSLcAgoFU3dlZXASDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKwoHcmVxdWVzdBgDIAEoCzIaLnBkcGxhbm5lci52MS5Td2VlcFJlcXVlc3QSKAoFc3RhdGUYBCABKA4yGS5wZHBsYW5uZXIudjEuU3dlZXAuU3RhdGUSLQoIcHJvZ3Jlc3MYBSABKAsyGy5wZHBsYW5uZXIudjEuU3dlZXBQcm9ncmVzcxI0CglzY2VuYXJpb3MYBiADKAsyIS5wZHBsYW5uZXIudjEuU3dlZXBTY2VuYXJpb1Jlc3VsdCJYCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhEKDVNUQVRFX1JVTk5JTkcQARITCg9TVEFURV9TVUNDRUVERUQQAhIQCgxTVEFURV9GQUlMRUQQAyKmAQoNU3dlZXBSZXNwb25zZRIkCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcEgAEi8KCHByb2dyZXNzGAIgASgLMhsucGRwbGFubmVyLnYxLlN3ZWVwUHJvZ3Jlc3NIABI1CghzY2VuYXJpbxgDIAEoCzIhLnBkcGxhbm5lci52MS5Td2VlcFNjZW5hcmlvUmVzdWx0SABCBwoFZXZlbnQiRgoPR2V0U3dlZXBSZXF1ZXN0EgwKBG5hbWUYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiTwoQR2V0U3dlZXBSZXNwb25zZRIiCgVzd2VlcBgBIAEoCzITLnBkcGxhbm5lci52MS5Td2VlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiOgoRTGlzdFN3ZWVwc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoSTGlzdFN3ZWVwc1Jlc3BvbnNlEiMKBnN3ZWVwcxgBIAMoCzITLnBkcGxhbm5lci52MS5Td2VlcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAlCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
 
 /**
  * SweepRequest asks for a grid of plans: every combination of models x gpu_types x traffic x
@@ -117,6 +117,14 @@ export type SweepRequest = Message<"pdplanner.v1.SweepRequest"> & {
    * @generated from field: pdplanner.v1.SearchLimits limits = 13;
    */
   limits?: SearchLimits | undefined;
+
+  /**
+   * The engine's memory fraction in every scenario, in (0, 1] (see PlanRequest.memory_fraction).
+   * Unset means the engine's default.
+   *
+   * @generated from field: optional double memory_fraction = 14;
+   */
+  memoryFraction?: number | undefined;
 };
 
 /**
@@ -154,11 +162,20 @@ export type SweepScenarioResult = Message<"pdplanner.v1.SweepScenarioResult"> & 
   result?: PlanResult | undefined;
 
   /**
-   * Why the scenario could not be planned ("field: reason"). Empty when result is set.
+   * Why the scenario could not be planned, as one text ("field: reason", several joined by
+   * "; "). Empty when result is set. Kept for older clients; errors holds the same, structured.
    *
    * @generated from field: string error = 4;
    */
   error: string;
+
+  /**
+   * Why the scenario could not be planned: every invalid field, in the order found. Empty when
+   * result is set.
+   *
+   * @generated from field: repeated pdplanner.v1.ScenarioFieldError errors = 5;
+   */
+  errors: ScenarioFieldError[];
 };
 
 /**
@@ -167,6 +184,35 @@ export type SweepScenarioResult = Message<"pdplanner.v1.SweepScenarioResult"> & 
  */
 export const SweepScenarioResultSchema: GenMessage<SweepScenarioResult> = /*@__PURE__*/
   messageDesc(file_pdplanner_v1_sweep, 1);
+
+/**
+ * ScenarioFieldError is one invalid field of a sweep scenario.
+ *
+ * @generated from message pdplanner.v1.ScenarioFieldError
+ */
+export type ScenarioFieldError = Message<"pdplanner.v1.ScenarioFieldError"> & {
+  /**
+   * Path of the field in the SweepRequest ("slos[2].tpot_ms", "models[0]", "gpus"); empty
+   * when the error concerns no field in particular.
+   *
+   * @generated from field: string field = 1;
+   */
+  field: string;
+
+  /**
+   * Why the field is invalid, for people.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message pdplanner.v1.ScenarioFieldError.
+ * Use `create(ScenarioFieldErrorSchema)` to create a new message.
+ */
+export const ScenarioFieldErrorSchema: GenMessage<ScenarioFieldError> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_sweep, 2);
 
 /**
  * SweepProgress counts the scenarios of a sweep finished so far.
@@ -194,7 +240,7 @@ export type SweepProgress = Message<"pdplanner.v1.SweepProgress"> & {
  * Use `create(SweepProgressSchema)` to create a new message.
  */
 export const SweepProgressSchema: GenMessage<SweepProgress> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 2);
+  messageDesc(file_pdplanner_v1_sweep, 3);
 
 /**
  * Sweep is a stored sweep: its request and the outcome of every scenario finished.
@@ -250,7 +296,7 @@ export type Sweep = Message<"pdplanner.v1.Sweep"> & {
  * Use `create(SweepSchema)` to create a new message.
  */
 export const SweepSchema: GenMessage<Sweep> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 3);
+  messageDesc(file_pdplanner_v1_sweep, 4);
 
 /**
  * State is where a sweep stands.
@@ -291,7 +337,7 @@ export enum Sweep_State {
  * Describes the enum pdplanner.v1.Sweep.State.
  */
 export const Sweep_StateSchema: GenEnum<Sweep_State> = /*@__PURE__*/
-  enumDesc(file_pdplanner_v1_sweep, 3, 0);
+  enumDesc(file_pdplanner_v1_sweep, 4, 0);
 
 /**
  * SweepResponse is one event of a Sweep stream. The stream opens with the sweep resource (state
@@ -338,7 +384,7 @@ export type SweepResponse = Message<"pdplanner.v1.SweepResponse"> & {
  * Use `create(SweepResponseSchema)` to create a new message.
  */
 export const SweepResponseSchema: GenMessage<SweepResponse> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 4);
+  messageDesc(file_pdplanner_v1_sweep, 5);
 
 /**
  * GetSweepRequest asks for one stored sweep.
@@ -373,7 +419,7 @@ export type GetSweepRequest = Message<"pdplanner.v1.GetSweepRequest"> & {
  * Use `create(GetSweepRequestSchema)` to create a new message.
  */
 export const GetSweepRequestSchema: GenMessage<GetSweepRequest> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 5);
+  messageDesc(file_pdplanner_v1_sweep, 6);
 
 /**
  * GetSweepResponse returns one stored sweep with one page of its finished scenarios.
@@ -401,7 +447,7 @@ export type GetSweepResponse = Message<"pdplanner.v1.GetSweepResponse"> & {
  * Use `create(GetSweepResponseSchema)` to create a new message.
  */
 export const GetSweepResponseSchema: GenMessage<GetSweepResponse> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 6);
+  messageDesc(file_pdplanner_v1_sweep, 7);
 
 /**
  * ListSweepsRequest asks for stored sweeps, newest first.
@@ -429,7 +475,7 @@ export type ListSweepsRequest = Message<"pdplanner.v1.ListSweepsRequest"> & {
  * Use `create(ListSweepsRequestSchema)` to create a new message.
  */
 export const ListSweepsRequestSchema: GenMessage<ListSweepsRequest> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 7);
+  messageDesc(file_pdplanner_v1_sweep, 8);
 
 /**
  * ListSweepsResponse returns one page of stored sweeps, without their scenarios (GetSweep has
@@ -458,5 +504,5 @@ export type ListSweepsResponse = Message<"pdplanner.v1.ListSweepsResponse"> & {
  * Use `create(ListSweepsResponseSchema)` to create a new message.
  */
 export const ListSweepsResponseSchema: GenMessage<ListSweepsResponse> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_sweep, 8);
+  messageDesc(file_pdplanner_v1_sweep, 9);
 
