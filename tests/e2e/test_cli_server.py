@@ -110,10 +110,10 @@ def test_a_bad_value_is_the_same_one_line_error_against_a_server(
 
 
 def test_an_unknown_model_names_the_known_ones_against_a_server(remote: CliRunner) -> None:
-    args = [*EST[:2], "nope", *EST[3:], "--phase", "decode", "--tp", "1", "--batch", "1"]
+    args = [*EST[:2], "llama-3.1-7b", *EST[3:], "--phase", "decode", "--tp", "1", "--batch", "1"]
     result = remote.invoke(app, args)
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: --model: unknown model 'nope'")
+    assert result.stderr.startswith("error: --model: unknown model 'llama-3.1-7b'; closest known:")
     assert "llama-3.1-70b" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
