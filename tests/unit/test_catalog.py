@@ -250,8 +250,8 @@ def test_engines_hold_their_differences() -> None:
 @pytest.mark.parametrize(
     ("kind", "lookup", "some_known"),
     [
-        ("model", lambda n: load_model(n), "llama-3.1-70b"),
-        ("GPU", lambda n: load_gpu(n), "h100-sxm"),
+        ("model", lambda n: load_model(n), "gpt-oss-120b"),
+        ("GPU", lambda n: load_gpu(n), "a100-sxm-80g"),
         ("engine", lambda n: load_engine(n), "vllm"),
     ],
 )
