@@ -13,7 +13,11 @@ A worker here is one attention-DP rank; ranks of one model replica are separate 
 turn. Per iteration and worker (the engine scheduler, parameters in ``sched``):
 
 1. Admission, first come first served, stopping at the first request that does not fit (a later,
-   smaller request does not overtake it), while fewer than ``max_seqs`` run. KV admission:
+   smaller request does not overtake it), while fewer than ``max_seqs`` run. With an overlap
+   (asynchronous) scheduler (``S_OVERLAP``; TensorRT-LLM's and SGLang's default) the next batch
+   is formed while the GPU runs the current one, so on an aggregated or decode worker that keeps
+   running a request that queued during the iteration now ending waits one iteration more: it
+   joins only if it queued before that iteration's last step started. KV admission:
    ``KV_RESERVE`` reserves the whole request (prompt + answer; TensorRT-LLM GUARANTEED_NO_EVICT),
    ``KV_ON_DEMAND`` only the tokens this iteration writes (vLLM paged blocks), ``KV_RATIO`` the
    prompt plus ``ratio`` x the answer still to come (SGLang's new-token ratio, which decays per
@@ -52,8 +56,8 @@ KV_RESERVE, KV_ON_DEMAND, KV_RATIO = 0, 1, 2
 # sched[] slots
 S_BUDGET, S_MAX_SEQS, S_CHUNKED, S_MIXED, S_POLICY = 0, 1, 2, 3, 4
 S_RATIO_INIT, S_RATIO_MIN, S_RATIO_DECAY, S_CAP_FRONT, S_CAP_BACK = 5, 6, 7, 8, 9
-S_TRANSFER_MS, S_MAX_SEQS_BACK, S_BUDGET_BACK, S_PREFIX_HIT = 10, 11, 12, 13
-SCHED_SLOTS = 14
+S_TRANSFER_MS, S_MAX_SEQS_BACK, S_BUDGET_BACK, S_PREFIX_HIT, S_OVERLAP = 10, 11, 12, 13, 14
+SCHED_SLOTS = 15
 
 # stats[] slots
 T_RUNNING, T_WAITING, T_SPAN, T_TOKENS, T_PREEMPTIONS, T_EVENTS, T_END = 0, 1, 2, 3, 4, 5, 6
@@ -144,6 +148,7 @@ def simulate_loop(
     held = np.zeros(n)  # KV tokens written
     resv = np.zeros(n)  # KV tokens counted against admission
     t_ready = np.zeros(n)
+    t_queued = np.full(n, -np.inf)  # when it last joined a queue (-inf: back from preemption)
     # per worker
     role = np.zeros(n_w, np.int64)
     cap = np.zeros(n_w)
@@ -177,6 +182,9 @@ def simulate_loop(
     kv_resv = np.zeros(n_w)
     kv_held = np.zeros(n_w)
     ratio = np.full(n_w, ratio_init)
+    overlap = sched[S_OVERLAP] > 0.5
+    t_formed = np.full(n_w, -np.inf)  # start of the last step of the latest iteration
+    t_free = np.full(n_w, -np.inf)  # end of the latest iteration
     # in transfer
     xfer = np.zeros(n, np.int64)
     n_xfer = 0
@@ -235,6 +243,7 @@ def simulate_loop(
                         done_pf[r] = 0.0
                     # a decode-only worker takes the sequence's KV back as it came (no recompute)
                     state[r] = WAITING
+                    t_queued[r] = -np.inf
                     nxt[r] = head[w]
                     head[w] = r
                     if tail[w] < 0:
@@ -249,8 +258,16 @@ def simulate_loop(
             # and not in an iteration that had to preempt (vLLM's rule)
             bud = 1e18 if rl == DECODE else budget[w] - (n_dec if mixed else 0) - pf_pending
             planned = float(n_dec) if policy == KV_ON_DEMAND else 0.0
+            # overlap: this iteration was formed when the last step of the previous one began
+            limit = np.inf
+            if overlap and rl != PREFILL and t_free[w] == t and n_run[w] > 0:
+                limit = t_formed[w]
+            deferred = False
             while head[w] >= 0 and n_run[w] < max_run[w] and not preempted and bud > 0.0:
                 r = head[w]
+                if t_queued[r] > limit:
+                    deferred = True  # joins the next iteration
+                    break
                 rem_prompt = pf_target[r] - done_pf[r]
                 if rl != DECODE and not chunked and rem_prompt > bud and pf_pending > 0.0:
                     break  # a whole prompt waits for a step with room (alone it may exceed it)
@@ -401,6 +418,8 @@ def simulate_loop(
                         steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
                 if policy == KV_RATIO and head[w] >= 0:
                     steps = max(1.0, min(steps, 16.0))  # the ratio decays: look again soon
+                if deferred:
+                    steps = 1.0
             dctx = ctx + 0.5 * (steps - 1.0) * (n_dec / dc if dc > 0.0 else 1.0)
             lat, stage = step_ms(
                 mv,
@@ -429,6 +448,7 @@ def simulate_loop(
                 t_end[w] = t + stage  # the first stage takes the next batch
             else:
                 t_end[w] = t + lat * steps
+            t_formed[w] = max(t, t_end[w] - lat)
             if decode_now:
                 kv_held[w] += n_dec * steps
                 for j in range(n_run[w]):
@@ -474,6 +494,7 @@ def simulate_loop(
             if not busy[w] or t_end[w] > t:
                 continue
             busy[w] = False
+            t_free[w] = t
             rl = role[w]
             steps = it_steps[w]
             j = 0
@@ -542,6 +563,7 @@ def simulate_loop(
                             tail,
                             n_wait,
                         )
+                        t_queued[r2] = t
                         if n_back > 0:
                             rr_front += 1
                         total_wait += 1
@@ -590,6 +612,7 @@ def simulate_loop(
                         tail,
                         n_wait,
                     )
+                    t_queued[r2] = t
                     rr_front += 1
                     total_wait += 1
                 continue
@@ -603,6 +626,7 @@ def simulate_loop(
                     load = lv
             worker[r] = best
             state[r] = WAITING
+            t_queued[r] = t
             if tail[best] >= 0:
                 nxt[tail[best]] = r
             else:
@@ -633,6 +657,7 @@ def simulate_loop(
                 tail,
                 n_wait,
             )
+            t_queued[r] = t
             if n_back > 0:
                 rr_front += 1
             total_wait += 1

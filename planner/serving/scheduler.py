@@ -13,6 +13,10 @@ max_num_seqs               int     most requests running at once (TRT-LLM max_ba
                                    SGLang max_running_requests)
 enable_chunked_prefill     bool    split prompts over iterations to fit the token budget
 mixed_batches              bool    one iteration may carry prompt chunks and decode tokens
+async_scheduling           bool    the next batch is formed while the GPU runs the current one
+                                   (overlap scheduler: TensorRT-LLM disable_overlap_scheduler,
+                                   SGLang disable_overlap_schedule, vLLM async_scheduling), so
+                                   a request that queues during an iteration waits one more
 kv_admission               str     ``reserve``, ``on_demand`` or ``ratio`` (see ``_loop``)
 new_token_ratio            float   ``ratio`` admission: initial share of the answer reserved
 min_new_token_ratio        float   ``ratio`` admission: the floor the share decays to
@@ -50,6 +54,7 @@ class SchedulerSettings:
     max_num_seqs: int
     enable_chunked_prefill: bool
     mixed_batches: bool
+    async_scheduling: bool
     kv_admission: str
     new_token_ratio: float
     min_new_token_ratio: float
@@ -64,7 +69,7 @@ class SchedulerSettings:
 
 _INT = ("max_num_batched_tokens", "max_num_seqs", "cuda_graph_max_bs")
 _FLOAT = ("new_token_ratio", "min_new_token_ratio", "new_token_ratio_decay")
-_BOOL = ("enable_chunked_prefill", "mixed_batches")
+_BOOL = ("enable_chunked_prefill", "mixed_batches", "async_scheduling")
 _STR = ("kv_admission",)
 # the engines' own names for the memory fraction (vLLM, SGLang, TensorRT-LLM): one setting with
 # the request's ``memory_fraction``, applied to the performance context, not the scheduler

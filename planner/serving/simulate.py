@@ -152,6 +152,7 @@ def _sched_vector(
     s[L.S_MAX_SEQS] = front.max_num_seqs
     s[L.S_CHUNKED] = float(front.enable_chunked_prefill)
     s[L.S_MIXED] = float(front.mixed_batches)
+    s[L.S_OVERLAP] = float(front.async_scheduling)
     # one deployment, one admission rule: the decode pool's where there is one
     s[L.S_POLICY] = KV_ADMISSION.index(back.kv_admission)
     s[L.S_RATIO_INIT] = back.new_token_ratio

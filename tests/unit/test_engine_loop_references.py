@@ -61,6 +61,7 @@ class Req:
     end: float = -1.0
     front: int = 0
     ready: float = 0.0
+    queued: float = -math.inf  # when it last joined a queue (-inf: back from preemption)
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Worker:
     start: float = 0.0
     lat: float = 0.0
     steps: float = 1.0
+    formed: float = -math.inf  # start of the last step of the latest iteration
+    free: float = -math.inf  # end of the latest iteration
     dec: bool = False
     ratio: float = 0.0
 
@@ -111,6 +114,7 @@ class Case:
     osl: list[float]
     lay_f: tuple[float, float, float, float]
     lay_b: tuple[float, float, float, float]
+    overlap: bool = False
 
     def sched(self) -> np.ndarray:
         s = np.zeros(L.SCHED_SLOTS)
@@ -120,6 +124,7 @@ class Case:
         s[L.S_CAP_FRONT], s[L.S_CAP_BACK] = self.cap_front, self.cap_back
         s[L.S_TRANSFER_MS], s[L.S_MAX_SEQS_BACK] = self.transfer_ms, self.max_seqs_back
         s[L.S_BUDGET_BACK], s[L.S_PREFIX_HIT] = self.budget_back, self.prefix_hit
+        s[L.S_OVERLAP] = self.overlap
         return s
 
 
@@ -170,6 +175,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
     stats_run = stats_wait = 0.0
 
     def enqueue(r: Req, w: int) -> None:
+        r.queued = t
         r.front = w
         r.prompt = r.isl
         r.done = math.floor(r.isl * case.prefix_hit)
@@ -197,6 +203,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     else:
                         pf_pending -= r.prompt - r.done
                     r.held = r.resv = 0.0
+                    r.queued = -math.inf
                     if w.role == "agg":
                         r.prompt, r.done = r.isl + r.gen, 0.0
                     w.queue.appendleft(r)
@@ -208,8 +215,15 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             bud = math.inf if w.role == "decode" else w.budget - (n_dec if case.mixed else 0)
             bud -= 0 if w.role == "decode" else pf_pending
             planned = float(n_dec) if case.policy == L.KV_ON_DEMAND else 0.0
+            # an overlap scheduler formed this iteration when the previous one's last step began
+            overlap = case.overlap and w.role != "prefill" and w.free == t and w.running
+            limit = w.formed if overlap else math.inf
+            deferred = False
             while w.queue and len(w.running) < w.max_seqs and not preempted and bud > 0:
                 r = w.queue[0]
+                if r.queued > limit:
+                    deferred = True
+                    break
                 rem = r.prompt - r.done
                 if w.role != "decode" and not case.chunked and rem > bud and pf_pending > 0:
                     break
@@ -299,6 +313,8 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                             steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
                     if case.policy == L.KV_RATIO and w.queue:
                         steps = max(1.0, min(steps, 16.0))
+                    if deferred:
+                        steps = 1.0
             n_pf = float(len(chunks))
             new = sum(r.take for r in chunks) / n_pf if chunks else 0.0
             past = sum(r.done for r in chunks) / n_pf if chunks else 0.0
@@ -306,6 +322,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             lat, stage = step(w.front, n_pf, new, past, dc, mid if not chunks else ctx)
             w.busy, w.start, w.steps, w.dec, w.lat = True, t, steps, decode_now, lat
             w.end = t + stage if (w.role == "prefill" and lay[1] > 1) else t + lat * steps
+            w.formed = max(t, w.end - lat)
             for r in dec:
                 r.held += steps
             if case.policy == L.KV_RATIO:
@@ -324,6 +341,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             if not w.busy or w.end > t:
                 continue
             w.busy = False
+            w.free = t
             keep = []
             for r in w.running:
                 finished = False
@@ -375,6 +393,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                 continue
             back = workers[case.n_front :]
             loads = [len(v.running) + len(v.queue) for v in back]
+            r.queued = t
             back[loads.index(min(loads))].queue.append(r)
         while next_arr < known and reqs[next_arr].arrived <= t:
             r = reqs[next_arr]
@@ -490,6 +509,7 @@ def cases(
         osl=osl,
         lay_f=lay,
         lay_b=lay,
+        overlap=draw(st.booleans()),
     )
     return case, c
 
@@ -499,7 +519,8 @@ def cases(
 def test_simulate_loop_equals_the_reference_with_the_same_decode_runs(cc) -> None:
     """Every request's first-token and completion time, the completion order and the running
     and waiting integrals, at 1e-9, across agg and disagg, closed and open loops, all three KV
-    admission rules, chunked or whole prompts, mixed or separate batches, memory pressure."""
+    admission rules, chunked or whole prompts, mixed or separate batches, with or without an
+    overlap scheduler, memory pressure."""
     case, c = cc
     status, t_first, t_done, order, stats = kernel(case, c)
     ref = reference(case, step_fn(c, case), skip_runs=True)
