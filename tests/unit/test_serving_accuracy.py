@@ -134,9 +134,12 @@ def test_serving_errors_on_measured_runs_under_cross_validation(predictions) -> 
             f"TTFT {p.ttft_ms.mean + fitted[r.mode]:.0f} / {r.ttft_ms:.0f}, "
             f"TPOT {p.tpot_ms.mean:.2f} / {r.tpot_ms:.2f}"
         )
-    # the serving layer once predicted TTFT 5-30x too low on these runs (issue 7's table): the
-    # held-out median errors must stay far from that, and TPOT within a fifth of the measured
-    for name, (_, n, tm, _ta, qm, _qa) in overall.items():
-        assert n >= 600, name
-        assert tm < 50.0, (name, tm)
+    # the serving layer once predicted TTFT 5-30x too low on these runs (issue 7's table); with
+    # the runs' token budgets and the overlap schedulers the held-out TTFT errors came to about
+    # 30% (median) and 38-40% (mean) in every scheme: they must not drift back up, and TPOT
+    # stays within a fifth of the measured
+    for name, (_, n, tm, ta, qm, _qa) in overall.items():
+        assert n >= 700, name
+        assert tm < 36.0, (name, tm)
+        assert ta < 43.0, (name, ta)
         assert qm < 20.0, (name, qm)
