@@ -62,7 +62,7 @@ from planner.serving.mix import mix_cycle
 from planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from planner.serving.queueing import MAX_UTILISATION, PERCENTILES, max_utilisation_many, wait_ms
 from planner.serving.scheduler import SchedulerSettings, memory_fraction_for, scheduler_for
-from planner.serving.simulate import graphs_for, scheduler_vector
+from planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
 from planner.types import Deployment, PlanRequest, PlanResult, Pool
 
 PREFILL_BATCHES = list(range(1, 33))
@@ -673,6 +673,9 @@ class _Search:
         cols: list[np.ndarray] = []
         owner: list[np.ndarray] = []
         rows = np.zeros((chunk_arr.shape[0] * conc.shape[0], ROW_COLUMNS))
+        # a request's time outside the engine loop (HTTP, tokenisation, detokenisation): the
+        # same per-request overhead that ``estimate`` adds to an aggregated worker's TTFT
+        overhead_ms = REQUEST_OVERHEAD_MS["agg"]
         for li in range(lay.shape[0]):
             tp, pp, ep, dp = (float(v) for v in lay[li])
             self._check()
@@ -693,10 +696,11 @@ class _Search:
                 self.req.prefix_hit,
                 sched_v,
                 graphs,
-                4.0 * self.req.slo.ttft_ms,
+                4.0 * self.req.slo.ttft_ms - overhead_ms,
                 self.pct,
                 rows,
             )
+            rows[:n, R_TTFT] += overhead_ms
             cols.append(rows[:n].copy())
             owner.append(np.full(n, li))
         pts = np.concatenate(cols) if cols else np.zeros((0, ROW_COLUMNS))

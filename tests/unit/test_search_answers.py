@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from planner.catalog import default_gpus, default_models, load_engine
 from planner.perf.params import PerfContext
-from planner.search.aggsweep import R_TPOT, ROW_COLUMNS, sweep_layout
+from planner.search.aggsweep import R_TPOT, R_TTFT, ROW_COLUMNS, sweep_layout
 from planner.search.enumerate import default_max_tp, layouts
 from planner.search.recommend import RATE_SEARCH_FACTOR, search
 from planner.serving.mix import mix_cycle
 from planner.serving.scheduler import scheduler_for
-from planner.serving.simulate import graphs_for, scheduler_vector
+from planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
 from planner.types import Deployment, Mode, PlanRequest, PlanResult, SearchLimits, Slo, Workload
 
 REF = PlanRequest(
@@ -322,6 +322,42 @@ def test_case5_the_result_says_which_percentile_each_figure_is() -> None:
     assert "TTFT p99" in p99.explanation and "TPOT p99" in p99.explanation
     assert "free of prefill interference, so the same at every percentile" in p99.explanation
     assert "TPOT p99" in agg.explanation and "the p99 of requests' TPOT" in agg.explanation
+
+
+def test_case5_plan_and_estimate_count_the_same_agg_request_overhead() -> None:
+    # an aggregated point's TTFT in plan is the engine-loop simulation of its sweep plus the
+    # queueing wait, plus the per-request time outside the loop that ``estimate`` adds too
+    req = PlanRequest(
+        model="llama-3.1-8b",
+        gpu="h100-sxm",
+        gpus=1,
+        traffic=(Workload(256, 64),),
+        slo=Slo(ttft_ms=1e6, tpot_ms=1e3),
+        limits=SearchLimits(modes=("agg",)),
+    )
+    best = search(req)[0].best
+    assert best is not None and best.mode == "agg"
+    pool = best.pools[0]
+    ctx = PerfContext.build(
+        default_models().get("llama-3.1-8b", "model"),
+        default_gpus().get("h100-sxm", "gpu"),
+        load_engine("vllm", "engine"),
+    )
+    sched = scheduler_for(ctx.engine)
+    isl, osl = mix_cycle(req.traffic)
+    rows = np.zeros((1, ROW_COLUMNS))
+    n = sweep_layout(
+        ctx.mv, ctx.hv, ctx.cal.gemm, ctx.cal.attn_prefill, ctx.cal.attn_decode,
+        float(pool.tp), float(pool.pp), float(pool.ep), float(pool.attention_dp),
+        np.array([float(pool.chunk_tokens or 0)]), np.array([float(pool.batch)]), isl, osl,
+        0.0, scheduler_vector(sched), graphs_for(ctx, sched), 1e9, 0.5, rows,
+    )  # fmt: skip
+    assert n == 1
+    print(
+        f"plan's agg TTFT {best.ttft_ms:.2f} ms = sweep {rows[0, R_TTFT]:.2f} ms + overhead "
+        f"{REQUEST_OVERHEAD_MS['agg']:g} ms"
+    )
+    assert best.ttft_ms == pytest.approx(rows[0, R_TTFT] + REQUEST_OVERHEAD_MS["agg"], rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------
