@@ -38,12 +38,16 @@ from planner.types import Parallelism
 # How many requests a benchmark run sends per client. The source of the measured runs does not
 # say; benchmark clients (SGLang bench_serving, genai-perf/aiperf, vLLM benchmark_serving) take a
 # request count that users set to a multiple of the concurrency. Fitted on shared/serving-runs
-# over {2, 4, 10} by tools/fit_serving.py: 10 on all rows and in 8 of 11 leave-one-out folds.
+# over {2, 4, 10} by tools/fit_serving.py: 10 on all rows and in 8 of 11 leave-one-out folds;
+# AIConfigurator's genai-perf runner, which benchmarks such runs, sends 10 per client after 2 of
+# warm-up (src/aiconfigurator/eval/benchmarks/genai_perf_runner.py).
 REQUESTS_PER_CLIENT = 10.0
 # Per-request time to first token outside the engine loop (HTTP, tokenisation, detokenisation;
 # in disaggregated serving also the router, the KV handshake and the decode worker's first
-# scheduling), fitted on the same runs with the same folds (README: serving model).
-REQUEST_OVERHEAD_MS = {"agg": 100.0, "disagg": 200.0}
+# scheduling), fitted on the same runs with the same folds (tests/unit/test_serving_accuracy.py,
+# "fitted on every run"; README: serving model): 150 ms agg since the runs' token budgets and the
+# overlap schedulers are simulated (100 ms before), 200 ms disagg.
+REQUEST_OVERHEAD_MS = {"agg": 150.0, "disagg": 200.0}
 WARMUP_SHARE = 0.1
 POISSON_REQUESTS = 2000
 MAX_REQUESTS = 2_000_000
