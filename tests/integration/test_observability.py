@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -148,3 +152,69 @@ def test_a_configured_exporter_puts_a_provider_on_the_server(
         assert isinstance(running.tracer_provider, TracerProvider)
     finally:
         running.stop(0)
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace collector that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.received = threading.Event()
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        self.received.set()
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[_Collector, int]]:
+    servicer = _Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, port
+    server.stop(0)
+
+
+def test_spans_reach_an_otlp_collector_over_grpc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collector: tuple[_Collector, int]
+) -> None:
+    """OTEL_TRACES_EXPORTER=otlp sends the RPCs' spans over OTLP/gRPC, as a collector receives
+    them: the OTLP exporter and batch processor of the SDK, not an in-memory stand-in."""
+    servicer, port = collector
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "planner-otlp-test")
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=f"sqlite:///{tmp_path / 'p.db'}", warmup=False
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = planner_service_pb2_grpc.PlannerServiceStub(channel)
+            planned = stub.Plan(plan_request(model="llama-3.1-8b", gpus=4)).plan
+            stub.GetPlan(plan_pb2.GetPlanRequest(name=planned.name))
+    finally:
+        running.stop(0)  # shuts the provider down, which flushes the batch processor
+    assert servicer.received.wait(timeout=30), "no OTLP export reached the collector"
+    spans = [
+        (resource_spans.resource, span)
+        for request in servicer.requests
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    ]
+    names = sorted(span.name for _, span in spans)
+    assert names == [
+        "/pdplanner.v1.PlannerService/GetPlan",
+        "/pdplanner.v1.PlannerService/Plan",
+    ]
+    for resource, span in spans:
+        attributes = {a.key: a.value.string_value for a in resource.attributes}
+        assert attributes["service.name"] == "planner-otlp-test"
+        assert span.kind == trace_pb2.Span.SpanKind.SPAN_KIND_SERVER
+        assert span.status.code != trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
