@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -14,11 +15,16 @@ from planner.catalog.engines import load_engine
 from planner.errors import InvalidInputError
 from planner.export import flags, manifests
 from planner.export.engines import (
+    DEFAULT_GPUS_PER_NODE,
+    DIST_INIT_PORT,
     FRONTEND_PORT,
+    HEAD_NODE,
+    RAY_PORT,
     WORKER_PORTS,
     Launch,
     PoolContext,
     launch,
+    sglang_node_args,
 )
 from planner.serving.scheduler import memory_fraction_for, scheduler_for
 from planner.types import Deployment, PlanRequest, PlanResult
@@ -120,9 +126,17 @@ def _script(lines: list[str]) -> str:
     return "\n".join(["#!/usr/bin/env bash", "set -euo pipefail", *lines]) + "\n"
 
 
+_SHELL_VARIABLE = re.compile(r"\$[A-Z_][A-Z0-9_]*")
+
+
+def _quote(word: str) -> str:
+    # a shell variable the operator sets ("$NODE_RANK") is expanded, everything else is literal
+    return f'"{word}"' if _SHELL_VARIABLE.fullmatch(word) else shlex.quote(word)
+
+
 def _command(words: tuple[str, ...] | list[str], args: tuple[str, ...] | list[str]) -> list[str]:
     """A command as shell lines, one flag (and its value) per line."""
-    out = [shlex.join(words) + " \\"]
+    out = [" ".join(_quote(w) for w in words) + " \\"]
     pairs: list[list[str]] = []
     for a in args:
         if a.startswith("-") or not pairs:
@@ -130,8 +144,53 @@ def _command(words: tuple[str, ...] | list[str], args: tuple[str, ...] | list[st
         else:
             pairs[-1].append(a)
     for i, pair in enumerate(pairs):
-        out.append("    " + shlex.join(pair) + (" \\" if i < len(pairs) - 1 else ""))
+        line = " ".join(_quote(w) for w in pair)
+        out.append("    " + line + (" \\" if i < len(pairs) - 1 else ""))
     return out
+
+
+def _multinode_lines(engine: str, item: Launch) -> list[str]:
+    """The launch of one worker over ``item.nodes`` nodes, as each engine starts one.
+
+    - vLLM 0.11: a Ray cluster over the worker's nodes (``ray start --head`` on the head node,
+      ``ray start --address`` on the others), then ``vllm serve`` on the head node, whose Ray
+      executor places the tp * pp ranks over the cluster's GPUs.
+    - SGLang 0.5.3: the same ``launch_server`` on every node with ``--nnodes``, its own
+      ``--node-rank`` (0 on the head node, which serves HTTP) and ``--dist-init-addr`` of rank 0.
+    - TensorRT-LLM: one MPI rank per GPU over the nodes (Open MPI's ``mpirun -np -H``), each
+      running ``trtllm-llmapi-launch trtllm-serve``: rank 0 serves, the others are the LLM API's
+      MPI workers.
+    """
+    nodes, per_node = item.nodes, item.gpus_per_node
+    others = f"each of the other {nodes - 1} node(s)"
+    if engine == "vllm":
+        return [
+            f"# a worker spans {nodes} nodes of {per_node} GPUs, joined by Ray; on its head node "
+            f"({HEAD_NODE}):",
+            shlex.join(["ray", "start", "--head", "--port", str(RAY_PORT)]),
+            f"# on {others} of the worker:",
+            shlex.join(["ray", "start", "--address", f"{HEAD_NODE}:{RAY_PORT}", "--block"]),
+            "# then on the head node:",
+            *_command(item.program, item.args),
+        ]
+    if engine == "sglang":
+        node_args = sglang_node_args(nodes, "$NODE_RANK", f"{HEAD_NODE}:{DIST_INIT_PORT}")
+        return [
+            f"# a worker spans {nodes} nodes of {per_node} GPUs: run this on each of them with "
+            f"NODE_RANK=0..{nodes - 1}",
+            f"# (0 on the head node, {HEAD_NODE}, which serves HTTP)",
+            *_command(item.program, [*item.args, *node_args]),
+        ]
+    if engine == "trtllm":
+        hosts = ",".join(f"{HEAD_NODE if n == 0 else f'NODE_{n}'}:{per_node}" for n in range(nodes))
+        mpi = ["mpirun", "--allow-run-as-root", "-np", str(item.pool.gpus_per_worker), "-H", hosts,
+               "trtllm-llmapi-launch", *item.program]  # fmt: skip
+        return [
+            f"# a worker spans {nodes} nodes of {per_node} GPUs: one MPI rank per GPU, started "
+            f"from the head node ({HEAD_NODE})",
+            *_command(mpi, item.args),
+        ]
+    raise ValueError(f"no multi-node launch for engine {engine!r}")
 
 
 def _header(name: str, request: PlanRequest, chosen: Deployment, engine: str) -> list[str]:
@@ -170,12 +229,19 @@ def _launch_script(
         lines += [
             "",
             f"# {p.role} pool: {p.workers} worker(s) of {p.gpus_per_worker} x {p.gpu}; "
-            f"run this on each worker's host (port {item.port})",
+            + (
+                f"run this on each worker's host (port {item.port})"
+                if item.nodes == 1
+                else f"run this for each worker (port {item.port} on its head node)"
+            ),
         ]
         for option_file, doc in item.option_files.items():
             body = yaml.safe_dump(doc, sort_keys=False).rstrip()
             lines += [f"cat > {option_file} <<'YAML'", body, "YAML"]
-        lines += _command(item.program, item.args)
+        if item.nodes > 1:
+            lines += _multinode_lines(engine, item)
+        else:
+            lines += _command(item.program, item.args)
     if chosen.mode != "disagg":
         return lines
     prefill = f"http://PREFILL_HOST:{WORKER_PORTS['prefill']}"
@@ -212,12 +278,17 @@ def export_plan(
     fmt: str,
     name: str = "plan",
     models: ModelCatalog | None = None,
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
 ) -> PlanExport:
     """The files of ``fmt`` (one of ``EXPORT_FORMATS``) for ``result.best``.
 
     ``name`` is the plan's resource name (``plans/{id}``), written into the files' headers and
-    Kubernetes object names. Raises ``ExportError`` on ``format`` for an unknown format and on
-    ``name`` for a plan without a chosen deployment.
+    Kubernetes object names. ``gpus_per_node`` is the GPUs of one host: a worker with more
+    (tp * pp * dp) gets its engine's multi-node launch (see ``_multinode_lines``,
+    ``manifests.kubernetes`` and ``manifests.dynamo_graph``). Raises ``ExportError`` on
+    ``format`` for an unknown format or a multi-node TensorRT-LLM worker as plain Kubernetes
+    manifests, and on ``name`` for a plan without a chosen deployment or whose workers do not
+    split evenly over nodes.
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError("format", f"must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
@@ -230,7 +301,10 @@ def export_plan(
     ctx = _context(request, chosen, models)
     order = {"prefill": 0, "decode": 1, "agg": 2}
     pools = sorted(chosen.pools, key=lambda p: order[p.role])
-    launches = [launch(engine, p, ctx) for p in pools]
+    try:
+        launches = [launch(engine, p, ctx, gpus_per_node=gpus_per_node) for p in pools]
+    except ValueError as error:
+        raise ExportError("name", f"{name}: {error}") from None
     base = manifests.dns_name(f"pdplanner-{name.rsplit('/', 1)[-1][:12]}")
     files: list[ExportedFile] = []
     notes: list[str] = []
@@ -239,6 +313,14 @@ def export_plan(
         files.append(ExportedFile("launch.sh", _script(script), executable=True))
         url = f"http://ROUTER_HOST:{FRONTEND_PORT}"
     elif fmt == "k8s":
+        wide = [item for item in launches if item.nodes > 1]
+        if wide and engine == "trtllm":
+            raise ExportError(
+                "format",
+                f"a {wide[0].pool.role} worker spans {wide[0].nodes} nodes: TensorRT-LLM starts "
+                "it with mpirun over SSH between the pods, which plain manifests do not set up; "
+                "use --format dynamo (the operator launches it) or --format trtllm",
+            )
         objects = manifests.kubernetes(base, launches, engine)
         files.append(ExportedFile("deployment.yaml", _yaml(objects, name, request, chosen, engine)))
         first = launches[-1] if chosen.mode == "disagg" else launches[0]
@@ -253,9 +335,9 @@ def export_plan(
         )
         url = f"http://{base}-frontend:{FRONTEND_PORT}"
     for item in launches:
-        if item.pool.gpus_per_worker > 8:
-            notes.append(f"a {item.pool.role} worker spans {item.pool.gpus_per_worker} GPUs, more "
-                         "than one 8-GPU node: it needs a multi-node launcher")  # fmt: skip
+        if item.nodes > 1:
+            notes.append(f"a {item.pool.role} worker spans {item.nodes} nodes of "
+                         f"{item.gpus_per_node} GPUs: the files start it on each node")  # fmt: skip
     bench = benchmark_command(request, chosen, ctx.model_id, url)
     files.append(ExportedFile(
         "benchmark.sh",
@@ -303,15 +385,30 @@ def commands(export: PlanExport) -> list[str]:
             out += flags.shell_commands("\n".join(kept))
         else:
             for doc in yaml.safe_load_all(f.content):
-                for container in _containers(doc):
-                    out.append(shlex.join([*container["command"], *container.get("args", [])]))
+                for container in containers(doc):
+                    out += container_commands(container)
     return out
 
 
-def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+def container_commands(container: dict[str, Any]) -> list[str]:
+    """The command lines a container runs: its command and args, or each command of an
+    ``sh -c`` script."""
+    words = [*container["command"], *container.get("args", [])]
+    if words[:2] == ["sh", "-c"] and len(words) == 3:
+        return flags.script_commands(words[2])
+    return [shlex.join(words)]
+
+
+def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The engine containers of a manifest document (Deployment, LeaderWorkerSet,
+    DynamoGraphDeployment)."""
     kind = doc.get("kind")
     if kind == "Deployment":
         return list(doc["spec"]["template"]["spec"]["containers"])
+    if kind == "LeaderWorkerSet":
+        template = doc["spec"]["leaderWorkerTemplate"]
+        pods = [template["leaderTemplate"], template["workerTemplate"]]
+        return [c for pod in pods for c in pod["spec"]["containers"]]
     if kind == "DynamoGraphDeployment":
         return [s["extraPodSpec"]["mainContainer"] for s in doc["spec"]["services"].values()]
     return []

@@ -47,6 +47,14 @@ from planner.types import Pool, Precision
 FRONTEND_PORT = 8000
 WORKER_PORTS = {"agg": 8000, "prefill": 8100, "decode": 8200}
 
+#: GPUs of one node (host) unless the export is told otherwise: an HGX/DGX H100, H200 or B200.
+DEFAULT_GPUS_PER_NODE = 8
+#: A worker wider than one node: the head node (node rank 0, which serves HTTP) as the launch
+#: scripts name it, the port of the Ray head (vLLM) and of SGLang's torch.distributed rendezvous.
+HEAD_NODE = "HEAD_NODE"
+RAY_PORT = 6379
+DIST_INIT_PORT = 5000
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -58,6 +66,36 @@ class Launch:
     port: int
     # files the launch reads (TensorRT-LLM's extra_llm_api_options YAML): name -> document
     option_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: int = 1  # nodes one worker spans (tp * pp * dp GPUs over nodes of gpus_per_node)
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs the worker uses on each of its nodes."""
+        return self.pool.gpus_per_worker // self.nodes
+
+
+def nodes_per_worker(pool: Pool, gpus_per_node: int) -> int:
+    """Nodes one worker of ``pool`` spans: ``ceil(tp * pp * dp / gpus_per_node)``.
+
+    Raises ``ValueError`` when the worker's GPUs do not split evenly over that many nodes (every
+    engine's multi-node launch puts the same number of ranks on each node).
+    """
+    if gpus_per_node < 1:
+        raise ValueError(f"gpus_per_node must be at least 1, not {gpus_per_node}")
+    gpus = pool.gpus_per_worker
+    nodes = -(-gpus // gpus_per_node)
+    if gpus % nodes:
+        raise ValueError(
+            f"a {pool.role} worker of {gpus} GPUs does not split evenly over {nodes} nodes of "
+            f"{gpus_per_node} GPUs"
+        )
+    return nodes
+
+
+def sglang_node_args(nodes: int, node_rank: str, init_addr: str) -> list[str]:
+    """SGLang's multi-node flags for one node of a worker (python/sglang/srt/server_args.py):
+    the same launch runs on every node with its own ``--node-rank``; rank 0 serves HTTP."""
+    return ["--nnodes", str(nodes), "--node-rank", node_rank, "--dist-init-addr", init_addr]
 
 
 @dataclass(frozen=True)
@@ -187,22 +225,40 @@ def _weights(precision: Precision, flags: dict[str, list[str]]) -> list[str]:
     return list(flags.get(precision.dtype, []))
 
 
-def launch(engine: str, pool: Pool, ctx: PoolContext, *, host: str = "0.0.0.0") -> Launch:
-    """The launch of one pool on ``engine`` (``vllm``, ``sglang`` or ``trtllm``)."""
+def launch(
+    engine: str,
+    pool: Pool,
+    ctx: PoolContext,
+    *,
+    host: str = "0.0.0.0",
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+) -> Launch:
+    """The launch of one pool on ``engine`` (``vllm``, ``sglang`` or ``trtllm``).
+
+    A worker wider than ``gpus_per_node`` spans ``nodes_per_worker`` nodes. Its per-node part is
+    left to the writer of each format (a script's ``ray start``/``--node-rank``/``mpirun``, a
+    LeaderWorkerSet's pods); the one flag that does not change per node is added here: vLLM 0.11
+    runs a multi-node worker only on Ray (``--distributed-executor-backend ray``; vLLM picks Ray
+    itself when the node has fewer GPUs than the worker, this says so explicitly).
+    """
     port = WORKER_PORTS[pool.role]
     net = ["--host", host, "--port", str(port)]
+    nodes = nodes_per_worker(pool, gpus_per_node)
     if engine == "vllm":
         args = net + vllm_args(pool, ctx)
+        if nodes > 1:
+            args += ["--distributed-executor-backend", "ray"]
         if ctx.disaggregated:
             connector = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
             args += ["--kv-transfer-config", json.dumps(connector, separators=(",", ":"))]
-        return Launch(pool, ("vllm", "serve", ctx.model_id), tuple(args), port)
+        return Launch(pool, ("vllm", "serve", ctx.model_id), tuple(args), port, nodes=nodes)
     if engine == "sglang":
         program = ("python3", "-m", "sglang.launch_server")
-        return Launch(pool, program, tuple(net + sglang_args(pool, ctx)), port)
+        return Launch(pool, program, tuple(net + sglang_args(pool, ctx)), port, nodes=nodes)
     if engine == "trtllm":
         name = f"extra-llm-api-{pool.role}.yaml"
         args = net + trtllm_args(pool, ctx, name)
         options = {name: trtllm_options(pool, ctx)}
-        return Launch(pool, ("trtllm-serve", ctx.model_id), tuple(args), port, options)
+        serve = ("trtllm-serve", ctx.model_id)
+        return Launch(pool, serve, tuple(args), port, options, nodes=nodes)
     raise ValueError(f"no launch for engine {engine!r}")

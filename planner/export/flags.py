@@ -1,9 +1,10 @@
 """The table of engine flags an export may write, and the check of a command line against it.
 
 ``planner/export/data/engine_flags.yaml`` lists, per engine and stated version, the programs an
-export runs (``vllm serve``, ``trtllm-serve``, ...) and the flags each takes, written from the
-programs' own argument definitions (the file names its sources). ``check_command`` is what the
-export and its tests use to refuse a flag the engine does not document.
+export runs (``vllm serve``, ``trtllm-serve``, ``mpirun``, ...) and the flags each takes, each
+checked in the program's own argument definitions (the file names the release artifact read and,
+per program, the source file and function). ``check_command`` is what the export and its tests use
+to refuse a flag the engine does not document.
 
 Errors: ``UnknownFlagError`` (a ``ValueError``) for a program or flag the table lacks, a switch
 given a value or a flag missing its value.
@@ -34,8 +35,9 @@ class Program:
     version: str
     command: str  # the words that start it: "vllm serve", "python3 -m sglang.launch_server"
     positional: int
-    flags: dict[str, FlagKind]
-    passes_through: str | None = None  # another program whose flags this one accepts as well
+    flags: dict[str, FlagKind]  # its own and those of the flag sets it includes
+    source: str = ""  # where the flags were checked: "FILE (function)"
+    runs_command: bool = False  # a launcher: its first positional word starts another command
 
 
 @cache
@@ -57,16 +59,33 @@ def api_options(engine: str) -> tuple[str, ...]:
     return tuple(_table()[engine].get("api_options", ()))
 
 
+def _flag_kinds(where: str, flags: dict[str, Any] | None) -> dict[str, FlagKind]:
+    out: dict[str, FlagKind] = {}
+    for name, kind in (flags or {}).items():
+        if kind not in ("value", "switch"):
+            raise RuntimeError(f"engine_flags.yaml: {where} {name}: kind {kind!r}")
+        out[str(name)] = kind
+    return out
+
+
+def _flag_set(qualified: str) -> dict[str, FlagKind]:
+    engine, _, name = qualified.partition(".")
+    sets = _table().get(engine, {}).get("flag_sets", {})
+    if name not in sets:
+        raise RuntimeError(f"engine_flags.yaml: no flag set {qualified!r}")
+    return _flag_kinds(qualified, sets[name].get("flags"))
+
+
 @cache
 def programs() -> tuple[Program, ...]:
     """Every program of every engine in the table, longest command first (for prefix match)."""
     out = []
     for engine, entry in _table().items():
         for command, spec in entry["programs"].items():
-            flags = {str(k): v for k, v in (spec.get("flags") or {}).items()}
-            for name, kind in flags.items():
-                if kind not in ("value", "switch"):
-                    raise RuntimeError(f"engine_flags.yaml: {command} {name}: kind {kind!r}")
+            flags: dict[str, FlagKind] = {}
+            for included in spec.get("includes", ()):
+                flags.update(_flag_set(included))
+            flags.update(_flag_kinds(command, spec.get("flags")))
             out.append(
                 Program(
                     engine=engine,
@@ -74,7 +93,8 @@ def programs() -> tuple[Program, ...]:
                     command=command,
                     positional=int(spec.get("positional", 0)),
                     flags=flags,
-                    passes_through=spec.get("passes"),
+                    source=str(spec.get("source", "")),
+                    runs_command=bool(spec.get("runs_command", False)),
                 )
             )
     return tuple(sorted(out, key=lambda p: -len(p.command.split())))
@@ -89,24 +109,21 @@ def program_for(words: list[str]) -> Program:
     raise UnknownFlagError(f"{' '.join(words[:3])}: not a program in the flag table")
 
 
-def _allowed(program: Program) -> dict[str, FlagKind]:
-    allowed = dict(program.flags)
-    if program.passes_through:
-        for other in programs():
-            if other.command == program.passes_through:
-                allowed.update(other.flags)
-    return allowed
-
-
 def check_command(line: str) -> tuple[Program, dict[str, str | None]]:
     """Split a shell command line, find its program and check every flag against the table.
 
-    Returns the program and the flags given (a switch maps to None). Raises ``UnknownFlagError``
-    naming the flag for an undocumented flag, a value missing or a stray positional argument.
+    Returns the program and the flags given (a switch maps to None). A launcher's command
+    (``mpirun ... trtllm-llmapi-launch trtllm-serve ...``) is checked through to the program it
+    runs, whose program and flags are returned. Raises ``UnknownFlagError`` naming the flag for an
+    undocumented flag, a value missing or a stray positional argument.
     """
-    words = shlex.split(line)
+    return check_words(shlex.split(line))
+
+
+def check_words(words: list[str]) -> tuple[Program, dict[str, str | None]]:
+    """``check_command`` on a command already split into words."""
     program = program_for(words)
-    allowed = _allowed(program)
+    allowed = program.flags
     rest = words[len(program.command.split()) :]
     given: dict[str, str | None] = {}
     positional = 0
@@ -132,12 +149,28 @@ def check_command(line: str) -> tuple[Program, dict[str, str | None]]:
                     raise UnknownFlagError(f"{program.command}: {name} needs a value")
                 given[name] = rest[i + 1]
                 i += 1
+        elif program.runs_command:
+            return check_words(rest[i:])
         else:
             positional += 1
             if positional > program.positional:
                 raise UnknownFlagError(f"{program.command}: unexpected argument {word!r}")
         i += 1
+    if program.runs_command:
+        raise UnknownFlagError(f"{program.command}: no command to run")
     return program, given
+
+
+def script_commands(script: str) -> list[str]:
+    """The commands of a ``sh -c`` script: split at ``&&``, a leading ``exec`` dropped."""
+    out = []
+    for part in script.split("&&"):
+        words = part.split()
+        if words and words[0] == "exec":
+            part = part.strip()[len("exec") :]
+        if part.strip():
+            out.append(part.strip())
+    return out
 
 
 def shell_commands(script: str) -> list[str]:

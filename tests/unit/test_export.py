@@ -22,7 +22,14 @@ import yaml
 
 from planner.export import EXPORT_FORMATS, ExportError, export_plan
 from planner.export.build import commands
-from planner.export.flags import UnknownFlagError, api_options, check_command, shell_commands
+from planner.export.flags import (
+    UnknownFlagError,
+    api_options,
+    check_command,
+    programs,
+    script_commands,
+    shell_commands,
+)
 from planner.serialize import plan_request_from_json, plan_result_from_json
 from planner.types import Deployment, PlanRequest, PlanResult, Pool, Precision, Slo, Workload
 
@@ -70,6 +77,13 @@ DYNAMO_GRAPH_SCHEMA: dict[str, Any] = {
                             "dynamoNamespace": {"type": "string"},
                             "componentType": {"enum": ["frontend", "worker", "planner", "main"]},
                             "replicas": {"type": "integer", "minimum": 1},
+                            # MultinodeSpec: nodeCount >= 2, the GPU limit then per node
+                            "multinode": {
+                                "type": "object",
+                                "required": ["nodeCount"],
+                                "properties": {"nodeCount": {"type": "integer", "minimum": 2}},
+                                "additionalProperties": False,
+                            },
                             "resources": {
                                 "type": "object",
                                 "properties": {
@@ -100,6 +114,39 @@ DYNAMO_GRAPH_SCHEMA: dict[str, Any] = {
 }
 
 
+#: The LeaderWorkerSet fields the export writes (leaderworkerset.x-k8s.io/v1, kubernetes-sigs/lws
+#: api/leaderworkerset/v1/leaderworkerset_types.go): replicas (groups), and a template with the
+#: group size and the leader's and workers' pod templates (validated as PodTemplates below).
+_POD_TEMPLATE = {"type": "object", "required": ["spec"]}
+LEADER_WORKER_SET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "leaderworkerset.x-k8s.io/v1"},
+        "kind": {"const": "LeaderWorkerSet"},
+        "metadata": DYNAMO_GRAPH_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "required": ["leaderWorkerTemplate"],
+            "properties": {
+                "replicas": {"type": "integer", "minimum": 1},
+                "leaderWorkerTemplate": {
+                    "type": "object",
+                    "required": ["workerTemplate", "size"],
+                    "properties": {
+                        "size": {"type": "integer", "minimum": 2},
+                        "leaderTemplate": _POD_TEMPLATE,
+                        "workerTemplate": _POD_TEMPLATE,
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "additionalProperties": False,
+        },
+    },
+}
+
+
 def _stored() -> tuple[PlanRequest, PlanResult, str]:
     stored = json.loads((FIXTURES / "worked_plan.json").read_text())
     return (
@@ -115,6 +162,14 @@ def _validate_documents(path: Path, text: str) -> list[dict[str, Any]]:
     for doc in docs:
         if doc["kind"] == "DynamoGraphDeployment":
             jsonschema.validate(doc, DYNAMO_GRAPH_SCHEMA)
+        elif doc["kind"] == "LeaderWorkerSet":
+            jsonschema.validate(doc, LEADER_WORKER_SET_SCHEMA)
+            template = doc["spec"]["leaderWorkerTemplate"]
+            for role in ("leaderTemplate", "workerTemplate"):
+                pod = {"apiVersion": "v1", "kind": "PodTemplate",
+                       "metadata": {"name": f"{doc['metadata']['name']}-{role.lower()}"},
+                       "template": template[role]}  # fmt: skip
+                kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
         else:
             assert doc["kind"] in {"Deployment", "Service", "ConfigMap"}, doc["kind"]
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -158,8 +213,9 @@ def test_checked_in_export_of_the_worked_plan_parses(fmt: str) -> None:
         else:
             for doc in _validate_documents(path, text):
                 for container in _containers(doc):
-                    check_command(shlex.join(container["command"] + container["args"]))
-                    checked += 1
+                    for line in _container_commands(container):
+                        check_command(line)
+                        checked += 1
     assert checked >= 2  # at least one engine or manifest command, and the benchmark
 
 
@@ -192,9 +248,20 @@ def _without_heredocs(text: str) -> str:
 def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     if doc["kind"] == "Deployment":
         return list(doc["spec"]["template"]["spec"]["containers"])
+    if doc["kind"] == "LeaderWorkerSet":
+        template = doc["spec"]["leaderWorkerTemplate"]
+        return [c for role in ("leaderTemplate", "workerTemplate")
+                for c in template[role]["spec"]["containers"]]  # fmt: skip
     if doc["kind"] == "DynamoGraphDeployment":
         return [s["extraPodSpec"]["mainContainer"] for s in doc["spec"]["services"].values()]
     return []
+
+
+def _container_commands(container: dict[str, Any]) -> list[str]:
+    words = container["command"] + container.get("args", [])
+    if words[:2] == ["sh", "-c"]:
+        return script_commands(words[2])
+    return [shlex.join(words)]
 
 
 @pytest.mark.parametrize("fmt", EXPORT_FORMATS)
@@ -309,3 +376,130 @@ def test_the_plans_engine_args_set_the_budget_memory_fraction_and_kv_dtype() -> 
     assert given["--max-num-batched-tokens"] == "2048"
     assert given["--gpu-memory-utilization"] == "0.85"
     assert given["--kv-cache-dtype"] == "fp8"
+
+
+def test_every_program_names_the_source_its_flags_were_checked_in() -> None:
+    for program in programs():
+        assert program.source, f"{program.command}: no source recorded"
+        assert program.flags or program.runs_command or program.engine == "sglang", program
+
+
+def test_launchers_are_checked_through_to_the_program_they_run() -> None:
+    line = ("mpirun --allow-run-as-root -np 16 -H a:8,b:8 trtllm-llmapi-launch trtllm-serve m "
+            "--tp_size 16")  # fmt: skip
+    program, given = check_command(line)
+    assert program.command == "trtllm-serve" and given == {"--tp_size": "16"}
+    with pytest.raises(UnknownFlagError, match="--tensor-parallel-size"):
+        check_command("mpirun -np 2 trtllm-llmapi-launch trtllm-serve m --tensor-parallel-size 2")
+    with pytest.raises(UnknownFlagError, match="no command to run"):
+        check_command("mpirun -np 2")
+
+
+def test_dynamo_vllm_takes_the_engine_flags_but_not_the_servers() -> None:
+    given = check_command("python3 -m dynamo.vllm --model m --tensor-parallel-size 8")[1]
+    assert given == {"--model": "m", "--tensor-parallel-size": "8"}
+    with pytest.raises(UnknownFlagError, match="--port"):  # dynamo.vllm has no HTTP server flags
+        check_command("python3 -m dynamo.vllm --model m --port 8000")
+
+
+def _tp16_plan(engine: str) -> tuple[PlanRequest, PlanResult]:
+    """DeepSeek-R1 on 2 x 8 H100, one aggregated TP16 worker: wider than one node."""
+    request = PlanRequest(
+        "deepseek-r1", "h100-sxm", 16, (Workload(4000, 500),), Slo(2000, 50),
+        precision=Precision(dtype="fp8", kv_dtype="fp8"), engine=engine,
+    )  # fmt: skip
+    pool = Pool("agg", "h100-sxm", tp=16, pp=1, ep=16, attention_dp=1, batch=64, workers=1,
+                chunk_tokens=8192)  # fmt: skip
+    best = Deployment("agg", (pool,), 500.0, 40.0, 900.0, 25.0, 2.0, 16)
+    return request, PlanResult(best, best, None, None, (), (), 1, 1.0)
+
+
+def _parsed(fmt: str, engine: str) -> tuple[list[str], dict[str, str]]:
+    request, result = _tp16_plan(engine)
+    export = export_plan(request, result, fmt, "plans/r1")
+    files = {f.path: f.content for f in export.files}
+    for path, text in files.items():
+        if path.endswith(".yaml"):
+            _validate_documents(Path(path), text)
+    lines = commands(export)
+    assert lines and all(check_command(line) for line in lines)
+    assert any("spans 2 nodes of 8 GPUs" in note for note in export.notes)
+    return lines, files
+
+
+def test_a_tp16_worker_on_8_gpu_nodes_is_a_ray_cluster_under_vllm() -> None:
+    lines, _ = _parsed("vllm", "vllm")
+    assert lines[:2] == ["ray start --head --port 6379",
+                         "ray start --address HEAD_NODE:6379 --block"]  # fmt: skip
+    given = check_command(lines[2])[1]
+    assert given["--tensor-parallel-size"] == "16"
+    assert given["--distributed-executor-backend"] == "ray"
+
+
+def test_a_tp16_worker_runs_on_each_node_with_its_rank_under_sglang() -> None:
+    lines, files = _parsed("sglang", "sglang")
+    given = check_command(lines[0])[1]
+    assert given["--tp-size"] == "16" and given["--nnodes"] == "2"
+    assert given["--node-rank"] == "$NODE_RANK"  # expanded by the shell on each node
+    assert given["--dist-init-addr"] == "HEAD_NODE:5000"
+    assert '--node-rank "$NODE_RANK"' in files["launch.sh"]
+
+
+def test_a_tp16_worker_is_one_mpi_job_over_both_nodes_under_trtllm() -> None:
+    lines, _ = _parsed("trtllm", "trtllm")
+    assert lines[0].startswith(
+        "mpirun --allow-run-as-root -np 16 -H HEAD_NODE:8,NODE_1:8 trtllm-llmapi-launch "
+        "trtllm-serve deepseek-ai/DeepSeek-R1"
+    )
+    assert check_command(lines[0])[1]["--tp_size"] == "16"
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_a_tp16_worker_is_a_leader_worker_set_of_two_8_gpu_pods(engine: str) -> None:
+    lines, files = _parsed("k8s", engine)
+    docs = list(yaml.safe_load_all(files["deployment.yaml"]))
+    (lws,) = [d for d in docs if d["kind"] == "LeaderWorkerSet"]
+    assert not [d for d in docs if d["kind"] == "Deployment"]
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert lws["spec"]["replicas"] == 1 and template["size"] == 2
+    for role in ("leaderTemplate", "workerTemplate"):
+        (container,) = template[role]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    assert service["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    if engine == "vllm":
+        assert lines[0] == "ray start --head --port 6379"
+        # Kubernetes expands $(LWS_LEADER_ADDRESS) in the worker's args
+        assert check_command(lines[2])[1] == {
+            "--address": "$(LWS_LEADER_ADDRESS):6379",
+            "--block": None,
+        }
+    else:
+        given = check_command(lines[0])[1]
+        assert given["--node-rank"] == "$(LWS_WORKER_INDEX)"
+        assert given["--dist-init-addr"] == "$(LWS_LEADER_ADDRESS):5000"
+
+
+def test_a_multi_node_trtllm_worker_is_not_written_as_plain_manifests() -> None:
+    request, result = _tp16_plan("trtllm")
+    with pytest.raises(ExportError, match="mpirun") as err:
+        export_plan(request, result, "k8s", "plans/r1")
+    assert err.value.field == "format"
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_a_tp16_worker_is_a_two_node_dynamo_service(engine: str) -> None:
+    _, files = _parsed("dynamo", engine)
+    (graph,) = [d for d in yaml.safe_load_all(files["dynamo-graph.yaml"])
+                if d["kind"] == "DynamoGraphDeployment"]  # fmt: skip
+    workers = [s for s in graph["spec"]["services"].values() if s["componentType"] == "worker"]
+    assert [(w["multinode"], w["resources"]["limits"]["gpu"]) for w in workers] == [
+        ({"nodeCount": 2}, "8")
+    ]
+
+
+def test_a_worker_that_does_not_split_evenly_over_nodes_is_an_error() -> None:
+    request, result = _tp16_plan("sglang")
+    with pytest.raises(ExportError, match="does not split evenly") as err:
+        export_plan(request, result, "sglang", "plans/r1", gpus_per_node=6)
+    assert err.value.field == "name"
