@@ -53,7 +53,7 @@ def test_the_compose_file_is_valid_and_every_dependency_is_a_service(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    assert set(services) == {"db", "migrate", "pdplanner", "envoy"}
+    assert set(services) == {"db", "migrate", "pdplanner", "envoy", "prometheus"}
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -132,6 +132,34 @@ def test_envoy_balances_grpc_calls_over_healthy_replicas(
     envoy_service = compose["services"]["envoy"]
     assert f"50051:{listener.address.socket_address.port_value}" in envoy_service["ports"]
     assert "./deploy/envoy.yaml:/etc/envoy/envoy.yaml:ro" in envoy_service["volumes"]
+
+
+def test_prometheus_scrapes_every_replica_and_envoy(
+    envoy: bootstrap_pb2.Bootstrap, compose: dict[str, Any]
+) -> None:
+    services = compose["services"]
+    server = services["pdplanner"]
+    metrics_port = server["environment"]["PDPLANNER_METRICS_PORT"]
+    assert metrics_port in {str(port) for port in server["expose"]} and "ports" not in server
+    assert metrics_port != server["environment"]["PDPLANNER_PORT"]
+    prometheus = services["prometheus"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"pdplanner", "envoy"}
+    # each replica on its own: the DNS name that Envoy resolves, at the replicas' metrics port
+    (discovery,) = jobs["pdplanner"]["dns_sd_configs"]
+    (endpoint,) = envoy.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints
+    assert discovery["names"] == [endpoint.endpoint.address.socket_address.address]
+    assert (discovery["type"], str(discovery["port"])) == ("A", metrics_port)
+    # Envoy's statistics from its admin port, which the metrics port is not routed through
+    admin = envoy.admin.address.socket_address.port_value
+    assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
+    assert jobs["envoy"]["static_configs"] == [{"targets": [f"envoy:{admin}"]}]
+    listener_ports = {
+        lst.address.socket_address.port_value for lst in envoy.static_resources.listeners
+    }
+    assert int(metrics_port) not in listener_ports
 
 
 def test_the_image_runs_as_a_user_with_a_warm_writable_numba_cache() -> None:
