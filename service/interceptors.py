@@ -29,6 +29,23 @@ _Unary = Callable[[Any, grpc.ServicerContext], Any]
 _Stream = Callable[[Any, grpc.ServicerContext], Iterator[Any]]
 
 
+class MethodInterceptor(grpc.ServerInterceptor):
+    """A server interceptor that rewraps the handler of every method it is handed; a subclass
+    says how in :meth:`wrap` (returning ``handler`` leaves a method as it is)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        return None if handler is None else self.wrap(handler, handler_call_details)
+
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        """The handler to serve ``call``'s method with (``call``: its name and metadata)."""
+        raise NotImplementedError
+
+
 def around_calls(
     handler: Handler,
     around: Around,

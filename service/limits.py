@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.interceptors import around_calls
+from service.interceptors import MethodInterceptor, around_calls
 
 if TYPE_CHECKING:
     from service.interceptors import Handler
@@ -34,7 +34,7 @@ def client_key(metadata: Any, peer: str) -> str:
     return "peer:" + (host or peer)
 
 
-class ClientLimits(grpc.ServerInterceptor):
+class ClientLimits(MethodInterceptor):
     """Counts calls in progress per client; refuses a client's call past ``per_client``."""
 
     def __init__(self, per_client: int) -> None:
@@ -62,17 +62,12 @@ class ClientLimits(grpc.ServerInterceptor):
             else:
                 del self._active[key]  # the table holds active clients only
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_EXEMPT):
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        if call.method.startswith(_EXEMPT):
             return handler
         if handler.unary_unary is None and handler.unary_stream is None:
             return handler  # no client-streaming methods here to count
-        return around_calls(handler, partial(self._slot, handler_call_details.invocation_metadata))
+        return around_calls(handler, partial(self._slot, call.invocation_metadata))
 
     @contextmanager
     def _slot(self, metadata: Any, _request: Any, context: grpc.ServicerContext) -> Iterator[None]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from service.interceptors import Ended, around_calls, on_end
+from service.interceptors import Ended, MethodInterceptor, around_calls, on_end
 from storage.repository import PlanStore
 
 if TYPE_CHECKING:
@@ -84,19 +83,12 @@ def observe_search(kind: str, seconds: float, design_points: int) -> None:
 # -- RPCs -----------------------------------------------------------------------------------------
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(MethodInterceptor):
     """Counts every call and its latency once it ends, by method and status code."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        return around_calls(handler, on_end(partial(_record, method)))
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        name = call.method.rsplit("/", 1)[-1]
+        return around_calls(handler, on_end(partial(_record, name)))
 
 
 def _record(method: str, _request: Any, _context: grpc.ServicerContext, ended: Ended) -> None:

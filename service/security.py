@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
-from service.interceptors import around_calls
+from service.interceptors import MethodInterceptor, around_calls
 
 if TYPE_CHECKING:
     from service.interceptors import Handler
@@ -100,7 +100,7 @@ def auth_enabled(settings: ServerSettings) -> bool:
     return settings.auth == "on" or (settings.auth == "auto" and not is_loopback(settings.host))
 
 
-class BearerAuth(grpc.ServerInterceptor):
+class BearerAuth(MethodInterceptor):
     """Checks the ``authorization: Bearer TOKEN`` metadata of every call but health/reflection."""
 
     def __init__(self, tokens: Sequence[Token]) -> None:
@@ -119,17 +119,12 @@ class BearerAuth(grpc.ServerInterceptor):
                 found = token.role
         return found
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        method: str = handler_call_details.method
-        handler = continuation(handler_call_details)
-        if handler is None or method.startswith(OPEN_PREFIXES):
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        method: str = call.method
+        if method.startswith(OPEN_PREFIXES):
             return handler
         header = None
-        for key, value in handler_call_details.invocation_metadata or ():
+        for key, value in call.invocation_metadata or ():
             if key == "authorization" and isinstance(value, str):
                 header = value
         role = self.role(header)

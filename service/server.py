@@ -42,7 +42,7 @@ from pdplanner.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 import planner
 from service import metrics, reflection, security, tracing
-from service.interceptors import Ended, around_calls, on_end
+from service.interceptors import Ended, MethodInterceptor, around_calls, on_end
 from service.limits import ClientLimits
 from service.metrics import MetricsEndpoint
 from service.servicer import PlannerServicer
@@ -89,21 +89,14 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
-class CallLogInterceptor(grpc.ServerInterceptor):
+class CallLogInterceptor(MethodInterceptor):
     """Logs every call once it ends: method, status code, duration, peer and request_id."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
         decoded = around_calls(handler, _refusing_undecodable)
         return around_calls(
             decoded,
-            on_end(partial(_log_call, handler_call_details.method)),
+            on_end(partial(_log_call, call.method)),
             request_deserializer=_tolerant(handler.request_deserializer),
         )
 

@@ -20,7 +20,7 @@ Errors: ``TracingConfigError`` (a ``ValueError``) for an exporter name it does n
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from service.interceptors import around_calls, status_code
+from service.interceptors import MethodInterceptor, around_calls, status_code
 
 if TYPE_CHECKING:
     from service.interceptors import Handler
@@ -110,13 +110,8 @@ def _status_marked(_request: Any, context: grpc.ServicerContext) -> Iterator[Non
             span.set_status(Status(StatusCode.ERROR, f"{code.name}: {text or ''}".rstrip(": ")))
 
 
-class _StatusOnSpan(grpc.ServerInterceptor):
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
+class _StatusOnSpan(MethodInterceptor):
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        if handler.unary_unary is None and handler.unary_stream is None:
             return handler  # client-streaming calls (reflection) are left as they are
         return around_calls(handler, _status_marked)
