@@ -538,17 +538,21 @@ class SqlStore:
         row.created_at = self._clock()
         with _translate_errors():
             try:
-                with self._sessions.begin() as session:
-                    session.add(row)
-                    session.flush()
-                    session.refresh(row)
-                    return record(row), True
+                self._add(row)
             except exc.IntegrityError:
                 # another call inserted the same request_id between our lookup and our insert
                 existing = None if request_id is None else find(request_id)
                 if existing is None:
                     raise
                 return existing, False
+        return record(row), True
+
+    def _add(self, row: Plan | Sweep | Schedule | CustomModel | CustomGpu) -> None:
+        """Insert ``row`` in a transaction of its own and read back what the database set."""
+        with self._sessions.begin() as session:
+            session.add(row)
+            session.flush()
+            session.refresh(row)
 
     def _get(
         self, table: type[_Row], kind: str, row_id: str, record: Callable[[_Row], _Record]
@@ -632,17 +636,14 @@ class SqlStore:
         row = table(name=name, created_at=self._clock(), spec=spec)
         with _translate_errors():
             try:
-                with self._sessions.begin() as session:
-                    session.add(row)
-                    session.flush()
-                    session.refresh(row)
-                    return _entry_record(row)
+                self._add(row)
             except exc.IntegrityError:
                 with self._sessions() as session:
                     taken = session.scalar(select(func.count()).where(table.name == name))
                 if taken:
                     raise AlreadyExistsError(kind, name) from None
                 raise
+        return _entry_record(row)
 
     def _get_entry(self, table: type[_Entry], kind: str, name: str) -> StoredEntry:
         with _translate_errors(), self._sessions() as session:
