@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from planner import validate
 from planner.catalog import (
+    EngineSpec,
     GpuCatalog,
+    GpuSpec,
     ModelCatalog,
     ModelSpec,
     default_gpus,
@@ -51,44 +54,125 @@ MIN_CHUNK_TOKENS = 64  # engines need room for a decode batch next to the prompt
 def estimate(
     req: EstimateRequest, models: ModelCatalog | None = None, gpus: GpuCatalog | None = None
 ) -> PhaseEstimate | ServingEstimate:
-    """Evaluate ``req``; invalid fields raise ``InvalidInputError`` naming the field."""
-    models = models or default_models()
-    gpus = gpus or default_gpus()
-    model = models.get(req.model, "model")
-    gpu = gpus.get(req.gpu, "gpu")
-    engine = load_engine(req.engine, "engine")
-    validate.lengths(req.isl, req.osl)
-    if (req.phase is None) == (req.mode is None):
-        raise InvalidInputError(
-            "phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)"
-        )
-    args = _engine_args(req)
-    kv_dtype = req.precision.kv_dtype
-    if "kv_cache_dtype" in args:
-        kv_dtype = str(args["kv_cache_dtype"])
-        if kv_dtype == "auto":
-            kv_dtype = req.precision.kv_dtype
-        elif kv_dtype not in ("bf16", "fp8"):
-            raise InvalidInputError(
-                "engine_args.kv_cache_dtype", f"must be auto, bf16 or fp8, got {kv_dtype!r}"
-            )
-    fraction = memory_fraction_for(engine, args, req.memory_fraction)
-    ctx = PerfContext.build(model, gpu, engine, req.precision.dtype, kv_dtype, fraction)
+    """Evaluate ``req``.
+
+    Every check of the request runs before anything is evaluated: one invalid field raises
+    ``InvalidInputError`` naming its path, several raise them all at once as ``InvalidFields``.
+    """
+    checked = _check(req, models or default_models(), gpus or default_gpus())
     result: PhaseEstimate | ServingEstimate
     if req.phase is not None:
-        result = _phase(req, ctx, model)
+        result = _phase(req, checked)
     elif req.mode == "agg":
-        result = _agg(req, ctx, model)
-    elif req.mode == "disagg":
-        result = _disagg(req, ctx, model, gpus)
+        result = _agg(req, checked)
     else:
-        raise InvalidInputError("mode", f"must be agg or disagg, got {req.mode!r}")
-    bases = {gpu.model_basis}
-    for pool in (req.prefill, req.decode):
-        if req.mode == "disagg" and pool is not None and pool.gpu is not None:
-            bases.add(gpus.get(pool.gpu, "gpu").model_basis)
-    basis = "datasheet-scaled" if "datasheet-scaled" in bases else "calibrated"
-    return replace(result, model=model.summary(), gpu_basis=basis)
+        result = _disagg(req, checked)
+    calibrated = all(c.gpu.model_basis == "calibrated" for c in checked.contexts)
+    return replace(
+        result,
+        model=checked.model.summary(),
+        gpu_basis="calibrated" if calibrated else "datasheet-scaled",
+    )
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A request that passed every check, with its names resolved.
+
+    ``ctx`` is the request's GPU; ``prefill`` and ``decode`` are the pools' (disagg); ``load``
+    and ``sched`` are set for a simulated load (agg; disagg given concurrency or rate_per_s).
+    """
+
+    model: ModelSpec
+    ctx: PerfContext
+    prefill: PerfContext | None = None
+    decode: PerfContext | None = None
+    load: Load | None = None
+    sched: SchedulerSettings | None = None
+
+    @property
+    def contexts(self) -> tuple[PerfContext, ...]:
+        return tuple(c for c in (self.ctx, self.prefill, self.decode) if c is not None)
+
+
+def _check(req: EstimateRequest, models: ModelCatalog, gpus: GpuCatalog) -> _Checked:
+    """Run every check of ``req`` and raise all that failed. A check that needs a value another
+    check refused is skipped (a layout is range-checked, but not checked against a model whose
+    name is unknown; a pool's GPU is not priced when the engine is unknown)."""
+    v = validate.Violations()
+    model = v.value(lambda: models.get(req.model, "model"))
+    gpu = v.value(lambda: gpus.get(req.gpu, "gpu"))
+    engine = v.value(lambda: load_engine(req.engine, "engine"))
+    lengths_ok = False
+    with v.check():
+        validate.lengths(req.isl, req.osl)
+        lengths_ok = True
+    one_kind = (req.phase is None) != (req.mode is None)
+    if not one_kind:
+        v.add("phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)")
+    args = v.value(lambda: _engine_args(req))
+    kv_dtype = None if args is None else v.value(lambda: _kv_dtype(req, args))
+    fraction: float | None = None
+    fraction_ok = False
+    if engine is not None and args is not None:
+        with v.check():
+            fraction = memory_fraction_for(engine, args, req.memory_fraction)
+            fraction_ok = True
+
+    def priced(on: GpuSpec | None) -> PerfContext | None:
+        if model is None or on is None or engine is None or kv_dtype is None or not fraction_ok:
+            return None
+        return v.value(
+            lambda: PerfContext.build(model, on, engine, req.precision.dtype, kv_dtype, fraction)
+        )
+
+    ctx = priced(gpu)
+    pools: dict[str, PerfContext | None] = {}
+    load: Load | None = None
+    sched: SchedulerSettings | None = None
+    if one_kind and req.phase is not None:
+        with v.check():
+            validate.parallelism(req.parallelism, model)
+        if req.batch is None:
+            v.add("batch", f"is required for a {req.phase} step")
+        else:
+            v.value(lambda: validate.integer(req.batch, "batch", 1, validate.MAX_BATCH))
+        if req.phase == "decode":
+            if req.context is not None or lengths_ok:
+                v.value(lambda: validate.integer(_context(req), "context", 1, validate.MAX_TOKENS))
+        elif req.phase != "prefill":
+            v.add("phase", f"must be prefill or decode, got {req.phase!r}")
+    elif one_kind and req.mode == "agg":
+        with v.check():
+            validate.parallelism(req.parallelism, model)
+        pp = req.parallelism.pp
+        if isinstance(pp, int) and pp > 1:
+            # the engine-loop simulation has no pipeline micro-batches; it would price every
+            # iteration at the full pipeline latency and understate throughput
+            v.add(
+                "parallelism.pp",
+                "aggregated serving is modelled without pipeline parallelism (use 1)",
+            )
+        load = _load(req, v)
+        sched = _scheduler(req, engine, args, v)
+    elif one_kind and req.mode == "disagg":
+        for name, pool in (("prefill", req.prefill), ("decode", req.decode)):
+            if pool is None:
+                v.add(name, f"the {name} pool is required for mode disagg")
+                continue
+            _check_pool(pool, name, model, v)
+            if pool.gpu is None:
+                pools[name] = ctx
+            else:
+                pools[name] = priced(v.value(partial(gpus.get, pool.gpu, f"{name}.gpu")))
+        if req.concurrency is not None or req.rate_per_s is not None:
+            load = _load(req, v)
+            sched = _scheduler(req, engine, args, v)
+    elif one_kind:
+        v.add("mode", f"must be agg or disagg, got {req.mode!r}")
+    v.raise_any()
+    assert model is not None and ctx is not None
+    return _Checked(model, ctx, pools.get("prefill"), pools.get("decode"), load, sched)
 
 
 def _engine_args(req: EstimateRequest) -> dict[str, EngineArg]:
@@ -100,61 +184,96 @@ def _engine_args(req: EstimateRequest) -> dict[str, EngineArg]:
     return args
 
 
-def _scheduler(req: EstimateRequest, ctx: PerfContext) -> SchedulerSettings:
+def _kv_dtype(req: EstimateRequest, args: dict[str, EngineArg]) -> str:
+    """The KV cache's dtype: ``engine_args.kv_cache_dtype`` when given, else (and for ``auto``)
+    the request's."""
+    value = str(args.get("kv_cache_dtype", "auto"))
+    if value == "auto":
+        return req.precision.kv_dtype
+    if value not in ("bf16", "fp8"):
+        raise InvalidInputError(
+            "engine_args.kv_cache_dtype", f"must be auto, bf16 or fp8, got {value!r}"
+        )
+    return value
+
+
+def _context(req: EstimateRequest) -> int:
+    """A decode step's context in tokens: ``context``, else the middle of the output."""
+    return req.context if req.context is not None else req.isl + req.osl // 2
+
+
+def _check_pool(pool: PoolSpec, name: str, model: ModelSpec | None, v: validate.Violations) -> None:
+    with v.check():
+        validate.parallelism(pool.parallelism, model, f"{name}.parallelism")
+    v.value(lambda: validate.integer(pool.workers, f"{name}.workers", 1, 100_000))
+    v.value(lambda: validate.integer(pool.batch, f"{name}.batch", 1, validate.MAX_BATCH))
+
+
+def _scheduler(
+    req: EstimateRequest,
+    engine: EngineSpec | None,
+    args: dict[str, EngineArg] | None,
+    v: validate.Violations,
+) -> SchedulerSettings | None:
     """The engine's scheduler with ``engine_args`` and the older ``chunk_tokens`` applied."""
-    sched = scheduler_for(ctx.engine, _engine_args(req))
-    if req.chunk_tokens is not None:
-        chunk = validate.integer(req.chunk_tokens, "chunk_tokens", 0, validate.MAX_TOKENS)
-        if 0 < chunk < MIN_CHUNK_TOKENS:
-            raise InvalidInputError(
-                "chunk_tokens",
-                f"must be 0 (no chunking) or at least {MIN_CHUNK_TOKENS}, got {chunk}",
-            )
-        if chunk == 0:
-            sched = replace(sched, enable_chunked_prefill=False)
-        else:
-            sched = replace(sched, max_num_batched_tokens=chunk, enable_chunked_prefill=True)
-    return sched
+    sched = None
+    if engine is not None and args is not None:
+        sched = v.value(lambda: scheduler_for(engine, args))
+    if req.chunk_tokens is None:
+        return sched
+    chunk = v.value(lambda: _chunk_tokens(req.chunk_tokens))
+    if sched is None or chunk is None:
+        return None
+    if chunk == 0:
+        return replace(sched, enable_chunked_prefill=False)
+    return replace(sched, max_num_batched_tokens=chunk, enable_chunked_prefill=True)
 
 
-def _load(req: EstimateRequest) -> Load:
+def _chunk_tokens(value: object) -> int:
+    chunk = validate.integer(value, "chunk_tokens", 0, validate.MAX_TOKENS)
+    if 0 < chunk < MIN_CHUNK_TOKENS:
+        raise InvalidInputError(
+            "chunk_tokens", f"must be 0 (no chunking) or at least {MIN_CHUNK_TOKENS}, got {chunk}"
+        )
+    return chunk
+
+
+def _load(req: EstimateRequest, v: validate.Violations) -> Load | None:
     """``concurrency`` means benchmark clients (closed loop), ``rate_per_s`` Poisson arrivals."""
     if req.concurrency is not None and req.rate_per_s is not None:
-        raise InvalidInputError(
-            "rate_per_s", "give concurrency (closed loop) or rate_per_s (Poisson), not both"
-        )
+        v.add("rate_per_s", "give concurrency (closed loop) or rate_per_s (Poisson), not both")
+        return None
     if req.rate_per_s is not None:
-        rate = validate.number(req.rate_per_s, "rate_per_s", 0.0, 1e6, lo_open=True)
-        return Poisson(rate)
+        rate = v.value(
+            lambda: validate.number(req.rate_per_s, "rate_per_s", 0.0, 1e6, lo_open=True)
+        )
+        return None if rate is None else Poisson(rate)
     if req.concurrency is None:
-        raise InvalidInputError(
+        v.add(
             "concurrency",
             f"is required for mode {req.mode} (benchmark clients), or give rate_per_s (Poisson)",
         )
-    return ClosedLoop(validate.integer(req.concurrency, "concurrency", 1, 100_000))
+        return None
+    clients = v.value(lambda: validate.integer(req.concurrency, "concurrency", 1, 100_000))
+    return None if clients is None else ClosedLoop(clients)
 
 
-def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEstimate:
-    par = req.parallelism
-    validate.parallelism(par, model)
-    if req.batch is None:
-        raise InvalidInputError("batch", f"is required for a {req.phase} step")
-    batch = validate.integer(req.batch, "batch", 1, validate.MAX_BATCH)
+def _phase(req: EstimateRequest, checked: _Checked) -> PhaseEstimate:
+    ctx, par = checked.ctx, req.parallelism
+    assert req.batch is not None and req.phase is not None
+    batch = req.batch
     seqs = math.ceil(batch / par.attention_dp)
     if req.phase == "prefill":
         m = prefill_worker(ctx, par, batch, req.isl)
         tokens = m.rate_per_s * req.isl / par.gpus  # prompts/s, pipelined with PP
         context = req.isl
         cap = kv_capacity(ctx, par, float(seqs * req.isl), float(seqs))
-    elif req.phase == "decode":
-        context = req.context if req.context is not None else req.isl + req.osl // 2
-        validate.integer(context, "context", 1, validate.MAX_TOKENS)
+    else:
+        context = _context(req)
         m = decode_worker(ctx, par, batch, float(context))
         tokens = m.rate_per_s / par.gpus
         micro = math.ceil(seqs / par.pp)
         cap = kv_capacity(ctx, par, float(micro), float(micro))
-    else:
-        raise InvalidInputError("phase", f"must be prefill or decode, got {req.phase!r}")
     # activations are taken at the requested batch, so this is exact at that batch and close
     # for others
     max_batch = int(cap // context) * par.attention_dp if cap > 0 else 0
@@ -172,17 +291,9 @@ def _phase(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> PhaseEst
     )
 
 
-def _agg(req: EstimateRequest, ctx: PerfContext, model: ModelSpec) -> ServingEstimate:
-    par = req.parallelism
-    validate.parallelism(par, model)
-    if par.pp > 1:
-        # the engine-loop simulation has no pipeline micro-batches; it would price every
-        # iteration at the full pipeline latency and understate throughput
-        raise InvalidInputError(
-            "parallelism.pp", "aggregated serving is modelled without pipeline parallelism (use 1)"
-        )
-    load = _load(req)
-    sched = _scheduler(req, ctx)
+def _agg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
+    ctx, par, load, sched = checked.ctx, req.parallelism, checked.load, checked.sched
+    assert load is not None and sched is not None
     m = agg_worker(
         ctx, par, load, np.array([float(req.isl)]), np.array([float(req.osl)]), sched,
         request_overhead_ms=REQUEST_OVERHEAD_MS["agg"],
@@ -239,45 +350,9 @@ def _sched_details(s: SchedulerSettings) -> dict[str, Any]:
     }
 
 
-def _pool(pool: PoolSpec | None, name: str, model: ModelSpec) -> PoolSpec:
-    if pool is None:
-        raise InvalidInputError(name, f"the {name} pool is required for mode disagg")
-    validate.parallelism(pool.parallelism, model, f"{name}.parallelism")
-    validate.integer(pool.workers, f"{name}.workers", 1, 100_000)
-    validate.integer(pool.batch, f"{name}.batch", 1, validate.MAX_BATCH)
-    return pool
-
-
-def _disagg(
-    req: EstimateRequest, ctx: PerfContext, model: ModelSpec, gpus: GpuCatalog
-) -> ServingEstimate:
-    p = _pool(req.prefill, "prefill", model)
-    d = _pool(req.decode, "decode", model)
-    fraction = memory_fraction_for(ctx.engine, _engine_args(req), req.memory_fraction)
-    p_ctx = (
-        ctx
-        if p.gpu is None
-        else PerfContext.build(
-            model,
-            gpus.get(p.gpu, "prefill.gpu"),
-            ctx.engine,
-            ctx.dtype,
-            ctx.kv_dtype,
-            fraction,
-        )
-    )
-    d_ctx = (
-        ctx
-        if d.gpu is None
-        else PerfContext.build(
-            model,
-            gpus.get(d.gpu, "decode.gpu"),
-            ctx.engine,
-            ctx.dtype,
-            ctx.kv_dtype,
-            fraction,
-        )
-    )
+def _disagg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
+    p, d, p_ctx, d_ctx = req.prefill, req.decode, checked.prefill, checked.decode
+    assert p is not None and d is not None and p_ctx is not None and d_ctx is not None
     pm = prefill_worker(p_ctx, p.parallelism, p.batch, req.isl)
     context = float(req.isl + req.osl // 2)
 
@@ -292,7 +367,9 @@ def _disagg(
         return ServingEstimate("disagg", 0.0, 0.0, 0.0, 0.0, 0.0, total_gpus, mem, False, reason)
     link = link_between_pools(p_ctx.gpu, d_ctx.gpu, total_gpus)
     if req.concurrency is not None or req.rate_per_s is not None:
-        return _disagg_under_load(req, p, d, p_ctx, d_ctx, total_gpus, mem, link)
+        assert checked.load is not None and checked.sched is not None
+        pools = (p, d, p_ctx, d_ctx)
+        return _disagg_under_load(req, pools, checked.load, checked.sched, total_gpus, mem, link)
     r = evaluate_xpyd(
         pm,
         p.batch,
@@ -337,18 +414,16 @@ def _disagg(
 
 def _disagg_under_load(
     req: EstimateRequest,
-    p: PoolSpec,
-    d: PoolSpec,
-    p_ctx: PerfContext,
-    d_ctx: PerfContext,
+    pools: tuple[PoolSpec, PoolSpec, PerfContext, PerfContext],
+    load: Load,
+    sched: SchedulerSettings,
     total_gpus: int,
     mem_gb: float,
     link: float,
 ) -> ServingEstimate:
     """The engine-loop simulation of the two pools; ``batch`` is each pool's per-worker limit
     (split over its attention-DP ranks), the clients or the rate come from the load."""
-    load = _load(req)
-    sched = _scheduler(req, d_ctx)
+    p, d, p_ctx, d_ctx = pools
     p_seqs = math.ceil(p.batch / p.parallelism.attention_dp)
     d_seqs = math.ceil(d.batch / d.parallelism.attention_dp)
     p_sched = replace(

@@ -40,6 +40,7 @@ class Violations:
 
     def __init__(self) -> None:
         self.found: list[tuple[str, str]] = []
+        self._caught: list[InvalidInputError] = []
 
     def add(self, field: str, reason: str) -> None:
         self.found.append((field, reason))
@@ -51,6 +52,7 @@ class Violations:
             yield
         except InvalidInputError as exc:
             self.found.extend(exc.violations)
+            self._caught.append(exc)
 
     def value(self, make: Callable[[], T]) -> T | None:
         """``make()``, or None (and the violation recorded) when it raises ``InvalidInputError``."""
@@ -59,8 +61,11 @@ class Violations:
         return None
 
     def raise_any(self) -> None:
-        """Raise every violation found (several at once as ``InvalidFields``)."""
+        """Raise every violation found (several at once as ``InvalidFields``). A single one
+        caught from a check is raised as it was (an ``UnknownEntryError`` keeps its ``known``)."""
         if len(self.found) == 1:
+            if self._caught:
+                raise self._caught[0]
             raise InvalidInputError(*self.found[0])
         if self.found:
             raise InvalidFields(self.found)
@@ -96,16 +101,20 @@ def lengths(isl: object, osl: object, prefix: str = "") -> None:
     v.raise_any()
 
 
-def parallelism(par: Parallelism, model: ModelSpec, field: str = "parallelism") -> None:
+def parallelism(par: Parallelism, model: ModelSpec | None, field: str = "parallelism") -> None:
     """TP must split the attention heads; EP and attention DP only for mixture-of-experts models.
 
-    Every degree is range-checked; the checks that combine degrees run on those in range.
+    Every degree is range-checked; the checks that combine degrees run on those in range, and
+    those against the model only when there is one (``None``: its name did not resolve).
     """
     v = Violations()
     tp = v.value(lambda: integer(par.tp, f"{field}.tp", 1, MAX_PARALLEL))
     pp = v.value(lambda: integer(par.pp, f"{field}.pp", 1, MAX_PARALLEL))
     ep = v.value(lambda: integer(par.ep, f"{field}.ep", 1, MAX_PARALLEL))
     dp = v.value(lambda: integer(par.attention_dp, f"{field}.attention_dp", 1, MAX_PARALLEL))
+    if model is None:
+        v.raise_any()
+        return
     if tp is not None and model.num_heads % tp:
         v.add(
             f"{field}.tp",

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from planner.catalog import GpuCatalog, GpuSpec, ModelCatalog, ModelSpec
 from planner.errors import UnknownEntryError
+from planner.validate import Violations
 from service import convert
 from storage.records import StoredEntry
 from storage.repository import PlanStore
@@ -53,6 +54,20 @@ class Catalogs:
         if spec is None:
             raise UnknownEntryError(field, "GPU", name, self.gpus.names())
         return spec
+
+    def deployment(
+        self, model: str, gpu: str, decode_gpu: str | None = None
+    ) -> tuple[ModelSpec, GpuSpec]:
+        """The model and GPU a request deploys, its decode pool's GPU checked too; every unknown
+        name raises at once (``InvalidFields`` when there are several)."""
+        v = Violations()
+        found_model = v.value(lambda: self.model(model, "model"))
+        found_gpu = v.value(lambda: self.gpu(gpu, "gpu"))
+        if decode_gpu is not None:
+            v.value(lambda: self.gpu(decode_gpu, "decode_gpu"))
+        v.raise_any()
+        assert found_model is not None and found_gpu is not None
+        return found_model, found_gpu
 
 
 class CatalogCache:

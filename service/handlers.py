@@ -73,10 +73,7 @@ def plan(
         if existing is not None:
             return plan_pb2.PlanResponse(plan=_same_plan_request(existing, req))
     current = catalogs.current()
-    model = current.model(req.model, "model")
-    gpu = current.gpu(req.gpu, "gpu")
-    if req.decode_gpu is not None:
-        current.gpu(req.decode_gpu, "decode_gpu")
+    model, gpu = current.deployment(req.model, req.gpu, req.decode_gpu)
     started = time.perf_counter()
     result = run_plan(req, current.models, current.gpus, should_stop)
     search_ms = (time.perf_counter() - started) * 1e3
@@ -112,14 +109,10 @@ def estimate(
     catalogs: CatalogCache,
     should_stop: ShouldStop,
 ) -> estimate_pb2.EstimateResponse:
-    """Evaluate one fixed configuration; nothing is stored."""
+    """Evaluate one fixed configuration (the planner resolves its names against the call's
+    catalogs, together with its other checks); nothing is stored."""
     req = convert.estimate_request_from_proto(request)
     current = catalogs.current()
-    current.model(req.model, "model")
-    current.gpu(req.gpu, "gpu")
-    for role, pool in (("prefill", req.prefill), ("decode", req.decode)):
-        if pool is not None and pool.gpu is not None:
-            current.gpu(pool.gpu, f"{role}.gpu")
     return convert.estimate_to_proto(run_estimate(req, current.models, current.gpus))
 
 

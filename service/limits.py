@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from service.interceptors import MethodInterceptor, around_calls
+
 if TYPE_CHECKING:
-    _Handler = grpc.RpcMethodHandler[Any, Any]
+    from service.interceptors import Handler
 
 _EXEMPT = ("/grpc.health.v1.Health/",)
 
@@ -30,7 +34,7 @@ def client_key(metadata: Any, peer: str) -> str:
     return "peer:" + (host or peer)
 
 
-class ClientLimits(grpc.ServerInterceptor):
+class ClientLimits(MethodInterceptor):
     """Counts calls in progress per client; refuses a client's call past ``per_client``."""
 
     def __init__(self, per_client: int) -> None:
@@ -58,28 +62,23 @@ class ClientLimits(grpc.ServerInterceptor):
             else:
                 del self._active[key]  # the table holds active clients only
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_EXEMPT):
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        if call.method.startswith(_EXEMPT):
             return handler
-        metadata = handler_call_details.invocation_metadata
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, metadata), **codec
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, metadata), **codec
-            )
-        return handler  # no client-streaming methods here to count
+        if handler.unary_unary is None and handler.unary_stream is None:
+            return handler  # no client-streaming methods here to count
+        return around_calls(handler, partial(self._slot, call.invocation_metadata))
+
+    @contextmanager
+    def _slot(self, metadata: Any, _request: Any, context: grpc.ServicerContext) -> Iterator[None]:
+        """One of the client's call slots, held while the call runs."""
+        key = client_key(metadata, context.peer())
+        if not self._enter(key):
+            self._refuse(context)
+        try:
+            yield
+        finally:
+            self._leave(key)
 
     def _refuse(self, context: grpc.ServicerContext) -> None:
         context.abort(
@@ -87,31 +86,3 @@ class ClientLimits(grpc.ServerInterceptor):
             f"this client has {self.per_client} calls in progress, the most allowed; retry "
             "when one ends",
         )
-
-    def _unary(
-        self, behaviour: Callable[[Any, grpc.ServicerContext], Any], metadata: Any
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            key = client_key(metadata, context.peer())
-            if not self._enter(key):
-                self._refuse(context)
-            try:
-                return behaviour(request, context)
-            finally:
-                self._leave(key)
-
-        return call
-
-    def _stream(
-        self, behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], metadata: Any
-    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            key = client_key(metadata, context.peer())
-            if not self._enter(key):
-                self._refuse(context)
-            try:
-                yield from behaviour(request, context)
-            finally:
-                self._leave(key)
-
-        return call

@@ -21,17 +21,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from service.interceptors import Ended, MethodInterceptor, around_calls, on_end
 from storage.repository import PlanStore
 
 if TYPE_CHECKING:
-    _Handler = grpc.RpcMethodHandler[Any, Any]
+    from service.interceptors import Handler
 
 METRICS_PORT_ENV: Final = "PDPLANNER_METRICS_PORT"
 
@@ -82,78 +83,19 @@ def observe_search(kind: str, seconds: float, design_points: int) -> None:
 # -- RPCs -----------------------------------------------------------------------------------------
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(MethodInterceptor):
     """Counts every call and its latency once it ends, by method and status code."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method), **codec)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream, method), **codec
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, method), **codec
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _stream(handler.stream_stream, method), **codec
-            )
-        return handler
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        name = call.method.rsplit("/", 1)[-1]
+        return around_calls(handler, on_end(partial(_record, name)))
 
 
-def _record(method: str, context: grpc.ServicerContext, started: float, failed: bool) -> None:
-    code = cast(Any, context).code()  # ServicerContext.code() is not in the stubs
-    if code is None:
-        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-    RPC_CALLS.labels(method, code.name).inc()
-    if code != grpc.StatusCode.OK:
-        RPC_ERRORS.labels(method, code.name).inc()
-    RPC_DURATION.labels(method).observe(time.perf_counter() - started)
-
-
-def _unary(
-    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str
-) -> Callable[[Any, grpc.ServicerContext], Any]:
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        started = time.perf_counter()
-        failed = True
-        try:
-            response = behaviour(request, context)
-            failed = False
-            return response
-        finally:
-            _record(method, context, started, failed)
-
-    return call
-
-
-def _stream(
-    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
-) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        started = time.perf_counter()
-        failed = True
-        try:
-            yield from behaviour(request, context)
-            failed = False
-        finally:
-            _record(method, context, started, failed)
-
-    return call
+def _record(method: str, _request: Any, _context: grpc.ServicerContext, ended: Ended) -> None:
+    RPC_CALLS.labels(method, ended.code.name).inc()
+    if ended.code != grpc.StatusCode.OK:
+        RPC_ERRORS.labels(method, ended.code.name).inc()
+    RPC_DURATION.labels(method).observe(ended.seconds)
 
 
 # -- the store ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ catalogs (no database round trip), so that it answers within a millisecond.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Final
 
 from pdplanner.v1 import scaling_pb2
@@ -20,6 +21,7 @@ from planner.errors import SearchCancelled
 from planner.scaling.forecast import forecast
 from planner.scaling.ratematch import rate_match as run_rate_match
 from planner.scaling.schedule import plan_schedule
+from planner.validate import Violations
 from service import convert, errors
 from service.catalogs import CatalogCache
 from service.convert import scaling as sc
@@ -47,10 +49,7 @@ def plan_scaling(
         if existing is not None:
             return scaling_pb2.PlanScalingResponse(schedule=_same(existing, stored_request))
     current = catalogs.current()
-    model = current.model(req.model, "model")
-    gpu = current.gpu(req.gpu, "gpu")
-    if req.decode_gpu is not None:
-        current.gpu(req.decode_gpu, "decode_gpu")
+    model, gpu = current.deployment(req.model, req.gpu, req.decode_gpu)
     if history is not None:
         fc = forecast(history.history, history.horizon, history.quantile, history.method)
         req = dataclasses.replace(req, series=fc.upper, replay_series=fc.mean)
@@ -123,13 +122,16 @@ def rate_match(
     request: scaling_pb2.RateMatchRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
 ) -> scaling_pb2.RateMatchResponse:
     """Target worker counts for the observed traffic (built-in catalog entries only)."""
+    v = Violations()
     gpus = default_gpus()
     for role in ("prefill", "decode"):
         name = getattr(request, role).gpu
         if name:
-            gpus.get(name, f"{role}.gpu")
+            v.value(partial(gpus.get, name, f"{role}.gpu"))
     gpu = request.prefill.gpu or request.decode.gpu
     if not gpu:
-        raise errors.invalid_argument("prefill.gpu", "is required: the GPU type of the workers")
-    req = sc.rate_match_request_from_proto(request, gpu)
+        v.add("prefill.gpu", "is required: the GPU type of the workers")
+    req = v.value(lambda: sc.rate_match_request_from_proto(request, gpu))
+    v.raise_any()
+    assert req is not None
     return sc.rate_match_to_proto(run_rate_match(req))

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 
-if TYPE_CHECKING:
-    from service.settings import ServerSettings
+from service.interceptors import MethodInterceptor, around_calls
 
-    _Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    from service.interceptors import Handler
+    from service.settings import ServerSettings
 
 ROLES: Final = ("admin", "read")
 #: The methods a ``read`` token may call: those that change nothing.
@@ -98,7 +100,7 @@ def auth_enabled(settings: ServerSettings) -> bool:
     return settings.auth == "on" or (settings.auth == "auto" and not is_loopback(settings.host))
 
 
-class BearerAuth(grpc.ServerInterceptor):
+class BearerAuth(MethodInterceptor):
     """Checks the ``authorization: Bearer TOKEN`` metadata of every call but health/reflection."""
 
     def __init__(self, tokens: Sequence[Token]) -> None:
@@ -117,17 +119,12 @@ class BearerAuth(grpc.ServerInterceptor):
                 found = token.role
         return found
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        method: str = handler_call_details.method
-        handler = continuation(handler_call_details)
-        if handler is None or method.startswith(OPEN_PREFIXES):
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        method: str = call.method
+        if method.startswith(OPEN_PREFIXES):
             return handler
         header = None
-        for key, value in handler_call_details.invocation_metadata or ():
+        for key, value in call.invocation_metadata or ():
             if key == "authorization" and isinstance(value, str):
                 header = value
         role = self.role(header)
@@ -143,23 +140,15 @@ class BearerAuth(grpc.ServerInterceptor):
         return handler
 
 
-def _refusal(handler: _Handler, code: grpc.StatusCode, reason: str) -> _Handler:
-    """A handler of the same kind as ``handler`` that ends the call with ``code``."""
+def _refusal(handler: Handler, code: grpc.StatusCode, reason: str) -> Handler:
+    """A handler of the same kind as ``handler`` that ends every call with ``code``."""
 
-    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, reason)
+    @contextmanager
+    def refused(_request: Any, context: grpc.ServicerContext) -> Iterator[None]:
+        context.abort(code, reason)  # raises: the method never runs
+        yield
 
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(refuse, **codec)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse, **codec)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(refuse, **codec)
-    return grpc.stream_stream_rpc_method_handler(refuse, **codec)
+    return around_calls(handler, refused)
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:

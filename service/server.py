@@ -29,10 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,6 +42,7 @@ from pdplanner.v1 import planner_service_pb2, planner_service_pb2_grpc
 
 import planner
 from service import metrics, reflection, security, tracing
+from service.interceptors import Ended, MethodInterceptor, around_calls, on_end
 from service.limits import ClientLimits
 from service.metrics import MetricsEndpoint
 from service.servicer import PlannerServicer
@@ -54,7 +57,7 @@ SERVICE_NAME = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"]
 #: Calls logged at DEBUG rather than INFO: load balancers poll these.
 _QUIET_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 if TYPE_CHECKING:
-    _Handler = grpc.RpcMethodHandler[Any, Any]
+    from service.interceptors import Handler
 
 
 # -- per-call logs --------------------------------------------------------------------------------
@@ -86,40 +89,16 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
-class CallLogInterceptor(grpc.ServerInterceptor):
+class CallLogInterceptor(MethodInterceptor):
     """Logs every call once it ends: method, status code, duration, peer and request_id."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        codec = {
-            "request_deserializer": _tolerant(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _logged_unary(_decoded_unary(handler.unary_unary), method), **codec
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _logged_stream(_decoded_stream(handler.unary_stream), method), **codec
-            )
-        codec["request_deserializer"] = handler.request_deserializer  # streams of requests
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _logged_unary(handler.stream_unary, method), **codec
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _logged_stream(handler.stream_stream, method), **codec
-            )
-        return handler
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        decoded = around_calls(handler, _refusing_undecodable)
+        return around_calls(
+            decoded,
+            on_end(partial(_log_call, call.method)),
+            request_deserializer=_tolerant(handler.request_deserializer),
+        )
 
 
 @dataclass(frozen=True)
@@ -143,83 +122,30 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
+@contextmanager
+def _refusing_undecodable(request: Any, context: grpc.ServicerContext) -> Iterator[None]:
+    """Answer INVALID_ARGUMENT for a request body that did not parse (see ``_tolerant``)."""
     if isinstance(request, _Undecodable):
         context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"the request body is not a valid message of this method ({request.reason})",
         )
+    yield
 
 
-def _decoded_unary(
-    behaviour: Callable[[Any, grpc.ServicerContext], Any],
-) -> Callable[[Any, grpc.ServicerContext], Any]:
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        _refuse_undecodable(request, context)
-        return behaviour(request, context)
-
-    return call
-
-
-def _decoded_stream(
-    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
-) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        _refuse_undecodable(request, context)
-        yield from behaviour(request, context)
-
-    return call
-
-
-def _log_call(
-    method: str, context: grpc.ServicerContext, request: Any, started: float, failed: bool
-) -> None:
-    code = cast(Any, context).code()  # ServicerContext.code() (grpcio >= 1.38) is not in the stubs
-    if code is None:
-        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+def _log_call(method: str, request: Any, context: grpc.ServicerContext, ended: Ended) -> None:
     fields: dict[str, Any] = {
         "event": "rpc",
         "method": method,
-        "code": code.name,
-        "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+        "code": ended.code.name,
+        "duration_ms": round(ended.seconds * 1e3, 3),
         "peer": context.peer(),
     }
     request_id = getattr(request, "request_id", "")
     if isinstance(request_id, str) and request_id:
         fields["request_id"] = request_id
     level = logging.DEBUG if method in _QUIET_METHODS else logging.INFO
-    rpc_log.log(level, "rpc %s %s", method, code.name, extra={"fields": fields})
-
-
-def _logged_unary(
-    behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str
-) -> Callable[[Any, grpc.ServicerContext], Any]:
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        started = time.perf_counter()
-        failed = True
-        try:
-            response = behaviour(request, context)
-            failed = False
-            return response
-        finally:
-            _log_call(method, context, request, started, failed)
-
-    return call
-
-
-def _logged_stream(
-    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
-) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        started = time.perf_counter()
-        failed = True
-        try:
-            yield from behaviour(request, context)
-            failed = False
-        finally:
-            _log_call(method, context, request, started, failed)
-
-    return call
+    rpc_log.log(level, "rpc %s %s", method, ended.code.name, extra={"fields": fields})
 
 
 # -- starting and stopping ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -32,34 +33,20 @@ Handler = Callable[[Req, PlanStore, CatalogCache, Callable[[], bool]], Resp]
 
 
 def _unary(handler: Handler[Req, Resp], search: bool = False) -> Callable[..., Resp]:
-    def method(self: Any, request: Req, context: grpc.ServicerContext) -> Resp:
-        slot = False
-        try:
-            slot = search and self._take_search_slot()
-            return handler(request, self._store, self._catalogs, self._begin(context))
-        except Exception as exc:  # every failure ends the call with a status, none the server
-            self._abort(exc, context)
-            raise  # not reached: abort_with_status raises
-        finally:
-            if slot:
-                self._release_search_slot()
+    def method(self: PlannerServicer, request: Req, context: grpc.ServicerContext) -> Resp:
+        with self._call(context, search) as should_stop:
+            return handler(request, self._store, self._catalogs, should_stop)
 
     method.__doc__ = handler.__doc__
     return method
 
 
 def _stream(handler: Handler[Req, Iterator[Resp]], search: bool = False) -> Callable[..., Any]:
-    def method(self: Any, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
-        slot = False
-        try:
-            slot = search and self._take_search_slot()
-            yield from handler(request, self._store, self._catalogs, self._begin(context))
-        except Exception as exc:
-            self._abort(exc, context)
-            raise
-        finally:
-            if slot:
-                self._release_search_slot()
+    def method(
+        self: PlannerServicer, request: Req, context: grpc.ServicerContext
+    ) -> Iterator[Resp]:
+        with self._call(context, search) as should_stop:
+            yield from handler(request, self._store, self._catalogs, should_stop)
 
     method.__doc__ = handler.__doc__
     return method
@@ -86,6 +73,21 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         """How many searches could start now (for tests and metrics)."""
         with self._searches_lock:
             return self.search_slots - self._searches
+
+    @contextmanager
+    def _call(self, context: grpc.ServicerContext, search: bool) -> Iterator[Callable[[], bool]]:
+        """One call: a search slot held throughout when ``search``, the readiness check, and the
+        status of anything raised (every failure ends the call with a status, none the server)."""
+        slot = False
+        try:
+            slot = search and self._take_search_slot()
+            yield self._begin(context)
+        except Exception as exc:
+            self._abort(exc, context)
+            raise  # not reached: abort_with_status raises
+        finally:
+            if slot:
+                self._release_search_slot()
 
     def _take_search_slot(self) -> bool:
         with self._searches_lock:

@@ -20,7 +20,8 @@ Errors: ``TracingConfigError`` (a ``ValueError``) for an exporter name it does n
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -30,8 +31,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from service.interceptors import MethodInterceptor, around_calls, status_code
+
 if TYPE_CHECKING:
-    _Handler = grpc.RpcMethodHandler[Any, Any]
+    from service.interceptors import Handler
 
 
 class TracingConfigError(ValueError):
@@ -92,46 +95,23 @@ def interceptors(provider: Any) -> list[grpc.ServerInterceptor]:
     return [spans, _StatusOnSpan()]
 
 
-def _mark(context: grpc.ServicerContext) -> None:
-    code = cast(Any, context).code()  # ServicerContext.code() is not in the stubs
-    if code is None or code == grpc.StatusCode.OK:
-        return
-    span = trace.get_current_span()
-    span.set_attribute("rpc.grpc.status_code", code.value[0])
-    details = cast(Any, context).details()
-    text = details.decode() if isinstance(details, bytes) else details
-    span.set_status(Status(StatusCode.ERROR, f"{code.name}: {text or ''}".rstrip(": ")))
+@contextmanager
+def _status_marked(_request: Any, context: grpc.ServicerContext) -> Iterator[None]:
+    """Put the call's status on its span once it ends (the instrumentation does not)."""
+    try:
+        yield
+    finally:
+        code = status_code(context)
+        if code is not None and code != grpc.StatusCode.OK:
+            span = trace.get_current_span()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            details = cast(Any, context).details()
+            text = details.decode() if isinstance(details, bytes) else details
+            span.set_status(Status(StatusCode.ERROR, f"{code.name}: {text or ''}".rstrip(": ")))
 
 
-class _StatusOnSpan(grpc.ServerInterceptor):
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
+class _StatusOnSpan(MethodInterceptor):
+    def wrap(self, handler: Handler, call: grpc.HandlerCallDetails) -> Handler:
+        if handler.unary_unary is None and handler.unary_stream is None:
             return handler  # client-streaming calls (reflection) are left as they are
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            def call(request: Any, context: grpc.ServicerContext) -> Any:
-                try:
-                    return unary(request, context)
-                finally:
-                    _mark(context)
-
-            return grpc.unary_unary_rpc_method_handler(call, **codec)
-        stream = cast(Callable[[Any, grpc.ServicerContext], Iterator[Any]], handler.unary_stream)
-
-        def call_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            try:
-                yield from stream(request, context)
-            finally:
-                _mark(context)
-
-        return grpc.unary_stream_rpc_method_handler(call_stream, **codec)
+        return around_calls(handler, _status_marked)

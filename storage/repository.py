@@ -64,6 +64,7 @@ FINAL_SWEEP_STATES = ("done", "failed")
 Clock = Callable[[], datetime]
 _Row = TypeVar("_Row", Plan, Sweep, Schedule)
 _Entry = TypeVar("_Entry", CustomModel, CustomGpu)
+_Record = TypeVar("_Record", StoredPlan, StoredSweep, StoredSchedule)
 
 
 class PlanStore(Protocol):
@@ -282,10 +283,6 @@ class SqlStore:
         Raises ``InvalidValueError`` for an unknown ``mode`` or JSON that cannot be stored.
         """
         _check_choice("mode", mode, PLAN_MODES)
-        if request_id is not None:
-            existing = self.find_plan_by_request_id(request_id)
-            if existing is not None:
-                return existing
         row = Plan(
             id=_new_id(),
             request_id=request_id,
@@ -293,38 +290,19 @@ class SqlStore:
             gpu=gpu,
             mode=mode,
             planner_version=planner_version,
-            created_at=self._clock(),
             search_ms=float(search_ms),
             request=request,
             result=result,
         )
-        with _translate_errors():
-            try:
-                with self._sessions.begin() as session:
-                    session.add(row)
-                    session.flush()
-                    session.refresh(row)
-                    return _plan_record(row)
-            except exc.IntegrityError:
-                # Another call inserted the same request_id between our lookup and our insert.
-                existing = None if request_id is None else self.find_plan_by_request_id(request_id)
-                if existing is None:
-                    raise
-                return existing
+        return self._insert_once(row, request_id, self.find_plan_by_request_id, _plan_record)[0]
 
     def get_plan(self, plan_id: str) -> StoredPlan:
         """Return the plan ``plan_id``; raise ``NotFoundError`` if there is none."""
-        with _translate_errors(), self._sessions() as session:
-            row = session.get(Plan, plan_id)
-            if row is None:
-                raise NotFoundError("plan", plan_id)
-            return _plan_record(row)
+        return self._get(Plan, "plan", plan_id, _plan_record)
 
     def find_plan_by_request_id(self, request_id: str) -> StoredPlan | None:
         """Return the plan stored under the client's ``request_id``, or ``None``."""
-        with _translate_errors(), self._sessions() as session:
-            row = session.scalars(select(Plan).where(Plan.request_id == request_id)).one_or_none()
-            return None if row is None else _plan_record(row)
+        return self._find(Plan, request_id, _plan_record)
 
     def list_plans(
         self,
@@ -352,11 +330,7 @@ class SqlStore:
 
     def delete_plan(self, plan_id: str) -> None:
         """Delete the plan ``plan_id``; raise ``NotFoundError`` if there is none."""
-        with _translate_errors(), self._sessions.begin() as session:
-            row = session.get(Plan, plan_id)
-            if row is None:
-                raise NotFoundError("plan", plan_id)
-            session.delete(row)
+        self._delete(Plan, "plan", plan_id)
 
     # -- sweeps ----------------------------------------------------------------------------------
 
@@ -370,33 +344,15 @@ class SqlStore:
         """
         if total < 0:
             raise InvalidValueError(f"total must be >= 0, not {total}")
-        if request_id is not None:
-            existing = self._find_sweep_by_request_id(request_id)
-            if existing is not None:
-                return existing, False
         row = Sweep(
             id=_new_id(),
             request_id=request_id,
-            created_at=self._clock(),
             state="running",
             total=total,
             done=0,
             request=request,
         )
-        with _translate_errors():
-            try:
-                with self._sessions.begin() as session:
-                    session.add(row)
-                    session.flush()
-                    session.refresh(row)
-                    return _sweep_record(row, with_scenarios=False), True
-            except exc.IntegrityError:
-                existing = (
-                    None if request_id is None else self._find_sweep_by_request_id(request_id)
-                )
-                if existing is None:
-                    raise
-                return existing, False
+        return self._insert_once(row, request_id, self._find_sweep_by_request_id, _sweep_header)
 
     def add_sweep_scenario(
         self,
@@ -495,16 +451,10 @@ class SqlStore:
 
     def delete_sweep(self, sweep_id: str) -> None:
         """Delete the sweep; the database deletes its scenarios with it (``ON DELETE CASCADE``)."""
-        with _translate_errors(), self._sessions.begin() as session:
-            sweep = session.get(Sweep, sweep_id)
-            if sweep is None:
-                raise NotFoundError("sweep", sweep_id)
-            session.delete(sweep)
+        self._delete(Sweep, "sweep", sweep_id)
 
     def _find_sweep_by_request_id(self, request_id: str) -> StoredSweep | None:
-        with _translate_errors(), self._sessions() as session:
-            row = session.scalars(select(Sweep).where(Sweep.request_id == request_id)).one_or_none()
-            return None if row is None else _sweep_record(row, with_scenarios=False)
+        return self._find(Sweep, request_id, _sweep_header)
 
     # -- schedules -------------------------------------------------------------------------------
 
@@ -526,53 +476,28 @@ class SqlStore:
         that cannot be stored or a negative violation count."""
         if violations < 0:
             raise InvalidValueError(f"violations must be at least 0, not {violations}")
-        if request_id is not None:
-            existing = self.find_schedule_by_request_id(request_id)
-            if existing is not None:
-                return existing
         row = Schedule(
             id=_new_id(),
             request_id=request_id,
             model=model,
             gpu=gpu,
             planner_version=planner_version,
-            created_at=self._clock(),
             gpu_hours=float(gpu_hours),
             slo_attainment=None if slo_attainment is None else float(slo_attainment),
             violations=int(violations),
             request=request,
             result=result,
         )
-        with _translate_errors():
-            try:
-                with self._sessions.begin() as session:
-                    session.add(row)
-                    session.flush()
-                    session.refresh(row)
-                    return _schedule_record(row)
-            except exc.IntegrityError:
-                existing = (
-                    None if request_id is None else self.find_schedule_by_request_id(request_id)
-                )
-                if existing is None:
-                    raise
-                return existing
+        find = self.find_schedule_by_request_id
+        return self._insert_once(row, request_id, find, _schedule_record)[0]
 
     def find_schedule_by_request_id(self, request_id: str) -> StoredSchedule | None:
         """Return the schedule stored under the client's ``request_id``, or ``None``."""
-        with _translate_errors(), self._sessions() as session:
-            row = session.scalars(
-                select(Schedule).where(Schedule.request_id == request_id)
-            ).one_or_none()
-            return None if row is None else _schedule_record(row)
+        return self._find(Schedule, request_id, _schedule_record)
 
     def get_schedule(self, schedule_id: str) -> StoredSchedule:
         """Return the schedule ``schedule_id``; raise ``NotFoundError`` if there is none."""
-        with _translate_errors(), self._sessions() as session:
-            row = session.get(Schedule, schedule_id)
-            if row is None:
-                raise NotFoundError("schedule", schedule_id)
-            return _schedule_record(row)
+        return self._get(Schedule, "schedule", schedule_id, _schedule_record)
 
     def list_schedules(
         self,
@@ -591,10 +516,65 @@ class SqlStore:
 
     def delete_schedule(self, schedule_id: str) -> None:
         """Delete the schedule ``schedule_id``; raise ``NotFoundError`` if there is none."""
-        with _translate_errors(), self._sessions.begin() as session:
-            row = session.get(Schedule, schedule_id)
+        self._delete(Schedule, "schedule", schedule_id)
+
+    # -- what plans, sweeps and schedules share ---------------------------------------------------
+
+    def _insert_once(
+        self,
+        row: _Row,
+        request_id: str | None,
+        find: Callable[[str], _Record | None],
+        record: Callable[[_Row], _Record],
+    ) -> tuple[_Record, bool]:
+        """Insert ``row``, stamped with the time now, unless ``request_id`` was used before:
+        then store nothing and return what ``find`` finds under it. Returns ``(record,
+        created)``; a retry that races the first call (both past the lookup) gets the first
+        call's record."""
+        if request_id is not None:
+            existing = find(request_id)
+            if existing is not None:
+                return existing, False
+        row.created_at = self._clock()
+        with _translate_errors():
+            try:
+                self._add(row)
+            except exc.IntegrityError:
+                # another call inserted the same request_id between our lookup and our insert
+                existing = None if request_id is None else find(request_id)
+                if existing is None:
+                    raise
+                return existing, False
+        return record(row), True
+
+    def _add(self, row: Plan | Sweep | Schedule | CustomModel | CustomGpu) -> None:
+        """Insert ``row`` in a transaction of its own and read back what the database set."""
+        with self._sessions.begin() as session:
+            session.add(row)
+            session.flush()
+            session.refresh(row)
+
+    def _get(
+        self, table: type[_Row], kind: str, row_id: str, record: Callable[[_Row], _Record]
+    ) -> _Record:
+        with _translate_errors(), self._sessions() as session:
+            row = session.get(table, row_id)
             if row is None:
-                raise NotFoundError("schedule", schedule_id)
+                raise NotFoundError(kind, row_id)
+            return record(row)
+
+    def _find(
+        self, table: type[_Row], request_id: str, record: Callable[[_Row], _Record]
+    ) -> _Record | None:
+        with _translate_errors(), self._sessions() as session:
+            row = session.scalars(select(table).where(table.request_id == request_id)).one_or_none()
+            return None if row is None else record(row)
+
+    def _delete(self, table: type[_Row], kind: str, row_id: str) -> None:
+        with _translate_errors(), self._sessions.begin() as session:
+            row = session.get(table, row_id)
+            if row is None:
+                raise NotFoundError(kind, row_id)
             session.delete(row)
 
     # -- custom catalog entries ------------------------------------------------------------------
@@ -656,17 +636,14 @@ class SqlStore:
         row = table(name=name, created_at=self._clock(), spec=spec)
         with _translate_errors():
             try:
-                with self._sessions.begin() as session:
-                    session.add(row)
-                    session.flush()
-                    session.refresh(row)
-                    return _entry_record(row)
+                self._add(row)
             except exc.IntegrityError:
                 with self._sessions() as session:
                     taken = session.scalar(select(func.count()).where(table.name == name))
                 if taken:
                     raise AlreadyExistsError(kind, name) from None
                 raise
+        return _entry_record(row)
 
     def _get_entry(self, table: type[_Entry], kind: str, name: str) -> StoredEntry:
         with _translate_errors(), self._sessions() as session:
@@ -778,6 +755,10 @@ def _sweep_record(row: Sweep, *, with_scenarios: bool) -> StoredSweep:
         request=row.request,
         scenarios=scenarios,
     )
+
+
+def _sweep_header(row: Sweep) -> StoredSweep:
+    return _sweep_record(row, with_scenarios=False)
 
 
 def _schedule_record(row: Schedule) -> StoredSchedule:

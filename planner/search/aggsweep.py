@@ -30,6 +30,32 @@ ROW_COLUMNS = 6
 
 
 @njit(cache=True, nogil=True)
+def _step_ms(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    lay: np.ndarray,
+    prompts: float,
+    new_tokens: float,
+    past_tokens: float,
+    decode_batch: float,
+    context: float,
+    row: np.ndarray,
+    scratch: np.ndarray,
+) -> float:
+    """``step_ms`` of the layout ``lay`` = (tp, pp, ep, dp): one step (ms) of ``prompts``
+    prompts of ``new_tokens`` (after ``past_tokens`` cached) and ``decode_batch`` sequences at
+    ``context`` tokens."""
+    ms, _ = step_ms(
+        mv, hv, cg, cp, cd, lay[0], lay[1], lay[2], lay[3],
+        prompts, new_tokens, past_tokens, decode_batch, context, row, scratch,
+    )  # fmt: skip
+    return ms
+
+
+@njit(cache=True, nogil=True)
 def steady_closed_loop(
     mv: np.ndarray,
     hv: np.ndarray,
@@ -61,42 +87,9 @@ def steady_closed_loop(
     mean_isl = isl_cycle.mean()
     mean_osl = osl_cycle.mean()
     batch = min(float(users), sched[L.S_MAX_SEQS])
-    pf, _ = step_ms(
-        mv,
-        hv,
-        cg,
-        cp,
-        cd,
-        lay[0],
-        lay[1],
-        lay[2],
-        lay[3],
-        1.0,
-        mean_isl,
-        0.0,
-        0.0,
-        0.0,
-        row,
-        scratch,
-    )
-    dc, _ = step_ms(
-        mv,
-        hv,
-        cg,
-        cp,
-        cd,
-        lay[0],
-        lay[1],
-        lay[2],
-        lay[3],
-        0.0,
-        0.0,
-        0.0,
-        batch,
-        mean_isl + 0.5 * mean_osl,
-        row,
-        scratch,
-    )
+    pf = _step_ms(mv, hv, cg, cp, cd, lay, 1.0, mean_isl, 0.0, 0.0, 0.0, row, scratch)
+    context = mean_isl + 0.5 * mean_osl
+    dc = _step_ms(mv, hv, cg, cp, cd, lay, 0.0, 0.0, 0.0, batch, context, row, scratch)
     spread = pf + mean_osl * dc
     arrival = np.zeros(n)
     for i in range(users):
@@ -191,24 +184,8 @@ def sweep_layout(
     s[L.S_PREFIX_HIT] = prefix_hit
     max_batch = sched[L.S_MAX_SEQS]
     # one prompt alone: the service time of the prompt queue
-    prompt_ms, _ = step_ms(
-        mv,
-        hv,
-        cg,
-        cp,
-        cd,
-        tp,
-        pp,
-        ep,
-        dp,
-        1.0,
-        mean_isl * (1.0 - prefix_hit),
-        mean_isl * prefix_hit,
-        0.0,
-        0.0,
-        per_layer,
-        scratch,
-    )
+    new, past = mean_isl * (1.0 - prefix_hit), mean_isl * prefix_hit
+    prompt_ms = _step_ms(mv, hv, cg, cp, cd, lay, 1.0, new, past, 0.0, 0.0, per_layer, scratch)
     for c in range(chunks.shape[0]):
         chunk = chunks[c]
         s[L.S_BUDGET] = chunk if chunk > 0.0 else sched[L.S_BUDGET]

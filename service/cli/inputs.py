@@ -15,7 +15,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -34,6 +34,7 @@ from planner.types import (
     Slo,
     Workload,
 )
+from planner.validate import Violations
 
 PHASES: tuple[Phase, ...] = ("prefill", "decode")
 MODES: tuple[Mode, ...] = ("agg", "disagg")
@@ -149,11 +150,16 @@ def describe(exc: InvalidInputError, known: Collection[str], **kwargs: Any) -> s
     request had several invalid fields the first is described and the others are counted and
     named: ``--batch: must be at least 1 (2 more: --tp, --isl)``.
     """
-    first = exc.reason if not exc.field else f"{flag_for(exc.field, known, **kwargs)}: {exc.reason}"
+    return describe_as(exc, lambda field: flag_for(field, known, **kwargs))
+
+
+def describe_as(exc: InvalidInputError, name: Callable[[str], str]) -> str:
+    """:func:`describe` with the flags named by ``name`` (a field path to its flag)."""
+    first = f"{name(exc.field)}: {exc.reason}" if exc.field else exc.reason
     others = [field for field, _ in exc.violations[1:]]
     if not others:
         return first
-    names = ", ".join(flag_for(f, known, **kwargs) if f else "(request)" for f in others)
+    names = ", ".join(name(f) if f else "(request)" for f in others)
     return f"{first} ({len(others)} more: {names})"
 
 
@@ -206,33 +212,27 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
     kind of estimate requires its own keys and rejects the keys of the others, so a flag that
     would be silently ignored is an error instead.
     """
-    unknown = sorted(set(fields) - set(ESTIMATE_KEYS))
-    if unknown:
-        raise InvalidInputError(unknown[0], f"unknown key; known: {', '.join(ESTIMATE_KEYS)}")
-    values = {k: _typed(k, v) for k, v in fields.items() if v is not None}
+    v = Violations()
+    for key in sorted(set(fields) - set(ESTIMATE_KEYS)):
+        v.add(key, f"unknown key; known: {', '.join(ESTIMATE_KEYS)}")
+    given = [k for k in ESTIMATE_KEYS if fields.get(k) is not None]
+    values: dict[str, Any] = {}
+    for key in given:
+        with v.check():
+            values[key] = _typed(key, fields[key])
     for key in ("model", "gpu", "isl", "osl"):
-        if key not in values:
-            raise InvalidInputError(key, "is required")
+        if key not in given:
+            v.add(key, "is required")
     phase, mode = values.get("phase"), values.get("mode")
-    if (phase is None) == (mode is None):
-        raise InvalidInputError(
-            "phase|mode", "give exactly one: a phase (prefill, decode) or a mode (agg, disagg)"
-        )
-    if phase is not None and phase not in PHASES:
-        raise InvalidInputError("phase", f"must be prefill or decode, got {phase!r}")
-    if mode is not None and mode not in MODES:
-        raise InvalidInputError("mode", f"must be agg or disagg, got {mode!r}")
-    kind = cast(str, phase or mode)
-    for key in values:
-        if key not in _COMMON_KEYS and key not in _ACCEPTS[kind]:
-            where = [k for k in _ACCEPTS if key in _ACCEPTS[k]]
-            sites = " or ".join(f"{flag(_KIND_FLAG[k])} {k}" for k in where)
-            raise InvalidInputError(
-                key, f"does not apply to {flag(_KIND_FLAG[kind])} {kind} (only to {sites})"
-            )
-    for key in _REQUIRES[kind]:
-        if key not in values:
-            raise InvalidInputError(key, f"is required with {flag(_KIND_FLAG[kind])} {kind}")
+    if ("phase" in given) == ("mode" in given):
+        v.add("phase|mode", "give exactly one: a phase (prefill, decode) or a mode (agg, disagg)")
+    elif phase is not None and phase not in PHASES:
+        v.add("phase", f"must be prefill or decode, got {phase!r}")
+    elif mode is not None and mode not in MODES:
+        v.add("mode", f"must be agg or disagg, got {mode!r}")
+    elif phase is not None or mode is not None:
+        _kind_keys(cast(str, phase or mode), given, v)
+    v.raise_any()
     precision = Precision(
         dtype=values.get("dtype", "bf16"), kv_dtype=values.get("kv_dtype", "bf16")
     )
@@ -252,10 +252,6 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
             parallelism=_parallelism(values),
             batch=values["batch"],
             context=values.get("context"),
-        )
-    if mode == "agg" and "concurrency" not in values and "rate" not in values:
-        raise InvalidInputError(
-            "concurrency", f"is required with {flag('mode')} agg (or give {flag('rate')})"
         )
     if mode == "agg":
         return EstimateRequest(
@@ -284,6 +280,20 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
         rate_per_s=values.get("rate"),
         engine_args=values.get("engine_arg", ()),
     )
+
+
+def _kind_keys(kind: str, given: Collection[str], v: Violations) -> None:
+    """The keys a phase or mode needs, and those of other kinds that it would silently ignore."""
+    for key in given:
+        if key not in _COMMON_KEYS and key not in _ACCEPTS[kind]:
+            where = [k for k in _ACCEPTS if key in _ACCEPTS[k]]
+            sites = " or ".join(f"{flag(_KIND_FLAG[k])} {k}" for k in where)
+            v.add(key, f"does not apply to {flag(_KIND_FLAG[kind])} {kind} (only to {sites})")
+    for key in _REQUIRES[kind]:
+        if key not in given:
+            v.add(key, f"is required with {flag(_KIND_FLAG[kind])} {kind}")
+    if kind == "agg" and "concurrency" not in given and "rate" not in given:
+        v.add("concurrency", f"is required with {flag('mode')} agg (or give {flag('rate')})")
 
 
 def parse_jsonl_line(line: str) -> EstimateRequest:

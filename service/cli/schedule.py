@@ -9,6 +9,7 @@ schedule, in process. A bad trace names its row: ``error: --trace: trace[3].osl:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,8 @@ from rich.table import Table
 
 from planner.errors import InvalidInputError
 from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, Slo
+from planner.validate import Violations
+from service.cli import inputs
 from service.cli.app import (
     DtypeOpt,
     EngineOpt,
@@ -49,7 +52,9 @@ _RENAMED = {
     "slo.tpot_ms": "--tpot-ms",
     "slo.percentile": "--percentile",
     "slo": "--ttft-ms/--tpot-ms",
+    "trace": "--trace",
     "history": "--history",
+    "trace|history": "--trace/--history",
     "method": "--forecast",
     "precision.dtype": "--dtype",
     "precision.kv_dtype": "--kv-dtype",
@@ -94,24 +99,28 @@ StartupOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Seed of the replay's random arrivals.")]
 
 
+def _flag(field: str) -> str:
+    """The flag behind a field path of a schedule or a replay (a traffic row keeps its path)."""
+    if field in _RENAMED:
+        return _RENAMED[field]
+    if field.startswith(("trace", "rows")):
+        return f"--trace: {field}"
+    if field.startswith("history["):
+        return f"--history: {field}"
+    key = field.split(".")[0].split("[")[0]
+    if key in SCHEDULE_KEYS or (key == field and key.replace("_", "").isalpha()):
+        return f"--{key.replace('_', '-')}"
+    return field
+
+
 def _describe(exc: InvalidInputError) -> str:
-    f = exc.field
-    if f.startswith(("trace", "rows")):
-        return f"--trace: {f}: {exc.reason}"
-    if f.startswith("history["):
-        return f"--history: {f}: {exc.reason}"
-    if f in _RENAMED:
-        return f"{_RENAMED[f]}: {exc.reason}"
-    key = f.split(".")[0].split("[")[0]
-    if key in SCHEDULE_KEYS or (key == f and key.replace("_", "").isalpha()):
-        return f"--{key.replace('_', '-')}: {exc.reason}"
-    return f"{f}: {exc.reason}" if f else exc.reason
+    return inputs.describe_as(exc, _flag)
 
 
-def _required(**values: object) -> None:
+def _required(v: Violations, **values: object) -> None:
     for key, value in values.items():
         if value is None:
-            raise CliError(f"--{key.replace('_', '-')}: is required")
+            v.add(key, "is required")
 
 
 def _load(path: str, name: str, interval_s: float) -> Any:
@@ -189,13 +198,15 @@ def schedule(
     from planner.scaling.schedule import ScheduleRequest
     from planner.scaling.traffic import TrafficSeries
 
-    _required(model=model, gpu=gpu, gpus=gpus, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
+    v = Violations()
+    _required(v, model=model, gpu=gpu, gpus=gpus, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
     if (trace is None) == (history is None):
-        raise CliError("--trace: give a traffic series, or --history to forecast one")
-    assert model is not None and gpu is not None and gpus is not None
-    assert ttft_ms is not None and tpot_ms is not None
+        v.add("trace|history", "give one: a traffic series, or a history to forecast one")
     spec = None
     try:
+        v.raise_any()
+        assert model is not None and gpu is not None and gpus is not None
+        assert ttft_ms is not None and tpot_ms is not None
         if trace is not None:
             series = _load(trace, "trace", interval_s)
         else:
@@ -393,10 +404,23 @@ def simulate_cmd(
     from planner.scaling.replay import static_spans
     from planner.scaling.schedule import ScheduleRequest, simulate_spans, spans_of_intervals
 
-    _required(model=model, gpu=gpu, trace=trace, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
-    assert model is not None and gpu is not None and trace is not None
-    assert ttft_ms is not None and tpot_ms is not None
+    v = Violations()
+    _required(v, model=model, gpu=gpu, trace=trace, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
+    counts = {
+        "prefill_tp": prefill_tp, "prefill_pp": prefill_pp, "prefill_batch": prefill_batch,
+        "prefill_workers": prefill_workers, "decode_tp": decode_tp, "decode_pp": decode_pp,
+        "decode_batch": decode_batch, "decode_workers": decode_workers,
+    }  # fmt: skip
+    if schedule_id is None:  # a fixed deployment: every count given and at least 1
+        for key, value in counts.items():
+            if value is None:
+                v.add(key, "is required")
+            else:
+                v.value(partial(validate.integer, value, key, 1, validate.MAX_BATCH))
     try:
+        v.raise_any()
+        assert model is not None and gpu is not None and trace is not None
+        assert ttft_ms is not None and tpot_ms is not None
         series = _load(trace, "trace", interval_s)
         req = ScheduleRequest(
             model=model,
@@ -415,18 +439,8 @@ def simulate_cmd(
             pre, dec = spans_of_intervals(stored["result"]["intervals"], series, startup_s)
             what = stored["name"]
         else:
-            _required(prefill_workers=prefill_workers, decode_workers=decode_workers,
-                      decode_batch=decode_batch)  # fmt: skip
             assert prefill_workers is not None and decode_workers is not None
             assert decode_batch is not None
-            counts = {
-                "prefill_tp": prefill_tp, "prefill_pp": prefill_pp,
-                "prefill_batch": prefill_batch, "prefill_workers": prefill_workers,
-                "decode_tp": decode_tp, "decode_pp": decode_pp, "decode_batch": decode_batch,
-                "decode_workers": decode_workers,
-            }  # fmt: skip
-            for key, value in counts.items():
-                validate.integer(value, key, 1, validate.MAX_BATCH)
             pshape = Shape("prefill", gpu, prefill_tp, prefill_pp, 1, 1, prefill_batch)
             dshape = Shape("decode", decode_gpu or gpu, decode_tp, decode_pp, 1, 1, decode_batch)
             pre, dec = static_spans(pshape, prefill_workers, dshape, decode_workers)

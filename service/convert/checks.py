@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Final, overload
+from typing import Any, Final, overload
 
-from planner.errors import InvalidFields as InvalidFields
+from google.protobuf.message import Message
+
 from planner.errors import InvalidInputError, shorten
-from planner.validate import Violations as Violations
 
 MAX_REQUEST_ID_CHARS: Final = 128
 INT32_MAX: Final = 2**31 - 1
@@ -24,6 +24,23 @@ def finite(value: float, path: str) -> float:
     if not math.isfinite(value):
         raise InvalidInputError(path, f"must be a finite number, got {value}")
     return value
+
+
+def optional(msg: Message, field: str, default: Any = None) -> Any:
+    """The value of an ``optional`` field, or ``default`` when it is not set."""
+    return getattr(msg, field) if msg.HasField(field) else default
+
+
+@overload
+def finite_optional(msg: Message, field: str, path: str) -> float | None: ...
+@overload
+def finite_optional(msg: Message, field: str, path: str, default: float) -> float: ...
+def finite_optional(
+    msg: Message, field: str, path: str, default: float | None = None
+) -> float | None:
+    """An ``optional double`` field: ``default`` when unset, else a finite number."""
+    value = optional(msg, field)
+    return default if value is None else finite(value, path)
 
 
 def required_text(value: str, path: str) -> str:

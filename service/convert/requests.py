@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from google.protobuf.message import Message
 from pdplanner.v1 import common_pb2, estimate_pb2, plan_pb2, sweep_pb2
 
 from planner.errors import InvalidInputError
@@ -29,26 +28,16 @@ from planner.types import (
     Slo,
     Workload,
 )
-from planner.validate import MAX_TRAFFIC_CLASSES
-from service.convert.checks import Violations, at_most, finite, i32, required_text
+from planner.validate import MAX_TRAFFIC_CLASSES, Violations
+from service.convert.checks import (
+    at_most,
+    finite,
+    finite_optional,
+    i32,
+    optional,
+    required_text,
+)
 from service.convert.enums import MODE, PERCENTILE, PHASE
-
-T = TypeVar("T")
-
-
-def optional(msg: Message, field: str) -> Any:
-    """The value of an ``optional`` field, or None when it is not set."""
-    return getattr(msg, field) if msg.HasField(field) else None
-
-
-def _or(value: T | None, default: T) -> T:
-    return default if value is None else value
-
-
-def _finite_opt(msg: Message, field: str, path: str) -> float | None:
-    value = optional(msg, field)
-    return None if value is None else finite(value, path)
-
 
 # -- shared parts ---------------------------------------------------------------------------------
 
@@ -65,10 +54,10 @@ def precision_to_proto(p: Precision) -> common_pb2.Precision:
 def parallelism_from_proto(msg: common_pb2.Parallelism) -> Parallelism:
     """Unset degrees mean 1; an explicit 0 reaches the planner, which names the field."""
     return Parallelism(
-        tp=_or(optional(msg, "tp"), 1),
-        pp=_or(optional(msg, "pp"), 1),
-        ep=_or(optional(msg, "ep"), 1),
-        attention_dp=_or(optional(msg, "attention_dp"), 1),
+        tp=optional(msg, "tp", 1),
+        pp=optional(msg, "pp", 1),
+        ep=optional(msg, "ep", 1),
+        attention_dp=optional(msg, "attention_dp", 1),
     )
 
 
@@ -82,8 +71,8 @@ def parallelism_to_proto(p: Parallelism, path: str = "parallelism") -> common_pb
 
 
 def workload_from_proto(msg: common_pb2.Workload, path: str) -> Workload:
-    weight = _finite_opt(msg, "weight", f"{path}.weight")
-    return Workload(isl=msg.isl, osl=msg.osl, weight=_or(weight, 1.0))
+    weight = finite_optional(msg, "weight", f"{path}.weight", 1.0)
+    return Workload(isl=msg.isl, osl=msg.osl, weight=weight)
 
 
 def workload_to_proto(w: Workload, path: str) -> common_pb2.Workload:
@@ -97,7 +86,7 @@ def slo_from_proto(msg: plan_pb2.Slo, path: str = "slo") -> Slo:
         ttft_ms=finite(msg.ttft_ms, f"{path}.ttft_ms"),
         tpot_ms=finite(msg.tpot_ms, f"{path}.tpot_ms"),
         percentile=PERCENTILE.optional_from_proto(msg.percentile, f"{path}.percentile") or "p50",
-        min_tokens_per_s_per_user=_finite_opt(
+        min_tokens_per_s_per_user=finite_optional(
             msg, "min_tokens_per_s_per_user", f"{path}.min_tokens_per_s_per_user"
         ),
     )
@@ -118,9 +107,9 @@ def limits_from_proto(msg: plan_pb2.SearchLimits, path: str = "limits") -> Searc
     modes = tuple(MODE.from_proto(m, f"{path}.modes[{i}]") for i, m in enumerate(msg.modes))
     return SearchLimits(
         max_tp=optional(msg, "max_tp"),
-        allow_pp=_or(optional(msg, "allow_pp"), True),
-        allow_ep=_or(optional(msg, "allow_ep"), True),
-        allow_attention_dp=_or(optional(msg, "allow_attention_dp"), True),
+        allow_pp=optional(msg, "allow_pp", True),
+        allow_ep=optional(msg, "allow_ep", True),
+        allow_attention_dp=optional(msg, "allow_attention_dp", True),
         modes=modes or SearchLimits().modes,
     )
 
@@ -154,10 +143,10 @@ def plan_request_from_proto(msg: plan_pb2.PlanRequest) -> PlanRequest:
         lambda: tuple(workload_from_proto(w, f"traffic[{i}]") for i, w in enumerate(msg.traffic))
     )
     slo = v.value(lambda: slo_from_proto(msg.slo))
-    rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
+    rate = v.value(lambda: finite_optional(msg, "rate_per_s", "rate_per_s"))
     prefix_hit = v.value(lambda: finite(msg.prefix_hit, "prefix_hit"))
     limits = v.value(lambda: limits_from_proto(msg.limits))
-    memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
+    memory_fraction = v.value(lambda: finite_optional(msg, "memory_fraction", "memory_fraction"))
     v.raise_any()
     assert traffic is not None and slo is not None and prefix_hit is not None and limits
     return PlanRequest(
@@ -220,8 +209,8 @@ def engine_args_to_proto(args: tuple[tuple[str, Any], ...]) -> dict[str, str]:
 def pool_spec_from_proto(msg: estimate_pb2.PoolSpec) -> PoolSpec:
     return PoolSpec(
         parallelism=parallelism_from_proto(msg.parallelism),
-        workers=_or(optional(msg, "workers"), 1),
-        batch=_or(optional(msg, "batch"), 1),
+        workers=optional(msg, "workers", 1),
+        batch=optional(msg, "batch", 1),
         gpu=msg.gpu or None,
     )
 
@@ -244,8 +233,8 @@ def estimate_request_from_proto(msg: estimate_pb2.EstimateRequest) -> EstimateRe
         required_text(msg.gpu, "gpu")
     phase = v.value(lambda: PHASE.optional_from_proto(msg.phase, "phase"))
     mode = v.value(lambda: MODE.optional_from_proto(msg.mode, "mode"))
-    memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
-    rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
+    memory_fraction = v.value(lambda: finite_optional(msg, "memory_fraction", "memory_fraction"))
+    rate = v.value(lambda: finite_optional(msg, "rate_per_s", "rate_per_s"))
     v.raise_any()
     return EstimateRequest(
         model=msg.model,
@@ -319,10 +308,10 @@ def sweep_grid_from_proto(msg: sweep_pb2.SweepRequest) -> SweepGrid:
     traffic = [v.value(partial(workload_from_proto, w, f"traffic[{i}]"))
                for i, w in enumerate(msg.traffic)]  # fmt: skip
     slos = [v.value(partial(slo_from_proto, s, f"slos[{i}]")) for i, s in enumerate(msg.slos)]
-    rate = v.value(lambda: _finite_opt(msg, "rate_per_s", "rate_per_s"))
+    rate = v.value(lambda: finite_optional(msg, "rate_per_s", "rate_per_s"))
     prefix_hit = v.value(lambda: finite(msg.prefix_hit, "prefix_hit"))
     limits = v.value(lambda: limits_from_proto(msg.limits))
-    memory_fraction = v.value(lambda: _finite_opt(msg, "memory_fraction", "memory_fraction"))
+    memory_fraction = v.value(lambda: finite_optional(msg, "memory_fraction", "memory_fraction"))
     v.raise_any()
     return SweepGrid(
         models=tuple(msg.models),

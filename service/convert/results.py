@@ -25,8 +25,8 @@ from planner.types import (
     Pool,
     ServingEstimate,
 )
+from service.convert.checks import optional
 from service.convert.enums import MODE, PHASE, POOL_ROLE
-from service.convert.requests import optional
 
 
 def _plain(cls: type, message: type[Message], *special: str) -> tuple[str, ...]:

@@ -24,10 +24,16 @@ from planner.scaling.forecast import ForecastSpec, Method
 from planner.scaling.ratematch import RateMatchRequest, RateMatchResult
 from planner.scaling.schedule import ScheduleRequest
 from planner.scaling.traffic import TrafficSeries, from_rows
-from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, Slo
+from planner.types import DEFAULT_ENGINE, Slo
+from planner.validate import Violations
 from service import resources
-from service.convert.checks import finite, i32
-from service.convert.enums import PERCENTILE
+from service.convert.checks import finite, finite_optional, i32, optional
+from service.convert.requests import (
+    precision_from_proto,
+    precision_to_proto,
+    slo_from_proto,
+    slo_to_proto,
+)
 from service.convert.stored import timestamp
 from storage.records import StoredSchedule
 
@@ -40,12 +46,16 @@ DEFAULT_QUANTILE = 0.9
 
 
 def series_from_intervals(intervals: Any, path: str, *, allow_empty: bool = False) -> TrafficSeries:
-    """A series from ``TrafficInterval`` messages; errors name ``{path}[i]`` (and ``.mix[j]``)."""
+    """A series from ``TrafficInterval`` messages; errors name ``{path}[i]`` (and ``.mix[j]``).
+
+    Every interval without a mix is reported at once; then the series' own checks
+    (``planner.scaling.traffic.from_rows``) report the first row they refuse."""
     rows: list[dict[str, Any]] = []
     where: list[tuple[int, int]] = []
+    v = Violations()
     for i, iv in enumerate(intervals):
         if not iv.mix:
-            raise InvalidInputError(f"{path}[{i}].mix", "is required: at least one (isl, osl)")
+            v.add(f"{path}[{i}].mix", "is required: at least one (isl, osl)")
         for j, w in enumerate(iv.mix):
             rows.append(
                 {
@@ -60,6 +70,7 @@ def series_from_intervals(intervals: Any, path: str, *, allow_empty: bool = Fals
                 }
             )
             where.append((i, j))
+    v.raise_any()
     if not rows:
         if allow_empty:
             return TrafficSeries(())
@@ -93,63 +104,69 @@ def series_to_intervals(series: TrafficSeries) -> list[scaling_pb2.TrafficInterv
     ]
 
 
-def _slo(msg: Any) -> Slo:
+def _slo(msg: Any, v: Violations) -> Slo | None:
     if not msg.HasField("slo"):
-        raise InvalidInputError("slo", "is required: ttft_ms and tpot_ms")
-    s = msg.slo
-    pct = PERCENTILE.optional_from_proto(s.percentile, "slo.percentile") or "p50"
-    return Slo(finite(s.ttft_ms, "slo.ttft_ms"), finite(s.tpot_ms, "slo.tpot_ms"), pct)
-
-
-def _precision(msg: Any) -> Precision:
-    p = msg.precision
-    return Precision(p.dtype or DEFAULT_DTYPE, p.kv_dtype or DEFAULT_DTYPE)
+        v.add("slo", "is required: ttft_ms and tpot_ms")
+        return None
+    return v.value(lambda: slo_from_proto(msg.slo))
 
 
 def schedule_request_from_proto(
     msg: scaling_pb2.PlanScalingRequest,
 ) -> tuple[ScheduleRequest, ForecastSpec | None]:
     """The request, and the history to forecast when the traffic is one (then the request's
-    series is empty until the caller puts the forecast in)."""
+    series is empty until the caller puts the forecast in). Every proto-level violation raises,
+    together, with its path; the planner's range checks follow."""
+    v = Violations()
     kind = msg.WhichOneof("traffic")
-    if kind is None:
-        raise InvalidInputError("series", "is required: the traffic series, or a forecast")
+    series: TrafficSeries | None = TrafficSeries(())
     history = None
-    if kind == "series":
-        series = series_from_intervals(msg.series.intervals, "series.intervals")
+    if kind is None:
+        v.add("series", "is required: the traffic series, or a forecast")
+    elif kind == "series":
+        series = v.value(lambda: series_from_intervals(msg.series.intervals, "series.intervals"))
     else:
-        f = msg.forecast
-        methods: dict[int, Method] = {0: "ets", 1: "ets", 2: "sarima"}
-        method = methods.get(f.method)
-        if method is None:
-            raise InvalidInputError("forecast.method", f"unknown value {f.method}")
-        history = ForecastSpec(
-            series_from_intervals(f.history, "forecast.history"),
-            f.horizon,
-            f.quantile if f.HasField("quantile") else DEFAULT_QUANTILE,
-            method,
-        )
-        series = TrafficSeries(())
+        history = _forecast_from_proto(msg.forecast, v)
+    slo = _slo(msg, v)
+    startup_s = v.value(lambda: finite_optional(msg, "startup_s", "startup_s", DEFAULT_STARTUP_S))
+    cooldown_s = v.value(
+        lambda: finite_optional(msg, "cooldown_s", "cooldown_s", DEFAULT_COOLDOWN_S)
+    )
+    price = v.value(lambda: finite_optional(msg, "price_per_gpu_hour", "price_per_gpu_hour"))
+    v.raise_any()
+    assert series is not None and slo is not None
+    assert startup_s is not None and cooldown_s is not None
     req = ScheduleRequest(
         model=msg.model,
         gpu=msg.gpu,
         gpus=msg.gpus,
         series=series,
-        slo=_slo(msg),
+        slo=slo,
         decode_gpu=msg.decode_gpu or None,
-        startup_s=finite(msg.startup_s, "startup_s") if msg.HasField("startup_s")
-        else DEFAULT_STARTUP_S,
-        cooldown_s=finite(msg.cooldown_s, "cooldown_s") if msg.HasField("cooldown_s")
-        else DEFAULT_COOLDOWN_S,
-        min_workers=msg.min_workers if msg.HasField("min_workers") else 1,
-        price_per_gpu_hour=finite(msg.price_per_gpu_hour, "price_per_gpu_hour")
-        if msg.HasField("price_per_gpu_hour") else None,
-        precision=_precision(msg),
+        startup_s=startup_s,
+        cooldown_s=cooldown_s,
+        min_workers=optional(msg, "min_workers", 1),
+        price_per_gpu_hour=price,
+        precision=precision_from_proto(msg.precision),
         engine=msg.engine or DEFAULT_ENGINE,
-        simulate=msg.simulate if msg.HasField("simulate") else True,
+        simulate=optional(msg, "simulate", True),
         seed=msg.seed,
-    )  # fmt: skip
+    )
     return req, history
+
+
+def _forecast_from_proto(f: scaling_pb2.HistoryForecast, v: Violations) -> ForecastSpec | None:
+    methods: dict[int, Method] = {0: "ets", 1: "ets", 2: "sarima"}
+    method = methods.get(f.method)
+    if method is None:
+        v.add("forecast.method", f"unknown value {f.method}")
+    history = v.value(lambda: series_from_intervals(f.history, "forecast.history"))
+    quantile = v.value(
+        lambda: finite_optional(f, "quantile", "forecast.quantile", DEFAULT_QUANTILE)
+    )
+    if method is None or history is None or quantile is None:
+        return None
+    return ForecastSpec(history, f.horizon, quantile, method)
 
 
 def request_to_json(msg: Any) -> dict[str, Any]:
@@ -233,31 +250,39 @@ def _shape(msg: scaling_pb2.WorkerLayout, role: str, default_gpu: str) -> Shape:
 
 
 def rate_match_request_from_proto(msg: scaling_pb2.RateMatchRequest, gpu: str) -> RateMatchRequest:
-    """The request; ``gpu`` is the default GPU of a layout that names none."""
+    """The request; ``gpu`` is the default GPU of a layout that names none. Every proto-level
+    violation raises, together, with its path; the planner's range checks follow."""
+    v = Violations()
     for role in ("prefill", "decode"):
         if not msg.HasField(role):
-            raise InvalidInputError(role, "is required: the running workers' layout")
-    prec = _precision(msg)
+            v.add(role, "is required: the running workers' layout")
+    slo = _slo(msg, v)
+    rate = v.value(lambda: finite(msg.requests_per_s, "requests_per_s"))
+    isl = v.value(lambda: finite(msg.isl, "isl"))
+    osl = v.value(lambda: finite(msg.osl, "osl"))
+    ttft = v.value(lambda: finite_optional(msg, "observed_ttft_ms", "observed_ttft_ms"))
+    tpot = v.value(lambda: finite_optional(msg, "observed_tpot_ms", "observed_tpot_ms"))
+    v.raise_any()
+    assert slo is not None and rate is not None and isl is not None and osl is not None
+    prec = precision_from_proto(msg.precision)
     return RateMatchRequest(
         model=msg.model,
         gpu=gpu,
-        slo=_slo(msg),
-        requests_per_s=finite(msg.requests_per_s, "requests_per_s"),
-        isl=finite(msg.isl, "isl"),
-        osl=finite(msg.osl, "osl"),
+        slo=slo,
+        requests_per_s=rate,
+        isl=isl,
+        osl=osl,
         prefill=_shape(msg.prefill, "prefill", gpu),
         prefill_workers=msg.prefill_workers,
         decode=_shape(msg.decode, "decode", gpu),
         decode_workers=msg.decode_workers,
-        observed_ttft_ms=finite(msg.observed_ttft_ms, "observed_ttft_ms")
-        if msg.HasField("observed_ttft_ms") else None,
-        observed_tpot_ms=finite(msg.observed_tpot_ms, "observed_tpot_ms")
-        if msg.HasField("observed_tpot_ms") else None,
-        min_workers=msg.min_workers if msg.HasField("min_workers") else 1,
+        observed_ttft_ms=ttft,
+        observed_tpot_ms=tpot,
+        min_workers=optional(msg, "min_workers", 1),
         precision_dtype=prec.dtype,
         kv_dtype=prec.kv_dtype,
         engine=msg.engine or DEFAULT_ENGINE,
-    )  # fmt: skip
+    )
 
 
 def rate_match_to_proto(r: RateMatchResult) -> scaling_pb2.RateMatchResponse:
@@ -294,22 +319,17 @@ def schedule_request_to_proto(
     req: ScheduleRequest, history: ForecastSpec | None = None
 ) -> scaling_pb2.PlanScalingRequest:
     """The message of a schedule request (the history to forecast instead of its series)."""
-    from pdplanner.v1 import common_pb2, plan_pb2
 
     msg = scaling_pb2.PlanScalingRequest(
         model=req.model,
         gpu=req.gpu,
         decode_gpu=req.decode_gpu or "",
         gpus=req.gpus,
-        slo=plan_pb2.Slo(
-            ttft_ms=req.slo.ttft_ms,
-            tpot_ms=req.slo.tpot_ms,
-            percentile=PERCENTILE.to_proto(req.slo.percentile),
-        ),
+        slo=slo_to_proto(req.slo),
         startup_s=req.startup_s,
         cooldown_s=req.cooldown_s,
         min_workers=req.min_workers,
-        precision=common_pb2.Precision(dtype=req.precision.dtype, kv_dtype=req.precision.kv_dtype),
+        precision=precision_to_proto(req.precision),
         engine=req.engine,
         simulate=req.simulate,
         seed=req.seed,

@@ -265,3 +265,11 @@ def test_several_invalid_values_show_the_first_and_name_the_others() -> None:
     args = [*EST, *DECODE, "--isl", "-5", "--osl", "0"]
     line = assert_one_line_error(args, "--isl: must be at least 1", "(1 more: --osl)")
     print(line)
+
+
+def test_every_misplaced_and_missing_flag_of_an_estimate_is_named() -> None:
+    args = [*EST, "--phase", "decode", "--batch", "1", "--concurrency", "4", "--prefill-tp", "2"]
+    line = assert_one_line_error(
+        args, "--concurrency: does not apply to --phase decode", "(2 more: --prefill-tp, --tp)"
+    )
+    print(line)

@@ -59,7 +59,7 @@ def test_schedule_json_has_the_intervals_events_and_totals(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ("", "error: --trace: trace: the series is empty: give at least one interval\n"),
+        ("", "error: --trace: the series is empty: give at least one interval\n"),
         ("300,300,2,1000,200,1\n0,300,2,1000,200,1\n",
          "error: --trace: trace[1].start_s: the series is not sorted: 0 comes after 300 "
          "(trace[0])\n"),
@@ -82,6 +82,25 @@ def test_a_missing_flag_is_named(tmp_path: Path) -> None:
     args.remove("64")
     result = local.invoke(app, args)
     assert (result.exit_code, result.stderr) == (2, "error: --gpus: is required\n")
+
+
+def test_every_missing_or_bad_flag_is_named(tmp_path: Path) -> None:
+    args = schedule_args(trace_file(tmp_path, [1]))
+    for flag in ("--gpus", "--ttft-ms"):
+        del args[args.index(flag) : args.index(flag) + 2]
+    result = local.invoke(app, args)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: --gpus: is required (1 more: --ttft-ms)\n",
+    )
+    sim = ["simulate", "--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--trace",
+           trace_file(tmp_path, [1]), "--ttft-ms", "1000", "--tpot-ms", "30", "--prefill-tp", "0",
+           "--prefill-workers", "1", "--decode-workers", "1"]  # fmt: skip
+    result = local.invoke(app, sim)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: --prefill-tp: must be at least 1, got 0 (1 more: --decode-batch)\n",
+    )
 
 
 def test_simulate_replays_a_fixed_deployment(tmp_path: Path) -> None:

@@ -99,6 +99,13 @@ def test_an_input_file_gives_the_same_lines_against_a_server(
         (["--phase", "decode", "--tp", "3", "--pp", "0", "--batch", "1"],
          "error: --pp: must be at least 1, got 0"
          " (1 more: --tp)\n"),
+        (["--mode", "agg", "--tp", "1", "--pp", "2", "--concurrency", "0", "--chunk-tokens", "8"],
+         "error: --pp: aggregated serving is modelled without pipeline parallelism (use 1)"
+         " (2 more: --concurrency, --chunk-tokens)\n"),
+        (["--mode", "disagg", "--prefill-tp", "1", "--prefill-workers", "0", "--decode-tp", "3",
+          "--decode-workers", "1", "--decode-batch", "0"],
+         "error: --prefill-workers: must be at least 1, got 0"
+         " (2 more: --decode-tp, --decode-batch)\n"),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_the_same_one_line_error_against_a_server(

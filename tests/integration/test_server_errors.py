@@ -194,6 +194,67 @@ def test_a_bad_estimate_request_names_its_field(
     assert_invalid(failure(lambda: stub.Estimate(request_, timeout=30)), field)
 
 
+def _pool(tp: int, workers: int, batch: int = 1, gpu: str = "") -> estimate_pb2.PoolSpec:
+    parallelism = common_pb2.Parallelism(tp=tp)
+    return estimate_pb2.PoolSpec(parallelism=parallelism, workers=workers, batch=batch, gpu=gpu)
+
+
+SEVERAL_BAD_ESTIMATES: list[tuple[list[str], estimate_pb2.EstimateRequest]] = [
+    # an unknown model: the layout is still range-checked, and the step's own fields
+    (
+        ["model", "parallelism.tp", "batch", "context"],
+        _estimate(
+            model="llama-9b",
+            phase=common_pb2.PHASE_DECODE,
+            batch=0,
+            context=0,
+            parallelism=common_pb2.Parallelism(tp=0),
+        ),
+    ),
+    (
+        ["parallelism.pp", "concurrency", "chunk_tokens"],
+        _estimate(
+            mode=common_pb2.MODE_AGG,
+            parallelism=common_pb2.Parallelism(tp=4, pp=2),
+            concurrency=0,
+            chunk_tokens=8,
+        ),
+    ),
+    (
+        ["prefill.workers", "decode.parallelism.tp", "decode.batch", "decode.gpu"],
+        _estimate(
+            mode=common_pb2.MODE_DISAGG,
+            prefill=_pool(4, workers=0),
+            decode=_pool(3, workers=1, batch=0, gpu="h9"),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "request_"), SEVERAL_BAD_ESTIMATES, ids=["phase", "agg", "disagg"]
+)
+def test_every_violation_of_an_estimate_comes_back(
+    stub: Stub, fields: list[str], request_: estimate_pb2.EstimateRequest
+) -> None:
+    error = failure(lambda: stub.Estimate(request_, timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(error)
+    print(found)
+    assert [f for f, _ in found] == fields
+    assert all(reason for _, reason in found)
+
+
+def test_every_unknown_name_of_a_plan_comes_back(stub: Stub, count_rows: CountRows) -> None:
+    request = plan_request(model="llama-9b", gpu="h9", decode_gpu="b9")
+    error = failure(lambda: stub.Plan(request, timeout=30))
+    found = violations(error)
+    print(found)
+    assert [f for f, _ in found] == ["model", "gpu", "decode_gpu"]
+    assert found[0][1].startswith("unknown model 'llama-9b'")
+    assert count_rows("plans") == 0
+
+
 def test_bad_resource_names_and_pages_name_their_field(stub: Stub) -> None:
     assert_invalid(failure(lambda: stub.GetPlan(plan_pb2.GetPlanRequest(name=""))), "name")
     assert_invalid(

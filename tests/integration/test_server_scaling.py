@@ -3,6 +3,7 @@ the stored schedules/{id} resource, and RateMatch."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import grpc
@@ -129,3 +130,57 @@ def test_rate_match_answers_with_counts_and_corrections(client: PlannerClient) -
     with pytest.raises(grpc.RpcError) as e:
         client.rate_match(req)
     assert field_violations(e.value)[0][0] == "prefill.tp"
+
+
+def test_every_violation_of_a_scaling_request_comes_back(client: PlannerClient) -> None:
+    req = scaling_request([2, 3, 4, 5], price_per_gpu_hour=math.nan)
+    req.series.intervals[1].ClearField("mix")
+    req.series.intervals[3].ClearField("mix")
+    req.slo.ttft_ms = math.nan
+    req.startup_s = math.inf
+    with pytest.raises(grpc.RpcError) as e:
+        client.plan_scaling(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = field_violations(e.value)
+    print(found)
+    assert [f for f, _ in found] == [
+        "series.intervals[1].mix",
+        "series.intervals[3].mix",
+        "slo.ttft_ms",
+        "startup_s",
+        "price_per_gpu_hour",
+    ]
+    forecast = scaling_pb2.PlanScalingRequest(
+        model="llama-3.1-70b",
+        gpu="h100-sxm",
+        gpus=64,
+        forecast=scaling_pb2.HistoryForecast(method=7, horizon=4, quantile=math.inf),  # type: ignore[arg-type]
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        client.plan_scaling(forecast)
+    fields = [f for f, _ in field_violations(e.value)]
+    assert fields == ["forecast.method", "forecast.history", "forecast.quantile", "slo"]
+
+
+def test_every_violation_of_a_rate_match_comes_back(client: PlannerClient) -> None:
+    req = scaling_pb2.RateMatchRequest(
+        model="llama-3.1-70b",
+        requests_per_s=math.nan,
+        isl=2500,
+        osl=300,
+        prefill=scaling_pb2.WorkerLayout(gpu="h9000", tp=4, batch=1),
+        prefill_workers=3,
+        observed_ttft_ms=math.inf,
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        client.rate_match(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = field_violations(e.value)
+    print(found)
+    assert [f for f, _ in found] == [
+        "prefill.gpu",
+        "decode",
+        "slo",
+        "requests_per_s",
+        "observed_ttft_ms",
+    ]
