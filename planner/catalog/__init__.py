@@ -3,10 +3,12 @@
 from planner.catalog.engines import EngineSpec, engine_names, load_engine
 from planner.catalog.gpus import (
     BYTES_PER_ELEMENT,
+    DERIVED_HBM_SHARE,
     DTYPES,
     GpuCatalog,
     GpuSpec,
     default_gpus,
+    derived_hbm_bytes,
     gpu_from_entry,
     gpu_to_entry,
     load_gpu,
@@ -23,6 +25,7 @@ from planner.catalog.models import (
 
 __all__ = [
     "BYTES_PER_ELEMENT",
+    "DERIVED_HBM_SHARE",
     "DTYPES",
     "EngineSpec",
     "GpuCatalog",
@@ -31,6 +34,7 @@ __all__ = [
     "ModelSpec",
     "default_gpus",
     "default_models",
+    "derived_hbm_bytes",
     "engine_names",
     "gpu_from_entry",
     "gpu_to_entry",

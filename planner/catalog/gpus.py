@@ -14,13 +14,28 @@ DTYPES: tuple[Dtype, ...] = ("bf16", "fp8", "fp4")
 BYTES_PER_ELEMENT: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}
 
 
+#: Reported capacity over the datasheet size read as GiB, for the B200 (183,359 MiB reported by
+#: nvidia-smi, NVIDIA/TensorRT-LLM#10278, of "180 GB" = 184,320 MiB): the lowest share among the
+#: HBM GPUs with a cited report (A100 1.0, H100 0.9956, H100 NVL 0.9956, H200 0.9958). A GPU with
+#: no report is taken to report this share of its datasheet size; GDDR6 boards that keep ECC on
+#: (L40S, L4) lose a further 1/16 and need their own report.
+DERIVED_HBM_SHARE = 183_359 / 184_320
+
+
+def derived_hbm_bytes(datasheet_bytes: float) -> float:
+    """The capacity (bytes) a GPU with no device report is taken to report: its datasheet size
+    (decimal GB as printed) read as GiB, times ``DERIVED_HBM_SHARE``, to whole MiB."""
+    return float(round(datasheet_bytes / 1e9 * 1024 * DERIVED_HBM_SHARE) * 2**20)
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     """One GPU: datasheet peaks, memory and links. Units are in the field names.
 
     ``hbm_bytes`` is the capacity the device reports (nvidia-smi / rocm-smi total), the figure
     engines take their memory fractions of; ``hbm_datasheet_bytes`` is the marketing figure beside
-    it. ``calibration`` names the measured kernel tables the performance model uses; a GPU whose
+    it and ``hbm_reported`` the source of the former ("reported: ..." or "derived: ...").
+    ``calibration`` names the measured kernel tables the performance model uses; a GPU whose
     own name differs is modelled with those efficiencies scaled to its datasheet peaks
     (``datasheet_scaled``). Sources: planner/catalog/data/gpus.yaml, one per entry.
     """
@@ -39,6 +54,13 @@ class GpuSpec:
     hbm_datasheet_bytes: float = field(default=0.0, compare=False)  # 0: not given
     hbm_reported: str = field(default="", compare=False)  # where hbm_bytes comes from
     source: str = field(default="", compare=False)  # where the figures come from
+
+    @property
+    def hbm_basis(self) -> str:
+        """How ``hbm_bytes`` was obtained: "reported" (a cited device report), "derived" (a
+        stated rule, ``DERIVED_HBM_SHARE``), or "" when the entry does not say."""
+        basis = self.hbm_reported.split(":", 1)[0].strip()
+        return basis if basis in ("reported", "derived") else ""
 
     @property
     def datasheet_scaled(self) -> bool:
@@ -84,6 +106,17 @@ def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
     if unknown:
         raise InvalidInputError(f"{f}.flops_per_s", f"unknown dtype {sorted(unknown)[0]!r}")
     rates = {d: optional(flops, d, float, 0.0, f"{f}.flops_per_s") for d in DTYPES}
+    datasheet = optional(entry, "hbm_datasheet_bytes", float, 0.0, f)
+    reported = optional(entry, "hbm_reported", str, "", f)
+    if entry.get("hbm_bytes") is None and datasheet > 0:
+        # no device figure given: derive it from the datasheet size by the catalog's rule
+        hbm_bytes = derived_hbm_bytes(datasheet)
+        reported = reported or (
+            f"derived: {datasheet / 1e9:g} GB read as GiB x the B200 share, "
+            f"{hbm_bytes / 2**20:.0f} MiB"
+        )
+    else:
+        hbm_bytes = require(entry, "hbm_bytes", float, f)
     if rates["bf16"] <= 0:
         raise InvalidInputError(f"{f}.flops_per_s.bf16", "is required and must be positive")
     spec = GpuSpec(
@@ -91,15 +124,15 @@ def gpu_from_entry(entry: dict[str, Any], field_path: str = "gpu") -> GpuSpec:
         bf16_flops_per_s=rates["bf16"],
         fp8_flops_per_s=rates["fp8"],
         fp4_flops_per_s=rates["fp4"],
-        hbm_bytes=require(entry, "hbm_bytes", float, f),
+        hbm_bytes=hbm_bytes,
         hbm_bytes_per_s=require(entry, "hbm_bytes_per_s", float, f),
         nvlink_bytes_per_s=require(entry, "nvlink_bytes_per_s", float, f),
         nvlink_domain_size=require(entry, "nvlink_domain_size", int, f),
         scaleout_bytes_per_s=require(entry, "scaleout_bytes_per_s", float, f),
         calibration=optional(entry, "calibration", str, "h100-sxm", f),
         aliases=tuple(str(a) for a in entry.get("aliases", ()) or ()),
-        hbm_datasheet_bytes=optional(entry, "hbm_datasheet_bytes", float, 0.0, f),
-        hbm_reported=optional(entry, "hbm_reported", str, "", f),
+        hbm_datasheet_bytes=datasheet,
+        hbm_reported=reported,
         source=optional(entry, "source", str, "", f),
     )
     for key in (

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from planner.catalog import (
+    DERIVED_HBM_SHARE,
     GpuCatalog,
     ModelCatalog,
     default_gpus,
     default_models,
     engine_names,
+    gpu_from_entry,
+    gpu_to_entry,
     load_engine,
     load_gpu,
     load_model,
@@ -169,42 +172,46 @@ def test_engine_aliases_resolve(alias: str, name: str) -> None:
 
 # Every built-in GPU's figures as its cited source prints them: dense TFLOP/s per precision
 # (0: no tensor cores for it), datasheet memory (GB), memory bandwidth (TB/s), scale-up bandwidth
-# per direction (GB/s), scale-up domain, and the capacity the device reports in MiB (nvidia-smi /
-# rocm-smi; None where no report was found and the datasheet figure is used).
-GPU_SOURCES = {
+# per direction (GB/s), scale-up domain, and the capacity the device reports in MiB: a number
+# where a cited device report (nvidia-smi) prints it, else how it is derived: "share" (datasheet
+# GB read as GiB times the B200's reported share) or the GPU whose memory it shares.
+GPU_SOURCES: dict[str, tuple[float, float, float, float, float, float, int, int | str]] = {
     "h100-sxm": (989, 1979, 0, 80, 3.35, 450, 8, 81559),
     "h200-sxm": (989, 1979, 0, 141, 4.8, 450, 8, 143771),
-    "h800": (989, 1979, 0, 80, 3.35, 200, 8, 81559),
-    "h100-pcie": (756, 1513, 0, 80, 2.0, 300, 2, 81559),
+    "h800": (989, 1979, 0, 80, 3.35, 200, 8, "h100-sxm"),
+    "h100-pcie": (756, 1513, 0, 80, 2.0, 300, 2, "share"),
     "h100-nvl": (835.5, 1670.5, 0, 94, 3.9, 300, 2, 95830),
-    "h20": (148, 296, 0, 96, 4.0, 450, 8, 97871),
+    "h20": (148, 296, 0, 96, 4.0, 450, 8, "share"),
     "b200": (2250, 4500, 9000, 180, 8.0, 900, 8, 183359),
-    "b300": (2250, 4500, 13500, 288, 8.0, 900, 8, None),
-    "gb200-nvl72": (2500, 5000, 10000, 186, 8.0, 900, 72, 189471),
-    "gb300-nvl72": (2500, 5000, 15000, 288, 8.0, 900, 72, None),
+    "b300": (2250, 4500, 13500, 288, 8.0, 900, 8, "share"),
+    "gb200-nvl72": (2500, 5000, 10000, 186, 8.0, 900, 72, "share"),
+    "gb300-nvl72": (2500, 5000, 15000, 288, 8.0, 900, 72, "share"),
     "a100-sxm-80g": (312, 0, 0, 80, 2.039, 300, 8, 81920),
     "a100-sxm-40g": (312, 0, 0, 40, 1.555, 300, 8, 40960),
-    "a100-pcie-80g": (312, 0, 0, 80, 1.935, 300, 2, 81920),
+    "a100-pcie-80g": (312, 0, 0, 80, 1.935, 300, 2, "a100-sxm-80g"),
     "l40s": (362, 733, 0, 48, 0.864, 25, 1, 46068),
     "l4": (121, 242.5, 0, 24, 0.3, 25, 1, 23034),
-    "rtx-pro-6000": (500, 1000, 2000, 96, 1.597, 50, 1, 97887),
-    "mi300x": (1307.4, 2614.9, 0, 192, 5.3, 448, 8, 205822885888 / 2**20),
-    "mi325x": (1307.4, 2614.9, 0, 256, 6.0, 448, 8, None),
-    "mi355x": (2516.6, 5033.2, 10066.3, 288, 8.0, 537.6, 8, None),
+    "rtx-pro-6000": (503.8, 1007.6, 2015.2, 96, 1.597, 50, 1, "share"),
+    "mi300x": (1307.4, 2614.9, 0, 192, 5.3, 448, 8, "share"),
+    "mi325x": (1307.4, 2614.9, 0, 256, 6.0, 448, 8, "share"),
+    "mi355x": (2516.6, 5033.2, 10066.3, 288, 8.0, 537.6, 8, "share"),
 }
+# The B200's nvidia-smi total (NVIDIA/TensorRT-LLM#10278) over "180 GB" read as GiB.
+B200_SHARE = 183359 / (180 * 1024)
+HBM_REPORTED = ("h100-sxm", "h200-sxm", "h100-nvl", "b200", "a100-sxm-80g", "a100-sxm-40g")
 
 
 def test_every_built_in_gpu_has_its_source_figures() -> None:
     assert set(default_gpus().names()) == set(GPU_SOURCES)
     for g in default_gpus().specs():
         assert g.source, f"{g.name} cites no source"
-        assert g.hbm_reported, f"{g.name} does not say where its capacity comes from"
+        assert g.hbm_basis in ("reported", "derived"), f"{g.name}: {g.hbm_reported!r}"
 
 
 @pytest.mark.parametrize("name", sorted(GPU_SOURCES))
 def test_gpu_figures_match_their_sources(name: str) -> None:
     g = load_gpu(name)
-    bf16, fp8, fp4, hbm_gb, hbm_tb_s, link_gb_s, domain, reported_mib = GPU_SOURCES[name]
+    bf16, fp8, fp4, hbm_gb, hbm_tb_s, link_gb_s, domain, device = GPU_SOURCES[name]
     got = (
         g.bf16_flops_per_s / 1e12,
         g.fp8_flops_per_s / 1e12,
@@ -216,15 +223,39 @@ def test_gpu_figures_match_their_sources(name: str) -> None:
     )
     print(f"{name}: {got}, reports {g.hbm_bytes / 2**20:,.0f} MiB ({g.hbm_reported})")
     assert got == pytest.approx((bf16, fp8, fp4, hbm_gb, hbm_tb_s, link_gb_s, domain))
-    if reported_mib is None:
-        assert g.hbm_bytes == g.hbm_datasheet_bytes and "no device report" in g.hbm_reported
+    if isinstance(device, int):
+        assert g.hbm_basis == "reported"
+        assert g.hbm_bytes == device * 2**20
+        assert f"{device}" in g.hbm_reported and "#" in g.hbm_reported  # the report's thread
+    elif device == "share":
+        assert g.hbm_basis == "derived"
+        assert g.hbm_bytes == round(hbm_gb * 1024 * B200_SHARE) * 2**20
     else:
-        assert g.hbm_bytes == reported_mib * 2**20
-        assert f"{reported_mib:.0f}" in g.hbm_reported.replace(",", "") or "rocm-smi" in (
-            g.hbm_reported
-        )
+        sibling = load_gpu(device)
+        assert g.hbm_basis == "derived" and f"same memory as {device}" in g.hbm_reported
+        assert sibling.hbm_basis == "reported" and g.hbm_bytes == sibling.hbm_bytes
     # the capacity a device reports is its datasheet figure give or take its rounding
     assert 0.95 < g.hbm_bytes / g.hbm_datasheet_bytes < 1.12
+
+
+def test_the_derived_share_is_the_lowest_reported_by_an_hbm_gpu() -> None:
+    """The rule for GPUs without a device report must not credit them with more memory than any
+    reported HBM GPU has relative to its datasheet size."""
+    shares = {}
+    for name in HBM_REPORTED:
+        g = load_gpu(name)
+        shares[name] = g.hbm_bytes / 2**20 / (g.hbm_datasheet_bytes / 1e9 * 1024)
+    print({k: round(v, 5) for k, v in shares.items()})
+    assert min(shares.values()) == pytest.approx(B200_SHARE)
+    assert pytest.approx(B200_SHARE) == DERIVED_HBM_SHARE
+
+
+def test_a_gpu_file_without_a_device_figure_gets_the_derived_one() -> None:
+    entry = gpu_to_entry(load_gpu("b300"))
+    del entry["hbm_bytes"], entry["hbm_reported"]
+    g = gpu_from_entry({**entry, "name": "my-b300"})
+    assert g.hbm_bytes == round(288 * 1024 * B200_SHARE) * 2**20
+    assert g.hbm_basis == "derived" and "293374 MiB" in g.hbm_reported
 
 
 def test_only_gpus_with_measured_tables_are_calibrated() -> None:
