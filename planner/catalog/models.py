@@ -26,6 +26,7 @@ AttentionKind = Literal["gqa", "mla"]
 # (and a per-tensor FP32 scale, negligible); FP8 with 128x128 block scales (FP32 each, negligible);
 # INT4 AWQ/GPTQ/compressed-tensors: 4-bit values + one 16-bit scale (and zero point) per group.
 MXFP4_BYTES = 0.5 + 1.0 / 32.0
+MXFP4_BLOCK = 32  # elements sharing one E8M0 scale
 NVFP4_BYTES = 0.5 + 1.0 / 16.0
 FP8_BYTES = 1.0
 
@@ -37,13 +38,14 @@ class ModelSpec:
     Layer kinds: ``num_layers`` decoder layers, of which ``num_window_layers`` attend only to the
     last ``sliding_window`` tokens (sliding-window or chunked local attention: their KV cache
     stops at the window) and ``num_linear_layers`` are linear-attention layers (Gated DeltaNet:
-    a fixed state of ``linear_state_elements`` per sequence, no growing KV cache); the rest are
-    full-attention layers. ``index_topk`` > 0: DeepSeek sparse attention, each query attends to
-    ``index_topk`` tokens picked by an indexer that caches ``index_head_dim`` fp8 values (plus a
-    4-byte scale) per token per layer. Weight storage: ``dense_weight_bytes`` and
-    ``expert_weight_bytes`` are bytes per element as the checkpoint stores them (0: at the
-    request's precision); embeddings and the LM head stay in bf16 (quantized checkpoints keep them
-    unquantized).
+    a fixed state of ``linear_state_elements`` per sequence, no growing KV cache; their shapes in
+    the ``linear_*`` fields, named as in config.json); the rest are full-attention layers.
+    ``index_topk`` > 0: DeepSeek sparse attention, each query attends to ``index_topk`` tokens
+    picked by an indexer that caches ``index_head_dim`` fp8 values (plus a 4-byte scale) per
+    token per layer. Weight storage: ``dense_weight_bytes`` and ``expert_weight_bytes`` are bytes
+    per element as the checkpoint stores them, scales and block padding included (MXFP4 experts:
+    ``mxfp4_expert_bytes``; 0: at the request's precision); embeddings and the LM head stay in
+    bf16 (quantized checkpoints keep them unquantized).
     """
 
     name: str
@@ -75,8 +77,12 @@ class ModelSpec:
     attention_sinks: bool = False  # one learned sink logit per head per layer (gpt-oss)
     attn_output_gate: bool = False  # q_proj also produces an output gate (Qwen3-Next)
     num_linear_layers: int = 0
-    linear_layer_params: int = 0  # weights of one linear-attention block
-    linear_state_elements: int = 0  # recurrent + convolution state per sequence per layer
+    # Gated DeltaNet shapes of the linear-attention layers (config.json's names)
+    linear_num_key_heads: int = 0
+    linear_num_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel_dim: int = 0
     index_topk: int = 0
     index_head_dim: int = 0
     index_n_heads: int = 0
@@ -93,6 +99,40 @@ class ModelSpec:
     @property
     def num_moe_layers(self) -> int:
         return self.num_layers - self.num_dense_layers if self.is_moe else 0
+
+    @property
+    def linear_layer_params(self) -> int:
+        """Weights of one Gated DeltaNet block: the q, k (key heads) and v, z (value heads)
+        input projection, the beta/decay projection (two per value head), a short causal
+        convolution over q/k/v, per-head decay parameters (A_log, dt_bias), the output norm's
+        weight (one per value dim) and the output projection. 0 without linear layers."""
+        if not self.num_linear_layers:
+            return 0
+        h, nv = self.hidden_size, self.linear_num_value_heads
+        key = self.linear_num_key_heads * self.linear_key_head_dim
+        value = nv * self.linear_value_head_dim
+        conv = (2 * key + value) * self.linear_conv_kernel_dim
+        return (
+            h * (2 * key + 2 * value)
+            + h * 2 * nv
+            + conv
+            + 2 * nv
+            + self.linear_value_head_dim
+            + value * h
+        )
+
+    @property
+    def linear_state_elements(self) -> int:
+        """State one sequence keeps per linear-attention layer: a key x value matrix per value
+        head, and the last ``conv - 1`` inputs of the convolution."""
+        if not self.num_linear_layers:
+            return 0
+        key = self.linear_num_key_heads * self.linear_key_head_dim
+        value = self.linear_num_value_heads * self.linear_value_head_dim
+        recurrent = (
+            self.linear_num_value_heads * self.linear_key_head_dim * self.linear_value_head_dim
+        )
+        return recurrent + (self.linear_conv_kernel_dim - 1) * (2 * key + value)
 
     @property
     def num_attention_layers(self) -> int:
@@ -180,6 +220,25 @@ class ModelSpec:
         return f"{self.name} ({size}{', ' + self.quantization if self.quantization else ''})"
 
 
+def mxfp4_matrix_bytes(rows: int, k: int) -> int:
+    """Bytes of an MXFP4 weight matrix of ``rows`` outputs over ``k`` inputs as the checkpoint
+    stores it (``*_blocks`` and ``*_scales`` tensors): each row holds ``ceil(k / 32)`` blocks of
+    32 4-bit values (16 bytes, the last block zero-padded) and one E8M0 scale byte per block."""
+    blocks = -(-k // MXFP4_BLOCK)
+    return rows * blocks * (MXFP4_BLOCK // 2 + 1)
+
+
+def mxfp4_expert_bytes(hidden: int, width: int, bias: bool) -> float:
+    """Bytes per routed-expert weight element of an MXFP4 checkpoint: the fused gate/up matrix
+    (2 ``width`` x ``hidden``) and the down matrix (``hidden`` x ``width``) with their block
+    padding and scales, and, where the architecture has them (gpt-oss), the bf16 biases the
+    checkpoint stores beside each expert (2 ``width`` + ``hidden``), over ``3 hidden width``."""
+    stored = mxfp4_matrix_bytes(2 * width, hidden) + mxfp4_matrix_bytes(hidden, width)
+    if bias:
+        stored += 2 * (2 * width + hidden)
+    return stored / (3 * hidden * width)
+
+
 def _first(cfg: dict[str, Any], keys: tuple[str, ...], default: Any = None) -> Any:
     for k in keys:
         if cfg.get(k) is not None:
@@ -214,6 +273,11 @@ CONFIG_INT_MAX: dict[str, int] = {
     "qk_nope_head_dim": 16_384,
     "qk_rope_head_dim": 16_384,
     "v_head_dim": 16_384,
+    "linear_num_key_heads": 4096,
+    "linear_num_value_heads": 4096,
+    "linear_key_head_dim": 16_384,
+    "linear_value_head_dim": 16_384,
+    "linear_conv_kernel_dim": 64,
 }
 
 
@@ -451,26 +515,13 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
         inter = optional(cfg, "intermediate_size_mlp", int, inter, f) if dense_layers else inter
         moe_inter = int(cfg.get("intermediate_size") or moe_inter)
     window, window_layers, linear_layers = _layer_kinds(cfg, layers, f)
-    linear_params = linear_state = 0
-    if linear_layers:
-        # Gated DeltaNet (Qwen3-Next): q, k (key heads) and v, z (value heads) projections,
-        # per-head decay and beta, a short causal convolution over q/k/v, and an output projection
+    nk = nv = dk = dv = conv = 0
+    if linear_layers:  # Gated DeltaNet (Qwen3-Next)
         nk = require(cfg, "linear_num_key_heads", int, f)
         nv = require(cfg, "linear_num_value_heads", int, f)
         dk = require(cfg, "linear_key_head_dim", int, f)
         dv = require(cfg, "linear_value_head_dim", int, f)
         conv = optional(cfg, "linear_conv_kernel_dim", int, 4, f)
-        key, value = nk * dk, nv * dv
-        conv_dim = 2 * key + value
-        linear_params = (
-            hidden * (2 * key + 2 * value)
-            + hidden * 2 * nv
-            + conv_dim * conv
-            + 2 * nv
-            + dv
-            + value * hidden
-        )
-        linear_state = nv * dk * dv + (conv - 1) * conv_dim
     mla = cfg.get("kv_lora_rank") is not None
     index_topk = int(cfg.get("index_topk") or 0)
     index_dim = int(cfg.get("index_head_dim") or 0) if index_topk else 0
@@ -483,6 +534,9 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
             q_src * n_idx * index_dim + hidden * index_dim + 2 * index_dim + hidden * n_idx
         )
     dense_bytes, expert_bytes, quant = _quantization(cfg, f)
+    gpt_oss = any(a.startswith("GptOss") for a in archs) or cfg.get("model_type") == "gpt_oss"
+    if quant == "MXFP4 experts" and n_experts and hidden and moe_inter:
+        expert_bytes = mxfp4_expert_bytes(hidden, moe_inter, bias=gpt_oss)
     spec = ModelSpec(
         name=name,
         num_layers=layers,
@@ -506,12 +560,14 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
         v_head_dim=int(cfg.get("v_head_dim") or 0) if mla else 0,
         sliding_window=window,
         num_window_layers=window_layers,
-        attention_sinks=any(a.startswith("GptOss") for a in archs)
-        or cfg.get("model_type") == "gpt_oss",
+        attention_sinks=gpt_oss,
         attn_output_gate="Qwen3NextForCausalLM" in archs or cfg.get("model_type") == "qwen3_next",
         num_linear_layers=linear_layers,
-        linear_layer_params=linear_params,
-        linear_state_elements=linear_state,
+        linear_num_key_heads=nk,
+        linear_num_value_heads=nv,
+        linear_key_head_dim=dk,
+        linear_value_head_dim=dv,
+        linear_conv_kernel_dim=conv,
         index_topk=index_topk,
         index_head_dim=index_dim,
         index_n_heads=n_idx,
@@ -524,6 +580,12 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
     return spec
 
 
+def _require_positive(values: dict[str, int], field_path: str) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise InvalidInputError(f"{field_path}.{key}", f"must be positive, got {value}")
+
+
 def validate_model(spec: ModelSpec, field_path: str = "model") -> None:
     """Reject architectures the performance model cannot evaluate, naming the offending key."""
     positive = {
@@ -534,9 +596,7 @@ def validate_model(spec: ModelSpec, field_path: str = "model") -> None:
         "head_dim": spec.head_dim,
         "vocab_size": spec.vocab_size,
     }
-    for key, value in positive.items():
-        if value <= 0:
-            raise InvalidInputError(f"{field_path}.{key}", f"must be positive, got {value}")
+    _require_positive(positive, field_path)
     if spec.num_heads % spec.num_kv_heads:
         raise InvalidInputError(
             f"{field_path}.num_key_value_heads",
@@ -557,6 +617,20 @@ def validate_model(spec: ModelSpec, field_path: str = "model") -> None:
         raise InvalidInputError(f"{field_path}.intermediate_size", "must be positive")
     if spec.num_window_layers + spec.num_linear_layers > spec.num_layers:
         raise InvalidInputError(f"{field_path}.layer_types", "more special layers than layers")
+    if spec.num_linear_layers:
+        linear = (
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_conv_kernel_dim",
+        )
+        _require_positive({key: getattr(spec, key) for key in linear}, field_path)
+        if spec.linear_num_value_heads % spec.linear_num_key_heads:
+            raise InvalidInputError(
+                f"{field_path}.linear_num_value_heads",
+                f"must be a multiple of linear_num_key_heads ({spec.linear_num_key_heads})",
+            )
     if spec.num_window_layers and spec.sliding_window <= 0:
         raise InvalidInputError(f"{field_path}.sliding_window", "must be positive")
     if spec.attention == "mla" and (spec.kv_lora_rank <= 0 or spec.qk_nope_head_dim <= 0):

@@ -45,7 +45,7 @@ import math
 import numpy as np
 from numba import njit
 
-from planner.perf.opkernels import attn_decode_ms, attn_prefill_ms, gemm_ms
+from planner.perf.opkernels import attn_decode_ms, attn_prefill_window_ms, gemm_ms
 from planner.perf.params import (
     H_CUDA_GRAPHS,
     H_DECODE_ATTN_EFF,
@@ -73,6 +73,11 @@ from planner.perf.params import (
     M_KV_HEADS,
     M_KV_LORA,
     M_LAYERS,
+    M_LIN_CONV,
+    M_LIN_K_DIM,
+    M_LIN_K_HEADS,
+    M_LIN_V_DIM,
+    M_LIN_V_HEADS,
     M_LINEAR_LAYERS,
     M_MLA,
     M_MOE_FFN,
@@ -123,6 +128,17 @@ GROUPED_TILE_N = 64.0
 # step) and the weighted sum of each token's top-k expert outputs.
 MOE_GLUE_KERNELS = 3.0
 ATTN_COMPUTE_EFFICIENCY = 0.5  # ceiling for compute-heavy decode attention (MLA, wide GQA groups)
+# Gated DeltaNet (linear attention) kernels as vLLM runs them (vllm-project/vllm at 044990c,
+# vllm/model_executor/layers/fla/ops/chunk.py, its copy of flash-linear-attention's
+# chunk_gated_delta_rule_fwd): chunks of 64 tokens. Prefill launches the causal convolution, the
+# decay/beta gating, the q and k L2 norms, then chunk_local_cumsum, chunk_scaled_dot_kkt_fwd,
+# solve_tril, recompute_w_u_fwd, chunk_gated_delta_rule_fwd_h and chunk_fwd_o, and the gated
+# RMSNorm (11 kernels); decode the convolution update, the gating, the fused recurrent rule and
+# the norm (4). The recurrent state is kept in the model's dtype (bf16), as memory.py counts it.
+LINEAR_CHUNK = 64.0
+LINEAR_PREFILL_KERNELS = 11.0
+LINEAR_DECODE_KERNELS = 4.0
+STATE_BYTES = 2.0
 
 # breakdown columns
 B_GEMM, B_ATTN, B_COMM, B_OTHER = 0, 1, 2, 3
@@ -226,9 +242,11 @@ def attention_block(
     pf_past: float,
     dc_seqs: float,
     dc_ctx: float,
+    window: float,
     out: np.ndarray,
 ) -> None:
-    """GEMM and attention time of one attention block on one GPU, added into ``out``."""
+    """GEMM and attention time of one attention block on one GPU, added into ``out``; each
+    query attends to at most ``window`` keys (0: no window)."""
     kv_bytes = hv[H_KV_BYTES]
     h = mv[M_HIDDEN]
     wb = hv[H_W_BYTES]
@@ -255,8 +273,17 @@ def attention_block(
                 pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora, wb, peak, bw, cg
             )
             attn += (
-                attn_prefill_ms(
-                    pf_seqs, pf_new, pf_past, heads, heads, nope + rope, vh, hv[H_PEAK_BF16], cp
+                attn_prefill_window_ms(
+                    pf_seqs,
+                    pf_new,
+                    pf_past,
+                    window,
+                    heads,
+                    heads,
+                    nope + rope,
+                    vh,
+                    hv[H_PEAK_BF16],
+                    cp,
                 )
                 / speedup
             )
@@ -287,8 +314,8 @@ def attention_block(
         gemm += gemm_ms(tokens, (heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
         if pf_seqs > 0.0:
             attn += (
-                attn_prefill_ms(
-                    pf_seqs, pf_new, pf_past, heads, kv_heads, d, d, hv[H_PEAK_BF16], cp
+                attn_prefill_window_ms(
+                    pf_seqs, pf_new, pf_past, window, heads, kv_heads, d, d, hv[H_PEAK_BF16], cp
                 )
                 / speedup
             )
@@ -316,15 +343,17 @@ def _add_scaled_attention(
     pf_past: float,
     dc_seqs: float,
     dc_ctx: float,
+    window: float,
     share: float,
     out: np.ndarray,
 ) -> None:
     """``attention_block`` added into ``out`` scaled by ``share`` (a fraction of the layers)."""
+    args = (pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, window)
     if share == 1.0:
-        attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
+        attention_block(mv, hv, cg, cp, cd, tp, *args, out)
         return
     g0, a0 = out[B_GEMM], out[B_ATTN]
-    attention_block(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
+    attention_block(mv, hv, cg, cp, cd, tp, *args, out)
     out[B_GEMM] = g0 + share * (out[B_GEMM] - g0)
     out[B_ATTN] = a0 + share * (out[B_ATTN] - a0)
 
@@ -346,10 +375,10 @@ def mixed_attention(
 ) -> None:
     """The mean layer's token mixer, added into ``out``: full-attention layers over the whole
     context (DeepSeek sparse attention: over at most ``index_topk`` tokens, plus its indexer
-    scoring every cached token in fp8), windowed layers over at most the window, and linear-
-    attention layers priced as their projections plus attention to one token per token (their
-    fixed-size state update). Past tokens are capped; a prompt chunk longer than the window or
-    top-k is still priced causally over itself (an overestimate)."""
+    scoring every cached token in fp8), windowed layers with each query over at most the
+    window (a prompt chunk longer than the window included), and linear-attention layers as
+    they run (``linear_attention_block``). A top-k-capped prompt chunk is still priced causally
+    over itself (an overestimate when the chunk is longer than ``index_topk``)."""
     layers = mv[M_LAYERS]
     n_win, n_lin = mv[M_WINDOW_LAYERS], mv[M_LINEAR_LAYERS]
     n_full = layers - n_win - n_lin
@@ -359,7 +388,7 @@ def mixed_attention(
         if topk > 0.0:
             past, ctx = min(pf_past, topk), min(dc_ctx, topk)
         _add_scaled_attention(
-            mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, past, dc_seqs, ctx, n_full / layers, out
+            mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, past, dc_seqs, ctx, 0.0, n_full / layers, out
         )
     if n_win > 0.0:
         w = mv[M_WINDOW]
@@ -375,15 +404,94 @@ def mixed_attention(
             min(pf_past, w),
             dc_seqs,
             min(dc_ctx, w),
+            w,
             n_win / layers,
             out,
         )
     if n_lin > 0.0:
-        _add_scaled_attention(
-            mv, hv, cg, cp, cd, tp, pf_seqs * pf_new, 1.0, 0.0, dc_seqs, 1.0, n_lin / layers, out
-        )
+        g0, a0 = out[B_GEMM], out[B_ATTN]
+        linear_attention_block(mv, hv, cg, tp, pf_seqs, pf_new, dc_seqs, out)
+        share = n_lin / layers
+        out[B_GEMM] = g0 + share * (out[B_GEMM] - g0)
+        out[B_ATTN] = a0 + share * (out[B_ATTN] - a0)
     if topk > 0.0:
         out[B_ATTN] += indexer_ms(mv, hv, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
+
+
+@njit(cache=True, nogil=True)
+def linear_attention_block(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    tp: float,
+    pf_seqs: float,
+    pf_new: float,
+    dc_seqs: float,
+    out: np.ndarray,
+) -> None:
+    """One Gated DeltaNet block (Qwen3-Next) on one GPU, its heads split over ``tp``, added into
+    ``out``: GEMMs are the q/k/v/z input projection (2 key + 2 value dims), the beta/decay
+    projection (2 per value head) and the output projection; attention time is its short causal
+    convolution over q/k/v, the gated delta rule and the gated RMSNorm (``linear_mixer_ms``).
+    Past tokens do not enter: the recurrence carries a fixed state."""
+    h, wb, peak, bw = mv[M_HIDDEN], hv[H_W_BYTES], hv[H_PEAK], hv[H_HBM_BW]
+    key = mv[M_LIN_K_HEADS] * mv[M_LIN_K_DIM] / tp
+    value = mv[M_LIN_V_HEADS] * mv[M_LIN_V_DIM] / tp
+    tokens = pf_seqs * pf_new + dc_seqs
+    gemm = gemm_ms(tokens, 2.0 * key + 2.0 * value, h, wb, peak, bw, cg)
+    gemm += gemm_ms(tokens, 2.0 * mv[M_LIN_V_HEADS] / tp, h, wb, peak, bw, cg)
+    gemm += gemm_ms(tokens, h, value, wb, peak, bw, cg)
+    out[B_GEMM] += gemm
+    out[B_ATTN] += linear_mixer_ms(mv, hv, tp, pf_seqs, pf_new, dc_seqs)
+
+
+@njit(cache=True, nogil=True)
+def linear_mixer_ms(
+    mv: np.ndarray, hv: np.ndarray, tp: float, pf_seqs: float, pf_new: float, dc_seqs: float
+) -> float:
+    """The non-GEMM kernels of a Gated DeltaNet block on one GPU (ms); see ``LINEAR_CHUNK``.
+
+    Prefill runs the chunked gated delta rule: per value head and chunk of C tokens, the
+    intra-chunk K K^T (2 C^2 dk), its triangular solve (2 C^3 / 3), the WY factors W and U
+    (2 C^2 dk, 2 C^2 dv), the new values U - W S (2 C dk dv), the state update S += K^T V
+    (2 C dk dv) and the output Q S + (Q K^T) V (2 C dk dv + 2 C^2 (dk + dv)) in tensor-core
+    dot products; it writes and rereads one dk x dv state per chunk. Decode runs the recurrent
+    rule per sequence: read and write the dk x dv state of every value head (bf16) once,
+    7 dk dv FLOPs per head. Both also run the causal convolution over q/k/v (read and write
+    each channel, decode also its ``conv - 1``-token state) and the gated RMSNorm (read the
+    output and its gate, write the output). Each side is the larger of its FLOPs at
+    ``ATTN_COMPUTE_EFFICIENCY`` of the bf16 peak and its bytes at ``ELEMENTWISE_BW_EFFICIENCY``
+    of HBM, plus a launch per kernel."""
+    heads = mv[M_LIN_V_HEADS] / tp
+    dk, dv = mv[M_LIN_K_DIM], mv[M_LIN_V_DIM]
+    conv_dim = (2.0 * mv[M_LIN_K_HEADS] * dk + mv[M_LIN_V_HEADS] * dv) / tp
+    value = heads * dv
+    c = LINEAR_CHUNK
+    flops_s = ATTN_COMPUTE_EFFICIENCY * hv[H_PEAK_BF16]
+    bytes_s = ELEMENTWISE_BW_EFFICIENCY * hv[H_HBM_BW]
+    # convolution over q/k/v and gated RMSNorm, per token
+    per_token_bytes = ACT_BYTES * (2.0 * conv_dim + 3.0 * value)
+    t = 0.0
+    if pf_seqs > 0.0 and pf_new > 0.0:
+        tokens = pf_seqs * pf_new
+        chunks = pf_seqs * math.ceil(pf_new / c)
+        flops = heads * (
+            tokens * (6.0 * dk * dv + c * (6.0 * dk + 4.0 * dv)) + chunks * 2.0 * c**3 / 3.0
+        )
+        qkv_bytes = tokens * ACT_BYTES * (conv_dim + value)  # the rule reads q, k, v, writes o
+        state_bytes = chunks * heads * 2.0 * dk * dv * STATE_BYTES
+        nbytes = tokens * per_token_bytes + qkv_bytes + state_bytes
+        t += 1e3 * max(flops / flops_s, nbytes / bytes_s) + LINEAR_PREFILL_KERNELS * LAUNCH_MS_EAGER
+    if dc_seqs > 0.0:
+        flops = dc_seqs * heads * 7.0 * dk * dv
+        state_bytes = dc_seqs * (
+            heads * 2.0 * dk * dv * STATE_BYTES
+            + 2.0 * (mv[M_LIN_CONV] - 1.0) * conv_dim * STATE_BYTES
+        )
+        nbytes = dc_seqs * per_token_bytes + state_bytes
+        launch = LAUNCH_MS_GRAPH if hv[H_CUDA_GRAPHS] > 0.5 else LAUNCH_MS_EAGER
+        t += 1e3 * max(flops / flops_s, nbytes / bytes_s) + LINEAR_DECODE_KERNELS * launch
+    return t
 
 
 @njit(cache=True, nogil=True)

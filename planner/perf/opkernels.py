@@ -48,6 +48,10 @@ cached tokens plus their own causal prefix::
     t      = t_launch + smoothmax_s(t_work, t_tile)
 
 Attention is compute bound here; the KV heads only change memory traffic, which is hidden.
+With a sliding window of ``w`` keys per query (``attn_prefill_window_ms``) the same parameters
+price the pairs the window leaves, ``pairs = c past + c (c + 1) / 2 + (new - c) w`` with
+``c = clip(w - past, 0, new)`` the queries still within the window, and the last tile sees at
+most ``min(past + new, w + min(new, 128))`` keys.
 
 Decode attention, one query token per sequence over ``ctx`` cached tokens::
 
@@ -164,6 +168,26 @@ def gemm_formula_ms(
 
 
 @register_jitable
+def _prefill_time_ms(
+    batch: Real,
+    new_tokens: Real,
+    pairs: Real,
+    tile_keys: Real,
+    heads: Real,
+    dims: Real,
+    peak_flops_per_s: Real,
+    p: np.ndarray,
+) -> Real:
+    """Prefill attention time (ms) of ``pairs`` (query, key) pairs per head and sequence whose
+    longest 128-row query tile sees ``tile_keys`` keys (see the module doc)."""
+    work = 2.0 * batch * heads * (pairs + new_tokens * p[P_L_TILE]) * dims
+    t_work_ms = 1e3 * work / (peak_flops_per_s * p[P_E_WORK])
+    tile = 2.0 * ATTN_Q_TILE * (tile_keys + p[P_L_TILE]) * dims
+    t_tile_ms = 1e3 * tile * p[P_N_SM] / (peak_flops_per_s * p[P_E_TILE])
+    return p[P_T_LAUNCH_MS] + smoothmax(t_work_ms, t_tile_ms, p[P_OVERLAP])
+
+
+@register_jitable
 def prefill_formula_ms(
     batch: Real,
     new_tokens: Real,
@@ -176,12 +200,48 @@ def prefill_formula_ms(
 ) -> Real:
     """Causal prefill attention time (ms) for parameters ``p`` (``PREFILL_CAL_SIZE`` values)."""
     pairs = new_tokens * (past_tokens + 0.5 * (new_tokens + 1.0))
-    dims = qk_dim + v_dim
-    work = 2.0 * batch * heads * (pairs + new_tokens * p[P_L_TILE]) * dims
-    t_work_ms = 1e3 * work / (peak_flops_per_s * p[P_E_WORK])
-    tile = 2.0 * ATTN_Q_TILE * (past_tokens + new_tokens + p[P_L_TILE]) * dims
-    t_tile_ms = 1e3 * tile * p[P_N_SM] / (peak_flops_per_s * p[P_E_TILE])
-    return p[P_T_LAUNCH_MS] + smoothmax(t_work_ms, t_tile_ms, p[P_OVERLAP])
+    return _prefill_time_ms(
+        batch,
+        new_tokens,
+        pairs,
+        past_tokens + new_tokens,
+        heads,
+        qk_dim + v_dim,
+        peak_flops_per_s,
+        p,
+    )
+
+
+@register_jitable
+def window_pairs(new_tokens: Real, past_tokens: Real, window: Real) -> Real:
+    """(query, key) pairs of a chunk of ``new_tokens`` queries after ``past_tokens`` cached
+    tokens when each query sees at most ``window`` keys (itself included): the query at
+    position i sees min(window, i + 1). The first ``causal = clip(window - past, 0, new)``
+    queries still see their whole prefix; the rest see exactly ``window`` keys."""
+    causal = np.minimum(np.maximum(window - past_tokens, 0.0), new_tokens)
+    return causal * past_tokens + 0.5 * causal * (causal + 1.0) + (new_tokens - causal) * window
+
+
+@register_jitable
+def window_prefill_formula_ms(
+    batch: Real,
+    new_tokens: Real,
+    past_tokens: Real,
+    window: Real,
+    heads: Real,
+    qk_dim: Real,
+    v_dim: Real,
+    peak_flops_per_s: Real,
+    p: np.ndarray,
+) -> Real:
+    """Sliding-window prefill attention time (ms): the causal kernel's parameters ``p`` on the
+    pairs a window leaves (``window_pairs``); the longest query tile sees at most the window
+    plus its own 128 rows. Equals ``prefill_formula_ms`` when the window covers the chunk."""
+    pairs = window_pairs(new_tokens, past_tokens, window)
+    tile_keys = np.minimum(past_tokens + new_tokens, window + np.minimum(new_tokens, ATTN_Q_TILE))
+    return _prefill_time_ms(
+        batch, new_tokens, pairs, tile_keys, heads, qk_dim + v_dim, peak_flops_per_s, p
+    )
 
 
 @register_jitable
@@ -256,6 +316,41 @@ def attn_prefill_ms(
         return 0.0
     return prefill_formula_ms(
         batch, new_tokens, max(past_tokens, 0.0), heads, qk_dim, v_dim, peak_flops_per_s, cal
+    )
+
+
+@njit(cache=True, nogil=True)
+def attn_prefill_window_ms(
+    batch: float,
+    new_tokens: float,
+    past_tokens: float,
+    window: float,
+    heads: float,
+    kv_heads: float,
+    qk_dim: float,
+    v_dim: float,
+    peak_flops_per_s: float,
+    cal: np.ndarray,
+) -> float:
+    """``attn_prefill_ms`` when each query attends to at most ``window`` keys (sliding-window
+    or chunked local attention); ``window`` <= 0 means no window. A chunk longer than the window
+    is priced per query over the keys it sees, not causally over the whole chunk."""
+    if window <= 0.0:
+        return attn_prefill_ms(
+            batch, new_tokens, past_tokens, heads, kv_heads, qk_dim, v_dim, peak_flops_per_s, cal
+        )
+    if batch <= 0.0 or new_tokens <= 0.0 or heads <= 0.0:
+        return 0.0
+    return window_prefill_formula_ms(
+        batch,
+        new_tokens,
+        max(past_tokens, 0.0),
+        window,
+        heads,
+        qk_dim,
+        v_dim,
+        peak_flops_per_s,
+        cal,
     )
 
 

@@ -28,7 +28,9 @@ M_MLA, M_Q_LORA, M_KV_LORA, M_NOPE, M_ROPE, M_V_HEAD, M_TIED = 12, 13, 14, 15, 1
 M_WINDOW, M_WINDOW_LAYERS, M_LINEAR_LAYERS, M_LINEAR_STATE, M_LINEAR_PARAMS = 19, 20, 21, 22, 23
 M_INDEX_TOPK, M_INDEX_DIM, M_INDEX_PARAMS, M_ATTN_GATE, M_SINKS = 24, 25, 26, 27, 28
 M_INDEX_HEADS = 29
-MODEL_SLOTS = 30
+# Gated DeltaNet shapes: key heads, value heads, key and value head dims, convolution width
+M_LIN_K_HEADS, M_LIN_V_HEADS, M_LIN_K_DIM, M_LIN_V_DIM, M_LIN_CONV = 30, 31, 32, 33, 34
+MODEL_SLOTS = 35
 
 # hardware_vector slots (one GPU type, one precision, one engine)
 H_PEAK, H_PEAK_BF16, H_HBM_BW, H_LINK_BW, H_DOMAIN, H_SCALEOUT_BW = 0, 1, 2, 3, 4, 5
@@ -69,6 +71,9 @@ def model_vector(m: ModelSpec) -> np.ndarray:
     v[M_WINDOW], v[M_WINDOW_LAYERS] = m.sliding_window, m.num_window_layers
     v[M_LINEAR_LAYERS], v[M_LINEAR_STATE] = m.num_linear_layers, m.linear_state_elements
     v[M_LINEAR_PARAMS] = m.linear_layer_params
+    v[M_LIN_K_HEADS], v[M_LIN_V_HEADS] = m.linear_num_key_heads, m.linear_num_value_heads
+    v[M_LIN_K_DIM], v[M_LIN_V_DIM] = m.linear_key_head_dim, m.linear_value_head_dim
+    v[M_LIN_CONV] = m.linear_conv_kernel_dim
     v[M_INDEX_TOPK], v[M_INDEX_DIM] = m.index_topk, m.index_head_dim
     v[M_INDEX_PARAMS], v[M_INDEX_HEADS] = m.index_params_per_layer, m.index_n_heads
     v[M_ATTN_GATE] = 1.0 if m.attn_output_gate else 0.0

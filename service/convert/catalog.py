@@ -29,7 +29,7 @@ _MODEL_FIELDS = tuple(
     if f.name in _PROTO_MODEL and f.name not in ("name", "aliases", "attention")
 )
 #: ModelSpec fields derived from the others, which a Model message carries but does not set.
-_DERIVED = ("total_params", "active_params")
+_DERIVED = ("total_params", "active_params", "linear_layer_params", "linear_state_elements")
 
 
 def model_to_proto(spec: ModelSpec, *, custom: bool) -> catalog_pb2.Model:

@@ -175,6 +175,27 @@ def ref_grouped_gemm_ms(
     return max(ref_gemm(tokens, n, k, eb, hw.peak, hw, cg), one + stream_others)
 
 
+def ref_window_prefill(batch, new, past, window, heads, kv_heads, qk, v, peak, cp) -> float:
+    """Prefill attention when each query sees at most ``window`` keys: every query pays
+    ``window`` pairs, less what the first ``c = clip(window - past, 0, new)`` queries lack of
+    a full window (query j of them sees past + j + 1); the calibrated formula's work and
+    last-tile terms on those pairs, the tile seeing at most window + its rows of keys."""
+    if window <= 0:
+        return attn_prefill_py(batch, new, past, heads, kv_heads, qk, v, peak, cp)
+    if batch <= 0 or new <= 0 or heads <= 0:
+        return 0.0
+    c = min(max(window - past, 0.0), new)
+    pairs = new * window - c * (window - past) + c * (c + 1) / 2
+    keys = min(past + new, window + min(new, ok.ATTN_Q_TILE))
+    dims = qk + v
+    work = 2 * batch * heads * (pairs + new * cp[ok.P_L_TILE]) * dims
+    t_work = 1e3 * work / (peak * cp[ok.P_E_WORK])
+    tile = 2 * ok.ATTN_Q_TILE * (keys + cp[ok.P_L_TILE]) * dims * cp[ok.P_N_SM]
+    t_tile = 1e3 * tile / (peak * cp[ok.P_E_TILE])
+    s = cp[ok.P_OVERLAP]
+    return cp[ok.P_T_LAUNCH_MS] + (t_work**s + t_tile**s) ** (1 / s)
+
+
 def ref_attention_block(
     m: ModelSpec,
     hw: Hw,
@@ -185,8 +206,10 @@ def ref_attention_block(
     pf_past: float,
     dc_seqs: float,
     dc_ctx: float,
+    window: float = 0.0,
 ) -> tuple[float, float]:
-    """(gemm_ms, attention_ms) of one attention block on one GPU."""
+    """(gemm_ms, attention_ms) of one attention block on one GPU, each query over at most
+    ``window`` keys (0: no window)."""
     cg, cp, cd = cal.gemm, cal.attn_prefill, cal.attn_decode
     h = m.hidden_size
     tokens = pf_seqs * pf_new + dc_seqs
@@ -209,8 +232,17 @@ def ref_attention_block(
             # prefill up-projects the latent of every token attended to (past included)
             gemm += g(pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora)
             attn += (
-                attn_prefill_py(
-                    pf_seqs, pf_new, pf_past, heads, heads, nope + rope, vh, hw.peak_bf16, cp
+                ref_window_prefill(
+                    pf_seqs,
+                    pf_new,
+                    pf_past,
+                    window,
+                    heads,
+                    heads,
+                    nope + rope,
+                    vh,
+                    hw.peak_bf16,
+                    cp,
                 )
                 / speed
             )
@@ -228,7 +260,9 @@ def ref_attention_block(
         gemm += g(tokens, (heads + 2 * kv_heads) * d, h)
         if pf_seqs > 0:
             attn += (
-                attn_prefill_py(pf_seqs, pf_new, pf_past, heads, kv_heads, d, d, hw.peak_bf16, cp)
+                ref_window_prefill(
+                    pf_seqs, pf_new, pf_past, window, heads, kv_heads, d, d, hw.peak_bf16, cp
+                )
                 / speed
             )
         if dc_seqs > 0:
@@ -262,29 +296,69 @@ def ref_indexer_ms(m: ModelSpec, hw: Hw, pf_seqs, pf_new, pf_past, dc_seqs, dc_c
     )
 
 
+def ref_linear_attention(
+    m: ModelSpec, hw: Hw, cal, tp, pf_seqs, pf_new, dc_seqs
+) -> tuple[float, float]:
+    """(gemm_ms, attention_ms) of one Gated DeltaNet block on one GPU: its three projections,
+    and the chunked (prefill) or recurrent (decode) delta rule with its convolution and norm,
+    each the larger of FLOPs and bytes plus a launch per kernel."""
+    h, tokens = m.hidden_size, pf_seqs * pf_new + dc_seqs
+    nk, nv = m.linear_num_key_heads / tp, m.linear_num_value_heads / tp
+    dk, dv = m.linear_key_head_dim, m.linear_value_head_dim
+    key, value = nk * dk, nv * dv
+
+    def g(mm: float, n: float, k: float) -> float:
+        return ref_gemm(mm, n, k, hw.wb, hw.peak, hw, cal.gemm)
+
+    gemm = g(tokens, 2 * key + 2 * value, h) + g(tokens, 2 * nv, h) + g(tokens, h, value)
+    flops_s = hw.peak_bf16 * K.ATTN_COMPUTE_EFFICIENCY
+    bytes_s = hw.bw * K.ELEMENTWISE_BW_EFFICIENCY
+    conv_dim = 2 * key + value
+    per_token = 2 * (2 * conv_dim + 3 * value)  # bf16: convolution in/out, norm in/gate/out
+    attn = 0.0
+    if pf_seqs > 0 and pf_new > 0:
+        c = K.LINEAR_CHUNK
+        n_chunks = pf_seqs * math.ceil(pf_new / c)
+        n_tokens = pf_seqs * pf_new
+        per_chunk = 6 * c * dk * dv + c * c * (6 * dk + 4 * dv) + 2 * c**3 / 3
+        flops = nv * n_chunks * per_chunk - nv * (n_chunks * c - n_tokens) * (
+            6 * dk * dv + c * (6 * dk + 4 * dv)
+        )  # the last chunk of each sequence holds only its tokens
+        nbytes = n_tokens * (per_token + 2 * (conv_dim + value)) + n_chunks * nv * 4 * dk * dv
+        attn += 1e3 * max(flops / flops_s, nbytes / bytes_s)
+        attn += K.LINEAR_PREFILL_KERNELS * K.LAUNCH_MS_EAGER
+    if dc_seqs > 0:
+        conv_state = (m.linear_conv_kernel_dim - 1) * conv_dim
+        nbytes = dc_seqs * (per_token + 2 * 2 * (nv * dk * dv + conv_state))
+        attn += 1e3 * max(dc_seqs * nv * 7 * dk * dv / flops_s, nbytes / bytes_s)
+        graphs = hw.engine.decode_cuda_graphs
+        attn += K.LINEAR_DECODE_KERNELS * (K.LAUNCH_MS_GRAPH if graphs else K.LAUNCH_MS_EAGER)
+    return gemm, attn
+
+
 def ref_mixed_attention(
     m: ModelSpec, hw: Hw, cal, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx
 ) -> tuple[float, float]:
     """(gemm_ms, attention_ms) of the mean layer's token mixer: full layers over the context
-    (sparse attention: at most index_topk of it), windowed layers over at most the window,
-    linear layers as one-token attention per token; weighted by how many layers of each."""
+    (sparse attention: at most index_topk of it), windowed layers with each query over at most
+    the window, linear layers as Gated DeltaNet blocks; weighted by how many layers of each."""
     n = m.num_layers
     kinds = []
     if m.num_full_attention_layers:
         cap = m.index_topk if m.index_topk else math.inf
-        kinds.append(
-            (m.num_full_attention_layers, pf_seqs, pf_new, min(pf_past, cap), min(dc_ctx, cap))
-        )
+        kinds.append((m.num_full_attention_layers, min(pf_past, cap), min(dc_ctx, cap), 0.0))
     if m.num_window_layers:
         w = m.sliding_window
-        kinds.append((m.num_window_layers, pf_seqs, pf_new, min(pf_past, w), min(dc_ctx, w)))
-    if m.num_linear_layers:
-        kinds.append((m.num_linear_layers, pf_seqs * pf_new, 1.0, 0.0, 1.0))
+        kinds.append((m.num_window_layers, min(pf_past, w), min(dc_ctx, w), w))
     gemm = attn = 0.0
-    for count, seqs, new, past, ctx in kinds:
-        g, a = ref_attention_block(m, hw, cal, tp, seqs, new, past, dc_seqs, ctx)
+    for count, past, ctx, window in kinds:
+        g, a = ref_attention_block(m, hw, cal, tp, pf_seqs, pf_new, past, dc_seqs, ctx, window)
         gemm += g * count / n
         attn += a * count / n
+    if m.num_linear_layers:
+        g, a = ref_linear_attention(m, hw, cal, tp, pf_seqs, pf_new, dc_seqs)
+        gemm += g * m.num_linear_layers / n
+        attn += a * m.num_linear_layers / n
     if m.index_topk:
         attn += ref_indexer_ms(m, hw, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx)
     return gemm, attn
@@ -705,10 +779,11 @@ def test_attention_block_matches_reference(s, shape) -> None:
     m, hw, tp, _, _, _ = s
     c = ctx_for(m, hw)
     out = np.zeros(4)
+    window = float(m.sliding_window)
     K.attention_block(
-        c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, *shape, out
+        c.mv, c.hv, c.cal.gemm, c.cal.attn_prefill, c.cal.attn_decode, tp, *shape, window, out
     )
-    gemm, attn = ref_attention_block(m, hw, c.cal, tp, *shape)
+    gemm, attn = ref_attention_block(m, hw, c.cal, tp, *shape, window)
     assert close(out[K.B_GEMM], gemm) and close(out[K.B_ATTN], attn), (list(out), gemm, attn)
     assert out[K.B_COMM] == 0.0 and out[K.B_OTHER] == 0.0
 

@@ -179,8 +179,6 @@ def test_windowed_and_linear_layers_hold_more_sequences() -> None:
                 "num_window_layers": 0,
                 "sliding_window": 0,
                 "num_linear_layers": 0,
-                "linear_layer_params": 0,
-                "linear_state_elements": 0,
             }
         )
         ctx = PerfContext.build(m, load_gpu("h200-sxm"), load_engine("vllm"), "fp8", "fp8")
