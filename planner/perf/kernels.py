@@ -45,6 +45,7 @@ import math
 import numpy as np
 from numba import njit
 
+from planner.perf.memory import STATE_BYTES
 from planner.perf.opkernels import attn_decode_ms, attn_prefill_window_ms, gemm_ms
 from planner.perf.params import (
     H_CUDA_GRAPHS,
@@ -61,6 +62,7 @@ from planner.perf.params import (
     H_SCALEOUT_BW,
     H_STEP_OVERHEAD_MS,
     H_W_BYTES,
+    M_ATTN_GATE,
     M_DENSE_LAYERS,
     M_EXPERTS,
     M_FFN,
@@ -134,11 +136,10 @@ ATTN_COMPUTE_EFFICIENCY = 0.5  # ceiling for compute-heavy decode attention (MLA
 # decay/beta gating, the q and k L2 norms, then chunk_local_cumsum, chunk_scaled_dot_kkt_fwd,
 # solve_tril, recompute_w_u_fwd, chunk_gated_delta_rule_fwd_h and chunk_fwd_o, and the gated
 # RMSNorm (11 kernels); decode the convolution update, the gating, the fused recurrent rule and
-# the norm (4). The recurrent state is kept in the model's dtype (bf16), as memory.py counts it.
+# the norm (4). The recurrent state is kept in the model's dtype (bf16, memory.STATE_BYTES).
 LINEAR_CHUNK = 64.0
 LINEAR_PREFILL_KERNELS = 11.0
 LINEAR_DECODE_KERNELS = 4.0
-STATE_BYTES = 2.0
 
 # breakdown columns
 B_GEMM, B_ATTN, B_COMM, B_OTHER = 0, 1, 2, 3
@@ -311,7 +312,9 @@ def attention_block(
         # replicated when TP exceeds the KV heads; a float, as every argument of attn_*_ms, so
         # that they compile once (an int from math.ceil would add a second specialisation)
         kv_heads = float(math.ceil(mv[M_KV_HEADS] / tp))
-        gemm += gemm_ms(tokens, (heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
+        # the query projection also yields an output gate per head where the model has one
+        q_heads = heads * (2.0 if mv[M_ATTN_GATE] > 0.5 else 1.0)
+        gemm += gemm_ms(tokens, (q_heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
         if pf_seqs > 0.0:
             attn += (
                 attn_prefill_window_ms(

@@ -257,7 +257,8 @@ def ref_attention_block(
     else:
         d = m.head_dim
         kv_heads = math.ceil(m.num_kv_heads / tp)
-        gemm += g(tokens, (heads + 2 * kv_heads) * d, h)
+        q_heads = heads * (2 if m.attn_output_gate else 1)  # query and output gate
+        gemm += g(tokens, (q_heads + 2 * kv_heads) * d, h)
         if pf_seqs > 0:
             attn += (
                 ref_window_prefill(
