@@ -13,8 +13,9 @@ What a started server offers, and in what order it gets ready:
 
 Limits: a thread pool of ``max_workers + cheap_workers`` runs calls, of which searches (Plan,
 Sweep) may hold ``max_workers`` (``service.servicer``); past ``max_concurrent_rpcs`` calls in
-progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. Each
-call is logged as one JSON line (method, status code, duration). Stopping reports NOT_SERVING
+progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. A
+health Watch stream holds no thread while it waits (``NON_BLOCKING_METHODS``), though it counts
+as a call in progress for its life. Each call is logged as one JSON line (method, status code, duration). Stopping reports NOT_SERVING
 first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then cancels the calls
 left and tells every search still running to stop at its next check, and closes the store.
 """
@@ -32,7 +33,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -120,6 +121,32 @@ class CallLogInterceptor(grpc.ServerInterceptor):
                 _logged_stream(handler.stream_stream, method), **codec
             )
         return handler
+
+
+#: Calls grpc serves without holding a pool thread: the health service's Watch hands grpc a
+#: callback and returns (``experimental_non_blocking``), and grpc sends each status change from
+#: the thread that sets it. An interceptor wrapping Watch would hide that flag and turn it into a
+#: generator that holds a thread for the stream's whole life, so a few watchers could take every
+#: thread that Get/List calls run on. No interceptor wraps these (they stay open to every caller,
+#: are not counted per client, and are neither logged nor timed). grpc still counts each open
+#: stream against ``max_concurrent_rpcs``.
+NON_BLOCKING_METHODS: Final = frozenset({"/grpc.health.v1.Health/Watch"})
+
+
+class _ExceptNonBlocking(grpc.ServerInterceptor):
+    """``inner`` for every call but those of ``NON_BLOCKING_METHODS``, which pass untouched."""
+
+    def __init__(self, inner: grpc.ServerInterceptor) -> None:
+        self.inner = inner
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        if handler_call_details.method in NON_BLOCKING_METHODS:
+            return continuation(handler_call_details)
+        return self.inner.intercept_service(continuation, handler_call_details)
 
 
 @dataclass(frozen=True)
@@ -349,11 +376,14 @@ def start_server(
             thread_name_prefix="pdplanner-rpc",
         ),
         interceptors=[
-            CallLogInterceptor(),
-            *observers,
-            *auth,
-            ClientLimits(settings.max_calls_per_client),
-            *interceptors,
+            _ExceptNonBlocking(i)
+            for i in (
+                CallLogInterceptor(),
+                *observers,
+                *auth,
+                ClientLimits(settings.max_calls_per_client),
+                *interceptors,
+            )
         ],
         options=[
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
