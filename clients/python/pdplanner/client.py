@@ -197,21 +197,33 @@ class PlannerClient:
         gpu: str = "",
         page_size: int = 0,
         page_token: str = "",
+        view: plan_pb2.PlanView.ValueType = plan_pb2.PLAN_VIEW_BASIC,
         timeout_s: float | None = None,
     ) -> plan_pb2.ListPlansResponse:
-        """One page of stored plans, newest first (``next_page_token`` is empty on the last)."""
+        """One page of stored plans, newest first (``next_page_token`` is empty on the last).
+
+        ``view``: ``PLAN_VIEW_BASIC`` leaves out the Pareto frontiers (``get_plan`` has them),
+        ``PLAN_VIEW_FULL`` returns whole plans."""
         request = plan_pb2.ListPlansRequest(
-            model=model, gpu=gpu, page_size=page_size, page_token=page_token
+            model=model, gpu=gpu, page_size=page_size, page_token=page_token, view=view
         )
         return self._call(self._stub.ListPlans, request, timeout_s)
 
     def iter_plans(
-        self, *, model: str = "", gpu: str = "", page_size: int = 0
+        self,
+        *,
+        model: str = "",
+        gpu: str = "",
+        page_size: int = 0,
+        view: plan_pb2.PlanView.ValueType = plan_pb2.PLAN_VIEW_BASIC,
     ) -> Iterator[plan_pb2.Plan]:
-        """Every stored plan, newest first, fetching pages as needed."""
+        """Every stored plan, newest first, fetching pages as needed (``view`` as for
+        ``list_plans``)."""
         token = ""
         while True:
-            page = self.list_plans(model=model, gpu=gpu, page_size=page_size, page_token=token)
+            page = self.list_plans(
+                model=model, gpu=gpu, page_size=page_size, page_token=token, view=view
+            )
             yield from page.plans
             token = page.next_page_token
             if not token:
