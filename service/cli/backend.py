@@ -180,14 +180,59 @@ class LocalBackend:
 # -- on a server ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Credentials:
+    """What the command line says about credentials for ``--server`` (``pdplanner --token-file
+    ... --tls-ca-file ...``); each one set overrides its environment variable
+    (``pdplanner.client.credentials_from_env``)."""
+
+    token_file: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    def resolve(self) -> tuple[str | None, Any]:
+        """``(token, Tls or None)`` for ``PlannerClient``; ``CliError`` (exit 2) naming the
+        flag or variable whose file cannot be used."""
+        from pdplanner.client import Tls, credentials_from_env, read_token_file
+
+        try:
+            token, tls = credentials_from_env()
+            if self.token_file is not None:
+                token = read_token_file(self.token_file)
+        except ValueError as exc:
+            raise CliError(f"--token-file: {exc}") from None
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if self.tls or any(files):
+            base = tls or Tls()
+            tls = Tls(
+                ca_file=self.tls_ca_file or base.ca_file,
+                cert_file=self.tls_cert_file or base.cert_file,
+                key_file=self.tls_key_file or base.key_file,
+            )
+        return token, tls
+
+
+#: This command line's credentials options (set by the ``pdplanner`` group's options).
+CREDENTIALS = Credentials()
+
+
 class RemoteBackend:
-    """A pdplanner server (``--server HOST:PORT``), over ``PlannerClient``."""
+    """A pdplanner server (``--server HOST:PORT``), over ``PlannerClient``, with the bearer token
+    and TLS of ``CREDENTIALS`` and the environment."""
 
     def __init__(self, target: str) -> None:
         from pdplanner.client import PlannerClient
 
         self.server: str | None = target
-        self._client: PlannerClient = PlannerClient(target, timeout_s=CALL_TIMEOUT_S)
+        token, tls = CREDENTIALS.resolve()
+        try:
+            self._client: PlannerClient = PlannerClient(
+                target, timeout_s=CALL_TIMEOUT_S, token=token, tls=tls
+            )
+        except ValueError as exc:  # a TLS file that cannot be read, a certificate without key
+            raise CliError(f"--tls: {exc}") from None
 
     def close(self) -> None:
         """Close the connection."""
