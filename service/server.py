@@ -15,9 +15,10 @@ Limits: a thread pool of ``max_workers + cheap_workers`` runs calls, of which se
 Sweep) may hold ``max_workers`` (``service.servicer``); past ``max_concurrent_rpcs`` calls in
 progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. A
 health Watch stream holds no thread while it waits (``NON_BLOCKING_METHODS``), though it counts
-as a call in progress for its life. Each call is logged as one JSON line (method, status code, duration). Stopping reports NOT_SERVING
-first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then cancels the calls
-left and tells every search still running to stop at its next check, and closes the store.
+as a call in progress for its life. Each call is logged as one JSON line (method, status code,
+duration). Stopping reports NOT_SERVING first, refuses new calls, gives in-flight calls
+``grace_s`` to finish, then cancels the calls left and tells every search still running to stop
+at its next check, and closes the store.
 """
 
 from __future__ import annotations
