@@ -24,7 +24,7 @@ from storage.records import StoredPlan, StoredScenario, StoredSweep
 #: version 1, and the ``pareto`` object of unversioned records. ``PLAN_VIEW_BASIC`` leaves them
 #: out, and a result read without them decodes with empty frontiers.
 FRONTIER_KEYS: Final = ("pareto_agg", "pareto_disagg", "pareto")
-_NO_FRONTIERS: Final = {"pareto_agg": [], "pareto_disagg": []}  # what a result read without reads
+_NO_FRONTIERS: Final[dict[str, list[Any]]] = {"pareto_agg": [], "pareto_disagg": []}
 
 
 def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
