@@ -13,12 +13,12 @@ What a started server offers, and in what order it gets ready:
 
 Limits: a thread pool of ``max_workers + cheap_workers`` runs calls, of which searches (Plan,
 Sweep) may hold ``max_workers`` (``service.servicer``); past ``max_concurrent_rpcs`` calls in
-progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. A
-health Watch stream holds no thread while it waits (``NON_BLOCKING_METHODS``), though it counts
-as a call in progress for its life. Each call is logged as one JSON line (method, status code,
-duration). Stopping reports NOT_SERVING first, refuses new calls, gives in-flight calls
-``grace_s`` to finish, then cancels the calls left and tells every search still running to stop
-at its next check, and closes the store.
+progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. Health
+Watch streams run on threads of their own (``WATCH_THREADS``), never on those of the calls.
+Each call is logged as one JSON line (method, status code, duration). Stopping reports
+NOT_SERVING first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then cancels
+the calls left and tells every search still running to stop at its next check, and closes the
+store.
 """
 
 from __future__ import annotations
@@ -124,18 +124,36 @@ class CallLogInterceptor(grpc.ServerInterceptor):
         return handler
 
 
-#: Calls grpc serves without holding a pool thread: the health service's Watch hands grpc a
-#: callback and returns (``experimental_non_blocking``), and grpc sends each status change from
-#: the thread that sets it. An interceptor wrapping Watch would hide that flag and turn it into a
-#: generator that holds a thread for the stream's whole life, so a few watchers could take every
-#: thread that Get/List calls run on. No interceptor wraps these (they stay open to every caller,
-#: are not counted per client, and are neither logged nor timed). grpc still counts each open
-#: stream against ``max_concurrent_rpcs``.
-NON_BLOCKING_METHODS: Final = frozenset({"/grpc.health.v1.Health/Watch"})
+#: Calls served on a thread pool of their own: a health Watch stream holds a thread for its
+#: whole life, so on the call pool a few watchers could take every thread that Get/List calls
+#: run on. grpc runs a method on the pool named by its behaviour's ``experimental_thread_pool``;
+#: an interceptor wrapping the method would hide that attribute, so no interceptor wraps these
+#: (they stay open to every caller, are not counted per client, and are neither logged nor
+#: timed). grpc still counts each open stream against ``max_concurrent_rpcs``.
+OWN_POOL_METHODS: Final = frozenset({"/grpc.health.v1.Health/Watch"})
+#: Watch streams served at once; a watcher past them waits for its first answer until one ends.
+WATCH_THREADS: Final = 16
 
 
-class _ExceptNonBlocking(grpc.ServerInterceptor):
-    """``inner`` for every call but those of ``NON_BLOCKING_METHODS``, which pass untouched."""
+def make_health_servicer() -> health.HealthServicer:
+    """The gRPC health service, its Watch streams on ``WATCH_THREADS`` threads of their own.
+
+    Its non-blocking mode (grpcio's default) would hold no thread at all, but it sends each
+    status change while holding the servicer's lock and waits for the send to complete, which
+    the thread that delivers completions may be unable to do: it runs a closing watcher's
+    callback, which waits for that same lock. A server stopping (every status set to
+    NOT_SERVING) while watchers went away then hung for good. The blocking mode only queues a
+    change for each watcher's own thread."""
+    return health.HealthServicer(
+        experimental_non_blocking=False,
+        experimental_thread_pool=futures.ThreadPoolExecutor(
+            max_workers=WATCH_THREADS, thread_name_prefix="pdplanner-health-watch"
+        ),
+    )
+
+
+class _ExceptOwnPool(grpc.ServerInterceptor):
+    """``inner`` for every call but those of ``OWN_POOL_METHODS``, which pass untouched."""
 
     def __init__(self, inner: grpc.ServerInterceptor) -> None:
         self.inner = inner
@@ -145,7 +163,7 @@ class _ExceptNonBlocking(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler | None:
-        if handler_call_details.method in NON_BLOCKING_METHODS:
+        if handler_call_details.method in OWN_POOL_METHODS:
             return continuation(handler_call_details)
         return self.inner.intercept_service(continuation, handler_call_details)
 
@@ -368,7 +386,7 @@ def start_server(
     observers: list[grpc.ServerInterceptor] = [metrics.MetricsInterceptor()]
     if provider is not None:
         observers += tracing.interceptors(provider)
-    health_servicer = health.HealthServicer()
+    health_servicer = make_health_servicer()
     _set_serving(health_servicer, False)
     servicer = PlannerServicer(plan_store, settings)
     server = grpc.server(
@@ -377,7 +395,7 @@ def start_server(
             thread_name_prefix="pdplanner-rpc",
         ),
         interceptors=[
-            _ExceptNonBlocking(i)
+            _ExceptOwnPool(i)
             for i in (
                 CallLogInterceptor(),
                 *observers,
