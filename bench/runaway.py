@@ -30,6 +30,15 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def runaway_request() -> plan_pb2.PlanRequest:
+    """DeepSeek-R1 on 16,384 GB200 GPUs (the budget cap): a search of minutes."""
+    return plan_pb2.PlanRequest(
+        model="deepseek-r1", gpu="gb200-nvl72", gpus=16_384,
+        traffic=[common_pb2.Workload(isl=4000, osl=500)],
+        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20),
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=8)
@@ -48,11 +57,7 @@ def main() -> None:
                 time.sleep(0.05)
 
         threading.Thread(target=watch, daemon=True).start()
-        request = plan_pb2.PlanRequest(
-            model="deepseek-r1", gpu="gb200-nvl72", gpus=16_384,
-            traffic=[common_pb2.Workload(isl=4000, osl=500)],
-            slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20),
-        )  # fmt: skip
+        request = runaway_request()
         codes: list[str] = []
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = planner_service_pb2_grpc.PlannerServiceStub(channel)

@@ -36,6 +36,8 @@ from planner.sweep import MAX_SWEEP_SCENARIOS, ScenarioOutcome, run_sweep
 from planner.types import PlanRequest
 from service import convert, errors, metrics, resources
 from service.catalogs import CatalogCache, Catalogs
+from service.convert.enums import PLAN_VIEW
+from service.convert.stored import FRONTIER_KEYS
 from storage import pagetoken
 from storage.errors import AlreadyExistsError, NotFoundError
 from storage.records import StoredEntry, StoredPlan, StoredScenario
@@ -136,7 +138,9 @@ def get_plan(
 def list_plans(
     request: plan_pb2.ListPlansRequest, store: PlanStore, catalogs: CatalogCache, _: ShouldStop
 ) -> plan_pb2.ListPlansResponse:
-    """A page of stored plans, newest first; model and GPU filters accept aliases."""
+    """A page of stored plans, newest first; model and GPU filters accept aliases. The basic
+    view (the default) leaves out the Pareto frontiers, which the database drops before they are
+    read: a page of 50 plans then costs about what one GetPlan does."""
     size = convert.page_size(request.page_size, LIST_PLANS_DEFAULT, LIST_PLANS_MAX)
     model: str | None = None
     gpu: str | None = None
@@ -148,11 +152,17 @@ def list_plans(
         if request.gpu:
             gpu_spec = current.gpus.find(request.gpu)
             gpu = gpu_spec.name if gpu_spec is not None else request.gpu
+    view = PLAN_VIEW.optional_from_proto(request.view, "view") or "basic"
     plans, token = store.list_plans(
-        model=model, gpu=gpu, page_size=size, page_token=request.page_token or None
+        model=model,
+        gpu=gpu,
+        page_size=size,
+        page_token=request.page_token or None,
+        omit_result_keys=FRONTIER_KEYS if view == "basic" else (),
     )
     return plan_pb2.ListPlansResponse(
-        plans=[convert.plan_to_proto(p) for p in plans], next_page_token=token or ""
+        plans=[convert.plan_to_proto(p, with_frontiers=view == "full") for p in plans],
+        next_page_token=token or "",
     )
 
 

@@ -13,10 +13,12 @@ What a started server offers, and in what order it gets ready:
 
 Limits: a thread pool of ``max_workers + cheap_workers`` runs calls, of which searches (Plan,
 Sweep) may hold ``max_workers`` (``service.servicer``); past ``max_concurrent_rpcs`` calls in
-progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. Each
-call is logged as one JSON line (method, status code, duration). Stopping reports NOT_SERVING
-first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then cancels the calls
-left and tells every search still running to stop at its next check, and closes the store.
+progress, new ones fail at once with RESOURCE_EXHAUSTED; messages are capped both ways. Health
+Watch streams run on threads of their own (``WATCH_THREADS``), never on those of the calls.
+Each call is logged as one JSON line (method, status code, duration). Stopping reports
+NOT_SERVING first, refuses new calls, gives in-flight calls ``grace_s`` to finish, then cancels
+the calls left and tells every search still running to stop at its next check, and closes the
+store.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -99,6 +101,50 @@ class CallLogInterceptor(MethodInterceptor):
             on_end(partial(_log_call, call.method)),
             request_deserializer=_tolerant(handler.request_deserializer),
         )
+
+
+#: Calls served on a thread pool of their own: a health Watch stream holds a thread for its
+#: whole life, so on the call pool a few watchers could take every thread that Get/List calls
+#: run on. grpc runs a method on the pool named by its behaviour's ``experimental_thread_pool``;
+#: an interceptor wrapping the method would hide that attribute, so no interceptor wraps these
+#: (they stay open to every caller, are not counted per client, and are neither logged nor
+#: timed). grpc still counts each open stream against ``max_concurrent_rpcs``.
+OWN_POOL_METHODS: Final = frozenset({"/grpc.health.v1.Health/Watch"})
+#: Watch streams served at once; a watcher past them waits for its first answer until one ends.
+WATCH_THREADS: Final = 16
+
+
+def make_health_servicer() -> health.HealthServicer:
+    """The gRPC health service, its Watch streams on ``WATCH_THREADS`` threads of their own.
+
+    Its non-blocking mode (grpcio's default) would hold no thread at all, but it sends each
+    status change while holding the servicer's lock and waits for the send to complete, which
+    the thread that delivers completions may be unable to do: it runs a closing watcher's
+    callback, which waits for that same lock. A server stopping (every status set to
+    NOT_SERVING) while watchers went away then hung for good. The blocking mode only queues a
+    change for each watcher's own thread."""
+    return health.HealthServicer(
+        experimental_non_blocking=False,
+        experimental_thread_pool=futures.ThreadPoolExecutor(
+            max_workers=WATCH_THREADS, thread_name_prefix="pdplanner-health-watch"
+        ),
+    )
+
+
+class _ExceptOwnPool(grpc.ServerInterceptor):
+    """``inner`` for every call but those of ``OWN_POOL_METHODS``, which pass untouched."""
+
+    def __init__(self, inner: grpc.ServerInterceptor) -> None:
+        self.inner = inner
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        if handler_call_details.method in OWN_POOL_METHODS:
+            return continuation(handler_call_details)
+        return self.inner.intercept_service(continuation, handler_call_details)
 
 
 @dataclass(frozen=True)
@@ -266,7 +312,7 @@ def start_server(
     observers: list[grpc.ServerInterceptor] = [metrics.MetricsInterceptor()]
     if provider is not None:
         observers += tracing.interceptors(provider)
-    health_servicer = health.HealthServicer()
+    health_servicer = make_health_servicer()
     _set_serving(health_servicer, False)
     servicer = PlannerServicer(plan_store, settings)
     server = grpc.server(
@@ -275,11 +321,14 @@ def start_server(
             thread_name_prefix="pdplanner-rpc",
         ),
         interceptors=[
-            CallLogInterceptor(),
-            *observers,
-            *auth,
-            ClientLimits(settings.max_calls_per_client),
-            *interceptors,
+            _ExceptOwnPool(i)
+            for i in (
+                CallLogInterceptor(),
+                *observers,
+                *auth,
+                ClientLimits(settings.max_calls_per_client),
+                *interceptors,
+            )
         ],
         options=[
             ("grpc.max_send_message_length", settings.max_send_message_bytes),

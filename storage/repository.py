@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast
 
-from sqlalchemy import ColumnElement, and_, exc, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, exc, func, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, selectinload, sessionmaker
 
 from storage import pagetoken
@@ -38,6 +38,7 @@ from storage.errors import (
     StorageError,
     UnavailableError,
 )
+from storage.expressions import json_without_keys
 from storage.models import (
     PLAN_MODES,
     CustomGpu,
@@ -100,8 +101,11 @@ class PlanStore(Protocol):
         gpu: str | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
+        omit_result_keys: Sequence[str] = (),
     ) -> tuple[list[StoredPlan], str | None]:
-        """Return one page of plans, newest first, and the next page's token (None: no more)."""
+        """Return one page of plans, newest first, and the next page's token (None: no more).
+
+        Each plan's ``result`` comes without the top-level ``omit_result_keys``."""
         ...
 
     def delete_plan(self, plan_id: str) -> None:
@@ -311,6 +315,7 @@ class SqlStore:
         gpu: str | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
+        omit_result_keys: Sequence[str] = (),
     ) -> tuple[list[StoredPlan], str | None]:
         """Return up to ``page_size`` plans, newest first, and the token of the next page.
 
@@ -318,6 +323,10 @@ class SqlStore:
         or ``None`` ``page_token`` starts at the newest plan; the token returned is ``None`` on the
         last page. A token from another listing (other filters) or not from this store raises
         ``InvalidPageTokenError``.
+
+        ``omit_result_keys`` (identifiers) are left out of each ``result`` by the database, so
+        a listing that does not show them neither transfers nor parses them (a plan's Pareto
+        frontiers are most of its bytes); ``InvalidValueError`` for a key that is not one.
         """
         where: list[ColumnElement[bool]] = []
         if model is not None:
@@ -325,7 +334,11 @@ class SqlStore:
         if gpu is not None:
             where.append(Plan.gpu == gpu)
         filters = {"model": model, "gpu": gpu}
-        rows, token = self._page(Plan, where, filters, page_size, page_token)
+        columns = [
+            *(c for c in Plan.__table__.columns if c.name != "result"),
+            json_without_keys(Plan.__table__.c.result, omit_result_keys).label("result"),
+        ]
+        rows, token = self._page(Plan, where, filters, page_size, page_token, columns)
         return [_plan_record(row) for row in rows], token
 
     def delete_plan(self, plan_id: str) -> None:
@@ -666,16 +679,20 @@ class SqlStore:
         filters: dict[str, str | None],
         page_size: int,
         page_token: str | None,
-    ) -> tuple[list[_Row], str | None]:
-        """Select one page of ``table`` rows matching ``where``, newest first, after the token."""
+        columns: Sequence[ColumnElement[Any]] = (),
+    ) -> tuple[list[Any], str | None]:
+        """Select one page of ``table`` rows matching ``where``, newest first, after the token:
+        the rows as objects, or, given ``columns``, as result rows of those columns (which must
+        include ``id`` and ``created_at``)."""
         size = min(max(page_size, 1), MAX_PAGE_SIZE)
-        stmt = select(table).where(*where)
+        stmt = (select(*columns) if columns else select(table)).where(*where)
         if page_token:
             cursor = pagetoken.decode(page_token, filters)
             stmt = stmt.where(_after(table.created_at, table.id, cursor))
         stmt = stmt.order_by(table.created_at.desc(), table.id.desc()).limit(size + 1)
         with _translate_errors(), self._sessions() as session:
-            rows = list(session.scalars(stmt).all())
+            found = session.execute(stmt) if columns else session.scalars(stmt)
+            rows = list(found.all())
         if len(rows) <= size:
             return rows, None
         rows = rows[:size]
@@ -725,7 +742,7 @@ def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
         raise InvalidValueError(f"{field} must be one of {', '.join(allowed)}, not {value!r}")
 
 
-def _plan_record(row: Plan) -> StoredPlan:
+def _plan_record(row: Plan | Row[Any]) -> StoredPlan:
     return StoredPlan(
         id=row.id,
         request_id=row.request_id,

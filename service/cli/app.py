@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from planner.errors import InvalidInputError
 from service.cli import format as fmt
-from service.cli.backend import SERVER_ENV, close_backends
+from service.cli.backend import CREDENTIALS, SERVER_ENV, close_backends
 from service.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 
 DEBUG_ENV = "PDPLANNER_DEBUG"
@@ -115,6 +115,56 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _path_option(flag: str, variable: str, help: str) -> Any:
+    return typer.Option(flag, metavar="PATH", help=f"{help} (env {variable}).")
+
+
+@app.callback()
+def credentials(
+    token_file: Annotated[
+        str | None,
+        _path_option(
+            "--token-file",
+            "PDPLANNER_TOKEN_FILE, or the token in PDPLANNER_TOKEN",
+            "Bearer token for --server, read from this file",
+        ),
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Connect to --server over TLS (env PDPLANNER_TLS=1).")
+    ] = False,
+    tls_ca_file: Annotated[
+        str | None,
+        _path_option(
+            "--tls-ca-file",
+            "PDPLANNER_TLS_CA_FILE",
+            "TLS to --server, trusting this PEM CA bundle (default: the system's)",
+        ),
+    ] = None,
+    tls_cert_file: Annotated[
+        str | None,
+        _path_option(
+            "--tls-cert-file",
+            "PDPLANNER_TLS_CLIENT_CERT_FILE",
+            "This client's PEM certificate, for a server that requires one (mTLS)",
+        ),
+    ] = None,
+    tls_key_file: Annotated[
+        str | None,
+        _path_option(
+            "--tls-key-file",
+            "PDPLANNER_TLS_CLIENT_KEY_FILE",
+            "The PEM private key of --tls-cert-file",
+        ),
+    ] = None,
+) -> None:
+    """Plan aggregated and disaggregated (prefill/decode) LLM serving deployments."""
+    CREDENTIALS.token_file = token_file
+    CREDENTIALS.tls = tls
+    CREDENTIALS.tls_ca_file = tls_ca_file
+    CREDENTIALS.tls_cert_file = tls_cert_file
+    CREDENTIALS.tls_key_file = tls_key_file
 
 
 def group(name: str, help: str, **kwargs: Any) -> typer.Typer:

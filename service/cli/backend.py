@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from planner.catalog import GpuCatalog, GpuSpec, ModelCatalog, ModelSpec
 from planner.catalog._catalog import is_file_name
@@ -28,7 +28,7 @@ from planner.errors import InvalidFields, InvalidInputError
 from planner.sweep import ScenarioError, ScenarioOutcome, SweepGrid
 from planner.types import EstimateRequest, PhaseEstimate, PlanRequest, PlanResult, ServingEstimate
 from service import resources
-from service.cli.errors import EXIT_FAILURE, CliError
+from service.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError
 from service.cli.format import StoredPlan
 
 if TYPE_CHECKING:
@@ -180,22 +180,69 @@ class LocalBackend:
 # -- on a server ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Credentials:
+    """What the command line says about credentials for ``--server`` (``pdplanner --token-file
+    ... --tls-ca-file ...``); each one set overrides its environment variable
+    (``pdplanner.client.credentials_from_env``)."""
+
+    token_file: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    def resolve(self) -> tuple[str | None, Any]:
+        """``(token, Tls or None)`` for ``PlannerClient``; ``CliError`` (exit 2) naming the
+        flag or variable whose file cannot be used."""
+        from pdplanner.client import Tls, credentials_from_env, read_token_file
+
+        try:
+            token, tls = credentials_from_env()
+            if self.token_file is not None:
+                token = read_token_file(self.token_file)
+        except ValueError as exc:
+            raise CliError(f"--token-file: {exc}") from None
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if self.tls or any(files):
+            base = tls or Tls()
+            tls = Tls(
+                ca_file=self.tls_ca_file or base.ca_file,
+                cert_file=self.tls_cert_file or base.cert_file,
+                key_file=self.tls_key_file or base.key_file,
+            )
+        return token, tls
+
+
+#: This command line's credentials options (set by the ``pdplanner`` group's options).
+CREDENTIALS = Credentials()
+
+
 class RemoteBackend:
-    """A pdplanner server (``--server HOST:PORT``), over ``PlannerClient``."""
+    """A pdplanner server (``--server HOST:PORT``), over ``PlannerClient``, with the bearer token
+    and TLS of ``CREDENTIALS`` and the environment."""
 
     def __init__(self, target: str) -> None:
         from pdplanner.client import PlannerClient
 
         self.server: str | None = target
-        self._client: PlannerClient = PlannerClient(target, timeout_s=CALL_TIMEOUT_S)
+        token, tls = CREDENTIALS.resolve()
+        try:
+            self._client: PlannerClient = PlannerClient(
+                target, timeout_s=CALL_TIMEOUT_S, token=token, tls=tls
+            )
+        except ValueError as exc:  # a TLS file that cannot be read, a certificate without key
+            raise CliError(f"--tls: {exc}") from None
 
     def close(self) -> None:
         """Close the connection."""
         self._client.close()
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn a failed call into the planner's or the CLI's own error."""
+    def _errors(self, *, wrong_name_exit: int = EXIT_FAILURE) -> Iterator[None]:
+        """Turn a failed call into the planner's or the CLI's own error. ``wrong_name_exit`` is
+        the exit status when the resource a name points at is missing or may not be changed
+        (NOT_FOUND on ``name``, FAILED_PRECONDITION)."""
         import grpc
         from pdplanner.client import field_violations
 
@@ -206,7 +253,11 @@ class RemoteBackend:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = (exc.details() if isinstance(exc, grpc.Call) else None) or code.name
             if code == grpc.StatusCode.NOT_FOUND and (not violations or violations[0][0] == "name"):
-                raise CliError(violations[0][1] if violations else details, EXIT_FAILURE) from None
+                raise CliError(
+                    violations[0][1] if violations else details, wrong_name_exit
+                ) from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise CliError(details, wrong_name_exit) from None
             if len(violations) > 1:  # every bad field of the request
                 raise InvalidFields(violations) from None
             if violations:  # a bad field, or a model/GPU/engine name the catalog lacks
@@ -333,6 +384,15 @@ class RemoteBackend:
         with self._errors():
             self._client.delete_plan(name)
         return name
+
+    def delete_entry(self, collection: Literal["models", "gpus"], name: str) -> str:
+        """The DeleteModel or DeleteGpu RPC; returns the deleted entry's resource name. A name
+        that is no custom entry (unknown, or built in) is the command line's error (exit 2)."""
+        resource = resources.from_id_or_name(name, collection)
+        delete = self._client.delete_model if collection == "models" else self._client.delete_gpu
+        with self._errors(wrong_name_exit=EXIT_USAGE):
+            delete(resource)
+        return resource
 
     def get_sweep(self, sweep_id: str) -> tuple[str, str, list[ScenarioOutcome]]:
         """The GetSweep RPC: the sweep's name, state and finished outcomes."""

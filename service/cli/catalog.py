@@ -1,9 +1,12 @@
-"""``pdplanner models`` and ``pdplanner gpus``: list the catalogs; ``create`` adds to a server's.
+"""``pdplanner models`` and ``pdplanner gpus``: list the catalogs; ``create`` adds to a server's,
+``delete`` removes a custom entry from it.
 
 Listing runs in process or against a server (which adds its custom entries). ``create`` reads a
 Hugging Face config.json (a model) or a YAML/JSON GPU file here, at the edge, and sends its
 content with CreateModel/CreateGpu; the request_id is derived from the content, so creating the
-same file twice is one creation, while another file under a taken name is refused.
+same file twice is one creation, while another file under a taken name is refused. Custom
+entries live in a server's database, so ``create`` and ``delete`` need ``--server``; deleting a
+name that is no custom entry there (unknown, or built in) is a one-line error with exit status 2.
 """
 
 from __future__ import annotations
@@ -105,3 +108,20 @@ def gpus_create(
         show_json(fmt.gpu_entry(created))
     else:
         show(fmt.gpus_table([created]))
+
+
+EntryName = Annotated[
+    str, typer.Argument(metavar="NAME", help="Custom entry's name (or models/NAME, gpus/NAME).")
+]
+
+
+@models_app.command("delete")
+def models_delete(name: EntryName, server: ServerOpt = None) -> None:
+    """Remove a custom model from the server's catalog (plans made with it keep their copy)."""
+    typer.echo(f"deleted {remote(server).delete_entry('models', name)}")
+
+
+@gpus_app.command("delete")
+def gpus_delete(name: EntryName, server: ServerOpt = None) -> None:
+    """Remove a custom GPU type from the server's catalog (plans made with it keep their copy)."""
+    typer.echo(f"deleted {remote(server).delete_entry('gpus', name)}")

@@ -30,7 +30,7 @@ def plans_list(
     json_out: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
-    """List stored plans, newest first."""
+    """List stored plans, newest first (without their Pareto frontiers: `plans get` shows them)."""
     runner = remote(server)
     with flags(("model", "gpu", "page_size", "page_token")):
         plans, token = runner.list_plans(

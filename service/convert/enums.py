@@ -66,6 +66,10 @@ POOL_ROLE: ProtoEnum[Role, plan_pb2.PoolRole.ValueType] = ProtoEnum(plan_pb2.Poo
 ATTENTION: ProtoEnum[Attention, catalog_pb2.AttentionKind.ValueType] = ProtoEnum(
     catalog_pb2.AttentionKind.DESCRIPTOR
 )
+PlanView = Literal["basic", "full"]
+PLAN_VIEW: ProtoEnum[PlanView, plan_pb2.PlanView.ValueType] = ProtoEnum(
+    plan_pb2.PlanView.DESCRIPTOR
+)
 SWEEP_STATE: ProtoEnum[SweepState, sweep_pb2.Sweep.State.ValueType] = ProtoEnum(
     sweep_pb2.Sweep.State.DESCRIPTOR, renames={"succeeded": "done"}
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf import json_format, timestamp_pb2
 from pdplanner.v1 import plan_pb2, sweep_pb2
@@ -20,6 +20,12 @@ from service.convert.requests import plan_request_to_proto
 from service.convert.results import plan_result_to_proto
 from storage.records import StoredPlan, StoredScenario, StoredSweep
 
+#: Where a stored result (``planner.serialize``) keeps its Pareto frontiers: the two fields of
+#: version 1, and the ``pareto`` object of unversioned records. ``PLAN_VIEW_BASIC`` leaves them
+#: out, and a result read without them decodes with empty frontiers.
+FRONTIER_KEYS: Final = ("pareto_agg", "pareto_disagg", "pareto")
+_NO_FRONTIERS: Final[dict[str, list[Any]]] = {"pareto_agg": [], "pareto_disagg": []}
+
 
 def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
@@ -27,16 +33,20 @@ def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def plan_to_proto(stored: StoredPlan) -> plan_pb2.Plan:
-    """The ``Plan`` resource of a stored plan (request and result as the planner gave them)."""
+def plan_to_proto(stored: StoredPlan, *, with_frontiers: bool = True) -> plan_pb2.Plan:
+    """The ``Plan`` resource of a stored plan (request and result as the planner gave them).
+
+    ``with_frontiers=False`` is for a plan read without its ``FRONTIER_KEYS``: its frontiers
+    are empty."""
     request = plan_request_to_proto(
         serialize.plan_request_from_json(stored.request), request_id=stored.request_id or ""
     )
+    result = stored.result if with_frontiers else {**stored.result, **_NO_FRONTIERS}
     return plan_pb2.Plan(
         name=resources.name("plans", stored.id),
         create_time=timestamp(stored.created_at),
         request=request,
-        result=plan_result_to_proto(serialize.plan_result_from_json(stored.result)),
+        result=plan_result_to_proto(serialize.plan_result_from_json(result)),
         planner_version=stored.planner_version,
         search_ms=stored.search_ms,
     )

@@ -246,6 +246,38 @@ def test_models_create_and_gpus_create_add_to_a_server_idempotently(
     assert no_server.exit_code == 2 and no_server.stderr.startswith("error: --server:")
 
 
+def test_models_delete_and_gpus_delete_remove_custom_entries_and_refuse_other_names(
+    remote: CliRunner, tmp_path: Path
+) -> None:
+    model, gpu = _files(tmp_path)
+    run(remote, "models", "create", str(model), "--name", "gone-llama")
+    run(remote, "gpus", "create", str(gpu), "--name", "gone-gpu")
+
+    assert run(remote, "models", "delete", "gone-llama") == "deleted models/gone-llama\n"
+    assert run(remote, "gpus", "delete", "gpus/gone-gpu") == "deleted gpus/gone-gpu\n"
+    assert "gone-llama" not in [m["name"] for m in run_json(remote, "models")]
+    assert "gone-gpu" not in [g["name"] for g in run_json(remote, "gpus")]
+
+    refusals = {
+        ("models", "gone-llama"): "error: model models/gone-llama not found\n",
+        ("gpus", "gone-gpu"): "error: GPU gpus/gone-gpu not found\n",
+        ("models", "llama-3.1-8b"): "error: model models/llama-3.1-8b is built in; only custom "
+        "entries can be deleted\n",
+        ("gpus", "h100-sxm"): "error: GPU gpus/h100-sxm is built in; only custom entries can "
+        "be deleted\n",
+    }
+    for (group, name), error in refusals.items():
+        result = remote.invoke(app, [group, "delete", name])
+        assert (result.exit_code, result.stdout, result.stderr) == (2, "", error)
+    for group in ("models", "gpus"):
+        result = local.invoke(app, [group, "delete", "anything"])
+        assert result.exit_code == 2
+        assert (
+            result.stderr
+            == "error: --server: is required for this command (or set PDPLANNER_SERVER)\n"
+        )
+
+
 def test_a_stored_sweep_can_be_listed_and_fetched_by_name(remote: CliRunner) -> None:
     swept = run_json(remote, *SWEEP)
     fetched = run_json(remote, "sweeps", "get", swept["name"])

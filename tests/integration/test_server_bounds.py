@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -176,6 +177,41 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_health_watchers_hold_no_thread_that_other_calls_need(sqlite_url: str) -> None:
+    """Twice as many Watch streams as the server has call threads: Get/List calls are still
+    served, every watcher hears of a status change, and the server stops while some watchers
+    have gone away and others are still open (grpcio's non-blocking Watch hung there)."""
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=sqlite_url, max_workers=1, cheap_workers=2,
+        warmup=False,  # no search here: the kernels are not needed
+    )  # fmt: skip
+    threads = running.settings.max_workers + running.settings.cheap_workers
+    service = "pdplanner.v1.PlannerService"
+    request = health_pb2.HealthCheckRequest(service=service)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        health, stub = health_pb2_grpc.HealthStub(channel), Stub(channel)
+        watches = [health.Watch(request, timeout=60) for _ in range(2 * threads)]
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert [next(w).status for w in watches] == [serving] * len(watches)
+
+        assert stub.ListModels(catalog_pb2.ListModelsRequest(), timeout=10).models
+        assert not stub.ListPlans(plan_pb2.ListPlansRequest(), timeout=10).plans
+        missing = plan_pb2.GetPlanRequest(name="plans/x")
+        assert failure(lambda: stub.GetPlan(missing, timeout=10)).code() == (
+            grpc.StatusCode.NOT_FOUND
+        )
+
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        running.health.set(service, not_serving)
+        assert [next(w).status for w in watches] == [not_serving] * len(watches)
+        for w in watches[::2]:
+            w.cancel()
+        stopper = threading.Thread(target=running.stop, args=(0,), daemon=True)
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive(), "the server did not stop"
 
 
 def test_sigterm_with_runaway_searches_exits_within_the_grace_period(tmp_path: Path) -> None:

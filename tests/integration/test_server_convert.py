@@ -9,6 +9,7 @@ hypothesis; real ones from the planner and the built-in catalogs.
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import replace
 
 import pytest
@@ -38,6 +39,7 @@ from planner.types import (
     Workload,
 )
 from service import convert, resources
+from service.convert.stored import FRONTIER_KEYS
 
 ints = st.integers(min_value=1, max_value=2**31 - 1)
 small = st.integers(min_value=1, max_value=64)
@@ -302,3 +304,10 @@ def test_plan_names(name: str, ok: bool) -> None:
         with pytest.raises(InvalidInputError) as err:
             resources.parse(name, "plans")
         assert err.value.field == "name"
+
+
+def test_the_basic_plan_view_leaves_out_exactly_the_frontiers_of_a_stored_result() -> None:
+    fields = typing.get_type_hints(PlanResult)
+    frontiers = {name for name, tp in fields.items() if tp == tuple[Deployment, ...]}
+    # version 1 stores them under their field names; unversioned rows under "pareto"
+    assert set(FRONTIER_KEYS) == frontiers | {"pareto"}

@@ -140,6 +140,31 @@ def test_list_plans_pages_newest_first_without_repeats(stub: Stub) -> None:
     assert pages == 3
 
 
+def test_list_plans_leaves_the_frontiers_out_unless_asked_for_the_full_view(stub: Stub) -> None:
+    plan = stub.Plan(reference_request(), timeout=60).plan
+    assert plan.result.pareto_agg and plan.result.pareto_disagg
+
+    (basic,) = stub.ListPlans(plan_pb2.ListPlansRequest()).plans
+    (full,) = stub.ListPlans(plan_pb2.ListPlansRequest(view=plan_pb2.PLAN_VIEW_FULL)).plans
+
+    assert full == plan
+    assert not basic.result.pareto_agg and not basic.result.pareto_disagg
+    without_frontiers = plan_pb2.Plan()
+    without_frontiers.CopyFrom(plan)
+    without_frontiers.result.ClearField("pareto_agg")
+    without_frontiers.result.ClearField("pareto_disagg")
+    assert basic == without_frontiers
+    explicit = stub.ListPlans(plan_pb2.ListPlansRequest(view=plan_pb2.PLAN_VIEW_BASIC)).plans
+    assert list(explicit) == [basic]
+
+
+def test_list_plans_refuses_an_unknown_view(stub: Stub) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListPlans(plan_pb2.ListPlansRequest(view=7))  # type: ignore[arg-type]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "view" in (caught.value.details() or "")
+
+
 def test_list_plans_filters_by_model_and_gpu(stub: Stub) -> None:
     a = stub.Plan(reference_request(), timeout=60).plan
     b = stub.Plan(reference_request(model="llama-3.1-8b", gpus=8), timeout=60).plan

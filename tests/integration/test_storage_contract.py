@@ -257,6 +257,29 @@ def test_a_page_token_only_continues_the_listing_it_came_from(
         store.list_sweeps(page_token=plans_token)
 
 
+def test_a_listing_can_leave_result_keys_out_and_a_get_still_has_them(
+    clocked_store: Callable[[StepClock], SqlStore],
+) -> None:
+    store = clocked_store(StepClock())
+    result = {"best": {"mode": "agg"}, "pareto_agg": [{"x": 1}] * 3, "pareto_disagg": [], "n": 2}
+    ids = [store.create_plan(**plan_args(result=result)).id for _ in range(3)]
+
+    listed = all_pages(
+        store.list_plans, page_size=2, omit_result_keys=("pareto_agg", "pareto_disagg", "absent")
+    )
+
+    assert [p.id for p in listed] == ids[::-1]
+    assert [p.result for p in listed] == [{"best": {"mode": "agg"}, "n": 2}] * 3
+    assert store.list_plans()[0][0].result == result
+    assert store.get_plan(ids[0]).result == result
+
+
+@pytest.mark.parametrize("key", ["", "a.b", "a'b", "$", "1a", "a b"])
+def test_a_result_key_to_leave_out_must_be_an_identifier(store: SqlStore, key: str) -> None:
+    with pytest.raises(InvalidValueError):
+        store.list_plans(omit_result_keys=(key,))
+
+
 def test_a_deleted_plan_is_gone(store: SqlStore, count_rows: CountRows) -> None:
     kept = store.create_plan(**plan_args())
     deleted = store.create_plan(**plan_args())

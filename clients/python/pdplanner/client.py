@@ -6,6 +6,14 @@
                                                 slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=20)))
         print(plan.name, plan.result.best.tokens_per_s_per_gpu)
 
+Credentials: ``token`` is sent as ``authorization: Bearer TOKEN`` on every call (the server's
+``PDPLANNER_AUTH_TOKENS``); ``tls=Tls(ca_file=...)`` connects over TLS, trusting that CA (or the
+system's roots), and ``Tls(..., cert_file=..., key_file=...)`` also shows this client's
+certificate to a server that requires one (mutual TLS). ``PlannerClient.from_env`` reads them
+from ``PDPLANNER_TOKEN`` (or ``PDPLANNER_TOKEN_FILE``), ``PDPLANNER_TLS_CA_FILE``,
+``PDPLANNER_TLS_CLIENT_CERT_FILE`` and ``PDPLANNER_TLS_CLIENT_KEY_FILE`` (``PDPLANNER_TLS=1``:
+TLS with the system's roots). Send a token over TLS unless the server is on this machine.
+
 Every call has a deadline (``timeout_s``, per client or per call) covering all of its attempts.
 A call that fails with UNAVAILABLE (server restarting, connection lost) is retried up to
 ``retries`` times with exponential backoff and jitter; other errors are raised at once as
@@ -18,10 +26,13 @@ plans or stores twice: the server answers a repeated ``request_id`` with what it
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -64,6 +75,79 @@ def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS to the server, from PEM files.
+
+    ``ca_file``: the CA bundle the server's certificate chains to (None: the system's roots).
+    ``cert_file`` and ``key_file``: this client's certificate chain and private key, for a
+    server that requires client certificates (mutual TLS); both or neither.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The files as gRPC channel credentials; ``ValueError`` naming a file that is missing,
+        unreadable, or a certificate without its key (or a key without its certificate)."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs its key file too (cert_file, key_file)")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file, "ca_file"),
+            private_key=_read(self.key_file, "key_file"),
+            certificate_chain=_read(self.cert_file, "cert_file"),
+        )
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+#: The environment variables of ``PlannerClient.from_env`` (and of the CLI).
+TOKEN_ENV: Final = "PDPLANNER_TOKEN"
+TOKEN_FILE_ENV: Final = "PDPLANNER_TOKEN_FILE"
+TLS_ENV: Final = "PDPLANNER_TLS"
+TLS_CA_FILE_ENV: Final = "PDPLANNER_TLS_CA_FILE"
+TLS_CLIENT_CERT_FILE_ENV: Final = "PDPLANNER_TLS_CLIENT_CERT_FILE"
+TLS_CLIENT_KEY_FILE_ENV: Final = "PDPLANNER_TLS_CLIENT_KEY_FILE"
+
+
+def read_token_file(path: str) -> str:
+    """The token in a file (its first line, without surrounding blanks); ``ValueError`` when the
+    file cannot be read or holds none."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"token file {path}: {exc.strerror or exc}") from None
+    token = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+def credentials_from_env(env: Mapping[str, str] | None = None) -> tuple[str | None, Tls | None]:
+    """``(token, tls)`` from the ``PDPLANNER_TOKEN*`` and ``PDPLANNER_TLS*`` variables; TLS is
+    on when ``PDPLANNER_TLS`` is 1/true/yes/on or any of its files is set."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        return env.get(name) or None
+
+    token = get(TOKEN_ENV)
+    if token is None and get(TOKEN_FILE_ENV) is not None:
+        token = read_token_file(env[TOKEN_FILE_ENV])
+    files = (get(TLS_CA_FILE_ENV), get(TLS_CLIENT_CERT_FILE_ENV), get(TLS_CLIENT_KEY_FILE_ENV))
+    wanted = (get(TLS_ENV) or "").lower() in ("1", "true", "yes", "on")
+    tls = Tls(*files) if wanted or any(files) else None
+    return token, tls
+
+
 def _with_request_id(request: Req) -> Req:
     """``request`` itself if it has a request_id, else a copy with a fresh UUID."""
     if getattr(request, "request_id", None):
@@ -79,9 +163,10 @@ class PlannerClient:
 
     ``target`` is ``host:port``. ``timeout_s`` is the default deadline of a call (all attempts
     together); ``retries`` the most retries after the first attempt; backoff starts at
-    ``backoff_s`` and doubles up to ``max_backoff_s``. Pass ``channel`` to use your own (TLS,
-    interceptors); the client closes only a channel it made. Use it as a context manager or call
-    ``close()``.
+    ``backoff_s`` and doubles up to ``max_backoff_s``. ``token`` is sent as a bearer token on
+    every call; ``tls`` makes the channel a TLS one (see ``Tls``). Pass ``channel`` to use your
+    own (interceptors, other credentials); the client closes only a channel it made. Use it as a
+    context manager or call ``close()``. ``ValueError`` for bad arguments or unreadable files.
     """
 
     def __init__(
@@ -93,7 +178,13 @@ class PlannerClient:
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
         channel: grpc.Channel | None = None,
+        token: str | None = None,
+        tls: Tls | None = None,
     ) -> None:
+        if channel is not None and tls is not None:
+            raise ValueError("give tls or your own channel, not both")
+        if token is not None and (not token or any(c in token for c in "\r\n")):
+            raise ValueError("token must be one non-empty line")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if retries < 0:
@@ -103,17 +194,30 @@ class PlannerClient:
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
-                # reconnect quickly after a server restart, so retries find it
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
+        self._metadata: tuple[tuple[str, str], ...] = (
+            () if token is None else (("authorization", f"Bearer {token}"),)
         )
+        options = [
+            ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+            # reconnect quickly after a server restart, so retries find it
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        self._own_channel = channel is None
+        if channel is not None:
+            self._channel = channel
+        elif tls is not None:
+            self._channel = grpc.secure_channel(target, tls.channel_credentials(), options)
+        else:
+            self._channel = grpc.insecure_channel(target, options)
         self._stub = planner_service_pb2_grpc.PlannerServiceStub(self._channel)
+
+    @classmethod
+    def from_env(cls, target: str, **kwargs: Any) -> PlannerClient:
+        """A client of ``target`` with the token and TLS of the environment
+        (``credentials_from_env``); ``kwargs`` as for the constructor."""
+        token, tls = credentials_from_env()
+        return cls(target, token=token, tls=tls, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -155,7 +259,7 @@ class PlannerClient:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                return method(request, timeout=max(remaining, 0.001))
+                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.RpcError as error:
                 remaining = deadline - time.monotonic()
                 if not self._retryable(error, attempt, remaining):
@@ -197,21 +301,33 @@ class PlannerClient:
         gpu: str = "",
         page_size: int = 0,
         page_token: str = "",
+        view: plan_pb2.PlanView.ValueType = plan_pb2.PLAN_VIEW_BASIC,
         timeout_s: float | None = None,
     ) -> plan_pb2.ListPlansResponse:
-        """One page of stored plans, newest first (``next_page_token`` is empty on the last)."""
+        """One page of stored plans, newest first (``next_page_token`` is empty on the last).
+
+        ``view``: ``PLAN_VIEW_BASIC`` leaves out the Pareto frontiers (``get_plan`` has them),
+        ``PLAN_VIEW_FULL`` returns whole plans."""
         request = plan_pb2.ListPlansRequest(
-            model=model, gpu=gpu, page_size=page_size, page_token=page_token
+            model=model, gpu=gpu, page_size=page_size, page_token=page_token, view=view
         )
         return self._call(self._stub.ListPlans, request, timeout_s)
 
     def iter_plans(
-        self, *, model: str = "", gpu: str = "", page_size: int = 0
+        self,
+        *,
+        model: str = "",
+        gpu: str = "",
+        page_size: int = 0,
+        view: plan_pb2.PlanView.ValueType = plan_pb2.PLAN_VIEW_BASIC,
     ) -> Iterator[plan_pb2.Plan]:
-        """Every stored plan, newest first, fetching pages as needed."""
+        """Every stored plan, newest first, fetching pages as needed (``view`` as for
+        ``list_plans``)."""
         token = ""
         while True:
-            page = self.list_plans(model=model, gpu=gpu, page_size=page_size, page_token=token)
+            page = self.list_plans(
+                model=model, gpu=gpu, page_size=page_size, page_token=token, view=view
+            )
             yield from page.plans
             token = page.next_page_token
             if not token:
@@ -251,7 +367,9 @@ class PlannerClient:
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
-            stream = self._stub.Sweep(request, timeout=max(remaining, 0.001))
+            stream = self._stub.Sweep(
+                request, timeout=max(remaining, 0.001), metadata=self._metadata
+            )
             try:
                 for position, event in enumerate(stream):
                     kind = event.WhichOneof("event")

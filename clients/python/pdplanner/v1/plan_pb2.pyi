@@ -49,6 +49,34 @@ POOL_ROLE_AGG: PoolRole.ValueType  # 3
 """Aggregated workers (prefill and decode together)."""
 Global___PoolRole: _TypeAlias = PoolRole  # noqa: Y015
 
+class _PlanView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlanViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlanView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLAN_VIEW_UNSPECIFIED: _PlanView.ValueType  # 0
+    """Not set: BASIC for ListPlans."""
+    PLAN_VIEW_BASIC: _PlanView.ValueType  # 1
+    """Everything but the Pareto frontiers (result.pareto_agg and result.pareto_disagg, which
+    are most of a plan's size): the request, the best deployments and the explanation.
+    """
+    PLAN_VIEW_FULL: _PlanView.ValueType  # 2
+    """The whole plan, as GetPlan returns it."""
+
+class PlanView(_PlanView, metaclass=_PlanViewEnumTypeWrapper):
+    """PlanView is how much of each stored plan a listing returns (AIP-157 partial responses)."""
+
+PLAN_VIEW_UNSPECIFIED: PlanView.ValueType  # 0
+"""Not set: BASIC for ListPlans."""
+PLAN_VIEW_BASIC: PlanView.ValueType  # 1
+"""Everything but the Pareto frontiers (result.pareto_agg and result.pareto_disagg, which
+are most of a plan's size): the request, the best deployments and the explanation.
+"""
+PLAN_VIEW_FULL: PlanView.ValueType  # 2
+"""The whole plan, as GetPlan returns it."""
+Global___PlanView: _TypeAlias = PlanView  # noqa: Y015
+
 @_typing.final
 class Slo(_message.Message):
     """Slo is the latency targets a deployment must meet."""
@@ -670,6 +698,7 @@ class ListPlansRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Most plans to return. 0 means 50; larger values than 100 are treated as 100."""
     page_token: _builtins.str
@@ -680,6 +709,10 @@ class ListPlansRequest(_message.Message):
     """Only plans for this model (name or alias). Empty means every model."""
     gpu: _builtins.str
     """Only plans for this GPU (name or alias). Empty means every GPU."""
+    view: Global___PlanView.ValueType
+    """How much of each plan to return. Unset means PLAN_VIEW_BASIC (no Pareto frontiers; GetPlan
+    returns them, or ask for PLAN_VIEW_FULL here).
+    """
     def __init__(
         self,
         *,
@@ -687,10 +720,11 @@ class ListPlansRequest(_message.Message):
         page_token: _builtins.str = ...,
         model: _builtins.str = ...,
         gpu: _builtins.str = ...,
+        view: Global___PlanView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "model", b"model", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "model", b"model", "page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
