@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from planner.catalog import BYTES_PER_ELEMENT, EngineSpec, GpuSpec, ModelSpec
-from planner.perf.calibration import Calibration, load_calibration
+from planner.perf.calibration import Calibration, engine_calibration, load_calibration
 from planner.perf.opkernels import D_N_SM
 
 # model_vector slots
@@ -208,7 +208,7 @@ class PerfContext:
             kv_dtype,
             model_vector(model),
             hardware_vector(gpu, engine, dtype, kv_dtype, model, memory_fraction),
-            load_calibration(gpu.calibration),
+            engine_calibration(gpu.calibration),
         )
 
     @property
