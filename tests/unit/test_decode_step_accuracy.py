@@ -101,8 +101,10 @@ def table() -> list[tuple[Key, float, float, float, float, float]]:
 
 
 def test_decode_step_follows_the_measured_fixed_part_and_cost_per_sequence(table) -> None:
-    print("\n| engine dtype TP ISL | fixed ms: measured / model | per sequence us: measured / "
-          "model | step error |")
+    print(
+        "\n| engine dtype TP ISL | fixed ms: measured / model | per sequence us: measured / "
+        "model | step error |"
+    )
     for (engine, dtype, tp, isl), a_m, a_p, b_m, b_p, err in table:
         print(
             f"| {engine} {dtype} TP{tp} {isl} | {a_m:.2f} / {a_p:.2f} | "

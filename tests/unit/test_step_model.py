@@ -436,7 +436,9 @@ def test_engine_kernels_drop_only_the_l2_flush_write_back() -> None:
     for n, k, lo in ((25600, 5120, 0.9), (1280, 5120, 0.0)):
         table = ok.gemm_ms(16.0, n, k, 2.0, 989e12, 3.35e12, fitted.gemm)
         step = ok.gemm_ms(16.0, n, k, 2.0, 989e12, 3.35e12, engine.gemm)
-        print(f"{n}x{k} bf16, 16 tokens: tables {table * 1e3:.1f} us, in a step {step * 1e3:.1f} us")
+        print(
+            f"{n}x{k} bf16, 16 tokens: tables {table * 1e3:.1f} us, in a step {step * 1e3:.1f} us"
+        )
         assert lo * fill <= table - step <= fill
 
 
