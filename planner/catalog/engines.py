@@ -31,6 +31,9 @@ class EngineSpec:
     # With pipeline parallelism, split one prompt into micro-chunks that flow through the stages
     # together (chunked pipeline prefill); off: a prompt passes every stage in turn.
     chunked_pipeline_prefill: bool = False
+    # Host time per scheduled sequence per iteration not hidden behind the GPU (ms): the
+    # engine's per-request work in every step (scheduling, input preparation, output handling).
+    seq_overhead_ms: float = 0.0
     aliases: tuple[str, ...] = field(default=(), compare=False)
     # Memory (keys of engines.yaml's memory section; sources there).
     memory_rule: MemoryRule = "total"
@@ -62,6 +65,7 @@ def _engines() -> dict[str, EngineSpec]:
                 default_chunk_tokens=require(e, "default_chunk_tokens", int, f),
                 max_batch=require(e, "max_batch", int, f),
                 chunked_pipeline_prefill=optional(e, "chunked_pipeline_prefill", bool, False, f),
+                seq_overhead_ms=optional(e, "seq_overhead_ms", float, 0.0, f),
                 aliases=tuple(e.get("aliases", ())),
                 **_memory_keys(e.get("memory"), f"{f}.memory"),
             )

@@ -28,8 +28,13 @@ blocks when the experts are sliced thin (``GROUPED_TILE_N``), the routing adds d
 latency on every call (``NCCL_TREE_BASE_MS``). Evidence and check: the low-concurrency MoE rows
 of shared/serving-runs (tests/unit/test_moe_decode_accuracy.py prints the errors).
 
+Host time. ``latency_ms`` carries the engine's host time that the GPU does not hide: a fixed
+``step_overhead_ms`` per iteration plus ``seq_overhead_ms`` per scheduled sequence (the engine's
+per-request work each step; ``engines.yaml`` gives the evidence). Kernels are priced with
+``calibration.engine_calibration``: the tables' fit without the write-back of their L2 flush.
+
 Not priced: DeepSeek-R1 fp8 on two 8 x H100 nodes at TP16 decodes one sequence in 31.2 ms in a
-published measurement; these costs take the model from 9.9 to 12.2 ms. The rest is not explained
+published measurement; these costs take the model from 9.9 to 12.0 ms. The rest is not explained
 by a cost with a source here (candidates: the engine's per-step host work across nodes, such as
 broadcasting each step's schedule to the second node; NCCL's measured small-message latency
 above its own model), so it is left out rather than fitted to that one figure.
@@ -60,6 +65,7 @@ from planner.perf.params import (
     H_PEAK_BF16,
     H_PREFILL_ATTN_SPEEDUP,
     H_SCALEOUT_BW,
+    H_SEQ_OVERHEAD_MS,
     H_STEP_OVERHEAD_MS,
     H_W_BYTES,
     M_ATTN_GATE,
@@ -663,7 +669,8 @@ def step_ms(
     # the LM head beside its share of the layers
     per_stage = math.ceil(layers / pp)
     stage = max(layers_total * per_stage / layers, layers_total / pp + head) + p2p
-    latency = layers_total + head + (pp - 1.0) * p2p + hv[H_STEP_OVERHEAD_MS]
+    host = hv[H_STEP_OVERHEAD_MS] + hv[H_SEQ_OVERHEAD_MS] * (pf_seqs + dc_seqs)
+    latency = layers_total + head + (pp - 1.0) * p2p + host
     return latency, stage
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from planner.catalog import BYTES_PER_ELEMENT, EngineSpec, GpuSpec, ModelSpec
-from planner.perf.calibration import Calibration, load_calibration
+from planner.perf.calibration import Calibration, engine_calibration, load_calibration
 from planner.perf.opkernels import D_N_SM
 
 # model_vector slots
@@ -39,7 +39,8 @@ H_PREFILL_ATTN_SPEEDUP, H_CUDA_GRAPHS, H_CHUNKED_PP_PREFILL, H_N_SM = 11, 12, 13
 # memory: the engine's rule and fraction, its workspace, and the routed experts' storage bytes
 H_MEM_RULE, H_MEM_FRACTION, H_PROFILE_TOKENS, H_SAMPLER_BYTES_PER_VOCAB = 15, 16, 17, 18
 H_NON_TORCH_BYTES, H_COMM_BYTES, H_GRAPH_BYTES, H_EXPERT_W_BYTES = 19, 20, 21, 22
-HARDWARE_SLOTS = 23
+H_SEQ_OVERHEAD_MS = 23  # the engine's host time per scheduled sequence per step
+HARDWARE_SLOTS = 24
 MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
@@ -105,6 +106,7 @@ def hardware_vector(
     v[H_KV_BYTES] = BYTES_PER_ELEMENT[kv_dtype]
     v[H_HBM_BYTES] = gpu.hbm_bytes
     v[H_STEP_OVERHEAD_MS] = engine.step_overhead_ms
+    v[H_SEQ_OVERHEAD_MS] = engine.seq_overhead_ms
     v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
@@ -213,7 +215,7 @@ class PerfContext:
             kv_dtype,
             model_vector(model),
             hardware_vector(gpu, engine, dtype, kv_dtype, model, memory_fraction),
-            load_calibration(gpu.calibration),
+            engine_calibration(gpu.calibration),
         )
 
     @property

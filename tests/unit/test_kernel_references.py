@@ -448,7 +448,8 @@ def ref_step_ms(
         bw, lat = ref_link(tp * dp * pp, hw)
         p2p = lat + 1e3 * tokens * m.hidden_size * K.ACT_BYTES / tp / bw
     stage = max(layers_total * math.ceil(layers / pp) / layers, layers_total / pp + head) + p2p
-    latency = layers_total + head + (pp - 1) * p2p + hw.engine.step_overhead_ms
+    host = hw.engine.step_overhead_ms + hw.engine.seq_overhead_ms * (pf_seqs + dc_seqs)
+    latency = layers_total + head + (pp - 1) * p2p + host
     return latency, stage, per_layer
 
 

@@ -408,3 +408,59 @@ def test_deepseek_r1_on_two_h100_nodes_pays_cross_node_latency_and_moe_routing()
     )
     assert abs(comm_us - 2 * (nccl_us + wire_us)) < 0.01
     assert 11.0 <= r.step_ms <= 14.0
+
+
+def test_engine_kernels_drop_only_the_l2_flush_write_back() -> None:
+    """The step model prices kernels as the tables' fit without its fill terms (the write-back
+    of the dirty L2 the benchmark's flush leaves): every other parameter is the fitted one, and a
+    GEMM streaming more than one L2 of weights (Qwen3-32B's gate+up at TP2, 262 MB in bf16) runs
+    faster by nearly the whole fitted fill, a tiny one by a fraction of it."""
+    from planner.catalog import load_engine
+    from planner.perf import opkernels as ok
+    from planner.perf.calibration import engine_calibration, load_calibration
+    from planner.perf.params import PerfContext
+
+    fitted, engine = load_calibration("h100-sxm"), engine_calibration("h100-sxm")
+    fills = [ok.GEMM_BF16 + ok.G_FILL_MS, ok.GEMM_FP8 + ok.G_FILL_MS]
+    keep = [i for i in range(ok.GEMM_CAL_SIZE) if i not in fills]
+    np.testing.assert_array_equal(engine.gemm[keep], fitted.gemm[keep])
+    assert all(engine.gemm[i] == 0.0 and fitted.gemm[i] > 0.0 for i in fills)
+    np.testing.assert_array_equal(engine.attn_prefill, fitted.attn_prefill)
+    decode_keep = [i for i in range(ok.DECODE_CAL_SIZE) if i != ok.D_FILL_MS]
+    np.testing.assert_array_equal(engine.attn_decode[decode_keep], fitted.attn_decode[decode_keep])
+    assert engine.attn_decode[ok.D_FILL_MS] == 0.0
+
+    ctx = PerfContext.build(load_model("qwen3-32b"), load_gpu("h100-sxm"), load_engine("vllm"))
+    assert ctx.cal is engine
+    fill = fitted.gemm[ok.GEMM_BF16 + ok.G_FILL_MS]
+    for n, k, lo in ((25600, 5120, 0.9), (1280, 5120, 0.0)):
+        table = ok.gemm_ms(16.0, n, k, 2.0, 989e12, 3.35e12, fitted.gemm)
+        step = ok.gemm_ms(16.0, n, k, 2.0, 989e12, 3.35e12, engine.gemm)
+        print(
+            f"{n}x{k} bf16, 16 tokens: tables {table * 1e3:.1f} us, in a step {step * 1e3:.1f} us"
+        )
+        assert lo * fill <= table - step <= fill
+
+
+def test_host_time_per_sequence_adds_to_the_step_latency_not_to_the_stage() -> None:
+    """vLLM spends host time per scheduled sequence in every step (``seq_overhead_ms``, 50 us):
+    a decode step of 128 sequences takes 128 x 50 us = 6.4 ms longer than its GPU work, one of 8
+    sequences 0.4 ms; the busiest stage's GPU time, which bounds a pipeline, does not change."""
+    from planner.catalog import load_engine
+    from planner.perf.params import PerfContext
+    from planner.perf.step import step_time
+
+    vllm = load_engine("vllm")
+    assert vllm.seq_overhead_ms == 0.05
+    m, gpu = load_model("qwen3-32b"), load_gpu("h100-sxm")
+    with_host = PerfContext.build(m, gpu, vllm)
+    gpu_only = PerfContext.build(m, gpu, replace(vllm, seq_overhead_ms=0.0))
+    for seqs in (8.0, 128.0):
+        a = step_time(with_host, Parallelism(tp=8), dc_seqs=seqs, dc_ctx=1100.0)
+        b = step_time(gpu_only, Parallelism(tp=8), dc_seqs=seqs, dc_ctx=1100.0)
+        assert abs((a.latency_ms - b.latency_ms) - 0.05 * seqs) < 1e-9
+        assert a.stage_ms == b.stage_ms
+    # a prompt chunk's sequences count too: one per prompt, not one per token
+    a = step_time(with_host, Parallelism(tp=8), pf_seqs=4.0, pf_new=2048.0)
+    b = step_time(gpu_only, Parallelism(tp=8), pf_seqs=4.0, pf_new=2048.0)
+    assert abs((a.latency_ms - b.latency_ms) - 0.05 * 4.0) < 1e-9
