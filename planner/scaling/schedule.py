@@ -5,8 +5,10 @@
    the longest decode context, at the regime's peak rate, within the GPU limit: disaggregated
    shapes (the search's layouts; the decode batch becomes the largest whose TPOT meets the
    target at that context, the most requests/s per decode GPU the TPOT allows) and the best
-   aggregated shape (the search's layout and concurrency, carrying the peak rate's share per
-   worker at the SLO).
+   aggregated shape (the search's layout and concurrency; ``AggOption`` says how its rate is
+   found). A run of intervals keeps the shapes in service while they still meet the SLO for its
+   mixes and need fewer GPU-seconds than its regime's own shapes plus their start-up (a shape
+   change is a restart).
 2. Counts: per interval, prefill workers ``ceil(rate / usable prompts/s per worker)`` and decode
    workers ``ceil(rate / requests/s per worker)`` (``capacity``), or aggregated workers
    ``ceil(rate / requests/s per worker)``; at least ``min_workers`` per pool in use.
@@ -321,6 +323,10 @@ def validate_request(req: ScheduleRequest) -> None:
         validate.number(req.price_per_gpu_hour, "price_per_gpu_hour", 0.0, 1e6)
     if not req.series.intervals:
         raise InvalidInputError("trace", "the series is empty: give at least one interval")
+    if not req.modes or any(m not in ("agg", "disagg") for m in req.modes):
+        raise InvalidInputError("modes", f"must name agg and/or disagg, got {list(req.modes)}")
+    if req.memory_fraction is not None:
+        validate.number(req.memory_fraction, "memory_fraction", 0.0, 1.0, lo_open=True)
 
 
 def _octave(x: float) -> int:
@@ -486,6 +492,21 @@ class _Planner:
         worst = max(decode_context(iv.mix) for iv in run)
         return largest_batch(self.dctx, dec, worst, slo.tpot_ms) == dec.batch
 
+    def run_cost(
+        self, shapes: tuple[Shape, Shape] | None, run: Sequence[Interval], first: bool = False
+    ) -> float:
+        """GPU-seconds of ``run`` served by ``shapes`` (with ``first``, plus the start-up of
+        the first interval's workers: what a change of shapes costs)."""
+        if shapes is None:
+            return math.inf
+        pre, dec = shapes
+        total = 0.0
+        for k, iv in enumerate(run):
+            x, y = self.counts(iv, pre, dec)[:2]
+            g = x * pre.gpus_per_worker + y * dec.gpus_per_worker
+            total += g * iv.duration_s + (g * self.req.startup_s if first and k == 0 else 0.0)
+        return total
+
     def counts(
         self, iv: Interval, pre: Shape, dec: Shape
     ) -> tuple[int, int, PrefillCapacity, DecodeCapacity]:
@@ -626,13 +647,15 @@ def plan_schedule(
             continue
         run = ivs[j0:j]
         issue = None if disagg_on else "disaggregated serving is not among the modes asked for"
-        if disagg_on and (current is None or not pl.still_serves(current, run)):
+        if disagg_on:
             if keys[j0] not in shapes:
                 shapes[keys[j0]] = pl.shapes(members[keys[j0]])
             found = shapes[keys[j0]]
+            keep = current is not None and pl.still_serves(current, run)
             if isinstance(found, str):
-                issue = f"no deployment for this mix meets the SLO ({found})"
-            else:
+                if not keep:
+                    issue = f"no deployment for this mix meets the SLO ({found})"
+            elif not keep or pl.run_cost(found, run, first=True) < pl.run_cost(current, run):
                 current = found
         regime_shape.extend([current if disagg_on else None] * len(run))
         regime_issue.extend([issue] * len(run))

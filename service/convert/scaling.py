@@ -21,13 +21,14 @@ from pdplanner.v1 import scaling_pb2
 from planner.errors import InvalidInputError
 from planner.scaling.capacity import Shape
 from planner.scaling.forecast import ForecastSpec, Method
-from planner.scaling.ratematch import RateMatchRequest, RateMatchResult
+from planner.scaling.ratematch import LengthPercentiles, RateMatchRequest, RateMatchResult
 from planner.scaling.schedule import ScheduleRequest
 from planner.scaling.traffic import TrafficSeries, from_rows
-from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, Slo
+from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Mode, Precision, Slo
 from service import resources
 from service.convert.checks import finite, i32
-from service.convert.enums import PERCENTILE
+from service.convert.enums import MODE, PERCENTILE
+from service.convert.requests import engine_args_from_proto, engine_args_to_proto
 from service.convert.stored import timestamp
 from storage.records import StoredSchedule
 
@@ -148,8 +149,22 @@ def schedule_request_from_proto(
         engine=msg.engine or DEFAULT_ENGINE,
         simulate=msg.simulate if msg.HasField("simulate") else True,
         seed=msg.seed,
+        memory_fraction=finite(msg.memory_fraction, "memory_fraction")
+        if msg.HasField("memory_fraction") else None,
+        engine_args=engine_args_from_proto(msg.engine_args),
+        modes=_modes(msg.modes),
     )  # fmt: skip
     return req, history
+
+
+def _modes(values: Any) -> tuple[Mode, ...]:
+    """The modes asked for (both when none is); each entry must be set."""
+    out: list[Mode] = []
+    for i, v in enumerate(values):
+        m = MODE.from_proto(v, f"modes[{i}]")
+        if m not in out:
+            out.append(m)
+    return tuple(out) or ("agg", "disagg")
 
 
 def request_to_json(msg: Any) -> dict[str, Any]:
@@ -257,7 +272,20 @@ def rate_match_request_from_proto(msg: scaling_pb2.RateMatchRequest, gpu: str) -
         precision_dtype=prec.dtype,
         kv_dtype=prec.kv_dtype,
         engine=msg.engine or DEFAULT_ENGINE,
+        isl_percentiles=_lengths(msg, "isl_percentiles"),
+        osl_percentiles=_lengths(msg, "osl_percentiles"),
+        memory_fraction=finite(msg.memory_fraction, "memory_fraction")
+        if msg.HasField("memory_fraction") else None,
     )  # fmt: skip
+
+
+def _lengths(msg: scaling_pb2.RateMatchRequest, name: str) -> LengthPercentiles | None:
+    if not msg.HasField(name):  # type: ignore[arg-type]
+        return None
+    p = getattr(msg, name)
+    return LengthPercentiles(
+        finite(p.p50, f"{name}.p50"), finite(p.p90, f"{name}.p90"), finite(p.p99, f"{name}.p99")
+    )
 
 
 def rate_match_to_proto(r: RateMatchResult) -> scaling_pb2.RateMatchResponse:
@@ -313,9 +341,14 @@ def schedule_request_to_proto(
         engine=req.engine,
         simulate=req.simulate,
         seed=req.seed,
+        engine_args=engine_args_to_proto(req.engine_args),
     )
     if req.price_per_gpu_hour is not None:
         msg.price_per_gpu_hour = req.price_per_gpu_hour
+    if req.memory_fraction is not None:
+        msg.memory_fraction = req.memory_fraction
+    if set(req.modes) != {"agg", "disagg"}:
+        msg.modes.extend(MODE.to_proto(m) for m in req.modes)
     if history is None:
         msg.series.intervals.extend(series_to_intervals(req.series))
     else:
