@@ -13,8 +13,10 @@ One kernel serves every way the planner runs an engine:
   time, and its availability window. A worker accepts requests from ``W_ON_MS`` until
   ``W_OFF_MS`` and then drains: it finishes what it holds (queue included) but is routed
   nothing new. Front workers may mix aggregated and prefill roles (a deployment switching
-  between the two). New requests go to the accepting front workers in turn; a request that finds
-  none (or a KV transfer that finds no accepting decode worker) waits for the next to join.
+  between the two). New requests go to the accepting front workers in turn; a prompt's KV goes
+  to the accepting decode worker with the fewest requests, or, from a prefill worker that has
+  stopped accepting, also to a decode worker that stopped no earlier (the old pools drain
+  together). A request that finds no worker waits for the next to join.
   ``drained`` receives each worker's last busy moment (ms; its last iteration, or a prefill
   worker's last KV transfer out).
 
@@ -616,7 +618,7 @@ def simulate_loop(
                 break
             r = xfer[k]
             # the accepting decode worker with the fewest requests
-            best = _least_loaded(wk, n_run, n_wait, n_front, n_w, t)
+            best = _least_loaded(wk, n_run, n_wait, n_front, n_w, t, wk[front_of[r], W_OFF_MS])
             if best < 0 and osl[r] > 1.0:
                 xfer_waiting = True  # until a decode worker joins
                 break
@@ -728,14 +730,23 @@ def _next_in_turn(wk: np.ndarray, start: int, n_front: int, t: float) -> int:
 
 @njit(cache=True, nogil=True)
 def _least_loaded(
-    wk: np.ndarray, n_run: np.ndarray, n_wait: np.ndarray, lo: int, hi: int, t: float
+    wk: np.ndarray,
+    n_run: np.ndarray,
+    n_wait: np.ndarray,
+    lo: int,
+    hi: int,
+    t: float,
+    sender_off: float,
 ) -> int:
-    """The accepting worker of ``lo..hi - 1`` with the fewest requests, the first on a tie."""
+    """The worker of ``lo..hi - 1`` with the fewest requests, the first on a tie, among those
+    accepting at ``t`` or, for a sender that stopped accepting at ``sender_off``, those joined
+    and stopped no earlier."""
     best = -1
     load = 1 << 62
     for v in range(lo, hi):
         lv = n_run[v] + n_wait[v]
-        if lv < load and _accepting(wk, v, t):
+        joined = wk[v, W_ON_MS] <= t
+        if lv < load and joined and (t < wk[v, W_OFF_MS] or wk[v, W_OFF_MS] >= sender_off):
             best = v
             load = lv
     return best

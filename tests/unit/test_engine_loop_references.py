@@ -432,7 +432,9 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             w.running = keep
         transfers_wait = False
         for r in sorted((r for r in in_transfer if r.ready <= t), key=lambda r: r.i):
-            open_ = [v for v in backs if v.accepting(t)]
+            sender = workers[r.front]
+            # accepting, or (for a sender that stopped) stopped no earlier: drain together
+            open_ = [v for v in backs if v.on <= t and (t < v.off or v.off >= sender.off)]
             if r.osl > 1 and not open_:
                 transfers_wait = True  # this one and all after it wait for a decode worker
                 break
@@ -608,11 +610,15 @@ def worker_table(draw, case: Case) -> list[list[float]]:
         cap = case.cap_front if front else case.cap_back
         rows.append(
             [
-                float(role), *case.lay_f, cap * draw(st.sampled_from([1.0, 2.0])),
+                float(role),
+                *case.lay_f,
+                cap * draw(st.sampled_from([1.0, 2.0])),
                 float(draw(st.sampled_from([2, 8, 1024]))),
                 float(draw(st.sampled_from([256, 2048, 8192]))) if front else case.budget_back,
-                draw(st.sampled_from([0.0, 0.5, 7.0])), on, off,
-            ]  # fmt: skip
+                draw(st.sampled_from([0.0, 0.5, 7.0])),
+                on,
+                off,
+            ]
         )
     return rows
 

@@ -94,7 +94,13 @@ def test_prefill_decode_ratio_follows_the_shifting_mix() -> None:
     print(f"first hour mean {early:.2f}, last 2 h {late:.2f}, correlation with ISL {corr:.2f}")
     assert late > 1.5 * early
     assert ratio[0] == ratio.min()
-    assert not r.violations
+    # every interval is served; only a layout change whose old and new workers overlap may
+    # be over the limit, and then it is named at the change
+    changes = {e.effective_s for e in r.events if e.action == "reconfigure"}
+    for v in r.violations:
+        print(f"violation: interval {v.interval}: {v.reason}")
+        assert "starting up, serving and draining" in v.reason
+        assert any(v.start_s <= t <= v.start_s + 300.0 for t in changes)
     # a change of worker shape is an event that needs a restart; a count change is not
     for e in r.events:
         assert e.restart == (e.action == "reconfigure" or e.reason == "initial deployment")
