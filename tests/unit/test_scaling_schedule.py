@@ -188,6 +188,8 @@ def test_bad_schedule_requests_name_the_field() -> None:
     assert e.value.field == "trace"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # both modes searched, then replayed
 def test_agg_intervals_where_aggregated_serving_needs_fewer_gpus() -> None:
     """A quiet half hour then a busy hour and a half: aggregated workers serve the quiet part
     on fewer GPUs than the smallest xPyD pair, disaggregated serving the busy part; the switch
@@ -221,6 +223,8 @@ def test_agg_intervals_where_aggregated_serving_needs_fewer_gpus() -> None:
     assert t["slo_attainment"] >= 0.99
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # both modes searched, then replayed
 def test_gpu_hours_count_draining_workers_until_they_drained() -> None:
     """After a scale-down the stopped workers hold their GPUs until their last request left
     (the replay says when): those GPU-hours are in the total and reported apart."""
