@@ -244,7 +244,8 @@ def test_gpu_hours_count_draining_workers_until_they_drained() -> None:
     )
     assert r.gpu_hours == pytest.approx(expect / 3600.0, rel=1e-9)
     assert r.draining_gpu_hours == pytest.approx(
-        sum(sp.shape.gpus_per_worker * (drained[k] - sp.off_s) for k, sp in stopped) / 3600.0,
+        sum(sp.shape.gpus_per_worker * max(0.0, drained[k] - sp.off_s) for k, sp in stopped)
+        / 3600.0,
         rel=1e-9,
     )
 
