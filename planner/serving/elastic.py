@@ -35,12 +35,13 @@ import numpy as np
 from planner.perf.params import PerfContext
 from planner.serving import _loop as L
 from planner.serving.kvtransfer import transfer
-from planner.serving.scheduler import KV_ADMISSION, SchedulerSettings
+from planner.serving.scheduler import SchedulerSettings
 from planner.serving.simulate import (
     REQUEST_OVERHEAD_MS,
     Trace,
     _graphs,
     _one_request_ms,
+    _sched_vector,
     kv_capacity,
 )
 from planner.types import Parallelism
@@ -178,14 +179,8 @@ def simulate_elastic(
     isl = np.asarray(trace.isl, np.float64)
     osl = np.asarray(trace.osl, np.float64)
     n = isl.shape[0]
-    s_vec = np.zeros(L.SCHED_SLOTS)
-    s_vec[L.S_BUDGET] = sched.max_num_batched_tokens
-    s_vec[L.S_CHUNKED] = float(sched.enable_chunked_prefill)
-    s_vec[L.S_MIXED] = float(sched.mixed_batches)
-    s_vec[L.S_POLICY] = KV_ADMISSION.index(sched.kv_admission)
-    s_vec[L.S_RATIO_INIT] = sched.new_token_ratio
-    s_vec[L.S_RATIO_MIN] = sched.min_new_token_ratio
-    s_vec[L.S_RATIO_DECAY] = sched.new_token_ratio_decay
+    # the engine's scheduler; capacities, limits and transfer times come from the table
+    s_vec = _sched_vector(sched, sched, 0.0, 0.0)
     t_first, t_done = np.zeros(n), np.zeros(n)
     order, stats = np.zeros(n, np.int64), np.zeros(L.STAT_SLOTS)
     drained = np.zeros(len(rows))
