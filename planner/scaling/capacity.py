@@ -180,42 +180,96 @@ def prefill_capacity(
     )
 
 
+@njit(cache=True, nogil=True)
+def _miss(
+    rate: float,
+    workers: int,
+    r_worker: float,
+    service_ms: float,
+    residual_ms: float,
+    c: np.ndarray,
+    w: np.ndarray,
+    ttft_ms: float,
+) -> float:
+    late = 0.0
+    for k in range(c.shape[0]):
+        if c[k] > ttft_ms:
+            late += w[k]
+    if rate <= 0.0:
+        return late
+    if workers <= 0 or r_worker <= 0.0:
+        return 1.0
+    rho = rate / (workers * r_worker)
+    if rho >= 1.0:
+        return 1.0
+    cs2 = max(residual_ms / service_ms - 1.0, 0.0)  # E[t^2] / E[t]^2 - 1
+    mean = rho / (1.0 - rho) * (1.0 / workers + cs2) / 2.0 * service_ms
+    theta = max(mean / rho, 1e-12)  # mean wait of those who wait
+    out = late
+    for k in range(c.shape[0]):
+        if c[k] <= ttft_ms:
+            out += w[k] * min(1.0, rho * math.exp(-(ttft_ms - c[k]) / theta))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _ttft_at(
+    rate: float,
+    workers: int,
+    r_worker: float,
+    service_ms: float,
+    residual_ms: float,
+    c: np.ndarray,
+    w: np.ndarray,
+    p: float,
+) -> float:
+    args = (workers, r_worker, service_ms, residual_ms, c, w)
+    if c.shape[0] == 0 or _miss(rate, *args, np.inf) >= 1.0:
+        return np.inf
+    lo, hi = 0.0, c.max() + 1.0
+    while _miss(rate, *args, hi) > 1.0 - p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if _miss(rate, *args, mid) > 1.0 - p:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def prefill_miss(rate: float, workers: int, cap: PrefillCapacity, ttft_ms: float) -> float:
     """Share of requests whose TTFT exceeds ``ttft_ms`` with ``workers`` prefill workers fed in
     turn at ``rate`` (1 at or past their capacity)."""
-    c = np.array(cap.class_ttft_ms)
-    w = np.array(cap.class_share)
-    late = float(w[c > ttft_ms].sum())
-    if rate <= 0.0:
-        return late
-    if workers <= 0 or cap.requests_per_s <= 0.0:
-        return 1.0
-    rho = rate / (workers * cap.requests_per_s)
-    if rho >= 1.0:
-        return 1.0
-    cs2 = max(cap.residual_ms / cap.service_ms - 1.0, 0.0)  # E[t^2] / E[t]^2 - 1
-    mean = rho / (1.0 - rho) * (1.0 / workers + cs2) / 2.0 * cap.service_ms
-    theta = mean / rho  # mean wait of those who wait
-    ok = c <= ttft_ms
-    tail = np.minimum(1.0, rho * np.exp(-(ttft_ms - c[ok]) / max(theta, 1e-12)))
-    return late + float(w[ok] @ tail)
+    return float(
+        _miss(
+            rate,
+            workers,
+            cap.requests_per_s,
+            cap.service_ms,
+            cap.residual_ms,
+            np.asarray(cap.class_ttft_ms, dtype=np.float64),
+            np.asarray(cap.class_share, dtype=np.float64),
+            ttft_ms,
+        )
+    )
 
 
 def prefill_ttft_ms(rate: float, workers: int, cap: PrefillCapacity, p: float) -> float:
     """TTFT at quantile ``p`` of ``workers`` prefill workers at ``rate`` (inf past capacity):
     where ``prefill_miss`` falls to ``1 - p``, by bisection."""
-    if not cap.class_ttft_ms or prefill_miss(rate, workers, cap, math.inf) >= 1.0:
-        return math.inf
-    lo, hi = 0.0, max(cap.class_ttft_ms) + 1.0
-    while prefill_miss(rate, workers, cap, hi) > 1.0 - p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if prefill_miss(rate, workers, cap, mid) > 1.0 - p:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return float(
+        _ttft_at(
+            rate,
+            workers,
+            cap.requests_per_s,
+            cap.service_ms,
+            cap.residual_ms,
+            np.asarray(cap.class_ttft_ms, dtype=np.float64),
+            np.asarray(cap.class_share, dtype=np.float64),
+            p,
+        )
+    )
 
 
 def prefill_workers(rate: float, cap: PrefillCapacity, ttft_ms: float, p: float) -> int:
