@@ -6,12 +6,20 @@ worker's usable request rate for every interval's mix:
 prefill  Each class ``k`` of the mix is priced at its own prompt length (``prefill_worker``):
          batch time ``t_k`` (time to first token of a full batch, plus the KV-transfer tail) and
          ``r_k`` prompts/s. The worker's rate is the weighted harmonic mean ``1 / sum(w_k / r_k)``;
-         its compute TTFT is the classes' weighted percentile at the SLO's. The pool shares one
-         queue: its ``x * batch`` prompt slots, each turning over one prompt per batch time, are
-         an M/M/c queue whose wait at the SLO percentile is ``ln(C / (1 - p)) / (c mu - rate)``
-         (``C`` the Erlang-C probability of waiting); exponential service overstates the wait
-         of near-constant batch times, so the sizing errs on the safe side. A worker can also
-         send no more KV than its shard-holding GPUs' links carry.
+         its compute TTFT is the classes' weighted percentile at the SLO's, plus the calibrated
+         per-request overhead outside the engine (``simulate.REQUEST_OVERHEAD_MS``, as the
+         replay charges it). Arrivals go to the prefill workers in turn and queue at each (as
+         the engine loop routes them): Poisson traffic dealt out in turn reaches each of ``x``
+         workers with Erlang-``x`` gaps (squared coefficient of variation ``1 / x``), so each
+         worker is a G/G/1 queue at ``rate / x`` whose mean wait is Kingman's
+         ``rho / (1 - rho) (1 / x + c_s^2) / 2 E[t]`` (``c_s^2`` of the batch times ``t`` over
+         the mix; at ``x = 1`` the Pollaczek-Khinchine M/G/1 mean). As in the serving layer's
+         queue (``queueing``), a request waits at all with probability ``rho`` and then an
+         exponential time with the rest of that mean. A request of class ``k`` misses a TTFT
+         target ``T`` when its wait exceeds ``T - c_k`` (``c_k`` its compute TTFT), so the
+         pool's share of misses is ``sum_k w_k P(W > T - c_k)``; the TTFT at the SLO percentile
+         is the ``T`` where that share is ``1 - p``. A worker can also send no more KV than its
+         shard-holding GPUs' links carry.
 decode   A worker holds ``batch`` sequences at the mix's mean decode context (long answers weigh
          more: ``E[osl (isl + osl / 2)] / E[osl]``), turning over
          ``batch / (TPOT * (E[osl] - 1))`` requests/s. TPOT must meet the target at that context.
@@ -35,6 +43,7 @@ from planner.perf.params import PerfContext
 from planner.serving.kvtransfer import kv_bytes_per_request, sending_gpus, transfer
 from planner.serving.phases import evaluate_decode
 from planner.serving.queueing import PERCENTILES
+from planner.serving.simulate import REQUEST_OVERHEAD_MS
 from planner.serving.workers import prefill_worker
 from planner.types import Parallelism, Pool, Workload
 
@@ -92,9 +101,24 @@ def decode_context(mix: Sequence[Workload]) -> float:
 @dataclass(frozen=True)
 class PrefillCapacity:
     requests_per_s: float  # prompts/s per worker when always busy
-    compute_ttft_ms: float  # batch time + KV tail at the SLO percentile's class
-    service_ms: float  # worker time per batch (ms)
+    compute_ttft_ms: float  # overhead + batch time + KV tail at the SLO percentile's class
+    service_ms: float  # worker time per batch (ms), the mix's mean
     link_requests_per_s: float  # most prompts/s per worker the KV links carry
+    residual_ms: float = 0.0  # E[t^2] / E[t] of the batch times t over the mix (ms)
+    class_ttft_ms: tuple[float, ...] = ()  # compute TTFT of each class of the mix
+    class_share: tuple[float, ...] = ()  # each class's share of the requests
+
+    def scaled(self, k: float) -> PrefillCapacity:
+        """The same worker running ``k`` times slower (a latency correction)."""
+        return PrefillCapacity(
+            self.requests_per_s / k,
+            self.compute_ttft_ms * k,
+            self.service_ms * k,
+            self.link_requests_per_s,
+            self.residual_ms * k,
+            tuple(c * k for c in self.class_ttft_ms),
+            self.class_share,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,7 @@ def prefill_capacity(
     share = np.array([m.weight for m in mix], dtype=np.float64)
     share = share / share.sum()
     lat, seconds_per_prompt, link_rate = [], 0.0, math.inf
+    batch_ms = []
     for w, m in zip(share, mix, strict=True):
         pm = prefill_worker(ctx, par, b, m.isl)
         if not pm.fits or pm.rate_per_s <= 0:
@@ -131,7 +156,8 @@ def prefill_capacity(
             0.0,
             link_bytes_per_s,
         )
-        lat.append(pm.step_ms + tail)
+        lat.append(REQUEST_OVERHEAD_MS["disagg"] + pm.step_ms + tail)
+        batch_ms.append(b / pm.rate_per_s * 1e3)
         seconds_per_prompt += w / pm.rate_per_s
         per_request = kv_bytes_per_request(ctx.mv, ctx.hv, float(m.isl))
         senders = sending_gpus(ctx.mv, float(par.tp), float(par.pp), float(par.attention_dp))
@@ -141,33 +167,119 @@ def prefill_capacity(
     cum = np.cumsum(share[order])
     pick = int(order[min(int((cum < p - 1e-12).sum()), len(lat) - 1)])
     rate = 1.0 / seconds_per_prompt
-    return PrefillCapacity(rate, lat[pick], b / rate * 1e3, link_rate)
+    t = np.array(batch_ms)
+    residual = float(share @ (t * t) / (share @ t))
+    return PrefillCapacity(
+        rate,
+        lat[pick],
+        b / rate * 1e3,
+        link_rate,
+        residual,
+        tuple(float(v) for v in lat),
+        tuple(float(v) for v in share),
+    )
 
 
 @njit(cache=True, nogil=True)
-def prefill_wait_ms(rate: float, workers: int, batch: int, service_ms: float, p: float) -> float:
-    """Wait at quantile ``p`` of the pool's shared queue (M/M/c over its prompt slots)."""
+def _miss(
+    rate: float,
+    workers: int,
+    r_worker: float,
+    service_ms: float,
+    residual_ms: float,
+    c: np.ndarray,
+    w: np.ndarray,
+    ttft_ms: float,
+) -> float:
+    late = 0.0
+    for k in range(c.shape[0]):
+        if c[k] > ttft_ms:
+            late += w[k]
     if rate <= 0.0:
-        return 0.0
-    slots = workers * batch
-    mu = 1e3 / service_ms  # prompts/s per slot
-    offered = rate / mu
-    if offered >= slots:
-        return math.inf
-    c = erlang_c(slots, offered)
-    if c <= 1.0 - p:
-        return 0.0
-    return math.log(c / (1.0 - p)) / (slots * mu - rate) * 1e3
+        return late
+    if workers <= 0 or r_worker <= 0.0:
+        return 1.0
+    rho = rate / (workers * r_worker)
+    if rho >= 1.0:
+        return 1.0
+    cs2 = max(residual_ms / service_ms - 1.0, 0.0)  # E[t^2] / E[t]^2 - 1
+    mean = rho / (1.0 - rho) * (1.0 / workers + cs2) / 2.0 * service_ms
+    theta = max(mean / rho, 1e-12)  # mean wait of those who wait
+    out = late
+    for k in range(c.shape[0]):
+        if c[k] <= ttft_ms:
+            out += w[k] * min(1.0, rho * math.exp(-(ttft_ms - c[k]) / theta))
+    return out
 
 
-def prefill_workers(rate: float, cap: PrefillCapacity, batch: int, ttft_ms: float, p: float) -> int:
+@njit(cache=True, nogil=True)
+def _ttft_at(
+    rate: float,
+    workers: int,
+    r_worker: float,
+    service_ms: float,
+    residual_ms: float,
+    c: np.ndarray,
+    w: np.ndarray,
+    p: float,
+) -> float:
+    args = (workers, r_worker, service_ms, residual_ms, c, w)
+    if c.shape[0] == 0 or _miss(rate, *args, np.inf) >= 1.0:
+        return np.inf
+    lo, hi = 0.0, c.max() + 1.0
+    while _miss(rate, *args, hi) > 1.0 - p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if _miss(rate, *args, mid) > 1.0 - p:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def prefill_miss(rate: float, workers: int, cap: PrefillCapacity, ttft_ms: float) -> float:
+    """Share of requests whose TTFT exceeds ``ttft_ms`` with ``workers`` prefill workers fed in
+    turn at ``rate`` (1 at or past their capacity)."""
+    return float(
+        _miss(
+            rate,
+            workers,
+            cap.requests_per_s,
+            cap.service_ms,
+            cap.residual_ms,
+            np.asarray(cap.class_ttft_ms, dtype=np.float64),
+            np.asarray(cap.class_share, dtype=np.float64),
+            ttft_ms,
+        )
+    )
+
+
+def prefill_ttft_ms(rate: float, workers: int, cap: PrefillCapacity, p: float) -> float:
+    """TTFT at quantile ``p`` of ``workers`` prefill workers at ``rate`` (inf past capacity):
+    where ``prefill_miss`` falls to ``1 - p``, by bisection."""
+    return float(
+        _ttft_at(
+            rate,
+            workers,
+            cap.requests_per_s,
+            cap.service_ms,
+            cap.residual_ms,
+            np.asarray(cap.class_ttft_ms, dtype=np.float64),
+            np.asarray(cap.class_share, dtype=np.float64),
+            p,
+        )
+    )
+
+
+def prefill_workers(rate: float, cap: PrefillCapacity, ttft_ms: float, p: float) -> int:
     """Fewest prefill workers whose TTFT at quantile ``p`` meets ``ttft_ms`` (10**9: none)."""
     if rate <= 0.0:
         return 0
-    if cap.requests_per_s <= 0.0 or cap.compute_ttft_ms > ttft_ms:
+    if cap.requests_per_s <= 0.0 or prefill_miss(0.0, 1, cap, ttft_ms) > 1.0 - p:
         return 10**9
     x = max(1, math.ceil(rate / min(cap.requests_per_s, cap.link_requests_per_s) - 1e-9))
-    while cap.compute_ttft_ms + prefill_wait_ms(rate, x, batch, cap.service_ms, p) > ttft_ms:
+    while prefill_miss(rate, x, cap, ttft_ms) > 1.0 - p:
         x += 1
     return x
 

@@ -1,8 +1,15 @@
 """Runtime rate matching: how many prefill and decode workers the traffic of the moment needs.
 
-A scheduler calls this every few seconds with what it observes (arrival rate, mean ISL and OSL,
-the workers it runs, their measured TTFT and TPOT). The answer uses the schedule's capacity model
-(``capacity``) for the running configurations, corrected by observed / predicted latency:
+A scheduler calls this every few seconds with what it observes (arrival rate, ISL and OSL as
+means or as recent p50/p90/p99, the workers it runs, their measured TTFT and TPOT). The answer
+uses the schedule's capacity model (``capacity``) for the running configurations, corrected by
+observed / predicted latency:
+
+0. Lengths: a mean is one class; percentiles become three classes at the p50, p90 and p99 with
+   the probability mass nearest each (0.7, 0.245 and 0.055: the cuts fall midway between the
+   levels 0.5, 0.9 and 0.99), ISL and OSL taken as independent (nine classes). The capacity model
+   prices each class at its own length, so long prompts set the compute TTFT at the SLO
+   percentile and weigh on the prefill rate as they do in the traffic.
 
 1. Predict TTFT (at the SLO percentile) and TPOT for the current counts at the observed rate.
 2. Corrections ``k_ttft = observed / predicted`` and ``k_tpot`` likewise (1 without an
@@ -16,7 +23,10 @@ the workers it runs, their measured TTFT and TPOT). The answer uses the schedule
 4. Headroom: the extra rate the target deployment absorbs before either pool misses the SLO, as a
    fraction of the observed rate.
 
-Everything runs on the configurations given; choosing new shapes is the schedule's job.
+Everything runs on the configurations given; choosing new shapes is the schedule's job. Models and
+GPUs resolve in the catalogs given (built-in and custom entries, as in Plan); performance contexts
+are cached per (model, GPU, engine, precision, memory fraction), so a repeated call costs the
+capacity model alone.
 """
 
 from __future__ import annotations
@@ -30,18 +40,27 @@ from typing import Any
 import numpy as np
 
 from planner import validate
-from planner.catalog import default_gpus, default_models, load_engine
+from planner.catalog import (
+    GpuCatalog,
+    GpuSpec,
+    ModelCatalog,
+    ModelSpec,
+    default_gpus,
+    default_models,
+    load_engine,
+)
 from planner.errors import InvalidInputError
 from planner.perf.params import PerfContext
 from planner.scaling.capacity import (
     DecodeCapacity,
-    PrefillCapacity,
     Shape,
+    decode_context,
     decode_steps,
     decode_workers,
     erlang_c,
     prefill_capacity,
-    prefill_wait_ms,
+    prefill_miss,
+    prefill_ttft_ms,
     prefill_workers,
 )
 from planner.serving.kvtransfer import link_between_pools
@@ -49,6 +68,17 @@ from planner.serving.queueing import PERCENTILES
 from planner.types import Slo, Workload
 
 CORRECTION_RANGE = (0.25, 4.0)
+# probability mass each observed percentile stands for: cuts midway between 0.5, 0.9 and 0.99
+PERCENTILE_MASS = {"p50": 0.7, "p90": 0.245, "p99": 0.055}
+
+
+@dataclass(frozen=True)
+class LengthPercentiles:
+    """Recent percentiles of a length (tokens), non-decreasing."""
+
+    p50: float
+    p90: float
+    p99: float
 
 
 @dataclass(frozen=True)
@@ -57,8 +87,8 @@ class RateMatchRequest:
     gpu: str
     slo: Slo
     requests_per_s: float  # observed arrival rate
-    isl: float  # observed mean prompt tokens
-    osl: float  # observed mean output tokens
+    isl: float  # observed mean prompt tokens (unused with isl_percentiles)
+    osl: float  # observed mean output tokens (unused with osl_percentiles)
     prefill: Shape
     prefill_workers: int  # running now
     decode: Shape
@@ -69,6 +99,9 @@ class RateMatchRequest:
     precision_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     engine: str = "vllm"
+    isl_percentiles: LengthPercentiles | None = None
+    osl_percentiles: LengthPercentiles | None = None
+    memory_fraction: float | None = None  # the engine's memory fraction; None: its default
 
 
 @dataclass(frozen=True)
@@ -93,20 +126,60 @@ class RateMatchResult:
 
 
 @functools.lru_cache(maxsize=64)
-def _context(model: str, gpu: str, engine: str, dtype: str, kv_dtype: str) -> PerfContext:
+def _context(
+    model: ModelSpec,
+    gpu: GpuSpec,
+    engine: str,
+    dtype: str,
+    kv_dtype: str,
+    memory_fraction: float | None,
+) -> PerfContext:
     return PerfContext.build(
-        default_models().get(model, "model"),
-        default_gpus().get(gpu, "gpu"),
-        load_engine(engine, "engine"),
-        dtype,
-        kv_dtype,
+        model, gpu, load_engine(engine, "engine"), dtype, kv_dtype, memory_fraction
     )
+
+
+def _lengths(mean: float, pct: LengthPercentiles | None) -> list[tuple[int, float]]:
+    """(tokens, share) classes of one length: the mean alone, or the percentiles' points."""
+    if pct is None:
+        return [(max(1, round(mean)), 1.0)]
+    out: dict[int, float] = {}
+    for name, mass in PERCENTILE_MASS.items():
+        tokens = max(1, round(getattr(pct, name)))
+        out[tokens] = out.get(tokens, 0.0) + mass
+    return list(out.items())
+
+
+def traffic_mix(req: RateMatchRequest) -> tuple[Workload, ...]:
+    """The observed lengths as a mix (ISL and OSL independent)."""
+    return tuple(
+        Workload(i, o, wi * wo)
+        for i, wi in _lengths(req.isl, req.isl_percentiles)
+        for o, wo in _lengths(req.osl, req.osl_percentiles)
+    )
+
+
+def _validate_lengths(mean: float, pct: LengthPercentiles | None, name: str) -> None:
+    if pct is None:
+        validate.number(mean, name, 1.0, validate.MAX_TOKENS)
+        return
+    last = 0.0
+    for level in PERCENTILE_MASS:
+        v = getattr(pct, level)
+        validate.number(v, f"{name}_percentiles.{level}", 1.0, validate.MAX_TOKENS)
+        if v < last:
+            raise InvalidInputError(
+                f"{name}_percentiles.{level}", f"must be at least the lower percentile, {last:g}"
+            )
+        last = v
 
 
 def _validate(req: RateMatchRequest) -> None:
     validate.number(req.requests_per_s, "requests_per_s", 0.0, 1e7)
-    validate.number(req.isl, "isl", 1.0, validate.MAX_TOKENS)
-    validate.number(req.osl, "osl", 1.0, validate.MAX_TOKENS)
+    _validate_lengths(req.isl, req.isl_percentiles, "isl")
+    _validate_lengths(req.osl, req.osl_percentiles, "osl")
+    if req.memory_fraction is not None:
+        validate.number(req.memory_fraction, "memory_fraction", 0.0, 1.0, lo_open=True)
     validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
     validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
     if req.slo.percentile not in PERCENTILES:
@@ -134,33 +207,37 @@ def _decode_tpot(tpot_by_batch: np.ndarray, running: float) -> float:
     return float(tpot_by_batch[i])
 
 
-def rate_match(req: RateMatchRequest) -> RateMatchResult:
-    """Target worker counts for the observed traffic; raises ``InvalidInputError``."""
+def rate_match(
+    req: RateMatchRequest, models: ModelCatalog | None = None, gpus: GpuCatalog | None = None
+) -> RateMatchResult:
+    """Target worker counts for the observed traffic; raises ``InvalidInputError``. ``models``
+    and ``gpus`` default to the built-in catalogs."""
     start = time.perf_counter()
     _validate(req)
-    ctx = _context(req.model, req.prefill.gpu, req.engine, req.precision_dtype, req.kv_dtype)
-    dctx = _context(req.model, req.decode.gpu, req.engine, req.precision_dtype, req.kv_dtype)
+    models = models or default_models()
+    gpus = gpus or default_gpus()
+    model = models.get(req.model, "model")
+    prec = (req.engine, req.precision_dtype, req.kv_dtype, req.memory_fraction)
+    ctx = _context(model, gpus.get(req.prefill.gpu, "prefill.gpu"), *prec)
+    dctx = _context(model, gpus.get(req.decode.gpu, "decode.gpu"), *prec)
     validate.parallelism(req.prefill.parallelism, ctx.model, "prefill")
     validate.parallelism(req.decode.parallelism, dctx.model, "decode")
-    isl, osl = round(req.isl), round(req.osl)
-    mix = (Workload(isl, osl, 1.0),)
+    mix = traffic_mix(req)
+    osl = sum(m.osl * m.weight for m in mix)
     link = link_between_pools(ctx.gpu, dctx.gpu, 1 << 30)
     p = PERCENTILES[req.slo.percentile]
     rate = req.requests_per_s
     pc = prefill_capacity(ctx, req.prefill, mix, req.slo.percentile, link)
     if pc.requests_per_s <= 0:
+        longest = max(m.isl for m in mix)
         raise InvalidInputError(
-            "prefill", f"{req.prefill.label()} does not fit a {isl}-token prompt"
+            "prefill", f"{req.prefill.label()} does not fit a {longest}-token prompt"
         )
-    tpot_b, fits = decode_steps(dctx, req.decode, isl + osl / 2.0)
+    tpot_b, fits = decode_steps(dctx, req.decode, decode_context(mix))
     steps = max(osl - 1.0, 1.0)
     # 1. the model's view of the current deployment
     x0, y0 = req.prefill_workers, req.decode_workers
-    ttft0 = (
-        pc.compute_ttft_ms + prefill_wait_ms(rate, x0, req.prefill.batch, pc.service_ms, p)
-        if x0 > 0
-        else math.inf
-    )
+    ttft0 = prefill_ttft_ms(rate, x0, pc, p) if x0 > 0 else math.inf
     running0 = min(float(req.decode.batch), rate * steps * float(tpot_b[-1]) / 1e3 / max(y0, 1))
     tpot0 = _decode_tpot(tpot_b, running0)
     # 2. corrections
@@ -170,21 +247,16 @@ def rate_match(req: RateMatchRequest) -> RateMatchResult:
         else 1.0
     )
     k_d = _clamp(req.observed_tpot_ms / tpot0) if req.observed_tpot_ms else 1.0
-    pcc = PrefillCapacity(
-        pc.requests_per_s / k_t,
-        pc.compute_ttft_ms * k_t,
-        pc.service_ms * k_t,
-        pc.link_requests_per_s,
-    )
+    pcc = pc.scaled(k_t)
     ok = np.nonzero((tpot_b * k_d <= req.slo.tpot_ms) & fits)[0]
     batch = int(ok[-1]) + 1 if ok.size else 1
     t_full = float(tpot_b[batch - 1]) * k_d
     dcc = DecodeCapacity(batch / (t_full * steps) * 1e3, t_full, bool(fits[batch - 1]))
     # 3. target counts
-    x = prefill_workers(rate, pcc, req.prefill.batch, req.slo.ttft_ms, p)
+    x = prefill_workers(rate, pcc, req.slo.ttft_ms, p)
     y = decode_workers(rate, dcc, batch, req.slo.percentile)
     x, y = max(x, req.min_workers), max(y, req.min_workers)
-    ttft = pcc.compute_ttft_ms + prefill_wait_ms(rate, x, req.prefill.batch, pcc.service_ms, p)
+    ttft = prefill_ttft_ms(rate, x, pcc, p)
     running = min(float(batch), rate * steps * t_full / 1e3 / y)
     tpot = _decode_tpot(tpot_b, running) * k_d
     # 4. headroom: the largest rate both pools still serve at the SLO, by bisection
@@ -192,10 +264,7 @@ def rate_match(req: RateMatchRequest) -> RateMatchResult:
     cap_d = y * dcc.requests_per_s
     for _ in range(30):
         mid = 0.5 * (lo + hi)
-        ok_p = (
-            pcc.compute_ttft_ms + prefill_wait_ms(mid, x, req.prefill.batch, pcc.service_ms, p)
-            <= req.slo.ttft_ms
-        )
+        ok_p = prefill_miss(mid, x, pcc, req.slo.ttft_ms) <= 1.0 - p
         ok_d = mid < cap_d and erlang_c(y * batch, mid * batch / dcc.requests_per_s) <= 1.0 - p
         if ok_p and ok_d:
             lo = mid

@@ -2,30 +2,31 @@
 
 The seam between scaling and the serving simulation is one function, ``simulate``: it takes the
 worker spans of a deployment (each worker's configuration and the times it accepts work) and the
-request arrivals, and returns every request's TTFT and TPOT. ``draw_arrivals`` turns a traffic
-series into Poisson arrivals (a fixed rate within each interval, lengths drawn from its mix) with a
-seed, so a schedule and the static deployments it is compared with see the same requests.
+request arrivals, and returns every request's TTFT and TPOT and when each worker finished
+draining. ``draw_arrivals`` turns a traffic series into Poisson arrivals (a fixed rate within
+each interval, lengths drawn from its mix) with a seed, so a schedule and the static deployments
+it is compared with see the same requests.
 
-The event simulation itself is ``replaykernel.replay_disagg``; the tables it reads (batch and
-step times per configuration) come from the same performance model the planner uses
-(``phases.evaluate_prefill``/``evaluate_decode`` and the KV-transfer tail).
+The event simulation is the serving layer's engine loop, the one every estimate runs
+(``serving.elastic.simulate_elastic``: workers join at their start and drain after they stop
+accepting).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from planner.perf.params import PerfContext
 from planner.scaling.capacity import Shape
-from planner.scaling.replaykernel import replay_disagg
 from planner.scaling.traffic import TrafficSeries
-from planner.serving.kvtransfer import transfer
-from planner.serving.phases import evaluate_decode, evaluate_prefill
+from planner.serving.elastic import WorkerSpan, simulate_elastic
+from planner.serving.scheduler import SchedulerSettings
+from planner.serving.simulate import Trace
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class ReplayResult:
     tpot_ms: np.ndarray
     interval: np.ndarray  # the interval each request arrived in
     ok: np.ndarray  # both targets met
+    drained_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per span: last work
 
     @property
     def attainment(self) -> float:
@@ -105,127 +107,37 @@ class ReplayResult:
             return np.where(total > 0, good / np.maximum(total, 1), np.nan)
 
 
-def _columns(s: Shape, like: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    tp, pp, ep, dp = (np.full(like.shape, float(v)) for v in (s.tp, s.pp, s.ep, s.attention_dp))
-    return tp, pp, ep, dp
-
-
-class Tables:
-    """Batch and step times of each worker configuration for the classes of one replay."""
-
-    def __init__(
-        self,
-        ctx: PerfContext,
-        dctx: PerfContext,
-        arrivals: Arrivals,
-        link_bytes_per_s: float,
-    ) -> None:
-        self.ctx, self.dctx, self.arrivals, self.link = ctx, dctx, arrivals, link_bytes_per_s
-        self.prefill: list[Shape] = []
-        self.decode: list[Shape] = []
-
-    def index(self, shape: Shape) -> int:
-        pool = self.prefill if shape.role == "prefill" else self.decode
-        if shape not in pool:
-            pool.append(shape)
-        return pool.index(shape)
-
-    def prefill_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        a = self.arrivals
-        bmax = max(s.batch for s in self.prefill)
-        ms = np.full((len(self.prefill), max(a.isl.size, 1), bmax), math.inf)
-        kv = np.zeros((len(self.prefill), max(a.isl.size, 1)))
-        for i, s in enumerate(self.prefill):
-            b = np.arange(1, s.batch + 1, dtype=np.float64)
-            tp, pp, ep, dp = _columns(s, b)
-            for c, isl in enumerate(a.isl):
-                r = evaluate_prefill(self.ctx, tp, pp, ep, dp, b, float(isl), 0.0)
-                ms[i, c, : s.batch] = r.latency_ms
-                kv[i, c], _ = transfer(
-                    self.ctx.mv,
-                    self.ctx.hv,
-                    float(isl),
-                    float(s.batch),
-                    float(s.tp),
-                    float(s.pp),
-                    float(s.attention_dp),
-                    float(r.latency_ms[-1]),
-                    0.0,
-                    self.link,
-                )
-        return np.array([s.batch for s in self.prefill], np.int64), ms, kv
-
-    def decode_arrays(self) -> tuple[np.ndarray, ...]:
-        a = self.arrivals
-        lo = float(a.isl.min()) if a.isl.size else 1.0
-        hi = float((a.isl + a.osl).max()) if a.isl.size else 2.0
-        bmax = max(s.batch for s in self.decode)
-        ms0 = np.full((len(self.decode), bmax), math.inf)
-        ms1 = np.full((len(self.decode), bmax), math.inf)
-        for i, s in enumerate(self.decode):
-            b = np.arange(1, s.batch + 1, dtype=np.float64)
-            tp, pp, ep, dp = _columns(s, b)
-            ms0[i, : s.batch] = evaluate_decode(self.dctx, tp, pp, ep, dp, b, lo).latency_ms
-            ms1[i, : s.batch] = evaluate_decode(self.dctx, tp, pp, ep, dp, b, hi).latency_ms
-        n = len(self.decode)
-        return (
-            np.array([s.batch for s in self.decode], np.int64),
-            ms0,
-            ms1,
-            np.full(n, lo),
-            np.full(n, max(hi, lo)),
-        )
-
-
 def simulate(
-    prefill: Sequence[Span],
-    decode: Sequence[Span],
+    spans: Sequence[Span],
     arrivals: Arrivals,
     ctx: PerfContext,
     dctx: PerfContext,
+    sched: SchedulerSettings,
     link_bytes_per_s: float,
     ttft_target_ms: float,
     tpot_target_ms: float,
 ) -> ReplayResult:
-    """Per-request TTFT and TPOT of ``arrivals`` served by these prefill and decode workers."""
-    tables = Tables(ctx, dctx, arrivals, link_bytes_per_s)
-    p_cfg = np.array([tables.index(s.shape) for s in prefill], np.int64)
-    d_cfg = np.array([tables.index(s.shape) for s in decode], np.int64)
-    p_batch, p_ms, p_kv = tables.prefill_arrays()
-    d_batch, d_ms0, d_ms1, d_ctx0, d_ctx1 = tables.decode_arrays()
-    n = arrivals.t_s.size
-    ttft, tpot = np.zeros(n), np.zeros(n)
-    busy = np.zeros(len(prefill) + len(decode))
-    replay_disagg(
-        arrivals.t_s,
-        arrivals.cls,
-        arrivals.isl,
-        arrivals.osl,
-        p_cfg,
-        np.array([s.on_s for s in prefill]),
-        np.array([s.off_s for s in prefill]),
-        p_batch,
-        p_ms,
-        p_kv,
-        d_cfg,
-        np.array([s.on_s for s in decode]),
-        np.array([s.off_s for s in decode]),
-        d_batch,
-        d_ms0,
-        d_ms1,
-        d_ctx0,
-        d_ctx1,
-        ttft,
-        tpot,
-        busy,
+    """Per-request TTFT and TPOT of ``arrivals`` served by these workers (aggregated, prefill
+    and decode spans in any order), through ``serving.elastic.simulate_elastic``: ``ctx`` is
+    the performance context of aggregated and prefill workers, ``dctx`` of decode workers."""
+    trace = Trace(arrivals.t_s, arrivals.isl[arrivals.cls], arrivals.osl[arrivals.cls])
+    run = simulate_elastic(
+        ctx,
+        dctx,
+        sched,
+        [
+            WorkerSpan(s.shape.role, s.shape.parallelism, s.shape.batch, s.on_s, s.off_s)  # type: ignore[arg-type]
+            for s in spans
+        ],
+        trace,
+        link_bytes_per_s,
     )
+    ttft = np.nan_to_num(run.ttft_ms, nan=math.inf)
+    tpot = np.nan_to_num(run.tpot_ms, nan=math.inf)
     ok = (ttft <= ttft_target_ms) & (tpot <= tpot_target_ms)
-    return ReplayResult(ttft, tpot, arrivals.interval, ok)
+    return ReplayResult(ttft, tpot, arrivals.interval, ok, run.drained_s)
 
 
-def static_spans(prefill: Shape, x: int, decode: Shape, y: int) -> tuple[list[Span], list[Span]]:
-    """A fixed xPyD deployment serving from time 0 to the end."""
-    return (
-        [Span(prefill, 0.0, 0.0, math.inf) for _ in range(x)],
-        [Span(decode, 0.0, 0.0, math.inf) for _ in range(y)],
-    )
+def static_spans(*pools: tuple[Shape, int]) -> list[Span]:
+    """A fixed deployment (``(shape, workers)`` per pool) serving from time 0 to the end."""
+    return [Span(shape, 0.0, 0.0, math.inf) for shape, count in pools for _ in range(count)]

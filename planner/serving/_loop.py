@@ -7,7 +7,18 @@ One kernel serves every way the planner runs an engine:
 * a disaggregated deployment: ``n_front`` prefill-only workers feed ``n_back`` decode-only
   workers through a KV transfer of ``transfer_ms``;
 * under a closed loop (``clients > 0``: request ``r + clients`` arrives when request ``r`` ends,
-  the first ``clients`` at ``arrival[0:clients]``) or open-loop arrivals (``arrival`` for all).
+  the first ``clients`` at ``arrival[0:clients]``) or open-loop arrivals (``arrival`` for all);
+* optionally with a per-worker table (``workers``, slots ``W_*``) in place of the two pools'
+  settings: each worker's role, layout, KV capacity, batch limit, token budget and KV-transfer
+  time, and its availability window. A worker accepts requests from ``W_ON_MS`` until
+  ``W_OFF_MS`` and then drains: it finishes what it holds (queue included) but is routed
+  nothing new. Front workers may mix aggregated and prefill roles (a deployment switching
+  between the two). New requests go to the accepting front workers in turn; a prompt's KV goes
+  to the accepting decode worker with the fewest requests, or, from a prefill worker that has
+  stopped accepting, also to a decode worker that stopped no earlier (the old pools drain
+  together). A request that finds no worker waits for the next to join.
+  ``drained`` receives each worker's last busy moment (ms; its last iteration, or a prefill
+  worker's last KV transfer out).
 
 A worker here is one attention-DP rank; ranks of one model replica are separate workers fed in
 turn. Per iteration and worker (the engine scheduler, parameters in ``sched``):
@@ -64,6 +75,11 @@ T_RUNNING, T_WAITING, T_SPAN, T_TOKENS, T_PREEMPTIONS, T_EVENTS, T_END = 0, 1, 2
 T_PEAK_RUNNING, T_RUNNING_BACK = 7, 8
 STAT_SLOTS = 9
 
+# workers[] columns (one row per worker, front workers first)
+W_ROLE, W_TP, W_PP, W_EP, W_DP, W_CAP, W_MAX_SEQS, W_BUDGET = 0, 1, 2, 3, 4, 5, 6, 7
+W_TRANSFER_MS, W_ON_MS, W_OFF_MS = 8, 9, 10
+WORKER_SLOTS = 11
+
 # status
 OK, NO_FIT, EVENT_LIMIT = 0, 1, 2
 
@@ -111,28 +127,49 @@ def simulate_loop(
     t_done: np.ndarray,
     order: np.ndarray,
     stats: np.ndarray,
+    workers: np.ndarray | None = None,
+    drained: np.ndarray | None = None,
 ) -> int:
     """Run the engines on ``isl.shape[0]`` requests; returns the status (``OK``, ``NO_FIT``,
     ``EVENT_LIMIT``). Fills ``t_first``/``t_done`` (ms, -1 where not reached), ``order`` (request
     ids in completion order, -1 past the last) and ``stats`` (time-weighted running and waiting
-    requests, over the time after ``stat_from`` completions; tokens; preemptions; events)."""
+    requests, over the time after ``stat_from`` completions; tokens; preemptions; events).
+    ``workers`` ([n_front + n_back, WORKER_SLOTS]) replaces the pools' settings per worker;
+    ``drained`` ([n_front + n_back], out) gets each worker's last busy time (ms)."""
     n = isl.shape[0]
     n_w = n_front + n_back
+    # per worker: role, layout, limits, transfer time and availability window
+    wk = np.zeros((n_w, WORKER_SLOTS))
+    if workers is None:
+        for w in range(n_w):
+            front = w < n_front
+            pool = lay_f if front else lay_b
+            wk[w, W_ROLE] = (AGG if n_back == 0 else PREFILL) if front else DECODE
+            wk[w, W_TP], wk[w, W_PP], wk[w, W_EP], wk[w, W_DP] = pool[0], pool[1], pool[2], pool[3]
+            wk[w, W_CAP] = sched[S_CAP_FRONT] if front else sched[S_CAP_BACK]
+            wk[w, W_MAX_SEQS] = sched[S_MAX_SEQS] if front else sched[S_MAX_SEQS_BACK]
+            wk[w, W_BUDGET] = sched[S_BUDGET] if front else sched[S_BUDGET_BACK]
+            wk[w, W_TRANSFER_MS] = sched[S_TRANSFER_MS]
+            wk[w, W_ON_MS] = -np.inf
+            wk[w, W_OFF_MS] = np.inf
+    else:
+        wk[:, :] = workers
+    busy_to = np.zeros(n_w)
     t_first[:] = -1.0
     t_done[:] = -1.0
     order[:] = -1
     stats[:] = 0.0
     if n == 0:
         return OK
-    budget_f = sched[S_BUDGET]
-    budget_b = sched[S_BUDGET_BACK]
     chunked = sched[S_CHUNKED] > 0.5
     mixed = sched[S_MIXED] > 0.5
     policy = int(sched[S_POLICY])
     ratio_init = sched[S_RATIO_INIT]
     ratio_min = sched[S_RATIO_MIN]
     ratio_decay = sched[S_RATIO_DECAY]
-    transfer_ms = sched[S_TRANSFER_MS]
+    transfer_ms = np.inf  # the shortest KV transfer of any front worker
+    for w in range(n_front):
+        transfer_ms = min(transfer_ms, wk[w, W_TRANSFER_MS])
     prefix_hit = sched[S_PREFIX_HIT]
     # per request
     t_arr = arrival  # written for the closed loop's later requests
@@ -155,16 +192,10 @@ def simulate_loop(
     max_run = np.zeros(n_w, np.int64)
     budget = np.zeros(n_w)
     for w in range(n_w):
-        if w < n_front:
-            role[w] = AGG if n_back == 0 else PREFILL
-            cap[w] = sched[S_CAP_FRONT]
-            max_run[w] = int(sched[S_MAX_SEQS])
-            budget[w] = budget_f
-        else:
-            role[w] = DECODE
-            cap[w] = sched[S_CAP_BACK]
-            max_run[w] = int(sched[S_MAX_SEQS_BACK])
-            budget[w] = budget_b
+        role[w] = int(wk[w, W_ROLE])
+        cap[w] = wk[w, W_CAP]
+        max_run[w] = int(wk[w, W_MAX_SEQS])
+        budget[w] = wk[w, W_BUDGET]
     width = 1
     for w in range(n_w):
         width = max(width, max_run[w])
@@ -195,6 +226,8 @@ def simulate_loop(
     n_sched = min(n_sched, n)
     next_arr = 0
     rr_front = 0
+    arr_waiting = False  # the next arrival found no accepting front worker
+    xfer_waiting = False  # a KV transfer found no accepting decode worker
     completions = 0
     t = 0.0
     total_run = 0
@@ -366,7 +399,7 @@ def simulate_loop(
                     room = math.floor((cap[w] - kv_held[w]) / n_dec)
                     steps = max(1.0, min(steps, room))
             is_front = w < n_front
-            lay = lay_f if is_front else lay_b
+            lay = wk[w, W_TP : W_DP + 1]
             hv = hv_f if is_front else hv_b
             cg = cg_f if is_front else cg_b
             cp = cp_f if is_front else cp_b
@@ -404,14 +437,14 @@ def simulate_loop(
                 )
                 if n_run[w] < max_run[w]:
                     t_ext = np.inf
-                    if next_arr < n_sched and rl == AGG:
+                    if next_arr < n_sched and rl == AGG and not arr_waiting:
                         t_ext = t_arr[next_arr]
                     if rl == DECODE:
                         for k in range(n_xfer):
                             t_ext = min(t_ext, t_ready[xfer[k]])
                         for v in range(n_front):
                             if busy[v]:
-                                t_ext = min(t_ext, t_end[v] + transfer_ms)
+                                t_ext = min(t_ext, t_end[v] + wk[v, W_TRANSFER_MS])
                         if next_arr < n_sched:
                             t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
                     if t_ext < np.inf:
@@ -463,14 +496,17 @@ def simulate_loop(
         # ---- the next event ------------------------------------------------------------------
         tn = np.inf
         if next_arr < n_sched:
-            tn = t_arr[next_arr]
+            tn = _next_join(wk, 0, n_front, t) if arr_waiting else t_arr[next_arr]
         for w in range(n_w):
             if busy[w]:
                 tn = min(tn, t_end[w])
         for k in range(n_xfer):
-            tn = min(tn, t_ready[xfer[k]])
+            if t_ready[xfer[k]] > t:
+                tn = min(tn, t_ready[xfer[k]])
+        if xfer_waiting:
+            tn = min(tn, _next_join(wk, n_front, n_w, t))
         if tn == np.inf:
-            status = OK
+            status = OK if next_arr >= n_sched else NO_FIT  # arrivals no worker takes
             for r in range(n):
                 if state[r] != DONE and state[r] != NOT_ARRIVED:
                     status = NO_FIT  # waiting, nothing running: it never fits
@@ -495,6 +531,7 @@ def simulate_loop(
                 continue
             busy[w] = False
             t_free[w] = t
+            busy_to[w] = t
             rl = role[w]
             steps = it_steps[w]
             j = 0
@@ -520,7 +557,7 @@ def simulate_loop(
                             gen[r] = 1.0
                             tokens += 1.0
                             state[r] = TRANSFER
-                            t_ready[r] = t_start[w] + it_lat[w] + transfer_ms
+                            t_ready[r] = t_start[w] + it_lat[w] + wk[w, W_TRANSFER_MS]
                             xfer[n_xfer] = r
                             n_xfer += 1
                             continue
@@ -571,6 +608,7 @@ def simulate_loop(
                 j += 1
 
         # ---- transfers that arrive now, lowest request id first -------------------------------
+        xfer_waiting = False
         while True:
             k = -1
             for q in range(n_xfer):
@@ -579,9 +617,15 @@ def simulate_loop(
             if k < 0:
                 break
             r = xfer[k]
+            # the accepting decode worker with the fewest requests
+            best = _least_loaded(wk, n_run, n_wait, n_front, n_w, t, wk[front_of[r], W_OFF_MS])
+            if best < 0 and osl[r] > 1.0:
+                xfer_waiting = True  # until a decode worker joins
+                break
             n_xfer -= 1
             xfer[k] = xfer[n_xfer]
             f = front_of[r]
+            busy_to[f] = max(busy_to[f], t)
             kv_held[f] -= held[r]
             kv_resv[f] -= resv[r]
             held[r] = 0.0
@@ -616,14 +660,6 @@ def simulate_loop(
                     rr_front += 1
                     total_wait += 1
                 continue
-            # the decode worker with the fewest requests
-            best = n_front
-            load = 1 << 62
-            for v in range(n_front, n_w):
-                lv = n_run[v] + n_wait[v]
-                if lv < load:
-                    best = v
-                    load = lv
             worker[r] = best
             state[r] = WAITING
             t_queued[r] = t
@@ -636,13 +672,18 @@ def simulate_loop(
             n_wait[best] += 1
             total_wait += 1
 
-        # ---- arrivals ------------------------------------------------------------------------
+        # ---- arrivals: to the accepting front workers in turn -----------------------------------
+        arr_waiting = False
         while next_arr < n_sched and t_arr[next_arr] <= t:
+            w = _next_in_turn(wk, rr_front, n_front, t)
+            if w < 0:
+                arr_waiting = True  # until a front worker joins
+                break
             r = next_arr
             next_arr += 1
             _enqueue_new(
                 r,
-                r % n_front if n_back == 0 else -1,
+                w,
                 n_front,
                 rr_front,
                 isl,
@@ -658,8 +699,7 @@ def simulate_loop(
                 n_wait,
             )
             t_queued[r] = t
-            if n_back > 0:
-                rr_front += 1
+            rr_front = w + 1
             total_wait += 1
         if completions >= stop_after:
             status = OK
@@ -668,7 +708,58 @@ def simulate_loop(
     stats[T_PREEMPTIONS] = preemptions
     stats[T_END] = t
     stats[T_PEAK_RUNNING] = peak_run
+    if drained is not None:
+        drained[:] = busy_to
     return status
+
+
+@njit(cache=True, nogil=True)
+def _accepting(wk: np.ndarray, w: int, t: float) -> bool:
+    return bool(wk[w, W_ON_MS] <= t < wk[w, W_OFF_MS])
+
+
+@njit(cache=True, nogil=True)
+def _next_in_turn(wk: np.ndarray, start: int, n_front: int, t: float) -> int:
+    """The first front worker accepting at ``t`` from ``start`` on, cyclically (-1: none)."""
+    for i in range(n_front):
+        w = (start + i) % n_front
+        if _accepting(wk, w, t):
+            return w
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _least_loaded(
+    wk: np.ndarray,
+    n_run: np.ndarray,
+    n_wait: np.ndarray,
+    lo: int,
+    hi: int,
+    t: float,
+    sender_off: float,
+) -> int:
+    """The worker of ``lo..hi - 1`` with the fewest requests, the first on a tie, among those
+    accepting at ``t`` or, for a sender that stopped accepting at ``sender_off``, those joined
+    and stopped no earlier."""
+    best = -1
+    load = 1 << 62
+    for v in range(lo, hi):
+        lv = n_run[v] + n_wait[v]
+        joined = wk[v, W_ON_MS] <= t
+        if lv < load and joined and (t < wk[v, W_OFF_MS] or wk[v, W_OFF_MS] >= sender_off):
+            best = v
+            load = lv
+    return best
+
+
+@njit(cache=True, nogil=True)
+def _next_join(wk: np.ndarray, lo: int, hi: int, t: float) -> float:
+    """When the next of workers ``lo..hi - 1`` starts accepting after ``t`` (inf: never)."""
+    out = np.inf
+    for w in range(lo, hi):
+        if wk[w, W_ON_MS] > t:
+            out = min(out, wk[w, W_ON_MS])
+    return out
 
 
 @njit(cache=True, nogil=True)

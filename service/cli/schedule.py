@@ -16,7 +16,8 @@ import typer
 from rich.table import Table
 
 from planner.errors import InvalidInputError
-from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Precision, Slo
+from planner.serving.scheduler import parse_engine_arg
+from planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Mode, Precision, Slo
 from planner.validate import Violations
 from service.cli import inputs
 from service.cli.app import (
@@ -24,6 +25,7 @@ from service.cli.app import (
     EngineOpt,
     JsonOpt,
     KvDtypeOpt,
+    MemoryFractionOpt,
     ServerOpt,
     app,
     group,
@@ -186,10 +188,29 @@ def schedule(
             "--simulate/--no-simulate", help="Replay the schedule and the static deployments."
         ),
     ] = True,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mode",
+            metavar="agg|disagg",
+            rich_help_panel=_SCALING,
+            help="A serving mode intervals may use (repeatable; default: both).",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     dtype: DtypeOpt = None,
     kv_dtype: KvDtypeOpt = None,
     engine: EngineOpt = None,
+    memory_fraction: MemoryFractionOpt = None,
+    engine_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine-arg",
+            metavar="KEY=VALUE",
+            help="Override an engine scheduler setting (repeatable): max_num_batched_tokens, "
+            "max_num_seqs, enable_chunked_prefill, kv_admission, gpu_memory_utilization, ...",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
@@ -238,6 +259,9 @@ def schedule(
             engine=engine or DEFAULT_ENGINE,
             simulate=simulate,
             seed=seed,
+            memory_fraction=memory_fraction,
+            engine_args=tuple(parse_engine_arg(a, "engine_arg") for a in engine_arg or ()),
+            modes=_modes(mode),
         )
         result, name = runner.schedule(req, spec)
     except InvalidInputError as exc:
@@ -252,7 +276,9 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _layout(pool: dict[str, Any]) -> str:
+def _layout(pool: dict[str, Any] | None) -> str:
+    if not pool:
+        return "-"
     lay = pool["layout"]
     return f"{pool['workers']} x TP{lay['tp']} PP{lay['pp']} b{lay['batch']}"
 
@@ -262,12 +288,13 @@ def _show_schedule(result: dict[str, Any], name: str | None) -> None:
     if name:
         typer.echo(f"stored as {name}")
     table = Table(title="schedule (rows where the deployment changes)")
-    for col in ("start h", "req/s", "ISL", "prefill", "decode", "GPUs", "TTFT ms", "TPOT ms",
-                "met %"):  # fmt: skip
+    for col in ("start h", "req/s", "ISL", "mode", "prefill / agg", "decode", "GPUs", "TTFT ms",
+                "TPOT ms", "met %"):  # fmt: skip
         table.add_column(col, justify="right")
     last = None
     for iv in result["intervals"]:
-        key = (_layout(iv["prefill"]), _layout(iv["decode"]))
+        agg = iv.get("agg")
+        key = (_layout(agg or iv.get("prefill")), _layout(iv.get("decode")))
         if key == last and not iv.get("violation"):
             continue
         last = key
@@ -276,6 +303,7 @@ def _show_schedule(result: dict[str, Any], name: str | None) -> None:
             f"{iv['start_s'] / 3600:.2f}",
             f"{iv['requests_per_s']:.2f}",
             f"{iv['mean_isl']:,.0f}",
+            iv.get("mode") or "disagg",
             key[0],
             key[1],
             str(iv["gpus"]),
@@ -286,8 +314,9 @@ def _show_schedule(result: dict[str, Any], name: str | None) -> None:
     show(table)
     restarts = sum(1 for e in result["events"] if e["restart"] and e["action"] == "reconfigure")
     typer.echo(
-        f"{len(result['events'])} events ({restarts} layout changes needing a restart); "
-        f"peak {t['peak_gpus_in_use']} GPUs in use"
+        f"{len(result['events'])} events ({restarts} layout or mode changes needing a restart); "
+        f"peak {t['peak_gpus_in_use']} GPUs in use; {t.get('agg_intervals') or 0} of "
+        f"{len(result['intervals'])} intervals aggregated"
     )
     tot = Table(title="totals")
     for col in ("deployment", "GPU-hours", "cost", "SLO met %"):
@@ -307,6 +336,19 @@ def _show_schedule(result: dict[str, Any], name: str | None) -> None:
     show(tot)
     for v in t["violations"]:
         typer.echo(f"violation: interval {v['interval']} at {v['start_s']:g} s: {v['reason']}")
+
+
+def _modes(given: list[str] | None) -> tuple[Mode, ...]:
+    """The ``--mode`` values (both modes when none is given)."""
+    if not given:
+        return ("agg", "disagg")
+    out: list[Mode] = []
+    for m in given:
+        if m not in ("agg", "disagg"):
+            raise InvalidInputError("mode", f"must be agg or disagg, got {m!r}")
+        if m not in out:
+            out.append(m)  # type: ignore[arg-type]
+    return tuple(out)
 
 
 @schedules_app.command("list")
@@ -436,16 +478,16 @@ def simulate_cmd(
         )
         if schedule_id is not None:
             stored = remote(server).get_schedule(schedule_id)
-            pre, dec = spans_of_intervals(stored["result"]["intervals"], series, startup_s)
+            spans = spans_of_intervals(stored["result"]["intervals"], series, startup_s)
             what = stored["name"]
         else:
             assert prefill_workers is not None and decode_workers is not None
             assert decode_batch is not None
             pshape = Shape("prefill", gpu, prefill_tp, prefill_pp, 1, 1, prefill_batch)
             dshape = Shape("decode", decode_gpu or gpu, decode_tp, decode_pp, 1, 1, decode_batch)
-            pre, dec = static_spans(pshape, prefill_workers, dshape, decode_workers)
+            spans = static_spans((pshape, prefill_workers), (dshape, decode_workers))
             what = f"{prefill_workers}P{decode_workers}D"
-        replay = simulate_spans(req, pre, dec)
+        replay = simulate_spans(req, spans)
     except InvalidInputError as exc:
         raise CliError(_describe(exc)) from None
     summary = {"deployment": what, **replay.summary()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 from typing import Any
 
 from google.protobuf import json_format
@@ -21,14 +22,17 @@ from pdplanner.v1 import scaling_pb2
 from planner.errors import InvalidInputError
 from planner.scaling.capacity import Shape
 from planner.scaling.forecast import ForecastSpec, Method
-from planner.scaling.ratematch import RateMatchRequest, RateMatchResult
+from planner.scaling.ratematch import LengthPercentiles, RateMatchRequest, RateMatchResult
 from planner.scaling.schedule import ScheduleRequest
 from planner.scaling.traffic import TrafficSeries, from_rows
-from planner.types import DEFAULT_ENGINE, Slo
+from planner.types import DEFAULT_ENGINE, Mode, Slo
 from planner.validate import Violations
 from service import resources
 from service.convert.checks import finite, finite_optional, i32, optional
+from service.convert.enums import MODE
 from service.convert.requests import (
+    engine_args_from_proto,
+    engine_args_to_proto,
     precision_from_proto,
     precision_to_proto,
     slo_from_proto,
@@ -133,6 +137,8 @@ def schedule_request_from_proto(
         lambda: finite_optional(msg, "cooldown_s", "cooldown_s", DEFAULT_COOLDOWN_S)
     )
     price = v.value(lambda: finite_optional(msg, "price_per_gpu_hour", "price_per_gpu_hour"))
+    memory_fraction = v.value(lambda: finite_optional(msg, "memory_fraction", "memory_fraction"))
+    modes = _modes(msg.modes, v)
     v.raise_any()
     assert series is not None and slo is not None
     assert startup_s is not None and cooldown_s is not None
@@ -151,8 +157,21 @@ def schedule_request_from_proto(
         engine=msg.engine or DEFAULT_ENGINE,
         simulate=optional(msg, "simulate", True),
         seed=msg.seed,
+        memory_fraction=memory_fraction,
+        engine_args=engine_args_from_proto(msg.engine_args),
+        modes=modes,
     )
     return req, history
+
+
+def _modes(values: Any, v: Violations) -> tuple[Mode, ...]:
+    """The modes asked for (both when none is); each entry must be set."""
+    out: list[Mode] = []
+    for i, value in enumerate(values):
+        m = v.value(partial(MODE.from_proto, value, f"modes[{i}]"))
+        if m is not None and m not in out:
+            out.append(m)
+    return tuple(out) or ("agg", "disagg")
 
 
 def _forecast_from_proto(f: scaling_pb2.HistoryForecast, v: Violations) -> ForecastSpec | None:
@@ -262,6 +281,9 @@ def rate_match_request_from_proto(msg: scaling_pb2.RateMatchRequest, gpu: str) -
     osl = v.value(lambda: finite(msg.osl, "osl"))
     ttft = v.value(lambda: finite_optional(msg, "observed_ttft_ms", "observed_ttft_ms"))
     tpot = v.value(lambda: finite_optional(msg, "observed_tpot_ms", "observed_tpot_ms"))
+    isl_p = v.value(lambda: _lengths(msg, "isl_percentiles"))
+    osl_p = v.value(lambda: _lengths(msg, "osl_percentiles"))
+    memory_fraction = v.value(lambda: finite_optional(msg, "memory_fraction", "memory_fraction"))
     v.raise_any()
     assert slo is not None and rate is not None and isl is not None and osl is not None
     prec = precision_from_proto(msg.precision)
@@ -282,6 +304,18 @@ def rate_match_request_from_proto(msg: scaling_pb2.RateMatchRequest, gpu: str) -
         precision_dtype=prec.dtype,
         kv_dtype=prec.kv_dtype,
         engine=msg.engine or DEFAULT_ENGINE,
+        isl_percentiles=isl_p,
+        osl_percentiles=osl_p,
+        memory_fraction=memory_fraction,
+    )
+
+
+def _lengths(msg: scaling_pb2.RateMatchRequest, name: str) -> LengthPercentiles | None:
+    if not msg.HasField(name):  # type: ignore[arg-type]
+        return None
+    p = getattr(msg, name)
+    return LengthPercentiles(
+        finite(p.p50, f"{name}.p50"), finite(p.p90, f"{name}.p90"), finite(p.p99, f"{name}.p99")
     )
 
 
@@ -333,9 +367,14 @@ def schedule_request_to_proto(
         engine=req.engine,
         simulate=req.simulate,
         seed=req.seed,
+        engine_args=engine_args_to_proto(req.engine_args),
     )
     if req.price_per_gpu_hour is not None:
         msg.price_per_gpu_hour = req.price_per_gpu_hour
+    if req.memory_fraction is not None:
+        msg.memory_fraction = req.memory_fraction
+    if set(req.modes) != {"agg", "disagg"}:
+        msg.modes.extend(MODE.to_proto(m) for m in req.modes)
     if history is None:
         msg.series.intervals.extend(series_to_intervals(req.series))
     else:

@@ -43,9 +43,13 @@ def test_schedule_json_has_the_intervals_events_and_totals(tmp_path: Path) -> No
     out = json.loads(run(local, *schedule_args(trace_file(tmp_path, [2, 6, 6, 2])), "--json"))
     assert len(out["intervals"]) == 4
     first = out["intervals"][0]
-    assert {"start_s", "prefill", "decode", "predicted_ttft_ms", "predicted_tpot_ms",
-            "prefill_utilisation", "decode_utilisation"} <= set(first)  # fmt: skip
-    assert {"workers", "layout"} <= set(first["prefill"])
+    assert {"start_s", "mode", "prefill", "decode", "agg", "predicted_ttft_ms",
+            "predicted_tpot_ms", "prefill_utilisation", "decode_utilisation", "agg_utilisation",
+            "mode_reason"} <= set(first)  # fmt: skip
+    for iv in out["intervals"]:  # each interval's pools are those of its mode
+        pools = ("agg",) if iv["mode"] == "agg" else ("prefill", "decode")
+        for pool in pools:
+            assert {"workers", "layout"} <= set(iv[pool])
     assert out["events"] and {"at_s", "pool", "action", "restart"} <= set(out["events"][0])
     totals = out["totals"]
     keys = ("gpu_hours", "static_peak_gpu_hours", "slo_attainment", "static_peak_slo_attainment",

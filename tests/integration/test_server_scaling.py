@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from pdplanner.client import PlannerClient, field_violations
-from pdplanner.v1 import common_pb2, plan_pb2, scaling_pb2
+from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, scaling_pb2
 
 from service.convert import scaling as sc
 from service.server import RunningServer
@@ -44,7 +44,9 @@ def scaling_request(rates: list[float], **kw: object) -> scaling_pb2.PlanScaling
 
 
 def test_plan_scaling_stores_a_schedule_that_get_list_and_delete_see(client: PlannerClient) -> None:
-    req = scaling_request([2, 6, 6, 2], request_id="sched-1", price_per_gpu_hour=2.5)
+    req = scaling_request(
+        [2, 6, 6, 2], request_id="sched-1", price_per_gpu_hour=2.5, modes=[common_pb2.MODE_DISAGG]
+    )
     schedule = client.plan_scaling(req)
     assert schedule.name.startswith("schedules/")
     result = schedule.result
@@ -184,3 +186,42 @@ def test_every_violation_of_a_rate_match_comes_back(client: PlannerClient) -> No
         "requests_per_s",
         "observed_ttft_ms",
     ]
+
+
+def test_rate_match_takes_length_percentiles_and_custom_gpus(client: PlannerClient) -> None:
+    """Recent ISL/OSL percentiles in place of means, on a GPU type stored as a custom entry
+    (resolved as Plan resolves it): a heavier prompt tail asks for more prefill workers."""
+    client.create_gpu(
+        "lab-h100",
+        catalog_pb2.Gpu(
+            flops_per_s=catalog_pb2.FlopsPerS(bf16=989e12, fp8=1979e12),
+            hbm_bytes=80e9,
+            hbm_bytes_per_s=3.35e12,
+            nvlink_bytes_per_s=450e9,
+            nvlink_domain_size=8,
+            scaleout_bytes_per_s=50e9,
+        ),
+    )
+    layout = scaling_pb2.WorkerLayout
+
+    def ask(p99: float) -> scaling_pb2.RateMatchResponse:
+        return client.rate_match(
+            scaling_pb2.RateMatchRequest(
+                model="llama-3.1-70b",
+                slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30, percentile=common_pb2.PERCENTILE_P99),
+                requests_per_s=8,
+                isl_percentiles=scaling_pb2.LengthPercentiles(p50=2000, p90=3000, p99=p99),
+                osl=300,
+                prefill=layout(gpu="lab-h100", tp=4, batch=1),
+                prefill_workers=3,
+                decode=layout(gpu="lab-h100", tp=4, batch=128),
+                decode_workers=2,
+            )
+        )
+
+    light, heavy = ask(3000), ask(12000)
+    assert heavy.prefill_workers > light.prefill_workers
+    with pytest.raises(grpc.RpcError) as e:
+        ask(1000)  # below the p90
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(e.value)[0][0] == "isl_percentiles.p99"

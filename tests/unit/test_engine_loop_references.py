@@ -41,7 +41,8 @@ FEW = settings(
 # (an iteration more or less, another admission) moves them by more.
 SIM_REL = 1e-3
 
-StepFn = Callable[[bool, float, float, float, float, float], tuple[float, float]]
+Layout = tuple[float, float, float, float]
+StepFn = Callable[[bool, Layout, float, float, float, float, float], tuple[float, float]]
 
 
 @dataclass
@@ -83,6 +84,14 @@ class Worker:
     free: float = -math.inf  # end of the latest iteration
     dec: bool = False
     ratio: float = 0.0
+    lay: Layout = (1.0, 1.0, 1.0, 1.0)
+    transfer_ms: float = 0.0
+    on: float = -math.inf  # accepts new requests from on until off, then drains
+    off: float = math.inf
+    last_busy: float = 0.0
+
+    def accepting(self, t: float) -> bool:
+        return self.on <= t < self.off
 
     def held(self) -> float:
         return sum(r.held for r in self.running + self.sending)
@@ -112,9 +121,11 @@ class Case:
     arrival: list[float]
     isl: list[float]
     osl: list[float]
-    lay_f: tuple[float, float, float, float]
-    lay_b: tuple[float, float, float, float]
+    lay_f: Layout
+    lay_b: Layout
     overlap: bool = False
+    # per worker (front first): role, tp, pp, ep, dp, cap, max_seqs, budget, transfer, on, off
+    table: list[list[float]] | None = None
 
     def sched(self) -> np.ndarray:
         s = np.zeros(L.SCHED_SLOTS)
@@ -137,6 +148,7 @@ class RefResult:
     running: float
     waiting: float
     preemptions: int
+    drained: list[float]
 
 
 def padded(n: float, graphs: list[float]) -> float:
@@ -151,6 +163,23 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
     workers = []
     for w in range(case.n_front + case.n_back):
         front = w < case.n_front
+        if case.table is not None:
+            row = case.table[w]
+            workers.append(
+                Worker(
+                    {L.AGG: "agg", L.PREFILL: "prefill", L.DECODE: "decode"}[int(row[0])],
+                    front,
+                    row[5],
+                    int(row[6]),
+                    row[7],
+                    ratio=ratio_init,
+                    lay=(row[1], row[2], row[3], row[4]),
+                    transfer_ms=row[8],
+                    on=row[9],
+                    off=row[10],
+                )
+            )
+            continue
         role = "agg" if case.n_back == 0 else ("prefill" if front else "decode")
         workers.append(
             Worker(
@@ -160,8 +189,12 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                 case.max_seqs if front else case.max_seqs_back,
                 case.budget if front else case.budget_back,
                 ratio=ratio_init,
+                lay=case.lay_f if front else case.lay_b,
+                transfer_ms=case.transfer_ms,
             )
         )
+    fronts, backs = workers[: case.n_front], workers[case.n_front :]
+    min_transfer = min(v.transfer_ms for v in fronts)
     known = case.clients if case.clients > 0 else n
     known = min(known, n)
     for i in range(known):
@@ -180,6 +213,19 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
         r.prompt = r.isl
         r.done = math.floor(r.isl * case.prefix_hit)
         workers[w].queue.append(r)
+
+    def in_turn(t: float) -> int:
+        """The accepting front worker next in turn (-1: none)."""
+        for i in range(case.n_front):
+            w = (rr + i) % case.n_front
+            if fronts[w].accepting(t):
+                return w
+        return -1
+
+    def next_join(pool: list[Worker], t: float) -> float:
+        return min((v.on for v in pool if v.on > t), default=math.inf)
+
+    arrivals_wait = transfers_wait = False
 
     def total_running() -> int:
         return sum(len(w.running) for w in workers)
@@ -282,7 +328,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             dec = [r for r in w.running if decode_now and r.done >= r.prompt and r.gen < r.osl]
             for r in dec:
                 r.decoding = True
-            lay = case.lay_f if w.front else case.lay_b
+            lay = w.lay
             dc = float(len(dec))
             ctx = sum(r.isl + r.gen for r in dec) / len(dec) if dec else 0.0
             if w.role == "decode" and lay[1] > 1:
@@ -296,19 +342,19 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                 if case.policy != L.KV_RESERVE:
                     steps = max(1.0, min(steps, math.floor((w.cap - w.held()) / len(dec))))
                 if steps > 1:
-                    lat1, _ = step(w.front, 0.0, 0.0, 0.0, dc, ctx)
+                    lat1, _ = step(w.front, lay, 0.0, 0.0, 0.0, dc, ctx)
                     if len(w.running) < w.max_seqs:
                         t_ext = math.inf
-                        if next_arr < known and w.role == "agg":
+                        if next_arr < known and w.role == "agg" and not arrivals_wait:
                             t_ext = reqs[next_arr].arrived
                         if w.role == "decode":
                             for r in in_transfer:
                                 t_ext = min(t_ext, r.ready)
-                            for v in workers[: case.n_front]:
+                            for v in fronts:
                                 if v.busy:
-                                    t_ext = min(t_ext, v.end + case.transfer_ms)
+                                    t_ext = min(t_ext, v.end + v.transfer_ms)
                             if next_arr < known:
-                                t_ext = min(t_ext, reqs[next_arr].arrived + case.transfer_ms)
+                                t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
                         if t_ext < math.inf:
                             steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
                     if case.policy == L.KV_RATIO and w.queue:
@@ -319,7 +365,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             new = sum(r.take for r in chunks) / n_pf if chunks else 0.0
             past = sum(r.done for r in chunks) / n_pf if chunks else 0.0
             mid = ctx + 0.5 * (steps - 1) * (len(dec) / dc if dc > 0 else 1.0)
-            lat, stage = step(w.front, n_pf, new, past, dc, mid if not chunks else ctx)
+            lat, stage = step(w.front, lay, n_pf, new, past, dc, mid if not chunks else ctx)
             w.busy, w.start, w.steps, w.dec, w.lat = True, t, steps, decode_now, lat
             w.end = t + stage if (w.role == "prefill" and lay[1] > 1) else t + lat * steps
             w.formed = max(t, w.end - lat)
@@ -328,8 +374,13 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             if case.policy == L.KV_RATIO:
                 w.ratio = max(ratio_min, w.ratio - ratio_decay * steps)
         # the next event
-        times = [reqs[next_arr].arrived] if next_arr < known else []
-        times += [w.end for w in workers if w.busy] + [r.ready for r in in_transfer]
+        times = []
+        if next_arr < known:
+            times.append(next_join(fronts, t) if arrivals_wait else reqs[next_arr].arrived)
+        times += [w.end for w in workers if w.busy] + [r.ready for r in in_transfer if r.ready > t]
+        if transfers_wait:
+            times.append(next_join(backs, t))
+        times = [x for x in times if x < math.inf]
         if not times:
             ok = all(r.end >= 0 or r.arrived == math.inf for r in reqs)
             break
@@ -342,6 +393,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                 continue
             w.busy = False
             w.free = t
+            w.last_busy = t
             keep = []
             for r in w.running:
                 finished = False
@@ -355,7 +407,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                             finished = r.gen >= r.osl
                         else:
                             r.gen = 1.0
-                            r.ready = w.start + w.lat + case.transfer_ms
+                            r.ready = w.start + w.lat + w.transfer_ms
                             in_transfer.append(r)
                             w.sending.append(r)
                             continue
@@ -378,9 +430,17 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     continue
                 keep.append(r)
             w.running = keep
+        transfers_wait = False
         for r in sorted((r for r in in_transfer if r.ready <= t), key=lambda r: r.i):
+            sender = workers[r.front]
+            # accepting, or (for a sender that stopped) stopped no earlier: drain together
+            open_ = [v for v in backs if v.on <= t and (t < v.off or v.off >= sender.off)]
+            if r.osl > 1 and not open_:
+                transfers_wait = True  # this one and all after it wait for a decode worker
+                break
             in_transfer.remove(r)
             workers[r.front].sending.remove(r)
+            workers[r.front].last_busy = max(workers[r.front].last_busy, t)
             r.held = r.resv = 0.0
             if r.osl <= 1:
                 r.first = r.end = t
@@ -391,18 +451,19 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     enqueue(reqs[nxt], rr % case.n_front)
                     rr += 1
                 continue
-            back = workers[case.n_front :]
-            loads = [len(v.running) + len(v.queue) for v in back]
+            loads = [len(v.running) + len(v.queue) for v in open_]
             r.queued = t
-            back[loads.index(min(loads))].queue.append(r)
+            open_[loads.index(min(loads))].queue.append(r)
+        arrivals_wait = False
         while next_arr < known and reqs[next_arr].arrived <= t:
+            w = in_turn(t)
+            if w < 0:
+                arrivals_wait = True
+                break
             r = reqs[next_arr]
             next_arr += 1
-            if case.n_back == 0:
-                enqueue(r, r.i % case.n_front)
-            else:
-                enqueue(r, rr % case.n_front)
-                rr += 1
+            enqueue(r, w)
+            rr = w + 1
         if len(order) >= n:
             ok = True
             break
@@ -416,23 +477,31 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
         stats_run,
         stats_wait,
         preemptions,
+        [w.last_busy for w in workers],
     )
 
 
 def kernel(
-    case: Case, c: PerfContext
+    case: Case, c: PerfContext, drained: np.ndarray | None = None
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel on ``case``; with a per-worker table, ``drained`` receives the last busy
+    times."""
     n = len(case.isl)
     t_first, t_done = np.zeros(n), np.zeros(n)
     order, stats = np.zeros(n, np.int64), np.zeros(L.STAT_SLOTS)
     cal = c.cal
-    status = L.simulate_loop(
+    args = (
         c.mv, c.hv, cal.gemm, cal.attn_prefill, cal.attn_decode, np.array(case.lay_f),
         c.hv, cal.gemm, cal.attn_prefill, cal.attn_decode, np.array(case.lay_b),
         case.n_front, case.n_back, case.sched(), np.array(case.graphs, dtype=np.float64),
         case.clients, np.array(case.arrival, dtype=np.float64), np.array(case.isl),
         np.array(case.osl), n, 0, 5_000_000, t_first, t_done, order, stats,
     )  # fmt: skip
+    if case.table is None:
+        status = L.simulate_loop(*args)
+    else:
+        out = drained if drained is not None else np.zeros(len(case.table))
+        status = L.simulate_loop(*args, np.array(case.table), out)
     return status, t_first, t_done, order, stats
 
 
@@ -440,8 +509,8 @@ def step_fn(c: PerfContext, case: Case) -> StepFn:
     row, scratch = np.zeros(4), np.zeros(4)
     cal = c.cal
 
-    def step(front: bool, pf: float, new: float, past: float, dc: float, ctx: float):
-        tp, pp, ep, dp = case.lay_f if front else case.lay_b
+    def step(front: bool, lay: Layout, pf: float, new: float, past: float, dc: float, ctx: float):
+        tp, pp, ep, dp = lay
         lat, stage = K.step_ms(
             c.mv, c.hv, cal.gemm, cal.attn_prefill, cal.attn_decode, tp, pp, ep, dp, pf, new,
             past, dc, ctx, row, scratch,
@@ -453,7 +522,11 @@ def step_fn(c: PerfContext, case: Case) -> StepFn:
 
 @st.composite
 def cases(
-    draw, disagg: bool | None = None, closed: bool | None = None, pressure: bool = False
+    draw,
+    disagg: bool | None = None,
+    closed: bool | None = None,
+    pressure: bool = False,
+    windows: bool = False,
 ) -> tuple[Case, PerfContext]:
     m, hw, tp, pp, ep, dp = draw(setups())
     c = ctx_for(m, hw)
@@ -511,7 +584,43 @@ def cases(
         lay_b=lay,
         overlap=draw(st.booleans()),
     )
+    if windows:
+        case.table = draw(worker_table(case))
     return case, c
+
+
+@st.composite
+def worker_table(draw, case: Case) -> list[list[float]]:
+    """Per-worker rows for an open-loop case: front workers aggregated or prefill (mixed when
+    there is a decode pool), their own limits and transfer times, and availability windows over
+    the arrivals; the last front and last decode worker stay until the end (they may join late,
+    so that requests wait for them)."""
+    horizon = max(case.arrival) + 50.0
+    rows = []
+    n_w = case.n_front + case.n_back
+    for w in range(n_w):
+        front = w < case.n_front
+        if front:
+            role = draw(st.sampled_from([L.AGG, L.PREFILL])) if case.n_back else L.AGG
+        else:
+            role = L.DECODE
+        last = w == case.n_front - 1 or w == n_w - 1
+        on = draw(st.sampled_from([-math.inf, 0.0, draw(st.floats(0.0, horizon))]))
+        off = math.inf if last else draw(st.sampled_from([math.inf, draw(st.floats(0.0, horizon))]))
+        cap = case.cap_front if front else case.cap_back
+        rows.append(
+            [
+                float(role),
+                *case.lay_f,
+                cap * draw(st.sampled_from([1.0, 2.0])),
+                float(draw(st.sampled_from([2, 8, 1024]))),
+                float(draw(st.sampled_from([256, 2048, 8192]))) if front else case.budget_back,
+                draw(st.sampled_from([0.0, 0.5, 7.0])),
+                on,
+                off,
+            ]
+        )
+    return rows
 
 
 @FEW
@@ -538,6 +647,29 @@ def test_simulate_loop_equals_the_reference_with_the_same_decode_runs(cc) -> Non
         f"{case.n_front}+{case.n_back} workers, {len(case.isl)} requests, policy {case.policy}, "
         f"{'closed' if case.clients else 'open'}: equal; preemptions {ref.preemptions}"
     )
+
+
+@FEW
+@given(cc=cases(closed=False, windows=True))
+def test_workers_joining_and_draining_equal_the_reference(cc) -> None:
+    """Per-worker roles, limits and availability windows: arrivals go to the accepting front
+    workers in turn (or wait for the next to join), KV to the accepting decode worker with the
+    fewest requests, a worker past its window drains; every time, the order and each worker's
+    last busy moment equal the reference's."""
+    case, c = cc
+    drained = np.zeros(len(case.table or []))
+    status, t_first, t_done, order, stats = kernel(case, c, drained)
+    ref = reference(case, step_fn(c, case), skip_runs=True)
+    assert (status == L.OK) == ref.ok, (status, ref.ok, case)
+    if not ref.ok:
+        return
+    assert list(order) == ref.order, (list(order), ref.order)
+    np.testing.assert_allclose(t_first, ref.first, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(t_done, ref.end, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(drained, ref.drained, rtol=1e-9, atol=1e-9)
+    assert math.isclose(stats[L.T_WAITING], ref.waiting, rel_tol=1e-9, abs_tol=1e-6)
+    late = [r for r in (case.table or []) if r[9] > 0]
+    print(f"{case.n_front}+{case.n_back} workers, {len(late)} joining late: equal")
 
 
 def test_preemption_and_retraction_equal_the_reference() -> None:

@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
+from planner.catalog import GpuCatalog, default_gpus, default_models
 from planner.errors import InvalidInputError
 from planner.scaling.capacity import Shape
-from planner.scaling.ratematch import RateMatchRequest, rate_match
+from planner.scaling.ratematch import LengthPercentiles, RateMatchRequest, rate_match, traffic_mix
 from planner.types import Slo
 
 PRE = Shape("prefill", "h100-sxm", 4, 1, 1, 1, 1)
@@ -81,3 +82,58 @@ def test_bad_input_names_the_field(change: dict[str, object], field: str) -> Non
     with pytest.raises(InvalidInputError) as e:
         rate_match(dataclasses.replace(BASE, **change))  # type: ignore[arg-type]
     assert e.value.field == field
+
+
+def test_length_percentiles_price_the_long_tail() -> None:
+    """Percentiles in place of the mean: three classes per length. A heavy prompt tail (p99 four
+    times the median) needs more prefill than the median alone, and its p99 class sets the
+    compute TTFT; percentiles all equal to the mean give the mean's answer."""
+    flat = LengthPercentiles(2500, 2500, 2500)
+    same = rate_match(dataclasses.replace(BASE, isl=0, isl_percentiles=flat))
+    plain = rate_match(BASE)
+    assert (same.prefill_workers, same.decode_workers) == (
+        plain.prefill_workers,
+        plain.decode_workers,
+    )
+    assert same.predicted_ttft_ms == pytest.approx(plain.predicted_ttft_ms)
+    tail = rate_match(
+        dataclasses.replace(
+            BASE,
+            isl_percentiles=LengthPercentiles(2000, 4000, 8000),
+            osl_percentiles=LengthPercentiles(250, 400, 600),
+        )
+    )
+    median = rate_match(dataclasses.replace(BASE, isl=2000, osl=250))
+    print(
+        f"\nmedian lengths: {median.prefill_workers}P{median.decode_workers}D; "
+        f"with the tail: {tail.prefill_workers}P{tail.decode_workers}D"
+    )
+    assert tail.prefill_workers > median.prefill_workers
+    assert tail.current_predicted_ttft_ms > median.current_predicted_ttft_ms
+    mix = traffic_mix(dataclasses.replace(BASE, isl_percentiles=LengthPercentiles(1, 2, 3)))
+    assert [(m.isl, round(m.weight, 3)) for m in mix] == [(1, 0.7), (2, 0.245), (3, 0.055)]
+
+
+def test_unordered_percentiles_name_the_field() -> None:
+    with pytest.raises(InvalidInputError) as e:
+        rate_match(dataclasses.replace(BASE, osl_percentiles=LengthPercentiles(300, 200, 400)))
+    assert e.value.field == "osl_percentiles.p90"
+
+
+def test_custom_catalog_entries_resolve() -> None:
+    """A GPU known only to the catalogs passed in (a stored custom entry) is used; the built-in
+    catalogs alone do not know it."""
+    h100 = default_gpus().get("h100-sxm")
+    custom = dataclasses.replace(h100, name="h100-lab", aliases=())
+    gpus = GpuCatalog(extra=[custom])
+    lab = dataclasses.replace(
+        BASE,
+        prefill=dataclasses.replace(PRE, gpu="h100-lab"),
+        decode=dataclasses.replace(DEC, gpu="h100-lab"),
+    )
+    with pytest.raises(InvalidInputError) as e:
+        rate_match(lab)
+    assert e.value.field == "prefill.gpu"
+    r = rate_match(lab, default_models(), gpus)
+    plain = rate_match(BASE)
+    assert (r.prefill_workers, r.decode_workers) == (plain.prefill_workers, plain.decode_workers)

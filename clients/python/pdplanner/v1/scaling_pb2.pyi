@@ -59,7 +59,9 @@ class _ScalingActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scaling
     SCALING_ACTION_SCALE_DOWN: _ScalingAction.ValueType  # 2
     """Stop workers accepting requests; they drain what they hold."""
     SCALING_ACTION_RECONFIGURE: _ScalingAction.ValueType  # 3
-    """Replace the pool's workers by workers of another layout (a restart)."""
+    """Replace the pool's workers by workers of another layout, or start the pool when the serving
+    mode changes (a restart).
+    """
 
 class ScalingAction(_ScalingAction, metaclass=_ScalingActionEnumTypeWrapper):
     """ScalingAction is what a scaling event does to a pool."""
@@ -71,7 +73,9 @@ SCALING_ACTION_SCALE_UP: ScalingAction.ValueType  # 1
 SCALING_ACTION_SCALE_DOWN: ScalingAction.ValueType  # 2
 """Stop workers accepting requests; they drain what they hold."""
 SCALING_ACTION_RECONFIGURE: ScalingAction.ValueType  # 3
-"""Replace the pool's workers by workers of another layout (a restart)."""
+"""Replace the pool's workers by workers of another layout, or start the pool when the serving
+mode changes (a restart).
+"""
 Global___ScalingAction: _TypeAlias = ScalingAction  # noqa: Y015
 
 @_typing.final
@@ -186,6 +190,26 @@ class PlanScalingRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EngineArgsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_FIELD_NUMBER: _builtins.int
@@ -202,6 +226,9 @@ class PlanScalingRequest(_message.Message):
     ENGINE_FIELD_NUMBER: _builtins.int
     SIMULATE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
+    ENGINE_ARGS_FIELD_NUMBER: _builtins.int
+    MODES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen identifier of this call. A retry with the same request_id returns the schedule
     stored by the first call instead of planning and storing again.
@@ -228,6 +255,10 @@ class PlanScalingRequest(_message.Message):
     """Whether to replay the traffic through the schedule and static deployments. Unset means true."""
     seed: _builtins.int
     """Seed of the replay's random arrivals."""
+    memory_fraction: _builtins.float
+    """The engine's memory fraction, in (0, 1]: vLLM gpu_memory_utilization, SGLang
+    mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction. Unset means the engine's default.
+    """
     @_builtins.property
     def slo(self) -> _plan_pb2.Slo:
         """The latency targets. Required."""
@@ -243,6 +274,18 @@ class PlanScalingRequest(_message.Message):
     @_builtins.property
     def precision(self) -> _common_pb2.Precision:
         """Precision of weights, activations and KV cache. Unset means bf16 throughout."""
+
+    @_builtins.property
+    def engine_args(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Engine scheduler overrides by the engines' own names (max_num_batched_tokens, max_num_seqs,
+        enable_chunked_prefill, kv_admission, ...), as in PlanRequest.engine_args.
+        """
+
+    @_builtins.property
+    def modes(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Mode.ValueType]:
+        """Serving modes intervals may use. Empty means both: each interval takes the one needing fewer
+        GPU-hours, a switch costing the new workers' start-up.
+        """
 
     def __init__(
         self,
@@ -263,13 +306,18 @@ class PlanScalingRequest(_message.Message):
         engine: _builtins.str = ...,
         simulate: _builtins.bool | None = ...,
         seed: _builtins.int = ...,
+        memory_fraction: _builtins.float | None = ...,
+        engine_args: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        modes: _abc.Iterable[_common_pb2.Mode.ValueType] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cooldown_s", b"_cooldown_s", "_min_workers", b"_min_workers", "_price_per_gpu_hour", b"_price_per_gpu_hour", "_simulate", b"_simulate", "_startup_s", b"_startup_s", "cooldown_s", b"cooldown_s", "forecast", b"forecast", "min_workers", b"min_workers", "precision", b"precision", "price_per_gpu_hour", b"price_per_gpu_hour", "series", b"series", "simulate", b"simulate", "slo", b"slo", "startup_s", b"startup_s", "traffic", b"traffic"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cooldown_s", b"_cooldown_s", "_memory_fraction", b"_memory_fraction", "_min_workers", b"_min_workers", "_price_per_gpu_hour", b"_price_per_gpu_hour", "_simulate", b"_simulate", "_startup_s", b"_startup_s", "cooldown_s", b"cooldown_s", "forecast", b"forecast", "memory_fraction", b"memory_fraction", "min_workers", b"min_workers", "precision", b"precision", "price_per_gpu_hour", b"price_per_gpu_hour", "series", b"series", "simulate", b"simulate", "slo", b"slo", "startup_s", b"startup_s", "traffic", b"traffic"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cooldown_s", b"_cooldown_s", "_min_workers", b"_min_workers", "_price_per_gpu_hour", b"_price_per_gpu_hour", "_simulate", b"_simulate", "_startup_s", b"_startup_s", "cooldown_s", b"cooldown_s", "decode_gpu", b"decode_gpu", "engine", b"engine", "forecast", b"forecast", "gpu", b"gpu", "gpus", b"gpus", "min_workers", b"min_workers", "model", b"model", "precision", b"precision", "price_per_gpu_hour", b"price_per_gpu_hour", "request_id", b"request_id", "seed", b"seed", "series", b"series", "simulate", b"simulate", "slo", b"slo", "startup_s", b"startup_s", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cooldown_s", b"_cooldown_s", "_memory_fraction", b"_memory_fraction", "_min_workers", b"_min_workers", "_price_per_gpu_hour", b"_price_per_gpu_hour", "_simulate", b"_simulate", "_startup_s", b"_startup_s", "cooldown_s", b"cooldown_s", "decode_gpu", b"decode_gpu", "engine", b"engine", "engine_args", b"engine_args", "forecast", b"forecast", "gpu", b"gpu", "gpus", b"gpus", "memory_fraction", b"memory_fraction", "min_workers", b"min_workers", "model", b"model", "modes", b"modes", "precision", b"precision", "price_per_gpu_hour", b"price_per_gpu_hour", "request_id", b"request_id", "seed", b"seed", "series", b"series", "simulate", b"simulate", "slo", b"slo", "startup_s", b"startup_s", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cooldown_s: _TypeAlias = _typing.Literal["cooldown_s"]  # noqa: Y015
     _WhichOneofArgType__cooldown_s: _TypeAlias = _typing.Literal["_cooldown_s", b"_cooldown_s"]  # noqa: Y015
+    _WhichOneofReturnType__memory_fraction: _TypeAlias = _typing.Literal["memory_fraction"]  # noqa: Y015
+    _WhichOneofArgType__memory_fraction: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction"]  # noqa: Y015
     _WhichOneofReturnType__min_workers: _TypeAlias = _typing.Literal["min_workers"]  # noqa: Y015
     _WhichOneofArgType__min_workers: _TypeAlias = _typing.Literal["_min_workers", b"_min_workers"]  # noqa: Y015
     _WhichOneofReturnType__price_per_gpu_hour: _TypeAlias = _typing.Literal["price_per_gpu_hour"]  # noqa: Y015
@@ -282,6 +330,8 @@ class PlanScalingRequest(_message.Message):
     _WhichOneofArgType_traffic: _TypeAlias = _typing.Literal["traffic", b"traffic"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cooldown_s) -> _WhichOneofReturnType__cooldown_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_fraction) -> _WhichOneofReturnType__memory_fraction | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_workers) -> _WhichOneofReturnType__min_workers | None: ...
     @_typing.overload
@@ -395,6 +445,10 @@ class IntervalSchedule(_message.Message):
     DECODE_UTILISATION_FIELD_NUMBER: _builtins.int
     VIOLATION_FIELD_NUMBER: _builtins.int
     SIMULATED_SLO_ATTAINMENT_FIELD_NUMBER: _builtins.int
+    AGG_FIELD_NUMBER: _builtins.int
+    AGG_UTILISATION_FIELD_NUMBER: _builtins.int
+    ALTERNATIVE_GPUS_FIELD_NUMBER: _builtins.int
+    MODE_REASON_FIELD_NUMBER: _builtins.int
     start_s: _builtins.float
     """Start of the interval, in seconds."""
     duration_s: _builtins.float
@@ -410,7 +464,7 @@ class IntervalSchedule(_message.Message):
     gpus: _builtins.int
     """GPUs serving in the interval, both pools."""
     prefill_decode_gpu_ratio: _builtins.float
-    """Prefill GPUs divided by decode GPUs."""
+    """Prefill GPUs divided by decode GPUs; 0 in aggregated intervals."""
     predicted_ttft_ms: _builtins.float
     """Predicted time to first token at the SLO percentile, in milliseconds. Unset when unbounded."""
     predicted_tpot_ms: _builtins.float
@@ -423,6 +477,12 @@ class IntervalSchedule(_message.Message):
     """Why the interval is predicted to miss the SLO. Empty when it is not."""
     simulated_slo_attainment: _builtins.float
     """Simulated share of the interval's requests meeting the SLO. Unset without a replay."""
+    agg_utilisation: _builtins.float
+    """Share of the aggregated pool's capacity the rate uses (0 in disaggregated intervals)."""
+    alternative_gpus: _builtins.int
+    """GPUs the other mode would need in this interval. Unset when it cannot meet the SLO."""
+    mode_reason: _builtins.str
+    """Why this interval's mode, in words (GPUs against the other mode, or restarts avoided)."""
     @_builtins.property
     def prefill(self) -> Global___PoolSize:
         """The prefill pool."""
@@ -430,6 +490,10 @@ class IntervalSchedule(_message.Message):
     @_builtins.property
     def decode(self) -> Global___PoolSize:
         """The decode pool."""
+
+    @_builtins.property
+    def agg(self) -> Global___PoolSize:
+        """The aggregated pool, when mode is MODE_AGG (prefill and decode are then unset)."""
 
     def __init__(
         self,
@@ -450,17 +514,25 @@ class IntervalSchedule(_message.Message):
         decode_utilisation: _builtins.float = ...,
         violation: _builtins.str = ...,
         simulated_slo_attainment: _builtins.float | None = ...,
+        agg: Global___PoolSize | None = ...,
+        agg_utilisation: _builtins.float = ...,
+        alternative_gpus: _builtins.int | None = ...,
+        mode_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_predicted_tpot_ms", b"_predicted_tpot_ms", "_predicted_ttft_ms", b"_predicted_ttft_ms", "_simulated_slo_attainment", b"_simulated_slo_attainment", "decode", b"decode", "predicted_tpot_ms", b"predicted_tpot_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill", b"prefill", "simulated_slo_attainment", b"simulated_slo_attainment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alternative_gpus", b"_alternative_gpus", "_predicted_tpot_ms", b"_predicted_tpot_ms", "_predicted_ttft_ms", b"_predicted_ttft_ms", "_simulated_slo_attainment", b"_simulated_slo_attainment", "agg", b"agg", "alternative_gpus", b"alternative_gpus", "decode", b"decode", "predicted_tpot_ms", b"predicted_tpot_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill", b"prefill", "simulated_slo_attainment", b"simulated_slo_attainment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_predicted_tpot_ms", b"_predicted_tpot_ms", "_predicted_ttft_ms", b"_predicted_ttft_ms", "_simulated_slo_attainment", b"_simulated_slo_attainment", "decode", b"decode", "decode_utilisation", b"decode_utilisation", "duration_s", b"duration_s", "gpus", b"gpus", "mean_isl", b"mean_isl", "mean_osl", b"mean_osl", "mode", b"mode", "predicted_tpot_ms", b"predicted_tpot_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill", b"prefill", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio", "prefill_utilisation", b"prefill_utilisation", "requests_per_s", b"requests_per_s", "simulated_slo_attainment", b"simulated_slo_attainment", "start_s", b"start_s", "violation", b"violation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alternative_gpus", b"_alternative_gpus", "_predicted_tpot_ms", b"_predicted_tpot_ms", "_predicted_ttft_ms", b"_predicted_ttft_ms", "_simulated_slo_attainment", b"_simulated_slo_attainment", "agg", b"agg", "agg_utilisation", b"agg_utilisation", "alternative_gpus", b"alternative_gpus", "decode", b"decode", "decode_utilisation", b"decode_utilisation", "duration_s", b"duration_s", "gpus", b"gpus", "mean_isl", b"mean_isl", "mean_osl", b"mean_osl", "mode", b"mode", "mode_reason", b"mode_reason", "predicted_tpot_ms", b"predicted_tpot_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill", b"prefill", "prefill_decode_gpu_ratio", b"prefill_decode_gpu_ratio", "prefill_utilisation", b"prefill_utilisation", "requests_per_s", b"requests_per_s", "simulated_slo_attainment", b"simulated_slo_attainment", "start_s", b"start_s", "violation", b"violation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alternative_gpus: _TypeAlias = _typing.Literal["alternative_gpus"]  # noqa: Y015
+    _WhichOneofArgType__alternative_gpus: _TypeAlias = _typing.Literal["_alternative_gpus", b"_alternative_gpus"]  # noqa: Y015
     _WhichOneofReturnType__predicted_tpot_ms: _TypeAlias = _typing.Literal["predicted_tpot_ms"]  # noqa: Y015
     _WhichOneofArgType__predicted_tpot_ms: _TypeAlias = _typing.Literal["_predicted_tpot_ms", b"_predicted_tpot_ms"]  # noqa: Y015
     _WhichOneofReturnType__predicted_ttft_ms: _TypeAlias = _typing.Literal["predicted_ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__predicted_ttft_ms: _TypeAlias = _typing.Literal["_predicted_ttft_ms", b"_predicted_ttft_ms"]  # noqa: Y015
     _WhichOneofReturnType__simulated_slo_attainment: _TypeAlias = _typing.Literal["simulated_slo_attainment"]  # noqa: Y015
     _WhichOneofArgType__simulated_slo_attainment: _TypeAlias = _typing.Literal["_simulated_slo_attainment", b"_simulated_slo_attainment"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alternative_gpus) -> _WhichOneofReturnType__alternative_gpus | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__predicted_tpot_ms) -> _WhichOneofReturnType__predicted_tpot_ms | None: ...
     @_typing.overload
@@ -472,7 +544,9 @@ Global___IntervalSchedule: _TypeAlias = IntervalSchedule  # noqa: Y015
 
 @_typing.final
 class ScalingEvent(_message.Message):
-    """ScalingEvent is one change to a pool, issued early enough to cover the start-up delay."""
+    """ScalingEvent is one change to a pool (prefill, decode or aggregated), issued early enough to
+    cover the start-up delay.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -635,6 +709,7 @@ class StaticDeployment(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     GPU_HOURS_FIELD_NUMBER: _builtins.int
     SIMULATION_FIELD_NUMBER: _builtins.int
+    AGG_FIELD_NUMBER: _builtins.int
     gpus: _builtins.int
     """GPUs of both pools."""
     gpu_hours: _builtins.float
@@ -651,6 +726,10 @@ class StaticDeployment(_message.Message):
     def simulation(self) -> Global___Simulation:
         """Its replay. Unset without one."""
 
+    @_builtins.property
+    def agg(self) -> Global___PoolSize:
+        """The aggregated pool, when the deployment is aggregated (prefill and decode are then unset)."""
+
     def __init__(
         self,
         *,
@@ -659,10 +738,11 @@ class StaticDeployment(_message.Message):
         gpus: _builtins.int = ...,
         gpu_hours: _builtins.float = ...,
         simulation: Global___Simulation | None = ...,
+        agg: Global___PoolSize | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decode", b"decode", "prefill", b"prefill", "simulation", b"simulation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agg", b"agg", "decode", b"decode", "prefill", b"prefill", "simulation", b"simulation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode", b"decode", "gpu_hours", b"gpu_hours", "gpus", b"gpus", "prefill", b"prefill", "simulation", b"simulation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agg", b"agg", "decode", b"decode", "gpu_hours", b"gpu_hours", "gpus", b"gpus", "prefill", b"prefill", "simulation", b"simulation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -684,8 +764,10 @@ class ScheduleTotals(_message.Message):
     STATIC_PEAK_SLO_ATTAINMENT_FIELD_NUMBER: _builtins.int
     STATIC_MEAN_SLO_ATTAINMENT_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
+    DRAINING_GPU_HOURS_FIELD_NUMBER: _builtins.int
+    AGG_INTERVALS_FIELD_NUMBER: _builtins.int
     gpu_hours: _builtins.float
-    """GPU-hours of the schedule, start-up time included."""
+    """GPU-hours of the schedule, start-up and draining time included."""
     static_peak_gpu_hours: _builtins.float
     """GPU-hours of a static deployment sized for the peak interval."""
     static_mean_gpu_hours: _builtins.float
@@ -702,9 +784,15 @@ class ScheduleTotals(_message.Message):
     """The same for the peak-sized static deployment."""
     static_mean_slo_attainment: _builtins.float
     """The same for the mean-sized static deployment."""
+    draining_gpu_hours: _builtins.float
+    """Of gpu_hours, those of workers draining after they stopped accepting requests."""
+    agg_intervals: _builtins.int
+    """Intervals served aggregated."""
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleViolation]:
-        """Intervals predicted to miss the SLO."""
+        """Intervals predicted to miss the SLO, and stretches where workers starting up, serving and
+        draining together hold more GPUs than the limit.
+        """
 
     def __init__(
         self,
@@ -719,10 +807,12 @@ class ScheduleTotals(_message.Message):
         static_peak_slo_attainment: _builtins.float | None = ...,
         static_mean_slo_attainment: _builtins.float | None = ...,
         violations: _abc.Iterable[Global___ScheduleViolation] | None = ...,
+        draining_gpu_hours: _builtins.float = ...,
+        agg_intervals: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "_slo_attainment", b"_slo_attainment", "_static_mean_slo_attainment", b"_static_mean_slo_attainment", "_static_peak_cost", b"_static_peak_cost", "_static_peak_slo_attainment", b"_static_peak_slo_attainment", "cost", b"cost", "slo_attainment", b"slo_attainment", "static_mean_slo_attainment", b"static_mean_slo_attainment", "static_peak_cost", b"static_peak_cost", "static_peak_slo_attainment", b"static_peak_slo_attainment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "_slo_attainment", b"_slo_attainment", "_static_mean_slo_attainment", b"_static_mean_slo_attainment", "_static_peak_cost", b"_static_peak_cost", "_static_peak_slo_attainment", b"_static_peak_slo_attainment", "cost", b"cost", "gpu_hours", b"gpu_hours", "peak_gpus_in_use", b"peak_gpus_in_use", "slo_attainment", b"slo_attainment", "static_mean_gpu_hours", b"static_mean_gpu_hours", "static_mean_slo_attainment", b"static_mean_slo_attainment", "static_peak_cost", b"static_peak_cost", "static_peak_gpu_hours", b"static_peak_gpu_hours", "static_peak_slo_attainment", b"static_peak_slo_attainment", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost", b"_cost", "_slo_attainment", b"_slo_attainment", "_static_mean_slo_attainment", b"_static_mean_slo_attainment", "_static_peak_cost", b"_static_peak_cost", "_static_peak_slo_attainment", b"_static_peak_slo_attainment", "agg_intervals", b"agg_intervals", "cost", b"cost", "draining_gpu_hours", b"draining_gpu_hours", "gpu_hours", b"gpu_hours", "peak_gpus_in_use", b"peak_gpus_in_use", "slo_attainment", b"slo_attainment", "static_mean_gpu_hours", b"static_mean_gpu_hours", "static_mean_slo_attainment", b"static_mean_slo_attainment", "static_peak_cost", b"static_peak_cost", "static_peak_gpu_hours", b"static_peak_gpu_hours", "static_peak_slo_attainment", b"static_peak_slo_attainment", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost: _TypeAlias = _typing.Literal["cost"]  # noqa: Y015
     _WhichOneofArgType__cost: _TypeAlias = _typing.Literal["_cost", b"_cost"]  # noqa: Y015
@@ -1013,6 +1103,36 @@ class DeleteScheduleResponse(_message.Message):
 Global___DeleteScheduleResponse: _TypeAlias = DeleteScheduleResponse  # noqa: Y015
 
 @_typing.final
+class LengthPercentiles(_message.Message):
+    """LengthPercentiles are recent percentiles of a request length, in tokens (non-decreasing)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    P50_FIELD_NUMBER: _builtins.int
+    P90_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    p50: _builtins.float
+    """Median."""
+    p90: _builtins.float
+    """90th percentile."""
+    p99: _builtins.float
+    """99th percentile."""
+    def __init__(
+        self,
+        *,
+        p50: _builtins.float = ...,
+        p90: _builtins.float = ...,
+        p99: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["p50", b"p50", "p90", b"p90", "p99", b"p99"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LengthPercentiles: _TypeAlias = LengthPercentiles  # noqa: Y015
+
+@_typing.final
 class RateMatchRequest(_message.Message):
     """RateMatchRequest is what a scheduler observes at run time. Nothing is stored."""
 
@@ -1032,14 +1152,17 @@ class RateMatchRequest(_message.Message):
     MIN_WORKERS_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    ISL_PERCENTILES_FIELD_NUMBER: _builtins.int
+    OSL_PERCENTILES_FIELD_NUMBER: _builtins.int
+    MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name or alias from the catalog."""
     requests_per_s: _builtins.float
     """Observed arrival rate, in requests per second."""
     isl: _builtins.float
-    """Observed mean prompt tokens per request."""
+    """Observed mean prompt tokens per request. Ignored when isl_percentiles is set."""
     osl: _builtins.float
-    """Observed mean output tokens per request."""
+    """Observed mean output tokens per request. Ignored when osl_percentiles is set."""
     prefill_workers: _builtins.int
     """Prefill workers running now."""
     decode_workers: _builtins.int
@@ -1052,6 +1175,8 @@ class RateMatchRequest(_message.Message):
     """Fewest workers per pool. Unset means 1."""
     engine: _builtins.str
     """Serving engine profile. Empty means "vllm"."""
+    memory_fraction: _builtins.float
+    """The engine's memory fraction, in (0, 1]. Unset means the engine's default."""
     @_builtins.property
     def slo(self) -> _plan_pb2.Slo:
         """The latency targets. Required."""
@@ -1067,6 +1192,16 @@ class RateMatchRequest(_message.Message):
     @_builtins.property
     def precision(self) -> _common_pb2.Precision:
         """Precision of weights, activations and KV cache. Unset means bf16 throughout."""
+
+    @_builtins.property
+    def isl_percentiles(self) -> Global___LengthPercentiles:
+        """Recent prompt-length percentiles, in place of the mean: the lengths become three classes at
+        the p50, p90 and p99 with shares 0.7, 0.245 and 0.055.
+        """
+
+    @_builtins.property
+    def osl_percentiles(self) -> Global___LengthPercentiles:
+        """Recent output-length percentiles, in place of the mean (as isl_percentiles)."""
 
     def __init__(
         self,
@@ -1085,17 +1220,24 @@ class RateMatchRequest(_message.Message):
         min_workers: _builtins.int | None = ...,
         precision: _common_pb2.Precision | None = ...,
         engine: _builtins.str = ...,
+        isl_percentiles: Global___LengthPercentiles | None = ...,
+        osl_percentiles: Global___LengthPercentiles | None = ...,
+        memory_fraction: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_workers", b"_min_workers", "_observed_tpot_ms", b"_observed_tpot_ms", "_observed_ttft_ms", b"_observed_ttft_ms", "decode", b"decode", "min_workers", b"min_workers", "observed_tpot_ms", b"observed_tpot_ms", "observed_ttft_ms", b"observed_ttft_ms", "precision", b"precision", "prefill", b"prefill", "slo", b"slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction", "_min_workers", b"_min_workers", "_observed_tpot_ms", b"_observed_tpot_ms", "_observed_ttft_ms", b"_observed_ttft_ms", "decode", b"decode", "isl_percentiles", b"isl_percentiles", "memory_fraction", b"memory_fraction", "min_workers", b"min_workers", "observed_tpot_ms", b"observed_tpot_ms", "observed_ttft_ms", b"observed_ttft_ms", "osl_percentiles", b"osl_percentiles", "precision", b"precision", "prefill", b"prefill", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_workers", b"_min_workers", "_observed_tpot_ms", b"_observed_tpot_ms", "_observed_ttft_ms", b"_observed_ttft_ms", "decode", b"decode", "decode_workers", b"decode_workers", "engine", b"engine", "isl", b"isl", "min_workers", b"min_workers", "model", b"model", "observed_tpot_ms", b"observed_tpot_ms", "observed_ttft_ms", b"observed_ttft_ms", "osl", b"osl", "precision", b"precision", "prefill", b"prefill", "prefill_workers", b"prefill_workers", "requests_per_s", b"requests_per_s", "slo", b"slo"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction", "_min_workers", b"_min_workers", "_observed_tpot_ms", b"_observed_tpot_ms", "_observed_ttft_ms", b"_observed_ttft_ms", "decode", b"decode", "decode_workers", b"decode_workers", "engine", b"engine", "isl", b"isl", "isl_percentiles", b"isl_percentiles", "memory_fraction", b"memory_fraction", "min_workers", b"min_workers", "model", b"model", "observed_tpot_ms", b"observed_tpot_ms", "observed_ttft_ms", b"observed_ttft_ms", "osl", b"osl", "osl_percentiles", b"osl_percentiles", "precision", b"precision", "prefill", b"prefill", "prefill_workers", b"prefill_workers", "requests_per_s", b"requests_per_s", "slo", b"slo"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__memory_fraction: _TypeAlias = _typing.Literal["memory_fraction"]  # noqa: Y015
+    _WhichOneofArgType__memory_fraction: _TypeAlias = _typing.Literal["_memory_fraction", b"_memory_fraction"]  # noqa: Y015
     _WhichOneofReturnType__min_workers: _TypeAlias = _typing.Literal["min_workers"]  # noqa: Y015
     _WhichOneofArgType__min_workers: _TypeAlias = _typing.Literal["_min_workers", b"_min_workers"]  # noqa: Y015
     _WhichOneofReturnType__observed_tpot_ms: _TypeAlias = _typing.Literal["observed_tpot_ms"]  # noqa: Y015
     _WhichOneofArgType__observed_tpot_ms: _TypeAlias = _typing.Literal["_observed_tpot_ms", b"_observed_tpot_ms"]  # noqa: Y015
     _WhichOneofReturnType__observed_ttft_ms: _TypeAlias = _typing.Literal["observed_ttft_ms"]  # noqa: Y015
     _WhichOneofArgType__observed_ttft_ms: _TypeAlias = _typing.Literal["_observed_ttft_ms", b"_observed_ttft_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_fraction) -> _WhichOneofReturnType__memory_fraction | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_workers) -> _WhichOneofReturnType__min_workers | None: ...
     @_typing.overload

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/scaling.proto.
  */
 export const file_pdplanner_v1_scaling: GenFile = /*@__PURE__*/
-  fileDesc("ChpwZHBsYW5uZXIvdjEvc2NhbGluZy5wcm90bxIMcGRwbGFubmVyLnYxInMKD1RyYWZmaWNJbnRlcnZhbBIPCgdzdGFydF9zGAEgASgBEhIKCmR1cmF0aW9uX3MYAiABKAESFgoOcmVxdWVzdHNfcGVyX3MYAyABKAESIwoDbWl4GAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkIkEKDVRyYWZmaWNTZXJpZXMSMAoJaW50ZXJ2YWxzGAEgAygLMh0ucGRwbGFubmVyLnYxLlRyYWZmaWNJbnRlcnZhbCKkAQoPSGlzdG9yeUZvcmVjYXN0Ei4KB2hpc3RvcnkYASADKAsyHS5wZHBsYW5uZXIudjEuVHJhZmZpY0ludGVydmFsEg8KB2hvcml6b24YAiABKAUSFQoIcXVhbnRpbGUYAyABKAFIAIgBARIsCgZtZXRob2QYBCABKA4yHC5wZHBsYW5uZXIudjEuRm9yZWNhc3RNZXRob2RCCwoJX3F1YW50aWxlIpEEChJQbGFuU2NhbGluZ1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRILCgNncHUYAyABKAkSEgoKZGVjb2RlX2dwdRgEIAEoCRIMCgRncHVzGAUgASgFEh4KA3NsbxgGIAEoCzIRLnBkcGxhbm5lci52MS5TbG8SLQoGc2VyaWVzGAcgASgLMhsucGRwbGFubmVyLnYxLlRyYWZmaWNTZXJpZXNIABIxCghmb3JlY2FzdBgIIAEoCzIdLnBkcGxhbm5lci52MS5IaXN0b3J5Rm9yZWNhc3RIABIWCglzdGFydHVwX3MYCSABKAFIAYgBARIXCgpjb29sZG93bl9zGAogASgBSAKIAQESGAoLbWluX3dvcmtlcnMYCyABKAVIA4gBARIfChJwcmljZV9wZXJfZ3B1X2hvdXIYDCABKAFIBIgBARIqCglwcmVjaXNpb24YDSABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgOIAEoCRIVCghzaW11bGF0ZRgPIAEoCEgFiAEBEgwKBHNlZWQYECABKANCCQoHdHJhZmZpY0IMCgpfc3RhcnR1cF9zQg0KC19jb29sZG93bl9zQg4KDF9taW5fd29ya2Vyc0IVChNfcHJpY2VfcGVyX2dwdV9ob3VyQgsKCV9zaW11bGF0ZSJ9CgxXb3JrZXJMYXlvdXQSCwoDZ3B1GAEgASgJEgoKAnRwGAIgASgFEgoKAnBwGAMgASgFEgoKAmVwGAQgASgFEhQKDGF0dGVudGlvbl9kcBgFIAEoBRINCgViYXRjaBgGIAEoBRIXCg9ncHVzX3Blcl93b3JrZXIYByABKAUiVQoIUG9vbFNpemUSDwoHd29ya2VycxgBIAEoBRIMCgRncHVzGAIgASgFEioKBmxheW91dBgDIAEoCzIaLnBkcGxhbm5lci52MS5Xb3JrZXJMYXlvdXQikgQKEEludGVydmFsU2NoZWR1bGUSDwoHc3RhcnRfcxgBIAEoARISCgpkdXJhdGlvbl9zGAIgASgBEhYKDnJlcXVlc3RzX3Blcl9zGAMgASgBEhAKCG1lYW5faXNsGAQgASgBEhAKCG1lYW5fb3NsGAUgASgBEiAKBG1vZGUYBiABKA4yEi5wZHBsYW5uZXIudjEuTW9kZRIMCgRncHVzGAcgASgFEicKB3ByZWZpbGwYCCABKAsyFi5wZHBsYW5uZXIudjEuUG9vbFNpemUSJgoGZGVjb2RlGAkgASgLMhYucGRwbGFubmVyLnYxLlBvb2xTaXplEiAKGHByZWZpbGxfZGVjb2RlX2dwdV9yYXRpbxgKIAEoARIeChFwcmVkaWN0ZWRfdHRmdF9tcxgLIAEoAUgAiAEBEh4KEXByZWRpY3RlZF90cG90X21zGAwgASgBSAGIAQESGwoTcHJlZmlsbF91dGlsaXNhdGlvbhgNIAEoARIaChJkZWNvZGVfdXRpbGlzYXRpb24YDiABKAESEQoJdmlvbGF0aW9uGA8gASgJEiUKGHNpbXVsYXRlZF9zbG9fYXR0YWlubWVudBgQIAEoAUgCiAEBQhQKEl9wcmVkaWN0ZWRfdHRmdF9tc0IUChJfcHJlZGljdGVkX3Rwb3RfbXNCGwoZX3NpbXVsYXRlZF9zbG9fYXR0YWlubWVudCL7AQoMU2NhbGluZ0V2ZW50EgwKBGF0X3MYASABKAESEwoLZWZmZWN0aXZlX3MYAiABKAESJAoEcG9vbBgDIAEoDjIWLnBkcGxhbm5lci52MS5Qb29sUm9sZRIrCgZhY3Rpb24YBCABKA4yGy5wZHBsYW5uZXIudjEuU2NhbGluZ0FjdGlvbhIUCgxmcm9tX3dvcmtlcnMYBSABKAUSEgoKdG9fd29ya2VycxgGIAEoBRIqCgZsYXlvdXQYByABKAsyGi5wZHBsYW5uZXIudjEuV29ya2VyTGF5b3V0Eg8KB3Jlc3RhcnQYCCABKAgSDgoGcmVhc29uGAkgASgJIkYKEVNjaGVkdWxlVmlvbGF0aW9uEhAKCGludGVydmFsGAEgASgFEg8KB3N0YXJ0X3MYAiABKAESDgoGcmVhc29uGAMgASgJIjsKEkxhdGVuY3lQZXJjZW50aWxlcxILCgNwNTAYASABKAESCwoDcDkwGAIgASgBEgsKA3A5ORgDIAEoASKcAQoKU2ltdWxhdGlvbhIQCghyZXF1ZXN0cxgBIAEoAxIWCg5zbG9fYXR0YWlubWVudBgCIAEoARIxCgd0dGZ0X21zGAMgASgLMiAucGRwbGFubmVyLnYxLkxhdGVuY3lQZXJjZW50aWxlcxIxCgd0cG90X21zGAQgASgLMiAucGRwbGFubmVyLnYxLkxhdGVuY3lQZXJjZW50aWxlcyKyAQoQU3RhdGljRGVwbG95bWVudBInCgdwcmVmaWxsGAEgASgLMhYucGRwbGFubmVyLnYxLlBvb2xTaXplEiYKBmRlY29kZRgCIAEoCzIWLnBkcGxhbm5lci52MS5Qb29sU2l6ZRIMCgRncHVzGAMgASgFEhEKCWdwdV9ob3VycxgEIAEoARIsCgpzaW11bGF0aW9uGAUgASgLMhgucGRwbGFubmVyLnYxLlNpbXVsYXRpb24iwAMKDlNjaGVkdWxlVG90YWxzEhEKCWdwdV9ob3VycxgBIAEoARIdChVzdGF0aWNfcGVha19ncHVfaG91cnMYAiABKAESHQoVc3RhdGljX21lYW5fZ3B1X2hvdXJzGAMgASgBEhEKBGNvc3QYBCABKAFIAIgBARIdChBzdGF0aWNfcGVha19jb3N0GAUgASgBSAGIAQESGAoQcGVha19ncHVzX2luX3VzZRgGIAEoBRIbCg5zbG9fYXR0YWlubWVudBgHIAEoAUgCiAEBEicKGnN0YXRpY19wZWFrX3Nsb19hdHRhaW5tZW50GAggASgBSAOIAQESJwoac3RhdGljX21lYW5fc2xvX2F0dGFpbm1lbnQYCSABKAFIBIgBARIzCgp2aW9sYXRpb25zGAogAygLMh8ucGRwbGFubmVyLnYxLlNjaGVkdWxlVmlvbGF0aW9uQgcKBV9jb3N0QhMKEV9zdGF0aWNfcGVha19jb3N0QhEKD19zbG9fYXR0YWlubWVudEIdChtfc3RhdGljX3BlYWtfc2xvX2F0dGFpbm1lbnRCHQobX3N0YXRpY19tZWFuX3Nsb19hdHRhaW5tZW50IrUCCg5TY2hlZHVsZVJlc3VsdBIxCglpbnRlcnZhbHMYASADKAsyHi5wZHBsYW5uZXIudjEuSW50ZXJ2YWxTY2hlZHVsZRIqCgZldmVudHMYAiADKAsyGi5wZHBsYW5uZXIudjEuU2NhbGluZ0V2ZW50EiwKBnRvdGFscxgDIAEoCzIcLnBkcGxhbm5lci52MS5TY2hlZHVsZVRvdGFscxIsCgpzaW11bGF0aW9uGAQgASgLMhgucGRwbGFubmVyLnYxLlNpbXVsYXRpb24SMwoLc3RhdGljX3BlYWsYBSABKAsyHi5wZHBsYW5uZXIudjEuU3RhdGljRGVwbG95bWVudBIzCgtzdGF0aWNfbWVhbhgGIAEoCzIeLnBkcGxhbm5lci52MS5TdGF0aWNEZXBsb3ltZW50IsMBCghTY2hlZHVsZRIMCgRuYW1lGAEgASgJEi8KC2NyZWF0ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCgdyZXF1ZXN0GAMgASgLMiAucGRwbGFubmVyLnYxLlBsYW5TY2FsaW5nUmVxdWVzdBIsCgZyZXN1bHQYBCABKAsyHC5wZHBsYW5uZXIudjEuU2NoZWR1bGVSZXN1bHQSFwoPcGxhbm5lcl92ZXJzaW9uGAUgASgJIj8KE1BsYW5TY2FsaW5nUmVzcG9uc2USKAoIc2NoZWR1bGUYASABKAsyFi5wZHBsYW5uZXIudjEuU2NoZWR1bGUiIgoSR2V0U2NoZWR1bGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiPwoTR2V0U2NoZWR1bGVSZXNwb25zZRIoCghzY2hlZHVsZRgBIAEoCzIWLnBkcGxhbm5lci52MS5TY2hlZHVsZSJMChRMaXN0U2NoZWR1bGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRINCgVtb2RlbBgDIAEoCSJbChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKQoJc2NoZWR1bGVzGAEgAygLMhYucGRwbGFubmVyLnYxLlNjaGVkdWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIlChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIYChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlIssDChBSYXRlTWF0Y2hSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEh4KA3NsbxgCIAEoCzIRLnBkcGxhbm5lci52MS5TbG8SFgoOcmVxdWVzdHNfcGVyX3MYAyABKAESCwoDaXNsGAQgASgBEgsKA29zbBgFIAEoARIrCgdwcmVmaWxsGAYgASgLMhoucGRwbGFubmVyLnYxLldvcmtlckxheW91dBIXCg9wcmVmaWxsX3dvcmtlcnMYByABKAUSKgoGZGVjb2RlGAggASgLMhoucGRwbGFubmVyLnYxLldvcmtlckxheW91dBIWCg5kZWNvZGVfd29ya2VycxgJIAEoBRIdChBvYnNlcnZlZF90dGZ0X21zGAogASgBSACIAQESHQoQb2JzZXJ2ZWRfdHBvdF9tcxgLIAEoAUgBiAEBEhgKC21pbl93b3JrZXJzGAwgASgFSAKIAQESKgoJcHJlY2lzaW9uGA0gASgLMhcucGRwbGFubmVyLnYxLlByZWNpc2lvbhIOCgZlbmdpbmUYDiABKAlCEwoRX29ic2VydmVkX3R0ZnRfbXNCEwoRX29ic2VydmVkX3Rwb3RfbXNCDgoMX21pbl93b3JrZXJzIsgDChFSYXRlTWF0Y2hSZXNwb25zZRIXCg9wcmVmaWxsX3dvcmtlcnMYASABKAUSFgoOZGVjb2RlX3dvcmtlcnMYAiABKAUSIAoYcHJlZmlsbF9kZWNvZGVfZ3B1X3JhdGlvGAMgASgBEh4KEXByZWRpY3RlZF90dGZ0X21zGAQgASgBSACIAQESHgoRcHJlZGljdGVkX3Rwb3RfbXMYBSABKAFIAYgBARImChljdXJyZW50X3ByZWRpY3RlZF90dGZ0X21zGAYgASgBSAKIAQESJgoZY3VycmVudF9wcmVkaWN0ZWRfdHBvdF9tcxgHIAEoAUgDiAEBEhcKD3R0ZnRfY29ycmVjdGlvbhgIIAEoARIXCg90cG90X2NvcnJlY3Rpb24YCSABKAESFQoIaGVhZHJvb20YCiABKAFIBIgBARISCgplbGFwc2VkX21zGAsgASgBQhQKEl9wcmVkaWN0ZWRfdHRmdF9tc0IUChJfcHJlZGljdGVkX3Rwb3RfbXNCHAoaX2N1cnJlbnRfcHJlZGljdGVkX3R0ZnRfbXNCHAoaX2N1cnJlbnRfcHJlZGljdGVkX3Rwb3RfbXNCCwoJX2hlYWRyb29tKmYKDkZvcmVjYXN0TWV0aG9kEh8KG0ZPUkVDQVNUX01FVEhPRF9VTlNQRUNJRklFRBAAEhcKE0ZPUkVDQVNUX01FVEhPRF9FVFMQARIaChZGT1JFQ0FTVF9NRVRIT0RfU0FSSU1BEAIqiwEKDVNjYWxpbmdBY3Rpb24SHgoaU0NBTElOR19BQ1RJT05fVU5TUEVDSUZJRUQQABIbChdTQ0FMSU5HX0FDVElPTl9TQ0FMRV9VUBABEh0KGVNDQUxJTkdfQUNUSU9OX1NDQUxFX0RPV04QAhIeChpTQ0FMSU5HX0FDVElPTl9SRUNPTkZJR1VSRRADQi9aLXBkcGxhbm5lci9jbGllbnRzL2dvL3BkcGxhbm5lci92MTtwZHBsYW5uZXJ2MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
+  fileDesc("ChpwZHBsYW5uZXIvdjEvc2NhbGluZy5wcm90bxIMcGRwbGFubmVyLnYxInMKD1RyYWZmaWNJbnRlcnZhbBIPCgdzdGFydF9zGAEgASgBEhIKCmR1cmF0aW9uX3MYAiABKAESFgoOcmVxdWVzdHNfcGVyX3MYAyABKAESIwoDbWl4GAQgAygLMhYucGRwbGFubmVyLnYxLldvcmtsb2FkIkEKDVRyYWZmaWNTZXJpZXMSMAoJaW50ZXJ2YWxzGAEgAygLMh0ucGRwbGFubmVyLnYxLlRyYWZmaWNJbnRlcnZhbCKkAQoPSGlzdG9yeUZvcmVjYXN0Ei4KB2hpc3RvcnkYASADKAsyHS5wZHBsYW5uZXIudjEuVHJhZmZpY0ludGVydmFsEg8KB2hvcml6b24YAiABKAUSFQoIcXVhbnRpbGUYAyABKAFIAIgBARIsCgZtZXRob2QYBCABKA4yHC5wZHBsYW5uZXIudjEuRm9yZWNhc3RNZXRob2RCCwoJX3F1YW50aWxlIuAFChJQbGFuU2NhbGluZ1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRILCgNncHUYAyABKAkSEgoKZGVjb2RlX2dwdRgEIAEoCRIMCgRncHVzGAUgASgFEh4KA3NsbxgGIAEoCzIRLnBkcGxhbm5lci52MS5TbG8SLQoGc2VyaWVzGAcgASgLMhsucGRwbGFubmVyLnYxLlRyYWZmaWNTZXJpZXNIABIxCghmb3JlY2FzdBgIIAEoCzIdLnBkcGxhbm5lci52MS5IaXN0b3J5Rm9yZWNhc3RIABIWCglzdGFydHVwX3MYCSABKAFIAYgBARIXCgpjb29sZG93bl9zGAogASgBSAKIAQESGAoLbWluX3dvcmtlcnMYCyABKAVIA4gBARIfChJwcmljZV9wZXJfZ3B1X2hvdXIYDCABKAFIBIgBARIqCglwcmVjaXNpb24YDSABKAsyFy5wZHBsYW5uZXIudjEuUHJlY2lzaW9uEg4KBmVuZ2luZRgOIAEoCRIVCghzaW11bGF0ZRgPIAEoCEgFiAEBEgwKBHNlZWQYECABKAMSHAoPbWVtb3J5X2ZyYWN0aW9uGBEgASgBSAaIAQESRQoLZW5naW5lX2FyZ3MYEiADKAsyMC5wZHBsYW5uZXIudjEuUGxhblNjYWxpbmdSZXF1ZXN0LkVuZ2luZUFyZ3NFbnRyeRIhCgVtb2RlcxgTIAMoDjISLnBkcGxhbm5lci52MS5Nb2RlGjEKD0VuZ2luZUFyZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3RyYWZmaWNCDAoKX3N0YXJ0dXBfc0INCgtfY29vbGRvd25fc0IOCgxfbWluX3dvcmtlcnNCFQoTX3ByaWNlX3Blcl9ncHVfaG91ckILCglfc2ltdWxhdGVCEgoQX21lbW9yeV9mcmFjdGlvbiJ9CgxXb3JrZXJMYXlvdXQSCwoDZ3B1GAEgASgJEgoKAnRwGAIgASgFEgoKAnBwGAMgASgFEgoKAmVwGAQgASgFEhQKDGF0dGVudGlvbl9kcBgFIAEoBRINCgViYXRjaBgGIAEoBRIXCg9ncHVzX3Blcl93b3JrZXIYByABKAUiVQoIUG9vbFNpemUSDwoHd29ya2VycxgBIAEoBRIMCgRncHVzGAIgASgFEioKBmxheW91dBgDIAEoCzIaLnBkcGxhbm5lci52MS5Xb3JrZXJMYXlvdXQimQUKEEludGVydmFsU2NoZWR1bGUSDwoHc3RhcnRfcxgBIAEoARISCgpkdXJhdGlvbl9zGAIgASgBEhYKDnJlcXVlc3RzX3Blcl9zGAMgASgBEhAKCG1lYW5faXNsGAQgASgBEhAKCG1lYW5fb3NsGAUgASgBEiAKBG1vZGUYBiABKA4yEi5wZHBsYW5uZXIudjEuTW9kZRIMCgRncHVzGAcgASgFEicKB3ByZWZpbGwYCCABKAsyFi5wZHBsYW5uZXIudjEuUG9vbFNpemUSJgoGZGVjb2RlGAkgASgLMhYucGRwbGFubmVyLnYxLlBvb2xTaXplEiAKGHByZWZpbGxfZGVjb2RlX2dwdV9yYXRpbxgKIAEoARIeChFwcmVkaWN0ZWRfdHRmdF9tcxgLIAEoAUgAiAEBEh4KEXByZWRpY3RlZF90cG90X21zGAwgASgBSAGIAQESGwoTcHJlZmlsbF91dGlsaXNhdGlvbhgNIAEoARIaChJkZWNvZGVfdXRpbGlzYXRpb24YDiABKAESEQoJdmlvbGF0aW9uGA8gASgJEiUKGHNpbXVsYXRlZF9zbG9fYXR0YWlubWVudBgQIAEoAUgCiAEBEiMKA2FnZxgRIAEoCzIWLnBkcGxhbm5lci52MS5Qb29sU2l6ZRIXCg9hZ2dfdXRpbGlzYXRpb24YEiABKAESHQoQYWx0ZXJuYXRpdmVfZ3B1cxgTIAEoBUgDiAEBEhMKC21vZGVfcmVhc29uGBQgASgJQhQKEl9wcmVkaWN0ZWRfdHRmdF9tc0IUChJfcHJlZGljdGVkX3Rwb3RfbXNCGwoZX3NpbXVsYXRlZF9zbG9fYXR0YWlubWVudEITChFfYWx0ZXJuYXRpdmVfZ3B1cyL7AQoMU2NhbGluZ0V2ZW50EgwKBGF0X3MYASABKAESEwoLZWZmZWN0aXZlX3MYAiABKAESJAoEcG9vbBgDIAEoDjIWLnBkcGxhbm5lci52MS5Qb29sUm9sZRIrCgZhY3Rpb24YBCABKA4yGy5wZHBsYW5uZXIudjEuU2NhbGluZ0FjdGlvbhIUCgxmcm9tX3dvcmtlcnMYBSABKAUSEgoKdG9fd29ya2VycxgGIAEoBRIqCgZsYXlvdXQYByABKAsyGi5wZHBsYW5uZXIudjEuV29ya2VyTGF5b3V0Eg8KB3Jlc3RhcnQYCCABKAgSDgoGcmVhc29uGAkgASgJIkYKEVNjaGVkdWxlVmlvbGF0aW9uEhAKCGludGVydmFsGAEgASgFEg8KB3N0YXJ0X3MYAiABKAESDgoGcmVhc29uGAMgASgJIjsKEkxhdGVuY3lQZXJjZW50aWxlcxILCgNwNTAYASABKAESCwoDcDkwGAIgASgBEgsKA3A5ORgDIAEoASKcAQoKU2ltdWxhdGlvbhIQCghyZXF1ZXN0cxgBIAEoAxIWCg5zbG9fYXR0YWlubWVudBgCIAEoARIxCgd0dGZ0X21zGAMgASgLMiAucGRwbGFubmVyLnYxLkxhdGVuY3lQZXJjZW50aWxlcxIxCgd0cG90X21zGAQgASgLMiAucGRwbGFubmVyLnYxLkxhdGVuY3lQZXJjZW50aWxlcyLXAQoQU3RhdGljRGVwbG95bWVudBInCgdwcmVmaWxsGAEgASgLMhYucGRwbGFubmVyLnYxLlBvb2xTaXplEiYKBmRlY29kZRgCIAEoCzIWLnBkcGxhbm5lci52MS5Qb29sU2l6ZRIMCgRncHVzGAMgASgFEhEKCWdwdV9ob3VycxgEIAEoARIsCgpzaW11bGF0aW9uGAUgASgLMhgucGRwbGFubmVyLnYxLlNpbXVsYXRpb24SIwoDYWdnGAYgASgLMhYucGRwbGFubmVyLnYxLlBvb2xTaXplIvMDCg5TY2hlZHVsZVRvdGFscxIRCglncHVfaG91cnMYASABKAESHQoVc3RhdGljX3BlYWtfZ3B1X2hvdXJzGAIgASgBEh0KFXN0YXRpY19tZWFuX2dwdV9ob3VycxgDIAEoARIRCgRjb3N0GAQgASgBSACIAQESHQoQc3RhdGljX3BlYWtfY29zdBgFIAEoAUgBiAEBEhgKEHBlYWtfZ3B1c19pbl91c2UYBiABKAUSGwoOc2xvX2F0dGFpbm1lbnQYByABKAFIAogBARInChpzdGF0aWNfcGVha19zbG9fYXR0YWlubWVudBgIIAEoAUgDiAEBEicKGnN0YXRpY19tZWFuX3Nsb19hdHRhaW5tZW50GAkgASgBSASIAQESMwoKdmlvbGF0aW9ucxgKIAMoCzIfLnBkcGxhbm5lci52MS5TY2hlZHVsZVZpb2xhdGlvbhIaChJkcmFpbmluZ19ncHVfaG91cnMYCyABKAESFQoNYWdnX2ludGVydmFscxgMIAEoBUIHCgVfY29zdEITChFfc3RhdGljX3BlYWtfY29zdEIRCg9fc2xvX2F0dGFpbm1lbnRCHQobX3N0YXRpY19wZWFrX3Nsb19hdHRhaW5tZW50Qh0KG19zdGF0aWNfbWVhbl9zbG9fYXR0YWlubWVudCK1AgoOU2NoZWR1bGVSZXN1bHQSMQoJaW50ZXJ2YWxzGAEgAygLMh4ucGRwbGFubmVyLnYxLkludGVydmFsU2NoZWR1bGUSKgoGZXZlbnRzGAIgAygLMhoucGRwbGFubmVyLnYxLlNjYWxpbmdFdmVudBIsCgZ0b3RhbHMYAyABKAsyHC5wZHBsYW5uZXIudjEuU2NoZWR1bGVUb3RhbHMSLAoKc2ltdWxhdGlvbhgEIAEoCzIYLnBkcGxhbm5lci52MS5TaW11bGF0aW9uEjMKC3N0YXRpY19wZWFrGAUgASgLMh4ucGRwbGFubmVyLnYxLlN0YXRpY0RlcGxveW1lbnQSMwoLc3RhdGljX21lYW4YBiABKAsyHi5wZHBsYW5uZXIudjEuU3RhdGljRGVwbG95bWVudCLDAQoIU2NoZWR1bGUSDAoEbmFtZRgBIAEoCRIvCgtjcmVhdGVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoHcmVxdWVzdBgDIAEoCzIgLnBkcGxhbm5lci52MS5QbGFuU2NhbGluZ1JlcXVlc3QSLAoGcmVzdWx0GAQgASgLMhwucGRwbGFubmVyLnYxLlNjaGVkdWxlUmVzdWx0EhcKD3BsYW5uZXJfdmVyc2lvbhgFIAEoCSI/ChNQbGFuU2NhbGluZ1Jlc3BvbnNlEigKCHNjaGVkdWxlGAEgASgLMhYucGRwbGFubmVyLnYxLlNjaGVkdWxlIiIKEkdldFNjaGVkdWxlUmVxdWVzdBIMCgRuYW1lGAEgASgJIj8KE0dldFNjaGVkdWxlUmVzcG9uc2USKAoIc2NoZWR1bGUYASABKAsyFi5wZHBsYW5uZXIudjEuU2NoZWR1bGUiTAoUTGlzdFNjaGVkdWxlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDQoFbW9kZWwYAyABKAkiWwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEikKCXNjaGVkdWxlcxgBIAMoCzIWLnBkcGxhbm5lci52MS5TY2hlZHVsZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJQoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiGAoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZSI6ChFMZW5ndGhQZXJjZW50aWxlcxILCgNwNTAYASABKAESCwoDcDkwGAIgASgBEgsKA3A5ORgDIAEoASLxBAoQUmF0ZU1hdGNoUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIeCgNzbG8YAiABKAsyES5wZHBsYW5uZXIudjEuU2xvEhYKDnJlcXVlc3RzX3Blcl9zGAMgASgBEgsKA2lzbBgEIAEoARILCgNvc2wYBSABKAESKwoHcHJlZmlsbBgGIAEoCzIaLnBkcGxhbm5lci52MS5Xb3JrZXJMYXlvdXQSFwoPcHJlZmlsbF93b3JrZXJzGAcgASgFEioKBmRlY29kZRgIIAEoCzIaLnBkcGxhbm5lci52MS5Xb3JrZXJMYXlvdXQSFgoOZGVjb2RlX3dvcmtlcnMYCSABKAUSHQoQb2JzZXJ2ZWRfdHRmdF9tcxgKIAEoAUgAiAEBEh0KEG9ic2VydmVkX3Rwb3RfbXMYCyABKAFIAYgBARIYCgttaW5fd29ya2VycxgMIAEoBUgCiAEBEioKCXByZWNpc2lvbhgNIAEoCzIXLnBkcGxhbm5lci52MS5QcmVjaXNpb24SDgoGZW5naW5lGA4gASgJEjgKD2lzbF9wZXJjZW50aWxlcxgPIAEoCzIfLnBkcGxhbm5lci52MS5MZW5ndGhQZXJjZW50aWxlcxI4Cg9vc2xfcGVyY2VudGlsZXMYECABKAsyHy5wZHBsYW5uZXIudjEuTGVuZ3RoUGVyY2VudGlsZXMSHAoPbWVtb3J5X2ZyYWN0aW9uGBEgASgBSAOIAQFCEwoRX29ic2VydmVkX3R0ZnRfbXNCEwoRX29ic2VydmVkX3Rwb3RfbXNCDgoMX21pbl93b3JrZXJzQhIKEF9tZW1vcnlfZnJhY3Rpb24iyAMKEVJhdGVNYXRjaFJlc3BvbnNlEhcKD3ByZWZpbGxfd29ya2VycxgBIAEoBRIWCg5kZWNvZGVfd29ya2VycxgCIAEoBRIgChhwcmVmaWxsX2RlY29kZV9ncHVfcmF0aW8YAyABKAESHgoRcHJlZGljdGVkX3R0ZnRfbXMYBCABKAFIAIgBARIeChFwcmVkaWN0ZWRfdHBvdF9tcxgFIAEoAUgBiAEBEiYKGWN1cnJlbnRfcHJlZGljdGVkX3R0ZnRfbXMYBiABKAFIAogBARImChljdXJyZW50X3ByZWRpY3RlZF90cG90X21zGAcgASgBSAOIAQESFwoPdHRmdF9jb3JyZWN0aW9uGAggASgBEhcKD3Rwb3RfY29ycmVjdGlvbhgJIAEoARIVCghoZWFkcm9vbRgKIAEoAUgEiAEBEhIKCmVsYXBzZWRfbXMYCyABKAFCFAoSX3ByZWRpY3RlZF90dGZ0X21zQhQKEl9wcmVkaWN0ZWRfdHBvdF9tc0IcChpfY3VycmVudF9wcmVkaWN0ZWRfdHRmdF9tc0IcChpfY3VycmVudF9wcmVkaWN0ZWRfdHBvdF9tc0ILCglfaGVhZHJvb20qZgoORm9yZWNhc3RNZXRob2QSHwobRk9SRUNBU1RfTUVUSE9EX1VOU1BFQ0lGSUVEEAASFwoTRk9SRUNBU1RfTUVUSE9EX0VUUxABEhoKFkZPUkVDQVNUX01FVEhPRF9TQVJJTUEQAiqLAQoNU2NhbGluZ0FjdGlvbhIeChpTQ0FMSU5HX0FDVElPTl9VTlNQRUNJRklFRBAAEhsKF1NDQUxJTkdfQUNUSU9OX1NDQUxFX1VQEAESHQoZU0NBTElOR19BQ1RJT05fU0NBTEVfRE9XThACEh4KGlNDQUxJTkdfQUNUSU9OX1JFQ09ORklHVVJFEANCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM", [file_google_protobuf_timestamp, file_pdplanner_v1_common, file_pdplanner_v1_plan]);
 
 /**
  * TrafficInterval is one interval of a traffic series: Poisson arrivals at requests_per_s from
@@ -254,6 +254,30 @@ export type PlanScalingRequest = Message<"pdplanner.v1.PlanScalingRequest"> & {
    * @generated from field: int64 seed = 16;
    */
   seed: bigint;
+
+  /**
+   * The engine's memory fraction, in (0, 1]: vLLM gpu_memory_utilization, SGLang
+   * mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction. Unset means the engine's default.
+   *
+   * @generated from field: optional double memory_fraction = 17;
+   */
+  memoryFraction?: number | undefined;
+
+  /**
+   * Engine scheduler overrides by the engines' own names (max_num_batched_tokens, max_num_seqs,
+   * enable_chunked_prefill, kv_admission, ...), as in PlanRequest.engine_args.
+   *
+   * @generated from field: map<string, string> engine_args = 18;
+   */
+  engineArgs: { [key: string]: string };
+
+  /**
+   * Serving modes intervals may use. Empty means both: each interval takes the one needing fewer
+   * GPU-hours, a switch costing the new workers' start-up.
+   *
+   * @generated from field: repeated pdplanner.v1.Mode modes = 19;
+   */
+  modes: Mode[];
 };
 
 /**
@@ -431,7 +455,7 @@ export type IntervalSchedule = Message<"pdplanner.v1.IntervalSchedule"> & {
   decode?: PoolSize | undefined;
 
   /**
-   * Prefill GPUs divided by decode GPUs.
+   * Prefill GPUs divided by decode GPUs; 0 in aggregated intervals.
    *
    * @generated from field: double prefill_decode_gpu_ratio = 10;
    */
@@ -478,6 +502,34 @@ export type IntervalSchedule = Message<"pdplanner.v1.IntervalSchedule"> & {
    * @generated from field: optional double simulated_slo_attainment = 16;
    */
   simulatedSloAttainment?: number | undefined;
+
+  /**
+   * The aggregated pool, when mode is MODE_AGG (prefill and decode are then unset).
+   *
+   * @generated from field: pdplanner.v1.PoolSize agg = 17;
+   */
+  agg?: PoolSize | undefined;
+
+  /**
+   * Share of the aggregated pool's capacity the rate uses (0 in disaggregated intervals).
+   *
+   * @generated from field: double agg_utilisation = 18;
+   */
+  aggUtilisation: number;
+
+  /**
+   * GPUs the other mode would need in this interval. Unset when it cannot meet the SLO.
+   *
+   * @generated from field: optional int32 alternative_gpus = 19;
+   */
+  alternativeGpus?: number | undefined;
+
+  /**
+   * Why this interval's mode, in words (GPUs against the other mode, or restarts avoided).
+   *
+   * @generated from field: string mode_reason = 20;
+   */
+  modeReason: string;
 };
 
 /**
@@ -488,7 +540,8 @@ export const IntervalScheduleSchema: GenMessage<IntervalSchedule> = /*@__PURE__*
   messageDesc(file_pdplanner_v1_scaling, 6);
 
 /**
- * ScalingEvent is one change to a pool, issued early enough to cover the start-up delay.
+ * ScalingEvent is one change to a pool (prefill, decode or aggregated), issued early enough to
+ * cover the start-up delay.
  *
  * @generated from message pdplanner.v1.ScalingEvent
  */
@@ -716,6 +769,13 @@ export type StaticDeployment = Message<"pdplanner.v1.StaticDeployment"> & {
    * @generated from field: pdplanner.v1.Simulation simulation = 5;
    */
   simulation?: Simulation | undefined;
+
+  /**
+   * The aggregated pool, when the deployment is aggregated (prefill and decode are then unset).
+   *
+   * @generated from field: pdplanner.v1.PoolSize agg = 6;
+   */
+  agg?: PoolSize | undefined;
 };
 
 /**
@@ -732,7 +792,7 @@ export const StaticDeploymentSchema: GenMessage<StaticDeployment> = /*@__PURE__*
  */
 export type ScheduleTotals = Message<"pdplanner.v1.ScheduleTotals"> & {
   /**
-   * GPU-hours of the schedule, start-up time included.
+   * GPU-hours of the schedule, start-up and draining time included.
    *
    * @generated from field: double gpu_hours = 1;
    */
@@ -795,11 +855,26 @@ export type ScheduleTotals = Message<"pdplanner.v1.ScheduleTotals"> & {
   staticMeanSloAttainment?: number | undefined;
 
   /**
-   * Intervals predicted to miss the SLO.
+   * Intervals predicted to miss the SLO, and stretches where workers starting up, serving and
+   * draining together hold more GPUs than the limit.
    *
    * @generated from field: repeated pdplanner.v1.ScheduleViolation violations = 10;
    */
   violations: ScheduleViolation[];
+
+  /**
+   * Of gpu_hours, those of workers draining after they stopped accepting requests.
+   *
+   * @generated from field: double draining_gpu_hours = 11;
+   */
+  drainingGpuHours: number;
+
+  /**
+   * Intervals served aggregated.
+   *
+   * @generated from field: int32 agg_intervals = 12;
+   */
+  aggIntervals: number;
 };
 
 /**
@@ -1077,6 +1152,41 @@ export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = 
   messageDesc(file_pdplanner_v1_scaling, 21);
 
 /**
+ * LengthPercentiles are recent percentiles of a request length, in tokens (non-decreasing).
+ *
+ * @generated from message pdplanner.v1.LengthPercentiles
+ */
+export type LengthPercentiles = Message<"pdplanner.v1.LengthPercentiles"> & {
+  /**
+   * Median.
+   *
+   * @generated from field: double p50 = 1;
+   */
+  p50: number;
+
+  /**
+   * 90th percentile.
+   *
+   * @generated from field: double p90 = 2;
+   */
+  p90: number;
+
+  /**
+   * 99th percentile.
+   *
+   * @generated from field: double p99 = 3;
+   */
+  p99: number;
+};
+
+/**
+ * Describes the message pdplanner.v1.LengthPercentiles.
+ * Use `create(LengthPercentilesSchema)` to create a new message.
+ */
+export const LengthPercentilesSchema: GenMessage<LengthPercentiles> = /*@__PURE__*/
+  messageDesc(file_pdplanner_v1_scaling, 22);
+
+/**
  * RateMatchRequest is what a scheduler observes at run time. Nothing is stored.
  *
  * @generated from message pdplanner.v1.RateMatchRequest
@@ -1104,14 +1214,14 @@ export type RateMatchRequest = Message<"pdplanner.v1.RateMatchRequest"> & {
   requestsPerS: number;
 
   /**
-   * Observed mean prompt tokens per request.
+   * Observed mean prompt tokens per request. Ignored when isl_percentiles is set.
    *
    * @generated from field: double isl = 4;
    */
   isl: number;
 
   /**
-   * Observed mean output tokens per request.
+   * Observed mean output tokens per request. Ignored when osl_percentiles is set.
    *
    * @generated from field: double osl = 5;
    */
@@ -1179,6 +1289,28 @@ export type RateMatchRequest = Message<"pdplanner.v1.RateMatchRequest"> & {
    * @generated from field: string engine = 14;
    */
   engine: string;
+
+  /**
+   * Recent prompt-length percentiles, in place of the mean: the lengths become three classes at
+   * the p50, p90 and p99 with shares 0.7, 0.245 and 0.055.
+   *
+   * @generated from field: pdplanner.v1.LengthPercentiles isl_percentiles = 15;
+   */
+  islPercentiles?: LengthPercentiles | undefined;
+
+  /**
+   * Recent output-length percentiles, in place of the mean (as isl_percentiles).
+   *
+   * @generated from field: pdplanner.v1.LengthPercentiles osl_percentiles = 16;
+   */
+  oslPercentiles?: LengthPercentiles | undefined;
+
+  /**
+   * The engine's memory fraction, in (0, 1]. Unset means the engine's default.
+   *
+   * @generated from field: optional double memory_fraction = 17;
+   */
+  memoryFraction?: number | undefined;
 };
 
 /**
@@ -1186,7 +1318,7 @@ export type RateMatchRequest = Message<"pdplanner.v1.RateMatchRequest"> & {
  * Use `create(RateMatchRequestSchema)` to create a new message.
  */
 export const RateMatchRequestSchema: GenMessage<RateMatchRequest> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_scaling, 22);
+  messageDesc(file_pdplanner_v1_scaling, 23);
 
 /**
  * RateMatchResponse is the target deployment for the observed traffic.
@@ -1277,7 +1409,7 @@ export type RateMatchResponse = Message<"pdplanner.v1.RateMatchResponse"> & {
  * Use `create(RateMatchResponseSchema)` to create a new message.
  */
 export const RateMatchResponseSchema: GenMessage<RateMatchResponse> = /*@__PURE__*/
-  messageDesc(file_pdplanner_v1_scaling, 23);
+  messageDesc(file_pdplanner_v1_scaling, 24);
 
 /**
  * ForecastMethod is the time-series model that forecasts a history.
@@ -1341,7 +1473,8 @@ export enum ScalingAction {
   SCALE_DOWN = 2,
 
   /**
-   * Replace the pool's workers by workers of another layout (a restart).
+   * Replace the pool's workers by workers of another layout, or start the pool when the serving
+   * mode changes (a restart).
    *
    * @generated from enum value: SCALING_ACTION_RECONFIGURE = 3;
    */

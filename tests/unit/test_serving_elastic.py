@@ -1,0 +1,98 @@
+"""Workers that come and go (``planner.serving.elastic``): requests wait for a worker that joins
+late, a worker that stops accepting drains what it holds, and aggregated and disaggregated
+workers can take over from each other in one replay."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from planner.catalog import default_gpus, default_models, load_engine
+from planner.perf.params import PerfContext
+from planner.serving.elastic import WorkerSpan, simulate_elastic
+from planner.serving.scheduler import scheduler_for
+from planner.serving.simulate import Trace
+from planner.types import Parallelism
+
+LINK = 50e9
+NO_OVERHEAD = {"agg": 0.0, "disagg": 0.0}
+
+
+@pytest.fixture(scope="module")
+def ctx() -> PerfContext:
+    engine = load_engine("vllm")
+    return PerfContext.build(
+        default_models().get("llama-3.1-8b"), default_gpus().get("h100-sxm"), engine, "bf16", "bf16"
+    )
+
+
+def trace(times: list[float], isl: float = 1000.0, osl: float = 50.0) -> Trace:
+    n = len(times)
+    return Trace(np.array(times), np.full(n, isl), np.full(n, osl))
+
+
+def test_requests_wait_for_a_worker_that_joins_late(ctx: PerfContext) -> None:
+    sched = scheduler_for(ctx.engine)
+    one = Parallelism(1, 1, 1, 1)
+    early = simulate_elastic(
+        ctx, ctx, sched, [WorkerSpan("agg", one, 64, 0.0)], trace([1.0, 1.1]), LINK, NO_OVERHEAD
+    )
+    late = simulate_elastic(
+        ctx, ctx, sched, [WorkerSpan("agg", one, 64, 5.0)], trace([1.0, 1.1]), LINK, NO_OVERHEAD
+    )
+    assert early.ok and late.ok
+    print(f"\nTTFT joined at 0 s: {early.ttft_ms.round(1)}; joined at 5 s: {late.ttft_ms.round(1)}")
+    # both wait for the join, then run as they would have
+    np.testing.assert_allclose(late.ttft_ms - early.ttft_ms, [4000.0, 3900.0], atol=60.0)
+    assert np.all(late.ttft_ms >= [4000.0, 3900.0])
+
+
+def test_a_worker_that_stops_accepting_drains_and_gets_nothing_new(ctx: PerfContext) -> None:
+    """Two prefill and two decode workers; one of each stops accepting at 2 s. Everyone is
+    served; the stopped ones last held work after 2 s only for requests they had before."""
+    sched = scheduler_for(ctx.engine)
+    one = Parallelism(1, 1, 1, 1)
+    spans = [
+        WorkerSpan("prefill", one, 1, 0.0, 2.0),
+        WorkerSpan("prefill", one, 1, 0.0),
+        WorkerSpan("decode", one, 64, 0.0, 2.0),
+        WorkerSpan("decode", one, 64, 0.0),
+    ]
+    times = list(np.arange(0.0, 4.0, 0.05))
+    run = simulate_elastic(ctx, ctx, sched, spans, trace(times, osl=400.0), LINK, NO_OVERHEAD)
+    assert run.ok and np.isfinite(run.ttft_ms).all()
+    print(f"\nlast busy (s): {run.drained_s.round(2)}")
+    # the stopped decode worker drains its answers past 2 s, then idles
+    assert 2.0 < run.drained_s[2] < run.drained_s[3]
+    # the stopped prefill worker finishes its last prompt soon after 2 s
+    assert run.drained_s[0] < 2.5 < run.drained_s[1]
+    with_one = simulate_elastic(
+        ctx, ctx, sched, [spans[1], spans[3]], trace(times, osl=400.0), LINK, NO_OVERHEAD
+    )
+    # before 2 s two of each serve, so the early requests do better than on one of each
+    early = np.array(times) < 1.5
+    assert run.ttft_ms[early].mean() <= with_one.ttft_ms[early].mean()
+
+
+def test_aggregated_and_disaggregated_workers_take_over_from_each_other(
+    ctx: PerfContext,
+) -> None:
+    """Agg workers until 3 s, then a prefill and a decode worker: every request is served,
+    those arriving after the switch with the disaggregated overhead."""
+    sched = scheduler_for(ctx.engine)
+    one = Parallelism(1, 1, 1, 1)
+    spans = [
+        WorkerSpan("agg", one, 64, 0.0, 3.0),
+        WorkerSpan("prefill", one, 1, 3.0),
+        WorkerSpan("decode", one, 64, 3.0),
+    ]
+    times = list(np.arange(0.0, 6.0, 0.1))
+    run = simulate_elastic(ctx, ctx, sched, spans, trace(times), LINK)
+    assert run.ok and np.isfinite(run.ttft_ms).all() and np.isfinite(run.tpot_ms).all()
+    after = np.array(times) >= 3.0
+    assert run.ttft_ms[after].min() >= 200.0  # the disaggregated overhead (simulate)
+    assert run.ttft_ms[~after].min() >= 100.0
+    assert run.drained_s[0] >= 2.9 and run.drained_s[1] > 3.0
+    assert not math.isnan(run.drained_s[2])
