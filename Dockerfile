@@ -5,10 +5,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY planner planner
-COPY service service
-COPY storage storage
-COPY clients/python clients/python
+COPY pdplanner pdplanner
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
@@ -26,7 +23,7 @@ USER pdplanner
 WORKDIR /home/pdplanner
 # Compile the Numba kernels now, as the user that runs them, into the writable cache directory:
 # a container then reports SERVING in about a second instead of compiling for tens of seconds.
-RUN python -c "import planner; print(f'kernels compiled in {planner.warmup():.1f} s')"
+RUN python -c "from pdplanner import planner; print(f'kernels compiled in {planner.warmup():.1f} s')"
 EXPOSE 50051
 # SERVING on grpc.health.v1 only once migrations ran and the kernels are loaded.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \

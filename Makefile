@@ -27,9 +27,9 @@ dev: $(VENV)/.installed-dev
 # Compile the planner's kernels into Numba's cache once per change of the planner's source, so
 # that `serve` loads them and reports SERVING in seconds instead of compiling for a minute or more
 # (figures: README, "Kernel compile"). The cache directory is keyed by the same source hash.
-PLANNER_SOURCES := $(shell find planner -name '*.py')
+PLANNER_SOURCES := $(shell find pdplanner/planner -name '*.py')
 $(VENV)/.kernels: $(VENV)/.installed $(PLANNER_SOURCES)
-	$(BIN)/python -c "import planner; print(f'kernels compiled in {planner.warmup():.1f} s')"
+	$(BIN)/python -c "from pdplanner import planner; print(f'kernels compiled in {planner.warmup():.1f} s')"
 	touch $@
 
 kernels: $(VENV)/.kernels
@@ -46,8 +46,8 @@ fuzz: $(VENV)/.installed-dev
 	PDPLANNER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s tests/integration/test_fuzz.py
 
 lint: $(VENV)/.installed-dev proto-check
-	$(BIN)/ruff check planner service storage tests bench tools deploy
-	$(BIN)/ruff format --check planner service storage tests bench tools deploy
+	$(BIN)/ruff check pdplanner tests bench tools deploy
+	$(BIN)/ruff format --check pdplanner tests bench tools deploy
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
 

@@ -31,10 +31,10 @@ from typing import Any
 
 import grpc
 from hypothesis import HealthCheck, Phase, given, settings
-from pdplanner.v1 import planner_service_pb2_grpc
 
 from bench.rpc_latency import ROOT, free_port, wait_serving
 from bench.runaway import runaway_request
+from pdplanner.v1 import planner_service_pb2_grpc
 
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 import test_fuzz  # the fuzz test's request strategies
@@ -122,7 +122,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         url = f"sqlite:///{Path(tmp) / 'memory.db'}"
-        code = f"from service.server import serve; serve({port}, {url!r}, host='127.0.0.1')"
+        code = (
+            f"from pdplanner.service.server import serve; serve({port}, {url!r}, host='127.0.0.1')"
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PDPLANNER_LOG_LEVEL": "WARNING"}
         child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
         try:

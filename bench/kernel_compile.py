@@ -2,9 +2,9 @@
 
     python -m bench.kernel_compile [--out FILE]
 
-Each measurement runs ``planner.prewarm.STEPS`` (the queries a server runs before it reports
-SERVING) in a child process with ``NUMBA_CACHE_DIR`` set to a new temporary directory: the first
-child compiles every kernel, the second loads them from that cache (the baseline, same run).
+Each measurement runs ``pdplanner.planner.prewarm.STEPS`` (the queries a server runs before it
+reports SERVING) in a child process with ``NUMBA_CACHE_DIR`` set to a new temporary directory: the
+first child compiles every kernel, the second loads them from that cache (the baseline, same run).
 Printed JSON: seconds per step and in total for both, the ratio, the CPU count and the 1-minute
 load average (figures on a shared machine grow with its load).
 """
@@ -21,7 +21,7 @@ import tempfile
 _CHILD = r"""
 import json, time
 t0 = time.perf_counter()
-from planner.prewarm import STEPS
+from pdplanner.planner.prewarm import STEPS
 out = {"imports": time.perf_counter() - t0}
 for name, step in STEPS.items():
     t = time.perf_counter()

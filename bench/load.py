@@ -27,6 +27,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.rpc_latency import local_server, percentile, reference_request
 from pdplanner.v1 import (
     catalog_pb2,
     common_pb2,
@@ -34,8 +36,6 @@ from pdplanner.v1 import (
     plan_pb2,
     planner_service_pb2_grpc,
 )
-
-from bench.rpc_latency import local_server, percentile, reference_request
 
 #: (RPC, weight): reads dominate, as they do for a planning service's dashboards and CLIs.
 MIX = [("Plan", 2), ("Estimate", 4), ("GetPlan", 6), ("ListPlans", 3), ("ListModels", 2),

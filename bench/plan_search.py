@@ -3,9 +3,9 @@
     python -m bench.plan_search [--quick] [--runs 20] [--out FILE]
 
 Reference query (issue 3): Llama-3.1-70B, 16 x H100-SXM, ISL 4000, OSL 500, TTFT 1000 ms,
-TPOT 20 ms. Timed in process with ``planner.search.plan``: the first (cold) call of this process,
-which loads the Numba kernels from their on-disk cache (or compiles them), then ``--runs`` warm
-calls (p50, p90), with the design points each evaluates.
+TPOT 20 ms. Timed in process with ``pdplanner.planner.search.plan``: the first (cold) call of this
+process, which loads the Numba kernels from their on-disk cache (or compiles them), then ``--runs``
+warm calls (p50, p90), with the design points each evaluates.
 
 Sweep: 4 models (Llama-3.1-8B, 70B, 405B, Mixtral-8x7B) x 4 GPU types (H100-SXM, H200-SXM, B200,
 GB200-NVL72) x 8 ISL/OSL pairs x 5 TPOT targets = 640 plans, fp8 weights and KV cache, a budget of
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     import numba
 
-    from planner.catalog import load_gpu
-    from planner.search import plan
-    from planner.types import PlanRequest, Precision, Slo, Workload
+    from pdplanner.planner.catalog import load_gpu
+    from pdplanner.planner.search import plan
+    from pdplanner.planner.types import PlanRequest, Precision, Slo, Workload
 
     import_s = time.perf_counter() - t0
 

@@ -5,10 +5,11 @@
 The query: Llama-3.1-70B on H100-SXM, 8 req/s at ISL 2,500 / OSL 300, prefill TP4 batch 1 x 3,
 decode TP4 batch 128 x 2, observed TTFT 600 ms and TPOT 22 ms, SLO TTFT 1000 ms / TPOT 30 ms at
 p99. Each call varies the observed rate and lengths a little (so no cache can answer it). Two
-figures: ``planner.scaling.ratematch.rate_match`` alone, and the server's RateMatch handler
-(``service.scaling_handlers.rate_match``: request message in, response message out, everything
-the server does for the call but gRPC's own transport). The baseline is ``planner.search.plan``
-for the same traffic at the same rate on 64 GPUs (what a scheduler would otherwise call), warm.
+figures: ``pdplanner.planner.scaling.ratematch.rate_match`` alone, and the server's RateMatch
+handler (``pdplanner.service.scaling_handlers.rate_match``: request message in, response message
+out, everything the server does for the call but gRPC's own transport). The baseline is
+``pdplanner.planner.search.plan`` for the same traffic at the same rate on 64 GPUs (what a scheduler
+would otherwise call), warm.
 
 Printed JSON: p50/p99/mean latency (ms) of each, and the ratio of the p50s.
 """
@@ -25,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pdplanner.v1 import common_pb2, plan_pb2, scaling_pb2
 
-from planner.scaling.capacity import Shape
-from planner.scaling.ratematch import RateMatchRequest, rate_match
-from planner.search import plan
-from planner.types import PlanRequest, Slo, Workload
-from service.scaling_handlers import rate_match as rate_match_handler
+from pdplanner.planner.scaling.capacity import Shape
+from pdplanner.planner.scaling.ratematch import RateMatchRequest, rate_match
+from pdplanner.planner.search import plan
+from pdplanner.planner.types import PlanRequest, Slo, Workload
+from pdplanner.service.scaling_handlers import rate_match as rate_match_handler
+from pdplanner.v1 import common_pb2, plan_pb2, scaling_pb2
 
 SLO = Slo(1000, 30, "p99")
 REQUEST = RateMatchRequest(

@@ -3,9 +3,9 @@
     python -m bench.rpc_latency [--calls 200] [--server process|thread] [--out FILE]
 
 The query is the reference one (Llama-3.1-70B, 16 x H100-SXM, ISL 4000, OSL 500, TTFT 1000 ms,
-TPOT 20 ms). The baseline is ``planner.search.plan`` called in this process, measured in the same
-run, warm. The server runs in a child process (``serve()``, as ``pdplanner serve``) on a fresh
-SQLite file, so client and server do not share a GIL; ``--server thread`` runs it in this
+TPOT 20 ms). The baseline is ``pdplanner.planner.search.plan`` called in this process, measured in
+the same run, warm. The server runs in a child process (``serve()``, as ``pdplanner serve``) on a
+fresh SQLite file, so client and server do not share a GIL; ``--server thread`` runs it in this
 process instead. Every RPC carries its own request_id, so each call searches and stores a row.
 
 Printed JSON: p50/p99 latency (ms) and calls/s for 1 and 8 concurrent callers, in process and over
@@ -34,11 +34,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
 
-import planner
-from planner.search import plan as plan_in_process
-from service import convert
+from pdplanner import planner
+from pdplanner.planner.search import plan as plan_in_process
+from pdplanner.service import convert
+from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def wait_serving(target: str, timeout_s: float = 180.0) -> None:
 def local_server(mode: str, database_url: str, max_workers: int) -> Iterator[str]:
     """A server on a free localhost port, in a child process or a thread; yields its target."""
     if mode == "thread":
-        from service.server import start_server
+        from pdplanner.service.server import start_server
 
         running = start_server(
             port=0, host="127.0.0.1", database_url=database_url, max_workers=max_workers
@@ -133,7 +133,7 @@ def local_server(mode: str, database_url: str, max_workers: int) -> Iterator[str
         return
     port = free_port()
     code = (
-        "from service.server import serve; "
+        "from pdplanner.service.server import serve; "
         f"serve({port}, {database_url!r}, host='127.0.0.1', max_workers={max_workers})"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PDPLANNER_LOG_LEVEL": "WARNING"}

@@ -20,9 +20,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
 
-from service.server import start_server
+from pdplanner.service.server import start_server
+from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
 
 
 def rss_bytes() -> int:

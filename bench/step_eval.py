@@ -6,8 +6,8 @@ Design points mix every built-in model on two setups (H100 bf16/bf16, GB200 fp8/
 valid parallelism (TP dividing the heads, PP, and EP/attention-DP for MoE models), and a random
 step: a prefill of 1-32 prompts of up to 32k tokens (sometimes a chunk after a cached prefix),
 a decode of 1-1024 sequences at 128-128k tokens of context, or both mixed (chunked prefill).
-``planner.perf.kernels.step_ms_many`` evaluates them on one thread, after a warm-up call that
-loads (or compiles) the kernels; of ``--repeats`` passes the median counts (shared machines).
+``pdplanner.planner.perf.kernels.step_ms_many`` evaluates them on one thread, after a warm-up call
+that loads (or compiles) the kernels; of ``--repeats`` passes the median counts (shared machines).
 
 Baselines measured in the same run on a subset of the same points:
   python_loop   ``step_ms_many.py_func``: a Python loop over design points that calls the
@@ -62,8 +62,8 @@ def pow2_upto(limit: int) -> np.ndarray:
 
 def build(total: int, seed: int) -> list[Group]:
     """About ``total`` random design points, split evenly over models x setups."""
-    from planner.catalog import default_models, load_engine, load_gpu
-    from planner.perf.params import PerfContext
+    from pdplanner.planner.catalog import default_models, load_engine, load_gpu
+    from pdplanner.planner.perf.params import PerfContext
 
     rng = np.random.default_rng(seed)
     models = default_models().specs()
@@ -127,7 +127,7 @@ def evaluate(kernel: Any, g: Group) -> tuple[np.ndarray, float]:
 
 def pure_python_worker(points: int, baseline_points: int, seed: int) -> None:
     """Child process (NUMBA_DISABLE_JIT=1): time the interpreter on the baseline subset."""
-    from planner.perf.kernels import step_ms_many
+    from pdplanner.planner.perf.kernels import step_ms_many
 
     groups = build(points, seed)
     k = max(1, baseline_points // len(groups))
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import numba
 
-    from planner.perf.kernels import step_ms_many
+    from pdplanner.planner.perf.kernels import step_ms_many
 
     t0 = time.perf_counter()
     groups = build(args.points, args.seed)

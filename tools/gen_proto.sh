@@ -6,7 +6,7 @@
 #                                committed stub differs from what the .proto files produce
 #
 #   language    output                               generators
-#   Python      clients/python/pdplanner/v1/         grpcio-tools, mypy-protobuf (the venv)
+#   Python      pdplanner/v1/         grpcio-tools, mypy-protobuf (the venv)
 #   Go          clients/go/pdplanner/v1/             protoc-gen-go, protoc-gen-go-grpc (Debian:
 #                                                    apt-get install protoc-gen-go protoc-gen-go-grpc)
 #   TypeScript  clients/node/src/pdplanner/v1/       protoc-gen-es (clients/node: npm ci)
@@ -90,7 +90,7 @@ for proto in "${protos[@]}"; do
     rm -f "${stem}_pb2_grpc.py" "${stem}_pb2_grpc.pyi"
   fi
 done
-languages+=("python|clients/python/pdplanner/v1|$tmp/python/pdplanner/v1|*_pb2.py *_pb2.pyi *_pb2_grpc.py *_pb2_grpc.pyi")
+languages+=("python|pdplanner/v1|$tmp/python/pdplanner/v1|*_pb2.py *_pb2.pyi *_pb2_grpc.py *_pb2_grpc.pyi")
 
 # Go: the go_package option of the protos names the package; module= strips the module path.
 go_module="pdplanner/clients/go"

@@ -1,6 +1,6 @@
-"""Generate the sample traffic series shipped in planner/scaling/traces/.
+"""Generate the sample traffic series shipped in pdplanner/planner/scaling/traces/.
 
-    python tools/make_traces.py [--seed 7] [--out planner/scaling/traces]
+    python tools/make_traces.py [--seed 7] [--out pdplanner/planner/scaling/traces]
 
 Writes three CSV files in the trace format (``start_s,duration_s,requests_per_s,isl,osl,weight``;
 rows sharing a ``start_s`` form one interval's mix). They are synthetic shapes, not measurements:
@@ -75,7 +75,7 @@ def mix_shift(rng: np.random.Generator) -> list[tuple[float, float, float, int, 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=Path("planner/scaling/traces"))
+    ap.add_argument("--out", type=Path, default=Path("pdplanner/planner/scaling/traces"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, make in (

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from planner.export import EXPORT_FORMATS, PlanExport, export_plan
-from planner.serialize import plan_request_from_json, plan_result_from_json
+from pdplanner.planner.export import EXPORT_FORMATS, PlanExport, export_plan
+from pdplanner.planner.serialize import plan_request_from_json, plan_result_from_json
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "export"
 

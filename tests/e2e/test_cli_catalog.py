@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from planner.catalog import default_gpus, default_models, gpu_from_entry
-from service.cli import app
+from pdplanner.planner.catalog import default_gpus, default_models, gpu_from_entry
+from pdplanner.service.cli import app
 
 runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
 

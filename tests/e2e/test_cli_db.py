@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
+from pdplanner.service.cli import app
 
-migrate = pytest.importorskip("storage.migrate")
+migrate = pytest.importorskip("pdplanner.storage.migrate")
 
 runner = CliRunner(env={"PDPLANNER_SERVER": None, "PDPLANNER_DATABASE_URL": None})
 

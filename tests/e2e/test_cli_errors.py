@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
+from pdplanner.service.cli import app
 
 runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
-HAS_ESTIMATE = importlib.util.find_spec("planner.estimate") is not None
-needs_estimate = pytest.mark.skipif(not HAS_ESTIMATE, reason="planner.estimate not available")
+HAS_ESTIMATE = importlib.util.find_spec("pdplanner.planner.estimate") is not None
+needs_estimate = pytest.mark.skipif(
+    not HAS_ESTIMATE, reason="pdplanner.planner.estimate not available"
+)
 
 EST = ["estimate", "--model", "llama-3.1-8b", "--gpu", "h100", "--isl", "1000", "--osl", "200"]
 DECODE = ["--phase", "decode", "--tp", "1", "--batch", "1"]
@@ -208,8 +210,8 @@ def test_a_mix_file_with_a_bad_row_names_the_row(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_an_invalid_sweep_flag_is_one_line_naming_it(args: list[str], starts: str) -> None:
-    if "nope" in args and importlib.util.find_spec("planner.search") is None:
-        pytest.skip("planner.search not available")
+    if "nope" in args and importlib.util.find_spec("pdplanner.planner.search") is None:
+        pytest.skip("pdplanner.planner.search not available")
     assert_one_line_error(args, starts)
 
 

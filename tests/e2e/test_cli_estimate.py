@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
-from service.cli.inputs import estimate_request
+from pdplanner.service.cli import app
+from pdplanner.service.cli.inputs import estimate_request
 
-estimate_module = pytest.importorskip("planner.estimate")
+estimate_module = pytest.importorskip("pdplanner.planner.estimate")
 
 runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
 BASE = ["estimate", "--model", "llama-3.1-8b", "--gpu", "h100", "--isl", "1000", "--osl", "200"]

@@ -10,15 +10,14 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-server_module = pytest.importorskip("service.server")
+server_module = pytest.importorskip("pdplanner.service.server")
 client_module = pytest.importorskip("pdplanner.client")
 
+from pdplanner.planner.export import EXPORT_FORMATS  # noqa: E402
+from pdplanner.planner.export.build import PlanExport, commands  # noqa: E402
+from pdplanner.planner.export.flags import check_command  # noqa: E402
+from pdplanner.service.cli import app  # noqa: E402
 from pdplanner.v1 import export_pb2  # noqa: E402
-
-from planner.export import EXPORT_FORMATS  # noqa: E402
-from planner.export.build import PlanExport, commands  # noqa: E402
-from planner.export.flags import check_command  # noqa: E402
-from service.cli import app  # noqa: E402
 
 PLAN = ["plan", "--model", "llama-3.1-8b", "--gpu", "h100", "--gpus", "4", "--isl", "1000",
         "--osl", "200", "--ttft-ms", "500", "--tpot-ms", "30"]  # fmt: skip
@@ -53,7 +52,7 @@ def test_export_writes_files_whose_commands_use_documented_flags(
     written = {p.name: p.read_text() for p in tmp_path.iterdir()}
     assert "benchmark.sh" in written
     assert os.access(tmp_path / "benchmark.sh", os.X_OK)
-    from planner.export import ExportedFile
+    from pdplanner.planner.export import ExportedFile
 
     export = PlanExport(fmt, "", "", tuple(ExportedFile(k, v) for k, v in written.items()), "")
     lines = commands(export)

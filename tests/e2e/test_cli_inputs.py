@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from planner.errors import InvalidInputError
-from planner.types import (
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.types import (
     EstimateRequest,
     Parallelism,
     PoolSpec,
@@ -18,7 +18,7 @@ from planner.types import (
     Slo,
     Workload,
 )
-from service.cli.inputs import (
+from pdplanner.service.cli.inputs import (
     ESTIMATE_KEYS,
     PLAN_KEYS,
     estimate_request,

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
-from service.cli.inputs import plan_request
+from pdplanner.service.cli import app
+from pdplanner.service.cli.inputs import plan_request
 
-search = pytest.importorskip("planner.search")
+search = pytest.importorskip("pdplanner.planner.search")
 
 runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
 QUERY = ["--model", "llama-3.1-8b", "--gpu", "h100", "--gpus", "4", "--ttft-ms", "500",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
+from pdplanner.service.cli import app
 
 local = CliRunner(env={"PDPLANNER_SERVER": None})
 HEADER = "start_s,duration_s,requests_per_s,isl,osl,weight\n"
@@ -125,7 +125,7 @@ def test_simulate_replays_a_fixed_deployment(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliRunner]:
-    server_module = pytest.importorskip("service.server")
+    server_module = pytest.importorskip("pdplanner.service.server")
     db = tmp_path_factory.mktemp("server") / "schedules.db"
     running = server_module.start_server(
         port=0, host="127.0.0.1", database_url=f"sqlite:///{db}", log_level="WARNING"

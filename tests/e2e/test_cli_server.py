@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-server_module = pytest.importorskip("service.server")
+server_module = pytest.importorskip("pdplanner.service.server")
 pytest.importorskip("pdplanner.client")
 
-from service.cli import app  # noqa: E402
+from pdplanner.service.cli import app  # noqa: E402
 
 local = CliRunner(env={"PDPLANNER_SERVER": None})
 

@@ -6,12 +6,12 @@ import pytest
 from rich.console import Console, RenderableType
 from typer.testing import CliRunner
 
-from planner.search import plan
-from planner.sweep import SweepGrid, run_sweep
-from planner.types import PlanRequest, Slo, Workload
-from service.cli import app
-from service.cli import format as fmt
-from service.cli.sweep import outcome_row
+from pdplanner.planner.search import plan
+from pdplanner.planner.sweep import SweepGrid, run_sweep
+from pdplanner.planner.types import PlanRequest, Slo, Workload
+from pdplanner.service.cli import app
+from pdplanner.service.cli import format as fmt
+from pdplanner.service.cli.sweep import outcome_row
 
 REQ = PlanRequest("llama-3.1-8b", "h100-sxm", 8, (Workload(4000, 500),), Slo(1000, 20))
 

@@ -21,7 +21,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 from sqlalchemy.engine import make_url
 
-from service.server import SERVICE_NAME
+from pdplanner.service.server import SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
 
-from service.server import start_server
+from pdplanner.service.server import start_server
+from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_DIR = ROOT / "clients" / "go"

@@ -23,10 +23,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from service.server import RunningServer, start_server
-from storage.engine import make_engine
-from storage.migrate import upgrade
-from storage.repository import SqlStore
+from pdplanner.service.server import RunningServer, start_server
+from pdplanner.storage.engine import make_engine
+from pdplanner.storage.migrate import upgrade
+from pdplanner.storage.repository import SqlStore
 
 POSTGRES_URL_ENV = "PDPLANNER_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -17,13 +17,13 @@ from typing import Any
 
 import grpc
 import pytest
-from pdplanner import PlannerClient, field_violations
-from pdplanner.v1 import catalog_pb2, common_pb2, estimate_pb2, plan_pb2, sweep_pb2
 from rpc_requests import plan_request
 from sqlalchemy import text
 
-from service.server import RunningServer, start_server
-from storage.engine import make_engine
+from pdplanner import PlannerClient, field_violations
+from pdplanner.service.server import RunningServer, start_server
+from pdplanner.storage.engine import make_engine
+from pdplanner.v1 import catalog_pb2, common_pb2, estimate_pb2, plan_pb2, sweep_pb2
 
 
 def sweep_request(n_slos: int = 4) -> sweep_pb2.SweepRequest:

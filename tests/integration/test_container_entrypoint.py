@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]

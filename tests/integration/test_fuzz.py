@@ -5,7 +5,7 @@ ordinary (a few GPUs, an ISL of 4000) to the hostile (NaN, infinities, 5e-324, 1
 and int64 extremes), strings from catalog names to paths, page tokens and 5,000-character
 runs, repeated fields up to a few dozen values, Structs with nested and non-finite values. Each
 message goes to the RPC's handler with a real SQLite store, and whatever the handler raises is
-mapped to the status a client would get (``service.errors.status_for``).
+mapped to the status a client would get (``pdplanner.service.errors.status_for``).
 
 Searches are given a caller that stops them after a few checks, so a valid Plan or Sweep costs
 milliseconds, not seconds: the fuzz looks for crashes, not answers.
@@ -27,6 +27,11 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from pdplanner.service import errors, exports, handlers, scaling_handlers
+from pdplanner.service.catalogs import CatalogCache
+from pdplanner.storage.migrate import upgrade
+from pdplanner.storage.repository import SqlStore
 from pdplanner.v1 import (
     catalog_pb2,
     common_pb2,
@@ -36,11 +41,6 @@ from pdplanner.v1 import (
     scaling_pb2,
     sweep_pb2,
 )
-
-from service import errors, exports, handlers, scaling_handlers
-from service.catalogs import CatalogCache
-from storage.migrate import upgrade
-from storage.repository import SqlStore
 
 EXAMPLES = int(os.environ.get("PDPLANNER_FUZZ_EXAMPLES", "1000"))
 FD = pb_descriptor.FieldDescriptor

@@ -16,11 +16,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from pdplanner.v1 import plan_pb2, planner_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import tracing
-from service.server import RunningServer, start_server
+from pdplanner.service import tracing
+from pdplanner.service.server import RunningServer, start_server
+from pdplanner.v1 import plan_pb2, planner_service_pb2_grpc
 from tests.integration.rpc_requests import plan_request
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from planner.sweep import ScenarioOutcome, SweepGrid, run_sweep
-from planner.types import Slo, Workload
-from service.cli import app
-from service.raysweep import chunks, ray_sweep
+from pdplanner.planner.sweep import ScenarioOutcome, SweepGrid, run_sweep
+from pdplanner.planner.types import Slo, Workload
+from pdplanner.service.cli import app
+from pdplanner.service.raysweep import chunks, ray_sweep
 
 ray = pytest.importorskip("ray")
 

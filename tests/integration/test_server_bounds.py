@@ -23,6 +23,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rpc_requests import plan_request
+
+from pdplanner.planner import validate
+from pdplanner.service.server import RunningServer, start_server
+from pdplanner.storage.errors import UnavailableError
+from pdplanner.storage.repository import SqlStore
 from pdplanner.v1 import (
     catalog_pb2,
     common_pb2,
@@ -31,12 +37,6 @@ from pdplanner.v1 import (
     planner_service_pb2_grpc,
     sweep_pb2,
 )
-from rpc_requests import plan_request
-
-from planner import validate
-from service.server import RunningServer, start_server
-from storage.errors import UnavailableError
-from storage.repository import SqlStore
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,7 +217,7 @@ def test_health_watchers_hold_no_thread_that_other_calls_need(sqlite_url: str) -
 def test_sigterm_with_runaway_searches_exits_within_the_grace_period(tmp_path: Path) -> None:
     port = _free_port()
     url = f"sqlite:///{tmp_path / 'served.db'}"
-    code = f"from service.server import serve; serve({port}, {url!r}, host='127.0.0.1')"
+    code = f"from pdplanner.service.server import serve; serve({port}, {url!r}, host='127.0.0.1')"
     grace_s = 2.0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PDPLANNER_GRACE_S": str(grace_s),
            "PDPLANNER_MAX_WORKERS": "3"}  # fmt: skip
@@ -288,7 +288,7 @@ class _FlakyStore:
 def test_health_reports_the_planner_service_not_serving_while_the_store_is_down(
     sqlite_url: str,
 ) -> None:
-    from storage.migrate import upgrade
+    from pdplanner.storage.migrate import upgrade
 
     upgrade(sqlite_url)
     store = _FlakyStore(sqlite_url)

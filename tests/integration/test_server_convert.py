@@ -1,5 +1,5 @@
-"""``service.convert`` and ``planner.serialize``: every value survives every round trip,
-domain <-> proto <-> stored JSON.
+"""``pdplanner.service.convert`` and ``pdplanner.planner.serialize``: every value survives every
+round trip, domain <-> proto <-> stored JSON.
 
 The CLI's ``--server`` mode prints what comes back through these conversions, so "the same output
 in process and against a server" rests on them being exact. Random requests and results come from
@@ -16,13 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner import serialize
-from planner.catalog import default_gpus, default_models, gpu_to_entry
-from planner.errors import InvalidInputError
-from planner.estimate import estimate
-from planner.search import plan
-from planner.sweep import SweepGrid
-from planner.types import (
+from pdplanner.planner import serialize
+from pdplanner.planner.catalog import default_gpus, default_models, gpu_to_entry
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.estimate import estimate
+from pdplanner.planner.search import plan
+from pdplanner.planner.sweep import SweepGrid
+from pdplanner.planner.types import (
     Deployment,
     EstimateRequest,
     LayerBreakdown,
@@ -38,8 +38,8 @@ from planner.types import (
     Slo,
     Workload,
 )
-from service import convert, resources
-from service.convert.stored import FRONTIER_KEYS
+from pdplanner.service import convert, resources
+from pdplanner.service.convert.stored import FRONTIER_KEYS
 
 ints = st.integers(min_value=1, max_value=2**31 - 1)
 small = st.integers(min_value=1, max_value=64)

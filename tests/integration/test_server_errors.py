@@ -20,6 +20,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from rpc_requests import plan_request
+
+from pdplanner.planner.search import plan as plan_in_process
+from pdplanner.planner.types import PlanRequest, Slo, Workload
+from pdplanner.service.server import RunningServer, start_server
 from pdplanner.v1 import (
     catalog_pb2,
     common_pb2,
@@ -28,11 +33,6 @@ from pdplanner.v1 import (
     planner_service_pb2_grpc,
     sweep_pb2,
 )
-from rpc_requests import plan_request
-
-from planner.search import plan as plan_in_process
-from planner.types import PlanRequest, Slo, Workload
-from service.server import RunningServer, start_server
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 CountRows = Callable[..., int]
@@ -493,7 +493,7 @@ def test_calls_past_the_concurrency_limit_are_resource_exhausted(database_url: s
 
 
 def _only_sweep_name(database_url: str) -> str:
-    from storage.repository import SqlStore
+    from pdplanner.storage.repository import SqlStore
 
     with SqlStore(database_url) as store:
         sweeps, _ = store.list_sweeps()
@@ -586,7 +586,7 @@ def test_an_unexpected_failure_is_internal_and_the_server_carries_on(
         calls.set()
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("service.handlers.run_plan", broken)
+    monkeypatch.setattr("pdplanner.service.handlers.run_plan", broken)
     error = failure(lambda: stub.Plan(plan_request(), timeout=30))
     assert calls.is_set()
     assert error.code() == grpc.StatusCode.INTERNAL

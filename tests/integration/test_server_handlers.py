@@ -1,19 +1,20 @@
-"""``service.handlers``: each RPC's behaviour, called as a plain function (no gRPC context)."""
+"""``pdplanner.service.handlers``: each RPC's behaviour, called as a plain function (no gRPC
+context)."""
 
 from __future__ import annotations
 
 import pytest
-from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, sweep_pb2
 from rpc_requests import plan_request
 
-from planner import serialize
-from planner.errors import SearchCancelled
-from planner.sweep import ScenarioError
-from planner.types import PlanRequest, Slo, Workload
-from service import handlers
-from service.catalogs import CatalogCache
-from storage.errors import InvalidPageTokenError
-from storage.repository import SqlStore
+from pdplanner.planner import serialize
+from pdplanner.planner.errors import SearchCancelled
+from pdplanner.planner.sweep import ScenarioError
+from pdplanner.planner.types import PlanRequest, Slo, Workload
+from pdplanner.service import handlers
+from pdplanner.service.catalogs import CatalogCache
+from pdplanner.storage.errors import InvalidPageTokenError
+from pdplanner.storage.repository import SqlStore
+from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, sweep_pb2
 
 
 def never() -> bool:

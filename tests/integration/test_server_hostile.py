@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from pdplanner.client import PlannerClient
-from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, planner_service_pb2_grpc, sweep_pb2
 from rpc_requests import plan_request
 
-from service import errors
-from service.server import RunningServer
-from storage.errors import UnavailableError
-from storage.repository import SqlStore
+from pdplanner.client import PlannerClient
+from pdplanner.service import errors
+from pdplanner.service.server import RunningServer
+from pdplanner.storage.errors import UnavailableError
+from pdplanner.storage.repository import SqlStore
+from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, planner_service_pb2_grpc, sweep_pb2
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 CountRows = Callable[..., int]
@@ -225,9 +225,9 @@ def test_get_sweep_pages_its_scenarios(server: RunningServer, stub: Stub) -> Non
 
 
 def test_the_custom_catalog_is_capped(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import handlers
-    from service.catalogs import CatalogCache
-    from service.errors import RpcFailure
+    from pdplanner.service import handlers
+    from pdplanner.service.catalogs import CatalogCache
+    from pdplanner.service.errors import RpcFailure
 
     monkeypatch.setattr(handlers, "MAX_CUSTOM_ENTRIES", 2)
     catalogs = CatalogCache(store)

@@ -24,15 +24,15 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, planner_service_pb2_grpc, sweep_pb2
 from rpc_requests import plan_request
 from sqlalchemy import text
 
-import planner
-from planner.search import plan as plan_in_process
-from service import convert
-from service.server import JsonFormatter, RunningServer, start_server
-from storage.engine import make_engine
+from pdplanner import planner
+from pdplanner.planner.search import plan as plan_in_process
+from pdplanner.service import convert
+from pdplanner.service.server import JsonFormatter, RunningServer, start_server
+from pdplanner.storage.engine import make_engine
+from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, planner_service_pb2_grpc, sweep_pb2
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 CountRows = Callable[..., int]
@@ -266,7 +266,7 @@ def test_graceful_stop_lets_a_streaming_sweep_finish(sqlite_url: str) -> None:
 def test_sigterm_stops_serve_gracefully(tmp_path: Path) -> None:
     port = free_port()
     url = f"sqlite:///{tmp_path / 'served.db'}"
-    code = f"from service.server import serve; serve({port}, {url!r}, host='127.0.0.1')"
+    code = f"from pdplanner.service.server import serve; serve({port}, {url!r}, host='127.0.0.1')"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PDPLANNER_GRACE_S": "30"}
     child = subprocess.Popen(
         [sys.executable, "-c", code], cwd=tmp_path, env=env,

@@ -17,6 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from rpc_requests import plan_request as reference_request
+
+from pdplanner.planner.search import plan as plan_in_process
+from pdplanner.service import convert
+from pdplanner.service.server import RunningServer
 from pdplanner.v1 import (
     catalog_pb2,
     common_pb2,
@@ -25,11 +30,6 @@ from pdplanner.v1 import (
     planner_service_pb2_grpc,
     sweep_pb2,
 )
-from rpc_requests import plan_request as reference_request
-
-from planner.search import plan as plan_in_process
-from service import convert
-from service.server import RunningServer
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 CountRows = Callable[..., int]
@@ -213,7 +213,7 @@ def test_estimate_phase_step(stub: Stub) -> None:
 
 
 def test_estimate_disagg_deployment_matches_in_process(stub: Stub) -> None:
-    from planner.estimate import estimate as estimate_in_process
+    from pdplanner.planner.estimate import estimate as estimate_in_process
 
     request = estimate_pb2.EstimateRequest(
         model="llama-3.1-70b",

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from pdplanner.client import PlannerClient, field_violations
-from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, scaling_pb2
 
-from service.convert import scaling as sc
-from service.server import RunningServer
+from pdplanner.client import PlannerClient, field_violations
+from pdplanner.service.convert import scaling as sc
+from pdplanner.service.server import RunningServer
+from pdplanner.v1 import catalog_pb2, common_pb2, plan_pb2, scaling_pb2
 
 MIX = [
     common_pb2.Workload(isl=1500, osl=250, weight=0.7),

@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pdplanner.client import PlannerClient, Tls, credentials_from_env
-from pdplanner.v1 import catalog_pb2, plan_pb2, planner_service_pb2_grpc
 
-from service import security
-from service.server import RunningServer, start_server
-from service.settings import ServerSettings
+from pdplanner.client import PlannerClient, Tls, credentials_from_env
+from pdplanner.service import security
+from pdplanner.service.server import RunningServer, start_server
+from pdplanner.service.settings import ServerSettings
+from pdplanner.v1 import catalog_pb2, plan_pb2, planner_service_pb2_grpc
 
 Stub = planner_service_pb2_grpc.PlannerServiceStub
 ADMIN = secrets.token_hex(32)
@@ -306,7 +306,7 @@ def test_the_cli_talks_to_a_locked_server_with_flags_or_environment(
 ) -> None:
     from typer.testing import CliRunner
 
-    from service.cli import app
+    from pdplanner.service.cli import app
 
     token_file = tmp_path / "token"
     token_file.write_text(READER + "\n")

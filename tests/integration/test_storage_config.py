@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage.config import DEFAULT_URL, ENV_VAR, database_url
+from pdplanner.storage.config import DEFAULT_URL, ENV_VAR, database_url
 
 
 @pytest.fixture(autouse=True)

@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from storage.engine import make_engine
-from storage.errors import (
+from pdplanner.storage.engine import make_engine
+from pdplanner.storage.errors import (
     AlreadyExistsError,
     InvalidPageTokenError,
     InvalidValueError,
     NotFoundError,
 )
-from storage.records import StoredPlan
-from storage.repository import SqlStore
+from pdplanner.storage.records import StoredPlan
+from pdplanner.storage.repository import SqlStore
 
 CountRows = Callable[..., int]
 

@@ -1,4 +1,5 @@
-"""The migrations build exactly the schema that ``storage/models.py`` describes, on both backends.
+"""The migrations build exactly the schema that ``pdplanner/storage/models.py`` describes, on both
+backends.
 
 If a model changes without a migration (or a migration without the model), the autogenerate
 comparison below lists the difference and the first test fails with it.
@@ -15,9 +16,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, MetaData, Text, inspect
 
-from storage.engine import make_engine
-from storage.migrate import current_revision, downgrade, head_revision, upgrade
-from storage.models import metadata
+from pdplanner.storage.engine import make_engine
+from pdplanner.storage.migrate import current_revision, downgrade, head_revision, upgrade
+from pdplanner.storage.models import metadata
 
 TABLES = {"plans", "sweeps", "sweep_scenarios", "custom_models", "custom_gpus", "schedules"}
 
@@ -96,7 +97,7 @@ def test_upgrade_does_not_depend_on_the_working_directory(
 
 
 def test_the_migration_scripts_are_package_resources() -> None:
-    migrations = resources.files("storage.migrations")
+    migrations = resources.files("pdplanner.storage.migrations")
 
     assert migrations.joinpath("env.py").is_file()
     assert migrations.joinpath("script.py.mako").is_file()

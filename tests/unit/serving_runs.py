@@ -31,12 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.catalog import default_gpus, default_models, load_engine
-from planner.errors import PlannerError
-from planner.perf.params import PerfContext
-from planner.serving.scheduler import SchedulerSettings, scheduler_for
-from planner.serving.simulate import ClosedLoop, Pool, ServingRun, simulate_agg, simulate_disagg
-from planner.types import Parallelism
+from pdplanner.planner.catalog import default_gpus, default_models, load_engine
+from pdplanner.planner.errors import PlannerError
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.serving.scheduler import SchedulerSettings, scheduler_for
+from pdplanner.planner.serving.simulate import (
+    ClosedLoop,
+    Pool,
+    ServingRun,
+    simulate_agg,
+    simulate_disagg,
+)
+from pdplanner.planner.types import Parallelism
 
 RUNS = Path(__file__).resolve().parents[3] / "shared" / "serving-runs" / "runs.csv"
 if not RUNS.exists():

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.catalog import load_model
-from planner.errors import CalibrationError
-from planner.perf import calibration as cb
-from planner.perf import opkernels as ok
-from planner.perf.collect import gemm_shapes
+from pdplanner.planner.catalog import load_model
+from pdplanner.planner.errors import CalibrationError
+from pdplanner.planner.perf import calibration as cb
+from pdplanner.planner.perf import opkernels as ok
+from pdplanner.planner.perf.collect import gemm_shapes
 
 H100_BF16_FLOPS_PER_S = 989e12
 H100_FP8_FLOPS_PER_S = 1979e12

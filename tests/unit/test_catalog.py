@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.catalog import (
+from pdplanner.planner.catalog import (
     DERIVED_HBM_SHARE,
     GpuCatalog,
     ModelCatalog,
@@ -22,9 +22,9 @@ from planner.catalog import (
     load_model,
     model_from_hf_config,
 )
-from planner.errors import InvalidInputError, UnknownEntryError
-from planner.estimate import estimate
-from planner.types import EstimateRequest, PhaseEstimate
+from pdplanner.planner.errors import InvalidInputError, UnknownEntryError
+from pdplanner.planner.estimate import estimate
+from pdplanner.planner.types import EstimateRequest, PhaseEstimate
 
 # Published parameter counts (total, active), from the model cards, and the relative tolerance
 # each is checked to (the rounding of the published figure).

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.catalog import ModelSpec, load_model
-from planner.perf import collect
-from planner.perf.calibration import read_tables
+from pdplanner.planner.catalog import ModelSpec, load_model
+from pdplanner.planner.perf import collect
+from pdplanner.planner.perf.calibration import read_tables
 
 
 @pytest.fixture(scope="module")

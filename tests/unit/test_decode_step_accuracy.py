@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.catalog import load_engine, load_gpu, load_model
-from planner.perf.params import PerfContext
-from planner.perf.step import step_time
-from planner.types import Parallelism
+from pdplanner.planner.catalog import load_engine, load_gpu, load_model
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.perf.step import step_time
+from pdplanner.planner.types import Parallelism
 
 RUNS = Path(__file__).resolve().parents[3] / "shared" / "serving-runs" / "runs.csv"
 if not RUNS.exists():

@@ -1,4 +1,5 @@
-"""The engine-loop simulation (``planner.serving._loop``) against a plain-Python reference.
+"""The engine-loop simulation (``pdplanner.planner.serving._loop``) against a plain-Python
+reference.
 
 The reference is written from the kernel's module docstring with request and worker objects,
 queues as deques and lists, and no shared arrays. It runs every iteration one at a time at its
@@ -25,13 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_kernel_references import Hw, ctx_for, ref_wait_ms, setups
 
-from planner.catalog import default_gpus, default_models, load_engine
-from planner.perf import kernels as K
-from planner.perf.memory import kv_capacity_tokens
-from planner.perf.params import PerfContext
-from planner.search.aggsweep import ROW_COLUMNS, steady_closed_loop, sweep_layout
-from planner.serving import _loop as L
-from planner.serving.queueing import MAX_UTILISATION
+from pdplanner.planner.catalog import default_gpus, default_models, load_engine
+from pdplanner.planner.perf import kernels as K
+from pdplanner.planner.perf.memory import kv_capacity_tokens
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.search.aggsweep import ROW_COLUMNS, steady_closed_loop, sweep_layout
+from pdplanner.planner.serving import _loop as L
+from pdplanner.planner.serving.queueing import MAX_UTILISATION
 
 FEW = settings(
     max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

@@ -20,9 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from planner.export import EXPORT_FORMATS, ExportError, export_plan
-from planner.export.build import commands
-from planner.export.flags import (
+from pdplanner.planner.export import EXPORT_FORMATS, ExportError, export_plan
+from pdplanner.planner.export.build import commands
+from pdplanner.planner.export.flags import (
     UnknownFlagError,
     api_options,
     check_command,
@@ -30,8 +30,16 @@ from planner.export.flags import (
     script_commands,
     shell_commands,
 )
-from planner.serialize import plan_request_from_json, plan_result_from_json
-from planner.types import Deployment, PlanRequest, PlanResult, Pool, Precision, Slo, Workload
+from pdplanner.planner.serialize import plan_request_from_json, plan_result_from_json
+from pdplanner.planner.types import (
+    Deployment,
+    PlanRequest,
+    PlanResult,
+    Pool,
+    Precision,
+    Slo,
+    Workload,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "export"
 KUBERNETES_VERSION = "1.30.0"

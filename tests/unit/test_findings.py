@@ -20,8 +20,8 @@ from functools import cache
 
 import pytest
 
-from planner.search import plan
-from planner.types import Deployment, PlanRequest, PlanResult, Precision, Slo, Workload
+from pdplanner.planner.search import plan
+from pdplanner.planner.types import Deployment, PlanRequest, PlanResult, Precision, Slo, Workload
 
 GPU, GPUS = "gb200-nvl72", 72
 TIGHTENING_TPOT_MS = (60.0, 30.0, 15.0)

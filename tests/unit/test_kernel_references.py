@@ -3,13 +3,13 @@
 The references below are written from the kernels' documented semantics in plain Python (no
 Numba): they read the model, GPU and engine from their catalog dataclasses (``ModelSpec``,
 ``GpuSpec``, ``EngineSpec``), not from the packed float vectors, so a mix-up of vector slots in
-``planner/perf/params.py`` shows up too. The GEMM and attention primitives of
-``planner/perf/opkernels.py`` are called through ``.py_func`` (their uncompiled Python), so the
-whole reference runs in the interpreter.
+``pdplanner/planner/perf/params.py`` shows up too. The GEMM and attention primitives of
+``pdplanner/planner/perf/opkernels.py`` are called through ``.py_func`` (their uncompiled Python),
+so the whole reference runs in the interpreter.
 
 A mismatch means the compiled kernel computes something other than its specification (or that
 a stale Numba cache survived an edit of a module it calls: Numba only invalidates a cache when
-the function's own file changes; clear ``planner/**/__pycache__/*.nbi`` then).
+the function's own file changes; clear ``pdplanner/planner/**/__pycache__/*.nbi`` then).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.catalog import (
+from pdplanner.planner.catalog import (
     BYTES_PER_ELEMENT,
     EngineSpec,
     GpuSpec,
@@ -32,20 +32,20 @@ from planner.catalog import (
     engine_names,
     load_engine,
 )
-from planner.perf import kernels as K
-from planner.perf import memory as M
-from planner.perf import opkernels as ok
-from planner.perf.calibration import load_calibration
-from planner.perf.params import (
+from pdplanner.planner.perf import kernels as K
+from pdplanner.planner.perf import memory as M
+from pdplanner.planner.perf import opkernels as ok
+from pdplanner.planner.perf.calibration import load_calibration
+from pdplanner.planner.perf.params import (
     H_EXPERT_W_BYTES,
     WEIGHT_STORAGE_BYTES,
     Layouts,
     PerfContext,
 )
-from planner.perf.step import StepShapes, step_times
-from planner.search.pareto import pareto_front
-from planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
-from planner.serving.queueing import max_utilisation, wait_ms
+from pdplanner.planner.perf.step import StepShapes, step_times
+from pdplanner.planner.search.pareto import pareto_front
+from pdplanner.planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
+from pdplanner.planner.serving.queueing import max_utilisation, wait_ms
 
 REL = 1e-9
 SETTINGS = settings(

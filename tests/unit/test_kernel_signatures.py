@@ -24,9 +24,9 @@ import pytest
 _CHILD = r"""
 import json
 from numba.core.registry import CPUDispatcher
-from planner.prewarm import STEPS
-from planner.perf import kernels, opkernels
-from planner.serving import phases
+from pdplanner.planner.prewarm import STEPS
+from pdplanner.planner.perf import kernels, opkernels
+from pdplanner.planner.serving import phases
 STEPS["estimate_prefill"]()
 STEPS["estimate_decode"]()
 found = {}
@@ -50,7 +50,7 @@ def test_the_step_model_kernels_compile_for_one_signature_each(tmp_path: Path) -
         for name, sigs in found.items()
     }
     print({name: len(sigs) for name, sigs in found.items()})
-    assert len(distinct["planner.perf.kernels.step_ms"]) == 1
-    assert len(distinct["planner.perf.opkernels.gemm_ms"]) == 1
+    assert len(distinct["pdplanner.planner.perf.kernels.step_ms"]) == 1
+    assert len(distinct["pdplanner.planner.perf.opkernels.gemm_ms"]) == 1
     twice = {name: sorted(sigs) for name, sigs in distinct.items() if len(sigs) > 1}
     assert not twice, twice

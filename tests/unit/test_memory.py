@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from planner.catalog import load_engine, load_gpu, load_model, model_from_hf_config
-from planner.catalog.models import ModelSpec
-from planner.estimate import estimate
-from planner.perf.memory import DRIVER_RESERVED_BYTES, memory_breakdown
-from planner.perf.params import PerfContext
-from planner.types import EstimateRequest, Parallelism, PhaseEstimate, Precision
+from pdplanner.planner.catalog import load_engine, load_gpu, load_model, model_from_hf_config
+from pdplanner.planner.catalog.models import ModelSpec
+from pdplanner.planner.estimate import estimate
+from pdplanner.planner.perf.memory import DRIVER_RESERVED_BYTES, memory_breakdown
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.types import EstimateRequest, Parallelism, PhaseEstimate, Precision
 
 GIB = 2**30
 
@@ -153,7 +153,7 @@ def test_no_rule_hands_out_memory_the_workspace_needs() -> None:
 
 
 def test_a_bad_memory_fraction_names_the_field() -> None:
-    from planner.errors import InvalidInputError
+    from pdplanner.planner.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError) as exc:
         estimate(
@@ -185,7 +185,7 @@ def test_windowed_and_linear_layers_hold_more_sequences() -> None:
         )
         ctx = PerfContext.build(m, load_gpu("h200-sxm"), load_engine("vllm"), "fp8", "fp8")
         ctx_full = PerfContext.build(full, load_gpu("h200-sxm"), load_engine("vllm"), "fp8", "fp8")
-        from planner.perf.memory import kv_capacity_tokens
+        from pdplanner.planner.perf.memory import kv_capacity_tokens
 
         seqs = 8.0
         a = kv_capacity_tokens(ctx.mv, ctx.hv, 2.0, 1.0, 1.0, 1.0, 8192.0, seqs)

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.catalog import load_engine, load_gpu, model_from_hf_config
-from planner.perf import kernels as K
-from planner.perf import memory as M
-from planner.perf import opkernels as ok
-from planner.perf.calibration import load_calibration
-from planner.perf.params import PerfContext
+from pdplanner.planner.catalog import load_engine, load_gpu, model_from_hf_config
+from pdplanner.planner.perf import kernels as K
+from pdplanner.planner.perf import memory as M
+from pdplanner.planner.perf import opkernels as ok
+from pdplanner.planner.perf.calibration import load_calibration
+from pdplanner.planner.perf.params import PerfContext
 
 CONFIGS = Path(__file__).parent / "configs"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from planner.catalog import load_model, model_from_hf_config
-from planner.errors import InvalidInputError
-from planner.estimate import estimate
-from planner.types import EstimateRequest, PhaseEstimate, Precision
+from pdplanner.planner.catalog import load_model, model_from_hf_config
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.estimate import estimate
+from pdplanner.planner.types import EstimateRequest, PhaseEstimate, Precision
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -131,7 +131,7 @@ def test_weight_bytes_follow_the_storage_format_not_the_math_dtype() -> None:
 
 
 def _tp(n: int):
-    from planner.types import Parallelism
+    from pdplanner.planner.types import Parallelism
 
     return Parallelism(tp=n)
 

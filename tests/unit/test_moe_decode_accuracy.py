@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pytest
 
-from planner.catalog import load_engine, load_gpu, load_model
-from planner.perf.params import PerfContext
-from planner.serving.workers import decode_worker
-from planner.types import Parallelism
+from pdplanner.planner.catalog import load_engine, load_gpu, load_model
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.serving.workers import decode_worker
+from pdplanner.planner.types import Parallelism
 
 
 def default_runs() -> Path:

@@ -1,8 +1,9 @@
 """The kernel primitives compute what their documented formulas say, and behave like kernels.
 
 Each ``@njit`` kernel is compared with a plain-Python reference written straight from the formulas
-in ``planner/perf/opkernels.py``'s docstring, on random shapes and random parameter vectors drawn
-inside the calibration's bounds; then a few physical properties are checked on the H100 fit.
+in ``pdplanner/planner/perf/opkernels.py``'s docstring, on random shapes and random parameter
+vectors drawn inside the calibration's bounds; then a few physical properties are checked on the
+H100 fit.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.perf import opkernels as ok
-from planner.perf.calibration import (
+from pdplanner.planner.perf import opkernels as ok
+from pdplanner.planner.perf.calibration import (
     DECODE_PARAMS,
     GEMM_PARAMS,
     PREFILL_PARAMS,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planner.errors import InvalidInputError
-from planner.scaling.forecast import forecast
-from planner.scaling.traffic import Interval, TrafficSeries
-from planner.types import Workload
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.scaling.forecast import forecast
+from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
+from pdplanner.planner.types import Workload
 
 STEP = 900.0  # 15-minute intervals: 96 a day
 MIX = (Workload(2000, 200, 1.0),)

@@ -6,11 +6,16 @@ import dataclasses
 
 import pytest
 
-from planner.catalog import GpuCatalog, default_gpus, default_models
-from planner.errors import InvalidInputError
-from planner.scaling.capacity import Shape
-from planner.scaling.ratematch import LengthPercentiles, RateMatchRequest, rate_match, traffic_mix
-from planner.types import Slo
+from pdplanner.planner.catalog import GpuCatalog, default_gpus, default_models
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.scaling.capacity import Shape
+from pdplanner.planner.scaling.ratematch import (
+    LengthPercentiles,
+    RateMatchRequest,
+    rate_match,
+    traffic_mix,
+)
+from pdplanner.planner.types import Slo
 
 PRE = Shape("prefill", "h100-sxm", 4, 1, 1, 1, 1)
 DEC = Shape("decode", "h100-sxm", 4, 1, 1, 1, 128)

@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.scaling.capacity import PrefillCapacity, erlang_c, prefill_miss, prefill_ttft_ms
+from pdplanner.planner.scaling.capacity import (
+    PrefillCapacity,
+    erlang_c,
+    prefill_miss,
+    prefill_ttft_ms,
+)
 
 
 def erlang_c_textbook(c: int, a: float) -> float:

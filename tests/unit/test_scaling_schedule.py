@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.catalog import default_gpus, default_models
-from planner.errors import InvalidInputError
-from planner.scaling import traffic
-from planner.scaling.capacity import Shape
-from planner.scaling.replay import draw_arrivals, simulate
-from planner.scaling.schedule import (
+from pdplanner.planner.catalog import default_gpus, default_models
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.scaling import traffic
+from pdplanner.planner.scaling.capacity import Shape
+from pdplanner.planner.scaling.replay import draw_arrivals, simulate
+from pdplanner.planner.scaling.schedule import (
     PoolCount,
     ScheduleRequest,
     ScheduleResult,
@@ -23,10 +23,10 @@ from planner.scaling.schedule import (
     _pool_timeline,
     plan_schedule,
 )
-from planner.scaling.traffic import Interval, TrafficSeries
-from planner.types import Slo, Workload
+from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
+from pdplanner.planner.types import Slo, Workload
 
-TRACES = Path(__file__).resolve().parents[2] / "planner" / "scaling" / "traces"
+TRACES = Path(__file__).resolve().parents[2] / "pdplanner" / "planner" / "scaling" / "traces"
 SLO = Slo(ttft_ms=1000, tpot_ms=30, percentile="p99")
 MIX = (Workload(1500, 250, 0.7), Workload(6000, 400, 0.3))
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.errors import InvalidInputError
-from planner.scaling import traffic
-from planner.types import Workload
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.scaling import traffic
+from pdplanner.planner.types import Workload
 
-TRACES = Path(__file__).resolve().parents[2] / "planner" / "scaling" / "traces"
+TRACES = Path(__file__).resolve().parents[2] / "pdplanner" / "planner" / "scaling" / "traces"
 HEADER = "start_s,duration_s,requests_per_s,isl,osl,weight\n"
 
 

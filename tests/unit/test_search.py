@@ -8,11 +8,11 @@ import itertools
 import numpy as np
 import pytest
 
-from planner.errors import InvalidInputError, SearchCancelled, UnknownEntryError
-from planner.search import plan
-from planner.search.pareto import pareto_front
-from planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
-from planner.types import Deployment, PlanRequest, PlanResult, SearchLimits, Slo, Workload
+from pdplanner.planner.errors import InvalidInputError, SearchCancelled, UnknownEntryError
+from pdplanner.planner.search import plan
+from pdplanner.planner.search.pareto import pareto_front
+from pdplanner.planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
+from pdplanner.planner.types import Deployment, PlanRequest, PlanResult, SearchLimits, Slo, Workload
 
 # ------------------------------------------------------------------------------------------------
 # Rate matching by hand
@@ -293,8 +293,8 @@ def test_should_stop_after_some_work_cancels_midway() -> None:
 
 
 def test_a_mix_is_held_to_its_long_prompts_at_a_high_ttft_percentile() -> None:
-    from planner.estimate import estimate
-    from planner.types import EstimateRequest, Parallelism
+    from pdplanner.planner.estimate import estimate
+    from pdplanner.planner.types import EstimateRequest, Parallelism
 
     mix = (Workload(500, 200, 0.5), Workload(16000, 200, 0.5))
     req = PlanRequest(

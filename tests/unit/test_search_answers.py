@@ -10,15 +10,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.catalog import default_gpus, default_models, load_engine
-from planner.perf.params import PerfContext
-from planner.search.aggsweep import R_TPOT, R_TTFT, ROW_COLUMNS, sweep_layout
-from planner.search.enumerate import default_max_tp, layouts
-from planner.search.recommend import RATE_SEARCH_FACTOR, search
-from planner.serving.mix import mix_cycle
-from planner.serving.scheduler import scheduler_for
-from planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
-from planner.types import Deployment, Mode, PlanRequest, PlanResult, SearchLimits, Slo, Workload
+from pdplanner.planner.catalog import default_gpus, default_models, load_engine
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.search.aggsweep import R_TPOT, R_TTFT, ROW_COLUMNS, sweep_layout
+from pdplanner.planner.search.enumerate import default_max_tp, layouts
+from pdplanner.planner.search.recommend import RATE_SEARCH_FACTOR, search
+from pdplanner.planner.serving.mix import mix_cycle
+from pdplanner.planner.serving.scheduler import scheduler_for
+from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
+from pdplanner.planner.types import (
+    Deployment,
+    Mode,
+    PlanRequest,
+    PlanResult,
+    SearchLimits,
+    Slo,
+    Workload,
+)
 
 REF = PlanRequest(
     model="llama-3.1-70b",

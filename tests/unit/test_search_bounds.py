@@ -8,10 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from planner import validate
-from planner.errors import InvalidInputError, SearchCancelled
-from planner.search import plan, recommend
-from planner.types import PlanRequest, Slo, Workload
+from pdplanner.planner import validate
+from pdplanner.planner.errors import InvalidInputError, SearchCancelled
+from pdplanner.planner.search import plan, recommend
+from pdplanner.planner.types import PlanRequest, Slo, Workload
 
 REF = PlanRequest(
     model="llama-3.1-70b",

@@ -1,6 +1,6 @@
 """Serving metrics: the aggregated worker's event simulation and the xPyD disaggregated deployment.
 
-The aggregated worker (``planner.serving.simulate.simulate_agg``) must reduce to the phase
+The aggregated worker (``pdplanner.planner.serving.simulate.simulate_agg``) must reduce to the phase
 steps when alone, saturate as users are added, queue when its KV cache is full, keep its batch
 at the engine's limit under any number of clients, and show waves and interference. The
 disaggregated deployment must deliver ``min(x * rate_p, y * rate_d)`` from the prefill and decode
@@ -16,13 +16,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from planner.catalog import load_engine, load_gpu, load_model
-from planner.errors import InvalidInputError
-from planner.estimate import estimate
-from planner.perf.params import PerfContext
-from planner.serving.kvtransfer import TRANSFER_LATENCY_MS
-from planner.serving.scheduler import scheduler_for
-from planner.serving.simulate import (
+from pdplanner.planner.catalog import load_engine, load_gpu, load_model
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.estimate import estimate
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.serving.kvtransfer import TRANSFER_LATENCY_MS
+from pdplanner.planner.serving.scheduler import scheduler_for
+from pdplanner.planner.serving.simulate import (
     REQUEST_OVERHEAD_MS,
     ClosedLoop,
     Poisson,
@@ -32,8 +32,8 @@ from planner.serving.simulate import (
     simulate_agg,
     simulate_disagg,
 )
-from planner.serving.workers import agg_worker, decode_worker, prefill_worker
-from planner.types import (
+from pdplanner.planner.serving.workers import agg_worker, decode_worker, prefill_worker
+from pdplanner.planner.types import (
     EstimateRequest,
     Parallelism,
     PhaseEstimate,
@@ -548,8 +548,8 @@ def test_disagg_with_a_pool_that_does_not_fit_reports_it() -> None:
 
 
 def test_a_replayed_mix_keeps_its_weights_and_interleaves_its_classes() -> None:
-    from planner.serving.mix import mix_cycle
-    from planner.types import Workload
+    from pdplanner.planner.serving.mix import mix_cycle
+    from pdplanner.planner.types import Workload
 
     isl, osl = mix_cycle([Workload(100, 10, 0.3), Workload(200, 20, 0.7)])
     share = float((isl == 100).mean())
@@ -582,8 +582,8 @@ def test_a_prompt_of_hundreds_of_chunks_is_simulated_to_the_end() -> None:
 
 
 def test_plan_says_which_load_model_it_judged_under_and_takes_engine_args() -> None:
-    from planner.search import plan
-    from planner.types import PlanRequest, Slo, Workload
+    from pdplanner.planner.search import plan
+    from pdplanner.planner.types import PlanRequest, Slo, Workload
 
     req = PlanRequest(
         model=MODEL,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from serving_runs import RUNS, Run, abs_pct, load_runs, predict
 
-from planner.serving.simulate import REQUESTS_PER_CLIENT, ServingRun
+from pdplanner.planner.serving.simulate import REQUESTS_PER_CLIENT, ServingRun
 
 OVERHEAD_GRID_MS = (0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0)
 

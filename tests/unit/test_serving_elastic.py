@@ -1,5 +1,5 @@
-"""Workers that come and go (``planner.serving.elastic``): requests wait for a worker that joins
-late, a worker that stops accepting drains what it holds, and aggregated and disaggregated
+"""Workers that come and go (``pdplanner.planner.serving.elastic``): requests wait for a worker that
+joins late, a worker that stops accepting drains what it holds, and aggregated and disaggregated
 workers can take over from each other in one replay."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from planner.catalog import default_gpus, default_models, load_engine
-from planner.perf.params import PerfContext
-from planner.serving.elastic import WorkerSpan, simulate_elastic
-from planner.serving.scheduler import scheduler_for
-from planner.serving.simulate import Trace
-from planner.types import Parallelism
+from pdplanner.planner.catalog import default_gpus, default_models, load_engine
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.serving.elastic import WorkerSpan, simulate_elastic
+from pdplanner.planner.serving.scheduler import scheduler_for
+from pdplanner.planner.serving.simulate import Trace
+from pdplanner.planner.types import Parallelism
 
 LINK = 50e9
 NO_OVERHEAD = {"agg": 0.0, "disagg": 0.0}

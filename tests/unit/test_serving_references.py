@@ -32,10 +32,10 @@ from test_kernel_references import (
     setups,
 )
 
-from planner.catalog import ModelSpec
-from planner.serving.kvtransfer import TRANSFER_LATENCY_MS, transfer, transfer_many
-from planner.serving.phases import PREFILL_CHUNK_TOKENS, decode_many, prefill_many
-from planner.serving.queueing import MAX_UTILISATION, max_utilisation_many
+from pdplanner.planner.catalog import ModelSpec
+from pdplanner.planner.serving.kvtransfer import TRANSFER_LATENCY_MS, transfer, transfer_many
+from pdplanner.planner.serving.phases import PREFILL_CHUNK_TOKENS, decode_many, prefill_many
+from pdplanner.planner.serving.queueing import MAX_UTILISATION, max_utilisation_many
 
 SETTINGS = settings(
     max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

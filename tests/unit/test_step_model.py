@@ -2,7 +2,7 @@
 
 Each test works out what physics says a step must cost (bytes over bandwidth, FLOPs over a peak,
 elements times bytes) from the catalog's datasheet figures, and checks that the op-level model of
-``planner.estimate`` lands there. The numbers compared are printed (run with ``-s``).
+``pdplanner.planner.estimate`` lands there. The numbers compared are printed (run with ``-s``).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from planner.catalog import load_gpu, load_model
-from planner.estimate import estimate
-from planner.perf.calibration import read_tables
-from planner.perf.kernels import expected_distinct
-from planner.types import EstimateRequest, Parallelism, PhaseEstimate, Precision
+from pdplanner.planner.catalog import load_gpu, load_model
+from pdplanner.planner.estimate import estimate
+from pdplanner.planner.perf.calibration import read_tables
+from pdplanner.planner.perf.kernels import expected_distinct
+from pdplanner.planner.types import EstimateRequest, Parallelism, PhaseEstimate, Precision
 
 GB = 1e9
 
@@ -323,9 +323,9 @@ def test_chunked_pipeline_prefill_is_an_explicit_engine_option() -> None:
     """An engine that splits one prompt into micro-chunks flowing through the stages together
     (the study's chunked pipeline) gets stage x (1 + (pp - 1) / chunks): at 64k tokens, 8 chunks of
     8192 on PP4, 11/8 of one stage's time instead of all four stages in turn."""
-    from planner.catalog import load_engine
-    from planner.perf.params import PerfContext
-    from planner.serving.phases import evaluate_prefill
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf.params import PerfContext
+    from pdplanner.planner.serving.phases import evaluate_prefill
 
     vllm = load_engine("vllm")
     assert not vllm.chunked_pipeline_prefill
@@ -352,9 +352,9 @@ def test_all_reduce_across_two_nodes_pays_nccl_tree_latency() -> None:
     (src/graph/tuning.cc) gives a small one, as a tree with the LL protocol, 6.8 us + 2 x (7
     NVLink steps of 0.6 us x 1.8 + 1 network step of 5.0 us) = 31.9 us before any byte moves;
     inside one node the latency stays the NVLink one (6 us + 1.5 us per doubling)."""
-    from planner.catalog import load_engine
-    from planner.perf.kernels import allreduce_ms
-    from planner.perf.params import PerfContext
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf.kernels import allreduce_ms
+    from pdplanner.planner.perf.params import PerfContext
 
     hv = PerfContext.build(load_model("deepseek-r1"), load_gpu("h100-sxm"), load_engine("vllm")).hv
     tiny = 1.0  # one byte: latency only
@@ -370,10 +370,10 @@ def test_grouped_gemm_with_fewer_thread_blocks_than_sms_streams_slower() -> None
     = 256 columns wide: 8 x 256 / 64 = 32 thread blocks for the 132 SMs of the calibrated H100,
     so the other 7 experts' weights stream at 32/132 of the rate they would with every SM busy.
     The down projection (7168 columns) has blocks enough and streams at the full rate."""
-    from planner.catalog import load_engine
-    from planner.perf import kernels as K
-    from planner.perf.opkernels import gemm_ms
-    from planner.perf.params import H_HBM_BW, H_PEAK, H_W_BYTES, PerfContext
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf import kernels as K
+    from pdplanner.planner.perf.opkernels import gemm_ms
+    from pdplanner.planner.perf.params import H_HBM_BW, H_PEAK, H_W_BYTES, PerfContext
 
     ctx = PerfContext.build(
         load_model("deepseek-r1"), load_gpu("h100-sxm"), load_engine("vllm"), "fp8", "bf16"
@@ -397,7 +397,7 @@ def test_deepseek_r1_on_two_h100_nodes_pays_cross_node_latency_and_moe_routing()
     latency plus its 14 kB over 50 GB/s; each of the 58 MoE layers launches 3 routing kernels
     (top-k, sort by expert, combine) besides its GEMMs. A published measurement of this setup is
     31.2 ms per token; the model gives ~12 ms (9.9 ms before these costs), the rest is not a cost
-    the step model prices (see ``planner.perf.kernels``, "Not priced")."""
+    the step model prices (see ``pdplanner.planner.perf.kernels``, "Not priced")."""
     r = phase("deepseek-r1", "h100-sxm", "decode", 1, tp=16, isl=1000, osl=1000, dtype="fp8")
     wire_us = 1e3 * 1e3 * 2 * 15 / 16 * 7168 * 2 / 50e9
     nccl_us = 6.8 + 2 * (7 * 0.6 * 1.8 + 5.0)
@@ -415,10 +415,10 @@ def test_engine_kernels_drop_only_the_l2_flush_write_back() -> None:
     of the dirty L2 the benchmark's flush leaves): every other parameter is the fitted one, and a
     GEMM streaming more than one L2 of weights (Qwen3-32B's gate+up at TP2, 262 MB in bf16) runs
     faster by nearly the whole fitted fill, a tiny one by a fraction of it."""
-    from planner.catalog import load_engine
-    from planner.perf import opkernels as ok
-    from planner.perf.calibration import engine_calibration, load_calibration
-    from planner.perf.params import PerfContext
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf import opkernels as ok
+    from pdplanner.planner.perf.calibration import engine_calibration, load_calibration
+    from pdplanner.planner.perf.params import PerfContext
 
     fitted, engine = load_calibration("h100-sxm"), engine_calibration("h100-sxm")
     fills = [ok.GEMM_BF16 + ok.G_FILL_MS, ok.GEMM_FP8 + ok.G_FILL_MS]
@@ -446,9 +446,9 @@ def test_host_time_per_sequence_adds_to_the_step_latency_not_to_the_stage() -> N
     """vLLM spends host time per scheduled sequence in every step (``seq_overhead_ms``, 50 us):
     a decode step of 128 sequences takes 128 x 50 us = 6.4 ms longer than its GPU work, one of 8
     sequences 0.4 ms; the busiest stage's GPU time, which bounds a pipeline, does not change."""
-    from planner.catalog import load_engine
-    from planner.perf.params import PerfContext
-    from planner.perf.step import step_time
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf.params import PerfContext
+    from pdplanner.planner.perf.step import step_time
 
     vllm = load_engine("vllm")
     assert vllm.seq_overhead_ms == 0.05

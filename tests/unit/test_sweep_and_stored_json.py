@@ -1,5 +1,6 @@
-"""``planner.sweep`` (one grid, one runner, structured scenario errors), ``planner.serialize``
-(the stored JSON, versioned and apart from ``--json``) and name look-ups that never read files."""
+"""``pdplanner.planner.sweep`` (one grid, one runner, structured scenario errors),
+``pdplanner.planner.serialize`` (the stored JSON, versioned and apart from ``--json``) and name
+look-ups that never read files."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from planner import serialize
-from planner.catalog import default_models
-from planner.errors import SearchCancelled, UnknownEntryError
-from planner.search import plan
-from planner.sweep import ScenarioError, SweepGrid, run_sweep
-from planner.types import PlanRequest, Slo, Workload
+from pdplanner.planner import serialize
+from pdplanner.planner.catalog import default_models
+from pdplanner.planner.errors import SearchCancelled, UnknownEntryError
+from pdplanner.planner.search import plan
+from pdplanner.planner.sweep import ScenarioError, SweepGrid, run_sweep
+from pdplanner.planner.types import PlanRequest, Slo, Workload
 
 GRID = SweepGrid(
     models=("llama-3.1-8b",),

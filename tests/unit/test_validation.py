@@ -10,12 +10,12 @@ from dataclasses import replace
 
 import pytest
 
-from planner import validate
-from planner.catalog import load_model
-from planner.errors import InvalidFields, InvalidInputError, UnknownEntryError
-from planner.estimate import estimate
-from planner.search import plan
-from planner.types import (
+from pdplanner.planner import validate
+from pdplanner.planner.catalog import load_model
+from pdplanner.planner.errors import InvalidFields, InvalidInputError, UnknownEntryError
+from pdplanner.planner.estimate import estimate
+from pdplanner.planner.search import plan
+from pdplanner.planner.types import (
     EstimateRequest,
     Parallelism,
     PlanRequest,

@@ -1,0 +1,148 @@
+"""Forecasting the horizon from a history of intervals, to plan against its upper quantile.
+
+The history is a traffic series of equal, back-to-back intervals (at least two seasons of them).
+Its request rates are forecast with statsmodels:
+
+* ``ets`` (default): an ETS model with additive error and additive seasonality of one day
+  (``ETSModel``, heuristic initial states), whose prediction intervals give the upper quantile.
+* ``sarima``: ARIMA(1, 0, 1) errors around a daily seasonal pattern of ``harmonics`` Fourier
+  terms (``SARIMAX`` with those terms as regressors). A seasonal ARIMA with one seasonal lag per
+  day of 5-minute intervals (288 lags) is too slow to fit, which is why the season is a regression.
+
+A forecast interval takes the mix of the history's interval one season earlier (the same time of
+day on the last day observed). The plan uses ``upper``: rates at the ``quantile`` of the
+forecast distribution (default 0.9), floored at 0, so the SLO holds when traffic beats the mean.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
+
+Method = Literal["ets", "sarima"]
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class ForecastSpec:
+    """What to forecast: the history, how many intervals ahead, the quantile planned for."""
+
+    history: TrafficSeries
+    horizon: int
+    quantile: float = 0.9
+    method: Method = "ets"
+
+
+@dataclass(frozen=True)
+class Forecast:
+    mean: TrafficSeries
+    upper: TrafficSeries  # rates at ``quantile``
+    quantile: float
+    method: str
+
+
+def _regular(history: TrafficSeries, season_s: float) -> tuple[float, int]:
+    ivs = history.intervals
+    dur = ivs[0].duration_s
+    for i, iv in enumerate(ivs):
+        if abs(iv.duration_s - dur) > 1e-9:
+            raise InvalidInputError(
+                f"history[{i}].duration_s",
+                f"a history needs equal intervals: {iv.duration_s:g} s differs from {dur:g} s",
+            )
+        if i and abs(iv.start_s - ivs[i - 1].end_s) > 1e-6:
+            raise InvalidInputError(
+                f"history[{i}].start_s",
+                f"a history needs back-to-back intervals: {iv.start_s:g} does not follow "
+                f"{ivs[i - 1].end_s:g}",
+            )
+    period = season_s / dur
+    if abs(period - round(period)) > 1e-6 or round(period) < 2:
+        raise InvalidInputError(
+            "history", f"the interval length {dur:g} s must divide the season of {season_s:g} s"
+        )
+    m = round(period)
+    if len(ivs) < 2 * m:
+        raise InvalidInputError(
+            "history",
+            f"needs at least two seasons ({2 * m} intervals of {dur:g} s), got {len(ivs)}",
+        )
+    return dur, m
+
+
+def _fourier(t: np.ndarray, m: int, harmonics: int) -> np.ndarray:
+    cols = []
+    for k in range(1, harmonics + 1):
+        cols += [np.sin(2 * np.pi * k * t / m), np.cos(2 * np.pi * k * t / m)]
+    return np.column_stack(cols)
+
+
+def forecast(
+    history: TrafficSeries,
+    horizon: int,
+    quantile: float = 0.9,
+    method: Method = "ets",
+    season_s: float = DAY_S,
+    harmonics: int = 4,
+) -> Forecast:
+    """Forecast ``horizon`` intervals after ``history``; raises ``InvalidInputError``."""
+    import pandas as pd
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    if horizon < 1:
+        raise InvalidInputError("horizon", f"must be at least 1 interval, got {horizon}")
+    if not 0.5 <= quantile < 1.0:
+        raise InvalidInputError("quantile", f"must be in [0.5, 1), got {quantile:g}")
+    if method not in ("ets", "sarima"):
+        raise InvalidInputError("method", f"must be ets or sarima, got {method!r}")
+    dur, m = _regular(history, season_s)
+    y = pd.Series(history.rates)
+    n = len(y)
+    alpha = 2.0 * (1.0 - quantile)  # two-sided interval whose upper end is the quantile
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter; the fit is still used
+        if method == "ets":
+            fit = ETSModel(
+                y,
+                error="add",
+                trend=None,
+                seasonal="add",
+                seasonal_periods=m,
+                initialization_method="heuristic",
+            ).fit(disp=False)
+            frame = fit.get_prediction(start=n, end=n + horizon - 1).summary_frame(alpha=alpha)
+            mean, upper = frame["mean"].to_numpy(), frame["pi_upper"].to_numpy()
+        else:
+            t = np.arange(n + horizon, dtype=np.float64)
+            x = _fourier(t, m, harmonics)
+            fit = SARIMAX(y, exog=x[:n], order=(1, 0, 1), trend="c").fit(disp=False)
+            fc = fit.get_forecast(horizon, exog=x[n:])
+            mean = fc.predicted_mean.to_numpy()
+            upper = fc.conf_int(alpha=alpha).to_numpy()[:, 1]
+    start = history.end_s
+    ivs = history.intervals
+    mean_ivs, upper_ivs = [], []
+    for h in range(horizon):
+        mix = ivs[n - m + (h % m)].mix
+        s = start + h * dur
+        mean_ivs.append(Interval(s, dur, max(0.0, _finite(mean[h])), mix))
+        upper_ivs.append(Interval(s, dur, max(0.0, _finite(upper[h])), mix))
+    return Forecast(
+        TrafficSeries(tuple(mean_ivs)), TrafficSeries(tuple(upper_ivs)), quantile, method
+    )
+
+
+def _finite(x: float) -> float:
+    if not math.isfinite(x):
+        raise InvalidInputError(
+            "history", "the forecast diverged; give a longer or steadier history"
+        )
+    return float(x)

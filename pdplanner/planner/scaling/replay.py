@@ -1,0 +1,143 @@
+"""Replaying a traffic series through a deployment whose workers come and go.
+
+The seam between scaling and the serving simulation is one function, ``simulate``: it takes the
+worker spans of a deployment (each worker's configuration and the times it accepts work) and the
+request arrivals, and returns every request's TTFT and TPOT and when each worker finished
+draining. ``draw_arrivals`` turns a traffic series into Poisson arrivals (a fixed rate within
+each interval, lengths drawn from its mix) with a seed, so a schedule and the static deployments
+it is compared with see the same requests.
+
+The event simulation is the serving layer's engine loop, the one every estimate runs
+(``serving.elastic.simulate_elastic``: workers join at their start and drain after they stop
+accepting).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.scaling.capacity import Shape
+from pdplanner.planner.scaling.traffic import TrafficSeries
+from pdplanner.planner.serving.elastic import WorkerSpan, simulate_elastic
+from pdplanner.planner.serving.scheduler import SchedulerSettings
+from pdplanner.planner.serving.simulate import Trace
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """Requests in arrival order: time (s), class index, and each class's lengths."""
+
+    t_s: np.ndarray
+    cls: np.ndarray
+    isl: np.ndarray  # per class
+    osl: np.ndarray  # per class
+    interval: np.ndarray  # index of the series interval each request arrived in
+
+
+def draw_arrivals(series: TrafficSeries, seed: int = 0) -> Arrivals:
+    """Poisson arrivals: in each interval, a Poisson count at its rate, placed uniformly (the
+    order statistics of a Poisson process), each request's class drawn from the interval's mix."""
+    rng = np.random.default_rng(seed)
+    classes: dict[tuple[int, int], int] = {}
+    ts, cs, ivs = [], [], []
+    for k, iv in enumerate(series.intervals):
+        ids = np.array([classes.setdefault((w.isl, w.osl), len(classes)) for w in iv.mix])
+        count = rng.poisson(iv.requests_per_s * iv.duration_s)
+        if count == 0:
+            continue
+        ts.append(np.sort(iv.start_s + rng.random(count) * iv.duration_s))
+        p = np.array([w.weight for w in iv.mix])
+        cs.append(ids[rng.choice(len(ids), size=count, p=p / p.sum())])
+        ivs.append(np.full(count, k, np.int64))
+    lengths = sorted(classes, key=classes.__getitem__)
+    empty = np.zeros(0)
+    return Arrivals(
+        np.concatenate(ts) if ts else empty,
+        np.concatenate(cs).astype(np.int64) if cs else np.zeros(0, np.int64),
+        np.array([a for a, _ in lengths], dtype=np.float64),
+        np.array([b for _, b in lengths], dtype=np.float64),
+        np.concatenate(ivs) if ivs else np.zeros(0, np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class Span:
+    """One worker: its configuration, when it was launched, when it serves and stops accepting."""
+
+    shape: Shape
+    launch_s: float
+    on_s: float
+    off_s: float  # inf: still accepting at the end of the series
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    ttft_ms: np.ndarray  # per request, arrival order (inf: never served)
+    tpot_ms: np.ndarray
+    interval: np.ndarray  # the interval each request arrived in
+    ok: np.ndarray  # both targets met
+    drained_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per span: last work
+
+    @property
+    def attainment(self) -> float:
+        return float(self.ok.mean()) if self.ok.size else 1.0
+
+    def summary(self) -> dict[str, Any]:
+        def pct(a: np.ndarray, q: float) -> float | None:
+            return float(np.percentile(a, q)) if a.size else None
+
+        return {
+            "requests": int(self.ok.size),
+            "slo_attainment": self.attainment,
+            "ttft_ms": {f"p{q}": pct(self.ttft_ms, q) for q in (50, 90, 99)},
+            "tpot_ms": {f"p{q}": pct(self.tpot_ms, q) for q in (50, 90, 99)},
+        }
+
+    def attainment_by_interval(self, intervals: int) -> np.ndarray:
+        """Share of each interval's requests meeting the SLO (NaN where none arrived)."""
+        total = np.bincount(self.interval, minlength=intervals).astype(np.float64)
+        good = np.bincount(self.interval, weights=self.ok, minlength=intervals)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, good / np.maximum(total, 1), np.nan)
+
+
+def simulate(
+    spans: Sequence[Span],
+    arrivals: Arrivals,
+    ctx: PerfContext,
+    dctx: PerfContext,
+    sched: SchedulerSettings,
+    link_bytes_per_s: float,
+    ttft_target_ms: float,
+    tpot_target_ms: float,
+) -> ReplayResult:
+    """Per-request TTFT and TPOT of ``arrivals`` served by these workers (aggregated, prefill
+    and decode spans in any order), through ``serving.elastic.simulate_elastic``: ``ctx`` is
+    the performance context of aggregated and prefill workers, ``dctx`` of decode workers."""
+    trace = Trace(arrivals.t_s, arrivals.isl[arrivals.cls], arrivals.osl[arrivals.cls])
+    run = simulate_elastic(
+        ctx,
+        dctx,
+        sched,
+        [
+            WorkerSpan(s.shape.role, s.shape.parallelism, s.shape.batch, s.on_s, s.off_s)  # type: ignore[arg-type]
+            for s in spans
+        ],
+        trace,
+        link_bytes_per_s,
+    )
+    ttft = np.nan_to_num(run.ttft_ms, nan=math.inf)
+    tpot = np.nan_to_num(run.tpot_ms, nan=math.inf)
+    ok = (ttft <= ttft_target_ms) & (tpot <= tpot_target_ms)
+    return ReplayResult(ttft, tpot, arrivals.interval, ok, run.drained_s)
+
+
+def static_spans(*pools: tuple[Shape, int]) -> list[Span]:
+    """A fixed deployment (``(shape, workers)`` per pool) serving from time 0 to the end."""
+    return [Span(shape, 0.0, 0.0, math.inf) for shape, count in pools for _ in range(count)]

@@ -1,0 +1,236 @@
+"""Sweeping aggregated workers: every chunk budget x concurrency of one layout, in Numba.
+
+Each point runs the engine-loop simulation (``pdplanner.planner.serving._loop``) in a steady closed
+loop.
+
+For each chunked-prefill budget the concurrency grows along ``concurrency`` until the simulation
+says it can only get worse: the KV cache no longer holds the clients (requests queue for
+admission), time to first token passes ``ttft_stop_ms``, or a single request does not fit.
+
+The simulation is closed-loop and deterministic; the search judges deployments under random
+(Poisson) arrivals at the rate they sustain, as it does the disaggregated prefill pool. So each
+point's time to first token at the SLO percentile adds the M/D/1 wait of a prompt queue whose
+service time is one prompt's prefill step and whose utilisation is the rate times that time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from pdplanner.planner.perf.kernels import step_ms
+from pdplanner.planner.perf.memory import kv_capacity_tokens
+from pdplanner.planner.serving import _loop as L
+from pdplanner.planner.serving.queueing import MAX_UTILISATION, wait_ms
+
+# columns of the rows sweep_layout writes
+R_CHUNK, R_USERS, R_TTFT, R_TPOT, R_TOKENS_PER_S, R_REQUESTS_PER_S = 0, 1, 2, 3, 4, 5
+ROW_COLUMNS = 6
+
+
+@njit(cache=True, nogil=True)
+def _step_ms(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    lay: np.ndarray,
+    prompts: float,
+    new_tokens: float,
+    past_tokens: float,
+    decode_batch: float,
+    context: float,
+    row: np.ndarray,
+    scratch: np.ndarray,
+) -> float:
+    """``step_ms`` of the layout ``lay`` = (tp, pp, ep, dp): one step (ms) of ``prompts``
+    prompts of ``new_tokens`` (after ``past_tokens`` cached) and ``decode_batch`` sequences at
+    ``context`` tokens."""
+    ms, _ = step_ms(
+        mv, hv, cg, cp, cd, lay[0], lay[1], lay[2], lay[3],
+        prompts, new_tokens, past_tokens, decode_batch, context, row, scratch,
+    )  # fmt: skip
+    return ms
+
+
+@njit(cache=True, nogil=True)
+def steady_closed_loop(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    lay: np.ndarray,
+    sched: np.ndarray,
+    graphs: np.ndarray,
+    users: int,
+    isl_cycle: np.ndarray,
+    osl_cycle: np.ndarray,
+    warm: int,
+    measure: int,
+    out: np.ndarray,
+) -> bool:
+    """One attention-DP rank with ``users`` closed-loop clients whose first requests are spread
+    over one request's duration (a steady state, not a benchmark's synchronised start); figures
+    of completions ``warm``..``warm + measure``: out = [TTFT mean, p50, p90, p99, TPOT mean, p50,
+    p90, p99, requests/s, tokens/s, admission-limited (1: the batch never held every client)]."""
+    n = users + warm + measure
+    isl = np.empty(n)
+    osl = np.empty(n)
+    for i in range(n):
+        isl[i] = isl_cycle[i % isl_cycle.shape[0]]
+        osl[i] = osl_cycle[i % osl_cycle.shape[0]]
+    row = np.zeros(4)
+    scratch = np.zeros(4)
+    mean_isl = isl_cycle.mean()
+    mean_osl = osl_cycle.mean()
+    batch = min(float(users), sched[L.S_MAX_SEQS])
+    pf = _step_ms(mv, hv, cg, cp, cd, lay, 1.0, mean_isl, 0.0, 0.0, 0.0, row, scratch)
+    context = mean_isl + 0.5 * mean_osl
+    dc = _step_ms(mv, hv, cg, cp, cd, lay, 0.0, 0.0, 0.0, batch, context, row, scratch)
+    spread = pf + mean_osl * dc
+    arrival = np.zeros(n)
+    for i in range(users):
+        arrival[i] = i * spread / users
+    t_first = np.zeros(n)
+    t_done = np.zeros(n)
+    order = np.zeros(n, np.int64)
+    stats = np.zeros(L.STAT_SLOTS)
+    budget = max(sched[L.S_BUDGET], 1.0)
+    max_events = int(n * (math.ceil(isl_cycle.max() / budget) + 7) * 6 + 10_000)
+    status = L.simulate_loop(
+        mv,
+        hv,
+        cg,
+        cp,
+        cd,
+        lay,
+        hv,
+        cg,
+        cp,
+        cd,
+        lay,
+        1,
+        0,
+        sched,
+        graphs,
+        users,
+        arrival,
+        isl,
+        osl,
+        warm + measure,
+        warm,
+        max_events,
+        t_first,
+        t_done,
+        order,
+        stats,
+    )
+    out[:] = 0.0
+    if status != L.OK:
+        return False
+    m = L.summarise(arrival, t_first, t_done, osl, order, warm, warm + measure, out)
+    if m < 2:
+        return False
+    t_lo = t_done[order[warm]] if warm == 0 else t_done[order[warm - 1]]
+    t_hi = t_done[order[warm + measure - 1]]
+    if t_hi <= t_lo:
+        return False
+    rps = 1e3 * (m if warm > 0 else m - 1) / (t_hi - t_lo)
+    out[8] = rps
+    out[9] = rps * mean_osl
+    out[10] = 1.0 if stats[L.T_PEAK_RUNNING] < users else 0.0
+    return True
+
+
+@njit(cache=True, nogil=True)
+def sweep_layout(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pp: float,
+    ep: float,
+    dp: float,
+    chunks: np.ndarray,
+    concurrency: np.ndarray,
+    isl_cycle: np.ndarray,
+    osl_cycle: np.ndarray,
+    prefix_hit: float,
+    sched: np.ndarray,
+    graphs: np.ndarray,
+    ttft_stop_ms: float,
+    percentile: float,
+    rows: np.ndarray,
+) -> int:
+    """Simulate one layout's points; write one row per point (per attention-DP rank figures
+    scaled to the worker) and return how many. ``percentile`` is the SLO's (0.5, 0.9, 0.99);
+    ``sched`` the engine's scheduler vector (``_loop`` slots), whose budget and chunking each
+    entry of ``chunks`` replaces (0: no chunked prefill)."""
+    out = np.zeros(11)
+    n = 0
+    max_isl = isl_cycle.max()
+    need = max_isl + osl_cycle.max()
+    slot = 1 if percentile <= 0.5 else 2 if percentile <= 0.9 else 3
+    mean_isl = isl_cycle.mean()
+    per_layer = np.zeros(4)
+    scratch = np.zeros(4)
+    lay = np.array([tp, pp, ep, dp])
+    s = sched.copy()
+    s[L.S_PREFIX_HIT] = prefix_hit
+    max_batch = sched[L.S_MAX_SEQS]
+    # one prompt alone: the service time of the prompt queue
+    new, past = mean_isl * (1.0 - prefix_hit), mean_isl * prefix_hit
+    prompt_ms = _step_ms(mv, hv, cg, cp, cd, lay, 1.0, new, past, 0.0, 0.0, per_layer, scratch)
+    for c in range(chunks.shape[0]):
+        chunk = chunks[c]
+        s[L.S_BUDGET] = chunk if chunk > 0.0 else sched[L.S_BUDGET]
+        s[L.S_CHUNKED] = 1.0 if chunk > 0.0 else 0.0
+        step_tokens = chunk if chunk > 0.0 else max(max_isl, sched[L.S_BUDGET])
+        for k in range(concurrency.shape[0]):
+            users = max(1, math.ceil(concurrency[k] / dp))
+            if users > 2 * max_batch:
+                break
+            cap = kv_capacity_tokens(
+                mv, hv, tp, pp, ep, dp, step_tokens, float(min(users, max_batch))
+            )
+            if cap < need:
+                break
+            s[L.S_CAP_FRONT] = cap
+            s[L.S_CAP_BACK] = cap
+            warm = min(users // 2 + 4, 64)
+            measure = max(32, min(users, 128))
+            if not steady_closed_loop(
+                mv,
+                hv,
+                cg,
+                cp,
+                cd,
+                lay,
+                s,
+                graphs,
+                users,
+                isl_cycle,
+                osl_cycle,
+                warm,
+                measure,
+                out,
+            ):
+                break
+            rho = min(out[8] * prompt_ms / 1e3, MAX_UTILISATION)
+            ttft = out[0] + wait_ms(rho, prompt_ms, percentile)
+            rows[n, R_CHUNK] = chunk
+            rows[n, R_USERS] = users * dp
+            rows[n, R_TTFT] = ttft
+            rows[n, R_TPOT] = out[4 + slot]
+            rows[n, R_TOKENS_PER_S] = out[9] * dp
+            rows[n, R_REQUESTS_PER_S] = out[8] * dp
+            n += 1
+            if out[10] > 0.5 or ttft > ttft_stop_ms:
+                break  # past KV saturation or far past the TTFT target: only worse
+    return n

@@ -1,0 +1,956 @@
+"""``plan``: search aggregated and disaggregated deployments and recommend one.
+
+1. Traffic: a mix is summarised by its weighted mean lengths for the phase models; the
+   aggregated simulation replays the mix itself.
+2. Disaggregated: every prefill layout x batch (``phases.prefill_many``) and every decode layout x
+   batch (``phases.decode_many``) is evaluated in one kernel call each. A prefill candidate must
+   meet the TTFT target after queueing: it may run only up to the utilisation at which its wait
+   at the SLO percentile still fits (``queueing.max_utilisation``). Decode candidates meet the
+   TPOT target (and the minimum tokens/s/user).
+3. Rate matching: every decode candidate is paired with the prefill candidate and the whole
+   worker counts (xPyD) that serve it best inside the GPU budgets (``ratematch.match_all``); the
+   frontier and the recommendation are both made of these real deployments.
+4. Aggregated: every layout x chunked-prefill budget (and no chunking) x concurrency runs the
+   event simulation; its TTFT/TPOT at the SLO percentile decide feasibility.
+   Aggregated workers use only the GPUs the budget holds: with a separate decode GPU type, each
+   type alone within its own count. Prefill-only traffic (OSL 1) has no decode pool.
+5. The best deployment (``choose``) serves the most requests/s within the budget, ties to the
+   most tokens/s/user, then the fewest GPUs. A target rate is a constraint: the fewest GPUs that
+   serve it, with every figure at that rate; when the budget does not serve it there is no best,
+   and the fewest GPUs that would are searched past the budget. Frontiers are tokens/s/GPU
+   against tokens/s/user.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pdplanner.planner import validate
+from pdplanner.planner.catalog import (
+    GpuCatalog,
+    ModelCatalog,
+    ModelSpec,
+    default_gpus,
+    default_models,
+    load_engine,
+)
+from pdplanner.planner.errors import SearchCancelled
+from pdplanner.planner.perf.params import H_W_BYTES, PerfContext
+from pdplanner.planner.search.aggsweep import (
+    R_CHUNK,
+    R_REQUESTS_PER_S,
+    R_TPOT,
+    R_TTFT,
+    R_USERS,
+    ROW_COLUMNS,
+    sweep_layout,
+)
+from pdplanner.planner.search.enumerate import batch_grid, cross, layouts
+from pdplanner.planner.search.pareto import pareto_front
+from pdplanner.planner.search.ratematch import match_all
+from pdplanner.planner.serving.kvtransfer import (
+    egress_bytes_per_s,
+    link_between_pools,
+    transfer_many,
+)
+from pdplanner.planner.serving.mix import mix_cycle
+from pdplanner.planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
+from pdplanner.planner.serving.queueing import (
+    MAX_UTILISATION,
+    PERCENTILES,
+    max_utilisation_many,
+    wait_ms,
+)
+from pdplanner.planner.serving.scheduler import (
+    SchedulerSettings,
+    memory_fraction_for,
+    scheduler_for,
+)
+from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
+from pdplanner.planner.types import Deployment, PlanRequest, PlanResult, Pool
+
+PREFILL_BATCHES = list(range(1, 33))
+# past the budget, a target rate is searched up to this many times the budget (and at most
+# RATE_SEARCH_MAX_GPUS GPUs, four times the largest budget)
+RATE_SEARCH_FACTOR = 16
+RATE_SEARCH_MAX_GPUS = 4 * validate.MAX_GPUS
+# rate matching runs in slices of decode candidates of about this many (prefill, decode, x)
+# evaluations, checking the caller's deadline and cancellation between slices (~10 ms each)
+MATCH_SLICE_EVALUATIONS = 2_000_000
+# How plan judges its SLO (PlanResult.load)
+PLAN_LOAD = (
+    "poisson: random arrivals at the rate each deployment sustains; TTFT at the SLO percentile "
+    "adds the M/D/1 wait of the prompt queue (agg: a steady closed loop of the engine loop; "
+    "disagg: the prefill pool)"
+)
+AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+
+
+def _validate(req: PlanRequest) -> None:
+    """Every range check of ``req``, all run; raises ``InvalidFields`` when several fail."""
+    v = validate.Violations()
+    gpus = v.value(lambda: validate.integer(req.gpus, "gpus", 1, validate.MAX_GPUS))
+    most = gpus if gpus is not None else validate.MAX_GPUS
+    if req.prefill_gpus is not None:
+        v.value(lambda: validate.integer(req.prefill_gpus, "prefill_gpus", 1, most))
+    if req.decode_gpus is not None:
+        v.value(lambda: validate.integer(req.decode_gpus, "decode_gpus", 1, most))
+    if not req.traffic:
+        v.add("traffic", "give isl and osl, or a mix of (isl, osl, weight)")
+    if len(req.traffic) > validate.MAX_TRAFFIC_CLASSES:
+        v.add(
+            "traffic",
+            f"at most {validate.MAX_TRAFFIC_CLASSES} classes, got {len(req.traffic):,}",
+        )
+    for i, w in enumerate(req.traffic):
+        with v.check():
+            validate.lengths(w.isl, w.osl, f"traffic[{i}].")
+        with v.check():
+            validate.number(w.weight, f"traffic[{i}].weight", 0.0, 1e12, lo_open=True)
+    v.value(lambda: validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True))
+    v.value(lambda: validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True))
+    if req.slo.percentile not in PERCENTILES:
+        v.add("slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}")
+    if req.slo.min_tokens_per_s_per_user is not None:
+        v.value(
+            lambda: validate.number(
+                req.slo.min_tokens_per_s_per_user, "slo.min_tokens_per_s_per_user", 0.0, 1e9
+            )
+        )
+    if req.rate_per_s is not None:
+        v.value(lambda: validate.number(req.rate_per_s, "rate_per_s", 0.0, 1e9, lo_open=True))
+    v.value(lambda: validate.number(req.prefix_hit, "prefix_hit", 0.0, 0.99))
+    if req.limits.max_tp is not None:
+        v.value(lambda: validate.integer(req.limits.max_tp, "limits.max_tp", 1, 4096))
+    bad = [m for m in req.limits.modes if m not in ("agg", "disagg")]
+    if bad or not req.limits.modes:
+        v.add("limits.modes", "must be a non-empty subset of agg, disagg")
+    v.raise_any()
+
+
+def plan(
+    req: PlanRequest,
+    models: ModelCatalog | None = None,
+    gpus: GpuCatalog | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PlanResult:
+    """Search the design space for ``req`` and recommend a deployment (``choose`` is the rule)."""
+    return search(req, models, gpus, should_stop)[0]
+
+
+def search(
+    req: PlanRequest,
+    models: ModelCatalog | None = None,
+    gpus: GpuCatalog | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[PlanResult, dict[str, np.ndarray]]:
+    """``plan``, and every evaluated deployment that meets the SLO, per mode: an [n, 3] array of
+    (requests/s served, tokens/s/user, GPUs) within the budget, in the recommendation's terms."""
+    start = time.perf_counter()
+    models = models or default_models()
+    gpus = gpus or default_gpus()
+    model = models.get(req.model, "model")
+    gpu = gpus.get(req.gpu, "gpu")
+    dgpu = gpus.get(req.decode_gpu, "decode_gpu") if req.decode_gpu else gpu
+    engine = load_engine(req.engine, "engine")
+    _validate(req)
+    stop = should_stop or (lambda: False)
+    p = req.precision
+    fraction = memory_fraction_for(engine, dict(req.engine_args), req.memory_fraction)
+    ctx = PerfContext.build(model, gpu, engine, p.dtype, p.kv_dtype, fraction)
+    dctx = (
+        ctx
+        if dgpu is gpu
+        else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, fraction)
+    )
+    sched = scheduler_for(engine, dict(req.engine_args))
+    s = _Search(req, model, ctx, dctx, stop, sched)
+    agg = s.run_agg_owned() if "agg" in req.limits.modes else _Side()
+    disagg = s.run_disagg() if "disagg" in req.limits.modes else _Side()
+    best = _pick(agg.best, disagg.best, s.rate)
+    speedup = (
+        disagg.best.tokens_per_s_per_gpu / agg.best.tokens_per_s_per_gpu
+        if agg.best and disagg.best and agg.best.tokens_per_s_per_gpu > 0
+        else None
+    )
+    reason, closest = None, None
+    if best is None:
+        reason, closest = s.why_nothing(agg, disagg)
+    for_rate = _pick(agg.for_rate, disagg.for_rate, s.rate) if best is None else None
+    result = PlanResult(
+        best=best,
+        best_agg=agg.best,
+        best_disagg=disagg.best,
+        disagg_speedup=speedup,
+        pareto_agg=tuple(agg.pareto),
+        pareto_disagg=tuple(disagg.pareto),
+        design_points=s.design_points,
+        elapsed_ms=(time.perf_counter() - start) * 1e3,
+        reason=reason,
+        closest=closest,
+        explanation=s.explain(best, agg, disagg, speedup, for_rate),
+        rate_served=(best is not None) if s.rate > 0 else None,
+        for_rate=for_rate,
+        model=model.summary(),
+        gpu_basis="datasheet-scaled"
+        if gpu.datasheet_scaled or dgpu.datasheet_scaled
+        else "calibrated",
+        load=PLAN_LOAD,
+    )
+    return result, {"agg": agg.meeting, "disagg": disagg.meeting}
+
+
+@dataclass
+class _Side:
+    best: Deployment | None = None
+    pareto: list[Deployment] = field(default_factory=list)
+    closest: Deployment | None = None
+    closest_gap: float = math.inf
+    binding: list[str] = field(default_factory=list)  # every constraint that binds, in words
+    compared: str = ""  # what the side searched, in words
+    # every evaluated deployment meeting the SLO: (requests/s served, tokens/s/user, GPUs)
+    meeting: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    for_rate: Deployment | None = None  # the fewest GPUs serving the rate, past the budget
+
+
+def choose(
+    requests_per_s: np.ndarray,
+    gpus: np.ndarray,
+    tokens_per_s_per_user: np.ndarray,
+    eligible: np.ndarray,
+    target_rate: float,
+) -> int:
+    """The recommendation rule, the same for agg points, xPyD deployments and the final pick.
+
+    Without a target rate: the most requests/s; ties go to the most tokens/s/user, then to the
+    fewest GPUs. With one: among the deployments that serve it, the fewest GPUs, then the most
+    tokens/s/user; when none serves it, the most requests/s as above (a miss: the caller says
+    so). So the choice is never dominated by an eligible point in (requests/s served up to the
+    target, tokens/s/user, GPUs). Returns -1 when none is eligible."""
+    idx = np.nonzero(eligible)[0]
+    if idx.size == 0:
+        return -1
+    if target_rate > 0:
+        hits = idx[requests_per_s[idx] >= target_rate * (1.0 - 1e-9)]
+        if hits.size:
+            return int(hits[np.lexsort((-tokens_per_s_per_user[hits], gpus[hits]))[0]])
+    return int(idx[np.lexsort((gpus[idx], -tokens_per_s_per_user[idx], -requests_per_s[idx]))[0]])
+
+
+def _pick(a: Deployment | None, b: Deployment | None, rate: float) -> Deployment | None:
+    cands = [d for d in (a, b) if d is not None]
+    i = choose(
+        np.array([d.requests_per_s for d in cands]),
+        np.array([d.gpus for d in cands]),
+        np.array([d.tokens_per_s_per_user for d in cands]),
+        np.ones(len(cands), np.bool_),
+        rate,
+    )
+    return cands[i] if i >= 0 else None
+
+
+def _pools_text(d: Deployment) -> str:
+    return ", ".join(
+        f"{p.role} {p.gpu} TP{p.tp}xPP{p.pp}"
+        + (f"xEP{p.ep}xDP{p.attention_dp}" if p.ep > 1 or p.attention_dp > 1 else "")
+        + f" batch {p.batch} x{p.workers}"
+        for p in d.pools
+    )
+
+
+class _Search:
+    def __init__(
+        self,
+        req: PlanRequest,
+        model: ModelSpec,
+        ctx: PerfContext,
+        dctx: PerfContext,
+        stop: Callable[[], bool],
+        sched: SchedulerSettings,
+    ) -> None:
+        self.req, self.model, self.ctx, self.dctx = req, model, ctx, dctx
+        self.sched = sched  # the engine's scheduler with the request's engine_args
+        # the traffic: each class's share of requests and the weighted mean lengths
+        self.share = np.array([w.weight for w in req.traffic], dtype=np.float64)
+        self.share /= self.share.sum()
+        isl = np.array([w.isl for w in req.traffic], dtype=np.float64)
+        osl = np.array([w.osl for w in req.traffic], dtype=np.float64)
+        self.isl = float(self.share @ isl)
+        self.osl = float(self.share @ osl)
+        # a decode slot holds a request for its osl steps, so long answers weigh more in the
+        # mean context the slots see: E[osl (isl + osl / 2)] / E[osl]
+        self.decode_context = float(self.share @ (osl * (isl + osl / 2.0)) / (self.share @ osl))
+        self.pct = PERCENTILES[req.slo.percentile]
+        self.tpot_target = req.slo.tpot_ms
+        if req.slo.min_tokens_per_s_per_user:
+            self.tpot_target = min(self.tpot_target, 1e3 / req.slo.min_tokens_per_s_per_user)
+        self.stop = stop
+        self.design_points = 0
+        self.budget = req.gpus
+        self.budget_p = req.prefill_gpus or req.gpus
+        self.budget_d = req.decode_gpus or req.gpus
+        self.rate = req.rate_per_s or 0.0
+        # embeddings, scoring, classification: the first token ends every request
+        self.prefill_only = all(w.osl == 1 for w in req.traffic)
+        self.decode_batches = 0
+        self.best_prefill_ms = math.inf
+        self.best_decode_ms = math.inf
+        self.any_fit = False
+
+    def _check(self) -> None:
+        if self.stop():
+            raise SearchCancelled("search stopped by its caller")
+
+    # -- disaggregated -------------------------------------------------------------------------
+    def _prefill(self) -> PhaseArrays:
+        c = self.ctx
+        lay = layouts(self.model, c.gpu, min(self.budget_p, self.budget - 1) or 1, self.req.limits)
+        points = cross(lay, PREFILL_BATCHES, per_dp_rank=True)
+        traffic = self.req.traffic
+        if len(traffic) == 1:
+            r = evaluate_prefill(c, *points, self.isl, self.req.prefix_hit)
+        else:
+            r = self._prefill_mix(points)
+        self.design_points += r.tp.shape[0]
+        return r
+
+    def _prefill_mix(self, points: tuple[np.ndarray, ...]) -> PhaseArrays:
+        """A mix at the prefill pool: each class priced at its own length. A worker's prompt
+        rate is the weighted harmonic mean of the classes' rates; its time to first token is the
+        classes' weighted percentile at the SLO's (the long prompts set p90 and p99)."""
+        tp, pp, ep, dp, b = points
+        share = self.share
+        per = []
+        for w in self.req.traffic:
+            self._check()
+            per.append(
+                evaluate_prefill(self.ctx, tp, pp, ep, dp, b, float(w.isl), self.req.prefix_hit)
+            )
+        lat = np.stack([p.latency_ms for p in per], axis=1)
+        seconds_per_prompt = sum(s / p.rate for s, p in zip(share, per, strict=True))
+        order = np.argsort(lat, axis=1)
+        cum = np.cumsum(share[order], axis=1)
+        pick = np.minimum((cum < self.pct - 1e-12).sum(axis=1), len(per) - 1)
+        rows = np.arange(tp.shape[0])
+        out = per[int(np.argmax(share))]
+        out.latency_ms = lat[rows, order[rows, pick]]
+        out.rate = 1.0 / seconds_per_prompt
+        out.fits = np.logical_and.reduce([p.fits for p in per])
+        out.memory_bytes = np.max(np.stack([p.memory_bytes for p in per]), axis=0)
+        return out
+
+    def _decode(self) -> PhaseArrays:
+        c = self.dctx
+        lay = layouts(self.model, c.gpu, min(self.budget_d, self.budget - 1) or 1, self.req.limits)
+        # every batch when the layouts are few; every batch to 64 then 6% steps otherwise
+        dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
+        grid = batch_grid(c.engine.max_batch, dense_up_to=dense)
+        self.decode_batches = len(grid)
+        r = evaluate_decode(c, *cross(lay, grid, per_dp_rank=True), self.decode_context)
+        self.design_points += r.tp.shape[0]
+        return r
+
+    def run_disagg(self) -> _Side:
+        side = _Side()
+        side.compared = (
+            f"disaggregated: prefill on {self.ctx.gpu.name} (at most {self.budget_p}), decode on "
+            f"{self.dctx.gpu.name} (at most {self.budget_d}), {self.budget} GPUs in all"
+        )
+        if self.prefill_only:
+            side.compared = "no disaggregated deployment (OSL 1: nothing to decode, no decode pool)"
+            return side
+        if self.budget < 2:
+            side.binding.append("budget: disaggregated serving needs at least 2 GPUs")
+            return side
+        pre = self._prefill()
+        self._check()
+        dec = self._decode()
+        self._check()
+        self.any_fit |= bool(pre.fits.any() and dec.fits.any())
+        # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
+        # worker may not send faster than its shard-holding GPUs' links carry
+        link_bytes_per_s = link_between_pools(self.ctx.gpu, self.dctx.gpu, self.budget)
+        n_pre = pre.tp.shape[0]
+        tail, link_rate = np.zeros(n_pre), np.zeros(n_pre)
+        transfer_many(
+            self.ctx.mv,
+            self.ctx.hv,
+            self.isl,
+            pre.batch,
+            pre.tp,
+            pre.pp,
+            pre.dp,
+            pre.latency_ms,
+            link_bytes_per_s,
+            tail,
+            link_rate,
+        )
+        pre.latency_ms = pre.latency_ms + tail
+        if pre.fits.any():
+            self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
+        if dec.fits.any():
+            self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
+        # prefill: usable rate after queueing at the SLO percentile
+        service = pre.batch / pre.rate * 1e3
+        util = np.zeros(n_pre)
+        max_utilisation_many(
+            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.pct, util
+        )
+        r_p_all = np.minimum(pre.rate * util, link_rate)
+        p_ok = r_p_all > 0.0
+        slo = self.req.slo
+        if not pre.fits.any():
+            side.binding.append(f"memory: no prefill layout on {self.ctx.gpu.name} fits the model")
+        elif not p_ok.any():
+            side.binding.append(
+                f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms with its KV "
+                f"transfer, target {slo.ttft_ms:g} ms at {slo.percentile}"
+            )
+        d_ok = dec.fits.copy()
+        if not d_ok.any():
+            side.binding.append(f"memory: no decode layout on {self.dctx.gpu.name} fits the model")
+        elif not (dec.latency_ms[d_ok] <= self.tpot_target).any():
+            side.binding.append(
+                f"TPOT: the fastest decode step takes {self.best_decode_ms:.1f} ms, target "
+                f"{self.tpot_target:g} ms"
+            )
+        if not p_ok.any() or not d_ok.any():
+            return side
+        pi = np.nonzero(p_ok)[0]
+        r_p, g_p = r_p_all[pi], pre.gpus[pi]
+        di = np.nonzero(d_ok)[0]
+        steps = max(self.osl - 1.0, 1.0)
+        r_d = dec.batch[di] / (dec.latency_ms[di] * steps) * 1e3
+        g_d = dec.gpus[di]
+        # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
+        keep = _undominated(g_p, r_p)
+        pi, r_p, g_p = pi[keep], r_p[keep], g_p[keep]
+        # every decode candidate gets its best prefill partner and whole-worker counts (xPyD)
+        ox, oy, orate, opre = self._match(r_p, g_p, r_d, g_d, self.budget, self.budget_p,
+                                          self.budget_d)  # fmt: skip
+        ok = ox > 0
+        if not ok.any():
+            side.binding.append(
+                f"budget: no prefill and decode workers fit in {self.budget} GPUs together"
+            )
+            return side
+        gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d
+        served = np.minimum(orate, self.rate) if self.rate > 0 else orate
+        # TPOT at the rate served: the decode workers run the smallest batch of their layout
+        # that carries it (without a target rate, the candidate's own batch)
+        tpot = self._tpot_served(dec, di, np.where(ok, served / np.maximum(oy, 1), 0.0))
+        tokens = np.where(ok, served * self.osl / np.maximum(gpus_used, 1), np.nan)
+        user = 1e3 / tpot
+
+        def deployment(j: int) -> Deployment:
+            # the exact balance of the pair, in per-GPU rates: alpha = R_gen / R_ctx
+            k = int(opre[j])
+            balanced = float((r_d[j] / g_d[j]) / (r_p[k] / g_p[k]))
+            return self._disagg_deployment(
+                pre,
+                int(pi[k]),
+                dec,
+                int(di[j]),
+                int(ox[j]),
+                int(oy[j]),
+                float(orate[j]),
+                float(tpot[j]),
+                balanced,
+            )
+
+        side.pareto = [deployment(int(j)) for j in pareto_front(user, tokens)]
+        meet = ok & (tpot <= self.tpot_target)
+        if not meet.any():
+            if not side.binding:
+                side.binding.append(
+                    f"budget: no decode worker meeting TPOT fits beside a prefill worker in "
+                    f"{self.budget} GPUs"
+                )
+            j = int(np.argmin(np.where(ok, tpot, np.inf)))
+            side.closest = deployment(j)
+            side.closest_gap = float(tpot[j] / self.tpot_target)
+            return side
+        side.meeting = np.stack([served[meet], user[meet], gpus_used[meet]], axis=1)
+        k = choose(orate, gpus_used, user, meet, self.rate)
+        if self.rate > 0 and orate[k] < self.rate * (1.0 - 1e-9):
+            side.binding.append(self._rate_miss(float(orate[k])))
+            side.closest, side.closest_gap = deployment(k), float(self.rate / orate[k])
+            m = meet.copy()
+            side.for_rate = self._disagg_for_rate(pre, pi, r_p, g_p, dec, di[m], r_d[m], g_d[m])
+            return side
+        side.best = deployment(k)
+        return side
+
+    def _match(
+        self,
+        r_p: np.ndarray,
+        g_p: np.ndarray,
+        r_d: np.ndarray,
+        g_d: np.ndarray,
+        budget: int,
+        budget_p: int,
+        budget_d: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        m = r_d.shape[0]
+        ox, oy = np.zeros(m, np.int64), np.zeros(m, np.int64)
+        orate, opre = np.zeros(m), np.zeros(m, np.int64)
+        # evaluations per decode candidate: every prefill candidate's whole worker counts
+        per_decode = float(np.maximum(1.0, min(budget, budget_p) // g_p).sum())
+        step = max(1, int(MATCH_SLICE_EVALUATIONS // max(per_decode, 1.0)))
+        for lo in range(0, m, step):
+            self._check()
+            hi = min(m, lo + step)
+            self.design_points += match_all(
+                r_p, g_p, r_d[lo:hi], g_d[lo:hi], budget, budget_p, budget_d, self.rate,
+                ox[lo:hi], oy[lo:hi], orate[lo:hi], opre[lo:hi],
+            )  # fmt: skip
+        self._check()
+        return ox, oy, orate, opre
+
+    def _rate_miss(self, most: float) -> str:
+        return (
+            f"rate: {self.budget} GPUs serve at most {most:.2f} req/s within the SLO, "
+            f"{self.rate:g} req/s offered"
+        )
+
+    def _tpot_served(self, dec: PhaseArrays, di: np.ndarray, per_worker: np.ndarray) -> np.ndarray:
+        """TPOT of decode candidates ``di`` when each worker carries ``per_worker`` req/s: the
+        step time of the smallest batch of the same layout (up to the candidate's own) whose
+        rate reaches it. Without a target rate every candidate runs at its own batch."""
+        own = dec.latency_ms[di]
+        if self.rate <= 0:
+            return own
+        n_b = self.decode_batches
+        steps = max(self.osl - 1.0, 1.0)
+        worker_rate = np.where(dec.fits, dec.batch / (dec.latency_ms * steps) * 1e3, -1.0)
+        grid = worker_rate.reshape(-1, n_b)
+        rows, col = di // n_b, di % n_b
+        cols = np.arange(n_b)
+        ok = (grid[rows] >= per_worker[:, None] * (1.0 - 1e-9)) & (cols[None, :] <= col[:, None])
+        first = np.where(ok.any(axis=1), np.argmax(ok, axis=1), col)
+        return dec.latency_ms[rows * n_b + first]
+
+    def _disagg_for_rate(
+        self,
+        pre: PhaseArrays,
+        pi: np.ndarray,
+        r_p: np.ndarray,
+        g_p: np.ndarray,
+        dec: PhaseArrays,
+        dj: np.ndarray,
+        r_d: np.ndarray,
+        g_d: np.ndarray,
+    ) -> Deployment | None:
+        """The fewest GPUs (past the budget, up to ``RATE_SEARCH_FACTOR`` times it) whose xPyD
+        serves the target rate, from the candidates that meet the SLO at their own batch."""
+        if dj.size == 0:
+            return None
+        # continuous bound R (g_p / r_p + g_d / r_d); whole workers add at most one of each
+        lower = float((self.rate * (g_p[:, None] / r_p[:, None] + (g_d / r_d)[None, :])).min())
+        cap = min(RATE_SEARCH_FACTOR * self.budget, RATE_SEARCH_MAX_GPUS)
+        if lower > cap:
+            return None
+        bound = int(min(cap, math.ceil(lower + g_p.max() + g_d.max())))
+        ox, oy, orate, opre = self._match(r_p, g_p, r_d, g_d, bound, bound, bound)
+        ok = ox > 0
+        gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d
+        # TPOT again at the load these worker counts carry
+        tpot = self._tpot_served(dec, dj, np.minimum(orate, self.rate) / np.maximum(oy, 1))
+        hits = ok & (orate >= self.rate * (1.0 - 1e-9)) & (tpot <= self.tpot_target)
+        if not hits.any():
+            return None
+        user = 1e3 / tpot
+        j = choose(orate, gpus_used, user, hits, self.rate)
+        k = int(opre[j])
+        return self._disagg_deployment(
+            pre,
+            int(pi[k]),
+            dec,
+            int(dj[j]),
+            int(ox[j]),
+            int(oy[j]),
+            float(orate[j]),
+            float(1e3 / user[j]),
+            float((r_d[j] / g_d[j]) / (r_p[k] / g_p[k])),
+        )
+
+    def _disagg_deployment(
+        self,
+        pre: PhaseArrays,
+        i: int,
+        dec: PhaseArrays,
+        j: int,
+        x: int,
+        y: int,
+        capacity: float,
+        tpot_ms: float,
+        balanced_ratio: float,
+    ) -> Deployment:
+        """The xPyD deployment of prefill candidate ``i`` and decode candidate ``j``, at the
+        target rate when one is set (at most ``capacity`` req/s), else at its capacity."""
+        served = min(capacity, self.rate) if self.rate > 0 else capacity
+        g_p, g_d = float(pre.gpus[i]), float(dec.gpus[j])
+        service = float(pre.batch[i] / pre.rate[i] * 1e3)
+        gpus = int(x * g_p + y * g_d)
+        rho = min(served / (x * float(pre.rate[i])), MAX_UTILISATION)
+        ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
+        tp, pp, dp = float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i])
+        kv = egress_bytes_per_s(self.ctx.mv, self.ctx.hv, self.isl, tp, pp, dp, served / x) / 1e9
+        pools = (
+            Pool(
+                "prefill",
+                self.ctx.gpu.name,
+                int(pre.tp[i]),
+                int(pre.pp[i]),
+                int(pre.ep[i]),
+                int(pre.dp[i]),
+                int(pre.batch[i]),
+                x,
+            ),
+            Pool(
+                "decode",
+                self.dctx.gpu.name,
+                int(dec.tp[j]),
+                int(dec.pp[j]),
+                int(dec.ep[j]),
+                int(dec.dp[j]),
+                int(dec.batch[j]),
+                y,
+            ),
+        )
+        return Deployment(
+            mode="disagg",
+            pools=pools,
+            ttft_ms=ttft,
+            tpot_ms=tpot_ms,
+            tokens_per_s_per_gpu=served * self.osl / gpus,
+            tokens_per_s_per_user=1e3 / tpot_ms,
+            requests_per_s=served,
+            gpus=gpus,
+            prefill_decode_gpu_ratio=x * g_p / (y * g_d),
+            balanced_gpu_ratio=balanced_ratio,
+            kv_transfer_gb_per_s_per_gpu=kv,
+            prompt_tokens_per_s_per_gpu=served * self.isl / gpus,
+        )
+
+    # -- aggregated ----------------------------------------------------------------------------
+    def run_agg_owned(self) -> _Side:
+        """Aggregated serving on the GPUs the budget holds: with one GPU type, all ``gpus``;
+        with a separate decode type, each type alone within its own count (``prefill_gpus``
+        of ``gpu``, ``decode_gpus`` of ``decode_gpu``); the better by the rule is the agg side."""
+        if self.dctx is self.ctx:
+            return self.run_agg(self.ctx, self.budget)
+        sides = [self.run_agg(self.ctx, self.budget_p), self.run_agg(self.dctx, self.budget_d)]
+        out = _Side()
+        out.compared = " or ".join(s.compared for s in sides)
+        out.pareto = sorted((d for s in sides for d in s.pareto), key=_user)
+        keep = pareto_front(
+            np.array([_user(d) for d in out.pareto]),
+            np.array([d.tokens_per_s_per_gpu for d in out.pareto]),
+        )
+        out.pareto = [out.pareto[int(i)] for i in keep]
+        out.best = _pick(sides[0].best, sides[1].best, self.rate)
+        out.meeting = np.concatenate([s.meeting for s in sides])
+        out.for_rate = _pick(sides[0].for_rate, sides[1].for_rate, self.rate)
+        if out.best is None:
+            near = min(sides, key=lambda s: s.closest_gap)
+            out.closest, out.closest_gap = near.closest, near.closest_gap
+            for s, c in zip(sides, (self.ctx, self.dctx), strict=True):
+                out.binding += [f"on {c.gpu.name}, {b}" for b in s.binding]
+        return out
+
+    def run_agg(self, c: PerfContext, budget: int) -> _Side:
+        side = _Side()
+        side.compared = f"aggregated on {budget} x {c.gpu.name}"
+        lay = layouts(self.model, c.gpu, budget, self.req.limits, allow_pp=False, full_ep_only=True)
+        isl_cycle, osl_cycle = mix_cycle(self.req.traffic)
+        # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
+        # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
+        # large MoE layout spaces keep only the engine's budget and no chunking
+        sched = self.sched
+        step_tokens = sched.max_num_batched_tokens
+        chunks = [step_tokens, 0] if lay.shape[0] > 24 else sorted({step_tokens, 2048, 0})
+        sched_v = scheduler_vector(sched)
+        graphs = graphs_for(c, sched)
+        chunk_arr = np.array(chunks, dtype=np.float64)
+        conc = np.array(AGG_CONCURRENCY, dtype=np.float64)
+        cols: list[np.ndarray] = []
+        owner: list[np.ndarray] = []
+        rows = np.zeros((chunk_arr.shape[0] * conc.shape[0], ROW_COLUMNS))
+        # a request's time outside the engine loop (HTTP, tokenisation, detokenisation): the
+        # same per-request overhead that ``estimate`` adds to an aggregated worker's TTFT
+        overhead_ms = REQUEST_OVERHEAD_MS["agg"]
+        for li in range(lay.shape[0]):
+            tp, pp, ep, dp = (float(v) for v in lay[li])
+            self._check()
+            n = sweep_layout(
+                c.mv,
+                c.hv,
+                c.cal.gemm,
+                c.cal.attn_prefill,
+                c.cal.attn_decode,
+                tp,
+                pp,
+                ep,
+                dp,
+                chunk_arr,
+                conc,
+                isl_cycle,
+                osl_cycle,
+                self.req.prefix_hit,
+                sched_v,
+                graphs,
+                4.0 * self.req.slo.ttft_ms - overhead_ms,
+                self.pct,
+                rows,
+            )
+            rows[:n, R_TTFT] += overhead_ms
+            cols.append(rows[:n].copy())
+            owner.append(np.full(n, li))
+        pts = np.concatenate(cols) if cols else np.zeros((0, ROW_COLUMNS))
+        who = np.concatenate(owner) if owner else np.zeros(0, np.int64)
+        self.design_points += pts.shape[0]
+        if pts.shape[0] == 0:
+            side.binding.append(
+                f"memory: no aggregated layout on {budget} x {c.gpu.name} fits the model and "
+                "one request"
+            )
+            return side
+        self.any_fit = True
+        g = lay[who, 0] * lay[who, 1] * lay[who, 3]
+        rps = pts[:, R_REQUESTS_PER_S]
+        group = who * 1e6 + pts[:, R_CHUNK]  # one setup: a layout and a chunk budget
+        workers = np.floor(budget / g)
+        served = rps * workers
+        ttft, tpot = pts[:, R_TTFT].copy(), pts[:, R_TPOT].copy()
+        if self.rate > 0:
+            # as many workers as the rate needs; each then carries rate / workers, and its
+            # TTFT and TPOT are those of the smallest concurrency of its setup that carries it
+            need = np.maximum(1.0, np.ceil(self.rate / rps * (1.0 - 1e-12)))
+            workers = np.minimum(workers, need)
+            served = np.minimum(rps * workers, self.rate)
+            at = _first_carrying(group, rps, served / workers)
+            ttft, tpot = ttft[at], tpot[at]
+        if self.prefill_only:
+            # one token per request, produced by the prefill: no decode interactivity
+            user = np.zeros_like(tpot)
+            per_gpu = served * self.osl / (g * workers)
+            front_x = np.where(ttft > 0, 1e3 / np.maximum(ttft, 1e-12), 0.0)
+        else:
+            user = np.where(tpot > 0, 1e3 / np.maximum(tpot, 1e-12), 0.0)
+            per_gpu = served * self.osl / (g * workers)
+            front_x = user
+
+        def deployment(i: int) -> Deployment:
+            tp_, pp_, ep_, dp_ = (int(v) for v in lay[who[i]])
+            chunk = int(pts[i, R_CHUNK])
+            use = int(workers[i])
+            pool = Pool(
+                "agg",
+                c.gpu.name,
+                tp_,
+                pp_,
+                ep_,
+                dp_,
+                int(pts[i, R_USERS]),
+                use,
+                chunk if chunk > 0 else None,
+            )
+            gpus = int(g[i]) * use
+            return Deployment(
+                mode="agg",
+                pools=(pool,),
+                ttft_ms=float(ttft[i]),
+                tpot_ms=float(tpot[i]),
+                tokens_per_s_per_gpu=float(per_gpu[i]),
+                tokens_per_s_per_user=float(user[i]),
+                requests_per_s=float(served[i]),
+                gpus=gpus,
+                prompt_tokens_per_s_per_gpu=float(served[i]) * self.isl / gpus,
+            )
+
+        slo = self.req.slo
+        ttft_ok = ttft <= slo.ttft_ms
+        tpot_ok = (tpot <= self.tpot_target) | self.prefill_only
+        on_front = np.nonzero(ttft_ok)[0] if ttft_ok.any() else np.arange(pts.shape[0])
+        front = pareto_front(front_x[on_front], per_gpu[on_front])
+        side.pareto = [deployment(int(on_front[i])) for i in front]
+        meets = ttft_ok & tpot_ok
+        if not meets.any():
+            gap = np.maximum(ttft / slo.ttft_ms, np.where(tpot_ok, 0.0, tpot / self.tpot_target))
+            i = int(np.argmin(gap))
+            side.closest, side.closest_gap = deployment(i), float(gap[i])
+            if not ttft_ok.any():
+                side.binding.append(
+                    f"TTFT: the fastest aggregated point reaches {ttft.min():.0f} ms, target "
+                    f"{slo.ttft_ms:g} ms at {slo.percentile}"
+                )
+            if not tpot_ok.any():
+                side.binding.append(
+                    f"TPOT: the fastest aggregated point reaches {tpot.min():.1f} ms, target "
+                    f"{self.tpot_target:g} ms at {slo.percentile}"
+                )
+            if ttft_ok.any() and tpot_ok.any():
+                side.binding.append(
+                    "TTFT and TPOT together: no aggregated point meets both; the closest reaches "
+                    f"TTFT {ttft[i]:.0f} ms and TPOT {tpot[i]:.1f} ms"
+                )
+            return side
+        side.meeting = np.stack([served[meets], user[meets], (g * workers)[meets]], axis=1)
+        k = choose(rps * workers, g * workers, user, meets, self.rate)
+        if self.rate > 0 and rps[k] * workers[k] < self.rate * (1.0 - 1e-9):
+            side.binding.append(self._rate_miss(float(rps[k] * workers[k])))
+            side.closest = deployment(k)
+            side.closest_gap = float(self.rate / (rps[k] * workers[k]))
+            # past the budget: as many workers as the rate needs, at most RATE_SEARCH_FACTOR x
+            # the budget, judged at the offered rate as above
+            need = np.maximum(1.0, np.ceil(self.rate / rps * (1.0 - 1e-12)))
+            at = _first_carrying(group, rps, self.rate / need)
+            total = g * need
+            fits = (
+                (pts[at, R_TTFT] <= slo.ttft_ms)
+                & ((pts[at, R_TPOT] <= self.tpot_target) | self.prefill_only)
+                & (total <= RATE_SEARCH_FACTOR * self.budget)
+            )
+            j = choose(rps * need, total, 1e3 / np.maximum(pts[at, R_TPOT], 1e-12), fits, self.rate)
+            if j >= 0:
+                workers[j], served[j] = need[j], self.rate
+                ttft[j], tpot[j] = pts[at[j], R_TTFT], pts[at[j], R_TPOT]
+                user[j] = 0.0 if self.prefill_only else 1e3 / max(tpot[j], 1e-12)
+                per_gpu[j] = self.rate * self.osl / total[j]
+                side.for_rate = deployment(j)
+            return side
+        side.best = deployment(k)
+        return side
+
+    def why_nothing(self, agg: _Side, disagg: _Side) -> tuple[str, Deployment | None]:
+        if not self.any_fit:
+            return (
+                f"{self.model.name} fits on no layout within {self.budget} x {self.ctx.gpu.name} "
+                f"at {self.req.precision.dtype}: its weights alone need "
+                f"{self.model.total_params * self.ctx.hv[H_W_BYTES] / 1e9:.0f} GB"
+            ), None
+        parts = []
+        for name, s in (("agg", agg), ("disagg", disagg)):
+            if not s.binding:
+                continue
+            text = f"{name}: " + "; ".join(s.binding)
+            if s.closest is not None:
+                d = s.closest
+                text += (
+                    f" (closest miss: {_pools_text(d)}, TTFT {d.ttft_ms:.0f} ms, "
+                    f"TPOT {d.tpot_ms:.1f} ms, {d.requests_per_s:.2f} req/s on {d.gpus} GPUs)"
+                )
+            parts.append(text)
+        closest = min(
+            (s for s in (agg, disagg) if s.closest is not None),
+            key=lambda s: s.closest_gap,
+            default=None,
+        )
+        return " | ".join(parts), closest.closest if closest else None
+
+    def explain(
+        self,
+        best: Deployment | None,
+        agg: _Side,
+        disagg: _Side,
+        speedup: float | None,
+        for_rate: Deployment | None,
+    ) -> str:
+        """Why the best was chosen (or why none was), what each number is, what was compared."""
+        req, slo = self.req, self.req.slo
+        compared = "compared " + " with ".join(s.compared for s in (agg, disagg) if s.compared)
+        if best is None:
+            if self.rate > 0 and for_rate is not None:
+                return (
+                    f"{req.gpus} GPUs do not serve the offered {self.rate:g} req/s within the SLO; "
+                    f"the fewest that do: {for_rate.gpus} GPUs, {for_rate.mode} "
+                    f"({_pools_text(for_rate)}) at TTFT {for_rate.ttft_ms:.0f} ms and TPOT "
+                    f"{for_rate.tpot_ms:.1f} ms; {compared}"
+                )
+            if self.rate > 0 and any(s.closest for s in (agg, disagg)):
+                return (
+                    f"{req.gpus} GPUs do not serve the offered {self.rate:g} req/s within the "
+                    f"SLO, nor do {RATE_SEARCH_FACTOR * req.gpus}; {compared}"
+                )
+            return f"no deployment meets the SLO within the GPU budget; {compared}"
+        if self.rate > 0:
+            what = f"serves the offered {self.rate:g} req/s"
+        else:
+            what = f"delivers {best.requests_per_s:.2f} req/s (the most within the budget)"
+        pct = slo.percentile
+        if self.prefill_only:
+            figures = (
+                f"{best.prompt_tokens_per_s_per_gpu or 0.0:.0f} prompt tokens/s/GPU; TTFT {pct} "
+                f"{best.ttft_ms:.0f} ms (target {slo.ttft_ms:g}); prefill-only traffic "
+                "(OSL 1): the first token ends each request, so there is no decode pool and no TPOT"
+            )
+        else:
+            tpot_is = (
+                "decode-pool step time, free of prefill interference, so the same at every "
+                "percentile"
+                if best.mode == "disagg"
+                else f"the {pct} of requests' TPOT in the aggregated simulation, prefill chunks "
+                "interleaved"
+            )
+            figures = (
+                f"{best.tokens_per_s_per_gpu:.0f} output tokens/s/GPU and "
+                f"{best.tokens_per_s_per_user:.1f} tokens/s/user; TTFT {pct} {best.ttft_ms:.0f} ms "
+                f"(target {slo.ttft_ms:g}, queueing included), TPOT {pct} {best.tpot_ms:.1f} ms "
+                f"(target {self.tpot_target:g}; {tpot_is})"
+            )
+        at = " at the offered rate" if self.rate > 0 else ""
+        text = (
+            f"{best.mode} serving ({_pools_text(best)}) {what} on {best.gpus} of {req.gpus} GPUs: "
+            f"{figures}{at}; {compared}"
+        )
+        a, d = agg.best, disagg.best
+        if speedup is not None and a is not None and d is not None:
+            text += f"; disaggregation gives {speedup:.2f}x the tokens/s/GPU of aggregation"
+            other = d if best is a else a
+            if other.tokens_per_s_per_gpu > best.tokens_per_s_per_gpu:
+                text += (
+                    f", but the best {other.mode} deployment serves {other.requests_per_s:.2f} "
+                    f"req/s on {other.gpus} GPUs"
+                )
+        elif best.mode == "disagg" and "agg" in req.limits.modes:
+            text += "; no aggregated setup meets the SLO"
+        elif best.mode == "agg" and "disagg" in req.limits.modes and not self.prefill_only:
+            text += "; no disaggregated setup meets the SLO"
+        return text
+
+
+def _user(d: Deployment) -> float:
+    return d.tokens_per_s_per_user if d.tpot_ms > 0 else 1e3 / max(d.ttft_ms, 1e-12)
+
+
+def _first_carrying(group: np.ndarray, rate: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """For each row, the first row of its group (contiguous, rising concurrency), up to itself,
+    whose ``rate`` reaches the row's ``need``; the row itself when none does."""
+    n = group.shape[0]
+    start = np.zeros(n, np.int64)
+    new = np.ones(n, np.bool_)
+    new[1:] = group[1:] != group[:-1]
+    start = np.maximum.accumulate(np.where(new, np.arange(n), 0))
+    span = int((np.arange(n) - start).max()) + 1 if n else 1
+    cand = start[:, None] + np.arange(span)[None, :]
+    inside = cand <= np.arange(n)[:, None]
+    cand = np.minimum(cand, n - 1)
+    ok = inside & (rate[cand] >= need[:, None] * (1.0 - 1e-9))
+    return np.where(ok.any(axis=1), cand[np.arange(n), np.argmax(ok, axis=1)], np.arange(n))
+
+
+def _undominated(gpus: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Indices of candidates no other beats with at most as many GPUs and a higher rate."""
+    order = np.lexsort((-rate, gpus))
+    keep, best = [], -1.0
+    for i in order:
+        if rate[i] > best:
+            keep.append(i)
+            best = rate[i]
+    return np.array(keep, dtype=np.int64)

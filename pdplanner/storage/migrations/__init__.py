@@ -1,0 +1,2 @@
+"""Alembic migrations of pdplanner's schema; run them with
+``pdplanner.storage.migrate.upgrade(url)``."""

@@ -1,5 +1,0 @@
-"""Design-space search: enumeration, rate matching, Pareto frontiers and the recommendation."""
-
-from planner.search.recommend import plan
-
-__all__ = ["plan"]

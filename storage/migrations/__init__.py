@@ -1,1 +1,0 @@
-"""Alembic migrations of pdplanner's schema; run them with ``storage.migrate.upgrade(url)``."""
