@@ -136,10 +136,11 @@ def test_serving_errors_on_measured_runs_under_cross_validation(predictions) -> 
         )
     # the serving layer once predicted TTFT 5-30x too low on these runs (issue 7's table); with
     # the runs' token budgets and the overlap schedulers the held-out TTFT errors came to about
-    # 30% (median) and 38-40% (mean) in every scheme: they must not drift back up, and TPOT
-    # stays within a fifth of the measured
-    for name, (_, n, tm, ta, qm, _qa) in overall.items():
+    # 30% (median) and 38-40% (mean) in every scheme: they must not drift back up; TPOT
+    # came to 11.6% (median) and 15.5% (mean) once steps were priced as engines run them
+    for name, (_, n, tm, ta, qm, qa) in overall.items():
         assert n >= 700, name
         assert tm < 36.0, (name, tm)
         assert ta < 43.0, (name, ta)
-        assert qm < 20.0, (name, qm)
+        assert qm < 14.0, (name, qm)
+        assert qa < 18.0, (name, qa)
