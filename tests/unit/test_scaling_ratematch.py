@@ -89,6 +89,15 @@ def test_bad_input_names_the_field(change: dict[str, object], field: str) -> Non
     assert e.value.field == field
 
 
+def test_every_bad_field_comes_back_at_once() -> None:
+    bad = dataclasses.replace(
+        BASE, requests_per_s=-1.0, decode_workers=-2, prefill=dataclasses.replace(PRE, tp=0)
+    )
+    with pytest.raises(InvalidInputError) as e:
+        rate_match(bad)
+    assert [f for f, _ in e.value.violations] == ["requests_per_s", "decode_workers", "prefill.tp"]
+
+
 def test_length_percentiles_price_the_long_tail() -> None:
     """Percentiles in place of the mean: three classes per length. A heavy prompt tail (p99 four
     times the median) needs more prefill than the median alone, and its p99 class sets the

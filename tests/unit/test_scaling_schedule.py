@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,9 @@ def test_bad_schedule_requests_name_the_field() -> None:
     with pytest.raises(InvalidInputError) as e:
         plan_schedule(request(TrafficSeries(())))
     assert e.value.field == "trace"
+    with pytest.raises(InvalidInputError) as e:
+        plan_schedule(request(TrafficSeries(()), startup_s=-1, min_workers=0, cooldown_s=math.inf))
+    assert [f for f, _ in e.value.violations] == ["startup_s", "cooldown_s", "min_workers", "trace"]
 
 
 @pytest.mark.slow

@@ -159,43 +159,60 @@ def traffic_mix(req: RateMatchRequest) -> tuple[Workload, ...]:
     )
 
 
-def _validate_lengths(mean: float, pct: LengthPercentiles | None, name: str) -> None:
+def _validate_lengths(
+    mean: float, pct: LengthPercentiles | None, name: str, v: validate.Violations
+) -> None:
     if pct is None:
-        validate.number(mean, name, 1.0, validate.MAX_TOKENS)
+        with v.check():
+            validate.number(mean, name, 1.0, validate.MAX_TOKENS)
         return
     last = 0.0
     for level in PERCENTILE_MASS:
-        v = getattr(pct, level)
-        validate.number(v, f"{name}_percentiles.{level}", 1.0, validate.MAX_TOKENS)
-        if v < last:
-            raise InvalidInputError(
-                f"{name}_percentiles.{level}", f"must be at least the lower percentile, {last:g}"
-            )
-        last = v
+        value = getattr(pct, level)
+        with v.check():
+            validate.number(value, f"{name}_percentiles.{level}", 1.0, validate.MAX_TOKENS)
+            if value < last:
+                raise InvalidInputError(
+                    f"{name}_percentiles.{level}",
+                    f"must be at least the lower percentile, {last:g}",
+                )
+        last = max(last, value)
 
 
 def _validate(req: RateMatchRequest) -> None:
-    validate.number(req.requests_per_s, "requests_per_s", 0.0, 1e7)
-    _validate_lengths(req.isl, req.isl_percentiles, "isl")
-    _validate_lengths(req.osl, req.osl_percentiles, "osl")
+    """Range checks of a rate-match request; every violation is reported at once."""
+    v = validate.Violations()
+    with v.check():
+        validate.number(req.requests_per_s, "requests_per_s", 0.0, 1e7)
+    _validate_lengths(req.isl, req.isl_percentiles, "isl", v)
+    _validate_lengths(req.osl, req.osl_percentiles, "osl", v)
     if req.memory_fraction is not None:
-        validate.number(req.memory_fraction, "memory_fraction", 0.0, 1.0, lo_open=True)
-    validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
-    validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
+        with v.check():
+            validate.number(req.memory_fraction, "memory_fraction", 0.0, 1.0, lo_open=True)
+    with v.check():
+        validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
+    with v.check():
+        validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
     if req.slo.percentile not in PERCENTILES:
-        raise InvalidInputError(
-            "slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}"
-        )
-    validate.integer(req.prefill_workers, "prefill_workers", 0, 1_000_000)
-    validate.integer(req.decode_workers, "decode_workers", 0, 1_000_000)
-    validate.integer(req.min_workers, "min_workers", 1, 1_000_000)
+        v.add("slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}")
+    integers = [
+        (req.prefill_workers, "prefill_workers", 0),
+        (req.decode_workers, "decode_workers", 0),
+        (req.min_workers, "min_workers", 1),
+    ]
+    for value, field_name, lo in integers:
+        with v.check():
+            validate.integer(value, field_name, lo, 1_000_000)
     for name, shape in (("prefill", req.prefill), ("decode", req.decode)):
         for f in ("tp", "pp", "ep", "attention_dp", "batch"):
-            validate.integer(getattr(shape, f), f"{name}.{f}", 1, validate.MAX_BATCH)
+            with v.check():
+                validate.integer(getattr(shape, f), f"{name}.{f}", 1, validate.MAX_BATCH)
     for f in ("observed_ttft_ms", "observed_tpot_ms"):
-        v = getattr(req, f)
-        if v is not None:
-            validate.number(v, f, 0.0, 1e9, lo_open=True)
+        observed = getattr(req, f)
+        if observed is not None:
+            with v.check():
+                validate.number(observed, f, 0.0, 1e9, lo_open=True)
+    v.raise_any()
 
 
 def _clamp(k: float) -> float:

@@ -315,24 +315,33 @@ def _finite(x: float) -> float | None:
 
 
 def validate_request(req: ScheduleRequest) -> None:
-    validate.integer(req.gpus, "gpus", 2, 1_000_000)
-    validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
-    validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
+    """Range checks of a schedule request; every violation is reported at once."""
+    v = validate.Violations()
+    with v.check():
+        validate.integer(req.gpus, "gpus", 2, 1_000_000)
+    with v.check():
+        validate.number(req.slo.ttft_ms, "slo.ttft_ms", 0.0, 1e9, lo_open=True)
+    with v.check():
+        validate.number(req.slo.tpot_ms, "slo.tpot_ms", 0.0, 1e9, lo_open=True)
     if req.slo.percentile not in PERCENTILES:
-        raise InvalidInputError(
-            "slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}"
-        )
-    validate.number(req.startup_s, "startup_s", 0.0, 86_400.0)
-    validate.number(req.cooldown_s, "cooldown_s", 0.0, 86_400.0 * 7)
-    validate.integer(req.min_workers, "min_workers", 1, 1_000_000)
+        v.add("slo.percentile", f"must be p50, p90 or p99, got {req.slo.percentile!r}")
+    with v.check():
+        validate.number(req.startup_s, "startup_s", 0.0, 86_400.0)
+    with v.check():
+        validate.number(req.cooldown_s, "cooldown_s", 0.0, 86_400.0 * 7)
+    with v.check():
+        validate.integer(req.min_workers, "min_workers", 1, 1_000_000)
     if req.price_per_gpu_hour is not None:
-        validate.number(req.price_per_gpu_hour, "price_per_gpu_hour", 0.0, 1e6)
+        with v.check():
+            validate.number(req.price_per_gpu_hour, "price_per_gpu_hour", 0.0, 1e6)
     if not req.series.intervals:
-        raise InvalidInputError("trace", "the series is empty: give at least one interval")
+        v.add("trace", "the series is empty: give at least one interval")
     if not req.modes or any(m not in ("agg", "disagg") for m in req.modes):
-        raise InvalidInputError("modes", f"must name agg and/or disagg, got {list(req.modes)}")
+        v.add("modes", f"must name agg and/or disagg, got {list(req.modes)}")
     if req.memory_fraction is not None:
-        validate.number(req.memory_fraction, "memory_fraction", 0.0, 1.0, lo_open=True)
+        with v.check():
+            validate.number(req.memory_fraction, "memory_fraction", 0.0, 1.0, lo_open=True)
+    v.raise_any()
 
 
 def _octave(x: float) -> int:
