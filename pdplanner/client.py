@@ -288,10 +288,20 @@ class PlannerClient:
         return self._call(self._stub.GetPlan, request, timeout_s).plan
 
     def export_plan(
-        self, name: str, fmt: export_pb2.ExportFormat.ValueType, *, timeout_s: float | None = None
+        self,
+        name: str,
+        fmt: export_pb2.ExportFormat.ValueType,
+        *,
+        gpus_per_node: int | None = None,
+        timeout_s: float | None = None,
     ) -> export_pb2.ExportPlanResponse:
-        """The files that run a stored plan (``fmt``: an ``export_pb2.EXPORT_FORMAT_*`` value)."""
-        request = export_pb2.ExportPlanRequest(name=_resource_name(name, "plans"), format=fmt)
+        """The files that run a stored plan (``fmt``: an ``export_pb2.EXPORT_FORMAT_*`` value).
+
+        ``gpus_per_node``: GPUs per host, 1 to 72 (the server takes 8 when None); a wider worker
+        gets a multi-node launch."""
+        request = export_pb2.ExportPlanRequest(
+            name=_resource_name(name, "plans"), format=fmt, gpus_per_node=gpus_per_node
+        )
         return self._call(self._stub.ExportPlan, request, timeout_s)
 
     def list_plans(

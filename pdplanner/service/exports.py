@@ -2,8 +2,10 @@
 
 The handler reads the stored plan, rebuilds its request and result from the stored JSON, and asks
 the planner's exporter for the files of the asked format against the current catalogs (custom
-models included). Errors: NOT_FOUND on ``name`` for an unknown plan; INVALID_ARGUMENT on
-``format`` when it is unset, on ``name`` when the plan has no chosen deployment.
+models included), on hosts of ``gpus_per_node`` GPUs (8 when unset). Errors: NOT_FOUND on
+``name`` for an unknown plan; INVALID_ARGUMENT on ``format`` when it is unset, on
+``gpus_per_node`` outside 1..72, on ``name`` when the plan has no chosen deployment or a worker's
+GPUs do not split evenly over its hosts.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Final
 from pdplanner.planner import serialize
 from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.export import EXPORT_FORMATS, PlanExport, export_plan
+from pdplanner.planner.export.engines import DEFAULT_GPUS_PER_NODE
+from pdplanner.planner.validate import Violations, integer
 from pdplanner.service import errors, resources
 from pdplanner.service.catalogs import CatalogCache
 from pdplanner.storage.errors import NotFoundError
@@ -29,6 +33,20 @@ FORMATS: Final = {
     "k8s": export_pb2.EXPORT_FORMAT_K8S,
 }
 assert set(FORMATS) == set(EXPORT_FORMATS)
+
+#: The most GPUs one host may have: the largest NVLink domain sold, a GB200 NVL72 rack (72 GPUs,
+#: the catalog's gb200-nvl72), launched as one node. Its compute trays hold 4 each, HGX hosts 8.
+MAX_GPUS_PER_NODE = 72
+
+
+def gpus_per_node(value: int | None) -> int:
+    """GPUs per host for the exporter: ``value``, or 8 (an HGX host) when None.
+
+    Raises ``InvalidInputError`` on ``gpus_per_node`` outside 1..``MAX_GPUS_PER_NODE``.
+    """
+    if value is None:
+        return DEFAULT_GPUS_PER_NODE
+    return integer(value, "gpus_per_node", 1, MAX_GPUS_PER_NODE)
 
 
 def format_from_proto(value: int) -> str:
@@ -65,8 +83,15 @@ def export_from_proto(msg: export_pb2.ExportPlanResponse, fmt: str) -> PlanExpor
     )
 
 
-def export_stored_plan(store: PlanStore, catalogs: CatalogCache, name: str, fmt: str) -> PlanExport:
-    """The export of the stored plan ``name`` (``plans/{id}``) in ``fmt``."""
+def export_stored_plan(
+    store: PlanStore,
+    catalogs: CatalogCache,
+    name: str,
+    fmt: str,
+    per_node: int = DEFAULT_GPUS_PER_NODE,
+) -> PlanExport:
+    """The export of the stored plan ``name`` (``plans/{id}``) in ``fmt``, on hosts of
+    ``per_node`` GPUs."""
     ident = resources.parse(name, "plans")
     try:
         stored = store.get_plan(ident)
@@ -75,7 +100,9 @@ def export_stored_plan(store: PlanStore, catalogs: CatalogCache, name: str, fmt:
     request = serialize.plan_request_from_json(stored.request)
     result = serialize.plan_result_from_json(stored.result)
     current = catalogs.current()
-    return export_plan(request, result, fmt, resources.name("plans", ident), current.models)
+    return export_plan(
+        request, result, fmt, resources.name("plans", ident), current.models, gpus_per_node=per_node
+    )
 
 
 def export_plan_rpc(
@@ -85,5 +112,10 @@ def export_plan_rpc(
     _: Callable[[], bool],
 ) -> export_pb2.ExportPlanResponse:
     """The files that run a stored plan's chosen deployment, in the asked format."""
-    fmt = format_from_proto(request.format)
-    return export_to_proto(export_stored_plan(store, catalogs, request.name, fmt))
+    v = Violations()
+    fmt = v.value(lambda: format_from_proto(request.format))
+    given = request.gpus_per_node if request.HasField("gpus_per_node") else None
+    per_node = v.value(lambda: gpus_per_node(given))
+    v.raise_any()
+    assert fmt is not None and per_node is not None
+    return export_to_proto(export_stored_plan(store, catalogs, request.name, fmt, per_node))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pdplanner/v1/export.proto\x12\x0cpdplanner.v1\"M\n\x11\x45xportPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.pdplanner.v1.ExportFormat\"A\n\x0c\x45xportedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x12\n\nexecutable\x18\x03 \x01(\x08\"\x91\x01\n\x12\x45xportPlanResponse\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.pdplanner.v1.ExportedFile\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x03 \x01(\t\x12\x19\n\x11\x62\x65nchmark_command\x18\x04 \x01(\t\x12\r\n\x05notes\x18\x05 \x03(\t*\xaa\x01\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_VLLM\x10\x01\x12\x18\n\x14\x45XPORT_FORMAT_SGLANG\x10\x02\x12\x18\n\x14\x45XPORT_FORMAT_TRTLLM\x10\x03\x12\x18\n\x14\x45XPORT_FORMAT_DYNAMO\x10\x04\x12\x15\n\x11\x45XPORT_FORMAT_K8S\x10\x05\x42/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pdplanner/v1/export.proto\x12\x0cpdplanner.v1\"{\n\x11\x45xportPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.pdplanner.v1.ExportFormat\x12\x1a\n\rgpus_per_node\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_gpus_per_node\"A\n\x0c\x45xportedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x12\n\nexecutable\x18\x03 \x01(\x08\"\x91\x01\n\x12\x45xportPlanResponse\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.pdplanner.v1.ExportedFile\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x03 \x01(\t\x12\x19\n\x11\x62\x65nchmark_command\x18\x04 \x01(\t\x12\r\n\x05notes\x18\x05 \x03(\t*\xaa\x01\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPORT_FORMAT_VLLM\x10\x01\x12\x18\n\x14\x45XPORT_FORMAT_SGLANG\x10\x02\x12\x18\n\x14\x45XPORT_FORMAT_TRTLLM\x10\x03\x12\x18\n\x14\x45XPORT_FORMAT_DYNAMO\x10\x04\x12\x15\n\x11\x45XPORT_FORMAT_K8S\x10\x05\x42/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pdplanner.v1.export_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1'
-  _globals['_EXPORTFORMAT']._serialized_start=338
-  _globals['_EXPORTFORMAT']._serialized_end=508
+  _globals['_EXPORTFORMAT']._serialized_start=384
+  _globals['_EXPORTFORMAT']._serialized_end=554
   _globals['_EXPORTPLANREQUEST']._serialized_start=43
-  _globals['_EXPORTPLANREQUEST']._serialized_end=120
-  _globals['_EXPORTEDFILE']._serialized_start=122
-  _globals['_EXPORTEDFILE']._serialized_end=187
-  _globals['_EXPORTPLANRESPONSE']._serialized_start=190
-  _globals['_EXPORTPLANRESPONSE']._serialized_end=335
+  _globals['_EXPORTPLANREQUEST']._serialized_end=166
+  _globals['_EXPORTEDFILE']._serialized_start=168
+  _globals['_EXPORTEDFILE']._serialized_end=233
+  _globals['_EXPORTPLANRESPONSE']._serialized_start=236
+  _globals['_EXPORTPLANRESPONSE']._serialized_end=381
 # @@protoc_insertion_point(module_scope)

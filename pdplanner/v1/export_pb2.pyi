@@ -63,21 +63,31 @@ class ExportPlanRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    GPUS_PER_NODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name of the plan, "plans/{plan}"."""
     format: Global___ExportFormat.ValueType
     """What to export it as."""
+    gpus_per_node: _builtins.int
+    """GPUs per host, 1 to 72; 8 (an HGX node) when unset. A worker with more GPUs (tp * pp * dp)
+    spans ceil(GPUs / gpus_per_node) hosts and gets its engine's multi-node launch; 4 for GB200
+    compute trays. INVALID_ARGUMENT on gpus_per_node out of range, and on name when a worker's
+    GPUs do not split evenly over its hosts.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         format: Global___ExportFormat.ValueType = ...,
+        gpus_per_node: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpus_per_node", b"_gpus_per_node", "gpus_per_node", b"gpus_per_node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpus_per_node", b"_gpus_per_node", "format", b"format", "gpus_per_node", b"gpus_per_node", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__gpus_per_node: _TypeAlias = _typing.Literal["gpus_per_node"]  # noqa: Y015
+    _WhichOneofArgType__gpus_per_node: _TypeAlias = _typing.Literal["_gpus_per_node", b"_gpus_per_node"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpus_per_node) -> _WhichOneofReturnType__gpus_per_node | None: ...
 
 Global___ExportPlanRequest: _TypeAlias = ExportPlanRequest  # noqa: Y015
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,10 @@ from typer.testing import CliRunner
 server_module = pytest.importorskip("pdplanner.service.server")
 client_module = pytest.importorskip("pdplanner.client")
 
-from pdplanner.planner.export import EXPORT_FORMATS  # noqa: E402
+from pdplanner.planner.export import EXPORT_FORMATS, ExportedFile  # noqa: E402
 from pdplanner.planner.export.build import PlanExport, commands  # noqa: E402
 from pdplanner.planner.export.flags import check_command  # noqa: E402
+from pdplanner.service import exports  # noqa: E402
 from pdplanner.service.cli import app  # noqa: E402
 from pdplanner.v1 import export_pb2  # noqa: E402
 
@@ -95,3 +97,68 @@ def test_rpc_without_a_format_is_invalid_argument_on_format(
         response = client.export_plan(name, export_pb2.EXPORT_FORMAT_SGLANG)
     assert response.engine == "sglang" and response.engine_version == "0.5.3"
     assert [f.path for f in response.files] == ["launch.sh", "benchmark.sh"]
+
+
+# Llama 3.1 405B in FP8 (about 405 GB of weights) fits 8 x 80 GB H100s only as one TP8 worker
+# when pipeline parallelism is off: wider than a 4-GPU host, one 8-GPU host exactly.
+TP8_PLAN = ["plan", "--model", "llama-3.1-405b", "--gpu", "h100", "--gpus", "8", "--dtype",
+            "fp8", "--isl", "1000", "--osl", "200", "--ttft-ms", "5000", "--tpot-ms", "200",
+            "--mode", "agg", "--no-pp", "--json"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tp8_plan(served: tuple[CliRunner, str, str]) -> str:
+    """The stored name of a plan whose one aggregated worker is TP8."""
+    runner, _, _ = served
+    planned = runner.invoke(app, TP8_PLAN)
+    assert planned.exit_code == 0, planned.output
+    plan = json.loads(planned.stdout)
+    pool = plan["best"]["pools"]["agg"]
+    assert (pool["tp"], pool["pp"], pool["attention_dp"]) == (8, 1, 1)
+    return str(plan["name"])
+
+
+def test_gpus_per_node_4_makes_the_tp8_worker_two_node_over_rpc(
+    served: tuple[CliRunner, str, str], tp8_plan: str
+) -> None:
+    _, address, _ = served
+    with client_module.PlannerClient(address) as client:
+        one_host = client.export_plan(tp8_plan, export_pb2.EXPORT_FORMAT_SGLANG)
+        trays = client.export_plan(tp8_plan, export_pb2.EXPORT_FORMAT_SGLANG, gpus_per_node=4)
+        with pytest.raises(grpc.RpcError) as err:
+            client.export_plan(tp8_plan, export_pb2.EXPORT_FORMAT_UNSPECIFIED, gpus_per_node=73)
+    assert not any("spans" in note for note in one_host.notes)
+    assert "a agg worker spans 2 nodes of 4 GPUs: the files start it on each node" in trays.notes
+    lines = commands(exports.export_from_proto(trays, "sglang"))
+    given = check_command(next(line for line in lines if "--nnodes" in line))[1]
+    assert given["--tp-size"] == "8" and given["--nnodes"] == "2"
+    assert given["--node-rank"] == "$NODE_RANK"
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {f for f, _ in client_module.field_violations(err.value)} == {"format", "gpus_per_node"}
+
+
+def test_gpus_per_node_option_makes_the_tp8_worker_two_node(
+    served: tuple[CliRunner, str, str], tp8_plan: str, tmp_path: Path
+) -> None:
+    runner, _, _ = served
+    args = ["export", tp8_plan, "--format", "vllm", "--gpus-per-node", "4", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "note: a agg worker spans 2 nodes of 4 GPUs" in result.output
+    lines = commands(PlanExport("vllm", "", "", (ExportedFile("launch.sh",
+                                (tmp_path / "launch.sh").read_text()),), ""))  # fmt: skip
+    serve = next(line for line in lines if line.startswith("vllm serve"))
+    given = check_command(serve)[1]
+    assert given["--tensor-parallel-size"] == "8"
+    assert "ray start --head --port 6379" in lines
+
+
+@pytest.mark.parametrize("value", ["0", "73"])
+def test_gpus_per_node_out_of_range_is_one_line_exit_2(
+    served: tuple[CliRunner, str, str], value: str
+) -> None:
+    runner, _, name = served
+    result = runner.invoke(app, ["export", name, "--format", "vllm", "--gpus-per-node", value])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: --gpus-per-node: must be")
+    assert len(result.output.strip().splitlines()) == 1

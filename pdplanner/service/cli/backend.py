@@ -375,13 +375,14 @@ class RemoteBackend:
         with self._errors():
             return _stored_plan(self._client.get_plan(resources.from_id_or_name(plan_id, "plans")))
 
-    def export_plan(self, plan_id: str, fmt: str) -> PlanExport:
-        """The ExportPlan RPC: the files of ``fmt`` for a stored plan."""
+    def export_plan(self, plan_id: str, fmt: str, gpus_per_node: int | None = None) -> PlanExport:
+        """The ExportPlan RPC: the files of ``fmt`` for a stored plan, on hosts of
+        ``gpus_per_node`` GPUs (the server's default, 8, when None)."""
         from pdplanner.service import exports
 
         name = resources.from_id_or_name(plan_id, "plans")
         with self._errors():
-            msg = self._client.export_plan(name, exports.FORMATS[fmt])
+            msg = self._client.export_plan(name, exports.FORMATS[fmt], gpus_per_node=gpus_per_node)
         return exports.export_from_proto(msg, fmt)
 
     def delete_plan(self, plan_id: str) -> str:

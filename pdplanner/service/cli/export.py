@@ -1,9 +1,10 @@
 """``pdplanner export PLAN_ID --format vllm|sglang|trtllm|dynamo|k8s``: the files that run a plan.
 
 The plan is read from a server (``--server``; plans are stored there), which writes the files
-(the ExportPlan RPC). With ``--out DIR`` they are written into DIR (scripts made executable);
-without it they are printed, each after a ``# ==> NAME <==`` line. Notes on what the files leave
-to the operator go to stderr.
+(the ExportPlan RPC). ``--gpus-per-node N`` (1 to 72, default 8) is the GPUs of one host: a worker
+with more gets its engine's multi-node launch (4 for GB200 compute trays). With ``--out DIR`` the
+files are written into DIR (scripts made executable); without it they are printed, each after a
+``# ==> NAME <==`` line. Notes on what the files leave to the operator go to stderr.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typer
 from pdplanner.planner.export import EXPORT_FORMATS
 from pdplanner.service.cli.app import JsonOpt, ServerOpt, app, show_json
 from pdplanner.service.cli.backend import remote
-from pdplanner.service.cli.errors import CliError
+from pdplanner.service.cli.errors import CliError, flags
 
 
 @app.command("export", no_args_is_help=True)
@@ -30,6 +31,14 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Directory to write the files into (else: print them).")
     ] = None,
+    gpus_per_node: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="GPUs per host, 1 to 72 (default 8); a worker with more spans several hosts "
+            "(4 for GB200 compute trays).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
@@ -37,7 +46,11 @@ def export(
     if fmt not in EXPORT_FORMATS:
         given = f", not {fmt!r}" if fmt else ""
         raise CliError(f"--format: must be one of {', '.join(EXPORT_FORMATS)}{given}")
-    result = remote(server).export_plan(plan_id, fmt)
+    from pdplanner.service import exports
+
+    with flags({"gpus_per_node"}):
+        exports.gpus_per_node(gpus_per_node)
+    result = remote(server).export_plan(plan_id, fmt, gpus_per_node)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if json_out:

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pdplanner/v1/export.proto.
  */
 export const file_pdplanner_v1_export: GenFile = /*@__PURE__*/
-  fileDesc("ChlwZHBsYW5uZXIvdjEvZXhwb3J0LnByb3RvEgxwZHBsYW5uZXIudjEiTQoRRXhwb3J0UGxhblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgZmb3JtYXQYAiABKA4yGi5wZHBsYW5uZXIudjEuRXhwb3J0Rm9ybWF0IkEKDEV4cG9ydGVkRmlsZRIMCgRwYXRoGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEgoKZXhlY3V0YWJsZRgDIAEoCCKRAQoSRXhwb3J0UGxhblJlc3BvbnNlEikKBWZpbGVzGAEgAygLMhoucGRwbGFubmVyLnYxLkV4cG9ydGVkRmlsZRIOCgZlbmdpbmUYAiABKAkSFgoOZW5naW5lX3ZlcnNpb24YAyABKAkSGQoRYmVuY2htYXJrX2NvbW1hbmQYBCABKAkSDQoFbm90ZXMYBSADKAkqqgEKDEV4cG9ydEZvcm1hdBIdChlFWFBPUlRfRk9STUFUX1VOU1BFQ0lGSUVEEAASFgoSRVhQT1JUX0ZPUk1BVF9WTExNEAESGAoURVhQT1JUX0ZPUk1BVF9TR0xBTkcQAhIYChRFWFBPUlRfRk9STUFUX1RSVExMTRADEhgKFEVYUE9SVF9GT1JNQVRfRFlOQU1PEAQSFQoRRVhQT1JUX0ZPUk1BVF9LOFMQBUIvWi1wZHBsYW5uZXIvY2xpZW50cy9nby9wZHBsYW5uZXIvdjE7cGRwbGFubmVydjFiBnByb3RvMw");
+  fileDesc("ChlwZHBsYW5uZXIvdjEvZXhwb3J0LnByb3RvEgxwZHBsYW5uZXIudjEiewoRRXhwb3J0UGxhblJlcXVlc3QSDAoEbmFtZRgBIAEoCRIqCgZmb3JtYXQYAiABKA4yGi5wZHBsYW5uZXIudjEuRXhwb3J0Rm9ybWF0EhoKDWdwdXNfcGVyX25vZGUYAyABKAVIAIgBAUIQCg5fZ3B1c19wZXJfbm9kZSJBCgxFeHBvcnRlZEZpbGUSDAoEcGF0aBgBIAEoCRIPCgdjb250ZW50GAIgASgJEhIKCmV4ZWN1dGFibGUYAyABKAgikQEKEkV4cG9ydFBsYW5SZXNwb25zZRIpCgVmaWxlcxgBIAMoCzIaLnBkcGxhbm5lci52MS5FeHBvcnRlZEZpbGUSDgoGZW5naW5lGAIgASgJEhYKDmVuZ2luZV92ZXJzaW9uGAMgASgJEhkKEWJlbmNobWFya19jb21tYW5kGAQgASgJEg0KBW5vdGVzGAUgAygJKqoBCgxFeHBvcnRGb3JtYXQSHQoZRVhQT1JUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhYKEkVYUE9SVF9GT1JNQVRfVkxMTRABEhgKFEVYUE9SVF9GT1JNQVRfU0dMQU5HEAISGAoURVhQT1JUX0ZPUk1BVF9UUlRMTE0QAxIYChRFWFBPUlRfRk9STUFUX0RZTkFNTxAEEhUKEUVYUE9SVF9GT1JNQVRfSzhTEAVCL1otcGRwbGFubmVyL2NsaWVudHMvZ28vcGRwbGFubmVyL3YxO3BkcGxhbm5lcnYxYgZwcm90bzM");
 
 /**
  * ExportPlanRequest asks for the files that run a stored plan's chosen deployment.
@@ -31,6 +31,16 @@ export type ExportPlanRequest = Message<"pdplanner.v1.ExportPlanRequest"> & {
    * @generated from field: pdplanner.v1.ExportFormat format = 2;
    */
   format: ExportFormat;
+
+  /**
+   * GPUs per host, 1 to 72; 8 (an HGX node) when unset. A worker with more GPUs (tp * pp * dp)
+   * spans ceil(GPUs / gpus_per_node) hosts and gets its engine's multi-node launch; 4 for GB200
+   * compute trays. INVALID_ARGUMENT on gpus_per_node out of range, and on name when a worker's
+   * GPUs do not split evenly over its hosts.
+   *
+   * @generated from field: optional int32 gpus_per_node = 3;
+   */
+  gpusPerNode?: number | undefined;
 };
 
 /**
