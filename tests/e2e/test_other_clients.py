@@ -1,6 +1,10 @@
 """The Go and TypeScript examples against a real server: they plan the reference query, and what
 they print is the plan that GetPlan returns.
 
+Each also runs against a locked server (bearer tokens, TLS and client certificates) with the
+``PDPLANNER_TOKEN*`` and ``PDPLANNER_TLS*`` variables the Python client reads: with them it plans,
+without the token it fails with UNAUTHENTICATED.
+
 Both need their toolchain (Go with Debian's gRPC sources for clients/go; Node.js with
 ``npm ci`` run in clients/node). Without it a test is skipped with the reason, unless ``CI`` is
 set: there a missing toolchain is a failure, since .ci/run installs both.
@@ -9,22 +13,26 @@ set: there a missing toolchain is a failure, since .ci/run installs both.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
+from pdplanner.client import PlannerClient, Tls
 from pdplanner.service.server import start_server
-from pdplanner.v1 import common_pb2, plan_pb2, planner_service_pb2_grpc
+from pdplanner.v1 import common_pb2, plan_pb2
+from tests.integration.pki import make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_DIR = ROOT / "clients" / "go"
 NODE_DIR = ROOT / "clients" / "node"
 RUN_TIMEOUT_S = 240  # a cold `tsc` or `go build` on a loaded machine
+TOKEN = secrets.token_hex(32)
 
 
 def _in_ci() -> bool:
@@ -37,10 +45,15 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``args`` run in ``cwd``; ``env`` replaces the ``PDPLANNER_*`` variables of this process."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PDPLANNER_")}
     return subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
-    )
+        args, cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S, check=False,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +65,43 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     try:
         yield f"127.0.0.1:{running.port}"
+    finally:
+        running.stop(0)
+
+
+@dataclass(frozen=True)
+class Locked:
+    """A server that wants a token, TLS and a client certificate, and the files to reach it."""
+
+    address: str
+    pki: dict[str, Path]
+    token_file: Path
+
+    def tls_env(self) -> dict[str, str]:
+        return {
+            "PDPLANNER_TLS_CA_FILE": str(self.pki["ca"]),
+            "PDPLANNER_TLS_CLIENT_CERT_FILE": str(self.pki["client_cert"]),
+            "PDPLANNER_TLS_CLIENT_KEY_FILE": str(self.pki["client_key"]),
+        }
+
+    def client(self) -> PlannerClient:
+        tls = Tls(str(self.pki["ca"]), str(self.pki["client_cert"]), str(self.pki["client_key"]))
+        return PlannerClient(self.address, token=TOKEN, tls=tls)
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Locked]:
+    out = tmp_path_factory.mktemp("locked")
+    pki = make_pki(out)
+    token_file = out / "token.txt"
+    token_file.write_text(f"\n  {TOKEN}  \n")  # blanks around it, as a hand-written file has
+    running = start_server(
+        port=0, host="127.0.0.1", database_url=f"sqlite:///{out / 'plans.db'}", auth="on",
+        auth_tokens=f"admin:{TOKEN}", tls_cert_file=str(pki["server_cert"]),
+        tls_key_file=str(pki["server_key"]), tls_client_ca_file=str(pki["ca"]),
+    )  # fmt: skip
+    try:
+        yield Locked(f"127.0.0.1:{running.port}", pki, token_file)
     finally:
         running.stop(0)
 
@@ -108,12 +158,11 @@ def expected_output(plan: plan_pb2.Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_prints_the_stored_plan(stdout: str, address: str) -> None:
+def check_prints_the_stored_plan(stdout: str, client: PlannerClient) -> None:
     name = stdout.splitlines()[0]
     assert name.startswith("plans/") and " " not in name
-    with grpc.insecure_channel(address) as channel:
-        stub = planner_service_pb2_grpc.PlannerServiceStub(channel)
-        plan = stub.GetPlan(plan_pb2.GetPlanRequest(name=name), timeout=30).plan
+    with client:
+        plan = client.get_plan(name, timeout_s=30)
     # The reference query of the issue and the README.
     request = plan.request
     assert (request.model, request.gpu, request.gpus) == ("llama-3.1-70b", "h100-sxm", 16)
@@ -128,7 +177,24 @@ def test_the_go_example_prints_the_plan_that_get_plan_returns(
 ) -> None:
     result = _run([str(go_example), address], GO_DIR)
     assert result.returncode == 0, result.stderr
-    check_prints_the_stored_plan(result.stdout, address)
+    check_prints_the_stored_plan(result.stdout, PlannerClient(address))
+
+
+def test_the_go_example_sends_the_token_and_certificate_of_the_environment(
+    go_example: Path, locked: Locked
+) -> None:
+    env = {**locked.tls_env(), "PDPLANNER_TOKEN": TOKEN}
+    result = _run([str(go_example), locked.address], GO_DIR, env)
+    assert result.returncode == 0, result.stderr
+    check_prints_the_stored_plan(result.stdout, locked.client())
+
+
+def test_the_go_example_without_a_token_is_unauthenticated(
+    go_example: Path, locked: Locked
+) -> None:
+    result = _run([str(go_example), locked.address], GO_DIR, locked.tls_env())
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "code = Unauthenticated" in result.stderr, result.stderr
 
 
 def test_the_go_example_without_an_address_prints_its_usage(go_example: Path) -> None:
@@ -142,4 +208,22 @@ def test_the_typescript_example_prints_the_plan_that_get_plan_returns(
 ) -> None:
     result = _run([npm, "run", "--silent", "example", "--", address], NODE_DIR)
     assert result.returncode == 0, result.stderr
-    check_prints_the_stored_plan(result.stdout, address)
+    check_prints_the_stored_plan(result.stdout, PlannerClient(address))
+
+
+def test_the_typescript_example_sends_the_token_and_certificate_of_the_environment(
+    npm: str, locked: Locked
+) -> None:
+    env = {**locked.tls_env(), "PDPLANNER_TOKEN_FILE": str(locked.token_file)}
+    result = _run([npm, "run", "--silent", "example", "--", locked.address], NODE_DIR, env)
+    assert result.returncode == 0, result.stderr
+    check_prints_the_stored_plan(result.stdout, locked.client())
+
+
+def test_the_typescript_example_without_a_token_is_unauthenticated(
+    npm: str, locked: Locked
+) -> None:
+    result = _run([npm, "run", "--silent", "example", "--", locked.address], NODE_DIR,
+                  locked.tls_env())  # fmt: skip
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "[unauthenticated]" in result.stderr, result.stderr

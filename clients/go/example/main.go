@@ -2,17 +2,28 @@
 // with GetPlan and prints its name alone on the first line, then the chosen deployment.
 //
 //	go run ./example HOST:PORT
+//
+// It reads the variables the Python client and the CLI read: PDPLANNER_TOKEN (or
+// PDPLANNER_TOKEN_FILE) is sent as "authorization: Bearer TOKEN" on every call;
+// PDPLANNER_TLS_CA_FILE makes the connection TLS, trusting that CA (PDPLANNER_TLS=1: the
+// system's roots), and PDPLANNER_TLS_CLIENT_CERT_FILE with PDPLANNER_TLS_CLIENT_KEY_FILE show a
+// client certificate (mutual TLS). With none set it connects in plaintext and sends no token.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	pdplannerv1 "pdplanner/clients/go/pdplanner/v1"
@@ -30,7 +41,11 @@ func main() {
 }
 
 func run(address string) error {
-	conn, err := grpc.Dial(address, grpc.WithInsecure())
+	options, err := dialOptionsFromEnv()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.Dial(address, options...)
 	if err != nil {
 		return err
 	}
@@ -84,6 +99,76 @@ func run(address string) error {
 		fmt.Println()
 	}
 	return nil
+}
+
+// bearer sends a token as "authorization: Bearer TOKEN" metadata on every call. It does not
+// demand TLS, as the server on loopback accepts tokens in plaintext; elsewhere use TLS.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }
+
+// dialOptionsFromEnv gives the transport and call credentials of the PDPLANNER_TOKEN* and
+// PDPLANNER_TLS* variables, as pdplanner.client.credentials_from_env reads them: TLS is on when
+// PDPLANNER_TLS is 1/true/yes/on or any of its files is set; an unreadable file is an error.
+func dialOptionsFromEnv() ([]grpc.DialOption, error) {
+	var options []grpc.DialOption
+	token := os.Getenv("PDPLANNER_TOKEN")
+	if path := os.Getenv("PDPLANNER_TOKEN_FILE"); token == "" && path != "" {
+		text, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("token file: %w", err)
+		}
+		// The first line that is not blank, without surrounding blanks.
+		for _, line := range strings.Split(string(text), "\n") {
+			if token = strings.TrimSpace(line); token != "" {
+				break
+			}
+		}
+		if token == "" {
+			return nil, fmt.Errorf("token file %s is empty", path)
+		}
+	}
+	if token != "" {
+		options = append(options, grpc.WithPerRPCCredentials(bearer(token)))
+	}
+
+	caFile := os.Getenv("PDPLANNER_TLS_CA_FILE")
+	certFile := os.Getenv("PDPLANNER_TLS_CLIENT_CERT_FILE")
+	keyFile := os.Getenv("PDPLANNER_TLS_CLIENT_KEY_FILE")
+	switch strings.ToLower(os.Getenv("PDPLANNER_TLS")) {
+	case "1", "true", "yes", "on":
+	default:
+		if caFile == "" && certFile == "" && keyFile == "" {
+			return append(options, grpc.WithInsecure()), nil
+		}
+	}
+	config := &tls.Config{MinVersion: tls.VersionTLS12} // RootCAs nil: the system's roots
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		config.RootCAs = x509.NewCertPool()
+		if !config.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New(
+			"PDPLANNER_TLS_CLIENT_CERT_FILE and PDPLANNER_TLS_CLIENT_KEY_FILE go together")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return append(options, grpc.WithTransportCredentials(credentials.NewTLS(config))), nil
 }
 
 func min(a, b time.Duration) time.Duration {

@@ -2,7 +2,16 @@
 // prints its name alone on the first line, then the chosen deployment.
 //
 //   npm ci && npm run example -- HOST:PORT
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+//
+// It reads the variables the Python client and the CLI read: PDPLANNER_TOKEN (or
+// PDPLANNER_TOKEN_FILE) is sent as "authorization: Bearer TOKEN" on every call;
+// PDPLANNER_TLS_CA_FILE makes the connection TLS, trusting that CA (PDPLANNER_TLS=1: the
+// system's roots), and PDPLANNER_TLS_CLIENT_CERT_FILE with PDPLANNER_TLS_CLIENT_KEY_FILE show a
+// client certificate (mutual TLS). With none set it connects in plaintext and sends no token.
+import { readFileSync } from "node:fs";
+import type { SecureClientSessionOptions } from "node:http2";
+
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { create } from "@bufbuild/protobuf";
 
@@ -13,8 +22,55 @@ import { PlannerService } from "./pdplanner/v1/planner_service_pb.js";
 // A double in its shortest round-trip form, as the Go and Python clients print it.
 const num = (x: number): string => String(x);
 
+const env = (name: string): string | undefined => process.env[name] || undefined;
+
+// The token of PDPLANNER_TOKEN, else the first line that is not blank of PDPLANNER_TOKEN_FILE.
+function tokenFromEnv(): string | undefined {
+  const path = env("PDPLANNER_TOKEN_FILE");
+  if (env("PDPLANNER_TOKEN") !== undefined || path === undefined) {
+    return env("PDPLANNER_TOKEN");
+  }
+  const token = readFileSync(path, "utf8")
+    .split("\n")
+    .map((line) => line.trim())
+    .find((line) => line !== "");
+  if (token === undefined) {
+    throw new Error(`token file ${path} is empty`);
+  }
+  return token;
+}
+
+// TLS options when PDPLANNER_TLS is 1/true/yes/on or any of its files is set, else undefined.
+function tlsFromEnv(): SecureClientSessionOptions | undefined {
+  const ca = env("PDPLANNER_TLS_CA_FILE");
+  const cert = env("PDPLANNER_TLS_CLIENT_CERT_FILE");
+  const key = env("PDPLANNER_TLS_CLIENT_KEY_FILE");
+  const wanted = ["1", "true", "yes", "on"].includes((env("PDPLANNER_TLS") ?? "").toLowerCase());
+  if (!wanted && ca === undefined && cert === undefined && key === undefined) {
+    return undefined;
+  }
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new Error("PDPLANNER_TLS_CLIENT_CERT_FILE and PDPLANNER_TLS_CLIENT_KEY_FILE go together");
+  }
+  return {
+    ca: ca === undefined ? undefined : readFileSync(ca), // undefined: Node's own roots
+    cert: cert === undefined ? undefined : readFileSync(cert),
+    key: key === undefined ? undefined : readFileSync(key),
+  };
+}
+
 async function main(address: string): Promise<void> {
-  const transport = createGrpcTransport({ baseUrl: `http://${address}` });
+  const token = tokenFromEnv();
+  const tls = tlsFromEnv();
+  const bearer: Interceptor = (next) => async (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return await next(req);
+  };
+  const transport = createGrpcTransport({
+    baseUrl: `${tls === undefined ? "http" : "https"}://${address}`,
+    nodeOptions: tls,
+    interceptors: token === undefined ? [] : [bearer],
+  });
   const client = createClient(PlannerService, transport);
   const signal = AbortSignal.timeout(120_000); // the whole run: retries, Plan and GetPlan
 
