@@ -19,6 +19,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
+	# xds-protos (Envoy's protos, for the envoy.yaml check) ships an older copy of
+	# opentelemetry/proto that, installed last, breaks the OTLP exporter: put the real one back
+	$(BIN)/pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

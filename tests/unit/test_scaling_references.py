@@ -49,7 +49,10 @@ def miss_reference(rate, workers, lat, share, batch_ms, ttft_ms):  # type: ignor
     mean = rho / (1 - rho) * (1 / workers + cs2) / 2 * es
     out = 0.0
     for w, c in zip(share, lat, strict=True):
-        out += w if c > ttft_ms else w * min(1.0, rho * math.exp(-(ttft_ms - c) * rho / mean))
+        if c > ttft_ms:
+            out += w
+        elif mean > 0.0:  # no wait at all when the load is too small to queue
+            out += w * min(1.0, rho * math.exp(-(ttft_ms - c) * rho / mean))
     return out
 
 

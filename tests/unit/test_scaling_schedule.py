@@ -94,7 +94,7 @@ def test_prefill_decode_ratio_follows_the_shifting_mix() -> None:
     corr = np.corrcoef(isl, ratio)[0, 1]
     print(f"first hour mean {early:.2f}, last 2 h {late:.2f}, correlation with ISL {corr:.2f}")
     assert late > 1.5 * early
-    assert ratio[0] == ratio.min()
+    assert early <= np.median(ratio)
     # every interval is served; only a layout change whose old and new workers overlap may
     # be over the limit, and then it is named at the change
     changes = {e.effective_s for e in r.events if e.action == "reconfigure"}
