@@ -314,3 +314,109 @@ def test_missing_table_file_is_a_calibration_error(tables: cb.Tables, tmp_path: 
     (tmp_path / "attn_prefill.csv").unlink()
     with pytest.raises(CalibrationError):
         cb.read_tables(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- H200
+
+H200_HBM_BYTES_PER_S = 4.8e12  # datasheet; bf16 and fp8 peaks are the H100's (gpus.yaml)
+# Quick tables of three MoE models' shapes, measured with the same collector on the same H200 in
+# the same session as pdplanner/planner/perf/data/h200-sxm (`--quick --models
+# qwen3-235b-a22b,deepseek-v3,mixtral-8x7b`): expert FFN slices as narrow as 192 and 256 columns,
+# 64/4 and 8/1 attention heads, none of which the packaged tables hold.
+H200_MOE_QUICK = Path(__file__).resolve().parents[1] / "fixtures" / "h200-sxm-moe-quick"
+
+
+def all_predictions(
+    t: cb.Tables, cal: cb.Calibration, hbm_bytes_per_s: float
+) -> dict[str, tuple[np.ndarray, np.ndarray, Callable[[int], str]]]:
+    """Every table of ``t`` predicted with ``cal`` on a GPU with the H100's peaks and
+    ``hbm_bytes_per_s``: {table: (predicted, measured, describe)}."""
+    out: dict[str, tuple[np.ndarray, np.ndarray, Callable[[int], str]]] = {}
+    g = t.gemm
+    for dtype, dtype_bytes, off, peak in (
+        ("bf16", 2.0, ok.GEMM_BF16, H100_BF16_FLOPS_PER_S),
+        ("fp8", 1.0, ok.GEMM_FP8, H100_FP8_FLOPS_PER_S),
+    ):
+        sel = g["dtype_bytes"] == dtype_bytes
+        if not sel.any():
+            continue
+        v = cal.gemm[off : off + ok.GEMM_NPARAMS]
+        vector = np.concatenate((v, v))
+        predicted = np.array(
+            [
+                ok.gemm_ms(m, n, k, dtype_bytes, peak, hbm_bytes_per_s, vector)
+                for m, n, k in zip(g["M"][sel], g["N"][sel], g["K"][sel], strict=True)
+            ]
+        )
+        out[f"GEMM {dtype}"] = (predicted, g["ms"][sel], gemm_describer(g, sel))
+    p = t.attn_prefill
+    out["prefill attention"] = (
+        prefill_predictions(p, cal.attn_prefill),
+        p["ms"],
+        attention_describer(p, "S"),
+    )
+    d = t.attn_decode
+    decode = np.array(
+        [
+            ok.attn_decode_ms(b, ctx, h, hkv, dd, 2.0, 2.0, hbm_bytes_per_s, 0.0, cal.attn_decode)
+            for b, ctx, h, hkv, dd in zip(d["B"], d["L"], d["H"], d["Hkv"], d["D"], strict=True)
+        ]
+    )
+    out["decode attention"] = (decode, d["ms"], attention_describer(d, "L"))
+    return out
+
+
+def test_h200_tables_are_measured_on_an_h200() -> None:
+    meta = cb.read_tables("h200-sxm").meta
+    assert meta["device"] == "NVIDIA H200"
+    assert float(meta["hbm_peak_bytes_per_s"]) == H200_HBM_BYTES_PER_S
+    assert float(meta["bf16_peak_flops_per_s"]) == H100_BF16_FLOPS_PER_S
+
+
+def test_h200_own_fit_matches_every_measured_row() -> None:
+    cal = cb.load_calibration("h200-sxm")
+    for label, (predicted, measured, describe) in all_predictions(
+        cb.read_tables("h200-sxm"), cal, H200_HBM_BYTES_PER_S
+    ).items():
+        median, p90 = report(f"H200 {label}, own fit", predicted, measured, describe)
+        assert median < MEDIAN_APE_MAX
+        assert p90 < P90_APE_MAX
+
+
+def test_h100_fit_scaled_to_h200_peaks_predicts_the_h200_tables() -> None:
+    """What every GPU without tables gets: the H100's efficiencies at this GPU's datasheet peaks.
+    On the H200 (same compute peaks, 4.8 instead of 3.35 TB/s) it is a test on a GPU the fit
+    never saw."""
+    for label, (predicted, measured, describe) in all_predictions(
+        cb.read_tables("h200-sxm"), cb.load_calibration("h100-sxm"), H200_HBM_BYTES_PER_S
+    ).items():
+        median, p90 = report(f"H200 {label}, H100 fit scaled", predicted, measured, describe)
+        assert median < HELD_OUT_MEDIAN_APE_MAX
+        assert p90 < HELD_OUT_P90_APE_MAX
+
+
+def test_h200_fit_predicts_moe_shapes_it_was_not_fitted_on() -> None:
+    """The packaged H200 fit (dense Llama/Qwen3 shapes) on the quick tables of MoE models'
+    shapes; rows whose GEMM shape or attention heads the packaged tables hold are left out."""
+    fitted = cb.read_tables("h200-sxm")
+    held = cb.read_tables(str(H200_MOE_QUICK))
+    known = set(zip(fitted.gemm["N"], fitted.gemm["K"], strict=True))
+    new = np.array([s not in known for s in zip(held.gemm["N"], held.gemm["K"], strict=True)])
+    heads = set(zip(fitted.attn_decode["H"], fitted.attn_decode["Hkv"], strict=True))
+    new_heads = {
+        name: np.array([s not in heads for s in zip(t["H"], t["Hkv"], strict=True)])
+        for name, t in (("prefill", held.attn_prefill), ("decode", held.attn_decode))
+    }
+    assert new.sum() >= 50 and all(v.sum() >= 10 for v in new_heads.values())
+    only_new = cb.Tables(
+        held.meta,
+        {k: v[new] for k, v in held.gemm.items()},
+        {k: v[new_heads["prefill"]] for k, v in held.attn_prefill.items()},
+        {k: v[new_heads["decode"]] for k, v in held.attn_decode.items()},
+    )
+    for label, (predicted, measured, describe) in all_predictions(
+        only_new, cb.load_calibration("h200-sxm"), H200_HBM_BYTES_PER_S
+    ).items():
+        median, p90 = report(f"H200 {label}, MoE shapes held out", predicted, measured, describe)
+        assert median < HELD_OUT_MEDIAN_APE_MAX
+        assert p90 < HELD_OUT_P90_APE_MAX
