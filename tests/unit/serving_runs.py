@@ -109,6 +109,16 @@ def _layout(row: dict[str, str], prefix: str) -> tuple[Parallelism, int]:
     pp = _int(row, f"{prefix}pp_size")
     dp = _int(row, f"{prefix}attention_dp_size")
     ep = _int(row, f"{prefix}moe_ep_size")
+    moe_group = _int(row, f"{prefix}moe_tp_size") * ep
+    if moe_group > tp * dp and moe_group % tp == 0 and not row.get(f"{prefix}attention_dp_size"):
+        # An MoE layer spread over more GPUs than the attention's TP group: the rest are
+        # attention data-parallel ranks. The source's layouts keep tp * attention_dp ==
+        # moe_tp * moe_ep per stage; 19 vLLM 0.12 rows on H200 leave attention_dp empty with
+        # moe_tp 2 or 4 over tp 1 or 2, which vLLM runs as --data-parallel-size with the experts
+        # tensor-parallel over all DP x TP ranks (vLLM 0.12 docs, "Data Parallel Deployment":
+        # expert layers form a DP x TP sized tensor-parallel group by default). Read as one
+        # attention group, 13 of them would be one GPU holding 235 GB of weights.
+        dp = moe_group // tp
     return Parallelism(tp=tp, pp=pp, ep=ep, attention_dp=dp), _int(row, f"{prefix}batch_size")
 
 
