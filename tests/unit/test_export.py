@@ -341,6 +341,10 @@ def test_moe_aggregated_plan_exports_in_every_format(fmt: str) -> None:
         assert given["--tp-size"] == "8" and given["--dp-size"] == "8"
         assert given["--ep-size"] == "8" and "--enable-dp-attention" in given
         assert given["--kv-cache-dtype"] == "fp8_e4m3" and given["--chunked-prefill-size"] == "4096"
+        # the fraction SGLang derives by default for this layout, which the plan priced its KV
+        # cache at, written out so a different chunk size cannot change it: TP 8 over 8
+        # DP-attention ranks on an H200 reserve 33,280 of 143,292 MiB
+        assert given["--mem-fraction-static"] == "0.768"
     if fmt == "vllm":
         given = check_command(lines[0])[1]
         assert given["--data-parallel-size"] == "8" and "--enable-expert-parallel" in given

@@ -543,16 +543,44 @@ def ref_workspace(m: ModelSpec, hw: Hw, tp, pp, dp, step_tokens, logits) -> floa
     return max(forward, sampler) + e.non_torch_bytes + comm
 
 
+# SGLang 0.5's defaults by device memory (server_args.py _handle_gpu_memory_settings): upper
+# bound in GiB -> (chunked_prefill_size, cuda_graph_max_bs below TP 4, at TP 4 and more)
+SGLANG_MEMORY_CLASSES = (
+    (20, 2048, 8, 8),
+    (35, 2048, 24, 80),
+    (60, 4096, 32, 160),
+    (160, 8192, 256, 512),
+    (math.inf, 16384, 512, 512),
+)
+
+
+def ref_sglang_fraction(capacity_bytes: float, tp: float, pp: float, dp: float) -> float:
+    """SGLang's mem_fraction_static as it derives it at start, written from its rule."""
+    mib = capacity_bytes / 2**20
+    _, chunk, small, large = next(c for c in SGLANG_MEMORY_CLASSES if mib < c[0] * 1024)
+    tp_size = tp * dp  # SGLang's --tp-size spans the DP-attention ranks
+    graph_bs = small if tp_size < 4 else large
+    reserved = 512 + max(chunk, 2048) * 1.5 + graph_bs * 2 + tp_size * pp / 8 * 1024
+    if dp > 1:
+        reserved += graph_bs * dp * 3 + (graph_bs * dp * 1.5 if graph_bs > 300 else 0.0)
+    if mib > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return round((mib - reserved) / mib, 3)
+
+
 def ref_kv_capacity(m: ModelSpec, hw: Hw, tp, pp, ep, dp, step_tokens, logits) -> float:
     e = hw.engine
     cap = hw.gpu.hbm_bytes - M.DRIVER_RESERVED_BYTES
     w = ref_weight_bytes(m, hw, tp, pp, ep, dp)
     ws = ref_workspace(m, hw, tp, pp, dp, step_tokens, logits)
     left = cap - w - ws - e.cuda_graph_bytes
+    f = e.memory_fraction
+    if f is None:
+        f = ref_sglang_fraction(cap, tp, pp, dp)
     by_rule = {
-        "total": e.memory_fraction * cap - w - ws,
-        "total_static": e.memory_fraction * cap - w,
-        "free": e.memory_fraction * left,
+        "total": f * cap - w - ws,
+        "total_static": f * cap - w,
+        "free": f * left,
     }[e.memory_rule]
     free = min(by_rule, left) - logits * ref_linear_state(m, tp, pp)
     grow = ref_kv_bytes_per_token(m, hw, tp, pp)
@@ -911,6 +939,34 @@ def test_memory_kernels_match_reference(s, step_tokens, logits, cached) -> None:
         M.memory_bytes_per_gpu(mv, hv, tp, pp, ep, dp, step_tokens, logits, cached),
         ref_memory_bytes(m, hw, tp, pp, ep, dp, step_tokens, logits, cached),
     )
+
+
+@pytest.mark.parametrize(
+    "gpu,tp,pp,dp,want",
+    [
+        # worked by hand from SGLang's rule; capacity = reported MiB less the driver's share
+        ("h100-sxm", 1, 1, 1, 0.834),  # (81080 - 13440) / 81080
+        ("h100-sxm", 8, 1, 1, 0.817),  # graph batch 512 at TP 8: (81080 - 14848) / 81080
+        ("h200-sxm", 2, 1, 1, 0.905),
+        ("gb200-nvl72", 4, 1, 1, 0.859),  # 16k chunk, 512 graphs: 26624 MiB reserved
+        ("gb200-nvl72", 1, 1, 4, 0.810),  # + 3 x 512 x 4 + 1.5 x 512 x 4 with DP attention
+        ("l4", 1, 1, 1, 0.833),  # 2048 chunk, 24 graphs: (22555 - 3760) / 22555; no 10 GiB floor
+    ],
+)
+def test_sglang_derives_its_memory_fraction_from_the_gpu_and_layout(
+    gpu: str, tp: int, pp: int, dp: int, want: float
+) -> None:
+    g = default_gpus().get(gpu)
+    hw = Hw(g, load_engine("sglang"), "bf16", "bf16", default_models().get("llama-3.1-8b"))
+    assert hw.model is not None
+    c = ctx_for(hw.model, hw)
+    got = M.derived_fraction(c.hv, float(tp), float(pp), float(dp))
+    ref = ref_sglang_fraction(g.hbm_bytes - M.DRIVER_RESERVED_BYTES, tp, pp, dp)
+    print(f"{gpu} tp{tp} pp{pp} dp{dp}: mem_fraction_static {got:.3f} (reference {ref:.3f})")
+    assert got == pytest.approx(ref, abs=1e-9) and got == pytest.approx(want, abs=1e-9)
+    # an explicit fraction is used as given
+    explicit = PerfContext.build(hw.model, g, hw.engine, "bf16", "bf16", memory_fraction=0.7)
+    assert M.derived_fraction(explicit.hv, float(tp), float(pp), float(dp)) == 0.7
 
 
 @pytest.mark.parametrize("model", [m.name for m in MODELS])

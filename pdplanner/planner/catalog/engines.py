@@ -37,7 +37,10 @@ class EngineSpec:
     aliases: tuple[str, ...] = field(default=(), compare=False)
     # Memory (keys of engines.yaml's memory section; sources there).
     memory_rule: MemoryRule = "total"
-    memory_fraction: float = 0.9  # the engine's default fraction (see memory_rule)
+    # the engine's default fraction (see memory_rule); None: the engine derives it at start from
+    # the GPU's memory and the worker's layout (SGLang's mem_fraction_static,
+    # ``memory.derived_fraction``)
+    memory_fraction: float | None = 0.9
     memory_fraction_flag: str = "gpu_memory_utilization"  # what the engine calls it
     profile_tokens: int = 8192  # tokens of the forward pass the engine reserves activations for
     sampler_seqs: int = 1024  # sequences whose logits the engine's sampler workspace holds
@@ -82,7 +85,7 @@ def _memory_keys(mem: object, f: str) -> dict[str, Any]:
         raise InvalidInputError(f"{f}.rule", f"must be one of {', '.join(MEMORY_RULES)}")
     out: dict[str, Any] = {
         "memory_rule": rule,
-        "memory_fraction": require(mem, "fraction", float, f),
+        "memory_fraction": _fraction(mem, rule, f),
         "memory_fraction_flag": require(mem, "fraction_flag", str, f),
         "profile_tokens": require(mem, "profile_tokens", int, f),
         "sampler_seqs": require(mem, "sampler_seqs", int, f),
@@ -91,9 +94,22 @@ def _memory_keys(mem: object, f: str) -> dict[str, Any]:
         "comm_buffer_bytes": require(mem, "comm_buffer_bytes", float, f),
         "cuda_graph_bytes": require(mem, "cuda_graph_bytes", float, f),
     }
-    if not 0.0 < out["memory_fraction"] <= 1.0:
-        raise InvalidInputError(f"{f}.fraction", "must be in (0, 1]")
     return out
+
+
+def _fraction(mem: dict[str, Any], rule: str, f: str) -> float | None:
+    """``memory.fraction``: a number in (0, 1], or ``auto`` where the engine derives it at start
+    (only SGLang's rule, ``total_static``, has such a derivation)."""
+    if mem.get("fraction") == "auto":
+        if rule != "total_static":
+            raise InvalidInputError(
+                f"{f}.fraction", "auto (derived at start) exists only for rule total_static"
+            )
+        return None
+    fraction = float(require(mem, "fraction", float, f))
+    if not 0.0 < fraction <= 1.0:
+        raise InvalidInputError(f"{f}.fraction", "must be in (0, 1] or auto")
+    return fraction
 
 
 def engine_names() -> list[str]:

@@ -11,8 +11,9 @@ from typing import Any, Final
 import yaml
 
 from pdplanner.planner.catalog import ModelCatalog, default_models
-from pdplanner.planner.catalog.engines import load_engine
-from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.catalog.engines import EngineSpec, load_engine
+from pdplanner.planner.catalog.gpus import load_gpu
+from pdplanner.planner.errors import InvalidInputError, PlannerError
 from pdplanner.planner.export import flags, manifests
 from pdplanner.planner.export.engines import (
     DEFAULT_GPUS_PER_NODE,
@@ -26,6 +27,8 @@ from pdplanner.planner.export.engines import (
     launch,
     sglang_node_args,
 )
+from pdplanner.planner.perf.memory import derived_fraction
+from pdplanner.planner.perf.params import hardware_vector
 from pdplanner.planner.serving.scheduler import memory_fraction_for, scheduler_for
 from pdplanner.planner.types import Deployment, PlanRequest, PlanResult
 
@@ -71,11 +74,32 @@ def model_id(name: str, models: ModelCatalog | None = None) -> str:
     return (instruct or ids or [spec.name])[0]
 
 
+def _derived_fractions(chosen: Deployment, engine: EngineSpec) -> dict[str, float]:
+    """The memory fraction ``engine`` derives at start for each pool of ``chosen`` (SGLang's
+    mem_fraction_static; ``memory.derived_fraction``), which the plan priced its KV cache at."""
+    out: dict[str, float] = {}
+    for pool in chosen.pools:
+        try:
+            gpu = load_gpu(pool.gpu)
+        except PlannerError as e:
+            raise ExportError(
+                "memory_fraction",
+                f"{engine.name} derives its memory fraction from the GPU's memory, and GPU "
+                f"{pool.gpu!r} is not in the catalog here: plan with memory_fraction set",
+            ) from e
+        hv = hardware_vector(gpu, engine, "bf16", "bf16")
+        out[pool.role] = float(derived_fraction(hv, pool.tp, pool.pp, pool.attention_dp))
+    return out
+
+
 def _context(request: PlanRequest, chosen: Deployment, models: ModelCatalog | None) -> PoolContext:
     engine = load_engine(request.engine)
     args = dict(request.engine_args)
     sched = scheduler_for(engine, args)
     fraction = memory_fraction_for(engine, args, request.memory_fraction)
+    if fraction is None:
+        fraction = engine.memory_fraction
+    derived = {} if fraction is not None else _derived_fractions(chosen, engine)
     precision = request.precision
     if str(args.get("kv_cache_dtype", "")).lower() == "fp8":  # the plan's KV bytes came from here
         precision = replace(precision, kv_dtype="fp8")
@@ -85,8 +109,9 @@ def _context(request: PlanRequest, chosen: Deployment, models: ModelCatalog | No
         precision=precision,
         engine=engine,
         budget_tokens=sched.max_num_batched_tokens,
-        memory_fraction=fraction if fraction is not None else engine.memory_fraction,
+        memory_fraction=fraction,
         chunked_prefill=sched.enable_chunked_prefill,
+        derived_fractions=derived if fraction is None else {},
         max_isl=max(w.isl for w in request.traffic),
         max_model_len=max(w.isl + w.osl for w in request.traffic),
         disaggregated=chosen.mode == "disagg",

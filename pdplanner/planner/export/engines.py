@@ -37,6 +37,7 @@ KV cache the engine sizes is the one the plan assumed.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +112,17 @@ class PoolContext:
     disaggregated: bool
     # the scheduler the plan was judged under (engine defaults with the request's engine_args)
     budget_tokens: int  # max_num_batched_tokens
-    memory_fraction: float  # the plan's memory fraction, else the engine's default
+    # the plan's memory fraction, else the engine's default; None: the engine derives it at start
+    # (SGLang), and ``derived_fractions`` holds what it derives for each pool role
+    memory_fraction: float | None
     chunked_prefill: bool
+    derived_fractions: Mapping[str, float] = field(default_factory=dict)
+
+    def fraction_for(self, pool: Pool) -> float:
+        """The memory fraction the plan priced ``pool`` at."""
+        if self.memory_fraction is not None:
+            return self.memory_fraction
+        return self.derived_fractions[pool.role]
 
 
 def token_budget(pool: Pool, ctx: PoolContext) -> int:
@@ -124,8 +134,10 @@ def token_budget(pool: Pool, ctx: PoolContext) -> int:
     return max(ctx.budget_tokens, pool.batch)
 
 
-def _fraction(ctx: PoolContext) -> str:
-    return f"{ctx.memory_fraction:.2f}"
+def _fraction(pool: Pool, ctx: PoolContext) -> str:
+    # SGLang rounds the fraction it derives to 3 digits
+    digits = 2 if ctx.memory_fraction is not None else 3
+    return f"{ctx.fraction_for(pool):.{digits}f}"
 
 
 def vllm_args(pool: Pool, ctx: PoolContext) -> list[str]:
@@ -143,7 +155,7 @@ def vllm_args(pool: Pool, ctx: PoolContext) -> list[str]:
         "--max-num-seqs", str(pool.batch),
         "--max-num-batched-tokens", str(token_budget(pool, ctx)),
         "--max-model-len", str(ctx.max_model_len),
-        "--gpu-memory-utilization", _fraction(ctx),
+        "--gpu-memory-utilization", _fraction(pool, ctx),
         "--kv-cache-dtype", "fp8" if ctx.precision.kv_dtype == "fp8" else "auto",
     ]  # fmt: skip
     if pool.role == "agg" and ctx.chunked_prefill:
@@ -170,7 +182,7 @@ def sglang_args(pool: Pool, ctx: PoolContext) -> list[str]:
         "--max-running-requests", str(pool.batch),
         "--chunked-prefill-size", str(token_budget(pool, ctx)),
         "--context-length", str(ctx.max_model_len),
-        "--mem-fraction-static", _fraction(ctx),
+        "--mem-fraction-static", _fraction(pool, ctx),
         "--kv-cache-dtype", "fp8_e4m3" if ctx.precision.kv_dtype == "fp8" else "auto",
     ]  # fmt: skip
     args += _weights(
@@ -191,7 +203,7 @@ def trtllm_options(pool: Pool, ctx: PoolContext) -> dict[str, Any]:
         "enable_chunked_prefill": pool.role == "agg" and ctx.chunked_prefill,
         "kv_cache_config": {
             "dtype": "fp8" if ctx.precision.kv_dtype == "fp8" else "auto",
-            "free_gpu_memory_fraction": ctx.memory_fraction,
+            "free_gpu_memory_fraction": ctx.fraction_for(pool),
         },
     }
     if ctx.disaggregated:
@@ -214,7 +226,7 @@ def trtllm_args(pool: Pool, ctx: PoolContext, options_file: str) -> list[str]:
         "--max_batch_size", str(pool.batch),
         "--max_num_tokens", str(token_budget(pool, ctx)),
         "--max_seq_len", str(ctx.max_model_len),
-        "--kv_cache_free_gpu_memory_fraction", _fraction(ctx),
+        "--kv_cache_free_gpu_memory_fraction", _fraction(pool, ctx),
         "--extra_llm_api_options", options_file,
     ]  # fmt: skip
     return args

@@ -229,6 +229,53 @@ def capacity_bytes(hv: np.ndarray) -> float:
     return hv[H_HBM_BYTES] - DRIVER_RESERVED_BYTES
 
 
+MIB = float(2**20)
+
+
+@njit(cache=True, nogil=True)
+def derived_fraction(hv: np.ndarray, tp: float, pp: float, dp: float) -> float:
+    """The memory fraction of one GPU: ``H_MEM_FRACTION`` when set (> 0), else SGLang's default
+    mem_fraction_static, which it derives at start (sgl-project/sglang 0.5,
+    python/sglang/srt/server_args.py ``_handle_gpu_memory_settings``): the device's memory less
+    a reservation for activations and CUDA graphs, in MiB,
+
+        reserved = 512 + 1.5 x max(chunked_prefill_size, 2048) + 2 x cuda_graph_max_bs
+                   + tp_size x pp_size / 8 x 1024
+                   [+ 3 x cuda_graph_max_bs x dp_size, + 1.5 x cuda_graph_max_bs x dp_size when
+                    cuda_graph_max_bs > 300: with DP attention]
+        at least 10 GiB on GPUs of more than 60 GiB; fraction = (memory - reserved) / memory,
+        rounded to 3 digits,
+
+    with chunked_prefill_size and cuda_graph_max_bs SGLang's defaults for the memory class
+    (2048 below 35 GiB, 4096 below 60, 8192 below 160, 16384 above; CUDA graphs up to 8, 24 or
+    80, 32 or 160, 256 or 512 (TP >= 4), 512). SGLang's tp_size is the whole attention group,
+    ``tp x dp`` here. Examples: 0.834 on an H100 at TP 1, 0.905 on an H200 at TP 2, 0.859 on
+    a GB200 at TP 4 (0.810 at TP 1 with 4 DP-attention ranks)."""
+    f = hv[H_MEM_FRACTION]
+    if f > 0.0:
+        return f
+    total = capacity_bytes(hv) / MIB
+    sg_tp = tp * dp
+    if total < 20.0 * 1024.0:
+        chunk, graph = 2048.0, 8.0
+    elif total < 35.0 * 1024.0:
+        chunk, graph = 2048.0, 24.0 if sg_tp < 4.0 else 80.0
+    elif total < 60.0 * 1024.0:
+        chunk, graph = 4096.0, 32.0 if sg_tp < 4.0 else 160.0
+    elif total < 160.0 * 1024.0:
+        chunk, graph = 8192.0, 256.0 if sg_tp < 4.0 else 512.0
+    else:
+        chunk, graph = 16384.0, 512.0
+    reserved = 512.0 + 1.5 * max(chunk, 2048.0) + 2.0 * graph + sg_tp * pp / 8.0 * 1024.0
+    if dp > 1.0:
+        reserved += 3.0 * graph * dp
+        if graph > 300.0:
+            reserved += 1.5 * graph * dp
+    if total > 60.0 * 1024.0:
+        reserved = max(reserved, 10.0 * 1024.0)
+    return math.floor((total - reserved) / total * 1000.0 + 0.5) / 1000.0
+
+
 @njit(cache=True, nogil=True)
 def kv_budget_bytes(
     mv: np.ndarray,
@@ -242,7 +289,7 @@ def kv_budget_bytes(
 ) -> float:
     """Bytes the engine gives the KV cache on one GPU (negative: the weights do not fit)."""
     total = capacity_bytes(hv)
-    f = hv[H_MEM_FRACTION]
+    f = derived_fraction(hv, tp, pp, dp)
     w = weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)
     ws = workspace_bytes(mv, hv, tp, pp, dp, step_tokens, logits)
     graphs = hv[H_GRAPH_BYTES]
@@ -374,7 +421,7 @@ def memory_breakdown(
     mv, hv = ctx.mv, ctx.hv
     return MemoryBreakdown(
         capacity_bytes=float(capacity_bytes(hv)),
-        fraction=float(hv[H_MEM_FRACTION]),
+        fraction=float(derived_fraction(hv, tp, pp, dp)),
         fraction_flag=ctx.engine.memory_fraction_flag,
         rule=ctx.engine.memory_rule,
         weights_bytes=float(weight_bytes_per_gpu(mv, hv, tp, pp, ep, dp)),

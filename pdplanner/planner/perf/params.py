@@ -115,7 +115,9 @@ def hardware_vector(
     # attention kernels assume): how many thread blocks one wave of a kernel runs at once
     v[H_N_SM] = load_calibration(gpu.calibration).attn_decode[D_N_SM]
     v[H_MEM_RULE] = MEMORY_RULE_CODES[engine.memory_rule]
-    v[H_MEM_FRACTION] = engine.memory_fraction if memory_fraction is None else memory_fraction
+    # 0: the engine derives its fraction at start (memory.derived_fraction)
+    fraction = engine.memory_fraction if memory_fraction is None else memory_fraction
+    v[H_MEM_FRACTION] = 0.0 if fraction is None else fraction
     v[H_PROFILE_TOKENS] = engine.profile_tokens
     v[H_SAMPLER_BYTES_PER_VOCAB] = engine.sampler_seqs * engine.sampler_bytes_per_logit
     v[H_NON_TORCH_BYTES] = engine.non_torch_bytes
