@@ -386,9 +386,11 @@ def _disagg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
         p_ctx.hv,
         link,
     )
+    # a request's time outside the engines, as under load (REQUEST_OVERHEAD_MS)
+    overhead = REQUEST_OVERHEAD_MS["disagg"]
     return ServingEstimate(
         mode="disagg",
-        ttft_ms=r.ttft_ms,
+        ttft_ms=r.ttft_ms + overhead,
         tpot_ms=r.tpot_ms,
         tokens_per_s_per_gpu=r.output_tokens_per_s / total_gpus,
         tokens_per_s_per_user=1e3 / r.tpot_ms,
@@ -400,7 +402,8 @@ def _disagg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
         kv_transfer_gb_per_s_per_gpu=r.kv_egress_bytes_per_s_per_gpu / GB,
         kv_transfer_ms=r.kv_transfer_ms,
         details={
-            "ttft_ms": r.ttft_ms_at,
+            "ttft_ms": {name: ms + overhead for name, ms in r.ttft_ms_at.items()},
+            "request_overhead_ms": overhead,
             "bottleneck": r.bottleneck,
             "prefill_utilisation": r.prefill_utilisation,
             "prefill_ttft_compute_ms": pm.step_ms,

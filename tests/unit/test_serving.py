@@ -403,8 +403,8 @@ def test_disagg_delivers_the_smaller_of_the_pools_rates(x: int, y: int) -> None:
 def test_decode_bound_disagg_keeps_the_full_batch_and_queues_prompts_lightly() -> None:
     """3P1D: the prefill pool runs below capacity (utilisation = rate / capacity), the decode
     worker holds its full batch at the decode step's TPOT, and TTFT is the prefill step plus a
-    queueing wait plus the KV transfer tail: at utilisation 0.39 most prompts find the pool idle
-    (the median waits nothing), the slowest tenth wait."""
+    queueing wait plus the KV transfer tail and the request overhead: at utilisation 0.39 most
+    prompts find the pool idle (the median waits nothing), the slowest tenth wait."""
     r_p, r_d, prefill_ms, tpot_ms = worker_rates()
     d = disagg(3, 1)
     rho = r_d / (3 * r_p)
@@ -418,7 +418,9 @@ def test_decode_bound_disagg_keeps_the_full_batch_and_queues_prompts_lightly() -
     assert d.tpot_ms == pytest.approx(tpot_ms, rel=1e-9)
     assert d.running_batch == pytest.approx(D_BATCH)
     assert 0.1 < rho < 0.5
-    assert d.ttft_ms == pytest.approx(prefill_ms + d.kv_transfer_ms, rel=1e-9)
+    overhead = REQUEST_OVERHEAD_MS["disagg"]
+    assert d.details["request_overhead_ms"] == overhead
+    assert d.ttft_ms == pytest.approx(prefill_ms + d.kv_transfer_ms + overhead, rel=1e-9)
     assert d.details["ttft_ms"]["p50"] == d.ttft_ms
     assert d.details["ttft_ms"]["p90"] > d.ttft_ms + 1.0
     assert d.details["ttft_ms"]["p99"] > d.details["ttft_ms"]["p90"]
@@ -437,7 +439,9 @@ def test_prefill_bound_disagg_runs_a_smaller_decode_batch_and_no_client_queue() 
     )
     assert d.details["bottleneck"] == "prefill"
     assert d.tpot_ms < tpot_ms
-    assert d.ttft_ms == pytest.approx(prefill_ms + (d.kv_transfer_ms or 0.0), rel=1e-9)
+    assert d.ttft_ms == pytest.approx(
+        prefill_ms + (d.kv_transfer_ms or 0.0) + REQUEST_OVERHEAD_MS["disagg"], rel=1e-9
+    )
 
 
 def sim_disagg(clients: int, decode_batch: int, isl: int = D_ISL, osl: int = D_OSL, y: int = 3):

@@ -390,7 +390,10 @@ class _Search:
             tail,
             link_rate,
         )
-        pre.latency_ms = pre.latency_ms + tail
+        # and a request's time outside the engines (HTTP, tokenisation, the router's hand-off
+        # between the pools): the same per-request overhead ``estimate`` adds to a
+        # disaggregated deployment's TTFT, as the aggregated sweep adds the agg one
+        pre.latency_ms = pre.latency_ms + tail + REQUEST_OVERHEAD_MS["disagg"]
         if pre.fits.any():
             self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
         if dec.fits.any():
@@ -409,7 +412,8 @@ class _Search:
         elif not p_ok.any():
             side.binding.append(
                 f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms with its KV "
-                f"transfer, target {slo.ttft_ms:g} ms at {slo.percentile}"
+                f"transfer and the request overhead, target {slo.ttft_ms:g} ms at "
+                f"{slo.percentile}"
             )
         d_ok = dec.fits.copy()
         if not d_ok.any():
