@@ -163,6 +163,10 @@ class Layouts:
     def n(self) -> int:
         return int(self.tp.shape[0])
 
+    def take(self, at: np.ndarray) -> Layouts:
+        """The candidates at indices ``at``, in that order."""
+        return Layouts(self.tp[at], self.pp[at], self.ep[at], self.dp[at])
+
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(tp, pp, ep, dp)``, the kernels' arguments after ``KernelArgs``."""

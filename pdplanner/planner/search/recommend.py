@@ -351,7 +351,9 @@ class _Search:
         dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
         grid = batch_grid(c.engine.max_batch, dense_up_to=dense)
         self.decode_batches = len(grid)
-        r = evaluate_decode(c, *cross(lay, grid, per_dp_rank=True), self.decode_context)
+        # the search uses no figure of a candidate that does not fit: those are not priced
+        points = cross(lay, grid, per_dp_rank=True)
+        r = evaluate_decode(c, *points, self.decode_context, fitting_only=True)
         self.design_points += r.tp.shape[0]
         return r
 

@@ -418,24 +418,6 @@ def simulate_loop(
             mean_past = pf_past / pf_seqs if pf_seqs > 0.0 else 0.0
             if pf_seqs == 0.0 and steps > 1.0:
                 # stop the run at the next event that could add a request to this batch
-                lat1, _ = step_ms(
-                    mv,
-                    hv,
-                    cg,
-                    cp,
-                    cd,
-                    lay[0],
-                    pp,
-                    lay[2],
-                    lay[3],
-                    0.0,
-                    0.0,
-                    0.0,
-                    dc,
-                    ctx,
-                    row,
-                    scratch,
-                )
                 if n_run[w] < max_run[w]:
                     t_ext = np.inf
                     if next_arr < n_sched and rl == AGG and not arr_waiting:
@@ -449,6 +431,25 @@ def simulate_loop(
                         if next_arr < n_sched:
                             t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
                     if t_ext < np.inf:
+                        # one step at the run's start context: only when an event may cut it
+                        lat1, _ = step_ms(
+                            mv,
+                            hv,
+                            cg,
+                            cp,
+                            cd,
+                            lay[0],
+                            pp,
+                            lay[2],
+                            lay[3],
+                            0.0,
+                            0.0,
+                            0.0,
+                            dc,
+                            ctx,
+                            row,
+                            scratch,
+                        )
                         steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
                 if policy == KV_RATIO and head[w] >= 0:
                     steps = max(1.0, min(steps, 16.0))  # the ratio decays: look again soon

@@ -138,6 +138,27 @@ def decode_many(
         fits[i] = cap >= seqs * context
 
 
+@njit(cache=True, nogil=True)
+def decode_fits_many(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    tp: np.ndarray,
+    pp: np.ndarray,
+    ep: np.ndarray,
+    dp: np.ndarray,
+    batch: np.ndarray,
+    context: float,
+    fits: np.ndarray,
+) -> None:
+    """``decode_many``'s memory check alone (the same figures, without the step): whether each
+    candidate's KV cache holds its sequences at ``context`` tokens."""
+    for i in range(tp.shape[0]):
+        seqs = float(math.ceil(batch[i] / dp[i]))
+        micro = float(math.ceil(seqs / pp[i]))
+        cap = kv_capacity_tokens(mv, hv, tp[i], pp[i], ep[i], dp[i], micro, micro)
+        fits[i] = cap >= seqs * context
+
+
 @dataclass
 class PhaseArrays:
     """Evaluated candidates of one phase, aligned by index."""
@@ -197,10 +218,18 @@ def prefill_phase(
 
 
 def decode_phase(
-    ctx: PerfContext, layouts: Layouts, batch: np.ndarray, context: float
+    ctx: PerfContext,
+    layouts: Layouts,
+    batch: np.ndarray,
+    context: float,
+    fitting_only: bool = False,
 ) -> PhaseArrays:
     """Decode workers of every layout x batch (``batch[i]`` sequences at a mean ``context``
-    tokens) in one ``decode_many`` call."""
+    tokens) in one ``decode_many`` call. ``fitting_only`` prices the steps of the candidates
+    whose memory holds their sequences only (``decode_fits_many`` first): the others keep
+    ``fits`` False and NaN for every figure; the fitting ones are what ``decode_many`` gives."""
+    if fitting_only:
+        return _decode_fitting(ctx, layouts, batch, context)
     r = _empty(layouts, batch)
     decode_many(
         *ctx.kernel_args,
@@ -238,6 +267,32 @@ def evaluate_decode(
     dp: np.ndarray,
     batch: np.ndarray,
     context: float,
+    fitting_only: bool = False,
 ) -> PhaseArrays:
     """``decode_phase`` with the layout given as four arrays."""
-    return decode_phase(ctx, Layouts(tp, pp, ep, dp), batch, context)
+    return decode_phase(ctx, Layouts(tp, pp, ep, dp), batch, context, fitting_only)
+
+
+def _decode_fitting(
+    ctx: PerfContext, layouts: Layouts, batch: np.ndarray, context: float
+) -> PhaseArrays:
+    n = layouts.n
+    fits = np.zeros(n, np.bool_)
+    decode_fits_many(ctx.mv, ctx.hv, *layouts.arrays, batch, context, fits)
+    at = np.nonzero(fits)[0]
+    some = decode_phase(ctx, layouts.take(at), batch[at], context)
+    r = PhaseArrays(
+        *layouts.arrays,
+        batch,
+        np.full(n, np.nan),
+        np.full(n, np.nan),
+        np.full(n, np.nan),
+        np.zeros(n, np.bool_),
+        np.full((n, 4), np.nan),
+    )
+    r.latency_ms[at] = some.latency_ms
+    r.rate[at] = some.rate
+    r.memory_bytes[at] = some.memory_bytes
+    r.fits[at] = some.fits
+    r.per_layer_ms[at] = some.per_layer_ms
+    return r
