@@ -26,12 +26,14 @@ def mix_cycle(traffic: Sequence[Workload], length: int = 64) -> tuple[np.ndarray
         if counts.sum() >= length:
             break
         counts[i] += 1
-    credit = np.zeros(len(traffic))
+    # whole numbers throughout, so plain Python integers give the same order as floats would
+    each = [int(c) for c in counts]
+    credit = [0] * len(each)
     order = []
-    total = counts.sum()
+    total = sum(each)
     for _ in range(total):
-        credit += counts
-        k = int(np.argmax(credit))
+        credit = [c + e for c, e in zip(credit, each, strict=True)]
+        k = credit.index(max(credit))  # the first of the largest, as argmax
         credit[k] -= total
         order.append(k)
     isl = np.array([traffic[k].isl for k in order], dtype=np.float64)
