@@ -141,6 +141,12 @@ class KernelArgs(NamedTuple):
     cd: np.ndarray  # Calibration.attn_decode
 
 
+# KernelArgs, then one worker layout: tp, pp, ep, attention_dp
+WorkerArgs = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float, float, float
+]
+
+
 @dataclass(frozen=True)
 class Layouts:
     """Worker layouts of ``n`` candidates as the float64 arrays the kernels take, aligned by
@@ -229,3 +235,13 @@ class PerfContext:
         """``(mv, hv, cg, cp, cd)``: what every step-model kernel takes first."""
         c = self.cal
         return KernelArgs(self.mv, self.hv, c.gemm, c.attn_prefill, c.attn_decode)
+
+    def worker_args(
+        self, tp: float, pp: float, ep: float, dp: float
+    ) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float, float, float
+    ]:
+        """``(mv, hv, cg, cp, cd, tp, pp, ep, dp)``: what a kernel pricing one worker layout
+        takes first (``step_ms``, ``sweep_layout``), the layout as floats (one compiled
+        specialisation whatever the caller holds)."""
+        return (*self.kernel_args, float(tp), float(pp), float(ep), float(dp))

@@ -16,12 +16,14 @@ service time is one prompt's prefill step and whose utilisation is the rate time
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from pdplanner.planner.perf.kernels import step_ms
 from pdplanner.planner.perf.memory import kv_capacity_tokens
+from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving import _loop as L
 from pdplanner.planner.serving.queueing import MAX_UTILISATION, wait_ms
 
@@ -234,3 +236,63 @@ def sweep_layout(
             if out[10] > 0.5 or ttft > ttft_stop_ms:
                 break  # past KV saturation or far past the TTFT target: only worse
     return n
+
+
+@dataclass(frozen=True)
+class AggPoints:
+    """The simulated points of one aggregated layout, in sweep order (per chunk budget, rising
+    concurrency), arrays of ``n``; figures per worker (every attention-DP rank)."""
+
+    chunk: np.ndarray  # chunked-prefill token budget (0: no chunked prefill)
+    users: np.ndarray  # closed-loop clients of the worker
+    ttft_ms: np.ndarray  # at the SLO percentile, the M/D/1 prompt-queue wait included
+    tpot_ms: np.ndarray  # at the SLO percentile
+    tokens_per_s: np.ndarray  # output tokens/s
+    requests_per_s: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.chunk.shape[0])
+
+
+def sweep(
+    ctx: PerfContext,
+    layout: tuple[float, float, float, float],
+    chunks: np.ndarray,
+    concurrency: np.ndarray,
+    isl_cycle: np.ndarray,
+    osl_cycle: np.ndarray,
+    prefix_hit: float,
+    sched: np.ndarray,
+    graphs: np.ndarray,
+    ttft_stop_ms: float,
+    percentile: float,
+) -> AggPoints:
+    """``sweep_layout`` of ``layout`` = (tp, pp, ep, attention_dp) on ``ctx``: every entry of
+    ``chunks`` (token budgets, 0: no chunking) x rising ``concurrency`` until the stop rules.
+    ``sched`` and ``graphs`` are the engine's scheduler vector and captured CUDA-graph batch
+    sizes (``serving.simulate.scheduler_vector`` / ``graphs_for``), built once per search;
+    ``percentile`` is the SLO's (0.5, 0.9, 0.99)."""
+    rows = np.zeros((chunks.shape[0] * concurrency.shape[0], ROW_COLUMNS))
+    n = sweep_layout(
+        *ctx.worker_args(*layout),
+        np.ascontiguousarray(chunks, np.float64),
+        np.ascontiguousarray(concurrency, np.float64),
+        isl_cycle,
+        osl_cycle,
+        float(prefix_hit),
+        sched,
+        graphs,
+        float(ttft_stop_ms),
+        float(percentile),
+        rows,
+    )
+    r = rows[:n]
+    return AggPoints(
+        r[:, R_CHUNK].copy(),
+        r[:, R_USERS].copy(),
+        r[:, R_TTFT].copy(),
+        r[:, R_TPOT].copy(),
+        r[:, R_TOKENS_PER_S].copy(),
+        r[:, R_REQUESTS_PER_S].copy(),
+    )

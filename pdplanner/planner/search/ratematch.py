@@ -12,6 +12,8 @@ Integer form (xPyD): whole workers within GPU budgets; the deployment delivers
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
@@ -111,3 +113,42 @@ def match_all(
         out_y[j] = by
         out_rate[j] = br
     return evaluated
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Per decode candidate (arrays of ``m``): its best prefill partner and xPyD.
+
+    ``prefill`` indexes the prefill candidates (-1 and ``x == 0``: none fits beside it),
+    ``x``/``y`` are whole prefill/decode workers, ``requests_per_s`` what they deliver together;
+    ``evaluated`` counts the (prefill, decode, x) combinations tried."""
+
+    x: np.ndarray
+    y: np.ndarray
+    requests_per_s: np.ndarray
+    prefill: np.ndarray
+    evaluated: int
+
+
+def match(
+    r_p: np.ndarray,
+    g_p: np.ndarray,
+    r_d: np.ndarray,
+    g_d: np.ndarray,
+    budget: int,
+    budget_p: int,
+    budget_d: int,
+    target_rate: float,
+) -> Matches:
+    """``match_all``: prefill candidates of ``r_p`` req/s per worker of ``g_p`` GPUs against
+    decode candidates of ``r_d`` / ``g_d``, whole workers within ``budget`` GPUs in all (at most
+    ``budget_p`` prefill, ``budget_d`` decode); ``target_rate`` req/s, 0 for none (the rule of
+    ``best_xpyd``)."""
+    m = r_d.shape[0]
+    x, y = np.zeros(m, np.int64), np.zeros(m, np.int64)
+    rate, pre = np.zeros(m), np.zeros(m, np.int64)
+    evaluated = match_all(
+        r_p, g_p, r_d, g_d, int(budget), int(budget_p), int(budget_d), float(target_rate),
+        x, y, rate, pre,
+    )  # fmt: skip
+    return Matches(x, y, rate, pre, int(evaluated))

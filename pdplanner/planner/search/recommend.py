@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -41,29 +41,21 @@ from pdplanner.planner.catalog import (
 )
 from pdplanner.planner.errors import SearchCancelled
 from pdplanner.planner.perf.params import H_W_BYTES, PerfContext
-from pdplanner.planner.search.aggsweep import (
-    R_CHUNK,
-    R_REQUESTS_PER_S,
-    R_TPOT,
-    R_TTFT,
-    R_USERS,
-    ROW_COLUMNS,
-    sweep_layout,
-)
+from pdplanner.planner.search.aggsweep import AggPoints, sweep
 from pdplanner.planner.search.enumerate import batch_grid, cross, layouts
 from pdplanner.planner.search.pareto import pareto_front
-from pdplanner.planner.search.ratematch import match_all
+from pdplanner.planner.search.ratematch import Matches, match
 from pdplanner.planner.serving.kvtransfer import (
-    egress_bytes_per_s,
     link_between_pools,
-    transfer_many,
+    prefill_transfers,
+    worker_egress_bytes_per_s,
 )
 from pdplanner.planner.serving.mix import mix_cycle
 from pdplanner.planner.serving.phases import PhaseArrays, evaluate_decode, evaluate_prefill
 from pdplanner.planner.serving.queueing import (
     MAX_UTILISATION,
     PERCENTILES,
-    max_utilisation_many,
+    usable_utilisation,
     wait_ms,
 )
 from pdplanner.planner.serving.scheduler import (
@@ -337,12 +329,13 @@ class _Search:
         cum = np.cumsum(share[order], axis=1)
         pick = np.minimum((cum < self.pct - 1e-12).sum(axis=1), len(per) - 1)
         rows = np.arange(tp.shape[0])
-        out = per[int(np.argmax(share))]
-        out.latency_ms = lat[rows, order[rows, pick]]
-        out.rate = 1.0 / seconds_per_prompt
-        out.fits = np.logical_and.reduce([p.fits for p in per])
-        out.memory_bytes = np.max(np.stack([p.memory_bytes for p in per]), axis=0)
-        return out
+        return replace(
+            per[int(np.argmax(share))],
+            latency_ms=lat[rows, order[rows, pick]],
+            rate=1.0 / seconds_per_prompt,
+            fits=np.logical_and.reduce([p.fits for p in per]),
+            memory_bytes=np.max(np.stack([p.memory_bytes for p in per]), axis=0),
+        )
 
     def _decode(self) -> PhaseArrays:
         c = self.dctx
@@ -377,35 +370,21 @@ class _Search:
         # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
         # worker may not send faster than its shard-holding GPUs' links carry
         link_bytes_per_s = link_between_pools(self.ctx.gpu, self.dctx.gpu, self.budget)
-        n_pre = pre.tp.shape[0]
-        tail, link_rate = np.zeros(n_pre), np.zeros(n_pre)
-        transfer_many(
-            self.ctx.mv,
-            self.ctx.hv,
-            self.isl,
-            pre.batch,
-            pre.tp,
-            pre.pp,
-            pre.dp,
-            pre.latency_ms,
-            link_bytes_per_s,
-            tail,
-            link_rate,
+        kv = prefill_transfers(
+            self.ctx, self.isl, pre.layouts, pre.batch, pre.latency_ms, link_bytes_per_s
         )
+        link_rate = kv.max_requests_per_s
         # and a request's time outside the engines (HTTP, tokenisation, the router's hand-off
         # between the pools): the same per-request overhead ``estimate`` adds to a
         # disaggregated deployment's TTFT, as the aggregated sweep adds the agg one
-        pre.latency_ms = pre.latency_ms + tail + REQUEST_OVERHEAD_MS["disagg"]
+        pre = replace(pre, latency_ms=pre.latency_ms + kv.tail_ms + REQUEST_OVERHEAD_MS["disagg"])
         if pre.fits.any():
             self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
         if dec.fits.any():
             self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
         # prefill: usable rate after queueing at the SLO percentile
         service = pre.batch / pre.rate * 1e3
-        util = np.zeros(n_pre)
-        max_utilisation_many(
-            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.pct, util
-        )
+        util = usable_utilisation(pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.pct)
         r_p_all = np.minimum(pre.rate * util, link_rate)
         p_ok = r_p_all > 0.0
         slo = self.req.slo
@@ -503,20 +482,28 @@ class _Search:
         budget_d: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         m = r_d.shape[0]
-        ox, oy = np.zeros(m, np.int64), np.zeros(m, np.int64)
-        orate, opre = np.zeros(m), np.zeros(m, np.int64)
         # evaluations per decode candidate: every prefill candidate's whole worker counts
         per_decode = float(np.maximum(1.0, min(budget, budget_p) // g_p).sum())
         step = max(1, int(MATCH_SLICE_EVALUATIONS // max(per_decode, 1.0)))
+        parts: list[Matches] = []
         for lo in range(0, m, step):
             self._check()
             hi = min(m, lo + step)
-            self.design_points += match_all(
-                r_p, g_p, r_d[lo:hi], g_d[lo:hi], budget, budget_p, budget_d, self.rate,
-                ox[lo:hi], oy[lo:hi], orate[lo:hi], opre[lo:hi],
-            )  # fmt: skip
+            got = match(r_p, g_p, r_d[lo:hi], g_d[lo:hi], budget, budget_p, budget_d, self.rate)
+            self.design_points += got.evaluated
+            parts.append(got)
         self._check()
-        return ox, oy, orate, opre
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        if len(parts) == 1:
+            p = parts[0]
+            return p.x, p.y, p.requests_per_s, p.prefill
+        return (
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.y for p in parts]),
+            np.concatenate([p.requests_per_s for p in parts]),
+            np.concatenate([p.prefill for p in parts]),
+        )
 
     def _rate_miss(self, most: float) -> str:
         return (
@@ -606,7 +593,7 @@ class _Search:
         rho = min(served / (x * float(pre.rate[i])), MAX_UTILISATION)
         ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
         tp, pp, dp = float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i])
-        kv = egress_bytes_per_s(self.ctx.mv, self.ctx.hv, self.isl, tp, pp, dp, served / x) / 1e9
+        kv = worker_egress_bytes_per_s(self.ctx, self.isl, tp, pp, dp, served / x) / 1e9
         pools = (
             Pool(
                 "prefill",
@@ -685,25 +672,16 @@ class _Search:
         graphs = graphs_for(c, sched)
         chunk_arr = np.array(chunks, dtype=np.float64)
         conc = np.array(AGG_CONCURRENCY, dtype=np.float64)
-        cols: list[np.ndarray] = []
+        found: list[AggPoints] = []
         owner: list[np.ndarray] = []
-        rows = np.zeros((chunk_arr.shape[0] * conc.shape[0], ROW_COLUMNS))
         # a request's time outside the engine loop (HTTP, tokenisation, detokenisation): the
         # same per-request overhead that ``estimate`` adds to an aggregated worker's TTFT
         overhead_ms = REQUEST_OVERHEAD_MS["agg"]
         for li in range(lay.shape[0]):
-            tp, pp, ep, dp = (float(v) for v in lay[li])
             self._check()
-            n = sweep_layout(
-                c.mv,
-                c.hv,
-                c.cal.gemm,
-                c.cal.attn_prefill,
-                c.cal.attn_decode,
-                tp,
-                pp,
-                ep,
-                dp,
+            got = sweep(
+                c,
+                (lay[li, 0], lay[li, 1], lay[li, 2], lay[li, 3]),
                 chunk_arr,
                 conc,
                 isl_cycle,
@@ -713,15 +691,18 @@ class _Search:
                 graphs,
                 4.0 * self.req.slo.ttft_ms - overhead_ms,
                 self.pct,
-                rows,
             )
-            rows[:n, R_TTFT] += overhead_ms
-            cols.append(rows[:n].copy())
-            owner.append(np.full(n, li))
-        pts = np.concatenate(cols) if cols else np.zeros((0, ROW_COLUMNS))
+            found.append(replace(got, ttft_ms=got.ttft_ms + overhead_ms))
+            owner.append(np.full(got.n, li))
+        pts = AggPoints(
+            *(
+                np.concatenate([getattr(p, f) for p in found]) if found else np.zeros(0)
+                for f in ("chunk", "users", "ttft_ms", "tpot_ms", "tokens_per_s", "requests_per_s")
+            )
+        )
         who = np.concatenate(owner) if owner else np.zeros(0, np.int64)
-        self.design_points += pts.shape[0]
-        if pts.shape[0] == 0:
+        self.design_points += pts.n
+        if pts.n == 0:
             side.binding.append(
                 f"memory: no aggregated layout on {budget} x {c.gpu.name} fits the model and "
                 "one request"
@@ -729,11 +710,11 @@ class _Search:
             return side
         self.any_fit = True
         g = lay[who, 0] * lay[who, 1] * lay[who, 3]
-        rps = pts[:, R_REQUESTS_PER_S]
-        group = who * 1e6 + pts[:, R_CHUNK]  # one setup: a layout and a chunk budget
+        rps = pts.requests_per_s
+        group = who * 1e6 + pts.chunk  # one setup: a layout and a chunk budget
         workers = np.floor(budget / g)
         served = rps * workers
-        ttft, tpot = pts[:, R_TTFT].copy(), pts[:, R_TPOT].copy()
+        ttft, tpot = pts.ttft_ms.copy(), pts.tpot_ms.copy()
         if self.rate > 0:
             # as many workers as the rate needs; each then carries rate / workers, and its
             # TTFT and TPOT are those of the smallest concurrency of its setup that carries it
@@ -754,7 +735,7 @@ class _Search:
 
         def deployment(i: int) -> Deployment:
             tp_, pp_, ep_, dp_ = (int(v) for v in lay[who[i]])
-            chunk = int(pts[i, R_CHUNK])
+            chunk = int(pts.chunk[i])
             use = int(workers[i])
             pool = Pool(
                 "agg",
@@ -763,7 +744,7 @@ class _Search:
                 pp_,
                 ep_,
                 dp_,
-                int(pts[i, R_USERS]),
+                int(pts.users[i]),
                 use,
                 chunk if chunk > 0 else None,
             )
@@ -783,7 +764,7 @@ class _Search:
         slo = self.req.slo
         ttft_ok = ttft <= slo.ttft_ms
         tpot_ok = (tpot <= self.tpot_target) | self.prefill_only
-        on_front = np.nonzero(ttft_ok)[0] if ttft_ok.any() else np.arange(pts.shape[0])
+        on_front = np.nonzero(ttft_ok)[0] if ttft_ok.any() else np.arange(pts.n)
         front = pareto_front(front_x[on_front], per_gpu[on_front])
         side.pareto = [deployment(int(on_front[i])) for i in front]
         meets = ttft_ok & tpot_ok
@@ -819,14 +800,14 @@ class _Search:
             at = _first_carrying(group, rps, self.rate / need)
             total = g * need
             fits = (
-                (pts[at, R_TTFT] <= slo.ttft_ms)
-                & ((pts[at, R_TPOT] <= self.tpot_target) | self.prefill_only)
+                (pts.ttft_ms[at] <= slo.ttft_ms)
+                & ((pts.tpot_ms[at] <= self.tpot_target) | self.prefill_only)
                 & (total <= RATE_SEARCH_FACTOR * self.budget)
             )
-            j = choose(rps * need, total, 1e3 / np.maximum(pts[at, R_TPOT], 1e-12), fits, self.rate)
+            j = choose(rps * need, total, 1e3 / np.maximum(pts.tpot_ms[at], 1e-12), fits, self.rate)
             if j >= 0:
                 workers[j], served[j] = need[j], self.rate
-                ttft[j], tpot[j] = pts[at[j], R_TTFT], pts[at[j], R_TPOT]
+                ttft[j], tpot[j] = pts.ttft_ms[at[j]], pts.tpot_ms[at[j]]
                 user[j] = 0.0 if self.prefill_only else 1e3 / max(tpot[j], 1e-12)
                 per_gpu[j] = self.rate * self.osl / total[j]
                 side.for_rate = deployment(j)

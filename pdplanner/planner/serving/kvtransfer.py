@@ -14,6 +14,8 @@ that is left when the prefill's compute ends.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numba import njit
 
@@ -23,6 +25,8 @@ from pdplanner.planner.perf.params import (
     M_KV_HEADS,
     M_LAYERS,
     M_MLA,
+    Layouts,
+    PerfContext,
 )
 
 TRANSFER_LATENCY_MS = 0.05  # RDMA/NIXL set-up per transfer
@@ -110,3 +114,43 @@ def transfer_many(
             mv, hv, isl, batch[i], tp[i], pp[i], dp[i], compute_ms[i], 0.0, link_bytes_per_s
         )
         max_rate[i] = sending_gpus(mv, tp[i], pp[i], dp[i]) * link_bytes_per_s / per_request
+
+
+@dataclass(frozen=True)
+class KvTransfers:
+    """Per prefill candidate (arrays of ``n``): the KV transfer's tail charged to TTFT (ms) and
+    the most requests/s one worker sends before its shard-holding GPUs fill the link."""
+
+    tail_ms: np.ndarray
+    max_requests_per_s: np.ndarray
+
+
+def prefill_transfers(
+    ctx: PerfContext,
+    isl: float,
+    layouts: Layouts,
+    batch: np.ndarray,
+    compute_ms: np.ndarray,
+    link_bytes_per_s: float,
+) -> KvTransfers:
+    """``transfer_many`` for prefill candidates of ``layouts`` x ``batch`` prompts of ``isl``
+    tokens whose prefill computes for ``compute_ms``, over ``link_bytes_per_s`` per GPU."""
+    n = layouts.n
+    out = KvTransfers(np.zeros(n), np.zeros(n))
+    transfer_many(
+        ctx.mv, ctx.hv, float(isl), batch, layouts.tp, layouts.pp, layouts.dp, compute_ms,
+        float(link_bytes_per_s), out.tail_ms, out.max_requests_per_s,
+    )  # fmt: skip
+    return out
+
+
+def worker_egress_bytes_per_s(
+    ctx: PerfContext, isl: float, tp: float, pp: float, dp: float, requests_per_s: float
+) -> float:
+    """``egress_bytes_per_s`` of one prefill worker of layout (tp, pp, attention_dp) on
+    ``ctx``: bytes/s each of its shard-holding GPUs sends at ``requests_per_s``."""
+    return float(
+        egress_bytes_per_s(
+            ctx.mv, ctx.hv, float(isl), float(tp), float(pp), float(dp), float(requests_per_s)
+        )
+    )

@@ -62,3 +62,14 @@ def max_utilisation_many(
     """``max_utilisation`` for every candidate (0 where ``ok`` is False)."""
     for i in range(compute_ms.shape[0]):
         out[i] = max_utilisation(compute_ms[i], service_ms[i], target_ms, p) if ok[i] else 0.0
+
+
+def usable_utilisation(
+    compute_ms: np.ndarray, service_ms: np.ndarray, ok: np.ndarray, target_ms: float, p: float
+) -> np.ndarray:
+    """``max_utilisation_many``: per candidate (arrays of ``n``), the largest utilisation at
+    which ``compute_ms`` plus the M/D/1 wait (service ``service_ms``) at percentile ``p`` stays
+    within ``target_ms``; 0 where ``ok`` is False."""
+    out = np.zeros(compute_ms.shape[0])
+    max_utilisation_many(compute_ms, service_ms, ok, float(target_ms), float(p), out)
+    return out

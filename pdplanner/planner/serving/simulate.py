@@ -316,10 +316,9 @@ def _one_request_ms(
 ) -> float:
     """Prefill of one prompt plus ``osl`` decode steps at ``batch``: a request's duration."""
     row, scratch = np.zeros(4), np.zeros(4)
-    args = ctx.kernel_args
-    lay = (float(par.tp), float(par.pp), float(par.ep), float(par.attention_dp))
-    pf, _ = step_ms(*args, *lay, 1.0, isl, 0.0, 0.0, 0.0, row, scratch)
-    dc, _ = step_ms(*args, *lay, 0.0, 0.0, 0.0, batch, isl + osl / 2, row, scratch)
+    lead = ctx.worker_args(par.tp, par.pp, par.ep, par.attention_dp)
+    pf, _ = step_ms(*lead, 1.0, isl, 0.0, 0.0, 0.0, row, scratch)
+    dc, _ = step_ms(*lead, 0.0, 0.0, 0.0, batch, isl + osl / 2, row, scratch)
     return float(pf + osl * dc)
 
 
