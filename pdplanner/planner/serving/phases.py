@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numba import njit
@@ -159,9 +160,9 @@ def decode_fits_many(
         fits[i] = cap >= seqs * context
 
 
-@dataclass
+@dataclass(frozen=True)
 class PhaseArrays:
-    """Evaluated candidates of one phase, aligned by index."""
+    """Evaluated candidates of one phase, aligned by index (arrays of ``n``)."""
 
     tp: np.ndarray
     pp: np.ndarray
@@ -178,9 +179,11 @@ class PhaseArrays:
     def layouts(self) -> Layouts:
         return Layouts(self.tp, self.pp, self.ep, self.dp)
 
-    @property
+    @cached_property
     def gpus(self) -> np.ndarray:
-        return self.tp * self.pp * self.dp
+        """GPUs per worker: ``tp * pp * dp``."""
+        gpus: np.ndarray = self.tp * self.pp * self.dp
+        return gpus
 
 
 def _empty(layouts: Layouts, batch: np.ndarray) -> PhaseArrays:
@@ -290,6 +293,7 @@ def _decode_fitting(
         np.zeros(n, np.bool_),
         np.full((n, 4), np.nan),
     )
+    # the arrays are the result's own (a frozen dataclass fixes the fields, not their contents)
     r.latency_ms[at] = some.latency_ms
     r.rate[at] = some.rate
     r.memory_bytes[at] = some.memory_bytes
