@@ -30,7 +30,17 @@ from pdplanner.planner.catalog import default_gpus, default_models, load_engine
 from pdplanner.planner.perf import kernels as K
 from pdplanner.planner.perf.memory import kv_capacity_tokens
 from pdplanner.planner.perf.params import PerfContext
-from pdplanner.planner.search.aggsweep import ROW_COLUMNS, steady_closed_loop, sweep_layout
+from pdplanner.planner.search.aggsweep import (
+    R_CHUNK,
+    R_REQUESTS_PER_S,
+    R_TPOT,
+    R_TTFT,
+    R_USERS,
+    ROW_COLUMNS,
+    steady_closed_loop,
+    sweep,
+    sweep_layout,
+)
 from pdplanner.planner.serving import _loop as L
 from pdplanner.planner.serving.queueing import MAX_UTILISATION
 
@@ -839,10 +849,9 @@ def test_sweep_layout_matches_simulations_plus_queueing(
     sched[L.S_MAX_SEQS_BACK], sched[L.S_BUDGET_BACK] = max_batch, 8192.0
     graphs = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     rows = np.zeros((chunk_a.shape[0] * conc.shape[0], ROW_COLUMNS))
-    cal = c.cal
     n = sweep_layout(
-        c.mv, c.hv, cal.gemm, cal.attn_prefill, cal.attn_decode, tp, 1.0, ep, dp, chunk_a, conc,
-        isl_a, osl, hit, sched, graphs, stop_ms, pct, rows,
+        *c.worker_args(tp, 1.0, ep, dp), chunk_a, conc, isl_a, osl, hit, sched, graphs, stop_ms,
+        pct, rows,
     )  # fmt: skip
     want = ref_sweep_layout(
         c, (tp, 1.0, ep, dp), chunk_a, conc, isl_a, osl, hit, sched, graphs, stop_ms, pct
@@ -851,3 +860,9 @@ def test_sweep_layout_matches_simulations_plus_queueing(
     assert n == len(want), (n, len(want))
     for got, ref in zip(rows[:n], want, strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-9)
+    # the typed wrapper returns the kernel's rows, column by column
+    pts = sweep(c, (tp, 1.0, ep, dp), chunk_a, conc, isl_a, osl, hit, sched, graphs, stop_ms, pct)
+    assert pts.n == n
+    for col, name in ((R_CHUNK, "chunk"), (R_USERS, "users"), (R_TTFT, "ttft_ms"),
+                      (R_TPOT, "tpot_ms"), (R_REQUESTS_PER_S, "requests_per_s")):  # fmt: skip
+        assert np.array_equal(getattr(pts, name), rows[:n, col]), name

@@ -4,13 +4,14 @@ caller's deadline and cancellation between slices of decode candidates."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
 
 from pdplanner.planner import validate
 from pdplanner.planner.errors import InvalidInputError, SearchCancelled
-from pdplanner.planner.search import plan, recommend
+from pdplanner.planner.search import plan, ratematch, recommend
 from pdplanner.planner.types import PlanRequest, Slo, Workload
 
 REF = PlanRequest(
@@ -42,13 +43,15 @@ def test_rate_matching_checks_the_caller_between_slices(monkeypatch: pytest.Monk
     after the slice in progress, not after every candidate."""
     monkeypatch.setattr(recommend, "MATCH_SLICE_EVALUATIONS", 1)
     slices: list[int] = []
-    real = recommend.match_all
+    real = recommend.match
 
-    def counting(*args: np.ndarray) -> int:
-        slices.append(int(args[2].shape[0]))
-        return int(real(*args))
+    def counting(
+        r_p: np.ndarray, g_p: np.ndarray, r_d: np.ndarray, *rest: Any
+    ) -> ratematch.Matches:
+        slices.append(int(r_d.shape[0]))
+        return real(r_p, g_p, r_d, *rest)
 
-    monkeypatch.setattr(recommend, "match_all", counting)
+    monkeypatch.setattr(recommend, "match", counting)
     stop_at_slice = 3
 
     def stop() -> bool:

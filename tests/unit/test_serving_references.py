@@ -5,7 +5,8 @@
 not copied: ``tests/`` has no ``__init__.py``, so pytest puts this folder on ``sys.path``) for the
 kernels above them:
 
-* ``serving.phases.prefill_many`` / ``decode_many``: every output of every candidate, at 1e-9.
+* ``serving.phases.prefill_many`` / ``decode_many``: every output of every candidate, at 1e-9;
+  ``decode_fits_many`` (the memory check alone) against the same reference.
 * ``serving.kvtransfer.transfer`` / ``transfer_many``: the module docstring's equations, at 1e-9.
 * ``serving.queueing.max_utilisation_many``: a two-level grid scan of the utilisation.
 
@@ -33,8 +34,15 @@ from test_kernel_references import (
 )
 
 from pdplanner.planner.catalog import ModelSpec
+from pdplanner.planner.perf.params import Layouts
 from pdplanner.planner.serving.kvtransfer import TRANSFER_LATENCY_MS, transfer, transfer_many
-from pdplanner.planner.serving.phases import PREFILL_CHUNK_TOKENS, decode_many, prefill_many
+from pdplanner.planner.serving.phases import (
+    PREFILL_CHUNK_TOKENS,
+    decode_fits_many,
+    decode_many,
+    decode_phase,
+    prefill_many,
+)
 from pdplanner.planner.serving.queueing import MAX_UTILISATION, max_utilisation_many
 
 SETTINGS = settings(
@@ -217,6 +225,36 @@ def test_decode_many_matches_reference(cand, data, context) -> None:
         assert close(mem[i], r_mem), (where, mem[i], r_mem)
         assert_fits(fits[i], r_cap, r_need)
         assert all(close(float(a), b) for a, b in zip(per[i], r_row, strict=True)), where
+
+
+@SETTINGS
+@given(cand=candidates(), data=st.data(), context=st.floats(1.0, 131072.0))
+def test_decode_fits_many_matches_reference_and_fitting_only_prices_just_those(
+    cand, data, context
+) -> None:
+    """``decode_fits_many`` is ``decode_many``'s memory check; ``decode_phase(fitting_only=True)``
+    gives the fitting candidates exactly ``decode_many``'s figures and the others NaN."""
+    m, hw, tp, pp, ep, dp = cand
+    c = ctx_for(m, hw)
+    batch = data.draw(batches(tp.shape[0]))
+    fits = np.zeros(tp.shape[0], np.bool_)
+    decode_fits_many(c.mv, c.hv, tp, pp, ep, dp, batch, context, fits)
+    for i in range(tp.shape[0]):
+        seqs = math.ceil(batch[i] / dp[i])
+        micro = math.ceil(seqs / pp[i])
+        cap = ref_kv_capacity(m, hw, tp[i], pp[i], ep[i], dp[i], micro, micro)
+        assert_fits(fits[i], cap, seqs * context)
+    lay = Layouts(tp, pp, ep, dp)
+    every = decode_phase(c, lay, batch, context)
+    some = decode_phase(c, lay, batch, context, fitting_only=True)
+    f = every.fits
+    print(f"{int(f.sum())} of {f.shape[0]} candidates fit")
+    assert np.array_equal(some.fits, f)
+    assert np.array_equal(fits, f)
+    for name in ("latency_ms", "rate", "memory_bytes", "per_layer_ms"):
+        a, b = getattr(some, name), getattr(every, name)
+        assert np.array_equal(a[f], b[f]), name
+        assert np.isnan(a[~f]).all(), name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from pdplanner.planner.serving.simulate import (
     _one_request_ms,
     _sched_vector,
     kv_capacity,
+    loop_pools,
 )
 from pdplanner.planner.types import Parallelism
 
@@ -192,10 +193,7 @@ def simulate_elastic(
     )
     max_events = int(n * (chunks + 6) * 6 + stepping_ms / _MIN_STEP_MS + 10_000)
     status = L.simulate_loop(
-        *front.kernel_args,
-        np.zeros(4),  # layouts come from the per-worker table
-        *back.kernel_args[1:],
-        np.zeros(4),
+        *loop_pools(front, np.zeros(4), back, np.zeros(4)),  # layouts: the per-worker table
         n_front,
         n_back,
         s_vec,

@@ -233,10 +233,7 @@ def _run(
     lay_f = np.array([front_par.tp, front_par.pp, front_par.ep, front_par.attention_dp], float)
     lay_b = np.array([back_par.tp, back_par.pp, back_par.ep, back_par.attention_dp], float)
     status = L.simulate_loop(
-        *front_ctx.kernel_args,  # mv, hv, cg, cp, cd of the front workers
-        lay_f,
-        *back_ctx.kernel_args[1:],  # hv, cg, cp, cd of the decode workers
-        lay_b,
+        *loop_pools(front_ctx, lay_f, back_ctx, lay_b),
         n_front,
         n_back,
         sched,
@@ -293,6 +290,15 @@ def _run(
         ttft_ms_each=ttft_each,
         tpot_ms_each=tpot_each,
     )
+
+
+def loop_pools(
+    front: PerfContext, lay_f: np.ndarray, back: PerfContext, lay_b: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """``_loop.simulate_loop``'s leading arguments: the front workers' ``(mv, hv, cg, cp, cd)``
+    and layout ``lay_f`` = [tp, pp, ep, attention_dp], then the decode workers' ``(hv, cg, cp,
+    cd)`` and layout ``lay_b`` (one model for both)."""
+    return (*front.kernel_args, lay_f, *back.kernel_args[1:], lay_b)
 
 
 def scheduler_vector(sched: SchedulerSettings) -> np.ndarray:
