@@ -2,13 +2,15 @@
 
 1. Traffic: a mix is summarised by its weighted mean lengths for the phase models; the
    aggregated simulation replays the mix itself.
-2. Disaggregated: every prefill layout x batch (``phases.prefill_many``) and every decode layout x
-   batch (``phases.decode_many``) is evaluated in one kernel call each. A prefill candidate must
+2. Disaggregated: every prefill layout x batch (``phases.prefill_phase``) and every decode layout
+   x batch (``phases.decode_phase``) is evaluated in one kernel call each; a decode candidate
+   whose KV cache does not hold its sequences is checked but not priced (no figure of it is
+   used, and most of a large batch grid does not fit). A prefill candidate must
    meet the TTFT target after queueing: it may run only up to the utilisation at which its wait
    at the SLO percentile still fits (``queueing.max_utilisation``). Decode candidates meet the
    TPOT target (and the minimum tokens/s/user).
 3. Rate matching: every decode candidate is paired with the prefill candidate and the whole
-   worker counts (xPyD) that serve it best inside the GPU budgets (``ratematch.match_all``); the
+   worker counts (xPyD) that serve it best inside the GPU budgets (``ratematch.match``); the
    frontier and the recommendation are both made of these real deployments.
 4. Aggregated: every layout x chunked-prefill budget (and no chunking) x concurrency runs the
    event simulation; its TTFT/TPOT at the SLO percentile decide feasibility.
