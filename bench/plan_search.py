@@ -15,7 +15,11 @@ GB200-NVL72) x 8 ISL/OSL pairs x 5 TPOT targets = 640 plans, fp8 weights and KV 
 Baselines in the same run: the cold call against the warm p50 (what loading or compiling the
 kernels costs a fresh process), and the sweep's design points per second against the reference
 query's (how the search scales from a 16-GPU query to 64-72-GPU ones). The reference query's warm
-p50 is also printed next to its figure before the engine-loop simulation (``BASELINE_WARM_MS``).
+p50 is also printed next to recorded figures of older trees, which cannot run in this process:
+before the engine-loop simulation (``BASELINE_WARM_MS``) and before the search priced only the
+decode candidates that fit (``BEFORE_FITTING_ONLY``). The machine is shared, so the warm runs
+also give their CPU time (``time.process_time``: less sensitive to other load than wall time)
+and the 1-minute load average before and after them.
 
 Printed JSON (also written to bench/out/plan_search.json).
 """
@@ -23,6 +27,7 @@ Printed JSON (also written to bench/out/plan_search.json).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
 import json
 import os
@@ -42,6 +47,16 @@ BASELINE_WARM_MS = {
     "warm_p50_ms": 105.5,
     "warm_min_ms": 80.8,
     "note": "30 warm runs, load average 5-6 on 2 cores; this tree right after: p50 66.5, min 45.2",
+}
+
+# The tree before the search priced only the decode candidates that fit (main at b54281a):
+# the reference query timed in process, 3 x 30 warm runs alternating with the tree that
+# introduced it, on the same shared 2-core machine (medians of the three p50s).
+BEFORE_FITTING_ONLY = {
+    "commit": "b54281a",
+    "warm_p50_ms": 63.4,
+    "warm_cpu_p50_ms": 31.6,
+    "note": "load average 4.4 on 2 cores; this tree alternating with it: p50 46.1 ms, CPU 22.5 ms",
 }
 
 MODELS = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "mixtral-8x7b")
@@ -76,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    import numba
-
+    # numba is not imported before the planner: importing the planner points Numba at the
+    # kernel cache of this source tree, which Numba reads once, when it is first imported
     from pdplanner.planner.catalog import load_gpu
     from pdplanner.planner.search import plan
     from pdplanner.planner.types import PlanRequest, Precision, Slo, Workload
@@ -94,13 +109,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     first = plan(reference)
     cold_ms = (time.perf_counter() - t0) * 1e3
-    warm_ms, points = [], first.design_points
+    warm_ms, cpu_ms, points = [], [], first.design_points
+    load_before = os.getloadavg()[0]
     for _ in range(args.runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = plan(reference)
         warm_ms.append((time.perf_counter() - t0) * 1e3)
+        cpu_ms.append((time.process_time() - c0) * 1e3)
         points = r.design_points
+    load_after = os.getloadavg()[0]
     p50 = statistics.median(warm_ms)
+    cpu_p50 = statistics.median(cpu_ms)
     ref_points_per_s = points / (p50 / 1e3)
     best = first.best
 
@@ -146,12 +165,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "warm_p50_ms": round(p50, 2),
             "warm_p90_ms": round(percentile(warm_ms, 90), 2),
             "warm_min_ms": round(min(warm_ms), 2),
+            "warm_cpu_p50_ms": round(cpu_p50, 2),
+            "load_average_1min": [round(load_before, 2), round(load_after, 2)],
             "runs": args.runs,
             "design_points": points,
             "design_points_per_s": round(ref_points_per_s),
             "cold_over_warm": round(cold_ms / p50, 1),
             "baseline": BASELINE_WARM_MS,
             "warm_p50_over_baseline": round(p50 / BASELINE_WARM_MS["warm_p50_ms"], 2),
+            "before_fitting_only": BEFORE_FITTING_ONLY,
+            "warm_p50_over_before": round(p50 / BEFORE_FITTING_ONLY["warm_p50_ms"], 2),
+            "warm_cpu_p50_over_before": round(cpu_p50 / BEFORE_FITTING_ONLY["warm_cpu_p50_ms"], 2),
             "best": None
             if best is None
             else {
@@ -187,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
-            "numba": numba.__version__,
+            "numba": importlib.metadata.version("numba"),
         },
     }
     print(json.dumps(figures, indent=2))
