@@ -292,9 +292,15 @@ def _run(
     )
 
 
+LoopPools = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+]  # fmt: skip
+
+
 def loop_pools(
     front: PerfContext, lay_f: np.ndarray, back: PerfContext, lay_b: np.ndarray
-) -> tuple[np.ndarray, ...]:
+) -> LoopPools:
     """``_loop.simulate_loop``'s leading arguments: the front workers' ``(mv, hv, cg, cp, cd)``
     and layout ``lay_f`` = [tp, pp, ep, attention_dp], then the decode workers' ``(hv, cg, cp,
     cd)`` and layout ``lay_b`` (one model for both)."""
