@@ -39,6 +39,7 @@ from pdplanner.planner.serving.simulate import (
     ClosedLoop,
     Pool,
     ServingRun,
+    _one_request_ms,
     simulate_agg,
     simulate_disagg,
 )
@@ -199,3 +200,33 @@ def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> 
 
 def abs_pct(pred: float, meas: float) -> float:
     return abs(pred - meas) / meas * 100.0 if meas > 0 else math.inf
+
+
+def decode_slots(run: Run) -> tuple[int, int]:
+    """(decode ranks, request slots) of a disagg row: workers x attention-DP ranks, times the
+    per-rank batch. Every disagg row's concurrency equals its slots: AIConfigurator's benchmark
+    rule sets the client count to decode workers x batch (``generator/rule_plugin/benchmark/
+    sglang.rule``, ``estimated_concurrency``), so the decode pool runs exactly full."""
+    par, batch = _layout(run.row, "decode_")
+    ranks = _int(run.row, "decode_num_workers") * par.attention_dp
+    return ranks, ranks * batch
+
+
+def prefill_backlog_ms(run: Run) -> float | None:
+    """Time (ms) the row's prefill pool needs for one prompt from every client at the modelled
+    step (one prompt per attention-DP rank, the rows' prefill batch): in a closed loop no more
+    than ``concurrency`` prompts ever wait, so a TTFT far above this cannot come from prefill
+    queueing. None for agg rows or where the row cannot be priced."""
+    if run.mode != "disagg":
+        return None
+    try:
+        model = default_models().get(run.model, "model")
+        gpu = default_gpus().get(run.system, "gpu")
+        kv = "fp8" if run.dtype in ("fp8", "fp4") else "bf16"
+        ctx = PerfContext.build(model, gpu, load_engine(run.engine), run.dtype, kv)
+    except PlannerError:
+        return None
+    par, _ = _layout(run.row, "prefill_")
+    ranks = _int(run.row, "prefill_num_workers") * par.attention_dp
+    one = _one_request_ms(ctx, par, float(run.isl), 0.0, 1.0)
+    return run.concurrency * one / ranks

@@ -18,9 +18,21 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from serving_runs import RUNS, Run, abs_pct, load_runs, predict
+from serving_runs import (
+    RUNS,
+    Run,
+    abs_pct,
+    decode_slots,
+    load_runs,
+    predict,
+    prefill_backlog_ms,
+)
 
-from pdplanner.planner.serving.simulate import REQUESTS_PER_CLIENT, ServingRun
+from pdplanner.planner.serving.simulate import (
+    REQUEST_OVERHEAD_MS,
+    REQUESTS_PER_CLIENT,
+    ServingRun,
+)
 
 OVERHEAD_GRID_MS = (0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0)
 
@@ -144,3 +156,42 @@ def test_serving_errors_on_measured_runs_under_cross_validation(predictions) -> 
         assert ta < 43.0, (name, ta)
         assert qm < 14.0, (name, qm)
         assert qa < 18.0, (name, qa)
+
+
+# A measured disagg TTFT above this many times (whole-backlog prefill + the fitted overhead) is
+# flagged: the factor leaves room for the prefill rate the saturated SGLang rows imply (about
+# 0.45 of the modelled one at 1k prompts, 0.65 at 8k; TensorRT-LLM's 0.8-1.4).
+BACKLOG_FACTOR = 3.0
+
+
+def test_disagg_rows_whose_ttft_prefill_cannot_explain(predictions) -> None:
+    """Flag (without dropping) the disagg rows whose measured TTFT exceeds what prefill
+    queueing can cause: a closed loop never has more than ``concurrency`` prompts waiting, so
+    TTFT <= the time the prefill pool takes for all of them. Above that, the request waited for
+    something else; with the decode pool exactly full (``decode_slots``) that is a decode slot on
+    the worker the router picked (the client's first token comes from the decode worker). A
+    deployment with one decode rank cannot pick a full rank while a slot is free, so every
+    flagged row must have several."""
+    preds, _ = predictions
+    rows = [(r, p) for r, p in preds if r.mode == "disagg"]
+    flagged = []
+    for r, p in rows:
+        ranks, slots = decode_slots(r)
+        assert r.concurrency == slots, (r.line, r.concurrency, slots)
+        backlog = prefill_backlog_ms(r)
+        assert backlog is not None, r.line
+        limit = BACKLOG_FACTOR * (backlog + REQUEST_OVERHEAD_MS["disagg"])
+        if r.ttft_ms > limit:
+            flagged.append((r, p, ranks, backlog))
+    print(f"\n{len(flagged)} of {len(rows)} disagg rows measure a TTFT over {BACKLOG_FACTOR:g}x")
+    print("the whole-backlog prefill time (kept in the error tables):")
+    for r, p, ranks, backlog in flagged:
+        decode_ms = (r.osl - 1) * r.tpot_ms
+        print(
+            f"  {r.line}: {r.group} {r.isl}/{r.osl} c={r.concurrency} on {ranks} decode ranks: "
+            f"TTFT {r.ttft_ms:.0f} ms vs backlog {backlog:.0f} ms, "
+            f"{r.ttft_ms / decode_ms:.2f} of a request's decode time; predicted "
+            f"{p.ttft_ms.mean + REQUEST_OVERHEAD_MS['disagg']:.0f} ms"
+        )
+        assert ranks > 1, r.line
+    assert flagged, "no flagged rows: the decode-slot finding no longer holds"
