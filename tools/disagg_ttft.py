@@ -1,6 +1,6 @@
 """What the measured disaggregated TTFTs say about their mechanism (issue 7), row set as a whole.
 
-    .venv/bin/python tools/disagg_ttft.py          # about 3 minutes (two simulations per row)
+    .venv/bin/python tools/disagg_ttft.py [--prefill-peak 0.45]   # 3 minutes, 5 with the option
 
 Prints, for the disagg rows of ``shared/serving-runs/runs.csv`` that have a concurrency:
 
@@ -14,13 +14,18 @@ Prints, for the disagg rows of ``shared/serving-runs/runs.csv`` that have a conc
 4. random DP-rank routing: each SGLang row with attention-DP decode ranks run as a closed network
    whose requests pick a decode rank at random (SGLang routes a disaggregated request to DP rank
    ``bootstrap_room % dp_size``, a random room id) and wait there for one of its ``batch`` slots;
-   the mean wait is added to the simulated TTFT and the group errors compared.
+   the mean wait is added to the simulated TTFT and the group errors compared;
+5. with ``--prefill-peak S``: the group errors when the prefill pool's peak FLOP/s is scaled by
+   ``S`` (decode untouched), a what-if for how much of the error a slower prefill step explains
+   (not a calibration: one factor for every row, and not written into the model).
 
 Times in ms; errors are mean abs. % with the fitted disagg overhead (``REQUEST_OVERHEAD_MS``).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import heapq
 import random
 import statistics
@@ -30,11 +35,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
-from serving_runs import Run, _int, _layout, abs_pct, decode_slots, load_runs, predict
+import numpy as np
+from serving_runs import (
+    Run,
+    _int,
+    _layout,
+    _sched,
+    abs_pct,
+    decode_slots,
+    load_runs,
+    predict,
+)
 
 from pdplanner.planner.catalog import default_gpus, default_models, load_engine
-from pdplanner.planner.perf.params import PerfContext
-from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS, _one_request_ms
+from pdplanner.planner.perf.params import H_PEAK, PerfContext
+from pdplanner.planner.serving.simulate import (
+    REQUEST_OVERHEAD_MS,
+    REQUESTS_PER_CLIENT,
+    ClosedLoop,
+    Pool,
+    _one_request_ms,
+    simulate_disagg,
+)
 
 OVERHEAD = REQUEST_OVERHEAD_MS["disagg"]
 
@@ -90,7 +112,34 @@ def random_rank_wait_ms(
     return statistics.mean(waits)
 
 
+def slower_prefill_ttft_ms(run: Run, peak_scale: float) -> float | None:
+    """The row's simulated mean TTFT (with the overhead) when its prefill pool's peak FLOP/s is
+    scaled by ``peak_scale``; the rest as ``serving_runs.predict`` builds a disagg row."""
+    model = default_models().get(run.model, "model")
+    gpu = default_gpus().get(run.system, "gpu")
+    kv = "fp8" if run.dtype in ("fp8", "fp4") else "bf16"
+    ctx = PerfContext.build(model, gpu, load_engine(run.engine), run.dtype, kv)
+    hv = ctx.hv.copy()
+    hv[H_PEAK] *= peak_scale
+    p_par, p_batch = _layout(run.row, "prefill_")
+    d_par, d_batch = _layout(run.row, "decode_")
+    p_sched = _sched(run.engine, p_batch)
+    budget = max(p_sched.max_num_batched_tokens, p_batch * run.isl)
+    p_sched = dataclasses.replace(p_sched, max_num_batched_tokens=budget)
+    prefill = Pool(
+        dataclasses.replace(ctx, hv=hv), p_par, _int(run.row, "prefill_num_workers"), p_sched
+    )
+    decode = Pool(ctx, d_par, _int(run.row, "decode_num_workers"), _sched(run.engine, d_batch))
+    load = ClosedLoop(run.concurrency, REQUESTS_PER_CLIENT)
+    isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])
+    p = simulate_disagg(prefill, decode, load, isl, osl, gpu.scaleout_bytes_per_s)
+    return p.ttft_ms.mean + OVERHEAD if p.ok else None
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prefill-peak", type=float, default=None, help="what-if scale (section 5)")
+    args = ap.parse_args()
     runs = [r for r in load_runs() if r.mode == "disagg"]
     full = sum(1 for r in runs if decode_slots(r)[1] == r.concurrency)
     print(f"1. decode pool exactly full (concurrency = decode slots): {full} of {len(runs)} rows")
@@ -134,6 +183,20 @@ def main() -> None:
         before = statistics.mean(a for a, _ in v)
         after = statistics.mean(b for _, b in v)
         print(f"   {g}: {len(v)} rows, {before:.1f}% as simulated, {after:.1f}% with random ranks")
+
+    if args.prefill_peak is None:
+        return
+    print(f"5. prefill peak FLOP/s x {args.prefill_peak:g} (mean abs. % TTFT)")
+    slow: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in done:
+        t = slower_prefill_ttft_ms(r, args.prefill_peak)
+        if t is not None:
+            slow[r.group].append((abs_pct(pred10[r.line], r.ttft_ms), abs_pct(t, r.ttft_ms)))
+    slow["all"] = [e for v in list(slow.values()) for e in v]
+    for g, v in sorted(slow.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        before = statistics.mean(a for a, _ in v)
+        after = statistics.mean(b for _, b in v)
+        print(f"   {g}: {len(v)} rows, {before:.1f}% as simulated, {after:.1f}% scaled")
 
 
 if __name__ == "__main__":
