@@ -13,7 +13,7 @@ from pdplanner.planner.catalog import default_gpus, default_models
 from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.scaling import traffic
 from pdplanner.planner.scaling.capacity import Shape
-from pdplanner.planner.scaling.replay import draw_arrivals, simulate
+from pdplanner.planner.scaling.replay import Span, draw_arrivals, simulate
 from pdplanner.planner.scaling.schedule import (
     PoolCount,
     ScheduleRequest,
@@ -25,6 +25,8 @@ from pdplanner.planner.scaling.schedule import (
     plan_schedule,
 )
 from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
+from pdplanner.planner.serving.elastic import with_chunk
+from pdplanner.planner.serving.scheduler import SchedulerSettings
 from pdplanner.planner.types import Slo, Workload
 
 TRACES = Path(__file__).resolve().parents[2] / "pdplanner" / "planner" / "scaling" / "traces"
@@ -268,3 +270,43 @@ def test_workers_over_the_limit_while_a_layout_changes_are_found() -> None:
     assert crowded == [(300.0, 600.0, 40)]
     _, fine = _in_use(spans, lives, 40)
     assert fine == []
+
+
+def test_agg_workers_are_replayed_with_the_chunk_budget_the_search_chose() -> None:
+    """An aggregated worker's chunked-prefill budget is part of its configuration: the search
+    sweeps it, the worker's rate at the SLO is found with it, and the replay runs it (an engine
+    started with the engine's default budget would be another worker)."""
+    s = series([2.0, 2.0])
+    req = request(s, modes=("agg",), cooldown_s=0, simulate=False)
+    pl = _Planner(req, default_models(), default_gpus())
+    searched = pl._search(s.intervals, "agg").best.pools[0]
+    r = plan_schedule(req)
+    shapes = {sp.shape for sp in r.spans}
+    assert len(shapes) == 1
+    (shape,) = shapes
+    print(
+        f"\nsearched chunk {searched.chunk_tokens}, schedule's workers {shape.label()}; the "
+        f"engine's budget {pl.sched.max_num_batched_tokens}"
+    )
+    assert shape.chunk_tokens == (searched.chunk_tokens or 0)
+    # the premise: the search's budget is not the engine's, so a replay can tell them apart
+    assert shape.chunk_tokens != pl.sched.max_num_batched_tokens
+    arrivals = draw_arrivals(s, 0)
+    unset = [
+        dataclasses.replace(sp, shape=dataclasses.replace(shape, chunk_tokens=None))
+        for sp in r.spans
+    ]
+
+    def ttft(sp: list[Span], sched: SchedulerSettings) -> np.ndarray:
+        return simulate(sp, arrivals, pl.ctx, pl.dctx, sched, pl.link, 1000.0, 30.0).ttft_ms
+
+    as_planned = ttft(list(r.spans), pl.sched)
+    # the same workers in an engine started with that budget for all of them
+    engine_wide = ttft(unset, with_chunk(pl.sched, shape.chunk_tokens))
+    default = ttft(unset, pl.sched)
+    print(
+        f"mean TTFT as planned {as_planned.mean():.1f} ms, with the engine's default budget "
+        f"{default.mean():.1f} ms"
+    )
+    np.testing.assert_array_equal(as_planned, engine_wide)
+    assert not np.array_equal(as_planned, default)

@@ -80,6 +80,7 @@ from pdplanner.planner.scaling.replay import (
 )
 from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
 from pdplanner.planner.search.recommend import plan
+from pdplanner.planner.serving.elastic import with_chunk
 from pdplanner.planner.serving.kvtransfer import link_between_pools
 from pdplanner.planner.serving.mix import mix_cycle
 from pdplanner.planner.serving.queueing import PERCENTILES
@@ -509,8 +510,10 @@ class _Planner:
         shape = Shape.of(pool)
         mix = max(intervals, key=lambda iv: decode_context(iv.mix)).mix
         isl, osl = mix_cycle(mix)
+        # the searched chunked-prefill budget, as the replay's workers run it
         sched = dataclasses.replace(
-            self.sched, max_num_seqs=max(1, math.ceil(shape.batch / shape.attention_dp))
+            with_chunk(self.sched, shape.chunk_tokens),
+            max_num_seqs=max(1, math.ceil(shape.batch / shape.attention_dp)),
         )
         pct = self.req.slo.percentile
         ctx = self.ctx if pool.gpu == self.ctx.gpu.name else self.dctx
@@ -546,7 +549,7 @@ class _Planner:
                 f"{shape.label()} misses the SLO under Poisson arrivals at any rate above "
                 f"{hi:.3g} req/s"
             )
-        return AggOption(Shape("agg", *[getattr(shape, f) for f in _SHAPE_FIELDS]), lo, *at)
+        return AggOption(dataclasses.replace(shape, role="agg"), lo, *at)
 
     def still_serves(self, shapes: tuple[Shape, Shape], run: Sequence[Interval]) -> bool:
         """Whether these shapes meet the SLO for every mix of ``run`` (any count will do)."""
@@ -590,9 +593,6 @@ class _Planner:
         rate = iv.requests_per_s
         z = math.ceil(rate / opt.requests_per_s - 1e-9) if rate > 0 else 0
         return max(z, self.req.min_workers)
-
-
-_SHAPE_FIELDS = ("gpu", "tp", "pp", "ep", "attention_dp", "batch")
 
 
 def _engine_args(req: ScheduleRequest) -> dict[str, int | float | bool | str]:
