@@ -79,24 +79,79 @@ def test_diurnal_schedule_meets_the_slo_with_fewer_gpu_hours_than_static_peak() 
     assert gpus[48] < gpus[192]
 
 
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank (as Spearman's correlation takes them)."""
+    _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    return (first + (counts - 1) / 2.0)[inv]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+
+
 def test_prefill_decode_ratio_follows_the_shifting_mix() -> None:
+    """The shifting-mix day: about 12 req/s all day (5% noise) while 8,000-token prompts
+    replace 600-token ones (share 0 to 1; OSL 300), mean ISL 600 to 7,900. More prompt work
+    gets more prefill capacity, stated where it holds:
+
+    * per interval, prefill GPUs rise with mean ISL (Spearman 0.89);
+    * per ISL regime (octave of mean ISL; a regime shares worker shapes) the mean P:D GPU
+      ratio never falls: 1.00, 1.36, 2.84, 3.34, 3.42 from the chat-like to the long-prompt
+      regime;
+    * no interval holds prefill capacity of more than 5 times its prompt work (prefill
+      utilisation 0.23-0.59): the capacity tracks demand, not a shape's quirks.
+
+    Not per interval's ratio (Spearman with mean ISL only 0.40), for two reasons that are
+    right: workers come in whole steps (prefill workers of 4-32 GPUs, decode of 4-8), so at a
+    steady rate one worker more or less in a pool moves the ratio by up to 2x, and the rate's
+    noise flips the decode pool between one and two 8-GPU workers; and decode needs grow with
+    ISL as well (a slot holds the whole context: the batch meeting TPOT 30 ms falls from 136
+    sequences at context 750 to 43 at 8,150), so the ratio rises less than prompt work does.
+    The binding constraint of the prefill pool is the p99 TTFT, not its throughput (each
+    regime's highest prediction 870-995 ms against 1,000, at utilisation 0.23-0.59): once a few percent of prompts are
+    long, the p99 request is a long prompt whose compute time leaves little room to queue, and
+    short prompts queue behind long ones. Before each regime's shapes were picked by this
+    capacity model (they were the search's, ranked at one mix and rate by its own load model)
+    the 1,448-2,896 regime ran 16 TP4 prefill workers at 14% utilisation (regime ratio 5.72,
+    above the longer-prompt regimes': the three checks above failed)."""
     s = traffic.load(TRACES / "mix-shift-day.csv")
     r = plan_schedule(request(s, simulate=False))
-    ratio = np.array([iv.prefill.gpus / iv.decode.gpus for iv in r.intervals])
-    isl = np.array([iv.mean_isl for iv in r.intervals])
+    ivs = r.intervals
+    pre = np.array([iv.prefill.gpus for iv in ivs])
+    dec = np.array([iv.decode.gpus for iv in ivs])
+    ratio = pre / dec
+    isl = np.array([iv.mean_isl for iv in ivs])
+    rho = np.array([iv.prefill_utilisation for iv in ivs])
+    regime = np.round(np.log2(isl))
+    ttft = np.array([iv.predicted_ttft_ms for iv in ivs])
     print(
-        f"\nP:D GPU ratio at mean ISL {isl[0]:.0f}: {ratio[0]:.2f}; "
-        f"at {isl[-1]:.0f}: {ratio[-1]:.2f}"
+        "\nregime  ISL        long      prefill layout           P GPUs  decode layout"
+        "            D GPUs  P:D   prefill util  TTFT ms"
     )
-    # more prefill capacity as prompts grow: the chat-like first hour against the last two
-    # hours of long prompts. In between the ratio climbs higher still: a few long prompts in a
-    # chat mix set the p99 TTFT and block short ones queued behind them at a prefill worker
-    # (head-of-line), until the shapes change for the long-prompt regime
-    early, late = ratio[:12].mean(), ratio[-24:].mean()
-    corr = np.corrcoef(isl, ratio)[0, 1]
-    print(f"first hour mean {early:.2f}, last 2 h {late:.2f}, correlation with ISL {corr:.2f}")
-    assert late > 1.5 * early
-    assert early <= np.median(ratio)
+    means = []
+    for k in np.unique(regime):
+        m = regime == k
+        j = int(np.nonzero(m)[0][0])
+        long = [sum(w.weight for w in s.intervals[i].mix if w.isl > 1000) for i in np.nonzero(m)[0]]
+        means.append(ratio[m].mean())
+        print(
+            f"2^{k:<4.0f} {isl[m].min():5.0f}-{isl[m].max():<5.0f} {min(long):.2f}-{max(long):.2f} "
+            f"{ivs[j].prefill.shape.label():24} {pre[m].mean():6.1f}  "
+            f"{ivs[j].decode.shape.label():24} {dec[m].mean():6.1f}  {means[-1]:.2f}  "
+            f"{rho[m].min():.2f}-{rho[m].max():.2f}     "
+            f"{ttft[m].min():.0f}-{ttft[m].max():.0f}"
+        )
+    rho_pre = spearman(isl, pre)
+    rho_ratio = spearman(isl, ratio)
+    print(
+        f"Spearman with mean ISL: prefill GPUs {rho_pre:.2f}, P:D ratio {rho_ratio:.2f}; "
+        f"prefill utilisation {rho.min():.2f}-{rho.max():.2f}"
+    )
+    assert rho_pre >= 0.8
+    assert np.all(np.diff(means) >= 0.0), means
+    assert means[-1] >= 3.0 * means[0]
+    assert rho.min() >= 0.2
     # every interval is served; only a layout change whose old and new workers overlap may
     # be over the limit, and then it is named at the change
     changes = {e.effective_s for e in r.events if e.action == "reconfigure"}
