@@ -3,10 +3,11 @@
 1. Regimes: intervals whose mean ISL and mean OSL fall in the same octave share worker shapes.
    Each regime's shapes come from the search (``search.plan``) for the mix of its interval with
    the longest decode context, at the regime's peak rate, within the GPU limit: disaggregated
-   shapes (the search's layouts; the decode batch becomes the largest whose TPOT meets the
-   target at that context, the most requests/s per decode GPU the TPOT allows) and the best
-   aggregated shape (the search's layout and concurrency; ``AggOption`` says how its rate is
-   found). A run of intervals keeps the shapes in service while they still meet the SLO for its
+   shapes (per pool, of the layouts of the search's recommendation and its Pareto frontier, the
+   one needing the fewest GPU-seconds over the regime's intervals by the counts of step 2; the
+   decode batch becomes the largest whose TPOT meets the target at that context, the most
+   requests/s per decode GPU the TPOT allows) and the best aggregated shape (the search's
+   layout, concurrency and chunked-prefill budget; ``AggOption`` says how its rate is found). A run of intervals keeps the shapes in service while they still meet the SLO for its
    mixes and need fewer GPU-seconds than its regime's own shapes plus their start-up (a shape
    change is a restart).
 2. Counts: per interval, prefill workers ``ceil(rate / usable prompts/s per worker)`` and decode
