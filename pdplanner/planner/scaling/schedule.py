@@ -7,9 +7,10 @@
    one needing the fewest GPU-seconds over the regime's intervals by the counts of step 2; the
    decode batch becomes the largest whose TPOT meets the target at that context, the most
    requests/s per decode GPU the TPOT allows) and the best aggregated shape (the search's
-   layout, concurrency and chunked-prefill budget; ``AggOption`` says how its rate is found). A run of intervals keeps the shapes in service while they still meet the SLO for its
-   mixes and need fewer GPU-seconds than its regime's own shapes plus their start-up (a shape
-   change is a restart).
+   layout, concurrency and chunked-prefill budget; ``AggOption`` says how its rate is found).
+   A run of intervals keeps the shapes in service while they still meet the SLO for its mixes
+   and need fewer GPU-seconds than its regime's own shapes plus their start-up (a shape change
+   is a restart).
 2. Counts: per interval, prefill workers ``ceil(rate / usable prompts/s per worker)`` and decode
    workers ``ceil(rate / requests/s per worker)`` (``capacity``), or aggregated workers
    ``ceil(rate / requests/s per worker)``; at least ``min_workers`` per pool in use.
