@@ -168,7 +168,10 @@ def test_prefill_decode_ratio_follows_the_shifting_mix() -> None:
 
 
 def test_new_workers_launch_a_startup_delay_before_the_load_arrives() -> None:
-    s = series([2, 2, 2, 14, 14, 14, 14])
+    """A surge from 2 to 28 req/s that the quiet intervals' workers cannot carry (at 14 req/s
+    one TP4 PP4 prefill worker and one TP8 decode worker, the regime's cheapest shapes, serve
+    both rates and nothing scales)."""
+    s = series([2, 2, 2, 28, 28, 28, 28])
     startup = 420.0
     r = plan_schedule(request(s, startup_s=startup, cooldown_s=0))
     ups = [e for e in r.events if e.action == "scale_up" and e.effective_s == 900.0]
