@@ -100,6 +100,7 @@ class Worker:
     on: float = -math.inf  # accepts new requests from on until off, then drains
     off: float = math.inf
     last_busy: float = 0.0
+    chunked: bool = False  # chunked prefill
 
     def accepting(self, t: float) -> bool:
         return self.on <= t < self.off
@@ -135,7 +136,8 @@ class Case:
     lay_f: Layout
     lay_b: Layout
     overlap: bool = False
-    # per worker (front first): role, tp, pp, ep, dp, cap, max_seqs, budget, transfer, on, off
+    # per worker (front first): role, tp, pp, ep, dp, cap, max_seqs, budget, transfer, on, off,
+    # chunked
     table: list[list[float]] | None = None
 
     def sched(self) -> np.ndarray:
@@ -188,6 +190,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     transfer_ms=row[8],
                     on=row[9],
                     off=row[10],
+                    chunked=row[11] > 0.5,
                 )
             )
             continue
@@ -202,6 +205,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                 ratio=ratio_init,
                 lay=case.lay_f if front else case.lay_b,
                 transfer_ms=case.transfer_ms,
+                chunked=case.chunked,
             )
         )
     fronts, backs = workers[: case.n_front], workers[case.n_front :]
@@ -282,7 +286,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     deferred = True
                     break
                 rem = r.prompt - r.done
-                if w.role != "decode" and not case.chunked and rem > bud and pf_pending > 0:
+                if w.role != "decode" and not w.chunked and rem > bud and pf_pending > 0:
                     break
                 if case.policy == L.KV_RESERVE:
                     need = r.prompt + (r.osl - r.gen if w.role != "prefill" else 0.0)
@@ -291,7 +295,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     if w.role == "decode":
                         need = r.prompt + 1.0
                     else:
-                        need = min(rem, bud) if case.chunked else rem
+                        need = min(rem, bud) if w.chunked else rem
                     fits = w.held() + planned + need <= w.cap
                     planned += need
                 else:
@@ -324,7 +328,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                         continue
                     if left <= 0:
                         break
-                    if case.chunked:
+                    if w.chunked:
                         tk = min(rem, left)
                     elif rem <= left or not chunks:
                         tk = rem
@@ -603,9 +607,9 @@ def cases(
 @st.composite
 def worker_table(draw, case: Case) -> list[list[float]]:
     """Per-worker rows for an open-loop case: front workers aggregated or prefill (mixed when
-    there is a decode pool), their own limits and transfer times, and availability windows over
-    the arrivals; the last front and last decode worker stay until the end (they may join late,
-    so that requests wait for them)."""
+    there is a decode pool), their own limits, chunked prefill and transfer times, and
+    availability windows over the arrivals; the last front and last decode worker stay until
+    the end (they may join late, so that requests wait for them)."""
     horizon = max(case.arrival) + 50.0
     rows = []
     n_w = case.n_front + case.n_back
@@ -629,6 +633,7 @@ def worker_table(draw, case: Case) -> list[list[float]]:
                 draw(st.sampled_from([0.0, 0.5, 7.0])),
                 on,
                 off,
+                float(draw(st.booleans())) if front else float(case.chunked),
             ]
         )
     return rows

@@ -50,15 +50,18 @@ from pdplanner.planner.types import Parallelism, Pool, Workload
 
 @dataclass(frozen=True)
 class Shape:
-    """One worker configuration of a pool: GPU type, layout and batch limit."""
+    """One worker configuration of a pool: GPU type, layout and batch limit; an aggregated
+    worker also its chunked-prefill budget as the search chose it (``chunk_tokens``, tokens per
+    iteration; 0: no chunked prefill; None: the engine scheduler's)."""
 
-    role: str  # "prefill" or "decode"
+    role: str  # "prefill", "decode" or "agg"
     gpu: str
     tp: int
     pp: int
     ep: int
     attention_dp: int
     batch: int
+    chunk_tokens: int | None = None
 
     @property
     def gpus_per_worker(self) -> int:
@@ -70,13 +73,20 @@ class Shape:
 
     @classmethod
     def of(cls, pool: Pool) -> Shape:
-        return cls(pool.role, pool.gpu, pool.tp, pool.pp, pool.ep, pool.attention_dp, pool.batch)
+        # a searched aggregated pool without a chunk budget runs without chunked prefill
+        chunk = (pool.chunk_tokens or 0) if pool.role == "agg" else None
+        return cls(
+            pool.role, pool.gpu, pool.tp, pool.pp, pool.ep, pool.attention_dp, pool.batch, chunk
+        )
 
     def label(self) -> str:
         extra = (
             f" EP{self.ep} DP{self.attention_dp}" if self.ep > 1 or self.attention_dp > 1 else ""
         )
-        return f"{self.gpu} TP{self.tp} PP{self.pp}{extra} batch {self.batch}"
+        chunk = ""
+        if self.chunk_tokens is not None:
+            chunk = f" chunk {self.chunk_tokens}" if self.chunk_tokens > 0 else " no chunking"
+        return f"{self.gpu} TP{self.tp} PP{self.pp}{extra} batch {self.batch}{chunk}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

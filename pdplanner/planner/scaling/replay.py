@@ -126,7 +126,14 @@ def simulate(
         dctx,
         sched,
         [
-            WorkerSpan(s.shape.role, s.shape.parallelism, s.shape.batch, s.on_s, s.off_s)  # type: ignore[arg-type]
+            WorkerSpan(
+                s.shape.role,  # type: ignore[arg-type]
+                s.shape.parallelism,
+                s.shape.batch,
+                s.on_s,
+                s.off_s,
+                s.shape.chunk_tokens,
+            )
             for s in spans
         ],
         trace,

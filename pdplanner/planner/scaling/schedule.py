@@ -3,12 +3,14 @@
 1. Regimes: intervals whose mean ISL and mean OSL fall in the same octave share worker shapes.
    Each regime's shapes come from the search (``search.plan``) for the mix of its interval with
    the longest decode context, at the regime's peak rate, within the GPU limit: disaggregated
-   shapes (the search's layouts; the decode batch becomes the largest whose TPOT meets the
-   target at that context, the most requests/s per decode GPU the TPOT allows) and the best
-   aggregated shape (the search's layout and concurrency; ``AggOption`` says how its rate is
-   found). A run of intervals keeps the shapes in service while they still meet the SLO for its
-   mixes and need fewer GPU-seconds than its regime's own shapes plus their start-up (a shape
-   change is a restart).
+   shapes (per pool, of the layouts of the search's recommendation and its Pareto frontier, the
+   one needing the fewest GPU-seconds over the regime's intervals by the counts of step 2; the
+   decode batch becomes the largest whose TPOT meets the target at that context, the most
+   requests/s per decode GPU the TPOT allows) and the best aggregated shape (the search's
+   layout, concurrency and chunked-prefill budget; ``AggOption`` says how its rate is found).
+   A run of intervals keeps the shapes in service while they still meet the SLO for its mixes
+   and need fewer GPU-seconds than its regime's own shapes plus their start-up (a shape change
+   is a restart).
 2. Counts: per interval, prefill workers ``ceil(rate / usable prompts/s per worker)`` and decode
    workers ``ceil(rate / requests/s per worker)`` (``capacity``), or aggregated workers
    ``ceil(rate / requests/s per worker)``; at least ``min_workers`` per pool in use.
@@ -80,6 +82,7 @@ from pdplanner.planner.scaling.replay import (
 )
 from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
 from pdplanner.planner.search.recommend import plan
+from pdplanner.planner.serving.elastic import with_chunk
 from pdplanner.planner.serving.kvtransfer import link_between_pools
 from pdplanner.planner.serving.mix import mix_cycle
 from pdplanner.planner.serving.queueing import PERCENTILES
@@ -396,7 +399,8 @@ class _Planner:
             else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, fraction)
         )
         self.link = link_between_pools(gpu, dgpu, req.gpus)
-        self._caps: dict[tuple[Shape, Shape, tuple[Workload, ...]], tuple[Any, Any]] = {}
+        self._pcaps: dict[tuple[Shape, tuple[Workload, ...]], PrefillCapacity] = {}
+        self._dcaps: dict[tuple[Shape, tuple[Workload, ...]], DecodeCapacity] = {}
 
     def _search(self, intervals: Sequence[Interval], mode: Mode) -> Any:
         """``search.plan`` of one mode for the regime's longest-context mix at its peak rate
@@ -427,22 +431,73 @@ class _Planner:
         return result
 
     def shapes(self, intervals: Sequence[Interval]) -> tuple[Shape, Shape] | str:
-        """Disaggregated shapes for a regime, or why none meets the SLO."""
+        """Disaggregated shapes for a regime, or why none meets the SLO.
+
+        The candidates are the layouts of the search's recommended deployment and of its
+        disaggregated Pareto frontier; the search ranks them by its own load model at one mix
+        and rate, so the schedule picks, per pool, the candidate that needs the fewest
+        GPU-seconds over the regime's intervals by the capacity model that counts the workers
+        (ties keep the search's order, the recommended deployment first)."""
         req = self.req
         result = self._search(intervals, "disagg")
         if result.best is None:
             return result.reason or "no disaggregated deployment meets the SLO"
-        pools = {p.role: p for p in result.best.pools}
-        pre, dec = Shape.of(pools["prefill"]), Shape.of(pools["decode"])
+        pres: list[Shape] = []
+        decs: list[Shape] = []
+        for d in (result.best, *result.pareto_disagg):
+            for p in d.pools:
+                sh = Shape.of(p)
+                into = pres if p.role == "prefill" else decs
+                if sh not in into:
+                    into.append(sh)
         worst = max(decode_context(iv.mix) for iv in intervals)
-        widest = Shape(**{**dec.__dict__, "batch": self.dctx.engine.max_batch})
-        b = largest_batch(self.dctx, widest, worst, req.slo.tpot_ms)
-        if b == 0:
+        widened = []
+        for dec in decs:
+            widest = Shape(**{**dec.__dict__, "batch": self.dctx.engine.max_batch})
+            b = largest_batch(self.dctx, widest, worst, req.slo.tpot_ms)
+            if b > 0:
+                widened.append(Shape(**{**dec.__dict__, "batch": b}))
+        if not widened:
+            best_dec = Shape.of(next(p for p in result.best.pools if p.role == "decode"))
             return (
-                f"TPOT: no decode batch of {dec.label()} meets {req.slo.tpot_ms:g} ms at "
+                f"TPOT: no decode batch of {best_dec.label()} meets {req.slo.tpot_ms:g} ms at "
                 f"context {worst:,.0f}"
             )
-        return pre, Shape(**{**dec.__dict__, "batch": b})
+        pre = min(pres, key=lambda sh: self._pool_seconds(sh, intervals))
+        dec = min(widened, key=lambda sh: self._pool_seconds(sh, intervals))
+        return pre, dec
+
+    def _pool_seconds(self, shape: Shape, intervals: Sequence[Interval]) -> float:
+        """GPU-seconds of one pool of ``shape`` workers serving ``intervals`` (inf where a
+        worker of it cannot meet the SLO)."""
+        req = self.req
+        p = PERCENTILES[req.slo.percentile]
+        total = 0.0
+        for iv in intervals:
+            if shape.role == "prefill":
+                pc = self._prefill_cap(shape, iv.mix)
+                k = prefill_workers(iv.requests_per_s, pc, req.slo.ttft_ms, p)
+            else:
+                dc = self._decode_cap(shape, iv.mix)
+                k = decode_workers(iv.requests_per_s, dc, shape.batch, req.slo.percentile)
+            if k >= 10**9:
+                return math.inf
+            total += max(k, req.min_workers) * shape.gpus_per_worker * iv.duration_s
+        return total
+
+    def _prefill_cap(self, shape: Shape, mix: tuple[Workload, ...]) -> PrefillCapacity:
+        key = (shape, mix)
+        if key not in self._pcaps:
+            self._pcaps[key] = prefill_capacity(
+                self.ctx, shape, mix, self.req.slo.percentile, self.link
+            )
+        return self._pcaps[key]
+
+    def _decode_cap(self, shape: Shape, mix: tuple[Workload, ...]) -> DecodeCapacity:
+        key = (shape, mix)
+        if key not in self._dcaps:
+            self._dcaps[key] = decode_capacity(self.dctx, shape, mix)
+        return self._dcaps[key]
 
     def agg_option(self, intervals: Sequence[Interval]) -> AggOption | str:
         """The aggregated option for a regime, or why none meets the SLO. The search picks the
@@ -457,8 +512,10 @@ class _Planner:
         shape = Shape.of(pool)
         mix = max(intervals, key=lambda iv: decode_context(iv.mix)).mix
         isl, osl = mix_cycle(mix)
+        # the searched chunked-prefill budget, as the replay's workers run it
         sched = dataclasses.replace(
-            self.sched, max_num_seqs=max(1, math.ceil(shape.batch / shape.attention_dp))
+            with_chunk(self.sched, shape.chunk_tokens),
+            max_num_seqs=max(1, math.ceil(shape.batch / shape.attention_dp)),
         )
         pct = self.req.slo.percentile
         ctx = self.ctx if pool.gpu == self.ctx.gpu.name else self.dctx
@@ -494,14 +551,14 @@ class _Planner:
                 f"{shape.label()} misses the SLO under Poisson arrivals at any rate above "
                 f"{hi:.3g} req/s"
             )
-        return AggOption(Shape("agg", *[getattr(shape, f) for f in _SHAPE_FIELDS]), lo, *at)
+        return AggOption(dataclasses.replace(shape, role="agg"), lo, *at)
 
     def still_serves(self, shapes: tuple[Shape, Shape], run: Sequence[Interval]) -> bool:
         """Whether these shapes meet the SLO for every mix of ``run`` (any count will do)."""
         pre, dec = shapes
         slo = self.req.slo
         for iv in run:
-            pc = prefill_capacity(self.ctx, pre, iv.mix, slo.percentile, self.link)
+            pc = self._prefill_cap(pre, iv.mix)
             if not pc.compute_ttft_ms <= slo.ttft_ms:
                 return False
         worst = max(decode_context(iv.mix) for iv in run)
@@ -527,13 +584,7 @@ class _Planner:
     ) -> tuple[int, int, PrefillCapacity, DecodeCapacity]:
         """Workers needed for ``iv`` and the per-worker capacities."""
         req = self.req
-        key = (pre, dec, iv.mix)
-        if key not in self._caps:
-            self._caps[key] = (
-                prefill_capacity(self.ctx, pre, iv.mix, req.slo.percentile, self.link),
-                decode_capacity(self.dctx, dec, iv.mix),
-            )
-        pc, dc = self._caps[key]
+        pc, dc = self._prefill_cap(pre, iv.mix), self._decode_cap(dec, iv.mix)
         rate = iv.requests_per_s
         x = prefill_workers(rate, pc, req.slo.ttft_ms, PERCENTILES[req.slo.percentile])
         y = decode_workers(rate, dc, dec.batch, req.slo.percentile)
@@ -544,9 +595,6 @@ class _Planner:
         rate = iv.requests_per_s
         z = math.ceil(rate / opt.requests_per_s - 1e-9) if rate > 0 else 0
         return max(z, self.req.min_workers)
-
-
-_SHAPE_FIELDS = ("gpu", "tp", "pp", "ep", "attention_dp", "batch")
 
 
 def _engine_args(req: ScheduleRequest) -> dict[str, int | float | bool | str]:

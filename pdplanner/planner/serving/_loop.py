@@ -10,10 +10,10 @@ One kernel serves every way the planner runs an engine:
 * under a closed loop (``clients > 0``: request ``r + clients`` arrives when request ``r`` ends,
   the first ``clients`` at ``arrival[0:clients]``) or open-loop arrivals (``arrival`` for all);
 * optionally with a per-worker table (``workers``, slots ``W_*``) in place of the two pools'
-  settings: each worker's role, layout, KV capacity, batch limit, token budget and KV-transfer
-  time, and its availability window. A worker accepts requests from ``W_ON_MS`` until
-  ``W_OFF_MS`` and then drains: it finishes what it holds (queue included) but is routed
-  nothing new. Front workers may mix aggregated and prefill roles (a deployment switching
+  settings: each worker's role, layout, KV capacity, batch limit, token budget, chunked prefill
+  (on or off), KV-transfer time and availability window. A worker accepts requests from
+  ``W_ON_MS`` until ``W_OFF_MS`` and then drains: it finishes what it holds (queue included) but
+  is routed nothing new. Front workers may mix aggregated and prefill roles (a deployment switching
   between the two). New requests go to the accepting front workers in turn; a prompt's KV goes
   to the accepting decode worker with the fewest requests, or, from a prefill worker that has
   stopped accepting, also to a decode worker that stopped no earlier (the old pools drain
@@ -78,8 +78,8 @@ STAT_SLOTS = 9
 
 # workers[] columns (one row per worker, front workers first)
 W_ROLE, W_TP, W_PP, W_EP, W_DP, W_CAP, W_MAX_SEQS, W_BUDGET = 0, 1, 2, 3, 4, 5, 6, 7
-W_TRANSFER_MS, W_ON_MS, W_OFF_MS = 8, 9, 10
-WORKER_SLOTS = 11
+W_TRANSFER_MS, W_ON_MS, W_OFF_MS, W_CHUNKED = 8, 9, 10, 11
+WORKER_SLOTS = 12
 
 # status
 OK, NO_FIT, EVENT_LIMIT = 0, 1, 2
@@ -153,6 +153,7 @@ def simulate_loop(
             wk[w, W_TRANSFER_MS] = sched[S_TRANSFER_MS]
             wk[w, W_ON_MS] = -np.inf
             wk[w, W_OFF_MS] = np.inf
+            wk[w, W_CHUNKED] = sched[S_CHUNKED]
     else:
         wk[:, :] = workers
     busy_to = np.zeros(n_w)
@@ -162,7 +163,6 @@ def simulate_loop(
     stats[:] = 0.0
     if n == 0:
         return OK
-    chunked = sched[S_CHUNKED] > 0.5
     mixed = sched[S_MIXED] > 0.5
     policy = int(sched[S_POLICY])
     ratio_init = sched[S_RATIO_INIT]
@@ -192,11 +192,13 @@ def simulate_loop(
     cap = np.zeros(n_w)
     max_run = np.zeros(n_w, np.int64)
     budget = np.zeros(n_w)
+    chunks = np.zeros(n_w, np.bool_)  # chunked prefill
     for w in range(n_w):
         role[w] = int(wk[w, W_ROLE])
         cap[w] = wk[w, W_CAP]
         max_run[w] = int(wk[w, W_MAX_SEQS])
         budget[w] = wk[w, W_BUDGET]
+        chunks[w] = wk[w, W_CHUNKED] > 0.5
     width = 1
     for w in range(n_w):
         width = max(width, max_run[w])
@@ -303,7 +305,7 @@ def simulate_loop(
                     deferred = True  # joins the next iteration
                     break
                 rem_prompt = pf_target[r] - done_pf[r]
-                if rl != DECODE and not chunked and rem_prompt > bud and pf_pending > 0.0:
+                if rl != DECODE and not chunks[w] and rem_prompt > bud and pf_pending > 0.0:
                     break  # a whole prompt waits for a step with room (alone it may exceed it)
                 if policy == KV_RESERVE:
                     need = pf_target[r] + (osl[r] - gen[r] if rl != PREFILL else 0.0)
@@ -311,7 +313,7 @@ def simulate_loop(
                 elif policy == KV_ON_DEMAND:
                     if rl == DECODE:
                         need = pf_target[r] + 1.0
-                    elif chunked:
+                    elif chunks[w]:
                         need = min(rem_prompt, bud)
                     else:
                         need = rem_prompt
@@ -369,7 +371,7 @@ def simulate_loop(
                         continue
                     if left <= 0.0:
                         break
-                    if chunked:
+                    if chunks[w]:
                         tk = min(rem, left)
                     elif rem <= left or pf_seqs == 0.0:
                         tk = rem

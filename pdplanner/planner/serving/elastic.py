@@ -15,6 +15,8 @@ Per worker, as ``simulate.simulate_disagg`` and ``pdplanner.planner.estimate`` s
 * ``batch`` is the worker's limit split over its attention-DP ranks: a prefill worker's prompts
   per iteration (its token budget grows to hold that many mean prompts), a decode or aggregated
   worker's running sequences;
+* ``chunk_tokens`` an aggregated worker's chunked-prefill budget as the search chose it (0: no
+  chunked prefill, whole prompts; None: the engine scheduler's budget and setting);
 * KV capacity per rank from ``pdplanner.planner.perf.memory`` for the largest step it runs;
 * a prefill worker's KV-transfer tail (``kvtransfer.transfer``) at the trace's mean prompt.
 
@@ -62,6 +64,7 @@ class WorkerSpan:
     batch: int
     join_s: float
     leave_s: float = math.inf
+    chunk_tokens: int | None = None  # agg: chunked-prefill budget (0: none; None: the engine's)
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,23 @@ class ElasticRun:
     drained_s: np.ndarray
 
 
+def with_chunk(sched: SchedulerSettings, chunk_tokens: int | None) -> SchedulerSettings:
+    """``sched`` with an aggregated worker's chunked-prefill budget as the search sweeps it
+    (``search.aggsweep``): ``chunk_tokens`` > 0 tokens per iteration with chunked prefill, 0
+    whole prompts at the engine's budget, None ``sched`` as it is."""
+    if chunk_tokens is None:
+        return sched
+    return replace(
+        sched,
+        max_num_batched_tokens=chunk_tokens if chunk_tokens > 0 else sched.max_num_batched_tokens,
+        enable_chunked_prefill=chunk_tokens > 0,
+    )
+
+
 def _rank_sched(sched: SchedulerSettings, span: WorkerSpan, mean_isl: float) -> SchedulerSettings:
     seqs = max(1, math.ceil(span.batch / span.par.attention_dp))
+    if span.role == "agg":
+        return replace(with_chunk(sched, span.chunk_tokens), max_num_seqs=seqs)
     if span.role == "prefill":
         budget = max(sched.max_num_batched_tokens, math.ceil(seqs * mean_isl))
         return replace(sched, max_num_seqs=seqs, max_num_batched_tokens=budget)
@@ -91,10 +109,10 @@ def _row(
     sched: SchedulerSettings,
     trace: Trace,
     link_bytes_per_s: float,
-    cache: dict[tuple[Role, Parallelism, int], np.ndarray],
+    cache: dict[tuple[Role, Parallelism, int, int | None], np.ndarray],
 ) -> np.ndarray:
     """The kernel's per-worker row of one rank of ``span`` (window left open)."""
-    key = (span.role, span.par, span.batch)
+    key = (span.role, span.par, span.batch, span.chunk_tokens)
     if key in cache:
         return cache[key]
     par = span.par
@@ -106,6 +124,7 @@ def _row(
     row[L.W_TP], row[L.W_PP], row[L.W_EP], row[L.W_DP] = par.tp, par.pp, par.ep, par.attention_dp
     row[L.W_MAX_SEQS] = seqs
     row[L.W_BUDGET] = s.max_num_batched_tokens
+    row[L.W_CHUNKED] = 1.0 if s.enable_chunked_prefill else 0.0
     if span.role == "decode":
         row[L.W_CAP] = kv_capacity(ctx, par, s, seqs, seqs)
     else:
@@ -163,7 +182,7 @@ def simulate_elastic(
         raise ValueError("no aggregated or prefill worker")
     if backs == [] and any(spans[i].role == "prefill" for i in fronts):
         raise ValueError("prefill workers without a decode worker")
-    cache: dict[tuple[Role, Parallelism, int], np.ndarray] = {}
+    cache: dict[tuple[Role, Parallelism, int, int | None], np.ndarray] = {}
     rows, owner = [], []
     for i in fronts + backs:
         s = spans[i]
@@ -185,7 +204,8 @@ def simulate_elastic(
     t_first, t_done = np.zeros(n), np.zeros(n)
     order, stats = np.zeros(n, np.int64), np.zeros(L.STAT_SLOTS)
     drained = np.zeros(len(rows))
-    chunks = math.ceil(float(isl.max()) / max(sched.max_num_batched_tokens, 1)) + 1 if n else 1
+    least = min(float(r[L.W_BUDGET]) for r in rows)
+    chunks = math.ceil(float(isl.max()) / max(least, 1.0)) + 1 if n else 1
     end_ms = float(arrival.max()) if n else 0.0
     stepping_ms = sum(
         max(0.0, min(r[L.W_OFF_MS], end_ms) - max(r[L.W_ON_MS], 0.0)) + 3.6e6
