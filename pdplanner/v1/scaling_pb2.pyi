@@ -358,6 +358,7 @@ class WorkerLayout(_message.Message):
     ATTENTION_DP_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     GPUS_PER_WORKER_FIELD_NUMBER: _builtins.int
+    CHUNK_TOKENS_FIELD_NUMBER: _builtins.int
     gpu: _builtins.str
     """GPU type of the worker."""
     tp: _builtins.int
@@ -372,6 +373,11 @@ class WorkerLayout(_message.Message):
     """Prompts per prefill batch, or most sequences per decode worker."""
     gpus_per_worker: _builtins.int
     """GPUs of one worker: tp * pp * attention_dp."""
+    chunk_tokens: _builtins.int
+    """Aggregated workers: the chunked-prefill budget the search chose, in tokens per iteration
+    (0: no chunked prefill). Unset: the engine's default; prefill and decode workers leave it
+    unset.
+    """
     def __init__(
         self,
         *,
@@ -382,12 +388,15 @@ class WorkerLayout(_message.Message):
         attention_dp: _builtins.int = ...,
         batch: _builtins.int = ...,
         gpus_per_worker: _builtins.int = ...,
+        chunk_tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_chunk_tokens", b"_chunk_tokens", "chunk_tokens", b"chunk_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attention_dp", b"attention_dp", "batch", b"batch", "ep", b"ep", "gpu", b"gpu", "gpus_per_worker", b"gpus_per_worker", "pp", b"pp", "tp", b"tp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_chunk_tokens", b"_chunk_tokens", "attention_dp", b"attention_dp", "batch", b"batch", "chunk_tokens", b"chunk_tokens", "ep", b"ep", "gpu", b"gpu", "gpus_per_worker", b"gpus_per_worker", "pp", b"pp", "tp", b"tp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__chunk_tokens: _TypeAlias = _typing.Literal["chunk_tokens"]  # noqa: Y015
+    _WhichOneofArgType__chunk_tokens: _TypeAlias = _typing.Literal["_chunk_tokens", b"_chunk_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__chunk_tokens) -> _WhichOneofReturnType__chunk_tokens | None: ...
 
 Global___WorkerLayout: _TypeAlias = WorkerLayout  # noqa: Y015
 

@@ -23,6 +23,7 @@ from pdplanner.planner.scaling.schedule import (
     _Planner,
     _pool_timeline,
     plan_schedule,
+    shape_from_dict,
 )
 from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
 from pdplanner.planner.serving.elastic import with_chunk
@@ -275,6 +276,11 @@ def test_agg_intervals_where_aggregated_serving_needs_fewer_gpus() -> None:
         assert d["mode"] == iv.mode
         if iv.mode == "agg":
             assert d["agg"]["workers"] >= 1 and d["prefill"] is None and d["decode"] is None
+            # the searched chunked-prefill budget travels with the layout, and a stored
+            # schedule's JSON gives it back to the replay of `pdplanner simulate`
+            assert iv.agg is not None and iv.agg.shape.chunk_tokens is not None
+            assert d["agg"]["layout"]["chunk_tokens"] == iv.agg.shape.chunk_tokens
+            assert shape_from_dict("agg", d["agg"]["layout"]) == iv.agg.shape
         else:
             assert d["agg"] is None and d["prefill"]["workers"] >= 1
         # a mode is never the more expensive one unless a switch would cost more

@@ -97,6 +97,7 @@ class Shape:
             "attention_dp": self.attention_dp,
             "batch": self.batch,
             "gpus_per_worker": self.gpus_per_worker,
+            **({} if self.chunk_tokens is None else {"chunk_tokens": self.chunk_tokens}),
         }
 
 

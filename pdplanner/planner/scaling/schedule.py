@@ -1120,6 +1120,7 @@ def shape_from_dict(role: str, layout: dict[str, Any]) -> Shape:
         int(layout.get("ep", 1)),
         int(layout.get("attention_dp", 1)),
         int(layout["batch"]),
+        None if layout.get("chunk_tokens") is None else int(layout["chunk_tokens"]),
     )
 
 

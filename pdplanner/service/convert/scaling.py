@@ -265,6 +265,7 @@ def _shape(msg: scaling_pb2.WorkerLayout, role: str, default_gpu: str) -> Shape:
         one(msg.ep),
         one(msg.attention_dp),
         msg.batch,
+        msg.chunk_tokens if msg.HasField("chunk_tokens") else None,
     )
 
 
