@@ -554,9 +554,9 @@ SGLANG_MEMORY_CLASSES = (
 )
 
 
-def ref_sglang_fraction(capacity_bytes: float, tp: float, pp: float, dp: float) -> float:
+def ref_sglang_fraction(reported_bytes: float, tp: float, pp: float, dp: float) -> float:
     """SGLang's mem_fraction_static as it derives it at start, written from its rule."""
-    mib = capacity_bytes / 2**20
+    mib = reported_bytes / 2**20
     _, chunk, small, large = next(c for c in SGLANG_MEMORY_CLASSES if mib < c[0] * 1024)
     tp_size = tp * dp  # SGLang's --tp-size spans the DP-attention ranks
     graph_bs = small if tp_size < 4 else large
@@ -576,7 +576,7 @@ def ref_kv_capacity(m: ModelSpec, hw: Hw, tp, pp, ep, dp, step_tokens, logits) -
     left = cap - w - ws - e.cuda_graph_bytes
     f = e.memory_fraction
     if f is None:
-        f = ref_sglang_fraction(cap, tp, pp, dp)
+        f = ref_sglang_fraction(hw.gpu.hbm_bytes, tp, pp, dp)
     by_rule = {
         "total": f * cap - w - ws,
         "total_static": f * cap - w,
@@ -944,13 +944,13 @@ def test_memory_kernels_match_reference(s, step_tokens, logits, cached) -> None:
 @pytest.mark.parametrize(
     "gpu,tp,pp,dp,want",
     [
-        # worked by hand from SGLang's rule; capacity = reported MiB less the driver's share
-        ("h100-sxm", 1, 1, 1, 0.834),  # (81080 - 13440) / 81080
-        ("h100-sxm", 8, 1, 1, 0.817),  # graph batch 512 at TP 8: (81080 - 14848) / 81080
-        ("h200-sxm", 2, 1, 1, 0.905),
+        # worked by hand from SGLang's rule on the memory nvidia-smi reports, in MiB
+        ("h100-sxm", 1, 1, 1, 0.835),  # (81559 - 13440) / 81559
+        ("h100-sxm", 8, 1, 1, 0.818),  # graph batch 512 at TP 8: (81559 - 14848) / 81559
+        ("h200-sxm", 2, 1, 1, 0.906),
         ("gb200-nvl72", 4, 1, 1, 0.859),  # 16k chunk, 512 graphs: 26624 MiB reserved
-        ("gb200-nvl72", 1, 1, 4, 0.810),  # + 3 x 512 x 4 + 1.5 x 512 x 4 with DP attention
-        ("l4", 1, 1, 1, 0.833),  # 2048 chunk, 24 graphs: (22555 - 3760) / 22555; no 10 GiB floor
+        ("gb200-nvl72", 1, 1, 4, 0.811),  # + 3 x 512 x 4 + 1.5 x 512 x 4 with DP attention
+        ("l4", 1, 1, 1, 0.837),  # 2048 chunk, 24 graphs: (23034 - 3760) / 23034; no 10 GiB floor
     ],
 )
 def test_sglang_derives_its_memory_fraction_from_the_gpu_and_layout(
@@ -961,7 +961,7 @@ def test_sglang_derives_its_memory_fraction_from_the_gpu_and_layout(
     assert hw.model is not None
     c = ctx_for(hw.model, hw)
     got = M.derived_fraction(c.hv, float(tp), float(pp), float(dp))
-    ref = ref_sglang_fraction(g.hbm_bytes - M.DRIVER_RESERVED_BYTES, tp, pp, dp)
+    ref = ref_sglang_fraction(g.hbm_bytes, tp, pp, dp)
     print(f"{gpu} tp{tp} pp{pp} dp{dp}: mem_fraction_static {got:.3f} (reference {ref:.3f})")
     assert got == pytest.approx(ref, abs=1e-9) and got == pytest.approx(want, abs=1e-9)
     # an explicit fraction is used as given

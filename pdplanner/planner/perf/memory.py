@@ -248,13 +248,16 @@ def derived_fraction(hv: np.ndarray, tp: float, pp: float, dp: float) -> float:
 
     with chunked_prefill_size and cuda_graph_max_bs SGLang's defaults for the memory class
     (2048 below 35 GiB, 4096 below 60, 8192 below 160, 16384 above; CUDA graphs up to 8, 24 or
-    80, 32 or 160, 256 or 512 (TP >= 4), 512). SGLang's tp_size is the whole attention group,
-    ``tp x dp`` here. Examples: 0.834 on an H100 at TP 1, 0.905 on an H200 at TP 2, 0.859 on
-    a GB200 at TP 4 (0.810 at TP 1 with 4 DP-attention ranks)."""
+    80, 32 or 160, 256 or 512 (TP >= 4), 512), memory as nvidia-smi reports it. SGLang's
+    tp_size is the whole attention group, ``tp x dp`` here. Examples: 0.835 on an H100 at TP 1,
+    0.906 on an H200 at TP 2, 0.859 on a GB200 at TP 4 (0.811 at TP 1 with 4 DP-attention
+    ranks). A launch that sets its own chunked_prefill_size or cuda_graph_max_bs makes SGLang
+    derive another value: exports therefore write this one out (--mem-fraction-static)."""
     f = hv[H_MEM_FRACTION]
     if f > 0.0:
         return f
-    total = capacity_bytes(hv) / MIB
+    # SGLang reads the device's memory as nvidia-smi reports it (get_nvgpu_memory_capacity)
+    total = hv[H_HBM_BYTES] / MIB
     sg_tp = tp * dp
     if total < 20.0 * 1024.0:
         chunk, graph = 2048.0, 8.0
