@@ -353,6 +353,20 @@ def test_moe_aggregated_plan_exports_in_every_format(fmt: str) -> None:
         assert "dtype: fp8" in text and "enable_attention_dp: true" in text
 
 
+def test_another_engines_format_keeps_its_own_memory_default_and_says_so() -> None:
+    """A plan priced for SGLang exported for vLLM: the knobs mean different things (SGLang's
+    share holds weights and KV only, vLLM's everything), so the launch carries vLLM's default
+    and a note names the engine the predictions are for; the same-engine export pins the plan's
+    derived SGLang fraction."""
+    request, result = _moe_agg_plan()
+    as_vllm = export_plan(request, result, "vllm", "plans/abc")
+    given = check_command(commands(as_vllm)[0])[1]
+    assert given["--gpu-memory-utilization"] == "0.90"
+    assert any("priced for sglang" in n for n in as_vllm.notes), as_vllm.notes
+    as_sglang = export_plan(request, result, "sglang", "plans/abc")
+    assert not any("priced for" in n for n in as_sglang.notes)
+
+
 def test_a_flag_outside_the_table_is_refused() -> None:
     with pytest.raises(UnknownFlagError, match="--tensor-parallel"):
         check_command("vllm serve m --tensor-parallel 2")

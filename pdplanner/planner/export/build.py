@@ -324,6 +324,25 @@ def export_plan(
         )
     engine = fmt if fmt in ("vllm", "sglang", "trtllm") else request.engine
     ctx = _context(request, chosen, models)
+    notes: list[str] = []
+    if engine != request.engine:
+        # the engines' memory knobs mean different things (engines.yaml memory rules): the
+        # launch keeps its own engine's default rather than another engine's number
+        target = load_engine(engine)
+        ctx = replace(
+            ctx,
+            engine=target,
+            memory_fraction=target.memory_fraction,
+            derived_fractions=(
+                _derived_fractions(chosen, target) if target.memory_fraction is None else {}
+            ),
+        )
+        notes.append(
+            f"the plan was priced for {request.engine}: its predictions assume "
+            f"{request.engine}'s scheduler and memory rule; this {engine} launch keeps the "
+            f"plan's layouts, batches and token budgets and {engine}'s own default "
+            f"{target.memory_fraction_flag}"
+        )
     order = {"prefill": 0, "decode": 1, "agg": 2}
     pools = sorted(chosen.pools, key=lambda p: order[p.role])
     try:
@@ -332,7 +351,6 @@ def export_plan(
         raise ExportError("name", f"{name}: {error}") from None
     base = manifests.dns_name(f"pdplanner-{name.rsplit('/', 1)[-1][:12]}")
     files: list[ExportedFile] = []
-    notes: list[str] = []
     if fmt in ("vllm", "sglang", "trtllm"):
         script = _launch_script(engine, name, request, chosen, launches)
         files.append(ExportedFile("launch.sh", _script(script), executable=True))
