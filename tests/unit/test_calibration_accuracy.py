@@ -50,7 +50,7 @@ def report(
     median, p90 = float(np.median(ape)), float(np.percentile(ape, 90))
     print(
         f"\n{label}: {ape.size} rows, median APE {median:.2f}%, p90 {p90:.2f}%, "
-        f"max {ape.max():.1f}%"
+        f"max {ape.max():.1f}%, median predicted/measured {np.median(predicted / measured):.3f}"
     )
     for i in np.argsort(ape)[::-1][:5]:
         print(
