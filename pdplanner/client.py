@@ -297,7 +297,8 @@ class PlannerClient:
     ) -> export_pb2.ExportPlanResponse:
         """The files that run a stored plan (``fmt``: an ``export_pb2.EXPORT_FORMAT_*`` value).
 
-        ``gpus_per_node``: GPUs per host, 1 to 72 (the server takes 8 when None); a wider worker
+        ``gpus_per_node``: GPUs per host, 1 to 72 (when None the server takes 4 for a GPU of a
+        72-GPU NVLink rack, else 8); a wider worker
         gets a multi-node launch."""
         request = export_pb2.ExportPlanRequest(
             name=_resource_name(name, "plans"), format=fmt, gpus_per_node=gpus_per_node

@@ -2,7 +2,8 @@
 
 The handler reads the stored plan, rebuilds its request and result from the stored JSON, and asks
 the planner's exporter for the files of the asked format against the current catalogs (custom
-models included), on hosts of ``gpus_per_node`` GPUs (8 when unset). Errors: NOT_FOUND on
+models included), on hosts of ``gpus_per_node`` GPUs (unset: 4 for a GPU of a 72-GPU NVLink
+rack, else 8). Errors: NOT_FOUND on
 ``name`` for an unknown plan; INVALID_ARGUMENT on ``format`` when it is unset, on
 ``gpus_per_node`` outside 1..72, on ``name`` when the plan has no chosen deployment or a worker's
 GPUs do not split evenly over its hosts.
@@ -16,7 +17,6 @@ from typing import Final
 from pdplanner.planner import serialize
 from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.export import EXPORT_FORMATS, PlanExport, export_plan
-from pdplanner.planner.export.engines import DEFAULT_GPUS_PER_NODE
 from pdplanner.planner.validate import Violations, integer
 from pdplanner.service import errors, resources
 from pdplanner.service.catalogs import CatalogCache
@@ -39,13 +39,14 @@ assert set(FORMATS) == set(EXPORT_FORMATS)
 MAX_GPUS_PER_NODE = 72
 
 
-def gpus_per_node(value: int | None) -> int:
-    """GPUs per host for the exporter: ``value``, or 8 (an HGX host) when None.
+def gpus_per_node(value: int | None) -> int | None:
+    """GPUs per host for the exporter: ``value``, or None (the exporter's default for the plan's
+    GPU: a tray of 4 in a 72-GPU NVLink rack, else an 8-GPU host).
 
     Raises ``InvalidInputError`` on ``gpus_per_node`` outside 1..``MAX_GPUS_PER_NODE``.
     """
     if value is None:
-        return DEFAULT_GPUS_PER_NODE
+        return None
     return integer(value, "gpus_per_node", 1, MAX_GPUS_PER_NODE)
 
 
@@ -88,7 +89,7 @@ def export_stored_plan(
     catalogs: CatalogCache,
     name: str,
     fmt: str,
-    per_node: int = DEFAULT_GPUS_PER_NODE,
+    per_node: int | None = None,
 ) -> PlanExport:
     """The export of the stored plan ``name`` (``plans/{id}``) in ``fmt``, on hosts of
     ``per_node`` GPUs."""
@@ -101,7 +102,13 @@ def export_stored_plan(
     result = serialize.plan_result_from_json(stored.result)
     current = catalogs.current()
     return export_plan(
-        request, result, fmt, resources.name("plans", ident), current.models, gpus_per_node=per_node
+        request,
+        result,
+        fmt,
+        resources.name("plans", ident),
+        current.models,
+        gpus_per_node=per_node,
+        gpus=current.gpus,
     )
 
 
@@ -117,5 +124,5 @@ def export_plan_rpc(
     given = request.gpus_per_node if request.HasField("gpus_per_node") else None
     per_node = v.value(lambda: gpus_per_node(given))
     v.raise_any()
-    assert fmt is not None and per_node is not None
+    assert fmt is not None
     return export_to_proto(export_stored_plan(store, catalogs, request.name, fmt, per_node))

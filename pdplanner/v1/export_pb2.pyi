@@ -69,9 +69,9 @@ class ExportPlanRequest(_message.Message):
     format: Global___ExportFormat.ValueType
     """What to export it as."""
     gpus_per_node: _builtins.int
-    """GPUs per host, 1 to 72; 8 (an HGX node) when unset. A worker with more GPUs (tp * pp * dp)
-    spans ceil(GPUs / gpus_per_node) hosts and gets its engine's multi-node launch; 4 for GB200
-    compute trays. INVALID_ARGUMENT on gpus_per_node out of range, and on name when a worker's
+    """GPUs per host, 1 to 72; when unset 4 (a compute tray) for a GPU of a 72-GPU NVLink rack
+    (GB200/GB300 NVL72), else 8 (an HGX node). A worker with more GPUs (tp * pp * dp) spans
+    ceil(GPUs / gpus_per_node) hosts and gets its engine's multi-node launch. INVALID_ARGUMENT on gpus_per_node out of range, and on name when a worker's
     GPUs do not split evenly over its hosts.
     """
     def __init__(

@@ -440,6 +440,26 @@ def _tp16_plan(engine: str) -> tuple[PlanRequest, PlanResult]:
     return request, PlanResult(best, best, None, None, (), (), 1, 1.0)
 
 
+def test_a_gb200_worker_spans_compute_trays_of_four_unless_told_otherwise() -> None:
+    """An NVL72 rack's hosts are its compute trays of 4 GPUs: an EP8 decode worker on GB200 is
+    launched over 2 of them by default; HGX hosts stay 8, and a given gpus_per_node wins."""
+    request = PlanRequest(
+        "deepseek-v3", "gb200-nvl72", 8, (Workload(1000, 1000),), Slo(2000, 50),
+        precision=Precision(dtype="fp8", kv_dtype="fp8"), engine="sglang",
+    )  # fmt: skip
+    pool = Pool("agg", "gb200-nvl72", tp=8, pp=1, ep=8, attention_dp=1, batch=64, workers=1)
+    best = Deployment("agg", (pool,), 500.0, 40.0, 900.0, 25.0, 2.0, 8)
+    result = PlanResult(best, best, None, None, (), (), 1, 1.0)
+    default = export_plan(request, result, "sglang", "plans/v3")
+    assert any("spans 2 nodes of 4 GPUs" in note for note in default.notes), default.notes
+    given = check_command(commands(default)[0])[1]
+    assert given["--nnodes"] == "2"
+    whole = export_plan(request, result, "sglang", "plans/v3", gpus_per_node=8)
+    assert not any("spans" in note for note in whole.notes)
+    hgx = export_plan(*_tp16_plan("sglang"), "sglang", "plans/r1")
+    assert any("spans 2 nodes of 8 GPUs" in note for note in hgx.notes)
+
+
 def _parsed(fmt: str, engine: str) -> tuple[list[str], dict[str, str]]:
     request, result = _tp16_plan(engine)
     export = export_plan(request, result, fmt, "plans/r1")

@@ -12,11 +12,10 @@ import yaml
 
 from pdplanner.planner.catalog import ModelCatalog, default_models
 from pdplanner.planner.catalog.engines import EngineSpec, load_engine
-from pdplanner.planner.catalog.gpus import load_gpu
+from pdplanner.planner.catalog.gpus import GpuCatalog, GpuSpec, default_gpus
 from pdplanner.planner.errors import InvalidInputError, PlannerError
 from pdplanner.planner.export import flags, manifests
 from pdplanner.planner.export.engines import (
-    DEFAULT_GPUS_PER_NODE,
     DIST_INIT_PORT,
     FRONTEND_PORT,
     HEAD_NODE,
@@ -24,6 +23,7 @@ from pdplanner.planner.export.engines import (
     WORKER_PORTS,
     Launch,
     PoolContext,
+    default_gpus_per_node,
     launch,
     sglang_node_args,
 )
@@ -74,32 +74,38 @@ def model_id(name: str, models: ModelCatalog | None = None) -> str:
     return (instruct or ids or [spec.name])[0]
 
 
-def _derived_fractions(chosen: Deployment, engine: EngineSpec) -> dict[str, float]:
+def _gpu(gpus: GpuCatalog, name: str, needed_for: str) -> GpuSpec:
+    try:
+        return gpus.get(name, "gpu")
+    except PlannerError as e:
+        raise ExportError(
+            needed_for, f"the plan's GPU {name!r} is not in the catalog any more: {e}"
+        ) from e
+
+
+def _derived_fractions(
+    chosen: Deployment, engine: EngineSpec, gpus: GpuCatalog
+) -> dict[str, float]:
     """The memory fraction ``engine`` derives at start for each pool of ``chosen`` (SGLang's
     mem_fraction_static; ``memory.derived_fraction``), which the plan priced its KV cache at."""
     out: dict[str, float] = {}
     for pool in chosen.pools:
-        try:
-            gpu = load_gpu(pool.gpu)
-        except PlannerError as e:
-            raise ExportError(
-                "memory_fraction",
-                f"{engine.name} derives its memory fraction from the GPU's memory, and GPU "
-                f"{pool.gpu!r} is not in the catalog here: plan with memory_fraction set",
-            ) from e
+        gpu = _gpu(gpus, pool.gpu, "memory_fraction")
         hv = hardware_vector(gpu, engine, "bf16", "bf16")
         out[pool.role] = float(derived_fraction(hv, pool.tp, pool.pp, pool.attention_dp))
     return out
 
 
-def _context(request: PlanRequest, chosen: Deployment, models: ModelCatalog | None) -> PoolContext:
+def _context(
+    request: PlanRequest, chosen: Deployment, models: ModelCatalog | None, gpus: GpuCatalog
+) -> PoolContext:
     engine = load_engine(request.engine)
     args = dict(request.engine_args)
     sched = scheduler_for(engine, args)
     fraction = memory_fraction_for(engine, args, request.memory_fraction)
     if fraction is None:
         fraction = engine.memory_fraction
-    derived = {} if fraction is not None else _derived_fractions(chosen, engine)
+    derived = {} if fraction is not None else _derived_fractions(chosen, engine, gpus)
     precision = request.precision
     if str(args.get("kv_cache_dtype", "")).lower() == "fp8":  # the plan's KV bytes came from here
         precision = replace(precision, kv_dtype="fp8")
@@ -303,12 +309,15 @@ def export_plan(
     fmt: str,
     name: str = "plan",
     models: ModelCatalog | None = None,
-    gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+    gpus_per_node: int | None = None,
+    gpus: GpuCatalog | None = None,
 ) -> PlanExport:
     """The files of ``fmt`` (one of ``EXPORT_FORMATS``) for ``result.best``.
 
     ``name`` is the plan's resource name (``plans/{id}``), written into the files' headers and
-    Kubernetes object names. ``gpus_per_node`` is the GPUs of one host: a worker with more
+    Kubernetes object names. ``gpus_per_node`` is the GPUs of one host (None: 4, a compute tray,
+    for a GPU of a 72-GPU NVLink rack, else 8, ``default_gpus_per_node``; ``gpus`` is the GPU
+    catalog to look the plan's GPUs up in, the built-in one when None): a worker with more
     (tp * pp * dp) gets its engine's multi-node launch (see ``_multinode_lines``,
     ``manifests.kubernetes`` and ``manifests.dynamo_graph``). Raises ``ExportError`` on
     ``format`` for an unknown format or a multi-node TensorRT-LLM worker as plain Kubernetes
@@ -323,7 +332,13 @@ def export_plan(
             "name", f"{name} has no chosen deployment to export ({result.reason or 'none met'})"
         )
     engine = fmt if fmt in ("vllm", "sglang", "trtllm") else request.engine
-    ctx = _context(request, chosen, models)
+    gpus = gpus or default_gpus()
+    if gpus_per_node is None:
+        gpus_per_node = min(
+            default_gpus_per_node(_gpu(gpus, p.gpu, "gpus_per_node").nvlink_domain_size)
+            for p in chosen.pools
+        )
+    ctx = _context(request, chosen, models, gpus)
     notes: list[str] = []
     if engine != request.engine:
         # the engines' memory knobs mean different things (engines.yaml memory rules): the
@@ -334,7 +349,7 @@ def export_plan(
             engine=target,
             memory_fraction=target.memory_fraction,
             derived_fractions=(
-                _derived_fractions(chosen, target) if target.memory_fraction is None else {}
+                _derived_fractions(chosen, target, gpus) if target.memory_fraction is None else {}
             ),
         )
         notes.append(

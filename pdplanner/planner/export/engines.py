@@ -50,6 +50,17 @@ WORKER_PORTS = {"agg": 8000, "prefill": 8100, "decode": 8200}
 
 #: GPUs of one node (host) unless the export is told otherwise: an HGX/DGX H100, H200 or B200.
 DEFAULT_GPUS_PER_NODE = 8
+#: GPUs of one compute tray of a 72-GPU NVLink rack (GB200/GB300 NVL72: 18 trays of 4 GPUs, by
+#: NVIDIA's NVL72 product pages), the host such a rack's workers are launched on.
+NVL72_TRAY_GPUS = 4
+
+
+def default_gpus_per_node(nvlink_domain_size: int) -> int:
+    """GPUs of one host for a GPU whose NVLink domain has ``nvlink_domain_size`` GPUs: a tray
+    of 4 in a 72-GPU rack, else an 8-GPU HGX/DGX host."""
+    return NVL72_TRAY_GPUS if nvlink_domain_size == 72 else DEFAULT_GPUS_PER_NODE
+
+
 #: A worker wider than one node: the head node (node rank 0, which serves HTTP) as the launch
 #: scripts name it, the port of the Ray head (vLLM) and of SGLang's torch.distributed rendezvous.
 HEAD_NODE = "HEAD_NODE"

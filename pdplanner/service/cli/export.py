@@ -1,10 +1,11 @@
 """``pdplanner export PLAN_ID --format vllm|sglang|trtllm|dynamo|k8s``: the files that run a plan.
 
 The plan is read from a server (``--server``; plans are stored there), which writes the files
-(the ExportPlan RPC). ``--gpus-per-node N`` (1 to 72, default 8) is the GPUs of one host: a worker
-with more gets its engine's multi-node launch (4 for GB200 compute trays). With ``--out DIR`` the
-files are written into DIR (scripts made executable); without it they are printed, each after a
-``# ==> NAME <==`` line. Notes on what the files leave to the operator go to stderr.
+(the ExportPlan RPC). ``--gpus-per-node N`` (1 to 72; default 4 on a GPU of a 72-GPU NVLink rack,
+else 8) is the GPUs of one host: a worker with more gets its engine's multi-node launch. With
+``--out DIR`` the files are written into DIR (scripts made executable); without it they are
+printed, each after a ``# ==> NAME <==`` line. Notes on what the files leave to the operator go to
+stderr.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def export(
         int | None,
         typer.Option(
             metavar="N",
-            help="GPUs per host, 1 to 72 (default 8); a worker with more spans several hosts "
-            "(4 for GB200 compute trays).",
+            help="GPUs per host, 1 to 72 (default: 4 on GPUs of a 72-GPU NVLink rack, the "
+            "GB200/GB300 compute trays, else 8); a worker with more spans several hosts.",
         ),
     ] = None,
     json_out: JsonOpt = False,
