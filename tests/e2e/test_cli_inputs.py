@@ -272,7 +272,10 @@ def test_plan_flags_build_a_plan_request() -> None:
         max_tp=4,
         allow_pp=False,
         dtype="fp8",
+        engine_arg=["max_num_seqs=16", "enable_chunked_prefill=false"],
     )
+    # values stay text until the engine's scheduler reads them (scheduler_for)
+    assert req.engine_args == (("max_num_seqs", "16"), ("enable_chunked_prefill", "false"))
     assert req.traffic == (Workload(4000, 500),)
     assert req.slo == Slo(ttft_ms=1000, tpot_ms=20, percentile="p90", min_tokens_per_s_per_user=30)
     assert (req.decode_gpu, req.rate_per_s, req.prefix_hit) == ("h200", 5.0, 0.25)
@@ -296,6 +299,8 @@ def test_plan_mode_both_searches_agg_and_disagg() -> None:
         ({"gpus": None}, "gpus"),
         ({"percentile": "p75"}, "percentile"),
         ({"mode": "all"}, "mode"),
+        ({"engine_arg": ["max_num_seqs"]}, "engine_arg"),
+        ({"engine_arg": ["bogus=1"]}, "engine_arg.bogus"),
     ],
 )
 def test_plan_flags_that_are_missing_or_invalid_are_named(

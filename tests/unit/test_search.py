@@ -326,3 +326,23 @@ def test_a_mix_is_held_to_its_long_prompts_at_a_high_ttft_percentile() -> None:
     )
     assert best.ttft_ms >= long_ttft - 1e-6
     assert best.ttft_ms <= 4000.0
+
+
+def test_engine_args_max_num_seqs_bounds_every_decode_and_agg_batch() -> None:
+    """A request's max_num_seqs is the most sequences a decode or aggregated worker (per
+    attention-DP rank) runs: the search neither prices larger decode batches nor reports an agg
+    worker's clients beyond it as its batch (more clients queue, as the simulation had them)."""
+    req = PlanRequest(
+        "llama-3.1-8b", "h100-sxm", 2, (Workload(1000, 100),), Slo(1000.0, 30.0),
+        engine_args=(("max_num_seqs", 16),),
+    )  # fmt: skip
+    r = plan(req)
+    assert r.best_agg is not None and r.best_disagg is not None
+    everything = [r.best_agg, r.best_disagg, *r.pareto_agg, *r.pareto_disagg]
+    batches = [p.batch for d in everything for p in d.pools if p.role in ("agg", "decode")]
+    print(f"\nagg/decode batches with max_num_seqs 16: {sorted(set(batches))}")
+    assert batches and max(batches) <= 16
+    # without the override the same search runs bigger batches
+    free = plan(dataclasses.replace(req, engine_args=()))
+    assert free.best_disagg is not None
+    assert max(p.batch for p in free.best_disagg.pools if p.role == "decode") > 16

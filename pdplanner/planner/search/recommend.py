@@ -342,9 +342,12 @@ class _Search:
     def _decode(self) -> PhaseArrays:
         c = self.dctx
         lay = layouts(self.model, c.gpu, min(self.budget_d, self.budget - 1) or 1, self.req.limits)
-        # every batch when the layouts are few; every batch to 64 then 6% steps otherwise
-        dense = c.engine.max_batch if lay.shape[0] <= 32 else 64
-        grid = batch_grid(c.engine.max_batch, dense_up_to=dense)
+        # every batch when the layouts are few; every batch to 64 then 6% steps otherwise; a
+        # decode worker (each attention-DP rank) holds at most the scheduler's max_num_seqs,
+        # the engine's or the request's engine_args
+        most = min(c.engine.max_batch, self.sched.max_num_seqs)
+        dense = most if lay.shape[0] <= 32 else 64
+        grid = batch_grid(most, dense_up_to=dense)
         self.decode_batches = len(grid)
         # the search uses no figure of a candidate that does not fit: those are not priced
         points = cross(lay, grid, per_dp_rank=True)
@@ -746,7 +749,9 @@ class _Search:
                 pp_,
                 ep_,
                 dp_,
-                int(pts.users[i]),
+                # the sequences a worker runs: its clients, up to the scheduler's max_num_seqs
+                # (more clients than that queue, as the simulation had them)
+                min(int(pts.users[i]), self.sched.max_num_seqs),
                 use,
                 chunk if chunk > 0 else None,
             )

@@ -320,7 +320,7 @@ def check_memory_fraction(value: float) -> float:
 PLAN_KEYS: tuple[str, ...] = (
     "model", "gpu", "decode_gpu", "gpus", "prefill_gpus", "decode_gpus", "isl", "osl", "mix",
     "rate", "prefix_hit", "ttft_ms", "tpot_ms", "percentile", "min_tokens_per_user", "dtype",
-    "kv_dtype", "engine", "memory_fraction", "mode", "max_tp", "plot",
+    "kv_dtype", "engine", "memory_fraction", "engine_arg", "mode", "max_tp", "plot",
 )  # fmt: skip
 
 
@@ -445,6 +445,7 @@ def plan_request(
     allow_ep: bool = True,
     allow_attention_dp: bool = True,
     memory_fraction: float | None = None,
+    engine_arg: list[str] | None = None,
 ) -> PlanRequest:
     """Build a plan request from ``pdplanner plan``'s flags (traffic from ISL/OSL or a mix file)."""
     required = {"model": model, "gpu": gpu, "gpus": gpus, "ttft_ms": ttft_ms, "tpot_ms": tpot_ms}
@@ -491,6 +492,7 @@ def plan_request(
         engine=engine,
         limits=limits,
         memory_fraction=memory_fraction,
+        engine_args=_engine_args(engine_arg) if engine_arg else (),
     )
 
 

@@ -102,6 +102,17 @@ def plan(
     kv_dtype: cli.KvDtypeOpt = None,
     engine: cli.EngineOpt = None,
     memory_fraction: cli.MemoryFractionOpt = None,
+    engine_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine-arg",
+            metavar="KEY=VALUE",
+            rich_help_panel=_SEARCH,
+            help="Override an engine scheduler setting for every deployment the search judges, "
+            "key=value (repeatable): max_num_batched_tokens, max_num_seqs, "
+            "enable_chunked_prefill, kv_admission, gpu_memory_utilization, ...",
+        ),
+    ] = None,
     mode: Annotated[
         str,
         typer.Option(
@@ -154,7 +165,7 @@ def plan(
             kv_dtype=kv_dtype or DEFAULT_DTYPE, engine=engine or DEFAULT_ENGINE, mode=mode,
             max_tp=max_tp,
             allow_pp=allow_pp, allow_ep=allow_ep, allow_attention_dp=allow_attention_dp,
-            memory_fraction=memory_fraction,
+            memory_fraction=memory_fraction, engine_arg=engine_arg,
         )  # fmt: skip
         runner = backend(server)
         named = req
