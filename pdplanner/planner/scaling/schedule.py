@@ -334,6 +334,8 @@ def validate_request(req: ScheduleRequest) -> None:
         validate.number(req.cooldown_s, "cooldown_s", 0.0, 86_400.0 * 7)
     with v.check():
         validate.integer(req.min_workers, "min_workers", 1, 1_000_000)
+    with v.check():  # NumPy's generators take no negative seed
+        validate.integer(req.seed, "seed", 0, 2**63 - 1)
     if req.price_per_gpu_hour is not None:
         with v.check():
             validate.number(req.price_per_gpu_hour, "price_per_gpu_hour", 0.0, 1e6)
