@@ -44,7 +44,7 @@ serve: $(VENV)/.kernels
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
-# every RPC's request message fuzzed with 10,000 examples (the suite runs 1,000)
+# every RPC's request message fuzzed with 10,000 examples (the suite runs 3,000)
 fuzz: $(VENV)/.installed-dev
 	PDPLANNER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -s tests/integration/test_fuzz.py
 
