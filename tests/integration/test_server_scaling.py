@@ -173,6 +173,25 @@ def test_every_violation_of_a_scaling_request_comes_back(client: PlannerClient) 
     assert fields == ["forecast.method", "forecast.history", "forecast.quantile", "slo"]
 
 
+def test_a_rate_whose_load_underflows_is_answered_not_internal(client: PlannerClient) -> None:
+    # Found by the request fuzz: requests_per_s 5e-324 (the smallest double) made the prefill
+    # load rate / capacity underflow to 0, and the queueing model divided 0 by 0: INTERNAL.
+    req = scaling_pb2.RateMatchRequest(
+        model="llama-3.1-8b",
+        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30),
+        requests_per_s=5e-324,
+        isl=2000,
+        osl=200,
+        prefill=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=1),
+        prefill_workers=2,
+        decode=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64),
+        decode_workers=1,
+        observed_tpot_ms=25,
+    )
+    r = client.rate_match(req)
+    assert r.prefill_workers >= 1 and r.decode_workers >= 1
+
+
 def test_every_violation_of_a_rate_match_comes_back(client: PlannerClient) -> None:
     req = scaling_pb2.RateMatchRequest(
         model="llama-3.1-70b",

@@ -211,6 +211,8 @@ def _miss(
     if workers <= 0 or r_worker <= 0.0:
         return 1.0
     rho = rate / (workers * r_worker)
+    if rho <= 0.0:  # a rate so small its load underflows (5e-324 req/s): no one waits
+        return late
     if rho >= 1.0:
         return 1.0
     cs2 = max(residual_ms / service_ms - 1.0, 0.0)  # E[t^2] / E[t]^2 - 1
