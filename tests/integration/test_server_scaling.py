@@ -4,6 +4,7 @@ the stored schedules/{id} resource, and RateMatch."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -190,6 +191,29 @@ def test_a_rate_whose_load_underflows_is_answered_not_internal(client: PlannerCl
     )
     r = client.rate_match(req)
     assert r.prefill_workers >= 1 and r.decode_workers >= 1
+
+
+def test_a_rate_beyond_the_gpu_limit_is_refused_at_once(client: PlannerClient) -> None:
+    # Found by the request fuzz: 1e7 req/s on one-GPU workers took 19 s of CPU in the queue
+    # searches (their cost grows with the workers) before answering with millions of workers.
+    req = scaling_pb2.RateMatchRequest(
+        model="llama-3.1-8b",
+        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30),
+        requests_per_s=1e7,
+        isl=2000,
+        osl=200,
+        prefill=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=1),
+        prefill_workers=2,
+        decode=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64),
+        decode_workers=1,
+    )
+    start = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as e:
+        client.rate_match(req)
+    took = time.perf_counter() - start
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests_per_s" in (e.value.details() or "") and "16,384" in (e.value.details() or "")
+    print(f"refused in {took * 1e3:.0f} ms: {e.value.details()}")
 
 
 def test_every_violation_of_a_rate_match_comes_back(client: PlannerClient) -> None:

@@ -269,7 +269,19 @@ def rate_match(
     batch = int(ok[-1]) + 1 if ok.size else 1
     t_full = float(tpot_b[batch - 1]) * k_d
     dcc = DecodeCapacity(batch / (t_full * steps) * 1e3, t_full, bool(fits[batch - 1]))
-    # 3. target counts
+    # 3. target counts; a rate beyond what the planner's largest budget could serve even at
+    # full utilisation is refused before the queue searches, whose cost grows with the workers
+    least = (
+        rate / pcc.requests_per_s * req.prefill.gpus_per_worker
+        + (rate / dcc.requests_per_s if dcc.requests_per_s > 0 else math.inf)
+        * req.decode.gpus_per_worker
+    )
+    if least > validate.MAX_GPUS:
+        raise InvalidInputError(
+            "requests_per_s",
+            f"{rate:g} req/s needs at least {least:,.0f} GPUs of these layouts at full "
+            f"utilisation, more than the planner's limit of {validate.MAX_GPUS:,}",
+        )
     x = prefill_workers(rate, pcc, req.slo.ttft_ms, p)
     y = decode_workers(rate, dcc, batch, req.slo.percentile)
     x, y = max(x, req.min_workers), max(y, req.min_workers)
