@@ -251,9 +251,11 @@ def attention_block(
     dc_ctx: float,
     window: float,
     out: np.ndarray,
+    gemms: bool = True,
 ) -> None:
     """GEMM and attention time of one attention block on one GPU, added into ``out``; each
-    query attends to at most ``window`` keys (0: no window)."""
+    query attends to at most ``window`` keys (0: no window). ``gemms`` False leaves the GEMMs out
+    (``out[B_GEMM]`` gets 0; the attention time does not change)."""
     kv_bytes = hv[H_KV_BYTES]
     h = mv[M_HIDDEN]
     wb = hv[H_W_BYTES]
@@ -267,18 +269,20 @@ def attention_block(
         nope, rope, vh = mv[M_NOPE], mv[M_ROPE], mv[M_V_HEAD]
         lora, q_lora = mv[M_KV_LORA], mv[M_Q_LORA]
         # down-projections are small and replicated on every GPU of the group
-        if q_lora > 0.0:
-            gemm += gemm_ms(tokens, q_lora, h, wb, peak, bw, cg)
-            gemm += gemm_ms(tokens, heads * (nope + rope), q_lora, wb, peak, bw, cg)
-        else:
-            gemm += gemm_ms(tokens, heads * (nope + rope), h, wb, peak, bw, cg)
-        gemm += gemm_ms(tokens, lora + rope, h, wb, peak, bw, cg)
+        if gemms:
+            if q_lora > 0.0:
+                gemm += gemm_ms(tokens, q_lora, h, wb, peak, bw, cg)
+                gemm += gemm_ms(tokens, heads * (nope + rope), q_lora, wb, peak, bw, cg)
+            else:
+                gemm += gemm_ms(tokens, heads * (nope + rope), h, wb, peak, bw, cg)
+            gemm += gemm_ms(tokens, lora + rope, h, wb, peak, bw, cg)
         if pf_seqs > 0.0:
             # prefill up-projects the latent of every token it attends to, so each chunk of a
             # chunked prefill repeats the up-projection of everything before it
-            gemm += gemm_ms(
-                pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora, wb, peak, bw, cg
-            )
+            if gemms:
+                gemm += gemm_ms(
+                    pf_seqs * (pf_new + pf_past), heads * (nope + vh), lora, wb, peak, bw, cg
+                )
             attn += (
                 attn_prefill_window_ms(
                     pf_seqs,
@@ -296,8 +300,9 @@ def attention_block(
             )
         if dc_seqs > 0.0:
             # decode absorbs the up-projections into the query and output (per-head batched GEMMs)
-            gemm += gemm_ms(dc_seqs, heads * lora, nope, wb, peak, bw, cg)
-            gemm += gemm_ms(dc_seqs, heads * vh, lora, wb, peak, bw, cg)
+            if gemms:
+                gemm += gemm_ms(dc_seqs, heads * lora, nope, wb, peak, bw, cg)
+                gemm += gemm_ms(dc_seqs, heads * vh, lora, wb, peak, bw, cg)
             mem = attn_decode_ms(
                 dc_seqs,
                 dc_ctx,
@@ -312,7 +317,8 @@ def attention_block(
             )
             flops = 2.0 * dc_seqs * dc_ctx * heads * (2.0 * lora + rope)
             attn += max(mem, 1e3 * flops / (hv[H_PEAK_BF16] * ATTN_COMPUTE_EFFICIENCY))
-        gemm += gemm_ms(tokens, h, heads * vh, wb, peak, bw, cg)
+        if gemms:
+            gemm += gemm_ms(tokens, h, heads * vh, wb, peak, bw, cg)
     else:
         d = mv[M_HEAD_DIM]
         # replicated when TP exceeds the KV heads; a float, as every argument of attn_*_ms, so
@@ -320,7 +326,8 @@ def attention_block(
         kv_heads = float(math.ceil(mv[M_KV_HEADS] / tp))
         # the query projection also yields an output gate per head where the model has one
         q_heads = heads * (2.0 if mv[M_ATTN_GATE] > 0.5 else 1.0)
-        gemm += gemm_ms(tokens, (q_heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
+        if gemms:
+            gemm += gemm_ms(tokens, (q_heads + 2.0 * kv_heads) * d, h, wb, peak, bw, cg)
         if pf_seqs > 0.0:
             attn += (
                 attn_prefill_window_ms(
@@ -334,7 +341,8 @@ def attention_block(
             )
             flops = 4.0 * dc_seqs * dc_ctx * heads * d
             attn += max(mem, 1e3 * flops / (hv[H_PEAK_BF16] * ATTN_COMPUTE_EFFICIENCY))
-        gemm += gemm_ms(tokens, h, heads * d, wb, peak, bw, cg)
+        if gemms:
+            gemm += gemm_ms(tokens, h, heads * d, wb, peak, bw, cg)
     out[B_GEMM] += gemm
     out[B_ATTN] += attn
 
@@ -355,14 +363,15 @@ def _add_scaled_attention(
     window: float,
     share: float,
     out: np.ndarray,
+    gemms: bool,
 ) -> None:
     """``attention_block`` added into ``out`` scaled by ``share`` (a fraction of the layers)."""
     args = (pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, window)
     if share == 1.0:
-        attention_block(mv, hv, cg, cp, cd, tp, *args, out)
+        attention_block(mv, hv, cg, cp, cd, tp, *args, out, gemms)
         return
     g0, a0 = out[B_GEMM], out[B_ATTN]
-    attention_block(mv, hv, cg, cp, cd, tp, *args, out)
+    attention_block(mv, hv, cg, cp, cd, tp, *args, out, gemms)
     out[B_GEMM] = g0 + share * (out[B_GEMM] - g0)
     out[B_ATTN] = a0 + share * (out[B_ATTN] - a0)
 
@@ -381,13 +390,15 @@ def mixed_attention(
     dc_seqs: float,
     dc_ctx: float,
     out: np.ndarray,
+    gemms: bool = True,
 ) -> None:
     """The mean layer's token mixer, added into ``out``: full-attention layers over the whole
     context (DeepSeek sparse attention: over at most ``index_topk`` tokens, plus its indexer
     scoring every cached token in fp8), windowed layers with each query over at most the
     window (a prompt chunk longer than the window included), and linear-attention layers as
     they run (``linear_attention_block``). A top-k-capped prompt chunk is still priced causally
-    over itself (an overestimate when the chunk is longer than ``index_topk``)."""
+    over itself (an overestimate when the chunk is longer than ``index_topk``). ``gemms`` False
+    leaves the GEMMs out (``out[B_ATTN]`` gets the same time; see ``step_fixed``)."""
     layers = mv[M_LAYERS]
     n_win, n_lin = mv[M_WINDOW_LAYERS], mv[M_LINEAR_LAYERS]
     n_full = layers - n_win - n_lin
@@ -397,7 +408,21 @@ def mixed_attention(
         if topk > 0.0:
             past, ctx = min(pf_past, topk), min(dc_ctx, topk)
         _add_scaled_attention(
-            mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, past, dc_seqs, ctx, 0.0, n_full / layers, out
+            mv,
+            hv,
+            cg,
+            cp,
+            cd,
+            tp,
+            pf_seqs,
+            pf_new,
+            past,
+            dc_seqs,
+            ctx,
+            0.0,
+            n_full / layers,
+            out,
+            gemms,
         )
     if n_win > 0.0:
         w = mv[M_WINDOW]
@@ -416,10 +441,11 @@ def mixed_attention(
             w,
             n_win / layers,
             out,
+            gemms,
         )
     if n_lin > 0.0:
         g0, a0 = out[B_GEMM], out[B_ATTN]
-        linear_attention_block(mv, hv, cg, tp, pf_seqs, pf_new, dc_seqs, out)
+        linear_attention_block(mv, hv, cg, tp, pf_seqs, pf_new, dc_seqs, out, gemms)
         share = n_lin / layers
         out[B_GEMM] = g0 + share * (out[B_GEMM] - g0)
         out[B_ATTN] = a0 + share * (out[B_ATTN] - a0)
@@ -437,20 +463,23 @@ def linear_attention_block(
     pf_new: float,
     dc_seqs: float,
     out: np.ndarray,
+    gemms: bool = True,
 ) -> None:
     """One Gated DeltaNet block (Qwen3-Next) on one GPU, its heads split over ``tp``, added into
     ``out``: GEMMs are the q/k/v/z input projection (2 key + 2 value dims), the beta/decay
     projection (2 per value head) and the output projection; attention time is its short causal
     convolution over q/k/v, the gated delta rule and the gated RMSNorm (``linear_mixer_ms``).
-    Past tokens do not enter: the recurrence carries a fixed state."""
+    Past tokens do not enter: the recurrence carries a fixed state. ``gemms`` False leaves the
+    GEMMs out."""
     h, wb, peak, bw = mv[M_HIDDEN], hv[H_W_BYTES], hv[H_PEAK], hv[H_HBM_BW]
     key = mv[M_LIN_K_HEADS] * mv[M_LIN_K_DIM] / tp
     value = mv[M_LIN_V_HEADS] * mv[M_LIN_V_DIM] / tp
     tokens = pf_seqs * pf_new + dc_seqs
-    gemm = gemm_ms(tokens, 2.0 * key + 2.0 * value, h, wb, peak, bw, cg)
-    gemm += gemm_ms(tokens, 2.0 * mv[M_LIN_V_HEADS] / tp, h, wb, peak, bw, cg)
-    gemm += gemm_ms(tokens, h, value, wb, peak, bw, cg)
-    out[B_GEMM] += gemm
+    if gemms:
+        gemm = gemm_ms(tokens, 2.0 * key + 2.0 * value, h, wb, peak, bw, cg)
+        gemm += gemm_ms(tokens, 2.0 * mv[M_LIN_V_HEADS] / tp, h, wb, peak, bw, cg)
+        gemm += gemm_ms(tokens, h, value, wb, peak, bw, cg)
+        out[B_GEMM] += gemm
     out[B_ATTN] += linear_mixer_ms(mv, hv, tp, pf_seqs, pf_new, dc_seqs)
 
 
@@ -608,7 +637,7 @@ def layer_ms(
 ) -> None:
     """One decoder layer on one GPU; adds gemm/attention/comm/other milliseconds into ``out``."""
     tokens = pf_seqs * pf_new + dc_seqs
-    mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out)
+    mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out, True)
     # all-reduce after the attention output projection
     out[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
     ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, moe, out)
@@ -643,7 +672,9 @@ def step_ms(
     n_dense = layers - n_moe
     tokens = pf_seqs * pf_new + dc_seqs
     # every layer has the same attention block; only the FFN differs between dense and MoE layers
-    mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer)
+    mixed_attention(
+        mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer, True
+    )
     per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
     tmp = scratch
     if n_dense > 0.0:
@@ -654,7 +685,23 @@ def step_ms(
         tmp[:] = 0.0
         ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, True, tmp)
         per_layer += tmp * (n_moe / layers)
-    layers_total = layers * (per_layer[0] + per_layer[1] + per_layer[2] + per_layer[3])
+    head, p2p, host = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
+    return _step_total(layers, pp, per_layer, head, p2p, host)
+
+
+@njit(cache=True, nogil=True)
+def _head_p2p_host(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    tp: float,
+    pp: float,
+    dp: float,
+    pf_seqs: float,
+    pf_new: float,
+    dc_seqs: float,
+) -> tuple[float, float, float]:
+    """``step_ms``'s LM head, one pipeline hop and host time (ms)."""
     # LM head on the last stage: logits for each decoding sequence and each prompt's last token
     logits = pf_seqs + dc_seqs
     head = gemm_ms(
@@ -665,13 +712,138 @@ def step_ms(
     if pp > 1.0:
         bw, lat = link_for(tp * dp * pp, hv)
         p2p = lat + 1e3 * tokens * mv[M_HIDDEN] * ACT_BYTES / tp / bw
+    host = hv[H_STEP_OVERHEAD_MS] + hv[H_SEQ_OVERHEAD_MS] * (pf_seqs + dc_seqs)
+    return head, p2p, host
+
+
+@njit(cache=True, nogil=True)
+def _step_total(
+    layers: float, pp: float, per_layer: np.ndarray, head: float, p2p: float, host: float
+) -> tuple[float, float]:
+    """``step_ms``'s (latency_ms, stage_ms) from the mean layer ``per_layer`` and the rest."""
+    layers_total = layers * (per_layer[0] + per_layer[1] + per_layer[2] + per_layer[3])
     # the busiest stage: one holding ceil(layers / pp) layers, or the last one, which carries
     # the LM head beside its share of the layers
     per_stage = math.ceil(layers / pp)
     stage = max(layers_total * per_stage / layers, layers_total / pp + head) + p2p
-    host = hv[H_STEP_OVERHEAD_MS] + hv[H_SEQ_OVERHEAD_MS] * (pf_seqs + dc_seqs)
     latency = layers_total + head + (pp - 1.0) * p2p + host
     return latency, stage
+
+
+# slots of ``step_fixed``: the mean layer's GEMM, communication and other time after the FFN,
+# what the dense and the MoE FFN add to its attention slot, the LM head, a pipeline hop, host time
+F_GEMM, F_COMM, F_OTHER, F_ATTN_DENSE, F_ATTN_MOE, F_HEAD, F_P2P, F_HOST = 0, 1, 2, 3, 4, 5, 6, 7
+FIXED_SLOTS = 8
+
+
+@njit(cache=True, nogil=True)
+def step_fixed(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pp: float,
+    ep: float,
+    dp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    per_layer: np.ndarray,
+    scratch: np.ndarray,
+    fixed: np.ndarray,
+) -> None:
+    """The terms of ``step_ms`` that the decode context does not enter, into ``fixed``
+    ([FIXED_SLOTS], ms, ``F_*`` slots), for ``step_ms_fixed``: an engine loop pricing many steps
+    of one batch at different contexts computes them once. Every term is the one ``step_ms``
+    computes, in the same order, so the pair gives ``step_ms``'s result to the bit."""
+    per_layer[:] = 0.0
+    layers = mv[M_LAYERS]
+    n_moe = 0.0
+    if mv[M_EXPERTS] > 0.0:
+        n_moe = layers - mv[M_DENSE_LAYERS]
+    n_dense = layers - n_moe
+    tokens = pf_seqs * pf_new + dc_seqs
+    # the GEMM slot of the token mixer does not depend on the context (its attention slot,
+    # priced here at a placeholder context, is left out)
+    mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, 1.0, per_layer, True)
+    per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
+    tmp = scratch
+    fixed[F_ATTN_DENSE] = 0.0
+    fixed[F_ATTN_MOE] = 0.0
+    if n_dense > 0.0:
+        tmp[:] = 0.0
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, False, tmp)
+        add = tmp * (n_dense / layers)
+        per_layer += add
+        fixed[F_ATTN_DENSE] = add[B_ATTN]
+    if n_moe > 0.0:
+        tmp[:] = 0.0
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, True, tmp)
+        add = tmp * (n_moe / layers)
+        per_layer += add
+        fixed[F_ATTN_MOE] = add[B_ATTN]
+    fixed[F_GEMM] = per_layer[B_GEMM]
+    fixed[F_COMM] = per_layer[B_COMM]
+    fixed[F_OTHER] = per_layer[B_OTHER]
+    head, p2p, host = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
+    fixed[F_HEAD] = head
+    fixed[F_P2P] = p2p
+    fixed[F_HOST] = host
+
+
+@njit(cache=True, nogil=True)
+def step_fixed_key(
+    mv: np.ndarray, pf_seqs: float, pf_new: float, pf_past: float, dc_seqs: float
+) -> tuple[float, float, float, float, float]:
+    """What ``step_fixed`` depends on besides the model, hardware and layout: steps of equal
+    keys have equal ``fixed`` terms. (prefill or not, tokens through the GEMMs, sequences given
+    logits and host work, decoding sequences, and for MLA the prefill's up-projected tokens; the
+    first three as ``step_ms`` computes them, the last two because MLA's GEMMs see them.)"""
+    tokens = pf_seqs * pf_new + dc_seqs
+    up = pf_seqs * (pf_new + pf_past) if mv[M_MLA] > 0.5 and pf_seqs > 0.0 else 0.0
+    return (1.0 if pf_seqs > 0.0 else 0.0, tokens, pf_seqs + dc_seqs, dc_seqs, up)
+
+
+@njit(cache=True, nogil=True)
+def step_ms_fixed(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    tp: float,
+    pp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    dc_ctx: float,
+    fixed: np.ndarray,
+    per_layer: np.ndarray,
+) -> tuple[float, float]:
+    """``step_ms`` (latency_ms, stage_ms; ``per_layer`` filled) of the step whose other terms
+    ``step_fixed`` wrote into ``fixed`` for the same arguments: only the attention is priced,
+    at ``dc_ctx``. Equal to ``step_ms`` to the bit."""
+    per_layer[:] = 0.0
+    mixed_attention(
+        mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer, False
+    )
+    layers = mv[M_LAYERS]
+    n_moe = 0.0
+    if mv[M_EXPERTS] > 0.0:
+        n_moe = layers - mv[M_DENSE_LAYERS]
+    n_dense = layers - n_moe
+    if n_dense > 0.0:
+        per_layer[B_ATTN] += fixed[F_ATTN_DENSE]
+    if n_moe > 0.0:
+        per_layer[B_ATTN] += fixed[F_ATTN_MOE]
+    per_layer[B_GEMM] = fixed[F_GEMM]
+    per_layer[B_COMM] = fixed[F_COMM]
+    per_layer[B_OTHER] = fixed[F_OTHER]
+    return _step_total(layers, pp, per_layer, fixed[F_HEAD], fixed[F_P2P], fixed[F_HOST])
 
 
 @njit(cache=True, nogil=True)
