@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from numba.typed import Dict
 
 from pdplanner.planner.perf.kernels import step_ms
 from pdplanner.planner.perf.memory import kv_capacity_tokens
@@ -74,11 +75,14 @@ def steady_closed_loop(
     warm: int,
     measure: int,
     out: np.ndarray,
+    fixed_terms: Dict | None = None,
 ) -> bool:
     """One attention-DP rank with ``users`` closed-loop clients whose first requests are spread
     over one request's duration (a steady state, not a benchmark's synchronised start); figures
     of completions ``warm``..``warm + measure``: out = [TTFT mean, p50, p90, p99, TPOT mean, p50,
-    p90, p99, requests/s, tokens/s, admission-limited (1: the batch never held every client)]."""
+    p90, p99, requests/s, tokens/s, admission-limited (1: the batch never held every client)].
+    ``fixed_terms``: the simulation's table of step terms (``_loop.new_fixed_table``), shared by
+    the points of one layout (None: a new one)."""
     n = users + warm + measure
     isl = np.empty(n)
     osl = np.empty(n)
@@ -130,6 +134,9 @@ def steady_closed_loop(
         t_done,
         order,
         stats,
+        None,
+        None,
+        fixed_terms,
     )
     out[:] = 0.0
     if status != L.OK:
@@ -185,6 +192,7 @@ def sweep_layout(
     lay = np.array([tp, pp, ep, dp])
     s = sched.copy()
     s[L.S_PREFIX_HIT] = prefix_hit
+    fixed_terms = L.new_fixed_table()  # every point runs this layout on one worker
     max_batch = sched[L.S_MAX_SEQS]
     # one prompt alone: the service time of the prompt queue
     new, past = mean_isl * (1.0 - prefix_hit), mean_isl * prefix_hit
@@ -222,6 +230,7 @@ def sweep_layout(
                 warm,
                 measure,
                 out,
+                fixed_terms,
             ):
                 break
             rho = min(out[8] * prompt_ms / 1e3, MAX_UTILISATION)

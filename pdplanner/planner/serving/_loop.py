@@ -59,9 +59,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.typed import Dict
 
-from pdplanner.planner.perf.kernels import step_ms
+from pdplanner.planner.perf.kernels import (
+    FIXED_SLOTS,
+    step_fixed,
+    step_fixed_key,
+    step_ms_fixed,
+)
 
 KV_RESERVE, KV_ON_DEMAND, KV_RATIO = 0, 1, 2
 
@@ -88,6 +94,16 @@ OK, NO_FIT, EVENT_LIMIT = 0, 1, 2
 NOT_ARRIVED, WAITING, RUNNING, TRANSFER, DONE = 0, 1, 2, 3, 4
 
 AGG, PREFILL, DECODE = 0, 1, 2
+
+# simulate_loop's table of step_fixed terms ([FIXED_SLOTS] ms) by step group and step_fixed_key
+_FIXED_KEY = types.UniTuple(types.float64, 6)  # type: ignore[no-untyped-call]
+_FIXED_VALUE = types.float64[::1]
+
+
+@njit(cache=True, nogil=True)
+def new_fixed_table() -> Dict:
+    """An empty table of step terms for ``simulate_loop``'s ``fixed_terms``."""
+    return Dict.empty(key_type=_FIXED_KEY, value_type=_FIXED_VALUE)
 
 
 @njit(cache=True, nogil=True)
@@ -130,13 +146,17 @@ def simulate_loop(
     stats: np.ndarray,
     workers: np.ndarray | None = None,
     drained: np.ndarray | None = None,
+    fixed_terms: Dict | None = None,
 ) -> int:
     """Run the engines on ``isl.shape[0]`` requests; returns the status (``OK``, ``NO_FIT``,
     ``EVENT_LIMIT``). Fills ``t_first``/``t_done`` (ms, -1 where not reached), ``order`` (request
     ids in completion order, -1 past the last) and ``stats`` (time-weighted running and waiting
     requests, over the time after ``stat_from`` completions; tokens; preemptions; events).
     ``workers`` ([n_front + n_back, WORKER_SLOTS]) replaces the pools' settings per worker;
-    ``drained`` ([n_front + n_back], out) gets each worker's last busy time (ms)."""
+    ``drained`` ([n_front + n_back], out) gets each worker's last busy time (ms).
+    ``fixed_terms`` (``new_fixed_table``; in and out) keeps the steps' terms that their contexts
+    do not enter for the next call: share it only between calls of the same model, hardware,
+    layouts, ``workers`` and front/back split (as one layout's points in a sweep do)."""
     n = isl.shape[0]
     n_w = n_front + n_back
     # per worker: role, layout, limits, transfer time and availability window
@@ -224,6 +244,21 @@ def simulate_loop(
     n_xfer = 0
     row = np.zeros(4)
     scratch = np.zeros(4)
+    # a step's terms that its contexts do not enter (kernels.step_fixed), computed once per step
+    # group (workers of one pool and layout) and step_fixed_key: rows of fixed, found by fixed_at
+    group = np.zeros(n_w, np.int64)
+    n_groups = 0
+    for w in range(n_w):
+        group[w] = n_groups
+        for v in range(w):
+            if (v < n_front) == (w < n_front) and np.all(
+                wk[v, W_TP : W_DP + 1] == wk[w, W_TP : W_DP + 1]
+            ):
+                group[w] = group[v]
+                break
+        if group[w] == n_groups:
+            n_groups += 1
+    fixed_at = new_fixed_table() if fixed_terms is None else fixed_terms
 
     n_sched = clients if clients > 0 else n  # arrivals known in advance
     n_sched = min(n_sched, n)
@@ -434,21 +469,21 @@ def simulate_loop(
                             t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
                     if t_ext < np.inf:
                         # one step at the run's start context: only when an event may cut it
-                        lat1, _ = step_ms(
+                        lat1, _ = _step_ms(
                             mv,
                             hv,
                             cg,
                             cp,
                             cd,
-                            lay[0],
+                            lay,
                             pp,
-                            lay[2],
-                            lay[3],
                             0.0,
                             0.0,
                             0.0,
                             dc,
                             ctx,
+                            group[w],
+                            fixed_at,
                             row,
                             scratch,
                         )
@@ -458,21 +493,21 @@ def simulate_loop(
                 if deferred:
                     steps = 1.0
             dctx = ctx + 0.5 * (steps - 1.0) * (n_dec / dc if dc > 0.0 else 1.0)
-            lat, stage = step_ms(
+            lat, stage = _step_ms(
                 mv,
                 hv,
                 cg,
                 cp,
                 cd,
-                lay[0],
+                lay,
                 pp,
-                lay[2],
-                lay[3],
                 pf_seqs,
                 mean_new,
                 mean_past,
                 dc,
                 dctx if pf_seqs == 0.0 else ctx,
+                group[w],
+                fixed_at,
                 row,
                 scratch,
             )
@@ -715,6 +750,56 @@ def simulate_loop(
     if drained is not None:
         drained[:] = busy_to
     return status
+
+
+@njit(cache=True, nogil=True)
+def _step_ms(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    lay: np.ndarray,
+    pp: float,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc: float,
+    ctx: float,
+    g: int,
+    fixed_at: Dict,
+    row: np.ndarray,
+    scratch: np.ndarray,
+) -> tuple[float, float]:
+    """``perf.kernels.step_ms`` (latency_ms, stage_ms) of a step of step group ``g`` on layout
+    ``lay``, bit for bit: the terms its contexts do not enter come from ``fixed_at`` under the
+    step's ``step_fixed_key``, computed on that key's first step."""
+    a, b, c, d, e = step_fixed_key(mv, pf_seqs, pf_new, pf_past, dc)
+    key = (float(g), a, b, c, d, e)
+    if key in fixed_at:
+        f = fixed_at[key]
+    else:
+        f = np.empty(FIXED_SLOTS)
+        step_fixed(
+            mv,
+            hv,
+            cg,
+            cp,
+            cd,
+            lay[0],
+            pp,
+            lay[2],
+            lay[3],
+            pf_seqs,
+            pf_new,
+            pf_past,
+            dc,
+            row,
+            scratch,
+            f,
+        )
+        fixed_at[key] = f
+    return step_ms_fixed(mv, hv, cg, cp, cd, lay[0], pp, pf_seqs, pf_new, pf_past, dc, ctx, f, row)
 
 
 @njit(cache=True, nogil=True)
