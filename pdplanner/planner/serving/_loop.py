@@ -776,9 +776,8 @@ def _step_ms(
     step's ``step_fixed_key``, computed on that key's first step."""
     a, b, c, d, e = step_fixed_key(mv, pf_seqs, pf_new, pf_past, dc)
     key = (float(g), a, b, c, d, e)
-    if key in fixed_at:
-        f = fixed_at[key]
-    else:
+    f = fixed_at.get(key)
+    if f is None:
         f = np.empty(FIXED_SLOTS)
         step_fixed(
             mv,
