@@ -41,11 +41,13 @@ turn. Per iteration and worker (the engine scheduler, parameters in ``sched``):
    ``budget`` tokens, running requests first, then newly admitted ones. Without chunked prefill a
    prompt is taken whole or not at all (alone it may exceed the budget). Without mixed batches
    (SGLang's default) an iteration is either a prefill of waiting prompts or a decode.
-4. Its duration is the op-level ``perf.kernels.step_ms`` for exactly that mix. A decode-only
-   iteration pads the batch to the next captured CUDA-graph size (``graphs``; GEMMs see the padded
-   batch, attention the real contexts). With ``pp`` stages a decode worker keeps ``pp``
-   micro-batches in flight; a prefill worker starts its next batch when the first stage is free
-   (``stage_ms``) while the batch's prompts are done after the whole pipeline (``latency_ms``).
+4. Its duration is the op-level ``perf.kernels.step_ms`` for exactly that mix (to the bit; its
+   terms that the contexts do not enter are computed once per step shape and step group, see
+   ``kernels.step_fixed``). A decode-only iteration pads the batch to the next captured
+   CUDA-graph size (``graphs``; GEMMs see the padded batch, attention the real contexts). With
+   ``pp`` stages a decode worker keeps ``pp`` micro-batches in flight; a prefill worker starts its
+   next batch when the first stage is free (``stage_ms``) while the batch's prompts are done after
+   the whole pipeline (``latency_ms``).
 5. Decode-only iterations repeat until the next event that could change the batch (a completion,
    a KV limit, an arrival or transfer the worker could admit); such a run is one event, its step
    time taken at the run's mid context.
