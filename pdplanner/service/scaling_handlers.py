@@ -53,7 +53,7 @@ def plan_scaling(
     if history is not None:
         fc = forecast(history.history, history.horizon, history.quantile, history.method)
         req = dataclasses.replace(req, series=fc.upper, replay_series=fc.mean)
-    result = plan_schedule(req, current.models, current.gpus)
+    result = plan_schedule(req, current.models, current.gpus, should_stop)
     if should_stop():
         raise SearchCancelled("the call ended before the schedule could be stored")
     totals = result.totals()

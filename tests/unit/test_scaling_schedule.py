@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pdplanner.planner.catalog import default_gpus, default_models
-from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.errors import InvalidInputError, SearchCancelled
 from pdplanner.planner.scaling import traffic
 from pdplanner.planner.scaling.capacity import Shape
 from pdplanner.planner.scaling.replay import Span, draw_arrivals, simulate
@@ -377,3 +377,27 @@ def test_agg_workers_are_replayed_with_the_chunk_budget_the_search_chose() -> No
     )
     np.testing.assert_array_equal(as_planned, engine_wide)
     assert not np.array_equal(as_planned, default)
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 5])
+def test_a_caller_that_stops_ends_the_planning_before_the_replays(
+    stop_after: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``should_stop`` is asked inside the searches, between regimes and intervals and before
+    each replay: once it turns true the call raises SearchCancelled and starts no replay."""
+    import pdplanner.planner.scaling.schedule as schedule_module
+
+    asked = 0
+
+    def should_stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > stop_after
+
+    def no_replay(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a replay started after the caller stopped")
+
+    monkeypatch.setattr(schedule_module, "simulate", no_replay)
+    with pytest.raises(SearchCancelled):
+        plan_schedule(request(series([2.0, 14.0, 2.0])), should_stop=should_stop)
+    assert asked == stop_after + 1

@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +59,7 @@ from pdplanner.planner.catalog import (
     default_models,
     load_engine,
 )
-from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.errors import InvalidInputError, SearchCancelled
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.scaling.capacity import (
     DecodeCapacity,
@@ -383,9 +383,16 @@ AGG_RATE_STEPS = 8
 
 
 class _Planner:
-    def __init__(self, req: ScheduleRequest, models: ModelCatalog, gpus: GpuCatalog) -> None:
+    def __init__(
+        self,
+        req: ScheduleRequest,
+        models: ModelCatalog,
+        gpus: GpuCatalog,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.req = req
         self.models, self.gpus = models, gpus
+        self.should_stop = should_stop
         model = models.get(req.model, "model")
         gpu = gpus.get(req.gpu, "gpu")
         dgpu = gpus.get(req.decode_gpu, "decode_gpu") if req.decode_gpu else gpu
@@ -427,10 +434,16 @@ class _Planner:
             dataclasses.replace(base, rate_per_s=peak if peak > 0 else None),
             self.models,
             self.gpus,
+            self.should_stop,
         )
         if result.best is None and peak > 0:  # the rate may be out of reach: take the fastest
-            result = plan(base, self.models, self.gpus)
+            result = plan(base, self.models, self.gpus, self.should_stop)
         return result
+
+    def check(self) -> None:
+        """Raise ``SearchCancelled`` once the caller has asked to stop (deadline, client gone)."""
+        if self.should_stop is not None and self.should_stop():
+            raise SearchCancelled("the call ended while its schedule was being planned")
 
     def shapes(self, intervals: Sequence[Interval]) -> tuple[Shape, Shape] | str:
         """Disaggregated shapes for a regime, or why none meets the SLO.
@@ -687,11 +700,16 @@ def _choose_modes(
 
 
 def plan_schedule(
-    req: ScheduleRequest, models: ModelCatalog | None = None, gpus: GpuCatalog | None = None
+    req: ScheduleRequest,
+    models: ModelCatalog | None = None,
+    gpus: GpuCatalog | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ScheduleResult:
-    """Plan the schedule for ``req``; raises ``InvalidInputError`` on bad input."""
+    """Plan the schedule for ``req``; raises ``InvalidInputError`` on bad input and
+    ``SearchCancelled`` when ``should_stop`` turns true: it is asked inside every search, between
+    regimes and intervals and before each replay (one replay runs to its end)."""
     validate_request(req)
-    pl = _Planner(req, models or default_models(), gpus or default_gpus())
+    pl = _Planner(req, models or default_models(), gpus or default_gpus(), should_stop)
     ivs = req.series.intervals
     n = len(ivs)
     pct = PERCENTILES[req.slo.percentile]
@@ -711,6 +729,7 @@ def plan_schedule(
         if j < n and keys[j] == keys[j0]:
             continue
         run = ivs[j0:j]
+        pl.check()
         issue = None if disagg_on else "disaggregated serving is not among the modes asked for"
         if disagg_on:
             if keys[j0] not in shapes:
@@ -745,6 +764,7 @@ def plan_schedule(
     usable = np.zeros((n, 2), np.bool_)
     caps: list[tuple[PrefillCapacity, DecodeCapacity] | None] = []
     for j, iv in enumerate(ivs):
+        pl.check()
         sh = regime_shape[j] or fallback
         if sh is not None:
             x, y, pc, dc = pl.counts(iv, *sh)
@@ -863,6 +883,7 @@ def plan_schedule(
         arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
 
         def replay_of(sp: Sequence[Span]) -> ReplayResult:
+            pl.check()
             return simulate(
                 sp,
                 arrivals,
