@@ -21,6 +21,7 @@ from pdplanner.planner.catalog import (
     load_engine,
 )
 from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.perf.memory import derived_fraction
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.disagg import evaluate_xpyd
 from pdplanner.planner.serving.kvtransfer import link_between_pools
@@ -45,7 +46,13 @@ from pdplanner.planner.serving.workers import (
     kv_capacity,
     prefill_worker,
 )
-from pdplanner.planner.types import EstimateRequest, PhaseEstimate, PoolSpec, ServingEstimate
+from pdplanner.planner.types import (
+    EstimateRequest,
+    Parallelism,
+    PhaseEstimate,
+    PoolSpec,
+    ServingEstimate,
+)
 
 GB = 1e9
 MIN_CHUNK_TOKENS = 64  # engines need room for a decode batch next to the prompt chunk
@@ -288,6 +295,7 @@ def _phase(req: EstimateRequest, checked: _Checked) -> PhaseEstimate:
         tokens_per_s_per_gpu=tokens if m.fits else 0.0,
         kv_capacity_tokens=cap,
         max_batch=max_batch,
+        memory_fraction=_fraction(ctx, par),
     )
 
 
@@ -324,6 +332,8 @@ def _agg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
             "tpot_ms": m.tpot_ms,
             "preemptions": m.preemptions,
             "scheduler": _sched_details(sched),
+            "memory_fraction": _fraction(ctx, par),
+            "memory_fraction_flag": ctx.engine.memory_fraction_flag,
         },
     )
 
@@ -337,6 +347,23 @@ def _describe(load: Load) -> str:
     if isinstance(load, Poisson):
         return f"poisson: {load.rate_per_s:g} requests/s, {load.requests} requests"
     return "trace"
+
+
+def _fraction(ctx: PerfContext, par: Parallelism) -> float:
+    """The memory fraction the engine sizes its KV cache at on this layout: the request's, else
+    the engine's default (SGLang's derived per GPU and layout, ``memory.derived_fraction``)."""
+    return float(derived_fraction(ctx.hv, par.tp, par.pp, par.attention_dp))
+
+
+def _disagg_fractions(pools: tuple[PoolSpec, PoolSpec, PerfContext, PerfContext]) -> dict[str, Any]:
+    p, d, p_ctx, d_ctx = pools
+    return {
+        "memory_fraction": {
+            "prefill": _fraction(p_ctx, p.parallelism),
+            "decode": _fraction(d_ctx, d.parallelism),
+        },
+        "memory_fraction_flag": p_ctx.engine.memory_fraction_flag,
+    }
 
 
 def _sched_details(s: SchedulerSettings) -> dict[str, Any]:
@@ -404,6 +431,7 @@ def _disagg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
         details={
             "ttft_ms": {name: ms + overhead for name, ms in r.ttft_ms_at.items()},
             "request_overhead_ms": overhead,
+            **_disagg_fractions((p, d, p_ctx, d_ctx)),
             "bottleneck": r.bottleneck,
             "prefill_utilisation": r.prefill_utilisation,
             "prefill_ttft_compute_ms": pm.step_ms,
@@ -471,5 +499,6 @@ def _disagg_under_load(
             "preemptions": run.preemptions,
             "scheduler": _sched_details(d_sched),
             "link_gb_per_s": link / GB,
+            **_disagg_fractions(pools),
         },
     )

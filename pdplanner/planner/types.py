@@ -121,6 +121,9 @@ class PhaseEstimate:
     max_batch: int = 0  # largest batch whose KV cache fits at this context (whole worker)
     model: str = ""  # the model's name, total and active parameters, quantization
     gpu_basis: str = ""  # "calibrated" (measured tables of this GPU) or "datasheet-scaled"
+    # the engine's memory fraction the KV cache is sized at: the request's, else the engine's
+    # default (SGLang's derived for this GPU and layout); serving estimates give theirs in details
+    memory_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

@@ -302,6 +302,7 @@ class PhaseEstimate(_message.Message):
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_BASIS_FIELD_NUMBER: _builtins.int
+    MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
     phase: _common_pb2.Phase.ValueType
     """The phase evaluated."""
     step_ms: _builtins.float
@@ -330,6 +331,12 @@ class PhaseEstimate(_message.Message):
     """"calibrated" (measured kernel tables of this GPU) or "datasheet-scaled" (another GPU's
     efficiencies scaled to this one's datasheet peaks).
     """
+    memory_fraction: _builtins.float
+    """The engine's memory fraction the KV cache is sized at (vLLM gpu_memory_utilization, SGLang
+    mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction): the request's, else the
+    engine's default; SGLang's default is the value it derives for this GPU and layout. Serving
+    estimates give theirs per pool in details_json ("memory_fraction").
+    """
     @_builtins.property
     def per_layer_ms(self) -> Global___LayerBreakdown:
         """Time of one decoder layer on one GPU, by kind of work."""
@@ -349,10 +356,11 @@ class PhaseEstimate(_message.Message):
         max_batch: _builtins.int = ...,
         model: _builtins.str = ...,
         gpu_basis: _builtins.str = ...,
+        memory_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["per_layer_ms", b"per_layer_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpu_basis", b"gpu_basis", "gpus", b"gpus", "kv_capacity_tokens", b"kv_capacity_tokens", "max_batch", b"max_batch", "memory_gb_per_gpu", b"memory_gb_per_gpu", "model", b"model", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpu_basis", b"gpu_basis", "gpus", b"gpus", "kv_capacity_tokens", b"kv_capacity_tokens", "max_batch", b"max_batch", "memory_fraction", b"memory_fraction", "memory_gb_per_gpu", b"memory_gb_per_gpu", "model", b"model", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

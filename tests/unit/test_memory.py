@@ -4,6 +4,8 @@ working deployment (the Dynamo reference prefill worker)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pdplanner.planner.catalog import load_engine, load_gpu, load_model, model_from_hf_config
@@ -192,3 +194,26 @@ def test_windowed_and_linear_layers_hold_more_sequences() -> None:
         b = kv_capacity_tokens(ctx_full.mv, ctx_full.hv, 2.0, 1.0, 1.0, 1.0, 8192.0, seqs)
         print(f"{name}: {a:,.0f} tokens for 8 sequences vs {b:,.0f} if every layer were full")
         assert a > b > 0
+
+
+def test_estimates_report_the_memory_fraction_they_sized_the_kv_cache_at() -> None:
+    """The fraction an estimate used is in its result: vLLM's default, SGLang's derived one for
+    the GPU and layout, or the request's; serving estimates per pool in details."""
+    from pdplanner.planner.types import EstimateRequest, Parallelism, PoolSpec
+
+    base = EstimateRequest(
+        "llama-3.1-8b", "h200-sxm", isl=1000, osl=100, phase="decode", batch=8,
+        parallelism=Parallelism(tp=2),
+    )  # fmt: skip
+    assert estimate(base).memory_fraction == 0.9  # vLLM gpu_memory_utilization
+    sglang = replace(base, engine="sglang")
+    assert estimate(sglang).memory_fraction == 0.906  # SGLang's rule on 143,771 MiB at TP 2
+    assert estimate(replace(sglang, memory_fraction=0.8)).memory_fraction == 0.8
+    agg = replace(sglang, phase=None, batch=None, mode="agg", concurrency=4)
+    assert estimate(agg).details["memory_fraction"] == 0.906
+    disagg = replace(
+        sglang, phase=None, batch=None, mode="disagg", parallelism=Parallelism(),
+        prefill=PoolSpec(Parallelism(tp=1), 1, 1), decode=PoolSpec(Parallelism(tp=2), 1, 16),
+    )  # fmt: skip
+    fractions = estimate(disagg).details["memory_fraction"]
+    assert fractions == {"prefill": 0.907, "decode": 0.906}  # TP 1 reserves 128 MiB less

@@ -155,6 +155,7 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
                 (f"{what} tokens/s/GPU", metric(result.tokens_per_s_per_gpu)),
                 ("GPUs", str(result.gpus)),
                 ("memory per GPU (GB)", num(result.memory_gb_per_gpu, 2)),
+                ("engine memory fraction", num(result.memory_fraction, 3)),
                 ("KV cache per DP rank (tokens)", metric(max(result.kv_capacity_tokens, 0.0), 0)),
                 ("largest batch that fits", str(result.max_batch) if result.fits else "-"),
                 ("fits", _fits(result.fits, result.reason)),
@@ -176,6 +177,12 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
         ("KV transfer charged to TTFT (ms)", result.kv_transfer_ms, 2),
     ]
     rows += [(label, metric(v, d)) for label, v, d in optional if v is not None]
+    fraction = result.details.get("memory_fraction")
+    if isinstance(fraction, dict):
+        rows.append(("engine memory fraction (prefill / decode)",
+                     f"{fraction['prefill']:.3f} / {fraction['decode']:.3f}"))  # fmt: skip
+    elif isinstance(fraction, float):
+        rows.append(("engine memory fraction", f"{fraction:.3f}"))
     rows.append(("fits", _fits(result.fits, result.reason)))
     return _kv_table(title or f"{result.mode} deployment", rows)
 
