@@ -216,6 +216,26 @@ def test_a_rate_beyond_the_gpu_limit_is_refused_at_once(client: PlannerClient) -
     print(f"refused in {took * 1e3:.0f} ms: {e.value.details()}")
 
 
+def test_a_chunk_budget_on_a_disaggregated_worker_is_named(client: PlannerClient) -> None:
+    # WorkerLayout.chunk_tokens is an aggregated worker's chunked-prefill budget: RateMatch's
+    # prefill and decode workers take none
+    req = scaling_pb2.RateMatchRequest(
+        model="llama-3.1-8b",
+        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30),
+        requests_per_s=2,
+        isl=2000,
+        osl=200,
+        prefill=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=1),
+        prefill_workers=1,
+        decode=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64, chunk_tokens=-3),
+        decode_workers=1,
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        client.rate_match(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "decode.chunk_tokens" in (e.value.details() or "")
+
+
 def test_every_violation_of_a_rate_match_comes_back(client: PlannerClient) -> None:
     req = scaling_pb2.RateMatchRequest(
         model="llama-3.1-70b",

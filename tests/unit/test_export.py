@@ -345,12 +345,18 @@ def test_moe_aggregated_plan_exports_in_every_format(fmt: str) -> None:
         # cache at, written out so a different chunk size cannot change it: TP 8 over 8
         # DP-attention ranks on an H200 reserve 33,280 of 143,771 MiB
         assert given["--mem-fraction-static"] == "0.769"
+    if fmt == "sglang":
+        # SGLang's max_running_requests is the worker's total, divided over its DP ranks
+        assert check_command(lines[0])[1]["--max-running-requests"] == "256"
     if fmt == "vllm":
         given = check_command(lines[0])[1]
+        # vLLM's max_num_seqs bounds each DP rank's scheduler: 256 over 8 ranks
+        assert given["--max-num-seqs"] == "32"
         assert given["--data-parallel-size"] == "8" and "--enable-expert-parallel" in given
         assert given["--kv-cache-dtype"] == "fp8" and "--kv-transfer-config" not in given
     if fmt == "trtllm":
         assert "dtype: fp8" in text and "enable_attention_dp: true" in text
+        assert check_command(lines[0])[1]["--max_batch_size"] == "32"  # per attention-DP rank
 
 
 def test_another_engines_format_keeps_its_own_memory_default_and_says_so() -> None:
@@ -458,6 +464,16 @@ def test_a_gb200_worker_spans_compute_trays_of_four_unless_told_otherwise() -> N
     assert not any("spans" in note for note in whole.notes)
     hgx = export_plan(*_tp16_plan("sglang"), "sglang", "plans/r1")
     assert any("spans 2 nodes of 8 GPUs" in note for note in hgx.notes)
+    # each pool on its own GPU's hosts: GB200 prefill in trays of 4, H200 decode on HGX 8s
+    mixed_req = dataclasses.replace(request, decode_gpu="h200-sxm")
+    pre = Pool("prefill", "gb200-nvl72", tp=8, pp=1, ep=8, attention_dp=1, batch=1, workers=1)
+    dec = Pool("decode", "h200-sxm", tp=8, pp=1, ep=8, attention_dp=1, batch=64, workers=1)
+    both = Deployment("disagg", (pre, dec), 500.0, 40.0, 900.0, 25.0, 2.0, 16)
+    mixed = export_plan(
+        mixed_req, PlanResult(both, None, both, None, (), (), 1, 1.0), "sglang", "plans/mx"
+    )
+    spans = [note for note in mixed.notes if "spans" in note]
+    assert spans == ["a prefill worker spans 2 nodes of 4 GPUs: the files start it on each node"]
 
 
 def _parsed(fmt: str, engine: str) -> tuple[list[str], dict[str, str]]:

@@ -565,7 +565,7 @@ def ref_sglang_fraction(reported_bytes: float, tp: float, pp: float, dp: float) 
         reserved += graph_bs * dp * 3 + (graph_bs * dp * 1.5 if graph_bs > 300 else 0.0)
     if mib > 60 * 1024:
         reserved = max(reserved, 10 * 1024)
-    return round((mib - reserved) / mib, 3)
+    return max(round((mib - reserved) / mib, 3), 0.0)  # a GPU smaller than the reservation
 
 
 def ref_kv_capacity(m: ModelSpec, hw: Hw, tp, pp, ep, dp, step_tokens, logits) -> float:

@@ -346,3 +346,20 @@ def test_engine_args_max_num_seqs_bounds_every_decode_and_agg_batch() -> None:
     free = plan(dataclasses.replace(req, engine_args=()))
     assert free.best_disagg is not None
     assert max(p.batch for p in free.best_disagg.pools if p.role == "decode") > 16
+
+
+def test_max_num_seqs_bounds_each_attention_dp_rank() -> None:
+    """With attention DP a pool's batch is the worker's; the limit holds per DP rank."""
+    req = PlanRequest(
+        "gpt-oss-120b", "h200-sxm", 16, (Workload(1000, 200),), Slo(2000.0, 50.0),
+        engine_args=(("max_num_seqs", 16),),
+    )  # fmt: skip
+    r = plan(req)
+    everything = [d for d in (r.best_agg, r.best_disagg) if d is not None]
+    everything += [*r.pareto_agg, *r.pareto_disagg]
+    pools = [p for d in everything for p in d.pools if p.role in ("agg", "decode")]
+    with_dp = [p for p in pools if p.attention_dp > 1]
+    print(f"\n{len(pools)} agg/decode pools, {len(with_dp)} with attention DP")
+    assert with_dp, "the case needs attention-DP pools to test"
+    assert all(-(-p.batch // p.attention_dp) <= 16 for p in pools)
+    assert any(p.batch > 16 for p in with_dp)  # the worker's total may exceed one rank's

@@ -83,6 +83,13 @@ def _gpu(gpus: GpuCatalog, name: str, needed_for: str) -> GpuSpec:
         ) from e
 
 
+def _host_gpus(gpus: GpuCatalog, name: str) -> int:
+    """GPUs of one host for a pool on GPU ``name``: a compute tray of 4 in a 72-GPU NVLink rack,
+    else 8 (also for a GPU the catalog no longer holds; ``--gpus-per-node`` says otherwise)."""
+    spec = gpus.find(name)
+    return default_gpus_per_node(spec.nvlink_domain_size if spec is not None else 8)
+
+
 def _derived_fractions(
     chosen: Deployment, engine: EngineSpec, gpus: GpuCatalog
 ) -> dict[str, float]:
@@ -333,11 +340,6 @@ def export_plan(
         )
     engine = fmt if fmt in ("vllm", "sglang", "trtllm") else request.engine
     gpus = gpus or default_gpus()
-    if gpus_per_node is None:
-        gpus_per_node = min(
-            default_gpus_per_node(_gpu(gpus, p.gpu, "gpus_per_node").nvlink_domain_size)
-            for p in chosen.pools
-        )
     ctx = _context(request, chosen, models, gpus)
     notes: list[str] = []
     if engine != request.engine:
@@ -361,7 +363,10 @@ def export_plan(
     order = {"prefill": 0, "decode": 1, "agg": 2}
     pools = sorted(chosen.pools, key=lambda p: order[p.role])
     try:
-        launches = [launch(engine, p, ctx, gpus_per_node=gpus_per_node) for p in pools]
+        launches = [
+            launch(engine, p, ctx, gpus_per_node=gpus_per_node or _host_gpus(gpus, p.gpu))
+            for p in pools
+        ]
     except ValueError as error:
         raise ExportError("name", f"{name}: {error}") from None
     base = manifests.dns_name(f"pdplanner-{name.rsplit('/', 1)[-1][:12]}")

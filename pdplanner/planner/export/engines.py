@@ -55,6 +55,14 @@ DEFAULT_GPUS_PER_NODE = 8
 NVL72_TRAY_GPUS = 4
 
 
+def rank_batch(pool: Pool) -> int:
+    """Sequences one attention-DP rank of ``pool`` schedules (``pool.batch`` is the worker's).
+    vLLM's max_num_seqs and TensorRT-LLM's max_batch_size bound each DP rank's own scheduler;
+    SGLang's max_running_requests is the worker's total, which it divides over the DP ranks
+    (its per-worker cap is max_running_requests // attn_dp_size)."""
+    return -(-pool.batch // max(pool.attention_dp, 1))
+
+
 def default_gpus_per_node(nvlink_domain_size: int) -> int:
     """GPUs of one host for a GPU whose NVLink domain has ``nvlink_domain_size`` GPUs: a tray
     of 4 in a 72-GPU rack, else an 8-GPU HGX/DGX host."""
@@ -163,7 +171,7 @@ def vllm_args(pool: Pool, ctx: PoolContext) -> list[str]:
     if pool.ep > 1:
         args.append("--enable-expert-parallel")
     args += [
-        "--max-num-seqs", str(pool.batch),
+        "--max-num-seqs", str(rank_batch(pool)),
         "--max-num-batched-tokens", str(token_budget(pool, ctx)),
         "--max-model-len", str(ctx.max_model_len),
         "--gpu-memory-utilization", _fraction(pool, ctx),
@@ -234,7 +242,7 @@ def trtllm_args(pool: Pool, ctx: PoolContext, options_file: str) -> list[str]:
     if pool.ep > 1:
         args += ["--ep_size", str(pool.ep)]
     args += [
-        "--max_batch_size", str(pool.batch),
+        "--max_batch_size", str(rank_batch(pool)),
         "--max_num_tokens", str(token_budget(pool, ctx)),
         "--max_seq_len", str(ctx.max_model_len),
         "--kv_cache_free_gpu_memory_fraction", _fraction(pool, ctx),

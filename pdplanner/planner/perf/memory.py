@@ -276,7 +276,8 @@ def derived_fraction(hv: np.ndarray, tp: float, pp: float, dp: float) -> float:
             reserved += 1.5 * graph * dp
     if total > 60.0 * 1024.0:
         reserved = max(reserved, 10.0 * 1024.0)
-    return math.floor((total - reserved) / total * 1000.0 + 0.5) / 1000.0
+    # a GPU smaller than the reservation gets none (SGLang would fail to start)
+    return max(math.floor((total - reserved) / total * 1000.0 + 0.5) / 1000.0, 0.0)
 
 
 @njit(cache=True, nogil=True)

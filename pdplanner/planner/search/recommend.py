@@ -750,8 +750,8 @@ class _Search:
                 ep_,
                 dp_,
                 # the sequences a worker runs: its clients, up to the scheduler's max_num_seqs
-                # (more clients than that queue, as the simulation had them)
-                min(int(pts.users[i]), self.sched.max_num_seqs),
+                # on each attention-DP rank (more clients queue, as the simulation had them)
+                min(int(pts.users[i]), self.sched.max_num_seqs * dp_),
                 use,
                 chunk if chunk > 0 else None,
             )

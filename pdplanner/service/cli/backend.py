@@ -377,7 +377,8 @@ class RemoteBackend:
 
     def export_plan(self, plan_id: str, fmt: str, gpus_per_node: int | None = None) -> PlanExport:
         """The ExportPlan RPC: the files of ``fmt`` for a stored plan, on hosts of
-        ``gpus_per_node`` GPUs (the server's default, 8, when None)."""
+        ``gpus_per_node`` GPUs (when None the server's default per pool: 4 for a GPU of a
+        72-GPU NVLink rack, else 8)."""
         from pdplanner.service import exports
 
         name = resources.from_id_or_name(plan_id, "plans")

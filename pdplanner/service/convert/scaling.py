@@ -257,6 +257,10 @@ def _shape(msg: scaling_pb2.WorkerLayout, role: str, default_gpu: str) -> Shape:
     def one(v: int) -> int:
         return v or 1
 
+    if msg.HasField("chunk_tokens") and (role != "agg" or msg.chunk_tokens < 0):
+        why = "must be at least 0" if role == "agg" else "is for aggregated workers only"
+        raise InvalidInputError(f"{role}.chunk_tokens", why)
+
     return Shape(
         role,
         msg.gpu or default_gpu,
