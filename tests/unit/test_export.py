@@ -397,17 +397,24 @@ def test_unknown_format_and_plan_without_deployment_are_errors() -> None:
 
 def test_the_plans_engine_args_set_the_budget_memory_fraction_and_kv_dtype() -> None:
     request, result = _moe_agg_plan(kv_dtype="bf16")
-    args = (("max_num_batched_tokens", 2048), ("gpu_memory_utilization", 0.85),
+    args = (("max_num_batched_tokens", 4096), ("gpu_memory_utilization", 0.85),
             ("kv_cache_dtype", "fp8"))  # fmt: skip
     request = dataclasses.replace(request, engine="vllm", engine_args=args)
+    # an agg pool the search simulated without chunked prefill (chunk_tokens None): each step
+    # takes whole prompts, at the request's budget (above the 3,000-token longest request)
     pool = dataclasses.replace(result.best.pools[0], chunk_tokens=None)
     best = dataclasses.replace(result.best, pools=(pool,))
     result = dataclasses.replace(result, best=best)
     export = export_plan(request, result, "vllm", "plans/abc")
     given = check_command(commands(export)[0])[1]
-    assert given["--max-num-batched-tokens"] == "2048"
+    assert given["--max-num-batched-tokens"] == "4096"
+    assert "--no-enable-chunked-prefill" in given and "--enable-chunked-prefill" not in given
     assert given["--gpu-memory-utilization"] == "0.85"
     assert given["--kv-cache-dtype"] == "fp8"
+    sglang = check_command(commands(export_plan(request, result, "sglang", "plans/abc"))[0])[1]
+    assert sglang["--chunked-prefill-size"] == "-1"
+    trtllm = export_plan(request, result, "trtllm", "plans/abc")
+    assert "enable_chunked_prefill: false" in "\n".join(f.content for f in trtllm.files)
 
 
 def test_every_program_names_the_source_its_flags_were_checked_in() -> None:

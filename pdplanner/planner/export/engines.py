@@ -24,7 +24,8 @@ SGLang and TensorRT-LLM count tensor parallelism over every GPU of a stage (atte
 included), vLLM per attention group: hence ``tp*dp`` in their columns.
 
 The token budget is the most tokens one step schedules: an aggregated pool's chunked-prefill
-budget (the plan's ``chunk_tokens``, else the engine profile's default), a prefill pool's batch of
+budget (the plan's ``chunk_tokens``; a pool the plan simulated without chunking, ``chunk_tokens``
+None, runs without it and takes the longest request whole), a prefill pool's batch of
 whole prompts (``batch x`` the longest ISL), and for a decode pool, which never prefills, the
 engine's default budget (at least the batch). The default budget, the memory fraction and chunked
 prefill are those of the scheduler the plan was judged under: the engine's defaults
@@ -144,10 +145,20 @@ class PoolContext:
         return self.derived_fractions[pool.role]
 
 
+def agg_chunks(pool: Pool, ctx: PoolContext) -> bool:
+    """Whether an aggregated pool runs chunked prefill: when the plan chose a chunk budget for it
+    (``chunk_tokens`` None: the search simulated it without chunking) under a scheduler that
+    chunks."""
+    return pool.role == "agg" and ctx.chunked_prefill and pool.chunk_tokens is not None
+
+
 def token_budget(pool: Pool, ctx: PoolContext) -> int:
     """Most tokens one step of this pool schedules (see the module docstring)."""
     if pool.role == "agg":
-        return pool.chunk_tokens or ctx.budget_tokens
+        if agg_chunks(pool, ctx):
+            return int(pool.chunk_tokens or ctx.budget_tokens)
+        # without chunking a step must take the longest prompt whole
+        return max(ctx.budget_tokens, ctx.max_model_len)
     if pool.role == "prefill":
         return pool.batch * ctx.max_isl
     return max(ctx.budget_tokens, pool.batch)
@@ -177,8 +188,11 @@ def vllm_args(pool: Pool, ctx: PoolContext) -> list[str]:
         "--gpu-memory-utilization", _fraction(pool, ctx),
         "--kv-cache-dtype", "fp8" if ctx.precision.kv_dtype == "fp8" else "auto",
     ]  # fmt: skip
-    if pool.role == "agg" and ctx.chunked_prefill:
-        args.append("--enable-chunked-prefill")
+    if pool.role == "agg":
+        # vLLM chunks by default: say which the plan simulated
+        args.append(
+            "--enable-chunked-prefill" if agg_chunks(pool, ctx) else "--no-enable-chunked-prefill"
+        )
     args += _weights(
         ctx.precision, {"bf16": ["--dtype", "bfloat16"], "fp8": ["--quantization", "fp8"]}
     )
@@ -199,7 +213,9 @@ def sglang_args(pool: Pool, ctx: PoolContext) -> list[str]:
         args += ["--ep-size", str(pool.ep)]
     args += [
         "--max-running-requests", str(pool.batch),
-        "--chunked-prefill-size", str(token_budget(pool, ctx)),
+        # -1: no chunked prefill (an aggregated pool the plan simulated without it)
+        "--chunked-prefill-size",
+        str(token_budget(pool, ctx)) if pool.role != "agg" or agg_chunks(pool, ctx) else "-1",
         "--context-length", str(ctx.max_model_len),
         "--mem-fraction-static", _fraction(pool, ctx),
         "--kv-cache-dtype", "fp8_e4m3" if ctx.precision.kv_dtype == "fp8" else "auto",
@@ -219,7 +235,7 @@ def trtllm_options(pool: Pool, ctx: PoolContext) -> dict[str, Any]:
     """TensorRT-LLM's ``extra_llm_api_options`` document for one pool."""
     options: dict[str, Any] = {
         "enable_attention_dp": pool.attention_dp > 1,
-        "enable_chunked_prefill": pool.role == "agg" and ctx.chunked_prefill,
+        "enable_chunked_prefill": agg_chunks(pool, ctx),
         "kv_cache_config": {
             "dtype": "fp8" if ctx.precision.kv_dtype == "fp8" else "auto",
             "free_gpu_memory_fraction": ctx.fraction_for(pool),
