@@ -665,28 +665,57 @@ def step_ms(
     """One engine step of one worker: returns (latency_ms, stage_ms); fills ``per_layer`` with
     the mean decoder layer's [gemm, attention, communication, other] milliseconds on one GPU."""
     per_layer[:] = 0.0
-    layers = mv[M_LAYERS]
-    n_moe = 0.0
-    if mv[M_EXPERTS] > 0.0:
-        n_moe = layers - mv[M_DENSE_LAYERS]
-    n_dense = layers - n_moe
     tokens = pf_seqs * pf_new + dc_seqs
     # every layer has the same attention block; only the FFN differs between dense and MoE layers
     mixed_attention(
         mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer, True
     )
     per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
-    tmp = scratch
-    if n_dense > 0.0:
-        tmp[:] = 0.0
-        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, False, tmp)
-        per_layer += tmp * (n_dense / layers)
-    if n_moe > 0.0:
-        tmp[:] = 0.0
-        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, True, tmp)
-        per_layer += tmp * (n_moe / layers)
+    _mean_ffn(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, per_layer, scratch)
     head, p2p, host = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
-    return _step_total(layers, pp, per_layer, head, p2p, host)
+    return _step_total(mv[M_LAYERS], pp, per_layer, head, p2p, host)
+
+
+@njit(cache=True, nogil=True)
+def _layer_counts(mv: np.ndarray) -> tuple[float, float, float]:
+    """(layers, dense-FFN layers, MoE layers) of the model."""
+    layers = mv[M_LAYERS]
+    n_moe = 0.0
+    if mv[M_EXPERTS] > 0.0:
+        n_moe = layers - mv[M_DENSE_LAYERS]
+    return layers, layers - n_moe, n_moe
+
+
+@njit(cache=True, nogil=True)
+def _mean_ffn(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    tp: float,
+    ep: float,
+    dp: float,
+    tokens: float,
+    prefill: bool,
+    per_layer: np.ndarray,
+    scratch: np.ndarray,
+) -> tuple[float, float]:
+    """Adds the mean layer's FFN (dense and MoE layers weighted by their counts) into
+    ``per_layer``; returns what the dense and the MoE FFN added to its attention slot."""
+    layers, n_dense, n_moe = _layer_counts(mv)
+    attn_dense = attn_moe = 0.0
+    if n_dense > 0.0:
+        scratch[:] = 0.0
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, prefill, False, scratch)
+        add = scratch * (n_dense / layers)
+        per_layer += add
+        attn_dense = add[B_ATTN]
+    if n_moe > 0.0:
+        scratch[:] = 0.0
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, prefill, True, scratch)
+        add = scratch * (n_moe / layers)
+        per_layer += add
+        attn_moe = add[B_ATTN]
+    return attn_dense, attn_moe
 
 
 @njit(cache=True, nogil=True)
@@ -760,31 +789,16 @@ def step_fixed(
     of one batch at different contexts computes them once. Every term is the one ``step_ms``
     computes, in the same order, so the pair gives ``step_ms``'s result to the bit."""
     per_layer[:] = 0.0
-    layers = mv[M_LAYERS]
-    n_moe = 0.0
-    if mv[M_EXPERTS] > 0.0:
-        n_moe = layers - mv[M_DENSE_LAYERS]
-    n_dense = layers - n_moe
     tokens = pf_seqs * pf_new + dc_seqs
     # the GEMM slot of the token mixer does not depend on the context (its attention slot,
     # priced here at a placeholder context, is left out)
     mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, 1.0, per_layer, True)
     per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
-    tmp = scratch
-    fixed[F_ATTN_DENSE] = 0.0
-    fixed[F_ATTN_MOE] = 0.0
-    if n_dense > 0.0:
-        tmp[:] = 0.0
-        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, False, tmp)
-        add = tmp * (n_dense / layers)
-        per_layer += add
-        fixed[F_ATTN_DENSE] = add[B_ATTN]
-    if n_moe > 0.0:
-        tmp[:] = 0.0
-        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, True, tmp)
-        add = tmp * (n_moe / layers)
-        per_layer += add
-        fixed[F_ATTN_MOE] = add[B_ATTN]
+    attn_dense, attn_moe = _mean_ffn(
+        mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, per_layer, scratch
+    )
+    fixed[F_ATTN_DENSE] = attn_dense
+    fixed[F_ATTN_MOE] = attn_moe
     fixed[F_GEMM] = per_layer[B_GEMM]
     fixed[F_COMM] = per_layer[B_COMM]
     fixed[F_OTHER] = per_layer[B_OTHER]
@@ -831,11 +845,7 @@ def step_ms_fixed(
     mixed_attention(
         mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer, False
     )
-    layers = mv[M_LAYERS]
-    n_moe = 0.0
-    if mv[M_EXPERTS] > 0.0:
-        n_moe = layers - mv[M_DENSE_LAYERS]
-    n_dense = layers - n_moe
+    layers, n_dense, n_moe = _layer_counts(mv)
     if n_dense > 0.0:
         per_layer[B_ATTN] += fixed[F_ATTN_DENSE]
     if n_moe > 0.0:
