@@ -104,12 +104,22 @@ def _derived_fractions(
 
 
 def _context(
-    request: PlanRequest, chosen: Deployment, models: ModelCatalog | None, gpus: GpuCatalog
+    request: PlanRequest,
+    chosen: Deployment,
+    models: ModelCatalog | None,
+    gpus: GpuCatalog,
+    launched: str,
 ) -> PoolContext:
+    """The plan's scheduler (token budgets, chunking) and the memory fraction of the ``launched``
+    engine: the plan's own when it is the plan's engine, else that engine's default (the engines'
+    memory knobs mean different things, engines.yaml memory rules)."""
     engine = load_engine(request.engine)
     args = dict(request.engine_args)
     sched = scheduler_for(engine, args)
-    fraction = memory_fraction_for(engine, args, request.memory_fraction)
+    if launched == request.engine:
+        fraction = memory_fraction_for(engine, args, request.memory_fraction)
+    else:
+        engine, fraction = load_engine(launched), None
     if fraction is None:
         fraction = engine.memory_fraction
     derived = {} if fraction is not None else _derived_fractions(chosen, engine, gpus)
@@ -340,25 +350,14 @@ def export_plan(
         )
     engine = fmt if fmt in ("vllm", "sglang", "trtllm") else request.engine
     gpus = gpus or default_gpus()
-    ctx = _context(request, chosen, models, gpus)
+    ctx = _context(request, chosen, models, gpus, engine)
     notes: list[str] = []
     if engine != request.engine:
-        # the engines' memory knobs mean different things (engines.yaml memory rules): the
-        # launch keeps its own engine's default rather than another engine's number
-        target = load_engine(engine)
-        ctx = replace(
-            ctx,
-            engine=target,
-            memory_fraction=target.memory_fraction,
-            derived_fractions=(
-                _derived_fractions(chosen, target, gpus) if target.memory_fraction is None else {}
-            ),
-        )
         notes.append(
             f"the plan was priced for {request.engine}: its predictions assume "
             f"{request.engine}'s scheduler and memory rule; this {engine} launch keeps the "
             f"plan's layouts, batches and token budgets and {engine}'s own default "
-            f"{target.memory_fraction_flag}"
+            f"{ctx.engine.memory_fraction_flag}"
         )
     order = {"prefill": 0, "decode": 1, "agg": 2}
     pools = sorted(chosen.pools, key=lambda p: order[p.role])
