@@ -74,6 +74,7 @@ from pdplanner.planner.scaling.capacity import (
     prefill_workers,
 )
 from pdplanner.planner.scaling.replay import (
+    Arrivals,
     ReplayResult,
     Span,
     draw_arrivals,
@@ -439,6 +440,20 @@ class _Planner:
         if result.best is None and peak > 0:  # the rate may be out of reach: take the fastest
             result = plan(base, self.models, self.gpus, self.should_stop)
         return result
+
+    def replay(self, spans: Sequence[Span], arrivals: Arrivals) -> ReplayResult:
+        """The engine-loop replay of ``spans`` against ``arrivals`` (``replay.simulate``) under
+        this request's model, GPUs, scheduler, link and SLO."""
+        return simulate(
+            spans,
+            arrivals,
+            self.ctx,
+            self.dctx,
+            self.sched,
+            self.link,
+            self.req.slo.ttft_ms,
+            self.req.slo.tpot_ms,
+        )
 
     def check(self) -> None:
         """Raise ``SearchCancelled`` once the caller has asked to stop (deadline, client gone)."""
@@ -884,16 +899,7 @@ def plan_schedule(
 
         def replay_of(sp: Sequence[Span]) -> ReplayResult:
             pl.check()
-            return simulate(
-                sp,
-                arrivals,
-                pl.ctx,
-                pl.dctx,
-                pl.sched,
-                pl.link,
-                req.slo.ttft_ms,
-                req.slo.tpot_ms,
-            )
+            return pl.replay(sp, arrivals)
 
         replay = replay_of(spans)
         peak_replay = replay_of(static_spans(*peak_pools))
@@ -1184,14 +1190,4 @@ def simulate_spans(
             "workers", "the deployment needs aggregated workers, or prefill and decode workers"
         )
     pl = _Planner(req, models or default_models(), gpus or default_gpus())
-    arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
-    return simulate(
-        spans,
-        arrivals,
-        pl.ctx,
-        pl.dctx,
-        pl.sched,
-        pl.link,
-        req.slo.ttft_ms,
-        req.slo.tpot_ms,
-    )
+    return pl.replay(spans, draw_arrivals(req.replay_series or req.series, req.seed))
