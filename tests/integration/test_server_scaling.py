@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -174,21 +175,27 @@ def test_every_violation_of_a_scaling_request_comes_back(client: PlannerClient) 
     assert fields == ["forecast.method", "forecast.history", "forecast.quantile", "slo"]
 
 
+def small_rate_match(**fields: Any) -> scaling_pb2.RateMatchRequest:
+    """A valid RateMatch of 2 req/s for Llama-3.1-8B on one-GPU H100 workers, ``fields``
+    replaced."""
+    base: dict[str, Any] = {
+        "model": "llama-3.1-8b",
+        "slo": plan_pb2.Slo(ttft_ms=1000, tpot_ms=30),
+        "requests_per_s": 2,
+        "isl": 2000,
+        "osl": 200,
+        "prefill": scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=1),
+        "prefill_workers": 1,
+        "decode": scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64),
+        "decode_workers": 1,
+    }
+    return scaling_pb2.RateMatchRequest(**{**base, **fields})
+
+
 def test_a_rate_whose_load_underflows_is_answered_not_internal(client: PlannerClient) -> None:
     # Found by the request fuzz: requests_per_s 5e-324 (the smallest double) made the prefill
     # load rate / capacity underflow to 0, and the queueing model divided 0 by 0: INTERNAL.
-    req = scaling_pb2.RateMatchRequest(
-        model="llama-3.1-8b",
-        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30),
-        requests_per_s=5e-324,
-        isl=2000,
-        osl=200,
-        prefill=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=1),
-        prefill_workers=2,
-        decode=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64),
-        decode_workers=1,
-        observed_tpot_ms=25,
-    )
+    req = small_rate_match(requests_per_s=5e-324, prefill_workers=2, observed_tpot_ms=25)
     r = client.rate_match(req)
     assert r.prefill_workers >= 1 and r.decode_workers >= 1
 
@@ -196,17 +203,7 @@ def test_a_rate_whose_load_underflows_is_answered_not_internal(client: PlannerCl
 def test_a_rate_beyond_the_gpu_limit_is_refused_at_once(client: PlannerClient) -> None:
     # Found by the request fuzz: 1e7 req/s on one-GPU workers took 19 s of CPU in the queue
     # searches (their cost grows with the workers) before answering with millions of workers.
-    req = scaling_pb2.RateMatchRequest(
-        model="llama-3.1-8b",
-        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30),
-        requests_per_s=1e7,
-        isl=2000,
-        osl=200,
-        prefill=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=1),
-        prefill_workers=2,
-        decode=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64),
-        decode_workers=1,
-    )
+    req = small_rate_match(requests_per_s=1e7, prefill_workers=2)
     start = time.perf_counter()
     with pytest.raises(grpc.RpcError) as e:
         client.rate_match(req)
@@ -219,19 +216,9 @@ def test_a_rate_beyond_the_gpu_limit_is_refused_at_once(client: PlannerClient) -
 def test_a_chunk_budget_on_a_disaggregated_worker_is_named(client: PlannerClient) -> None:
     # WorkerLayout.chunk_tokens is an aggregated worker's chunked-prefill budget: RateMatch's
     # prefill and decode workers take none
-    req = scaling_pb2.RateMatchRequest(
-        model="llama-3.1-8b",
-        slo=plan_pb2.Slo(ttft_ms=1000, tpot_ms=30),
-        requests_per_s=2,
-        isl=2000,
-        osl=200,
-        prefill=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=1),
-        prefill_workers=1,
-        decode=scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64, chunk_tokens=-3),
-        decode_workers=1,
-    )
+    decode = scaling_pb2.WorkerLayout(gpu="h100-sxm", tp=1, batch=64, chunk_tokens=-3)
     with pytest.raises(grpc.RpcError) as e:
-        client.rate_match(req)
+        client.rate_match(small_rate_match(decode=decode))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "decode.chunk_tokens" in (e.value.details() or "")
 

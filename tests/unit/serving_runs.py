@@ -105,7 +105,9 @@ def _int(row: dict[str, str], key: str, default: int = 1) -> int:
     return int(float(v)) if v not in ("", None) and float(v) > 0 else default
 
 
-def _layout(row: dict[str, str], prefix: str) -> tuple[Parallelism, int]:
+def layout(row: dict[str, str], prefix: str) -> tuple[Parallelism, int]:
+    """A row's worker layout and batch (per attention-DP rank) for pool ``prefix`` ("", "prefill_"
+    or "decode_")."""
     tp = _int(row, f"{prefix}tp_size")
     pp = _int(row, f"{prefix}pp_size")
     dp = _int(row, f"{prefix}attention_dp_size")
@@ -178,7 +180,7 @@ def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> 
     load = ClosedLoop(run.concurrency, requests_per_client, synchronised)
     isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])
     if run.mode == "agg":
-        par, batch = _layout(run.row, "")
+        par, batch = layout(run.row, "")
         clients = math.ceil(run.concurrency / agg_replicas(run, par, batch))
         load = ClosedLoop(clients, requests_per_client, synchronised)
         sched = _sched(run.engine, batch)
@@ -186,8 +188,8 @@ def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> 
         if budget is not None:
             sched = replace(sched, max_num_batched_tokens=budget)
         return simulate_agg(ctx, par, sched, load, isl, osl)
-    p_par, p_batch = _layout(run.row, "prefill_")
-    d_par, d_batch = _layout(run.row, "decode_")
+    p_par, p_batch = layout(run.row, "prefill_")
+    d_par, d_batch = layout(run.row, "decode_")
     p_sched = _sched(run.engine, p_batch)
     budget = max(p_sched.max_num_batched_tokens, p_batch * run.isl)
     p_sched = replace(p_sched, max_num_batched_tokens=budget)
@@ -207,7 +209,7 @@ def decode_slots(run: Run) -> tuple[int, int]:
     per-rank batch. Every disagg row's concurrency equals its slots: AIConfigurator's benchmark
     rule sets the client count to decode workers x batch (``generator/rule_plugin/benchmark/
     sglang.rule``, ``estimated_concurrency``), so the decode pool runs exactly full."""
-    par, batch = _layout(run.row, "decode_")
+    par, batch = layout(run.row, "decode_")
     ranks = _int(run.row, "decode_num_workers") * par.attention_dp
     return ranks, ranks * batch
 
@@ -226,7 +228,7 @@ def prefill_backlog_ms(run: Run) -> float | None:
         ctx = PerfContext.build(model, gpu, load_engine(run.engine), run.dtype, kv)
     except PlannerError:
         return None
-    par, _ = _layout(run.row, "prefill_")
+    par, _ = layout(run.row, "prefill_")
     ranks = _int(run.row, "prefill_num_workers") * par.attention_dp
     one = _one_request_ms(ctx, par, float(run.isl), 0.0, 1.0)
     return run.concurrency * one / ranks

@@ -61,14 +61,19 @@ def report(
 
 
 def gemm_predictions(
-    g: dict[str, np.ndarray], sel: np.ndarray, dtype_bytes: float, params: np.ndarray
+    g: dict[str, np.ndarray],
+    sel: np.ndarray,
+    dtype_bytes: float,
+    params: np.ndarray,
+    hbm_bytes_per_s: float = H100_HBM_BYTES_PER_S,
 ) -> np.ndarray:
-    """The njit kernel's prediction for the selected rows with one dtype's parameter set."""
+    """The njit kernel's prediction for the selected rows with one dtype's parameter set, on a
+    GPU with the H100's compute peaks and ``hbm_bytes_per_s``."""
     peak = H100_BF16_FLOPS_PER_S if dtype_bytes == 2.0 else H100_FP8_FLOPS_PER_S
     cal = np.concatenate((params, params))
     return np.array(
         [
-            ok.gemm_ms(m, n, k, dtype_bytes, peak, H100_HBM_BYTES_PER_S, cal)
+            ok.gemm_ms(m, n, k, dtype_bytes, peak, hbm_bytes_per_s, cal)
             for m, n, k in zip(g["M"][sel], g["N"][sel], g["K"][sel], strict=True)
         ]
     )
@@ -104,10 +109,12 @@ def prefill_predictions(t: dict[str, np.ndarray], vector: np.ndarray) -> np.ndar
     )
 
 
-def decode_predictions(t: dict[str, np.ndarray], vector: np.ndarray) -> np.ndarray:
+def decode_predictions(
+    t: dict[str, np.ndarray], vector: np.ndarray, hbm_bytes_per_s: float = H100_HBM_BYTES_PER_S
+) -> np.ndarray:
     return np.array(
         [
-            ok.attn_decode_ms(b, ctx, h, hkv, d, 2.0, 2.0, H100_HBM_BYTES_PER_S, 0.0, vector)
+            ok.attn_decode_ms(b, ctx, h, hkv, d, 2.0, 2.0, hbm_bytes_per_s, 0.0, vector)
             for b, ctx, h, hkv, d in zip(t["B"], t["L"], t["H"], t["Hkv"], t["D"], strict=True)
         ]
     )
@@ -333,21 +340,12 @@ def all_predictions(
     ``hbm_bytes_per_s``: {table: (predicted, measured, describe)}."""
     out: dict[str, tuple[np.ndarray, np.ndarray, Callable[[int], str]]] = {}
     g = t.gemm
-    for dtype, dtype_bytes, off, peak in (
-        ("bf16", 2.0, ok.GEMM_BF16, H100_BF16_FLOPS_PER_S),
-        ("fp8", 1.0, ok.GEMM_FP8, H100_FP8_FLOPS_PER_S),
-    ):
+    for dtype, dtype_bytes, off in (("bf16", 2.0, ok.GEMM_BF16), ("fp8", 1.0, ok.GEMM_FP8)):
         sel = g["dtype_bytes"] == dtype_bytes
         if not sel.any():
             continue
-        v = cal.gemm[off : off + ok.GEMM_NPARAMS]
-        vector = np.concatenate((v, v))
-        predicted = np.array(
-            [
-                ok.gemm_ms(m, n, k, dtype_bytes, peak, hbm_bytes_per_s, vector)
-                for m, n, k in zip(g["M"][sel], g["N"][sel], g["K"][sel], strict=True)
-            ]
-        )
+        params = cal.gemm[off : off + ok.GEMM_NPARAMS]
+        predicted = gemm_predictions(g, sel, dtype_bytes, params, hbm_bytes_per_s)
         out[f"GEMM {dtype}"] = (predicted, g["ms"][sel], gemm_describer(g, sel))
     p = t.attn_prefill
     out["prefill attention"] = (
@@ -356,12 +354,7 @@ def all_predictions(
         attention_describer(p, "S"),
     )
     d = t.attn_decode
-    decode = np.array(
-        [
-            ok.attn_decode_ms(b, ctx, h, hkv, dd, 2.0, 2.0, hbm_bytes_per_s, 0.0, cal.attn_decode)
-            for b, ctx, h, hkv, dd in zip(d["B"], d["L"], d["H"], d["Hkv"], d["D"], strict=True)
-        ]
-    )
+    decode = decode_predictions(d, cal.attn_decode, hbm_bytes_per_s)
     out["decode attention"] = (decode, d["ms"], attention_describer(d, "L"))
     return out
 

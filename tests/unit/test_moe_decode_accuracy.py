@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from serving_runs import layout
 
 from pdplanner.planner.catalog import load_engine, load_gpu, load_model
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.workers import decode_worker
-from pdplanner.planner.types import Parallelism
 
 
 def default_runs() -> Path:
@@ -86,12 +86,8 @@ def low_concurrency_moe_rows(path: Path) -> list[Row]:
             if model is None or gpu is None:
                 continue
             p = "" if r["mode"] == "agg" else "decode_"
-            tp = _int(r[p + "tp_size"])
-            moe_tp, moe_ep = _int(r[p + "moe_tp_size"]), _int(r[p + "moe_ep_size"])
-            dp = _int(r[p + "attention_dp_size"])
-            if r[p + "attention_dp_size"] == "" and tp < moe_tp * moe_ep:
-                # attention-DP left unsaid: the MoE layers span tp x dp GPUs
-                dp = moe_tp * moe_ep // tp
+            par, _ = layout(r, p)  # attention-DP left unsaid where the MoE group is wider
+            tp, dp, moe_ep = par.tp, par.attention_dp, par.ep
             batch = _int(r[p + "batch_size"], 0)  # per attention-DP rank
             if batch == 0 or batch > MAX_SEQS_PER_RANK:
                 continue
@@ -104,7 +100,6 @@ def low_concurrency_moe_rows(path: Path) -> list[Row]:
                 )
             ctx = contexts[key]
             isl, osl = int(r["isl"]), int(r["osl"])
-            par = Parallelism(tp=tp, pp=_int(r[p + "pp_size"]), ep=moe_ep, attention_dp=dp)
             m = decode_worker(ctx, par, batch * dp, isl + osl / 2.0)
             out.append(
                 Row(
