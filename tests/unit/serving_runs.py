@@ -33,7 +33,7 @@ import numpy as np
 
 from pdplanner.planner.catalog import default_gpus, default_models, load_engine
 from pdplanner.planner.errors import PlannerError
-from pdplanner.planner.perf.params import PerfContext
+from pdplanner.planner.perf.params import H_PEAK, QUANTIZED_GEMM_EFFICIENCY, PerfContext
 from pdplanner.planner.serving.scheduler import SchedulerSettings, scheduler_for
 from pdplanner.planner.serving.simulate import (
     ClosedLoop,
@@ -164,8 +164,14 @@ def agg_replicas(run: Run, par: Parallelism, batch: int) -> int:
     return max(1, round(run.concurrency / per_worker)) if run.concurrency > per_worker else 1
 
 
-def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> ServingRun | str:
-    """The planner's figures for ``run`` (a string: why it cannot be predicted)."""
+def predict(
+    run: Run,
+    requests_per_client: float,
+    synchronised: bool = True,
+    quant_eff: float | None = None,
+) -> ServingRun | str:
+    """The planner's figures for ``run`` (a string: why it cannot be predicted). ``quant_eff``
+    replaces ``QUANTIZED_GEMM_EFFICIENCY`` for a fp8/fp4 row (``tools/fit_serving.py`` fits it)."""
     try:
         model = default_models().get(run.model, "model")
         gpu = default_gpus().get(run.system, "gpu")
@@ -177,6 +183,10 @@ def predict(run: Run, requests_per_client: float, synchronised: bool = True) -> 
         ctx = PerfContext.build(model, gpu, engine, run.dtype, kv)
     except PlannerError as e:
         return str(e)
+    if quant_eff is not None and run.dtype != "bf16":
+        hv = ctx.hv.copy()
+        hv[H_PEAK] *= quant_eff / QUANTIZED_GEMM_EFFICIENCY
+        ctx = replace(ctx, hv=hv)
     load = ClosedLoop(run.concurrency, requests_per_client, synchronised)
     isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])
     if run.mode == "agg":

@@ -38,6 +38,7 @@ from pdplanner.planner.perf import opkernels as ok
 from pdplanner.planner.perf.calibration import load_calibration
 from pdplanner.planner.perf.params import (
     H_EXPERT_W_BYTES,
+    QUANTIZED_GEMM_EFFICIENCY,
     WEIGHT_STORAGE_BYTES,
     Layouts,
     PerfContext,
@@ -78,7 +79,9 @@ class Hw:
 
     @property
     def peak(self) -> float:
-        return self.gpu.flops_per_s(self.dtype)
+        """GEMM FLOP/s: quantized linear layers reach ``QUANTIZED_GEMM_EFFICIENCY`` of the peak."""
+        quantized = QUANTIZED_GEMM_EFFICIENCY if self.dtype != "bf16" else 1.0
+        return self.gpu.flops_per_s(self.dtype) * quantized
 
     @property
     def peak_bf16(self) -> float:

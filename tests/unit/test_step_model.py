@@ -240,8 +240,11 @@ def test_moe_decode_time_grows_with_the_distinct_experts_hit(
 
 
 def test_fp8_prefill_is_faster_than_bf16() -> None:
-    """A large prefill is compute bound, and fp8 tensor cores are twice as fast on paper (about
-    1.75x measured on an H100: 1400 vs 800 TFLOP/s): the GEMMs take 0.45..0.8 of the bf16 time."""
+    """A large prefill is compute bound. fp8 tensor cores are twice as fast on paper and a bare fp8
+    GEMM about 1.72x a bf16 one on an H100 (kernel tables: 1,330 vs 780 TFLOP/s); an engine's
+    quantized linear layers reach ``QUANTIZED_GEMM_EFFICIENCY`` (0.65) of that, fitted on the
+    measured serving runs. So the GEMMs take about 0.55 / 0.65 = 0.84 of the bf16 time at this
+    shape, and fp8 still wins."""
     bf16 = phase("llama-3.1-70b", "h100-sxm", "prefill", 4, tp=8, isl=8192)
     fp8 = phase("llama-3.1-70b", "h100-sxm", "prefill", 4, tp=8, isl=8192, dtype="fp8")
     ratio = fp8.per_layer_ms.gemm / bf16.per_layer_ms.gemm
@@ -250,8 +253,8 @@ def test_fp8_prefill_is_faster_than_bf16() -> None:
         f"GEMM per layer {bf16.per_layer_ms.gemm:.2f} vs {fp8.per_layer_ms.gemm:.2f} ms "
         f"(ratio {ratio:.2f})"
     )
-    assert fp8.step_ms < 0.85 * bf16.step_ms
-    assert 0.45 <= ratio <= 0.8
+    assert fp8.step_ms < 0.92 * bf16.step_ms
+    assert 0.72 <= ratio <= 0.9
 
 
 def test_prefill_gemm_time_matches_flops_over_measured_peak() -> None:
