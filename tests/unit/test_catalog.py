@@ -515,3 +515,26 @@ def test_a_gpu_file_with_two_gpus_is_refused(tmp_path: Path) -> None:
     path.write_text(CUSTOM_GPU + CUSTOM_GPU.replace("my-accel", "my-accel-2"))
     with pytest.raises(InvalidInputError, match="exactly one GPU"):
         load_gpu(str(path))
+
+
+def test_padded_moe_rows_section_is_checked_and_names_known_gpus() -> None:
+    """engines.yaml ``moe_padded_rows``: vLLM's names catalog GPUs only (a typo would silently
+    leave that GPU on the routed-rows path), and a malformed section names its field."""
+    from pdplanner.planner.catalog import default_gpus
+    from pdplanner.planner.catalog.engines import _moe_padded_keys
+
+    vllm = load_engine("vllm")
+    assert vllm.moe_padded_align == 128 and vllm.moe_padded_below_tp == 8
+    for name in vllm.moe_padded_gpus:
+        assert default_gpus().get(name, "gpu").name == name
+    assert load_engine("sglang").moe_padded_align == 0
+    assert _moe_padded_keys(None, "x") == {}
+    for bad, field in (
+        ({"align": 0, "below_tp": 8, "gpus": []}, "x.align"),
+        ({"align": 128, "below_tp": 0, "gpus": []}, "x.below_tp"),
+        ({"align": 128, "below_tp": 8, "gpus": "h100-sxm"}, "x.gpus"),
+        ({"below_tp": 8, "gpus": []}, "x"),
+    ):
+        with pytest.raises(InvalidInputError) as e:
+            _moe_padded_keys(bad, "x")
+        assert e.value.field.startswith(field), (bad, e.value.field)

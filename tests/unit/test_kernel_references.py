@@ -178,6 +178,21 @@ def ref_grouped_gemm_ms(
     return max(ref_gemm(tokens, n, k, eb, hw.peak, hw, cg), one + stream_others)
 
 
+def ref_padded_moe_rows(rows: float, local_experts: float, tp: float, hw: Hw) -> float:
+    """The rows an fp8 MoE GEMM computes: the routed ones, or the engine's worst-case buffer on
+    the GPUs and TPs where it takes that path (EngineSpec.moe_padded_*)."""
+    eng = hw.engine
+    if (
+        eng.moe_padded_align == 0
+        or hw.dtype != "fp8"
+        or hw.gpu.name not in eng.moe_padded_gpus
+        or tp >= eng.moe_padded_below_tp
+    ):
+        return rows
+    a = eng.moe_padded_align
+    return float(math.ceil((rows + local_experts * (a - 1)) / a) * a)
+
+
 def ref_window_prefill(batch, new, past, window, heads, kv_heads, qk, v, peak, cp) -> float:
     """Prefill attention when each query sees at most ``window`` keys: every query pays
     ``window`` pairs, less what the first ``c = clip(window - past, 0, new)`` queries lack of
@@ -397,8 +412,9 @@ def ref_layer_ms(
         active_local = max(ref_expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
         w = width / moe_tp
-        gemm += ref_grouped_gemm_ms(rows, active_local, 2 * w, h, hw, cg)
-        gemm += ref_grouped_gemm_ms(rows, active_local, h, w, hw, cg)
+        gemm_rows = ref_padded_moe_rows(rows, e / ep, tp, hw)
+        gemm += ref_grouped_gemm_ms(gemm_rows, active_local, 2 * w, h, hw, cg)
+        gemm += ref_grouped_gemm_ms(gemm_rows, active_local, h, w, hw, cg)
         gemm += ref_dense_ffn(tokens, m.num_shared_experts * width, tp, m, hw, cg)
         comm += 2 * ref_alltoall_ms(tokens / tp * topk * h * K.ACT_BYTES, ep, hw)
         comm += ref_allreduce_ms(min(rows, stage_tokens) * h * K.ACT_BYTES, moe_tp, hw)

@@ -148,17 +148,17 @@ def test_serving_errors_on_measured_runs_under_cross_validation(predictions) -> 
         )
     # the serving layer once predicted TTFT 5-30x too low on these runs (issue 7's table); with
     # the runs' token budgets and the overlap schedulers the held-out TTFT errors came to about
-    # 30% (median) and 38-40% (mean) in every scheme, and to 25-34% / 35-41% once quantized
+    # 30% (median) and 38-40% (mean) in every scheme, and to 24-33% / 35-40% once quantized
     # GEMMs were priced at the engines' efficiency: they must not drift back up. TPOT came to
-    # 11.9% (median) and 16.3% (mean) once steps were priced as engines run them, and to 7.7% /
-    # 14.2% with the quantized GEMM efficiency (fitted on every run: its folds, refitting it too,
-    # give 14.6%, tools/fit_serving.py)
+    # 11.9% (median) and 16.3% (mean) once steps were priced as engines run them, and to 7.2% /
+    # 11.6% with the quantized GEMM efficiency and vLLM's padded fp8 MoE GEMMs (the efficiency
+    # held at 0.65; folds that refit it too give 7.5% / 11.7%, tools/fit_serving.py)
     for name, (_, n, tm, ta, qm, qa) in overall.items():
         assert n >= 700, name
         assert tm < 36.0, (name, tm)
         assert ta < 43.0, (name, ta)
-        assert qm < 10.0, (name, qm)
-        assert qa < 16.0, (name, qa)
+        assert qm < 9.0, (name, qm)
+        assert qa < 13.0, (name, qa)
 
 
 # A measured disagg TTFT above this many times (whole-backlog prefill + the fitted overhead) is

@@ -16,7 +16,14 @@ from pdplanner.planner.catalog import load_gpu, load_model
 from pdplanner.planner.estimate import estimate
 from pdplanner.planner.perf.calibration import read_tables
 from pdplanner.planner.perf.kernels import expected_distinct
-from pdplanner.planner.types import EstimateRequest, Parallelism, PhaseEstimate, Precision
+from pdplanner.planner.perf.params import QUANTIZED_GEMM_EFFICIENCY
+from pdplanner.planner.types import (
+    DEFAULT_ENGINE,
+    EstimateRequest,
+    Parallelism,
+    PhaseEstimate,
+    Precision,
+)
 
 GB = 1e9
 
@@ -35,9 +42,11 @@ def phase(
     context: int | None = None,
     dtype: str = "bf16",
     kv_dtype: str = "bf16",
+    engine: str = DEFAULT_ENGINE,
 ) -> PhaseEstimate:
     r = estimate(
         EstimateRequest(
+            engine=engine,
             model=model,
             gpu=gpu,
             isl=isl,
@@ -467,3 +476,41 @@ def test_host_time_per_sequence_adds_to_the_step_latency_not_to_the_stage() -> N
     a = step_time(with_host, Parallelism(tp=8), pf_seqs=4.0, pf_new=2048.0)
     b = step_time(gpu_only, Parallelism(tp=8), pf_seqs=4.0, pf_new=2048.0)
     assert abs((a.latency_ms - b.latency_ms) - 0.05 * 4.0) < 1e-9
+
+
+def test_vllm_fp8_moe_decode_is_priced_over_deepgemm_worst_case_buffer() -> None:
+    """vLLM 0.12 runs fp8 MoE layers on Hopper through DeepGEMM over round_up(tokens x top-k +
+    local experts x 127, 128) rows at any batch (engines.yaml ``moe_padded_rows``): Qwen3-235B
+    at TP2 on an H200 computes 16,384 rows per layer at batch 4 and 16,640 at batch 48, so the
+    decode step is flat in the batch and far slower than SGLang's (routed rows only) at the
+    same layout; at TP8 vLLM leaves the path, and bf16 never takes it."""
+
+    def step(engine: str, dtype: str, tp: int, batch: int) -> PhaseEstimate:
+        return phase(
+            "qwen3-235b-a22b",
+            "h200-sxm",
+            "decode",
+            batch,
+            tp=tp,
+            isl=4000,
+            dtype=dtype,
+            kv_dtype="fp8",
+            engine=engine,
+        )
+
+    v4, v48 = step("vllm", "fp8", 2, 4).step_ms, step("vllm", "fp8", 2, 48).step_ms
+    s4 = step("sglang", "fp8", 2, 4).step_ms
+    print(
+        f"Qwen3-235B TP2 fp8 decode on H200: vLLM {v4:.1f} ms (batch 4), {v48:.1f} ms (48); "
+        f"SGLang {s4:.1f} ms (batch 4)"
+    )
+    assert v48 < 1.15 * v4  # flat: the buffer, not the batch, sets the work
+    assert v4 > 2.0 * s4
+    # no faster than the buffer's gate/up and down GEMMs at the fp8 peak x the efficiency
+    m = load_model("qwen3-235b-a22b")
+    flops = 2 * 16384 * 3 * m.hidden_size * m.moe_intermediate_size / 2 * m.num_layers
+    peak = load_gpu("h200-sxm").fp8_flops_per_s * QUANTIZED_GEMM_EFFICIENCY
+    assert v4 > flops / peak * 1e3
+    for dtype, tp in (("fp8", 8), ("bf16", 2)):
+        vllm, sglang = step("vllm", dtype, tp, 4), step("sglang", dtype, tp, 4)
+        assert vllm.per_layer_ms.gemm == pytest.approx(sglang.per_layer_ms.gemm, rel=1e-9)

@@ -34,6 +34,13 @@ class EngineSpec:
     # Host time per scheduled sequence per iteration not hidden behind the GPU (ms): the
     # engine's per-request work in every step (scheduling, input preparation, output handling).
     seq_overhead_ms: float = 0.0
+    # fp8 MoE layers that run a grouped GEMM over a buffer sized for the worst case rather than
+    # the routed rows: round_up(routed rows + local experts x (align - 1), align) rows at any
+    # batch, on the GPUs named and below ``moe_padded_below_tp`` (vLLM's DeepGEMM path).
+    # 0: the GEMM covers the routed rows only.
+    moe_padded_align: int = 0
+    moe_padded_below_tp: int = 0
+    moe_padded_gpus: tuple[str, ...] = ()
     aliases: tuple[str, ...] = field(default=(), compare=False)
     # Memory (keys of engines.yaml's memory section; sources there).
     memory_rule: MemoryRule = "total"
@@ -69,12 +76,36 @@ def _engines() -> dict[str, EngineSpec]:
                 max_batch=require(e, "max_batch", int, f),
                 chunked_pipeline_prefill=optional(e, "chunked_pipeline_prefill", bool, False, f),
                 seq_overhead_ms=optional(e, "seq_overhead_ms", float, 0.0, f),
+                **_moe_padded_keys(e.get("moe_padded_rows"), f"{f}.moe_padded_rows"),
                 aliases=tuple(e.get("aliases", ())),
                 **_memory_keys(e.get("memory"), f"{f}.memory"),
             )
             out[spec.name] = spec
         _ENGINES = out
     return _ENGINES
+
+
+def _moe_padded_keys(section: object, f: str) -> dict[str, Any]:
+    """``moe_padded_rows`` of an engine entry: ``align``, ``below_tp`` and ``gpus`` (absent:
+    no padded MoE GEMM)."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise InvalidInputError(f, "must be a mapping of align, below_tp and gpus")
+    align = require(section, "align", int, f)
+    below_tp = require(section, "below_tp", int, f)
+    gpus = section.get("gpus")
+    if align < 1:
+        raise InvalidInputError(f"{f}.align", "must be at least 1")
+    if below_tp < 1:
+        raise InvalidInputError(f"{f}.below_tp", "must be at least 1")
+    if not isinstance(gpus, list) or not all(isinstance(g, str) for g in gpus):
+        raise InvalidInputError(f"{f}.gpus", "must be a list of GPU names")
+    return {
+        "moe_padded_align": align,
+        "moe_padded_below_tp": below_tp,
+        "moe_padded_gpus": tuple(gpus),
+    }
 
 
 def _memory_keys(mem: object, f: str) -> dict[str, Any]:

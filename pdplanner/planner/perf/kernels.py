@@ -60,6 +60,8 @@ from pdplanner.planner.perf.params import (
     H_HBM_BW,
     H_KV_BYTES,
     H_LINK_BW,
+    H_MOE_PAD_ALIGN,
+    H_MOE_PAD_BELOW_TP,
     H_N_SM,
     H_PEAK,
     H_PEAK_BF16,
@@ -234,6 +236,20 @@ def grouped_gemm_ms(
         (n_active - 1.0) * n * k * wb / (hv[H_HBM_BW] * EXPERT_WEIGHT_BW_EFFICIENCY * share) * 1e3
     )
     return max(gemm_ms(tokens, n, k, wb, hv[H_PEAK], hv[H_HBM_BW], cg), one + more)
+
+
+@njit(cache=True, nogil=True)
+def padded_moe_rows(rows: float, local_experts: float, tp: float, hv: np.ndarray) -> float:
+    """Rows an MoE layer's grouped GEMMs compute for ``rows`` routed (token, expert) pairs on a
+    GPU holding ``local_experts`` experts: the routed rows, or, where the engine runs a grouped
+    GEMM over a buffer sized for the worst case (``H_MOE_PAD_ALIGN`` > 0 below
+    ``H_MOE_PAD_BELOW_TP``), round_up(rows + local_experts x (align - 1), align) whatever the
+    batch. vLLM 0.12's DeepGEMM MoE (fused_moe/deep_gemm_utils.py compute_aligned_M) sizes its
+    contiguous buffer so and computes every block of it."""
+    align = hv[H_MOE_PAD_ALIGN]
+    if align <= 0.0 or tp >= hv[H_MOE_PAD_BELOW_TP]:
+        return rows
+    return math.ceil((rows + local_experts * (align - 1.0)) / align) * align
 
 
 @njit(cache=True, nogil=True)
@@ -594,8 +610,9 @@ def ffn_ms(
         rows = stage_tokens * topk / ep
         w = width / moe_tp
         wb = hv[H_EXPERT_W_BYTES]  # routed experts as the checkpoint stores them
-        out[B_GEMM] += grouped_gemm_ms(rows, active_local, 2.0 * w, h, wb, hv, cg)
-        out[B_GEMM] += grouped_gemm_ms(rows, active_local, h, w, wb, hv, cg)
+        gemm_rows = padded_moe_rows(rows, e / ep, tp, hv)
+        out[B_GEMM] += grouped_gemm_ms(gemm_rows, active_local, 2.0 * w, h, wb, hv, cg)
+        out[B_GEMM] += grouped_gemm_ms(gemm_rows, active_local, h, w, wb, hv, cg)
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)
         # dispatch and combine: each GPU sends its tokens' hidden states to the experts' owners
         comm = 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
