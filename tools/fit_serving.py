@@ -6,7 +6,7 @@ Parameters:
 
 * the share of the calibrated fp8/fp4 GEMM throughput that engines' quantized linear layers
   reach (``params.QUANTIZED_GEMM_EFFICIENCY``), picked by the smallest mean abs. % TPOT error
-  (it is a step-time figure; TPOT has no other free parameter);
+  over every ``k`` (it is a step-time figure; TPOT has no other free parameter);
 * requests per benchmark client ``k`` (``simulate.REQUESTS_PER_CLIENT``; the runs' source does
   not say how many requests a run sent) and a per-request TTFT overhead per serving mode
   (``tests/unit/test_serving_accuracy.py`` fits the latter again in its own folds), picked by
@@ -38,7 +38,7 @@ Row = tuple[Run, dict[Point, tuple[float, float]]]  # point -> (TTFT mean, TPOT 
 def fit(rows: list[Row], ks: list[float], effs: list[float]) -> tuple[Point, dict[str, float]]:
     """The efficiency with the smallest mean TPOT error, then the ``k`` and per-mode overheads
     with the smallest mean TTFT error at it."""
-    eff = min(effs, key=lambda e: sum(abs_pct(p[ks[0], e][1], r.tpot_ms) for r, p in rows))
+    eff = min(effs, key=lambda e: sum(abs_pct(p[k, e][1], r.tpot_ms) for r, p in rows for k in ks))
     best: tuple[float, float, dict[str, float]] | None = None
     for k in ks:
         over, total = {}, 0.0

@@ -538,3 +538,19 @@ def test_padded_moe_rows_section_is_checked_and_names_known_gpus() -> None:
         with pytest.raises(InvalidInputError) as e:
             _moe_padded_keys(bad, "x")
         assert e.value.field.startswith(field), (bad, e.value.field)
+
+
+def test_block_scaled_fp8_experts_come_from_the_checkpoint_or_the_catalogs_release() -> None:
+    """DeepSeek-V3.2's checkpoint is block-scaled FP8; DeepSeek-V3/R1, Qwen3-235B and Qwen3-Next
+    publish block-scaled FP8 releases (models.yaml ``fp8_release``); MXFP4, int4 and the others'
+    FP8 (per-channel, per-tensor or none) are not block-scaled, and dense models have no experts."""
+    from pdplanner.planner.catalog import default_models, fp8_block_experts
+
+    got = {m.name for m in default_models().specs() if fp8_block_experts(m)}
+    assert got == {
+        "deepseek-r1",
+        "deepseek-v3",
+        "deepseek-v3.2",
+        "qwen3-235b-a22b",
+        "qwen3-next-80b-a3b",
+    }

@@ -30,6 +30,7 @@ from pdplanner.planner.catalog import (
     default_gpus,
     default_models,
     engine_names,
+    fp8_block_experts,
     load_engine,
 )
 from pdplanner.planner.perf import kernels as K
@@ -178,15 +179,18 @@ def ref_grouped_gemm_ms(
     return max(ref_gemm(tokens, n, k, eb, hw.peak, hw, cg), one + stream_others)
 
 
-def ref_padded_moe_rows(rows: float, local_experts: float, tp: float, hw: Hw) -> float:
-    """The rows an fp8 MoE GEMM computes: the routed ones, or the engine's worst-case buffer on
-    the GPUs and TPs where it takes that path (EngineSpec.moe_padded_*)."""
+def ref_padded_moe_rows(rows: float, local_experts: float, moe_tp: float, hw: Hw) -> float:
+    """The rows an fp8 MoE GEMM computes: the routed ones, or the engine's worst-case buffer for
+    block-scaled fp8 experts on the GPUs and MoE TPs where it takes that path
+    (EngineSpec.moe_padded_*, catalog.fp8_block_experts)."""
     eng = hw.engine
     if (
         eng.moe_padded_align == 0
         or hw.dtype != "fp8"
+        or hw.model is None
+        or not fp8_block_experts(hw.model)
         or hw.gpu.name not in eng.moe_padded_gpus
-        or tp >= eng.moe_padded_below_tp
+        or moe_tp >= eng.moe_padded_below_tp
     ):
         return rows
     a = eng.moe_padded_align
@@ -412,7 +416,7 @@ def ref_layer_ms(
         active_local = max(ref_expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
         w = width / moe_tp
-        gemm_rows = ref_padded_moe_rows(rows, e / ep, tp, hw)
+        gemm_rows = ref_padded_moe_rows(rows, e / ep, moe_tp, hw)
         gemm += ref_grouped_gemm_ms(gemm_rows, active_local, 2 * w, h, hw, cg)
         gemm += ref_grouped_gemm_ms(gemm_rows, active_local, h, w, hw, cg)
         gemm += ref_dense_ffn(tokens, m.num_shared_experts * width, tp, m, hw, cg)

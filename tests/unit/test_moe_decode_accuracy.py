@@ -18,9 +18,10 @@ whole experts per GPU) are within ~8%; SGLang's Qwen3 rows (expert tensor parall
 slower than predicted; vLLM's Qwen3 rows on H200 measure 34-58 ms, flat in batch, where SGLang on
 the same model and GPU measures 15-29 ms. vLLM 0.12 runs fp8 MoE layers there through DeepGEMM
 over a buffer sized for the worst case (engines.yaml ``moe_padded_rows``): priced so, its rows
-came from 2x too fast (mean error 53%) to within 20% (mean), the attention-DP layouts still 20-35%
-fast. The DeepSeek-V3 rows measure 10-25% faster than one predicted step; the source does
-not say whether multi-token prediction (more than one token per step) was on.
+came from 2x too fast (mean error 53%) to within 20% (mean); what is left follows the GPU count
+(2-GPU layouts 11-20% fast, 4-GPU ones 13-39%). The DeepSeek-V3 rows measure 10-25% faster than
+one predicted step; the source does not say whether multi-token prediction (more than one token
+per step) was on.
 """
 
 from __future__ import annotations

@@ -514,3 +514,54 @@ def test_vllm_fp8_moe_decode_is_priced_over_deepgemm_worst_case_buffer() -> None
     for dtype, tp in (("fp8", 8), ("bf16", 2)):
         vllm, sglang = step("vllm", dtype, tp, 4), step("sglang", dtype, tp, 4)
         assert vllm.per_layer_ms.gemm == pytest.approx(sglang.per_layer_ms.gemm, rel=1e-9)
+
+
+def _moe_gemm_ms(model: str, engine: str, par: Parallelism) -> float:
+    r = estimate(
+        EstimateRequest(
+            model=model,
+            gpu="h200-sxm",
+            isl=2000,
+            osl=200,
+            phase="decode",
+            batch=64,
+            engine=engine,
+            parallelism=par,
+            precision=Precision("fp8", "fp8"),
+        )
+    )
+    assert isinstance(r, PhaseEstimate)
+    return r.per_layer_ms.gemm
+
+
+@pytest.mark.parametrize(
+    ("par", "padded"),
+    [
+        (Parallelism(tp=2), True),
+        (Parallelism(tp=8, ep=8), True),  # expert parallel: MoE TP 1, vLLM keeps DeepGEMM
+        (Parallelism(tp=1, attention_dp=8), False),  # MoE TP 8: vLLM turns DeepGEMM off
+        (Parallelism(tp=8), False),
+    ],
+)
+def test_vllm_padded_moe_rows_follow_the_moe_tp(par: Parallelism, padded: bool) -> None:
+    """vLLM leaves DeepGEMM at an MoE TP of 8 or more (TP x DP without expert parallelism, 1
+    with it): DeepSeek-V3 fp8 on an H200 pays the worst-case buffer exactly where it keeps it."""
+    vllm = _moe_gemm_ms("deepseek-v3", "vllm", par)
+    sglang = _moe_gemm_ms("deepseek-v3", "sglang", par)
+    print(f"DeepSeek-V3 {par}: GEMM per layer vLLM {vllm:.3f} ms, SGLang {sglang:.3f} ms")
+    if padded:
+        assert vllm > 1.2 * sglang
+    else:
+        assert vllm == pytest.approx(sglang, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-oss-120b", "kimi-k2.5", "llama-4-maverick", "mixtral-8x7b", "llama-4-scout"]
+)
+def test_vllm_prices_experts_that_are_not_block_fp8_over_routed_rows(model: str) -> None:
+    """MXFP4, int4, per-channel and per-tensor FP8 experts do not take vLLM's DeepGEMM path:
+    at fp8 their MoE GEMMs cost what SGLang's do."""
+    par = Parallelism(tp=4)
+    assert _moe_gemm_ms(model, "vllm", par) == pytest.approx(
+        _moe_gemm_ms(model, "sglang", par), rel=1e-9
+    )

@@ -372,6 +372,38 @@ def _refuse_unknown(cfg: dict[str, Any], f: str) -> None:
             )
 
 
+#: ``ModelSpec.quantization`` of an FP8 checkpoint with block scales (``weight_block_size``).
+FP8_BLOCK_SCALED = "FP8 block-scaled"
+
+_FP8_BLOCK_RELEASES: frozenset[str] | None = None
+
+
+def fp8_block_experts(model: ModelSpec) -> bool:
+    """Whether ``model``'s routed experts run as 128 x 128 block-scaled FP8 when it is served at
+    fp8: its checkpoint is so quantized (``quantization_config.weight_block_size``), or it is a
+    built-in whose published FP8 release is (models.yaml ``fp8_release: block-scaled``: the
+    release is a different checkpoint from the config the entry holds, so this is the catalog's
+    knowledge, not the config's). Engines pick their MoE kernels by it (engines.yaml
+    ``moe_padded_rows``)."""
+    global _FP8_BLOCK_RELEASES
+    if not model.is_moe:
+        return False
+    if model.quantization == FP8_BLOCK_SCALED:
+        return True
+    if _FP8_BLOCK_RELEASES is None:
+        names = set()
+        for entry in builtin_entries("models.yaml"):
+            release = entry.get("fp8_release")
+            if release not in (None, "block-scaled"):
+                raise InvalidInputError(
+                    f"models.yaml:{entry.get('name')}.fp8_release", "must be block-scaled if given"
+                )
+            if release:
+                names.add(str(entry["name"]))
+        _FP8_BLOCK_RELEASES = frozenset(names)
+    return model.name in _FP8_BLOCK_RELEASES
+
+
 def _quantization(cfg: dict[str, Any], f: str) -> tuple[float, float, str]:
     """(dense bytes/element, expert bytes/element, description) from ``quantization_config``;
     0.0 means "at the request's precision"."""
@@ -387,7 +419,7 @@ def _quantization(cfg: dict[str, Any], f: str) -> tuple[float, float, str]:
         # gpt-oss: experts in MXFP4, attention, router and embeddings kept in bf16
         return (2.0 if attention_kept else MXFP4_BYTES), MXFP4_BYTES, "MXFP4 experts"
     if method == "fp8":
-        return FP8_BYTES, FP8_BYTES, "FP8" + (" block-scaled" if q.get("weight_block_size") else "")
+        return FP8_BYTES, FP8_BYTES, FP8_BLOCK_SCALED if q.get("weight_block_size") else "FP8"
     if method in ("awq", "gptq"):
         fq = f"{f}.quantization_config"
         bits = optional(q, "bits", int, optional(q, "w_bit", int, 4, fq), fq)

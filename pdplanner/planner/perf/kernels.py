@@ -239,15 +239,16 @@ def grouped_gemm_ms(
 
 
 @njit(cache=True, nogil=True)
-def padded_moe_rows(rows: float, local_experts: float, tp: float, hv: np.ndarray) -> float:
+def padded_moe_rows(rows: float, local_experts: float, moe_tp: float, hv: np.ndarray) -> float:
     """Rows an MoE layer's grouped GEMMs compute for ``rows`` routed (token, expert) pairs on a
-    GPU holding ``local_experts`` experts: the routed rows, or, where the engine runs a grouped
-    GEMM over a buffer sized for the worst case (``H_MOE_PAD_ALIGN`` > 0 below
-    ``H_MOE_PAD_BELOW_TP``), round_up(rows + local_experts x (align - 1), align) whatever the
-    batch. vLLM 0.12's DeepGEMM MoE (fused_moe/deep_gemm_utils.py compute_aligned_M) sizes its
-    contiguous buffer so and computes every block of it."""
+    GPU holding ``local_experts`` experts, the layer split ``moe_tp`` ways tensor-parallel: the
+    routed rows, or, where the engine runs a grouped GEMM over a buffer sized for the worst case
+    (``H_MOE_PAD_ALIGN`` > 0, MoE TP below ``H_MOE_PAD_BELOW_TP``), round_up(rows +
+    local_experts x (align - 1), align) whatever the batch. vLLM 0.12's DeepGEMM MoE
+    (fused_moe/deep_gemm_utils.py compute_aligned_M) sizes its contiguous buffer so and computes
+    every block of it; its MoE TP is TP x DP without expert parallelism and 1 with it."""
     align = hv[H_MOE_PAD_ALIGN]
-    if align <= 0.0 or tp >= hv[H_MOE_PAD_BELOW_TP]:
+    if align <= 0.0 or moe_tp >= hv[H_MOE_PAD_BELOW_TP]:
         return rows
     return math.ceil((rows + local_experts * (align - 1.0)) / align) * align
 
@@ -610,7 +611,7 @@ def ffn_ms(
         rows = stage_tokens * topk / ep
         w = width / moe_tp
         wb = hv[H_EXPERT_W_BYTES]  # routed experts as the checkpoint stores them
-        gemm_rows = padded_moe_rows(rows, e / ep, tp, hv)
+        gemm_rows = padded_moe_rows(rows, e / ep, moe_tp, hv)
         out[B_GEMM] += grouped_gemm_ms(gemm_rows, active_local, 2.0 * w, h, wb, hv, cg)
         out[B_GEMM] += grouped_gemm_ms(gemm_rows, active_local, h, w, wb, hv, cg)
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)

@@ -17,7 +17,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pdplanner.planner.catalog import BYTES_PER_ELEMENT, EngineSpec, GpuSpec, ModelSpec
+from pdplanner.planner.catalog import (
+    BYTES_PER_ELEMENT,
+    EngineSpec,
+    GpuSpec,
+    ModelSpec,
+    fp8_block_experts,
+)
 from pdplanner.planner.perf.calibration import Calibration, engine_calibration, load_calibration
 from pdplanner.planner.perf.opkernels import D_N_SM
 
@@ -145,7 +151,12 @@ def hardware_vector(
     v[H_NON_TORCH_BYTES] = engine.non_torch_bytes
     v[H_COMM_BYTES] = engine.comm_buffer_bytes
     v[H_GRAPH_BYTES] = engine.cuda_graph_bytes
-    if dtype == "fp8" and gpu.name in engine.moe_padded_gpus:
+    if (
+        dtype == "fp8"
+        and model is not None
+        and fp8_block_experts(model)
+        and gpu.name in engine.moe_padded_gpus
+    ):
         v[H_MOE_PAD_ALIGN] = engine.moe_padded_align
         v[H_MOE_PAD_BELOW_TP] = engine.moe_padded_below_tp
     v[H_EXPERT_W_BYTES] = v[H_W_BYTES]
