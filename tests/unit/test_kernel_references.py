@@ -463,7 +463,7 @@ def ref_step_ms(
             per_layer = [a + b * (count / layers) for a, b in zip(per_layer, row, strict=True)]
     layers_total = layers * sum(per_layer)
     head = ref_gemm(
-        pf_seqs + dc_seqs, m.vocab_size / tp, m.hidden_size, hw.wb, hw.peak, hw, cal.gemm
+        pf_seqs + dc_seqs, m.vocab_size / tp, m.hidden_size, 2.0, hw.peak_bf16, hw, cal.gemm
     )
     tokens = pf_seqs * pf_new + dc_seqs
     p2p = 0.0

@@ -50,7 +50,7 @@ import math
 import numpy as np
 from numba import njit
 
-from pdplanner.planner.perf.memory import STATE_BYTES
+from pdplanner.planner.perf.memory import EMBED_BYTES, STATE_BYTES
 from pdplanner.planner.perf.opkernels import attn_decode_ms, attn_prefill_window_ms, gemm_ms
 from pdplanner.planner.perf.params import (
     H_CUDA_GRAPHS,
@@ -749,10 +749,12 @@ def _head_p2p_host(
     dc_seqs: float,
 ) -> tuple[float, float, float]:
     """``step_ms``'s LM head, one pipeline hop and host time (ms)."""
-    # LM head on the last stage: logits for each decoding sequence and each prompt's last token
+    # LM head on the last stage: logits for each decoding sequence and each prompt's last token;
+    # a bf16 GEMM whatever the precision (quantized checkpoints and engines keep it unquantized,
+    # as memory.EMBED_BYTES sizes it)
     logits = pf_seqs + dc_seqs
     head = gemm_ms(
-        logits, mv[M_VOCAB] / tp, mv[M_HIDDEN], hv[H_W_BYTES], hv[H_PEAK], hv[H_HBM_BW], cg
+        logits, mv[M_VOCAB] / tp, mv[M_HIDDEN], EMBED_BYTES, hv[H_PEAK_BF16], hv[H_HBM_BW], cg
     )
     tokens = pf_seqs * pf_new + dc_seqs
     p2p = 0.0
