@@ -43,6 +43,7 @@ def phase(
     dtype: str = "bf16",
     kv_dtype: str = "bf16",
     engine: str = DEFAULT_ENGINE,
+    attention_dp: int = 1,
 ) -> PhaseEstimate:
     r = estimate(
         EstimateRequest(
@@ -54,7 +55,7 @@ def phase(
             phase=phase_,
             batch=batch,
             context=context,
-            parallelism=Parallelism(tp=tp, pp=pp, ep=ep),
+            parallelism=Parallelism(tp=tp, pp=pp, ep=ep, attention_dp=attention_dp),
             precision=Precision(dtype, kv_dtype),
         )
     )
@@ -517,21 +518,11 @@ def test_vllm_fp8_moe_decode_is_priced_over_deepgemm_worst_case_buffer() -> None
 
 
 def _moe_gemm_ms(model: str, engine: str, par: Parallelism) -> float:
-    r = estimate(
-        EstimateRequest(
-            model=model,
-            gpu="h200-sxm",
-            isl=2000,
-            osl=200,
-            phase="decode",
-            batch=64,
-            engine=engine,
-            parallelism=par,
-            precision=Precision("fp8", "fp8"),
-        )
-    )
-    assert isinstance(r, PhaseEstimate)
-    return r.per_layer_ms.gemm
+    """GEMM ms per layer of an fp8 decode step at batch 64 on an H200, at layout ``par``."""
+    return phase(
+        model, "h200-sxm", "decode", 64, tp=par.tp, ep=par.ep, attention_dp=par.attention_dp,
+        isl=2000, osl=200, dtype="fp8", kv_dtype="fp8", engine=engine,
+    ).per_layer_ms.gemm  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -375,8 +375,6 @@ def _refuse_unknown(cfg: dict[str, Any], f: str) -> None:
 #: ``ModelSpec.quantization`` of an FP8 checkpoint with block scales (``weight_block_size``).
 FP8_BLOCK_SCALED = "FP8 block-scaled"
 
-_FP8_BLOCK_RELEASES: frozenset[str] | None = None
-
 
 def fp8_block_experts(model: ModelSpec) -> bool:
     """Whether ``model``'s routed experts run as 128 x 128 block-scaled FP8 when it is served at
@@ -385,23 +383,11 @@ def fp8_block_experts(model: ModelSpec) -> bool:
     release is a different checkpoint from the config the entry holds, so this is the catalog's
     knowledge, not the config's). Engines pick their MoE kernels by it (engines.yaml
     ``moe_padded_rows``)."""
-    global _FP8_BLOCK_RELEASES
     if not model.is_moe:
         return False
-    if model.quantization == FP8_BLOCK_SCALED:
-        return True
-    if _FP8_BLOCK_RELEASES is None:
-        names = set()
-        for entry in builtin_entries("models.yaml"):
-            release = entry.get("fp8_release")
-            if release not in (None, "block-scaled"):
-                raise InvalidInputError(
-                    f"models.yaml:{entry.get('name')}.fp8_release", "must be block-scaled if given"
-                )
-            if release:
-                names.add(str(entry["name"]))
-        _FP8_BLOCK_RELEASES = frozenset(names)
-    return model.name in _FP8_BLOCK_RELEASES
+    return (
+        model.quantization == FP8_BLOCK_SCALED or model.name in default_models().fp8_block_releases
+    )
 
 
 def _quantization(cfg: dict[str, Any], f: str) -> tuple[float, float, str]:
@@ -684,11 +670,17 @@ class ModelCatalog(Catalog[ModelSpec]):
 
     def __init__(self, extra: list[ModelSpec] | None = None) -> None:
         builtins = []
+        releases = set()  # built-ins whose published FP8 release is block-scaled
         for entry in builtin_entries("models.yaml"):
-            spec = model_from_hf_config(
-                entry["config"], entry["name"], f"models.yaml:{entry['name']}"
-            )
+            f = f"models.yaml:{entry['name']}"
+            spec = model_from_hf_config(entry["config"], entry["name"], f)
             builtins.append(replace(spec, aliases=tuple(entry.get("aliases", ()))))
+            release = entry.get("fp8_release")
+            if release not in (None, "block-scaled"):
+                raise InvalidInputError(f"{f}.fp8_release", "must be block-scaled if given")
+            if release:
+                releases.add(spec.name)
+        self.fp8_block_releases = frozenset(releases)
         super().__init__(builtins + list(extra or []))
 
     def get(self, name: str, field_path: str = "model") -> ModelSpec:
