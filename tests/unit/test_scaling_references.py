@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from pdplanner.planner.scaling.capacity import (
     PrefillCapacity,
-    erlang_c,
     prefill_miss,
     prefill_ttft_ms,
 )
+from pdplanner.planner.serving.queueing import erlang_c
 
 
 def erlang_c_textbook(c: int, a: float) -> float:

@@ -42,7 +42,7 @@ from numba import njit
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.kvtransfer import kv_bytes_per_request, sending_gpus, transfer
 from pdplanner.planner.serving.phases import evaluate_decode
-from pdplanner.planner.serving.queueing import PERCENTILES
+from pdplanner.planner.serving.queueing import PERCENTILES, erlang_c
 from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS
 from pdplanner.planner.serving.workers import prefill_worker
 from pdplanner.planner.types import Parallelism, Pool, Workload
@@ -326,20 +326,6 @@ def largest_batch(ctx: PerfContext, shape: Shape, context: float, tpot_ms: float
     tpot, fits = decode_steps(ctx, shape, context)
     ok = np.nonzero((tpot <= tpot_ms) & fits)[0]
     return int(ok[-1]) + 1 if ok.size else 0
-
-
-@njit(cache=True, nogil=True)
-def erlang_c(servers: int, offered: float) -> float:
-    """Probability that an arrival waits in an M/M/c queue with ``servers`` servers and
-    ``offered`` Erlangs of load (1 when ``offered >= servers``), by Erlang B's stable recursion."""
-    if offered <= 0.0:
-        return 0.0
-    if offered >= servers:
-        return 1.0
-    b = 1.0
-    for k in range(1, servers + 1):
-        b = offered * b / (k + offered * b)
-    return servers * b / (servers - offered * (1.0 - b))
 
 
 def decode_workers(rate: float, cap: DecodeCapacity, batch: int, percentile: str) -> int:

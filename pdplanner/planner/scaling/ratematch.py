@@ -57,14 +57,13 @@ from pdplanner.planner.scaling.capacity import (
     decode_context,
     decode_steps,
     decode_workers,
-    erlang_c,
     prefill_capacity,
     prefill_miss,
     prefill_ttft_ms,
     prefill_workers,
 )
 from pdplanner.planner.serving.kvtransfer import link_between_pools
-from pdplanner.planner.serving.queueing import PERCENTILES
+from pdplanner.planner.serving.queueing import PERCENTILES, erlang_c
 from pdplanner.planner.types import Slo, Workload
 
 CORRECTION_RANGE = (0.25, 4.0)

@@ -8,9 +8,13 @@ says it can only get worse: the KV cache no longer holds the clients (requests q
 admission), time to first token passes ``ttft_stop_ms``, or a single request does not fit.
 
 The simulation is closed-loop and deterministic; the search judges deployments under random
-(Poisson) arrivals at the rate they sustain, as it does the disaggregated prefill pool. So each
-point's time to first token at the SLO percentile adds the M/D/1 wait of a prompt queue whose
-service time is one prompt's prefill step and whose utilisation is the rate times that time.
+(Poisson) arrivals. A closed loop of ``users`` clients keeps every batch slot busy, which random
+arrivals at the same rate cannot sustain (the slots would never drain), so each point carries
+the rate at which an arrival still finds a free slot at the SLO percentile: the loop's rate times
+``queueing.max_slot_load`` of its slots over the slots, each request holding its slot for the
+loop's time per request. Its time to first token at the SLO percentile adds the M/D/1 wait of a
+prompt queue whose service time is one prompt's prefill step and whose utilisation is that rate
+times that time.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pdplanner.planner.perf.kernels import step_ms
 from pdplanner.planner.perf.memory import kv_capacity_tokens
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving import _loop as L
-from pdplanner.planner.serving.queueing import MAX_UTILISATION, wait_ms
+from pdplanner.planner.serving.queueing import MAX_UTILISATION, max_slot_load, wait_ms
 
 # columns of the rows sweep_layout writes
 R_CHUNK, R_USERS, R_TTFT, R_TPOT, R_TOKENS_PER_S, R_REQUESTS_PER_S = 0, 1, 2, 3, 4, 5
@@ -233,14 +237,18 @@ def sweep_layout(
                 fixed_terms,
             ):
                 break
-            rho = min(out[8] * prompt_ms / 1e3, MAX_UTILISATION)
+            # random arrivals: the rate at which an arrival finds one of the rank's slots free
+            # at the SLO percentile (the loop's clients keep all of them busy)
+            slots = int(min(float(users), max_batch))
+            rate = out[8] * max_slot_load(slots, percentile) / slots
+            rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
             ttft = out[0] + wait_ms(rho, prompt_ms, percentile)
             rows[n, R_CHUNK] = chunk
             rows[n, R_USERS] = users * dp
             rows[n, R_TTFT] = ttft
             rows[n, R_TPOT] = out[4 + slot]
-            rows[n, R_TOKENS_PER_S] = out[9] * dp
-            rows[n, R_REQUESTS_PER_S] = out[8] * dp
+            rows[n, R_TOKENS_PER_S] = rate * (out[9] / out[8]) * dp
+            rows[n, R_REQUESTS_PER_S] = rate * dp
             n += 1
             if out[10] > 0.5 or ttft > ttft_stop_ms:
                 break  # past KV saturation or far past the TTFT target: only worse
@@ -256,8 +264,8 @@ class AggPoints:
     users: np.ndarray  # closed-loop clients of the worker
     ttft_ms: np.ndarray  # at the SLO percentile, the M/D/1 prompt-queue wait included
     tpot_ms: np.ndarray  # at the SLO percentile
-    tokens_per_s: np.ndarray  # output tokens/s
-    requests_per_s: np.ndarray
+    tokens_per_s: np.ndarray  # output tokens/s at requests_per_s
+    requests_per_s: np.ndarray  # under random arrivals (module doc), below the loop's rate
 
     @property
     def n(self) -> int:

@@ -57,6 +57,7 @@ from pdplanner.planner.serving.phases import PhaseArrays, evaluate_decode, evalu
 from pdplanner.planner.serving.queueing import (
     MAX_UTILISATION,
     PERCENTILES,
+    slot_shares,
     usable_utilisation,
     wait_ms,
 )
@@ -78,9 +79,10 @@ RATE_SEARCH_MAX_GPUS = 4 * validate.MAX_GPUS
 MATCH_SLICE_EVALUATIONS = 2_000_000
 # How plan judges its SLO (PlanResult.load)
 PLAN_LOAD = (
-    "poisson: random arrivals at the rate each deployment sustains; TTFT at the SLO percentile "
-    "adds the M/D/1 wait of the prompt queue (agg: a steady closed loop of the engine loop; "
-    "disagg: the prefill pool)"
+    "poisson: random arrivals at the rate each deployment sustains with a free batch slot for an "
+    "arriving request at the SLO percentile (Erlang C over a worker's slots); TTFT at the SLO "
+    "percentile adds the M/D/1 wait of the prompt queue (agg: a steady closed loop of the engine "
+    "loop; disagg: the prefill pool)"
 )
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 
@@ -414,8 +416,9 @@ class _Search:
         pi = np.nonzero(p_ok)[0]
         r_p, g_p = r_p_all[pi], pre.gpus[pi]
         di = np.nonzero(d_ok)[0]
-        steps = max(self.osl - 1.0, 1.0)
-        r_d = dec.batch[di] / (dec.latency_ms[di] * steps) * 1e3
+        # a decode worker turns its batch over once per answer; under random arrivals it carries
+        # the share of that rate at which a request finds a free slot at the SLO percentile
+        r_d = self._decode_rate(dec)[di]
         g_d = dec.gpus[di]
         # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
         keep = _undominated(g_p, r_p)
@@ -470,7 +473,9 @@ class _Search:
         if self.rate > 0 and orate[k] < self.rate * (1.0 - 1e-9):
             side.binding.append(self._rate_miss(float(orate[k])))
             side.closest, side.closest_gap = deployment(k), float(self.rate / orate[k])
-            m = meet.copy()
+            # past the budget every decode layout may take part, also those too large to pair
+            # within it: all whose step meets the TPOT target at their own batch
+            m = dec.latency_ms[di] <= self.tpot_target
             side.for_rate = self._disagg_for_rate(pre, pi, r_p, g_p, dec, di[m], r_d[m], g_d[m])
             return side
         side.best = deployment(k)
@@ -516,6 +521,15 @@ class _Search:
             f"{self.rate:g} req/s offered"
         )
 
+    def _decode_rate(self, dec: PhaseArrays) -> np.ndarray:
+        """Requests/s each decode candidate's worker carries under random arrivals: its batch
+        turned over once per answer, times the share of that rate at which an arriving request
+        finds one of the worker's ``batch`` slots free at the SLO percentile
+        (``queueing.slot_shares``); -1 where the candidate does not fit."""
+        steps = max(self.osl - 1.0, 1.0)
+        full = dec.batch / (dec.latency_ms * steps) * 1e3
+        return np.where(dec.fits, full * slot_shares(dec.batch, self.pct), -1.0)
+
     def _tpot_served(self, dec: PhaseArrays, di: np.ndarray, per_worker: np.ndarray) -> np.ndarray:
         """TPOT of decode candidates ``di`` when each worker carries ``per_worker`` req/s: the
         step time of the smallest batch of the same layout (up to the candidate's own) whose
@@ -524,9 +538,7 @@ class _Search:
         if self.rate <= 0:
             return own
         n_b = self.decode_batches
-        steps = max(self.osl - 1.0, 1.0)
-        worker_rate = np.where(dec.fits, dec.batch / (dec.latency_ms * steps) * 1e3, -1.0)
-        grid = worker_rate.reshape(-1, n_b)
+        grid = self._decode_rate(dec).reshape(-1, n_b)
         rows, col = di // n_b, di % n_b
         cols = np.arange(n_b)
         ok = (grid[rows] >= per_worker[:, None] * (1.0 - 1e-9)) & (cols[None, :] <= col[:, None])

@@ -1,10 +1,20 @@
-"""Waiting at the prefill pool, derived from its utilisation.
+"""Queueing under random (Poisson) arrivals, derived from utilisation.
 
-Prompts arrive at a prefill worker and are served in batches of fixed duration ``service_ms``:
-an M/D/1 queue, whose mean wait is ``rho / (2 (1 - rho)) * service_ms``. Its tail is taken as
-exponential beyond the probability ``rho`` of waiting at all, so the wait at percentile p is
-``(mean / rho) * ln(rho / (1 - p))`` when ``rho > 1 - p``, else zero. ``max_utilisation`` inverts
-this: the busiest a worker may run while its time to first token still meets the target.
+Prompt queue. Prompts arrive at a prefill worker and are served in batches of fixed duration
+``service_ms``: an M/D/1 queue, whose mean wait is ``rho / (2 (1 - rho)) * service_ms``. Its
+tail is taken as exponential beyond the probability ``rho`` of waiting at all, so the wait at
+percentile p is ``(mean / rho) * ln(rho / (1 - p))`` when ``rho > 1 - p``, else zero.
+``max_utilisation`` inverts this: the busiest a worker may run while its time to first token
+still meets the target.
+
+Batch slots. A worker holds at most ``batch`` sequences; a request that finds every slot taken
+waits for one, and a slot turns over only when a whole answer has been generated (seconds), so
+any such wait breaks a TTFT target. The slots are sized as an M/M/c queue (Erlang C, the
+conservative side of deterministic answer lengths): ``max_slot_load`` is the most load, in busy
+slots, at which an arrival still finds a free slot with probability ``p`` (the SLO percentile),
+the rule the scaling schedules size decode pools by (``scaling.capacity``). A closed loop of
+``batch`` clients keeps every slot busy; under random arrivals at that loop's rate every slot
+would be busy forever and the queue would grow without bound.
 """
 
 from __future__ import annotations
@@ -16,6 +26,11 @@ from numba import njit
 
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 MAX_UTILISATION = 0.999  # the busiest a queue is run: at 1 its wait is unbounded
+# Up to this many slots ``max_slot_load`` inverts Erlang C exactly (Erlang B's recursion is
+# O(slots) per evaluation); above, it takes the Halfin-Whitt limit, which allows at most 0.25%
+# more load than the exact inversion at 513 slots and less the more slots there are
+# (tests/unit/test_queueing.py).
+EXACT_SLOTS = 512
 
 
 @njit(cache=True, nogil=True)
@@ -72,4 +87,69 @@ def usable_utilisation(
     within ``target_ms``; 0 where ``ok`` is False."""
     out = np.zeros(compute_ms.shape[0])
     max_utilisation_many(compute_ms, service_ms, ok, float(target_ms), float(p), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability that an arrival waits in an M/M/c queue with ``servers`` servers and
+    ``offered`` Erlangs of load (1 when ``offered >= servers``), by Erlang B's stable recursion."""
+    if offered <= 0.0:
+        return 0.0
+    if offered >= servers:
+        return 1.0
+    b = 1.0
+    for k in range(1, servers + 1):
+        b = offered * b / (k + offered * b)
+    return servers * b / (servers - offered * (1.0 - b))
+
+
+@njit(cache=True, nogil=True)
+def _halfin_whitt_wait(beta: float) -> float:
+    """Erlang C's many-server limit at ``beta = (c - a) / sqrt(a)``: 1 / (1 + beta Phi / phi)."""
+    phi = math.exp(-0.5 * beta * beta) / math.sqrt(2.0 * math.pi)
+    cdf = 0.5 * (1.0 + math.erf(beta / math.sqrt(2.0)))
+    return 1.0 / (1.0 + beta * cdf / phi)
+
+
+@njit(cache=True, nogil=True)
+def max_slot_load(servers: int, p: float) -> float:
+    """Most offered load (busy slots, Erlangs) on ``servers`` slots at which an arrival waits
+    for a slot with probability at most ``1 - p`` (Erlang C; ``p`` in (0, 1)): exact up to
+    ``EXACT_SLOTS`` slots, the Halfin-Whitt limit above. 0 for no slots."""
+    if servers <= 0:
+        return 0.0
+    allowed = 1.0 - p
+    if servers <= EXACT_SLOTS:
+        lo, hi = 0.0, float(servers)
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            if erlang_c(servers, mid) <= allowed:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+    # the staffing margin beta at which the limit's waiting probability is ``allowed``
+    b_lo, b_hi = 0.0, 10.0
+    for _ in range(60):
+        mid = 0.5 * (b_lo + b_hi)
+        if _halfin_whitt_wait(mid) > allowed:
+            b_lo = mid
+        else:
+            b_hi = mid
+    beta = b_hi
+    root = 0.5 * (-beta + math.sqrt(beta * beta + 4.0 * servers))  # c - a = beta sqrt(a)
+    return root * root
+
+
+def slot_shares(slots: np.ndarray, p: float) -> np.ndarray:
+    """Per entry of ``slots`` (batch slots of one worker or rank), ``max_slot_load / slots``:
+    the share of its full-batch request rate a worker carries under random arrivals while an
+    arrival finds a free slot at percentile ``p``. 0 where ``slots`` < 1."""
+    s = np.asarray(slots, dtype=np.float64)
+    out = np.zeros(s.shape[0])
+    values, inverse = np.unique(np.floor(s + 1e-9).astype(np.int64), return_inverse=True)
+    share = np.array([max_slot_load(int(v), float(p)) / v if v >= 1 else 0.0 for v in values])
+    if s.shape[0]:
+        out[:] = share[inverse.reshape(-1)]
     return out
