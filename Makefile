@@ -25,7 +25,8 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
-dev: $(VENV)/.installed-dev
+# the dev extras, and the kernels compiled so the CLI's first in-process plan does not compile
+dev: $(VENV)/.installed-dev $(VENV)/.kernels
 
 # Compile the planner's kernels into Numba's cache once per change of the planner's source, so
 # that `serve` loads them and reports SERVING in seconds instead of compiling for a minute or more
