@@ -42,7 +42,7 @@ from pdplanner.planner.search.aggsweep import (
     sweep_layout,
 )
 from pdplanner.planner.serving import _loop as L
-from pdplanner.planner.serving.queueing import MAX_UTILISATION
+from pdplanner.planner.serving.queueing import MAX_UTILISATION, slot_load_table
 
 FEW = settings(
     max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -777,10 +777,29 @@ def test_a_request_larger_than_the_cache_is_reported_as_not_fitting() -> None:
 # search.aggsweep
 
 
+def ref_slot_load(c: int, p: float) -> float:
+    """The most load on ``c`` slots with an arrival waiting at most 1 - p of the time, by
+    bisection on Erlang C's textbook sum."""
+
+    def wait(a: float) -> float:
+        if a >= c:
+            return 1.0
+        top = a**c / math.factorial(c) * c / (c - a)
+        return top / (sum(a**k / math.factorial(k) for k in range(c)) + top)
+
+    lo, hi = 0.0, float(c)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if wait(mid) <= 1.0 - p else (lo, mid)
+    return lo
+
+
 def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms, pct):
     """Each chunk budget: grow the concurrency until a request does not fit, the batch never
-    holds every client, or TTFT passes the stop; TTFT adds the M/D/1 wait of a prompt queue
-    served by one mean prompt's prefill step at the rate the point sustains."""
+    holds every client, or TTFT passes the stop. Under random arrivals a point carries the
+    closed loop's rate times the share of its slots (clients, at most the batch limit) that
+    Erlang C lets be busy at the percentile; TTFT adds the M/D/1 wait of a prompt queue served
+    by one mean prompt's prefill step at that rate."""
     tp, pp, ep, dp = lay
     row, scratch = np.zeros(4), np.zeros(4)
     cal = c.cal
@@ -816,9 +835,14 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
             )  # fmt: skip
             if not ok:
                 break
-            rho = min(out[8] * prompt_ms / 1e3, MAX_UTILISATION)
+            slots = int(min(users, max_batch))
+            rate = out[8] * ref_slot_load(slots, pct) / slots
+            rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
             ttft = out[0] + ref_wait_ms(rho, prompt_ms, pct)
-            rows.append([chunk, users * dp, ttft, out[4 + slot], out[9] * dp, out[8] * dp])
+            per_request = out[9] / out[8]
+            rows.append(
+                [chunk, users * dp, ttft, out[4 + slot], rate * per_request * dp, rate * dp]
+            )
             if out[10] > 0.5 or ttft > stop_ms:
                 break
     return rows
@@ -856,7 +880,7 @@ def test_sweep_layout_matches_simulations_plus_queueing(
     rows = np.zeros((chunk_a.shape[0] * conc.shape[0], ROW_COLUMNS))
     n = sweep_layout(
         *c.worker_args(tp, 1.0, ep, dp), chunk_a, conc, isl_a, osl, hit, sched, graphs, stop_ms,
-        pct, rows,
+        pct, slot_load_table(pct), rows,
     )  # fmt: skip
     want = ref_sweep_layout(
         c, (tp, 1.0, ep, dp), chunk_a, conc, isl_a, osl, hit, sched, graphs, stop_ms, pct

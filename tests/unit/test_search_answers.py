@@ -17,6 +17,7 @@ from pdplanner.planner.search.aggsweep import R_TPOT, R_TTFT, ROW_COLUMNS, sweep
 from pdplanner.planner.search.enumerate import default_max_tp, layouts
 from pdplanner.planner.search.recommend import RATE_SEARCH_FACTOR, search
 from pdplanner.planner.serving.mix import mix_cycle
+from pdplanner.planner.serving.queueing import slot_load_table
 from pdplanner.planner.serving.scheduler import scheduler_for
 from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
 from pdplanner.planner.types import (
@@ -320,7 +321,7 @@ def test_case5_the_agg_sweep_reports_tpot_at_the_slo_percentile() -> None:
         n = sweep_layout(
             ctx.mv, ctx.hv, ctx.cal.gemm, ctx.cal.attn_prefill, ctx.cal.attn_decode,
             8.0, 1.0, 1.0, 1.0, chunks, conc, isl, osl, 0.0, scheduler_vector(sched),
-            graphs_for(ctx, sched), 1e9, p, rows,
+            graphs_for(ctx, sched), 1e9, p, slot_load_table(p), rows,
         )  # fmt: skip
         assert n == 6
         tpot[p] = rows[:n, R_TPOT]
@@ -366,7 +367,7 @@ def test_case5_plan_and_estimate_count_the_same_agg_request_overhead() -> None:
         ctx.mv, ctx.hv, ctx.cal.gemm, ctx.cal.attn_prefill, ctx.cal.attn_decode,
         float(pool.tp), float(pool.pp), float(pool.ep), float(pool.attention_dp),
         np.array([float(pool.chunk_tokens or 0)]), np.array([float(pool.batch)]), isl, osl,
-        0.0, scheduler_vector(sched), graphs_for(ctx, sched), 1e9, 0.5, rows,
+        0.0, scheduler_vector(sched), graphs_for(ctx, sched), 1e9, 0.5, slot_load_table(0.5), rows,
     )  # fmt: skip
     assert n == 1
     print(

@@ -30,7 +30,7 @@ from pdplanner.planner.perf.kernels import step_ms
 from pdplanner.planner.perf.memory import kv_capacity_tokens
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving import _loop as L
-from pdplanner.planner.serving.queueing import MAX_UTILISATION, max_slot_load, wait_ms
+from pdplanner.planner.serving.queueing import MAX_UTILISATION, slot_load, slot_load_table, wait_ms
 
 # columns of the rows sweep_layout writes
 R_CHUNK, R_USERS, R_TTFT, R_TPOT, R_TOKENS_PER_S, R_REQUESTS_PER_S = 0, 1, 2, 3, 4, 5
@@ -179,10 +179,12 @@ def sweep_layout(
     graphs: np.ndarray,
     ttft_stop_ms: float,
     percentile: float,
+    slot_loads: np.ndarray,
     rows: np.ndarray,
 ) -> int:
     """Simulate one layout's points; write one row per point (per attention-DP rank figures
-    scaled to the worker) and return how many. ``percentile`` is the SLO's (0.5, 0.9, 0.99);
+    scaled to the worker) and return how many. ``percentile`` is the SLO's (0.5, 0.9, 0.99),
+    ``slot_loads`` its ``queueing.slot_load_table``;
     ``sched`` the engine's scheduler vector (``_loop`` slots), whose budget and chunking each
     entry of ``chunks`` replaces (0: no chunked prefill)."""
     out = np.zeros(11)
@@ -240,7 +242,7 @@ def sweep_layout(
             # random arrivals: the rate at which an arrival finds one of the rank's slots free
             # at the SLO percentile (the loop's clients keep all of them busy)
             slots = int(min(float(users), max_batch))
-            rate = out[8] * max_slot_load(slots, percentile) / slots
+            rate = out[8] * slot_load(slots, percentile, slot_loads) / slots
             rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
             ttft = out[0] + wait_ms(rho, prompt_ms, percentile)
             rows[n, R_CHUNK] = chunk
@@ -302,6 +304,7 @@ def sweep(
         graphs,
         float(ttft_stop_ms),
         float(percentile),
+        slot_load_table(float(percentile)),
         rows,
     )
     r = rows[:n]

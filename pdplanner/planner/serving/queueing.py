@@ -19,6 +19,7 @@ would be busy forever and the queue would grow without bound.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -122,7 +123,7 @@ def max_slot_load(servers: int, p: float) -> float:
     allowed = 1.0 - p
     if servers <= EXACT_SLOTS:
         lo, hi = 0.0, float(servers)
-        for _ in range(50):
+        for _ in range(36):  # to servers x 2^-36 Erlangs
             mid = 0.5 * (lo + hi)
             if erlang_c(servers, mid) <= allowed:
                 lo = mid
@@ -142,14 +143,42 @@ def max_slot_load(servers: int, p: float) -> float:
     return root * root
 
 
+@njit(cache=True, nogil=True)
+def _fill_slot_loads(p: float, out: np.ndarray) -> None:
+    for c in range(out.shape[0]):
+        out[c] = max_slot_load(c, p)
+
+
+@functools.lru_cache(maxsize=8)
+def slot_load_table(p: float) -> np.ndarray:
+    """``max_slot_load(c, p)`` for ``c`` = 0..``EXACT_SLOTS`` (the exact inversions; built once
+    per percentile and process, a few ms). Do not modify it: it is shared."""
+    out = np.zeros(EXACT_SLOTS + 1)
+    _fill_slot_loads(float(p), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def slot_load(servers: int, p: float, table: np.ndarray) -> float:
+    """``max_slot_load(servers, p)``, from ``table`` (``slot_load_table(p)``) where it has it."""
+    if 0 <= servers < table.shape[0]:
+        return float(table[servers])
+    return max_slot_load(servers, p)
+
+
 def slot_shares(slots: np.ndarray, p: float) -> np.ndarray:
     """Per entry of ``slots`` (batch slots of one worker or rank), ``max_slot_load / slots``:
     the share of its full-batch request rate a worker carries under random arrivals while an
     arrival finds a free slot at percentile ``p``. 0 where ``slots`` < 1."""
-    s = np.asarray(slots, dtype=np.float64)
+    s = np.floor(np.asarray(slots, dtype=np.float64) + 1e-9)
+    table = slot_load_table(float(p))
     out = np.zeros(s.shape[0])
-    values, inverse = np.unique(np.floor(s + 1e-9).astype(np.int64), return_inverse=True)
-    share = np.array([max_slot_load(int(v), float(p)) / v if v >= 1 else 0.0 for v in values])
-    if s.shape[0]:
-        out[:] = share[inverse.reshape(-1)]
+    small = (s >= 1.0) & (s < table.shape[0])
+    idx = s[small].astype(np.int64)
+    out[small] = table[idx] / idx
+    large = s >= table.shape[0]
+    if large.any():
+        values, where = np.unique(s[large], return_inverse=True)
+        loads = np.array([max_slot_load(int(v), float(p)) for v in values])
+        out[large] = (loads / values)[where.reshape(-1)]
     return out
