@@ -83,7 +83,7 @@ def main() -> None:
     print(f"{len(rows)} runs, k in {args.k}, quantized GEMM efficiency in {args.quant_eff}")
     schemes: dict[str, Callable[[Run], str]] = {
         "engine": lambda r: r.engine,
-        "model": lambda r: r.model,
+        "model": lambda r: r.model_family,
         "system": lambda r: r.system,
     }
     for name, key in schemes.items():

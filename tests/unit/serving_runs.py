@@ -73,6 +73,16 @@ class Run:
     def group(self) -> str:
         return f"{self.engine} {self.mode} {self.system}"
 
+    @property
+    def model_family(self) -> str:
+        """The catalog's name of the row's model, so that one model's checkpoints (Qwen3-32B
+        in bf16 and NVIDIA's NVFP4 release) are left out together; the row's own name where the
+        catalog has none."""
+        try:
+            return default_models().get(self.model, "model").name
+        except PlannerError:
+            return self.model
+
 
 def load_runs() -> list[Run]:
     out = []
