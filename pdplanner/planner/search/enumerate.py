@@ -90,6 +90,22 @@ def batch_grid(limit: int, dense_up_to: int = 64, step: float = 1.0625) -> list[
     return out
 
 
+def on_captured_sizes(batches: list[int], graphs: np.ndarray) -> list[int]:
+    """``batches`` with each one that a captured CUDA graph covers raised to the size it pads
+    to (a decode step of that batch runs the captured size), duplicates dropped; batches above
+    the largest captured size run eagerly and stay. No graphs: ``batches`` unchanged."""
+    if graphs.shape[0] == 0:
+        return list(batches)
+    sizes = np.sort(graphs)
+    out: list[int] = []
+    for b in batches:
+        i = int(np.searchsorted(sizes, b))
+        v = int(sizes[i]) if i < sizes.shape[0] else b
+        if not out or v > out[-1]:
+            out.append(v)
+    return out
+
+
 def cross(
     lay: np.ndarray, batches: list[int], per_dp_rank: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

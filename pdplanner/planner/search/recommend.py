@@ -44,7 +44,7 @@ from pdplanner.planner.catalog import (
 from pdplanner.planner.errors import SearchCancelled
 from pdplanner.planner.perf.params import H_W_BYTES, PerfContext
 from pdplanner.planner.search.aggsweep import AggPoints, sweep
-from pdplanner.planner.search.enumerate import batch_grid, cross, layouts
+from pdplanner.planner.search.enumerate import batch_grid, cross, layouts, on_captured_sizes
 from pdplanner.planner.search.pareto import pareto_front
 from pdplanner.planner.search.ratematch import Matches, match
 from pdplanner.planner.serving.kvtransfer import (
@@ -349,7 +349,10 @@ class _Search:
         # the engine's or the request's engine_args
         most = min(c.engine.max_batch, self.sched.max_num_seqs)
         dense = most if lay.shape[0] <= 32 else 64
-        grid = batch_grid(most, dense_up_to=dense)
+        # a batch between two captured CUDA-graph sizes runs (and is priced) as the larger
+        # one, so the candidates are the captured sizes themselves up to the largest
+        grid = on_captured_sizes(batch_grid(most, dense_up_to=dense), graphs_for(c, self.sched))
+        grid = [b for b in grid if b <= most]
         self.decode_batches = len(grid)
         # the search uses no figure of a candidate that does not fit: those are not priced
         points = cross(lay, grid, per_dp_rank=True)
