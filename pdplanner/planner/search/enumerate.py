@@ -40,12 +40,14 @@ def layouts(
     budget: int,
     limits: SearchLimits,
     allow_pp: bool = True,
-    full_ep_only: bool = False,
+    ep_ends_only: bool = False,
 ) -> np.ndarray:
     """Rows of (tp, pp, ep, attention_dp) with at most ``budget`` GPUs per worker.
 
-    ``full_ep_only`` keeps, for MoE models, only expert parallelism over the whole stage (the
-    usual serving layout), for searches whose every point is expensive."""
+    ``ep_ends_only`` keeps, for MoE models, only the two ends of the expert-parallel range:
+    experts spread over the whole stage (the usual serving layout) and the fewest expert groups
+    (experts tensor-parallel over the stage, which engines price differently: vLLM's padded
+    fp8 MoE, for one), for searches whose every point is expensive."""
     domain = gpu.nvlink_domain_size
     max_tp = limits.max_tp or default_max_tp(gpu)
     rows: list[tuple[int, int, int, int]] = []
@@ -63,8 +65,8 @@ def layouts(
                 eps = [
                     e for e in powers_of_two(stage) if model.num_experts % e == 0 and e * 8 >= stage
                 ]
-                if full_ep_only and eps:
-                    eps = [max(eps)]
+                if ep_ends_only and eps:
+                    eps = sorted({min(eps), max(eps)})
             else:
                 eps = [1]
             for ep in eps:

@@ -680,7 +680,7 @@ class _Search:
     def run_agg(self, c: PerfContext, budget: int) -> _Side:
         side = _Side()
         side.compared = f"aggregated on {budget} x {c.gpu.name}"
-        lay = layouts(self.model, c.gpu, budget, self.req.limits, allow_pp=False, full_ep_only=True)
+        lay = layouts(self.model, c.gpu, budget, self.req.limits, allow_pp=False, ep_ends_only=True)
         isl_cycle, osl_cycle = mix_cycle(self.req.traffic)
         # the engine's chunked-prefill budget, a small budget that interleaves more finely, and
         # no chunking (which MLA models favour: each chunk repeats the latent up-projection);
