@@ -26,6 +26,7 @@ from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.disagg import evaluate_xpyd
 from pdplanner.planner.serving.kvtransfer import link_between_pools
 from pdplanner.planner.serving.scheduler import (
+    MIN_BUDGET_TOKENS,
     EngineArg,
     SchedulerSettings,
     memory_fraction_for,
@@ -55,7 +56,7 @@ from pdplanner.planner.types import (
 )
 
 GB = 1e9
-MIN_CHUNK_TOKENS = 64  # engines need room for a decode batch next to the prompt chunk
+MIN_CHUNK_TOKENS = MIN_BUDGET_TOKENS  # engines need room for a decode batch beside a chunk
 
 
 def estimate(
@@ -231,6 +232,15 @@ def _scheduler(
     chunk = v.value(lambda: _chunk_tokens(req.chunk_tokens))
     if sched is None or chunk is None:
         return None
+    for key, given in (("max_num_batched_tokens", chunk), ("enable_chunked_prefill", chunk > 0)):
+        if args is not None and key in args and getattr(sched, key) != given:
+            # two settings of one knob: the older chunk_tokens and the engine's own name
+            v.add(
+                f"engine_args.{key}",
+                f"is {getattr(sched, key)} but chunk_tokens ({chunk}) sets it to {given}; "
+                "give one, or the same value",
+            )
+            return None
     if chunk == 0:
         return replace(sched, enable_chunked_prefill=False)
     return replace(sched, max_num_batched_tokens=chunk, enable_chunked_prefill=True)
@@ -248,7 +258,10 @@ def _chunk_tokens(value: object) -> int:
 def _load(req: EstimateRequest, v: validate.Violations) -> Load | None:
     """``concurrency`` means benchmark clients (closed loop), ``rate_per_s`` Poisson arrivals."""
     if req.concurrency is not None and req.rate_per_s is not None:
-        v.add("rate_per_s", "give concurrency (closed loop) or rate_per_s (Poisson), not both")
+        v.add(
+            "rate_per_s",
+            "give a client count (closed loop) or an arrival rate (Poisson), not both",
+        )
         return None
     if req.rate_per_s is not None:
         rate = v.value(
@@ -258,7 +271,8 @@ def _load(req: EstimateRequest, v: validate.Violations) -> Load | None:
     if req.concurrency is None:
         v.add(
             "concurrency",
-            f"is required for mode {req.mode} (benchmark clients), or give rate_per_s (Poisson)",
+            f"is required for mode {req.mode} (benchmark clients), or give an arrival rate "
+            "(Poisson)",
         )
         return None
     clients = v.value(lambda: validate.integer(req.concurrency, "concurrency", 1, 100_000))

@@ -68,7 +68,11 @@ OPTIONS: dict[str, tuple[str, str]] = {
         "max_num_seqs, enable_chunked_prefill, kv_admission, gpu_memory_utilization, ...",
         _AGG,
     ),
-    "chunk_tokens": ("Agg: chunked-prefill token budget (default: the engine's).", _AGG),
+    "chunk_tokens": (
+        "Agg: chunked-prefill token budget, at least 64; 0: no chunked prefill (default: the "
+        "engine's).",
+        _AGG,
+    ),
     **_pool_options("prefill", "x"),
     "prefill_batch": ("Prompts per prefill batch (default: 1).", _DISAGG),
     **_pool_options("decode", "y"),

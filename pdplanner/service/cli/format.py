@@ -377,6 +377,12 @@ def plans_table(plans: Sequence[StoredPlan]) -> Table:
         ("tok/s/GPU", "right"),
         ("disagg speedup", "right"),
     ):
+        if name == "name":
+            # a resource name is copied into the next command: never wrapped or cut; the other
+            # columns give way on a narrow terminal
+            longest = max((len(p.name) for p in plans), default=4)
+            table.add_column(name, no_wrap=True, min_width=longest)
+            continue
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for p in plans:
         req, best = p.request, p.result.best
@@ -394,8 +400,8 @@ def plans_table(plans: Sequence[StoredPlan]) -> Table:
 def sweeps_table(rows: Sequence[tuple[str, str, str, int, int]]) -> Table:
     """One line per stored sweep: name, when, state and scenarios done of all."""
     table = Table(title="sweeps", title_justify="left")
-    for name, justify in (("name", "left"), ("created", "left"), ("state", "left"),
-                          ("scenarios done", "right")):  # fmt: skip
+    table.add_column("name", no_wrap=True, min_width=max((len(r[0]) for r in rows), default=4))
+    for name, justify in (("created", "left"), ("state", "left"), ("scenarios done", "right")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for name, created, state, done, total in rows:
         table.add_row(name, created, state, f"{done:,} of {total:,}")
