@@ -115,6 +115,9 @@ def _check(req: EstimateRequest, models: ModelCatalog, gpus: GpuCatalog) -> _Che
     with v.check():
         validate.lengths(req.isl, req.osl)
         lengths_ok = True
+    if lengths_ok and model is not None:
+        with v.check():
+            validate.within_context(model, req.isl, req.osl)
     one_kind = (req.phase is None) != (req.mode is None)
     if not one_kind:
         v.add("phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)")
@@ -147,7 +150,11 @@ def _check(req: EstimateRequest, models: ModelCatalog, gpus: GpuCatalog) -> _Che
             v.value(lambda: validate.integer(req.batch, "batch", 1, validate.MAX_BATCH))
         if req.phase == "decode":
             if req.context is not None or lengths_ok:
-                v.value(lambda: validate.integer(_context(req), "context", 1, validate.MAX_TOKENS))
+                # a context given outright must fit the model's; the derived one is checked
+                # with the lengths above
+                fit = req.context is not None and model is not None and model.max_context > 0
+                most = model.max_context if fit and model is not None else validate.MAX_TOKENS
+                v.value(lambda: validate.integer(_context(req), "context", 1, most))
         elif req.phase != "prefill":
             v.add("phase", f"must be prefill or decode, got {req.phase!r}")
     elif one_kind and req.mode == "agg":

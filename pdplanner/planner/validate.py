@@ -101,6 +101,19 @@ def lengths(isl: object, osl: object, prefix: str = "") -> None:
     v.raise_any()
 
 
+def within_context(model: ModelSpec, isl: int, osl: int, prefix: str = "") -> None:
+    """A request's prompt and answer fit the model's context (``ModelSpec.max_context``, tokens;
+    0: not known, not checked). Call on lengths that passed ``lengths``."""
+    if model.max_context <= 0 or isl + osl <= model.max_context:
+        return
+    field = f"{prefix}isl" if isl >= model.max_context else f"{prefix}osl"
+    raise InvalidInputError(
+        field,
+        f"isl + osl = {isl + osl:,} tokens exceed {model.name}'s context of "
+        f"{model.max_context:,} tokens",
+    )
+
+
 def parallelism(par: Parallelism, model: ModelSpec | None, field: str = "parallelism") -> None:
     """TP must split the attention heads; EP and attention DP only for mixture-of-experts models.
 

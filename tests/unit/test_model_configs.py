@@ -43,6 +43,8 @@ def test_a_model_directory_loads_like_its_built_in_entry(folder: str, builtin: s
     assert m.name == folder
     b = load_model(builtin)
     assert replace(m, name=b.name) == b
+    # the context a request may span: config.json's max_position_embeddings, as the catalog has it
+    assert m.max_context == b.max_context > 0
 
 
 def test_gpt_oss_windows_sinks_and_mxfp4() -> None:

@@ -103,6 +103,10 @@ def error_of(**change) -> InvalidInputError:
         ),
         (dict(DISAGG, prefill=PoolSpec(Parallelism(tp=1), batch=0)), "prefill.batch", "at least 1"),
         (dict(DISAGG, decode=PoolSpec(Parallelism(tp=1), gpu="h9")), "decode.gpu", "unknown GPU"),
+        # a request longer than the model's context (llama-3.1-8b: 131,072 tokens)
+        (dict(DECODE, isl=1_000_000), "isl", "exceed llama-3.1-8b's context of 131,072 tokens"),
+        (dict(DECODE, isl=4000, osl=130_000), "osl", "isl + osl = 134,000 tokens exceed"),
+        (dict(DECODE, context=140_000), "context", "at most 131,072"),
     ],
 )
 def test_bad_estimate_input_names_the_field(change: dict, field: str, says: str) -> None:
@@ -241,6 +245,21 @@ def test_every_invalid_field_of_a_plan_comes_back_in_one_error() -> None:
         "slo.percentile",
         "prefix_hit",
     ]
+
+
+def test_a_plan_refuses_every_traffic_class_longer_than_the_models_context() -> None:
+    req = PlanRequest(
+        "llama-3.1-8b",
+        "h100-sxm",
+        8,
+        (Workload(1000, 100), Workload(200_000, 100), Workload(100_000, 40_000)),
+        Slo(1000.0, 20.0),
+    )
+    with pytest.raises(InvalidFields) as exc:
+        plan(req)
+    print(exc.value)
+    assert [f for f, _ in exc.value.violations] == ["traffic[1].isl", "traffic[2].osl"]
+    assert all("context of 131,072 tokens" in r for _, r in exc.value.violations)
 
 
 def test_a_single_violation_stays_a_plain_invalid_input_error() -> None:

@@ -97,6 +97,9 @@ class ModelSpec:
     dense_weight_bytes: float = 0.0
     expert_weight_bytes: float = 0.0
     quantization: str = ""  # the checkpoint's quantization, in words ("" : none)
+    # Tokens one request may span, prompt and answer (config.json's max_position_embeddings; a
+    # built-in's longest documented context); 0: not known, not checked.
+    max_context: int = field(default=0, compare=False)
 
     @property
     def is_moe(self) -> bool:
@@ -284,6 +287,7 @@ CONFIG_INT_MAX: dict[str, int] = {
     "linear_key_head_dim": 16_384,
     "linear_value_head_dim": 16_384,
     "linear_conv_kernel_dim": 64,
+    "max_position_embeddings": 1 << 30,
 }
 
 
@@ -599,6 +603,7 @@ def model_from_hf_config(cfg: dict[str, Any], name: str, field_path: str = "mode
         dense_weight_bytes=dense_bytes,
         expert_weight_bytes=expert_bytes if n_experts else 0.0,
         quantization=quant,
+        max_context=optional(cfg, "max_position_embeddings", int, 0, f),
     )
     validate_model(spec, f)
     return spec
@@ -674,7 +679,11 @@ class ModelCatalog(Catalog[ModelSpec]):
         for entry in builtin_entries("models.yaml"):
             f = f"models.yaml:{entry['name']}"
             spec = model_from_hf_config(entry["config"], entry["name"], f)
-            builtins.append(replace(spec, aliases=tuple(entry.get("aliases", ()))))
+            context = entry.get("max_context", spec.max_context)
+            if not isinstance(context, int) or isinstance(context, bool) or context <= 0:
+                raise InvalidInputError(f"{f}.max_context", "must be a positive token count")
+            spec = replace(spec, aliases=tuple(entry.get("aliases", ())), max_context=context)
+            builtins.append(spec)
             release = entry.get("fp8_release")
             if release not in (None, "block-scaled"):
                 raise InvalidInputError(f"{f}.fp8_release", "must be block-scaled if given")

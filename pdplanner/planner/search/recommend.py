@@ -155,6 +155,11 @@ def search(
     dgpu = gpus.get(req.decode_gpu, "decode_gpu") if req.decode_gpu else gpu
     engine = load_engine(req.engine, "engine")
     _validate(req)
+    v = validate.Violations()
+    for i, w in enumerate(req.traffic):
+        with v.check():
+            validate.within_context(model, w.isl, w.osl, f"traffic[{i}].")
+    v.raise_any()
     stop = should_stop or (lambda: False)
     p = req.precision
     fraction = memory_fraction_for(engine, dict(req.engine_args), req.memory_fraction)
