@@ -282,7 +282,7 @@ def test_case3_deepseek_on_16_h800_and_16_h20_never_plans_32_h800() -> None:
 
 def test_case4_osl_1_has_no_decode_pool_and_counts_prompt_tokens() -> None:
     req = PlanRequest(
-        "llama-3.1-8b", "h100-sxm", 8, (Workload(131072, 1),), Slo(ttft_ms=60000.0, tpot_ms=50.0)
+        "llama-3.1-8b", "h100-sxm", 8, (Workload(131071, 1),), Slo(ttft_ms=60000.0, tpot_ms=50.0)
     )
     r = search(req)[0]
     print(
@@ -295,7 +295,7 @@ def test_case4_osl_1_has_no_decode_pool_and_counts_prompt_tokens() -> None:
         assert all(p.role == "agg" for p in d.pools)
     b = r.best
     assert b.requests_per_s > 0
-    assert b.prompt_tokens_per_s_per_gpu == pytest.approx(b.requests_per_s * 131072 / b.gpus)
+    assert b.prompt_tokens_per_s_per_gpu == pytest.approx(b.requests_per_s * 131071 / b.gpus)
     assert b.tokens_per_s_per_gpu == pytest.approx(b.requests_per_s / b.gpus)
     assert "no decode pool" in r.explanation and "prompt tokens/s/GPU" in r.explanation
 
