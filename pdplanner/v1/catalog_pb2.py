@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apdplanner/v1/catalog.proto\x12\x0cpdplanner.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xc4\x08\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0e\n\x06\x63ustom\x18\x03 \x01(\x08\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x11\n\tnum_heads\x18\x06 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x07 \x01(\x05\x12\x10\n\x08head_dim\x18\x08 \x01(\x05\x12\x19\n\x11intermediate_size\x18\t \x01(\x05\x12\x12\n\nvocab_size\x18\n \x01(\x05\x12\x1b\n\x13tie_word_embeddings\x18\x0b \x01(\x08\x12.\n\tattention\x18\x0c \x01(\x0e\x32\x1b.pdplanner.v1.AttentionKind\x12\x13\n\x0bnum_experts\x18\r \x01(\x05\x12\x19\n\x11\x65xperts_per_token\x18\x0e \x01(\x05\x12\x1d\n\x15moe_intermediate_size\x18\x0f \x01(\x05\x12\x1a\n\x12num_shared_experts\x18\x10 \x01(\x05\x12\x18\n\x10num_dense_layers\x18\x11 \x01(\x05\x12\x13\n\x0bq_lora_rank\x18\x12 \x01(\x05\x12\x14\n\x0ckv_lora_rank\x18\x13 \x01(\x05\x12\x18\n\x10qk_nope_head_dim\x18\x14 \x01(\x05\x12\x18\n\x10qk_rope_head_dim\x18\x15 \x01(\x05\x12\x12\n\nv_head_dim\x18\x16 \x01(\x05\x12\x14\n\x0ctotal_params\x18\x17 \x01(\x03\x12\x15\n\ractive_params\x18\x18 \x01(\x03\x12\x16\n\x0esliding_window\x18\x19 \x01(\x05\x12\x19\n\x11num_window_layers\x18\x1a \x01(\x05\x12\x17\n\x0f\x61ttention_sinks\x18\x1b \x01(\x08\x12\x18\n\x10\x61ttn_output_gate\x18\x1c \x01(\x08\x12\x19\n\x11num_linear_layers\x18\x1d \x01(\x05\x12\x1b\n\x13linear_layer_params\x18\x1e \x01(\x03\x12\x1d\n\x15linear_state_elements\x18\x1f \x01(\x03\x12\x12\n\nindex_topk\x18  \x01(\x05\x12\x16\n\x0eindex_head_dim\x18! \x01(\x05\x12\x15\n\rindex_n_heads\x18\" \x01(\x05\x12\x1e\n\x16index_params_per_layer\x18# \x01(\x03\x12\x1a\n\x12\x64\x65nse_weight_bytes\x18$ \x01(\x01\x12\x1b\n\x13\x65xpert_weight_bytes\x18% \x01(\x01\x12\x14\n\x0cquantization\x18& \x01(\t\x12\x1c\n\x14linear_num_key_heads\x18\' \x01(\x05\x12\x1e\n\x16linear_num_value_heads\x18( \x01(\x05\x12\x1b\n\x13linear_key_head_dim\x18) \x01(\x05\x12\x1d\n\x15linear_value_head_dim\x18* \x01(\x05\x12\x1e\n\x16linear_conv_kernel_dim\x18+ \x01(\x05\"3\n\tFlopsPerS\x12\x0c\n\x04\x62\x66\x31\x36\x18\x01 \x01(\x01\x12\x0b\n\x03\x66p8\x18\x02 \x01(\x01\x12\x0b\n\x03\x66p4\x18\x03 \x01(\x01\"\xbc\x02\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0e\n\x06\x63ustom\x18\x03 \x01(\x08\x12,\n\x0b\x66lops_per_s\x18\x04 \x01(\x0b\x32\x17.pdplanner.v1.FlopsPerS\x12\x11\n\thbm_bytes\x18\x05 \x01(\x01\x12\x17\n\x0fhbm_bytes_per_s\x18\x06 \x01(\x01\x12\x1a\n\x12nvlink_bytes_per_s\x18\x07 \x01(\x01\x12\x1a\n\x12nvlink_domain_size\x18\x08 \x01(\x05\x12\x1c\n\x14scaleout_bytes_per_s\x18\t \x01(\x01\x12\x13\n\x0b\x63\x61libration\x18\n \x01(\t\x12\x1b\n\x13hbm_datasheet_bytes\x18\x0b \x01(\x01\x12\x14\n\x0chbm_reported\x18\x0c \x01(\t\x12\x0e\n\x06source\x18\r \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.pdplanner.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0fListGpusRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\x10ListGpusResponse\x12\x1f\n\x04gpus\x18\x01 \x03(\x0b\x32\x11.pdplanner.v1.Gpu\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9e\x01\n\x12\x43reateModelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\x0b\x63onfig_json\x18\x03 \x01(\tH\x00\x12)\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0f\n\x07\x61liases\x18\x05 \x03(\tB\x0f\n\rconfig_source\"9\n\x13\x43reateModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.pdplanner.v1.Model\"V\n\x10\x43reateGpuRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06gpu_id\x18\x02 \x01(\t\x12\x1e\n\x03gpu\x18\x03 \x01(\x0b\x32\x11.pdplanner.v1.Gpu\"3\n\x11\x43reateGpuResponse\x12\x1e\n\x03gpu\x18\x01 \x01(\x0b\x32\x11.pdplanner.v1.Gpu\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\" \n\x10\x44\x65leteGpuRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteGpuResponse*_\n\rAttentionKind\x12\x1e\n\x1a\x41TTENTION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41TTENTION_KIND_GQA\x10\x01\x12\x16\n\x12\x41TTENTION_KIND_MLA\x10\x02\x42/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apdplanner/v1/catalog.proto\x12\x0cpdplanner.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd9\x08\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0e\n\x06\x63ustom\x18\x03 \x01(\x08\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x11\n\tnum_heads\x18\x06 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x07 \x01(\x05\x12\x10\n\x08head_dim\x18\x08 \x01(\x05\x12\x19\n\x11intermediate_size\x18\t \x01(\x05\x12\x12\n\nvocab_size\x18\n \x01(\x05\x12\x1b\n\x13tie_word_embeddings\x18\x0b \x01(\x08\x12.\n\tattention\x18\x0c \x01(\x0e\x32\x1b.pdplanner.v1.AttentionKind\x12\x13\n\x0bnum_experts\x18\r \x01(\x05\x12\x19\n\x11\x65xperts_per_token\x18\x0e \x01(\x05\x12\x1d\n\x15moe_intermediate_size\x18\x0f \x01(\x05\x12\x1a\n\x12num_shared_experts\x18\x10 \x01(\x05\x12\x18\n\x10num_dense_layers\x18\x11 \x01(\x05\x12\x13\n\x0bq_lora_rank\x18\x12 \x01(\x05\x12\x14\n\x0ckv_lora_rank\x18\x13 \x01(\x05\x12\x18\n\x10qk_nope_head_dim\x18\x14 \x01(\x05\x12\x18\n\x10qk_rope_head_dim\x18\x15 \x01(\x05\x12\x12\n\nv_head_dim\x18\x16 \x01(\x05\x12\x14\n\x0ctotal_params\x18\x17 \x01(\x03\x12\x15\n\ractive_params\x18\x18 \x01(\x03\x12\x16\n\x0esliding_window\x18\x19 \x01(\x05\x12\x19\n\x11num_window_layers\x18\x1a \x01(\x05\x12\x17\n\x0f\x61ttention_sinks\x18\x1b \x01(\x08\x12\x18\n\x10\x61ttn_output_gate\x18\x1c \x01(\x08\x12\x19\n\x11num_linear_layers\x18\x1d \x01(\x05\x12\x1b\n\x13linear_layer_params\x18\x1e \x01(\x03\x12\x1d\n\x15linear_state_elements\x18\x1f \x01(\x03\x12\x12\n\nindex_topk\x18  \x01(\x05\x12\x16\n\x0eindex_head_dim\x18! \x01(\x05\x12\x15\n\rindex_n_heads\x18\" \x01(\x05\x12\x1e\n\x16index_params_per_layer\x18# \x01(\x03\x12\x1a\n\x12\x64\x65nse_weight_bytes\x18$ \x01(\x01\x12\x1b\n\x13\x65xpert_weight_bytes\x18% \x01(\x01\x12\x14\n\x0cquantization\x18& \x01(\t\x12\x1c\n\x14linear_num_key_heads\x18\' \x01(\x05\x12\x1e\n\x16linear_num_value_heads\x18( \x01(\x05\x12\x1b\n\x13linear_key_head_dim\x18) \x01(\x05\x12\x1d\n\x15linear_value_head_dim\x18* \x01(\x05\x12\x1e\n\x16linear_conv_kernel_dim\x18+ \x01(\x05\x12\x13\n\x0bmax_context\x18, \x01(\x05\"3\n\tFlopsPerS\x12\x0c\n\x04\x62\x66\x31\x36\x18\x01 \x01(\x01\x12\x0b\n\x03\x66p8\x18\x02 \x01(\x01\x12\x0b\n\x03\x66p4\x18\x03 \x01(\x01\"\xbc\x02\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0e\n\x06\x63ustom\x18\x03 \x01(\x08\x12,\n\x0b\x66lops_per_s\x18\x04 \x01(\x0b\x32\x17.pdplanner.v1.FlopsPerS\x12\x11\n\thbm_bytes\x18\x05 \x01(\x01\x12\x17\n\x0fhbm_bytes_per_s\x18\x06 \x01(\x01\x12\x1a\n\x12nvlink_bytes_per_s\x18\x07 \x01(\x01\x12\x1a\n\x12nvlink_domain_size\x18\x08 \x01(\x05\x12\x1c\n\x14scaleout_bytes_per_s\x18\t \x01(\x01\x12\x13\n\x0b\x63\x61libration\x18\n \x01(\t\x12\x1b\n\x13hbm_datasheet_bytes\x18\x0b \x01(\x01\x12\x14\n\x0chbm_reported\x18\x0c \x01(\t\x12\x0e\n\x06source\x18\r \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.pdplanner.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0fListGpusRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\x10ListGpusResponse\x12\x1f\n\x04gpus\x18\x01 \x03(\x0b\x32\x11.pdplanner.v1.Gpu\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9e\x01\n\x12\x43reateModelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\x0b\x63onfig_json\x18\x03 \x01(\tH\x00\x12)\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x0f\n\x07\x61liases\x18\x05 \x03(\tB\x0f\n\rconfig_source\"9\n\x13\x43reateModelResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.pdplanner.v1.Model\"V\n\x10\x43reateGpuRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06gpu_id\x18\x02 \x01(\t\x12\x1e\n\x03gpu\x18\x03 \x01(\x0b\x32\x11.pdplanner.v1.Gpu\"3\n\x11\x43reateGpuResponse\x12\x1e\n\x03gpu\x18\x01 \x01(\x0b\x32\x11.pdplanner.v1.Gpu\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\" \n\x10\x44\x65leteGpuRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteGpuResponse*_\n\rAttentionKind\x12\x1e\n\x1a\x41TTENTION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41TTENTION_KIND_GQA\x10\x01\x12\x16\n\x12\x41TTENTION_KIND_MLA\x10\x02\x42/Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pdplanner.v1.catalog_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z-pdplanner/clients/go/pdplanner/v1;pdplannerv1'
-  _globals['_ATTENTIONKIND']._serialized_start=2296
-  _globals['_ATTENTIONKIND']._serialized_end=2391
+  _globals['_ATTENTIONKIND']._serialized_start=2317
+  _globals['_ATTENTIONKIND']._serialized_end=2412
   _globals['_MODEL']._serialized_start=75
-  _globals['_MODEL']._serialized_end=1167
-  _globals['_FLOPSPERS']._serialized_start=1169
-  _globals['_FLOPSPERS']._serialized_end=1220
-  _globals['_GPU']._serialized_start=1223
-  _globals['_GPU']._serialized_end=1539
-  _globals['_LISTMODELSREQUEST']._serialized_start=1541
-  _globals['_LISTMODELSREQUEST']._serialized_end=1599
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1601
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1683
-  _globals['_LISTGPUSREQUEST']._serialized_start=1685
-  _globals['_LISTGPUSREQUEST']._serialized_end=1741
-  _globals['_LISTGPUSRESPONSE']._serialized_start=1743
-  _globals['_LISTGPUSRESPONSE']._serialized_end=1819
-  _globals['_CREATEMODELREQUEST']._serialized_start=1822
-  _globals['_CREATEMODELREQUEST']._serialized_end=1980
-  _globals['_CREATEMODELRESPONSE']._serialized_start=1982
-  _globals['_CREATEMODELRESPONSE']._serialized_end=2039
-  _globals['_CREATEGPUREQUEST']._serialized_start=2041
-  _globals['_CREATEGPUREQUEST']._serialized_end=2127
-  _globals['_CREATEGPURESPONSE']._serialized_start=2129
-  _globals['_CREATEGPURESPONSE']._serialized_end=2180
-  _globals['_DELETEMODELREQUEST']._serialized_start=2182
-  _globals['_DELETEMODELREQUEST']._serialized_end=2216
-  _globals['_DELETEMODELRESPONSE']._serialized_start=2218
-  _globals['_DELETEMODELRESPONSE']._serialized_end=2239
-  _globals['_DELETEGPUREQUEST']._serialized_start=2241
-  _globals['_DELETEGPUREQUEST']._serialized_end=2273
-  _globals['_DELETEGPURESPONSE']._serialized_start=2275
-  _globals['_DELETEGPURESPONSE']._serialized_end=2294
+  _globals['_MODEL']._serialized_end=1188
+  _globals['_FLOPSPERS']._serialized_start=1190
+  _globals['_FLOPSPERS']._serialized_end=1241
+  _globals['_GPU']._serialized_start=1244
+  _globals['_GPU']._serialized_end=1560
+  _globals['_LISTMODELSREQUEST']._serialized_start=1562
+  _globals['_LISTMODELSREQUEST']._serialized_end=1620
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1622
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1704
+  _globals['_LISTGPUSREQUEST']._serialized_start=1706
+  _globals['_LISTGPUSREQUEST']._serialized_end=1762
+  _globals['_LISTGPUSRESPONSE']._serialized_start=1764
+  _globals['_LISTGPUSRESPONSE']._serialized_end=1840
+  _globals['_CREATEMODELREQUEST']._serialized_start=1843
+  _globals['_CREATEMODELREQUEST']._serialized_end=2001
+  _globals['_CREATEMODELRESPONSE']._serialized_start=2003
+  _globals['_CREATEMODELRESPONSE']._serialized_end=2060
+  _globals['_CREATEGPUREQUEST']._serialized_start=2062
+  _globals['_CREATEGPUREQUEST']._serialized_end=2148
+  _globals['_CREATEGPURESPONSE']._serialized_start=2150
+  _globals['_CREATEGPURESPONSE']._serialized_end=2201
+  _globals['_DELETEMODELREQUEST']._serialized_start=2203
+  _globals['_DELETEMODELREQUEST']._serialized_end=2237
+  _globals['_DELETEMODELRESPONSE']._serialized_start=2239
+  _globals['_DELETEMODELRESPONSE']._serialized_end=2260
+  _globals['_DELETEGPUREQUEST']._serialized_start=2262
+  _globals['_DELETEGPUREQUEST']._serialized_end=2294
+  _globals['_DELETEGPURESPONSE']._serialized_start=2296
+  _globals['_DELETEGPURESPONSE']._serialized_end=2315
 # @@protoc_insertion_point(module_scope)

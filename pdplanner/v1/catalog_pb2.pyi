@@ -93,6 +93,7 @@ class Model(_message.Message):
     LINEAR_KEY_HEAD_DIM_FIELD_NUMBER: _builtins.int
     LINEAR_VALUE_HEAD_DIM_FIELD_NUMBER: _builtins.int
     LINEAR_CONV_KERNEL_DIM_FIELD_NUMBER: _builtins.int
+    MAX_CONTEXT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "models/{model}"."""
     custom: _builtins.bool
@@ -179,6 +180,11 @@ class Model(_message.Message):
     """Gated DeltaNet layers: dimension of one value head."""
     linear_conv_kernel_dim: _builtins.int
     """Gated DeltaNet layers: width of the causal convolution over q, k and v, in tokens."""
+    max_context: _builtins.int
+    """Tokens one request may span, prompt and answer together: config.json's
+    max_position_embeddings, or a built-in's longest documented context; 0: not known, not
+    checked. Estimate and Plan refuse longer requests (INVALID_ARGUMENT on the length field).
+    """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names the model answers to (e.g. its Hugging Face id)."""
@@ -229,10 +235,11 @@ class Model(_message.Message):
         linear_key_head_dim: _builtins.int = ...,
         linear_value_head_dim: _builtins.int = ...,
         linear_conv_kernel_dim: _builtins.int = ...,
+        max_context: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_params", b"active_params", "aliases", b"aliases", "attention", b"attention", "attention_sinks", b"attention_sinks", "attn_output_gate", b"attn_output_gate", "custom", b"custom", "dense_weight_bytes", b"dense_weight_bytes", "expert_weight_bytes", b"expert_weight_bytes", "experts_per_token", b"experts_per_token", "head_dim", b"head_dim", "hidden_size", b"hidden_size", "index_head_dim", b"index_head_dim", "index_n_heads", b"index_n_heads", "index_params_per_layer", b"index_params_per_layer", "index_topk", b"index_topk", "intermediate_size", b"intermediate_size", "kv_lora_rank", b"kv_lora_rank", "linear_conv_kernel_dim", b"linear_conv_kernel_dim", "linear_key_head_dim", b"linear_key_head_dim", "linear_layer_params", b"linear_layer_params", "linear_num_key_heads", b"linear_num_key_heads", "linear_num_value_heads", b"linear_num_value_heads", "linear_state_elements", b"linear_state_elements", "linear_value_head_dim", b"linear_value_head_dim", "moe_intermediate_size", b"moe_intermediate_size", "name", b"name", "num_dense_layers", b"num_dense_layers", "num_experts", b"num_experts", "num_heads", b"num_heads", "num_kv_heads", b"num_kv_heads", "num_layers", b"num_layers", "num_linear_layers", b"num_linear_layers", "num_shared_experts", b"num_shared_experts", "num_window_layers", b"num_window_layers", "q_lora_rank", b"q_lora_rank", "qk_nope_head_dim", b"qk_nope_head_dim", "qk_rope_head_dim", b"qk_rope_head_dim", "quantization", b"quantization", "sliding_window", b"sliding_window", "tie_word_embeddings", b"tie_word_embeddings", "total_params", b"total_params", "v_head_dim", b"v_head_dim", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_params", b"active_params", "aliases", b"aliases", "attention", b"attention", "attention_sinks", b"attention_sinks", "attn_output_gate", b"attn_output_gate", "custom", b"custom", "dense_weight_bytes", b"dense_weight_bytes", "expert_weight_bytes", b"expert_weight_bytes", "experts_per_token", b"experts_per_token", "head_dim", b"head_dim", "hidden_size", b"hidden_size", "index_head_dim", b"index_head_dim", "index_n_heads", b"index_n_heads", "index_params_per_layer", b"index_params_per_layer", "index_topk", b"index_topk", "intermediate_size", b"intermediate_size", "kv_lora_rank", b"kv_lora_rank", "linear_conv_kernel_dim", b"linear_conv_kernel_dim", "linear_key_head_dim", b"linear_key_head_dim", "linear_layer_params", b"linear_layer_params", "linear_num_key_heads", b"linear_num_key_heads", "linear_num_value_heads", b"linear_num_value_heads", "linear_state_elements", b"linear_state_elements", "linear_value_head_dim", b"linear_value_head_dim", "max_context", b"max_context", "moe_intermediate_size", b"moe_intermediate_size", "name", b"name", "num_dense_layers", b"num_dense_layers", "num_experts", b"num_experts", "num_heads", b"num_heads", "num_kv_heads", b"num_kv_heads", "num_layers", b"num_layers", "num_linear_layers", b"num_linear_layers", "num_shared_experts", b"num_shared_experts", "num_window_layers", b"num_window_layers", "q_lora_rank", b"q_lora_rank", "qk_nope_head_dim", b"qk_nope_head_dim", "qk_rope_head_dim", b"qk_rope_head_dim", "quantization", b"quantization", "sliding_window", b"sliding_window", "tie_word_embeddings", b"tie_word_embeddings", "total_params", b"total_params", "v_head_dim", b"v_head_dim", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

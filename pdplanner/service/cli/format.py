@@ -411,8 +411,6 @@ def sweeps_table(rows: Sequence[tuple[str, str, str, int, int]]) -> Table:
 def model_entry(spec: ModelSpec) -> dict[str, Any]:
     """A model for ``pdplanner models --json``: its architecture and parameter counts."""
     entry = asdict(spec)
-    # not in the API's Model message yet, so a server's list could not show it alike
-    entry.pop("max_context", None)
     entry["aliases"] = list(spec.aliases)
     entry["total_params"] = spec.total_params
     entry["active_params"] = spec.active_params
