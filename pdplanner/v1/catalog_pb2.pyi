@@ -183,7 +183,8 @@ class Model(_message.Message):
     max_context: _builtins.int
     """Tokens one request may span, prompt and answer together: config.json's
     max_position_embeddings, or a built-in's longest documented context; 0: not known, not
-    checked. Estimate and Plan refuse longer requests (INVALID_ARGUMENT on the length field).
+    checked. Estimate, Plan and PlanScaling refuse longer requests, RateMatch longer observed
+    means (INVALID_ARGUMENT on the length field).
     """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -77,6 +77,7 @@ def test_no_traffic_keeps_the_minimum() -> None:
     [
         ({"requests_per_s": -1.0}, "requests_per_s"),
         ({"isl": 0}, "isl"),
+        ({"isl": 200_000.0}, "isl"),  # beyond llama-3.1-70b's 131,072-token context
         ({"decode_workers": -2}, "decode_workers"),
         ({"observed_tpot_ms": 0.0}, "observed_tpot_ms"),
         ({"prefill": dataclasses.replace(PRE, tp=3)}, "prefill.tp"),

@@ -257,6 +257,12 @@ def test_bad_schedule_requests_name_the_field() -> None:
     with pytest.raises(InvalidInputError) as e:
         plan_schedule(request(TrafficSeries(()), startup_s=-1, min_workers=0, cooldown_s=math.inf))
     assert [f for f, _ in e.value.violations] == ["startup_s", "cooldown_s", "min_workers", "trace"]
+    # a class longer than llama-3.1-70b's 131,072 tokens, in the second interval
+    long = Interval(300.0, 300.0, 1.0, (Workload(1500, 250, 0.5), Workload(200_000, 400, 0.5)))
+    with pytest.raises(InvalidInputError) as e:
+        plan_schedule(request(TrafficSeries((s.intervals[0], long))))
+    assert e.value.field == "series.intervals[1].mix[1].isl"
+    assert "context of 131,072 tokens" in e.value.reason
 
 
 @pytest.mark.slow  # both modes searched, then replayed: 3-6 s

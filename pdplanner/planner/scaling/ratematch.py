@@ -233,6 +233,8 @@ def rate_match(
     models = models or default_models()
     gpus = gpus or default_gpus()
     model = models.get(req.model, "model")
+    # the observed means must fit the model's context (a single request beyond it is refused)
+    validate.within_context(model, math.ceil(req.isl), math.ceil(req.osl))
     prec = (req.engine, req.precision_dtype, req.kv_dtype, req.memory_fraction)
     ctx = _context(model, gpus.get(req.prefill.gpu, "prefill.gpu"), *prec)
     dctx = _context(model, gpus.get(req.decode.gpu, "decode.gpu"), *prec)

@@ -395,6 +395,11 @@ class _Planner:
         self.models, self.gpus = models, gpus
         self.should_stop = should_stop
         model = models.get(req.model, "model")
+        # every class of every interval must fit the model's context (the first that does not)
+        for series in (req.series, req.replay_series):
+            for i, iv in enumerate(series.intervals if series is not None else ()):
+                for k, w in enumerate(iv.mix):
+                    validate.within_context(model, w.isl, w.osl, f"series.intervals[{i}].mix[{k}].")
         gpu = gpus.get(req.gpu, "gpu")
         dgpu = gpus.get(req.decode_gpu, "decode_gpu") if req.decode_gpu else gpu
         engine = load_engine(req.engine, "engine")

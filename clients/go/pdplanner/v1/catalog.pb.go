@@ -169,7 +169,8 @@ type Model struct {
 	LinearConvKernelDim int32 `protobuf:"varint,43,opt,name=linear_conv_kernel_dim,json=linearConvKernelDim,proto3" json:"linear_conv_kernel_dim,omitempty"`
 	// Tokens one request may span, prompt and answer together: config.json's
 	// max_position_embeddings, or a built-in's longest documented context; 0: not known, not
-	// checked. Estimate and Plan refuse longer requests (INVALID_ARGUMENT on the length field).
+	// checked. Estimate, Plan and PlanScaling refuse longer requests, RateMatch longer observed
+	// means (INVALID_ARGUMENT on the length field).
 	MaxContext int32 `protobuf:"varint,44,opt,name=max_context,json=maxContext,proto3" json:"max_context,omitempty"`
 }
 

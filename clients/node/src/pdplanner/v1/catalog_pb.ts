@@ -324,7 +324,8 @@ export type Model = Message<"pdplanner.v1.Model"> & {
   /**
    * Tokens one request may span, prompt and answer together: config.json's
    * max_position_embeddings, or a built-in's longest documented context; 0: not known, not
-   * checked. Estimate and Plan refuse longer requests (INVALID_ARGUMENT on the length field).
+   * checked. Estimate, Plan and PlanScaling refuse longer requests, RateMatch longer observed
+   * means (INVALID_ARGUMENT on the length field).
    *
    * @generated from field: int32 max_context = 44;
    */
