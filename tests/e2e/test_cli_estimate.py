@@ -247,3 +247,26 @@ def test_a_model_directory_is_a_model_argument() -> None:
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["model"].startswith("gpt-oss-120b") and out["fits"] is True
+
+
+@pytest.mark.parametrize(
+    ("model", "flags", "dtype"),
+    [
+        ("Qwen/Qwen3-235B-A22B-FP8", [], "fp8"),  # named by its FP8 release
+        ("qwen3-235b-a22b", [], "bf16"),  # the same architecture, named by its bf16 release
+        ("deepseek-ai/DeepSeek-V3", [], "fp8"),  # published in FP8 only
+        ("Qwen/Qwen3-235B-A22B-FP8", ["--dtype", "bf16"], "bf16"),  # asked for outright
+    ],
+)
+def test_without_dtype_a_model_is_estimated_at_its_checkpoints_precision(
+    model: str, flags: list[str], dtype: str
+) -> None:
+    # naming an FP8 checkpoint and getting a bf16 estimate answered another question (a
+    # newcomer's finding): the header says which precision was priced
+    args = ["estimate", "--model", model, "--gpu", "h200", "--isl", "2000", "--osl", "500",
+            "--phase", "decode", "--tp", "8", "--batch", "8", *flags]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    header = result.stdout.splitlines()[0]
+    print(header)
+    assert header.startswith(f"{model} on h200, ISL 2000 / OSL 500, {dtype}")

@@ -16,6 +16,7 @@ from pdplanner.planner.catalog.gpus import (
 from pdplanner.planner.catalog.models import (
     ModelCatalog,
     ModelSpec,
+    checkpoint_dtype,
     default_models,
     fp8_block_experts,
     is_model_path,
@@ -33,6 +34,7 @@ __all__ = [
     "GpuSpec",
     "ModelCatalog",
     "ModelSpec",
+    "checkpoint_dtype",
     "default_gpus",
     "default_models",
     "derived_hbm_bytes",

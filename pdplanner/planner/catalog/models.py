@@ -676,6 +676,7 @@ class ModelCatalog(Catalog[ModelSpec]):
     def __init__(self, extra: list[ModelSpec] | None = None) -> None:
         builtins = []
         releases = set()  # built-ins whose published FP8 release is block-scaled
+        fp8_only: set[str] = set()
         for entry in builtin_entries("models.yaml"):
             f = f"models.yaml:{entry['name']}"
             spec = model_from_hf_config(entry["config"], entry["name"], f)
@@ -689,7 +690,13 @@ class ModelCatalog(Catalog[ModelSpec]):
                 raise InvalidInputError(f"{f}.fp8_release", "must be block-scaled if given")
             if release:
                 releases.add(spec.name)
+            if entry.get("release_dtype") not in (None, "fp8"):
+                raise InvalidInputError(f"{f}.release_dtype", "must be fp8 if given")
+            if entry.get("release_dtype") == "fp8":
+                fp8_only.add(spec.name)
         self.fp8_block_releases = frozenset(releases)
+        # built-ins published in FP8 only (models.yaml ``release_dtype: fp8``)
+        self.fp8_only_releases = frozenset(fp8_only)
         super().__init__(builtins + list(extra or []))
 
     def get(self, name: str, field_path: str = "model") -> ModelSpec:
@@ -705,6 +712,20 @@ class ModelCatalog(Catalog[ModelSpec]):
     def _from_file(self, path: str, field_path: str) -> ModelSpec:
         name, cfg = read_model_file(path, field_path)
         return model_from_hf_config(cfg, name, field_path)
+
+
+def checkpoint_dtype(name: str, models: ModelCatalog) -> str:
+    """The GEMM precision of the checkpoint ``name`` names: fp8 for an FP8 release (a name
+    ending in ``-FP8``, a built-in published in FP8 only such as DeepSeek-V3, or a model whose
+    config.json quantizes to FP8), else bf16. Unknown names: by the name alone."""
+    if name.strip().lower().endswith("-fp8"):
+        return "fp8"
+    spec = models.find(name)
+    if spec is None:
+        return "bf16"
+    if spec.name in models.fp8_only_releases or spec.quantization.startswith("FP8"):
+        return "fp8"
+    return "bf16"
 
 
 def is_model_path(value: str) -> bool:

@@ -211,7 +211,12 @@ ServerOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 DtypeOpt = Annotated[
     str | None,
-    typer.Option(metavar="bf16|fp8|fp4", help="Weight and activation precision (default: bf16)."),
+    typer.Option(
+        metavar="bf16|fp8|fp4",
+        help="Weight and activation precision (default: the checkpoint's: fp8 for a model named "
+        "by its FP8 release, published in FP8 only, or whose config.json quantizes to FP8; else "
+        "bf16).",
+    ),
 ]
 KvDtypeOpt = Annotated[
     str | None, typer.Option(metavar="bf16|fp8", help="KV-cache precision (default: bf16).")

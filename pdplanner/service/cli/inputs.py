@@ -19,9 +19,11 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.catalog import checkpoint_dtype, default_models, is_model_path
+from pdplanner.planner.errors import InvalidInputError, PlannerError
 from pdplanner.planner.serving.scheduler import parse_engine_arg
 from pdplanner.planner.types import (
+    DEFAULT_DTYPE,
     EstimateRequest,
     Mode,
     Parallelism,
@@ -234,7 +236,8 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
         _kind_keys(cast(str, phase or mode), given, v)
     v.raise_any()
     precision = Precision(
-        dtype=values.get("dtype", "bf16"), kv_dtype=values.get("kv_dtype", "bf16")
+        dtype=values.get("dtype") or default_dtype(values.get("model")),
+        kv_dtype=values.get("kv_dtype", "bf16"),
     )
     common: dict[str, Any] = {
         "model": values["model"],
@@ -419,6 +422,24 @@ def plan_modes(mode: str) -> tuple[Mode, ...]:
     return PLAN_MODES[mode]
 
 
+def default_dtype(model: object) -> str:
+    """The GEMM precision a command uses without ``--dtype``: the checkpoint's
+    (``catalog.checkpoint_dtype``: fp8 for a model named by its FP8 release, published in FP8
+    only, or whose config.json quantizes to FP8), so that naming Qwen/Qwen3-235B-A22B-FP8 plans
+    that checkpoint, not a bf16 one. A model file is read for its quantization; a name this
+    machine's catalog does not know (a server's custom model) goes by the name alone."""
+    if not isinstance(model, str) or not model:
+        return DEFAULT_DTYPE
+    models = default_models()
+    if is_model_path(model):
+        try:
+            quant = models.load(model).quantization
+        except PlannerError:
+            return DEFAULT_DTYPE  # the command reports the bad file itself
+        return "fp8" if quant.startswith("FP8") else DEFAULT_DTYPE
+    return checkpoint_dtype(model, models)
+
+
 def plan_request(
     *,
     model: str | None,
@@ -436,7 +457,7 @@ def plan_request(
     prefix_hit: float | None = None,
     percentile: str = "p50",
     min_tokens_per_user: float | None = None,
-    dtype: str = "bf16",
+    dtype: str | None = None,
     kv_dtype: str = "bf16",
     engine: str = "vllm",
     mode: str = "both",
@@ -488,7 +509,7 @@ def plan_request(
         decode_gpus=decode_gpus,
         rate_per_s=rate,
         prefix_hit=0.0 if prefix_hit is None else prefix_hit,
-        precision=Precision(dtype=dtype, kv_dtype=kv_dtype),
+        precision=Precision(dtype=dtype or default_dtype(model), kv_dtype=kv_dtype),
         engine=engine,
         limits=limits,
         memory_fraction=memory_fraction,

@@ -161,7 +161,7 @@ def plan(
             model=model, gpu=gpu, gpus=gpus, ttft_ms=ttft_ms, tpot_ms=tpot_ms, isl=isl, osl=osl,
             mix=mix, decode_gpu=decode_gpu, prefill_gpus=prefill_gpus, decode_gpus=decode_gpus,
             rate=rate, prefix_hit=prefix_hit, percentile=percentile,
-            min_tokens_per_user=min_tokens_per_user, dtype=dtype or DEFAULT_DTYPE,
+            min_tokens_per_user=min_tokens_per_user, dtype=dtype,
             kv_dtype=kv_dtype or DEFAULT_DTYPE, engine=engine or DEFAULT_ENGINE, mode=mode,
             max_tp=max_tp,
             allow_pp=allow_pp, allow_ep=allow_ep, allow_attention_dp=allow_attention_dp,

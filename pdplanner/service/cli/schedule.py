@@ -255,7 +255,7 @@ def schedule(
             cooldown_s=cooldown_s,
             min_workers=min_workers,
             price_per_gpu_hour=price_per_gpu_hour,
-            precision=Precision(dtype or DEFAULT_DTYPE, kv_dtype or DEFAULT_DTYPE),
+            precision=Precision(dtype or inputs.default_dtype(model), kv_dtype or DEFAULT_DTYPE),
             engine=engine or DEFAULT_ENGINE,
             simulate=simulate,
             seed=seed,
@@ -476,7 +476,7 @@ def simulate_cmd(
             slo=Slo(ttft_ms, tpot_ms, "p99"),
             decode_gpu=decode_gpu,
             startup_s=startup_s,
-            precision=Precision(dtype or DEFAULT_DTYPE, kv_dtype or DEFAULT_DTYPE),
+            precision=Precision(dtype or inputs.default_dtype(model), kv_dtype or DEFAULT_DTYPE),
             engine=engine or DEFAULT_ENGINE,
             seed=seed,
         )
