@@ -270,3 +270,19 @@ def test_without_dtype_a_model_is_estimated_at_its_checkpoints_precision(
     header = result.stdout.splitlines()[0]
     print(header)
     assert header.startswith(f"{model} on h200, ISL 2000 / OSL 500, {dtype}")
+
+
+def test_kv_dtype_and_the_engines_kv_cache_dtype_must_agree() -> None:
+    agg = [*BASE, "--mode", "agg", "--tp", "1", "--rate", "2"]
+    clash = runner.invoke(app, [*agg, "--kv-dtype", "bf16", "--engine-arg", "kv_cache_dtype=fp8"])
+    assert clash.exit_code == 2
+    assert clash.stderr.strip() == (
+        "error: --engine-arg: kv_cache_dtype=fp8 but --kv-dtype is bf16; give one, or the same "
+        "value"
+    )
+    # the engine argument alone sets it, and the header says so
+    alone = runner.invoke(app, [*agg, "--engine-arg", "kv_cache_dtype=fp8"])
+    assert alone.exit_code == 0, alone.stderr
+    assert alone.stdout.splitlines()[0].startswith(
+        "llama-3.1-8b on h100, ISL 1000 / OSL 200, bf16 (KV fp8)"
+    )

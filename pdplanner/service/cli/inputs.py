@@ -237,7 +237,7 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
     v.raise_any()
     precision = Precision(
         dtype=values.get("dtype") or default_dtype(values.get("model")),
-        kv_dtype=values.get("kv_dtype", "bf16"),
+        kv_dtype=_kv_dtype(values.get("kv_dtype"), values.get("engine_arg", ())),
     )
     common: dict[str, Any] = {
         "model": values["model"],
@@ -422,6 +422,22 @@ def plan_modes(mode: str) -> tuple[Mode, ...]:
     return PLAN_MODES[mode]
 
 
+def _kv_dtype(kv_dtype: object, engine_args: Iterable[tuple[str, str]]) -> str:
+    """``--kv-dtype`` checked against ``kv_cache_dtype`` among the engine arguments (two settings
+    of one knob must agree, as the memory fraction's do); not given: the engine argument's, else
+    bf16."""
+    given = {k: v for k, v in engine_args}.get("kv_cache_dtype")
+    if isinstance(kv_dtype, str) and given not in (None, "auto", kv_dtype):
+        raise InvalidInputError(
+            "engine_arg",
+            f"kv_cache_dtype={given} but --kv-dtype is {kv_dtype}; give one, or the same value",
+        )
+    if isinstance(kv_dtype, str) and kv_dtype:
+        return kv_dtype
+    # the engine argument alone: the request says it too, so the header shows what is priced
+    return given if given in ("bf16", "fp8") else DEFAULT_DTYPE
+
+
 def default_dtype(model: object) -> str:
     """The GEMM precision a command uses without ``--dtype``: the checkpoint's
     (``catalog.checkpoint_dtype``: fp8 for a model named by its FP8 release, published in FP8
@@ -458,7 +474,7 @@ def plan_request(
     percentile: str = "p50",
     min_tokens_per_user: float | None = None,
     dtype: str | None = None,
-    kv_dtype: str = "bf16",
+    kv_dtype: str | None = None,
     engine: str = "vllm",
     mode: str = "both",
     max_tp: int | None = None,
@@ -509,7 +525,10 @@ def plan_request(
         decode_gpus=decode_gpus,
         rate_per_s=rate,
         prefix_hit=0.0 if prefix_hit is None else prefix_hit,
-        precision=Precision(dtype=dtype or default_dtype(model), kv_dtype=kv_dtype),
+        precision=Precision(
+            dtype=dtype or default_dtype(model),
+            kv_dtype=_kv_dtype(kv_dtype, _engine_args(engine_arg) if engine_arg else ()),
+        ),
         engine=engine,
         limits=limits,
         memory_fraction=memory_fraction,

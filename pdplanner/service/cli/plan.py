@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from pdplanner.planner.errors import InvalidInputError
-from pdplanner.planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, PlanRequest, PlanResult
+from pdplanner.planner.types import DEFAULT_ENGINE, PlanRequest, PlanResult
 from pdplanner.service.cli import app as cli
 from pdplanner.service.cli import format as fmt
 from pdplanner.service.cli import inputs
@@ -162,7 +162,7 @@ def plan(
             mix=mix, decode_gpu=decode_gpu, prefill_gpus=prefill_gpus, decode_gpus=decode_gpus,
             rate=rate, prefix_hit=prefix_hit, percentile=percentile,
             min_tokens_per_user=min_tokens_per_user, dtype=dtype,
-            kv_dtype=kv_dtype or DEFAULT_DTYPE, engine=engine or DEFAULT_ENGINE, mode=mode,
+            kv_dtype=kv_dtype, engine=engine or DEFAULT_ENGINE, mode=mode,
             max_tp=max_tp,
             allow_pp=allow_pp, allow_ep=allow_ep, allow_attention_dp=allow_attention_dp,
             memory_fraction=memory_fraction, engine_arg=engine_arg,
