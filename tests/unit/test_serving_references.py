@@ -124,9 +124,15 @@ def ref_prefill(m, hw, cal, tp, pp, ep, dp, batch, isl, prefix_hit):
         ttft = stage * (1 + (pp - 1) / micro_chunks) + overhead
     else:
         ttft = lat
-    rate = 1e3 * batch / (stage + overhead)  # one batch leaves the pipeline every stage
     mem = ref_memory_bytes(m, hw, tp, pp, ep, dp, seqs * new, seqs, seqs * isl)
     cap = ref_kv_capacity(m, hw, tp, pp, ep, dp, seqs * new, seqs)
+    # a batch in each stage while every stage's KV cache holds them all; fewer in flight,
+    # each takes the whole pipeline
+    in_flight = min(pp, math.floor(cap / (seqs * isl)))
+    if in_flight >= pp:
+        rate = 1e3 * batch / (stage + overhead)  # one batch leaves the pipeline every stage
+    else:
+        rate = 1e3 * batch * max(in_flight, 1) / (lat + overhead)
     return ttft, rate, mem, cap, seqs * isl, row
 
 

@@ -6,10 +6,13 @@ prefill  ``batch`` prompts of ``isl`` tokens (``prefix_hit`` of them already cac
          split over the attention-DP ranks. With pipeline parallelism a prompt passes every stage
          in turn, so its time to first token is the step's latency through all ``pp`` stages;
          the worker still finishes ``batch`` prompts every ``stage`` (``pp`` batches in flight,
-         each in another stage). Only an engine that splits one prompt into micro-chunks that
-         flow through the stages together (``EngineSpec.chunked_pipeline_prefill``, the study's
-         chunked pipeline for long contexts) gets ``stage * (1 + (pp - 1) / m)`` with ``m``
-         micro-chunks of ``PREFILL_CHUNK_TOKENS``. Each step adds the engine's host overhead.
+         each in another stage) when every stage's KV cache holds ``pp`` batches of prompts (a
+         stage keeps a prompt's KV until it leaves the pipeline); holding fewer, ``k`` batches
+         in flight finish every pipeline latency. Only an engine that splits one prompt into
+         micro-chunks that flow through the stages together
+         (``EngineSpec.chunked_pipeline_prefill``, the study's chunked pipeline for long
+         contexts) gets ``stage * (1 + (pp - 1) / m)`` with ``m`` micro-chunks of
+         ``PREFILL_CHUNK_TOKENS``. Each step adds the engine's host overhead.
 decode   ``batch`` sequences per worker at mean context ``context``; with ``pp`` stages the
          engine keeps ``pp`` micro-batches in flight, so a token waits for every stage (TPOT is the
          pipeline latency of one micro-batch) while the worker emits ``batch`` tokens per TPOT.
@@ -77,13 +80,19 @@ def prefill_many(
             ttft_ms[i] = stage * (1.0 + (pp[i] - 1.0) / m) + overhead
         else:
             ttft_ms[i] = lat
-        requests_per_s[i] = 1e3 * batch[i] / (stage + overhead)
         tokens = seqs * new
         mem_bytes[i] = memory_bytes_per_gpu(
             mv, hv, tp[i], pp[i], ep[i], dp[i], tokens, seqs, seqs * isl
         )
         cap = kv_capacity_tokens(mv, hv, tp[i], pp[i], ep[i], dp[i], tokens, seqs)
         fits[i] = cap >= seqs * isl
+        # batches in flight: one per stage, as many as every stage's KV cache holds (a stage
+        # keeps each prompt's KV until the prompt leaves the pipeline)
+        flight = min(pp[i], math.floor(cap / (seqs * isl))) if seqs * isl > 0.0 else pp[i]
+        if flight >= pp[i]:
+            requests_per_s[i] = 1e3 * batch[i] / (stage + overhead)  # one batch per stage
+        else:
+            requests_per_s[i] = 1e3 * batch[i] * max(flight, 1.0) / (lat + overhead)
 
 
 @njit(cache=True, nogil=True)
