@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from queueing_reference import slot_load_reference
 from test_kernel_references import Hw, ctx_for, ref_wait_ms, setups
 
 from pdplanner.planner.catalog import default_gpus, default_models, load_engine
@@ -777,23 +778,6 @@ def test_a_request_larger_than_the_cache_is_reported_as_not_fitting() -> None:
 # search.aggsweep
 
 
-def ref_slot_load(c: int, p: float) -> float:
-    """The most load on ``c`` slots with an arrival waiting at most 1 - p of the time, by
-    bisection on Erlang C's textbook sum."""
-
-    def wait(a: float) -> float:
-        if a >= c:
-            return 1.0
-        top = a**c / math.factorial(c) * c / (c - a)
-        return top / (sum(a**k / math.factorial(k) for k in range(c)) + top)
-
-    lo, hi = 0.0, float(c)
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if wait(mid) <= 1.0 - p else (lo, mid)
-    return lo
-
-
 def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms, pct):
     """Each chunk budget: grow the concurrency until a request does not fit, the batch never
     holds every client, or TTFT passes the stop. Under random arrivals a point carries the
@@ -836,7 +820,7 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
             if not ok:
                 break
             slots = int(min(users, max_batch))
-            rate = out[8] * ref_slot_load(slots, pct) / slots
+            rate = out[8] * slot_load_reference(slots, pct) / slots
             rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
             ttft = out[0] + ref_wait_ms(rho, prompt_ms, pct)
             per_request = out[9] / out[8]

@@ -1,13 +1,13 @@
-"""``serving.queueing``'s batch-slot rule against plain-Python references: the load at which an
-arriving request waits for a slot with probability 1 - p, inverted from Erlang C's textbook sum
-(small slot counts) and by bisection on the exact recursion (the many-slot limit's accuracy)."""
+"""``serving.queueing``'s batch-slot rule against plain-Python references (queueing_reference):
+Erlang C against its textbook sum, and the load at which an arriving request waits for a slot
+with probability 1 - p, inverted from the textbook sum (small slot counts) and by bisection on
+the exact recursion (the many-slot limit's accuracy)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
+from queueing_reference import erlang_c_textbook, slot_load_reference
 
 from pdplanner.planner.serving.queueing import (
     EXACT_SLOTS,
@@ -17,30 +17,19 @@ from pdplanner.planner.serving.queueing import (
 )
 
 
-def erlang_c_textbook(c: int, a: float) -> float:
-    if a >= c:
-        return 1.0
-    top = a**c / math.factorial(c) * c / (c - a)
-    return top / (sum(a**k / math.factorial(k) for k in range(c)) + top)
-
-
-def load_reference(c: int, p: float, wait: object = erlang_c_textbook) -> float:
-    """The largest load with P(wait) <= 1 - p, by bisection on ``wait``."""
-    lo, hi = 0.0, float(c)
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        if wait(c, mid) <= 1.0 - p:  # type: ignore[operator]
-            lo = mid
-        else:
-            hi = mid
-    return lo
+@pytest.mark.parametrize("c", [1, 2, 5, 17, 40])
+def test_erlang_c_matches_the_textbook_formula(c: int) -> None:
+    for a in np.linspace(0.01, c * 0.99, 13):
+        assert erlang_c(c, float(a)) == pytest.approx(erlang_c_textbook(c, float(a)), rel=1e-9)
+    assert erlang_c(c, float(c)) == 1.0
+    assert erlang_c(c, 0.0) == 0.0
 
 
 @pytest.mark.parametrize("p", [0.5, 0.9, 0.99])
 @pytest.mark.parametrize("c", [1, 2, 3, 8, 16, 40])
 def test_max_slot_load_inverts_erlang_c(c: int, p: float) -> None:
     a = max_slot_load(c, p)
-    assert a == pytest.approx(load_reference(c, p), rel=1e-9, abs=1e-12)
+    assert a == pytest.approx(slot_load_reference(c, p), rel=1e-9, abs=1e-12)
     assert erlang_c_textbook(c, a) <= 1.0 - p + 1e-9
 
 
@@ -55,7 +44,7 @@ def test_one_slot_carries_the_share_of_time_it_may_be_busy() -> None:
 def test_the_many_slot_limit_stays_within_a_quarter_percent_of_the_exact_load(
     c: int, p: float
 ) -> None:
-    exact = load_reference(c, p, erlang_c)
+    exact = slot_load_reference(c, p, erlang_c)
     got = max_slot_load(c, p)
     print(f"{c} slots at p{p * 100:g}: {got:.2f} vs exact {exact:.2f}")
     assert abs(got - exact) / exact < 0.0025

@@ -1,12 +1,12 @@
-"""The scaling model against plain-Python references: Erlang C by its textbook sum, and the
-prefill pool's TTFT misses by a re-telling of ``capacity``'s docstring. (The replay runs the
-serving layer's engine loop, compared with its own reference in test_engine_loop_references.)"""
+"""The scaling model against plain-Python references: the prefill pool's TTFT misses by a
+re-telling of ``capacity``'s docstring. (Erlang C, which sizes the decode pools, is checked with
+the rest of ``serving.queueing`` in test_queueing; the replay runs the serving layer's engine
+loop, compared with its own reference in test_engine_loop_references.)"""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,22 +16,6 @@ from pdplanner.planner.scaling.capacity import (
     prefill_miss,
     prefill_ttft_ms,
 )
-from pdplanner.planner.serving.queueing import erlang_c
-
-
-def erlang_c_textbook(c: int, a: float) -> float:
-    if a >= c:
-        return 1.0
-    top = a**c / math.factorial(c) * c / (c - a)
-    return top / (sum(a**k / math.factorial(k) for k in range(c)) + top)
-
-
-@pytest.mark.parametrize("c", [1, 2, 5, 17, 40])
-def test_erlang_c_matches_the_textbook_formula(c: int) -> None:
-    for a in np.linspace(0.01, c * 0.99, 13):
-        assert erlang_c(c, float(a)) == pytest.approx(erlang_c_textbook(c, float(a)), rel=1e-9)
-    assert erlang_c(c, float(c)) == 1.0
-    assert erlang_c(c, 0.0) == 0.0
 
 
 def miss_reference(rate, workers, lat, share, batch_ms, ttft_ms):  # type: ignore[no-untyped-def]
