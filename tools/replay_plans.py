@@ -3,11 +3,11 @@
     .venv/bin/python tools/replay_plans.py [--percentile p50 p99] [--mode agg disagg]
 
 For each case below (or ``--case MODEL GPU GPUS ISL OSL TTFT_MS TPOT_MS``) and each mode, ``plan``
-picks its best deployment; ``estimate`` then simulates that deployment under Poisson arrivals at
-the rate the plan says it serves (an aggregated worker at its share, with the batch limit and
-chunk budget the plan set), and the two are printed side by side: TTFT and TPOT at the SLO's
-percentile, requests/s planned and served. Served rates fall a few percent short on long answers:
-the simulation's last requests are still decoding when the measured window ends.
+picks its best deployment; ``estimate`` then simulates it under Poisson arrivals at the rate the
+plan says it serves (``estimate.replay_request``), and the two are printed side by side: TTFT
+and TPOT at the SLO's percentile, requests/s planned and served. Served rates fall a few percent
+short on long answers: the simulation's last requests are still decoding when the measured
+window ends.
 ``tests/unit/test_search_answers.py`` asserts the reference case.
 """
 
@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-from pdplanner.planner.estimate import estimate
+from pdplanner.planner.estimate import estimate, replay_request
 from pdplanner.planner.search.recommend import search
 from pdplanner.planner.types import (
-    Deployment,
-    EstimateRequest,
-    Parallelism,
     PlanRequest,
-    PoolSpec,
     SearchLimits,
     ServingEstimate,
     Slo,
@@ -35,35 +31,6 @@ CASES = [
     ("qwen3-32b", "h100-sxm", 4, 2000, 500, 1000.0, 30.0),
     ("llama-3.1-70b", "h100-sxm", 8, 1000, 1000, 1000.0, 40.0),
 ]
-
-
-def replay(req: PlanRequest, d: Deployment) -> tuple[ServingEstimate, int]:
-    """The engine loop's figures for ``d`` at its planned rate, and the workers they are per."""
-    w = req.traffic[0]
-    par = [Parallelism(p.tp, p.pp, p.ep, p.attention_dp) for p in d.pools]
-    common = {"precision": req.precision, "engine": req.engine}
-    if d.mode == "agg":
-        pool = d.pools[0]
-        out = estimate(
-            EstimateRequest(
-                req.model, req.gpu, w.isl, w.osl, mode="agg", parallelism=par[0],
-                rate_per_s=d.requests_per_s / pool.workers, chunk_tokens=pool.chunk_tokens or 0,
-                engine_args=(("max_num_seqs", pool.batch),), **common,  # type: ignore[arg-type]
-            )
-        )  # fmt: skip
-        workers = pool.workers
-    else:
-        pre, dec = d.pools
-        out = estimate(
-            EstimateRequest(
-                req.model, req.gpu, w.isl, w.osl, mode="disagg", rate_per_s=d.requests_per_s,
-                prefill=PoolSpec(par[0], pre.workers, pre.batch),
-                decode=PoolSpec(par[1], dec.workers, dec.batch), **common,  # type: ignore[arg-type]
-            )
-        )  # fmt: skip
-        workers = 1
-    assert isinstance(out, ServingEstimate)
-    return out, workers
 
 
 def main() -> None:
@@ -87,7 +54,9 @@ def main() -> None:
                 if best is None:
                     print(head, "no deployment meets the SLO")
                     continue
-                sim, workers = replay(req, best)
+                sim = estimate(replay_request(req, best))
+                assert isinstance(sim, ServingEstimate)
+                workers = best.pools[0].workers if mode == "agg" else 1
                 pools = " | ".join(
                     f"{p.role} TP{p.tp} PP{p.pp} EP{p.ep} DP{p.attention_dp} b{p.batch} "
                     f"x{p.workers}"

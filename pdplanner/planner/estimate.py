@@ -48,9 +48,11 @@ from pdplanner.planner.serving.workers import (
     prefill_worker,
 )
 from pdplanner.planner.types import (
+    Deployment,
     EstimateRequest,
     Parallelism,
     PhaseEstimate,
+    PlanRequest,
     PoolSpec,
     ServingEstimate,
 )
@@ -81,6 +83,39 @@ def estimate(
         model=checked.model.summary(),
         gpu_basis="calibrated" if calibrated else "datasheet-scaled",
     )
+
+
+def replay_request(plan: PlanRequest, d: Deployment) -> EstimateRequest:
+    """The estimate that replays deployment ``d`` of ``plan`` through the engine loop under
+    Poisson arrivals at the rate the plan says it serves: an aggregated deployment as one of its
+    workers at its share of the rate, with the batch limit and chunk budget the plan set; a
+    disaggregated one whole. ``estimate`` of it is what the engine would deliver at that rate
+    (``requests_per_s`` per aggregated worker). Raises ``InvalidInputError`` on ``traffic`` for a
+    mix of more than one class (an estimate takes one request shape)."""
+    if len(plan.traffic) != 1:
+        raise InvalidInputError("traffic", "a replay takes one traffic class, not a mix")
+    w = plan.traffic[0]
+    par = [Parallelism(p.tp, p.pp, p.ep, p.attention_dp) for p in d.pools]
+    common: dict[str, Any] = {
+        "precision": plan.precision,
+        "engine": plan.engine,
+        "memory_fraction": plan.memory_fraction,
+    }
+    if d.mode == "agg":
+        pool = d.pools[0]
+        args = tuple((k, v) for k, v in plan.engine_args if k != "max_num_seqs")
+        return EstimateRequest(
+            plan.model, pool.gpu, w.isl, w.osl, mode="agg", parallelism=par[0],
+            rate_per_s=d.requests_per_s / pool.workers, chunk_tokens=pool.chunk_tokens or 0,
+            engine_args=(*args, ("max_num_seqs", pool.batch)), **common,
+        )  # fmt: skip
+    pre, dec = d.pools
+    return EstimateRequest(
+        plan.model, pre.gpu, w.isl, w.osl, mode="disagg", rate_per_s=d.requests_per_s,
+        prefill=PoolSpec(par[0], pre.workers, pre.batch, pre.gpu),
+        decode=PoolSpec(par[1], dec.workers, dec.batch, dec.gpu),
+        engine_args=plan.engine_args, **common,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdplanner.planner.catalog import default_gpus, default_models, load_engine
-from pdplanner.planner.estimate import estimate
+from pdplanner.planner.estimate import estimate, replay_request
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.search.aggsweep import R_TPOT, R_TTFT, ROW_COLUMNS, sweep_layout
 from pdplanner.planner.search.enumerate import default_max_tp, layouts
@@ -22,13 +22,10 @@ from pdplanner.planner.serving.scheduler import scheduler_for
 from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
 from pdplanner.planner.types import (
     Deployment,
-    EstimateRequest,
     Mode,
-    Parallelism,
     Percentile,
     PlanRequest,
     PlanResult,
-    PoolSpec,
     SearchLimits,
     ServingEstimate,
     Slo,
@@ -377,34 +374,6 @@ def test_case5_plan_and_estimate_count_the_same_agg_request_overhead() -> None:
     assert best.ttft_ms == pytest.approx(rows[0, R_TTFT] + REQUEST_OVERHEAD_MS["agg"], rel=1e-9)
 
 
-def replay_under_poisson(req: PlanRequest, d: Deployment) -> ServingEstimate:
-    """``estimate``'s engine-loop simulation of deployment ``d`` under Poisson arrivals at the
-    rate the plan says it serves (an aggregated worker at its share, with the batch limit and
-    chunk budget the plan set)."""
-    w = req.traffic[0]
-    par = [Parallelism(p.tp, p.pp, p.ep, p.attention_dp) for p in d.pools]
-    if d.mode == "agg":
-        pool = d.pools[0]
-        out = estimate(
-            EstimateRequest(
-                req.model, req.gpu, w.isl, w.osl, mode="agg", parallelism=par[0],
-                rate_per_s=d.requests_per_s / pool.workers, chunk_tokens=pool.chunk_tokens or 0,
-                engine_args=(("max_num_seqs", pool.batch),),
-            )
-        )  # fmt: skip
-    else:
-        pre, dec = d.pools
-        out = estimate(
-            EstimateRequest(
-                req.model, req.gpu, w.isl, w.osl, mode="disagg", rate_per_s=d.requests_per_s,
-                prefill=PoolSpec(par[0], pre.workers, pre.batch),
-                decode=PoolSpec(par[1], dec.workers, dec.batch),
-            )
-        )  # fmt: skip
-    assert isinstance(out, ServingEstimate)
-    return out
-
-
 @pytest.mark.parametrize("percentile", ["p50", "p99"])
 @pytest.mark.parametrize("mode", ["agg", "disagg"])
 def test_case5_the_best_deployment_meets_its_slo_when_random_arrivals_come_at_its_rate(
@@ -419,7 +388,8 @@ def test_case5_the_best_deployment_meets_its_slo_when_random_arrivals_come_at_it
     req = dataclasses.replace(REF, slo=slo, limits=SearchLimits(modes=(mode,)))
     best = search(req)[0].best
     assert best is not None and best.mode == mode
-    sim = replay_under_poisson(req, best)
+    sim = estimate(replay_request(req, best))
+    assert isinstance(sim, ServingEstimate)
     ttft = sim.details["ttft_ms"][percentile]
     tpot = sim.details["tpot_ms"][percentile]
     served = sim.requests_per_s * (best.pools[0].workers if mode == "agg" else 1)
