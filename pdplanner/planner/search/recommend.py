@@ -299,6 +299,9 @@ class _Search:
         # embeddings, scoring, classification: the first token ends every request
         self.prefill_only = all(w.osl == 1 for w in req.traffic)
         self.decode_batches = 0
+        # requests/s of each decode candidate's worker under random arrivals (_decode_rate),
+        # set with the candidates by _decode
+        self.decode_rate = np.zeros(0)
         self.best_prefill_ms = math.inf
         self.best_decode_ms = math.inf
         self.any_fit = False
@@ -363,6 +366,7 @@ class _Search:
         points = cross(lay, grid, per_dp_rank=True)
         r = evaluate_decode(c, *points, self.decode_context, fitting_only=True)
         self.design_points += r.tp.shape[0]
+        self.decode_rate = self._decode_rate(r)
         return r
 
     def run_disagg(self) -> _Side:
@@ -424,9 +428,7 @@ class _Search:
         pi = np.nonzero(p_ok)[0]
         r_p, g_p = r_p_all[pi], pre.gpus[pi]
         di = np.nonzero(d_ok)[0]
-        # a decode worker turns its batch over once per answer; under random arrivals it carries
-        # the share of that rate at which a request finds a free slot at the SLO percentile
-        r_d = self._decode_rate(dec)[di]
+        r_d = self.decode_rate[di]
         g_d = dec.gpus[di]
         # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
         keep = _undominated(g_p, r_p)
@@ -546,7 +548,7 @@ class _Search:
         if self.rate <= 0:
             return own
         n_b = self.decode_batches
-        grid = self._decode_rate(dec).reshape(-1, n_b)
+        grid = self.decode_rate.reshape(-1, n_b)
         rows, col = di // n_b, di % n_b
         cols = np.arange(n_b)
         ok = (grid[rows] >= per_worker[:, None] * (1.0 - 1e-9)) & (cols[None, :] <= col[:, None])
