@@ -58,7 +58,6 @@ from pdplanner.planner.types import (
 )
 
 GB = 1e9
-MIN_CHUNK_TOKENS = MIN_BUDGET_TOKENS  # engines need room for a decode batch beside a chunk
 
 
 def estimate(
@@ -187,8 +186,9 @@ def _check(req: EstimateRequest, models: ModelCatalog, gpus: GpuCatalog) -> _Che
             if req.context is not None or lengths_ok:
                 # a context given outright must fit the model's; the derived one is checked
                 # with the lengths above
-                fit = req.context is not None and model is not None and model.max_context > 0
-                most = model.max_context if fit and model is not None else validate.MAX_TOKENS
+                most = validate.MAX_TOKENS
+                if req.context is not None and model is not None and model.max_context > 0:
+                    most = model.max_context
                 v.value(lambda: validate.integer(_context(req), "context", 1, most))
         elif req.phase != "prefill":
             v.add("phase", f"must be prefill or decode, got {req.phase!r}")
@@ -290,9 +290,9 @@ def _scheduler(
 
 def _chunk_tokens(value: object) -> int:
     chunk = validate.integer(value, "chunk_tokens", 0, validate.MAX_TOKENS)
-    if 0 < chunk < MIN_CHUNK_TOKENS:
+    if 0 < chunk < MIN_BUDGET_TOKENS:
         raise InvalidInputError(
-            "chunk_tokens", f"must be 0 (no chunking) or at least {MIN_CHUNK_TOKENS}, got {chunk}"
+            "chunk_tokens", f"must be 0 (no chunking) or at least {MIN_BUDGET_TOKENS}, got {chunk}"
         )
     return chunk
 

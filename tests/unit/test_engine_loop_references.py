@@ -823,10 +823,7 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
             rate = out[8] * slot_load_reference(slots, pct) / slots
             rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
             ttft = out[0] + ref_wait_ms(rho, prompt_ms, pct)
-            per_request = out[9] / out[8]
-            rows.append(
-                [chunk, users * dp, ttft, out[4 + slot], rate * per_request * dp, rate * dp]
-            )
+            rows.append([chunk, users * dp, ttft, out[4 + slot], rate * osl.mean() * dp, rate * dp])
             if out[10] > 0.5 or ttft > stop_ms:
                 break
     return rows

@@ -192,7 +192,7 @@ def sweep_layout(
     max_isl = isl_cycle.max()
     need = max_isl + osl_cycle.max()
     slot = 1 if percentile <= 0.5 else 2 if percentile <= 0.9 else 3
-    mean_isl = isl_cycle.mean()
+    mean_isl, mean_osl = isl_cycle.mean(), osl_cycle.mean()
     per_layer = np.zeros(4)
     scratch = np.zeros(4)
     lay = np.array([tp, pp, ep, dp])
@@ -249,7 +249,7 @@ def sweep_layout(
             rows[n, R_USERS] = users * dp
             rows[n, R_TTFT] = ttft
             rows[n, R_TPOT] = out[4 + slot]
-            rows[n, R_TOKENS_PER_S] = rate * (out[9] / out[8]) * dp
+            rows[n, R_TOKENS_PER_S] = rate * mean_osl * dp
             rows[n, R_REQUESTS_PER_S] = rate * dp
             n += 1
             if out[10] > 0.5 or ttft > ttft_stop_ms:

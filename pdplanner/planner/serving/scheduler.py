@@ -77,7 +77,7 @@ _STR = ("kv_admission",)
 MEMORY_FRACTION_ARGS = ("gpu_memory_utilization", "mem_fraction_static", "free_gpu_memory_fraction")
 _NOT_SCHEDULER = ("kv_cache_dtype", *MEMORY_FRACTION_ARGS)
 ENGINE_ARG_KEYS = (*_INT, *_FLOAT, *_BOOL, *_STR, *_NOT_SCHEDULER)
-MIN_BUDGET_TOKENS = 64  # the smallest max_num_batched_tokens taken
+MIN_BUDGET_TOKENS = 64  # the smallest token budget taken (max_num_batched_tokens, chunk_tokens)
 
 
 def _graph_sizes(spec: Any, field: str) -> tuple[int, ...]:
@@ -138,7 +138,7 @@ def _convert(key: str, value: EngineArg, field: str) -> EngineArg:
         if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
             raise InvalidInputError(field, f"must be an integer, got {value!r}")
         # a token budget needs room for a prompt chunk beside the decode batch (the smallest
-        # chunk the CLI's chunk_tokens takes, estimate.MIN_CHUNK_TOKENS)
+        # chunk_tokens estimate takes, too)
         lo = {"cuda_graph_max_bs": 0, "max_num_batched_tokens": MIN_BUDGET_TOKENS}.get(key, 1)
         if not lo <= int(value) <= 10_000_000:
             raise InvalidInputError(field, f"must be between {lo} and 10,000,000, got {value}")
