@@ -43,7 +43,7 @@ from pdplanner.planner.search.aggsweep import (
     sweep_layout,
 )
 from pdplanner.planner.serving import _loop as L
-from pdplanner.planner.serving.queueing import MAX_UTILISATION, slot_load_table
+from pdplanner.planner.serving.queueing import MAX_UTILISATION, slot_load_table, split_percentile
 
 FEW = settings(
     max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -820,9 +820,11 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
             if not ok:
                 break
             slots = int(min(users, max_batch))
-            rate = out[8] * slot_load_reference(slots, pct) / slots
+            # half the SLO's tail to the slot wait, half to the prompt wait
+            wait_p = 1.0 - 0.5 * (1.0 - pct)
+            rate = out[8] * slot_load_reference(slots, wait_p) / slots
             rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
-            ttft = out[0] + ref_wait_ms(rho, prompt_ms, pct)
+            ttft = out[0] + ref_wait_ms(rho, prompt_ms, wait_p)
             rows.append([chunk, users * dp, ttft, out[4 + slot], rate * osl.mean() * dp, rate * dp])
             if out[10] > 0.5 or ttft > stop_ms:
                 break
@@ -861,7 +863,7 @@ def test_sweep_layout_matches_simulations_plus_queueing(
     rows = np.zeros((chunk_a.shape[0] * conc.shape[0], ROW_COLUMNS))
     n = sweep_layout(
         *c.worker_args(tp, 1.0, ep, dp), chunk_a, conc, isl_a, osl, hit, sched, graphs, stop_ms,
-        pct, slot_load_table(pct), rows,
+        pct, slot_load_table(split_percentile(pct)), rows,
     )  # fmt: skip
     want = ref_sweep_layout(
         c, (tp, 1.0, ep, dp), chunk_a, conc, isl_a, osl, hit, sched, graphs, stop_ms, pct

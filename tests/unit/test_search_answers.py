@@ -17,7 +17,7 @@ from pdplanner.planner.search.aggsweep import R_TPOT, R_TTFT, ROW_COLUMNS, sweep
 from pdplanner.planner.search.enumerate import default_max_tp, layouts
 from pdplanner.planner.search.recommend import RATE_SEARCH_FACTOR, search
 from pdplanner.planner.serving.mix import mix_cycle
-from pdplanner.planner.serving.queueing import slot_load_table
+from pdplanner.planner.serving.queueing import slot_load_table, split_percentile
 from pdplanner.planner.serving.scheduler import scheduler_for
 from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS, graphs_for, scheduler_vector
 from pdplanner.planner.types import (
@@ -159,13 +159,20 @@ def test_case2_a_rate_the_budget_cannot_serve_is_said_with_the_gpus_it_needs(
     assert f.requests_per_s == pytest.approx(20.0)
     assert f.ttft_ms <= 1000.0 and f.tpot_ms <= 20.0
     assert f.tokens_per_s_per_gpu == pytest.approx(20.0 * 500 / f.gpus)
-    assert f"the fewest that do: {f.gpus} GPUs" in r.explanation
+    assert f"the fewest that do with the worker layouts searched for 16 GPUs: {f.gpus} GPUs" in (
+        r.explanation
+    )
 
 
 @pytest.mark.parametrize("modes", [("agg", "disagg"), ("agg",)])
 def test_case2_the_gpus_named_for_a_rate_are_the_fewest(modes: tuple[Mode, ...]) -> None:
-    # planning again with that many GPUs serves the rate on all of them; one fewer does not
-    req = dataclasses.replace(REF, rate_per_s=20.0, limits=SearchLimits(modes=modes))
+    # planning again with that many GPUs serves the rate on all of them; one fewer does not.
+    # The fewest with the worker layouts searched within the first budget: a larger budget also
+    # searches larger workers (with pipeline stages, a 32-GPU TP8 PP4 decode worker serves this
+    # rate on 56 GPUs where the 16-GPU search's layouts need 64), so pipeline stages are left
+    # out here and both searches see the same layouts.
+    limits = SearchLimits(modes=modes, allow_pp=False)
+    req = dataclasses.replace(REF, rate_per_s=20.0, limits=limits)
     need = search(req)[0].for_rate
     assert need is not None
     at = search(dataclasses.replace(req, gpus=need.gpus))[0]
@@ -318,7 +325,7 @@ def test_case5_the_agg_sweep_reports_tpot_at_the_slo_percentile() -> None:
         n = sweep_layout(
             ctx.mv, ctx.hv, ctx.cal.gemm, ctx.cal.attn_prefill, ctx.cal.attn_decode,
             8.0, 1.0, 1.0, 1.0, chunks, conc, isl, osl, 0.0, scheduler_vector(sched),
-            graphs_for(ctx, sched), 1e9, p, slot_load_table(p), rows,
+            graphs_for(ctx, sched), 1e9, p, slot_load_table(split_percentile(p)), rows,
         )  # fmt: skip
         assert n == 6
         tpot[p] = rows[:n, R_TPOT]
@@ -364,7 +371,8 @@ def test_case5_plan_and_estimate_count_the_same_agg_request_overhead() -> None:
         ctx.mv, ctx.hv, ctx.cal.gemm, ctx.cal.attn_prefill, ctx.cal.attn_decode,
         float(pool.tp), float(pool.pp), float(pool.ep), float(pool.attention_dp),
         np.array([float(pool.chunk_tokens or 0)]), np.array([float(pool.batch)]), isl, osl,
-        0.0, scheduler_vector(sched), graphs_for(ctx, sched), 1e9, 0.5, slot_load_table(0.5), rows,
+        0.0, scheduler_vector(sched), graphs_for(ctx, sched), 1e9, 0.5,
+        slot_load_table(split_percentile(0.5)), rows,
     )  # fmt: skip
     assert n == 1
     print(

@@ -10,11 +10,17 @@ admission), time to first token passes ``ttft_stop_ms``, or a single request doe
 The simulation is closed-loop and deterministic; the search judges deployments under random
 (Poisson) arrivals. A closed loop of ``users`` clients keeps every batch slot busy, which random
 arrivals at the same rate cannot sustain (the slots would never drain), so each point carries
-the rate at which an arrival still finds a free slot at the SLO percentile: the loop's rate times
+the rate at which an arrival still finds a free slot: the loop's rate times
 ``queueing.max_slot_load`` of its slots over the slots, each request holding its slot for the
-loop's time per request. Its time to first token at the SLO percentile adds the M/D/1 wait of a
-prompt queue whose service time is one prompt's prefill step and whose utilisation is that rate
-times that time.
+loop's time per request. Its time to first token adds the M/D/1 wait of a prompt queue whose
+service time is one prompt's prefill step and whose utilisation is that rate times that time.
+
+A request's time to first token is the loop's plus both waits, so the SLO percentile ``p`` is
+split between them (``queueing.split_percentile``): an arrival waits for a slot with probability
+at most (1 - p) / 2, and the prompt wait is taken at 1 - (1 - p) / 2. Charging each wait at ``p``
+alone let the slot wait take the whole tail: the engine loop replaying the reference plan's
+aggregated deployment at its rate measured a median TTFT of 422 ms where the plan said 272 ms
+(``tools/replay_plans.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ from pdplanner.planner.perf.kernels import step_ms
 from pdplanner.planner.perf.memory import kv_capacity_tokens
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving import _loop as L
-from pdplanner.planner.serving.queueing import MAX_UTILISATION, slot_load, slot_load_table, wait_ms
+from pdplanner.planner.serving.queueing import (
+    MAX_UTILISATION,
+    slot_load,
+    slot_load_table,
+    split_percentile,
+    wait_ms,
+)
 
 # columns of the rows sweep_layout writes
 R_CHUNK, R_USERS, R_TTFT, R_TPOT, R_TOKENS_PER_S, R_REQUESTS_PER_S = 0, 1, 2, 3, 4, 5
@@ -184,7 +196,8 @@ def sweep_layout(
 ) -> int:
     """Simulate one layout's points; write one row per point (per attention-DP rank figures
     scaled to the worker) and return how many. ``percentile`` is the SLO's (0.5, 0.9, 0.99),
-    ``slot_loads`` its ``queueing.slot_load_table``;
+    ``slot_loads`` is ``queueing.slot_load_table`` at ``split_percentile(percentile)``, the
+    percentile each of a request's two waits meets (module doc);
     ``sched`` the engine's scheduler vector (``_loop`` slots), whose budget and chunking each
     entry of ``chunks`` replaces (0: no chunked prefill)."""
     out = np.zeros(11)
@@ -192,6 +205,7 @@ def sweep_layout(
     max_isl = isl_cycle.max()
     need = max_isl + osl_cycle.max()
     slot = 1 if percentile <= 0.5 else 2 if percentile <= 0.9 else 3
+    wait_p = split_percentile(percentile)
     mean_isl, mean_osl = isl_cycle.mean(), osl_cycle.mean()
     per_layer = np.zeros(4)
     scratch = np.zeros(4)
@@ -240,11 +254,11 @@ def sweep_layout(
             ):
                 break
             # random arrivals: the rate at which an arrival finds one of the rank's slots free
-            # at the SLO percentile (the loop's clients keep all of them busy)
+            # within its share of the SLO's tail (the loop's clients keep all of them busy)
             slots = int(min(float(users), max_batch))
-            rate = out[8] * slot_load(slots, percentile, slot_loads) / slots
+            rate = out[8] * slot_load(slots, wait_p, slot_loads) / slots
             rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
-            ttft = out[0] + wait_ms(rho, prompt_ms, percentile)
+            ttft = out[0] + wait_ms(rho, prompt_ms, wait_p)
             rows[n, R_CHUNK] = chunk
             rows[n, R_USERS] = users * dp
             rows[n, R_TTFT] = ttft
@@ -264,7 +278,7 @@ class AggPoints:
 
     chunk: np.ndarray  # chunked-prefill token budget (0: no chunked prefill)
     users: np.ndarray  # closed-loop clients of the worker
-    ttft_ms: np.ndarray  # at the SLO percentile, the M/D/1 prompt-queue wait included
+    ttft_ms: np.ndarray  # at the SLO percentile, slot and prompt-queue waits included
     tpot_ms: np.ndarray  # at the SLO percentile
     tokens_per_s: np.ndarray  # output tokens/s at requests_per_s
     requests_per_s: np.ndarray  # under random arrivals (module doc), below the loop's rate
@@ -304,7 +318,7 @@ def sweep(
         graphs,
         float(ttft_stop_ms),
         float(percentile),
-        slot_load_table(float(percentile)),
+        slot_load_table(float(split_percentile(float(percentile)))),
         rows,
     )
     r = rows[:n]

@@ -58,6 +58,7 @@ from pdplanner.planner.serving.queueing import (
     MAX_UTILISATION,
     PERCENTILES,
     slot_shares,
+    split_percentile,
     usable_utilisation,
     wait_ms,
 )
@@ -80,9 +81,9 @@ MATCH_SLICE_EVALUATIONS = 2_000_000
 # How plan judges its SLO (PlanResult.load)
 PLAN_LOAD = (
     "poisson: random arrivals at the rate each deployment sustains with a free batch slot for an "
-    "arriving request at the SLO percentile (Erlang C over a worker's slots); TTFT at the SLO "
-    "percentile adds the M/D/1 wait of the prompt queue (agg: a steady closed loop of the engine "
-    "loop; disagg: the prefill pool)"
+    "arriving request (Erlang C over a worker's slots); TTFT at the SLO percentile adds the M/D/1 "
+    "wait of the prompt queue (agg: a steady closed loop of the engine loop; disagg: the prefill "
+    "pool); the SLO's tail is split evenly between the slot and the prompt wait"
 )
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 
@@ -216,7 +217,9 @@ class _Side:
     compared: str = ""  # what the side searched, in words
     # every evaluated deployment meeting the SLO: (requests/s served, tokens/s/user, GPUs)
     meeting: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
-    for_rate: Deployment | None = None  # the fewest GPUs serving the rate, past the budget
+    # the fewest GPUs serving the rate, past the budget, with the worker layouts searched
+    # within it (a larger budget also searches larger workers, which may need fewer GPUs)
+    for_rate: Deployment | None = None
 
 
 def choose(
@@ -287,6 +290,9 @@ class _Search:
         # mean context the slots see: E[osl (isl + osl / 2)] / E[osl]
         self.decode_context = float(self.share @ (osl * (isl + osl / 2.0)) / (self.share @ osl))
         self.pct = PERCENTILES[req.slo.percentile]
+        # a request's TTFT carries two waits, for a batch slot and for its prompt's turn: each
+        # gets half of the SLO's tail (queueing.split_percentile)
+        self.wait_pct = float(split_percentile(self.pct))
         self.tpot_target = req.slo.tpot_ms
         if req.slo.min_tokens_per_s_per_user:
             self.tpot_target = min(self.tpot_target, 1e3 / req.slo.min_tokens_per_s_per_user)
@@ -401,9 +407,11 @@ class _Search:
             self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
         if dec.fits.any():
             self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
-        # prefill: usable rate after queueing at the SLO percentile
+        # prefill: usable rate after queueing within its share of the SLO's tail
         service = pre.batch / pre.rate * 1e3
-        util = usable_utilisation(pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.pct)
+        util = usable_utilisation(
+            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.wait_pct
+        )
         r_p_all = np.minimum(pre.rate * util, link_rate)
         p_ok = r_p_all > 0.0
         slo = self.req.slo
@@ -534,11 +542,11 @@ class _Search:
     def _decode_rate(self, dec: PhaseArrays) -> np.ndarray:
         """Requests/s each decode candidate's worker carries under random arrivals: its batch
         turned over once per answer, times the share of that rate at which an arriving request
-        finds one of the worker's ``batch`` slots free at the SLO percentile
-        (``queueing.slot_shares``); -1 where the candidate does not fit."""
+        finds one of the worker's ``batch`` slots free within its share of the SLO's tail
+        (``queueing.slot_shares`` at ``wait_pct``); -1 where the candidate does not fit."""
         steps = max(self.osl - 1.0, 1.0)
         full = dec.batch / (dec.latency_ms * steps) * 1e3
-        return np.where(dec.fits, full * slot_shares(dec.batch, self.pct), -1.0)
+        return np.where(dec.fits, full * slot_shares(dec.batch, self.wait_pct), -1.0)
 
     def _tpot_served(self, dec: PhaseArrays, di: np.ndarray, per_worker: np.ndarray) -> np.ndarray:
         """TPOT of decode candidates ``di`` when each worker carries ``per_worker`` req/s: the
@@ -618,7 +626,7 @@ class _Search:
         service = float(pre.batch[i] / pre.rate[i] * 1e3)
         gpus = int(x * g_p + y * g_d)
         rho = min(served / (x * float(pre.rate[i])), MAX_UTILISATION)
-        ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.pct)
+        ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.wait_pct)
         tp, pp, dp = float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i])
         kv = worker_egress_bytes_per_s(self.ctx, self.isl, tp, pp, dp, served / x) / 1e9
         pools = (
@@ -885,7 +893,8 @@ class _Search:
             if self.rate > 0 and for_rate is not None:
                 return (
                     f"{req.gpus} GPUs do not serve the offered {self.rate:g} req/s within the SLO; "
-                    f"the fewest that do: {for_rate.gpus} GPUs, {for_rate.mode} "
+                    f"the fewest that do with the worker layouts searched for {req.gpus} GPUs: "
+                    f"{for_rate.gpus} GPUs, {for_rate.mode} "
                     f"({_pools_text(for_rate)}) at TTFT {for_rate.ttft_ms:.0f} ms and TPOT "
                     f"{for_rate.tpot_ms:.1f} ms; {compared}"
                 )

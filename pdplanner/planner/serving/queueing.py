@@ -114,6 +114,16 @@ def _halfin_whitt_wait(beta: float) -> float:
 
 
 @njit(cache=True, nogil=True)
+def split_percentile(p: float) -> float:
+    """The percentile each of two waits must meet for their sum to meet ``p``: half the tail
+    each. With P(slot wait > 0) <= (1 - p) / 2 and P(prompt wait > w) <= (1 - p) / 2, the union
+    bound gives P(slot wait + prompt wait > w) <= 1 - p. Meeting ``p`` on each wait alone does
+    not: a request served without waiting for a slot (probability as low as ``p``) must then
+    meet the target at the top of its own distribution."""
+    return 1.0 - 0.5 * (1.0 - p)
+
+
+@njit(cache=True, nogil=True)
 def max_slot_load(servers: int, p: float) -> float:
     """Most offered load (busy slots, Erlangs) on ``servers`` slots at which an arrival waits
     for a slot with probability at most ``1 - p`` (Erlang C; ``p`` in (0, 1)): exact up to
@@ -123,7 +133,7 @@ def max_slot_load(servers: int, p: float) -> float:
     allowed = 1.0 - p
     if servers <= EXACT_SLOTS:
         lo, hi = 0.0, float(servers)
-        for _ in range(36):  # to servers x 2^-36 Erlangs
+        for _ in range(48):  # to servers x 2^-48 Erlangs
             mid = 0.5 * (lo + hi)
             if erlang_c(servers, mid) <= allowed:
                 lo = mid
