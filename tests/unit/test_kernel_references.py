@@ -1153,6 +1153,59 @@ def test_match_all_pairs_each_decode_with_its_best_prefill(n_p, n_d, budget, dat
 
 @SETTINGS
 @given(
+    n_p=st.integers(1, 4),
+    n_d=st.integers(1, 4),
+    budget=st.integers(2, 400),
+    target=st.floats(0.5, 60.0),
+    data=st.data(),
+)
+def test_match_all_with_a_target_takes_the_fewest_gpus_reaching_it(
+    n_p, n_d, budget, target, data
+) -> None:
+    # the pairing step over best_xpyd's answers: any pair reaching the target beats every pair
+    # that does not; among those the fewest GPUs, among the rest the most req/s, then the fewest
+    rate = st.floats(0.05, 20.0)
+    gpus = st.sampled_from([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    r_p = np.array([data.draw(rate) for _ in range(n_p)])
+    g_p = np.array([data.draw(gpus) for _ in range(n_p)])
+    r_d = np.array([data.draw(rate) for _ in range(n_d)])
+    g_d = np.array([data.draw(gpus) for _ in range(n_d)])
+    ox, oy = np.zeros(n_d, np.int64), np.zeros(n_d, np.int64)
+    orate, opre = np.zeros(n_d), np.zeros(n_d, np.int64)
+    match_all(r_p, g_p, r_d, g_d, budget, budget, budget, target, ox, oy, orate, opre)
+    for j in range(n_d):
+        options = []
+        for i in range(n_p):
+            x, y, r = best_xpyd(r_p[i], g_p[i], r_d[j], g_d[j], budget, budget, budget, target)
+            if x > 0:
+                options.append((r >= target * (1.0 - 1e-12), r, x * g_p[i] + y * g_d[j]))
+        if not options:
+            assert opre[j] == -1 and ox[j] == 0
+            continue
+        reach = [o for o in options if o[0]]
+        if reach:
+            want_g = min(g for _, _, g in reach)
+            got_g = ox[j] * g_p[opre[j]] + oy[j] * g_d[j]
+            assert got_g == want_g and orate[j] >= target * (1.0 - 1e-12), (got_g, want_g)
+        else:
+            _, want_r, want_g = max(options, key=lambda o: (o[1], -o[2]))
+            assert close(orate[j], want_r), (orate[j], want_r)
+
+
+def test_match_all_tells_56_gpus_from_64_when_both_reach_the_target() -> None:
+    # 3 prefill workers of 8 GPUs (24) or 8 of 4 (32) feed one 32-GPU decode worker at 20 req/s:
+    # the first pairing is 8 GPUs fewer, a difference a score near 1e18 rounds away
+    r_p, g_p = np.array([2.6, 6.8]), np.array([4.0, 8.0])
+    r_d, g_d = np.array([20.2]), np.array([32.0])
+    ox, oy = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    orate, opre = np.zeros(1), np.zeros(1, np.int64)
+    match_all(r_p, g_p, r_d, g_d, 256, 256, 256, 20.0, ox, oy, orate, opre)
+    print(f"match_all: prefill {opre[0]} x{ox[0]}, decode x{oy[0]}, {orate[0]:.2f} req/s")
+    assert opre[0] == 1 and ox[0] == 3 and oy[0] == 1
+
+
+@SETTINGS
+@given(
     r_p=st.floats(0.01, 50.0),
     g_p=st.floats(1.0, 64.0),
     r_d=st.floats(0.01, 50.0),

@@ -92,7 +92,7 @@ def match_all(
     Returns the number of (prefill, decode, x) combinations evaluated."""
     evaluated = 0
     for j in range(r_d.shape[0]):
-        best_val, best_i = -1.0, -1
+        best_val, best_i, best_hits = -1.0, -1, False
         bx, by, br = 0, 0, 0.0
         for i in range(r_p.shape[0]):
             x, y, r = best_xpyd(
@@ -102,12 +102,14 @@ def match_all(
             if x == 0:
                 continue
             gpus = x * g_p[i] + y * g_d[j]
-            if target_rate > 0.0:
-                val = r * 1e6 - gpus if r < target_rate else 1e18 - gpus
-            else:
-                val = r * 1e6 - gpus
-            if val > best_val:
-                best_val, best_i, bx, by, br = val, i, x, y, r
+            # reaching the target (best_xpyd's tolerance) beats missing it; among those that
+            # reach it the fewest GPUs win, among the rest the most requests/s, then the fewest
+            # GPUs (compared apart: a single score of 1e18 - gpus cannot tell 56 GPUs from 64,
+            # doubles near 1e18 being 128 apart)
+            hits = target_rate > 0.0 and r >= target_rate * (1.0 - 1e-12)
+            val = -gpus if hits else r * 1e6 - gpus
+            if best_i < 0 or (hits and not best_hits) or (hits == best_hits and val > best_val):
+                best_val, best_i, best_hits, bx, by, br = val, i, hits, x, y, r
         out_prefill[j] = best_i
         out_x[j] = bx
         out_y[j] = by
