@@ -159,20 +159,16 @@ def test_case2_a_rate_the_budget_cannot_serve_is_said_with_the_gpus_it_needs(
     assert f.requests_per_s == pytest.approx(20.0)
     assert f.ttft_ms <= 1000.0 and f.tpot_ms <= 20.0
     assert f.tokens_per_s_per_gpu == pytest.approx(20.0 * 500 / f.gpus)
-    assert f"the fewest that do with the worker layouts searched for 16 GPUs: {f.gpus} GPUs" in (
-        r.explanation
-    )
+    within = " with aggregated workers of at most 16 GPUs" if f.mode == "agg" else ""
+    assert f"the fewest that do{within}: {f.gpus} GPUs" in r.explanation
 
 
 @pytest.mark.parametrize("modes", [("agg", "disagg"), ("agg",)])
 def test_case2_the_gpus_named_for_a_rate_are_the_fewest(modes: tuple[Mode, ...]) -> None:
     # planning again with that many GPUs serves the rate on all of them; one fewer does not.
-    # The fewest with the worker layouts searched within the first budget: a larger budget also
-    # searches larger workers (with pipeline stages, a 32-GPU TP8 PP4 decode worker serves this
-    # rate on 56 GPUs where the 16-GPU search's layouts need 64), so pipeline stages are left
-    # out here and both searches see the same layouts.
-    limits = SearchLimits(modes=modes, allow_pp=False)
-    req = dataclasses.replace(REF, rate_per_s=20.0, limits=limits)
+    # Past the budget the search takes workers too large for it: a 32-GPU TP8 PP4 decode worker
+    # serves this rate on 56 GPUs where the 16-GPU budget's largest workers need 64.
+    req = dataclasses.replace(REF, rate_per_s=20.0, limits=SearchLimits(modes=modes))
     need = search(req)[0].for_rate
     assert need is not None
     at = search(dataclasses.replace(req, gpus=need.gpus))[0]

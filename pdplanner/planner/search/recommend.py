@@ -217,9 +217,17 @@ class _Side:
     compared: str = ""  # what the side searched, in words
     # every evaluated deployment meeting the SLO: (requests/s served, tokens/s/user, GPUs)
     meeting: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
-    # the fewest GPUs serving the rate, past the budget, with the worker layouts searched
-    # within it (a larger budget also searches larger workers, which may need fewer GPUs)
+    # the fewest GPUs serving the rate, past the budget (aggregated: with the budget's layouts)
     for_rate: Deployment | None = None
+
+
+@dataclass(frozen=True)
+class _DecodeSet:
+    """Decode candidates (layouts x batches, in that order) and each one's worker rate."""
+
+    arrays: PhaseArrays
+    rate: np.ndarray  # req/s per worker under random arrivals (_Search._decode_rate); -1: no fit
+    batches: int  # batches per layout
 
 
 def choose(
@@ -304,10 +312,6 @@ class _Search:
         self.rate = req.rate_per_s or 0.0
         # embeddings, scoring, classification: the first token ends every request
         self.prefill_only = all(w.osl == 1 for w in req.traffic)
-        self.decode_batches = 0
-        # requests/s of each decode candidate's worker under random arrivals (_decode_rate),
-        # set with the candidates by _decode
-        self.decode_rate = np.zeros(0)
         self.best_prefill_ms = math.inf
         self.best_decode_ms = math.inf
         self.any_fit = False
@@ -317,9 +321,12 @@ class _Search:
             raise SearchCancelled("search stopped by its caller")
 
     # -- disaggregated -------------------------------------------------------------------------
-    def _prefill(self) -> PhaseArrays:
+    def _prefill(self, most_gpus: int | None = None) -> PhaseArrays:
+        """Prefill candidates: every layout of at most ``most_gpus`` GPUs (default: what the
+        budget leaves beside a decode worker) x every batch."""
         c = self.ctx
-        lay = layouts(self.model, c.gpu, min(self.budget_p, self.budget - 1) or 1, self.req.limits)
+        most_gpus = most_gpus or min(self.budget_p, self.budget - 1) or 1
+        lay = layouts(self.model, c.gpu, most_gpus, self.req.limits)
         points = cross(lay, PREFILL_BATCHES, per_dp_rank=True)
         traffic = self.req.traffic
         if len(traffic) == 1:
@@ -355,9 +362,12 @@ class _Search:
             memory_bytes=np.max(np.stack([p.memory_bytes for p in per]), axis=0),
         )
 
-    def _decode(self) -> PhaseArrays:
+    def _decode(self, most_gpus: int | None = None) -> _DecodeSet:
+        """Decode candidates: every layout of at most ``most_gpus`` GPUs (default: what the
+        budget leaves beside a prefill worker) x the captured batch sizes, with their rates."""
         c = self.dctx
-        lay = layouts(self.model, c.gpu, min(self.budget_d, self.budget - 1) or 1, self.req.limits)
+        most_gpus = most_gpus or min(self.budget_d, self.budget - 1) or 1
+        lay = layouts(self.model, c.gpu, most_gpus, self.req.limits)
         # every batch when the layouts are few; every batch to 64 then 6% steps otherwise; a
         # decode worker (each attention-DP rank) holds at most the scheduler's max_num_seqs,
         # the engine's or the request's engine_args
@@ -367,13 +377,11 @@ class _Search:
         # one, so the candidates are the captured sizes themselves up to the largest
         grid = on_captured_sizes(batch_grid(most, dense_up_to=dense), graphs_for(c, self.sched))
         grid = [b for b in grid if b <= most]
-        self.decode_batches = len(grid)
         # the search uses no figure of a candidate that does not fit: those are not priced
         points = cross(lay, grid, per_dp_rank=True)
         r = evaluate_decode(c, *points, self.decode_context, fitting_only=True)
         self.design_points += r.tp.shape[0]
-        self.decode_rate = self._decode_rate(r)
-        return r
+        return _DecodeSet(r, self._decode_rate(r), len(grid))
 
     def run_disagg(self) -> _Side:
         side = _Side()
@@ -389,58 +397,14 @@ class _Search:
             return side
         pre = self._prefill()
         self._check()
-        dec = self._decode()
+        dset = self._decode()
         self._check()
+        dec = dset.arrays
         self.any_fit |= bool(pre.fits.any() and dec.fits.any())
-        # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
-        # worker may not send faster than its shard-holding GPUs' links carry
-        link_bytes_per_s = link_between_pools(self.ctx.gpu, self.dctx.gpu, self.budget)
-        kv = prefill_transfers(
-            self.ctx, self.isl, pre.layouts, pre.batch, pre.latency_ms, link_bytes_per_s
-        )
-        link_rate = kv.max_requests_per_s
-        # and a request's time outside the engines (HTTP, tokenisation, the router's hand-off
-        # between the pools): the same per-request overhead ``estimate`` adds to a
-        # disaggregated deployment's TTFT, as the aggregated sweep adds the agg one
-        pre = replace(pre, latency_ms=pre.latency_ms + kv.tail_ms + REQUEST_OVERHEAD_MS["disagg"])
-        if pre.fits.any():
-            self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
-        if dec.fits.any():
-            self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
-        # prefill: usable rate after queueing within its share of the SLO's tail
-        service = pre.batch / pre.rate * 1e3
-        util = usable_utilisation(
-            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.wait_pct
-        )
-        r_p_all = np.minimum(pre.rate * util, link_rate)
-        p_ok = r_p_all > 0.0
-        slo = self.req.slo
-        if not pre.fits.any():
-            side.binding.append(f"memory: no prefill layout on {self.ctx.gpu.name} fits the model")
-        elif not p_ok.any():
-            side.binding.append(
-                f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms with its KV "
-                f"transfer and the request overhead, target {slo.ttft_ms:g} ms at "
-                f"{slo.percentile}"
-            )
-        d_ok = dec.fits.copy()
-        if not d_ok.any():
-            side.binding.append(f"memory: no decode layout on {self.dctx.gpu.name} fits the model")
-        elif not (dec.latency_ms[d_ok] <= self.tpot_target).any():
-            side.binding.append(
-                f"TPOT: the fastest decode step takes {self.best_decode_ms:.1f} ms, target "
-                f"{self.tpot_target:g} ms"
-            )
-        if not p_ok.any() or not d_ok.any():
+        cands = self._candidates(pre, dset, self.budget, side)
+        if cands is None:
             return side
-        pi = np.nonzero(p_ok)[0]
-        r_p, g_p = r_p_all[pi], pre.gpus[pi]
-        di = np.nonzero(d_ok)[0]
-        r_d = self.decode_rate[di]
-        g_d = dec.gpus[di]
-        # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
-        keep = _undominated(g_p, r_p)
-        pi, r_p, g_p = pi[keep], r_p[keep], g_p[keep]
+        pre, pi, r_p, g_p, di, r_d, g_d = cands
         # every decode candidate gets its best prefill partner and whole-worker counts (xPyD)
         ox, oy, orate, opre = self._match(r_p, g_p, r_d, g_d, self.budget, self.budget_p,
                                           self.budget_d)  # fmt: skip
@@ -454,7 +418,7 @@ class _Search:
         served = np.minimum(orate, self.rate) if self.rate > 0 else orate
         # TPOT at the rate served: the decode workers run the smallest batch of their layout
         # that carries it (without a target rate, the candidate's own batch)
-        tpot = self._tpot_served(dec, di, np.where(ok, served / np.maximum(oy, 1), 0.0))
+        tpot = self._tpot_served(dset, di, np.where(ok, served / np.maximum(oy, 1), 0.0))
         tokens = np.where(ok, served * self.osl / np.maximum(gpus_used, 1), np.nan)
         user = 1e3 / tpot
 
@@ -491,13 +455,79 @@ class _Search:
         if self.rate > 0 and orate[k] < self.rate * (1.0 - 1e-9):
             side.binding.append(self._rate_miss(float(orate[k])))
             side.closest, side.closest_gap = deployment(k), float(self.rate / orate[k])
-            # past the budget every decode layout may take part, also those too large to pair
-            # within it: all whose step meets the TPOT target at their own batch
-            m = dec.latency_ms[di] <= self.tpot_target
-            side.for_rate = self._disagg_for_rate(pre, pi, r_p, g_p, dec, di[m], r_d[m], g_d[m])
+            side.for_rate = self._disagg_for_rate()
             return side
         side.best = deployment(k)
         return side
+
+    def _candidates(
+        self, pre: PhaseArrays, dset: _DecodeSet, budget: int, side: _Side | None
+    ) -> (
+        tuple[PhaseArrays, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+        | None
+    ):
+        """The prefill and decode candidates that can pair, within ``budget`` GPUs in both pools
+        (which decides whether the KV cache travels over NVLink): the prefill arrays with the KV
+        transfer's tail and the request overhead in their latency, and (prefill indices, usable
+        req/s, GPUs) and (decode indices, req/s, GPUs) of the usable candidates, dominated
+        prefill ones left out. None when one pool has none; with ``side``, why is added to its
+        binding constraints."""
+        dec = dset.arrays
+        # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
+        # worker may not send faster than its shard-holding GPUs' links carry
+        link_bytes_per_s = link_between_pools(self.ctx.gpu, self.dctx.gpu, budget)
+        kv = prefill_transfers(
+            self.ctx, self.isl, pre.layouts, pre.batch, pre.latency_ms, link_bytes_per_s
+        )
+        link_rate = kv.max_requests_per_s
+        # and a request's time outside the engines (HTTP, tokenisation, the router's hand-off
+        # between the pools): the same per-request overhead ``estimate`` adds to a
+        # disaggregated deployment's TTFT, as the aggregated sweep adds the agg one
+        pre = replace(pre, latency_ms=pre.latency_ms + kv.tail_ms + REQUEST_OVERHEAD_MS["disagg"])
+        # prefill: usable rate after queueing within its share of the SLO's tail
+        service = pre.batch / pre.rate * 1e3
+        util = usable_utilisation(
+            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms, self.wait_pct
+        )
+        r_p_all = np.minimum(pre.rate * util, link_rate)
+        p_ok = r_p_all > 0.0
+        d_ok = dec.fits.copy()
+        if side is not None:
+            self._explain_pools(pre, dec, p_ok, d_ok, side)
+        if not p_ok.any() or not d_ok.any():
+            return None
+        pi = np.nonzero(p_ok)[0]
+        r_p, g_p = r_p_all[pi], pre.gpus[pi]
+        di = np.nonzero(d_ok)[0]
+        r_d, g_d = dset.rate[di], dec.gpus[di]
+        # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
+        keep = _undominated(g_p, r_p)
+        return pre, pi[keep], r_p[keep], g_p[keep], di, r_d, g_d
+
+    def _explain_pools(
+        self, pre: PhaseArrays, dec: PhaseArrays, p_ok: np.ndarray, d_ok: np.ndarray, side: _Side
+    ) -> None:
+        """Record the fastest prefill and decode steps and say why a pool has no candidate."""
+        slo = self.req.slo
+        if pre.fits.any():
+            self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
+        if dec.fits.any():
+            self.best_decode_ms = float(dec.latency_ms[dec.fits].min())
+        if not pre.fits.any():
+            side.binding.append(f"memory: no prefill layout on {self.ctx.gpu.name} fits the model")
+        elif not p_ok.any():
+            side.binding.append(
+                f"TTFT: the fastest prefill takes {self.best_prefill_ms:.0f} ms with its KV "
+                f"transfer and the request overhead, target {slo.ttft_ms:g} ms at "
+                f"{slo.percentile}"
+            )
+        if not d_ok.any():
+            side.binding.append(f"memory: no decode layout on {self.dctx.gpu.name} fits the model")
+        elif not (dec.latency_ms[d_ok] <= self.tpot_target).any():
+            side.binding.append(
+                f"TPOT: the fastest decode step takes {self.best_decode_ms:.1f} ms, target "
+                f"{self.tpot_target:g} ms"
+            )
 
     def _match(
         self,
@@ -548,39 +578,44 @@ class _Search:
         full = dec.batch / (dec.latency_ms * steps) * 1e3
         return np.where(dec.fits, full * slot_shares(dec.batch, self.wait_pct), -1.0)
 
-    def _tpot_served(self, dec: PhaseArrays, di: np.ndarray, per_worker: np.ndarray) -> np.ndarray:
+    def _tpot_served(self, dset: _DecodeSet, di: np.ndarray, per_worker: np.ndarray) -> np.ndarray:
         """TPOT of decode candidates ``di`` when each worker carries ``per_worker`` req/s: the
         step time of the smallest batch of the same layout (up to the candidate's own) whose
         rate reaches it. Without a target rate every candidate runs at its own batch."""
+        dec = dset.arrays
         own = dec.latency_ms[di]
         if self.rate <= 0:
             return own
-        n_b = self.decode_batches
-        grid = self.decode_rate.reshape(-1, n_b)
+        n_b = dset.batches
+        grid = dset.rate.reshape(-1, n_b)
         rows, col = di // n_b, di % n_b
         cols = np.arange(n_b)
         ok = (grid[rows] >= per_worker[:, None] * (1.0 - 1e-9)) & (cols[None, :] <= col[:, None])
         first = np.where(ok.any(axis=1), np.argmax(ok, axis=1), col)
         return dec.latency_ms[rows * n_b + first]
 
-    def _disagg_for_rate(
-        self,
-        pre: PhaseArrays,
-        pi: np.ndarray,
-        r_p: np.ndarray,
-        g_p: np.ndarray,
-        dec: PhaseArrays,
-        dj: np.ndarray,
-        r_d: np.ndarray,
-        g_d: np.ndarray,
-    ) -> Deployment | None:
+    def _disagg_for_rate(self) -> Deployment | None:
         """The fewest GPUs (past the budget, up to ``RATE_SEARCH_FACTOR`` times it) whose xPyD
-        serves the target rate, from the candidates that meet the SLO at their own batch."""
+        serves the target rate. Workers of any size up to that cap take part, also those too
+        large to pair within the budget (a 32-GPU TP8 PP4 decode worker can need fewer GPUs in
+        all than 8-GPU ones), and of the decode candidates those whose step meets the TPOT
+        target at their own batch."""
+        cap = min(RATE_SEARCH_FACTOR * self.budget, RATE_SEARCH_MAX_GPUS)
+        pre = self._prefill(cap)
+        self._check()
+        dset = self._decode(cap)
+        self._check()
+        cands = self._candidates(pre, dset, cap, None)
+        if cands is None:
+            return None
+        pre, pi, r_p, g_p, di, r_d, g_d = cands
+        dec = dset.arrays
+        m = dec.latency_ms[di] <= self.tpot_target
+        dj, r_d, g_d = di[m], r_d[m], g_d[m]
         if dj.size == 0:
             return None
         # continuous bound R (g_p / r_p + g_d / r_d); whole workers add at most one of each
         lower = float((self.rate * (g_p[:, None] / r_p[:, None] + (g_d / r_d)[None, :])).min())
-        cap = min(RATE_SEARCH_FACTOR * self.budget, RATE_SEARCH_MAX_GPUS)
         if lower > cap:
             return None
         bound = int(min(cap, math.ceil(lower + g_p.max() + g_d.max())))
@@ -588,7 +623,7 @@ class _Search:
         ok = ox > 0
         gpus_used = ox * g_p[np.maximum(opre, 0)] + oy * g_d
         # TPOT again at the load these worker counts carry
-        tpot = self._tpot_served(dec, dj, np.minimum(orate, self.rate) / np.maximum(oy, 1))
+        tpot = self._tpot_served(dset, dj, np.minimum(orate, self.rate) / np.maximum(oy, 1))
         hits = ok & (orate >= self.rate * (1.0 - 1e-9)) & (tpot <= self.tpot_target)
         if not hits.any():
             return None
@@ -891,10 +926,16 @@ class _Search:
         compared = "compared " + " with ".join(s.compared for s in (agg, disagg) if s.compared)
         if best is None:
             if self.rate > 0 and for_rate is not None:
+                # past the budget the disaggregated search takes workers of any size; the
+                # aggregated one keeps the budget's layouts
+                within = (
+                    f" with aggregated workers of at most {req.gpus} GPUs"
+                    if for_rate.mode == "agg"
+                    else ""
+                )
                 return (
                     f"{req.gpus} GPUs do not serve the offered {self.rate:g} req/s within the SLO; "
-                    f"the fewest that do with the worker layouts searched for {req.gpus} GPUs: "
-                    f"{for_rate.gpus} GPUs, {for_rate.mode} "
+                    f"the fewest that do{within}: {for_rate.gpus} GPUs, {for_rate.mode} "
                     f"({_pools_text(for_rate)}) at TTFT {for_rate.ttft_ms:.0f} ms and TPOT "
                     f"{for_rate.tpot_ms:.1f} ms; {compared}"
                 )
