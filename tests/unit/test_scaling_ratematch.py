@@ -63,7 +63,9 @@ def test_an_engine_slower_than_modelled_gets_more_workers() -> None:
     assert slow.prefill_workers > plain.prefill_workers
     assert slow.decode_workers >= plain.decode_workers
     # a wild reading is clamped
-    wild = rate_match(dataclasses.replace(BASE, observed_ttft_ms=1e6))
+    # a wild reading is clamped (at a TTFT target the clamped correction still leaves room for:
+    # at 1 s, 4 x this prompt's compute is past it and the call is refused, tested below)
+    wild = rate_match(dataclasses.replace(BASE, observed_ttft_ms=1e6, slo=Slo(3000, 30, "p99")))
     assert wild.ttft_correction == 4.0
 
 
@@ -152,3 +154,23 @@ def test_custom_catalog_entries_resolve() -> None:
     r = rate_match(lab, default_models(), gpus)
     plain = rate_match(BASE)
     assert (r.prefill_workers, r.decode_workers) == (plain.prefill_workers, plain.decode_workers)
+
+
+def test_a_ttft_no_worker_count_meets_is_refused_with_the_reason() -> None:
+    # 100,000-token prompts take seconds on one TP4 worker before any queueing: no count of
+    # workers brings TTFT under 1 s (the answer used to be a placeholder of 10**9 workers)
+    with pytest.raises(InvalidInputError) as e:
+        rate_match(dataclasses.replace(BASE, isl=100_000.0))
+    print(e.value)
+    assert e.value.field == "slo.ttft_ms"
+    assert "a prompt that never queues takes" in str(e.value)
+
+
+def test_a_tpot_no_batch_meets_after_the_observed_correction_is_refused() -> None:
+    # the decode step observed 4x slower than modelled (the clamp): 4 x one sequence's step is
+    # over TPOT 30 ms, and the message names the correction that put it there
+    with pytest.raises(InvalidInputError) as e:
+        rate_match(dataclasses.replace(BASE, observed_tpot_ms=1e6))
+    print(e.value)
+    assert e.value.field == "slo.tpot_ms"
+    assert "x4.00, the correction from observed_tpot_ms" in str(e.value)

@@ -285,12 +285,17 @@ def prefill_ttft_ms(rate: float, workers: int, cap: PrefillCapacity, p: float) -
     )
 
 
+# ``prefill_workers``' answer when no count of workers meets the target
+NO_WORKER_COUNT = 10**9
+
+
 def prefill_workers(rate: float, cap: PrefillCapacity, ttft_ms: float, p: float) -> int:
-    """Fewest prefill workers whose TTFT at quantile ``p`` meets ``ttft_ms`` (10**9: none)."""
+    """Fewest prefill workers whose TTFT at quantile ``p`` meets ``ttft_ms`` (``NO_WORKER_COUNT``:
+    none does, the compute alone misses it)."""
     if rate <= 0.0:
         return 0
     if cap.requests_per_s <= 0.0 or prefill_miss(0.0, 1, cap, ttft_ms) > 1.0 - p:
-        return 10**9
+        return NO_WORKER_COUNT
     x = max(1, math.ceil(rate / min(cap.requests_per_s, cap.link_requests_per_s) - 1e-9))
     while prefill_miss(rate, x, cap, ttft_ms) > 1.0 - p:
         x += 1
@@ -329,11 +334,12 @@ def largest_batch(ctx: PerfContext, shape: Shape, context: float, tpot_ms: float
 
 
 def decode_workers(rate: float, cap: DecodeCapacity, batch: int, percentile: str) -> int:
-    """Fewest decode workers whose slots make a wait for one rarer than ``1 - p``."""
+    """Fewest decode workers whose slots make a wait for one rarer than ``1 - p``
+    (``NO_WORKER_COUNT``: a worker carries no requests)."""
     if rate <= 0.0:
         return 0
     if cap.requests_per_s <= 0.0:
-        return 10**9
+        return NO_WORKER_COUNT
     hold_s = batch / cap.requests_per_s  # seconds a request holds its slot
     offered = rate * hold_s
     y = max(1, math.ceil(rate / cap.requests_per_s - 1e-9))

@@ -52,6 +52,7 @@ from pdplanner.planner.catalog import (
 from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.scaling.capacity import (
+    NO_WORKER_COUNT,
     DecodeCapacity,
     Shape,
     decode_context,
@@ -218,6 +219,11 @@ def _clamp(k: float) -> float:
     return min(max(k, CORRECTION_RANGE[0]), CORRECTION_RANGE[1])
 
 
+def _corrected(k: float, field: str) -> str:
+    """How a correction from an observed latency entered a figure, in words ('' for none)."""
+    return f" (x{k:.2f}, the correction from {field})" if k != 1.0 else ""
+
+
 def _decode_tpot(tpot_by_batch: np.ndarray, running: float) -> float:
     i = min(max(math.ceil(running), 1), tpot_by_batch.size) - 1
     return float(tpot_by_batch[i])
@@ -267,7 +273,13 @@ def rate_match(
     k_d = _clamp(req.observed_tpot_ms / tpot0) if req.observed_tpot_ms else 1.0
     pcc = pc.scaled(k_t)
     ok = np.nonzero((tpot_b * k_d <= req.slo.tpot_ms) & fits)[0]
-    batch = int(ok[-1]) + 1 if ok.size else 1
+    if not ok.size:
+        raise InvalidInputError(
+            "slo.tpot_ms",
+            f"no batch of {req.decode.label()} meets TPOT {req.slo.tpot_ms:g} ms: one sequence "
+            f"takes {float(tpot_b[0]) * k_d:.1f} ms a step{_corrected(k_d, 'observed_tpot_ms')}",
+        )
+    batch = int(ok[-1]) + 1
     t_full = float(tpot_b[batch - 1]) * k_d
     dcc = DecodeCapacity(batch / (t_full * steps) * 1e3, t_full, bool(fits[batch - 1]))
     # 3. target counts; a rate beyond what the planner's largest budget could serve even at
@@ -284,6 +296,14 @@ def rate_match(
             f"utilisation, more than the planner's limit of {validate.MAX_GPUS:,}",
         )
     x = prefill_workers(rate, pcc, req.slo.ttft_ms, p)
+    if x >= NO_WORKER_COUNT:
+        alone = prefill_ttft_ms(0.0, 1, pcc, p)
+        raise InvalidInputError(
+            "slo.ttft_ms",
+            f"no count of {req.prefill.label()} prefill workers meets TTFT "
+            f"{req.slo.ttft_ms:g} ms at {req.slo.percentile}: a prompt that never queues takes "
+            f"{alone:,.0f} ms{_corrected(k_t, 'observed_ttft_ms')}",
+        )
     y = decode_workers(rate, dcc, batch, req.slo.percentile)
     x, y = max(x, req.min_workers), max(y, req.min_workers)
     ttft = prefill_ttft_ms(rate, x, pcc, p)

@@ -62,6 +62,7 @@ from pdplanner.planner.catalog import (
 from pdplanner.planner.errors import InvalidInputError, SearchCancelled
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.scaling.capacity import (
+    NO_WORKER_COUNT,
     DecodeCapacity,
     PrefillCapacity,
     Shape,
@@ -515,7 +516,7 @@ class _Planner:
             else:
                 dc = self._decode_cap(shape, iv.mix)
                 k = decode_workers(iv.requests_per_s, dc, shape.batch, req.slo.percentile)
-            if k >= 10**9:
+            if k >= NO_WORKER_COUNT:
                 return math.inf
             total += max(k, req.min_workers) * shape.gpus_per_worker * iv.duration_s
         return total
