@@ -412,3 +412,25 @@ def test_a_caller_that_stops_ends_the_planning_before_the_replays(
     with pytest.raises(SearchCancelled):
         plan_schedule(request(series([2.0, 14.0, 2.0])), should_stop=should_stop)
     assert asked == stop_after + 1
+
+
+def test_an_interval_over_the_limit_names_what_it_needs_before_the_limit() -> None:
+    # A 30 s spike to 40 req/s on a 2-GPU limit: the interval needs 3 prefill and 3 one-GPU
+    # decode workers (the counts the planner computes for it). The message used to report the
+    # counts after they were capped at the limit, "needs 4 GPUs (2 prefill x 1 + 2 decode x 1)",
+    # which 40 req/s on two 154-sequence decode workers (308 slots for ~358 sequences) misses.
+    mix = (Workload(2000, 300),)
+    s = TrafficSeries(
+        (Interval(0, 300, 0.5, mix), Interval(300, 30, 40.0, mix), Interval(330, 300, 0.5, mix))
+    )
+    r = plan_schedule(request(s, model="llama-3.1-8b", gpus=2, simulate=False))
+    (v,) = [v for v in r.violations if v.interval == 1]
+    iv = r.intervals[1]
+    print(v.reason)
+    planner = _Planner(
+        request(s, model="llama-3.1-8b", gpus=64, simulate=False), default_models(), default_gpus()
+    )
+    x, y, _, _ = planner.counts(s.intervals[1], iv.prefill.shape, iv.decode.shape)
+    gx, gy = iv.prefill.shape.gpus_per_worker, iv.decode.shape.gpus_per_worker
+    assert x * gx + y * gy > 2
+    assert f"needs {x * gx + y * gy} GPUs ({x} prefill x {gx} + {y} decode x {gy})" in v.reason

@@ -781,6 +781,8 @@ def plan_schedule(
     starts = np.array([iv.start_s for iv in ivs])
     dur = np.array([iv.duration_s for iv in ivs])
     need_x, need_y, need_z = (np.zeros(n, np.int64) for _ in range(3))
+    # the same before the limit caps them, for the messages (NO_WORKER_COUNT: no count does)
+    want_x, want_y, want_z = (np.zeros(n, np.int64) for _ in range(3))
     gpus_mode = np.zeros((n, 2))
     usable = np.zeros((n, 2), np.bool_)
     caps: list[tuple[PrefillCapacity, DecodeCapacity] | None] = []
@@ -789,6 +791,7 @@ def plan_schedule(
         sh = regime_shape[j] or fallback
         if sh is not None:
             x, y, pc, dc = pl.counts(iv, *sh)
+            want_x[j], want_y[j] = x, y
             need_x[j], need_y[j] = min(x, req.gpus), min(y, req.gpus)
             gpus_mode[j, 0] = x * sh[0].gpus_per_worker + y * sh[1].gpus_per_worker
             usable[j, 0] = regime_shape[j] is not None
@@ -797,7 +800,8 @@ def plan_schedule(
             caps.append(None)
         opt = agg_of[j]
         if opt is not None:
-            need_z[j] = min(pl.agg_count(iv, opt), req.gpus)
+            want_z[j] = pl.agg_count(iv, opt)
+            need_z[j] = min(int(want_z[j]), req.gpus)
             gpus_mode[j, 1] = pl.agg_count(iv, opt) * opt.shape.gpus_per_worker
             usable[j, 1] = True
     # 3. the mode per interval: fewest GPU-hours, a switch costing the new workers' start-up
@@ -824,7 +828,11 @@ def plan_schedule(
         other = 1 - int(modes[j])
         alt = int(gpus_mode[j, other]) if usable[j, other] else None
         if modes[j] == 1:
-            plans.append(_agg_interval(j, iv, agg_of[j], int(hold_z[j]), req, alt, violations))
+            plans.append(
+                _agg_interval(
+                    j, iv, agg_of[j], int(hold_z[j]), int(want_z[j]), req, alt, violations
+                )
+            )
             continue
         pre, dec = regime_shape[j] or fallback  # type: ignore[misc]
         gx, gy = pre.gpus_per_worker, dec.gpus_per_worker
@@ -837,11 +845,17 @@ def plan_schedule(
         why = regime_issue[j]
         need_gpus = int(need_x[j]) * gx + int(need_y[j]) * gy
         if why is None and (x < need_x[j] or y < need_y[j]):
-            why = (
-                f"demand {iv.requests_per_s:.3g} req/s needs {need_gpus} GPUs "
-                f"({need_x[j]} prefill x {gx} + {need_y[j]} decode x {gy}); the limit is "
-                f"{req.gpus}"
-            )
+            wx, wy = int(want_x[j]), int(want_y[j])
+            if max(wx, wy) >= NO_WORKER_COUNT:
+                why = (
+                    f"demand {iv.requests_per_s:.3g} req/s: no count of "
+                    f"{'prefill' if wx >= NO_WORKER_COUNT else 'decode'} workers meets the SLO"
+                )
+            else:
+                why = (
+                    f"demand {iv.requests_per_s:.3g} req/s needs {wx * gx + wy * gy} GPUs "
+                    f"({wx} prefill x {gx} + {wy} decode x {gy}); the limit is {req.gpus}"
+                )
         if why is None and (ttft > req.slo.ttft_ms * (1 + 1e-9) or tpot > req.slo.tpot_ms):
             why = f"predicted TTFT {ttft:.0f} ms / TPOT {tpot:.1f} ms miss the SLO"
         if why:
@@ -969,10 +983,13 @@ def _agg_interval(
     iv: Interval,
     opt: AggOption | None,
     held: int,
+    wanted: int,
     req: ScheduleRequest,
     alternative: int | None,
     violations: list[Violation],
 ) -> IntervalPlan:
+    """``held`` workers the cooldown keeps (at most the limit), ``wanted`` the interval's own
+    need before the limit."""
     assert opt is not None
     ga = opt.shape.gpus_per_worker
     z = min(held, max(1, req.gpus // ga))
@@ -980,10 +997,17 @@ def _agg_interval(
     ttft, tpot = (opt.ttft_ms, opt.tpot_ms) if rho <= 1.0 + 1e-9 else (math.inf, math.inf)
     why = None
     if z < held or z * ga > req.gpus:
-        why = (
-            f"demand {iv.requests_per_s:.3g} req/s needs {held} aggregated workers x {ga} GPUs; "
-            f"the limit is {req.gpus}"
-        )
+        if held > wanted:
+            why = (
+                f"the cooldown holds {held} aggregated workers x {ga} GPUs from a recent peak "
+                f"(this interval's {iv.requests_per_s:.3g} req/s needs {wanted}); the limit is "
+                f"{req.gpus}"
+            )
+        else:
+            why = (
+                f"demand {iv.requests_per_s:.3g} req/s needs {wanted} aggregated workers x {ga} "
+                f"GPUs; the limit is {req.gpus}"
+            )
     if why:
         violations.append(Violation(j, iv.start_s, why))
     return IntervalPlan(
