@@ -207,7 +207,20 @@ def test_a_model_that_fits_on_no_gpu_count_says_so() -> None:
     assert r.best is None and r.closest is None
     assert r.reason is not None
     assert "fits on no layout" in r.reason and "l40s" in r.reason and "weights" in r.reason
+    assert "its weights alone need 812 GB, more than 96 GB" in r.reason
     assert r.pareto_agg == () and r.pareto_disagg == ()
+
+
+def test_weights_that_fit_without_room_for_a_request_say_what_is_missing() -> None:
+    # 141 GB of Llama-3.1-70B bf16 weights fit in 2 x H100; what is missing is room for one
+    # request's KV cache beside the engine's reserve (the message used to say "its weights
+    # alone need 141 GB", less than the 170 GB at hand)
+    r = plan(dataclasses.replace(REF, gpus=2))
+    print(f"70B bf16 on 2 x H100: reason: {r.reason}")
+    assert r.best is None and r.reason is not None
+    assert "its weights take 141 of the 170 GB" in r.reason
+    assert "KV cache of one 4,500-token request" in r.reason
+    assert "weights alone need" not in r.reason
 
 
 def test_a_single_gpu_budget_can_only_serve_aggregated() -> None:

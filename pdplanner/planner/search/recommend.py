@@ -42,6 +42,7 @@ from pdplanner.planner.catalog import (
     load_engine,
 )
 from pdplanner.planner.errors import SearchCancelled
+from pdplanner.planner.perf.memory import capacity_bytes
 from pdplanner.planner.perf.params import H_W_BYTES, PerfContext
 from pdplanner.planner.search.aggsweep import AggPoints, sweep
 from pdplanner.planner.search.enumerate import batch_grid, cross, layouts, on_captured_sizes
@@ -889,10 +890,21 @@ class _Search:
 
     def why_nothing(self, agg: _Side, disagg: _Side) -> tuple[str, Deployment | None]:
         if not self.any_fit:
-            return (
+            weights = self.model.total_params * self.ctx.hv[H_W_BYTES] / 1e9
+            held = self.budget * capacity_bytes(self.ctx.hv) / 1e9
+            head = (
                 f"{self.model.name} fits on no layout within {self.budget} x {self.ctx.gpu.name} "
-                f"at {self.req.precision.dtype}: its weights alone need "
-                f"{self.model.total_params * self.ctx.hv[H_W_BYTES] / 1e9:.0f} GB"
+                f"at {self.req.precision.dtype}: "
+            )
+            if weights > held:
+                alone = f"its weights alone need {weights:.0f} GB, more than {held:.0f} GB"
+                return head + alone, None
+            longest = max(w.isl + w.osl for w in self.req.traffic)
+            return (
+                f"{head}its weights take {weights:.0f} of the {held:.0f} GB, and beside them the "
+                f"engine's reserve (memory fraction, activations, CUDA graphs) leaves no layout "
+                f"room for the KV cache of one {longest:,}-token request; `estimate` itemises a "
+                f"layout's memory, and a higher memory fraction may fit"
             ), None
         parts = []
         for name, s in (("agg", agg), ("disagg", disagg)):
