@@ -1,20 +1,27 @@
 """Calibrate the serving layer's free parameters on the measured runs, with cross-validation.
 
-    .venv/bin/python tools/fit_serving.py [--k 2 4 10] [--quant-eff 0.55 0.65 1.0] [--only "h100"]
+    .venv/bin/python tools/fit_serving.py [--k 2 4 10] [--quant-eff 0.55 0.65 1.0]
+        [--eager-ms 0 0.4 0.8] [--only "h100"]
 
 Parameters:
 
 * the share of the calibrated fp8/fp4 GEMM throughput that engines' quantized linear layers
-  reach (``params.QUANTIZED_GEMM_EFFICIENCY``), picked by the smallest mean abs. % TPOT error
-  over every ``k`` (it is a step-time figure; TPOT has no other free parameter);
+  reach (``params.QUANTIZED_GEMM_EFFICIENCY``), picked at each issue time (below) by the
+  smallest mean abs. % TPOT error over every ``k`` (it is a step-time figure);
+* the host's time to issue one decoder layer of a step that runs without CUDA graphs
+  (``EngineSpec.eager_layer_host_ms``, for the engines whose catalog entry has one: TensorRT-LLM),
+  picked with ``k`` and the overheads by the smallest sum of mean abs. % TPOT and TTFT errors: it
+  lengthens the steps that carry prompts, which TTFT sees first-hand and TPOT through the steps
+  it shares;
 * requests per benchmark client ``k`` (``simulate.REQUESTS_PER_CLIENT``; the runs' source does
   not say how many requests a run sent) and a per-request TTFT overhead per serving mode
-  (``tests/unit/test_serving_accuracy.py`` fits the latter again in its own folds), picked by
-  the smallest mean abs. % TTFT error at that efficiency.
+  (``tests/unit/test_serving_accuracy.py`` fits the latter again in its own folds), the
+  overheads by the smallest mean abs. % TTFT error.
 
-Every row is simulated once per (``k``, efficiency); each fold (leave one engine, model or system
-out) picks the parameters on its training rows and is scored on its held-out rows. Prints the
-folds' choices and held-out errors, and the fit on all rows. Two cores: about 25 s per grid point.
+Every row is simulated once per (``k``, efficiency, issue time); each fold (leave one engine,
+model or system out) picks the parameters on its training rows and is scored on its held-out
+rows. Prints the folds' choices and held-out errors, and the fit on all rows. Two cores: about
+25 s per grid point.
 """
 
 from __future__ import annotations
@@ -31,56 +38,84 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 from serving_runs import Run, abs_pct, load_runs, predict
 
 GRID_MS = (0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0)
-Point = tuple[float, float]  # (k, quantized GEMM efficiency)
+Point = tuple[float, float, float]  # (k, quantized GEMM efficiency, eager issue ms per layer)
 Row = tuple[Run, dict[Point, tuple[float, float]]]  # point -> (TTFT mean, TPOT mean)
 
 
-def fit(rows: list[Row], ks: list[float], effs: list[float]) -> tuple[Point, dict[str, float]]:
-    """The efficiency with the smallest mean TPOT error, then the ``k`` and per-mode overheads
-    with the smallest mean TTFT error at it."""
-    eff = min(effs, key=lambda e: sum(abs_pct(p[k, e][1], r.tpot_ms) for r, p in rows for k in ks))
-    best: tuple[float, float, dict[str, float]] | None = None
-    for k in ks:
-        over, total = {}, 0.0
-        for mode in ("agg", "disagg"):
-            sub = [(r, p[k, eff]) for r, p in rows if r.mode == mode]
-            if not sub:
-                over[mode] = 0.0
-                continue
-            errs = {o: sum(abs_pct(t + o, r.ttft_ms) for r, (t, _) in sub) for o in GRID_MS}
-            over[mode] = min(errs, key=lambda o: errs[o])
-            total += errs[over[mode]]
-        if best is None or total < best[0]:
-            best = (total, k, over)
+def _overheads(rows: list[Row], point: Point) -> tuple[float, dict[str, float]]:
+    """Per serving mode the overhead of ``GRID_MS`` with the smallest TTFT error at ``point``;
+    returns the mean abs. % TTFT error at them and the overheads."""
+    over, total = {}, 0.0
+    for mode in ("agg", "disagg"):
+        sub = [(r, p[point]) for r, p in rows if r.mode == mode]
+        if not sub:
+            over[mode] = 0.0
+            continue
+        errs = {o: sum(abs_pct(t + o, r.ttft_ms) for r, (t, _) in sub) for o in GRID_MS}
+        over[mode] = min(errs, key=lambda o: errs[o])
+        total += errs[over[mode]]
+    return total / len(rows), over
+
+
+def fit(
+    rows: list[Row], ks: list[float], effs: list[float], eagers: list[float]
+) -> tuple[Point, dict[str, float]]:
+    """At each issue time the efficiency with the smallest mean TPOT error; then the issue time,
+    ``k`` and per-mode overheads with the smallest mean TPOT + mean TTFT error."""
+    best: tuple[float, Point, dict[str, float]] | None = None
+    for g in eagers:
+        eff = min(
+            effs,
+            key=lambda e: sum(abs_pct(p[k, e, g][1], r.tpot_ms) for r, p in rows for k in ks),
+        )
+        for k in ks:
+            point = (k, eff, g)
+            ttft, over = _overheads(rows, point)
+            tpot = sum(abs_pct(p[point][1], r.tpot_ms) for r, p in rows) / len(rows)
+            if best is None or ttft + tpot < best[0]:
+                best = (ttft + tpot, point, over)
     assert best is not None
-    return (best[1], eff), best[2]
+    return best[1], best[2]
 
 
 def _simulate(job: tuple[Run, list[Point]]) -> Row | None:
     run, points = job
     preds = {}
-    for k, eff in points:
-        p = predict(run, k, quant_eff=eff)
+    for k, eff, eager in points:
+        p = predict(run, k, quant_eff=eff, eager_ms=eager)
         if isinstance(p, str) or not p.ok:
             return None
-        preds[k, eff] = (p.ttft_ms.mean, p.tpot_ms.mean)
+        preds[k, eff, eager] = (p.ttft_ms.mean, p.tpot_ms.mean)
     return run, preds
 
 
 def main() -> None:
+    from pdplanner.planner.catalog import load_engine
     from pdplanner.planner.perf.params import QUANTIZED_GEMM_EFFICIENCY
+
+    eager_now = load_engine("trtllm").eager_layer_host_ms
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=float, nargs="+", default=[10.0])
     ap.add_argument("--quant-eff", type=float, nargs="+", default=[QUANTIZED_GEMM_EFFICIENCY])
+    ap.add_argument(
+        "--eager-ms",
+        type=float,
+        nargs="+",
+        default=[eager_now],
+        help="host issue time per layer of an eager step, for the engines that have one (ms)",
+    )
     ap.add_argument("--only", default="", help="rows whose 'engine mode system' contains this")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    points = [(k, e) for k in args.k for e in args.quant_eff]
+    points = [(k, e, g) for k in args.k for e in args.quant_eff for g in args.eager_ms]
     jobs = [(run, points) for run in load_runs() if args.only in run.group]
     with multiprocessing.Pool(args.jobs) as pool:
         rows = [r for r in pool.map(_simulate, jobs, chunksize=4) if r is not None]
-    print(f"{len(rows)} runs, k in {args.k}, quantized GEMM efficiency in {args.quant_eff}")
+    print(
+        f"{len(rows)} runs, k in {args.k}, quantized GEMM efficiency in {args.quant_eff}, "
+        f"eager issue ms per layer in {args.eager_ms}"
+    )
     schemes: dict[str, Callable[[Run], str]] = {
         "engine": lambda r: r.engine,
         "model": lambda r: r.model_family,
@@ -91,12 +126,13 @@ def main() -> None:
         for value in sorted({key(r) for r, _ in rows}):
             train = [x for x in rows if key(x[0]) != value]
             test = [x for x in rows if key(x[0]) == value]
-            point, over = fit(train, args.k, args.quant_eff)
+            point, over = fit(train, args.k, args.quant_eff, args.eager_ms)
             e = [abs_pct(p[point][0] + over[r.mode], r.ttft_ms) for r, p in test]
             ttft += e
             tpot += [abs_pct(p[point][1], r.tpot_ms) for r, p in test]
             print(
-                f"  leave {name} {value} out: k={point[0]:g}, efficiency {point[1]:g}, agg "
+                f"  leave {name} {value} out: k={point[0]:g}, efficiency {point[1]:g}, eager "
+                f"{point[2]:g} ms, agg "
                 f"{over['agg']:g} ms, disagg {over['disagg']:g} ms; held-out TTFT median "
                 f"{statistics.median(e):.1f}% mean {statistics.mean(e):.1f}% ({len(e)} rows)"
             )
@@ -105,11 +141,12 @@ def main() -> None:
             f"{statistics.mean(ttft):.1f}%; TPOT median {statistics.median(tpot):.1f}%, mean "
             f"{statistics.mean(tpot):.1f}%"
         )
-    point, over = fit(rows, args.k, args.quant_eff)
+    point, over = fit(rows, args.k, args.quant_eff, args.eager_ms)
     ttft = statistics.mean(abs_pct(p[point][0] + over[r.mode], r.ttft_ms) for r, p in rows)
     tpot = statistics.mean(abs_pct(p[point][1], r.tpot_ms) for r, p in rows)
     print(
-        f"all rows: k={point[0]:g}, efficiency {point[1]:g}, overheads {over}; mean abs. error "
+        f"all rows: k={point[0]:g}, efficiency {point[1]:g}, eager {point[2]:g} ms, overheads "
+        f"{over}; mean abs. error "
         f"TTFT {ttft:.1f}%, TPOT {tpot:.1f}%"
     )
 

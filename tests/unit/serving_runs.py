@@ -179,15 +179,19 @@ def predict(
     requests_per_client: float,
     synchronised: bool = True,
     quant_eff: float | None = None,
+    eager_ms: float | None = None,
 ) -> ServingRun | str:
     """The planner's figures for ``run`` (a string: why it cannot be predicted). ``quant_eff``
-    replaces ``QUANTIZED_GEMM_EFFICIENCY`` for a fp8/fp4 row (``tools/fit_serving.py`` fits it)."""
+    replaces ``QUANTIZED_GEMM_EFFICIENCY`` for a fp8/fp4 row, ``eager_ms`` the
+    ``eager_layer_host_ms`` of an engine that has one (``tools/fit_serving.py`` fits both)."""
     try:
         model = default_models().get(run.model, "model")
         gpu = default_gpus().get(run.system, "gpu")
     except PlannerError as e:
         return str(e)
     engine = load_engine(run.engine)
+    if eager_ms is not None and engine.eager_layer_host_ms > 0.0:
+        engine = replace(engine, eager_layer_host_ms=eager_ms)
     kv = "fp8" if run.dtype in ("fp8", "fp4") else "bf16"
     try:
         ctx = PerfContext.build(model, gpu, engine, run.dtype, kv)

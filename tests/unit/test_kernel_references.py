@@ -470,9 +470,14 @@ def ref_step_ms(
     if pp > 1:
         bw, lat = ref_link(tp * dp * pp, hw)
         p2p = lat + 1e3 * tokens * m.hidden_size * K.ACT_BYTES / tp / bw
-    stage = max(layers_total * math.ceil(layers / pp) / layers, layers_total / pp + head) + p2p
+    # a step with prompt tokens (or any step without CUDA graphs) is issued layer by layer by
+    # the host, which the GPU overlaps: each stage takes the longer of the two
+    eager = pf_seqs > 0 or not hw.engine.decode_cuda_graphs
+    issue = hw.engine.eager_layer_host_ms if eager else 0.0
+    stage_gpu = max(layers_total * math.ceil(layers / pp) / layers, layers_total / pp + head)
+    stage = max(stage_gpu, math.ceil(layers / pp) * issue) + p2p
     host = hw.engine.step_overhead_ms + hw.engine.seq_overhead_ms * (pf_seqs + dc_seqs)
-    latency = layers_total + head + (pp - 1) * p2p + host
+    latency = max(layers_total + head, layers * issue) + (pp - 1) * p2p + host
     return latency, stage, per_layer
 
 

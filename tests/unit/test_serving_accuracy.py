@@ -23,6 +23,7 @@ from serving_runs import (
     Run,
     abs_pct,
     decode_slots,
+    layout,
     load_runs,
     predict,
     prefill_backlog_ms,
@@ -153,13 +154,42 @@ def test_serving_errors_on_measured_runs_under_cross_validation(predictions) -> 
     # 11.9% (median) and 16.3% (mean) once steps were priced as engines run them, and to 7.2% /
     # 11.5% with the quantized GEMM efficiency, vLLM's padded fp8 MoE GEMMs and a bf16 LM head
     # (the efficiency held at 0.65; folds that refit it too gave 7.5% / 11.7% before the LM head,
-    # tools/fit_serving.py)
+    # tools/fit_serving.py); TensorRT-LLM's host issue time of eager steps took the folds to
+    # 22.6-29.4% / 32.2-37.8% and TPOT to 6.7% / 11.0%
     for name, (_, n, tm, ta, qm, qa) in overall.items():
         assert n >= 700, name
-        assert tm < 36.0, (name, tm)
-        assert ta < 43.0, (name, ta)
-        assert qm < 9.0, (name, qm)
-        assert qa < 13.0, (name, qa)
+        assert tm < 33.0, (name, tm)
+        assert ta < 40.0, (name, ta)
+        assert qm < 8.0, (name, qm)
+        assert qa < 12.0, (name, qa)
+
+
+def test_tensorrt_llm_steps_with_prompts_wait_for_the_host_to_issue_their_layers(
+    predictions,
+) -> None:
+    """TensorRT-LLM's H100 rows at TP 8 (108): with the host's issue time of an eager step
+    (``eager_layer_host_ms``) their TPOT comes out at 7% mean error, 11.2% without it (too low
+    by 10% on average, most at 128 clients of 1k-token prompts, where the measured TPOT at TP 8
+    equals TP 4's). The rows at TP 1-2, whose steps take longer on the GPU than the host needs
+    to issue them, do not move; TP 4's go from 8.8% to 9.1% (from 3.4% to 5.0% too high)."""
+    preds, _ = predictions
+    by_tp: dict[int, list[Pred]] = defaultdict(list)
+    for r, p in preds:
+        if r.group == "trtllm agg h100_sxm":
+            by_tp[layout(r.row, "")[0].tp].append((r, p))
+    assert len(by_tp[8]) == 108
+    for tp, rows in sorted(by_tp.items()):
+        errs = [abs_pct(p.tpot_ms.mean, r.tpot_ms) for r, p in rows]
+        signed = [(p.tpot_ms.mean - r.tpot_ms) / r.tpot_ms * 100 for r, p in rows]
+        print(
+            f"TP{tp}: {len(rows)} rows, TPOT mean abs. error {statistics.mean(errs):.1f}%, "
+            f"signed {statistics.mean(signed):+.1f}%"
+        )
+    tp8 = [abs_pct(p.tpot_ms.mean, r.tpot_ms) for r, p in by_tp[8]]
+    assert statistics.mean(tp8) < 8.0
+    for tp in (1, 2):
+        errs = [abs_pct(p.tpot_ms.mean, r.tpot_ms) for r, p in by_tp[tp]]
+        assert statistics.mean(errs) < 5.5, tp
 
 
 # A measured disagg TTFT above this many times (whole-backlog prefill + the fitted overhead) is

@@ -556,3 +556,41 @@ def test_vllm_prices_experts_that_are_not_block_fp8_over_routed_rows(model: str)
     assert _moe_gemm_ms(model, "vllm", par) == pytest.approx(
         _moe_gemm_ms(model, "sglang", par), rel=1e-9
     )
+
+
+def test_an_eager_step_takes_at_least_the_hosts_time_to_issue_its_layers() -> None:
+    """TensorRT-LLM runs a step that carries prompt tokens without CUDA graphs: its host issues
+    every layer's kernels (``eager_layer_host_ms``, 0.8 ms), and the GPU runs them as they come.
+    Qwen3-32B's 64 layers take 51.2 ms to issue. A 1k-token prompt at TP 8 (22 ms of GPU work)
+    therefore takes the issue time, and so does one at TP 4: more GPUs do not shorten it. An
+    8k-token prompt at TP 1 is GPU-bound and keeps its GPU time. A decode step replays a graph
+    and keeps its GPU time whatever the engine's issue time."""
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf.params import PerfContext
+    from pdplanner.planner.perf.step import step_time
+
+    trt = load_engine("trtllm")
+    assert trt.eager_layer_host_ms == 0.8
+    m, gpu = load_model("qwen3-32b"), load_gpu("h100-sxm")
+    eager = PerfContext.build(m, gpu, trt, "fp8", "fp8")
+    graphs = PerfContext.build(m, gpu, replace(trt, eager_layer_host_ms=0.0), "fp8", "fp8")
+    issue = m.num_layers * 0.8
+    host = trt.step_overhead_ms + trt.seq_overhead_ms
+    for tp in (4, 8):
+        a = step_time(eager, Parallelism(tp=tp), pf_seqs=1.0, pf_new=1024.0)
+        b = step_time(graphs, Parallelism(tp=tp), pf_seqs=1.0, pf_new=1024.0)
+        print(f"TP{tp} 1k prompt: GPU {b.latency_ms:.1f} ms, with issue {a.latency_ms:.1f} ms")
+        assert b.latency_ms - host < issue
+        assert a.latency_ms == pytest.approx(issue + host, rel=1e-9)
+        assert a.stage_ms == pytest.approx(issue, rel=1e-9)
+    a = step_time(eager, Parallelism(tp=1), pf_seqs=1.0, pf_new=8192.0)
+    b = step_time(graphs, Parallelism(tp=1), pf_seqs=1.0, pf_new=8192.0)
+    assert b.latency_ms - host > issue
+    assert a.latency_ms == b.latency_ms
+    a = step_time(eager, Parallelism(tp=8), dc_seqs=8.0, dc_ctx=1100.0)
+    b = step_time(graphs, Parallelism(tp=8), dc_seqs=8.0, dc_ctx=1100.0)
+    assert a.latency_ms == b.latency_ms < issue
+    # without decode graphs a decode step is eager too
+    no_graphs = PerfContext.build(m, gpu, replace(trt, decode_cuda_graphs=False), "fp8", "fp8")
+    c = step_time(no_graphs, Parallelism(tp=8), dc_seqs=8.0, dc_ctx=1100.0)
+    assert c.latency_ms == pytest.approx(issue + trt.step_overhead_ms + 8 * trt.seq_overhead_ms)

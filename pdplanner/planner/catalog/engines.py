@@ -34,6 +34,9 @@ class EngineSpec:
     # Host time per scheduled sequence per iteration not hidden behind the GPU (ms): the
     # engine's per-request work in every step (scheduling, input preparation, output handling).
     seq_overhead_ms: float = 0.0
+    # Host time to issue one decoder layer's kernels in an iteration that does not replay a
+    # CUDA graph (ms): such a step takes at least layers x this however fast the GPU is.
+    eager_layer_host_ms: float = 0.0
     # fp8 MoE layers that run a grouped GEMM over a buffer sized for the worst case rather than
     # the routed rows: round_up(routed rows + local experts x (align - 1), align) rows at any
     # batch, on the GPUs named and below ``moe_padded_below_tp`` (vLLM's DeepGEMM path).
@@ -76,6 +79,7 @@ def _engines() -> dict[str, EngineSpec]:
                 max_batch=require(e, "max_batch", int, f),
                 chunked_pipeline_prefill=optional(e, "chunked_pipeline_prefill", bool, False, f),
                 seq_overhead_ms=optional(e, "seq_overhead_ms", float, 0.0, f),
+                eager_layer_host_ms=optional(e, "eager_layer_host_ms", float, 0.0, f),
                 **_moe_padded_keys(e.get("moe_padded_rows"), f"{f}.moe_padded_rows"),
                 aliases=tuple(e.get("aliases", ())),
                 **_memory_keys(e.get("memory"), f"{f}.memory"),

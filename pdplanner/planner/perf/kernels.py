@@ -30,7 +30,13 @@ of shared/serving-runs (tests/unit/test_moe_decode_accuracy.py prints the errors
 
 Host time. ``latency_ms`` carries the engine's host time that the GPU does not hide: a fixed
 ``step_overhead_ms`` per iteration plus ``seq_overhead_ms`` per scheduled sequence (the engine's
-per-request work each step; ``engines.yaml`` gives the evidence). Kernels are priced with
+per-request work each step; ``engines.yaml`` gives the evidence). A step that does not replay a
+CUDA graph (one carrying prompt tokens, or any step of an engine without decode graphs) is
+issued by the host layer by layer while the GPU runs what it has been given, so each stage takes
+the longer of its GPU time and ``eager_layer_host_ms`` per layer it holds (TensorRT-LLM's
+PyTorch backend: 0.8 ms, fitted on its runs; the other engines' runs do not show one and leave it
+at 0). A decode batch past the largest captured graph also runs eagerly; the step model does not
+see the graph sizes and prices it as a replay. Kernels are priced with
 ``calibration.engine_calibration``: the tables' fit without the write-back of their L2 flush.
 
 Not priced: DeepSeek-R1 fp8 on two 8 x H100 nodes at TP16 decodes one sequence in 31.2 ms in a
@@ -56,6 +62,7 @@ from pdplanner.planner.perf.params import (
     H_CUDA_GRAPHS,
     H_DECODE_ATTN_EFF,
     H_DOMAIN,
+    H_EAGER_LAYER_MS,
     H_EXPERT_W_BYTES,
     H_HBM_BW,
     H_KV_BYTES,
@@ -690,8 +697,8 @@ def step_ms(
     )
     per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
     _mean_ffn(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, per_layer, scratch)
-    head, p2p, host = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
-    return _step_total(mv[M_LAYERS], pp, per_layer, head, p2p, host)
+    head, p2p, host, issue = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
+    return _step_total(mv[M_LAYERS], pp, per_layer, head, p2p, host, issue)
 
 
 @njit(cache=True, nogil=True)
@@ -747,8 +754,10 @@ def _head_p2p_host(
     pf_seqs: float,
     pf_new: float,
     dc_seqs: float,
-) -> tuple[float, float, float]:
-    """``step_ms``'s LM head, one pipeline hop and host time (ms)."""
+) -> tuple[float, float, float, float]:
+    """``step_ms``'s LM head, one pipeline hop, host time and the host's issue time per layer
+    (ms). A step that carries prompt tokens, or any step of an engine without decode CUDA graphs,
+    runs eagerly: the host issues each layer's kernels one by one (``H_EAGER_LAYER_MS``)."""
     # LM head on the last stage: logits for each decoding sequence and each prompt's last token;
     # a bf16 GEMM whatever the precision (quantized checkpoints and engines keep it unquantized,
     # as memory.EMBED_BYTES sizes it)
@@ -762,27 +771,41 @@ def _head_p2p_host(
         bw, lat = link_for(tp * dp * pp, hv)
         p2p = lat + 1e3 * tokens * mv[M_HIDDEN] * ACT_BYTES / tp / bw
     host = hv[H_STEP_OVERHEAD_MS] + hv[H_SEQ_OVERHEAD_MS] * (pf_seqs + dc_seqs)
-    return head, p2p, host
+    eager = pf_seqs > 0.0 or hv[H_CUDA_GRAPHS] < 0.5
+    issue = hv[H_EAGER_LAYER_MS] if eager else 0.0
+    return head, p2p, host, issue
 
 
 @njit(cache=True, nogil=True)
 def _step_total(
-    layers: float, pp: float, per_layer: np.ndarray, head: float, p2p: float, host: float
+    layers: float,
+    pp: float,
+    per_layer: np.ndarray,
+    head: float,
+    p2p: float,
+    host: float,
+    issue: float,
 ) -> tuple[float, float]:
-    """``step_ms``'s (latency_ms, stage_ms) from the mean layer ``per_layer`` and the rest."""
+    """``step_ms``'s (latency_ms, stage_ms) from the mean layer ``per_layer`` and the rest.
+    ``issue`` (ms per layer, 0 for a CUDA-graph replay) is the host's time to launch a layer's
+    kernels: the GPU runs them as they come, so a stage takes the longer of its GPU time and its
+    host's issue time, not their sum."""
     layers_total = layers * (per_layer[0] + per_layer[1] + per_layer[2] + per_layer[3])
     # the busiest stage: one holding ceil(layers / pp) layers, or the last one, which carries
     # the LM head beside its share of the layers
     per_stage = math.ceil(layers / pp)
-    stage = max(layers_total * per_stage / layers, layers_total / pp + head) + p2p
-    latency = layers_total + head + (pp - 1.0) * p2p + host
+    stage_gpu = max(layers_total * per_stage / layers, layers_total / pp + head)
+    stage = max(stage_gpu, per_stage * issue) + p2p
+    latency = max(layers_total + head, layers * issue) + (pp - 1.0) * p2p + host
     return latency, stage
 
 
 # slots of ``step_fixed``: the mean layer's GEMM, communication and other time after the FFN,
 # what the dense and the MoE FFN add to its attention slot, the LM head, a pipeline hop, host time
+# and the host's issue time per layer of an eager step
 F_GEMM, F_COMM, F_OTHER, F_ATTN_DENSE, F_ATTN_MOE, F_HEAD, F_P2P, F_HOST = 0, 1, 2, 3, 4, 5, 6, 7
-FIXED_SLOTS = 8
+F_ISSUE = 8
+FIXED_SLOTS = 9
 
 
 @njit(cache=True, nogil=True)
@@ -822,10 +845,11 @@ def step_fixed(
     fixed[F_GEMM] = per_layer[B_GEMM]
     fixed[F_COMM] = per_layer[B_COMM]
     fixed[F_OTHER] = per_layer[B_OTHER]
-    head, p2p, host = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
+    head, p2p, host, issue = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
     fixed[F_HEAD] = head
     fixed[F_P2P] = p2p
     fixed[F_HOST] = host
+    fixed[F_ISSUE] = issue
 
 
 @njit(cache=True, nogil=True)
@@ -873,7 +897,9 @@ def step_ms_fixed(
     per_layer[B_GEMM] = fixed[F_GEMM]
     per_layer[B_COMM] = fixed[F_COMM]
     per_layer[B_OTHER] = fixed[F_OTHER]
-    return _step_total(layers, pp, per_layer, fixed[F_HEAD], fixed[F_P2P], fixed[F_HOST])
+    return _step_total(
+        layers, pp, per_layer, fixed[F_HEAD], fixed[F_P2P], fixed[F_HOST], fixed[F_ISSUE]
+    )
 
 
 @njit(cache=True, nogil=True)

@@ -49,7 +49,8 @@ H_SEQ_OVERHEAD_MS = 23  # the engine's host time per scheduled sequence per step
 # MoE grouped GEMM over a worst-case buffer (EngineSpec.moe_padded_*): its row alignment (0: off)
 # and the TP from which the engine no longer takes that path
 H_MOE_PAD_ALIGN, H_MOE_PAD_BELOW_TP = 24, 25
-HARDWARE_SLOTS = 26
+H_EAGER_LAYER_MS = 26  # the engine's host time per decoder layer of a step without CUDA graphs
+HARDWARE_SLOTS = 27
 MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
@@ -135,6 +136,7 @@ def hardware_vector(
     v[H_HBM_BYTES] = gpu.hbm_bytes
     v[H_STEP_OVERHEAD_MS] = engine.step_overhead_ms
     v[H_SEQ_OVERHEAD_MS] = engine.seq_overhead_ms
+    v[H_EAGER_LAYER_MS] = engine.eager_layer_host_ms
     v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
