@@ -9,7 +9,8 @@ Parameters:
   reach (``params.QUANTIZED_GEMM_EFFICIENCY``), picked at each issue time (below) by the
   smallest mean abs. % TPOT error over every ``k`` (it is a step-time figure);
 * the host's time to issue one decoder layer of a step that runs without CUDA graphs
-  (``EngineSpec.eager_layer_host_ms``, for the engines whose catalog entry has one: TensorRT-LLM),
+  (``EngineSpec.eager_layer_host_ms``, for the engines named by ``--eager-engines``; default
+  those whose catalog entry has one: TensorRT-LLM),
   picked with ``k`` and the overheads by the smallest sum of mean abs. % TPOT and TTFT errors: it
   lengthens the steps that carry prompts, which TTFT sees first-hand and TPOT through the steps
   it shares;
@@ -78,11 +79,11 @@ def fit(
     return best[1], best[2]
 
 
-def _simulate(job: tuple[Run, list[Point]]) -> Row | None:
-    run, points = job
+def _simulate(job: tuple[Run, list[Point], tuple[str, ...] | None]) -> Row | None:
+    run, points, eager_engines = job
     preds = {}
     for k, eff, eager in points:
-        p = predict(run, k, quant_eff=eff, eager_ms=eager)
+        p = predict(run, k, quant_eff=eff, eager_ms=eager, eager_engines=eager_engines)
         if isinstance(p, str) or not p.ok:
             return None
         preds[k, eff, eager] = (p.ttft_ms.mean, p.tpot_ms.mean)
@@ -105,16 +106,23 @@ def main() -> None:
         default=[eager_now],
         help="host issue time per layer of an eager step, for the engines that have one (ms)",
     )
+    ap.add_argument(
+        "--eager-engines",
+        nargs="+",
+        default=None,
+        help="engines the --eager-ms grid applies to (default: those with a catalog value)",
+    )
     ap.add_argument("--only", default="", help="rows whose 'engine mode system' contains this")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     points = [(k, e, g) for k in args.k for e in args.quant_eff for g in args.eager_ms]
-    jobs = [(run, points) for run in load_runs() if args.only in run.group]
+    engines = tuple(args.eager_engines) if args.eager_engines else None
+    jobs = [(run, points, engines) for run in load_runs() if args.only in run.group]
     with multiprocessing.Pool(args.jobs) as pool:
         rows = [r for r in pool.map(_simulate, jobs, chunksize=4) if r is not None]
     print(
         f"{len(rows)} runs, k in {args.k}, quantized GEMM efficiency in {args.quant_eff}, "
-        f"eager issue ms per layer in {args.eager_ms}"
+        f"eager issue ms per layer in {args.eager_ms} ({engines or 'engines with one'})"
     )
     schemes: dict[str, Callable[[Run], str]] = {
         "engine": lambda r: r.engine,

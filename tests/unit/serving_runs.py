@@ -180,17 +180,21 @@ def predict(
     synchronised: bool = True,
     quant_eff: float | None = None,
     eager_ms: float | None = None,
+    eager_engines: tuple[str, ...] | None = None,
 ) -> ServingRun | str:
     """The planner's figures for ``run`` (a string: why it cannot be predicted). ``quant_eff``
     replaces ``QUANTIZED_GEMM_EFFICIENCY`` for a fp8/fp4 row, ``eager_ms`` the
-    ``eager_layer_host_ms`` of an engine that has one (``tools/fit_serving.py`` fits both)."""
+    ``eager_layer_host_ms`` of the engines named in ``eager_engines`` (default: those whose
+    catalog entry has one; ``tools/fit_serving.py`` fits both)."""
     try:
         model = default_models().get(run.model, "model")
         gpu = default_gpus().get(run.system, "gpu")
     except PlannerError as e:
         return str(e)
     engine = load_engine(run.engine)
-    if eager_ms is not None and engine.eager_layer_host_ms > 0.0:
+    if eager_ms is not None and (
+        run.engine in eager_engines if eager_engines is not None else engine.eager_layer_host_ms > 0
+    ):
         engine = replace(engine, eager_layer_host_ms=eager_ms)
     kv = "fp8" if run.dtype in ("fp8", "fp4") else "bf16"
     try:

@@ -48,6 +48,7 @@ from pdplanner.planner.perf.step import StepShapes, step_times
 from pdplanner.planner.search.pareto import pareto_front
 from pdplanner.planner.search.ratematch import best_xpyd, continuous_tokens_per_gpu, match_all
 from pdplanner.planner.serving.queueing import max_utilisation, wait_ms
+from pdplanner.planner.serving.scheduler import default_graph_limit
 
 REL = 1e-9
 SETTINGS = settings(
@@ -472,7 +473,8 @@ def ref_step_ms(
         p2p = lat + 1e3 * tokens * m.hidden_size * K.ACT_BYTES / tp / bw
     # a step with prompt tokens (or any step without CUDA graphs) is issued layer by layer by
     # the host, which the GPU overlaps: each stage takes the longer of the two
-    eager = pf_seqs > 0 or not hw.engine.decode_cuda_graphs
+    graph_max = default_graph_limit(hw.engine)
+    eager = pf_seqs > 0 or not hw.engine.decode_cuda_graphs or dc_seqs > graph_max
     issue = hw.engine.eager_layer_host_ms if eager else 0.0
     stage_gpu = max(layers_total * math.ceil(layers / pp) / layers, layers_total / pp + head)
     stage = max(stage_gpu, math.ceil(layers / pp) * issue) + p2p

@@ -594,3 +594,32 @@ def test_an_eager_step_takes_at_least_the_hosts_time_to_issue_its_layers() -> No
     no_graphs = PerfContext.build(m, gpu, replace(trt, decode_cuda_graphs=False), "fp8", "fp8")
     c = step_time(no_graphs, Parallelism(tp=8), dc_seqs=8.0, dc_ctx=1100.0)
     assert c.latency_ms == pytest.approx(issue + trt.step_overhead_ms + 8 * trt.seq_overhead_ms)
+
+
+def test_a_decode_batch_past_the_largest_cuda_graph_is_issued_eagerly() -> None:
+    """TensorRT-LLM captures decode graphs up to 128 sequences by default (engines.yaml); a
+    decode step of 129 runs eagerly and takes at least the host's issue time, 64 x 0.8 ms for
+    Qwen3-32B, where one of 128 replays its graph at its GPU time. A scheduler that captures up
+    to 256 (``with_graph_limit``, as an engine argument sets it) replays 129 again."""
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf.params import PerfContext
+    from pdplanner.planner.perf.step import step_time
+    from pdplanner.planner.serving.scheduler import scheduler_for
+
+    trt = load_engine("trtllm")
+    assert scheduler_for(trt).cuda_graph_max_bs == 128
+    m, gpu = load_model("qwen3-32b"), load_gpu("h100-sxm")
+    ctx = PerfContext.build(m, gpu, trt, "fp8", "fp8")
+    issue = m.num_layers * trt.eager_layer_host_ms
+    at = step_time(ctx, Parallelism(tp=8), dc_seqs=128.0, dc_ctx=1100.0)
+    past = step_time(ctx, Parallelism(tp=8), dc_seqs=129.0, dc_ctx=1100.0)
+    print(f"decode 128: {at.latency_ms:.1f} ms, 129: {past.latency_ms:.1f} ms")
+    assert at.latency_ms < issue < past.latency_ms
+    wider = step_time(ctx.with_graph_limit(256), Parallelism(tp=8), dc_seqs=129.0, dc_ctx=1100.0)
+    assert wider.latency_ms < issue
+    assert wider.latency_ms == pytest.approx(at.latency_ms, rel=0.05)
+    # an engine without an issue time is unchanged past its graphs
+    vllm = PerfContext.build(m, gpu, load_engine("vllm"), "fp8", "fp8").with_graph_limit(64)
+    a = step_time(vllm, Parallelism(tp=8), dc_seqs=65.0, dc_ctx=1100.0)
+    b = step_time(vllm.with_graph_limit(512), Parallelism(tp=8), dc_seqs=65.0, dc_ctx=1100.0)
+    assert a.latency_ms == b.latency_ms

@@ -64,6 +64,7 @@ from pdplanner.planner.perf.params import (
     H_DOMAIN,
     H_EAGER_LAYER_MS,
     H_EXPERT_W_BYTES,
+    H_GRAPH_MAX_BS,
     H_HBM_BW,
     H_KV_BYTES,
     H_LINK_BW,
@@ -756,8 +757,9 @@ def _head_p2p_host(
     dc_seqs: float,
 ) -> tuple[float, float, float, float]:
     """``step_ms``'s LM head, one pipeline hop, host time and the host's issue time per layer
-    (ms). A step that carries prompt tokens, or any step of an engine without decode CUDA graphs,
-    runs eagerly: the host issues each layer's kernels one by one (``H_EAGER_LAYER_MS``)."""
+    (ms). A step that carries prompt tokens, or a decode step larger than the largest captured
+    CUDA graph (``H_GRAPH_MAX_BS``; every decode step of an engine without graphs), runs eagerly:
+    the host issues each layer's kernels one by one (``H_EAGER_LAYER_MS``)."""
     # LM head on the last stage: logits for each decoding sequence and each prompt's last token;
     # a bf16 GEMM whatever the precision (quantized checkpoints and engines keep it unquantized,
     # as memory.EMBED_BYTES sizes it)
@@ -771,7 +773,7 @@ def _head_p2p_host(
         bw, lat = link_for(tp * dp * pp, hv)
         p2p = lat + 1e3 * tokens * mv[M_HIDDEN] * ACT_BYTES / tp / bw
     host = hv[H_STEP_OVERHEAD_MS] + hv[H_SEQ_OVERHEAD_MS] * (pf_seqs + dc_seqs)
-    eager = pf_seqs > 0.0 or hv[H_CUDA_GRAPHS] < 0.5
+    eager = pf_seqs > 0.0 or hv[H_CUDA_GRAPHS] < 0.5 or dc_seqs > hv[H_GRAPH_MAX_BS]
     issue = hv[H_EAGER_LAYER_MS] if eager else 0.0
     return head, p2p, host, issue
 

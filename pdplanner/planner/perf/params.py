@@ -12,7 +12,7 @@ the per-candidate layout arrays (``tp, pp, ep, dp``) that follow them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -50,7 +50,10 @@ H_SEQ_OVERHEAD_MS = 23  # the engine's host time per scheduled sequence per step
 # and the TP from which the engine no longer takes that path
 H_MOE_PAD_ALIGN, H_MOE_PAD_BELOW_TP = 24, 25
 H_EAGER_LAYER_MS = 26  # the engine's host time per decoder layer of a step without CUDA graphs
-HARDWARE_SLOTS = 27
+# the largest decode batch (per rank and micro-batch) replayed as a CUDA graph; larger ones run
+# eagerly (``PerfContext.with_graph_limit``; infinite until a scheduler sets it)
+H_GRAPH_MAX_BS = 27
+HARDWARE_SLOTS = 28
 MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
@@ -137,6 +140,7 @@ def hardware_vector(
     v[H_STEP_OVERHEAD_MS] = engine.step_overhead_ms
     v[H_SEQ_OVERHEAD_MS] = engine.seq_overhead_ms
     v[H_EAGER_LAYER_MS] = engine.eager_layer_host_ms
+    v[H_GRAPH_MAX_BS] = np.inf
     v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
@@ -257,7 +261,9 @@ class PerfContext:
             from pdplanner.planner.errors import InvalidInputError
 
             raise InvalidInputError("precision.kv_dtype", f"must be bf16 or fp8, got {kv_dtype!r}")
-        return cls(
+        from pdplanner.planner.serving.scheduler import default_graph_limit
+
+        ctx = cls(
             model,
             gpu,
             engine,
@@ -267,6 +273,20 @@ class PerfContext:
             hardware_vector(gpu, engine, dtype, kv_dtype, model, memory_fraction),
             engine_calibration(gpu.calibration),
         )
+        return ctx.with_graph_limit(default_graph_limit(engine))
+
+    def with_graph_limit(self, max_bs: float) -> PerfContext:
+        """This context with decode batches above ``max_bs`` (the scheduler's
+        ``cuda_graph_max_bs``; 0: no graphs) priced as eager steps: the engine replays no CUDA
+        graph for them, so the host issues every layer (``EngineSpec.eager_layer_host_ms``).
+        ``build`` applies the engine's default; a caller whose scheduler overrides it applies
+        the scheduler's. Returns ``self`` when nothing changes."""
+        limit = float(max_bs) if self.engine.decode_cuda_graphs else 0.0
+        if self.hv[H_GRAPH_MAX_BS] == limit:
+            return self
+        hv = self.hv.copy()
+        hv[H_GRAPH_MAX_BS] = limit
+        return replace(self, hv=hv)
 
     @property
     def kernel_args(self) -> KernelArgs:

@@ -286,7 +286,10 @@ class _Search:
         stop: Callable[[], bool],
         sched: SchedulerSettings,
     ) -> None:
-        self.req, self.model, self.ctx, self.dctx = req, model, ctx, dctx
+        # decode batches past the scheduler's largest CUDA graph are priced as eager steps
+        self.ctx = ctx.with_graph_limit(sched.cuda_graph_max_bs)
+        self.dctx = dctx.with_graph_limit(sched.cuda_graph_max_bs)
+        self.req, self.model = req, model
         self.sched = sched  # the engine's scheduler with the request's engine_args
         # the traffic: each class's share of requests and the weighted mean lengths
         self.share = np.array([w.weight for w in req.traffic], dtype=np.float64)

@@ -176,6 +176,8 @@ def simulate_elastic(
     workers. Raises ``ValueError`` without a front worker, or with prefill workers and no decode
     worker."""
     overhead = REQUEST_OVERHEAD_MS if request_overhead_ms is None else request_overhead_ms
+    front = front.with_graph_limit(sched.cuda_graph_max_bs)
+    back = back.with_graph_limit(sched.cuda_graph_max_bs)
     fronts = [i for i, s in enumerate(spans) if s.role != "decode"]
     backs = [i for i, s in enumerate(spans) if s.role == "decode"]
     if not fronts:

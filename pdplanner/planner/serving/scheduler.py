@@ -35,6 +35,7 @@ per element), so ``pdplanner.planner.estimate`` applies it when it builds the co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -188,6 +189,17 @@ def scheduler_for(
     base = _defaults()[engine.name]
     args = {k: v for k, v in (engine_args or {}).items() if k not in _NOT_SCHEDULER}
     return _apply(base, args, "engine_args")
+
+
+def default_graph_limit(engine: EngineSpec) -> float:
+    """The largest decode batch ``engine`` captures as a CUDA graph by default
+    (``cuda_graph_max_bs``; 0 without decode graphs); infinite for an engine without a scheduler
+    entry in engines.yaml (a variant built in code), which prices every decode step as a
+    replay."""
+    if not engine.decode_cuda_graphs:
+        return 0.0
+    base = _defaults().get(engine.name)
+    return math.inf if base is None else float(base.cuda_graph_max_bs)
 
 
 def memory_fraction_for(

@@ -350,6 +350,7 @@ def simulate_agg(
     """``workers`` aggregated workers of layout ``par`` under ``load``; request lengths cycle
     through ``isl``/``osl`` (ignored for a ``Trace``). Clients and open-loop arrivals are spread
     over the ``workers x attention_dp`` ranks in turn."""
+    ctx = ctx.with_graph_limit(sched.cuda_graph_max_bs)
     ranks = workers * par.attention_dp
     clients = load.clients if isinstance(load, ClosedLoop) else sched.max_num_seqs * ranks
     per_rank = max(1, math.ceil(clients / ranks))
@@ -383,7 +384,8 @@ def simulate_disagg(
     ``link_bytes_per_s`` per GPU (``kvtransfer.transfer``; its non-overlapped tail delays the
     first token)."""
     p, d = prefill.par, decode.par
-    pc, dc = prefill.ctx, decode.ctx
+    pc = prefill.ctx.with_graph_limit(prefill.sched.cuda_graph_max_bs)
+    dc = decode.ctx.with_graph_limit(decode.sched.cuda_graph_max_bs)
     mean_isl = float(np.mean(isl if not isinstance(load, Trace) else load.isl))
     cap_f = kv_capacity(
         pc,
