@@ -476,10 +476,13 @@ def ref_step_ms(
     graph_max = default_graph_limit(hw.engine)
     eager = pf_seqs > 0 or not hw.engine.decode_cuda_graphs or dc_seqs > graph_max
     issue = hw.engine.eager_layer_host_ms if eager else 0.0
-    stage_gpu = max(layers_total * math.ceil(layers / pp) / layers, layers_total / pp + head)
-    stage = max(stage_gpu, math.ceil(layers / pp) * issue) + p2p
+    # the busiest stage: a full one, or the last with its share of layers and the LM head
+    per_stage = math.ceil(layers / pp)
+    full = max(layers_total * per_stage / layers, per_stage * issue)
+    last = max(layers_total / pp, layers / pp * issue) + head
+    stage = max(full, last) + p2p
     host = hw.engine.step_overhead_ms + hw.engine.seq_overhead_ms * (pf_seqs + dc_seqs)
-    latency = max(layers_total + head, layers * issue) + (pp - 1) * p2p + host
+    latency = max(layers_total, layers * issue) + head + (pp - 1) * p2p + host
     return latency, stage, per_layer
 
 

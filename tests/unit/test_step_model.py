@@ -581,8 +581,9 @@ def test_an_eager_step_takes_at_least_the_hosts_time_to_issue_its_layers() -> No
         b = step_time(graphs, Parallelism(tp=tp), pf_seqs=1.0, pf_new=1024.0)
         print(f"TP{tp} 1k prompt: GPU {b.latency_ms:.1f} ms, with issue {a.latency_ms:.1f} ms")
         assert b.latency_ms - host < issue
-        assert a.latency_ms == pytest.approx(issue + host, rel=1e-9)
-        assert a.stage_ms == pytest.approx(issue, rel=1e-9)
+        # the issue time, then the LM head (reading its bf16 weights: about 0.1 ms)
+        assert issue < a.latency_ms - host < issue + 0.5
+        assert a.stage_ms == pytest.approx(a.latency_ms - host, rel=1e-9)
     a = step_time(eager, Parallelism(tp=1), pf_seqs=1.0, pf_new=8192.0)
     b = step_time(graphs, Parallelism(tp=1), pf_seqs=1.0, pf_new=8192.0)
     assert b.latency_ms - host > issue
@@ -593,7 +594,7 @@ def test_an_eager_step_takes_at_least_the_hosts_time_to_issue_its_layers() -> No
     # without decode graphs a decode step is eager too
     no_graphs = PerfContext.build(m, gpu, replace(trt, decode_cuda_graphs=False), "fp8", "fp8")
     c = step_time(no_graphs, Parallelism(tp=8), dc_seqs=8.0, dc_ctx=1100.0)
-    assert c.latency_ms == pytest.approx(issue + trt.step_overhead_ms + 8 * trt.seq_overhead_ms)
+    assert 0.0 < c.latency_ms - (issue + trt.step_overhead_ms + 8 * trt.seq_overhead_ms) < 0.5
 
 
 def test_a_decode_batch_past_the_largest_cuda_graph_is_issued_eagerly() -> None:

@@ -790,15 +790,16 @@ def _step_total(
 ) -> tuple[float, float]:
     """``step_ms``'s (latency_ms, stage_ms) from the mean layer ``per_layer`` and the rest.
     ``issue`` (ms per layer, 0 for a CUDA-graph replay) is the host's time to launch a layer's
-    kernels: the GPU runs them as they come, so a stage takes the longer of its GPU time and its
-    host's issue time, not their sum."""
+    kernels: the GPU runs them as they come, so a stage's layers take the longer of their GPU
+    time and their host's issue time, not the sum; the LM head runs after the last layer."""
     layers_total = layers * (per_layer[0] + per_layer[1] + per_layer[2] + per_layer[3])
     # the busiest stage: one holding ceil(layers / pp) layers, or the last one, which carries
     # the LM head beside its share of the layers
     per_stage = math.ceil(layers / pp)
-    stage_gpu = max(layers_total * per_stage / layers, layers_total / pp + head)
-    stage = max(stage_gpu, per_stage * issue) + p2p
-    latency = max(layers_total + head, layers * issue) + (pp - 1.0) * p2p + host
+    full = max(layers_total * per_stage / layers, per_stage * issue)
+    last = max(layers_total / pp, layers / pp * issue) + head
+    stage = max(full, last) + p2p
+    latency = max(layers_total, layers * issue) + head + (pp - 1.0) * p2p + host
     return latency, stage
 
 
