@@ -572,3 +572,31 @@ def test_a_worker_that_does_not_split_evenly_over_nodes_is_an_error() -> None:
     with pytest.raises(ExportError, match="does not split evenly") as err:
         export_plan(request, result, "sglang", "plans/r1", gpus_per_node=6)
     assert err.value.field == "name"
+
+
+def test_tensorrt_llm_decode_pools_pad_to_the_cuda_graphs_the_plan_priced() -> None:
+    """The plan prices a decode batch as the next captured CUDA graph up to the scheduler's
+    cuda_graph_max_bs (128 for TensorRT-LLM) and as an eager step past it. TensorRT-LLM pads
+    to a captured size only with ``enable_padding`` (off by default), so the export turns it on
+    and captures up to the smaller of the rank's batch and that limit; a prefill pool, which
+    does not decode, gets no graph settings."""
+    _, files = _parsed("trtllm", "trtllm")  # one aggregated TP16 worker
+    worked = (FIXTURES / "trtllm" / "launch.sh").read_text()  # the README's disagg plan
+    roles = []
+    for script in (files["launch.sh"], worked):
+        for name, body in _heredocs(script).items():
+            if not name.startswith("extra-llm-api-"):
+                continue
+            doc = yaml.safe_load(body)
+            if "prefill" in name:
+                assert "cuda_graph_config" not in doc, name
+            else:
+                graphs = doc["cuda_graph_config"]
+                assert graphs["enable_padding"] is True, name
+                assert 1 <= graphs["max_batch_size"] <= 128, name
+            roles.append(name)
+    assert sorted(roles) == [
+        "extra-llm-api-agg.yaml",
+        "extra-llm-api-decode.yaml",
+        "extra-llm-api-prefill.yaml",
+    ]

@@ -135,6 +135,7 @@ def _context(
         memory_fraction=fraction,
         chunked_prefill=sched.enable_chunked_prefill,
         derived_fractions=derived if fraction is None else {},
+        cuda_graph_max_bs=sched.cuda_graph_max_bs if engine.decode_cuda_graphs else 0,
         max_isl=max(w.isl for w in request.traffic),
         max_model_len=max(w.isl + w.osl for w in request.traffic),
         disaggregated=chosen.mode == "disagg",

@@ -137,6 +137,8 @@ class PoolContext:
     memory_fraction: float | None
     chunked_prefill: bool
     derived_fractions: Mapping[str, float] = field(default_factory=dict)
+    # the largest decode batch the plan priced as a CUDA-graph replay (cuda_graph_max_bs)
+    cuda_graph_max_bs: int = 0
 
     def fraction_for(self, pool: Pool) -> float:
         """The memory fraction the plan priced ``pool`` at."""
@@ -241,6 +243,15 @@ def trtllm_options(pool: Pool, ctx: PoolContext) -> dict[str, Any]:
             "free_gpu_memory_fraction": ctx.fraction_for(pool),
         },
     }
+    if pool.role != "prefill" and ctx.cuda_graph_max_bs > 0:
+        # The plan priced decode batches as graph replays padded up to the next captured size,
+        # up to cuda_graph_max_bs, and eager steps past it (the step model). TensorRT-LLM pads
+        # only with enable_padding (default false: a batch between captured sizes would run
+        # eagerly; API reference, DecodeCudaGraphConfig); its default capture reaches 128.
+        options["cuda_graph_config"] = {
+            "enable_padding": True,
+            "max_batch_size": min(rank_batch(pool), ctx.cuda_graph_max_bs),
+        }
     if ctx.disaggregated:
         options["cache_transceiver_config"] = {"backend": "UCX"}
         # context (prefill) servers run without the overlap scheduler in a disaggregated pair
