@@ -21,6 +21,7 @@ from pdplanner.planner.catalog import (
     load_engine,
 )
 from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.perf.kernels import issue_ms_per_layer
 from pdplanner.planner.perf.memory import derived_fraction
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.disagg import evaluate_xpyd
@@ -331,12 +332,14 @@ def _phase(req: EstimateRequest, checked: _Checked) -> PhaseEstimate:
         tokens = m.rate_per_s * req.isl / par.gpus  # prompts/s, pipelined with PP
         context = req.isl
         cap = kv_capacity(ctx, par, float(seqs * req.isl), float(seqs))
+        issue = issue_ms_per_layer(ctx.hv, float(seqs), 0.0)
     else:
         context = _context(req)
         m = decode_worker(ctx, par, batch, float(context))
         tokens = m.rate_per_s / par.gpus
         micro = math.ceil(seqs / par.pp)
         cap = kv_capacity(ctx, par, float(micro), float(micro))
+        issue = issue_ms_per_layer(ctx.hv, 0.0, float(micro))
     # activations are taken at the requested batch, so this is exact at that batch and close
     # for others
     max_batch = int(cap // context) * par.attention_dp if cap > 0 else 0
@@ -352,6 +355,7 @@ def _phase(req: EstimateRequest, checked: _Checked) -> PhaseEstimate:
         kv_capacity_tokens=cap,
         max_batch=max_batch,
         memory_fraction=_fraction(ctx, par),
+        host_issue_ms=ctx.model.num_layers * issue,
     )
 
 

@@ -124,6 +124,9 @@ class PhaseEstimate:
     # the engine's memory fraction the KV cache is sized at: the request's, else the engine's
     # default (SGLang's derived for this GPU and layout); serving estimates give theirs in details
     memory_fraction: float = 0.0
+    # the host's time to issue every layer of a step that runs without CUDA graphs (ms;
+    # EngineSpec.eager_layer_host_ms per layer): the step takes at least this. 0: a replay.
+    host_issue_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

@@ -303,6 +303,7 @@ class PhaseEstimate(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     GPU_BASIS_FIELD_NUMBER: _builtins.int
     MEMORY_FRACTION_FIELD_NUMBER: _builtins.int
+    HOST_ISSUE_MS_FIELD_NUMBER: _builtins.int
     phase: _common_pb2.Phase.ValueType
     """The phase evaluated."""
     step_ms: _builtins.float
@@ -337,6 +338,12 @@ class PhaseEstimate(_message.Message):
     engine's default; SGLang's default is the value it derives for this GPU and layout. Serving
     estimates give theirs per pool in details_json ("memory_fraction").
     """
+    host_issue_ms: _builtins.float
+    """The host's time to issue every decoder layer of a step that runs without CUDA graphs (a
+    prefill step, or a decode batch past the largest captured graph), in milliseconds: the step
+    takes at least this (TensorRT-LLM's eager steps); 0 for a graph replay or an engine without
+    such a cost.
+    """
     @_builtins.property
     def per_layer_ms(self) -> Global___LayerBreakdown:
         """Time of one decoder layer on one GPU, by kind of work."""
@@ -357,10 +364,11 @@ class PhaseEstimate(_message.Message):
         model: _builtins.str = ...,
         gpu_basis: _builtins.str = ...,
         memory_fraction: _builtins.float = ...,
+        host_issue_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["per_layer_ms", b"per_layer_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpu_basis", b"gpu_basis", "gpus", b"gpus", "kv_capacity_tokens", b"kv_capacity_tokens", "max_batch", b"max_batch", "memory_fraction", b"memory_fraction", "memory_gb_per_gpu", b"memory_gb_per_gpu", "model", b"model", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fits", b"fits", "gpu_basis", b"gpu_basis", "gpus", b"gpus", "host_issue_ms", b"host_issue_ms", "kv_capacity_tokens", b"kv_capacity_tokens", "max_batch", b"max_batch", "memory_fraction", b"memory_fraction", "memory_gb_per_gpu", b"memory_gb_per_gpu", "model", b"model", "per_layer_ms", b"per_layer_ms", "phase", b"phase", "reason", b"reason", "step_ms", b"step_ms", "tokens_per_s_per_gpu", b"tokens_per_s_per_gpu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,23 @@ def test_a_phase_estimate_prints_step_layer_breakdown_memory_and_fit(phase: str)
     assert isinstance(out["step_ms"], float) and out["step_ms"] > 0
 
 
+def test_an_eager_step_shows_the_hosts_issue_time_that_bounds_it() -> None:
+    """TensorRT-LLM runs a prefill step without CUDA graphs: its host issues Llama-3.1-8B's 32
+    layers at 0.8 ms each (25.6 ms), more than the GPU needs for 1k tokens at TP 8, so the step
+    takes the issue time and the output says why. A decode step replays a graph (0, no row)."""
+    out = run_json("--engine", "trtllm", "--phase", "prefill", "--tp", "8", "--batch", "1")
+    assert out["host_issue_ms"] == pytest.approx(32 * 0.8)
+    layers_ms = 32 * sum(out["per_layer_ms"].values())
+    assert layers_ms < out["host_issue_ms"] < out["step_ms"]
+    decode = run_json("--engine", "trtllm", "--phase", "decode", "--tp", "8", "--batch", "8")
+    assert "host_issue_ms" not in decode or decode["host_issue_ms"] == 0
+    step = ["--phase", "prefill", "--tp", "8", "--batch", "1"]
+    text = runner.invoke(app, [*BASE, "--engine", "trtllm", *step])
+    assert text.exit_code == 0 and "host issue, no CUDA graph (ms)" in text.stdout
+    text = runner.invoke(app, [*BASE, *step])  # vLLM: no such cost
+    assert text.exit_code == 0 and "host issue" not in text.stdout
+
+
 def test_an_agg_estimate_prints_the_serving_metrics() -> None:
     out = run_json("--mode", "agg", "--tp", "1", "--concurrency", "16")
     assert set(out) >= MODE_KEYS

@@ -757,9 +757,7 @@ def _head_p2p_host(
     dc_seqs: float,
 ) -> tuple[float, float, float, float]:
     """``step_ms``'s LM head, one pipeline hop, host time and the host's issue time per layer
-    (ms). A step that carries prompt tokens, or a decode step larger than the largest captured
-    CUDA graph (``H_GRAPH_MAX_BS``; every decode step of an engine without graphs), runs eagerly:
-    the host issues each layer's kernels one by one (``H_EAGER_LAYER_MS``)."""
+    (ms, ``issue_ms_per_layer``)."""
     # LM head on the last stage: logits for each decoding sequence and each prompt's last token;
     # a bf16 GEMM whatever the precision (quantized checkpoints and engines keep it unquantized,
     # as memory.EMBED_BYTES sizes it)
@@ -773,9 +771,17 @@ def _head_p2p_host(
         bw, lat = link_for(tp * dp * pp, hv)
         p2p = lat + 1e3 * tokens * mv[M_HIDDEN] * ACT_BYTES / tp / bw
     host = hv[H_STEP_OVERHEAD_MS] + hv[H_SEQ_OVERHEAD_MS] * (pf_seqs + dc_seqs)
+    return head, p2p, host, issue_ms_per_layer(hv, pf_seqs, dc_seqs)
+
+
+@njit(cache=True, nogil=True)
+def issue_ms_per_layer(hv: np.ndarray, pf_seqs: float, dc_seqs: float) -> float:
+    """The host's time to issue one decoder layer of a step (ms): ``H_EAGER_LAYER_MS`` for a
+    step that runs eagerly (one carrying prompt tokens, or a decode step larger than the largest
+    captured CUDA graph, ``H_GRAPH_MAX_BS``; every step of an engine without decode graphs), 0
+    for a graph replay."""
     eager = pf_seqs > 0.0 or hv[H_CUDA_GRAPHS] < 0.5 or dc_seqs > hv[H_GRAPH_MAX_BS]
-    issue = hv[H_EAGER_LAYER_MS] if eager else 0.0
-    return head, p2p, host, issue
+    return hv[H_EAGER_LAYER_MS] if eager else 0.0
 
 
 @njit(cache=True, nogil=True)

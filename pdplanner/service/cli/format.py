@@ -144,6 +144,12 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
     if isinstance(result, PhaseEstimate):
         layer = result.per_layer_ms
         what = "prompt" if result.phase == "prefill" else "output"
+        # an eager step's host issue time: why the step can exceed its layers' GPU time
+        issue = (
+            [("host issue, no CUDA graph (ms)", metric(result.host_issue_ms, 3))]
+            if result.host_issue_ms > 0
+            else []
+        )
         return _kv_table(
             title or f"{result.phase} step",
             [
@@ -152,6 +158,7 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
                 ("per layer: attention (ms)", metric(layer.attention, 4)),
                 ("per layer: communication (ms)", metric(layer.communication, 4)),
                 ("per layer: other (ms)", metric(layer.other, 4)),
+                *issue,
                 (f"{what} tokens/s/GPU", metric(result.tokens_per_s_per_gpu)),
                 ("GPUs", str(result.gpus)),
                 ("memory per GPU (GB)", num(result.memory_gb_per_gpu, 2)),
