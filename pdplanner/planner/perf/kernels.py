@@ -31,12 +31,11 @@ of shared/serving-runs (tests/unit/test_moe_decode_accuracy.py prints the errors
 Host time. ``latency_ms`` carries the engine's host time that the GPU does not hide: a fixed
 ``step_overhead_ms`` per iteration plus ``seq_overhead_ms`` per scheduled sequence (the engine's
 per-request work each step; ``engines.yaml`` gives the evidence). A step that does not replay a
-CUDA graph (one carrying prompt tokens, or any step of an engine without decode graphs) is
-issued by the host layer by layer while the GPU runs what it has been given, so each stage takes
-the longer of its GPU time and ``eager_layer_host_ms`` per layer it holds (TensorRT-LLM's
-PyTorch backend: 0.8 ms, fitted on its runs; the other engines' runs do not show one and leave it
-at 0). A decode batch past the largest captured graph also runs eagerly; the step model does not
-see the graph sizes and prices it as a replay. Kernels are priced with
+CUDA graph (one carrying prompt tokens, a decode batch past the largest captured graph, or any
+step of an engine without decode graphs; ``issue_ms_per_layer``) is issued by the host layer by
+layer while the GPU runs what it has been given, so each stage takes the longer of its GPU time
+and ``eager_layer_host_ms`` per layer it holds (TensorRT-LLM's PyTorch backend: 0.8 ms, fitted
+on its runs; the other engines' runs do not show one and leave it at 0). Kernels are priced with
 ``calibration.engine_calibration``: the tables' fit without the write-back of their L2 flush.
 
 Not priced: DeepSeek-R1 fp8 on two 8 x H100 nodes at TP16 decodes one sequence in 31.2 ms in a

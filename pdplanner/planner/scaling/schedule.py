@@ -408,14 +408,17 @@ class _Planner:
         fraction = memory_fraction_for(engine, args, req.memory_fraction)
         self.sched = scheduler_for(engine, args)
         p = req.precision
-        limit = self.sched.cuda_graph_max_bs  # decode batches past it are priced eagerly
+        # decode batches past the scheduler's largest CUDA graph are priced as eager steps
+        limit = self.sched.cuda_graph_max_bs
         self.ctx = PerfContext.build(model, gpu, engine, p.dtype, p.kv_dtype, fraction)
         self.ctx = self.ctx.with_graph_limit(limit)
         self.dctx = (
             self.ctx
             if dgpu is gpu
-            else PerfContext.build(model, dgpu, engine, p.dtype, p.kv_dtype, fraction)
-        ).with_graph_limit(limit)
+            else PerfContext.build(
+                model, dgpu, engine, p.dtype, p.kv_dtype, fraction
+            ).with_graph_limit(limit)
+        )
         self.link = link_between_pools(gpu, dgpu, req.gpus)
         self._pcaps: dict[tuple[Shape, tuple[Workload, ...]], PrefillCapacity] = {}
         self._dcaps: dict[tuple[Shape, tuple[Workload, ...]], DecodeCapacity] = {}

@@ -192,12 +192,10 @@ def scheduler_for(
 
 
 def default_graph_limit(engine: EngineSpec) -> float:
-    """The largest decode batch ``engine`` captures as a CUDA graph by default
-    (``cuda_graph_max_bs``; 0 without decode graphs); infinite for an engine without a scheduler
-    entry in engines.yaml (a variant built in code), which prices every decode step as a
-    replay."""
-    if not engine.decode_cuda_graphs:
-        return 0.0
+    """The largest decode batch ``engine``'s default scheduler captures as a CUDA graph
+    (``cuda_graph_max_bs``); infinite for an engine without a scheduler entry in engines.yaml (a
+    variant built in code). ``PerfContext.with_graph_limit`` takes it to 0 for an engine without
+    decode graphs."""
     base = _defaults().get(engine.name)
     return math.inf if base is None else float(base.cuda_graph_max_bs)
 
