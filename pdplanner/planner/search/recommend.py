@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -220,6 +221,18 @@ class _Side:
     meeting: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     # the fewest GPUs serving the rate, past the budget (aggregated: with the budget's layouts)
     for_rate: Deployment | None = None
+
+
+class _Pairable(NamedTuple):
+    """The prefill and decode candidates that can pair (``_Search._candidates``)."""
+
+    pre: PhaseArrays  # prefill arrays, the KV transfer's tail and request overhead in latency_ms
+    pi: np.ndarray  # usable, undominated prefill candidates (indices into pre)
+    r_p: np.ndarray  # their usable req/s per worker
+    g_p: np.ndarray  # their GPUs per worker
+    di: np.ndarray  # decode candidates that fit (indices into the decode arrays)
+    r_d: np.ndarray  # their req/s per worker under random arrivals
+    g_d: np.ndarray  # their GPUs per worker
 
 
 @dataclass(frozen=True)
@@ -466,16 +479,11 @@ class _Search:
 
     def _candidates(
         self, pre: PhaseArrays, dset: _DecodeSet, budget: int, side: _Side | None
-    ) -> (
-        tuple[PhaseArrays, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-        | None
-    ):
+    ) -> _Pairable | None:
         """The prefill and decode candidates that can pair, within ``budget`` GPUs in both pools
-        (which decides whether the KV cache travels over NVLink): the prefill arrays with the KV
-        transfer's tail and the request overhead in their latency, and (prefill indices, usable
-        req/s, GPUs) and (decode indices, req/s, GPUs) of the usable candidates, dominated
-        prefill ones left out. None when one pool has none; with ``side``, why is added to its
-        binding constraints."""
+        (which decides whether the KV cache travels over NVLink), dominated prefill ones left
+        out. None when one pool has none; with ``side``, why is added to its binding
+        constraints."""
         dec = dset.arrays
         # KV transfer: its non-overlapped tail joins the prefill's time to first token, and a
         # worker may not send faster than its shard-holding GPUs' links carry
@@ -506,7 +514,7 @@ class _Search:
         r_d, g_d = dset.rate[di], dec.gpus[di]
         # a prefill candidate is dominated by another of no more GPUs and a higher usable rate
         keep = _undominated(g_p, r_p)
-        return pre, pi[keep], r_p[keep], g_p[keep], di, r_d, g_d
+        return _Pairable(pre, pi[keep], r_p[keep], g_p[keep], di, r_d, g_d)
 
     def _explain_pools(
         self, pre: PhaseArrays, dec: PhaseArrays, p_ok: np.ndarray, d_ok: np.ndarray, side: _Side
