@@ -15,6 +15,7 @@ from pdplanner.service.cli.inputs import estimate_request
 estimate_module = pytest.importorskip("pdplanner.planner.estimate")
 
 runner = CliRunner(env={"PDPLANNER_SERVER": None})  # in process, whatever the shell says
+CONFIGS = Path(__file__).resolve().parents[1] / "unit" / "configs"
 BASE = ["estimate", "--model", "llama-3.1-8b", "--gpu", "h100", "--isl", "1000", "--osl", "200"]
 PHASE_KEYS = {"step_ms", "per_layer_ms", "memory_gb_per_gpu", "fits"}
 LAYER_KEYS = {"gemm", "attention", "communication", "other"}
@@ -273,6 +274,9 @@ def test_a_model_directory_is_a_model_argument() -> None:
         ("qwen3-235b-a22b", [], "bf16"),  # the same architecture, named by its bf16 release
         ("deepseek-ai/DeepSeek-V3", [], "fp8"),  # published in FP8 only
         ("Qwen/Qwen3-235B-A22B-FP8", ["--dtype", "bf16"], "bf16"),  # asked for outright
+        # a model directory: its config.json's quantization decides
+        (str(CONFIGS / "DeepSeek-V3.2"), [], "fp8"),
+        (str(CONFIGS / "Qwen3-Next-80B-A3B-Instruct"), [], "bf16"),
     ],
 )
 def test_without_dtype_a_model_is_estimated_at_its_checkpoints_precision(

@@ -714,15 +714,19 @@ class ModelCatalog(Catalog[ModelSpec]):
         return model_from_hf_config(cfg, name, field_path)
 
 
-def checkpoint_dtype(name: str, models: ModelCatalog) -> str:
-    """The GEMM precision of the checkpoint ``name`` names: fp8 for an FP8 release (a name
-    ending in ``-FP8``, a built-in published in FP8 only such as DeepSeek-V3, or a model whose
-    config.json quantizes to FP8), else bf16. Unknown names: by the name alone."""
-    if name.strip().lower().endswith("-fp8"):
-        return "fp8"
-    spec = models.find(name)
-    if spec is None:
-        return "bf16"
+def checkpoint_dtype(model: str | ModelSpec, models: ModelCatalog) -> str:
+    """The GEMM precision of the checkpoint ``model`` names or is (a spec, e.g. one loaded from
+    a config.json): fp8 for an FP8 release (a name ending in ``-FP8``, a built-in published in
+    FP8 only such as DeepSeek-V3, or a model whose config.json quantizes to FP8), else bf16.
+    Unknown names: by the name alone."""
+    if isinstance(model, str):
+        if model.strip().lower().endswith("-fp8"):
+            return "fp8"
+        spec = models.find(model)
+        if spec is None:
+            return "bf16"
+    else:
+        spec = model
     if spec.name in models.fp8_only_releases or spec.quantization.startswith("FP8"):
         return "fp8"
     return "bf16"

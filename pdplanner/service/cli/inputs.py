@@ -449,10 +449,9 @@ def default_dtype(model: object) -> str:
     models = default_models()
     if is_model_path(model):
         try:
-            quant = models.load(model).quantization
+            return checkpoint_dtype(models.load(model), models)
         except PlannerError:
             return DEFAULT_DTYPE  # the command reports the bad file itself
-        return "fp8" if quant.startswith("FP8") else DEFAULT_DTYPE
     return checkpoint_dtype(model, models)
 
 
