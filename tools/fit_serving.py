@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 from serving_runs import Run, abs_pct, load_runs, predict
 
 GRID_MS = (0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0)
-Point = tuple[float, float, float]  # (k, quantized GEMM efficiency, eager issue ms per layer)
+# (k, quantized GEMM efficiency, eager issue ms per layer; None: the catalog's)
+Point = tuple[float, float, float | None]
 Row = tuple[Run, dict[Point, tuple[float, float]]]  # point -> (TTFT mean, TPOT mean)
 
 
@@ -59,7 +60,7 @@ def _overheads(rows: list[Row], point: Point) -> tuple[float, dict[str, float]]:
 
 
 def fit(
-    rows: list[Row], ks: list[float], effs: list[float], eagers: list[float]
+    rows: list[Row], ks: list[float], effs: list[float], eagers: list[float | None]
 ) -> tuple[Point, dict[str, float]]:
     """At each issue time the efficiency with the smallest mean TPOT error; then the issue time,
     ``k`` and per-mode overheads with the smallest mean TPOT + mean TTFT error."""
@@ -90,11 +91,12 @@ def _simulate(job: tuple[Run, list[Point], tuple[str, ...] | None]) -> Row | Non
     return run, preds
 
 
-def main() -> None:
-    from pdplanner.planner.catalog import load_engine
-    from pdplanner.planner.perf.params import QUANTIZED_GEMM_EFFICIENCY
+def _ms(eager: float | None) -> str:
+    return "the catalog's" if eager is None else f"{eager:g} ms"
 
-    eager_now = load_engine("trtllm").eager_layer_host_ms
+
+def main() -> None:
+    from pdplanner.planner.perf.params import QUANTIZED_GEMM_EFFICIENCY
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=float, nargs="+", default=[10.0])
@@ -103,8 +105,8 @@ def main() -> None:
         "--eager-ms",
         type=float,
         nargs="+",
-        default=[eager_now],
-        help="host issue time per layer of an eager step, for the engines that have one (ms)",
+        default=None,
+        help="host issue time per layer of an eager step (ms; default: the catalog's values)",
     )
     ap.add_argument(
         "--eager-engines",
@@ -115,14 +117,16 @@ def main() -> None:
     ap.add_argument("--only", default="", help="rows whose 'engine mode system' contains this")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    points = [(k, e, g) for k in args.k for e in args.quant_eff for g in args.eager_ms]
+    eagers: list[float | None] = args.eager_ms or [None]
+    points = [(k, e, g) for k in args.k for e in args.quant_eff for g in eagers]
     engines = tuple(args.eager_engines) if args.eager_engines else None
     jobs = [(run, points, engines) for run in load_runs() if args.only in run.group]
     with multiprocessing.Pool(args.jobs) as pool:
         rows = [r for r in pool.map(_simulate, jobs, chunksize=4) if r is not None]
     print(
         f"{len(rows)} runs, k in {args.k}, quantized GEMM efficiency in {args.quant_eff}, "
-        f"eager issue ms per layer in {args.eager_ms} ({engines or 'engines with one'})"
+        f"eager issue ms per layer in {args.eager_ms or 'the catalog'} "
+        f"({engines or 'engines with one'})"
     )
     schemes: dict[str, Callable[[Run], str]] = {
         "engine": lambda r: r.engine,
@@ -134,13 +138,13 @@ def main() -> None:
         for value in sorted({key(r) for r, _ in rows}):
             train = [x for x in rows if key(x[0]) != value]
             test = [x for x in rows if key(x[0]) == value]
-            point, over = fit(train, args.k, args.quant_eff, args.eager_ms)
+            point, over = fit(train, args.k, args.quant_eff, eagers)
             e = [abs_pct(p[point][0] + over[r.mode], r.ttft_ms) for r, p in test]
             ttft += e
             tpot += [abs_pct(p[point][1], r.tpot_ms) for r, p in test]
             print(
                 f"  leave {name} {value} out: k={point[0]:g}, efficiency {point[1]:g}, eager "
-                f"{point[2]:g} ms, agg "
+                f"{_ms(point[2])}, agg "
                 f"{over['agg']:g} ms, disagg {over['disagg']:g} ms; held-out TTFT median "
                 f"{statistics.median(e):.1f}% mean {statistics.mean(e):.1f}% ({len(e)} rows)"
             )
@@ -149,11 +153,11 @@ def main() -> None:
             f"{statistics.mean(ttft):.1f}%; TPOT median {statistics.median(tpot):.1f}%, mean "
             f"{statistics.mean(tpot):.1f}%"
         )
-    point, over = fit(rows, args.k, args.quant_eff, args.eager_ms)
+    point, over = fit(rows, args.k, args.quant_eff, eagers)
     ttft = statistics.mean(abs_pct(p[point][0] + over[r.mode], r.ttft_ms) for r, p in rows)
     tpot = statistics.mean(abs_pct(p[point][1], r.tpot_ms) for r, p in rows)
     print(
-        f"all rows: k={point[0]:g}, efficiency {point[1]:g}, eager {point[2]:g} ms, overheads "
+        f"all rows: k={point[0]:g}, efficiency {point[1]:g}, eager {_ms(point[2])}, overheads "
         f"{over}; mean abs. error "
         f"TTFT {ttft:.1f}%, TPOT {tpot:.1f}%"
     )
