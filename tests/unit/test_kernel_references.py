@@ -1132,18 +1132,31 @@ def test_best_xpyd_with_a_target_rate_uses_the_fewest_gpus_that_reach_it() -> No
     assert r >= 3.0 and x + y == 4
 
 
+def draw_pool(data: st.DataObject, n: int, gpus: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` candidates of one pool: (req/s per worker, GPUs per worker)."""
+    rate, size = st.floats(0.05, 20.0), st.sampled_from(gpus)
+    return np.array([data.draw(rate) for _ in range(n)]), np.array(
+        [data.draw(size) for _ in range(n)]
+    )
+
+
+def run_match_all(
+    r_p: np.ndarray, g_p: np.ndarray, r_d: np.ndarray, g_d: np.ndarray, budget: int, target: float
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``match_all`` with one budget for both pools: (evaluated, x, y, req/s, prefill index)."""
+    n_d = r_d.shape[0]
+    ox, oy = np.zeros(n_d, np.int64), np.zeros(n_d, np.int64)
+    orate, opre = np.zeros(n_d), np.zeros(n_d, np.int64)
+    evaluated = match_all(r_p, g_p, r_d, g_d, budget, budget, budget, target, ox, oy, orate, opre)
+    return evaluated, ox, oy, orate, opre
+
+
 @SETTINGS
 @given(n_p=st.integers(1, 4), n_d=st.integers(1, 4), budget=st.integers(2, 40), data=st.data())
 def test_match_all_pairs_each_decode_with_its_best_prefill(n_p, n_d, budget, data) -> None:
-    rate = st.floats(0.05, 20.0)
-    gpus = st.sampled_from([1.0, 2.0, 4.0, 8.0])
-    r_p = np.array([data.draw(rate) for _ in range(n_p)])
-    g_p = np.array([data.draw(gpus) for _ in range(n_p)])
-    r_d = np.array([data.draw(rate) for _ in range(n_d)])
-    g_d = np.array([data.draw(gpus) for _ in range(n_d)])
-    ox, oy = np.zeros(n_d, np.int64), np.zeros(n_d, np.int64)
-    orate, opre = np.zeros(n_d), np.zeros(n_d, np.int64)
-    evaluated = match_all(r_p, g_p, r_d, g_d, budget, budget, budget, 0.0, ox, oy, orate, opre)
+    r_p, g_p = draw_pool(data, n_p, [1.0, 2.0, 4.0, 8.0])
+    r_d, g_d = draw_pool(data, n_d, [1.0, 2.0, 4.0, 8.0])
+    evaluated, ox, oy, orate, opre = run_match_all(r_p, g_p, r_d, g_d, budget, 0.0)
     assert evaluated == n_d * sum(max(1, int(budget // g)) for g in g_p)
     for j in range(n_d):
         # reference: the prefill candidate whose brute-force xPyD delivers most (then fewest GPUs)
@@ -1174,15 +1187,9 @@ def test_match_all_with_a_target_takes_the_fewest_gpus_reaching_it(
 ) -> None:
     # the pairing step over best_xpyd's answers: any pair reaching the target beats every pair
     # that does not; among those the fewest GPUs, among the rest the most req/s, then the fewest
-    rate = st.floats(0.05, 20.0)
-    gpus = st.sampled_from([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
-    r_p = np.array([data.draw(rate) for _ in range(n_p)])
-    g_p = np.array([data.draw(gpus) for _ in range(n_p)])
-    r_d = np.array([data.draw(rate) for _ in range(n_d)])
-    g_d = np.array([data.draw(gpus) for _ in range(n_d)])
-    ox, oy = np.zeros(n_d, np.int64), np.zeros(n_d, np.int64)
-    orate, opre = np.zeros(n_d), np.zeros(n_d, np.int64)
-    match_all(r_p, g_p, r_d, g_d, budget, budget, budget, target, ox, oy, orate, opre)
+    r_p, g_p = draw_pool(data, n_p, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    r_d, g_d = draw_pool(data, n_d, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    _, ox, oy, orate, opre = run_match_all(r_p, g_p, r_d, g_d, budget, target)
     for j in range(n_d):
         options = []
         for i in range(n_p):
@@ -1207,9 +1214,7 @@ def test_match_all_tells_56_gpus_from_64_when_both_reach_the_target() -> None:
     # the first pairing is 8 GPUs fewer, a difference a score near 1e18 rounds away
     r_p, g_p = np.array([2.6, 6.8]), np.array([4.0, 8.0])
     r_d, g_d = np.array([20.2]), np.array([32.0])
-    ox, oy = np.zeros(1, np.int64), np.zeros(1, np.int64)
-    orate, opre = np.zeros(1), np.zeros(1, np.int64)
-    match_all(r_p, g_p, r_d, g_d, 256, 256, 256, 20.0, ox, oy, orate, opre)
+    _, ox, oy, orate, opre = run_match_all(r_p, g_p, r_d, g_d, 256, 20.0)
     print(f"match_all: prefill {opre[0]} x{ox[0]}, decode x{oy[0]}, {orate[0]:.2f} req/s")
     assert opre[0] == 1 and ox[0] == 3 and oy[0] == 1
 
