@@ -421,8 +421,11 @@ def ref_layer_ms(
         gemm += ref_grouped_gemm_ms(gemm_rows, active_local, 2 * w, h, hw, cg)
         gemm += ref_grouped_gemm_ms(gemm_rows, active_local, h, w, hw, cg)
         gemm += ref_dense_ffn(tokens, m.num_shared_experts * width, tp, m, hw, cg)
-        comm += 2 * ref_alltoall_ms(tokens / tp * topk * h * K.ACT_BYTES, ep, hw)
-        comm += ref_allreduce_ms(min(rows, stage_tokens) * h * K.ACT_BYTES, moe_tp, hw)
+        if dp > 1:
+            comm += 2 * ref_alltoall_ms(tokens / tp * topk * h * K.ACT_BYTES, ep, hw)
+            comm += ref_allreduce_ms(min(rows, stage_tokens) * h * K.ACT_BYTES, moe_tp, hw)
+        else:  # TP attention: every GPU holds every token; one all-reduce sums the experts
+            comm += ref_allreduce_ms(act, tp, hw)
         ffn_width = m.num_shared_experts * width / tp + rows * w / max(tokens, 1.0)
     else:
         gemm += ref_dense_ffn(tokens, m.intermediate_size, tp, m, hw, cg)

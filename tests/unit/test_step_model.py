@@ -423,6 +423,38 @@ def test_deepseek_r1_on_two_h100_nodes_pays_cross_node_latency_and_moe_routing()
     assert 11.0 <= r.step_ms <= 14.0
 
 
+def test_moe_under_tp_attention_is_summed_by_an_all_reduce_and_dispatched_only_under_dp() -> None:
+    """DeepSeek-V3 decoding 8 sequences on GB200. With TP attention (TP8 EP8) every GPU holds every
+    token, so each runs its own experts on all of them and one all-reduce sums the outputs:
+    every layer, dense or MoE, pays two all-reduces of 8 x 7168 bf16 values and no all-to-all
+    (TensorRT-LLM's DeepSeek-V3 and Qwen3-MoE layers call the experts with reduce_results=False
+    and all-reduce after them unless attention DP is on). With attention DP (DP8 EP8, one
+    sequence per rank) the ranks hold different tokens: each MoE layer dispatches its token's 8
+    picks and combines them (two all-to-alls), and no layer all-reduces."""
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf.kernels import allreduce_ms, alltoall_ms
+    from pdplanner.planner.perf.params import PerfContext
+
+    model = load_model("deepseek-v3")
+    hv = PerfContext.build(model, load_gpu("gb200-nvl72"), load_engine("trtllm"), "fp8").hv
+    h = model.hidden_size
+    tp = phase("deepseek-v3", "gb200-nvl72", "decode", 8, tp=8, ep=8, dtype="fp8",
+               engine="trtllm")  # fmt: skip
+    dp = phase("deepseek-v3", "gb200-nvl72", "decode", 8, ep=8, attention_dp=8, dtype="fp8",
+               engine="trtllm")  # fmt: skip
+    two_all_reduces_ms = 2 * allreduce_ms(8 * h * 2.0, 8.0, hv)
+    moe_share = model.num_moe_layers / model.num_layers
+    dispatch_combine_ms = moe_share * 2 * alltoall_ms(1 * 8 * h * 2.0, 8.0, hv)
+    print(
+        f"communication per layer: TP8 EP8 {1e3 * tp.per_layer_ms.communication:.2f} us "
+        f"(2 all-reduces {1e3 * two_all_reduces_ms:.2f}), DP8 EP8 "
+        f"{1e3 * dp.per_layer_ms.communication:.2f} us "
+        f"(all-to-alls {1e3 * dispatch_combine_ms:.2f})"
+    )
+    assert tp.per_layer_ms.communication == pytest.approx(two_all_reduces_ms, rel=1e-9)
+    assert dp.per_layer_ms.communication == pytest.approx(dispatch_combine_ms, rel=1e-9)
+
+
 def test_engine_kernels_drop_only_the_l2_flush_write_back() -> None:
     """The step model prices kernels as the tables' fit without its fill terms (the write-back
     of the dirty L2 the benchmark's flush leaves): every other parameter is the fitted one, and a

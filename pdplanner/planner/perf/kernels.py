@@ -10,7 +10,8 @@ For one GPU the step is the sum over its layers of
               (``opkernels.gemm_ms``: calibrated roofline with shape-dependent efficiency)
   attention   prefill (causal, with the chunk's past) and decode (KV-cache read) kernels
   comms       tensor-parallel all-reduces (NCCL's tree latency once a group spans nodes),
-              expert-parallel dispatch/combine, pipeline send/recv
+              expert-parallel dispatch/combine under attention DP (under TP attention one
+              all-reduce sums the experts), pipeline send/recv
   other       norms, activations, residuals, rotary: memory-bound elementwise kernels; in MoE
               layers also the routing kernels (top-k, sort by expert, weighted combine)
 GEMMs run in the request's dtype; attention runs in bf16 against the bf16 peak.
@@ -622,10 +623,19 @@ def ffn_ms(
         out[B_GEMM] += grouped_gemm_ms(gemm_rows, active_local, 2.0 * w, h, wb, hv, cg)
         out[B_GEMM] += grouped_gemm_ms(gemm_rows, active_local, h, w, wb, hv, cg)
         out[B_GEMM] += dense_ffn_ms(tokens, mv[M_SHARED] * width, tp, mv, hv, cg)
-        # dispatch and combine: each GPU sends its tokens' hidden states to the experts' owners
-        comm = 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
-        # experts on one GPU sum their top-k outputs per token before the reduction
-        comm += allreduce_ms(min(rows, stage_tokens) * h * ACT_BYTES, moe_tp, hv)
+        if dp > 1.0:
+            # attention-DP ranks hold different tokens: dispatch them to the experts' owners
+            # and combine the results (all-to-all over the EP group, if any), then reduce over
+            # the expert TP group; a GPU's experts sum their top-k outputs per token before
+            # that reduction
+            comm = 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
+            comm += allreduce_ms(min(rows, stage_tokens) * h * ACT_BYTES, moe_tp, hv)
+        else:
+            # with TP attention every GPU of the stage already holds every token: each runs its
+            # own experts' share on them and one all-reduce over the stage sums the partial
+            # outputs, with no dispatch (vLLM without data parallelism, SGLang without an
+            # all-to-all backend, TensorRT-LLM without attention DP)
+            comm = allreduce_ms(act, tp, hv)
         ffn_width = (mv[M_SHARED] * width) / tp + rows * w / max(tokens, 1.0)
         glue = MOE_GLUE_KERNELS
     else:
