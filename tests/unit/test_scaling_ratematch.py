@@ -174,3 +174,21 @@ def test_a_tpot_no_batch_meets_after_the_observed_correction_is_refused() -> Non
     print(e.value)
     assert e.value.field == "slo.tpot_ms"
     assert "x4.00, the correction from observed_tpot_ms" in str(e.value)
+
+
+def test_headroom_is_what_the_target_deployment_absorbs_whatever_the_observed_rate() -> None:
+    # the largest rate one deployment serves at the SLO is a property of the deployment: at
+    # 1e-6, 0.5 and 1 req/s the same 1P1D target absorbs the same rate, and four workers per
+    # pool absorb more than one (the bisection used to stop at max(4 x rate, 1 req/s): 1P1D
+    # "absorbed" 1 req/s at 1e-6 req/s and 2 at 0.5, and 4P4D no more than 1P1D)
+    def absorbed(rate: float, min_workers: int) -> tuple[int, int, float]:
+        r = rate_match(dataclasses.replace(BASE, requests_per_s=rate, min_workers=min_workers))
+        return r.prefill_workers, r.decode_workers, rate * (1.0 + r.headroom)
+
+    one = [absorbed(rate, 1) for rate in (1e-6, 0.5, 1.0)]
+    four = absorbed(0.5, 4)
+    print(f"\n1P1D absorbs {[round(float(a), 4) for *_, a in one]} req/s, 4P4D {four[2]:.3f} req/s")
+    assert {(x, y) for x, y, _ in one} == {(1, 1)}
+    assert max(a for *_, a in one) == pytest.approx(min(a for *_, a in one), rel=1e-6)
+    assert four[:2] == (4, 4)
+    assert four[2] > 3.0 * one[0][2]

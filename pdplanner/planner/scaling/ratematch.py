@@ -309,12 +309,15 @@ def rate_match(
     ttft = prefill_ttft_ms(rate, x, pcc, p)
     running = min(float(batch), rate * steps * t_full / 1e3 / y)
     tpot = _decode_tpot(tpot_b, running) * k_d
-    # 4. headroom: the largest rate both pools still serve at the SLO, by bisection
-    lo, hi = rate, max(rate * 4.0, 1.0)
+    # 4. headroom: the largest rate both pools still serve at the SLO, by bisection below the
+    # rate at which either pool is always busy (its links included), past which none is served;
+    # it depends on the target deployment, not on the observed rate
+    cap_p = x * min(pcc.requests_per_s, pcc.link_requests_per_s)
     cap_d = y * dcc.requests_per_s
-    for _ in range(30):
+    lo, hi = rate, max(min(cap_p, cap_d), rate)
+    for _ in range(60):
         mid = 0.5 * (lo + hi)
-        ok_p = prefill_miss(mid, x, pcc, req.slo.ttft_ms) <= 1.0 - p
+        ok_p = mid < cap_p and prefill_miss(mid, x, pcc, req.slo.ttft_ms) <= 1.0 - p
         ok_d = mid < cap_d and erlang_c(y * batch, mid * batch / dcc.requests_per_s) <= 1.0 - p
         if ok_p and ok_d:
             lo = mid
