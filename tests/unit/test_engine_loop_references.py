@@ -54,7 +54,9 @@ FEW = settings(
 SIM_REL = 1e-3
 
 Layout = tuple[float, float, float, float]
-StepFn = Callable[[bool, Layout, float, float, float, float, float], tuple[float, float]]
+# (front, layout, prompts, new tokens each, past tokens each, decoding, context, MoE tokens of
+# the stage; negative: every attention-DP rank alike) -> (latency, stage) ms
+StepFn = Callable[..., tuple[float, float]]
 
 
 @dataclass
@@ -210,6 +212,15 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             )
         )
     fronts, backs = workers[: case.n_front], workers[case.n_front :]
+    # a worker's attention-DP ranks (consecutive rows of a pool) run each iteration together
+    groups: list[list[int]] = []
+    for lo, hi in ((0, case.n_front), (case.n_front, len(workers))):
+        i = lo
+        while i < hi:
+            size = min(max(1, int(workers[i].lay[3])), hi - i)
+            groups.append(list(range(i, i + size)))
+            i += size
+    lock_until = [-math.inf] * len(groups)
     min_transfer = min(v.transfer_ms for v in fronts)
     known = case.clients if case.clients > 0 else n
     known = min(known, n)
@@ -250,145 +261,191 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
         return sum(len(w.queue) for w in workers)
 
     for _ in range(5_000_000):
-        for _wi, w in enumerate(workers):
-            if w.busy:
-                continue
-            # decode tokens must fit: preempt the newest
-            n_dec = sum(1 for r in w.running if r.done >= r.prompt and r.gen < r.osl)
-            pf_pending = sum(r.prompt - r.done for r in w.running if r.done < r.prompt)
-            preempted = False
-            if case.policy != L.KV_RESERVE and w.role != "prefill":
-                while len(w.running) > 1 and w.held() + n_dec > w.cap:
-                    r = w.running.pop()
-                    if r.done >= r.prompt:
-                        n_dec -= r.gen < r.osl
-                    else:
-                        pf_pending -= r.prompt - r.done
-                    r.held = r.resv = 0.0
-                    r.queued = -math.inf
-                    if w.role == "agg":
-                        r.prompt, r.done = r.isl + r.gen, 0.0
-                    w.queue.appendleft(r)
-                    preemptions += 1
-                    preempted = True
-                    if case.policy == L.KV_RATIO:
-                        w.ratio = ratio_init
-            # admission
-            bud = math.inf if w.role == "decode" else w.budget - (n_dec if case.mixed else 0)
-            bud -= 0 if w.role == "decode" else pf_pending
-            planned = float(n_dec) if case.policy == L.KV_ON_DEMAND else 0.0
-            # an overlap scheduler formed this iteration when the previous one's last step began
-            overlap = case.overlap and w.role != "prefill" and w.free == t and w.running
-            limit = w.formed if overlap else math.inf
-            deferred = False
-            while w.queue and len(w.running) < w.max_seqs and not preempted and bud > 0:
-                r = w.queue[0]
-                if r.queued > limit:
-                    deferred = True
-                    break
-                rem = r.prompt - r.done
-                if w.role != "decode" and not w.chunked and rem > bud and pf_pending > 0:
-                    break
-                if case.policy == L.KV_RESERVE:
-                    need = r.prompt + (r.osl - r.gen if w.role != "prefill" else 0.0)
-                    fits = w.reserved() + need <= w.cap
-                elif case.policy == L.KV_ON_DEMAND:
-                    if w.role == "decode":
-                        need = r.prompt + 1.0
-                    else:
-                        need = min(rem, bud) if w.chunked else rem
-                    fits = w.held() + planned + need <= w.cap
-                    planned += need
-                else:
-                    need = r.prompt + (w.ratio * (r.osl - r.gen) if w.role != "prefill" else 0.0)
-                    fits = w.reserved() + need <= w.cap
-                if not fits:
-                    break
-                w.queue.popleft()
-                w.running.append(r)
-                r.resv = need if case.policy != L.KV_ON_DEMAND else 0.0
-                if w.role == "decode":
-                    r.held = r.prompt
-                    n_dec += 1
-                    if r.first < 0:
-                        r.first = t
-                else:
-                    bud -= rem
-                    pf_pending += rem
-            if not w.running:
-                continue
-            # this iteration's tokens
-            prefill_now = any(r.done < r.prompt for r in w.running) and w.role != "decode"
-            decode_now = n_dec > 0 and (case.mixed or not prefill_now or w.role == "decode")
-            left = w.budget - (n_dec if decode_now else 0)
-            chunks: list[Req] = []
-            if prefill_now:
-                for r in w.running:
+        for gi, members in enumerate(groups):
+            shapes: dict[int, tuple] = {}
+            for wi in members:
+                w = workers[wi]
+                if w.busy or lock_until[gi] > t:
+                    continue
+                # decode tokens must fit: preempt the newest
+                n_dec = sum(1 for r in w.running if r.done >= r.prompt and r.gen < r.osl)
+                pf_pending = sum(r.prompt - r.done for r in w.running if r.done < r.prompt)
+                preempted = False
+                if case.policy != L.KV_RESERVE and w.role != "prefill":
+                    while len(w.running) > 1 and w.held() + n_dec > w.cap:
+                        r = w.running.pop()
+                        if r.done >= r.prompt:
+                            n_dec -= r.gen < r.osl
+                        else:
+                            pf_pending -= r.prompt - r.done
+                        r.held = r.resv = 0.0
+                        r.queued = -math.inf
+                        if w.role == "agg":
+                            r.prompt, r.done = r.isl + r.gen, 0.0
+                        w.queue.appendleft(r)
+                        preemptions += 1
+                        preempted = True
+                        if case.policy == L.KV_RATIO:
+                            w.ratio = ratio_init
+                # admission
+                bud = math.inf if w.role == "decode" else w.budget - (n_dec if case.mixed else 0)
+                bud -= 0 if w.role == "decode" else pf_pending
+                planned = float(n_dec) if case.policy == L.KV_ON_DEMAND else 0.0
+                # an overlap scheduler formed this iteration when the previous one's last step began
+                overlap = case.overlap and w.role != "prefill" and w.free == t and w.running
+                limit = w.formed if overlap else math.inf
+                deferred = False
+                while w.queue and len(w.running) < w.max_seqs and not preempted and bud > 0:
+                    r = w.queue[0]
+                    if r.queued > limit:
+                        deferred = True
+                        break
                     rem = r.prompt - r.done
-                    if rem <= 0:
-                        continue
-                    if left <= 0:
+                    if w.role != "decode" and not w.chunked and rem > bud and pf_pending > 0:
                         break
-                    if w.chunked:
-                        tk = min(rem, left)
-                    elif rem <= left or not chunks:
-                        tk = rem
-                    else:
-                        break
-                    r.take = tk
-                    r.held += tk
-                    chunks.append(r)
-                    left -= tk
-            if not chunks and not decode_now:
-                continue
-            dec = [r for r in w.running if decode_now and r.done >= r.prompt and r.gen < r.osl]
-            for r in dec:
-                r.decoding = True
-            lay = w.lay
-            dc = float(len(dec))
-            ctx = sum(r.isl + r.gen for r in dec) / len(dec) if dec else 0.0
-            if w.role == "decode" and lay[1] > 1:
-                dc = math.ceil(dc / lay[1])
-            if not chunks and dc > 0:
-                p = padded(dc, case.graphs)
-                ctx, dc = ctx * dc / p, p
-            steps = 1.0
-            if skip_runs and not chunks:
-                steps = max(min(r.osl - r.gen for r in dec), 1.0)
-                if case.policy != L.KV_RESERVE:
-                    steps = max(1.0, min(steps, math.floor((w.cap - w.held()) / len(dec))))
-                if steps > 1:
-                    lat1, _ = step(w.front, lay, 0.0, 0.0, 0.0, dc, ctx)
-                    if len(w.running) < w.max_seqs:
-                        t_ext = math.inf
-                        if next_arr < known and w.role == "agg" and not arrivals_wait:
-                            t_ext = reqs[next_arr].arrived
+                    if case.policy == L.KV_RESERVE:
+                        need = r.prompt + (r.osl - r.gen if w.role != "prefill" else 0.0)
+                        fits = w.reserved() + need <= w.cap
+                    elif case.policy == L.KV_ON_DEMAND:
                         if w.role == "decode":
-                            for r in in_transfer:
+                            need = r.prompt + 1.0
+                        else:
+                            need = min(rem, bud) if w.chunked else rem
+                        fits = w.held() + planned + need <= w.cap
+                        planned += need
+                    else:
+                        need = r.prompt + (
+                            w.ratio * (r.osl - r.gen) if w.role != "prefill" else 0.0
+                        )
+                        fits = w.reserved() + need <= w.cap
+                    if not fits:
+                        break
+                    w.queue.popleft()
+                    w.running.append(r)
+                    r.resv = need if case.policy != L.KV_ON_DEMAND else 0.0
+                    if w.role == "decode":
+                        r.held = r.prompt
+                        n_dec += 1
+                        if r.first < 0:
+                            r.first = t
+                    else:
+                        bud -= rem
+                        pf_pending += rem
+                if not w.running:
+                    continue
+                # this iteration's tokens
+                prefill_now = any(r.done < r.prompt for r in w.running) and w.role != "decode"
+                decode_now = n_dec > 0 and (case.mixed or not prefill_now or w.role == "decode")
+                left = w.budget - (n_dec if decode_now else 0)
+                chunks: list[Req] = []
+                if prefill_now:
+                    for r in w.running:
+                        rem = r.prompt - r.done
+                        if rem <= 0:
+                            continue
+                        if left <= 0:
+                            break
+                        if w.chunked:
+                            tk = min(rem, left)
+                        elif rem <= left or not chunks:
+                            tk = rem
+                        else:
+                            break
+                        r.take = tk
+                        r.held += tk
+                        chunks.append(r)
+                        left -= tk
+                if not chunks and not decode_now:
+                    continue
+                dec = [r for r in w.running if decode_now and r.done >= r.prompt and r.gen < r.osl]
+                for r in dec:
+                    r.decoding = True
+                lay = w.lay
+                dc = float(len(dec))
+                ctx = sum(r.isl + r.gen for r in dec) / len(dec) if dec else 0.0
+                if w.role == "decode" and lay[1] > 1:
+                    dc = math.ceil(dc / lay[1])
+                if not chunks and dc > 0:
+                    p = padded(dc, case.graphs)
+                    ctx, dc = ctx * dc / p, p
+                steps = 1.0
+                if skip_runs and not chunks:
+                    steps = max(min(r.osl - r.gen for r in dec), 1.0)
+                    if case.policy != L.KV_RESERVE:
+                        steps = max(1.0, min(steps, math.floor((w.cap - w.held()) / len(dec))))
+                    if steps > 1:
+                        lat1, _ = step(w.front, lay, 0.0, 0.0, 0.0, dc, ctx)
+                        if len(w.running) < w.max_seqs:
+                            t_ext = math.inf
+                            if next_arr < known and w.role == "agg" and not arrivals_wait:
+                                t_ext = reqs[next_arr].arrived
+                            if w.role == "decode":
+                                for r in in_transfer:
+                                    t_ext = min(t_ext, r.ready)
+                                for v in fronts:
+                                    if v.busy:
+                                        t_ext = min(t_ext, v.end + v.transfer_ms)
+                                if next_arr < known:
+                                    t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
+                            if t_ext < math.inf:
+                                steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
+                        if case.policy == L.KV_RATIO and w.queue:
+                            steps = max(1.0, min(steps, 16.0))
+                        if deferred:
+                            steps = 1.0
+                n_pf = float(len(chunks))
+                new = sum(r.take for r in chunks) / n_pf if chunks else 0.0
+                past = sum(r.done for r in chunks) / n_pf if chunks else 0.0
+                shapes[wi] = (n_pf, new, past, dc, ctx, steps, dec, decode_now)
+            # settle the worker: every rank steps together, as long as its slowest, the MoE layers
+            # seeing every rank's tokens; the iteration ends on all of them at once
+            if not shapes:
+                continue
+            steps = min(sh[5] for sh in shapes.values())
+            moe = sum(sh[0] * sh[1] + sh[3] for sh in shapes.values()) if len(members) > 1 else -1.0
+            idle = [workers[wi] for wi in members if wi not in shapes and not workers[wi].busy]
+            if len(members) > 1 and steps > 1 and idle:
+                t_ext = math.inf
+                for v in idle:
+                    if v.role != "decode":
+                        if next_arr < known and not arrivals_wait:
+                            t_ext = min(t_ext, reqs[next_arr].arrived)
+                    else:
+                        for r in in_transfer:
+                            if r.ready > t:
                                 t_ext = min(t_ext, r.ready)
-                            for v in fronts:
-                                if v.busy:
-                                    t_ext = min(t_ext, v.end + v.transfer_ms)
-                            if next_arr < known:
-                                t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
-                        if t_ext < math.inf:
-                            steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
-                    if case.policy == L.KV_RATIO and w.queue:
-                        steps = max(1.0, min(steps, 16.0))
-                    if deferred:
-                        steps = 1.0
-            n_pf = float(len(chunks))
-            new = sum(r.take for r in chunks) / n_pf if chunks else 0.0
-            past = sum(r.done for r in chunks) / n_pf if chunks else 0.0
-            mid = ctx + 0.5 * (steps - 1) * (len(dec) / dc if dc > 0 else 1.0)
-            lat, stage = step(w.front, lay, n_pf, new, past, dc, mid if not chunks else ctx)
-            w.busy, w.start, w.steps, w.dec, w.lat = True, t, steps, decode_now, lat
-            w.end = t + stage if (w.role == "prefill" and lay[1] > 1) else t + lat * steps
-            w.formed = max(t, w.end - lat)
-            for r in dec:
-                r.held += steps
-            if case.policy == L.KV_RATIO:
-                w.ratio = max(ratio_min, w.ratio - ratio_decay * steps)
+                        for u in fronts:
+                            if u.busy:
+                                t_ext = min(t_ext, u.end + u.transfer_ms)
+                        if next_arr < known:
+                            t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
+                if t_ext < math.inf:
+                    lat1 = max(
+                        step(workers[wi].front, workers[wi].lay, 0.0, 0.0, 0.0, sh[3], sh[4], moe)[
+                            0
+                        ]
+                        for wi, sh in shapes.items()
+                    )
+                    steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
+            g_lat = g_dur = 0.0
+            for wi, (n_pf, new, past, dc, ctx, _, dec, _) in shapes.items():
+                w = workers[wi]
+                mid = ctx + 0.5 * (steps - 1) * (len(dec) / dc if dc > 0 else 1.0)
+                lat, stage = step(
+                    w.front, w.lay, n_pf, new, past, dc, mid if not n_pf else ctx, moe
+                )
+                g_lat = max(g_lat, lat)
+                g_dur = max(g_dur, stage if (w.role == "prefill" and w.lay[1] > 1) else lat * steps)
+            lock_until[gi] = t + g_dur
+            for wi, (_, _, _, _, _, _, dec, decode_now) in shapes.items():
+                w = workers[wi]
+                w.busy, w.start, w.steps, w.dec, w.lat = True, t, steps, decode_now, g_lat
+                w.end = t + g_dur
+                w.formed = max(t, w.end - g_lat)
+                for r in dec:
+                    r.held += steps
+                if case.policy == L.KV_RATIO:
+                    w.ratio = max(ratio_min, w.ratio - ratio_decay * steps)
         # the next event
         times = []
         if next_arr < known:
@@ -525,11 +582,20 @@ def step_fn(c: PerfContext, case: Case) -> StepFn:
     row, scratch = np.zeros(4), np.zeros(4)
     cal = c.cal
 
-    def step(front: bool, lay: Layout, pf: float, new: float, past: float, dc: float, ctx: float):
+    def step(
+        front: bool,
+        lay: Layout,
+        pf: float,
+        new: float,
+        past: float,
+        dc: float,
+        ctx: float,
+        moe_tokens: float = -1.0,
+    ):
         tp, pp, ep, dp = lay
         lat, stage = K.step_ms(
             c.mv, c.hv, cal.gemm, cal.attn_prefill, cal.attn_decode, tp, pp, ep, dp, pf, new,
-            past, dc, ctx, row, scratch,
+            past, dc, ctx, row, scratch, moe_tokens,
         )  # fmt: skip
         return float(lat), float(stage)
 

@@ -401,8 +401,10 @@ def ref_layer_ms(
     dc_seqs: float,
     dc_ctx: float,
     moe: bool,
+    moe_tokens: float | None = None,
 ) -> list[float]:
-    """[gemm, attention, communication, other] ms of one decoder layer on one GPU."""
+    """[gemm, attention, communication, other] ms of one decoder layer on one GPU; the MoE
+    sees ``moe_tokens`` from the whole stage (None: dp times this rank's tokens)."""
     cg = cal.gemm
     h = m.hidden_size
     tokens = pf_seqs * pf_new + dc_seqs
@@ -412,7 +414,7 @@ def ref_layer_ms(
     if moe:
         moe_tp = tp * dp / ep
         e, topk, width = m.num_experts, m.experts_per_token, m.moe_intermediate_size
-        stage_tokens = tokens * dp
+        stage_tokens = tokens * dp if moe_tokens is None else moe_tokens
         gemm += ref_router_ms(tokens, e, h, hw)
         active_local = max(ref_expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
@@ -453,8 +455,10 @@ def ref_step_ms(
     pf_past: float,
     dc_seqs: float,
     dc_ctx: float,
+    moe_tokens: float | None = None,
 ) -> tuple[float, float, list[float]]:
-    """(latency_ms, stage_ms, mean per-layer breakdown) of one engine step of one worker."""
+    """(latency_ms, stage_ms, mean per-layer breakdown) of one engine step of one worker
+    (``moe_tokens``: as in ``ref_layer_ms``)."""
     layers = m.num_layers
     n_moe = m.num_moe_layers
     n_dense = layers - n_moe
@@ -462,7 +466,7 @@ def ref_step_ms(
     for count, moe in ((n_dense, False), (n_moe, True)):
         if count > 0:
             row = ref_layer_ms(
-                m, hw, cal, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, moe
+                m, hw, cal, tp, ep, dp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, moe, moe_tokens
             )
             per_layer = [a + b * (count / layers) for a, b in zip(per_layer, row, strict=True)]
     layers_total = layers * sum(per_layer)
@@ -766,11 +770,15 @@ def report(name: str, got: float, want: float) -> None:
 
 
 @SETTINGS
-@given(s=setups(), shape=step_shapes())
-def test_step_ms_matches_reference(s, shape) -> None:
+@given(s=setups(), shape=step_shapes(), others=st.sampled_from((None, 0.0, 0.5, 3.0)))
+def test_step_ms_matches_reference(s, shape, others) -> None:
+    """Also with the stage's other attention-DP ranks carrying ``others`` times this rank's
+    tokens (lockstep ranks of unequal mixes; None: every rank alike)."""
     m, hw, tp, pp, ep, dp = s
     c = ctx_for(m, hw)
     row, scratch = np.zeros(4), np.zeros(4)
+    tokens = shape[0] * shape[1] + shape[3]
+    moe_tokens = None if others is None else tokens * (1.0 + others * (dp - 1.0))
     lat, stage = K.step_ms(
         c.mv,
         c.hv,
@@ -784,8 +792,9 @@ def test_step_ms_matches_reference(s, shape) -> None:
         *shape,
         row,
         scratch,
+        -1.0 if moe_tokens is None else moe_tokens,
     )
-    r_lat, r_stage, r_row = ref_step_ms(m, hw, c.cal, tp, pp, ep, dp, *shape)
+    r_lat, r_stage, r_row = ref_step_ms(m, hw, c.cal, tp, pp, ep, dp, *shape, moe_tokens)
     print(
         f"step_ms {m.name} {hw.gpu.name} {hw.dtype}/{hw.kv_dtype} {hw.engine.name} "
         f"tp{tp:g} pp{pp:g} ep{ep:g} dp{dp:g} prefill {shape[0]:g}x{shape[1]:g}+{shape[2]:g} "

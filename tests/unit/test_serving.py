@@ -19,6 +19,7 @@ import pytest
 from pdplanner.planner.catalog import load_engine, load_gpu, load_model
 from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.estimate import estimate
+from pdplanner.planner.perf import kernels as K
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.kvtransfer import TRANSFER_LATENCY_MS
 from pdplanner.planner.serving.scheduler import scheduler_for
@@ -279,6 +280,45 @@ def test_agg_worker_splits_users_over_attention_dp_ranks() -> None:
     assert one.ok and two.ok
     assert two.running == pytest.approx(2 * one.running, rel=0.05)
     assert two.requests_per_s > 1.5 * one.requests_per_s
+
+
+def test_attention_dp_ranks_run_in_lockstep() -> None:
+    """One worker of Qwen3-235B on 2 H200s, attention DP 2 (experts TP over both GPUs). Request
+    A decodes 100 tokens on rank 0; request B, arriving 200 ms later, brings an 8,000-token
+    prompt to rank 1. Every MoE layer is a collective over the two ranks, so while rank 1 runs
+    B's prompt rank 0 waits for it: over A's 99 steps its time grows by that step less the
+    decode step rank 0 ran meanwhile. Two
+    separate single-GPU workers do not wait for each other. The prompt step itself is priced
+    with the MoE seeing both ranks' tokens (B's prompt and A's one), not twice B's prompt."""
+    m = load_model("qwen3-235b-a22b")
+    ctx = PerfContext.build(m, load_gpu("h200-sxm"), load_engine("vllm"), "fp8", "fp8")
+    sched = scheduler_for(ctx.engine)
+    dp2 = Parallelism(tp=1, attention_dp=2)
+    alone = Trace(np.array([0.0]), np.array([100.0]), np.array([100.0]))
+    both = Trace(np.array([0.0, 0.2]), np.array([100.0, 8000.0]), np.array([100.0, 2.0]))
+    a_alone = simulate_agg(ctx, dp2, sched, alone, alone.isl, alone.osl).tpot_ms_each[0]
+    run = simulate_agg(ctx, dp2, sched, both, both.isl, both.osl)
+    a_with_b = run.tpot_ms_each[0]
+    # B's prompt step on its rank, with rank 0's one decoding token through the shared MoE
+    row, scratch = np.zeros(4), np.zeros(4)
+    args = ctx.worker_args(1, 1, 1, 2)
+    prompt_ms, _ = K.step_ms(*args, 1.0, 8000.0, 0.0, 0.0, 0.0, row, scratch, 8001.0)
+    symmetric_ms, _ = K.step_ms(*args, 1.0, 8000.0, 0.0, 0.0, 0.0, row, scratch)
+    grow = (a_with_b - a_alone) * 99.0
+    print(
+        f"A's TPOT {a_alone:.2f} ms alone, {a_with_b:.2f} with B's prompt on the other rank "
+        f"(+{grow:.0f} ms over 99 steps; B's prompt step {prompt_ms:.0f} ms, "
+        f"{symmetric_ms:.0f} ms if both ranks had a prompt)"
+    )
+    assert prompt_ms < 0.8 * symmetric_ms
+    assert grow == pytest.approx(prompt_ms - a_alone, rel=0.02)
+    assert run.ttft_ms_each[1] < REQUEST_OVERHEAD_MS["agg"] + 1.2 * prompt_ms
+    # two separate workers (attention DP 1 each, here one GPU each) do not wait for each other
+    dp1 = Parallelism(tp=1)
+    ctx1 = PerfContext.build(load_model("qwen3-32b"), load_gpu("h200-sxm"), ctx.engine, "fp8")
+    solo = simulate_agg(ctx1, dp1, sched, alone, alone.isl, alone.osl, workers=2)
+    pair = simulate_agg(ctx1, dp1, sched, both, both.isl, both.osl, workers=2)
+    assert pair.tpot_ms_each[0] == pytest.approx(solo.tpot_ms_each[0], rel=1e-9)
 
 
 def test_engine_args_override_the_scheduler_and_name_bad_keys() -> None:

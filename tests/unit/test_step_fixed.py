@@ -58,6 +58,11 @@ def test_step_fixed_gives_step_ms_to_the_bit(model: str) -> None:
             got = K.step_ms_fixed(*args[:7], pf, new, past, dc, ctx, fixed, row)
             assert got == (want_lat, want_stage)
             assert np.array_equal(row, want_row)
+            # the same step when the stage's other attention-DP ranks carry other tokens
+            moe = (pf * new + dc) * dp * float(rng.uniform(0.1, 2.0))
+            want = K.step_ms(*args, pf, new, past, dc, ctx, row, scratch, moe)
+            K.step_fixed(*args, pf, new, past, dc, row, scratch, fixed, moe)
+            assert K.step_ms_fixed(*args[:7], pf, new, past, dc, ctx, fixed, row) == want
 
 
 @pytest.mark.parametrize("model", MODELS)

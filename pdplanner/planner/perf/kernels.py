@@ -604,16 +604,19 @@ def ffn_ms(
     prefill: bool,
     moe: bool,
     out: np.ndarray,
+    moe_tokens: float,
 ) -> None:
     """The FFN half of a layer on one GPU (dense or MoE), with its communication and the
-    layer's elementwise kernels; adds gemm/comm/other milliseconds into ``out``."""
+    layer's elementwise kernels; adds gemm/comm/other milliseconds into ``out``. ``tokens`` are
+    this GPU's attention-DP rank's; an MoE layer's experts see ``moe_tokens`` tokens from all
+    ranks of the stage (negative: ``tokens * dp``, every rank carrying the same mix)."""
     h = mv[M_HIDDEN]
     act = tokens * h * ACT_BYTES
     if moe:
         stage = tp * dp
         moe_tp = stage / ep
         e, topk, width = mv[M_EXPERTS], mv[M_TOPK], mv[M_MOE_FFN]
-        stage_tokens = tokens * dp
+        stage_tokens = moe_tokens if moe_tokens >= 0.0 else tokens * dp
         out[B_GEMM] += router_ms(tokens, e, h, hv)
         active_local = max(expected_distinct(e, topk, stage_tokens) / ep, 1.0)
         rows = stage_tokens * topk / ep
@@ -675,7 +678,7 @@ def layer_ms(
     mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, out, True)
     # all-reduce after the attention output projection
     out[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
-    ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, moe, out)
+    ffn_ms(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, moe, out, -1.0)
 
 
 @njit(cache=True, nogil=True)
@@ -696,9 +699,12 @@ def step_ms(
     dc_ctx: float,
     per_layer: np.ndarray,
     scratch: np.ndarray,
+    moe_tokens: float = -1.0,
 ) -> tuple[float, float]:
     """One engine step of one worker: returns (latency_ms, stage_ms); fills ``per_layer`` with
-    the mean decoder layer's [gemm, attention, communication, other] milliseconds on one GPU."""
+    the mean decoder layer's [gemm, attention, communication, other] milliseconds on one GPU.
+    The arguments are one attention-DP rank's; ``moe_tokens`` is the tokens the MoE layers see
+    from all ranks of the stage (negative: ``dp`` times this rank's, every rank alike)."""
     per_layer[:] = 0.0
     tokens = pf_seqs * pf_new + dc_seqs
     # every layer has the same attention block; only the FFN differs between dense and MoE layers
@@ -706,7 +712,7 @@ def step_ms(
         mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, dc_ctx, per_layer, True
     )
     per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
-    _mean_ffn(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, per_layer, scratch)
+    _mean_ffn(mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, per_layer, scratch, moe_tokens)
     head, p2p, host, issue = _head_p2p_host(mv, hv, cg, tp, pp, dp, pf_seqs, pf_new, dc_seqs)
     return _step_total(mv[M_LAYERS], pp, per_layer, head, p2p, host, issue)
 
@@ -733,20 +739,22 @@ def _mean_ffn(
     prefill: bool,
     per_layer: np.ndarray,
     scratch: np.ndarray,
+    moe_tokens: float,
 ) -> tuple[float, float]:
     """Adds the mean layer's FFN (dense and MoE layers weighted by their counts) into
-    ``per_layer``; returns what the dense and the MoE FFN added to its attention slot."""
+    ``per_layer``; returns what the dense and the MoE FFN added to its attention slot
+    (``moe_tokens``: as in ``ffn_ms``)."""
     layers, n_dense, n_moe = _layer_counts(mv)
     attn_dense = attn_moe = 0.0
     if n_dense > 0.0:
         scratch[:] = 0.0
-        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, prefill, False, scratch)
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, prefill, False, scratch, moe_tokens)
         add = scratch * (n_dense / layers)
         per_layer += add
         attn_dense = add[B_ATTN]
     if n_moe > 0.0:
         scratch[:] = 0.0
-        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, prefill, True, scratch)
+        ffn_ms(mv, hv, cg, tp, ep, dp, tokens, prefill, True, scratch, moe_tokens)
         add = scratch * (n_moe / layers)
         per_layer += add
         attn_moe = add[B_ATTN]
@@ -844,6 +852,7 @@ def step_fixed(
     per_layer: np.ndarray,
     scratch: np.ndarray,
     fixed: np.ndarray,
+    moe_tokens: float = -1.0,
 ) -> None:
     """The terms of ``step_ms`` that the decode context does not enter, into ``fixed``
     ([FIXED_SLOTS], ms, ``F_*`` slots), for ``step_ms_fixed``: an engine loop pricing many steps
@@ -856,7 +865,7 @@ def step_fixed(
     mixed_attention(mv, hv, cg, cp, cd, tp, pf_seqs, pf_new, pf_past, dc_seqs, 1.0, per_layer, True)
     per_layer[B_COMM] += allreduce_ms(tokens * mv[M_HIDDEN] * ACT_BYTES, tp, hv)
     attn_dense, attn_moe = _mean_ffn(
-        mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, per_layer, scratch
+        mv, hv, cg, tp, ep, dp, tokens, pf_seqs > 0.0, per_layer, scratch, moe_tokens
     )
     fixed[F_ATTN_DENSE] = attn_dense
     fixed[F_ATTN_MOE] = attn_moe
@@ -872,15 +881,21 @@ def step_fixed(
 
 @njit(cache=True, nogil=True)
 def step_fixed_key(
-    mv: np.ndarray, pf_seqs: float, pf_new: float, pf_past: float, dc_seqs: float
-) -> tuple[float, float, float, float, float]:
+    mv: np.ndarray,
+    pf_seqs: float,
+    pf_new: float,
+    pf_past: float,
+    dc_seqs: float,
+    moe_tokens: float = -1.0,
+) -> tuple[float, float, float, float, float, float]:
     """What ``step_fixed`` depends on besides the model, hardware and layout: steps of equal
     keys have equal ``fixed`` terms. (prefill or not, tokens through the GEMMs, sequences given
-    logits and host work, decoding sequences, and for MLA the prefill's up-projected tokens; the
-    first three as ``step_ms`` computes them, the last two because MLA's GEMMs see them.)"""
+    logits and host work, decoding sequences, for MLA the prefill's up-projected tokens, and the
+    tokens the MoE layers see from the whole stage as given; the first three as ``step_ms``
+    computes them, the next two because MLA's GEMMs see them.)"""
     tokens = pf_seqs * pf_new + dc_seqs
     up = pf_seqs * (pf_new + pf_past) if mv[M_MLA] > 0.5 and pf_seqs > 0.0 else 0.0
-    return (1.0 if pf_seqs > 0.0 else 0.0, tokens, pf_seqs + dc_seqs, dc_seqs, up)
+    return (1.0 if pf_seqs > 0.0 else 0.0, tokens, pf_seqs + dc_seqs, dc_seqs, up, moe_tokens)
 
 
 @njit(cache=True, nogil=True)

@@ -21,8 +21,13 @@ One kernel serves every way the planner runs an engine:
   ``drained`` receives each worker's last busy moment (ms; its last iteration, or a prefill
   worker's last KV transfer out).
 
-A worker here is one attention-DP rank; ranks of one model replica are separate workers fed in
-turn. Per iteration and worker (the engine scheduler, parameters in ``sched``):
+A worker here is one attention-DP rank; the ranks of one model replica (``W_DP`` consecutive rows
+of a pool) are fed in turn and run in lockstep, as the engines run them (every MoE layer is a
+collective over them; a rank with nothing to do runs a dummy pass): their iterations are formed
+at the same moment, each step lasts as long as the slowest rank's, the MoE layers see every
+rank's tokens (``kernels.ffn_ms``'s ``moe_tokens``), a run of decode steps stops where an idle
+rank could get work, and the iteration ends on every rank at once. Per iteration and worker
+(the engine scheduler, parameters in ``sched``):
 
 1. Admission, first come first served, stopping at the first request that does not fit (a later,
    smaller request does not overtake it), while fewer than ``max_seqs`` run. With an overlap
@@ -98,7 +103,7 @@ NOT_ARRIVED, WAITING, RUNNING, TRANSFER, DONE = 0, 1, 2, 3, 4
 AGG, PREFILL, DECODE = 0, 1, 2
 
 # simulate_loop's table of step_fixed terms ([FIXED_SLOTS] ms) by step group and step_fixed_key
-_FIXED_KEY = types.UniTuple(types.float64, 6)  # type: ignore[no-untyped-call]
+_FIXED_KEY = types.UniTuple(types.float64, 7)  # type: ignore[no-untyped-call]
 _FIXED_VALUE = types.float64[::1]
 
 
@@ -261,6 +266,29 @@ def simulate_loop(
         if group[w] == n_groups:
             n_groups += 1
     fixed_at = new_fixed_table() if fixed_terms is None else fixed_terms
+    # lockstep groups: a worker's attention-DP ranks (W_DP consecutive rows of a pool)
+    lock_size = np.zeros(n_w, np.int64)
+    lock_start = np.zeros(n_w, np.int64)
+    n_locks = 0
+    for lo, hi in ((0, n_front), (n_front, n_w)):
+        w = lo
+        while w < hi:
+            size = min(max(1, int(wk[w, W_DP])), hi - w)
+            lock_start[n_locks] = w
+            lock_size[n_locks] = size
+            n_locks += 1
+            w += size
+    lock_until = np.full(n_w, -np.inf)
+    # per worker: the shape of the iteration formed at this event, settled per lockstep group
+    f_on = np.zeros(n_w, np.bool_)
+    f_pf = np.zeros(n_w)
+    f_new = np.zeros(n_w)
+    f_past = np.zeros(n_w)
+    f_dc = np.zeros(n_w)
+    f_ctx = np.zeros(n_w)
+    f_steps = np.ones(n_w)
+    f_ndec = np.zeros(n_w, np.int64)
+    f_decnow = np.zeros(n_w, np.bool_)
 
     n_sched = clients if clients > 0 else n  # arrivals known in advance
     n_sched = min(n_sched, n)
@@ -281,258 +309,353 @@ def simulate_loop(
     status = EVENT_LIMIT
     for event in range(max_events):
         # ---- form an iteration on every idle worker that has work ---------------------------
-        for w in range(n_w):
-            if busy[w]:
-                continue
-            rl = role[w]
-            # 1. decode tokens must fit: preempt (recompute) the newest requests until they do
-            n_dec = 0
-            pf_pending = 0.0
-            for j in range(n_run[w]):
-                r = run[w, j]
-                if done_pf[r] >= pf_target[r]:
-                    if gen[r] < osl[r]:
-                        n_dec += 1
-                else:
-                    pf_pending += pf_target[r] - done_pf[r]
-            preempted = False
-            if policy != KV_RESERVE and rl != PREFILL:
-                while n_run[w] > 1 and kv_held[w] + n_dec > cap[w]:
-                    j = n_run[w] - 1
+        for g in range(n_locks):
+            for w in range(lock_start[g], lock_start[g] + lock_size[g]):
+                if busy[w] or lock_until[g] > t:
+                    continue
+                rl = role[w]
+                # 1. decode tokens must fit: preempt (recompute) the newest requests until they do
+                n_dec = 0
+                pf_pending = 0.0
+                for j in range(n_run[w]):
                     r = run[w, j]
-                    n_run[w] -= 1
-                    total_run -= 1
                     if done_pf[r] >= pf_target[r]:
                         if gen[r] < osl[r]:
-                            n_dec -= 1
+                            n_dec += 1
                     else:
-                        pf_pending -= pf_target[r] - done_pf[r]
-                    kv_held[w] -= held[r]
-                    kv_resv[w] -= resv[r]
-                    held[r] = 0.0
-                    resv[r] = 0.0
-                    if rl == AGG:
-                        pf_target[r] = isl[r] + gen[r]  # recompute prompt and answer so far
-                        done_pf[r] = 0.0
-                    # a decode-only worker takes the sequence's KV back as it came (no recompute)
-                    state[r] = WAITING
-                    t_queued[r] = -np.inf
-                    nxt[r] = head[w]
-                    head[w] = r
-                    if tail[w] < 0:
-                        tail[w] = r
-                    n_wait[w] += 1
-                    total_wait += 1
-                    preemptions += 1.0
-                    preempted = True
-                    if policy == KV_RATIO:
-                        ratio[w] = ratio_init
-            # 2. admission, first come first served, within the token budget left for prompts
-            # and not in an iteration that had to preempt (vLLM's rule)
-            bud = 1e18 if rl == DECODE else budget[w] - (n_dec if mixed else 0) - pf_pending
-            planned = float(n_dec) if policy == KV_ON_DEMAND else 0.0
-            # overlap: this iteration was formed when the last step of the previous one began
-            limit = np.inf
-            if overlap and rl != PREFILL and t_free[w] == t and n_run[w] > 0:
-                limit = t_formed[w]
-            deferred = False
-            while head[w] >= 0 and n_run[w] < max_run[w] and not preempted and bud > 0.0:
-                r = head[w]
-                if t_queued[r] > limit:
-                    deferred = True  # joins the next iteration
-                    break
-                rem_prompt = pf_target[r] - done_pf[r]
-                if rl != DECODE and not chunks[w] and rem_prompt > bud and pf_pending > 0.0:
-                    break  # a whole prompt waits for a step with room (alone it may exceed it)
-                if policy == KV_RESERVE:
-                    need = pf_target[r] + (osl[r] - gen[r] if rl != PREFILL else 0.0)
-                    fits = kv_resv[w] + need <= cap[w]
-                elif policy == KV_ON_DEMAND:
+                        pf_pending += pf_target[r] - done_pf[r]
+                preempted = False
+                if policy != KV_RESERVE and rl != PREFILL:
+                    while n_run[w] > 1 and kv_held[w] + n_dec > cap[w]:
+                        j = n_run[w] - 1
+                        r = run[w, j]
+                        n_run[w] -= 1
+                        total_run -= 1
+                        if done_pf[r] >= pf_target[r]:
+                            if gen[r] < osl[r]:
+                                n_dec -= 1
+                        else:
+                            pf_pending -= pf_target[r] - done_pf[r]
+                        kv_held[w] -= held[r]
+                        kv_resv[w] -= resv[r]
+                        held[r] = 0.0
+                        resv[r] = 0.0
+                        if rl == AGG:
+                            pf_target[r] = isl[r] + gen[r]  # recompute prompt and answer so far
+                            done_pf[r] = 0.0
+                        # a decode-only worker takes the KV back as it came (no recompute)
+                        state[r] = WAITING
+                        t_queued[r] = -np.inf
+                        nxt[r] = head[w]
+                        head[w] = r
+                        if tail[w] < 0:
+                            tail[w] = r
+                        n_wait[w] += 1
+                        total_wait += 1
+                        preemptions += 1.0
+                        preempted = True
+                        if policy == KV_RATIO:
+                            ratio[w] = ratio_init
+                # 2. admission, first come first served, within the token budget left for prompts
+                # and not in an iteration that had to preempt (vLLM's rule)
+                bud = 1e18 if rl == DECODE else budget[w] - (n_dec if mixed else 0) - pf_pending
+                planned = float(n_dec) if policy == KV_ON_DEMAND else 0.0
+                # overlap: this iteration was formed when the last step of the previous one began
+                limit = np.inf
+                if overlap and rl != PREFILL and t_free[w] == t and n_run[w] > 0:
+                    limit = t_formed[w]
+                deferred = False
+                while head[w] >= 0 and n_run[w] < max_run[w] and not preempted and bud > 0.0:
+                    r = head[w]
+                    if t_queued[r] > limit:
+                        deferred = True  # joins the next iteration
+                        break
+                    rem_prompt = pf_target[r] - done_pf[r]
+                    if rl != DECODE and not chunks[w] and rem_prompt > bud and pf_pending > 0.0:
+                        break  # a whole prompt waits for a step with room (alone it may exceed it)
+                    if policy == KV_RESERVE:
+                        need = pf_target[r] + (osl[r] - gen[r] if rl != PREFILL else 0.0)
+                        fits = kv_resv[w] + need <= cap[w]
+                    elif policy == KV_ON_DEMAND:
+                        if rl == DECODE:
+                            need = pf_target[r] + 1.0
+                        elif chunks[w]:
+                            need = min(rem_prompt, bud)
+                        else:
+                            need = rem_prompt
+                        fits = kv_held[w] + planned + need <= cap[w]
+                        planned += need
+                    else:
+                        need = pf_target[r] + (
+                            ratio[w] * (osl[r] - gen[r]) if rl != PREFILL else 0.0
+                        )
+                        fits = kv_resv[w] + need <= cap[w]
+                    if not fits:
+                        break
+                    head[w] = nxt[r]
+                    if head[w] < 0:
+                        tail[w] = -1
+                    nxt[r] = -1
+                    n_wait[w] -= 1
+                    total_wait -= 1
+                    state[r] = RUNNING
+                    run[w, n_run[w]] = r
+                    n_run[w] += 1
+                    total_run += 1
+                    resv[r] = need if policy != KV_ON_DEMAND else 0.0
+                    kv_resv[w] += resv[r]
                     if rl == DECODE:
-                        need = pf_target[r] + 1.0
-                    elif chunks[w]:
-                        need = min(rem_prompt, bud)
+                        # the prompt's KV arrived with the request
+                        kv_held[w] += pf_target[r]
+                        held[r] = pf_target[r]
+                        n_dec += 1
+                        if t_first[r] < 0.0:
+                            t_first[r] = t
                     else:
-                        need = rem_prompt
-                    fits = kv_held[w] + planned + need <= cap[w]
-                    planned += need
-                else:
-                    need = pf_target[r] + (ratio[w] * (osl[r] - gen[r]) if rl != PREFILL else 0.0)
-                    fits = kv_resv[w] + need <= cap[w]
-                if not fits:
-                    break
-                head[w] = nxt[r]
-                if head[w] < 0:
-                    tail[w] = -1
-                nxt[r] = -1
-                n_wait[w] -= 1
-                total_wait -= 1
-                state[r] = RUNNING
-                run[w, n_run[w]] = r
-                n_run[w] += 1
-                total_run += 1
-                resv[r] = need if policy != KV_ON_DEMAND else 0.0
-                kv_resv[w] += resv[r]
-                if rl == DECODE:
-                    # the prompt's KV arrived with the request
-                    kv_held[w] += pf_target[r]
-                    held[r] = pf_target[r]
-                    n_dec += 1
-                    if t_first[r] < 0.0:
-                        t_first[r] = t
-                else:
-                    bud -= rem_prompt
-                    pf_pending += rem_prompt
-            if n_run[w] == 0:
-                continue
-            peak_run = max(peak_run, float(total_run))
-            # 3. this iteration's tokens
-            prefill_now = False
-            for j in range(n_run[w]):
-                r = run[w, j]
-                if done_pf[r] < pf_target[r]:
-                    prefill_now = True
-                    break
-            decode_now = n_dec > 0 and (mixed or not prefill_now or rl == DECODE)
-            if rl == DECODE:
+                        bud -= rem_prompt
+                        pf_pending += rem_prompt
+                if n_run[w] == 0:
+                    continue
+                peak_run = max(peak_run, float(total_run))
+                # 3. this iteration's tokens
                 prefill_now = False
-            left = budget[w] - (n_dec if decode_now else 0)
-            pf_seqs = 0.0
-            pf_new = 0.0
-            pf_past = 0.0
-            if prefill_now:
                 for j in range(n_run[w]):
                     r = run[w, j]
-                    rem = pf_target[r] - done_pf[r]
-                    if rem <= 0.0:
+                    if done_pf[r] < pf_target[r]:
+                        prefill_now = True
+                        break
+                decode_now = n_dec > 0 and (mixed or not prefill_now or rl == DECODE)
+                if rl == DECODE:
+                    prefill_now = False
+                left = budget[w] - (n_dec if decode_now else 0)
+                pf_seqs = 0.0
+                pf_new = 0.0
+                pf_past = 0.0
+                if prefill_now:
+                    for j in range(n_run[w]):
+                        r = run[w, j]
+                        rem = pf_target[r] - done_pf[r]
+                        if rem <= 0.0:
+                            continue
+                        if left <= 0.0:
+                            break
+                        if chunks[w]:
+                            tk = min(rem, left)
+                        elif rem <= left or pf_seqs == 0.0:
+                            tk = rem
+                        else:
+                            break
+                        take[r] = tk
+                        pf_seqs += 1.0
+                        pf_new += tk
+                        pf_past += done_pf[r]
+                        left -= tk
+                        kv_held[w] += tk
+                        held[r] += tk
+                if pf_seqs == 0.0 and not decode_now:
+                    continue  # admitted requests wait for budget (cannot happen) or nothing to do
+                ctx_sum = 0.0
+                min_left = 1e18
+                if decode_now:
+                    for j in range(n_run[w]):
+                        r = run[w, j]
+                        decoding[r] = done_pf[r] >= pf_target[r] and gen[r] < osl[r]
+                        if decoding[r]:
+                            ctx_sum += isl[r] + gen[r]
+                            min_left = min(min_left, osl[r] - gen[r])
+                steps = 1.0
+                if pf_seqs == 0.0:
+                    steps = max(min_left, 1.0)
+                    if policy != KV_RESERVE:
+                        room = math.floor((cap[w] - kv_held[w]) / n_dec)
+                        steps = max(1.0, min(steps, room))
+                is_front = w < n_front
+                lay = wk[w, W_TP : W_DP + 1]
+                hv = hv_f if is_front else hv_b
+                cg = cg_f if is_front else cg_b
+                cp = cp_f if is_front else cp_b
+                cd = cd_f if is_front else cd_b
+                dc = float(n_dec) if decode_now else 0.0
+                ctx = ctx_sum / n_dec if decode_now else 0.0
+                pp = lay[1]
+                if rl == DECODE and pp > 1.0:
+                    dc = math.ceil(dc / pp)  # one micro-batch per pipeline stage
+                if pf_seqs == 0.0 and dc > 0.0:
+                    padded = padded_batch(dc, graphs)
+                    ctx = ctx * dc / padded  # attention reads the real contexts only
+                    dc = padded
+                mean_new = pf_new / pf_seqs if pf_seqs > 0.0 else 0.0
+                mean_past = pf_past / pf_seqs if pf_seqs > 0.0 else 0.0
+                if pf_seqs == 0.0 and steps > 1.0:
+                    # stop the run at the next event that could add a request to this batch
+                    if n_run[w] < max_run[w]:
+                        t_ext = np.inf
+                        if next_arr < n_sched and rl == AGG and not arr_waiting:
+                            t_ext = t_arr[next_arr]
+                        if rl == DECODE:
+                            for k in range(n_xfer):
+                                t_ext = min(t_ext, t_ready[xfer[k]])
+                            for v in range(n_front):
+                                if busy[v]:
+                                    t_ext = min(t_ext, t_end[v] + wk[v, W_TRANSFER_MS])
+                            if next_arr < n_sched:
+                                t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
+                        if t_ext < np.inf:
+                            # one step at the run's start context: only when an event may cut it
+                            lat1, _ = _step_ms(
+                                mv,
+                                hv,
+                                cg,
+                                cp,
+                                cd,
+                                lay,
+                                pp,
+                                0.0,
+                                0.0,
+                                0.0,
+                                dc,
+                                ctx,
+                                group[w],
+                                fixed_at,
+                                row,
+                                scratch,
+                            )
+                            steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
+                    if policy == KV_RATIO and head[w] >= 0:
+                        steps = max(1.0, min(steps, 16.0))  # the ratio decays: look again soon
+                    if deferred:
+                        steps = 1.0
+                # the iteration's shape; its steps and duration are settled below, together
+                # with the other attention-DP ranks of the worker
+                f_on[w] = True
+                f_pf[w] = pf_seqs
+                f_new[w] = mean_new
+                f_past[w] = mean_past
+                f_dc[w] = dc
+                f_ctx[w] = ctx
+                f_steps[w] = steps
+                f_ndec[w] = n_dec
+                f_decnow[w] = decode_now
+            # ---- lockstep: a worker's attention-DP ranks run each iteration together --------
+            # (every MoE layer is a collective over them; a rank with nothing to do runs a
+            # dummy pass), each step as long as the slowest rank's, the MoE layers seeing the
+            # tokens of every rank; the iteration ends on every rank at once
+            lo = lock_start[g]
+            hi = lo + lock_size[g]
+            steps = np.inf
+            moe_tokens = 0.0
+            for w in range(lo, hi):
+                if f_on[w]:
+                    steps = min(steps, f_steps[w])
+                    moe_tokens += f_pf[w] * f_new[w] + f_dc[w]
+            if steps == np.inf:
+                continue
+            if hi - lo == 1:
+                moe_tokens = -1.0  # one rank: every rank of the stage alike (kernels.ffn_ms)
+            if hi - lo > 1 and steps > 1.0:
+                # a run of decode steps stops where an idle rank could get work
+                t_ext = np.inf
+                for w in range(lo, hi):
+                    if f_on[w] or busy[w]:
                         continue
-                    if left <= 0.0:
-                        break
-                    if chunks[w]:
-                        tk = min(rem, left)
-                    elif rem <= left or pf_seqs == 0.0:
-                        tk = rem
+                    if role[w] != DECODE:
+                        if next_arr < n_sched and not arr_waiting:
+                            t_ext = min(t_ext, t_arr[next_arr])
                     else:
-                        break
-                    take[r] = tk
-                    pf_seqs += 1.0
-                    pf_new += tk
-                    pf_past += done_pf[r]
-                    left -= tk
-                    kv_held[w] += tk
-                    held[r] += tk
-            if pf_seqs == 0.0 and not decode_now:
-                continue  # admitted requests wait for budget (cannot happen) or nothing to do
-            ctx_sum = 0.0
-            min_left = 1e18
-            if decode_now:
-                for j in range(n_run[w]):
-                    r = run[w, j]
-                    decoding[r] = done_pf[r] >= pf_target[r] and gen[r] < osl[r]
-                    if decoding[r]:
-                        ctx_sum += isl[r] + gen[r]
-                        min_left = min(min_left, osl[r] - gen[r])
-            steps = 1.0
-            if pf_seqs == 0.0:
-                steps = max(min_left, 1.0)
-                if policy != KV_RESERVE:
-                    room = math.floor((cap[w] - kv_held[w]) / n_dec)
-                    steps = max(1.0, min(steps, room))
-            is_front = w < n_front
-            lay = wk[w, W_TP : W_DP + 1]
-            hv = hv_f if is_front else hv_b
-            cg = cg_f if is_front else cg_b
-            cp = cp_f if is_front else cp_b
-            cd = cd_f if is_front else cd_b
-            dc = float(n_dec) if decode_now else 0.0
-            ctx = ctx_sum / n_dec if decode_now else 0.0
-            pp = lay[1]
-            if rl == DECODE and pp > 1.0:
-                dc = math.ceil(dc / pp)  # one micro-batch per pipeline stage
-            if pf_seqs == 0.0 and dc > 0.0:
-                padded = padded_batch(dc, graphs)
-                ctx = ctx * dc / padded  # attention reads the real contexts only
-                dc = padded
-            mean_new = pf_new / pf_seqs if pf_seqs > 0.0 else 0.0
-            mean_past = pf_past / pf_seqs if pf_seqs > 0.0 else 0.0
-            if pf_seqs == 0.0 and steps > 1.0:
-                # stop the run at the next event that could add a request to this batch
-                if n_run[w] < max_run[w]:
-                    t_ext = np.inf
-                    if next_arr < n_sched and rl == AGG and not arr_waiting:
-                        t_ext = t_arr[next_arr]
-                    if rl == DECODE:
                         for k in range(n_xfer):
-                            t_ext = min(t_ext, t_ready[xfer[k]])
+                            if t_ready[xfer[k]] > t:
+                                t_ext = min(t_ext, t_ready[xfer[k]])
                         for v in range(n_front):
                             if busy[v]:
                                 t_ext = min(t_ext, t_end[v] + wk[v, W_TRANSFER_MS])
                         if next_arr < n_sched:
                             t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
-                    if t_ext < np.inf:
-                        # one step at the run's start context: only when an event may cut it
-                        lat1, _ = _step_ms(
-                            mv,
-                            hv,
-                            cg,
-                            cp,
-                            cd,
-                            lay,
-                            pp,
-                            0.0,
-                            0.0,
-                            0.0,
-                            dc,
-                            ctx,
-                            group[w],
-                            fixed_at,
-                            row,
-                            scratch,
-                        )
-                        steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
-                if policy == KV_RATIO and head[w] >= 0:
-                    steps = max(1.0, min(steps, 16.0))  # the ratio decays: look again soon
-                if deferred:
-                    steps = 1.0
-            dctx = ctx + 0.5 * (steps - 1.0) * (n_dec / dc if dc > 0.0 else 1.0)
-            lat, stage = _step_ms(
-                mv,
-                hv,
-                cg,
-                cp,
-                cd,
-                lay,
-                pp,
-                pf_seqs,
-                mean_new,
-                mean_past,
-                dc,
-                dctx if pf_seqs == 0.0 else ctx,
-                group[w],
-                fixed_at,
-                row,
-                scratch,
-            )
-            busy[w] = True
-            t_start[w] = t
-            it_steps[w] = steps
-            it_dec[w] = decode_now
-            it_lat[w] = lat
-            if rl == PREFILL and pp > 1.0:
-                t_end[w] = t + stage  # the first stage takes the next batch
-            else:
-                t_end[w] = t + lat * steps
-            t_formed[w] = max(t, t_end[w] - lat)
-            if decode_now:
-                kv_held[w] += n_dec * steps
-                for j in range(n_run[w]):
-                    r = run[w, j]
-                    if decoding[r]:
-                        held[r] += steps
-            if decode_now:
-                tokens += n_dec * steps
-            if policy == KV_RATIO:
-                ratio[w] = max(ratio_min, ratio[w] - ratio_decay * steps)
+                if t_ext < np.inf:
+                    lat1 = 0.0
+                    for w in range(lo, hi):
+                        if f_on[w]:
+                            lay = wk[w, W_TP : W_DP + 1]
+                            is_front = w < n_front
+                            one, _ = _step_ms(
+                                mv,
+                                hv_f if is_front else hv_b,
+                                cg_f if is_front else cg_b,
+                                cp_f if is_front else cp_b,
+                                cd_f if is_front else cd_b,
+                                lay,
+                                lay[1],
+                                0.0,
+                                0.0,
+                                0.0,
+                                f_dc[w],
+                                f_ctx[w],
+                                group[w],
+                                fixed_at,
+                                row,
+                                scratch,
+                                moe_tokens,
+                            )
+                            lat1 = max(lat1, one)
+                    steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
+            g_lat = 0.0
+            g_dur = 0.0
+            for w in range(lo, hi):
+                if not f_on[w]:
+                    continue
+                n_dec = f_ndec[w]
+                dc = f_dc[w]
+                is_front = w < n_front
+                lay = wk[w, W_TP : W_DP + 1]
+                pp = lay[1]
+                dctx = f_ctx[w] + 0.5 * (steps - 1.0) * (n_dec / dc if dc > 0.0 else 1.0)
+                lat, stage_ms = _step_ms(
+                    mv,
+                    hv_f if is_front else hv_b,
+                    cg_f if is_front else cg_b,
+                    cp_f if is_front else cp_b,
+                    cd_f if is_front else cd_b,
+                    lay,
+                    pp,
+                    f_pf[w],
+                    f_new[w],
+                    f_past[w],
+                    dc,
+                    dctx if f_pf[w] == 0.0 else f_ctx[w],
+                    group[w],
+                    fixed_at,
+                    row,
+                    scratch,
+                    moe_tokens,
+                )
+                g_lat = max(g_lat, lat)
+                if role[w] == PREFILL and pp > 1.0:
+                    g_dur = max(g_dur, stage_ms)  # the first stage takes the next batch
+                else:
+                    g_dur = max(g_dur, lat * steps)
+            lock_until[g] = t + g_dur
+            for w in range(lo, hi):
+                if not f_on[w]:
+                    continue
+                f_on[w] = False
+                decode_now = f_decnow[w]
+                n_dec = f_ndec[w]
+                busy[w] = True
+                t_start[w] = t
+                it_steps[w] = steps
+                it_dec[w] = decode_now
+                it_lat[w] = g_lat
+                t_end[w] = t + g_dur
+                t_formed[w] = max(t, t_end[w] - g_lat)
+                if decode_now:
+                    kv_held[w] += n_dec * steps
+                    for j in range(n_run[w]):
+                        r = run[w, j]
+                        if decoding[r]:
+                            held[r] += steps
+                if decode_now:
+                    tokens += n_dec * steps
+                if policy == KV_RATIO:
+                    ratio[w] = max(ratio_min, ratio[w] - ratio_decay * steps)
 
         # ---- the next event ------------------------------------------------------------------
         tn = np.inf
@@ -772,12 +895,14 @@ def _step_ms(
     fixed_at: Dict,
     row: np.ndarray,
     scratch: np.ndarray,
+    moe_tokens: float = -1.0,
 ) -> tuple[float, float]:
     """``perf.kernels.step_ms`` (latency_ms, stage_ms) of a step of step group ``g`` on layout
     ``lay``, bit for bit: the terms its contexts do not enter come from ``fixed_at`` under the
-    step's ``step_fixed_key``, computed on that key's first step."""
-    a, b, c, d, e = step_fixed_key(mv, pf_seqs, pf_new, pf_past, dc)
-    key = (float(g), a, b, c, d, e)
+    step's ``step_fixed_key``, computed on that key's first step. ``moe_tokens``: the tokens the
+    MoE layers see from all attention-DP ranks (``kernels.ffn_ms``)."""
+    a, b, c, d, e, f_ = step_fixed_key(mv, pf_seqs, pf_new, pf_past, dc, moe_tokens)
+    key = (float(g), a, b, c, d, e, f_)
     f = fixed_at.get(key)
     if f is None:
         f = np.empty(FIXED_SLOTS)
@@ -798,6 +923,7 @@ def _step_ms(
             row,
             scratch,
             f,
+            moe_tokens,
         )
         fixed_at[key] = f
     return step_ms_fixed(mv, hv, cg, cp, cd, lay[0], pp, pf_seqs, pf_new, pf_past, dc, ctx, f, row)
