@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from queueing_reference import slot_load_reference
@@ -369,26 +370,23 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     p = padded(dc, case.graphs)
                     ctx, dc = ctx * dc / p, p
                 steps = 1.0
+                t_ext = math.inf  # when this rank's run must stop; cut with the worker's ranks
                 if skip_runs and not chunks:
                     steps = max(min(r.osl - r.gen for r in dec), 1.0)
                     if case.policy != L.KV_RESERVE:
                         steps = max(1.0, min(steps, math.floor((w.cap - w.held()) / len(dec))))
+                    if steps > 1 and len(w.running) < w.max_seqs:
+                        if next_arr < known and w.role == "agg" and not arrivals_wait:
+                            t_ext = reqs[next_arr].arrived
+                        if w.role == "decode":
+                            for r in in_transfer:
+                                t_ext = min(t_ext, r.ready)
+                            for v in fronts:
+                                if v.busy:
+                                    t_ext = min(t_ext, v.end + v.transfer_ms)
+                            if next_arr < known:
+                                t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
                     if steps > 1:
-                        lat1, _ = step(w.front, lay, 0.0, 0.0, 0.0, dc, ctx)
-                        if len(w.running) < w.max_seqs:
-                            t_ext = math.inf
-                            if next_arr < known and w.role == "agg" and not arrivals_wait:
-                                t_ext = reqs[next_arr].arrived
-                            if w.role == "decode":
-                                for r in in_transfer:
-                                    t_ext = min(t_ext, r.ready)
-                                for v in fronts:
-                                    if v.busy:
-                                        t_ext = min(t_ext, v.end + v.transfer_ms)
-                                if next_arr < known:
-                                    t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
-                            if t_ext < math.inf:
-                                steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
                         if case.policy == L.KV_RATIO and w.queue:
                             steps = max(1.0, min(steps, 16.0))
                         if deferred:
@@ -396,7 +394,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                 n_pf = float(len(chunks))
                 new = sum(r.take for r in chunks) / n_pf if chunks else 0.0
                 past = sum(r.done for r in chunks) / n_pf if chunks else 0.0
-                shapes[wi] = (n_pf, new, past, dc, ctx, steps, dec, decode_now)
+                shapes[wi] = (n_pf, new, past, dc, ctx, steps, dec, decode_now, t_ext)
             # settle the worker: every rank steps together, as long as its slowest, the MoE layers
             # seeing every rank's tokens; the iteration ends on all of them at once
             if not shapes:
@@ -404,9 +402,9 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             steps = min(sh[5] for sh in shapes.values())
             moe = sum(sh[0] * sh[1] + sh[3] for sh in shapes.values()) if len(members) > 1 else -1.0
             idle = [workers[wi] for wi in members if wi not in shapes and not workers[wi].busy]
-            if len(members) > 1 and steps > 1 and idle:
-                t_ext = math.inf
-                for v in idle:
+            if steps > 1:
+                t_ext = min(sh[8] for sh in shapes.values())
+                for v in idle if len(members) > 1 else []:
                     if v.role != "decode":
                         if next_arr < known and not arrivals_wait:
                             t_ext = min(t_ext, reqs[next_arr].arrived)
@@ -428,7 +426,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     )
                     steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
             g_lat = g_dur = 0.0
-            for wi, (n_pf, new, past, dc, ctx, _, dec, _) in shapes.items():
+            for wi, (n_pf, new, past, dc, ctx, _, dec, _, _) in shapes.items():
                 w = workers[wi]
                 mid = ctx + 0.5 * (steps - 1) * (len(dec) / dc if dc > 0 else 1.0)
                 lat, stage = step(
@@ -437,7 +435,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                 g_lat = max(g_lat, lat)
                 g_dur = max(g_dur, stage if (w.role == "prefill" and w.lay[1] > 1) else lat * steps)
             lock_until[gi] = t + g_dur
-            for wi, (_, _, _, _, _, _, dec, decode_now) in shapes.items():
+            for wi, (_, _, _, _, _, _, dec, decode_now, _) in shapes.items():
                 w = workers[wi]
                 w.busy, w.start, w.steps, w.dec, w.lat = True, t, steps, decode_now, g_lat
                 w.end = t + g_dur
@@ -821,6 +819,64 @@ def test_simulate_loop_is_close_to_one_iteration_at_a_time() -> None:
 
     check()
     print(f"kernel vs one iteration at a time: worst mean TTFT {worst[0]:.1e}, TPOT {worst[1]:.1e}")
+
+
+def test_a_rank_with_room_cuts_its_workers_decode_run_at_an_arrival() -> None:
+    """Qwen3-235B on two H200 ranks of one attention-DP worker (vLLM, batch 8 per rank): rank 0
+    decodes 8 requests over 30k-token contexts (a full batch), rank 1 a short request and has
+    room. A request arrives for rank 1 at 120 s. Rank 1 cuts its run of decode steps there, at
+    the step time of both ranks together (rank 0's, far longer than its own), so the arrival
+    waits at most about one such step: 387 ms, against 75 ms one iteration at a time (the rest
+    is the run's steps timed at their mid context). Cut at rank 1's own step time, the run
+    went on to the next event of the full rank 0: 12.3 s."""
+    c = PerfContext.build(
+        default_models().get("qwen3-235b-a22b", "model"),
+        default_gpus().get("h200-sxm", "gpu"),
+        load_engine("vllm"),
+        "fp8",
+        "fp8",
+    )
+    at = 120_000.0
+    arrival, isl, osl = [], [], []
+    for k in range(16):  # dealt in turn: even ones to rank 0, odd ones to rank 1
+        arrival.append(0.0)
+        isl.append(30_000.0 if k % 2 == 0 else 100.0)
+        osl.append(3_000.0 if k % 2 == 0 or k == 1 else 20.0)
+    arrival += [at, at]
+    isl += [100.0, 100.0]
+    osl += [5.0, 5.0]
+    lay = (1.0, 1.0, 1.0, 2.0)
+    case = Case(
+        n_front=2,
+        n_back=0,
+        budget=8192.0,
+        max_seqs=8,
+        chunked=True,
+        mixed=True,
+        policy=L.KV_RESERVE,
+        ratio=(0.7, 0.1, 0.0),
+        cap_front=1e12,
+        cap_back=1e12,
+        transfer_ms=0.0,
+        max_seqs_back=8,
+        budget_back=8192.0,
+        prefix_hit=0.0,
+        graphs=[],
+        clients=0,
+        arrival=arrival,
+        isl=isl,
+        osl=osl,
+        lay_f=lay,
+        lay_b=lay,
+    )
+    status, t_first, _, _, _ = kernel(case, c)
+    same_runs = reference(case, step_fn(c, case), skip_runs=True)
+    exact = reference(case, step_fn(c, case), skip_runs=False)
+    assert status == L.OK
+    got, want = t_first[17] - at, exact.first[17] - at
+    print(f"TTFT of the arrival on rank 1: {got:.0f} ms, one iteration at a time {want:.0f} ms")
+    assert got == pytest.approx(same_runs.first[17] - at, rel=1e-9)
+    assert want < got < want + 500.0
 
 
 def test_a_request_larger_than_the_cache_is_reported_as_not_fitting() -> None:

@@ -287,6 +287,7 @@ def simulate_loop(
     f_dc = np.zeros(n_w)
     f_ctx = np.zeros(n_w)
     f_steps = np.ones(n_w)
+    f_ext = np.full(n_w, np.inf)  # when a rank's run of decode steps must stop (ms)
     f_ndec = np.zeros(n_w, np.int64)
     f_decnow = np.zeros(n_w, np.bool_)
 
@@ -471,10 +472,6 @@ def simulate_loop(
                         steps = max(1.0, min(steps, room))
                 is_front = w < n_front
                 lay = wk[w, W_TP : W_DP + 1]
-                hv = hv_f if is_front else hv_b
-                cg = cg_f if is_front else cg_b
-                cp = cp_f if is_front else cp_b
-                cd = cd_f if is_front else cd_b
                 dc = float(n_dec) if decode_now else 0.0
                 ctx = ctx_sum / n_dec if decode_now else 0.0
                 pp = lay[1]
@@ -486,10 +483,11 @@ def simulate_loop(
                     dc = padded
                 mean_new = pf_new / pf_seqs if pf_seqs > 0.0 else 0.0
                 mean_past = pf_past / pf_seqs if pf_seqs > 0.0 else 0.0
+                t_ext = np.inf
                 if pf_seqs == 0.0 and steps > 1.0:
-                    # stop the run at the next event that could add a request to this batch
+                    # the run stops at the next event that could add a request to this batch;
+                    # cut below, at the step time of the worker's ranks together
                     if n_run[w] < max_run[w]:
-                        t_ext = np.inf
                         if next_arr < n_sched and rl == AGG and not arr_waiting:
                             t_ext = t_arr[next_arr]
                         if rl == DECODE:
@@ -500,27 +498,6 @@ def simulate_loop(
                                     t_ext = min(t_ext, t_end[v] + wk[v, W_TRANSFER_MS])
                             if next_arr < n_sched:
                                 t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
-                        if t_ext < np.inf:
-                            # one step at the run's start context: only when an event may cut it
-                            lat1, _ = _step_ms(
-                                mv,
-                                hv,
-                                cg,
-                                cp,
-                                cd,
-                                lay,
-                                pp,
-                                0.0,
-                                0.0,
-                                0.0,
-                                dc,
-                                ctx,
-                                group[w],
-                                fixed_at,
-                                row,
-                                scratch,
-                            )
-                            steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
                     if policy == KV_RATIO and head[w] >= 0:
                         steps = max(1.0, min(steps, 16.0))  # the ratio decays: look again soon
                     if deferred:
@@ -534,6 +511,7 @@ def simulate_loop(
                 f_dc[w] = dc
                 f_ctx[w] = ctx
                 f_steps[w] = steps
+                f_ext[w] = t_ext
                 f_ndec[w] = n_dec
                 f_decnow[w] = decode_now
             # ---- lockstep: a worker's attention-DP ranks run each iteration together --------
@@ -552,11 +530,15 @@ def simulate_loop(
                 continue
             if hi - lo == 1:
                 moe_tokens = -1.0  # one rank: every rank of the stage alike (kernels.ffn_ms)
-            if hi - lo > 1 and steps > 1.0:
-                # a run of decode steps stops where an idle rank could get work
+            if steps > 1.0:
+                # a run of decode steps stops at the first event that could add a request to a
+                # rank's batch, or give an idle rank work
                 t_ext = np.inf
                 for w in range(lo, hi):
-                    if f_on[w] or busy[w]:
+                    if f_on[w]:
+                        t_ext = min(t_ext, f_ext[w])
+                        continue
+                    if busy[w] or hi - lo == 1:
                         continue
                     if role[w] != DECODE:
                         if next_arr < n_sched and not arr_waiting:
