@@ -255,6 +255,19 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
 
     arrivals_wait = transfers_wait = False
 
+    def next_work(role: str, after: float) -> float:
+        """When a worker of ``role`` could next be given a request (inf: not known): the next
+        arrival for a front worker; for a decode worker the first transfer ready after
+        ``after``, a busy front worker's KV out, or the next arrival's transfer."""
+        if role != "decode":
+            return reqs[next_arr].arrived if next_arr < known and not arrivals_wait else math.inf
+        return min(
+            [r.ready for r in in_transfer if r.ready > after]
+            + [v.end + v.transfer_ms for v in fronts if v.busy]
+            + ([reqs[next_arr].arrived + min_transfer] if next_arr < known else []),
+            default=math.inf,
+        )
+
     def total_running() -> int:
         return sum(len(w.running) for w in workers)
 
@@ -375,17 +388,8 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
                     steps = max(min(r.osl - r.gen for r in dec), 1.0)
                     if case.policy != L.KV_RESERVE:
                         steps = max(1.0, min(steps, math.floor((w.cap - w.held()) / len(dec))))
-                    if steps > 1 and len(w.running) < w.max_seqs:
-                        if next_arr < known and w.role == "agg" and not arrivals_wait:
-                            t_ext = reqs[next_arr].arrived
-                        if w.role == "decode":
-                            for r in in_transfer:
-                                t_ext = min(t_ext, r.ready)
-                            for v in fronts:
-                                if v.busy:
-                                    t_ext = min(t_ext, v.end + v.transfer_ms)
-                            if next_arr < known:
-                                t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
+                    if steps > 1 and len(w.running) < w.max_seqs and w.role != "prefill":
+                        t_ext = next_work(w.role, -math.inf)
                     if steps > 1:
                         if case.policy == L.KV_RATIO and w.queue:
                             steps = max(1.0, min(steps, 16.0))
@@ -405,18 +409,7 @@ def reference(case: Case, step: StepFn, skip_runs: bool) -> RefResult:
             if steps > 1:
                 t_ext = min(sh[8] for sh in shapes.values())
                 for v in idle if len(members) > 1 else []:
-                    if v.role != "decode":
-                        if next_arr < known and not arrivals_wait:
-                            t_ext = min(t_ext, reqs[next_arr].arrived)
-                    else:
-                        for r in in_transfer:
-                            if r.ready > t:
-                                t_ext = min(t_ext, r.ready)
-                        for u in fronts:
-                            if u.busy:
-                                t_ext = min(t_ext, u.end + u.transfer_ms)
-                        if next_arr < known:
-                            t_ext = min(t_ext, reqs[next_arr].arrived + min_transfer)
+                    t_ext = min(t_ext, next_work(v.role, t))
                 if t_ext < math.inf:
                     lat1 = max(
                         step(workers[wi].front, workers[wi].lay, 0.0, 0.0, 0.0, sh[3], sh[4], moe)[

@@ -487,17 +487,11 @@ def simulate_loop(
                 if pf_seqs == 0.0 and steps > 1.0:
                     # the run stops at the next event that could add a request to this batch;
                     # cut below, at the step time of the worker's ranks together
-                    if n_run[w] < max_run[w]:
-                        if next_arr < n_sched and rl == AGG and not arr_waiting:
-                            t_ext = t_arr[next_arr]
-                        if rl == DECODE:
-                            for k in range(n_xfer):
-                                t_ext = min(t_ext, t_ready[xfer[k]])
-                            for v in range(n_front):
-                                if busy[v]:
-                                    t_ext = min(t_ext, t_end[v] + wk[v, W_TRANSFER_MS])
-                            if next_arr < n_sched:
-                                t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
+                    if n_run[w] < max_run[w] and rl != PREFILL:
+                        t_ext = _next_work(
+                            rl, -np.inf, next_arr, n_sched, arr_waiting, t_arr, n_xfer, xfer,
+                            t_ready, n_front, busy, t_end, wk, transfer_ms,
+                        )  # fmt: skip
                     if policy == KV_RATIO and head[w] >= 0:
                         steps = max(1.0, min(steps, 16.0))  # the ratio decays: look again soon
                     if deferred:
@@ -540,18 +534,13 @@ def simulate_loop(
                         continue
                     if busy[w] or hi - lo == 1:
                         continue
-                    if role[w] != DECODE:
-                        if next_arr < n_sched and not arr_waiting:
-                            t_ext = min(t_ext, t_arr[next_arr])
-                    else:
-                        for k in range(n_xfer):
-                            if t_ready[xfer[k]] > t:
-                                t_ext = min(t_ext, t_ready[xfer[k]])
-                        for v in range(n_front):
-                            if busy[v]:
-                                t_ext = min(t_ext, t_end[v] + wk[v, W_TRANSFER_MS])
-                        if next_arr < n_sched:
-                            t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
+                    t_ext = min(
+                        t_ext,
+                        _next_work(
+                            role[w], t, next_arr, n_sched, arr_waiting, t_arr, n_xfer, xfer,
+                            t_ready, n_front, busy, t_end, wk, transfer_ms,
+                        ),
+                    )  # fmt: skip
                 if t_ext < np.inf:
                     lat1 = 0.0
                     for w in range(lo, hi):
@@ -909,6 +898,42 @@ def _step_ms(
         )
         fixed_at[key] = f
     return step_ms_fixed(mv, hv, cg, cp, cd, lay[0], pp, pf_seqs, pf_new, pf_past, dc, ctx, f, row)
+
+
+@njit(cache=True, nogil=True)
+def _next_work(
+    rl: int,
+    after: float,
+    next_arr: int,
+    n_sched: int,
+    arr_waiting: bool,
+    t_arr: np.ndarray,
+    n_xfer: int,
+    xfer: np.ndarray,
+    t_ready: np.ndarray,
+    n_front: int,
+    busy: np.ndarray,
+    t_end: np.ndarray,
+    wk: np.ndarray,
+    transfer_ms: float,
+) -> float:
+    """When a worker of role ``rl`` could next be given a request (ms; inf: no such event
+    known): the next arrival for a front worker; for a decode worker the first transfer
+    ready after ``after``, a busy prefill worker's KV out, or the next arrival's transfer."""
+    t_ext = np.inf
+    if rl != DECODE:
+        if next_arr < n_sched and not arr_waiting:
+            t_ext = t_arr[next_arr]
+        return t_ext
+    for k in range(n_xfer):
+        if t_ready[xfer[k]] > after:
+            t_ext = min(t_ext, t_ready[xfer[k]])
+    for v in range(n_front):
+        if busy[v]:
+            t_ext = min(t_ext, t_end[v] + wk[v, W_TRANSFER_MS])
+    if next_arr < n_sched:
+        t_ext = min(t_ext, t_arr[next_arr] + transfer_ms)
+    return t_ext
 
 
 @njit(cache=True, nogil=True)
