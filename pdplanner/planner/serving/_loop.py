@@ -26,8 +26,12 @@ of a pool) are fed in turn and run in lockstep, as the engines run them (every M
 collective over them; a rank with nothing to do runs a dummy pass): their iterations are formed
 at the same moment, each step lasts as long as the slowest rank's, the MoE layers see every
 rank's tokens (``kernels.ffn_ms``'s ``moe_tokens``), a run of decode steps stops where an idle
-rank could get work, and the iteration ends on every rank at once. Per iteration and worker
-(the engine scheduler, parameters in ``sched``):
+rank could get work, and the iteration ends on every rank at once. A group of fewer rows than
+its ``W_DP`` (the aggregated sweep simulates one rank of a worker; a pool whose row count is not
+a multiple of ``W_DP`` leaves one) stands for the whole worker: its missing ranks are priced from
+the group's own history (``_phantom_ms``; the MoE layers see from each the group's mean tokens
+per rank and step, or in a step without a prompt those of its mean decode-only step). Per
+iteration and worker (the engine scheduler, parameters in ``sched``):
 
 1. Admission, first come first served, stopping at the first request that does not fit (a later,
    smaller request does not overtake it), while fewer than ``max_seqs`` run. With an overlap
@@ -279,6 +283,21 @@ def simulate_loop(
             n_locks += 1
             w += size
     lock_until = np.full(n_w, -np.inf)
+    # a group of fewer rows than its W_DP (the aggregated sweep simulates one rank of a worker)
+    # stands for the whole worker: its missing ranks are priced from the group's own history
+    # (_phantom_ms): the share of its steps that carried prompt tokens, their mean latency and
+    # the mean latency of its decode-only steps; the MoE layers see from each missing rank the
+    # group's mean tokens per rank and step, or in a decode-only step those of its mean
+    # decode-only step (a missing rank's prompt then shows as the slowest rank's step)
+    phantoms = np.zeros(n_w, np.int64)
+    for g in range(n_locks):
+        phantoms[g] = max(0, int(wk[lock_start[g], W_DP]) - lock_size[g])
+    h_steps = np.zeros(n_w)  # steps priced so far
+    h_pf_steps = np.zeros(n_w)  # of which carried prompt tokens
+    h_pf_lat = np.zeros(n_w)  # sum of those steps' latencies (ms)
+    h_dc_lat = np.zeros(n_w)  # sum of the other steps' latencies (ms)
+    h_tokens = np.zeros(n_w)  # the mean tokens a rank gave the MoE layers, summed over steps
+    h_dc_tokens = np.zeros(n_w)  # the same over decode-only steps
     # per worker: the shape of the iteration formed at this event, settled per lockstep group
     f_on = np.zeros(n_w, np.bool_)
     f_pf = np.zeros(n_w)
@@ -516,14 +535,30 @@ def simulate_loop(
             hi = lo + lock_size[g]
             steps = np.inf
             moe_tokens = 0.0
+            prompt_step = False
             for w in range(lo, hi):
                 if f_on[w]:
                     steps = min(steps, f_steps[w])
                     moe_tokens += f_pf[w] * f_new[w] + f_dc[w]
+                    prompt_step = prompt_step or f_pf[w] > 0.0
             if steps == np.inf:
                 continue
-            if hi - lo == 1:
+            own_tokens = moe_tokens
+            n_ph = phantoms[g]
+            quiet_tokens = -1.0  # a prompt step's MoE tokens were every missing rank decoding
+            if n_ph > 0 and h_steps[g] > 0.0:
+                # the missing ranks' tokens: with a prompt here, a mean step's (theirs come
+                # independently); without, a mean decode-only step's, their prompts being
+                # priced by the slowest rank's step (_phantom_ms)
+                dc_steps = h_steps[g] - h_pf_steps[g]
+                typical = h_tokens[g] / h_steps[g]
+                quiet = h_dc_tokens[g] / dc_steps if dc_steps > 0.0 else typical
+                quiet_tokens = own_tokens + n_ph * math.floor(quiet + 0.5)
+                moe_tokens += n_ph * math.floor((quiet if not prompt_step else typical) + 0.5)
+            elif hi - lo == 1:
                 moe_tokens = -1.0  # one rank: every rank of the stage alike (kernels.ffn_ms)
+            elif n_ph > 0:
+                moe_tokens *= (hi - lo + n_ph) / (hi - lo)
             if steps > 1.0:
                 # a run of decode steps stops at the first event that could add a request to a
                 # rank's batch, or give an idle rank work
@@ -567,6 +602,10 @@ def simulate_loop(
                                 moe_tokens,
                             )
                             lat1 = max(lat1, one)
+                    if n_ph > 0:
+                        lat1 = _phantom_ms(
+                            lat1, n_ph, h_steps[g], h_pf_steps[g], h_pf_lat[g], h_dc_lat[g]
+                        )
                     steps = max(1.0, min(steps, math.ceil((t_ext - t) / lat1)))
             g_lat = 0.0
             g_dur = 0.0
@@ -603,6 +642,51 @@ def simulate_loop(
                     g_dur = max(g_dur, stage_ms)  # the first stage takes the next batch
                 else:
                     g_dur = max(g_dur, lat * steps)
+            # a missing rank's prompt step, for the history: as long as this one with the
+            # other missing ranks decoding (their prompts are priced by _phantom_ms)
+            g_quiet = g_lat
+            if prompt_step and quiet_tokens >= 0.0 and quiet_tokens != moe_tokens:
+                g_quiet = 0.0
+                for w in range(lo, hi):
+                    if f_on[w]:
+                        is_front = w < n_front
+                        lay = wk[w, W_TP : W_DP + 1]
+                        one, _ = _step_ms(
+                            mv,
+                            hv_f if is_front else hv_b,
+                            cg_f if is_front else cg_b,
+                            cp_f if is_front else cp_b,
+                            cd_f if is_front else cd_b,
+                            lay,
+                            lay[1],
+                            f_pf[w],
+                            f_new[w],
+                            f_past[w],
+                            f_dc[w],
+                            f_ctx[w],
+                            group[w],
+                            fixed_at,
+                            row,
+                            scratch,
+                            quiet_tokens,
+                        )
+                        g_quiet = max(g_quiet, one)
+            if n_ph > 0:
+                # the missing ranks: the step lasts as long as theirs would (_phantom_ms); then
+                # this step joins the history they are drawn from
+                lat_all = _phantom_ms(
+                    g_lat, n_ph, h_steps[g], h_pf_steps[g], h_pf_lat[g], h_dc_lat[g]
+                )
+                h_steps[g] += steps
+                h_tokens[g] += steps * own_tokens / (hi - lo)
+                if prompt_step:
+                    h_pf_steps[g] += steps
+                    h_pf_lat[g] += steps * g_quiet
+                else:
+                    h_dc_lat[g] += steps * g_lat
+                    h_dc_tokens[g] += steps * own_tokens / (hi - lo)
+                g_dur *= lat_all / g_lat
+                g_lat = lat_all
             lock_until[g] = t + g_dur
             for w in range(lo, hi):
                 if not f_on[w]:
@@ -898,6 +982,31 @@ def _step_ms(
         )
         fixed_at[key] = f
     return step_ms_fixed(mv, hv, cg, cp, cd, lay[0], pp, pf_seqs, pf_new, pf_past, dc, ctx, f, row)
+
+
+@njit(cache=True, nogil=True)
+def _phantom_ms(
+    lat: float,
+    n_ph: int,
+    steps: float,
+    pf_steps: float,
+    pf_lat: float,
+    dc_lat: float,
+) -> float:
+    """The expected latency (ms) of a step whose simulated ranks take ``lat`` when ``n_ph``
+    more ranks of the worker are not simulated: each of those carries prompt tokens with the
+    probability ``q`` that the simulated ranks' steps did so far (``pf_steps`` of ``steps``) and
+    then takes their mean such step (``pf_lat``, summed latency, each as it would have been with
+    the missing ranks decoding), else their mean decode-only step (``dc_lat``, summed); the step
+    lasts as long as the slowest rank. Mean-field: one latency for all of the missing ranks, so
+    the maximum over them is taken at their mean."""
+    if steps <= 0.0:
+        return lat
+    q = pf_steps / steps
+    any_pf = 1.0 - (1.0 - q) ** n_ph
+    lat_pf = pf_lat / pf_steps if pf_steps > 0.0 else 0.0
+    lat_dc = dc_lat / (steps - pf_steps) if steps > pf_steps else 0.0
+    return (1.0 - any_pf) * max(lat, lat_dc) + any_pf * max(lat, lat_pf)
 
 
 @njit(cache=True, nogil=True)
