@@ -5,6 +5,7 @@ check it (test_queueing, test_scaling_references, test_engine_loop_references; `
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 
 
@@ -27,3 +28,20 @@ def slot_load_reference(
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if wait(c, mid) <= 1.0 - p else (lo, mid)
     return lo
+
+
+def lindley_waits(k: int, rho: float, n: int, seed: int) -> list[float]:
+    """Waits (in service times) of ``n`` prompts at a worker that a router deals every k-th
+    arrival of a Poisson stream, served one at a time in one service time each (E_k/D/1), by
+    Lindley's recursion w' = max(0, w + 1 - gap); the first tenth is dropped as warm-up."""
+    rng = random.Random(seed)
+    w, out = 0.0, []
+    for _ in range(n):
+        out.append(w)
+        w = max(0.0, w + 1.0 - rng.gammavariate(k, 1.0 / (k * rho)))
+    return out[n // 10 :]
+
+
+def quantile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * len(s)))]

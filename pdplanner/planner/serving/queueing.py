@@ -7,6 +7,33 @@ percentile p is ``(mean / rho) * ln(rho / (1 - p))`` when ``rho > 1 - p``, else 
 ``max_utilisation`` inverts this: the busiest a worker may run while its time to first token
 still meets the target.
 
+Prompts dealt round-robin. A router that deals prompts to ``k`` prefill workers in turn gives
+each worker every k-th arrival of a Poisson stream: Erlang-k gaps, far more regular than
+Poisson, so prompts wait much less than M/D/1 says. TensorRT-LLM's disaggregated server deals
+so by default (``round_robin`` in its ``serve/router.py``), and so does the engine loop;
+SGLang's gateway by default (``cache_aware``) sends a prompt that shares no cached prefix to
+the worker with the smallest prefix tree, which for unrelated prompts of one length rotates
+much the same way. ``wait_ms_dealt`` prices that E_k/D/1 queue (service S, utilisation rho)
+with an exponential tail whose decay rate is exact and whose weight matches the mean:
+
+* decay ``theta``: the positive root of ``theta S = k ln(1 + theta S / (k rho))``
+  (``lundberg_rate``, the Cramer-Lundberg exponent of Lindley's recursion with deterministic
+  service and Erlang-k gaps: P(wait > w) falls as exp(-theta w) for large w);
+* mean: Kraemer and Langenbach-Belz's two-moment approximation for GI/G/1 with squared
+  coefficients of variation 1/k (gaps) and 0 (service), ``rho / (1 - rho) / (2k) *
+  exp(-2 (1 - rho) (1 - 1/k)^2 / (3 rho / k)) * S``; P(wait > w) = theta mean exp(-theta w);
+* the wait is at least what the previous prompt leaves, ``(S - gap)^+``: that quantile is
+  taken where it is larger (light load).
+
+Against Lindley's recursion simulated over 4 million prompts (``tests/unit/test_queueing.py``
+checks it on 200,000 with a plain-Python one), the p50/p90/p99 waits of k = 2, 3, 4 come out
+within 0.2 S of the simulated at rho 0.3-0.95, p90 and p99 within 10% from rho 0.8, mostly a
+little short (E_3/D/1 at rho 0.8: p50 0.25 / 0.28 S, p90 1.49 / 1.55 S, p99 3.28 / 3.34 S,
+where M/D/1 says 1.18, 5.20 and 10.96 S). For k above 4 the two-moment mean falls short and
+with it the tail's weight (k = 16 at rho 0.9: p90 0.36 S against 0.57 S simulated), so k is
+held at ``DEALT_MAX_WORKERS`` = 4, which overstates the wait of larger pools (k = 8 at rho
+0.8: p90 1.03 S against 0.51 S simulated).
+
 Batch slots. A worker holds at most ``batch`` sequences; a request that finds every slot taken
 waits for one, and a slot turns over only when a whole answer has been generated (seconds), so
 any such wait breaks a TTFT target. The slots are sized as an M/M/c queue (Erlang C, the
@@ -47,6 +74,77 @@ def wait_ms(rho: float, service_ms: float, p: float) -> float:
     if rho <= 1.0 - p:
         return 0.0
     return mean / rho * math.log(rho / (1.0 - p))
+
+
+# Prefill workers whose round-robin arrivals ``wait_ms_dealt`` prices as such; more workers are
+# priced as this many (module docstring: the approximation's mean is optimistic beyond it).
+DEALT_MAX_WORKERS = 4
+
+
+@njit(cache=True, nogil=True)
+def lundberg_rate(k: float, rho: float) -> float:
+    """Decay rate (per service time) of the E_k/D/1 wait's tail: the positive root of
+    ``t = k ln(1 + t / (k rho))`` (bisection; ``rho`` in (0, 1))."""
+    lo, hi = 0.0, 1.0
+    while k * math.log(1.0 + hi / (k * rho)) > hi:
+        hi *= 2.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if k * math.log(1.0 + mid / (k * rho)) > mid:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@njit(cache=True, nogil=True)
+def _erlang_cdf(k: int, rate: float, t: float) -> float:
+    """P(Erlang(k, rate) <= t): P(Poisson(rate t) >= k)."""
+    if t <= 0.0:
+        return 0.0
+    x = rate * t
+    term, below = 1.0, 1.0
+    for j in range(1, k):
+        term *= x / j
+        below += term
+    return 1.0 - math.exp(-x) * below
+
+
+@njit(cache=True, nogil=True)
+def wait_ms_dealt(rho: float, service_ms: float, p: float, workers: int) -> float:
+    """Queueing delay (ms) at quantile ``p`` (``p <= 0``: the mean) of one of ``workers``
+    prefill workers that a router deals Poisson arrivals to in turn, each at utilisation
+    ``rho`` with service ``service_ms`` (E_k/D/1, k = ``min(workers, DEALT_MAX_WORKERS)``;
+    module docstring). One worker is ``wait_ms``'s M/D/1."""
+    k = min(workers, DEALT_MAX_WORKERS)
+    if k <= 1:
+        return wait_ms(rho, service_ms, p)
+    if rho <= 0.0:
+        return 0.0
+    if rho >= 1.0:
+        return math.inf
+    ca2 = 1.0 / k
+    gap = math.exp(-2.0 * (1.0 - rho) * (1.0 - ca2) ** 2 / (3.0 * rho * ca2))
+    mean = rho / (1.0 - rho) * 0.5 * ca2 * gap  # in service times
+    if p <= 0.0:
+        return mean * service_ms
+    theta = lundberg_rate(float(k), rho)
+    weight = min(theta * mean, 1.0)
+    tail = math.log(weight / (1.0 - p)) / theta if weight > 1.0 - p else 0.0
+    # the previous prompt's leftover, S - gap: the gap at which P(gap <= g) = 1 - p
+    rate = k * rho
+    lo, hi = 0.0, 1.0
+    if _erlang_cdf(k, rate, 1.0) > 1.0 - p:
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if _erlang_cdf(k, rate, mid) > 1.0 - p:
+                hi = mid
+            else:
+                lo = mid
+        leftover = 1.0 - 0.5 * (lo + hi)
+    else:
+        leftover = 0.0
+    return max(tail, leftover) * service_ms
 
 
 @njit(cache=True, nogil=True)
