@@ -7,8 +7,11 @@
    whose KV cache does not hold its sequences is checked but not priced (no figure of it is
    used, and most of a large batch grid does not fit). A prefill candidate must
    meet the TTFT target after queueing: it may run only up to the utilisation at which its wait
-   at the SLO percentile still fits (``queueing.max_utilisation``). Decode candidates meet the
-   TPOT target (and the minimum tokens/s/user).
+   at the SLO percentile still fits (``queueing.max_utilisation``, one worker's M/D/1 queue,
+   so a pool of several is sized with room to spare). The chosen deployment's TTFT is that of
+   its ``x`` workers dealt prompts in turn (``queueing.wait_ms_dealt``), as routers and the
+   engine loop deal them. Decode candidates meet the TPOT target (and the minimum
+   tokens/s/user).
 3. Rate matching: every decode candidate is paired with the prefill candidate and the whole
    worker counts (xPyD) that serve it best inside the GPU budgets (``ratematch.match``); the
    frontier and the recommendation are both made of these real deployments.
@@ -62,7 +65,7 @@ from pdplanner.planner.serving.queueing import (
     slot_shares,
     split_percentile,
     usable_utilisation,
-    wait_ms,
+    wait_ms_dealt,
 )
 from pdplanner.planner.serving.scheduler import (
     SchedulerSettings,
@@ -83,9 +86,10 @@ MATCH_SLICE_EVALUATIONS = 2_000_000
 # How plan judges its SLO (PlanResult.load)
 PLAN_LOAD = (
     "poisson: random arrivals at the rate each deployment sustains with a free batch slot for an "
-    "arriving request (Erlang C over a worker's slots); TTFT at the SLO percentile adds the M/D/1 "
-    "wait of the prompt queue (agg: a steady closed loop of the engine loop; disagg: the prefill "
-    "pool); the SLO's tail is split evenly between the slot and the prompt wait"
+    "arriving request (Erlang C over a worker's slots); TTFT at the SLO percentile adds the wait "
+    "of the prompt queue (agg: M/D/1 on a steady closed loop of the engine loop; disagg: the "
+    "prefill pool, sized as one worker's M/D/1 queue, its prompts dealt to its workers in turn); "
+    "the SLO's tail is split evenly between the slot and the prompt wait"
 )
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 
@@ -673,7 +677,7 @@ class _Search:
         service = float(pre.batch[i] / pre.rate[i] * 1e3)
         gpus = int(x * g_p + y * g_d)
         rho = min(served / (x * float(pre.rate[i])), MAX_UTILISATION)
-        ttft = float(pre.latency_ms[i]) + wait_ms(rho, service, self.wait_pct)
+        ttft = float(pre.latency_ms[i]) + wait_ms_dealt(rho, service, self.wait_pct, x)
         tp, pp, dp = float(pre.tp[i]), float(pre.pp[i]), float(pre.dp[i])
         kv = worker_egress_bytes_per_s(self.ctx, self.isl, tp, pp, dp, served / x) / 1e9
         pools = (

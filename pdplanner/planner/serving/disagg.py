@@ -5,7 +5,8 @@ The deployment holds ``y * decode_batch`` requests in flight (closed loop). It d
 ``batch / (TPOT * (osl - 1))`` requests/s (the first token comes from prefill).
 
 * Decode-bound (``x * r_prefill >= y * r_decode``): the prefill pool runs at utilisation
-  ``rho = R / (x * r_prefill)`` and prompts wait in its queue (``queueing.wait_ms``).
+  ``rho = R / (x * r_prefill)`` and prompts wait in its queue, dealt to the ``x`` workers in
+  turn (``queueing.wait_ms_dealt``).
 * Prefill-bound: decode workers hold fewer sequences than their batch (a per-worker limit, not
   a client count); their running batch and TPOT are solved together (a fixed point) and the
   time to first token is the prefill step. How long prompts queue depends on the load, which
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdplanner.planner.serving.kvtransfer import transfer
-from pdplanner.planner.serving.queueing import MAX_UTILISATION, PERCENTILES, wait_ms
+from pdplanner.planner.serving.queueing import MAX_UTILISATION, PERCENTILES, wait_ms_dealt
 from pdplanner.planner.serving.workers import WorkerMetrics
 
 
@@ -83,7 +84,7 @@ def evaluate_xpyd(
         tpot = dec.step_ms
         running = float(decode_batch)
         ttft_at = {
-            name: prefill.step_ms + wait_ms(rho, service_ms, p) + kv_ms
+            name: prefill.step_ms + wait_ms_dealt(rho, service_ms, p, x) + kv_ms
             for name, p in PERCENTILES.items()
         }
         bottleneck = "decode"
