@@ -40,8 +40,3 @@ def lindley_waits(k: int, rho: float, n: int, seed: int) -> list[float]:
         out.append(w)
         w = max(0.0, w + 1.0 - rng.gammavariate(k, 1.0 / (k * rho)))
     return out[n // 10 :]
-
-
-def quantile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(p * len(s)))]

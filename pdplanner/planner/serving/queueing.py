@@ -111,6 +111,23 @@ def _erlang_cdf(k: int, rate: float, t: float) -> float:
 
 
 @njit(cache=True, nogil=True)
+def _leftover(k: int, rho: float, p: float) -> float:
+    """Quantile ``p`` of what the previous prompt leaves, ``(1 - gap)^+`` service times, for
+    Erlang-k gaps of mean ``1 / rho`` (bisection on the gap whose CDF is ``1 - p``)."""
+    rate = k * rho
+    if _erlang_cdf(k, rate, 1.0) <= 1.0 - p:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if _erlang_cdf(k, rate, mid) > 1.0 - p:
+            hi = mid
+        else:
+            lo = mid
+    return 1.0 - 0.5 * (lo + hi)
+
+
+@njit(cache=True, nogil=True)
 def wait_ms_dealt(rho: float, service_ms: float, p: float, workers: int) -> float:
     """Queueing delay (ms) at quantile ``p`` (``p <= 0``: the mean) of one of ``workers``
     prefill workers that a router deals Poisson arrivals to in turn, each at utilisation
@@ -123,28 +140,15 @@ def wait_ms_dealt(rho: float, service_ms: float, p: float, workers: int) -> floa
         return 0.0
     if rho >= 1.0:
         return math.inf
-    ca2 = 1.0 / k
-    gap = math.exp(-2.0 * (1.0 - rho) * (1.0 - ca2) ** 2 / (3.0 * rho * ca2))
-    mean = rho / (1.0 - rho) * 0.5 * ca2 * gap  # in service times
+    ca2 = 1.0 / k  # squared coefficient of variation of Erlang-k gaps
+    klb = math.exp(-2.0 * (1.0 - rho) * (1.0 - ca2) ** 2 / (3.0 * rho * ca2))
+    mean = rho / (1.0 - rho) * 0.5 * ca2 * klb  # in service times
     if p <= 0.0:
         return mean * service_ms
     theta = lundberg_rate(float(k), rho)
     weight = min(theta * mean, 1.0)
     tail = math.log(weight / (1.0 - p)) / theta if weight > 1.0 - p else 0.0
-    # the previous prompt's leftover, S - gap: the gap at which P(gap <= g) = 1 - p
-    rate = k * rho
-    lo, hi = 0.0, 1.0
-    if _erlang_cdf(k, rate, 1.0) > 1.0 - p:
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            if _erlang_cdf(k, rate, mid) > 1.0 - p:
-                hi = mid
-            else:
-                lo = mid
-        leftover = 1.0 - 0.5 * (lo + hi)
-    else:
-        leftover = 0.0
-    return max(tail, leftover) * service_ms
+    return max(tail, _leftover(k, rho, p)) * service_ms
 
 
 @njit(cache=True, nogil=True)
