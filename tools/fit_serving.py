@@ -1,13 +1,15 @@
 """Calibrate the serving layer's free parameters on the measured runs, with cross-validation.
 
     .venv/bin/python tools/fit_serving.py [--k 2 4 10] [--quant-eff 0.55 0.65 1.0]
-        [--eager-ms 0 0.4 0.8] [--only "h100"]
+        [--eager-ms 0 0.4 0.8] [--a2a-us 6 30 50] [--only "h100"]
 
 Parameters:
 
 * the share of the calibrated fp8/fp4 GEMM throughput that engines' quantized linear layers
   reach (``params.QUANTIZED_GEMM_EFFICIENCY``), picked at each issue time (below) by the
   smallest mean abs. % TPOT error over every ``k`` (it is a step-time figure);
+* the fixed cost of one expert-parallel dispatch or combine under attention DP
+  (``params.EP_ALLTOALL_FLOOR_MS``), picked with the efficiency, by TPOT, for the same reason;
 * the host's time to issue one decoder layer of a step that runs without CUDA graphs
   (``EngineSpec.eager_layer_host_ms``, for the engines named by ``--eager-engines``; default
   those whose catalog entry has one: TensorRT-LLM),
@@ -19,10 +21,10 @@ Parameters:
   (``tests/unit/test_serving_accuracy.py`` fits the latter again in its own folds), the
   overheads by the smallest mean abs. % TTFT error.
 
-Every row is simulated once per (``k``, efficiency, issue time); each fold (leave one engine,
-model or system out) picks the parameters on its training rows and is scored on its held-out
-rows. Prints the folds' choices and held-out errors, and the fit on all rows. Two cores: about
-25 s per grid point.
+Every row is simulated once per (``k``, efficiency, issue time, all-to-all cost); each fold
+(leave one engine, model or system out) picks the parameters on its training rows and is scored
+on its held-out rows. Prints the folds' choices and held-out errors, and the fit on all rows.
+Two cores: about 25 s per grid point.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 from serving_runs import Run, abs_pct, load_runs, predict
 
 GRID_MS = (0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0)
-# (k, quantized GEMM efficiency, eager issue ms per layer; None: the catalog's)
-Point = tuple[float, float, float | None]
+# (k, quantized GEMM efficiency, eager issue ms per layer, all-to-all fixed ms; None: the
+# catalog's)
+Point = tuple[float, float, float | None, float | None]
 Row = tuple[Run, dict[Point, tuple[float, float]]]  # point -> (TTFT mean, TPOT mean)
 
 
@@ -60,18 +63,25 @@ def _overheads(rows: list[Row], point: Point) -> tuple[float, dict[str, float]]:
 
 
 def fit(
-    rows: list[Row], ks: list[float], effs: list[float], eagers: list[float | None]
+    rows: list[Row],
+    ks: list[float],
+    effs: list[float],
+    eagers: list[float | None],
+    a2as: list[float | None],
 ) -> tuple[Point, dict[str, float]]:
-    """At each issue time the efficiency with the smallest mean TPOT error; then the issue time,
-    ``k`` and per-mode overheads with the smallest mean TPOT + mean TTFT error."""
+    """At each issue time the efficiency and all-to-all cost with the smallest mean TPOT error;
+    then the issue time, ``k`` and per-mode overheads with the smallest mean TPOT + mean TTFT
+    error."""
     best: tuple[float, Point, dict[str, float]] | None = None
     for g in eagers:
-        eff = min(
-            effs,
-            key=lambda e: sum(abs_pct(p[k, e, g][1], r.tpot_ms) for r, p in rows for k in ks),
+        eff, a2a = min(
+            ((e, a) for e in effs for a in a2as),
+            key=lambda ea: sum(
+                abs_pct(p[k, ea[0], g, ea[1]][1], r.tpot_ms) for r, p in rows for k in ks
+            ),
         )
         for k in ks:
-            point = (k, eff, g)
+            point = (k, eff, g, a2a)
             ttft, over = _overheads(rows, point)
             tpot = sum(abs_pct(p[point][1], r.tpot_ms) for r, p in rows) / len(rows)
             if best is None or ttft + tpot < best[0]:
@@ -83,16 +93,16 @@ def fit(
 def _simulate(job: tuple[Run, list[Point], tuple[str, ...] | None]) -> Row | None:
     run, points, eager_engines = job
     preds = {}
-    for k, eff, eager in points:
-        p = predict(run, k, quant_eff=eff, eager_ms=eager, eager_engines=eager_engines)
+    for k, eff, eager, a2a in points:
+        p = predict(run, k, quant_eff=eff, eager_ms=eager, eager_engines=eager_engines, a2a_ms=a2a)
         if isinstance(p, str) or not p.ok:
             return None
-        preds[k, eff, eager] = (p.ttft_ms.mean, p.tpot_ms.mean)
+        preds[k, eff, eager, a2a] = (p.ttft_ms.mean, p.tpot_ms.mean)
     return run, preds
 
 
-def _ms(eager: float | None) -> str:
-    return "the catalog's" if eager is None else f"{eager:g} ms"
+def _ms(value: float | None, scale: float = 1.0, unit: str = "ms") -> str:
+    return "the catalog's" if value is None else f"{value * scale:g} {unit}"
 
 
 def main() -> None:
@@ -114,11 +124,19 @@ def main() -> None:
         default=None,
         help="engines the --eager-ms grid applies to (default: those with a catalog value)",
     )
+    ap.add_argument(
+        "--a2a-us",
+        type=float,
+        nargs="+",
+        default=None,
+        help="fixed cost of one expert-parallel dispatch or combine (us; default: the catalog's)",
+    )
     ap.add_argument("--only", default="", help="rows whose 'engine mode system' contains this")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     eagers: list[float | None] = args.eager_ms or [None]
-    points = [(k, e, g) for k in args.k for e in args.quant_eff for g in eagers]
+    a2as: list[float | None] = [u / 1e3 for u in args.a2a_us] if args.a2a_us else [None]
+    points = [(k, e, g, a) for k in args.k for e in args.quant_eff for g in eagers for a in a2as]
     engines = tuple(args.eager_engines) if args.eager_engines else None
     jobs = [(run, points, engines) for run in load_runs() if args.only in run.group]
     with multiprocessing.Pool(args.jobs) as pool:
@@ -126,7 +144,7 @@ def main() -> None:
     print(
         f"{len(rows)} runs, k in {args.k}, quantized GEMM efficiency in {args.quant_eff}, "
         f"eager issue ms per layer in {args.eager_ms or 'the catalog'} "
-        f"({engines or 'engines with one'})"
+        f"({engines or 'engines with one'}), all-to-all us in {args.a2a_us or 'the catalog'}"
     )
     schemes: dict[str, Callable[[Run], str]] = {
         "engine": lambda r: r.engine,
@@ -138,13 +156,13 @@ def main() -> None:
         for value in sorted({key(r) for r, _ in rows}):
             train = [x for x in rows if key(x[0]) != value]
             test = [x for x in rows if key(x[0]) == value]
-            point, over = fit(train, args.k, args.quant_eff, eagers)
+            point, over = fit(train, args.k, args.quant_eff, eagers, a2as)
             e = [abs_pct(p[point][0] + over[r.mode], r.ttft_ms) for r, p in test]
             ttft += e
             tpot += [abs_pct(p[point][1], r.tpot_ms) for r, p in test]
             print(
                 f"  leave {name} {value} out: k={point[0]:g}, efficiency {point[1]:g}, eager "
-                f"{_ms(point[2])}, agg "
+                f"{_ms(point[2])}, all-to-all {_ms(point[3], 1e3, 'us')}, agg "
                 f"{over['agg']:g} ms, disagg {over['disagg']:g} ms; held-out TTFT median "
                 f"{statistics.median(e):.1f}% mean {statistics.mean(e):.1f}% ({len(e)} rows)"
             )
@@ -153,11 +171,12 @@ def main() -> None:
             f"{statistics.mean(ttft):.1f}%; TPOT median {statistics.median(tpot):.1f}%, mean "
             f"{statistics.mean(tpot):.1f}%"
         )
-    point, over = fit(rows, args.k, args.quant_eff, eagers)
+    point, over = fit(rows, args.k, args.quant_eff, eagers, a2as)
     ttft = statistics.mean(abs_pct(p[point][0] + over[r.mode], r.ttft_ms) for r, p in rows)
     tpot = statistics.mean(abs_pct(p[point][1], r.tpot_ms) for r, p in rows)
     print(
-        f"all rows: k={point[0]:g}, efficiency {point[1]:g}, eager {_ms(point[2])}, overheads "
+        f"all rows: k={point[0]:g}, efficiency {point[1]:g}, eager {_ms(point[2])}, all-to-all "
+        f"{_ms(point[3], 1e3, 'us')}, overheads "
         f"{over}; mean abs. error "
         f"TTFT {ttft:.1f}%, TPOT {tpot:.1f}%"
     )

@@ -33,7 +33,12 @@ import numpy as np
 
 from pdplanner.planner.catalog import default_gpus, default_models, load_engine
 from pdplanner.planner.errors import PlannerError
-from pdplanner.planner.perf.params import H_PEAK, QUANTIZED_GEMM_EFFICIENCY, PerfContext
+from pdplanner.planner.perf.params import (
+    H_A2A_FLOOR_MS,
+    H_PEAK,
+    QUANTIZED_GEMM_EFFICIENCY,
+    PerfContext,
+)
 from pdplanner.planner.serving.scheduler import SchedulerSettings, scheduler_for
 from pdplanner.planner.serving.simulate import (
     ClosedLoop,
@@ -181,11 +186,13 @@ def predict(
     quant_eff: float | None = None,
     eager_ms: float | None = None,
     eager_engines: tuple[str, ...] | None = None,
+    a2a_ms: float | None = None,
 ) -> ServingRun | str:
     """The planner's figures for ``run`` (a string: why it cannot be predicted). ``quant_eff``
     replaces ``QUANTIZED_GEMM_EFFICIENCY`` for a fp8/fp4 row, ``eager_ms`` the
     ``eager_layer_host_ms`` of the engines named in ``eager_engines`` (default: those whose
-    catalog entry has one; ``tools/fit_serving.py`` fits both)."""
+    catalog entry has one; ``tools/fit_serving.py`` fits both) and ``a2a_ms`` the fixed cost of
+    an expert-parallel dispatch or combine (``EP_ALLTOALL_FLOOR_MS``)."""
     try:
         model = default_models().get(run.model, "model")
         gpu = default_gpus().get(run.system, "gpu")
@@ -204,6 +211,10 @@ def predict(
     if quant_eff is not None and run.dtype != "bf16":
         hv = ctx.hv.copy()
         hv[H_PEAK] *= quant_eff / QUANTIZED_GEMM_EFFICIENCY
+        ctx = replace(ctx, hv=hv)
+    if a2a_ms is not None:
+        hv = ctx.hv.copy()
+        hv[H_A2A_FLOOR_MS] = a2a_ms
         ctx = replace(ctx, hv=hv)
     load = ClosedLoop(run.concurrency, requests_per_client, synchronised)
     isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])

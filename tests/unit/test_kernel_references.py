@@ -38,6 +38,7 @@ from pdplanner.planner.perf import memory as M
 from pdplanner.planner.perf import opkernels as ok
 from pdplanner.planner.perf.calibration import load_calibration
 from pdplanner.planner.perf.params import (
+    EP_ALLTOALL_FLOOR_MS,
     H_EXPERT_W_BYTES,
     QUANTIZED_GEMM_EFFICIENCY,
     WEIGHT_STORAGE_BYTES,
@@ -138,9 +139,11 @@ def ref_allreduce_ms(nbytes: float, group: float, hw: Hw) -> float:
 
 
 def ref_alltoall_ms(nbytes: float, group: float, hw: Hw) -> float:
+    """An expert-parallel dispatch or combine: never cheaper than the engines' fixed cost."""
     if group <= 1 or nbytes <= 0:
         return 0.0
     bw, lat = ref_link(group, hw)
+    lat = max(lat, EP_ALLTOALL_FLOOR_MS)
     return lat + K.HOP_LATENCY_MS * math.log2(group) + 1e3 * nbytes * (group - 1) / group / bw
 
 
@@ -424,7 +427,10 @@ def ref_layer_ms(
         gemm += ref_grouped_gemm_ms(gemm_rows, active_local, h, w, hw, cg)
         gemm += ref_dense_ffn(tokens, m.num_shared_experts * width, tp, m, hw, cg)
         if dp > 1:
-            comm += 2 * ref_alltoall_ms(tokens / tp * topk * h * K.ACT_BYTES, ep, hw)
+            # tokens go out in fp8 to quantized experts, in bf16 to bf16 ones; back in bf16
+            sent = 1.0 if hw.eb < 2.0 else 2.0
+            comm += ref_alltoall_ms(tokens / tp * topk * h * sent, ep, hw)
+            comm += ref_alltoall_ms(tokens / tp * topk * h * 2.0, ep, hw)
             comm += ref_allreduce_ms(min(rows, stage_tokens) * h * K.ACT_BYTES, moe_tp, hw)
         else:  # TP attention: every GPU holds every token; one all-reduce sums the experts
             comm += ref_allreduce_ms(act, tp, hw)

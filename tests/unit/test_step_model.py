@@ -430,7 +430,7 @@ def test_moe_under_tp_attention_is_summed_by_an_all_reduce_and_dispatched_only_u
     (TensorRT-LLM's DeepSeek-V3 and Qwen3-MoE layers call the experts with reduce_results=False
     and all-reduce after them unless attention DP is on). With attention DP (DP8 EP8, one
     sequence per rank) the ranks hold different tokens: each MoE layer dispatches its token's 8
-    picks and combines them (two all-to-alls), and no layer all-reduces."""
+    picks in fp8 and combines them in bf16 (two all-to-alls), and no layer all-reduces."""
     from pdplanner.planner.catalog import load_engine
     from pdplanner.planner.perf.kernels import allreduce_ms, alltoall_ms
     from pdplanner.planner.perf.params import PerfContext
@@ -444,7 +444,9 @@ def test_moe_under_tp_attention_is_summed_by_an_all_reduce_and_dispatched_only_u
                engine="trtllm")  # fmt: skip
     two_all_reduces_ms = 2 * allreduce_ms(8 * h * 2.0, 8.0, hv)
     moe_share = model.num_moe_layers / model.num_layers
-    dispatch_combine_ms = moe_share * 2 * alltoall_ms(1 * 8 * h * 2.0, 8.0, hv)
+    dispatch_combine_ms = moe_share * (
+        alltoall_ms(1 * 8 * h * 1.0, 8.0, hv) + alltoall_ms(1 * 8 * h * 2.0, 8.0, hv)
+    )
     print(
         f"communication per layer: TP8 EP8 {1e3 * tp.per_layer_ms.communication:.2f} us "
         f"(2 all-reduces {1e3 * two_all_reduces_ms:.2f}), DP8 EP8 "

@@ -59,6 +59,7 @@ from numba import njit
 from pdplanner.planner.perf.memory import EMBED_BYTES, STATE_BYTES
 from pdplanner.planner.perf.opkernels import attn_decode_ms, attn_prefill_window_ms, gemm_ms
 from pdplanner.planner.perf.params import (
+    H_A2A_FLOOR_MS,
     H_CUDA_GRAPHS,
     H_DECODE_ATTN_EFF,
     H_DOMAIN,
@@ -111,6 +112,7 @@ from pdplanner.planner.perf.params import (
 )
 
 ACT_BYTES = 2.0  # activations travel and are stored in bf16
+DISPATCH_BYTES_QUANTIZED = 1.0  # fp8 tokens dispatched to quantized experts (ffn_ms)
 # Collective latencies (ms): NCCL / custom all-reduce on NVLink takes ~5-10 us for small messages,
 # plus ~1.5 us per doubling of the group; across the scale-out network ~15 us base (send/recv,
 # all-to-all).
@@ -196,10 +198,14 @@ def allreduce_ms(nbytes: float, group: float, hv: np.ndarray) -> float:
 
 @njit(cache=True, nogil=True)
 def alltoall_ms(nbytes_per_gpu: float, group: float, hv: np.ndarray) -> float:
-    """All-to-all where each GPU sends ``nbytes_per_gpu`` spread over the others."""
+    """Expert-parallel all-to-all (MoE dispatch or combine) where each GPU sends
+    ``nbytes_per_gpu`` spread over the others: the hardware vector's fixed cost (params.
+    EP_ALLTOALL_FLOOR_MS) plus the
+    transfer over the group's slowest link."""
     if group <= 1.0 or nbytes_per_gpu <= 0.0:
         return 0.0
     bw, lat = link_for(group, hv)
+    lat = max(lat, hv[H_A2A_FLOOR_MS])
     return (
         lat + HOP_LATENCY_MS * math.log2(group) + 1e3 * nbytes_per_gpu * (group - 1.0) / group / bw
     )
@@ -630,8 +636,12 @@ def ffn_ms(
             # attention-DP ranks hold different tokens: dispatch them to the experts' owners
             # and combine the results (all-to-all over the EP group, if any), then reduce over
             # the expert TP group; a GPU's experts sum their top-k outputs per token before
-            # that reduction
-            comm = 2.0 * alltoall_ms(tokens / tp * topk * h * ACT_BYTES, ep, hv)
+            # that reduction. Tokens travel to quantized experts in fp8 and come back in bf16
+            # (DeepEP's DeepSeek-V3 setting, "FP8 dispatching and BF16 combining", its README;
+            # fp4 experts are sent fp8 too, the conservative choice).
+            routed = tokens / tp * topk * h
+            sent = DISPATCH_BYTES_QUANTIZED if hv[H_EXPERT_W_BYTES] < ACT_BYTES else ACT_BYTES
+            comm = alltoall_ms(routed * sent, ep, hv) + alltoall_ms(routed * ACT_BYTES, ep, hv)
             comm += allreduce_ms(min(rows, stage_tokens) * h * ACT_BYTES, moe_tp, hv)
         else:
             # with TP attention every GPU of the stage already holds every token: each runs its

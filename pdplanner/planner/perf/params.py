@@ -53,8 +53,20 @@ H_EAGER_LAYER_MS = 26  # the engine's host time per decoder layer of a step with
 # the largest decode batch (per rank and micro-batch) replayed as a CUDA graph; larger ones run
 # eagerly (``PerfContext.with_graph_limit``; infinite until a scheduler sets it)
 H_GRAPH_MAX_BS = 27
-HARDWARE_SLOTS = 28
+H_A2A_FLOOR_MS = 28  # fixed cost of one expert-parallel dispatch or combine (EP_ALLTOALL_FLOOR_MS)
+HARDWARE_SLOTS = 29
 MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
+
+# Fixed cost (ms) of one expert-parallel all-to-all under attention DP, dispatch or combine, in
+# place of the link's latency (``kernels.alltoall_ms``): the engines' kernels (DeepEP in SGLang,
+# TensorRT-LLM's own MoE all-to-all) exchange per-destination token counts, signal and wait on
+# every peer and pack / unpack the tokens around the copy, which a point-to-point latency of a
+# few microseconds does not cover. Fitted on the TPOT of shared/serving-runs' attention-DP
+# decode pools (``tools/fit_serving.py --a2a-us 6 20 30 40 50``): 30 us on every row and in
+# every leave-one-out fold that keeps such rows (README, serving model). For scale, DeepEP's
+# published low-latency kernels take 77 / 114 us (dispatch / combine) at EP 8 and 155 / 273 us
+# at EP 32 for 128 tokens over 400 Gb/s RDMA, most of it the transfer (DeepEP docs/legacy.md).
+EP_ALLTOALL_FLOOR_MS = 0.03
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
 WEIGHT_STORAGE_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
@@ -141,6 +153,7 @@ def hardware_vector(
     v[H_SEQ_OVERHEAD_MS] = engine.seq_overhead_ms
     v[H_EAGER_LAYER_MS] = engine.eager_layer_host_ms
     v[H_GRAPH_MAX_BS] = np.inf
+    v[H_A2A_FLOOR_MS] = EP_ALLTOALL_FLOOR_MS
     v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
