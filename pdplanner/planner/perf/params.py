@@ -63,9 +63,10 @@ MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
 # every peer and pack / unpack the tokens around the copy, which a point-to-point latency of a
 # few microseconds does not cover. Fitted on the TPOT of shared/serving-runs' attention-DP
 # decode pools (``tools/fit_serving.py --a2a-us 6 20 30 40 50``): 30 us on every row and in
-# every leave-one-out fold that keeps such rows (README, serving model). For scale, DeepEP's
-# published low-latency kernels take 77 / 114 us (dispatch / combine) at EP 8 and 155 / 273 us
-# at EP 32 for 128 tokens over 400 Gb/s RDMA, most of it the transfer (DeepEP docs/legacy.md).
+# the leave-one-out folds that keep such rows, but 40 leaving GB300 out (README, serving model).
+# For scale, DeepEP's published low-latency kernels take 77 / 114 us (dispatch / combine) at EP 8
+# and 155 / 273 us at EP 32 for 128 tokens over 400 Gb/s RDMA, most of it the transfer (DeepEP
+# docs/legacy.md).
 EP_ALLTOALL_FLOOR_MS = 0.03
 
 # Weight bytes per element as stored: fp4 carries one fp8 scale per 16 elements (NVFP4 / MXFP4).
