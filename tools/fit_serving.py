@@ -42,7 +42,7 @@ from serving_runs import Run, abs_pct, load_runs, predict
 
 GRID_MS = (0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0)
 # (k, quantized GEMM efficiency, eager issue ms per layer, all-to-all fixed ms; None: the
-# catalog's)
+# default, the catalog's issue times and params.EP_ALLTOALL_FLOOR_MS)
 Point = tuple[float, float, float | None, float | None]
 Row = tuple[Run, dict[Point, tuple[float, float]]]  # point -> (TTFT mean, TPOT mean)
 
@@ -102,7 +102,7 @@ def _simulate(job: tuple[Run, list[Point], tuple[str, ...] | None]) -> Row | Non
 
 
 def _ms(value: float | None, scale: float = 1.0, unit: str = "ms") -> str:
-    return "the catalog's" if value is None else f"{value * scale:g} {unit}"
+    return "the default" if value is None else f"{value * scale:g} {unit}"
 
 
 def main() -> None:
@@ -129,7 +129,8 @@ def main() -> None:
         type=float,
         nargs="+",
         default=None,
-        help="fixed cost of one expert-parallel dispatch or combine (us; default: the catalog's)",
+        help="fixed cost of one expert-parallel dispatch or combine (us; default: "
+        "params.EP_ALLTOALL_FLOOR_MS)",
     )
     ap.add_argument("--only", default="", help="rows whose 'engine mode system' contains this")
     ap.add_argument("--jobs", type=int, default=2)
@@ -144,7 +145,7 @@ def main() -> None:
     print(
         f"{len(rows)} runs, k in {args.k}, quantized GEMM efficiency in {args.quant_eff}, "
         f"eager issue ms per layer in {args.eager_ms or 'the catalog'} "
-        f"({engines or 'engines with one'}), all-to-all us in {args.a2a_us or 'the catalog'}"
+        f"({engines or 'engines with one'}), all-to-all us in {args.a2a_us or 'the default'}"
     )
     schemes: dict[str, Callable[[Run], str]] = {
         "engine": lambda r: r.engine,

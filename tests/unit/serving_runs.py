@@ -34,7 +34,7 @@ import numpy as np
 from pdplanner.planner.catalog import default_gpus, default_models, load_engine
 from pdplanner.planner.errors import PlannerError
 from pdplanner.planner.perf.params import (
-    H_A2A_FLOOR_MS,
+    H_EP_ALLTOALL_FLOOR_MS,
     H_PEAK,
     QUANTIZED_GEMM_EFFICIENCY,
     PerfContext,
@@ -214,7 +214,7 @@ def predict(
         ctx = replace(ctx, hv=hv)
     if a2a_ms is not None:
         hv = ctx.hv.copy()
-        hv[H_A2A_FLOOR_MS] = a2a_ms
+        hv[H_EP_ALLTOALL_FLOOR_MS] = a2a_ms
         ctx = replace(ctx, hv=hv)
     load = ClosedLoop(run.concurrency, requests_per_client, synchronised)
     isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])

@@ -427,8 +427,9 @@ def ref_layer_ms(
         gemm += ref_grouped_gemm_ms(gemm_rows, active_local, h, w, hw, cg)
         gemm += ref_dense_ffn(tokens, m.num_shared_experts * width, tp, m, hw, cg)
         if dp > 1:
-            # tokens go out in fp8 to quantized experts, in bf16 to bf16 ones; back in bf16
-            sent = 1.0 if hw.eb < 2.0 else 2.0
+            # tokens go out in fp8 where the layers compute in fp8 or fp4, else in bf16 (whatever
+            # the experts' storage); back in bf16
+            sent = 1.0 if hw.dtype != "bf16" else 2.0
             comm += ref_alltoall_ms(tokens / tp * topk * h * sent, ep, hw)
             comm += ref_alltoall_ms(tokens / tp * topk * h * 2.0, ep, hw)
             comm += ref_allreduce_ms(min(rows, stage_tokens) * h * K.ACT_BYTES, moe_tp, hw)

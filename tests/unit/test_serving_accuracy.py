@@ -155,13 +155,14 @@ def test_serving_errors_on_measured_runs_under_cross_validation(predictions) -> 
     # 11.5% with the quantized GEMM efficiency, vLLM's padded fp8 MoE GEMMs and a bf16 LM head
     # (the efficiency held at 0.65; folds that refit it too gave 7.5% / 11.7% before the LM head,
     # tools/fit_serving.py); TensorRT-LLM's host issue time of eager steps took the folds to
-    # 22.6-29.4% / 32.2-37.8% and TPOT to 6.7% / 11.0%
+    # 22.6-29.4% / 32.2-37.8% and TPOT to 6.7% / 11.0%; the expert-parallel all-to-all's fixed
+    # cost took TPOT to 6.3% / 10.0% (10.5% before)
     for name, (_, n, tm, ta, qm, qa) in overall.items():
         assert n >= 700, name
         assert tm < 33.0, (name, tm)
         assert ta < 40.0, (name, ta)
-        assert qm < 8.0, (name, qm)
-        assert qa < 12.0, (name, qa)
+        assert qm < 7.0, (name, qm)
+        assert qa < 10.3, (name, qa)
 
 
 def test_tensorrt_llm_steps_with_prompts_wait_for_the_host_to_issue_their_layers(

@@ -432,8 +432,8 @@ def test_moe_under_tp_attention_is_summed_by_an_all_reduce_and_dispatched_only_u
     sequence per rank) the ranks hold different tokens: each MoE layer dispatches its token's 8
     picks in fp8 and combines them in bf16 (two all-to-alls), and no layer all-reduces."""
     from pdplanner.planner.catalog import load_engine
-    from pdplanner.planner.perf.kernels import allreduce_ms, alltoall_ms
-    from pdplanner.planner.perf.params import PerfContext
+    from pdplanner.planner.perf.kernels import NVLINK_LATENCY_MS, allreduce_ms, alltoall_ms
+    from pdplanner.planner.perf.params import EP_ALLTOALL_FLOOR_MS, PerfContext
 
     model = load_model("deepseek-v3")
     hv = PerfContext.build(model, load_gpu("gb200-nvl72"), load_engine("trtllm"), "fp8").hv
@@ -455,6 +455,32 @@ def test_moe_under_tp_attention_is_summed_by_an_all_reduce_and_dispatched_only_u
     )
     assert tp.per_layer_ms.communication == pytest.approx(two_all_reduces_ms, rel=1e-9)
     assert dp.per_layer_ms.communication == pytest.approx(dispatch_combine_ms, rel=1e-9)
+    # each all-to-all costs at least the engines' fixed cost, far above the link's latency
+    assert dp.per_layer_ms.communication >= moe_share * 2 * EP_ALLTOALL_FLOOR_MS
+    assert EP_ALLTOALL_FLOOR_MS > 2 * NVLINK_LATENCY_MS
+
+
+def test_tokens_are_dispatched_at_the_precision_the_experts_compute_in() -> None:
+    """gpt-oss-120b stores its experts in MXFP4. Deployed in bf16 (activations not quantized) its
+    tokens travel to the experts in bf16, deployed in fp8 in fp8; either way they come back in
+    bf16. DP8 EP8 on GB200, one sequence per rank."""
+    from pdplanner.planner.catalog import load_engine
+    from pdplanner.planner.perf.kernels import alltoall_ms
+    from pdplanner.planner.perf.params import H_DISPATCH_BYTES, PerfContext
+
+    model = load_model("gpt-oss-120b")
+    h = model.hidden_size
+    topk = model.experts_per_token
+    moe_share = model.num_moe_layers / model.num_layers
+    for dtype, sent in (("bf16", 2.0), ("fp8", 1.0)):
+        hv = PerfContext.build(model, load_gpu("gb200-nvl72"), load_engine("trtllm"), dtype).hv
+        assert hv[H_DISPATCH_BYTES] == sent, dtype
+        dp = phase("gpt-oss-120b", "gb200-nvl72", "decode", 8, ep=8, attention_dp=8, dtype=dtype,
+                   engine="trtllm")  # fmt: skip
+        expected = moe_share * (
+            alltoall_ms(topk * h * sent, 8.0, hv) + alltoall_ms(topk * h * 2.0, 8.0, hv)
+        )
+        assert dp.per_layer_ms.communication == pytest.approx(expected, rel=1e-9), dtype
 
 
 def test_engine_kernels_drop_only_the_l2_flush_write_back() -> None:

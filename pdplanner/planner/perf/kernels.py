@@ -59,11 +59,12 @@ from numba import njit
 from pdplanner.planner.perf.memory import EMBED_BYTES, STATE_BYTES
 from pdplanner.planner.perf.opkernels import attn_decode_ms, attn_prefill_window_ms, gemm_ms
 from pdplanner.planner.perf.params import (
-    H_A2A_FLOOR_MS,
     H_CUDA_GRAPHS,
     H_DECODE_ATTN_EFF,
+    H_DISPATCH_BYTES,
     H_DOMAIN,
     H_EAGER_LAYER_MS,
+    H_EP_ALLTOALL_FLOOR_MS,
     H_EXPERT_W_BYTES,
     H_GRAPH_MAX_BS,
     H_HBM_BW,
@@ -112,10 +113,9 @@ from pdplanner.planner.perf.params import (
 )
 
 ACT_BYTES = 2.0  # activations travel and are stored in bf16
-DISPATCH_BYTES_QUANTIZED = 1.0  # fp8 tokens dispatched to quantized experts (ffn_ms)
 # Collective latencies (ms): NCCL / custom all-reduce on NVLink takes ~5-10 us for small messages,
-# plus ~1.5 us per doubling of the group; across the scale-out network ~15 us base (send/recv,
-# all-to-all).
+# plus ~1.5 us per doubling of the group; across the scale-out network ~15 us base (send/recv;
+# an expert-parallel all-to-all costs at least params.EP_ALLTOALL_FLOOR_MS instead).
 NVLINK_LATENCY_MS = 0.006
 SCALEOUT_LATENCY_MS = 0.015
 HOP_LATENCY_MS = 0.0015
@@ -199,13 +199,13 @@ def allreduce_ms(nbytes: float, group: float, hv: np.ndarray) -> float:
 @njit(cache=True, nogil=True)
 def alltoall_ms(nbytes_per_gpu: float, group: float, hv: np.ndarray) -> float:
     """Expert-parallel all-to-all (MoE dispatch or combine) where each GPU sends
-    ``nbytes_per_gpu`` spread over the others: the hardware vector's fixed cost (params.
-    EP_ALLTOALL_FLOOR_MS) plus the
-    transfer over the group's slowest link."""
+    ``nbytes_per_gpu`` spread over the others (ms): the engines' fixed cost
+    (``params.EP_ALLTOALL_FLOOR_MS``, or the link's latency if higher), 1.5 us per doubling of
+    the group, and the transfer over the group's slowest link."""
     if group <= 1.0 or nbytes_per_gpu <= 0.0:
         return 0.0
     bw, lat = link_for(group, hv)
-    lat = max(lat, hv[H_A2A_FLOOR_MS])
+    lat = max(lat, hv[H_EP_ALLTOALL_FLOOR_MS])
     return (
         lat + HOP_LATENCY_MS * math.log2(group) + 1e3 * nbytes_per_gpu * (group - 1.0) / group / bw
     )
@@ -636,12 +636,11 @@ def ffn_ms(
             # attention-DP ranks hold different tokens: dispatch them to the experts' owners
             # and combine the results (all-to-all over the EP group, if any), then reduce over
             # the expert TP group; a GPU's experts sum their top-k outputs per token before
-            # that reduction. Tokens travel to quantized experts in fp8 and come back in bf16
-            # (DeepEP's DeepSeek-V3 setting, "FP8 dispatching and BF16 combining", its README;
-            # fp4 experts are sent fp8 too, the conservative choice).
+            # that reduction. Tokens go out at the hardware vector's dispatch precision (fp8
+            # where the layers compute quantized) and come back in bf16.
             routed = tokens / tp * topk * h
-            sent = DISPATCH_BYTES_QUANTIZED if hv[H_EXPERT_W_BYTES] < ACT_BYTES else ACT_BYTES
-            comm = alltoall_ms(routed * sent, ep, hv) + alltoall_ms(routed * ACT_BYTES, ep, hv)
+            comm = alltoall_ms(routed * hv[H_DISPATCH_BYTES], ep, hv)
+            comm += alltoall_ms(routed * ACT_BYTES, ep, hv)
             comm += allreduce_ms(min(rows, stage_tokens) * h * ACT_BYTES, moe_tp, hv)
         else:
             # with TP attention every GPU of the stage already holds every token: each runs its

@@ -53,12 +53,16 @@ H_EAGER_LAYER_MS = 26  # the engine's host time per decoder layer of a step with
 # the largest decode batch (per rank and micro-batch) replayed as a CUDA graph; larger ones run
 # eagerly (``PerfContext.with_graph_limit``; infinite until a scheduler sets it)
 H_GRAPH_MAX_BS = 27
-H_A2A_FLOOR_MS = 28  # fixed cost of one expert-parallel dispatch or combine (EP_ALLTOALL_FLOOR_MS)
-HARDWARE_SLOTS = 29
+H_EP_ALLTOALL_FLOOR_MS = 28  # fixed cost of one expert-parallel dispatch or combine (ms)
+# bytes per element of the tokens dispatched to the experts: fp8 where the layers compute in fp8
+# or fp4 (activations quantized before the expert GEMMs), bf16 otherwise
+H_DISPATCH_BYTES = 29
+HARDWARE_SLOTS = 30
 MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
 
 # Fixed cost (ms) of one expert-parallel all-to-all under attention DP, dispatch or combine, in
-# place of the link's latency (``kernels.alltoall_ms``): the engines' kernels (DeepEP in SGLang,
+# place of the link's latency (``kernels.alltoall_ms``; the 1.5 us per doubling of the group and
+# the transfer come on top): the engines' kernels (DeepEP in SGLang,
 # TensorRT-LLM's own MoE all-to-all) exchange per-destination token counts, signal and wait on
 # every peer and pack / unpack the tokens around the copy, which a point-to-point latency of a
 # few microseconds does not cover. Fitted on the TPOT of shared/serving-runs' attention-DP
@@ -154,7 +158,12 @@ def hardware_vector(
     v[H_SEQ_OVERHEAD_MS] = engine.seq_overhead_ms
     v[H_EAGER_LAYER_MS] = engine.eager_layer_host_ms
     v[H_GRAPH_MAX_BS] = np.inf
-    v[H_A2A_FLOOR_MS] = EP_ALLTOALL_FLOOR_MS
+    v[H_EP_ALLTOALL_FLOOR_MS] = EP_ALLTOALL_FLOOR_MS
+    # DeepEP's DeepSeek-V3 setting, "FP8 dispatching and BF16 combining" (its README): tokens
+    # go out in fp8 where the experts compute in fp8 or fp4 (fp4 sent as fp8, the conservative
+    # choice) and in bf16 where they compute in bf16, whatever the weights' storage (MXFP4 or
+    # int4 experts of a bf16 deployment still take bf16 tokens)
+    v[H_DISPATCH_BYTES] = 1.0 if dtype != "bf16" else 2.0
     v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
