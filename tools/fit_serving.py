@@ -152,9 +152,15 @@ def main() -> None:
         "model": lambda r: r.model_family,
         "system": lambda r: r.system,
     }
+    if not rows:
+        sys.exit(f"--only: no simulated run's 'engine mode system' contains {args.only!r}")
     for name, key in schemes.items():
+        values = sorted({key(r) for r, _ in rows})
+        if len(values) < 2:
+            print(f"leave one {name} out: skipped, the runs have one {name} ({values[0]})")
+            continue
         ttft, tpot = [], []
-        for value in sorted({key(r) for r, _ in rows}):
+        for value in values:
             train = [x for x in rows if key(x[0]) != value]
             test = [x for x in rows if key(x[0]) == value]
             point, over = fit(train, args.k, args.quant_eff, eagers, a2as)
