@@ -208,14 +208,12 @@ def predict(
         ctx = PerfContext.build(model, gpu, engine, run.dtype, kv)
     except PlannerError as e:
         return str(e)
+    hv = ctx.hv.copy()
     if quant_eff is not None and run.dtype != "bf16":
-        hv = ctx.hv.copy()
         hv[H_PEAK] *= quant_eff / QUANTIZED_GEMM_EFFICIENCY
-        ctx = replace(ctx, hv=hv)
     if a2a_ms is not None:
-        hv = ctx.hv.copy()
         hv[H_EP_ALLTOALL_FLOOR_MS] = a2a_ms
-        ctx = replace(ctx, hv=hv)
+    ctx = replace(ctx, hv=hv)
     load = ClosedLoop(run.concurrency, requests_per_client, synchronised)
     isl, osl = np.array([float(run.isl)]), np.array([float(run.osl)])
     if run.mode == "agg":

@@ -62,10 +62,10 @@ MEMORY_RULE_CODES = {"total": 0.0, "total_static": 1.0, "free": 2.0}
 
 # Fixed cost (ms) of one expert-parallel all-to-all under attention DP, dispatch or combine, in
 # place of the link's latency (``kernels.alltoall_ms``; the 1.5 us per doubling of the group and
-# the transfer come on top): the engines' kernels (DeepEP in SGLang,
-# TensorRT-LLM's own MoE all-to-all) exchange per-destination token counts, signal and wait on
-# every peer and pack / unpack the tokens around the copy, which a point-to-point latency of a
-# few microseconds does not cover. Fitted on the TPOT of shared/serving-runs' attention-DP
+# the transfer come on top): the engines' kernels (DeepEP in SGLang, TensorRT-LLM's own MoE
+# all-to-all) exchange per-destination token counts, signal and wait on every peer and pack /
+# unpack the tokens around the copy, which a point-to-point latency of a few microseconds does
+# not cover. Fitted on the TPOT of shared/serving-runs' attention-DP
 # decode pools (``tools/fit_serving.py --a2a-us 6 20 30 40 50``): 30 us on every row and in
 # the leave-one-out folds that keep such rows, but 40 leaving GB300 out (README, serving model).
 # For scale, DeepEP's published low-latency kernels take 77 / 114 us (dispatch / combine) at EP 8
@@ -160,10 +160,10 @@ def hardware_vector(
     v[H_GRAPH_MAX_BS] = np.inf
     v[H_EP_ALLTOALL_FLOOR_MS] = EP_ALLTOALL_FLOOR_MS
     # DeepEP's DeepSeek-V3 setting, "FP8 dispatching and BF16 combining" (its README): tokens
-    # go out in fp8 where the experts compute in fp8 or fp4 (fp4 sent as fp8, the conservative
-    # choice) and in bf16 where they compute in bf16, whatever the weights' storage (MXFP4 or
-    # int4 experts of a bf16 deployment still take bf16 tokens)
-    v[H_DISPATCH_BYTES] = 1.0 if dtype != "bf16" else 2.0
+    # go out at the precision the layers compute in, no narrower than fp8 (fp4 sent as fp8, the
+    # conservative choice), whatever the weights' storage (MXFP4 or int4 experts of a bf16
+    # deployment still take bf16 tokens)
+    v[H_DISPATCH_BYTES] = max(BYTES_PER_ELEMENT[dtype], BYTES_PER_ELEMENT["fp8"])
     v[H_DECODE_ATTN_EFF] = engine.decode_attention_efficiency
     v[H_PREFILL_ATTN_SPEEDUP] = engine.prefill_attention_speedup
     v[H_CUDA_GRAPHS] = 1.0 if engine.decode_cuda_graphs else 0.0
