@@ -59,6 +59,11 @@ from pdplanner.planner.types import (
 )
 
 GB = 1e9
+# An open-loop rate counts as sustained when the run's steady window completes at least this
+# share of it. Below it the queue grows for as long as the run lasts, so its TTFT says how long
+# the run was, not what the deployment does; the share leaves room for the Poisson count's own
+# noise (about 2.5% at the fewest requests a run simulates, 2000 with a tenth for warm-up).
+SUSTAINED_SHARE = 0.9
 
 
 def estimate(
@@ -386,7 +391,8 @@ def _agg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
         running_batch=m.running,
         queued=m.queued,
         details={
-            "load": _describe(load),
+            "load": _describe(load, m.simulated_requests),
+            **_offered(load, m.requests_per_s),
             "headline": stat,
             "ttft_ms": m.ttft_ms,
             "tpot_ms": m.tpot_ms,
@@ -398,15 +404,26 @@ def _agg(req: EstimateRequest, checked: _Checked) -> ServingEstimate:
     )
 
 
-def _describe(load: Load) -> str:
+def _describe(load: Load, simulated: int) -> str:
     if isinstance(load, ClosedLoop):
         return (
             f"closed: {load.clients} clients starting together, "
             f"{load.requests_per_client:g} requests each"
         )
     if isinstance(load, Poisson):
-        return f"poisson: {load.rate_per_s:g} requests/s, {load.requests} requests"
+        return f"poisson: {load.rate_per_s:g} requests/s, {simulated} requests"
     return "trace"
+
+
+def _offered(load: Load, completed_per_s: float) -> dict[str, Any]:
+    """Under Poisson arrivals: the offered rate and whether the deployment keeps up with it
+    (``SUSTAINED_SHARE``); nothing for a closed loop, which sends only as fast as it is served."""
+    if not isinstance(load, Poisson):
+        return {}
+    return {
+        "offered_requests_per_s": load.rate_per_s,
+        "sustained": completed_per_s >= SUSTAINED_SHARE * load.rate_per_s,
+    }
 
 
 def _fraction(ctx: PerfContext, par: Parallelism) -> float:
@@ -552,7 +569,8 @@ def _disagg_under_load(
         running_batch=run.running * d.parallelism.attention_dp * d.workers,
         queued=run.queued,
         details={
-            "load": _describe(load),
+            "load": _describe(load, run.simulated_requests),
+            **_offered(load, run.requests_per_s),
             "headline": stat,
             "ttft_ms": run.ttft_ms.to_dict(),
             "tpot_ms": run.tpot_ms.to_dict(),

@@ -24,12 +24,15 @@ from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.kvtransfer import TRANSFER_LATENCY_MS
 from pdplanner.planner.serving.scheduler import scheduler_for
 from pdplanner.planner.serving.simulate import (
+    MAX_REQUESTS,
+    POISSON_REQUESTS,
     REQUEST_OVERHEAD_MS,
     ClosedLoop,
     Poisson,
     Pool,
     Trace,
     kv_capacity,
+    poisson_requests,
     simulate_agg,
     simulate_disagg,
 )
@@ -201,6 +204,54 @@ def test_tpot_percentiles_show_prefill_interference_under_poisson_load() -> None
     assert busy.tpot_ms.p99 > 1.15 * busy.tpot_ms.p50
     assert busy.tpot_ms.p90 > busy.tpot_ms.p50
     assert alone.tpot_ms.p99 == pytest.approx(alone.tpot_ms.p50, rel=1e-9)
+
+
+def test_poisson_run_spans_ten_request_lifetimes() -> None:
+    """A Poisson run simulates its floor of requests, or ten lifetimes' worth of arrivals where
+    the rate keeps more than a tenth of the floor in flight, never more than the cap."""
+    assert poisson_requests(Poisson(1.0), 1_000.0) == POISSON_REQUESTS
+    assert poisson_requests(Poisson(100.0), 5_000.0) == 5_000  # 10 x 100/s x 5 s
+    assert poisson_requests(Poisson(100.0, requests=9_000), 5_000.0) == 9_000
+    assert poisson_requests(Poisson(1e6), 60_000.0) == MAX_REQUESTS
+
+
+def test_high_poisson_rate_reaches_its_steady_state() -> None:
+    """At 30 req/s a request of 300 answer tokens lives about six seconds, so some 175 are in
+    flight and 2000 requests would end within two lifetimes of filling: the run must outlast
+    that. It completes the offered rate (within the Poisson noise), keeps its output tokens/s
+    equal to requests/s x OSL, and holds the batch Little's law gives (rate x the measured time
+    in the system)."""
+    m = load_model(MODEL)
+    ctx = PerfContext.build(m, load_gpu(GPU), load_engine("vllm"))
+    sched = scheduler_for(ctx.engine)
+    isl, osl = np.array([100.0]), np.array([300.0])
+    r = simulate_agg(ctx, Parallelism(), sched, Poisson(30.0), isl, osl)
+    lifetime_s = (r.ttft_ms.mean + 299.0 * r.tpot_ms.mean) / 1e3
+    print(
+        f"30 req/s: {r.simulated_requests} requests, {r.requests_per_s:.2f} req/s, running "
+        f"{r.running:.1f}, lifetime {lifetime_s:.2f} s"
+    )
+    assert r.ok
+    assert r.simulated_requests > POISSON_REQUESTS
+    assert r.requests_per_s == pytest.approx(30.0, rel=0.05)
+    assert r.output_tokens_per_s == pytest.approx(300.0 * r.requests_per_s, rel=1e-9)
+    assert r.running == pytest.approx(30.0 * lifetime_s, rel=0.1)
+
+
+def test_overloaded_poisson_estimate_says_it_does_not_keep_up() -> None:
+    """1000 req/s of 2000-token prompts on one 8B worker: the worker completes its capacity, the
+    queue grows through the run, and the estimate says so instead of a plain TTFT; a rate the
+    worker serves is marked kept up. Tokens/s stay requests/s x OSL either way."""
+    over = est(mode="agg", rate_per_s=1000.0)
+    fine = est(mode="agg", rate_per_s=2.0)
+    assert isinstance(over, ServingEstimate) and isinstance(fine, ServingEstimate)
+    assert over.details["offered_requests_per_s"] == 1000.0
+    assert over.details["sustained"] is False
+    assert over.requests_per_s < 50.0
+    assert over.tokens_per_s_per_gpu == pytest.approx(OSL * over.requests_per_s, rel=1e-9)
+    assert fine.details["sustained"] is True
+    assert fine.requests_per_s == pytest.approx(2.0, rel=0.1)
+    assert "sustained" not in agg(8).details  # a closed loop sends only as fast as it is served
 
 
 def test_synchronised_clients_move_in_waves() -> None:

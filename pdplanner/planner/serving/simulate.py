@@ -53,6 +53,12 @@ REQUESTS_PER_CLIENT = 10.0
 REQUEST_OVERHEAD_MS = {"agg": 75.0, "disagg": 200.0}
 WARMUP_SHARE = 0.1
 POISSON_REQUESTS = 2000
+# A Poisson run spans at least this many request lifetimes (a request at the full batch,
+# ``_one_request_ms``): by Little's law a rate keeps rate x lifetime requests in flight, so 2000
+# requests at hundreds of requests/s end before the batch ever fills (632 req/s on a deployment
+# of 2,272 decode slots kept 1,025 running). With ten, the warm-up share (10%) covers about one
+# lifetime of filling and the drain after the last arrival touches about a tenth of the run.
+POISSON_LIFETIMES = 10.0
 MAX_REQUESTS = 2_000_000
 
 
@@ -66,6 +72,9 @@ class ClosedLoop:
 
 @dataclass(frozen=True)
 class Poisson:
+    """Open-loop arrivals at ``rate_per_s``: at least ``requests`` of them, more where the rate
+    keeps more in flight (``POISSON_LIFETIMES``)."""
+
     rate_per_s: float
     requests: int = POISSON_REQUESTS
     seed: int = 0
@@ -124,6 +133,7 @@ class ServingRun:
     duration_s: float
     ttft_ms_each: np.ndarray
     tpot_ms_each: np.ndarray
+    simulated_requests: int = 0  # every request of the run, warm-up included
 
 
 @dataclass(frozen=True)
@@ -172,8 +182,18 @@ def _sched_vector(
     return s
 
 
-def _requests(load: Load, isl: np.ndarray, osl: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(arrival_ms, isl, osl, clients, first measured completion) of the run."""
+def poisson_requests(load: Poisson, lifetime_ms: float) -> int:
+    """Requests a Poisson run simulates: ``load.requests``, or enough arrivals to span
+    ``POISSON_LIFETIMES`` request lifetimes of ``lifetime_ms``, at most ``MAX_REQUESTS``."""
+    span = POISSON_LIFETIMES * load.rate_per_s * max(lifetime_ms, 0.0) / 1e3
+    return int(min(MAX_REQUESTS, max(load.requests, math.ceil(span))))
+
+
+def _requests(
+    load: Load, isl: np.ndarray, osl: np.ndarray, lifetime_ms: float
+) -> tuple[np.ndarray, ...]:
+    """(arrival_ms, isl, osl, clients, first measured completion) of the run; ``lifetime_ms``
+    sizes a Poisson run (``poisson_requests``)."""
     if isinstance(load, Trace):
         a = np.asarray(load.arrival_s, dtype=np.float64) * 1e3
         return (
@@ -188,7 +208,7 @@ def _requests(load: Load, isl: np.ndarray, osl: np.ndarray) -> tuple[np.ndarray,
         arrival = np.zeros(n)
         return arrival, np.resize(isl, n), np.resize(osl, n), np.array(load.clients), np.array(0)
     rng = np.random.default_rng(load.seed)
-    n = load.requests
+    n = poisson_requests(load, lifetime_ms)
     gaps = rng.exponential(1e3 / load.rate_per_s, n)
     arrival = np.cumsum(gaps) - gaps[0]
     return (
@@ -221,7 +241,7 @@ def _run(
     spread_ms: float,
     overhead_ms: float,
 ) -> ServingRun:
-    arrival, r_isl, r_osl, clients_a, lo_a = _requests(load, isl, osl)
+    arrival, r_isl, r_osl, clients_a, lo_a = _requests(load, isl, osl, spread_ms)
     clients, lo = int(clients_a), int(lo_a)
     _stagger(load, arrival, spread_ms)
     n = r_isl.shape[0]
@@ -273,16 +293,28 @@ def _run(
     running_slot = L.T_RUNNING_BACK if n_back > 0 else L.T_RUNNING
     t0 = float(arrival.min()) if n else 0.0
     measured_ms = max(end - t0, 1e-9)
+    requests_per_s = 1e3 * completed / measured_ms if lo == 0 else 1e3 * m / max(end - start, 1e-9)
+    tokens_per_s = 1e3 * float(stats[L.T_TOKENS]) / measured_ms
+    if lo > 0 and completed > lo:
+        # open loop: rates over the steady window, from the first measured completion to the
+        # last arrival, so that neither the filling nor the drain after the arrivals end counts;
+        # to the run's end where the measured completions start only after the last arrival
+        # (an overload: the queue keeps the workers busy until it empties)
+        w0, w1 = float(t_done[order[lo]]), float(arrival[-1])
+        if w1 <= w0:
+            w1 = end
+        steady = fin & (t_done >= w0) & (t_done <= w1)
+        if w1 > w0 and steady.any():
+            requests_per_s = 1e3 * float(steady.sum()) / (w1 - w0)
+            tokens_per_s = 1e3 * float(r_osl[steady].sum()) / (w1 - w0)
     return ServingRun(
         ok=ok,
         reason=reason,
         load=load.name,
         ttft_ms=Percentiles(*map(float, summary[0:4])) if m else NO_PERCENTILES,
         tpot_ms=Percentiles(*map(float, summary[4:8])) if m else NO_PERCENTILES,
-        requests_per_s=1e3 * completed / measured_ms
-        if lo == 0
-        else 1e3 * (m / max(end - start, 1e-9)),
-        output_tokens_per_s=1e3 * float(stats[L.T_TOKENS]) / measured_ms,
+        requests_per_s=requests_per_s,
+        output_tokens_per_s=tokens_per_s,
         running=float(stats[running_slot]) / span / per_rank if span > 0 else 0.0,
         queued=float(stats[L.T_WAITING]) / span if span > 0 else 0.0,
         peak_running=float(stats[L.T_PEAK_RUNNING]),
@@ -291,6 +323,7 @@ def _run(
         duration_s=measured_ms / 1e3,
         ttft_ms_each=ttft_each,
         tpot_ms_each=tpot_each,
+        simulated_requests=n,
     )
 
 

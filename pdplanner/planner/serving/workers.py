@@ -138,6 +138,7 @@ class AggMetrics:
     reason: str | None
     load: str = "closed"  # the load model behind the figures: closed or poisson
     preemptions: int = 0  # requests preempted (vLLM) or retracted (SGLang) during the run
+    simulated_requests: int = 0  # requests the run simulated, warm-up included
 
 
 def agg_worker(
@@ -187,4 +188,5 @@ def agg_worker(
         None,
         load.name,
         run.preemptions,
+        run.simulated_requests,
     )

@@ -184,6 +184,15 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
         ("KV transfer charged to TTFT (ms)", result.kv_transfer_ms, 2),
     ]
     rows += [(label, metric(v, d)) for label, v, d in optional if v is not None]
+    offered = result.details.get("offered_requests_per_s")
+    if isinstance(offered, (int, float)) and result.fits:
+        kept_up = result.details.get("sustained") is True
+        rows.append(("offered requests/s", num(float(offered), 3)))
+        rows.append((
+            "keeps up with the offered rate",
+            "yes" if kept_up else Text("no: the queue grows for as long as the run lasts",
+                                       style="bold red"),
+        ))  # fmt: skip
     fraction = result.details.get("memory_fraction")
     if isinstance(fraction, dict):
         rows.append(("engine memory fraction (prefill / decode)",
