@@ -162,3 +162,20 @@ def test_gpus_per_node_out_of_range_is_one_line_exit_2(
     assert result.exit_code == 2
     assert result.output.strip().startswith("error: --gpus-per-node: must be")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_gpus_per_node_the_worker_does_not_split_over_names_that_flag(
+    served: tuple[CliRunner, str, str], tp8_plan: str
+) -> None:
+    """8 GPUs on hosts of 3 need 3 hosts that cannot hold the same number of ranks each: the
+    request's --gpus-per-node is at fault, and the error names it (the RPC's field too)."""
+    runner, address, _ = served
+    result = runner.invoke(app, ["export", tp8_plan, "--format", "vllm", "--gpus-per-node", "3"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: --gpus-per-node: plans/")
+    assert "does not split evenly over 3 nodes of 3 GPUs" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    with client_module.PlannerClient(address) as client, pytest.raises(grpc.RpcError) as err:
+        client.export_plan(tp8_plan, export_pb2.EXPORT_FORMAT_VLLM, gpus_per_node=3)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in client_module.field_violations(err.value)] == ["gpus_per_node"]

@@ -244,6 +244,9 @@ def test_models_create_and_gpus_create_add_to_a_server_idempotently(
     assert "my-llama" in run(remote, "models")
     no_server = local.invoke(app, ["gpus", "create", str(gpu)])
     assert no_server.exit_code == 2 and no_server.stderr.startswith("error: --server:")
+    for kind, path in (("models", model), ("gpus", gpu)):  # the RPC's model_id / gpu_id
+        bad = remote.invoke(app, [kind, "create", str(path), "--name", "Bad Name!"])
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: --name: "), bad.stderr
 
 
 def test_models_delete_and_gpus_delete_remove_custom_entries_and_refuse_other_names(

@@ -571,7 +571,7 @@ def test_a_worker_that_does_not_split_evenly_over_nodes_is_an_error() -> None:
     request, result = _tp16_plan("sglang")
     with pytest.raises(ExportError, match="does not split evenly") as err:
         export_plan(request, result, "sglang", "plans/r1", gpus_per_node=6)
-    assert err.value.field == "name"
+    assert err.value.field == "gpus_per_node"  # the request's value, not the plan, is at fault
 
 
 def test_tensorrt_llm_decode_pools_pad_to_the_cuda_graphs_the_plan_priced() -> None:

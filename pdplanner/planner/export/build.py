@@ -368,7 +368,10 @@ def export_plan(
             for p in pools
         ]
     except ValueError as error:
-        raise ExportError("name", f"{name}: {error}") from None
+        # a worker that does not split over the hosts: the request's gpus_per_node where it
+        # gave one, else the plan's layout on its GPU's own hosts
+        field = "gpus_per_node" if gpus_per_node else "name"
+        raise ExportError(field, f"{name}: {error}") from None
     base = manifests.dns_name(f"pdplanner-{name.rsplit('/', 1)[-1][:12]}")
     files: list[ExportedFile] = []
     if fmt in ("vllm", "sglang", "trtllm"):

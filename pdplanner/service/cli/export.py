@@ -51,7 +51,7 @@ def export(
 
     with flags({"gpus_per_node"}):
         exports.gpus_per_node(gpus_per_node)
-    result = remote(server).export_plan(plan_id, fmt, gpus_per_node)
+        result = remote(server).export_plan(plan_id, fmt, gpus_per_node)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if json_out:

@@ -105,6 +105,8 @@ _RENAMES = {
     "modes": "mode",
     "models": "model",  # a sweep request's lists
     "gpu_types": "gpu",
+    "model_id": "name",  # CreateModel / CreateGpu: the entry's name, `--name` in the CLI
+    "gpu_id": "name",
 }
 _INDEX = re.compile(r"\[\d+\]")
 
