@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,21 @@ def test_plot_draws_the_frontiers_to_png_or_svg(tmp_path: Path, suffix: str, mag
     assert magic in path.read_bytes()[:400]
 
 
-def test_an_unwritable_plot_path_is_one_line() -> None:
+def test_an_unwritable_plot_path_is_refused_before_planning(tmp_path: Path) -> None:
+    """A plot into a folder that does not exist, or that may not be written, is a bad command
+    line: one line, exit 2, and no plan printed (or stored) first."""
     pytest.importorskip("matplotlib")
     result = runner.invoke(app, ["plan", *QUERY, *TRAFFIC, "--plot", "/nonexistent/dir/f.png"])
-    assert result.exit_code == 1
-    assert result.stderr.startswith("error: --plot: cannot write /nonexistent/dir/f.png")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --plot: cannot write /nonexistent/dir/f.png: no folder")
     assert len(result.stderr.splitlines()) == 1
+    assert result.stdout == ""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root writes anywhere: nothing to refuse
+        return
+    denied = runner.invoke(app, ["plan", *QUERY, *TRAFFIC, "--plot", str(locked / "f.svg")])
+    assert denied.exit_code == 2 and "is not writable" in denied.stderr and denied.stdout == ""
 
 
 SWEEP = ["sweep", "--model", "llama-3.1-8b", "--gpu", "h100", "--traffic", "1000:200",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -156,7 +157,7 @@ def plan(
     with flags(keys, traffic="mix" if mix is not None else None):
         if plot is not None:
             inputs.plot_format(plot)
-            _check_plotting()
+            _check_plotting(plot)
         req = inputs.plan_request(
             model=model, gpu=gpu, gpus=gpus, ttft_ms=ttft_ms, tpot_ms=tpot_ms, isl=isl, osl=osl,
             mix=mix, decode_gpu=decode_gpu, prefill_gpus=prefill_gpus, decode_gpus=decode_gpus,
@@ -194,7 +195,13 @@ def _plot(result: PlanResult, path: str, req: PlanRequest) -> None:
     typer.echo(f"wrote the Pareto frontiers to {Path(path).resolve()}", err=True)
 
 
-def _check_plotting() -> None:
-    """Fail before planning (and storing a plan) when the plot could not be drawn."""
+def _check_plotting(path: str) -> None:
+    """Fail before planning (and storing a plan) when the plot could not be drawn or written:
+    matplotlib missing, or a folder that does not exist or that this user may not write to."""
     if importlib.util.find_spec("matplotlib") is None:
         raise InvalidInputError("plot", "needs matplotlib (pip install matplotlib)")
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise InvalidInputError("plot", f"cannot write {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise InvalidInputError("plot", f"cannot write {path}: {folder} is not writable")
