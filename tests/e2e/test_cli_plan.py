@@ -77,6 +77,10 @@ def test_mode_agg_searches_only_aggregated_serving() -> None:
     assert out["best"]["mode"] == "agg"
     assert out["best_disagg"] is None and out["disagg_speedup"] is None
     assert out["pareto"]["disagg"] == []
+    # the text has no row or speedup for the mode it did not search (it is not "infeasible")
+    text = runner.invoke(app, ["plan", *QUERY, *TRAFFIC, "--mode", "agg"]).stdout
+    assert "agg Pareto frontier" in text
+    assert "disagg" not in text.split("best deployment per mode")[1]
 
 
 def test_an_slo_nothing_meets_is_an_answer_with_the_reason_not_an_error() -> None:

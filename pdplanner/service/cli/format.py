@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -253,8 +253,12 @@ def _spread(points: Sequence[Deployment], n: int) -> list[Deployment]:
     return [points[round(i * step)] for i in range(n)]
 
 
-def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
-    """The text form of ``pdplanner plan``: the recommendation, the two bests, the frontiers."""
+def plan_summary(
+    result: PlanResult, name: str | None = None, modes: Collection[str] = ("agg", "disagg")
+) -> RenderableType:
+    """The text form of ``pdplanner plan``: the recommendation, the two bests, the frontiers.
+    ``modes`` are the serving modes the request searched: a mode it left out gets no row, and
+    with one mode there is no speedup to show."""
     parts: list[RenderableType] = []
     if name:
         parts.append(Text(f"stored as {name}", style="bold"))
@@ -297,7 +301,8 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
     table.add_column("pools", overflow="fold")
     table.add_column("P:D GPUs (exact)", justify="right", overflow="fold")
     _deployment_columns(table)
-    rows = [("agg", result.best_agg), ("disagg", result.best_disagg)]
+    bests = (("agg", result.best_agg), ("disagg", result.best_disagg))
+    rows = [(mode, dep) for mode, dep in bests if mode in modes]
     if result.best is None and result.closest is not None:
         rows.append(("closest miss", result.closest))
     for label, dep in rows:
@@ -311,13 +316,15 @@ def plan_summary(result: PlanResult, name: str | None = None) -> RenderableType:
         table.add_row(f"{label}{star}", deployment_text(dep), ratio, *_deployment_cells(dep))
     parts.append(table)
     speedup = (
-        f"disagg speedup over agg: {result.disagg_speedup:.2f}x"
+        f"disagg speedup over agg: {result.disagg_speedup:.2f}x   "
         if result.disagg_speedup is not None
-        else "disagg speedup over agg: n/a"
+        else "disagg speedup over agg: n/a   "
+        if {"agg", "disagg"} <= set(modes)
+        else ""
     )
     parts.append(
         Text(
-            f"{speedup}   design points: {result.design_points:,}"
+            f"{speedup}design points: {result.design_points:,}"
             f"   search: {num(result.elapsed_ms, 1)} ms"
         )
     )

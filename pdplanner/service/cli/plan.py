@@ -177,7 +177,7 @@ def plan(
     if json_out:
         cli.show_json({"name": name, **result.to_dict()} if name else result.to_dict())
     else:
-        cli.show(fmt.plan_summary(result, name))
+        cli.show(fmt.plan_summary(result, name, req.limits.modes))
     if plot is not None:
         _plot(result, plot, req)
 

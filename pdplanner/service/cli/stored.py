@@ -52,7 +52,7 @@ def plans_get(plan_id: PlanId, json_out: JsonOpt = False, server: ServerOpt = No
         show_json(stored.to_dict())
     else:
         show(fmt.stored_plan_header(stored))
-        show(fmt.plan_summary(stored.result))
+        show(fmt.plan_summary(stored.result, modes=stored.request.limits.modes))
 
 
 @plans_app.command("delete")
