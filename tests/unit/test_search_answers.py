@@ -302,6 +302,19 @@ def test_case4_osl_1_has_no_decode_pool_and_counts_prompt_tokens() -> None:
     assert "no decode pool" in r.explanation and "prompt tokens/s/GPU" in r.explanation
 
 
+def test_case4_osl_1_searched_as_disagg_only_says_why_there_is_nothing() -> None:
+    """Prefill-only traffic searched in disaggregated mode alone prices nothing: the answer says
+    there is no decode pool to search, not that the model fits on no layout (it fits)."""
+    req = PlanRequest(
+        "llama-3.1-8b", "h100-sxm", 4, (Workload(2000, 1),), Slo(ttft_ms=500.0, tpot_ms=20.0),
+        limits=SearchLimits(modes=("disagg",)),
+    )  # fmt: skip
+    r = search(req)[0]
+    assert r.best is None and r.best_agg is None and r.best_disagg is None
+    assert r.reason is not None and "no decode pool" in r.reason
+    assert "fits on no layout" not in r.reason
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. The percentile applies to TPOT as well as TTFT
 

@@ -904,6 +904,12 @@ class _Search:
         return side
 
     def why_nothing(self, agg: _Side, disagg: _Side) -> tuple[str, Deployment | None]:
+        if self.prefill_only and "agg" not in self.req.limits.modes:
+            # nothing was priced, so nothing says whether the model fits: say what was asked
+            return (
+                "prefill-only traffic (OSL 1) has no decode pool, so there is no disaggregated "
+                "deployment to search; search aggregated serving (mode agg or both)"
+            ), None
         if not self.any_fit:
             weights = self.model.total_params * self.ctx.hv[H_W_BYTES] / 1e9
             held = self.budget * capacity_bytes(self.ctx.hv) / 1e9
