@@ -106,9 +106,10 @@ def replay_request(plan: PlanRequest, d: Deployment) -> EstimateRequest:
         "engine": plan.engine,
         "memory_fraction": plan.memory_fraction,
     }
+    # the batch limit is each pool's own, as the plan set it
+    args = tuple((k, v) for k, v in plan.engine_args if k != "max_num_seqs")
     if d.mode == "agg":
         pool = d.pools[0]
-        args = tuple((k, v) for k, v in plan.engine_args if k != "max_num_seqs")
         return EstimateRequest(
             plan.model, pool.gpu, w.isl, w.osl, mode="agg", parallelism=par[0],
             rate_per_s=d.requests_per_s / pool.workers, chunk_tokens=pool.chunk_tokens or 0,
@@ -119,7 +120,7 @@ def replay_request(plan: PlanRequest, d: Deployment) -> EstimateRequest:
         plan.model, pre.gpu, w.isl, w.osl, mode="disagg", rate_per_s=d.requests_per_s,
         prefill=PoolSpec(par[0], pre.workers, pre.batch, pre.gpu),
         decode=PoolSpec(par[1], dec.workers, dec.batch, dec.gpu),
-        engine_args=plan.engine_args, **common,
+        engine_args=args, **common,
     )  # fmt: skip
 
 
@@ -162,6 +163,13 @@ def _check(req: EstimateRequest, models: ModelCatalog, gpus: GpuCatalog) -> _Che
     if not one_kind:
         v.add("phase", "give exactly one of phase (prefill, decode) or mode (agg, disagg)")
     args = v.value(lambda: _engine_args(req))
+    if args is not None and req.mode == "disagg" and "max_num_seqs" in args:
+        # each pool's batch is its limit; one engine-wide value would be silently overridden
+        v.add(
+            "engine_args.max_num_seqs",
+            "a disaggregated deployment's batch limits are its pools' batches: give "
+            "prefill.batch and decode.batch instead",
+        )
     kv_dtype = None if args is None else v.value(lambda: _kv_dtype(req, args))
     fraction: float | None = None
     fraction_ok = False

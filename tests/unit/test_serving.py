@@ -462,6 +462,22 @@ def disagg(x: int, y: int) -> ServingEstimate:
     return r
 
 
+def test_disagg_refuses_an_engine_wide_batch_limit() -> None:
+    """A disaggregated deployment's batch limits are its pools' batches: an engine-wide
+    max_num_seqs would be overridden by them, so it is refused, naming both."""
+    with pytest.raises(InvalidInputError) as e:
+        estimate(
+            EstimateRequest(
+                model=D_MODEL, gpu=GPU, isl=D_ISL, osl=D_OSL, mode="disagg",
+                prefill=PoolSpec(P_PAR, workers=1, batch=P_BATCH),
+                decode=PoolSpec(D_PAR, workers=1, batch=D_BATCH), concurrency=16,
+                engine_args=(("max_num_seqs", 4),),
+            )
+        )  # fmt: skip
+    assert e.value.field == "engine_args.max_num_seqs"
+    assert "decode.batch" in e.value.reason
+
+
 def worker_rates() -> tuple[float, float, float, float]:
     """(prefill prompts/s per worker, decode requests/s per worker, prefill ms, TPOT ms)."""
     ctx = PerfContext.build(load_model(D_MODEL), load_gpu(GPU), load_engine("vllm"))
