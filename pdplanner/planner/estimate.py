@@ -267,10 +267,8 @@ def _context(req: EstimateRequest) -> int:
 
 
 def _check_pool(pool: PoolSpec, name: str, model: ModelSpec | None, v: validate.Violations) -> None:
-    with v.check():
-        validate.parallelism(pool.parallelism, model, f"{name}.parallelism")
-    v.value(lambda: validate.integer(pool.workers, f"{name}.workers", 1, 100_000))
-    v.value(lambda: validate.integer(pool.batch, f"{name}.batch", 1, validate.MAX_BATCH))
+    with v.check():  # every violation of the pool (the trace replay checks its pools alike)
+        validate.pool(pool.parallelism, pool.workers, pool.batch, model, name)
 
 
 def _scheduler(

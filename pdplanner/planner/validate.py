@@ -23,6 +23,8 @@ T = TypeVar("T")
 MAX_TOKENS = 10_000_000  # longer than any context window in the catalog by far
 MAX_BATCH = 1_000_000
 MAX_PARALLEL = 4096
+#: The most workers of one pool of a fixed deployment (``estimate``'s xPyD pools, ``simulate``).
+MAX_POOL_WORKERS = 100_000
 #: The largest GPU budget a search takes. Search work grows with the budget (rate matching tries
 #: every whole prefill worker count), so the budget is capped at a size no single deployment of
 #: one model reaches: the largest NVLink domain sold is 72 GPUs (GB200 NVL72, the catalog's
@@ -112,6 +114,21 @@ def within_context(model: ModelSpec, isl: int, osl: int, prefix: str = "") -> No
         f"isl + osl = {isl + osl:,} tokens exceed {model.name}'s context of "
         f"{model.max_context:,} tokens",
     )
+
+
+def pool(
+    par: Parallelism, workers: object, batch: object, model: ModelSpec | None, field: str
+) -> None:
+    """One pool of a fixed disaggregated deployment, as ``estimate --mode disagg`` checks it:
+    its layout against the model (``parallelism``, on ``{field}.parallelism``), 1 to
+    ``MAX_POOL_WORKERS`` workers (``{field}.workers``) and a batch limit of 1 to ``MAX_BATCH``
+    (``{field}.batch``); every violation is reported at once."""
+    v = Violations()
+    with v.check():
+        parallelism(par, model, f"{field}.parallelism")
+    v.value(lambda: integer(workers, f"{field}.workers", 1, MAX_POOL_WORKERS))
+    v.value(lambda: integer(batch, f"{field}.batch", 1, MAX_BATCH))
+    v.raise_any()
 
 
 def parallelism(par: Parallelism, model: ModelSpec | None, field: str = "parallelism") -> None:

@@ -4,6 +4,7 @@ bad trace named by its row."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,191 @@ def test_schedule_from_a_history_plans_the_forecast(tmp_path: Path) -> None:
     bad = local.invoke(app, args)
     assert bad.exit_code == 2
     assert bad.stderr.startswith("error: --history: needs at least two seasons")
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+PLAIN = "start_s,duration_s,requests_per_s,isl,osl\n"  # the header without weights
+LONG = "the replay expects 5,000,000,000 requests (requests_per_s x duration_s summed over the "
+OVER = "series), more than the 2,000,000 one replay takes (passed in the interval starting at 0 s)"
+TOO_LONG = (
+    f"error: --trace: series.intervals[0]: {LONG}{OVER}; shorten the series or lower its rates\n"
+)
+
+
+def simulate_args(trace: str, *flags: str, model: str = "llama-3.1-8b") -> list[str]:
+    return ["simulate", "--model", model, "--gpu", "h100-sxm", "--ttft-ms", "500", "--tpot-ms",
+            "20", "--trace", trace, *flags]  # fmt: skip
+
+
+def test_a_trace_expecting_too_many_requests_is_one_line_not_a_memory_error(
+    tmp_path: Path,
+) -> None:
+    # Found in review: one interval of 1e9 s at 5 req/s asked for a 37.3 GiB array.
+    trace = write(tmp_path, "long.csv", PLAIN + "0,1e9,5,2000,200\n")
+    sim = local.invoke(app, simulate_args(trace, "--prefill-workers", "1", "--decode-batch", "89",
+                                          "--decode-workers", "1"))  # fmt: skip
+    assert (sim.exit_code, sim.stderr) == (2, TOO_LONG)
+    args = ["schedule", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--gpus", "16", "--trace",
+            trace, "--ttft-ms", "500", "--tpot-ms", "20"]  # fmt: skip
+    planned = local.invoke(app, args)
+    assert (planned.exit_code, planned.stderr) == (2, TOO_LONG)
+
+
+def test_a_replay_at_the_request_limit_runs_and_one_over_it_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is inclusive (at 2,000,000 the replay takes 23 s on the shared machine, so
+    it is lowered here; ``tests/unit/test_scaling_schedule.py`` draws the real one)."""
+    from pdplanner.planner.scaling import replay
+
+    monkeypatch.setattr(replay, "MAX_REPLAY_REQUESTS", 2400)
+    deployment = ("--prefill-workers", "1", "--decode-batch", "89", "--decode-workers", "1",
+                  "--json")  # fmt: skip
+    at = write(tmp_path, "at.csv", PLAIN + "0,600,4,2000,200\n")
+    out = json.loads(run(local, *simulate_args(at, *deployment)))
+    assert out["requests"] > 2000 and out["ttft_ms"]["p99"] is not None
+    over = write(tmp_path, "over.csv", PLAIN + "0,600,4,2000,200\n600,1,1,2000,200\n")
+    bad = local.invoke(app, simulate_args(over, *deployment))
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("error: --trace: series.intervals[1]: the replay expects 2,401 ")
+    assert "more than the 2,400 one replay takes (passed in the interval starting at 600 s)" in (
+        bad.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--quantile", "2"], "--quantile: applies to a forecast of --history only; with --trace "
+         "it would be ignored"),
+        (["--forecast", "arima"], "--forecast: applies to a forecast of --history only; with "
+         "--trace it would be ignored"),
+        (["--horizon", "5", "--quantile", "0.8"], "--horizon: applies to a forecast of --history "
+         "only; with --trace it would be ignored (1 more: --quantile)"),
+    ],
+)  # fmt: skip
+def test_forecast_flags_with_a_trace_are_refused_not_ignored(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    result = local.invoke(app, [*schedule_args(trace_file(tmp_path, [1])), *flags])
+    assert (result.exit_code, result.stderr) == (2, f"error: {message}\n")
+
+
+@pytest.mark.parametrize(
+    ("horizon", "message"),
+    [
+        ("0", "--horizon: must be at least 1 interval, got 0"),
+        ("-3", "--horizon: must be at least 1 interval, got -3"),
+        # found in review: asked for a 216 GiB array
+        ("100000000", "--horizon: must be at most 10,000 intervals, got 100,000,000"),
+    ],
+)
+def test_a_horizon_out_of_range_is_refused(tmp_path: Path, horizon: str, message: str) -> None:
+    history = write(tmp_path, "history.csv", HEADER + "0,900,4,2000,250,1\n")
+    args = schedule_args(history)
+    args[args.index("--trace")] = "--history"
+    result = local.invoke(app, [*args, "--horizon", horizon])
+    assert (result.exit_code, result.stderr) == (2, f"error: {message}\n")
+
+
+FIT = "does not fit on h100-sxm: weights"
+
+
+@pytest.mark.parametrize(
+    ("model", "flags", "starts"),
+    [
+        ("llama-3.1-8b", ["--decode-batch", "8", "--decode-tp", "3"],
+         "error: --decode-tp: 3 does not divide the 32 attention heads of llama-3.1-8b\n"),
+        ("llama-3.1-8b", ["--decode-batch", "8", "--prefill-tp", "64"],
+         "error: --prefill-tp: 64 does not divide the 32 attention heads of llama-3.1-8b\n"),
+        ("llama-3.1-70b", ["--decode-batch", "8"],
+         f"error: --prefill-tp/--prefill-pp/--prefill-batch: {FIT} 141.1 GB"),
+        ("llama-3.1-70b", ["--decode-batch", "8", "--json"],
+         f"error: --prefill-tp/--prefill-pp/--prefill-batch: {FIT} 141.1 GB"),
+        ("llama-3.1-8b", ["--decode-batch", "100000"],
+         f"error: --decode-tp/--decode-pp/--decode-batch: {FIT} 16.1 GB, workspace 64.6 GB"),
+        ("llama-3.1-8b", ["--decode-batch", "201"],
+         "error: --decode-tp/--decode-pp/--decode-batch: the KV cache cannot hold 201 sequences"),
+    ],
+)  # fmt: skip
+def test_simulate_checks_the_fixed_deployment_as_estimate_does(
+    tmp_path: Path, model: str, flags: list[str], starts: str
+) -> None:
+    # Found in review: these replayed (TTFT "nan" where nothing fitted) and exited 0.
+    trace = write(tmp_path, "t.csv", PLAIN + "0,600,4,2000,200\n")
+    args = simulate_args(trace, "--prefill-workers", "1", "--decode-workers", "1", *flags,
+                         model=model)  # fmt: skip
+    result = local.invoke(app, args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(starts) and result.stderr.count("\n") == 1
+    assert "nan" not in result.stderr
+    # estimate says the same of the same deployment at the trace's lengths
+    estimate = ["estimate", "--model", model, "--gpu", "h100-sxm", "--isl", "2000", "--osl", "200",
+                "--mode", "disagg", "--prefill-workers", "1", "--decode-workers", "1",
+                *[f for f in flags if f != "--json"], "--json"]  # fmt: skip
+    if "--prefill-tp" not in flags:
+        estimate += ["--prefill-tp", "1"]
+    if "--decode-tp" not in flags:
+        estimate += ["--decode-tp", "1"]
+    said = local.invoke(app, estimate)
+    reason = starts.split(": ", 2)[2].rstrip("\n")  # after "error: FLAG: "
+    assert reason in said.stderr + said.stdout
+
+
+def test_simulate_replays_the_largest_fixed_deployment_that_fits(tmp_path: Path) -> None:
+    trace = write(tmp_path, "t.csv", PLAIN + "0,600,4,2000,200\n")
+    args = simulate_args(trace, "--prefill-workers", "1", "--decode-workers", "1", "--decode-batch",
+                         "200")  # fmt: skip
+    text = run(local, *args)
+    assert text.startswith("1P1D: 2,419 requests") and "nan" not in text
+    out = json.loads(run(local, *args, "--json"))
+    assert out["slo_attainment"] == 1.0 and out["tpot_ms"]["p99"] < 20
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--schedule", "abc", "--prefill-workers", "2"],
+         "--schedule: replays the stored schedule's workers, so --prefill-workers (a fixed "
+         "deployment) would be ignored: give one or the other"),
+        (["--schedule", "abc", "--prefill-workers", "2", "--decode-tp", "2"],
+         "--schedule: replays the stored schedule's workers, so --prefill-workers, --decode-tp (a "
+         "fixed deployment) would be ignored: give one or the other"),
+        (["--prefill-workers", "1", "--decode-batch", "8", "--decode-workers", "1", "--startup-s",
+          "60"],
+         "--startup-s: applies to the workers of a --schedule only; a fixed deployment serves "
+         "from the start"),
+    ],
+)  # fmt: skip
+def test_simulate_refuses_a_stored_schedule_with_a_fixed_deployments_flags(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    # Found in review: the schedule was replayed and --prefill-workers 2 silently ignored.
+    args = simulate_args(trace_file(tmp_path, [1]), *flags, "--server", "127.0.0.1:1")
+    result = local.invoke(app, args)
+    assert (result.exit_code, result.stderr) == (2, f"error: {message}\n")
+
+
+def test_too_many_requests_to_replay_read_the_same_on_a_server(
+    remote: CliRunner, tmp_path: Path
+) -> None:
+    trace = write(tmp_path, "long.csv", PLAIN + "0,1e9,5,2000,200\n")
+    args = ["schedule", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--gpus", "16", "--trace",
+            trace, "--ttft-ms", "500", "--tpot-ms", "20"]  # fmt: skip
+    result = remote.invoke(app, args)
+    assert (result.exit_code, result.stderr) == (2, TOO_LONG)
+    # a forecast whose mean would replay too many requests names the horizon, in both places
+    rates = [4 + 3 * math.sin(2 * math.pi * k / 96) for k in range(2 * 96)]  # two days
+    rows = "".join(f"{900 * k},900,{r:.4f},2000,250\n" for k, r in enumerate(rates))
+    history = write(tmp_path, "history.csv", PLAIN + rows)
+    args[args.index("--trace") : args.index("--trace") + 2] = ["--history", history]
+    said = [r.invoke(app, [*args, "--horizon", "10000"]) for r in (local, remote)]
+    assert said[0].exit_code == said[1].exit_code == 2
+    assert said[0].stderr == said[1].stderr
+    assert said[0].stderr.startswith("error: --horizon: the replay expects ")
+    assert said[0].stderr.endswith("; forecast fewer intervals\n")

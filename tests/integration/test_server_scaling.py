@@ -295,3 +295,85 @@ def test_rate_match_takes_length_percentiles_and_custom_gpus(client: PlannerClie
         ask(1000)  # below the p90
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(e.value)[0][0] == "isl_percentiles.p99"
+
+
+def test_a_series_expecting_more_requests_than_a_replay_takes_is_refused(
+    client: PlannerClient,
+) -> None:
+    # Found in review: an interval of 1e9 s at 5 req/s ended in MemoryError, answered INTERNAL.
+    req = scaling_request([5.0])
+    req.series.intervals[0].duration_s = 1e9
+    with pytest.raises(grpc.RpcError) as e:
+        client.plan_scaling(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, reason)] = field_violations(e.value)
+    assert field == "series.intervals[0]"
+    assert reason.startswith("the replay expects 5,000,000,000 requests")
+    assert "more than the 2,000,000 one replay takes" in reason
+    # the interval whose running count passes the limit is named
+    req = scaling_request([2, 3, 4, 5])
+    req.series.intervals[3].duration_s = 400_000.0  # 2 million requests, and 2,700 before
+    with pytest.raises(grpc.RpcError) as e:
+        client.plan_scaling(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations(e.value)] == ["series.intervals[3]"]
+    # planned without its replay, the same series draws no request and is not refused
+    req.series.intervals[3].duration_s = 1e6  # 5 million requests expected
+    req.simulate = False
+    assert client.plan_scaling(req).result.totals.gpu_hours > 0
+
+
+def history_forecast(**kw: Any) -> scaling_pb2.PlanScalingRequest:
+    """A PlanScaling of two days of 15-minute intervals to forecast, ``kw`` set on its
+    ``HistoryForecast``."""
+    history = [
+        scaling_pb2.TrafficInterval(
+            start_s=900.0 * k,
+            duration_s=900.0,
+            requests_per_s=4 + 3 * math.sin(2 * math.pi * k / 96),
+            mix=MIX,
+        )
+        for k in range(2 * 96)
+    ]
+    req = scaling_request([1.0], simulate=False)
+    req.forecast.CopyFrom(scaling_pb2.HistoryForecast(history=history, **kw))
+    return req
+
+
+@pytest.mark.parametrize(
+    ("forecast", "field", "reason"),
+    [
+        ({"horizon": 0}, "forecast.horizon", "must be at least 1 interval, got 0"),
+        ({"horizon": -3}, "forecast.horizon", "must be at least 1 interval, got -3"),
+        ({"horizon": 10_001}, "forecast.horizon", "must be at most 10,000 intervals, got 10,001"),
+        (
+            {"horizon": 100_000_000},
+            "forecast.horizon",
+            "must be at most 10,000 intervals, got 100,000,000",
+        ),
+        ({"horizon": 4, "quantile": 2.0}, "forecast.quantile", "must be in [0.5, 1), got 2"),
+    ],
+)
+def test_a_forecast_horizon_or_quantile_out_of_range_is_named_under_forecast(
+    client: PlannerClient, forecast: dict[str, Any], field: str, reason: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        client.plan_scaling(history_forecast(**forecast))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(e.value) == [(field, reason)]
+
+
+def test_a_forecast_whose_replay_expects_too_many_requests_names_the_horizon(
+    client: PlannerClient,
+) -> None:
+    # 10,000 intervals of 15 minutes at about 4 req/s: 36 million requests to replay
+    req = history_forecast(horizon=10_000)
+    req.simulate = True
+    with pytest.raises(grpc.RpcError) as e:
+        client.plan_scaling(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, reason)] = field_violations(e.value)
+    assert field == "forecast.horizon"
+    assert "one replay takes" in reason and reason.endswith("forecast fewer intervals")
+    planned = client.plan_scaling(history_forecast(horizon=4)).result  # within the limits
+    assert [iv.start_s for iv in planned.intervals] == [900.0 * (192 + k) for k in range(4)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pdplanner.planner.errors import InvalidInputError
-from pdplanner.planner.scaling.forecast import forecast
+from pdplanner.planner.scaling.forecast import MAX_HORIZON, check_horizon, check_quantile, forecast
 from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
 from pdplanner.planner.types import Workload
 
@@ -61,3 +61,36 @@ def test_a_history_with_a_gap_names_the_row() -> None:
     with pytest.raises(InvalidInputError) as e:
         forecast(TrafficSeries(tuple(ivs)), horizon=10)
     assert e.value.field == "history[7].start_s"
+
+
+@pytest.mark.parametrize(
+    ("horizon", "says"),
+    [
+        (0, "must be at least 1 interval, got 0"),
+        (-3, "must be at least 1 interval, got -3"),
+        (MAX_HORIZON + 1, f"must be at most {MAX_HORIZON:,} intervals, got {MAX_HORIZON + 1:,}"),
+        # found in review: asked for a 216 GiB array and ended in MemoryError
+        (100_000_000, f"must be at most {MAX_HORIZON:,} intervals, got 100,000,000"),
+        (True, "must be a whole number of intervals, got True"),
+    ],
+)
+def test_a_horizon_out_of_range_is_refused_before_anything_is_fitted(
+    horizon: int, says: str
+) -> None:
+    history, _ = daily(days=2, noise=0.1)
+    with pytest.raises(InvalidInputError) as e:
+        forecast(history, horizon=horizon)
+    assert (e.value.field, e.value.reason) == ("horizon", says)
+    assert check_horizon(MAX_HORIZON) == MAX_HORIZON  # the limit itself is a horizon
+    with pytest.raises(InvalidInputError) as e:
+        check_horizon(0, "forecast.horizon")  # the gRPC request's path
+    assert e.value.field == "forecast.horizon"
+
+
+def test_a_quantile_outside_half_to_one_is_refused() -> None:
+    history, _ = daily(days=2, noise=0.1)
+    for q in (2.0, 0.4, 1.0, float("nan")):
+        with pytest.raises(InvalidInputError) as e:
+            forecast(history, horizon=4, quantile=q)
+        assert e.value.field == "quantile" and "must be in [0.5, 1)" in e.value.reason
+    assert check_quantile(0.5) == 0.5

@@ -11,9 +11,16 @@ import pytest
 
 from pdplanner.planner.catalog import default_gpus, default_models
 from pdplanner.planner.errors import InvalidInputError, SearchCancelled
+from pdplanner.planner.estimate import estimate
 from pdplanner.planner.scaling import traffic
 from pdplanner.planner.scaling.capacity import Shape
-from pdplanner.planner.scaling.replay import Span, draw_arrivals, simulate
+from pdplanner.planner.scaling.replay import (
+    MAX_REPLAY_REQUESTS,
+    Span,
+    draw_arrivals,
+    simulate,
+    static_spans,
+)
 from pdplanner.planner.scaling.schedule import (
     PoolCount,
     ScheduleRequest,
@@ -24,11 +31,14 @@ from pdplanner.planner.scaling.schedule import (
     _pool_timeline,
     plan_schedule,
     shape_from_dict,
+    simulate_spans,
+    simulate_xpyd,
+    validate_request,
 )
 from pdplanner.planner.scaling.traffic import Interval, TrafficSeries
 from pdplanner.planner.serving.elastic import with_chunk
 from pdplanner.planner.serving.scheduler import SchedulerSettings
-from pdplanner.planner.types import Slo, Workload
+from pdplanner.planner.types import EstimateRequest, PoolSpec, Slo, Workload
 
 TRACES = Path(__file__).resolve().parents[2] / "pdplanner" / "planner" / "scaling" / "traces"
 SLO = Slo(ttft_ms=1000, tpot_ms=30, percentile="p99")
@@ -434,3 +444,138 @@ def test_an_interval_over_the_limit_names_what_it_needs_before_the_limit() -> No
     gx, gy = iv.prefill.shape.gpus_per_worker, iv.decode.shape.gpus_per_worker
     assert x * gx + y * gy > 2
     assert f"needs {x * gx + y * gy} GPUs ({x} prefill x {gx} + {y} decode x {gy})" in v.reason
+
+
+def test_a_replay_expecting_more_requests_than_the_limit_is_refused_before_any_is_drawn() -> None:
+    # Found in review: an interval of 1e9 s at 5 req/s went on to draw 5e9 arrivals, a 37 GiB
+    # array, and ended in MemoryError (INTERNAL on the server, exit 1 in the CLI).
+    mix = (Workload(2000, 200),)
+    huge = TrafficSeries((Interval(0.0, 1e9, 5.0, mix),))
+    with pytest.raises(InvalidInputError) as e:
+        plan_schedule(request(huge))
+    print(e.value)
+    assert e.value.field == "series.intervals[0]"
+    assert "expects 5,000,000,000 requests" in e.value.reason
+    assert f"more than the {MAX_REPLAY_REQUESTS:,} one replay takes" in e.value.reason
+    with pytest.raises(InvalidInputError):
+        draw_arrivals(huge)  # the drawing refuses it too, whoever calls it
+    # the interval named is the one whose running count passes the limit
+    crossing = TrafficSeries(
+        (Interval(0, 100_000, 10.0, mix), Interval(100_000, 100_000, 9.0, mix),
+         Interval(200_000, 100_000, 2.0, mix), Interval(300_000, 100, 1.0, mix))
+    )  # fmt: skip
+    with pytest.raises(InvalidInputError) as e:
+        validate_request(request(crossing))
+    assert e.value.field == "series.intervals[2]"
+    assert "expects 2,100,100 requests" in e.value.reason
+    assert "interval starting at 200000 s" in e.value.reason
+    # a forecast's mean is replayed: its length is the horizon asked for
+    with pytest.raises(InvalidInputError) as e:
+        validate_request(request(series([1.0]), replay_series=huge))
+    assert e.value.field == "forecast.horizon"
+    assert e.value.reason.endswith("forecast fewer intervals")
+    # nothing is replayed without the replay, so nothing is refused
+    validate_request(request(huge, simulate=False))
+
+
+def test_a_replay_at_the_request_limit_is_drawn() -> None:
+    at_limit = TrafficSeries((Interval(0.0, MAX_REPLAY_REQUESTS / 20.0, 20.0, MIX),))
+    validate_request(request(at_limit))
+    arrivals = draw_arrivals(at_limit, seed=3)
+    n = arrivals.t_s.size
+    print(f"{n:,} arrivals drawn for {MAX_REPLAY_REQUESTS:,} expected")
+    assert abs(n - MAX_REPLAY_REQUESTS) < 5 * math.sqrt(MAX_REPLAY_REQUESTS)  # Poisson spread
+    assert np.all(np.diff(arrivals.t_s) >= 0)
+
+
+def fixed(
+    model: str = "llama-3.1-8b",
+    prefill_tp: int = 1,
+    decode_tp: int = 1,
+    decode_batch: int = 8,
+    decode_pp: int = 1,
+) -> tuple[ScheduleRequest, tuple[Shape, int], tuple[Shape, int]]:
+    """``pdplanner simulate``'s fixed 1P1D deployment on H100-SXM under 10 minutes of 4 req/s of
+    2,000/200-token requests."""
+    mix = (Workload(2000, 200),)
+    req = request(TrafficSeries((Interval(0.0, 600.0, 4.0, mix),)), model=model, gpus=2,
+                  slo=Slo(ttft_ms=500, tpot_ms=20, percentile="p99"))  # fmt: skip
+    pre = Shape("prefill", "h100-sxm", prefill_tp, 1, 1, 1, 1)
+    dec = Shape("decode", "h100-sxm", decode_tp, decode_pp, 1, 1, decode_batch)
+    return req, (pre, 1), (dec, 1)
+
+
+def estimate_of(model: str, pre: Shape, dec: Shape) -> EstimateRequest:
+    """The same deployment as ``estimate --mode disagg`` takes it."""
+    return EstimateRequest(
+        model,
+        "h100-sxm",
+        2000,
+        200,
+        mode="disagg",
+        prefill=PoolSpec(pre.parallelism, 1, pre.batch),
+        decode=PoolSpec(dec.parallelism, 1, dec.batch),
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"decode_tp": 3}, "decode.parallelism.tp"),
+        ({"prefill_tp": 64}, "prefill.parallelism.tp"),
+        ({"decode_pp": 64}, "decode.parallelism.pp"),
+    ],
+)
+def test_a_fixed_deployment_layout_is_refused_as_estimate_refuses_it(
+    change: dict[str, int], field: str
+) -> None:
+    # Found in review: simulate replayed a decode TP of 3 on 32 attention heads, which estimate
+    # refuses, and printed numbers.
+    req, pre, dec = fixed(**change)
+    with pytest.raises(InvalidInputError) as got:
+        simulate_xpyd(req, pre, dec)
+    with pytest.raises(InvalidInputError) as want:
+        estimate(estimate_of(req.model, pre[0], dec[0]))
+    print(got.value)
+    assert got.value.violations == want.value.violations
+    assert got.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("model", "batch", "fields"),
+    [("llama-3.1-70b", 8, ["prefill", "decode"]), ("llama-3.1-8b", 100_000, ["decode"])],
+)
+def test_a_fixed_deployment_that_does_not_fit_is_refused_with_the_estimate_reason(
+    model: str, batch: int, fields: list[str]
+) -> None:
+    # Found in review: 70B on one H100 per worker, or a decode batch of 100,000, replayed no
+    # request at all and printed TTFT p50 nan.
+    req, pre, dec = fixed(model=model, decode_batch=batch)
+    with pytest.raises(InvalidInputError) as e:
+        simulate_xpyd(req, pre, dec)
+    print(e.value)
+    answer = estimate(estimate_of(model, pre[0], dec[0]))
+    assert not answer.fits and answer.reason is not None
+    assert [f for f, _ in e.value.violations] == fields
+    role, reason = e.value.violations[0]
+    assert answer.reason == f"{role}: {reason}"  # estimate names the first pool that does not fit
+    assert "does not fit on h100-sxm" in reason
+
+
+def test_a_fixed_deployment_that_fits_is_replayed_as_its_workers_from_the_start() -> None:
+    # the largest decode batch estimate fits at 2,000/200 tokens on one H100 with Llama-3.1-8B
+    req, pre, dec = fixed(decode_batch=200)
+    assert estimate(estimate_of(req.model, pre[0], dec[0])).fits
+    got = simulate_xpyd(req, pre, dec)
+    want = simulate_spans(req, static_spans(pre, dec))
+    summary = got.summary()
+    print(summary)
+    assert summary["requests"] > 2000
+    assert all(math.isfinite(v) for k in ("ttft_ms", "tpot_ms") for v in summary[k].values())
+    np.testing.assert_array_equal(got.ttft_ms, want.ttft_ms)
+    np.testing.assert_array_equal(got.tpot_ms, want.tpot_ms)
+    req, pre, dec = fixed(decode_batch=201)
+    assert not estimate(estimate_of(req.model, pre[0], dec[0])).fits
+    with pytest.raises(InvalidInputError) as e:
+        simulate_xpyd(req, pre, dec)
+    assert e.value.field == "decode" and "cannot hold 201 sequences" in e.value.reason

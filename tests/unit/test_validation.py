@@ -165,6 +165,30 @@ def test_valid_moe_parallelism_passes() -> None:
 
 
 @pytest.mark.parametrize(
+    "pool",
+    [
+        PoolSpec(Parallelism(tp=3), workers=0, batch=0),
+        PoolSpec(Parallelism(tp=2, pp=40, ep=2), workers=100_001, batch=1_000_001),
+        PoolSpec(Parallelism(tp=0, attention_dp=2), workers=2, batch=-1),
+    ],
+)
+def test_a_pool_is_checked_by_validate_as_estimate_checks_a_disaggregated_pool(
+    pool: PoolSpec,
+) -> None:
+    """``validate.pool`` (what ``simulate`` checks a fixed deployment's pools with) reports the
+    violations, fields and words of ``estimate --mode disagg`` for the same pool."""
+    m = load_model("llama-3.1-8b")
+    with pytest.raises(InvalidInputError) as got:
+        validate.pool(pool.parallelism, pool.workers, pool.batch, m, "decode")
+    with pytest.raises(InvalidInputError) as want:
+        estimate(EstimateRequest(**{**BASE, **DISAGG, "decode": pool}))
+    print(got.value)
+    assert len(got.value.violations) >= 3
+    assert got.value.violations == want.value.violations
+    assert validate.pool(Parallelism(tp=8), 100_000, 1_000_000, m, "decode") is None  # the limits
+
+
+@pytest.mark.parametrize(
     ("value", "ok"),
     [(1, True), (10_000_000, True), (0, False), (10_000_001, False), (2.0, False), (None, False)],
 )

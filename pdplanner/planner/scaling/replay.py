@@ -21,12 +21,58 @@ from typing import Any
 
 import numpy as np
 
+from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.scaling.capacity import Shape
 from pdplanner.planner.scaling.traffic import TrafficSeries
 from pdplanner.planner.serving.elastic import WorkerSpan, simulate_elastic
 from pdplanner.planner.serving.scheduler import SchedulerSettings
-from pdplanner.planner.serving.simulate import Trace
+from pdplanner.planner.serving.simulate import MAX_REQUESTS, Trace
+
+#: The most requests one replay may expect to draw (``requests_per_s x duration_s`` summed over
+#: the series; the Poisson count drawn varies around it by its square root). Every drawn request
+#: keeps its arrival, lengths and results in arrays through the replay, so memory grows with the
+#: count, and time with the count and the workers: on the shared 2-core development machine
+#: (load average about 1.7; ``/usr/bin/time -v pdplanner simulate``, Llama-3.1-8B on H100-SXM,
+#: 2,000/200 tokens at 20 req/s, 4 prefill and 2 decode workers) 0.1, 0.5, 1 and 2 million
+#: requests took 3.5, 8.5, 12 and 23 s with 0.20, 0.28, 0.37 and 0.55 GB peak resident memory
+#: (about 10 s and 0.18 GB a million), while 200 prefill and 100 decode workers took 77 s for 1
+#: million; a schedule replays three times (its own workers, the static peak and mean
+#: deployments). Unbounded, an interval of 1e9 s at 5 req/s asked for a 37 GiB array and 4e6 s
+#: ran for minutes in 3.8 GB. The bound is the engine loop's own bound on one run
+#: (``serving.simulate.MAX_REQUESTS``), about twice the 1.03 million requests of the shipped
+#: diurnal day (README, Elastic scaling).
+MAX_REPLAY_REQUESTS = MAX_REQUESTS
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}" if x < 1e15 else f"{x:.3g}"
+
+
+def check_replay_size(
+    series: TrafficSeries,
+    field: str | None = None,
+    advice: str = "shorten the series or lower its rates",
+) -> None:
+    """Refuse, before anything is drawn, a series whose replay expects more than
+    ``MAX_REPLAY_REQUESTS`` requests (``requests_per_s x duration_s`` summed over its
+    intervals). The ``InvalidInputError`` names ``field`` (default: the interval whose running
+    count passes the limit, ``series.intervals[k]``) and says where the count passes it."""
+    total = 0.0
+    crossed: int | None = None
+    for k, iv in enumerate(series.intervals):
+        total += iv.requests_per_s * iv.duration_s
+        if crossed is None and total > MAX_REPLAY_REQUESTS:
+            crossed = k
+    if crossed is None:
+        return
+    start = series.intervals[crossed].start_s
+    raise InvalidInputError(
+        field if field is not None else f"series.intervals[{crossed}]",
+        f"the replay expects {_count(total)} requests (requests_per_s x duration_s summed over "
+        f"the series), more than the {MAX_REPLAY_REQUESTS:,} one replay takes (passed in the "
+        f"interval starting at {start:g} s); {advice}",
+    )
 
 
 @dataclass(frozen=True)
@@ -42,7 +88,10 @@ class Arrivals:
 
 def draw_arrivals(series: TrafficSeries, seed: int = 0) -> Arrivals:
     """Poisson arrivals: in each interval, a Poisson count at its rate, placed uniformly (the
-    order statistics of a Poisson process), each request's class drawn from the interval's mix."""
+    order statistics of a Poisson process), each request's class drawn from the interval's mix.
+    Raises ``InvalidInputError`` for a series over ``MAX_REPLAY_REQUESTS`` (``check_replay_size``)
+    before drawing any."""
+    check_replay_size(series)
     rng = np.random.default_rng(seed)
     classes: dict[tuple[int, int], int] = {}
     ts, cs, ivs = [], [], []

@@ -78,6 +78,7 @@ from pdplanner.planner.scaling.replay import (
     Arrivals,
     ReplayResult,
     Span,
+    check_replay_size,
     draw_arrivals,
     simulate,
     static_spans,
@@ -90,6 +91,7 @@ from pdplanner.planner.serving.mix import mix_cycle
 from pdplanner.planner.serving.queueing import PERCENTILES
 from pdplanner.planner.serving.scheduler import memory_fraction_for, scheduler_for
 from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS, Poisson, simulate_agg
+from pdplanner.planner.serving.workers import decode_worker, prefill_worker
 from pdplanner.planner.types import Mode, PlanRequest, Precision, SearchLimits, Slo, Workload
 
 
@@ -320,7 +322,11 @@ def _finite(x: float) -> float | None:
 
 
 def validate_request(req: ScheduleRequest) -> None:
-    """Range checks of a schedule request; every violation is reported at once."""
+    """Range checks of a schedule request; every violation is reported at once. A request that
+    replays (``simulate``) must expect at most ``replay.MAX_REPLAY_REQUESTS`` requests: over it,
+    the interval of ``series`` where the count passes the limit is named
+    (``series.intervals[k]``), or ``forecast.horizon`` when ``replay_series`` (a forecast's
+    mean) is what is replayed."""
     v = validate.Violations()
     with v.check():
         validate.integer(req.gpus, "gpus", 2, 1_000_000)
@@ -343,6 +349,12 @@ def validate_request(req: ScheduleRequest) -> None:
             validate.number(req.price_per_gpu_hour, "price_per_gpu_hour", 0.0, 1e6)
     if not req.series.intervals:
         v.add("trace", "the series is empty: give at least one interval")
+    if req.simulate:  # refused before any request is drawn (replay.MAX_REPLAY_REQUESTS)
+        with v.check():
+            if req.replay_series is None:
+                check_replay_size(req.series)
+            else:  # a forecast's mean: its length is the horizon asked for
+                check_replay_size(req.replay_series, "forecast.horizon", "forecast fewer intervals")
     if not req.modes or any(m not in ("agg", "disagg") for m in req.modes):
         v.add("modes", f"must name agg and/or disagg, got {list(req.modes)}")
     if req.memory_fraction is not None:
@@ -1226,3 +1238,44 @@ def simulate_spans(
         )
     pl = _Planner(req, models or default_models(), gpus or default_gpus())
     return pl.replay(spans, draw_arrivals(req.replay_series or req.series, req.seed))
+
+
+def simulate_xpyd(
+    req: ScheduleRequest,
+    prefill: tuple[Shape, int],
+    decode: tuple[Shape, int],
+    models: ModelCatalog | None = None,
+    gpus: GpuCatalog | None = None,
+) -> ReplayResult:
+    """Replay ``req.series`` through a fixed disaggregated deployment, ``(shape, workers)`` of
+    its prefill and of its decode pool, every worker serving from the start to the end.
+
+    The pools are checked before anything is replayed, with the checks and the messages of
+    ``estimate`` in mode disagg: each pool's layout against the model and its worker and batch
+    limits (``validate.pool``: ``prefill.parallelism.tp``, ``decode.batch``, ...), then each
+    worker's memory on its GPU as the estimate prices it: a prefill batch of the series'
+    longest prompts (``workers.prefill_worker``) and a decode batch at the longest mean decode
+    context of an interval (``workers.decode_worker`` at ``capacity.decode_context``, the
+    context the schedule sizes decode batches at). A worker that does not fit raises
+    ``InvalidInputError`` on ``prefill`` or ``decode`` with the estimate's reason: a replay on
+    workers that can hold no request would only measure that none is served."""
+    validate_request(req)
+    pl = _Planner(req, models or default_models(), gpus or default_gpus())
+    (pre, x), (dec, y) = prefill, decode
+    v = validate.Violations()
+    for (shape, workers), role in ((prefill, "prefill"), (decode, "decode")):
+        with v.check():
+            validate.pool(shape.parallelism, workers, shape.batch, pl.ctx.model, role)
+    v.raise_any()
+    series = req.replay_series or req.series
+    longest = max(w.isl for iv in series.intervals for w in iv.mix)
+    context = max(decode_context(iv.mix) for iv in series.intervals)
+    for role, m in (
+        ("prefill", prefill_worker(pl.ctx, pre.parallelism, pre.batch, longest)),
+        ("decode", decode_worker(pl.dctx, dec.parallelism, dec.batch, context)),
+    ):
+        if not m.fits:
+            v.add(role, m.reason or "does not fit")
+    v.raise_any()
+    spans = static_spans((pre, x), (dec, y))
+    return pl.replay(spans, draw_arrivals(series, req.seed))

@@ -3,8 +3,10 @@
 ``schedule`` plans worker counts and shapes over a traffic series (``--trace``), or over a forecast
 of a history (``--history``), and replays it with static deployments sized for the peak and the
 mean; in process by default, on a server (which stores it as ``schedules/{id}``) with
-``--server``. ``simulate`` replays a trace through a fixed xPyD deployment, or through a stored
-schedule, in process. A bad trace names its row: ``error: --trace: trace[3].osl: ...``.
+``--server``. ``simulate`` replays a trace through a fixed xPyD deployment (its pools checked as
+``estimate --mode disagg`` checks them), or through a stored schedule (then no fixed
+deployment's flag), in process. A bad trace names its row: ``error: --trace: trace[3].osl:
+...``; forecast flags (``--horizon``, ``--quantile``, ``--forecast``) go with ``--history`` only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ import typer
 from rich.table import Table
 
 from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.scaling.forecast import (
+    DEFAULT_QUANTILE,
+    MAX_HORIZON,
+    check_horizon,
+    check_quantile,
+)
 from pdplanner.planner.serving.scheduler import parse_engine_arg
 from pdplanner.planner.types import DEFAULT_DTYPE, DEFAULT_ENGINE, Mode, Precision, Slo
 from pdplanner.planner.validate import Violations
@@ -43,6 +51,9 @@ _REQ = "request"
 _SLO = "SLO"
 _TRAFFIC = "traffic"
 _SCALING = "scaling"
+_POOLS = ("prefill", "decode")
+DEFAULT_STARTUP_S = 300.0
+_FORECAST_ONLY = "applies to a forecast of --history only; with --trace it would be ignored"
 
 SCHEDULE_KEYS = (
     "model", "gpu", "decode_gpu", "gpus", "trace", "history", "horizon", "quantile", "forecast",
@@ -58,6 +69,10 @@ _RENAMED = {
     "history": "--history",
     "trace|history": "--trace/--history",
     "method": "--forecast",
+    "forecast.horizon": "--horizon",
+    "forecast.quantile": "--quantile",
+    "forecast.method": "--forecast",
+    "forecast.history": "--history",
     "precision.dtype": "--dtype",
     "precision.kv_dtype": "--kv-dtype",
 }
@@ -101,22 +116,32 @@ StartupOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Seed of the replay's random arrivals.")]
 
 
-def _flag(field: str) -> str:
-    """The flag behind a field path of a schedule or a replay (a traffic row keeps its path)."""
+def _flag(field: str, traffic: str = "--trace") -> str:
+    """The flag behind a field path of a schedule or a replay (a traffic row keeps its path;
+    an interval of the planned series, ``series.intervals[k]``, is named under ``traffic``,
+    the flag that gave it; a pool of a fixed deployment, ``prefill.parallelism.tp``, is its
+    ``--prefill-tp``)."""
     if field in _RENAMED:
         return _RENAMED[field]
     if field.startswith(("trace", "rows")):
         return f"--trace: {field}"
     if field.startswith("history["):
         return f"--history: {field}"
+    if field.startswith("series."):
+        return f"{traffic}: {field}"
+    role, dot, rest = field.partition(".")
+    if role in _POOLS and not dot:  # the pool's worker does not fit: its layout and batch
+        return "/".join(f"--{role}-{key}" for key in ("tp", "pp", "batch"))
+    if role in _POOLS:
+        return f"--{role}-{rest.rsplit('.', 1)[-1].replace('_', '-')}"
     key = field.split(".")[0].split("[")[0]
     if key in SCHEDULE_KEYS or (key == field and key.replace("_", "").isalpha()):
         return f"--{key.replace('_', '-')}"
     return field
 
 
-def _describe(exc: InvalidInputError) -> str:
-    return inputs.describe_as(exc, _flag)
+def _describe(exc: InvalidInputError, traffic: str = "--trace") -> str:
+    return inputs.describe_as(exc, partial(_flag, traffic=traffic))
 
 
 def _required(v: Violations, **values: object) -> None:
@@ -152,23 +177,31 @@ def schedule(
     ] = None,
     horizon: Annotated[
         int | None,
-        typer.Option(rich_help_panel=_TRAFFIC, help="Intervals to forecast (default: one day)."),
+        typer.Option(
+            rich_help_panel=_TRAFFIC,
+            help=f"Intervals to forecast, 1 to {MAX_HORIZON:,} (default: one day).",
+        ),
     ] = None,
     quantile: Annotated[
-        float,
-        typer.Option(rich_help_panel=_TRAFFIC, help="Forecast quantile to plan for."),
-    ] = 0.9,
-    forecast_method: Annotated[
-        str,
+        float | None,
         typer.Option(
-            "--forecast", metavar="ets|sarima", rich_help_panel=_TRAFFIC, help="Forecast model."
+            rich_help_panel=_TRAFFIC, help="Forecast quantile to plan for (default: 0.9)."
         ),
-    ] = "ets",
+    ] = None,
+    forecast_method: Annotated[
+        str | None,
+        typer.Option(
+            "--forecast",
+            metavar="ets|sarima",
+            rich_help_panel=_TRAFFIC,
+            help="Forecast model (default: ets).",
+        ),
+    ] = None,
     interval_s: IntervalOpt = 300.0,
     ttft_ms: TtftOpt = None,
     tpot_ms: TpotOpt = None,
     percentile: PercentileOpt = "p50",
-    startup_s: StartupOpt = 300.0,
+    startup_s: StartupOpt = DEFAULT_STARTUP_S,
     cooldown_s: Annotated[
         float,
         typer.Option(
@@ -223,7 +256,20 @@ def schedule(
     _required(v, model=model, gpu=gpu, gpus=gpus, ttft_ms=ttft_ms, tpot_ms=tpot_ms)
     if (trace is None) == (history is None):
         v.add("trace|history", "give one: a traffic series, or a history to forecast one")
+    elif trace is not None:  # the forecast's settings would go unused
+        forecast_flags = {"horizon": horizon, "quantile": quantile, "method": forecast_method}
+        for key, value in forecast_flags.items():
+            if value is not None:
+                v.add(key, _FORECAST_ONLY)
+    else:
+        if horizon is not None:
+            v.value(partial(check_horizon, horizon))
+        if quantile is not None:
+            v.value(partial(check_quantile, quantile))
+        if forecast_method is not None and forecast_method not in ("ets", "sarima"):
+            v.add("method", f"must be ets or sarima, got {forecast_method!r}")
     spec = None
+    traffic = "--trace" if trace is not None else "--history"
     try:
         v.raise_any()
         assert model is not None and gpu is not None and gpus is not None
@@ -233,14 +279,12 @@ def schedule(
         else:
             assert history is not None
             past = _load(history, "history", interval_s)
-            if forecast_method not in ("ets", "sarima"):
-                raise InvalidInputError("method", f"must be ets or sarima, got {forecast_method!r}")
             step = past.intervals[0].duration_s
             spec = ForecastSpec(
                 past,
-                horizon or max(1, round(86_400 / step)),
-                quantile,
-                forecast_method,  # type: ignore[arg-type]
+                check_horizon(horizon if horizon is not None else max(1, round(86_400 / step))),
+                DEFAULT_QUANTILE if quantile is None else quantile,
+                forecast_method or "ets",  # type: ignore[arg-type]
             )
             series = TrafficSeries(())
         runner = backend(server)
@@ -265,7 +309,7 @@ def schedule(
         )
         result, name = runner.schedule(req, spec)
     except InvalidInputError as exc:
-        raise CliError(_describe(exc)) from None
+        raise CliError(_describe(exc, traffic)) from None
     if json_out:
         show_json({"name": name, **result} if name else result)
     else:
@@ -422,13 +466,25 @@ def simulate_cmd(
             help="Replay this stored schedule (needs --server) instead of a fixed deployment.",
         ),
     ] = None,
-    startup_s: StartupOpt = 300.0,
-    prefill_tp: Annotated[int, typer.Option(help="Prefill workers' TP.")] = 1,
-    prefill_pp: Annotated[int, typer.Option(help="Prefill workers' PP.")] = 1,
-    prefill_batch: Annotated[int, typer.Option(help="Prompts per prefill batch.")] = 1,
+    startup_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds from launching a worker to serving, of a stored schedule's workers "
+            "(default: 300).",
+        ),
+    ] = None,
+    prefill_tp: Annotated[
+        int | None, typer.Option(help="Prefill workers' TP (default: 1).")
+    ] = None,
+    prefill_pp: Annotated[
+        int | None, typer.Option(help="Prefill workers' PP (default: 1).")
+    ] = None,
+    prefill_batch: Annotated[
+        int | None, typer.Option(help="Prompts per prefill batch (default: 1).")
+    ] = None,
     prefill_workers: Annotated[int | None, typer.Option(help="Prefill workers.")] = None,
-    decode_tp: Annotated[int, typer.Option(help="Decode workers' TP.")] = 1,
-    decode_pp: Annotated[int, typer.Option(help="Decode workers' PP.")] = 1,
+    decode_tp: Annotated[int | None, typer.Option(help="Decode workers' TP (default: 1).")] = None,
+    decode_pp: Annotated[int | None, typer.Option(help="Decode workers' PP (default: 1).")] = None,
     decode_batch: Annotated[
         int | None, typer.Option(help="Most sequences per decode worker.")
     ] = None,
@@ -443,10 +499,10 @@ def simulate_cmd(
     """Replay a traffic trace through a fixed xPyD deployment or a stored schedule."""
     from pdplanner.planner import validate
     from pdplanner.planner.scaling.capacity import Shape
-    from pdplanner.planner.scaling.replay import static_spans
     from pdplanner.planner.scaling.schedule import (
         ScheduleRequest,
         simulate_spans,
+        simulate_xpyd,
         spans_of_intervals,
     )
 
@@ -457,11 +513,23 @@ def simulate_cmd(
         "prefill_workers": prefill_workers, "decode_tp": decode_tp, "decode_pp": decode_pp,
         "decode_batch": decode_batch, "decode_workers": decode_workers,
     }  # fmt: skip
-    if schedule_id is None:  # a fixed deployment: every count given and at least 1
+    # a stored schedule brings its own workers: a fixed deployment's flags would go unused
+    if schedule_id is not None:
+        given = [inputs.flag(key) for key, value in counts.items() if value is not None]
+        if given:
+            v.add(
+                "schedule",
+                f"replays the stored schedule's workers, so {', '.join(given)} (a fixed "
+                "deployment) would be ignored: give one or the other",
+            )
+    else:  # a fixed deployment: workers and the decode batch given, every count at least 1
+        if startup_s is not None:
+            v.add("startup_s", "applies to the workers of a --schedule only; a fixed deployment "
+                  "serves from the start")  # fmt: skip
         for key, value in counts.items():
-            if value is None:
+            if value is None and key in ("prefill_workers", "decode_batch", "decode_workers"):
                 v.add(key, "is required")
-            else:
+            elif value is not None:
                 v.value(partial(validate.integer, value, key, 1, validate.MAX_BATCH))
     try:
         v.raise_any()
@@ -475,23 +543,28 @@ def simulate_cmd(
             series=series,
             slo=Slo(ttft_ms, tpot_ms, "p99"),
             decode_gpu=decode_gpu,
-            startup_s=startup_s,
+            startup_s=startup_s if startup_s is not None else DEFAULT_STARTUP_S,
             precision=Precision(dtype or inputs.default_dtype(model), kv_dtype or DEFAULT_DTYPE),
             engine=engine or DEFAULT_ENGINE,
             seed=seed,
         )
         if schedule_id is not None:
             stored = remote(server).get_schedule(schedule_id)
-            spans = spans_of_intervals(stored["result"]["intervals"], series, startup_s)
+            spans = spans_of_intervals(stored["result"]["intervals"], series, req.startup_s)
             what = stored["name"]
+            replay = simulate_spans(req, spans)
         else:
             assert prefill_workers is not None and decode_workers is not None
             assert decode_batch is not None
-            pshape = Shape("prefill", gpu, prefill_tp, prefill_pp, 1, 1, prefill_batch)
-            dshape = Shape("decode", decode_gpu or gpu, decode_tp, decode_pp, 1, 1, decode_batch)
-            spans = static_spans((pshape, prefill_workers), (dshape, decode_workers))
+
+            def pool(role: str, tp: int | None, pp: int | None, batch: int | None) -> Shape:
+                return Shape(role, gpu if role == "prefill" else decode_gpu or gpu, tp or 1,
+                             pp or 1, 1, 1, batch or 1)  # fmt: skip
+
+            pshape = pool("prefill", prefill_tp, prefill_pp, prefill_batch)
+            dshape = pool("decode", decode_tp, decode_pp, decode_batch)
+            replay = simulate_xpyd(req, (pshape, prefill_workers), (dshape, decode_workers))
             what = f"{prefill_workers}P{decode_workers}D"
-        replay = simulate_spans(req, spans)
     except InvalidInputError as exc:
         raise CliError(_describe(exc)) from None
     summary = {"deployment": what, **replay.summary()}

@@ -6,7 +6,9 @@ that JSON with the enum strings spelled as proto enum names (``disagg`` -> ``MOD
 back. The stored request is the request message's JSON (field names kept).
 
 Traffic series errors name the proto field of the offending row: ``series.intervals[3].duration_s``
-or ``series.intervals[3].mix[1].isl``.
+or ``series.intervals[3].mix[1].isl``; a forecast's settings are checked here as the planner
+checks them (``forecast.check_horizon``, ``check_quantile``), so they are named under
+``forecast.``, not as the planner's bare ``horizon``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from google.protobuf import json_format
 
 from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.scaling.capacity import Shape
-from pdplanner.planner.scaling.forecast import ForecastSpec, Method
+from pdplanner.planner.scaling.forecast import (
+    ForecastSpec,
+    Method,
+    check_horizon,
+    check_quantile,
+)
 from pdplanner.planner.scaling.ratematch import LengthPercentiles, RateMatchRequest, RateMatchResult
 from pdplanner.planner.scaling.schedule import ScheduleRequest
 from pdplanner.planner.scaling.traffic import TrafficSeries, from_rows
@@ -183,9 +190,12 @@ def _forecast_from_proto(f: scaling_pb2.HistoryForecast, v: Violations) -> Forec
     quantile = v.value(
         lambda: finite_optional(f, "quantile", "forecast.quantile", DEFAULT_QUANTILE)
     )
-    if method is None or history is None or quantile is None:
+    if quantile is not None:
+        quantile = v.value(partial(check_quantile, quantile, "forecast.quantile"))
+    horizon = v.value(partial(check_horizon, f.horizon, "forecast.horizon"))
+    if method is None or history is None or quantile is None or horizon is None:
         return None
-    return ForecastSpec(history, f.horizon, quantile, method)
+    return ForecastSpec(history, horizon, quantile, method)
 
 
 def request_to_json(msg: Any) -> dict[str, Any]:
