@@ -276,6 +276,20 @@ def test_a_horizon_out_of_range_is_refused(tmp_path: Path, horizon: str, message
     assert (result.exit_code, result.stderr) == (2, f"error: {message}\n")
 
 
+def test_a_default_horizon_past_the_limit_names_the_history(tmp_path: Path) -> None:
+    """The default horizon is one day: of 5-second intervals that is 17,280, past the limit.
+    The error says so on --history (no --horizon was given) and what to give instead."""
+    history = write(tmp_path, "history.csv", HEADER + "0,5,4,2000,250,1\n5,5,4,2000,250,1\n")
+    args = schedule_args(history)
+    args[args.index("--trace")] = "--history"
+    result = local.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: --history: one day of its 5-second intervals is 17,280 intervals, more than the "
+        "10,000 a forecast covers: give --horizon, or longer intervals\n"
+    )
+
+
 FIT = "does not fit on h100-sxm: weights"
 
 

@@ -280,9 +280,16 @@ def schedule(
             assert history is not None
             past = _load(history, "history", interval_s)
             step = past.intervals[0].duration_s
+            day = max(1, round(86_400 / step))
+            if horizon is None and day > MAX_HORIZON:  # the default, one day, is too many
+                raise InvalidInputError(
+                    "history",
+                    f"one day of its {step:g}-second intervals is {day:,} intervals, more than "
+                    f"the {MAX_HORIZON:,} a forecast covers: give --horizon, or longer intervals",
+                )
             spec = ForecastSpec(
                 past,
-                check_horizon(horizon if horizon is not None else max(1, round(86_400 / step))),
+                check_horizon(horizon if horizon is not None else day),
                 DEFAULT_QUANTILE if quantile is None else quantile,
                 forecast_method or "ets",  # type: ignore[arg-type]
             )
