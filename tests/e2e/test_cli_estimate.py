@@ -307,3 +307,20 @@ def test_kv_dtype_and_the_engines_kv_cache_dtype_must_agree() -> None:
     assert alone.stdout.splitlines()[0].startswith(
         "llama-3.1-8b on h100, ISL 1000 / OSL 200, bf16 (KV fp8)"
     )
+
+
+def test_prefill_only_traffic_shows_no_tpot_rather_than_zero() -> None:
+    """OSL 1: the first token ends each request, so there is no TPOT or per-user decode rate to
+    print (0.00 read as an infinitely fast decode); TTFT and throughput are still shown."""
+    args = ["estimate", "--model", "llama-3.1-8b", "--gpu", "h100", "--isl", "1000", "--osl", "1",
+            "--mode", "agg", "--tp", "1", "--concurrency", "4"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    rows = {
+        cells[1].strip(): cells[2].strip()
+        for line in result.stdout.splitlines()
+        if len(cells := line.split("│")) == 4
+    }
+    assert rows["TPOT (ms)"] == "- (OSL 1: no decode)"
+    assert rows["tokens/s/user"] == "-"
+    assert float(rows["TTFT (ms)"].replace(",", "")) > 0

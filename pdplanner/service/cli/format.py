@@ -168,11 +168,13 @@ def estimate_table(result: PhaseEstimate | ServingEstimate, title: str = "") -> 
                 ("fits", _fits(result.fits, result.reason)),
             ],
         )
+    # prefill-only traffic (OSL 1): the first token ends the request, nothing is decoded
+    decodes = result.tpot_ms > 0.0 or not result.fits
     rows: list[tuple[str, str | Text]] = [
         ("TTFT (ms)", metric(result.ttft_ms, 1)),
-        ("TPOT (ms)", metric(result.tpot_ms, 2)),
+        ("TPOT (ms)", metric(result.tpot_ms, 2) if decodes else "- (OSL 1: no decode)"),
         ("tokens/s/GPU", metric(result.tokens_per_s_per_gpu)),
-        ("tokens/s/user", metric(result.tokens_per_s_per_user)),
+        ("tokens/s/user", metric(result.tokens_per_s_per_user) if decodes else "-"),
         ("requests/s", metric(result.requests_per_s, 3)),
         ("GPUs", str(result.gpus)),
         ("memory per GPU (GB)", num(result.memory_gb_per_gpu, 2)),
@@ -235,12 +237,13 @@ def _deployment_columns(table: Table) -> None:
 
 
 def _deployment_cells(dep: Deployment) -> list[str]:
+    decodes = dep.tpot_ms > 0.0  # prefill-only traffic (OSL 1) decodes nothing
     return [
         str(dep.gpus),
         num(dep.ttft_ms, 1),
-        num(dep.tpot_ms, 2),
+        num(dep.tpot_ms, 2) if decodes else "-",
         num(dep.tokens_per_s_per_gpu),
-        num(dep.tokens_per_s_per_user),
+        num(dep.tokens_per_s_per_user) if decodes else "-",
         num(dep.requests_per_s, 3),
     ]
 
