@@ -324,3 +324,19 @@ def test_prefill_only_traffic_shows_no_tpot_rather_than_zero() -> None:
     assert rows["TPOT (ms)"] == "- (OSL 1: no decode)"
     assert rows["tokens/s/user"] == "-"
     assert float(rows["TTFT (ms)"].replace(",", "")) > 0
+
+
+def test_a_precision_error_on_the_checkpoint_default_says_it_was_not_given() -> None:
+    """DeepSeek-V3 is published in fp8, so estimate takes fp8 without --dtype; an A100 has no
+    fp8 tensor cores. The error is on --dtype, which the user did not type: it says the value is
+    the checkpoint's and how to choose another. With --dtype fp8 typed, the plain error."""
+    args = ["estimate", "--model", "deepseek-v3", "--gpu", "a100-sxm-80g", "--isl", "2000",
+            "--osl", "200", "--phase", "decode", "--tp", "8", "--batch", "8"]  # fmt: skip
+    defaulted = runner.invoke(app, args)
+    typed = runner.invoke(app, [*args, "--dtype", "fp8"])
+    plain = "error: --dtype: a100-sxm-80g has no fp8 tensor cores (supports bf16)"
+    assert (defaulted.exit_code, typed.exit_code) == (2, 2)
+    assert defaulted.stderr == (
+        f"{plain} (fp8 is the checkpoint's precision, taken without --dtype; give --dtype bf16)\n"
+    )
+    assert typed.stderr == f"{plain}\n"

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pdplanner.planner.errors import InvalidInputError
+from pdplanner.planner.errors import InvalidFields, InvalidInputError
 from pdplanner.service.cli import inputs
 
 EXIT_USAGE = 2
@@ -29,3 +29,23 @@ def flags(known: Collection[str], **kwargs: Any) -> Iterator[None]:
         yield
     except InvalidInputError as exc:
         raise CliError(inputs.describe(exc, known, **kwargs)) from None
+
+
+@contextmanager
+def checkpoint_dtype(given: str | None, used: str) -> Iterator[None]:
+    """When ``--dtype`` was not given (``given`` None) and the block's error is on the GEMM
+    precision, say that ``used`` is the checkpoint's precision, taken by default, and how to
+    plan otherwise: the user never typed the value the error is about."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        if given is not None or used == "bf16":
+            raise
+        hint = f" ({used} is the checkpoint's precision, taken without --dtype; give --dtype bf16)"
+        found = [
+            (f, r + hint if f.split(".")[-1] == "dtype" and f != "precision.kv_dtype" else r)
+            for f, r in exc.violations
+        ]
+        if found == list(exc.violations):
+            raise
+        raise InvalidFields(found) from None

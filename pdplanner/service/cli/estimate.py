@@ -20,7 +20,7 @@ from pdplanner.service.cli import app as cli
 from pdplanner.service.cli import format as fmt
 from pdplanner.service.cli import inputs
 from pdplanner.service.cli.backend import Backend, backend
-from pdplanner.service.cli.errors import CliError, flags
+from pdplanner.service.cli.errors import CliError, checkpoint_dtype, flags
 
 _REQ = "request"
 _PHASE = "--phase prefill|decode"
@@ -190,7 +190,8 @@ def estimate(
         return
     with flags(inputs.ESTIMATE_KEYS):
         req = inputs.estimate_request(fields)
-        result = _estimate(runner, req)
+        with checkpoint_dtype(fields.get("dtype"), req.precision.dtype):
+            result = _estimate(runner, req)
     if json_out:
         cli.show_json(result.to_dict())
     else:

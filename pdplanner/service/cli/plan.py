@@ -16,7 +16,7 @@ from pdplanner.service.cli import app as cli
 from pdplanner.service.cli import format as fmt
 from pdplanner.service.cli import inputs
 from pdplanner.service.cli.backend import backend
-from pdplanner.service.cli.errors import EXIT_FAILURE, CliError, flags
+from pdplanner.service.cli.errors import EXIT_FAILURE, CliError, checkpoint_dtype, flags
 
 _REQ = "request"
 _SLO = "SLO"
@@ -173,7 +173,8 @@ def plan(
         if req.decode_gpu is not None:
             named = replace(named, decode_gpu=runner.use_gpu(req.decode_gpu, "decode_gpu"))
         named = replace(named, model=runner.use_model(req.model), gpu=runner.use_gpu(req.gpu))
-        result, name = runner.plan(named)
+        with checkpoint_dtype(dtype, req.precision.dtype):
+            result, name = runner.plan(named)
     if json_out:
         cli.show_json({"name": name, **result.to_dict()} if name else result.to_dict())
     else:
