@@ -224,7 +224,8 @@ def _check(req: EstimateRequest, models: ModelCatalog, gpus: GpuCatalog) -> _Che
             if pool is None:
                 v.add(name, f"the {name} pool is required for mode disagg")
                 continue
-            _check_pool(pool, name, model, v)
+            with v.check():  # every violation of the pool, as the trace replay checks it
+                validate.pool(pool.parallelism, pool.workers, pool.batch, model, name)
             if pool.gpu is None:
                 pools[name] = ctx
             else:
@@ -264,11 +265,6 @@ def _kv_dtype(req: EstimateRequest, args: dict[str, EngineArg]) -> str:
 def _context(req: EstimateRequest) -> int:
     """A decode step's context in tokens: ``context``, else the middle of the output."""
     return req.context if req.context is not None else req.isl + req.osl // 2
-
-
-def _check_pool(pool: PoolSpec, name: str, model: ModelSpec | None, v: validate.Violations) -> None:
-    with v.check():  # every violation of the pool (the trace replay checks its pools alike)
-        validate.pool(pool.parallelism, pool.workers, pool.batch, model, name)
 
 
 def _scheduler(

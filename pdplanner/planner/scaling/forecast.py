@@ -80,6 +80,13 @@ def check_quantile(quantile: float, field: str = "quantile") -> float:
     return quantile
 
 
+def check_method(method: object, field: str = "method") -> Method:
+    """The forecast model, ets or sarima; raises ``InvalidInputError`` naming ``field``."""
+    if method not in ("ets", "sarima"):
+        raise InvalidInputError(field, f"must be ets or sarima, got {method!r}")
+    return method
+
+
 def _regular(history: TrafficSeries, season_s: float) -> tuple[float, int]:
     ivs = history.intervals
     dur = ivs[0].duration_s
@@ -132,8 +139,7 @@ def forecast(
 
     check_horizon(horizon)
     check_quantile(quantile)
-    if method not in ("ets", "sarima"):
-        raise InvalidInputError("method", f"must be ets or sarima, got {method!r}")
+    check_method(method)
     dur, m = _regular(history, season_s)
     y = pd.Series(history.rates)
     n = len(y)

@@ -133,7 +133,11 @@ class ServingRun:
     duration_s: float
     ttft_ms_each: np.ndarray
     tpot_ms_each: np.ndarray
-    simulated_requests: int = 0  # every request of the run, warm-up included
+
+    @property
+    def simulated_requests(self) -> int:
+        """Every request of the run, warm-up included."""
+        return int(self.ttft_ms_each.size)
 
 
 @dataclass(frozen=True)
@@ -323,7 +327,6 @@ def _run(
         duration_s=measured_ms / 1e3,
         ttft_ms_each=ttft_each,
         tpot_ms_each=tpot_each,
-        simulated_requests=n,
     )
 
 

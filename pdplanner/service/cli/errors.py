@@ -42,10 +42,7 @@ def checkpoint_dtype(given: str | None, used: str) -> Iterator[None]:
         if given is not None or used == "bf16":
             raise
         hint = f" ({used} is the checkpoint's precision, taken without --dtype; give --dtype bf16)"
-        found = [
-            (f, r + hint if f.split(".")[-1] == "dtype" and f != "precision.kv_dtype" else r)
-            for f, r in exc.violations
-        ]
+        found = [(f, r + hint if f.split(".")[-1] == "dtype" else r) for f, r in exc.violations]
         if found == list(exc.violations):
             raise
         raise InvalidFields(found) from None

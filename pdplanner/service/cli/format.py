@@ -318,13 +318,10 @@ def plan_summary(
             ratio = f"{ratio} ({num(dep.balanced_gpu_ratio, 2)})"  # whole workers (exact balance)
         table.add_row(f"{label}{star}", deployment_text(dep), ratio, *_deployment_cells(dep))
     parts.append(table)
-    speedup = (
-        f"disagg speedup over agg: {result.disagg_speedup:.2f}x   "
-        if result.disagg_speedup is not None
-        else "disagg speedup over agg: n/a   "
-        if {"agg", "disagg"} <= set(modes)
-        else ""
-    )
+    speedup = ""  # one mode searched: nothing to compare
+    if {"agg", "disagg"} <= set(modes):
+        ratio = "n/a" if result.disagg_speedup is None else f"{result.disagg_speedup:.2f}x"
+        speedup = f"disagg speedup over agg: {ratio}   "
     parts.append(
         Text(
             f"{speedup}design points: {result.design_points:,}"

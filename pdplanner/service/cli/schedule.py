@@ -22,6 +22,7 @@ from pdplanner.planner.scaling.forecast import (
     DEFAULT_QUANTILE,
     MAX_HORIZON,
     check_horizon,
+    check_method,
     check_quantile,
 )
 from pdplanner.planner.serving.scheduler import parse_engine_arg
@@ -266,8 +267,8 @@ def schedule(
             v.value(partial(check_horizon, horizon))
         if quantile is not None:
             v.value(partial(check_quantile, quantile))
-        if forecast_method is not None and forecast_method not in ("ets", "sarima"):
-            v.add("method", f"must be ets or sarima, got {forecast_method!r}")
+        if forecast_method is not None:
+            v.value(partial(check_method, forecast_method))
     spec = None
     traffic = "--trace" if trace is not None else "--history"
     try:
@@ -289,9 +290,9 @@ def schedule(
                 )
             spec = ForecastSpec(
                 past,
-                check_horizon(horizon if horizon is not None else day),
+                horizon if horizon is not None else day,  # both checked above
                 DEFAULT_QUANTILE if quantile is None else quantile,
-                forecast_method or "ets",  # type: ignore[arg-type]
+                check_method(forecast_method or "ets"),
             )
             series = TrafficSeries(())
         runner = backend(server)
