@@ -1096,8 +1096,11 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
     holds every client (that point left out), or TTFT passes the stop. Under random arrivals a
     point carries the closed loop's rate (clients over a request's mean time in the system)
     times the share of its slots (clients, at most the batch limit) that Erlang C lets be busy
-    at the percentile; TTFT adds the M/D/1 wait of a prompt queue served by one lone prompt's
-    prefill step at that rate and, when no prompt is in service, half a mean decode step."""
+    at the percentile; its TTFT is the loop's mean TTFT where the loop runs at that rate (the
+    clients whose loop's rate it is, linear between this budget's simulated concurrencies, from
+    none at 0 req/s), plus the M/D/1 wait of a prompt queue served by one lone prompt's prefill
+    step at that rate and, when no prompt is in service, half the loop's mean decode step
+    there."""
     tp, pp, ep, dp = lay
     row, scratch = np.zeros(4), np.zeros(4)
     cal = c.cal
@@ -1116,6 +1119,7 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
         s[L.S_BUDGET] = chunk if chunk > 0 else sched[L.S_BUDGET]
         s[L.S_CHUNKED] = float(chunk > 0)
         step_tokens = chunk if chunk > 0 else max(isl.max(), sched[L.S_BUDGET])
+        seen = []  # (clients, req/s, TTFT mean, TPOT mean) of this budget's loops
         for k in conc:
             users = max(1, math.ceil(k / dp))
             if users > 2 * max_batch:
@@ -1140,8 +1144,20 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
             wait_p = 1.0 - 0.5 * (1.0 - pct)
             rate = out[8] * slot_load_reference(slots, wait_p) / slots
             rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
+            seen.append((users, out[8], out[0], out[4]))
+            held, prev_u, prev_x = float(users), 0.0, 0.0
+            for u_i, x_i, _, _ in seen:  # the first loop whose rate reaches the point's
+                if rate <= x_i:
+                    f = (rate - prev_x) / (x_i - prev_x) if x_i > prev_x else 1.0
+                    held = prev_u + f * (u_i - prev_u)
+                    break
+                prev_u, prev_x = u_i, x_i
+            u, t1, s1 = (np.array([e[i] for e in seen]) for i in (0, 2, 3))
+            # below the first simulated concurrency, its figures
+            ttft_loop = float(np.interp(held, u, t1))
+            step = float(np.interp(held, u, s1))
             # plus the rest of the decode step an arrival finds running (no prompt in service)
-            ttft = out[0] + (1 - rho) * out[4] / 2 + ref_wait_ms(rho, prompt_ms, wait_p)
+            ttft = ttft_loop + (1 - rho) * step / 2 + ref_wait_ms(rho, prompt_ms, wait_p)
             rows.append([chunk, users * dp, ttft, out[4 + slot], rate * osl.mean() * dp, rate * dp])
             if ttft > stop_ms:
                 break

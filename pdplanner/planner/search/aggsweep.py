@@ -33,6 +33,22 @@ probability 1 - ``rho``, the rest of the decode step in progress when the reques
 the loop's mean TPOT. The loop's clients arrive as a step ends and never wait for it; without it
 the plan's TTFT p50 came out 5-23 ms below its replay at the same rate, about half a step.
 
+The loop's part of that TTFT is taken where the loop runs at the point's random-arrival rate: at
+the clients whose closed loop serves that rate (Little's law, linear between the simulated
+concurrencies), not at the point's own clients, whose loop is busier than the rate. The saturated
+loop's TTFT already holds its prompts queueing behind each other, which the M/D/1 wait counts
+again: Qwen3-32B on 8 H100s (ISL 8000, OSL 300, p90) planned TTFT 994 ms where the engine loop
+replays the deployment at its rate at 447 ms; 539 ms since (``tools/replay_plans.py``).
+
+TPOT stays the loop's at the point's own clients, every slot busy: under random arrivals a
+request's TPOT is well above the closed loop's at the clients that rate holds. Evenly spaced
+arrivals reproduce the closed loop (that Qwen3-32B setup at 2.52 req/s: TPOT 15.2 ms either way),
+Poisson arrivals at the same rate give a mean of 16.6 ms and a p90 of 22.5 ms
+(``serving.simulate.replay_agg``): prompts arrive in clusters and a request's count of prefill
+stalls varies. Taken at the slots, the plan's TPOT is above its replay at the plan's
+rate and never below: by 3-34% for the best deployments of ``tools/replay_plans.py --frontier``'s
+cases, up to 2.5x for frontier points whose slots far outnumber the requests their rate holds.
+
 A request's time to first token is the loop's plus both waits, so the SLO percentile ``p`` is
 split between them (``queueing.split_percentile``): an arrival waits for a slot with probability
 at most (1 - p) / 2, and the prompt wait is taken at 1 - (1 - p) / 2. Charging each wait at ``p``
@@ -201,6 +217,32 @@ def steady_closed_loop(
 
 
 @njit(cache=True, nogil=True)
+def _at(hist: np.ndarray, h: int, users: float, col: int) -> float:
+    """Column ``col`` of the loop's history ``hist[:h]`` (rising clients in column 0) at
+    ``users`` clients, linear between the simulated concurrencies, the ends held beyond."""
+    if users <= hist[0, 0]:
+        return float(hist[0, col])
+    for i in range(1, h):
+        if users <= hist[i, 0]:
+            f = (users - hist[i - 1, 0]) / (hist[i, 0] - hist[i - 1, 0])
+            return float(hist[i - 1, col] + f * (hist[i, col] - hist[i - 1, col]))
+    return float(hist[h - 1, col])
+
+
+@njit(cache=True, nogil=True)
+def _clients_at(hist: np.ndarray, h: int, rate: float) -> float:
+    """The clients whose closed loop runs at ``rate`` requests/s: the first crossing of the
+    history's rates (column 1, from 0 at no clients), linear between the simulated
+    concurrencies; the most simulated when none reaches it."""
+    for i in range(1, h):
+        if rate <= hist[i, 1]:
+            lo, hi = hist[i - 1, 1], hist[i, 1]
+            f = (rate - lo) / (hi - lo) if hi > lo else 1.0
+            return float(hist[i - 1, 0] + f * (hist[i, 0] - hist[i - 1, 0]))
+    return float(hist[h - 1, 0])
+
+
+@njit(cache=True, nogil=True)
 def sweep_layout(
     mv: np.ndarray,
     hv: np.ndarray,
@@ -243,6 +285,9 @@ def sweep_layout(
     s[L.S_PREFIX_HIT] = prefix_hit
     fixed_terms = L.new_fixed_table()  # every point runs this layout on one worker
     max_batch = sched[L.S_MAX_SEQS]
+    # the loop's figures at each concurrency of the current chunk budget, the origin first:
+    # clients, requests/s, TTFT mean, TPOT mean
+    hist = np.zeros((concurrency.shape[0] + 1, 4))
     # one prompt alone on the worker (its other attention-DP ranks bring no tokens to the MoE
     # layers): the service time of the prompt queue
     new, past = mean_isl * (1.0 - prefix_hit), mean_isl * prefix_hit
@@ -254,6 +299,7 @@ def sweep_layout(
         s[L.S_BUDGET] = chunk if chunk > 0.0 else sched[L.S_BUDGET]
         s[L.S_CHUNKED] = 1.0 if chunk > 0.0 else 0.0
         step_tokens = chunk if chunk > 0.0 else max(max_isl, sched[L.S_BUDGET])
+        h = 1
         for k in range(concurrency.shape[0]):
             users = max(1, math.ceil(concurrency[k] / dp))
             if users > 2 * max_batch:
@@ -299,9 +345,20 @@ def sweep_layout(
             slots = int(min(float(users), max_batch))
             rate = out[8] * slot_load(slots, wait_p, slot_loads) / slots
             rho = min(rate * prompt_ms / 1e3, MAX_UTILISATION)
-            # a random arrival that finds no prompt in service waits out the decode step in
-            # progress, half a step on average (the loop's clients arrive as steps end)
-            ttft = out[0] + (1.0 - rho) * 0.5 * out[4] + wait_ms(rho, prompt_ms, wait_p)
+            hist[h, 0], hist[h, 1], hist[h, 2], hist[h, 3] = users, out[8], out[0], out[4]
+            if h == 1:
+                hist[0, 2:] = hist[1, 2:]  # below one client: the first's figures
+            h += 1
+            # at that rate the worker holds the clients whose closed loop runs at it (Little's
+            # law), fewer than its slots: the loop there gives the prompt's own time (module
+            # doc). A random arrival that finds no prompt in service waits out the decode step
+            # in progress, half a step on average (the loop's clients arrive as steps end).
+            held = _clients_at(hist, h, rate)
+            ttft = (
+                _at(hist, h, held, 2)
+                + (1.0 - rho) * 0.5 * _at(hist, h, held, 3)
+                + wait_ms(rho, prompt_ms, wait_p)
+            )
             rows[n, R_CHUNK] = chunk
             rows[n, R_USERS] = users * dp
             rows[n, R_TTFT] = ttft
