@@ -12,10 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pdplanner.planner.scaling.capacity import (
+    EXACT_DECODE_SLOTS,
+    NO_WORKER_COUNT,
+    DecodeCapacity,
     PrefillCapacity,
+    decode_workers,
     prefill_miss,
     prefill_ttft_ms,
+    prefill_workers,
 )
+from pdplanner.planner.serving.queueing import erlang_c, max_slot_load
 
 
 def miss_reference(rate, workers, lat, share, batch_ms, ttft_ms):  # type: ignore[no-untyped-def]
@@ -77,3 +83,42 @@ def test_prefill_ttft_percentile_inverts_the_miss_share() -> None:
     assert math.isinf(prefill_ttft_ms(3 * cap.requests_per_s, 3, cap, 0.99))
     # alone in an empty pool, the p99 request is the slow class's compute time
     assert prefill_ttft_ms(0.0, 1, cap, 0.99) == pytest.approx(650.0, rel=1e-6)
+
+
+MIXED = PrefillCapacity(
+    1e3 / 300.0, 700.0, 300.0, math.inf, (0.7 * 150**2 + 0.3 * 650**2) / 300.0,
+    (150.0, 650.0), (0.7, 0.3),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("rate", [0.5, 3.0, 40.0, 1e4, 1e7])
+def test_prefill_workers_is_the_fewest_count_that_meets_the_target(rate: float) -> None:
+    # counted one by one from the compute's lower bound, 10^7 prompts/s took seconds; the
+    # count is now found by doubling and bisection, and must be the same fewest count
+    x = prefill_workers(rate, MIXED, 2000.0, 0.99)
+    assert prefill_miss(rate, x, MIXED, 2000.0) <= 0.01
+    assert x == 1 or prefill_miss(rate, x - 1, MIXED, 2000.0) > 0.01
+    print(f"{rate:g} prompts/s: {x} prefill workers")
+
+
+def test_prefill_workers_says_when_no_count_meets_the_target() -> None:
+    # the slow class alone takes 650 ms: no count of workers gives a p99 TTFT of 600 ms
+    assert prefill_workers(3.0, MIXED, 600.0, 0.99) == NO_WORKER_COUNT
+
+
+@pytest.mark.parametrize("rate", [0.2, 5.0, 300.0, 1e5, 1e7])
+def test_decode_workers_is_the_fewest_count_whose_slots_rarely_all_fill(rate: float) -> None:
+    # counted one by one, each count an O(slots) recursion, 10^7 req/s on 256-slot workers
+    # (10^8 slots) never returned; past EXACT_DECODE_SLOTS the many-server limit decides
+    cap, batch = DecodeCapacity(8.0, 20.0, True), 256
+    y = decode_workers(rate, cap, batch, "p99")
+    offered = rate * batch / cap.requests_per_s
+
+    def enough(n: int) -> bool:
+        if n * batch <= EXACT_DECODE_SLOTS:
+            return erlang_c(n * batch, offered) <= 0.01
+        return max_slot_load(n * batch, 0.99) >= offered
+
+    assert enough(y) and (y == 1 or not enough(y - 1))
+    assert y * batch >= offered
+    print(f"{rate:g} req/s: {y} decode workers of {batch} slots for {offered:.4g} Erlangs")

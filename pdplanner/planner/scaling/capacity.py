@@ -32,7 +32,7 @@ decode   A worker holds ``batch`` sequences at the mix's mean decode context (lo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ from numba import njit
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving.kvtransfer import kv_bytes_per_request, sending_gpus, transfer
 from pdplanner.planner.serving.phases import evaluate_decode
-from pdplanner.planner.serving.queueing import PERCENTILES, erlang_c
+from pdplanner.planner.serving.queueing import PERCENTILES, erlang_c, max_slot_load
 from pdplanner.planner.serving.simulate import REQUEST_OVERHEAD_MS
 from pdplanner.planner.serving.workers import prefill_worker
 from pdplanner.planner.types import Parallelism, Pool, Workload
@@ -287,6 +287,29 @@ def prefill_ttft_ms(rate: float, workers: int, cap: PrefillCapacity, p: float) -
 
 # ``prefill_workers``' answer when no count of workers meets the target
 NO_WORKER_COUNT = 10**9
+# Above this many decode slots ``decode_workers`` takes Erlang C's many-server limit
+# (``queueing.max_slot_load``) instead of the exact recursion, which costs O(slots) a count: a
+# million requests/s on 256-slot workers asked the recursion for 10^8 slots, some 80 counts in a
+# row, and the schedule never returned.
+EXACT_DECODE_SLOTS = 1 << 20
+
+
+def _fewest(enough: Callable[[int], bool], lo: int) -> int:
+    """The fewest workers ``x >= lo`` for which ``enough(x)`` holds, ``enough`` holding for every
+    count past its first: counts double from ``lo`` until one holds, then bisect
+    (``NO_WORKER_COUNT`` when none up to it does). O(log) calls however far the answer lies."""
+    if enough(lo):
+        return lo
+    step = 1
+    while not enough(min(lo + step, NO_WORKER_COUNT)):
+        if lo + step >= NO_WORKER_COUNT:
+            return NO_WORKER_COUNT
+        lo, step = lo + step, step * 2
+    hi = min(lo + step, NO_WORKER_COUNT)  # enough(hi); not enough(lo)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
 
 
 def prefill_workers(rate: float, cap: PrefillCapacity, ttft_ms: float, p: float) -> int:
@@ -297,9 +320,9 @@ def prefill_workers(rate: float, cap: PrefillCapacity, ttft_ms: float, p: float)
     if cap.requests_per_s <= 0.0 or prefill_miss(0.0, 1, cap, ttft_ms) > 1.0 - p:
         return NO_WORKER_COUNT
     x = max(1, math.ceil(rate / min(cap.requests_per_s, cap.link_requests_per_s) - 1e-9))
-    while prefill_miss(rate, x, cap, ttft_ms) > 1.0 - p:
-        x += 1
-    return x
+    return _fewest(
+        lambda n: prefill_miss(rate, n, cap, ttft_ms) <= 1.0 - p, min(x, NO_WORKER_COUNT)
+    )
 
 
 def decode_steps(ctx: PerfContext, shape: Shape, context: float) -> tuple[np.ndarray, np.ndarray]:
@@ -343,7 +366,12 @@ def decode_workers(rate: float, cap: DecodeCapacity, batch: int, percentile: str
     hold_s = batch / cap.requests_per_s  # seconds a request holds its slot
     offered = rate * hold_s
     y = max(1, math.ceil(rate / cap.requests_per_s - 1e-9))
-    allowed = 1.0 - PERCENTILES[percentile]
-    while erlang_c(y * batch, offered) > allowed:
-        y += 1
-    return y
+    p = PERCENTILES[percentile]
+
+    def enough(n: int) -> bool:
+        slots = n * batch
+        if slots <= EXACT_DECODE_SLOTS:
+            return bool(erlang_c(slots, offered) <= 1.0 - p)
+        return bool(max_slot_load(slots, p) >= offered)
+
+    return _fewest(enough, min(y, NO_WORKER_COUNT))
