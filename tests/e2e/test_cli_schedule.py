@@ -334,6 +334,22 @@ def test_simulate_checks_the_fixed_deployment_as_estimate_does(
     assert reason in said.stderr + said.stdout
 
 
+def test_simulate_refuses_a_replay_too_large_to_run_naming_the_larger_pool(
+    tmp_path: Path,
+) -> None:
+    # 2,419 requests on 20,000 + 90,000 workers: 266 million request-worker pairs
+    trace = write(tmp_path, "t.csv", PLAIN + "0,600,4,2000,200\n")
+    args = simulate_args(trace, "--prefill-workers", "20000", "--decode-workers", "90000",
+                         "--decode-batch", "8")  # fmt: skip
+    result = local.invoke(app, args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(
+        "error: --decode-workers: a replay of 2,419 requests on 110,000 workers takes "
+        "266,090,000 request-worker pairs, more than the 250,000,000 one replay takes"
+    )
+    assert result.stderr.count("\n") == 1
+
+
 def test_simulate_replays_the_largest_fixed_deployment_that_fits(tmp_path: Path) -> None:
     trace = write(tmp_path, "t.csv", PLAIN + "0,600,4,2000,200\n")
     args = simulate_args(trace, "--prefill-workers", "1", "--decode-workers", "1", "--decode-batch",

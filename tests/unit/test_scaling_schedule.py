@@ -12,10 +12,12 @@ import pytest
 from pdplanner.planner.catalog import default_gpus, default_models
 from pdplanner.planner.errors import InvalidInputError, SearchCancelled
 from pdplanner.planner.estimate import estimate
+from pdplanner.planner.scaling import replay as replay_module
 from pdplanner.planner.scaling import traffic
 from pdplanner.planner.scaling.capacity import Shape
 from pdplanner.planner.scaling.replay import (
     MAX_REPLAY_REQUESTS,
+    MAX_REPLAY_WORK,
     Span,
     draw_arrivals,
     simulate,
@@ -486,6 +488,40 @@ def test_a_replay_at_the_request_limit_is_drawn() -> None:
     print(f"{n:,} arrivals drawn for {MAX_REPLAY_REQUESTS:,} expected")
     assert abs(n - MAX_REPLAY_REQUESTS) < 5 * math.sqrt(MAX_REPLAY_REQUESTS)  # Poisson spread
     assert np.all(np.diff(arrivals.t_s) >= 0)
+
+
+def test_a_fixed_deployment_too_large_to_replay_is_refused_before_it_runs() -> None:
+    # the engine loop looks over every worker for each request it places: 60,000 workers a pool
+    # under 2,400 requests would scan for about a minute, 100,000 under two million for days
+    req, (pre, _), (dec, _) = fixed()
+    with pytest.raises(InvalidInputError) as e:
+        simulate_xpyd(req, (pre, 60_000), (dec, 60_000))
+    print(e.value)
+    assert e.value.field == "prefill.workers"
+    assert "120,000 workers" in e.value.reason and f"{MAX_REPLAY_WORK:,}" in e.value.reason
+    with pytest.raises(InvalidInputError) as e:
+        simulate_xpyd(req, (pre, 20_000), (dec, 90_000))
+    assert e.value.field == "decode.workers"
+
+
+def test_a_schedule_too_large_to_replay_is_refused_before_any_replay_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a bound of 4,000 request-worker pairs, which the schedule's ~2,400 requests on its two
+    # workers pass: the three replays are checked before the first runs
+    req, _, _ = fixed()
+    req = dataclasses.replace(req, gpus=8)
+    ran: list[int] = []
+    monkeypatch.setattr(replay_module, "MAX_REPLAY_WORK", 4_000)
+    monkeypatch.setattr(
+        "pdplanner.planner.scaling.schedule.simulate",
+        lambda spans, *a, **k: ran.append(len(spans)),
+    )
+    with pytest.raises(InvalidInputError) as e:
+        plan_schedule(req)
+    print(e.value)
+    assert e.value.field == "simulate" and "simulate false" in e.value.reason
+    assert not ran
 
 
 def fixed(

@@ -45,6 +45,16 @@ from pdplanner.planner.serving.simulate import MAX_REQUESTS, Trace
 MAX_REPLAY_REQUESTS = MAX_REQUESTS
 
 
+#: The most request-worker pairs one replay takes: requests x workers (every span of the
+#: replay, launched or not). The engine loop looks over its workers for each request it places
+#: (the least loaded decode worker, the next prefill worker in turn), so past the per-request
+#: cost (1.03 million requests of the shipped diurnal day on 4-11 workers: 5-13 s) a replay
+#: costs about 0.2 us a pair on a 2-core machine: 2,419 requests on 20,000 workers took 10.4 s,
+#: on 2,000 workers 1.0 s. A fixed deployment of 100,000 workers each way under two million
+#: requests would run for days; at the bound a replay's scans take about a minute.
+MAX_REPLAY_WORK = 250_000_000
+
+
 def _count(x: float) -> str:
     return f"{x:,.0f}" if x < 1e15 else f"{x:.3g}"
 
@@ -72,6 +82,21 @@ def check_replay_size(
         f"the replay expects {_count(total)} requests (requests_per_s x duration_s summed over "
         f"the series), more than the {MAX_REPLAY_REQUESTS:,} one replay takes (passed in the "
         f"interval starting at {start:g} s); {advice}",
+    )
+
+
+def check_replay_work(
+    workers: int, requests: int, field: str, advice: str = "replay fewer requests"
+) -> None:
+    """Refuse, before it runs, a replay of ``requests`` on ``workers`` workers past
+    ``MAX_REPLAY_WORK`` request-worker pairs: ``InvalidInputError`` on ``field``."""
+    if workers * requests <= MAX_REPLAY_WORK:
+        return
+    raise InvalidInputError(
+        field,
+        f"a replay of {requests:,} requests on {workers:,} workers takes "
+        f"{_count(workers * requests)} request-worker pairs, more than the "
+        f"{MAX_REPLAY_WORK:,} one replay takes (its time grows with both); {advice}",
     )
 
 
@@ -168,7 +193,10 @@ def simulate(
 ) -> ReplayResult:
     """Per-request TTFT and TPOT of ``arrivals`` served by these workers (aggregated, prefill
     and decode spans in any order), through ``serving.elastic.simulate_elastic``: ``ctx`` is
-    the performance context of aggregated and prefill workers, ``dctx`` of decode workers."""
+    the performance context of aggregated and prefill workers, ``dctx`` of decode workers.
+    Raises ``InvalidInputError`` on ``workers`` past ``MAX_REPLAY_WORK`` (the callers check
+    first, naming their own fields)."""
+    check_replay_work(len(spans), int(arrivals.t_s.size), "workers")
     trace = Trace(arrivals.t_s, arrivals.isl[arrivals.cls], arrivals.osl[arrivals.cls])
     run = simulate_elastic(
         ctx,

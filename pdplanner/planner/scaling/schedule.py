@@ -79,6 +79,7 @@ from pdplanner.planner.scaling.replay import (
     ReplayResult,
     Span,
     check_replay_size,
+    check_replay_work,
     draw_arrivals,
     simulate,
     static_spans,
@@ -934,13 +935,18 @@ def plan_schedule(
     if req.simulate:
         arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
 
+        replayed = (spans, static_spans(*peak_pools), static_spans(*mean_pools))
+        for sp in replayed:  # each refused before any runs
+            check_replay_work(
+                len(sp), int(arrivals.t_s.size), "simulate",
+                "plan without the replay (simulate false), or shorten the series",
+            )  # fmt: skip
+
         def replay_of(sp: Sequence[Span]) -> ReplayResult:
             pl.check()
             return pl.replay(sp, arrivals)
 
-        replay = replay_of(spans)
-        peak_replay = replay_of(static_spans(*peak_pools))
-        mean_replay = replay_of(static_spans(*mean_pools))
+        replay, peak_replay, mean_replay = (replay_of(sp) for sp in replayed)
         by_iv = replay.attainment_by_interval(n)
         plans = [
             dataclasses.replace(p, simulated_slo_attainment=_finite_or_none(a))
@@ -1277,5 +1283,7 @@ def simulate_xpyd(
         if not m.fits:
             v.add(role, m.reason or "does not fit")
     v.raise_any()
-    spans = static_spans((pre, x), (dec, y))
-    return pl.replay(spans, draw_arrivals(series, req.seed))
+    arrivals = draw_arrivals(series, req.seed)
+    larger = "prefill.workers" if x >= y else "decode.workers"
+    check_replay_work(x + y, int(arrivals.t_s.size), larger, "replay fewer workers or requests")
+    return pl.replay(static_spans((pre, x), (dec, y)), arrivals)
