@@ -311,3 +311,20 @@ def test_the_basic_plan_view_leaves_out_exactly_the_frontiers_of_a_stored_result
     frontiers = {name for name, tp in fields.items() if tp == tuple[Deployment, ...]}
     # version 1 stores them under their field names; unversioned rows under "pareto"
     assert set(FRONTIER_KEYS) == frontiers | {"pareto"}
+
+
+def test_a_series_past_the_interval_limit_names_its_proto_path() -> None:
+    from pdplanner.planner.scaling.traffic import MAX_INTERVALS
+    from pdplanner.service.convert.scaling import series_from_intervals
+    from pdplanner.v1 import common_pb2, scaling_pb2
+
+    mix = [common_pb2.Workload(isl=100, osl=10)]
+    intervals = [
+        scaling_pb2.TrafficInterval(start_s=60.0 * k, duration_s=60.0, requests_per_s=1.0, mix=mix)
+        for k in range(MAX_INTERVALS + 1)
+    ]
+    with pytest.raises(InvalidInputError) as e:
+        series_from_intervals(intervals, "series.intervals")
+    print(e.value)
+    assert e.value.field == "series.intervals"
+    assert f"more than {MAX_INTERVALS:,} intervals" in e.value.reason

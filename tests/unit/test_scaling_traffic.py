@@ -127,3 +127,44 @@ def test_a_public_request_log_loads_bucketed_into_intervals(tmp_path: Path) -> N
     with pytest.raises(InvalidInputError) as e:
         traffic.load(bad)
     assert e.value.field == "trace[0].osl"
+
+
+def test_a_series_of_more_intervals_than_the_limit_names_the_row_past_it() -> None:
+    # a schedule's counts cost about 0.2 ms an interval: ten million read from a trace planned
+    # for most of an hour
+    rows = [
+        {"start_s": 60 * k, "duration_s": 60, "requests_per_s": 1, "isl": 100, "osl": 10}
+        for k in range(traffic.MAX_INTERVALS + 1)
+    ]
+    assert len(traffic.from_rows(rows[:-1]).intervals) == traffic.MAX_INTERVALS
+    with pytest.raises(InvalidInputError) as e:
+        traffic.from_rows(rows)
+    print(e.value)
+    assert e.value.field == "trace"
+    assert "more than 100,000 intervals" in e.value.reason
+
+
+def test_a_request_log_bucketed_past_the_limit_names_interval_s() -> None:
+    # a year of requests in one-second buckets would be 31.5 million intervals; bucketing also
+    # scanned every request once per interval before
+    t = np.array([0.0, 3.0e5, 3.15e7])
+    with pytest.raises(InvalidInputError) as e:
+        traffic.bucket_requests(t, [100] * 3, [10] * 3, interval_s=1.0)
+    print(e.value)
+    assert e.value.field == "interval_s" and "31,500,001" in e.value.reason
+    s = traffic.bucket_requests(t, [100] * 3, [10] * 3, interval_s=3600.0)
+    assert len(s.intervals) == 8751
+    assert [iv.requests_per_s * 3600 for iv in s.intervals if iv.requests_per_s] == [1, 1, 1]
+
+
+def test_a_request_log_buckets_each_request_once_whatever_its_order() -> None:
+    rng = np.random.default_rng(7)
+    t = rng.uniform(0, 3600, 5000)
+    isl = rng.integers(100, 9000, 5000)
+    osl = rng.integers(10, 900, 5000)
+    s = traffic.bucket_requests(t, isl, osl, interval_s=60.0)
+    order = np.argsort(t)
+    again = traffic.bucket_requests(t[order], isl[order], osl[order], interval_s=60.0)
+    assert s == again
+    counts = np.bincount(np.floor((t - t.min()) / 60.0).astype(int))
+    assert [round(iv.requests_per_s * 60) for iv in s.intervals] == counts.tolist()
