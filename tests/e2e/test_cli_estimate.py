@@ -107,6 +107,31 @@ def test_a_disagg_estimate_counts_the_gpus_of_both_pools() -> None:
     assert out["gpus"] == 3 * 2 + 1 * 4
 
 
+def test_a_disagg_estimate_takes_the_decode_pools_own_gpu() -> None:
+    # plan and simulate take --decode-gpu; estimate took no way to price the same deployment
+    pools = ["--mode", "disagg", "--prefill-tp", "1", "--prefill-workers", "1", "--decode-tp",
+             "1", "--decode-workers", "1", "--decode-batch", "48", "--rate", "2"]  # fmt: skip
+    h100 = run_json(*pools)
+    h200 = run_json(*pools, "--decode-gpu", "h200-sxm")
+    req = estimate_request(
+        {"model": "llama-3.1-8b", "gpu": "h100", "isl": 1000, "osl": 200, "mode": "disagg",
+         "prefill_tp": 1, "prefill_workers": 1, "decode_tp": 1, "decode_workers": 1,
+         "decode_batch": 48, "rate": 2.0, "decode_gpu": "h200-sxm"}
+    )  # fmt: skip
+    assert req.decode is not None and req.decode.gpu == "h200-sxm"
+    assert h200 == json.loads(json.dumps(estimate_module.estimate(req).to_dict()))
+    print(f"TPOT p50 decode on h100 {h100['tpot_ms']:.2f} ms, on h200 {h200['tpot_ms']:.2f} ms")
+    assert h200["tpot_ms"] < h100["tpot_ms"]  # more HBM bandwidth for the memory-bound steps
+    text = runner.invoke(app, [*BASE, *pools, "--decode-gpu", "h200-sxm"]).stdout
+    assert "decode 1 x h200-sxm TP1, batch 48" in text
+    bad = runner.invoke(app, [*BASE, "--mode", "agg", "--tp", "1", "--rate", "2",
+                              "--decode-gpu", "h200-sxm"])  # fmt: skip
+    assert bad.exit_code == 2
+    assert (
+        bad.stderr == "error: --decode-gpu: does not apply to --mode agg (only to --mode disagg)\n"
+    )
+
+
 def test_a_configuration_that_does_not_fit_says_why() -> None:
     result = runner.invoke(
         app,

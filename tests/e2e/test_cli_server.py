@@ -61,6 +61,8 @@ def untimed(result: dict[str, Any]) -> dict[str, Any]:
         ["--mode", "agg", "--tp", "2", "--concurrency", "24", "--chunk-tokens", "1024"],
         ["--mode", "disagg", "--prefill-tp", "1", "--prefill-workers", "2", "--decode-tp", "2",
          "--decode-workers", "1", "--decode-batch", "48", "--kv-dtype", "fp8"],
+        ["--mode", "disagg", "--prefill-tp", "1", "--prefill-workers", "1", "--decode-tp", "1",
+         "--decode-workers", "1", "--decode-batch", "48", "--decode-gpu", "h200-sxm"],
     ],
 )  # fmt: skip
 def test_estimate_prints_the_same_json_and_table_against_a_server(

@@ -77,12 +77,13 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "prefill_batch": ("Prompts per prefill batch (default: 1).", _DISAGG),
     **_pool_options("decode", "y"),
     "decode_batch": ("Sequences each decode worker holds.", _DISAGG),
+    "decode_gpu": ("Decode workers' GPU name, alias or spec file (default: --gpu).", _DISAGG),
 }
 
 
 def _option(key: str) -> inspect.Parameter:
     help_text, panel = OPTIONS[key]
-    kind: Any = str if key in ("model", "gpu") else float if key == "rate" else int
+    kind: Any = str if key in ("model", "gpu", "decode_gpu") else float if key == "rate" else int
     option = typer.Option(help=help_text, rich_help_panel=panel)
     if key == "engine_arg":
         kind = list[str]

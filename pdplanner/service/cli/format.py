@@ -85,7 +85,9 @@ def estimate_title(req: EstimateRequest) -> str:
             if spec is not None
         ]
         what = "disagg " + " | ".join(
-            f"{role} {spec.workers} x {_par_text(spec.parallelism)}, batch {spec.batch}"
+            f"{role} {spec.workers} x "
+            + (f"{spec.gpu} " if spec.gpu is not None and spec.gpu != req.gpu else "")
+            + f"{_par_text(spec.parallelism)}, batch {spec.batch}"
             for role, spec in pools
         )
         what += f", {_load_text(req)}"

@@ -66,10 +66,13 @@ ESTIMATE_KEYS: tuple[str, ...] = (
     "chunk_tokens",
     *_PREFILL_KEYS,
     *_DECODE_KEYS,
+    "decode_gpu",
     "engine_arg",
 )
 
-_STRING_KEYS = frozenset(("model", "gpu", "dtype", "kv_dtype", "engine", "phase", "mode"))
+_STRING_KEYS = frozenset(
+    ("model", "gpu", "decode_gpu", "dtype", "kv_dtype", "engine", "phase", "mode")
+)
 _FLOAT_KEYS = frozenset(("memory_fraction",))
 
 # Which keys each kind of estimate accepts beyond the common ones, and which it requires.
@@ -77,7 +80,9 @@ _ACCEPTS: dict[str, frozenset[str]] = {
     "prefill": frozenset((*_PARALLEL_KEYS, "batch")),
     "decode": frozenset((*_PARALLEL_KEYS, "batch", "context")),
     "agg": frozenset((*_PARALLEL_KEYS, "concurrency", "rate", "chunk_tokens", "engine_arg")),
-    "disagg": frozenset((*_PREFILL_KEYS, *_DECODE_KEYS, "concurrency", "rate", "engine_arg")),
+    "disagg": frozenset(
+        (*_PREFILL_KEYS, *_DECODE_KEYS, "decode_gpu", "concurrency", "rate", "engine_arg")
+    ),
 }
 _REQUIRES: dict[str, tuple[str, ...]] = {
     "prefill": ("tp", "batch"),
@@ -273,6 +278,8 @@ def estimate_request(fields: Mapping[str, Any]) -> EstimateRequest:
             parallelism=_parallelism(values, f"{role}_"),
             workers=values[f"{role}_workers"],
             batch=values.get(f"{role}_batch", 1),
+            # the decode pool's own GPU type (None: the request's --gpu)
+            gpu=values.get("decode_gpu") if role == "decode" else None,
         )
         for role in ("prefill", "decode")
     }
