@@ -87,9 +87,11 @@ MATCH_SLICE_EVALUATIONS = 2_000_000
 PLAN_LOAD = (
     "poisson: random arrivals at the rate each deployment sustains with a free batch slot for an "
     "arriving request (Erlang C over a worker's slots); TTFT at the SLO percentile adds the wait "
-    "of the prompt queue (agg: M/D/1 on a steady closed loop of the engine loop; disagg: the "
-    "prefill pool, sized as one worker's M/D/1 queue, its prompts dealt to its workers in turn); "
-    "the SLO's tail is split evenly between the slot and the prompt wait"
+    "of the prompt queue (agg: M/D/1 on a steady closed loop of the engine loop, read where the "
+    "loop runs at the deployment's rate; disagg: the prefill pool, sized as one worker's M/D/1 "
+    "queue, its prompts dealt to its workers in turn); the SLO's tail is split evenly between "
+    "the slot and the prompt wait; agg TPOT is the loop's with every batch slot busy, above "
+    "what random arrivals at the rate see"
 )
 AGG_CONCURRENCY = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
 
