@@ -344,8 +344,9 @@ def test_simulate_refuses_a_replay_too_large_to_run_naming_the_larger_pool(
     result = local.invoke(app, args)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith(
-        "error: --decode-workers: a replay of 2,419 requests on 110,000 workers takes "
-        "266,090,000 request-worker pairs, more than the 250,000,000 one replay takes"
+        "error: --decode-workers: a replay of 2,419 requests on 110,000 worker ranks "
+        "(attention-DP ranks counted) takes 266,090,000 request-rank pairs, more than the "
+        "250,000,000 one replay takes"
     )
     assert result.stderr.count("\n") == 1
 

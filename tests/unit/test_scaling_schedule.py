@@ -19,7 +19,9 @@ from pdplanner.planner.scaling.replay import (
     MAX_REPLAY_REQUESTS,
     MAX_REPLAY_WORK,
     Span,
+    check_replay_work,
     draw_arrivals,
+    replay_ranks,
     simulate,
     static_spans,
 )
@@ -498,10 +500,21 @@ def test_a_fixed_deployment_too_large_to_replay_is_refused_before_it_runs() -> N
         simulate_xpyd(req, (pre, 60_000), (dec, 60_000))
     print(e.value)
     assert e.value.field == "prefill.workers"
-    assert "120,000 workers" in e.value.reason and f"{MAX_REPLAY_WORK:,}" in e.value.reason
+    assert "120,000 worker ranks" in e.value.reason and f"{MAX_REPLAY_WORK:,}" in e.value.reason
     with pytest.raises(InvalidInputError) as e:
         simulate_xpyd(req, (pre, 20_000), (dec, 90_000))
     assert e.value.field == "decode.workers"
+
+
+def test_a_replay_counts_every_attention_dp_rank_of_its_workers() -> None:
+    # the engine loop simulates each attention-DP rank, so a DP8 worker scans as eight
+    moe = Shape("decode", "h200-sxm", 1, 1, 8, 8, 64)
+    dense = Shape("prefill", "h200-sxm", 4, 1, 1, 1, 1)
+    assert replay_ranks(static_spans((dense, 3), (moe, 2))) == 3 + 16
+    with pytest.raises(InvalidInputError) as e:
+        check_replay_work(16, MAX_REPLAY_WORK // 16 + 1, "decode.workers")
+    assert e.value.field == "decode.workers" and "16 worker ranks" in e.value.reason
+    check_replay_work(16, MAX_REPLAY_WORK // 16, "decode.workers")  # at the bound: taken
 
 
 def test_a_schedule_too_large_to_replay_is_refused_before_any_replay_runs(

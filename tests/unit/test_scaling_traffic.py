@@ -129,7 +129,7 @@ def test_a_public_request_log_loads_bucketed_into_intervals(tmp_path: Path) -> N
     assert e.value.field == "trace[0].osl"
 
 
-def test_a_series_of_more_intervals_than_the_limit_names_the_row_past_it() -> None:
+def test_a_series_of_more_intervals_than_the_limit_is_refused_on_the_trace() -> None:
     # a schedule's counts cost about 0.2 ms an interval: ten million read from a trace planned
     # for most of an hour
     rows = [
@@ -152,6 +152,12 @@ def test_a_request_log_bucketed_past_the_limit_names_interval_s() -> None:
         traffic.bucket_requests(t, [100] * 3, [10] * 3, interval_s=1.0)
     print(e.value)
     assert e.value.field == "interval_s" and "31,500,001" in e.value.reason
+    # the interval it suggests is taken (rounded up, not to the nearest)
+    shortest = float(e.value.reason.split("at least ")[1].split(" s")[0])
+    assert len(traffic.bucket_requests(t, [100] * 3, [10] * 3, shortest).intervals) <= 100_000
+    with pytest.raises(InvalidInputError) as e:
+        traffic.bucket_requests(np.array([0.0, 1e300]), [1, 1], [1, 1], interval_s=1.0)
+    assert "no interval up to 1e+09 s fits" in e.value.reason
     s = traffic.bucket_requests(t, [100] * 3, [10] * 3, interval_s=3600.0)
     assert len(s.intervals) == 8751
     assert [iv.requests_per_s * 3600 for iv in s.intervals if iv.requests_per_s] == [1, 1, 1]
@@ -168,3 +174,11 @@ def test_a_request_log_buckets_each_request_once_whatever_its_order() -> None:
     assert s == again
     counts = np.bincount(np.floor((t - t.min()) / 60.0).astype(int))
     assert [round(iv.requests_per_s * 60) for iv in s.intervals] == counts.tolist()
+
+
+@pytest.mark.parametrize("stamp", ["nan", "inf", "-inf"])
+def test_a_request_log_time_that_is_not_finite_names_the_row(stamp: str) -> None:
+    log = f"timestamp,input_tokens,output_tokens\n0,100,10\n{stamp},100,10\n"
+    with pytest.raises(InvalidInputError) as e:
+        traffic.parse_request_log(log)
+    assert e.value.field == "trace[1].timestamp" and "must be a finite time" in e.value.reason

@@ -45,13 +45,14 @@ from pdplanner.planner.serving.simulate import MAX_REQUESTS, Trace
 MAX_REPLAY_REQUESTS = MAX_REQUESTS
 
 
-#: The most request-worker pairs one replay takes: requests x workers (every span of the
-#: replay, launched or not). The engine loop looks over its workers for each request it places
-#: (the least loaded decode worker, the next prefill worker in turn), so past the per-request
-#: cost (1.03 million requests of the shipped diurnal day on 4-11 workers: 5-13 s) a replay
-#: costs about 0.2 us a pair on a 2-core machine: 2,419 requests on 20,000 workers took 10.4 s,
-#: on 2,000 workers 1.0 s. A fixed deployment of 100,000 workers each way under two million
-#: requests would run for days; at the bound a replay's scans take about a minute.
+#: The most request-rank pairs one replay takes: requests x worker ranks (every span of the
+#: replay, launched or not, once per attention-DP rank: the engine loop simulates each rank).
+#: The loop looks over its ranks for each request it places (the least loaded decode rank, the
+#: next prefill worker in turn), so past the per-request cost (1.03 million requests of the
+#: shipped diurnal day on 4-11 workers: 5-13 s) a replay costs about 0.2 us a pair on a 2-core
+#: machine: 2,419 requests on 20,000 workers took 10.4 s, on 2,000 workers 1.0 s. A fixed
+#: deployment of 100,000 workers each way under two million requests would run for about a
+#: day; at the bound a replay's scans take about a minute.
 MAX_REPLAY_WORK = 250_000_000
 
 
@@ -85,17 +86,23 @@ def check_replay_size(
     )
 
 
+def replay_ranks(spans: Sequence[Span]) -> int:
+    """The worker ranks a replay of ``spans`` simulates: one per attention-DP rank of each."""
+    return sum(s.shape.attention_dp for s in spans)
+
+
 def check_replay_work(
-    workers: int, requests: int, field: str, advice: str = "replay fewer requests"
+    ranks: int, requests: int, field: str, advice: str = "replay fewer requests"
 ) -> None:
-    """Refuse, before it runs, a replay of ``requests`` on ``workers`` workers past
-    ``MAX_REPLAY_WORK`` request-worker pairs: ``InvalidInputError`` on ``field``."""
-    if workers * requests <= MAX_REPLAY_WORK:
+    """Refuse, before it runs, a replay of ``requests`` on ``ranks`` worker ranks
+    (``replay_ranks``) past ``MAX_REPLAY_WORK`` request-rank pairs: ``InvalidInputError`` on
+    ``field``."""
+    if ranks * requests <= MAX_REPLAY_WORK:
         return
     raise InvalidInputError(
         field,
-        f"a replay of {requests:,} requests on {workers:,} workers takes "
-        f"{_count(workers * requests)} request-worker pairs, more than the "
+        f"a replay of {requests:,} requests on {ranks:,} worker ranks (attention-DP ranks "
+        f"counted) takes {_count(ranks * requests)} request-rank pairs, more than the "
         f"{MAX_REPLAY_WORK:,} one replay takes (its time grows with both); {advice}",
     )
 
@@ -194,9 +201,10 @@ def simulate(
     """Per-request TTFT and TPOT of ``arrivals`` served by these workers (aggregated, prefill
     and decode spans in any order), through ``serving.elastic.simulate_elastic``: ``ctx`` is
     the performance context of aggregated and prefill workers, ``dctx`` of decode workers.
-    Raises ``InvalidInputError`` on ``workers`` past ``MAX_REPLAY_WORK`` (the callers check
-    first, naming their own fields)."""
-    check_replay_work(len(spans), int(arrivals.t_s.size), "workers")
+    Raises ``InvalidInputError`` on ``workers`` past ``MAX_REPLAY_WORK``; the planner's callers
+    (``schedule.plan_schedule``, ``simulate_spans``, ``simulate_xpyd``) check first and name
+    their own fields."""
+    check_replay_work(replay_ranks(spans), int(arrivals.t_s.size), "workers")
     trace = Trace(arrivals.t_s, arrivals.isl[arrivals.cls], arrivals.osl[arrivals.cls])
     run = simulate_elastic(
         ctx,

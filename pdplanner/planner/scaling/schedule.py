@@ -81,6 +81,7 @@ from pdplanner.planner.scaling.replay import (
     check_replay_size,
     check_replay_work,
     draw_arrivals,
+    replay_ranks,
     simulate,
     static_spans,
 )
@@ -938,7 +939,7 @@ def plan_schedule(
         replayed = (spans, static_spans(*peak_pools), static_spans(*mean_pools))
         for sp in replayed:  # each refused before any runs
             check_replay_work(
-                len(sp), int(arrivals.t_s.size), "simulate",
+                replay_ranks(sp), int(arrivals.t_s.size), "simulate",
                 "plan without the replay (simulate false), or shorten the series",
             )  # fmt: skip
 
@@ -1243,7 +1244,11 @@ def simulate_spans(
             "workers", "the deployment needs aggregated workers, or prefill and decode workers"
         )
     pl = _Planner(req, models or default_models(), gpus or default_gpus())
-    return pl.replay(spans, draw_arrivals(req.replay_series or req.series, req.seed))
+    arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
+    check_replay_work(
+        replay_ranks(spans), int(arrivals.t_s.size), "schedule", "replay a shorter trace"
+    )
+    return pl.replay(spans, arrivals)
 
 
 def simulate_xpyd(
@@ -1284,6 +1289,9 @@ def simulate_xpyd(
             v.add(role, m.reason or "does not fit")
     v.raise_any()
     arrivals = draw_arrivals(series, req.seed)
-    larger = "prefill.workers" if x >= y else "decode.workers"
-    check_replay_work(x + y, int(arrivals.t_s.size), larger, "replay fewer workers or requests")
+    ranks_x, ranks_y = x * pre.attention_dp, y * dec.attention_dp
+    larger = "prefill.workers" if ranks_x >= ranks_y else "decode.workers"
+    check_replay_work(
+        ranks_x + ranks_y, int(arrivals.t_s.size), larger, "replay fewer workers or requests"
+    )
     return pl.replay(static_spans((pre, x), (dec, y)), arrivals)

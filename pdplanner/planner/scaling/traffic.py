@@ -38,8 +38,19 @@ MAX_RATE = 1e7
 #: The most intervals of one series. A schedule's counts cost about 0.2 ms an interval (100,000
 #: one-minute intervals of one mix: 21 s on the shared 2-core machine), so ten million read
 #: from a trace would plan for most of an hour; 100,000 holds a day at one-second resolution
-#: or ten weeks at one-minute.
+#: or 69 days at one-minute.
 MAX_INTERVALS = 100_000
+MAX_INTERVAL_S = 1e9  # the longest bucket a request log takes
+
+
+def _round_up(x: float, digits: int = 3) -> float:
+    """``x`` rounded up to ``digits`` significant figures."""
+    scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return math.ceil(x / scale) * scale
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}" if x < 1e15 else f"{x:.3g}"
 
 
 @dataclass(frozen=True)
@@ -253,9 +264,13 @@ def _log_column(header: Sequence[str], names: Sequence[str]) -> int | None:
 
 def _seconds(raw: str, where: str) -> float:
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise InvalidInputError(where, f"must be a finite time, got {raw!r}")
+        return value
     text = raw.strip().replace("T", " ")
     head, dot, frac = text.partition(".")
     try:  # fromisoformat takes at most 6 fraction digits; some traces have 7
@@ -349,19 +364,27 @@ def bucket_requests(
         raise InvalidInputError("trace", "the request log is empty")
     if not (t.size == i_arr.size == o_arr.size):
         raise InvalidInputError("trace", "arrival, input and output columns differ in length")
-    validate.number(interval_s, "interval_s", 0.0, 1e9, lo_open=True)
+    validate.number(interval_s, "interval_s", 0.0, MAX_INTERVAL_S, lo_open=True)
     for arr, key in ((i_arr, "isl"), (o_arr, "osl")):
         bad = np.nonzero(~(arr >= 1))[0]
         if bad.size:
             raise InvalidInputError(f"trace[{bad[0]}].{key}", "must be at least 1 token")
     t = t - t.min()
-    n = math.floor(float(t.max()) / interval_s) + 1
+    span = float(t.max())
+    n = math.floor(span / interval_s) + 1
     if n > MAX_INTERVALS:
+        # an interval fits when span / interval_s < MAX_INTERVALS: suggest one just past that,
+        # rounded up, so the suggestion is accepted
+        shortest = _round_up(span / (MAX_INTERVALS - 1))
+        advice = (
+            f"use intervals of at least {shortest:g} s"
+            if shortest <= MAX_INTERVAL_S
+            else f"no interval up to {MAX_INTERVAL_S:g} s fits: the log spans too long"
+        )
         raise InvalidInputError(
             "interval_s",
-            f"the log spans {float(t.max()):,.0f} s: intervals of {interval_s:g} s make {n:,}, "
-            f"more than the {MAX_INTERVALS:,} a series takes; use intervals of at least "
-            f"{float(t.max()) / (MAX_INTERVALS - 1):.3g} s",
+            f"the log spans {_count(span)} s: intervals of {interval_s:g} s make {_count(n)}, "
+            f"more than the {MAX_INTERVALS:,} a series takes; {advice}",
         )
     slot = np.floor(t / interval_s).astype(np.int64)
     # each interval's requests, by one sort (a scan per interval cost intervals x requests)

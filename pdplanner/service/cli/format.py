@@ -86,7 +86,7 @@ def estimate_title(req: EstimateRequest) -> str:
         ]
         what = "disagg " + " | ".join(
             f"{role} {spec.workers} x "
-            + (f"{spec.gpu} " if spec.gpu is not None and spec.gpu != req.gpu else "")
+            + (f"{spec.gpu} " if spec.gpu is not None else "")
             + f"{_par_text(spec.parallelism)}, batch {spec.batch}"
             for role, spec in pools
         )
