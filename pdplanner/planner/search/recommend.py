@@ -997,7 +997,7 @@ class _Search:
                 "percentile"
                 if best.mode == "disagg"
                 else f"the {pct} of requests' TPOT in the aggregated simulation, prefill chunks "
-                "interleaved"
+                "interleaved, every batch slot busy: random arrivals at this rate see less"
             )
             figures = (
                 f"{best.tokens_per_s_per_gpu:.0f} output tokens/s/GPU and "
