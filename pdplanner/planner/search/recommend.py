@@ -337,7 +337,6 @@ class _Search:
         self.prefill_only = all(w.osl == 1 for w in req.traffic)
         self.best_prefill_ms = math.inf
         self.best_decode_ms = math.inf
-        self.admit_ms = 0.0  # the TTFT a disaggregated search reserves for decode admission
         self.any_fit = False
 
     def _check(self) -> None:
@@ -507,17 +506,17 @@ class _Search:
         # decode worker's admission (half a decode step, ``_disagg_deployment``) at the slowest
         # step a deployment meeting the TPOT target may run
         service = pre.batch / pre.rate * 1e3
-        self.admit_ms = 0.5 * min(
+        admit_ms = 0.5 * min(
             self.tpot_target, float(dec.latency_ms[dec.fits].max()) if dec.fits.any() else 0.0
         )
         util = usable_utilisation(
-            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms - self.admit_ms, self.wait_pct
+            pre.latency_ms, service, pre.fits, self.req.slo.ttft_ms - admit_ms, self.wait_pct
         )
         r_p_all = np.minimum(pre.rate * util, link_rate)
         p_ok = r_p_all > 0.0
         d_ok = dec.fits.copy()
         if side is not None:
-            self._explain_pools(pre, dec, p_ok, d_ok, side)
+            self._explain_pools(pre, dec, p_ok, d_ok, admit_ms, side)
         if not p_ok.any() or not d_ok.any():
             return None
         pi = np.nonzero(p_ok)[0]
@@ -529,9 +528,16 @@ class _Search:
         return _Pairable(pre, pi[keep], r_p[keep], g_p[keep], di, r_d, g_d)
 
     def _explain_pools(
-        self, pre: PhaseArrays, dec: PhaseArrays, p_ok: np.ndarray, d_ok: np.ndarray, side: _Side
+        self,
+        pre: PhaseArrays,
+        dec: PhaseArrays,
+        p_ok: np.ndarray,
+        d_ok: np.ndarray,
+        admit_ms: float,
+        side: _Side,
     ) -> None:
-        """Record the fastest prefill and decode steps and say why a pool has no candidate."""
+        """Record the fastest prefill and decode steps and say why a pool has no candidate;
+        ``admit_ms`` is the TTFT reserved for the decode worker's admission."""
         slo = self.req.slo
         if pre.fits.any():
             self.best_prefill_ms = float(pre.latency_ms[pre.fits].min())
@@ -541,7 +547,7 @@ class _Search:
             side.binding.append(f"memory: no prefill layout on {self.ctx.gpu.name} fits the model")
         elif not p_ok.any():
             side.binding.append(
-                f"TTFT: the fastest prefill takes {self.best_prefill_ms + self.admit_ms:.0f} ms "
+                f"TTFT: the fastest prefill takes {self.best_prefill_ms + admit_ms:.0f} ms "
                 "with its KV transfer, the request overhead and the decode worker's admission, "
                 f"target {slo.ttft_ms:g} ms at {slo.percentile}"
             )
