@@ -24,7 +24,7 @@ import numpy as np
 from pdplanner.planner.errors import InvalidInputError
 from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.scaling.capacity import Shape
-from pdplanner.planner.scaling.traffic import TrafficSeries
+from pdplanner.planner.scaling.traffic import TrafficSeries, count_text
 from pdplanner.planner.serving.elastic import WorkerSpan, simulate_elastic
 from pdplanner.planner.serving.scheduler import SchedulerSettings
 from pdplanner.planner.serving.simulate import MAX_REQUESTS, Trace
@@ -56,10 +56,6 @@ MAX_REPLAY_REQUESTS = MAX_REQUESTS
 MAX_REPLAY_WORK = 250_000_000
 
 
-def _count(x: float) -> str:
-    return f"{x:,.0f}" if x < 1e15 else f"{x:.3g}"
-
-
 def check_replay_size(
     series: TrafficSeries,
     field: str | None = None,
@@ -80,7 +76,7 @@ def check_replay_size(
     start = series.intervals[crossed].start_s
     raise InvalidInputError(
         field if field is not None else f"series.intervals[{crossed}]",
-        f"the replay expects {_count(total)} requests (requests_per_s x duration_s summed over "
+        f"the replay expects {count_text(total)} requests (requests_per_s x duration_s summed over "
         f"the series), more than the {MAX_REPLAY_REQUESTS:,} one replay takes (passed in the "
         f"interval starting at {start:g} s); {advice}",
     )
@@ -102,7 +98,7 @@ def check_replay_work(
     raise InvalidInputError(
         field,
         f"a replay of {requests:,} requests on {ranks:,} worker ranks (attention-DP ranks "
-        f"counted) takes {_count(ranks * requests)} request-rank pairs, more than the "
+        f"counted) takes {count_text(ranks * requests)} request-rank pairs, more than the "
         f"{MAX_REPLAY_WORK:,} one replay takes (its time grows with both); {advice}",
     )
 

@@ -49,7 +49,8 @@ def _round_up(x: float, digits: int = 3) -> float:
     return math.ceil(x / scale) * scale
 
 
-def _count(x: float) -> str:
+def count_text(x: float) -> str:
+    """A count for a message: digits grouped, or three significant figures past 10^15."""
     return f"{x:,.0f}" if x < 1e15 else f"{x:.3g}"
 
 
@@ -383,8 +384,8 @@ def bucket_requests(
         )
         raise InvalidInputError(
             "interval_s",
-            f"the log spans {_count(span)} s: intervals of {interval_s:g} s make {_count(n)}, "
-            f"more than the {MAX_INTERVALS:,} a series takes; {advice}",
+            f"the log spans {count_text(span)} s: intervals of {interval_s:g} s make "
+            f"{count_text(n)}, more than the {MAX_INTERVALS:,} a series takes; {advice}",
         )
     slot = np.floor(t / interval_s).astype(np.int64)
     # each interval's requests, by one sort (a scan per interval cost intervals x requests)
