@@ -193,14 +193,15 @@ def simulate(
     link_bytes_per_s: float,
     ttft_target_ms: float,
     tpot_target_ms: float,
+    field: str = "workers",
+    advice: str = "replay fewer requests",
 ) -> ReplayResult:
     """Per-request TTFT and TPOT of ``arrivals`` served by these workers (aggregated, prefill
     and decode spans in any order), through ``serving.elastic.simulate_elastic``: ``ctx`` is
     the performance context of aggregated and prefill workers, ``dctx`` of decode workers.
-    Raises ``InvalidInputError`` on ``workers`` past ``MAX_REPLAY_WORK``; the planner's callers
-    (``schedule.plan_schedule``, ``simulate_spans``, ``simulate_xpyd``) check first and name
-    their own fields."""
-    check_replay_work(replay_ranks(spans), int(arrivals.t_s.size), "workers")
+    Past ``MAX_REPLAY_WORK`` request-rank pairs it raises ``InvalidInputError`` on ``field``,
+    with ``advice``, before anything runs."""
+    check_replay_work(replay_ranks(spans), int(arrivals.t_s.size), field, advice)
     trace = Trace(arrivals.t_s, arrivals.isl[arrivals.cls], arrivals.osl[arrivals.cls])
     run = simulate_elastic(
         ctx,

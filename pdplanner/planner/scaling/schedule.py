@@ -466,9 +466,16 @@ class _Planner:
             result = plan(base, self.models, self.gpus, self.should_stop)
         return result
 
-    def replay(self, spans: Sequence[Span], arrivals: Arrivals) -> ReplayResult:
+    def replay(
+        self,
+        spans: Sequence[Span],
+        arrivals: Arrivals,
+        field: str = "simulate",
+        advice: str = "plan without the replay (simulate false), or shorten the series",
+    ) -> ReplayResult:
         """The engine-loop replay of ``spans`` against ``arrivals`` (``replay.simulate``) under
-        this request's model, GPUs, scheduler, link and SLO."""
+        this request's model, GPUs, scheduler, link and SLO; one too large to run is refused on
+        ``field`` with ``advice`` (``replay.MAX_REPLAY_WORK``)."""
         return simulate(
             spans,
             arrivals,
@@ -478,6 +485,8 @@ class _Planner:
             self.link,
             self.req.slo.ttft_ms,
             self.req.slo.tpot_ms,
+            field,
+            advice,
         )
 
     def check(self) -> None:
@@ -937,7 +946,7 @@ def plan_schedule(
         arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
 
         replayed = (spans, static_spans(*peak_pools), static_spans(*mean_pools))
-        for sp in replayed:  # each refused before any runs
+        for sp in replayed:  # each refused before any runs (each replay checks itself too)
             check_replay_work(
                 replay_ranks(sp), int(arrivals.t_s.size), "simulate",
                 "plan without the replay (simulate false), or shorten the series",
@@ -1245,10 +1254,7 @@ def simulate_spans(
         )
     pl = _Planner(req, models or default_models(), gpus or default_gpus())
     arrivals = draw_arrivals(req.replay_series or req.series, req.seed)
-    check_replay_work(
-        replay_ranks(spans), int(arrivals.t_s.size), "schedule", "replay a shorter trace"
-    )
-    return pl.replay(spans, arrivals)
+    return pl.replay(spans, arrivals, "schedule", "replay a shorter trace")
 
 
 def simulate_xpyd(
@@ -1288,10 +1294,10 @@ def simulate_xpyd(
         if not m.fits:
             v.add(role, m.reason or "does not fit")
     v.raise_any()
-    arrivals = draw_arrivals(series, req.seed)
-    ranks_x, ranks_y = x * pre.attention_dp, y * dec.attention_dp
-    larger = "prefill.workers" if ranks_x >= ranks_y else "decode.workers"
-    check_replay_work(
-        ranks_x + ranks_y, int(arrivals.t_s.size), larger, "replay fewer workers or requests"
+    larger = "prefill" if x * pre.attention_dp >= y * dec.attention_dp else "decode"
+    return pl.replay(
+        static_spans((pre, x), (dec, y)),
+        draw_arrivals(series, req.seed),
+        f"{larger}.workers",
+        "replay fewer workers or requests",
     )
-    return pl.replay(static_spans((pre, x), (dec, y)), arrivals)
