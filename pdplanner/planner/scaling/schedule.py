@@ -398,6 +398,10 @@ AGG_RATE_REQUESTS = 2000
 AGG_RATE_STEPS = 8
 
 
+# what a schedule too large to replay is told (``replay.MAX_REPLAY_WORK``)
+_REPLAY_ADVICE = "plan without the replay (simulate false), or shorten the series"
+
+
 class _Planner:
     def __init__(
         self,
@@ -471,7 +475,7 @@ class _Planner:
         spans: Sequence[Span],
         arrivals: Arrivals,
         field: str = "simulate",
-        advice: str = "plan without the replay (simulate false), or shorten the series",
+        advice: str = _REPLAY_ADVICE,
     ) -> ReplayResult:
         """The engine-loop replay of ``spans`` against ``arrivals`` (``replay.simulate``) under
         this request's model, GPUs, scheduler, link and SLO; one too large to run is refused on
@@ -947,10 +951,7 @@ def plan_schedule(
 
         replayed = (spans, static_spans(*peak_pools), static_spans(*mean_pools))
         for sp in replayed:  # each refused before any runs (each replay checks itself too)
-            check_replay_work(
-                replay_ranks(sp), int(arrivals.t_s.size), "simulate",
-                "plan without the replay (simulate false), or shorten the series",
-            )  # fmt: skip
+            check_replay_work(replay_ranks(sp), int(arrivals.t_s.size), "simulate", _REPLAY_ADVICE)
 
         def replay_of(sp: Sequence[Span]) -> ReplayResult:
             pl.check()
