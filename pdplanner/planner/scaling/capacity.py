@@ -298,6 +298,7 @@ def _fewest(enough: Callable[[int], bool], lo: int) -> int:
     """The fewest workers ``x >= lo`` for which ``enough(x)`` holds, ``enough`` holding for every
     count past its first: counts double from ``lo`` until one holds, then bisect
     (``NO_WORKER_COUNT`` when none up to it does). O(log) calls however far the answer lies."""
+    lo = min(lo, NO_WORKER_COUNT)
     if enough(lo):
         return lo
     step = 1
@@ -320,9 +321,7 @@ def prefill_workers(rate: float, cap: PrefillCapacity, ttft_ms: float, p: float)
     if cap.requests_per_s <= 0.0 or prefill_miss(0.0, 1, cap, ttft_ms) > 1.0 - p:
         return NO_WORKER_COUNT
     x = max(1, math.ceil(rate / min(cap.requests_per_s, cap.link_requests_per_s) - 1e-9))
-    return _fewest(
-        lambda n: prefill_miss(rate, n, cap, ttft_ms) <= 1.0 - p, min(x, NO_WORKER_COUNT)
-    )
+    return _fewest(lambda n: prefill_miss(rate, n, cap, ttft_ms) <= 1.0 - p, x)
 
 
 def decode_steps(ctx: PerfContext, shape: Shape, context: float) -> tuple[np.ndarray, np.ndarray]:
@@ -374,4 +373,4 @@ def decode_workers(rate: float, cap: DecodeCapacity, batch: int, percentile: str
             return bool(erlang_c(slots, offered) <= 1.0 - p)
         return bool(max_slot_load(slots, p) >= offered)
 
-    return _fewest(enough, min(y, NO_WORKER_COUNT))
+    return _fewest(enough, y)
