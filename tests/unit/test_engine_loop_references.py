@@ -11,7 +11,7 @@ within ``SIM_REL``. The step time itself is the compiled ``perf.kernels.step_ms`
 takes thousands of steps); ``test_kernel_references`` compares it with its own reference.
 
 ``search.aggsweep.sweep_layout`` is compared with a Python loop over chunks and concurrencies
-that calls the simulation kernel and adds the documented M/D/1 wait.
+that calls the simulation kernel and adds the documented M/D/1 wait and random-arrival TPOT.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -1091,6 +1092,51 @@ def test_a_request_larger_than_the_cache_is_reported_as_not_fitting() -> None:
 # search.aggsweep
 
 
+def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prompt_ms, pct):
+    """TPOT at ``pct`` under Poisson arrivals whose prompts stall a rank's decode at ``rate``
+    per second (the whole worker's: its attention-DP ranks run in lockstep) and whose loop holds
+    ``held`` clients at a mean TPOT of ``loop_tpot``: the held count grows by the ratio of the
+    random-arrival mean (the held batch's decode-only step over the share of time prompts leave)
+    to the loop's, up to ``slots``; at that count, that mean plus the normal quantile of the
+    spread of two correlated counts, the prompts arriving in a request's life (a branching
+    count: variance mean / (1 - rho)^2) and its life-averaged batch (variance 2/3 of the count,
+    times the step's slope over +-max(2, sqrt(count)) sequences)."""
+    tp, pp, ep, dp = lay
+    row, scratch = np.zeros(4), np.zeros(4)
+    cal = c.cal
+    mean_osl = osl.mean()
+    context = isl.mean() + mean_osl / 2
+
+    def decode_step(batch: float) -> float:
+        ms, _ = K.step_ms(
+            c.mv, c.hv, cal.gemm, cal.attn_prefill, cal.attn_decode, tp, pp, ep, dp, 0.0, 0.0,
+            0.0, batch, context, row, scratch,
+        )  # fmt: skip
+        return ms
+
+    rho = rate * prompt_ms / 1000
+    if rho >= 1:
+        return math.inf
+    held = min(slots, held * max(1.0, decode_step(max(held, 1.0)) / (1 - rho) / loop_tpot))
+    step = decode_step(max(held, 1.0))
+    half = max(2.0, math.sqrt(held))
+    lo = max(held - half, 1.0)
+    slope = (decode_step(held + half) - decode_step(lo)) / (held + half - lo)
+    prompts_in_life = rate * (mean_osl - 1) * step / 1000
+    sd_k = math.sqrt(prompts_in_life) / (1 - rho) * prompt_ms / (1 - rho) ** 0.5 / (mean_osl - 1)
+    sd_n = slope * math.sqrt(2 * held / 3) / (1 - rho)
+    corr = 0.5 / math.sqrt(2 / 3)
+    sd = math.sqrt(sd_k**2 + sd_n**2 + 2 * corr * sd_k * sd_n)
+    z = {0.5: 0.0, 0.9: NormalDist().inv_cdf(0.9), 0.99: NormalDist().inv_cdf(0.99)}[pct]
+    if z > 0:
+        # Cornish-Fisher on the prompt count's skew: a branching total of m0 = rate x the
+        # unstalled life arrivals has third cumulant m0 (1 + 2 rho) / (1 - rho)^5
+        m0 = rate * (mean_osl - 1) * step / 1000
+        third = (prompt_ms / (mean_osl - 1)) ** 3 * m0 * (1 + 2 * rho) / (1 - rho) ** 5
+        z += (z * z - 1) * third / sd**3 / 6
+    return step / (1 - rho) + z * sd
+
+
 def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms, pct):
     """Each chunk budget: grow the concurrency until a request does not fit, the batch never
     holds every client (that point left out), or TTFT passes the stop. Under random arrivals a
@@ -1100,7 +1146,8 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
     clients whose loop's rate it is, linear between this budget's simulated concurrencies, from
     none at 0 req/s), plus the M/D/1 wait of a prompt queue served by one lone prompt's prefill
     step at that rate and, when no prompt is in service, half the loop's mean decode step
-    there."""
+    there. Its TPOT is the lower of the loop's at the percentile (every slot busy) and
+    ``ref_random_arrival_tpot`` at that rate and held clients."""
     tp, pp, ep, dp = lay
     row, scratch = np.zeros(4), np.zeros(4)
     cal = c.cal
@@ -1158,7 +1205,16 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
             step = float(np.interp(held, u, s1))
             # plus the rest of the decode step an arrival finds running (no prompt in service)
             ttft = ttft_loop + (1 - rho) * step / 2 + ref_wait_ms(rho, prompt_ms, wait_p)
-            rows.append([chunk, users * dp, ttft, out[4 + slot], rate * osl.mean() * dp, rate * dp])
+            tpot = out[4 + slot]
+            if osl.mean() > 1:
+                tpot = min(
+                    tpot,
+                    # a prompt on any attention-DP rank holds up every rank's step
+                    ref_random_arrival_tpot(
+                        c, lay, isl, osl, held, step, slots, rate * dp, prompt_ms, pct
+                    ),
+                )
+            rows.append([chunk, users * dp, ttft, tpot, rate * osl.mean() * dp, rate * dp])
             if ttft > stop_ms:
                 break
     return rows

@@ -443,8 +443,45 @@ def test_case5_a_long_prompts_agg_ttft_is_not_its_queue_counted_twice() -> None:
     ttft, tpot = sim.details["ttft_ms"]["p90"], sim.details["tpot_ms"]["p90"]
     print(f"{describe(best)}; replayed at that rate: TTFT p90 {ttft:.0f} ms, TPOT p90 {tpot:.2f}")
     assert 0.9 * ttft <= best.ttft_ms <= 1.3 * ttft
-    # TPOT stays the loop's with every slot busy (aggsweep): never below the replay's
-    assert best.tpot_ms >= 0.98 * tpot
+    # TPOT under random arrivals (queueing.random_arrival_tpot_ms) is least accurate here: each
+    # 8000-token prompt prefilled in one step, the replay's p90 is 11% above the model's (29.4
+    # ms planned, 32.9 replayed)
+    assert 0.85 * tpot <= best.tpot_ms <= 1.1 * tpot
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "gpus", "isl", "osl", "tpot_ms", "rate"),
+    [
+        # taken with every slot busy the TPOT was 22% above the replay's: 24 GPUs for a rate
+        # that 16 serve
+        ("llama-3.1-70b", "h100-sxm", 16, 4000, 500, 20.0, 3.0),
+        # 2000-token answers on TP2 batch 256: random arrivals hold more sequences than the
+        # closed loop at their rate, across a step in the decode step's cost (46 -> 52 ms from
+        # 185 to 200 sequences); without the held count's correction the plan said 49.9 ms
+        # where the replay runs 57.6
+        ("llama-3.1-70b", "h200-sxm", 8, 300, 2000, 50.0, 0.0),
+    ],
+)
+def test_case5_agg_tpot_is_what_random_arrivals_at_the_plans_rate_see(
+    model: str, gpu: str, gpus: int, isl: int, osl: int, tpot_ms: float, rate: float
+) -> None:
+    req = PlanRequest(
+        model=model,
+        gpu=gpu,
+        gpus=gpus,
+        traffic=(Workload(isl, osl),),
+        slo=Slo(ttft_ms=1000.0, tpot_ms=tpot_ms),
+        limits=SearchLimits(modes=("agg",)),
+        rate_per_s=rate or None,
+    )
+    res = search(req)[0]
+    assert res.best is not None and res.best.gpus <= gpus
+    sim = estimate(replay_request(req, res.best))
+    assert isinstance(sim, ServingEstimate)
+    tpot = sim.details["tpot_ms"]["p50"]
+    print(f"{describe(res.best)}; replayed at that rate: TPOT p50 {tpot:.2f} ms")
+    assert 0.95 * tpot <= res.best.tpot_ms <= 1.1 * tpot
+    assert tpot <= 1.02 * tpot_ms
 
 
 def test_case5_a_disagg_ttft_waits_for_the_decode_workers_step() -> None:

@@ -40,14 +40,23 @@ loop's TTFT already holds its prompts queueing behind each other, which the M/D/
 again: Qwen3-32B on 8 H100s (ISL 8000, OSL 300, p90) planned TTFT 994 ms where the engine loop
 replays the deployment at its rate at 447 ms; 539 ms since (``tools/replay_plans.py``).
 
-TPOT stays the loop's at the point's own clients, every slot busy: under random arrivals a
-request's TPOT is well above the closed loop's at the clients that rate holds. Evenly spaced
-arrivals reproduce the closed loop (that Qwen3-32B setup at 2.52 req/s: TPOT 15.2 ms either way),
-Poisson arrivals at the same rate give a mean of 16.6 ms and a p90 of 22.5 ms
-(``serving.simulate.replay_agg``): prompts arrive in clusters and a request's count of prefill
-stalls varies. Taken at the slots, the plan's TPOT is above its replay at the plan's
-rate and never below: by 3-34% for the best deployments of ``tools/replay_plans.py --frontier``'s
-cases, up to 2.5x for frontier points whose slots far outnumber the requests their rate holds.
+TPOT is taken at that rate too, not from the loop at the point's own clients, every slot busy:
+random arrivals at the rate hold fewer sequences (the clients whose loop serves it), and a
+request's TPOT is the decode step of those over the share of the worker its prompts leave, with
+a spread from how many prompts arrive during its life and how many requests decode beside it
+(``queueing.random_arrival_tpot_ms``), never above the loop's with every slot busy. Random
+arrivals make a request's time in the system longer than the loop's at the same rate, so they
+hold more sequences than its clients (Little's law): the held count is scaled once by the ratio
+of the two mean TPOTs, up to the slots. Without it, 2000-token answers on Llama-3.1-70B TP2
+batch 256 (8 H200s, 300/2000) planned 49.9 ms where the replay, holding 212 sequences where the
+loop's clients are 185, runs 57.6 ms: the decode step climbs from 46 to 52 ms between 185 and
+200 sequences. The loop at the held clients alone is 5-10% below the replayed mean: evenly
+spaced arrivals reproduce it (Qwen3-32B on 8 H100s, ISL 8000, OSL 300, 2.52 req/s: TPOT 15.2 ms
+either way), Poisson arrivals at the same rate give a mean of 16.6 ms and a p90 of 22.5 ms
+(``serving.simulate.replay_agg``). Taken with every slot busy, as before, the plan's TPOT was
+8.7% (p90) to 20% (p50) above its replay in mean |log| over the frontier points of
+``tools/replay_plans.py --frontier``, up to 3x, and asked 24 H100s for a rate that 16 serve
+(Llama-3.1-70B, ISL 4000, OSL 500, 3 req/s at TPOT 20 ms p50: replayed at 17.6 ms).
 
 A request's time to first token is the loop's plus both waits, so the SLO percentile ``p`` is
 split between them (``queueing.split_percentile``): an arrival waits for a slot with probability
@@ -61,6 +70,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 from numba import njit
@@ -72,11 +82,15 @@ from pdplanner.planner.perf.params import PerfContext
 from pdplanner.planner.serving import _loop as L
 from pdplanner.planner.serving.queueing import (
     MAX_UTILISATION,
+    random_arrival_tpot_ms,
     slot_load,
     slot_load_table,
     split_percentile,
     wait_ms,
 )
+
+# the standard normal's quantiles at the SLO percentiles p50, p90, p99 (by sweep_layout's slot)
+NORMAL_QUANTILE = (0.0, 0.0, NormalDist().inv_cdf(0.9), NormalDist().inv_cdf(0.99))
 
 # columns of the rows sweep_layout writes
 R_CHUNK, R_USERS, R_TTFT, R_TPOT, R_TOKENS_PER_S, R_REQUESTS_PER_S = 0, 1, 2, 3, 4, 5
@@ -108,6 +122,55 @@ def _step_ms(
         prompts, new_tokens, past_tokens, decode_batch, context, row, scratch, moe_tokens,
     )  # fmt: skip
     return ms
+
+
+@njit(cache=True, nogil=True)
+def _random_arrival_tpot(
+    mv: np.ndarray,
+    hv: np.ndarray,
+    cg: np.ndarray,
+    cp: np.ndarray,
+    cd: np.ndarray,
+    lay: np.ndarray,
+    held: float,
+    loop_tpot_ms: float,
+    slots: float,
+    stall_rate: float,
+    prompt_ms: float,
+    context: float,
+    osl: float,
+    z: float,
+    per_layer: np.ndarray,
+    scratch: np.ndarray,
+) -> float:
+    """TPOT (ms) at the normal quantile ``z`` of one rank of layout ``lay`` under Poisson
+    arrivals, whose closed loop at the rank's rate holds ``held`` clients at a mean TPOT of
+    ``loop_tpot_ms`` (``queueing.random_arrival_tpot_ms``; module doc). ``stall_rate``: the
+    prompts/s that hold up the rank's decode steps, the whole worker's: its attention-DP ranks
+    run in lockstep, each step as long as the slowest rank's, so a prompt on any rank stalls
+    them all (Qwen3-235B fp8 on 8 H200s, 2000/500, TP2 ADP4 batch 384 at 12.8 req/s: 28.7 ms
+    with the rank's own prompts, 41.3 replayed with all four ranks). Random
+    arrivals stretch a request's time in the system from the loop's by their mean TPOT over the
+    loop's, and so the sequences held (Little's law), at most ``slots``: the held count is
+    corrected once by that ratio. ``context``: a decoding sequence's mean cached tokens;
+    ``osl``: mean output tokens (above 1)."""
+
+    def decode_ms(batch: float) -> float:
+        return _step_ms(
+            mv, hv, cg, cp, cd, lay, 0.0, 0.0, 0.0, batch, context, per_layer, scratch
+        )  # fmt: skip
+
+    free = 1.0 - stall_rate * prompt_ms / 1e3
+    if free <= 0.0:
+        return math.inf
+    # one step of Little's law towards the sequences random arrivals hold
+    stretch = decode_ms(max(held, 1.0)) / free / loop_tpot_ms if loop_tpot_ms > 0.0 else 1.0
+    n = min(slots, held * max(stretch, 1.0))
+    # the step's slope over the batch's spread (padding to captured sizes included)
+    half = max(2.0, math.sqrt(n))
+    lo = max(n - half, 1.0)
+    slope = (decode_ms(n + half) - decode_ms(lo)) / (n + half - lo)
+    return random_arrival_tpot_ms(decode_ms(max(n, 1.0)), slope, n, stall_rate, prompt_ms, osl, z)
 
 
 @njit(cache=True, nogil=True)
@@ -291,6 +354,7 @@ def sweep_layout(
     # one prompt alone on the worker (its other attention-DP ranks bring no tokens to the MoE
     # layers): the service time of the prompt queue
     new, past = mean_isl * (1.0 - prefix_hit), mean_isl * prefix_hit
+    context = mean_isl + 0.5 * mean_osl  # a decoding sequence's mean cached tokens
     prompt_ms = _step_ms(
         mv, hv, cg, cp, cd, lay, 1.0, new, past, 0.0, 0.0, per_layer, scratch, new
     )  # fmt: skip
@@ -359,10 +423,22 @@ def sweep_layout(
                 + (1.0 - rho) * 0.5 * _at(hist, h, held, 3)
                 + wait_ms(rho, prompt_ms, wait_p)
             )
+            # TPOT under random arrivals at that rate (module doc), never above the loop's with
+            # every slot busy
+            tpot = out[4 + slot]
+            if mean_osl > 1.0:
+                tpot = min(
+                    tpot,
+                    _random_arrival_tpot(
+                        mv, hv, cg, cp, cd, lay, held, _at(hist, h, held, 3), float(slots),
+                        rate * dp, prompt_ms, context, mean_osl, NORMAL_QUANTILE[slot], per_layer,
+                        scratch,
+                    ),
+                )  # fmt: skip
             rows[n, R_CHUNK] = chunk
             rows[n, R_USERS] = users * dp
             rows[n, R_TTFT] = ttft
-            rows[n, R_TPOT] = out[4 + slot]
+            rows[n, R_TPOT] = tpot
             rows[n, R_TOKENS_PER_S] = rate * mean_osl * dp
             rows[n, R_REQUESTS_PER_S] = rate * dp
             n += 1
