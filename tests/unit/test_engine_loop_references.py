@@ -1094,7 +1094,7 @@ def test_a_request_larger_than_the_cache_is_reported_as_not_fitting() -> None:
 
 def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prompt_ms, pct):
     """TPOT at ``pct`` under Poisson arrivals whose prompts stall a rank's decode at ``rate``
-    per second (the whole worker's: its attention-DP ranks run in lockstep) and whose loop holds
+    per second (its attention-DP ranks' together: they run in lockstep) and whose loop holds
     ``held`` clients at a mean TPOT of ``loop_tpot``: the held count grows by the ratio of the
     random-arrival mean (the held batch's decode-only step over the share of time prompts leave)
     to the loop's, up to ``slots``; at that count, that mean plus the normal quantile of the
@@ -1117,7 +1117,8 @@ def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prom
     rho = rate * prompt_ms / 1000
     if rho >= 1:
         return math.inf
-    held = min(slots, held * max(1.0, decode_step(max(held, 1.0)) / (1 - rho) / loop_tpot))
+    stretch = decode_step(max(held, 1.0)) / (1 - rho) / loop_tpot if loop_tpot > 0 else 1.0
+    held = min(slots, held * max(1.0, stretch))
     step = decode_step(max(held, 1.0))
     half = max(2.0, math.sqrt(held))
     lo = max(held - half, 1.0)
@@ -1128,7 +1129,7 @@ def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prom
     corr = 0.5 / math.sqrt(2 / 3)
     sd = math.sqrt(sd_k**2 + sd_n**2 + 2 * corr * sd_k * sd_n)
     z = {0.5: 0.0, 0.9: NormalDist().inv_cdf(0.9), 0.99: NormalDist().inv_cdf(0.99)}[pct]
-    if z > 0:
+    if z > 0 and sd > 0:
         # Cornish-Fisher on the prompt count's skew: a branching total of m0 = rate x the
         # unstalled life arrivals has third cumulant m0 (1 + 2 rho) / (1 - rho)^5
         m0 = rate * (mean_osl - 1) * step / 1000
@@ -1207,11 +1208,14 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
             ttft = ttft_loop + (1 - rho) * step / 2 + ref_wait_ms(rho, prompt_ms, wait_p)
             tpot = out[4 + slot]
             if osl.mean() > 1:
+                # a step stalls when any of the worker's attention-DP ranks (in lockstep) has a
+                # prompt in it: a share 1 - (1 - rho)^dp of the time
+                busy = 1 - (1 - rho) ** dp
+                stall_rate = busy * 1000 / prompt_ms if prompt_ms > 0 else 0.0
                 tpot = min(
                     tpot,
-                    # a prompt on any attention-DP rank holds up every rank's step
                     ref_random_arrival_tpot(
-                        c, lay, isl, osl, held, step, slots, rate * dp, prompt_ms, pct
+                        c, lay, isl, osl, held, step, slots, stall_rate, prompt_ms, pct
                     ),
                 )
             rows.append([chunk, users * dp, ttft, tpot, rate * osl.mean() * dp, rate * dp])

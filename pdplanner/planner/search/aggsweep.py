@@ -125,6 +125,20 @@ def _step_ms(
 
 
 @njit(cache=True, nogil=True)
+def _stall_rate(rho: float, dp: float, prompt_ms: float) -> float:
+    """Prompts/s that hold up one attention-DP rank's decode steps, each for ``prompt_ms``, when
+    each of the worker's ``dp`` ranks prefills a share ``rho`` of the time. The ranks run in
+    lockstep, each step as long as the slowest rank's, so a step stalls when any rank has a
+    prompt in it: a share ``1 - (1 - rho)^dp`` of the time, as if stalls of ``prompt_ms`` came
+    at that share over ``prompt_ms`` (the rank's own rate at ``dp`` = 1). Priced with the rank's
+    own prompts only, Qwen3-235B fp8 on 8 H200s (2000/500, TP2 ADP4 batch 384 at 12.8 req/s)
+    planned TPOT 28.7 ms, which the engine loop with all four ranks replays at 41.3 ms."""
+    if prompt_ms <= 0.0:
+        return 0.0
+    return (1.0 - (1.0 - rho) ** dp) * 1e3 / prompt_ms
+
+
+@njit(cache=True, nogil=True)
 def _random_arrival_tpot(
     mv: np.ndarray,
     hv: np.ndarray,
@@ -146,10 +160,7 @@ def _random_arrival_tpot(
     """TPOT (ms) at the normal quantile ``z`` of one rank of layout ``lay`` under Poisson
     arrivals, whose closed loop at the rank's rate holds ``held`` clients at a mean TPOT of
     ``loop_tpot_ms`` (``queueing.random_arrival_tpot_ms``; module doc). ``stall_rate``: the
-    prompts/s that hold up the rank's decode steps, the whole worker's: its attention-DP ranks
-    run in lockstep, each step as long as the slowest rank's, so a prompt on any rank stalls
-    them all (Qwen3-235B fp8 on 8 H200s, 2000/500, TP2 ADP4 batch 384 at 12.8 req/s: 28.7 ms
-    with the rank's own prompts, 41.3 replayed with all four ranks). Random
+    prompts/s that hold up the rank's decode steps (``_stall_rate``). Random
     arrivals stretch a request's time in the system from the loop's by their mean TPOT over the
     loop's, and so the sequences held (Little's law), at most ``slots``: the held count is
     corrected once by that ratio. ``context``: a decoding sequence's mean cached tokens;
@@ -431,8 +442,8 @@ def sweep_layout(
                     tpot,
                     _random_arrival_tpot(
                         mv, hv, cg, cp, cd, lay, held, _at(hist, h, held, 3), float(slots),
-                        rate * dp, prompt_ms, context, mean_osl, NORMAL_QUANTILE[slot], per_layer,
-                        scratch,
+                        _stall_rate(rho, dp, prompt_ms), prompt_ms, context, mean_osl,
+                        NORMAL_QUANTILE[slot], per_layer, scratch,
                     ),
                 )  # fmt: skip
             rows[n, R_CHUNK] = chunk

@@ -1015,8 +1015,8 @@ class _Search:
                 "percentile"
                 if best.mode == "disagg"
                 else f"the {pct} of requests' TPOT under random arrivals at this rate: the "
-                "decode step of the sequences it holds, stretched by the prefill chunks "
-                "interleaved with it"
+                "decode step of the sequences it holds, stretched by the prefills interleaved "
+                "with it, at most the simulation's with every batch slot busy"
             )
             figures = (
                 f"{best.tokens_per_s_per_gpu:.0f} output tokens/s/GPU and "
@@ -1077,7 +1077,8 @@ def _at_rate(
     4000/500, 1.5 req/s a worker: 19.5 ms planned at the 1.8 req/s point, 17.6 replayed)."""
     at = _first_carrying(group, rate, need)
     prev = np.maximum(at - 1, 0)
-    between = (at > 0) & (group[prev] == group[at]) & (rate[prev] < need) & (rate[at] > need)
+    # the row before the first carrying one falls short of the need by construction
+    between = (at > 0) & (group[prev] == group[at]) & (rate[at] > need)
     f = np.where(between, (need - rate[prev]) / np.where(between, rate[at] - rate[prev], 1.0), 1.0)
     return [np.where(between, c[prev] + f * (c[at] - c[prev]), c[at]) for c in cols]
 

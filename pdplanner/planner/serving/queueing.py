@@ -53,17 +53,17 @@ prefill time to its span; every such prompt lengthens the span and lets more arr
 process whose total count has variance ``m / (1 - rho)^2`` for mean ``m``), and the requests
 beside it in the batch (life-averaged over a window of its own length, an M/D/infinity count:
 variance 2/3 of the mean held, each adding the step's slope per sequence). The two counts share
-the prompts that arrive during its life, which sets their correlation to sqrt(3/8). The median
-is taken at the mean, the upper percentiles as normal with the Cornish-Fisher term of the prompt
-count's skew (a branching total's third cumulant, ``m (1 + 2 rho) / (1 - rho)^4``). Against the
-engine loop under Poisson arrivals at the plan's rate (``serving.simulate.replay_agg``) at the
-275 aggregated frontier points of the eight ``tools/replay_plans.py --frontier`` cases at p50
-and p90 (the caller, ``search.aggsweep._random_arrival_tpot``, supplies the step, slope and held
-count), the mean |log(model / replay)| of the mean TPOT is 0.034 (0.94-1.25), of p50 0.029, p90
-0.029 (0.88-1.20) and p99 0.019, where the closed loop with every slot busy, which the plan took
-before, was 0.20 at p50 and 0.087 at p90 above it (up to 3x). The model is least accurate for
-long prompts prefilled whole (8000-16000 tokens unchunked or in one 8192-token chunk, rho
-0.4-0.5): the replay's p90 is up to 12% above it.
+the prompts that arrive during its life, which sets their correlation to sqrt(3/8) (exact as rho
+-> 0, kept for the branching count). The median is taken at the mean, the upper percentiles as
+normal with the Cornish-Fisher term of the prompt count's skew (a branching total's third
+cumulant, ``m (1 + 2 rho) / (1 - rho)^4``). Against the engine loop under Poisson arrivals at
+the plan's rate (``serving.simulate.replay_agg``), over the 447 aggregated frontier points and
+bests of the eight ``tools/replay_plans.py --frontier`` cases at p50 and p90 (the caller,
+``search.aggsweep._random_arrival_tpot``, supplies the step, slope and held count), the mean
+|log(plan / replay)| of TPOT is 0.045, plan / replay 0.84-1.22, where the closed loop with every
+slot busy, which the plan took before, was 0.132 above it over 291 points (up to 3x). The model
+is least accurate for long prompts prefilled in one step (8000-16000 tokens unchunked or in one
+8192-token chunk, rho 0.4-0.5) at p90: the replay is up to 19% above it.
 """
 
 from __future__ import annotations
@@ -320,7 +320,8 @@ def slot_shares(slots: np.ndarray, p: float) -> np.ndarray:
 
 # correlation of a decoding request's two counts under Poisson arrivals (module docstring): the
 # prompts arriving in its life (variance m) and its life-averaged batch (variance 2m/3) share
-# the arrivals of its life, weighted 1/2 on average: (m / 2) / sqrt(m * 2m / 3)
+# the arrivals of its life, weighted 1/2 on average: (m / 2) / sqrt(m * 2m / 3). Exact without
+# the branching (rho -> 0); kept as the correlation of the branching count too
 TPOT_COUNTS_CORRELATION = math.sqrt(3.0 / 8.0)
 
 
@@ -339,7 +340,7 @@ def random_arrival_tpot_ms(
 
     ``step_ms``: the decode-only step of the ``held`` sequences the rate keeps running;
     ``slope_ms``: that step's growth per added sequence; ``prompt_ms``: one prompt's prefill on
-    the worker; ``osl``: output tokens per request (at least 2). Infinite when prompts alone
+    the worker; ``osl``: output tokens per request (above 1). Infinite when prompts alone
     fill the worker (``rate_per_s * prompt_ms >= 1 s``)."""
     rho = rate_per_s * prompt_ms / 1e3
     if rho >= 1.0:
