@@ -135,7 +135,7 @@ def _stall_rate(rho: float, dp: float, prompt_ms: float) -> float:
     planned TPOT 28.7 ms, which the engine loop with all four ranks replays at 41.3 ms."""
     if prompt_ms <= 0.0:
         return 0.0
-    return (1.0 - (1.0 - rho) ** dp) * 1e3 / prompt_ms
+    return (1.0 - math.pow(1.0 - rho, dp)) * 1e3 / prompt_ms
 
 
 @njit(cache=True, nogil=True)
