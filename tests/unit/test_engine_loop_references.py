@@ -1127,7 +1127,12 @@ def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prom
     sd_k = math.sqrt(prompts_in_life) / (1 - rho) * prompt_ms / (1 - rho) ** 0.5 / (mean_osl - 1)
     sd_n = slope * math.sqrt(2 * held / 3) / (1 - rho)
     corr = 0.5 / math.sqrt(2 / 3)
-    sd = math.sqrt(sd_k**2 + sd_n**2 + 2 * corr * sd_k * sd_n)
+    # the prompts left queued by its own prefill open its decode life: M/D/1's mean count in
+    # system, with a geometric count's variance, each a prompt's prefill stretched by 1 / (1 - rho)
+    behind = rho + rho**2 / (2 * (1 - rho))
+    opening = prompt_ms / (1 - rho) / (mean_osl - 1)
+    sd_b = math.sqrt(behind * (1 + behind)) * opening
+    sd = math.sqrt(sd_k**2 + sd_n**2 + 2 * corr * sd_k * sd_n + sd_b**2)
     z = {0.5: 0.0, 0.9: NormalDist().inv_cdf(0.9), 0.99: NormalDist().inv_cdf(0.99)}[pct]
     if z > 0 and sd > 0:
         # Cornish-Fisher on the prompt count's skew: a branching total of m0 = rate x the
@@ -1135,7 +1140,7 @@ def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prom
         m0 = rate * (mean_osl - 1) * step / 1000
         third = (prompt_ms / (mean_osl - 1)) ** 3 * m0 * (1 + 2 * rho) / (1 - rho) ** 5
         z += (z * z - 1) * third / sd**3 / 6
-    return step / (1 - rho) + z * sd
+    return step / (1 - rho) + behind * opening + z * sd
 
 
 def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms, pct):
