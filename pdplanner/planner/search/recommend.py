@@ -1074,7 +1074,7 @@ def _at_rate(
     first or carries no more than ``need``. A worker given less than a point's rate holds
     fewer sequences than that point: read at the point itself, an aggregated worker's TPOT at
     the offered rate came out 11% above its replay (Llama-3.1-70B, 2 x TP8 on 16 H100s,
-    4000/500, 1.5 req/s a worker: 19.5 ms planned at the 1.8 req/s point, 17.6 replayed)."""
+    4000/500, 1.5 req/s a worker: 19.5 ms planned at the next point up, 17.6 replayed)."""
     at = _first_carrying(group, rate, need)
     prev = np.maximum(at - 1, 0)
     # the row before the first carrying one falls short of the need by construction

@@ -359,8 +359,8 @@ def random_arrival_tpot_ms(
     opening = prompt_ms / (free * (osl - 1.0))
     mean = step_ms / free + behind * opening
     sd_behind = math.sqrt(behind * (1.0 + behind)) * opening
-    # prompts arriving in the request's life: a branching count of mean m = rate x life,
-    # variance m / free^2, each adding prompt_ms over osl - 1 intervals
+    # prompts arriving in the request's life: a branching total started by m0 = rate x the
+    # unstalled life, mean m0 / free, variance m0 / free^3, each adding prompt_ms over osl - 1
     life_s = (osl - 1.0) * step_ms / 1e3
     sd_prompts = prompt_ms * math.sqrt(rate_per_s * life_s) / (free**1.5 * (osl - 1.0))
     # the batch beside it, averaged over its life: variance 2/3 of the held count
