@@ -1092,9 +1092,10 @@ def test_a_request_larger_than_the_cache_is_reported_as_not_fitting() -> None:
 # search.aggsweep
 
 
-def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prompt_ms, pct):
-    """TPOT at ``pct`` under Poisson arrivals whose prompts stall a rank's decode at ``rate``
-    per second (its attention-DP ranks' together: they run in lockstep) and whose loop holds
+def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rho, prompt_ms, pct):
+    """TPOT at ``pct`` under Poisson arrivals whose prompts of ``prompt_ms`` stall a rank's
+    decode a share ``rho`` of the time (its attention-DP ranks' together: they run in lockstep)
+    and whose loop holds
     ``held`` clients at a mean TPOT of ``loop_tpot``: the held count grows by the ratio of the
     random-arrival mean (the held batch's decode-only step over the share of time prompts leave)
     to the loop's, up to ``slots``; at that count, that mean plus the normal quantile of the
@@ -1114,9 +1115,9 @@ def ref_random_arrival_tpot(c, lay, isl, osl, held, loop_tpot, slots, rate, prom
         )  # fmt: skip
         return ms
 
-    rho = rate * prompt_ms / 1000
     if rho >= 1:
         return math.inf
+    rate = rho * 1000 / prompt_ms
     stretch = decode_step(max(held, 1.0)) / (1 - rho) / loop_tpot if loop_tpot > 0 else 1.0
     held = min(slots, held * max(1.0, stretch))
     step = decode_step(max(held, 1.0))
@@ -1216,11 +1217,10 @@ def ref_sweep_layout(c, lay, chunks, conc, isl, osl, hit, sched, graphs, stop_ms
                 # a step stalls when any of the worker's attention-DP ranks (in lockstep) has a
                 # prompt in it: a share 1 - (1 - rho)^dp of the time
                 busy = 1 - (1 - rho) ** dp
-                stall_rate = busy * 1000 / prompt_ms if prompt_ms > 0 else 0.0
                 tpot = min(
                     tpot,
                     ref_random_arrival_tpot(
-                        c, lay, isl, osl, held, step, slots, stall_rate, prompt_ms, pct
+                        c, lay, isl, osl, held, step, slots, busy, prompt_ms, pct
                     ),
                 )
             rows.append([chunk, users * dp, ttft, tpot, rate * osl.mean() * dp, rate * dp])

@@ -57,6 +57,16 @@ def describe(d: Deployment | None) -> str:
     )
 
 
+def best_replayed(req: PlanRequest) -> tuple[Deployment, ServingEstimate]:
+    """The plan's best deployment for ``req`` and the engine loop's replay of it under Poisson
+    arrivals at the rate the plan gives it (``estimate.replay_request``)."""
+    best = search(req)[0].best
+    assert best is not None
+    sim = estimate(replay_request(req, best))
+    assert isinstance(sim, ServingEstimate)
+    return best, sim
+
+
 def dominators(best: Deployment, points: dict[str, np.ndarray]) -> np.ndarray:
     """Evaluated SLO-meeting points that beat ``best`` on one of (requests/s served,
     tokens/s/user, fewer GPUs) and lose on none."""
@@ -407,10 +417,8 @@ def test_case5_the_best_deployment_meets_its_slo_when_random_arrivals_come_at_it
     # one the engine loop serves within the SLO at the SLO's percentile.
     slo = dataclasses.replace(REF.slo, percentile=percentile)
     req = dataclasses.replace(REF, slo=slo, limits=SearchLimits(modes=(mode,)))
-    best = search(req)[0].best
-    assert best is not None and best.mode == mode
-    sim = estimate(replay_request(req, best))
-    assert isinstance(sim, ServingEstimate)
+    best, sim = best_replayed(req)
+    assert best.mode == mode
     ttft = sim.details["ttft_ms"][percentile]
     tpot = sim.details["tpot_ms"][percentile]
     served = sim.requests_per_s * (best.pools[0].workers if mode == "agg" else 1)
@@ -436,10 +444,7 @@ def test_case5_a_long_prompts_agg_ttft_is_not_its_queue_counted_twice() -> None:
         slo=Slo(ttft_ms=1000.0, tpot_ms=30.0, percentile="p90"),
         limits=SearchLimits(modes=("agg",)),
     )
-    best = search(req)[0].best
-    assert best is not None
-    sim = estimate(replay_request(req, best))
-    assert isinstance(sim, ServingEstimate)
+    best, sim = best_replayed(req)
     ttft, tpot = sim.details["ttft_ms"]["p90"], sim.details["tpot_ms"]["p90"]
     print(f"{describe(best)}; replayed at that rate: TTFT p90 {ttft:.0f} ms, TPOT p90 {tpot:.2f}")
     assert 0.9 * ttft <= best.ttft_ms <= 1.3 * ttft
@@ -461,10 +466,7 @@ def test_case5_a_long_prompt_short_answer_agg_tpot_counts_the_prompts_its_prefil
         slo=Slo(ttft_ms=5000.0, tpot_ms=50.0, percentile="p90"),
         limits=SearchLimits(modes=("agg",)),
     )
-    best = search(req)[0].best
-    assert best is not None
-    sim = estimate(replay_request(req, best))
-    assert isinstance(sim, ServingEstimate)
+    best, sim = best_replayed(req)
     tpot = sim.details["tpot_ms"]["p90"]
     print(f"{describe(best)}; replayed at that rate: TPOT p90 {tpot:.2f} ms")
     assert tpot <= req.slo.tpot_ms
@@ -496,13 +498,11 @@ def test_case5_agg_tpot_is_what_random_arrivals_at_the_plans_rate_see(
         limits=SearchLimits(modes=("agg",)),
         rate_per_s=rate or None,
     )
-    res = search(req)[0]
-    assert res.best is not None and res.best.gpus <= gpus
-    sim = estimate(replay_request(req, res.best))
-    assert isinstance(sim, ServingEstimate)
+    best, sim = best_replayed(req)
+    assert best.gpus <= gpus
     tpot = sim.details["tpot_ms"]["p50"]
-    print(f"{describe(res.best)}; replayed at that rate: TPOT p50 {tpot:.2f} ms")
-    assert 0.95 * tpot <= res.best.tpot_ms <= 1.1 * tpot
+    print(f"{describe(best)}; replayed at that rate: TPOT p50 {tpot:.2f} ms")
+    assert 0.95 * tpot <= best.tpot_ms <= 1.1 * tpot
     assert tpot <= 1.02 * tpot_ms
 
 
@@ -519,10 +519,7 @@ def test_case5_a_disagg_ttft_waits_for_the_decode_workers_step() -> None:
         slo=Slo(ttft_ms=500.0, tpot_ms=50.0),
         limits=SearchLimits(modes=("disagg",)),
     )
-    best = search(req)[0].best
-    assert best is not None
-    sim = estimate(replay_request(req, best))
-    assert isinstance(sim, ServingEstimate)
+    best, sim = best_replayed(req)
     ttft = sim.details["ttft_ms"]["p50"]
     print(f"{describe(best)}; replayed at that rate: TTFT p50 {ttft:.0f} ms")
     assert 0.97 * ttft <= best.ttft_ms <= 1.15 * ttft

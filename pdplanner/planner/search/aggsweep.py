@@ -125,17 +125,14 @@ def _step_ms(
 
 
 @njit(cache=True, nogil=True)
-def _stall_rate(rho: float, dp: float, prompt_ms: float) -> float:
-    """Prompts/s that hold up one attention-DP rank's decode steps, each for ``prompt_ms``, when
-    each of the worker's ``dp`` ranks prefills a share ``rho`` of the time. The ranks run in
-    lockstep, each step as long as the slowest rank's, so a step stalls when any rank has a
-    prompt in it: a share ``1 - (1 - rho)^dp`` of the time, as if stalls of ``prompt_ms`` came
-    at that share over ``prompt_ms`` (the rank's own rate at ``dp`` = 1). Priced with the rank's
-    own prompts only, Qwen3-235B fp8 on 8 H200s (2000/500, TP2 ADP4 batch 384 at 12.8 req/s)
-    planned TPOT 28.7 ms, which the engine loop with all four ranks replays at 41.3 ms."""
-    if prompt_ms <= 0.0:
-        return 0.0
-    return (1.0 - math.pow(1.0 - rho, dp)) * 1e3 / prompt_ms
+def _stall_share(rho: float, dp: float) -> float:
+    """Share of one attention-DP rank's steps that a prompt holds up, when each of the worker's
+    ``dp`` ranks prefills a share ``rho`` of the time. The ranks run in lockstep, each step as
+    long as the slowest rank's, so a step stalls when any rank has a prompt in it:
+    ``1 - (1 - rho)^dp`` (``rho`` itself at ``dp`` = 1). Priced with the rank's own prompts
+    only, Qwen3-235B fp8 on 8 H200s (2000/500, TP2 ADP4 batch 384 at 12.8 req/s) planned TPOT
+    28.7 ms, which the engine loop with all four ranks replays at 41.3 ms."""
+    return 1.0 - math.pow(1.0 - rho, dp)
 
 
 @njit(cache=True, nogil=True)
@@ -149,7 +146,7 @@ def _random_arrival_tpot(
     held: float,
     loop_tpot_ms: float,
     slots: float,
-    stall_rate: float,
+    stall: float,
     prompt_ms: float,
     context: float,
     osl: float,
@@ -159,8 +156,8 @@ def _random_arrival_tpot(
 ) -> float:
     """TPOT (ms) at the normal quantile ``z`` of one rank of layout ``lay`` under Poisson
     arrivals, whose closed loop at the rank's rate holds ``held`` clients at a mean TPOT of
-    ``loop_tpot_ms`` (``queueing.random_arrival_tpot_ms``; module doc). ``stall_rate``: the
-    prompts/s that hold up the rank's decode steps (``_stall_rate``). Random
+    ``loop_tpot_ms`` (``queueing.random_arrival_tpot_ms``; module doc). ``stall``: the share
+    of the rank's time that prompts of ``prompt_ms`` hold up its decode (``_stall_share``). Random
     arrivals stretch a request's time in the system from the loop's by their mean TPOT over the
     loop's, and so the sequences held (Little's law), at most ``slots``: the held count is
     corrected once by that ratio. ``context``: a decoding sequence's mean cached tokens;
@@ -171,17 +168,20 @@ def _random_arrival_tpot(
             mv, hv, cg, cp, cd, lay, 0.0, 0.0, 0.0, batch, context, per_layer, scratch
         )  # fmt: skip
 
-    free = 1.0 - stall_rate * prompt_ms / 1e3
+    free = 1.0 - stall
     if free <= 0.0:
         return math.inf
     # one step of Little's law towards the sequences random arrivals hold
-    stretch = decode_ms(max(held, 1.0)) / free / loop_tpot_ms if loop_tpot_ms > 0.0 else 1.0
+    step = decode_ms(max(held, 1.0))
+    stretch = step / free / loop_tpot_ms if loop_tpot_ms > 0.0 else 1.0
     n = min(slots, held * max(stretch, 1.0))
+    if n != held:
+        step = decode_ms(max(n, 1.0))
     # the step's slope over the batch's spread (padding to captured sizes included)
     half = max(2.0, math.sqrt(n))
     lo = max(n - half, 1.0)
     slope = (decode_ms(n + half) - decode_ms(lo)) / (n + half - lo)
-    return random_arrival_tpot_ms(decode_ms(max(n, 1.0)), slope, n, stall_rate, prompt_ms, osl, z)
+    return random_arrival_tpot_ms(step, slope, n, stall, prompt_ms, osl, z)
 
 
 @njit(cache=True, nogil=True)
@@ -429,9 +429,10 @@ def sweep_layout(
             # doc). A random arrival that finds no prompt in service waits out the decode step
             # in progress, half a step on average (the loop's clients arrive as steps end).
             held = _clients_at(hist, h, rate)
+            loop_tpot = _at(hist, h, held, 3)
             ttft = (
                 _at(hist, h, held, 2)
-                + (1.0 - rho) * 0.5 * _at(hist, h, held, 3)
+                + (1.0 - rho) * 0.5 * loop_tpot
                 + wait_ms(rho, prompt_ms, wait_p)
             )
             # TPOT under random arrivals at that rate (module doc), never above the loop's with
@@ -441,8 +442,8 @@ def sweep_layout(
                 tpot = min(
                     tpot,
                     _random_arrival_tpot(
-                        mv, hv, cg, cp, cd, lay, held, _at(hist, h, held, 3), float(slots),
-                        _stall_rate(rho, dp, prompt_ms), prompt_ms, context, mean_osl,
+                        mv, hv, cg, cp, cd, lay, held, loop_tpot, float(slots),
+                        _stall_share(rho, dp), prompt_ms, context, mean_osl,
                         NORMAL_QUANTILE[slot], per_layer, scratch,
                     ),
                 )  # fmt: skip

@@ -336,21 +336,21 @@ def random_arrival_tpot_ms(
     step_ms: float,
     slope_ms: float,
     held: float,
-    rate_per_s: float,
+    rho: float,
     prompt_ms: float,
     osl: float,
     z: float,
 ) -> float:
-    """TPOT (ms) of an aggregated worker's requests under Poisson arrivals at ``rate_per_s``
-    (module docstring), at the normal quantile ``z`` (0: the mean, 1.2816: p90, 2.3263: p99).
+    """TPOT (ms) of an aggregated worker's requests under Poisson arrivals (module docstring), at
+    the normal quantile ``z`` (0: the mean, 1.2816: p90, 2.3263: p99).
 
     ``step_ms``: the decode-only step of the ``held`` sequences the rate keeps running;
-    ``slope_ms``: that step's growth per added sequence; ``prompt_ms``: one prompt's prefill on
-    the worker; ``osl``: output tokens per request (above 1). Infinite when prompts alone
-    fill the worker (``rate_per_s * prompt_ms >= 1 s``)."""
-    rho = rate_per_s * prompt_ms / 1e3
+    ``slope_ms``: that step's growth per added sequence; ``rho``: the share of the worker's time
+    its prompts take, each for ``prompt_ms`` (the arrival rate x ``prompt_ms``); ``osl``: output
+    tokens per request (above 1). Infinite when prompts alone fill the worker (``rho >= 1``)."""
     if rho >= 1.0:
         return math.inf
+    rate_per_s = rho * 1e3 / prompt_ms if prompt_ms > 0.0 else 0.0
     free = 1.0 - rho
     # a request starts decoding as its own prefill ends, leaving behind the prompts that queued
     # meanwhile (M/D/1: rho + rho^2 / (2 (1 - rho)) on average, spread as a geometric count);
